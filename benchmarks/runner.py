@@ -1,0 +1,153 @@
+"""One benchmark runner: ``partlens bench NAME``.
+
+A benchmark is a module ``benchmarks/bench_<name>.py`` with ``run(ctx) -> dict``. Its
+first docstring line is its title. The runner writes ``benchmarks/results/<name>.json``
+and ``<name>.md``. Long benchmarks wrap their expensive parts in ``ctx.step(key, fn)``;
+finished steps are kept in ``benchmarks/work/<name>/state.json`` (ignored by git), so a
+killed run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import logging
+import os
+import platform
+import pkgutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edge_app.atomic import atomic_write_json, atomic_write_text
+from edge_app.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+WORK_DIR = BENCH_DIR / "work"
+
+
+def module_name(name: str) -> str:
+    return "bench_" + name.replace("-", "_")
+
+
+def list_benchmarks() -> dict[str, str]:
+    """Benchmark name -> title."""
+    out: dict[str, str] = {}
+    for info in pkgutil.iter_modules([str(BENCH_DIR)]):
+        if info.name.startswith("bench_"):
+            mod = importlib.import_module(f"benchmarks.{info.name}")
+            doc = (mod.__doc__ or "").strip().splitlines()
+            out[info.name[len("bench_"):].replace("_", "-")] = doc[0] if doc else ""
+    return out
+
+
+def git_sha(cwd: Path = BENCH_DIR) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def data_root(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The shared datasets folder: argument, then $PARTLENS_DATA, then ../shared/datasets."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("PARTLENS_DATA")
+    if env:
+        return Path(env)
+    guess = BENCH_DIR.parent.parent / "shared" / "datasets"
+    return guess if guess.is_dir() else None
+
+
+@dataclass
+class BenchContext:
+    name: str
+    work_dir: Path
+    data: Path | None
+    quick: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    _state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state_path(self) -> Path:
+        return self.work_dir / "state.json"
+
+    def load_state(self) -> None:
+        if self.state_path.exists():
+            self._state = json.loads(self.state_path.read_text())
+
+    def step(self, key: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` once; its JSON result is kept so a resumed run skips it."""
+        if key in self._state:
+            log.info("%s: step %s already done, resuming past it", self.name, key)
+            return self._state[key]
+        value = fn()
+        self._state[key] = value
+        atomic_write_json(self.state_path, self._state)
+        return value
+
+    def require_data(self, sub: str) -> Path:
+        if self.data is None or not (self.data / sub).exists():
+            raise UsageError(f"benchmark {self.name} needs the dataset {sub!r}: pass --data or set PARTLENS_DATA")
+        return self.data / sub
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """Render a result: its ``table`` rows (list of dicts) if any, then scalar metrics."""
+    lines = [f"# {result['title']}", "", f"- benchmark: `{result['name']}`",
+             f"- when: {result['finished_at']}  git: `{result['git_sha'][:12]}`  took: {result['seconds']:.1f} s",
+             f"- machine: {result['machine']}", ""]
+    metrics = result.get("metrics", {})
+    table = metrics.get("table")
+    if isinstance(table, list) and table:
+        cols = list(dict.fromkeys(k for row in table for k in row))
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(_fmt(row.get(c, "")) for c in cols) + " |" for row in table]
+        lines.append("")
+    scalars = {k: v for k, v in metrics.items() if k != "table" and not isinstance(v, (list, dict))}
+    if scalars:
+        lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in scalars.items()]
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmark(name: str, *, data: str | None = None, quick: bool = False, fresh: bool = False,
+                  results_dir: Path | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run benchmark ``name`` and write its JSON and Markdown results; return the result."""
+    names = list_benchmarks()
+    if name not in names:
+        raise UsageError(f"unknown benchmark {name!r}; known: {', '.join(sorted(names)) or 'none'}")
+    mod = importlib.import_module(f"benchmarks.{module_name(name)}")
+    work = WORK_DIR / name
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = BenchContext(name=name, work_dir=work, data=data_root(data), quick=quick, options=options or {})
+    if fresh and ctx.state_path.exists():
+        ctx.state_path.unlink()
+    ctx.load_state()
+    t0 = time.perf_counter()
+    metrics = mod.run(ctx)
+    result = {
+        "name": name,
+        "title": names[name],
+        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": time.perf_counter() - t0,
+        "git_sha": git_sha(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu, python {platform.python_version()}",
+        "quick": quick,
+        "metrics": metrics,
+    }
+    out = results_dir or RESULTS_DIR
+    atomic_write_json(out / f"{name}.json", result)
+    atomic_write_text(out / f"{name}.md", to_markdown(result))
+    return result

@@ -1,0 +1,70 @@
+"""The ``partlens`` command: one thin front over the library.
+
+Each package contributes its subcommands from a ``commands`` module with a
+``register(subparsers)`` function. Those modules import nothing heavy at import time;
+each handler imports its library function when it runs. Domain errors become one-line
+messages and exit codes here, at the edge.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import Sequence
+
+from .errors import PartlensError
+
+log = logging.getLogger(__name__)
+
+COMMAND_MODULES = (
+    "training.synth.commands",
+    "training.commands",
+    "export.commands",
+    "edge_app.commands",
+    "sync.commands",
+    "benchmarks.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="partlens",
+        description="Identify spare parts from photos, on the device. Train, export, bundle, sync and run the app.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue  # that package is not part of this install (e.g. on the device)
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        rc = args.func(args)
+    except PartlensError as exc:
+        print(f"partlens {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"partlens {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

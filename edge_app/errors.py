@@ -1,0 +1,53 @@
+"""Domain errors. The CLI turns them into a one-line message and an exit code."""
+from __future__ import annotations
+
+
+class PartlensError(Exception):
+    """Base class for every error a user can cause and fix."""
+
+    exit_code = 1
+
+
+class UsageError(PartlensError):
+    """A bad option or argument."""
+
+    exit_code = 2
+
+
+class InputError(PartlensError):
+    """A missing path, an empty folder, or a bad input file."""
+
+    exit_code = 3
+
+
+class ImageError(InputError):
+    """An image that cannot be decoded or is unsafe to decode."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class IntegrityError(PartlensError):
+    """A bad signature, a wrong hash, an unknown key or schema, a truncated file."""
+
+    exit_code = 4
+
+
+class GateError(PartlensError):
+    """An export failed its parity gate."""
+
+    exit_code = 5
+
+
+class SyncError(PartlensError):
+    """A sync step failed; the device stays on its previous state."""
+
+    exit_code = 6
+
+
+class AuthError(SyncError):
+    """The hub refused the token."""
+
+    exit_code = 7
