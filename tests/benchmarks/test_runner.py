@@ -1,0 +1,53 @@
+"""The benchmark runner writes JSON + Markdown and resumes finished steps."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import runner
+from edge_app.errors import UsageError
+
+
+@pytest.fixture
+def fake_bench(tmp_path, monkeypatch):
+    bench_dir = tmp_path / "benchmarks"
+    bench_dir.mkdir()
+    calls = {"n": 0}
+
+    class Mod:
+        __doc__ = "Fake benchmark title"
+
+        @staticmethod
+        def run(ctx):
+            def expensive():
+                calls["n"] += 1
+                return {"acc": 0.5}
+
+            r = ctx.step("fold0", expensive)
+            return {"acc": r["acc"], "table": [{"model": "m", "acc": r["acc"]}]}
+
+    monkeypatch.setattr(runner, "list_benchmarks", lambda: {"fake": "Fake benchmark title"})
+    monkeypatch.setattr(runner.importlib, "import_module", lambda name: Mod)
+    monkeypatch.setattr(runner, "WORK_DIR", tmp_path / "work")
+    return tmp_path, calls
+
+
+def test_runner_writes_results_and_resumes(fake_bench) -> None:
+    tmp, calls = fake_bench
+    res = runner.run_benchmark("fake", results_dir=tmp / "results")
+    assert calls["n"] == 1
+    data = json.loads((tmp / "results" / "fake.json").read_text())
+    assert data["metrics"]["acc"] == 0.5 and data["title"] == "Fake benchmark title"
+    md = (tmp / "results" / "fake.md").read_text()
+    assert "| model | acc |" in md and "| m | 0.5 |" in md
+    runner.run_benchmark("fake", results_dir=tmp / "results")
+    assert calls["n"] == 1, "a finished step must not run again"
+    runner.run_benchmark("fake", results_dir=tmp / "results", fresh=True)
+    assert calls["n"] == 2
+    assert res["git_sha"]
+
+
+def test_unknown_benchmark_is_a_usage_error(fake_bench) -> None:
+    with pytest.raises(UsageError, match="unknown benchmark"):
+        runner.run_benchmark("nope")
