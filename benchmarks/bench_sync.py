@@ -1,0 +1,207 @@
+"""Sync: delta vs snapshot size, device apply time, full sync over loopback, many devices at once.
+
+Catalogue rows and embeddings are synthetic (random float16 vectors, one catalogue image per
+part, no image files); the bundle's model file is a placeholder, so the device smoke test is
+replaced by a no-op. Everything else is the real code path: the hub store, signed packages, a
+real uvicorn hub process on 127.0.0.1, HttpTransport, one SQLite transaction per package on the
+device and the runtime's hnswlib index update.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DIM = 256
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _NoEmbed:
+    def __init__(self, bundle_id: str) -> None:
+        self.bundle_id = bundle_id
+
+    def __call__(self, images: Any) -> np.ndarray:
+        raise RuntimeError("the benchmark writes embeddings directly")
+
+
+def _make_hub(root: Path, n_parts: int) -> Any:
+    from edge_app.bundle import load_bundle
+    from edge_app.preprocess import PreprocessSpec
+    from edge_app.signing import SigningKey, init_key
+    from export.bundle import build_bundle
+    from sync.hub.hub import Hub
+
+    import tempfile
+
+    key_path, _ = init_key(Path(tempfile.mkdtemp(prefix="partlens-bench-keys-")))  # never inside the repo
+    key = SigningKey.load(key_path)
+    model = root / "model.tflite"
+    root.mkdir(parents=True, exist_ok=True)
+    model.write_bytes(b"placeholder")
+    bdir = build_bundle(root / "export", version=1, model_name="bench", model_files={"model.tflite": model},
+                        kind="device", preprocess=PreprocessSpec(size=(32, 32)), labels=["a"],
+                        embeddings=np.ones((1, DIM), np.float32), catalogue_rows=[{"image_id": "x", "part_number": "a"}],
+                        key=key, quantization={}, parity={})
+    hub = Hub.init(root / "hub", key_path, url="http://127.0.0.1:1",
+                   embedder_factory=lambda d, k: _NoEmbed(load_bundle(d, k).bundle_id))
+    hub.set_bundle(bdir)
+    rng = np.random.default_rng(0)
+    with hub.store.change() as ch:
+        for start in range(0, n_parts, 10_000):
+            idx = range(start, min(n_parts, start + 10_000))
+            ch.upsert_parts([{"part_number": f"PN{i:06d}", "name": f"part {i}", "category": f"c{i % 40}",
+                              "manufacturer": "acme", "description": "synthetic", "size_mm": float(i % 300),
+                              "look_alike_group": f"g{i % 500}"} for i in idx])
+            ch.upsert_inventory([{"part_number": f"PN{i:06d}", "site": s, "stock": i % 17, "bin": f"B{i % 999}",
+                                  "as_of": "2024-01-01T00:00:00+00:00"} for i in idx for s in ("site_a", "site_b")])
+            ch.upsert_images([{"image_id": f"img{i:06d}", "part_number": f"PN{i:06d}", "path": f"img{i:06d}.jpg",
+                               "kind": "catalogue", "sha256": None} for i in idx])
+            vec = rng.normal(size=(len(idx), DIM)).astype(np.float32)
+            vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+            ch.put_embeddings([f"img{i:06d}" for i in idx], vec, hub.bundle_id)
+    return hub
+
+
+def _change(hub: Any, n: int, seed: int) -> int:
+    """Change ``n`` parts: new name, new stock, a new re-embedded image each. Returns the new version."""
+    rng = np.random.default_rng(seed)
+    total = hub.store.counts()["parts"]
+    picks = rng.choice(total, size=n, replace=False)
+    with hub.store.change() as ch:
+        ch.upsert_parts([{"part_number": f"PN{i:06d}", "name": f"renamed {i} s{seed}", "category": "c1"}
+                         for i in picks])
+        ch.upsert_inventory([{"part_number": f"PN{i:06d}", "site": "site_a", "stock": 1, "bin": "NEW",
+                              "as_of": "2024-02-01T00:00:00+00:00"} for i in picks])
+        ids = [f"new{seed}-{i:06d}" for i in picks]
+        ch.upsert_images([{"image_id": iid, "part_number": f"PN{i:06d}", "path": f"{iid}.jpg", "kind": "field",
+                           "sha256": None} for iid, i in zip(ids, picks)])
+        vec = rng.normal(size=(n, DIM)).astype(np.float32)
+        ch.put_embeddings(ids, vec / np.linalg.norm(vec, axis=1, keepdims=True), hub.bundle_id)
+        return ch.version
+
+
+def _device(hub: Any, root: Path, name: str, url: str) -> Any:
+    from sync.client import SyncClient, enrol
+    from sync.hub.enrol import add_device
+
+    enrol(root / name, add_device(hub, name, "site_a", url))
+    return SyncClient(root / name, smoke_test=lambda b: None)
+
+
+def run(ctx: Any) -> dict[str, Any]:
+    from sync.apply import DevicePaths, apply_package, update_index
+    from sync.hub.deltas import PackageService
+    from sync.package import read_package
+
+    n_parts = 5_000 if ctx.quick else 50_000
+    n_apply = 1_000 if ctx.quick else 10_000
+    n_devices = 10 if ctx.quick else 50
+    crowd_parts = 2_000 if ctx.quick else 5_000
+    work = ctx.work_dir / ("quick" if ctx.quick else "full")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    out: dict[str, Any] = {"parts": n_parts, "embedding_dim": DIM}
+
+    t = time.perf_counter()
+    hub = _make_hub(work, n_parts)
+    out["hub_build_s"] = time.perf_counter() - t
+    svc = PackageService(hub)
+    v0 = hub.store.version()
+    t = time.perf_counter()
+    snap = svc.package("site_a", 0, v0)
+    out["snapshot_build_s"] = time.perf_counter() - t
+    out["snapshot_bytes"] = snap["size"]
+
+    # 1) 1% of the catalogue changes
+    v1 = _change(hub, n_parts // 100, seed=1)
+    delta = svc.package("site_a", v0, v1)
+    out["delta_1pct_bytes"] = delta["size"]
+    out["delta_1pct_ratio"] = delta["size"] / snap["size"]
+    out["delta_1pct_ok(<=3%)"] = out["delta_1pct_ratio"] <= 0.03
+
+    # 2) apply a 10k-row delta on a device holding the full catalogue (incl. index update)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "edge_app.cli", "hub", "serve", "--hub", str(hub.root),
+                               "--port", str(port)], cwd=str(Path(__file__).resolve().parents[1]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/openapi.json", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        # 3) full sync of a new device over loopback (HTTP download, verify, apply, index build)
+        dev = _device(hub, work / "devices", "fresh", url)
+        r = dev.sync(upload=False)
+        out["full_sync_s"] = r.seconds
+        out["full_sync_bytes"] = r.downloaded_bytes
+        out["full_sync_version_ok"] = r.to_version == hub.store.version()
+
+        v2 = _change(hub, n_apply, seed=2)
+        pkg_info = svc.package("site_a", r.to_version, v2)
+        pkg = read_package(hub.root / "packages" / "site_a" / pkg_info["name"], pkg_info["signature"], dev.keyring)
+        from edge_app.runtime.catalogue import CatalogueDB
+
+        db = CatalogueDB(dev.paths.db)
+        try:
+            update_index(dev.paths, db, hub.bundle_id)  # warm: the index is loaded as the running app has it
+            t = time.perf_counter()
+            apply_package(db, pkg, site="site_a", bundle_id=hub.bundle_id)
+            t_db = time.perf_counter() - t
+            update_index(DevicePaths(dev.paths.root), db, hub.bundle_id)
+            out["apply_rows"] = n_apply
+            out["apply_db_s"] = t_db
+            out["apply_total_s"] = time.perf_counter() - t
+            out["apply_ok(<=2s)"] = out["apply_total_s"] <= 2.0
+        finally:
+            db.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+    # 4) many devices at once (a smaller catalogue: n_devices full syncs share 2 CPU cores)
+    crowd = _make_hub(work / "crowd", crowd_parts)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "edge_app.cli", "hub", "serve", "--hub", str(crowd.root),
+                               "--port", str(port)], cwd=str(Path(__file__).resolve().parents[1]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/openapi.json", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        clients = [_device(crowd, work / "crowd-devices", f"d{i:02d}", url) for i in range(n_devices)]
+        t = time.perf_counter()
+        with cf.ThreadPoolExecutor(n_devices) as pool:
+            results = list(pool.map(lambda c: c.sync(upload=False), clients))
+        wall = time.perf_counter() - t
+        secs = np.array([r.seconds for r in results])
+        want = crowd.store.version()
+        correct = sum(1 for c, r in zip(clients, results)
+                      if r.to_version == want and c.status()["parts"] == crowd_parts)
+        out.update({"crowd_devices": n_devices, "crowd_parts": crowd_parts, "crowd_wall_s": wall,
+                    "crowd_p50_s": float(np.percentile(secs, 50)), "crowd_p95_s": float(np.percentile(secs, 95)),
+                    "crowd_correct": correct})
+    finally:
+        server.terminate()
+        server.wait(10)
+    shutil.rmtree(work, ignore_errors=True)
+    return out

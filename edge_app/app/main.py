@@ -1,0 +1,260 @@
+"""The partlens tablet app: identify a part from photos, see stock, give feedback, sync.
+
+``PartlensApp(services)`` takes any object with the :class:`edge_app.services.DeviceServices`
+methods; ``partlens app`` passes the real one. Slow calls run on a worker thread behind a busy
+overlay; their results come back on the UI thread (``@mainthread``).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from kivy.app import App
+from kivy.clock import mainthread
+from kivy.core.window import Window
+from kivy.lang import Builder
+from kivy.properties import BooleanProperty, ListProperty, ObjectProperty, StringProperty
+from kivy.uix.boxlayout import BoxLayout
+from kivy.uix.screenmanager import NoTransition, ScreenManager
+
+from ..errors import PartlensError
+from ..services import Capture, IdentifyOutcome
+from . import theme
+from .widgets import BusyView, PLLabel, PLToggle, Panel  # noqa: F401  (registers the shared kv rules)
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+SCREENS = ("identify", "results", "part_detail", "catalogue", "sync_status")
+NAV = (("identify", "Identify"), ("results", "Results"), ("catalogue", "Parts"), ("sync_status", "Sync"))
+
+
+class Root(BoxLayout):
+    """Screens above, the status line and the navigation bar below."""
+
+
+class PartlensApp(App):
+    """The app. State worth keeping (captures, results, open part) survives pause and restart."""
+
+    title = "partlens"
+    captures = ListProperty([])
+    selected = ObjectProperty(None, allownone=True)
+    outcome = ObjectProperty(None, allownone=True)
+    current_part = StringProperty("")
+    busy = BooleanProperty(False)
+    message = StringProperty("")
+
+    def __init__(self, services: Any, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.services = services
+        self._busy_view: BusyView | None = None
+        self._worker: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------------ building
+    def build(self) -> Root:
+        from .screens.catalogue import CatalogueScreen
+        from .screens.identify import IdentifyScreen
+        from .screens.part_detail import PartDetailScreen
+        from .screens.results import ResultsScreen
+        from .screens.sync_status import SyncStatusScreen
+
+        for name in SCREENS:
+            Builder.load_file(str(HERE / "screens" / f"{name}.kv"))
+        Window.clearcolor = theme.BACKGROUND
+        root = Root(orientation="vertical")
+        self.sm = ScreenManager(transition=NoTransition())
+        for cls, name in ((IdentifyScreen, "identify"), (ResultsScreen, "results"),
+                          (PartDetailScreen, "part_detail"), (CatalogueScreen, "catalogue"),
+                          (SyncStatusScreen, "sync_status")):
+            self.sm.add_widget(cls(name=name))
+        self.status = PLLabel(text="", bg_color=list(theme.SURFACE))
+        self.status.bind(text=lambda *_: self._fit_status())
+        nav = Panel(size_hint_y=None, spacing=2, bg_color=list(theme.HEADER))
+        self.nav_buttons: dict[str, PLToggle] = {}
+        for name, label in NAV:
+            b = PLToggle(text=label, group="nav", allow_no_selection=False)
+            b.bind(on_release=lambda _b, n=name: self.go(n))
+            self.nav_buttons[name] = b
+            nav.add_widget(b)
+        nav.height = max(b.height for b in self.nav_buttons.values())
+        for b in self.nav_buttons.values():
+            b.bind(height=lambda *_: setattr(nav, "height", max(x.height for x in self.nav_buttons.values())))
+        root.add_widget(self.sm)
+        root.add_widget(self.status)
+        root.add_widget(nav)
+        self.sm.bind(current=self._on_screen)
+        self.restore_state()
+        self._on_screen(self.sm, self.sm.current)
+        return root
+
+    def _fit_status(self) -> None:
+        self.status.opacity = 1 if self.status.text else 0
+        if not self.status.text:
+            self.status.height = 0
+
+    def screen(self, name: str) -> Any:
+        return self.sm.get_screen(name)
+
+    def _on_screen(self, _sm: Any, name: str) -> None:
+        for n, b in self.nav_buttons.items():
+            b.state = "down" if n == name or (name == "part_detail" and n == "results" and self.outcome) else "normal"
+        scr = self.screen(name)
+        if hasattr(scr, "refresh"):
+            scr.refresh()
+
+    def go(self, name: str) -> None:
+        """Show a screen (and remember it for a restart)."""
+        self.sm.current = name
+        self.save_state()
+
+    def notify(self, text: str) -> None:
+        """One line in the status bar (errors and confirmations)."""
+        log.info("status: %s", text)
+        self.message = text
+        self.status.text = text
+
+    # ------------------------------------------------------------------------------ captures
+    def add_capture(self, cap: Capture) -> None:
+        self.captures = [*self.captures, cap]
+        self.selected = cap
+        self.save_state()
+
+    def remove_capture(self, cap: Capture) -> None:
+        self.captures = [c for c in self.captures if c.capture_id != cap.capture_id]
+        if self.selected is not None and self.selected.capture_id == cap.capture_id:
+            self.selected = self.captures[-1] if self.captures else None
+        self.save_state()
+
+    def set_crop(self, cap: Capture, crop: tuple[float, float, float, float] | None) -> None:
+        new = self.services.captures.set_crop(cap, crop)
+        self.captures = [new if c.capture_id == cap.capture_id else c for c in self.captures]
+        if self.selected is not None and self.selected.capture_id == cap.capture_id:
+            self.selected = new
+        self.save_state()
+
+    def clear_captures(self) -> None:
+        self.captures = []
+        self.selected = None
+        self.save_state()
+
+    # ------------------------------------------------------------------------------ background work
+    def run_background(self, message: str, fn: Callable[[], Any], done: Callable[[Any], None]) -> bool:
+        """Run ``fn`` off the UI thread behind the busy overlay; ``done(result)`` runs on the UI thread.
+
+        Errors become a status-line message. Returns False if something is already running.
+        """
+        if self.busy:
+            self.notify("Still working on the previous request.")
+            return False
+        self.busy = True
+        self._busy_view = BusyView(message=message)
+        self._busy_view.open()
+
+        def work() -> None:
+            try:
+                result, error = fn(), None
+            except PartlensError as exc:
+                result, error = None, str(exc)
+            except Exception as exc:  # a bug: keep the app alive, report it, log the trace
+                log.exception("background task failed")
+                result, error = None, f"unexpected error: {exc}"
+            self._finish(done, result, error)
+
+        self._worker = threading.Thread(target=work, name="partlens-worker", daemon=True)
+        self._worker.start()
+        return True
+
+    @mainthread
+    def _finish(self, done: Callable[[Any], None], result: Any, error: str | None) -> None:
+        self.busy = False
+        if self._busy_view is not None:
+            self._busy_view.dismiss()
+            self._busy_view = None
+        if error is not None:
+            self.notify(error)
+            return
+        done(result)
+
+    def identify(self) -> bool:
+        if not self.captures:
+            self.notify("Take or pick a photo of the part first.")
+            return False
+        caps = list(self.captures)
+        n = len(caps)
+        return self.run_background(f"Identifying ({n} view{'s' if n > 1 else ''})...",
+                                   lambda: self.services.identify(caps), self.show_outcome)
+
+    def show_outcome(self, outcome: IdentifyOutcome) -> None:
+        self.outcome = outcome
+        self.notify("Best match: " + outcome.matches[0].part_number if outcome.confident and outcome.matches
+                    else "No confident match.")
+        self.go("results")
+
+    def open_part(self, part_number: str) -> None:
+        if self.sm.current != "part_detail":
+            self.screen("part_detail").came_from = self.sm.current
+        self.current_part = part_number
+        self.go("part_detail")
+
+    def current_captures(self) -> list[Capture]:
+        return list(self.captures)
+
+    # ------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"screen": self.sm.current if hasattr(self, "sm") else "identify",
+                "captures": [c.to_dict() for c in self.captures],
+                "selected": self.selected.capture_id if self.selected else None,
+                "outcome": self.outcome.to_dict() if self.outcome else None,
+                "part": self.current_part}
+
+    def save_state(self) -> None:
+        store = getattr(self.services, "state", None)
+        if store is None:
+            return
+        try:
+            store.save(self.state_dict())
+        except OSError as exc:
+            log.warning("could not save app state: %s", exc)
+
+    def restore_state(self) -> None:
+        store = getattr(self.services, "state", None)
+        data = store.load() if store is not None else {}
+        if not data:
+            return
+        caps = []
+        for d in data.get("captures", []):
+            try:
+                caps.append(self.services.captures.get(d["capture_id"]))
+            except (PartlensError, KeyError) as exc:
+                log.warning("dropping a saved capture: %s", exc)
+        self.captures = caps
+        self.selected = next((c for c in caps if c.capture_id == data.get("selected")), caps[-1] if caps else None)
+        self.outcome = IdentifyOutcome.from_dict(data["outcome"]) if data.get("outcome") else None
+        self.current_part = data.get("part") or ""
+        screen = data.get("screen")
+        if screen in SCREENS and not (screen == "part_detail" and not self.current_part) \
+                and not (screen == "results" and self.outcome is None):
+            self.sm.current = screen
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def on_pause(self) -> bool:
+        self.save_state()
+        return True
+
+    def on_resume(self) -> None:
+        self.restore_state()
+        scr = self.sm.current_screen
+        if hasattr(scr, "refresh"):
+            scr.refresh()
+
+    def on_stop(self) -> None:
+        self.save_state()
+
+
+def run(services: Any, size: tuple[int, int] | None = None) -> None:
+    """Start the app (blocks until the window closes)."""
+    if size is not None:
+        Window.size = size
+    PartlensApp(services).run()

@@ -1,0 +1,94 @@
+"""Part detail: every image, inventory per site, and feedback that goes to the outbox."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kivy.app import App
+from kivy.metrics import dp, mm
+from kivy.uix.image import Image
+from kivy.uix.screenmanager import Screen
+
+from ...errors import PartlensError
+from .. import theme
+from ..widgets import PLLabel
+from .results import short_time
+
+log = logging.getLogger(__name__)
+
+
+class PartDetailScreen(Screen):
+    part: dict[str, Any] | None = None
+
+    def refresh(self) -> None:
+        app = App.get_running_app()
+        ids = self.ids
+        ids.images.clear_widgets()
+        ids.inventory.clear_widgets()
+        self.part = None
+        if not app.current_part:
+            ids.title.text = "Part"
+            ids.info.text = "No part selected."
+            return
+        try:
+            part = app.services.part(app.current_part)
+        except PartlensError as exc:
+            ids.title.text = app.current_part
+            ids.info.text = str(exc)
+            return
+        self.part = part
+        ids.title.text = f"{part['part_number']}  {part.get('name') or ''}"
+        facts = [part.get("description") or "",
+                 f"Category: {part.get('category') or '-'}    Maker: {part.get('manufacturer') or '-'}",
+                 f"Size: {part['size_mm']:g} mm" if part.get("size_mm") else ""]
+        ids.info.text = "\n".join(f for f in facts if f)
+        side = mm(45) if self.width > self.height else mm(32)
+        for im in part.get("images", []):
+            src = im.get("file")
+            if src:
+                ids.images.add_widget(Image(source=src, fit_mode="contain", size_hint=(None, None),
+                                            size=(side, side)))
+        if not ids.images.children:
+            ids.images.add_widget(PLLabel(text="No images on this device.", size_hint_x=None, width=mm(60)))
+        hub = part.get("hub_time")
+        for row in part.get("inventory", []):
+            ids.inventory.add_widget(PLLabel(
+                text=f"{row.get('site')}:  {row.get('stock')} in stock,  bin {row.get('bin') or '-'}"
+                     f"  (as of {short_time(row.get('as_of') or hub)})", bg_color=list(theme.SURFACE)))
+        if not part.get("inventory"):
+            ids.inventory.add_widget(PLLabel(text="No stock records on this device."))
+        self.update_pending()
+
+    def update_pending(self) -> None:
+        app = App.get_running_app()
+        n = app.services.pending_uploads()
+        self.ids.pending.text = f"{n} item{'s' if n != 1 else ''} waiting to upload to the hub."
+
+    def feedback(self, verdict: str) -> None:
+        app = App.get_running_app()
+        if self.part is None:
+            return
+        try:
+            app.services.send_feedback(self.part["part_number"], verdict, app.current_captures(), app.outcome)
+        except PartlensError as exc:
+            app.notify(str(exc))
+            return
+        what = "This is the part" if verdict == "correct" else "Not this one"
+        app.notify(f'Queued "{what}" for {self.part["part_number"]}.')
+        self.update_pending()
+
+    def add_photo(self) -> None:
+        app = App.get_running_app()
+        if self.part is None:
+            return
+        try:
+            ids = app.services.add_photos(self.part["part_number"], app.current_captures())
+        except PartlensError as exc:
+            app.notify(str(exc))
+            return
+        app.notify(f"Queued {len(ids)} photo(s) of {self.part['part_number']} for the catalogue.")
+        self.update_pending()
+
+    def back(self) -> None:
+        app = App.get_running_app()
+        app.go(getattr(self, "came_from", None) or ("results" if app.outcome else "catalogue"))

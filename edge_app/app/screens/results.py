@@ -1,0 +1,149 @@
+"""Results: the top parts as cards (thumbnail, number, name, stock "as of", bin, confidence in words),
+a clear "no confident match" state, and a look-alike prompt for a measurement or a scale photo."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kivy.app import App
+from kivy.metrics import dp, mm
+from kivy.properties import ObjectProperty
+from kivy.uix.behaviors import ButtonBehavior
+from kivy.uix.image import Image
+from kivy.uix.screenmanager import Screen
+
+from ...errors import PartlensError
+from ...services import Match
+from .. import theme
+from ..widgets import Panel, PLLabel
+
+log = logging.getLogger(__name__)
+
+
+def short_time(iso: str | None) -> str:
+    """'2026-11-22T06:00:00+00:00' -> '2026-11-22 06:00' (hub time, as the hub wrote it)."""
+    if not iso:
+        return "unknown"
+    return iso.replace("T", " ")[:16]
+
+
+def stock_line(m: Match, hub_time: str | None) -> str:
+    if m.stock is None:
+        return "Stock: not known at this site"
+    where = f" at {m.site}" if m.site else ""
+    as_of = short_time(m.as_of or hub_time)
+    return f"Stock{where}: {m.stock}  (as of {as_of})"
+
+
+class MatchCard(ButtonBehavior, Panel):
+    """One candidate; the whole card is the touch target that opens the part."""
+
+    match = ObjectProperty(None)
+
+    def __init__(self, match: Match, hub_time: str | None, rank: int, **kw: Any) -> None:
+        super().__init__(orientation="horizontal", size_hint_y=None, padding=dp(8), spacing=dp(10),
+                         bg_color=list(theme.SURFACE), **kw)
+        self.match = match
+        self.part_number = match.part_number
+        thumb = Image(source=match.thumbnail or "", fit_mode="contain", size_hint=(None, None),
+                      size=(mm(26), mm(26)), opacity=1 if match.thumbnail else 0)
+        text = Panel(orientation="vertical", bg_color=list(theme.SURFACE), size_hint_y=None)
+        lines = [
+            PLLabel(text=f"{rank}. {match.part_number}", bold=True),
+            PLLabel(text=match.name),
+            PLLabel(text=f"Match: {match.words}", bold=True),
+            PLLabel(text=stock_line(match, hub_time)),
+            PLLabel(text=f"Bin: {match.bin or '-'}"),
+        ]
+        for lab in lines:
+            text.add_widget(lab)
+            lab.bind(height=lambda *_: self._fit(text, thumb))
+        self.add_widget(thumb)
+        self.add_widget(text)
+        self._fit(text, thumb)
+
+    def _fit(self, text: Panel, thumb: Image) -> None:
+        text.height = sum(c.height for c in text.children)
+        self.height = max(text.height, thumb.height, mm(theme.BUTTON_MM)) + dp(16)
+
+    def on_release(self) -> None:
+        App.get_running_app().open_part(self.part_number)
+
+
+class ResultsScreen(Screen):
+    def refresh(self) -> None:
+        app = App.get_running_app()
+        out = app.outcome
+        grid = self.ids.grid
+        grid.clear_widgets()
+        ids = self.ids
+        none = out is None
+        ids.summary.text = ("No results yet: identify a part first." if none else
+                            f"{len(out.matches)} candidate parts from {len(out.capture_ids)} view(s)."
+                            + (f"  Stock as of {short_time(out.hub_time)} (hub time)." if out.hub_time else ""))
+        self._show(ids.no_match, not none and not out.confident)
+        self._show(ids.look_alike, not none and out.look_alike and bool(out.matches))
+        if not none and out.look_alike and out.matches:
+            group = out.matches[0].look_alike_group
+            sizes = ", ".join(f"{m.part_number} {m.size_mm:g} mm" for m in out.matches[:4]
+                              if m.size_mm and m.look_alike_group == group)
+            ids.look_alike_text.text = (
+                "These parts look alike and differ only in size (" + sizes + "). Measure the part and type "
+                "the size in mm, or add a photo with a ruler or coin next to it.")
+        if none:
+            return
+        cols = max(1, int(self.width // mm(90)))
+        grid.cols = cols
+        for i, m in enumerate(out.matches):
+            grid.add_widget(MatchCard(m, out.hub_time, i + 1))
+
+    def on_size(self, *_: Any) -> None:
+        if self.manager is not None and self.manager.current == self.name:
+            self.refresh()
+
+    @staticmethod
+    def _show(w: Any, visible: bool) -> None:
+        w.opacity = 1 if visible else 0
+        w.disabled = not visible
+        w.size_hint_y = None
+        if visible:
+            w.height = w.minimum_height
+            w.bind(minimum_height=w.setter("height"))
+        else:
+            w.unbind(minimum_height=w.setter("height"))
+            w.height = 0
+
+    def apply_measurement(self) -> None:
+        app = App.get_running_app()
+        text = self.ids.measure.text.strip().replace(",", ".")
+        try:
+            size = float(text)
+        except ValueError:
+            app.notify(f"'{text}' is not a size: type the measured size in mm, e.g. 12.5")
+            return
+        try:
+            app.outcome = app.services.refine_by_size(app.outcome, size)
+        except PartlensError as exc:
+            app.notify(str(exc))
+            return
+        best = app.outcome.best
+        app.notify(f"Measured {size:g} mm: best fit {best.part_number}" if best else "No candidates.")
+        app.save_state()
+        self.refresh()
+
+    def add_scale_photo(self) -> None:
+        app = App.get_running_app()
+        app.notify("Add a view with a ruler or coin next to the part, then tap Identify.")
+        app.go("identify")
+
+    def record_unknown(self) -> None:
+        app = App.get_running_app()
+        try:
+            uid = app.services.record_unknown(app.current_captures(), self.ids.unknown_note.text.strip(),
+                                              app.outcome)
+        except PartlensError as exc:
+            app.notify(str(exc))
+            return
+        self.ids.unknown_note.text = ""
+        app.notify(f"Unknown part recorded for the hub ({app.services.pending_uploads()} waiting to upload).")
+        self.last_unknown = uid

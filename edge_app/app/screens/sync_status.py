@@ -1,0 +1,82 @@
+"""Sync status: bundle and catalogue versions, last sync, pending uploads, "Sync now", enrolment."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kivy.app import App
+from kivy.clock import Clock
+from kivy.uix.screenmanager import Screen
+
+from ...errors import PartlensError
+from .. import android
+from .results import short_time
+
+log = logging.getLogger(__name__)
+
+
+class SyncStatusScreen(Screen):
+    def refresh(self) -> None:
+        app = App.get_running_app()
+        try:
+            st = app.services.sync_status()
+        except PartlensError as exc:
+            self.ids.status.text = f"Status unavailable: {exc}"
+            return
+        lines = [
+            f"Hub: {st.hub or 'not enrolled'}",
+            f"Model bundle: {st.bundle_id or 'none'}" + (f" (version {st.bundle_version})" if st.bundle_version else ""),
+            f"Catalogue version: {st.catalogue_version if st.catalogue_version is not None else 'none'}",
+            f"Last sync: {short_time(st.last_sync) if st.last_sync else 'never'}",
+            f"Waiting to upload: {st.pending_uploads}",
+        ]
+        if st.last_error:
+            lines.append(f"Last error: {st.last_error}")
+        self.ids.status.text = "\n".join(lines)
+        self.ids.sync_btn.disabled = not st.enrolled
+        self.ids.sync_btn.text = "Sync now" if st.enrolled else "Sync now (enrol first)"
+        qr = android.qr_available()
+        self.ids.scan_btn.disabled = not qr
+        self.ids.scan_btn.text = "Scan QR code" if qr else "Scan QR code (camera only)"
+
+    def sync_now(self) -> None:
+        app = App.get_running_app()
+
+        def done(summary: Any) -> None:
+            app.notify(f"Sync finished: {summary}")
+            self.refresh()
+
+        app.run_background("Syncing with the hub...", app.services.sync_now, done)
+
+    def enrol(self, payload: str | None = None) -> None:
+        app = App.get_running_app()
+        text = self.ids.code.text if payload is None else payload
+
+        def done(hub: Any) -> None:
+            self.ids.code.text = ""
+            app.notify(f"Enrolled with {hub}.")
+            self.refresh()
+
+        app.run_background("Enrolling...", lambda: app.services.enrol(text), done)
+
+    def scan_qr(self) -> None:
+        app = App.get_running_app()
+        store = app.services.captures
+
+        def granted(ok: bool) -> None:
+            if not ok:
+                app.notify("The camera permission was refused: type or paste the code instead.")
+                return
+            _cid, path = store.new_path(".jpg")
+            android.take_picture(str(path), lambda p: Clock.schedule_once(lambda _dt: self._scanned(p), 0))
+
+        android.request_camera(granted)
+
+    def _scanned(self, path: str | None) -> None:
+        app = App.get_running_app()
+        code = android.decode_qr(path) if path else None
+        if not code:
+            app.notify("No QR code found in the photo: try again closer, or type the code.")
+            return
+        self.ids.code.text = code
+        self.enrol(code)

@@ -1,0 +1,355 @@
+"""Reading and verifying signed model bundles on the device.
+
+A bundle is a folder ``<root>/<bundle_id>/`` holding ``manifest.json``, its detached
+signature ``manifest.sig`` and the files the manifest lists with their sha256 and size
+(``model.tflite``, optionally ``model.onnx`` on the desktop, ``embeddings.npy``,
+``embeddings.json``, ``index.hnsw``). Nothing is trusted before the signature over the
+exact manifest bytes checks out against a pinned :class:`~edge_app.signing.Keyring`;
+then every file is checked against its hash. ``bundle_id`` is content-addressed:
+``v{version}-{sha256(canonical files section)[:12]}``.
+
+This module is imported by the device runtime: json, hashlib, tarfile and numpy only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .atomic import fsync_dir
+from .errors import IntegrityError, UsageError
+from .preprocess import PreprocessSpec
+from .signing import Keyring, verify_document
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
+KINDS = ("device", "desktop")
+#: Model kind -> file name inside the bundle.
+MODEL_FILES = {"tflite": "model.tflite", "onnx": "model.onnx"}
+#: Model files each bundle kind may carry.
+ALLOWED_MODELS = {"device": ("model.tflite",), "desktop": ("model.tflite", "model.onnx")}
+CATALOGUE_FILES = ("embeddings.npy", "embeddings.json", "index.hnsw")
+REQUIRED_KEYS = (
+    "schema_version", "bundle_id", "version", "created_at", "model_name", "files", "preprocess", "labels",
+    "embedding_dim", "outputs", "quantization", "parity", "accuracy", "index", "calibration", "key_id", "kind",
+)
+#: A bundle file name: one plain path component, no separators, no leading dot.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_BUNDLE_ID = re.compile(r"^v[0-9]{1,12}-[0-9a-f]{12}$")
+#: Refuse archives that would unpack to more than this (a tar bomb).
+DEFAULT_MAX_ARCHIVE_BYTES = 2 * 1024**3
+_CHUNK = 1 << 20
+
+
+def check_file_name(name: object, what: str = "bundle") -> str:
+    """Return ``name`` if it is a plain file name that cannot escape the bundle folder."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
+        raise IntegrityError(f"{what}: unsafe file name {name!r} (must be one plain path component)")
+    return name
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Streamed sha256 hex digest of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def files_digest(files: Mapping[str, Mapping[str, Any]]) -> str:
+    """sha256 of the canonical JSON of a manifest ``files`` section (the content address)."""
+    canon = json.dumps(files, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canon).hexdigest()
+
+
+def make_bundle_id(version: int, files: Mapping[str, Mapping[str, Any]]) -> str:
+    return f"v{int(version)}-{files_digest(files)[:12]}"
+
+
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """The exact bytes written to ``manifest.json`` (and signed)."""
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def validate_manifest(manifest: object, what: str = "manifest") -> dict[str, Any]:
+    """Schema check of a parsed manifest; raise :class:`IntegrityError` naming the problem."""
+    if not isinstance(manifest, dict):
+        raise IntegrityError(f"{what}: not a JSON object")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise IntegrityError(
+            f"{what}: unknown schema_version {manifest.get('schema_version')!r} (this reader knows {SCHEMA_VERSION})"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise IntegrityError(f"{what}: missing keys {', '.join(missing)}")
+    kind = manifest["kind"]
+    if kind not in KINDS:
+        raise IntegrityError(f"{what}: unknown kind {kind!r} (expected one of {KINDS})")
+    version = manifest["version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise IntegrityError(f"{what}: version must be a positive integer, got {version!r}")
+    files = manifest["files"]
+    if not isinstance(files, dict) or not files:
+        raise IntegrityError(f"{what}: 'files' must be a non-empty mapping")
+    for name, entry in files.items():
+        check_file_name(name, what)
+        if name in (MANIFEST_NAME, SIGNATURE_NAME):
+            raise IntegrityError(f"{what}: 'files' may not list {name}")
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
+                and isinstance(entry.get("size"), int) and entry["size"] >= 0):
+            raise IntegrityError(f"{what}: file entry {name!r} needs a sha256 hex digest and an integer size")
+    models = [n for n in files if n in MODEL_FILES.values()]
+    if not models:
+        raise IntegrityError(f"{what}: lists no model file")
+    bad = [n for n in models if n not in ALLOWED_MODELS[kind]]
+    if bad:
+        raise IntegrityError(f"{what}: a {kind} bundle may not carry {', '.join(bad)}")
+    absent = [n for n in CATALOGUE_FILES if n not in files]
+    if absent:
+        raise IntegrityError(f"{what}: lists no {', '.join(absent)}")
+    bid = manifest["bundle_id"]
+    if not isinstance(bid, str) or not _BUNDLE_ID.match(bid):
+        raise IntegrityError(f"{what}: malformed bundle_id {bid!r}")
+    expected = make_bundle_id(version, files)
+    if bid != expected:
+        raise IntegrityError(f"{what}: bundle_id {bid} does not match its version and files ({expected})")
+    labels = manifest["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise IntegrityError(f"{what}: 'labels' must be a non-empty list of strings")
+    dim = manifest["embedding_dim"]
+    if not isinstance(dim, int) or dim < 1:
+        raise IntegrityError(f"{what}: embedding_dim must be a positive integer, got {dim!r}")
+    outputs = manifest["outputs"]
+    if not isinstance(outputs, dict) or not {"logits", "embedding"} <= set(outputs):
+        raise IntegrityError(f"{what}: 'outputs' must describe 'logits' and 'embedding'")
+    index = manifest["index"]
+    if not isinstance(index, dict) or index.get("space") != "cosine":
+        raise IntegrityError(f"{what}: index.space must be 'cosine'")
+    if not isinstance(manifest["preprocess"], dict):
+        raise IntegrityError(f"{what}: 'preprocess' must be a mapping")
+    try:
+        PreprocessSpec.from_dict(manifest["preprocess"])
+    except (UsageError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"{what}: invalid preprocess spec ({exc})") from None
+    return manifest
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle folder. Construct with :func:`load_bundle`."""
+
+    root: Path
+    manifest: dict[str, Any]
+    signed_by: str
+
+    @property
+    def bundle_id(self) -> str:
+        return str(self.manifest["bundle_id"])
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest["version"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest["kind"])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.manifest["embedding_dim"])
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.manifest["preprocess"])
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        """Every listed file name -> its path."""
+        return {name: self.root / name for name in self.manifest["files"]}
+
+    @property
+    def model_kinds(self) -> list[str]:
+        """Model kinds present (``tflite``, ``onnx``)."""
+        return [k for k, n in MODEL_FILES.items() if n in self.manifest["files"]]
+
+    def model_path(self, kind: str = "tflite") -> Path:
+        """Path of the ``tflite`` or ``onnx`` model; :class:`UsageError` if this bundle has none."""
+        if kind not in MODEL_FILES:
+            raise UsageError(f"unknown model kind {kind!r} (expected one of {', '.join(MODEL_FILES)})")
+        name = MODEL_FILES[kind]
+        if name not in self.manifest["files"]:
+            raise UsageError(f"bundle {self.bundle_id} has no {kind} model (it has: {', '.join(self.model_kinds)})")
+        return self.root / name
+
+    def load_embeddings(self) -> np.ndarray:
+        """Catalogue embeddings, float32 (N, D), L2-normalised, row order of :meth:`load_catalogue_rows`."""
+        return np.load(self.root / "embeddings.npy", allow_pickle=False)
+
+    def load_catalogue_rows(self) -> list[dict[str, str]]:
+        """Rows ``{"image_id", "part_number"}`` in the order of the embeddings."""
+        return json.loads((self.root / "embeddings.json").read_text("utf-8"))
+
+
+def _read_manifest(root: Path) -> tuple[bytes, dict[str, Any]]:
+    mpath, spath = root / MANIFEST_NAME, root / SIGNATURE_NAME
+    for p in (mpath, spath):
+        if p.is_symlink() or not p.is_file():
+            raise IntegrityError(f"{p}: missing (or not a regular file)")
+    data = mpath.read_bytes()
+    try:
+        sig = json.loads(spath.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{spath}: not a valid signature record ({exc})") from None
+    if not isinstance(sig, dict):
+        raise IntegrityError(f"{spath}: not a valid signature record")
+    return data, sig
+
+
+def _check_catalogue_shapes(root: Path, manifest: Mapping[str, Any]) -> None:
+    try:
+        emb = np.load(root / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+        rows = json.loads((root / "embeddings.json").read_text("utf-8"))
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{root}: unreadable catalogue embeddings ({exc})") from None
+    if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[1] != manifest["embedding_dim"]:
+        raise IntegrityError(f"{root}/embeddings.npy: expected float32 (N, {manifest['embedding_dim']}), "
+                             f"got {emb.dtype} {emb.shape}")
+    if not isinstance(rows, list) or len(rows) != emb.shape[0]:
+        raise IntegrityError(f"{root}/embeddings.json: {len(rows) if isinstance(rows, list) else '?'} rows "
+                             f"for {emb.shape[0]} embeddings")
+
+
+def load_bundle(path: str | os.PathLike[str], keyring: Keyring) -> Bundle:
+    """Verify the bundle folder at ``path`` (signature, schema, every file's size and hash)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise IntegrityError(f"{root}: not a bundle folder")
+    data, sig = _read_manifest(root)
+    signed_by = verify_document(data, sig, keyring, what=f"{root / MANIFEST_NAME}")
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{root / MANIFEST_NAME}: not valid JSON ({exc})") from None
+    validate_manifest(manifest, what=str(root / MANIFEST_NAME))
+    if manifest["key_id"] != signed_by:
+        raise IntegrityError(f"{root}: manifest names key {manifest['key_id']} but was signed by {signed_by}")
+    for name, entry in manifest["files"].items():
+        p = root / name
+        if p.is_symlink() or not p.is_file():
+            raise IntegrityError(f"{p}: listed in the manifest but missing (or not a regular file)")
+        size = p.stat().st_size
+        if size != entry["size"]:
+            raise IntegrityError(f"{p}: size {size} differs from the manifest ({entry['size']})")
+        digest = sha256_file(p)
+        if digest != entry["sha256"]:
+            raise IntegrityError(f"{p}: sha256 {digest[:16]}... differs from the manifest ({entry['sha256'][:16]}...)")
+    _check_catalogue_shapes(root, manifest)
+    extras = sorted(set(os.listdir(root)) - set(manifest["files"]) - {MANIFEST_NAME, SIGNATURE_NAME})
+    if extras:
+        log.warning("%s: ignoring files not listed in the manifest: %s", root, ", ".join(extras))
+    if root.name != manifest["bundle_id"]:
+        log.warning("%s: folder name differs from bundle_id %s", root, manifest["bundle_id"])
+    log.info("bundle %s verified (key %s)", manifest["bundle_id"], signed_by)
+    return Bundle(root=root, manifest=manifest, signed_by=signed_by)
+
+
+def _archive_members(tf: tarfile.TarFile, tar_path: Path, max_bytes: int) -> tuple[str, list[tarfile.TarInfo]]:
+    """Check every member of a bundle archive before anything is written."""
+    top: str | None = None
+    files: list[tarfile.TarInfo] = []
+    total = 0
+    for m in tf:
+        parts = m.name.split("/")
+        if m.name.startswith("/") or "\\" in m.name or any(p in ("", ".", "..") for p in parts):
+            raise IntegrityError(f"{tar_path}: member {m.name!r} escapes the bundle folder")
+        if top is None:
+            top = parts[0]
+        if parts[0] != top:
+            raise IntegrityError(f"{tar_path}: members in more than one top folder ({top!r}, {parts[0]!r})")
+        if not _BUNDLE_ID.match(top):
+            raise IntegrityError(f"{tar_path}: top folder {top!r} is not a bundle id")
+        if m.isdir() and len(parts) == 1:
+            continue
+        if not m.isreg():
+            raise IntegrityError(f"{tar_path}: member {m.name!r} is not a regular file (links and devices are refused)")
+        if len(parts) != 2:
+            raise IntegrityError(f"{tar_path}: member {m.name!r} is nested (bundles are flat)")
+        check_file_name(parts[1], what=str(tar_path))
+        total += m.size
+        if total > max_bytes:
+            raise IntegrityError(f"{tar_path}: unpacks to more than {max_bytes} bytes")
+        files.append(m)
+    if top is None or not files:
+        raise IntegrityError(f"{tar_path}: empty archive")
+    names = [m.name for m in files]
+    if len(set(names)) != len(names):
+        raise IntegrityError(f"{tar_path}: duplicate members")
+    return top, files
+
+
+def open_archive(tar_path: str | os.PathLike[str], dest: str | os.PathLike[str], keyring: Keyring, *,
+                 max_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES) -> Bundle:
+    """Unpack a bundle ``.tar`` into ``dest/<bundle_id>/`` after checking every member, then verify it.
+
+    The folder appears only once fully written and verified (unpacked into a temporary folder,
+    then renamed). If that bundle id is already present and verifies, it is returned unchanged.
+    """
+    tar_path, dest = Path(tar_path), Path(dest)
+    if not tar_path.is_file():
+        raise IntegrityError(f"{tar_path}: no such archive")
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest))
+    try:
+        try:
+            with tarfile.open(tar_path, "r:") as tf:
+                top, members = _archive_members(tf, tar_path, max_bytes)
+                out_dir = tmp / top
+                out_dir.mkdir()
+                for m in members:
+                    src = tf.extractfile(m)
+                    if src is None:
+                        raise IntegrityError(f"{tar_path}: cannot read member {m.name!r}")
+                    target = out_dir / m.name.split("/")[1]
+                    with src, open(target, "xb") as fh:
+                        shutil.copyfileobj(src, fh, _CHUNK)
+                        if fh.tell() != m.size:
+                            raise IntegrityError(f"{tar_path}: member {m.name!r} is truncated")
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                end = tf.offset  # just past the last member's data
+        except (tarfile.TarError, EOFError) as exc:
+            raise IntegrityError(f"{tar_path}: truncated or corrupt archive ({exc})") from None
+        if tar_path.stat().st_size < end + 2 * tarfile.BLOCKSIZE:
+            raise IntegrityError(f"{tar_path}: truncated archive (no end-of-archive marker)")
+        fsync_dir(out_dir)
+        bundle = load_bundle(out_dir, keyring)
+        if top != bundle.bundle_id:
+            raise IntegrityError(f"{tar_path}: top folder {top} differs from the bundle id {bundle.bundle_id}")
+        final = dest / top
+        if final.exists():
+            log.info("bundle %s already present in %s", top, dest)
+            return load_bundle(final, keyring)
+        os.rename(out_dir, final)
+        fsync_dir(dest)
+        return Bundle(root=final, manifest=bundle.manifest, signed_by=bundle.signed_by)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,196 @@
+"""``partlens identify`` and ``partlens catalogue``: the device runtime from the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+
+def data_home() -> Path:
+    """The device data folder: ``$PARTLENS_HOME`` or ``~/.local/share/partlens``."""
+    env = os.environ.get("PARTLENS_HOME")
+    return Path(env) if env else Path.home() / ".local" / "share" / "partlens"
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    return Path(args.db) if args.db else data_home() / "catalogue.db"
+
+
+def _newest_bundle(root: Path) -> Path:
+    if not root.is_dir():
+        raise UsageError(f"{root}: no bundles folder (pass --bundle DIR or sync first)")
+    found = []
+    for p in root.iterdir():
+        head = p.name[1:].split("-", 1)[0] if p.name.startswith("v") else ""
+        if p.is_dir() and head.isdigit() and (p / "manifest.json").is_file():
+            found.append((int(head), p))
+    if not found:
+        raise UsageError(f"{root}: holds no bundle (pass --bundle DIR or sync first)")
+    return max(found)[1]
+
+
+def _fmt_stock(m: dict[str, Any]) -> str:
+    if m.get("site") is None:
+        inv = m.get("inventory") or []
+        return ", ".join(f"{r['site']}: {r['stock']} @ {r['bin']}" for r in inv) or "no stock data"
+    if m.get("stock") is None:
+        return f"no stock data at {m['site']}"
+    return f"{m['stock']} in stock at {m['site']}, bin {m.get('bin') or '?'}"
+
+
+def _identify(args: argparse.Namespace) -> int:
+    from .runtime.identify import Identifier
+
+    home = data_home()
+    bundle = Path(args.bundle) if args.bundle else _newest_bundle(home / "bundles")
+    keyring = Path(args.keyring) if args.keyring else home / "keyring.json"
+    if args.top < 1:
+        raise UsageError(f"--top must be >= 1, got {args.top}")
+    ident = Identifier.open(bundle, _db_path(args), keyring, backend=args.backend, site=args.site,
+                            fusion_method=args.fusion, aggregate=args.aggregate)
+    result = ident.identify(args.photos, top=args.top, in_stock=True if args.in_stock else None,
+                            category=args.category, text=args.text)
+    d = result.to_dict()
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    for s in d["skipped"]:
+        print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    head = ("MATCH" if d["status"] == "match" else "NO CONFIDENT MATCH")
+    conf = "n/a" if d["confidence"] is None else f"{d['confidence']:.2f}"
+    cal = "" if d["calibrated"] else " (UNCALIBRATED: the bundle has no calibration)"
+    print(f"{head}  confidence {conf} (threshold {d['threshold']:.2f}){cal}  views {d['views']}  "
+          f"bundle {d['bundle_id']}")
+    if d["needs_scale_photo"]:
+        la = d["look_alike"]
+        print(f"look-alikes differing only in size ({', '.join(la['part_numbers'])}): "
+              "take a photo with a scale reference")
+    print(f"stock as of hub time {d['hub_time'] or 'unknown'}")
+    for m in d["matches"]:
+        print(f"{m['rank']:>2}. {m['part_number']:<14} {m['name'] or '':<32} sim {m['similarity']:.3f}  "
+              f"{_fmt_stock(m)}")
+    if not d["matches"]:
+        print("no catalogue part passes the filters")
+    return 0
+
+
+def _open_db(args: argparse.Namespace, must_exist: bool = True) -> Any:
+    from .errors import InputError
+    from .runtime.catalogue import CatalogueDB
+
+    path = _db_path(args)
+    if must_exist and not path.is_file():
+        raise InputError(f"{path}: no catalogue database (run `partlens catalogue import` first)")
+    return CatalogueDB(path)
+
+
+def _cat_import(args: argparse.Namespace) -> int:
+    from .runtime.importer import import_catalogue
+
+    with _open_db(args, must_exist=False) as db:
+        if args.site:
+            with db.transaction():
+                db.set_meta("site", args.site)
+        res = import_catalogue(db, args.parts_csv, args.images_csv, kinds=tuple(args.kinds.split(",")))
+    print(json.dumps(res, indent=2) if args.json else
+          f"imported {res['parts']} parts, {res['inventory']} stock rows, {res['images']} images into {db.path} "
+          f"(catalogue version {res['catalogue_version']}, stock as of {res['as_of']})")
+    return 0
+
+
+def _cat_list(args: argparse.Namespace) -> int:
+    with _open_db(args) as db:
+        site = args.site or db.get_meta("site")
+        if args.in_stock and site is None:
+            raise UsageError("--in-stock needs --site (or a site set in the catalogue)")
+        rows = db.search_parts(text=args.text, category=args.category, in_stock=True if args.in_stock else None,
+                               site=site, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['part_number']:<14} {r['name'] or '':<32} {r['category'] or ''}")
+    print(f"{len(rows)} part(s)", file=sys.stderr)
+    return 0
+
+
+def _cat_show(args: argparse.Namespace) -> int:
+    from .errors import InputError
+
+    with _open_db(args) as db:
+        part = db.part(args.part)
+        hub_time = db.get_meta("hub_time")
+    if part is None:
+        raise InputError(f"part {args.part!r} is not in the catalogue")
+    if args.json:
+        print(json.dumps(part, indent=2))
+        return 0
+    for k in ("part_number", "name", "category", "manufacturer", "description", "size_mm", "look_alike_group"):
+        print(f"{k:17s} {part.get(k)}")
+    print(f"stock (hub time {hub_time or 'unknown'}):")
+    for r in part["inventory"]:
+        print(f"  {r['site']:<10} {r['stock']!s:>5}  bin {r['bin']}  as of {r['as_of']}")
+    print(f"images: {len(part['images'])}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("identify", help="identify a part from one or more photos of it",
+                       description="Identify ONE part from one or more photos of it (several views are fused). "
+                                   "Shows part number, name, stock and bin at the site, and the calibrated "
+                                   "confidence; says NO CONFIDENT MATCH when the confidence is below the "
+                                   "bundle's calibrated threshold.")
+    p.add_argument("photos", nargs="+", metavar="PHOTO", help="photo file(s) of the same part")
+    p.add_argument("--top", type=int, default=5, help="how many parts to list (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON (schema: docs/identify_json_schema.json)")
+    p.add_argument("--bundle", help="verified bundle folder (default: newest under $PARTLENS_HOME/bundles)")
+    p.add_argument("--db", help="catalogue database (default: $PARTLENS_HOME/catalogue.db)")
+    p.add_argument("--keyring", help="trusted keys (default: $PARTLENS_HOME/keyring.json)")
+    p.add_argument("--site", help="site whose stock to show and filter on (default: the catalogue's site)")
+    p.add_argument("--in-stock", action="store_true", help="only parts in stock at the site")
+    p.add_argument("--category", help="only parts of this category")
+    p.add_argument("--text", help="only parts whose number, name or description contains this text")
+    p.add_argument("--backend", choices=("tflite", "onnx", "android"), help="inference backend (default: auto)")
+    p.add_argument("--fusion", choices=("score", "embedding"), default="score",
+                   help="how several photos are fused (default: score = mean of per-view part similarities)")
+    p.add_argument("--aggregate", choices=("max", "top2"), default="max",
+                   help="how a part's images are combined (default: max)")
+    p.set_defaults(func=_identify)
+
+    c = sub.add_parser("catalogue", help="import, list and show catalogue parts on this device",
+                       description="The device catalogue database (parts, stock per site, images).")
+    csub = c.add_subparsers(dest="catalogue_command", metavar="ACTION")
+    csub.required = True
+
+    def db_arg(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--db", help="catalogue database (default: $PARTLENS_HOME/catalogue.db)")
+        q.add_argument("--json", action="store_true", help="print JSON")
+
+    i = csub.add_parser("import", help="import parts.csv (and images.csv) in the generated layout",
+                        description="Import parts (with stock_<site>/bin_<site> columns) and catalogue images "
+                                    "(paths relative to the CSV) in one transaction.")
+    i.add_argument("parts_csv", metavar="PARTS_CSV")
+    i.add_argument("images_csv", metavar="IMAGES_CSV", nargs="?")
+    i.add_argument("--kinds", default="catalogue", help="image kinds to import, comma-separated (default catalogue)")
+    i.add_argument("--site", help="record this device's site in the catalogue")
+    db_arg(i)
+    i.set_defaults(func=_cat_import)
+
+    ls = csub.add_parser("list", help="list parts", description="List parts matching every given filter.")
+    ls.add_argument("--text", help="substring of part number, name or description")
+    ls.add_argument("--category", help="exact category")
+    ls.add_argument("--in-stock", action="store_true", help="only parts in stock at the site")
+    ls.add_argument("--site", help="site for --in-stock (default: the catalogue's site)")
+    ls.add_argument("--limit", type=int, default=None, help="at most this many parts")
+    db_arg(ls)
+    ls.set_defaults(func=_cat_list)
+
+    sh = csub.add_parser("show", help="show one part with stock and images", description="Show one part.")
+    sh.add_argument("part", metavar="PART", help="part number")
+    db_arg(sh)
+    sh.set_defaults(func=_cat_show)

@@ -1,0 +1,195 @@
+"""Confidence calibration and the "no confident match" threshold.
+
+Confidence that the top-ranked part is right is a logistic function of two features of the
+part ranking: the top part's similarity ``s1`` and its margin to the next part ``s1 - s2``.
+:func:`fit` learns it (L2-regularised logistic regression by Newton's method, NumPy only) from
+scored queries of products DISJOINT from the ones it will be judged on; queries of products that
+are not in the catalogue are negatives, so the same model rejects unknown parts. The threshold
+is chosen on the fitting data to reach a target precision of accepted answers; nothing is
+hard-coded. Metrics (ECE, AUROC with a bootstrap CI, precision at a recall) live here too.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import InputError, IntegrityError
+
+log = logging.getLogger(__name__)
+
+FEATURES = ("top_similarity", "margin")
+FORMAT = "logistic/1"
+
+
+def features(top: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """(N,2) feature matrix from top-part and second-part similarities (second may be NaN: no 2nd part)."""
+    top = np.asarray(top, np.float64)
+    second = np.asarray(second, np.float64)
+    second = np.where(np.isfinite(second), second, -1.0)
+    return np.stack([top, top - second], axis=1)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """``p = sigmoid(coef . [s1, s1-s2] + intercept)``; ``p < threshold`` means no confident match."""
+
+    coef: tuple[float, float]
+    intercept: float
+    threshold: float
+    target_precision: float | None = None
+    n_fit: int = 0
+    info: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def confidence(self, top: np.ndarray | float, second: np.ndarray | float) -> np.ndarray:
+        x = features(np.atleast_1d(top), np.atleast_1d(second))
+        return _sigmoid(x @ np.asarray(self.coef) + self.intercept)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["coef"] = list(self.coef)
+        d["format"] = FORMAT
+        d["features"] = list(FEATURES)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], what: str = "calibration") -> "Calibration":
+        if d.get("format") != FORMAT:
+            raise IntegrityError(f"{what}: unknown calibration format {d.get('format')!r} (expected {FORMAT})")
+        try:
+            coef = tuple(float(c) for c in d["coef"])
+            if len(coef) != len(FEATURES):
+                raise ValueError(f"{len(coef)} coefficients")
+            thr = float(d["threshold"])
+            if not 0.0 <= thr <= 1.0:
+                raise ValueError(f"threshold {thr} outside [0, 1]")
+            return cls(coef=coef, intercept=float(d["intercept"]), threshold=thr,  # type: ignore[arg-type]
+                       target_precision=d.get("target_precision"), n_fit=int(d.get("n_fit", 0)),
+                       info=dict(d.get("info") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"{what}: malformed calibration ({exc})") from None
+
+
+def fit(top: Sequence[float], second: Sequence[float], correct: Sequence[bool], *,
+        target_precision: float = 0.9, l2: float = 1e-3, info: Mapping[str, Any] | None = None) -> Calibration:
+    """Fit confidence = P(top part is right) and the acceptance threshold.
+
+    ``correct[i]`` is True when query i's top part is its true part (always False for a product
+    not in the catalogue). The threshold is the lowest confidence whose accepted set still has
+    precision >= ``target_precision`` (at least 0.5).
+    """
+    x = features(np.asarray(top), np.asarray(second))
+    y = np.asarray(correct, dtype=np.float64)
+    if len(y) != len(x) or len(y) < 4:
+        raise InputError(f"calibration needs at least 4 scored queries, got {len(y)}")
+    if y.min() == y.max():
+        raise InputError("calibration needs both right and wrong (or unknown-part) top answers")
+    mu, sd = x.mean(0), x.std(0) + 1e-9
+    xs = np.hstack([(x - mu) / sd, np.ones((len(x), 1))])
+    w = np.zeros(xs.shape[1])
+    reg = np.full(xs.shape[1], l2 * len(y))
+    reg[-1] = 0.0
+    for _ in range(100):
+        p = _sigmoid(xs @ w)
+        grad = xs.T @ (p - y) + reg * w
+        hess = (xs * (p * (1 - p))[:, None]).T @ xs + np.diag(reg + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    coef = w[:-1] / sd
+    intercept = float(w[-1] - (w[:-1] * mu / sd).sum())
+    p = _sigmoid(x @ coef + intercept)
+    threshold = choose_threshold(p, y.astype(bool), target_precision)
+    cal = Calibration(coef=(float(coef[0]), float(coef[1])), intercept=intercept, threshold=threshold,
+                      target_precision=target_precision, n_fit=len(y), info=dict(info or {}))
+    log.info("calibration fitted on %d queries: coef=%s intercept=%.3f threshold=%.3f", len(y), coef, intercept,
+             threshold)
+    return cal
+
+
+def choose_threshold(p: np.ndarray, correct: np.ndarray, target_precision: float) -> float:
+    """Lowest confidence cut whose accepted answers reach ``target_precision`` (floor 0.5)."""
+    order = np.argsort(-p, kind="stable")
+    ps, ok = p[order], correct[order].astype(float)
+    prec = np.cumsum(ok) / np.arange(1, len(ok) + 1)
+    good = np.flatnonzero(prec >= target_precision)
+    if not len(good):
+        return float(min(1.0, ps[0] + 1e-6))
+    cut = float(ps[good[-1]])
+    return max(cut, 0.5) if target_precision >= 0.5 else cut
+
+
+def default_calibration() -> Calibration:
+    """An *uncalibrated* fallback used only when a bundle carries no calibration; flagged as such."""
+    return Calibration(coef=(10.0, 20.0), intercept=-8.0, threshold=0.5,
+                       info={"uncalibrated": True, "note": "no calibration in the bundle; confidence is a guess"})
+
+
+# ----------------------------------------------------------------------------- metrics
+def ece(confidence: Sequence[float], correct: Sequence[bool], bins: int = 15) -> float:
+    """Expected calibration error with equal-width bins."""
+    c = np.asarray(confidence, float)
+    y = np.asarray(correct, float)
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(c, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.mean() * abs(c[m].mean() - y[m].mean())
+    return float(total)
+
+
+def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties averaged)."""
+    s = np.asarray(scores, float)
+    y = np.asarray(positive, bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        raise InputError("AUROC needs both positives and negatives")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def bootstrap_ci(fn: Any, *arrays: Sequence[Any], n: int = 1000, seed: int = 0, alpha: float = 0.05
+                 ) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``fn(*arrays)`` resampling rows."""
+    rng = np.random.default_rng(seed)
+    arrs = [np.asarray(a) for a in arrays]
+    m = len(arrs[0])
+    vals = []
+    for _ in range(n):
+        idx = rng.integers(0, m, m)
+        try:
+            vals.append(fn(*[a[idx] for a in arrs]))
+        except InputError:
+            continue
+    lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def precision_at_recall(scores: Sequence[float], positive: Sequence[bool], recall: float = 0.95) -> float:
+    """Precision of the positives when the cut keeps ``recall`` of them."""
+    s = np.asarray(scores, float)
+    y = np.asarray(positive, bool)
+    order = np.argsort(-s, kind="stable")
+    tp = np.cumsum(y[order])
+    need = int(np.ceil(recall * y.sum()))
+    k = int(np.searchsorted(tp, need)) + 1
+    return float(tp[k - 1] / k)

@@ -1,0 +1,326 @@
+"""Identify a part from one or more photos: decode, preprocess (from the bundle manifest ONLY),
+run the model, L2-normalise, search the catalogue index, aggregate images into PARTS, fuse views,
+calibrate confidence, and say "no confident match" when the calibrated confidence is below the
+bundle's threshold.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ImageError, InputError, UsageError
+from ..imageio import load_image
+from ..preprocess import preprocess_image
+from . import fusion
+from .calibration import Calibration, default_calibration
+from .catalogue import CatalogueDB
+from .index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+STATUS_MATCH = "match"
+STATUS_NONE = "no_confident_match"
+#: Other candidates within this similarity of the top part are "top candidates" for the look-alike flag.
+LOOK_ALIKE_MARGIN = 0.1
+
+
+@dataclass
+class PartMatch:
+    """One candidate part, best first."""
+
+    rank: int
+    part_number: str
+    name: str | None
+    category: str | None
+    similarity: float
+    confidence: float | None
+    best_image_id: str | None
+    size_mm: float | None = None
+    look_alike_group: str | None = None
+    stock: int | None = None
+    bin: str | None = None
+    stock_as_of: str | None = None
+    site: str | None = None
+    inventory: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class IdentifyResult:
+    """Parts ranked for a query; ``status`` is ``match`` or ``no_confident_match``."""
+
+    status: str
+    matches: list[PartMatch]
+    confidence: float | None
+    threshold: float
+    calibrated: bool
+    needs_scale_photo: bool
+    look_alike: dict[str, Any] | None
+    views: int
+    skipped: list[dict[str, str]]
+    bundle_id: str
+    catalogue_version: int
+    hub_time: str | None
+    site: str | None
+    filters: dict[str, Any]
+    timings_ms: dict[str, float]
+
+    @property
+    def best(self) -> PartMatch | None:
+        """The accepted part, or None when there is no confident match."""
+        return self.matches[0] if self.status == STATUS_MATCH and self.matches else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["schema"] = "partlens-identify/1"
+        return d
+
+
+class Identifier:
+    """The on-device identification pipeline over one verified bundle and the catalogue DB."""
+
+    def __init__(self, bundle: Any, db: CatalogueDB, *, backend: str | None = None,
+                 calibration: Calibration | None = None, index_dir: str | os.PathLike[str] | None = None,
+                 index_engine: str = "auto", site: str | None = None, aggregate: str = "max",
+                 fusion_method: str = "score") -> None:
+        """``bundle`` is a verified :class:`edge_app.bundle.Bundle` (see :meth:`open`)."""
+        from .backends import create_backend
+
+        fusion.check(aggregate, fusion_method)
+        t0 = time.perf_counter()
+        self.bundle = bundle
+        self.db = db
+        self.spec = bundle.preprocess  # preprocessing comes from the manifest, nowhere else
+        self.aggregate = aggregate
+        self.fusion_method = fusion_method
+        self.site = site if site is not None else db.get_meta("site")
+        self.index_dir = index_dir
+        self.index_engine = index_engine
+        cal = bundle.manifest.get("calibration") or {}
+        if calibration is not None:
+            self.calibration = calibration
+        elif cal:
+            self.calibration = Calibration.from_dict(cal, what=f"bundle {bundle.bundle_id} calibration")
+        else:
+            log.warning("bundle %s carries no calibration: confidence is uncalibrated", bundle.bundle_id)
+            self.calibration = default_calibration()
+        self.backend = create_backend(bundle, prefer=backend)
+        self.import_bundle_embeddings()
+        self.index: VectorIndex | None = None
+        self._label_part: dict[int, str] = {}
+        self._label_image: dict[int, str] = {}
+        self._part_labels: dict[str, list[int]] = {}
+        self.refresh()
+        self.load_seconds = time.perf_counter() - t0
+
+    @classmethod
+    def open(cls, bundle_dir: str | os.PathLike[str], db_path: str | os.PathLike[str],
+             keyring_path: str | os.PathLike[str], **kwargs: Any) -> "Identifier":
+        """Verify the bundle (signature, hashes) against the keyring, open the DB, load everything."""
+        from ..bundle import load_bundle
+        from ..signing import Keyring
+
+        bundle = load_bundle(bundle_dir, Keyring.load(keyring_path))
+        db_path = Path(db_path)
+        if not db_path.is_file():
+            raise InputError(f"{db_path}: no catalogue database (run `partlens catalogue import` or sync)")
+        return cls(bundle, CatalogueDB(db_path), **kwargs)
+
+    # ------------------------------------------------------------------ catalogue
+    @property
+    def bundle_id(self) -> str:
+        return str(self.bundle.bundle_id)
+
+    def import_bundle_embeddings(self) -> int:
+        """Store the bundle's catalogue embeddings in SQLite (once per bundle), for parts the DB knows."""
+        with self.db.read():
+            have = self.db.db.conn.execute("SELECT count(*) FROM embeddings WHERE bundle_id = ?",
+                                           (self.bundle_id,)).fetchone()[0]
+        if have:
+            return 0
+        if not self.db.count("parts"):
+            raise InputError(f"{self.db.path}: the catalogue has no parts; import or sync the catalogue first")
+        rows = self.bundle.load_catalogue_rows()
+        emb = self.bundle.load_embeddings()
+        known = {p["part_number"] for p in self.db.search_parts(limit=None)}
+        keep = [i for i, r in enumerate(rows) if r["part_number"] in known]
+        if len(keep) < len(rows):
+            log.warning("bundle %s: %d of %d catalogue embeddings are for parts not in the catalogue; skipped",
+                        self.bundle_id, len(rows) - len(keep), len(rows))
+        if not keep:
+            raise InputError(f"bundle {self.bundle_id}: none of its catalogue images belong to parts in "
+                             f"{self.db.path}")
+        with self.db.transaction():
+            conn = self.db.db.conn
+            existing = {r[0] for r in conn.execute("SELECT image_id FROM images")}
+            self.db.upsert_images([{"image_id": rows[i]["image_id"], "part_number": rows[i]["part_number"],
+                                    "kind": "catalogue"} for i in keep if rows[i]["image_id"] not in existing])
+            self.db.upsert_embeddings([rows[i]["image_id"] for i in keep], emb[keep], self.bundle_id)
+            self.db.delete_embeddings(self.bundle_id)  # drop other bundles' vectors
+        log.info("imported %d catalogue embeddings of bundle %s", len(keep), self.bundle_id)
+        return len(keep)
+
+    def refresh(self) -> bool:
+        """Re-open the index when the catalogue changed since it was loaded; True if it did."""
+        version = self.db.catalogue_version
+        if self.index is not None and self.index.stamp is not None and \
+                self.index.stamp.catalogue_version == version and self._label_part:
+            return False
+        self.index = VectorIndex.open(self.db, self.bundle_id, self.bundle.manifest.get("index"),
+                                      index_dir=self.index_dir, engine=self.index_engine)
+        if self.index.dim != self.bundle.embedding_dim:
+            raise InputError(f"index dimension {self.index.dim} != bundle embedding_dim {self.bundle.embedding_dim}")
+        mapping = self.db.embedding_labels(self.bundle_id)
+        self._label_part = {lab: pn for lab, (_iid, pn) in mapping.items()}
+        self._label_image = {lab: iid for lab, (iid, _pn) in mapping.items()}
+        self._part_labels = {}
+        for lab, pn in sorted(self._label_part.items()):
+            self._part_labels.setdefault(pn, []).append(lab)
+        return True
+
+    # ---------------------------------------------------------------------- model
+    def embed(self, images: Sequence[Any]) -> np.ndarray:
+        """Decoded PIL images -> (N, D) unit embeddings."""
+        layout = self.backend.input_layout
+        batch = np.stack([preprocess_image(img, self.spec, layout=layout) for img in images])
+        out = self.backend.run(batch, layout=layout)
+        emb = out["embedding"]
+        if emb.ndim != 2 or emb.shape[1] != self.bundle.embedding_dim:
+            raise InputError(f"model embedding has shape {emb.shape}, bundle says dim {self.bundle.embedding_dim}")
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        if not np.all(np.isfinite(emb)) or np.any(norms == 0):
+            raise InputError("model returned a zero or non-finite embedding")
+        return (emb / norms).astype(np.float32)
+
+    def decode(self, sources: Iterable[Any]) -> tuple[list[Any], list[dict[str, str]]]:
+        """Decode photos with draft mode; undecodable ones are returned as skipped with their reason."""
+        good, bad = [], []
+        for src in sources:
+            if hasattr(src, "mode") and hasattr(src, "size"):  # already a PIL image
+                good.append(src.convert("RGB") if src.mode != "RGB" else src)
+                continue
+            try:
+                good.append(load_image(src, draft_size=self.spec.draft_size))
+            except ImageError as exc:
+                log.warning("skipping %s", exc)
+                bad.append({"path": exc.path, "reason": exc.reason})
+        return good, bad
+
+    # --------------------------------------------------------------------- search
+    def allowed_labels(self, *, in_stock: bool | None, category: str | None, text: str | None,
+                       site: str | None) -> list[int] | None:
+        if in_stock is None and not category and not text:
+            return None
+        parts = self.db.search_parts(text=text, category=category, in_stock=in_stock, site=site, limit=None)
+        return [lab for p in parts for lab in self._part_labels.get(p["part_number"], [])]
+
+    def rank(self, embeddings: np.ndarray, *, top: int = 5, allowed: Sequence[int] | None = None,
+             fusion_method: str | None = None, aggregate: str | None = None
+             ) -> tuple[list[str], np.ndarray, list[str | None]]:
+        """Fuse views and rank parts: (part numbers, fused scores, best image id), best first.
+
+        Returns at least ``top + 1`` parts when the catalogue has them (the runner-up feeds the margin).
+        """
+        if self.index is None:
+            raise RuntimeError("Identifier.refresh() has not loaded an index")
+        fusion_method = fusion_method or self.fusion_method
+        aggregate = aggregate or self.aggregate
+        fusion.check(aggregate, fusion_method)
+        q = np.asarray(embeddings, np.float32)
+        if fusion_method == "embedding" and len(q) > 1:
+            q = fusion.fuse_embeddings(q)
+        n_cand = max(top + 1, 10)
+        k_img = max(64, 8 * n_cand)
+        labels, sims = self.index.search(q, k_img, allowed_labels=allowed)
+        cands: list[str] = []
+        for v in range(len(q)):
+            for pn in fusion.candidate_parts(labels[v], sims[v], self._label_part, n_cand):
+                if pn not in cands:
+                    cands.append(pn)
+        if not cands:
+            return [], np.zeros(0, np.float32), []
+        vectors = {pn: self.index.get_vectors(self._part_labels[pn]) for pn in cands}
+        scores, best = fusion.score_parts(q, cands, vectors, aggregate)
+        fused = scores.mean(axis=0)
+        order = np.argsort(-fused, kind="stable")
+        best_view = scores.argmax(axis=0)
+        best_img = [self._label_image.get(self._part_labels[cands[j]][best[best_view[j], j]]) for j in order]
+        return [cands[j] for j in order], fused[order].astype(np.float32), best_img
+
+    def identify(self, sources: Sequence[Any], *, top: int = 5, in_stock: bool | None = None,
+                 category: str | None = None, text: str | None = None, site: str | None = None) -> IdentifyResult:
+        """Identify ONE part from one or more photos of it (paths, bytes, streams or PIL images)."""
+        if top < 1:
+            raise UsageError(f"top must be >= 1, got {top}")
+        if not sources:
+            raise UsageError("identify needs at least one photo")
+        site = site if site is not None else self.site
+        if in_stock and site is None:
+            raise UsageError("--in-stock needs a site (pass --site or set meta 'site' by syncing)")
+        t = {"start": time.perf_counter()}
+        self.refresh()
+        images, skipped = self.decode(sources)
+        if not images:
+            first = skipped[0]
+            raise ImageError(first["path"], first["reason"] + (f" (and {len(skipped) - 1} more photos unreadable)"
+                                                               if len(skipped) > 1 else ""))
+        t["decode"] = time.perf_counter()
+        emb = self.embed(images)
+        t["model"] = time.perf_counter()
+        allowed = self.allowed_labels(in_stock=in_stock, category=category, text=text, site=site)
+        parts, scores, best_img = self.rank(emb, top=top, allowed=allowed)
+        t["search"] = time.perf_counter()
+        result = self._result(parts, scores, best_img, top=top, views=len(images), skipped=skipped, site=site,
+                              filters={"in_stock": in_stock, "category": category, "text": text})
+        t["end"] = time.perf_counter()
+        result.timings_ms = {"decode": 1e3 * (t["decode"] - t["start"]), "model": 1e3 * (t["model"] - t["decode"]),
+                             "search": 1e3 * (t["search"] - t["model"]), "total": 1e3 * (t["end"] - t["start"])}
+        return result
+
+    def _result(self, parts: list[str], scores: np.ndarray, best_img: list[str | None], *, top: int, views: int,
+                skipped: list[dict[str, str]], site: str | None, filters: dict[str, Any]) -> IdentifyResult:
+        cal = self.calibration
+        conf = None
+        if len(parts):
+            second = float(scores[1]) if len(scores) > 1 else float("nan")
+            conf = float(cal.confidence(float(scores[0]), second)[0])
+        status = STATUS_MATCH if conf is not None and conf >= cal.threshold else STATUS_NONE
+        info = self.db.parts_by_number(parts[:top], site=site)
+        matches = []
+        for i, pn in enumerate(parts[:top]):
+            p = info.get(pn, {})
+            inv = p.get("inventory", [])
+            here = next((r for r in inv if r["site"] == site), None) if site is not None else None
+            c = conf if i == 0 else None  # calibrated for the top answer only
+            matches.append(PartMatch(
+                rank=i + 1, part_number=pn, name=p.get("name"), category=p.get("category"),
+                similarity=round(float(scores[i]), 6), confidence=None if c is None else round(c, 6),
+                best_image_id=best_img[i], size_mm=p.get("size_mm"), look_alike_group=p.get("look_alike_group"),
+                stock=None if here is None else here["stock"], bin=None if here is None else here["bin"],
+                stock_as_of=None if here is None else here["as_of"], site=site, inventory=inv))
+        look = self._look_alike(matches)
+        return IdentifyResult(
+            status=status, matches=matches, confidence=None if conf is None else round(conf, 6),
+            threshold=cal.threshold, calibrated=not cal.info.get("uncalibrated", False),
+            needs_scale_photo=look is not None, look_alike=look, views=views, skipped=skipped,
+            bundle_id=self.bundle_id, catalogue_version=self.db.catalogue_version,
+            hub_time=self.db.get_meta("hub_time"), site=site, filters=filters, timings_ms={})
+
+    @staticmethod
+    def _look_alike(matches: list[PartMatch]) -> dict[str, Any] | None:
+        """Top candidates that share a look-alike group but differ in size: ask for a scale photo."""
+        if len(matches) < 2 or not matches[0].look_alike_group:
+            return None
+        top = matches[0]
+        close = [m for m in matches[1:] if m.similarity >= top.similarity - LOOK_ALIKE_MARGIN
+                 and m.look_alike_group == top.look_alike_group and m.size_mm != top.size_mm]
+        if not close:
+            return None
+        group = [top, *close]
+        return {"group": top.look_alike_group, "part_numbers": [m.part_number for m in group],
+                "sizes_mm": [m.size_mm for m in group]}

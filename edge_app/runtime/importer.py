@@ -1,0 +1,103 @@
+"""Import a catalogue in the generated layout (``parts.csv`` + ``images.csv``) into the device DB.
+
+``parts.csv``: part_number,name,category,manufacturer,description,size_mm,look_alike_group and
+any number of ``stock_<site>``/``bin_<site>`` column pairs (one inventory row per site).
+``images.csv``: path,part_number,kind,... (paths relative to the CSV's folder); only catalogue
+images are imported by default (field photos are queries, not references). One transaction:
+a bad row leaves the database as it was.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import InputError
+from .catalogue import CatalogueDB
+
+log = logging.getLogger(__name__)
+
+PART_FIELDS = ("part_number", "name", "category", "manufacturer", "description", "size_mm", "look_alike_group")
+
+
+def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            cols = reader.fieldnames or []
+            missing = [c for c in required if c not in cols]
+            if missing:
+                raise InputError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(cols)})")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: not a readable UTF-8 CSV ({exc})") from None
+    if not rows:
+        raise InputError(f"{path}: no rows")
+    return rows
+
+
+def import_catalogue(db: CatalogueDB, parts_csv: str | os.PathLike[str], images_csv: str | os.PathLike[str] | None
+                     = None, *, kinds: Sequence[str] = ("catalogue",), as_of: str | None = None) -> dict[str, Any]:
+    """Upsert parts, inventory and images; bump ``catalogue_version``; return counts.
+
+    ``as_of`` (ISO time the stock figures date from) defaults to the modification time of
+    ``parts_csv``; it is stored per inventory row and as ``meta.hub_time``.
+    """
+    parts_csv = Path(parts_csv)
+    rows = _read_csv(parts_csv, ("part_number", "name"))
+    as_of = as_of or _dt.datetime.fromtimestamp(parts_csv.stat().st_mtime, _dt.timezone.utc).isoformat(
+        timespec="seconds")
+    sites = sorted(c[len("stock_"):] for c in rows[0] if c.startswith("stock_"))
+    parts, inventory, seen = [], [], set()
+    for line, r in enumerate(rows, start=2):
+        pn = (r.get("part_number") or "").strip()
+        if not pn:
+            raise InputError(f"{parts_csv}:{line}: empty part_number")
+        if pn in seen:
+            raise InputError(f"{parts_csv}:{line}: duplicate part_number {pn}")
+        seen.add(pn)
+        part = {k: (r.get(k) or None) for k in PART_FIELDS if k in r}
+        part["part_number"] = pn
+        try:
+            part["size_mm"] = float(r["size_mm"]) if r.get("size_mm") else None
+        except ValueError:
+            raise InputError(f"{parts_csv}:{line}: size_mm {r['size_mm']!r} is not a number") from None
+        parts.append(part)
+        for site in sites:
+            stock = r.get(f"stock_{site}")
+            try:
+                stock_v = int(stock) if stock not in (None, "") else None
+            except ValueError:
+                raise InputError(f"{parts_csv}:{line}: stock_{site} {stock!r} is not an integer") from None
+            inventory.append({"part_number": pn, "site": site, "stock": stock_v,
+                              "bin": r.get(f"bin_{site}") or None, "as_of": as_of})
+    images = []
+    if images_csv is not None:
+        images_csv = Path(images_csv)
+        root = images_csv.parent.resolve()
+        for line, r in enumerate(_read_csv(images_csv, ("path", "part_number")), start=2):
+            kind = r.get("kind") or "catalogue"
+            if kind not in kinds:
+                continue
+            if r["part_number"] not in seen:
+                raise InputError(f"{images_csv}:{line}: part {r['part_number']!r} is not in {parts_csv}")
+            path = (root / r["path"]).resolve()
+            if not path.is_file():
+                raise InputError(f"{images_csv}:{line}: {path}: no such image")
+            images.append({"image_id": r["path"], "part_number": r["part_number"], "path": str(path), "kind": kind})
+    with db.transaction():
+        db.upsert_parts(parts)
+        db.upsert_inventory(inventory)
+        db.upsert_images(images)
+        version = db.catalogue_version + 1
+        db.set_meta("catalogue_version", version)
+        db.set_meta("hub_time", as_of)
+    log.info("imported %d parts, %d inventory rows, %d images (catalogue version %d)", len(parts), len(inventory),
+             len(images), version)
+    return {"parts": len(parts), "inventory": len(inventory), "images": len(images), "sites": sites,
+            "catalogue_version": version, "as_of": as_of}

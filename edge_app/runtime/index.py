@@ -1,0 +1,426 @@
+"""The vector index: a cache over the embeddings stored in SQLite.
+
+hnswlib (cosine) when importable, otherwise an exact NumPy search with the same interface.
+The index file lives next to the catalogue DB and is stamped with (bundle_id,
+catalogue_version); the stamp is kept in a sidecar JSON and in ``meta.index_stamp``. On open,
+a cache for another bundle (or an unreadable one) is rebuilt from SQLite; a cache for the same
+bundle is brought up to date incrementally (``add_items`` / ``mark_deleted`` /
+``resize_index``) by comparing its live labels with the labels in SQLite (labels are never
+reused, so label -> vector is immutable). hnswlib does not save ``ef``: it is set from the
+manifest's index params after every load. Index files are written atomically.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from ..atomic import atomic_write_json, fsync_dir
+from ..errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    from .catalogue import CatalogueDB
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARAMS = {"space": "cosine", "M": 16, "ef_construction": 200, "ef_search": 64}
+SIDECAR_FORMAT = "partlens-index/1"
+#: Below this many allowed labels a filtered query is answered exactly (faster and never misses).
+EXACT_FILTER_LIMIT = 4096
+
+
+def _hnswlib() -> Any | None:
+    try:
+        import hnswlib
+    except ImportError:
+        return None
+    return hnswlib
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None]
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+@dataclass(frozen=True)
+class IndexStamp:
+    """What an index file was built from."""
+
+    bundle_id: str
+    catalogue_version: int
+
+    def __str__(self) -> str:
+        return f"{self.bundle_id}@{self.catalogue_version}"
+
+
+class _ExactEngine:
+    """Brute-force cosine search over an in-memory matrix (the hnswlib fallback)."""
+
+    name = "numpy"
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.labels = np.zeros(0, np.int64)
+        self.vectors = np.zeros((0, dim), np.float32)
+        self._pos: dict[int, int] = {}
+        self.deleted: set[int] = set()
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        keep = [i for i, lab in enumerate(labels) if int(lab) not in self._pos]
+        if not keep:
+            return
+        start = len(self.labels)
+        self.labels = np.concatenate([self.labels, labels[keep].astype(np.int64)])
+        self.vectors = np.concatenate([self.vectors, _normalise(vectors[keep])])
+        for j, lab in enumerate(labels[keep]):
+            self._pos[int(lab)] = start + j
+
+    def mark_deleted(self, label: int) -> None:
+        self.deleted.add(int(label))
+
+    def live_mask(self) -> np.ndarray:
+        if not self.deleted:
+            return np.ones(len(self.labels), bool)
+        return ~np.isin(self.labels, np.fromiter(self.deleted, np.int64))
+
+    def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        mask = self.live_mask()
+        if allowed is not None:
+            mask &= np.isin(self.labels, allowed)
+        idx = np.flatnonzero(mask)
+        k = min(k, len(idx))
+        sims = q @ self.vectors[idx].T
+        if k < len(idx):
+            part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        else:
+            part = np.tile(np.arange(len(idx)), (len(q), 1))
+        order = np.take_along_axis(sims, part, 1).argsort(axis=1)[:, ::-1]
+        top = np.take_along_axis(part, order, 1)
+        return self.labels[idx][top], np.take_along_axis(sims, top, 1)
+
+    def get(self, labels: Iterable[int]) -> np.ndarray:
+        return self.vectors[[self._pos[int(lab)] for lab in labels]]
+
+    def save(self, path: Path) -> None:
+        with open(path, "wb") as fh:
+            np.savez(fh, labels=self.labels, vectors=self.vectors)
+
+    def load(self, path: Path) -> None:
+        with np.load(path) as z:
+            labels, vectors = z["labels"], z["vectors"]
+        if vectors.shape[1:] != (self.dim,):
+            raise InputError(f"{path}: index dimension {vectors.shape[1:]} != {self.dim}")
+        self.labels, self.vectors = labels.astype(np.int64), vectors.astype(np.float32)
+        self._pos = {int(lab): i for i, lab in enumerate(self.labels)}
+
+    @property
+    def all_labels(self) -> set[int]:
+        return set(self._pos)
+
+
+class _HnswEngine:
+    """hnswlib cosine index."""
+
+    name = "hnswlib"
+
+    def __init__(self, dim: int, params: Mapping[str, Any], hnswlib: Any) -> None:
+        self.dim = dim
+        self.params = params
+        self._lib = hnswlib
+        self.index = hnswlib.Index(space="cosine", dim=dim)
+        self.index.init_index(max_elements=16, M=int(params["M"]), ef_construction=int(params["ef_construction"]),
+                              random_seed=100)
+        self.deleted: set[int] = set()
+        self.index.set_num_threads(2)
+        self.set_ef(int(params["ef_search"]))
+
+    def set_ef(self, ef: int) -> None:
+        self._ef = ef
+        self.index.set_ef(ef)
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        if not len(labels):
+            return
+        need = self.index.element_count + len(labels)
+        if need > self.index.get_max_elements():
+            self.index.resize_index(max(need, int(self.index.get_max_elements() * 1.5)))
+        self.index.add_items(_normalise(vectors), labels.astype(np.int64))
+
+    def mark_deleted(self, label: int) -> None:
+        if int(label) not in self.deleted:
+            self.index.mark_deleted(int(label))
+            self.deleted.add(int(label))
+
+    def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        live = self.index.element_count - len(self.deleted)
+        if allowed is not None:
+            allowed = np.setdiff1d(allowed, np.fromiter(self.deleted, np.int64)) if self.deleted else allowed
+            if len(allowed) <= EXACT_FILTER_LIMIT:
+                return self._exact_subset(q, k, allowed)
+            live = len(allowed)
+        k = min(k, live)
+        if k <= 0:
+            return np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32)
+        if self._ef < k:
+            self.index.set_ef(k)
+        try:
+            filt: Callable[[int], bool] | None = None
+            if allowed is not None:
+                allowed_set = set(allowed.tolist())
+                filt = allowed_set.__contains__
+            labels, dist = self.index.knn_query(q, k=k, num_threads=1, filter=filt)
+        except RuntimeError:
+            # hnswlib could not find k live neighbours (tiny or heavily filtered index): answer exactly.
+            sub = allowed if allowed is not None else np.setdiff1d(
+                np.asarray(self.index.get_ids_list(), np.int64), np.fromiter(self.deleted, np.int64))
+            return self._exact_subset(q, k, sub)
+        finally:
+            if self._ef < k:
+                self.index.set_ef(self._ef)
+        return labels.astype(np.int64), (1.0 - dist).astype(np.float32)
+
+    def _exact_subset(self, q: np.ndarray, k: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, len(labels))
+        if k == 0:
+            return np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32)
+        vec = _normalise(np.asarray(self.index.get_items(labels.tolist()), dtype=np.float32))
+        sims = q @ vec.T
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return labels[order], np.take_along_axis(sims, order, 1).astype(np.float32)
+
+    def get(self, labels: Iterable[int]) -> np.ndarray:
+        return _normalise(np.asarray(self.index.get_items([int(x) for x in labels]), dtype=np.float32))
+
+    def save(self, path: Path) -> None:
+        self.index.save_index(str(path))
+
+    def load(self, path: Path) -> None:
+        index = self._lib.Index(space="cosine", dim=self.dim)
+        try:
+            index.load_index(str(path))
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise InputError(f"{path}: unreadable index ({exc})") from None
+        index.set_num_threads(2)
+        self.index = index
+        self.set_ef(self._ef)  # hnswlib does not save ef
+
+    @property
+    def all_labels(self) -> set[int]:
+        return {int(x) for x in self.index.get_ids_list()}
+
+
+class VectorIndex:
+    """Cosine nearest-neighbour search over image embeddings, keyed by integer label."""
+
+    def __init__(self, dim: int, params: Mapping[str, Any] | None = None, *, engine: str = "auto") -> None:
+        p = dict(DEFAULT_PARAMS)
+        p.update({k: v for k, v in (params or {}).items() if k in DEFAULT_PARAMS})
+        if p["space"] != "cosine":
+            raise UsageError(f"index space must be 'cosine', got {p['space']!r}")
+        if engine not in ("auto", "hnswlib", "numpy"):
+            raise UsageError(f"index engine must be auto, hnswlib or numpy, got {engine!r}")
+        lib = _hnswlib() if engine in ("auto", "hnswlib") else None
+        if engine == "hnswlib" and lib is None:
+            raise UsageError("index engine 'hnswlib' requested but hnswlib is not installed")
+        if lib is None and engine == "auto":
+            log.warning("hnswlib is not installed: using exact NumPy search")
+        self.dim = int(dim)
+        self.params = p
+        self.engine: _HnswEngine | _ExactEngine = _HnswEngine(self.dim, p, lib) if lib else _ExactEngine(self.dim)
+        self.stamp: IndexStamp | None = None
+
+    # ------------------------------------------------------------ maintenance
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name
+
+    def __len__(self) -> int:
+        return len(self.live_labels())
+
+    def live_labels(self) -> set[int]:
+        return self.engine.all_labels - self.engine.deleted
+
+    def add_items(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        labels = np.asarray(labels, np.int64)
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(labels):
+            raise InputError(f"index: expected {len(labels)} vectors of dim {self.dim}, got {vectors.shape}")
+        self.engine.add(labels, vectors)
+
+    def mark_deleted(self, labels: Iterable[int]) -> None:
+        present = self.engine.all_labels
+        for lab in labels:
+            if int(lab) in present:
+                self.engine.mark_deleted(int(lab))
+
+    def search(self, queries: np.ndarray, k: int, allowed_labels: Iterable[int] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(labels (Q,k'), cosine similarities (Q,k')) best first; ``k' = min(k, candidates)``."""
+        if k < 1:
+            raise UsageError(f"k must be >= 1, got {k}")
+        q = _normalise(queries)
+        if q.shape[1] != self.dim:
+            raise InputError(f"query dimension {q.shape[1]} != index dimension {self.dim}")
+        allowed = None if allowed_labels is None else np.fromiter((int(x) for x in allowed_labels), np.int64)
+        return self.engine.search(q, k, allowed)
+
+    def get_vectors(self, labels: Iterable[int]) -> np.ndarray:
+        """Unit-norm stored vectors for ``labels``."""
+        return self.engine.get(labels)
+
+    def sync_from(self, labels: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray]) -> dict[str, int]:
+        """Make the live label set equal ``labels``; ``fetch(missing_labels)`` returns their vectors."""
+        want = {int(x) for x in labels}
+        live = self.live_labels()
+        missing = np.array(sorted(want - live), np.int64)
+        gone = sorted(live - want)
+        revived = [lab for lab in missing if int(lab) in self.engine.deleted]
+        if revived:  # labels are never reused; a deleted label coming back means a foreign cache
+            raise InputError(f"index holds deleted labels that SQLite still has ({len(revived)}): rebuild")
+        if len(missing):
+            self.add_items(missing, fetch(missing))
+        self.mark_deleted(gone)
+        return {"added": int(len(missing)), "deleted": len(gone)}
+
+    # --------------------------------------------------------------- files
+    def save(self, path: str | os.PathLike[str], stamp: IndexStamp) -> Path:
+        """Write the index atomically (temp, fsync, rename) and its stamp sidecar ``<path>.json``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+        os.close(fd)
+        try:
+            self.engine.save(Path(tmp))
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        atomic_write_json(sidecar_path(path), {
+            "format": SIDECAR_FORMAT, "engine": self.engine.name, "bundle_id": stamp.bundle_id,
+            "catalogue_version": stamp.catalogue_version, "dim": self.dim, "params": self.params,
+            "deleted": sorted(self.engine.deleted), "count": len(self)})
+        self.stamp = stamp
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], params: Mapping[str, Any] | None = None, *,
+             engine: str = "auto") -> "VectorIndex":
+        """Load an index file and its sidecar; ``params['ef_search']`` is applied after loading."""
+        path = Path(path)
+        side = sidecar_path(path)
+        try:
+            meta = json.loads(side.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{side}: missing or unreadable index stamp ({exc})") from None
+        if meta.get("format") != SIDECAR_FORMAT:
+            raise InputError(f"{side}: unknown index format {meta.get('format')!r}")
+        merged = dict(meta.get("params") or {})
+        merged.update(params or {})
+        self = cls(int(meta["dim"]), merged, engine=engine)
+        if self.engine.name != meta.get("engine"):
+            raise InputError(f"{path}: written by engine {meta.get('engine')!r}, this runtime uses "
+                             f"{self.engine.name!r}")
+        if not path.is_file():
+            raise InputError(f"{path}: index file missing")
+        self.engine.load(path)
+        # hnswlib persists its deletion marks; the sidecar tells us which labels they are
+        self.engine.deleted.update(int(lab) for lab in meta.get("deleted", []))
+        self.stamp = IndexStamp(str(meta["bundle_id"]), int(meta["catalogue_version"]))
+        return self
+
+    @classmethod
+    def open(cls, db: "CatalogueDB", bundle_id: str, params: Mapping[str, Any] | None = None, *,
+             index_dir: str | os.PathLike[str] | None = None, engine: str = "auto") -> "VectorIndex":
+        """The index for ``bundle_id``, up to date with ``db``: cached, incrementally updated or rebuilt."""
+        path = index_path(db.path, bundle_id, index_dir, engine_name(engine))
+        version = db.catalogue_version
+        stamp = IndexStamp(bundle_id, version)
+        with db.read():
+            labels = np.fromiter((r[0] for r in db.db.conn.execute(
+                "SELECT label FROM embeddings WHERE bundle_id = ? ORDER BY label", (bundle_id,))), np.int64)
+            dims = {r[0] for r in db.db.conn.execute(
+                "SELECT DISTINCT dim FROM embeddings WHERE bundle_id = ?", (bundle_id,))}
+        if len(dims) > 1:
+            raise InputError(f"{db.path}: embeddings of bundle {bundle_id} have mixed dimensions {sorted(dims)}")
+        index: VectorIndex | None = None
+        if path.exists() and sidecar_path(path).exists():
+            try:
+                index = cls.load(path, params, engine=engine)
+                if index.stamp is None or index.stamp.bundle_id != bundle_id or (dims and index.dim not in dims):
+                    log.info("index %s is for %s, not %s: rebuilding", path, index.stamp, bundle_id)
+                    index = None
+            except InputError as exc:
+                log.warning("index cache unusable (%s): rebuilding from SQLite", exc)
+                index = None
+        changed = False
+        if index is not None:
+            if index.stamp != stamp or len(index) != len(labels):
+                try:
+                    stats = index.sync_from(labels, lambda missing: _fetch(db, bundle_id, missing))
+                    log.info("index %s -> %s: %s", index.stamp, stamp, stats)
+                    changed = True
+                except InputError as exc:
+                    log.warning("incremental index update failed (%s): rebuilding", exc)
+                    index = None
+        if index is None:
+            if not dims:
+                raise InputError(f"{db.path}: no embeddings stored for bundle {bundle_id}; "
+                                 "import the bundle's embeddings or sync first")
+            all_labels, vectors = db.all_embeddings(bundle_id)
+            index = cls(vectors.shape[1], params, engine=engine)
+            if index.engine.name == "hnswlib":
+                index.engine.index.resize_index(max(16, len(all_labels)))
+            index.add_items(all_labels, vectors)
+            log.info("built %s index of %d vectors for %s", index.engine_name, len(all_labels), stamp)
+            changed = True
+        if changed or index.stamp != stamp:
+            index.save(path, stamp)
+        if db.get_meta("index_stamp") != str(stamp):
+            with db.transaction():
+                db.set_meta("index_stamp", str(stamp))
+        index.stamp = stamp
+        return index
+
+
+def engine_name(engine: str) -> str:
+    if engine == "auto":
+        return "hnswlib" if _hnswlib() is not None else "numpy"
+    return engine
+
+
+def index_path(db_path: str | os.PathLike[str], bundle_id: str, index_dir: str | os.PathLike[str] | None = None,
+               engine: str = "hnswlib") -> Path:
+    """Where the index cache for ``bundle_id`` lives: next to the catalogue DB by default."""
+    folder = Path(index_dir) if index_dir is not None else Path(db_path).parent
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in bundle_id)
+    return folder / f"index-{safe}.{'hnsw' if engine == 'hnswlib' else 'npz'}"
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def _fetch(db: "CatalogueDB", bundle_id: str, labels: np.ndarray) -> np.ndarray:
+    out = []
+    conn = db.db.conn
+    with db.read():
+        for lab in labels.tolist():
+            row = conn.execute("SELECT vector FROM embeddings WHERE label = ? AND bundle_id = ?",
+                               (lab, bundle_id)).fetchone()
+            if row is None:
+                raise InputError(f"{db.path}: embedding label {lab} vanished during index update")
+            out.append(np.frombuffer(row[0], dtype="<f4"))
+    return np.stack(out).astype(np.float32)

@@ -1,0 +1,108 @@
+"""The upload outbox (``outbox.db``), per ``docs/device_db.md``.
+
+A separate SQLite file so the catalogue can be replaced by a sync without touching what the
+engineer has recorded. Every record gets a client-made UUID, so re-uploading after a lost
+acknowledgement is idempotent on the hub.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import sqlite3
+import threading
+import uuid as _uuid
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from ..errors import InputError, UsageError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("feedback", "photo", "unknown_part", "usage")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Outbox:
+    """Records waiting for upload: ``add``, ``pending``, ``mark_uploaded``."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=5)
+            self._conn.execute("PRAGMA busy_timeout=5000")
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            with self._tx():
+                self._conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)")
+                if not self._conn.execute("SELECT 1 FROM schema_migrations WHERE version = 1").fetchone():
+                    self._conn.execute(
+                        "CREATE TABLE outbox (uuid TEXT PRIMARY KEY, kind TEXT NOT NULL, payload TEXT NOT NULL, "
+                        "blob_path TEXT, created_at TEXT NOT NULL, uploaded_at TEXT)")
+                    self._conn.execute("CREATE INDEX outbox_pending ON outbox(uploaded_at, created_at)")
+                    self._conn.execute("INSERT INTO schema_migrations VALUES (1, ?)", (_now(),))
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"{self.path}: not a usable outbox database ({exc})") from None
+        self._lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        else:
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def add(self, kind: str, payload: Mapping[str, Any], blob_path: str | os.PathLike[str] | None = None,
+            *, uuid: str | None = None) -> str:
+        """Queue a record; returns its UUID (client-made unless given)."""
+        if kind not in KINDS:
+            raise UsageError(f"outbox kind must be one of {KINDS}, got {kind!r}")
+        if blob_path is not None and not Path(blob_path).is_file():
+            raise InputError(f"{blob_path}: outbox blob does not exist")
+        try:
+            text = json.dumps(dict(payload), sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"outbox {kind} payload is not JSON-serialisable ({exc})") from None
+        rid = uuid or str(_uuid.uuid4())
+        with self._lock, self._tx() as conn:
+            conn.execute("INSERT INTO outbox(uuid, kind, payload, blob_path, created_at) VALUES (?, ?, ?, ?, ?)",
+                         (rid, kind, text, None if blob_path is None else str(blob_path), _now()))
+        return rid
+
+    def pending(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Records not yet uploaded, oldest first (payload decoded)."""
+        sql = ("SELECT uuid, kind, payload, blob_path, created_at FROM outbox WHERE uploaded_at IS NULL "
+               "ORDER BY created_at, rowid")
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self._lock:
+            rows = self._conn.execute(sql).fetchall()
+        return [{"uuid": u, "kind": k, "payload": json.loads(p), "blob_path": b, "created_at": c}
+                for u, k, p, b, c in rows]
+
+    def mark_uploaded(self, uuid: str) -> bool:
+        """Mark one record uploaded; False if it was unknown or already marked."""
+        with self._lock, self._tx() as conn:
+            n = conn.execute("UPDATE outbox SET uploaded_at = ? WHERE uuid = ? AND uploaded_at IS NULL",
+                             (_now(), uuid)).rowcount
+        return bool(n)
+
+    def count(self, pending_only: bool = True) -> int:
+        sql = "SELECT count(*) FROM outbox" + (" WHERE uploaded_at IS NULL" if pending_only else "")
+        with self._lock:
+            return int(self._conn.execute(sql).fetchone()[0])

@@ -1,0 +1,497 @@
+"""The service facade the tablet app calls (no Kivy here).
+
+The app never touches the runtime directly: it calls :class:`DeviceServices` (the real one, over
+``edge_app.runtime`` and ``sync.client``) or any object with the same methods (tests and the
+screenshot script inject an in-memory one). Everything here is synchronous; the app runs slow
+calls (``identify``, ``sync_now``) on a worker thread.
+
+Also here: :class:`CaptureStore`, which writes every photo to disk the moment it exists (atomic
+write, so a capture survives the process being killed while the camera is open), and
+:class:`StateStore`, the small JSON the app restores after a pause or a restart.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import logging
+import os
+import threading
+import uuid as _uuid
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .atomic import atomic_write_bytes, atomic_write_json
+from .errors import InputError, SyncError, UsageError
+from .imageio import load_image
+
+log = logging.getLogger(__name__)
+
+#: (lower bound of the calibrated confidence, words shown to the engineer), best first.
+CONFIDENCE_WORDS: tuple[tuple[float, str], ...] = (
+    (0.85, "very likely"), (0.60, "likely"), (0.35, "possible"), (0.0, "unlikely"))
+#: Look-alikes: candidates within this fraction of the best score that share a look-alike group.
+LOOK_ALIKE_MARGIN = 0.25
+CAPTURE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
+
+
+def confidence_words(score: float) -> str:
+    """A calibrated probability in words (the app never shows a raw number first)."""
+    for bound, words in CONFIDENCE_WORDS:
+        if score >= bound:
+            return words
+    return CONFIDENCE_WORDS[-1][1]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------- captures
+@dataclass(frozen=True)
+class Capture:
+    """One photo of the part as taken (never modified) plus the crop the engineer chose."""
+
+    capture_id: str
+    path: str
+    source: str  # camera | file
+    created_at: str
+    crop: tuple[float, float, float, float] | None = None  # (left, top, right, bottom) in 0..1 of the image
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["crop"] = list(self.crop) if self.crop else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Capture":
+        crop = d.get("crop")
+        return cls(str(d["capture_id"]), str(d["path"]), str(d.get("source", "file")), str(d.get("created_at", "")),
+                   tuple(float(v) for v in crop) if crop else None)  # type: ignore[arg-type]
+
+
+def validate_crop(crop: Sequence[float] | None) -> tuple[float, float, float, float] | None:
+    """``None`` or a (left, top, right, bottom) box inside the unit square with a positive area."""
+    if crop is None:
+        return None
+    if len(crop) != 4:
+        raise UsageError(f"a crop is (left, top, right, bottom), got {list(crop)}")
+    l, t, r, b = (float(v) for v in crop)
+    if not (0.0 <= l < r <= 1.0 and 0.0 <= t < b <= 1.0):
+        raise UsageError(f"crop {[l, t, r, b]} is not a box inside the image (0 <= left < right <= 1, same for y)")
+    return (l, t, r, b)
+
+
+class CaptureStore:
+    """Photos on disk: ``<root>/<id><ext>`` (bytes as taken) and ``<root>/<id>.json`` (source, crop)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def new_path(self, suffix: str = ".jpg") -> tuple[str, Path]:
+        """An id and a path for the camera to write into directly (Android camera intents)."""
+        cid = _uuid.uuid4().hex
+        return cid, self.root / f"{cid}{suffix}"
+
+    def add_bytes(self, data: bytes, *, source: str = "camera", name: str = "<camera>") -> Capture:
+        """Validate ``data`` as an image and store it at once (atomic, never overwrites)."""
+        load_image(bytes(data))  # ImageError for empty, corrupt or unsafe data
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as probe:
+            fmt = probe.format
+        suffix = CAPTURE_SUFFIXES.get(str(fmt), ".img")
+        cid, path = self.new_path(suffix)
+        atomic_write_bytes(path, data, overwrite=False)
+        cap = Capture(cid, str(path), source, _now())
+        self._write_sidecar(cap)
+        log.info("stored capture %s from %s (%d bytes)", cid, name, len(data))
+        return cap
+
+    def add_file(self, src: str | os.PathLike[str], *, source: str = "file") -> Capture:
+        """Copy an image file into the store (validated first; the original is untouched)."""
+        load_image(src)  # ImageError naming the file
+        return self.add_bytes(Path(src).read_bytes(), source=source, name=str(src))
+
+    def adopt(self, capture_id: str, path: str | os.PathLike[str], *, source: str = "camera") -> Capture:
+        """Register a file the camera wrote into :meth:`new_path` (validated; removed if corrupt)."""
+        path = Path(path)
+        try:
+            load_image(path)
+        except InputError:
+            log.warning("camera wrote an unreadable file %s; keeping it aside", path)
+            raise
+        cap = Capture(capture_id, str(path), source, _now())
+        self._write_sidecar(cap)
+        return cap
+
+    def _sidecar(self, capture_id: str) -> Path:
+        return self.root / f"{capture_id}.json"
+
+    def _write_sidecar(self, cap: Capture) -> None:
+        atomic_write_json(self._sidecar(cap.capture_id), cap.to_dict())
+
+    def get(self, capture_id: str) -> Capture:
+        side = self._sidecar(capture_id)
+        try:
+            cap = Capture.from_dict(json.loads(side.read_text()))
+        except FileNotFoundError:
+            raise InputError(f"{side}: no such capture") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{side}: damaged capture record ({exc})") from None
+        if not Path(cap.path).is_file():
+            raise InputError(f"{cap.path}: capture image is missing")
+        return cap
+
+    def set_crop(self, cap: Capture, crop: Sequence[float] | None) -> Capture:
+        new = replace(cap, crop=validate_crop(crop))
+        self._write_sidecar(new)
+        return new
+
+    def cropped_image(self, cap: Capture) -> "Image.Image":  # noqa: F821
+        """The capture as RGB, cut to its crop box."""
+        img = load_image(cap.path)
+        if cap.crop:
+            w, h = img.size
+            l, t, r, b = cap.crop
+            box = (int(round(l * w)), int(round(t * h)), max(int(round(r * w)), int(round(l * w)) + 1),
+                   max(int(round(b * h)), int(round(t * h)) + 1))
+            img = img.crop(box)
+        return img
+
+    def export_cropped(self, cap: Capture) -> Path:
+        """Write the cropped view as ``<id>.crop.jpg`` (what is uploaded with feedback)."""
+        img = self.cropped_image(cap)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=92)
+        return atomic_write_bytes(self.root / f"{cap.capture_id}.crop.jpg", buf.getvalue())
+
+    def all(self) -> list[Capture]:
+        out = []
+        for side in sorted(self.root.glob("*.json")):
+            try:
+                out.append(self.get(side.stem))
+            except InputError as exc:
+                log.warning("skipping capture: %s", exc)
+        return out
+
+
+# ---------------------------------------------------------------------------------------- results
+@dataclass
+class Match:
+    """One candidate part as the results screen shows it."""
+
+    part_number: str
+    name: str
+    score: float
+    words: str
+    stock: int | None = None
+    bin: str | None = None
+    site: str | None = None
+    as_of: str | None = None
+    size_mm: float | None = None
+    look_alike_group: str | None = None
+    thumbnail: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Match":
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+
+@dataclass
+class IdentifyOutcome:
+    """What ``identify`` returns to the app: ranked parts, and whether any is a confident match."""
+
+    matches: list[Match]
+    confident: bool
+    look_alike: bool = False
+    hub_time: str | None = None
+    bundle_id: str | None = None
+    capture_ids: list[str] = field(default_factory=list)
+    measured_mm: float | None = None
+
+    @property
+    def best(self) -> Match | None:
+        return self.matches[0] if self.matches else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "IdentifyOutcome":
+        return cls(matches=[Match.from_dict(m) for m in d.get("matches", [])], confident=bool(d.get("confident")),
+                   look_alike=bool(d.get("look_alike")), hub_time=d.get("hub_time"), bundle_id=d.get("bundle_id"),
+                   capture_ids=list(d.get("capture_ids", [])), measured_mm=d.get("measured_mm"))
+
+
+def detect_look_alikes(matches: Sequence[Match], margin: float = LOOK_ALIKE_MARGIN) -> bool:
+    """True when the best candidates share a look-alike group but differ in size (ask for a measurement)."""
+    if len(matches) < 2 or not matches[0].look_alike_group:
+        return False
+    best = matches[0]
+    close = [m for m in matches[1:4] if m.score >= best.score - margin and m.look_alike_group == best.look_alike_group]
+    return any(m.size_mm is not None and best.size_mm is not None and m.size_mm != best.size_mm for m in close)
+
+
+def refine_by_size(outcome: IdentifyOutcome, size_mm: float) -> IdentifyOutcome:
+    """Re-rank look-alike candidates by how close their catalogue size is to the measured size."""
+    if not (0 < size_mm < 10_000):
+        raise UsageError(f"a measurement must be between 0 and 10000 mm, got {size_mm}")
+    group = outcome.best.look_alike_group if outcome.best else None
+
+    def key(item: tuple[int, Match]) -> tuple[int, float, int]:
+        i, m = item
+        if group and m.look_alike_group == group and m.size_mm is not None:
+            return (0, abs(m.size_mm - size_mm), i)
+        return (1, 0.0, i)
+
+    ranked = [m for _, m in sorted(enumerate(outcome.matches), key=key)]
+    # The measurement resolves the look-alike question only if the best now fits it (within 10 %).
+    best = ranked[0] if ranked else None
+    fits = bool(best and best.size_mm and abs(best.size_mm - size_mm) <= 0.1 * size_mm)
+    return replace(outcome, matches=ranked, look_alike=not fits, confident=outcome.confident or fits,
+                   measured_mm=size_mm)
+
+
+@dataclass
+class SyncStatus:
+    bundle_id: str | None
+    bundle_version: int | None
+    catalogue_version: int | None
+    last_sync: str | None
+    pending_uploads: int
+    enrolled: bool
+    hub: str | None = None
+    last_error: str | None = None
+
+
+# ------------------------------------------------------------------------------------------ state
+class StateStore:
+    """The app's small resumable state (current captures, results, screen) as one JSON file."""
+
+    VERSION = 1
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def load(self) -> dict[str, Any]:
+        """The saved state, or ``{}``; a damaged file is kept aside (``.bad``), never deleted."""
+        try:
+            data = json.loads(self.path.read_text())
+            if not isinstance(data, dict) or data.get("version") != self.VERSION:
+                raise ValueError(f"unexpected state version {data.get('version') if isinstance(data, dict) else data!r}")
+            return data
+        except FileNotFoundError:
+            return {}
+        except (ValueError, OSError) as exc:
+            bad = self.path.with_suffix(self.path.suffix + ".bad")
+            log.warning("%s: unreadable app state (%s); moved to %s and starting fresh", self.path, exc, bad)
+            os.replace(self.path, bad)
+            return {}
+
+    def save(self, state: Mapping[str, Any]) -> None:
+        atomic_write_json(self.path, {**state, "version": self.VERSION})
+
+
+# --------------------------------------------------------------------------------- real services
+class DeviceServices:
+    """The real facade: catalogue, outbox, identifier and sync client under one data folder.
+
+    Layout of ``data_dir``: ``catalogue.db``, ``outbox.db``, ``captures/``, ``app_state.json``, and
+    whatever the runtime and sync client keep there (bundles, keyring, enrolment).
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, site: str | None = None,
+                 backend: str | None = None, bundle_dir: str | os.PathLike[str] | None = None,
+                 keyring: str | os.PathLike[str] | None = None) -> None:
+        from .runtime.catalogue import CatalogueDB
+        from .runtime.outbox import Outbox
+
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.catalogue = CatalogueDB(self.data_dir / "catalogue.db")
+        self.outbox = Outbox(self.data_dir / "outbox.db")
+        self.captures = CaptureStore(self.data_dir / "captures")
+        self.state = StateStore(self.data_dir / "app_state.json")
+        self.site = site or self.catalogue.get_meta("site")
+        self.backend = backend
+        self._bundle_dir = Path(bundle_dir) if bundle_dir else None
+        self._keyring = Path(keyring) if keyring else self.data_dir / "keyring.json"
+        self._identifier: Any = None
+        self._lock = threading.Lock()
+        self._last_error: str | None = None
+
+    # identify ----------------------------------------------------------------------------------
+    def bundle_paths(self) -> tuple[Path, Path]:
+        """(bundle folder, keyring file) of the installed bundle: ``bundles/<meta bundle_id>``, ``keyring.json``."""
+        if self._bundle_dir is not None:
+            return self._bundle_dir, self._keyring
+        bundle_id = self.catalogue.get_meta("bundle_id")
+        if not bundle_id:
+            raise InputError(f"{self.data_dir}: no model bundle installed yet (enrol and sync with the hub)")
+        return self.data_dir / "bundles" / bundle_id, self._keyring
+
+    def _get_identifier(self) -> Any:
+        with self._lock:
+            if self._identifier is None:
+                from .runtime.identify import Identifier
+
+                bundle_dir, keyring = self.bundle_paths()
+                self._identifier = Identifier.open(bundle_dir, self.catalogue.path, keyring,
+                                                   backend=self.backend, site=self.site)
+            return self._identifier
+
+    def reload(self) -> None:
+        """Forget the loaded model/index (after a sync installed a new bundle or catalogue)."""
+        with self._lock:
+            ident, self._identifier = self._identifier, None
+        if ident is not None and hasattr(ident, "db") and ident.db is not self.catalogue:
+            ident.db.close()
+
+    def identify(self, captures: Sequence[Capture]) -> IdentifyOutcome:
+        """Identify one part from its views (each cut to its crop)."""
+        if not captures:
+            raise UsageError("take or pick at least one photo first")
+        images = [self.captures.cropped_image(c) for c in captures]
+        result = self._get_identifier().identify(images, site=self.site)
+        return self.outcome_from_result(result, [c.capture_id for c in captures])
+
+    def outcome_from_result(self, result: Any, capture_ids: list[str]) -> IdentifyOutcome:
+        """Map the runtime's ``IdentifyResult`` to what the results screen shows."""
+        matches: list[Match] = []
+        top_sim = result.matches[0].similarity if result.matches else 0.0
+        for m in result.matches:
+            if m.confidence is not None:
+                words = confidence_words(m.confidence)
+                score = float(m.confidence)
+            else:  # the runtime calibrates the top answer only; the others are described relative to it
+                words = "possible" if m.similarity >= top_sim - LOOK_ALIKE_MARGIN / 2 else "unlikely"
+                score = float(m.similarity)
+            matches.append(Match(m.part_number, m.name or m.part_number, score, words, m.stock, m.bin, m.site,
+                                 m.stock_as_of, m.size_mm, m.look_alike_group,
+                                 self._thumbnail(m.part_number, m.best_image_id)))
+        return IdentifyOutcome(matches, result.status == "match", bool(result.needs_scale_photo),
+                               result.hub_time, result.bundle_id, capture_ids)
+
+    def _thumbnail(self, part_number: str, image_id: str | None) -> str | None:
+        images = (self.catalogue.part(part_number) or {}).get("images", [])
+        images = sorted(images, key=lambda im: im.get("image_id") != image_id)
+        return self._image_path(images)
+
+    def _image_path(self, images: Sequence[Mapping[str, Any]]) -> str | None:
+        for im in images:
+            p = Path(str(im.get("path") or ""))
+            if not p.is_absolute():
+                p = self.data_dir / p
+            if p.is_file():
+                return str(p)
+        return None
+
+    refine_by_size = staticmethod(refine_by_size)
+
+    # catalogue ---------------------------------------------------------------------------------
+    def part(self, part_number: str) -> dict[str, Any]:
+        row = self.catalogue.part(part_number)
+        if row is None:
+            raise InputError(f"part {part_number} is not in the catalogue on this device")
+        for im in row.get("images", []):
+            im["file"] = self._image_path([im])
+        row["hub_time"] = self.catalogue.get_meta("hub_time")
+        return row
+
+    def search(self, text: str | None = None, category: str | None = None, in_stock: bool | None = None,
+               limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.catalogue.search_parts(text=text or None, category=category or None, in_stock=in_stock,
+                                           site=self.site, limit=limit)
+        inv = self.catalogue.parts_by_number([r["part_number"] for r in rows], site=self.site)
+        for r in rows:
+            r["inventory"] = inv.get(r["part_number"], {}).get("inventory", [])
+        return rows
+
+    def categories(self) -> list[str]:
+        return self.catalogue.categories()
+
+    # outbox ------------------------------------------------------------------------------------
+    def _blob(self, captures: Sequence[Capture]) -> str | None:
+        return str(self.captures.export_cropped(captures[0])) if captures else None
+
+    def send_feedback(self, part_number: str, verdict: str, captures: Sequence[Capture],
+                      outcome: IdentifyOutcome | None = None) -> str:
+        """Queue "this is the part" (``verdict='correct'``) or "not this one" (``'wrong'``)."""
+        if verdict not in ("correct", "wrong"):
+            raise UsageError(f"verdict must be 'correct' or 'wrong', got {verdict!r}")
+        payload = {"part_number": part_number, "verdict": verdict,
+                   "capture_ids": [c.capture_id for c in captures],
+                   "candidates": [m.part_number for m in outcome.matches] if outcome else [],
+                   "bundle_id": outcome.bundle_id if outcome else self.catalogue.get_meta("bundle_id"),
+                   "site": self.site}
+        return self.outbox.add("feedback", payload, self._blob(captures))
+
+    def add_photos(self, part_number: str, captures: Sequence[Capture]) -> list[str]:
+        """Queue each capture as a new reference photo of ``part_number``."""
+        if not captures:
+            raise UsageError("no photo to add: take or pick one first")
+        return [self.outbox.add("photo", {"part_number": part_number, "capture_id": c.capture_id, "site": self.site},
+                                self.captures.export_cropped(c)) for c in captures]
+
+    def record_unknown(self, captures: Sequence[Capture], note: str = "",
+                       outcome: IdentifyOutcome | None = None) -> str:
+        """Queue an unknown part for the hub (first view as the blob, the others as linked photos)."""
+        if not captures:
+            raise UsageError("no photo of the unknown part: take or pick one first")
+        uid = self.outbox.add("unknown_part", {
+            "note": note, "capture_ids": [c.capture_id for c in captures], "site": self.site,
+            "candidates": [m.part_number for m in outcome.matches] if outcome else []}, self._blob(captures))
+        for c in captures[1:]:
+            self.outbox.add("photo", {"unknown_part": uid, "capture_id": c.capture_id, "site": self.site},
+                            self.captures.export_cropped(c))
+        return uid
+
+    def pending_uploads(self) -> int:
+        return self.outbox.count()
+
+    # sync --------------------------------------------------------------------------------------
+    def _client(self) -> Any:
+        try:
+            from sync.client import SyncClient
+        except ImportError as exc:
+            raise SyncError(f"the sync client is not installed on this device ({exc})") from None
+        return SyncClient(self.data_dir, catalogue=self.catalogue, outbox=self.outbox)
+
+    def sync_status(self) -> SyncStatus:
+        status: Mapping[str, Any] = {}
+        try:
+            status = self._client().status()
+        except SyncError as exc:
+            log.info("sync status unavailable: %s", exc)
+        version = self.catalogue.get_meta("catalogue_version")
+        return SyncStatus(bundle_id=self.catalogue.get_meta("bundle_id"), bundle_version=status.get("bundle_version"),
+                          catalogue_version=int(version) if version is not None else None,
+                          last_sync=status.get("last_sync"), pending_uploads=self.pending_uploads(),
+                          enrolled=bool(status.get("enrolled")), hub=status.get("hub"),
+                          last_error=status.get("last_error") or self._last_error)
+
+    def sync_now(self) -> str:
+        """One full sync (uploads, catalogue delta, bundle); returns a one-line summary."""
+        try:
+            summary = self._client().sync()
+        except SyncError as exc:
+            self._last_error = str(exc)
+            raise
+        self._last_error = None
+        self.reload()
+        return summary if isinstance(summary, str) else json.dumps(summary, default=str)
+
+    def enrol(self, payload: str) -> str:
+        """Enrol with a hub from the QR/typed enrolment payload; returns the hub's address."""
+        text = (payload or "").strip()
+        if not text:
+            raise UsageError("paste or scan the enrolment code from the hub first")
+        return str(self._client().enrol(text))
+
+    def close(self) -> None:
+        self.reload()
+        self.catalogue.close()
+        self.outbox.close()

@@ -1,0 +1,90 @@
+"""Catalogue images -> embeddings computed with the exported model the device will run.
+
+:func:`embed_catalogue` takes any runner (a callable batch -> {"embedding": ...}), so the
+catalogue vectors in a bundle come from the same TFLite (or ONNX) file the device uses.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from edge_app.errors import InputError
+from edge_app.imageio import iter_image_files, load_image
+from edge_app.preprocess import PreprocessSpec, preprocess_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CatalogueImage:
+    path: Path
+    image_id: str
+    part_number: str
+
+
+def catalogue_from_dir(root: str | os.PathLike[str]) -> list[CatalogueImage]:
+    """Catalogue images of a folder.
+
+    A generated data folder (``images.csv``): its ``kind == catalogue`` rows. Otherwise an
+    ImageFolder layout: the part number is the image's parent folder name. ``image_id`` is the
+    path relative to ``root``.
+    """
+    root = Path(root)
+    index = root / "images.csv"
+    if index.is_file():
+        with open(index, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("kind") == "catalogue"]
+        if not rows:
+            raise InputError(f"{index}: no rows with kind=catalogue")
+        return [CatalogueImage(root / r["path"], r["path"], r["part_number"]) for r in rows]
+    files = iter_image_files(root)
+    out = []
+    for p in files:
+        rel = p.relative_to(root)
+        if len(rel.parts) < 2:
+            raise InputError(f"{p}: catalogue images must sit in a folder named by part number")
+        out.append(CatalogueImage(p, rel.as_posix(), rel.parts[-2]))
+    return out
+
+
+def embed_catalogue(run: Callable[[np.ndarray], Mapping[str, np.ndarray]], items: Sequence[CatalogueImage],
+                    spec: PreprocessSpec, *, batch_size: int = 16) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """Embed catalogue images with ``run`` -> (float32 (N, D) raw embeddings, rows in the same order).
+
+    Unreadable images are left out with a warning naming the file (and are not in the rows).
+    """
+    embs: list[np.ndarray] = []
+    rows: list[dict[str, str]] = []
+    batch: list[np.ndarray] = []
+    pending: list[CatalogueImage] = []
+
+    def flush() -> None:
+        if batch:
+            out = run(np.stack(batch).astype(np.float32))
+            if "embedding" not in out:
+                raise InputError(f"the model has no output named 'embedding' (has: {', '.join(out)})")
+            embs.append(np.asarray(out["embedding"], dtype=np.float32))
+            rows.extend({"image_id": c.image_id, "part_number": c.part_number} for c in pending)
+            batch.clear()
+            pending.clear()
+
+    for item in items:
+        try:
+            img = load_image(item.path, draft_size=spec.draft_size)
+        except InputError as exc:
+            log.warning("catalogue image skipped: %s", exc)
+            continue
+        batch.append(preprocess_image(img, spec))
+        pending.append(item)
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    if not rows:
+        raise InputError("no catalogue image could be read")
+    return np.concatenate(embs).astype(np.float32), rows

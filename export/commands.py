@@ -1,0 +1,174 @@
+"""``partlens keys``, ``partlens export`` and ``partlens bundle`` (build, verify, pack, unpack)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _keys_init(args: argparse.Namespace) -> int:
+    from edge_app.signing import init_key
+
+    path, kid = init_key(args.dir)
+    print(f"new signing key {kid}\n  private: {path}\n  public keyring: {path.with_name(kid + '.pub.json')}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .parity import Thresholds
+    from .pipeline import export_checkpoint
+
+    options = {"calib_images": args.calib_images, "per_channel": args.per_channel, "opset": args.opset,
+               "calib_method": args.calib_method, "seed": args.seed, "metadata": args.metadata}
+    res = export_checkpoint(args.checkpoint, args.format, args.out, calib_dir=args.calib, val_dir=args.val,
+                            catalogue_dir=args.catalogue, options=options, val_images=args.val_images,
+                            thresholds=Thresholds(), overwrite=args.overwrite)
+    p = res["parity"]
+    print(f"{res['path']}  ({res['size_bytes'] / 1e6:.2f} MB)")
+    print(f"parity: top-1 agreement {p['top1_agreement']:.2%}, median cosine {p['median_cosine']:.4f}, "
+          f"neighbour agreement {p['neighbour_agreement']:.2%} ({p['n_val']} val photos) -> passed")
+    meta = res.get("metadata")
+    if meta:
+        print(f"TFLite metadata: {meta['status']}" + (f" ({meta['reason']})" if meta.get("reason") else ""),
+              file=sys.stderr if meta["status"] == "failed" else sys.stdout)
+    return 0
+
+
+def _load_json_arg(value: str | None, what: str) -> dict | None:
+    from edge_app.errors import UsageError
+
+    if value is None:
+        return None
+    text = Path(value).read_text("utf-8") if Path(value).is_file() else value
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--{what}: neither a JSON file nor JSON text ({exc})") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"--{what}: must be a JSON object")
+    return obj
+
+
+def _bundle_build(args: argparse.Namespace) -> int:
+    from edge_app.signing import SigningKey
+
+    from .bundle import IndexParams, write_archive
+    from .pipeline import bundle_from_exports
+
+    path = bundle_from_exports(args.out, args.model, catalogue_dir=args.catalogue, key=SigningKey.load(args.key),
+                               version=args.version, kind=args.kind,
+                               calibration=_load_json_arg(args.calibration, "calibration"),
+                               accuracy=_load_json_arg(args.accuracy, "accuracy"),
+                               index=IndexParams(M=args.M, ef_construction=args.ef_construction,
+                                                 ef_search=args.ef_search))
+    print(path)
+    if args.archive:
+        print(write_archive(path, args.archive))
+    return 0
+
+
+def _bundle_verify(args: argparse.Namespace) -> int:
+    from edge_app.bundle import load_bundle, open_archive
+    from edge_app.signing import Keyring
+
+    keyring = Keyring.load(args.keyring)
+    target = Path(args.path)
+    if target.is_file():
+        with tempfile.TemporaryDirectory() as td:
+            b = open_archive(target, td, keyring)
+            m = b.manifest
+    else:
+        m = load_bundle(target, keyring).manifest
+    print(f"OK {m['bundle_id']} (version {m['version']}, {m['kind']}, model {m['model_name']}, "
+          f"{len(m['files'])} files, signed by {m['key_id']})")
+    return 0
+
+
+def _bundle_pack(args: argparse.Namespace) -> int:
+    from .bundle import write_archive
+
+    print(write_archive(args.bundle, args.out, overwrite=args.overwrite))
+    return 0
+
+
+def _bundle_unpack(args: argparse.Namespace) -> int:
+    from edge_app.bundle import open_archive
+    from edge_app.signing import Keyring
+
+    print(open_archive(args.archive, args.dest, Keyring.load(args.keyring)).root)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .formats import CALIB_METHODS, FORMATS
+
+    keys = sub.add_parser("keys", help="manage bundle signing keys", description="Manage bundle signing keys.")
+    ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
+    ksub.required = True
+    ki = ksub.add_parser("init", help="create a new Ed25519 signing key (outside any git repository)",
+                         description="Create a private key file and its public keyring file.")
+    ki.add_argument("--dir", help="key folder (default: $PARTLENS_KEY_DIR or ~/.config/partlens/keys)")
+    ki.set_defaults(func=_keys_init)
+
+    ex = sub.add_parser("export", help="export a checkpoint to ONNX/TFLite behind a parity gate",
+                        description="Export a checkpoint to one format; the file is written only if it passes "
+                                    "the parity gate against PyTorch on real validation photos.")
+    ex.add_argument("checkpoint", help="partlens-ckpt/1 checkpoint file")
+    ex.add_argument("--format", required=True, choices=sorted(FORMATS), help="export format")
+    ex.add_argument("--calib", required=True, help="folder of real training images (int8 calibration, parity catalogue)")
+    ex.add_argument("--val", required=True, help="folder of real validation photos for the parity gate")
+    ex.add_argument("--out", required=True, help="output folder")
+    ex.add_argument("--catalogue", help="parity catalogue images (default: --calib)")
+    ex.add_argument("--val-images", type=int, help="use only this many validation photos (default: all)")
+    ex.add_argument("--calib-images", type=int, help="int8: calibration images (default 200)")
+    ex.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
+                    help="int8: per-channel weights (default on)")
+    ex.add_argument("--calib-method", choices=CALIB_METHODS, help="onnx-int8: calibration method (default minmax)")
+    ex.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    ex.add_argument("--seed", type=int, help="int8: calibration sample seed (default 0)")
+    ex.add_argument("--metadata", action=argparse.BooleanOptionalAction, default=None,
+                    help="TFLite: embed labels/normalisation metadata (default on)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing export file")
+    ex.set_defaults(func=_export)
+
+    bundle = sub.add_parser("bundle", help="build, verify, pack and unpack signed model bundles",
+                            description="Signed model bundles (see docs/ARCHITECTURE.md).")
+    bsub = bundle.add_subparsers(dest="bundle_command", metavar="ACTION")
+    bsub.required = True
+    bb = bsub.add_parser("build", help="build a signed bundle from exported models and a catalogue",
+                         description="Build <out>/<bundle_id>/ from exported model files (with their .json "
+                                     "sidecars); catalogue embeddings are computed with the exported model.")
+    bb.add_argument("--model", action="append", required=True, help="exported model file (repeat for desktop)")
+    bb.add_argument("--catalogue", required=True, help="catalogue images (images.csv data folder or ImageFolder)")
+    bb.add_argument("--key", required=True, help="private key file from `partlens keys init`")
+    bb.add_argument("--version", type=int, required=True, help="bundle version (integer, must increase)")
+    bb.add_argument("--kind", choices=("device", "desktop"), default="device", help="bundle kind (default device)")
+    bb.add_argument("--out", required=True, help="bundles root folder")
+    bb.add_argument("--calibration", help="confidence calibration section: JSON file or text")
+    bb.add_argument("--accuracy", help="accuracy section: JSON file or text")
+    bb.add_argument("--M", type=int, default=16, help="hnswlib M (default 16)")
+    bb.add_argument("--ef-construction", type=int, default=200, help="hnswlib ef_construction (default 200)")
+    bb.add_argument("--ef-search", type=int, default=64, help="hnswlib ef at query time (default 64)")
+    bb.add_argument("--archive", help="also write a .tar of the bundle here")
+    bb.set_defaults(func=_bundle_build)
+
+    bv = bsub.add_parser("verify", help="verify a bundle folder or .tar (exit 4 on failure)",
+                         description="Check the signature, the schema and every file hash.")
+    bv.add_argument("path", help="bundle folder or .tar archive")
+    bv.add_argument("--keyring", required=True, help="trusted public keys (JSON)")
+    bv.set_defaults(func=_bundle_verify)
+
+    bp = bsub.add_parser("pack", help="pack a bundle folder into a .tar", description="Pack a bundle into a .tar.")
+    bp.add_argument("bundle", help="bundle folder")
+    bp.add_argument("out", help="output .tar")
+    bp.add_argument("--overwrite", action="store_true", help="replace an existing archive")
+    bp.set_defaults(func=_bundle_pack)
+
+    bu = bsub.add_parser("unpack", help="verify and unpack a bundle .tar",
+                         description="Unpack into DEST/<bundle_id>/ after checking every member and the signature.")
+    bu.add_argument("archive", help="bundle .tar")
+    bu.add_argument("dest", help="bundles root folder")
+    bu.add_argument("--keyring", required=True, help="trusted public keys (JSON)")
+    bu.set_defaults(func=_bundle_unpack)

@@ -1,0 +1,86 @@
+"""The export formats and the options each one accepts (one table).
+
+An option a format does not take is a :class:`~edge_app.errors.UsageError`; nothing is
+silently dropped or changed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from edge_app.errors import UsageError
+
+#: Every option any format knows, with its default and a check.
+OPTION_DEFAULTS: dict[str, Any] = {
+    "opset": 18,  # ONNX opset
+    "calib_images": 200,  # real training images used to calibrate int8 activations
+    "per_channel": True,  # per-output-channel int8 weights
+    "calib_method": "minmax",  # onnxruntime calibration: minmax | entropy | percentile
+    "seed": 0,  # which calibration images are drawn
+    "metadata": True,  # TFLite: embed labels + normalisation with tflite-support's metadata writer
+}
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format: runtime, precision, file name in a bundle, accepted options."""
+
+    name: str
+    runtime: str  # "onnx" | "tflite"
+    precision: str  # "fp32" | "int8"
+    file_name: str
+    options: frozenset[str]
+    description: str
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision == "int8"
+
+
+FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat("onnx-fp32", "onnx", "fp32", "model.onnx", frozenset({"opset"}),
+                     "ONNX float32 (torch.onnx exporter)"),
+        ExportFormat("onnx-int8", "onnx", "int8", "model.onnx",
+                     frozenset({"opset", "calib_images", "per_channel", "calib_method", "seed"}),
+                     "ONNX static int8, QDQ, onnxruntime calibration on real training images"),
+        ExportFormat("tflite-fp32", "tflite", "fp32", "model.tflite", frozenset({"metadata"}),
+                     "TFLite float32 (litert-torch)"),
+        ExportFormat("tflite-int8", "tflite", "int8", "model.tflite",
+                     frozenset({"calib_images", "per_channel", "seed", "metadata"}),
+                     "TFLite static int8 (litert-torch PT2E, calibrated on real training images), "
+                     "float32 interface"),
+    )
+}
+
+
+def get_format(name: str) -> ExportFormat:
+    if name not in FORMATS:
+        raise UsageError(f"unknown export format {name!r}; known: {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def resolve_options(fmt: ExportFormat | str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Check ``options`` against what ``fmt`` accepts; return them completed with defaults.
+
+    ``None`` values mean "not given" (what argparse passes for unset flags).
+    """
+    fmt = get_format(fmt) if isinstance(fmt, str) else fmt
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(OPTION_DEFAULTS))
+    if unknown:
+        raise UsageError(f"unknown export option(s) {unknown}")
+    refused = sorted(set(given) - fmt.options)
+    if refused:
+        raise UsageError(f"format {fmt.name} does not take option(s) {refused} "
+                         f"(it takes: {', '.join(sorted(fmt.options)) or 'none'})")
+    out = {k: given.get(k, OPTION_DEFAULTS[k]) for k in sorted(fmt.options)}
+    if "calib_images" in out and (not isinstance(out["calib_images"], int) or out["calib_images"] < 1):
+        raise UsageError(f"calib_images must be a positive integer, got {out['calib_images']!r}")
+    if "calib_method" in out and out["calib_method"] not in CALIB_METHODS:
+        raise UsageError(f"calib_method must be one of {CALIB_METHODS}, got {out['calib_method']!r}")
+    if "opset" in out and not (isinstance(out["opset"], int) and 13 <= out["opset"] <= 23):
+        raise UsageError(f"opset must be an integer in 13..23, got {out['opset']!r}")
+    return out

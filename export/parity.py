@@ -1,0 +1,122 @@
+"""The parity gate: an export must behave like its PyTorch model on real photos.
+
+Compared on validation photos decoded and preprocessed exactly as on the device, outputs
+matched by name:
+- top-1 agreement of ``logits`` (>= 98%),
+- median cosine between the exported and the PyTorch embedding (>= 0.98),
+- nearest-catalogue-neighbour agreement (>= 95%): each validation photo's nearest catalogue
+  image (cosine) must be the same with exported embeddings on both sides as with PyTorch ones.
+  A different pick counts as agreement only when PyTorch itself cannot tell the two catalogue
+  images apart (their PyTorch cosines to the photo within ``tie_tolerance`` = 1e-3, e.g. exact
+  duplicates in the catalogue); the strict number is reported too.
+Below any threshold: :class:`~edge_app.errors.GateError` naming the format and the numbers.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_app.errors import GateError, UsageError
+
+from .runners import Runner, run_batched
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    top1_agreement: float = 0.98
+    median_cosine: float = 0.98
+    neighbour_agreement: float = 0.95
+    tie_tolerance: float = 1e-3
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    format: str
+    n_val: int
+    n_catalogue: int
+    top1_agreement: float
+    median_cosine: float
+    p05_cosine: float
+    neighbour_agreement: float
+    neighbour_agreement_strict: float
+    thresholds: Thresholds
+
+    @property
+    def failures(self) -> list[str]:
+        t, out = self.thresholds, []
+        if self.top1_agreement < t.top1_agreement:
+            out.append(f"top-1 agreement {self.top1_agreement:.2%} < {t.top1_agreement:.0%}")
+        if self.median_cosine < t.median_cosine:
+            out.append(f"median embedding cosine {self.median_cosine:.4f} < {t.median_cosine}")
+        if self.neighbour_agreement < t.neighbour_agreement:
+            out.append(f"nearest-catalogue-neighbour agreement {self.neighbour_agreement:.2%} "
+                       f"< {t.neighbour_agreement:.0%}")
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passed"] = self.passed
+        return d
+
+    def summary(self) -> str:
+        return (f"{self.format}: top-1 agreement {self.top1_agreement:.2%}, median cosine {self.median_cosine:.4f} "
+                f"(p05 {self.p05_cosine:.4f}), neighbour agreement {self.neighbour_agreement:.2%} "
+                f"(strict {self.neighbour_agreement_strict:.2%}) "
+                f"on {self.n_val} val / {self.n_catalogue} catalogue images")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def compare_outputs(fmt: str, ref_val: dict[str, np.ndarray], cand_val: dict[str, np.ndarray],
+                    ref_cat: np.ndarray, cand_cat: np.ndarray, thresholds: Thresholds = Thresholds()) -> ParityReport:
+    """Parity numbers from outputs already computed (val outputs by name; catalogue embeddings)."""
+    n = len(ref_val["logits"])
+    if n == 0 or len(cand_val["logits"]) != n or len(ref_cat) != len(cand_cat) or len(ref_cat) == 0:
+        raise UsageError("parity needs the same non-empty validation and catalogue sets on both sides")
+    top1 = float(np.mean(ref_val["logits"].argmax(1) == cand_val["logits"].argmax(1)))
+    cos = np.sum(_unit(ref_val["embedding"]) * _unit(cand_val["embedding"]), axis=1)
+    ref_sim = _unit(ref_val["embedding"]) @ _unit(ref_cat).T
+    nn_ref = ref_sim.argmax(1)
+    nn_cand = (_unit(cand_val["embedding"]) @ _unit(cand_cat).T).argmax(1)
+    rows = np.arange(n)
+    tie = ref_sim[rows, nn_cand] >= ref_sim[rows, nn_ref] - thresholds.tie_tolerance
+    return ParityReport(format=fmt, n_val=n, n_catalogue=len(ref_cat), top1_agreement=top1,
+                        median_cosine=float(np.median(cos)), p05_cosine=float(np.percentile(cos, 5)),
+                        neighbour_agreement=float(np.mean((nn_ref == nn_cand) | tie)),
+                        neighbour_agreement_strict=float(np.mean(nn_ref == nn_cand)), thresholds=thresholds)
+
+
+def measure_parity(fmt: str, reference: Runner, candidate: Runner, val: np.ndarray, catalogue: np.ndarray,
+                   thresholds: Thresholds = Thresholds(), batch_size: int = 16) -> ParityReport:
+    """Run both models on preprocessed val and catalogue arrays and compare."""
+    ref_val, cand_val = run_batched(reference, val, batch_size), run_batched(candidate, val, batch_size)
+    ref_cat = run_batched(reference, catalogue, batch_size)["embedding"]
+    cand_cat = run_batched(candidate, catalogue, batch_size)["embedding"]
+    return compare_outputs(fmt, ref_val, cand_val, ref_cat, cand_cat, thresholds)
+
+
+def enforce(report: ParityReport) -> ParityReport:
+    """Raise :class:`GateError` unless the report passes; log and return it otherwise."""
+    if not report.passed:
+        raise GateError(f"parity gate failed for {report.format}: {'; '.join(report.failures)} "
+                        f"({report.summary()})")
+    log.info("parity gate passed: %s", report.summary())
+    return report
+
+
+def parity_gate(fmt: str, reference: Runner, candidate: Runner, val: np.ndarray, catalogue: np.ndarray,
+                thresholds: Thresholds = Thresholds()) -> ParityReport:
+    """:func:`measure_parity` then :func:`enforce`."""
+    return enforce(measure_parity(fmt, reference, candidate, val, catalogue, thresholds))

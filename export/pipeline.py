@@ -1,0 +1,185 @@
+"""Export a model to one format, gate it on parity, write it with a JSON sidecar; bundle exports.
+
+``export_model`` writes ``<out_dir>/<model_name>-<format>.<ext>`` and ``...<ext>.json`` (the
+sidecar: format, quantisation, parity numbers, metadata status, labels, preprocess) only
+after the export passed its parity gate. ``bundle_from_exports`` turns exported files into
+a signed bundle, embedding the catalogue with the exported model the device runs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from edge_app.atomic import atomic_copy, atomic_write_json
+from edge_app.errors import InputError, UsageError
+from edge_app.preprocess import PreprocessSpec
+from edge_app.signing import SigningKey
+
+from .formats import ExportFormat, get_format, resolve_options
+from .inputs import load_inputs, sample_images
+from .parity import Thresholds, enforce, measure_parity
+
+log = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".json"
+
+
+def _write_export(model: Any, labels: Sequence[str], fmt: ExportFormat, opts: Mapping[str, Any], path: Path,
+                  calib: Any, model_name: str) -> dict[str, Any]:
+    """Write the model file for ``fmt`` at ``path``; return extra sidecar info."""
+    info: dict[str, Any] = {}
+    if fmt.runtime == "onnx":
+        from .onnx_export import export_onnx_fp32, quantize_onnx_int8
+
+        if fmt.quantized:
+            fp32 = path.with_name(path.stem + ".fp32.onnx")
+            export_onnx_fp32(model, fp32, opset=opts["opset"])
+            quantize_onnx_int8(fp32, path, calib, per_channel=opts["per_channel"], calib_method=opts["calib_method"])
+            fp32.unlink()
+        else:
+            export_onnx_fp32(model, path, opset=opts["opset"])
+        info["io"] = {"input": {"name": "input", "shape": ["batch", 3, *model.preprocess.size]}}
+        return info
+    from .tflite_export import check_signature, convert_fp32, convert_int8, write_tflite
+
+    data = convert_int8(model, calib, per_channel=opts["per_channel"]) if fmt.quantized else convert_fp32(model)
+    if opts["metadata"]:
+        from .metadata import embed_metadata
+
+        data, info["metadata"] = embed_metadata(data, model_name=model_name, labels=labels, spec=model.preprocess)
+    else:
+        info["metadata"] = {"status": "skipped", "reason": "metadata=False"}
+    info["io"] = check_signature(data, str(path))
+    write_tflite(data, path)
+    return info
+
+
+def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str | os.PathLike[str], *,
+                 calib_dir: str | os.PathLike[str], val_dir: str | os.PathLike[str],
+                 catalogue_dir: str | os.PathLike[str] | None = None, options: Mapping[str, Any] | None = None,
+                 model_name: str | None = None, val_images: int | None = None, catalogue_images: int = 200,
+                 thresholds: Thresholds = Thresholds(), overwrite: bool = False) -> dict[str, Any]:
+    """Export, gate, write. Returns the sidecar dict (also written next to the model file).
+
+    ``calib_dir``: real training images (int8 calibration; also the parity catalogue unless
+    ``catalogue_dir`` is given). ``val_dir``: real validation photos for the parity gate.
+    Raises :class:`GateError` (nothing written) if the export fails parity.
+    """
+    t0 = time.perf_counter()
+    fmt = get_format(fmt_name)
+    opts = resolve_options(fmt, options)
+    spec: PreprocessSpec = model.preprocess
+    name = model_name or model.config.get("name", "model")
+    if len(labels) != model.num_classes:
+        raise UsageError(f"{len(labels)} labels for a model with {model.num_classes} classes")
+    model.eval()
+    ext = ".onnx" if fmt.runtime == "onnx" else ".tflite"
+    out_dir = Path(out_dir)
+    final = out_dir / f"{name}-{fmt.name}{ext}"
+    if final.exists() and not overwrite:
+        raise UsageError(f"{final} exists (pass --overwrite to replace it)")
+    calib = None
+    quant: dict[str, Any] = {"format": fmt.name, "runtime": fmt.runtime, "precision": fmt.precision,
+                             "options": dict(opts)}
+    if fmt.quantized:
+        calib_paths = sample_images(calib_dir, opts["calib_images"], seed=opts["seed"], what="calibration")
+        calib, kept = load_inputs(calib_paths, spec)
+        quant.update(calibration_images=len(kept), calibration_source=str(calib_dir),
+                     scheme=("onnxruntime static QDQ, int8 activations (asymmetric) and weights (symmetric)"
+                             if fmt.runtime == "onnx" else
+                             "litert-torch PT2E static int8, activations per tensor, symmetric weights, "
+                             "float32 interface"),
+                     per_channel=opts["per_channel"])
+    val, _ = load_inputs(sample_images(val_dir, val_images, what="parity validation"), spec)
+    cat_src = catalogue_dir or calib_dir
+    n_cat = min(catalogue_images, len(sample_images(cat_src, None)))
+    cat, _ = load_inputs(sample_images(cat_src, n_cat, seed=1, what="parity catalogue"), spec)
+    from .runners import file_runner, torch_runner
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as td:
+        tmp = Path(td) / final.name
+        info = _write_export(model, labels, fmt, opts, tmp, calib, name)
+        report = measure_parity(fmt.name, torch_runner(model), file_runner(tmp), val, cat, thresholds)
+        sidecar = {"format": fmt.name, "model_name": name, "file": final.name, "labels": list(labels),
+                   "preprocess": spec.to_dict(), "embedding_dim": int(model.embed_dim),
+                   "quantization": quant, "parity": report.to_dict(), "size_bytes": tmp.stat().st_size, **info,
+                   "seconds": round(time.perf_counter() - t0, 1)}
+        enforce(report)  # GateError: nothing is written
+        atomic_copy(tmp, final, overwrite=True)
+    atomic_write_json(final.with_name(final.name + SIDECAR_SUFFIX), sidecar)
+    meta = info.get("metadata", {})
+    if meta.get("status") == "failed":
+        log.error("%s: exported WITHOUT TFLite metadata: %s", final, meta.get("reason"))
+    log.info("exported %s (%d bytes): %s", final, sidecar["size_bytes"], report.summary())
+    return sidecar | {"path": str(final)}
+
+
+def export_checkpoint(ckpt: str | os.PathLike[str], fmt_name: str, out_dir: str | os.PathLike[str],
+                      **kwargs: Any) -> dict[str, Any]:
+    """:func:`export_model` for a ``partlens-ckpt/1`` checkpoint."""
+    from training.models import load_checkpoint
+
+    model, meta = load_checkpoint(ckpt)
+    kwargs.setdefault("model_name", meta["model_name"])
+    out = export_model(model, meta["labels"], fmt_name, out_dir, **kwargs)
+    return out
+
+
+def read_sidecar(model_path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(model_path)
+    side = p.with_name(p.name + SIDECAR_SUFFIX)
+    if not p.is_file():
+        raise InputError(f"{p}: no such model file")
+    if not side.is_file():
+        raise InputError(f"{side}: missing export sidecar (export the model with `partlens export`)")
+    try:
+        return json.loads(side.read_text("utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{side}: not valid JSON ({exc})") from None
+
+
+def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.PathLike[str]], *,
+                        catalogue_dir: str | os.PathLike[str], key: SigningKey, version: int, kind: str = "device",
+                        calibration: Mapping[str, Any] | None = None, accuracy: Mapping[str, Any] | None = None,
+                        index: Any = None) -> Path:
+    """Build a signed bundle from exported model files (with sidecars) and a catalogue folder.
+
+    The catalogue is embedded with the bundle's TFLite model (the one the device runs); a
+    desktop bundle with only ONNX uses that.
+    """
+    from .bundle import IndexParams, build_bundle
+    from .catalogue import catalogue_from_dir, embed_catalogue
+    from .runners import file_runner
+
+    if not models:
+        raise UsageError("give at least one exported model file")
+    sides = {Path(m): read_sidecar(m) for m in models}
+    files: dict[str, Path] = {}
+    for path, side in sides.items():
+        fmt = get_format(side["format"])
+        if fmt.file_name in files:
+            raise UsageError(f"two {fmt.runtime} models given ({files[fmt.file_name]}, {path})")
+        files[fmt.file_name] = path
+    first = next(iter(sides.values()))
+    for path, side in sides.items():
+        for k in ("model_name", "labels", "preprocess", "embedding_dim"):
+            if side[k] != first[k]:
+                raise UsageError(f"{path}: {k} differs from the other exported model")
+    spec = PreprocessSpec.from_dict(first["preprocess"])
+    device_model = files.get("model.tflite") or files["model.onnx"]
+    emb, rows = embed_catalogue(file_runner(device_model), catalogue_from_dir(catalogue_dir), spec)
+    by_fmt = {s["format"]: s for s in sides.values()}
+    return build_bundle(
+        root, version=version, model_name=first["model_name"], model_files=files, kind=kind, preprocess=spec,
+        labels=first["labels"], embeddings=emb, catalogue_rows=rows, key=key,
+        quantization={f: s["quantization"] | {"metadata": s.get("metadata"), "io": s.get("io")}
+                      for f, s in by_fmt.items()},
+        parity={f: s["parity"] for f, s in by_fmt.items()},
+        accuracy=accuracy, calibration=calibration, index=index or IndexParams(),
+    )

@@ -1,0 +1,211 @@
+"""Device-side apply: packages into the catalogue DB, bundles beside the active one.
+
+Crash safety rests on one commit point, the SQLite transaction of :func:`apply_package`: rows,
+deletions, embeddings and the meta keys ``catalogue_version``, ``bundle_id`` and
+``index_stamp`` change together or not at all (``synchronous=FULL``). Everything else is
+derived and repaired on open by :func:`reconcile`:
+
+- ``active.json`` (the bundle pointer, replaced atomically) is switched right after the commit;
+  if the process dies in between, :func:`reconcile` rolls the pointer forward to the bundle the
+  database names (that bundle was fully installed, verified and smoke-tested before the commit);
+- the hnswlib index file is a cache stamped with (bundle id, catalogue version); the runtime's
+  ``VectorIndex.open`` brings it up to date incrementally (or rebuilds it) from the database.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edge_app.atomic import atomic_write_json
+from edge_app.errors import InputError, IntegrityError, SyncError
+
+from .package import Package
+
+log = logging.getLogger(__name__)
+
+ACTIVE_FILE = "active.json"
+DEVICE_PART_FIELDS = ("part_number", "name", "category", "manufacturer", "description", "size_mm",
+                      "look_alike_group")
+
+#: Test hook: ``PARTLENS_SYNC_KILL_AT=<point>`` SIGKILLs the process at that named point.
+KILL_ENV = "PARTLENS_SYNC_KILL_AT"
+
+
+def kill_point(name: str) -> None:
+    """Die here (SIGKILL, no cleanup) if ``$PARTLENS_SYNC_KILL_AT`` names this point (fault-injection tests)."""
+    if os.environ.get(KILL_ENV) == name:
+        import signal
+
+        log.warning("fault injection: SIGKILL at %s", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class DevicePaths:
+    """Files of a device data folder."""
+
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "catalogue.db"
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "outbox.db"
+
+    @property
+    def bundles(self) -> Path:
+        return self.root / "bundles"
+
+    @property
+    def downloads(self) -> Path:
+        return self.root / "downloads"
+
+    @property
+    def active(self) -> Path:
+        return self.root / ACTIVE_FILE
+
+    @property
+    def device(self) -> Path:
+        return self.root / "device.json"
+
+    @property
+    def keyring(self) -> Path:
+        return self.root / "keyring.json"
+
+    @property
+    def thumbs(self) -> Path:
+        return self.root / "thumbs"
+
+
+def read_active(paths: DevicePaths) -> dict[str, Any] | None:
+    """The active bundle pointer ``{"bundle_id", "version", ...}``, or None."""
+    if not paths.active.is_file():
+        return None
+    try:
+        return json.loads(paths.active.read_text())
+    except json.JSONDecodeError as exc:  # cannot happen with atomic writes; say so loudly if it does
+        raise IntegrityError(f"{paths.active}: corrupt bundle pointer ({exc})") from None
+
+
+def write_active(paths: DevicePaths, bundle_id: str, version: int) -> None:
+    """Switch the active bundle pointer atomically (temp file, fsync, rename)."""
+    atomic_write_json(paths.active, {"bundle_id": bundle_id, "version": int(version),
+                                     "activated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    log.info("active bundle is now %s", bundle_id)
+
+
+def reconcile(paths: DevicePaths, db: Any) -> str | None:
+    """Make the bundle pointer agree with the database (the commit point); return the active bundle id."""
+    bundle_id = db.get_meta("bundle_id")
+    active = read_active(paths)
+    if bundle_id and (active is None or active.get("bundle_id") != bundle_id):
+        bdir = paths.bundles / bundle_id
+        if not (bdir / "manifest.json").is_file():
+            raise SyncError(f"{paths.db} names bundle {bundle_id} but {bdir} is missing; sync again")
+        version = json.loads((bdir / "manifest.json").read_text())["version"]
+        log.warning("rolling the bundle pointer forward to %s (an interrupted sync committed it)", bundle_id)
+        write_active(paths, bundle_id, version)
+    return bundle_id
+
+
+def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
+                  before_commit: Callable[[], None] | None = None) -> dict[str, int]:
+    """Apply a verified package in ONE transaction; return counts.
+
+    A delta must start at the device's catalogue version; a snapshot replaces the catalogue.
+    ``bundle_id`` is the bundle the package's embeddings belong to (it becomes the device's).
+    """
+    from edge_app.runtime.index import IndexStamp
+
+    if pkg.site != site:
+        raise IntegrityError(f"package {pkg.name} is for site {pkg.site!r}, this device is {site!r}")
+    if pkg.bundle_id != bundle_id:
+        raise IntegrityError(f"package {pkg.name} embeddings are for bundle {pkg.bundle_id}, expected {bundle_id}")
+    vecs = np.asarray(pkg.embeddings, dtype=np.float32)
+    stats = {"parts": len(pkg.parts), "inventory": len(pkg.inventory), "images": len(pkg.images),
+             "embeddings": len(pkg.embedding_ids), "deleted_parts": len(pkg.deleted_parts),
+             "deleted_images": len(pkg.deleted_images)}
+    with db.transaction() as sdb:
+        current = int(db.get_meta("catalogue_version", "0") or 0)
+        if pkg.to_version < current or (pkg.to_version == current and not pkg.full):
+            raise SyncError(f"package {pkg.name} would move the catalogue from version {current} back to "
+                            f"{pkg.to_version}; refused (the hub's versions order everything)")
+        if not pkg.full and pkg.from_version != current:
+            raise SyncError(f"delta {pkg.name} starts at version {pkg.from_version}, the device is at {current}")
+        conn = sdb.conn
+        kill_point("apply:begin")
+        if pkg.full:
+            for table in ("embeddings", "images", "inventory", "parts"):
+                conn.execute(f"DELETE FROM {table}")
+        else:
+            if pkg.deleted_images:
+                db.delete_images(pkg.deleted_images)
+            if pkg.deleted_parts:
+                db.delete_parts(pkg.deleted_parts)
+            for pn in pkg.deleted_inventory:
+                conn.execute("DELETE FROM inventory WHERE part_number=? AND site=?", (pn, site))
+        db.upsert_parts([{**{k: p.get(k) for k in DEVICE_PART_FIELDS}, "version": pkg.to_version}
+                         for p in pkg.parts])
+        db.upsert_inventory([{k: r.get(k) for k in ("part_number", "site", "stock", "bin", "as_of")}
+                             for r in pkg.inventory])
+        db.upsert_images([{"image_id": r["image_id"], "part_number": r["part_number"],
+                           "path": f"thumbs/{r['image_id']}.jpg", "kind": r.get("kind"), "version": pkg.to_version}
+                          for r in pkg.images])
+        kill_point("apply:rows")
+        if bundle_id is not None:
+            if pkg.full or db.get_meta("bundle_id") != bundle_id:
+                db.delete_embeddings(bundle_id)  # vectors of any other model are meaningless now
+            if len(pkg.embedding_ids):
+                db.upsert_embeddings(pkg.embedding_ids, vecs, bundle_id)
+            db.set_meta("bundle_id", bundle_id)
+            db.set_meta("index_stamp", str(IndexStamp(bundle_id, pkg.to_version)))
+        kill_point("apply:embeddings")
+        db.set_meta("catalogue_version", pkg.to_version)
+        db.set_meta("site", site)
+        if pkg.hub_time:
+            db.set_meta("hub_time", pkg.hub_time)
+        if before_commit is not None:
+            before_commit()
+    kill_point("apply:committed")
+    log.info("catalogue %d -> %d (%s)", current, pkg.to_version, stats)
+    return stats
+
+
+def update_index(paths: DevicePaths, db: Any, bundle_id: str, params: dict[str, Any] | None = None) -> Any | None:
+    """Bring the index cache for ``bundle_id`` up to date (incremental add/mark_deleted, or rebuild)."""
+    from edge_app.runtime.index import VectorIndex
+
+    if not db.db.conn.execute("SELECT 1 FROM embeddings WHERE bundle_id=? LIMIT 1", (bundle_id,)).fetchone():
+        return None  # nothing to index yet (a catalogue without images)
+    return VectorIndex.open(db, bundle_id, params, index_dir=paths.root)
+
+
+def prune_bundles(paths: DevicePaths, keep: set[str]) -> list[str]:
+    """Remove installed bundles not in ``keep`` (the active one and the previous one)."""
+    removed = []
+    if not paths.bundles.is_dir():
+        return removed
+    for d in paths.bundles.iterdir():
+        if d.is_dir() and not d.name.startswith(".") and d.name not in keep:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+    return removed
+
+
+def index_params(paths: DevicePaths, bundle_id: str) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((paths.bundles / bundle_id / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{paths.bundles / bundle_id}: unreadable manifest ({exc})") from None
+    idx = manifest.get("index") or {}
+    return {k: idx[k] for k in ("M", "ef_construction", "ef_search") if k in idx} or None

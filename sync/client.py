@@ -1,0 +1,269 @@
+"""The device sync client: enrol once, then ``sync()`` (nightly, or on demand).
+
+One sync:
+
+1. :func:`~sync.apply.reconcile` repairs what an interrupted sync left (pointer roll-forward);
+2. ask the hub for a plan (device catalogue version + bundle id);
+3. a new bundle: resumable download, unpack + verify against the pinned keyring
+   (``edge_app.bundle.open_archive``), refuse a version not newer than the active one
+   (rollback protection), smoke-test it; it sits beside the active bundle, inactive;
+4. the package (delta or snapshot): resumable download, signature + sha256 check, then ONE
+   SQLite transaction; then the bundle pointer switch; then the index cache update;
+5. upload the outbox (idempotent by UUID, photos resumable in chunks).
+
+Any failure before the commit leaves the device exactly as it was.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from edge_app.atomic import atomic_write_json
+from edge_app.errors import IntegrityError, SyncError, UsageError
+from edge_app.signing import Keyring
+
+from .apply import (DevicePaths, apply_package, index_params, kill_point, prune_bundles, read_active, reconcile,
+                    update_index, write_active)
+from .package import read_package, sha256_file
+from .transport import HttpTransport, Transport
+
+log = logging.getLogger(__name__)
+
+UPLOAD_CHUNK = 256 * 1024
+#: ``smoke_test(bundle)`` raises if a freshly installed bundle cannot run.
+SmokeTest = Callable[[Any], None]
+
+
+def default_smoke_test(bundle: Any) -> None:
+    """Load the bundle's model and run one fixed synthetic image; check output shapes and values."""
+    from PIL import Image
+
+    from edge_app.preprocess import preprocess_image
+    from edge_app.runtime.backends import create_backend
+
+    h, w = bundle.preprocess.size
+    grad = np.linspace(0, 255, w * h * 3, dtype=np.float32).reshape(h, w, 3).astype(np.uint8)
+    x = preprocess_image(Image.fromarray(grad, "RGB"), bundle.preprocess)[None]
+    out = create_backend(bundle).run(x)
+    emb, logits = np.asarray(out["embedding"]), np.asarray(out["logits"])
+    if emb.shape != (1, bundle.embedding_dim) or logits.shape != (1, len(bundle.labels)):
+        raise IntegrityError(f"bundle {bundle.bundle_id}: smoke test gave embedding {emb.shape}, logits "
+                             f"{logits.shape}; expected (1, {bundle.embedding_dim}), (1, {len(bundle.labels)})")
+    if not (np.all(np.isfinite(emb)) and np.all(np.isfinite(logits))):
+        raise IntegrityError(f"bundle {bundle.bundle_id}: smoke test produced non-finite outputs")
+
+
+def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) -> DevicePaths:
+    """Store the enrolment (QR payload JSON): hub URL, token and the pinned keyring."""
+    if isinstance(payload, str):
+        try:
+            payload = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"enrolment payload is not JSON ({exc})") from None
+    try:
+        if payload["v"] != 1:
+            raise UsageError(f"unknown enrolment version {payload['v']!r}")
+        keyring = Keyring({k: base64.b64decode(v) for k, v in payload["keys"].items()})
+        device = {"hub": str(payload["hub"]), "device": str(payload["device"]), "site": str(payload["site"]),
+                  "token": str(payload["token"])}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"enrolment payload is incomplete ({exc})") from None
+    if not len(keyring):
+        raise UsageError("enrolment payload pins no signing keys")
+    paths = DevicePaths(Path(data_dir))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    keyring.save(paths.keyring)
+    atomic_write_json(paths.device, device)
+    os.chmod(paths.device, 0o600)
+    return paths
+
+
+@dataclass
+class SyncResult:
+    """What one sync did."""
+
+    from_version: int
+    to_version: int
+    bundle_before: str | None
+    bundle_after: str | None
+    package: str | None = None
+    bundle_installed: str | None = None
+    applied: dict[str, int] = field(default_factory=dict)
+    uploaded: int = 0
+    downloaded_bytes: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class SyncClient:
+    """Sync one device data folder with its hub."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, transport: Transport | None = None,
+                 keyring: Keyring | None = None, smoke_test: SmokeTest | None = None) -> None:
+        self.paths = DevicePaths(Path(data_dir))
+        if not self.paths.device.is_file():
+            raise UsageError(f"{self.paths.root}: device not enrolled (run `partlens sync enrol`)")
+        self.device = json.loads(self.paths.device.read_text())
+        self.keyring = keyring or Keyring.load(self.paths.keyring)
+        self.transport = transport or HttpTransport(self.device["hub"], self.device["token"])
+        self.smoke_test = smoke_test or default_smoke_test
+
+    def _open_db(self) -> Any:
+        from edge_app.runtime.catalogue import CatalogueDB
+
+        return CatalogueDB(self.paths.db)
+
+    def status(self) -> dict[str, Any]:
+        db = self._open_db()
+        try:
+            return {"device": self.device["device"], "site": self.device["site"], "hub": self.device["hub"],
+                    "catalogue_version": db.catalogue_version, "bundle_id": db.get_meta("bundle_id"),
+                    "index_stamp": db.get_meta("index_stamp"), "active": read_active(self.paths),
+                    "parts": db.count("parts"), "images": db.count("images"),
+                    "embeddings": db.count("embeddings")}
+        finally:
+            db.close()
+
+    def sync(self, *, upload: bool = True) -> SyncResult:
+        t0 = time.perf_counter()
+        db = self._open_db()
+        try:
+            result = self._sync(db)
+            if upload:
+                result.uploaded = self.upload_outbox(db.catalogue_version)
+        finally:
+            db.close()
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def _sync(self, db: Any) -> SyncResult:
+        active_id = reconcile(self.paths, db)
+        version = db.catalogue_version
+        result = SyncResult(version, version, active_id, active_id)
+        if active_id:
+            update_index(self.paths, db, active_id, index_params(self.paths, active_id))
+        plan = self.transport.plan(version, active_id)
+        if plan["hub_version"] < version:
+            raise SyncError(f"the hub is at catalogue version {plan['hub_version']}, this device at {version}; "
+                            "refusing to go back (was the hub restored from a backup? re-enrol the device)")
+        target = active_id
+        bundle = None
+        if plan.get("bundle"):
+            bundle = self._install_bundle(plan["bundle"], result)
+            target = bundle.bundle_id
+        pkg_info = plan.get("package")
+        if pkg_info is None:
+            return result
+        path = self.paths.downloads / pkg_info["name"]
+        sig = pkg_info["signature"]
+        from .package import verify_descriptor
+
+        desc = verify_descriptor(sig, self.keyring)  # before spending bandwidth on it
+        if not path.exists():
+            self.transport.download(pkg_info["url"], path, int(desc["size"]))
+            result.downloaded_bytes += int(desc["size"])
+        kill_point("package:downloaded")
+        try:
+            pkg = read_package(path, sig, self.keyring)
+        except IntegrityError:
+            path.unlink(missing_ok=True)  # a corrupt download must not stick; the next sync fetches it again
+            raise
+        result.applied = apply_package(db, pkg, site=self.device["site"], bundle_id=target)
+        result.package = pkg.name
+        result.to_version = pkg.to_version
+        if bundle is not None:
+            kill_point("bundle:before-pointer")
+            write_active(self.paths, bundle.bundle_id, bundle.version)
+            kill_point("bundle:after-pointer")
+        result.bundle_after = target
+        if target:
+            update_index(self.paths, db, target, index_params(self.paths, target))
+        kill_point("index:updated")
+        path.unlink(missing_ok=True)
+        if bundle is not None:
+            prune_bundles(self.paths, {bundle.bundle_id, *([active_id] if active_id else [])})
+            (self.paths.downloads / f"{bundle.bundle_id}.tar").unlink(missing_ok=True)
+        return result
+
+    def _install_bundle(self, info: Mapping[str, Any], result: SyncResult) -> Any:
+        from edge_app.bundle import load_bundle, open_archive
+
+        active = read_active(self.paths)
+        if active is not None and int(info["version"]) <= int(active["version"]):
+            raise IntegrityError(f"hub offers bundle {info['bundle_id']} version {info['version']}, not newer than "
+                                 f"the active {active['bundle_id']} (version {active['version']}); rollback refused")
+        tar = self.paths.downloads / f"{info['bundle_id']}.tar"
+        if not tar.exists():
+            self.transport.download(info["url"], tar, int(info["size"]))
+            result.downloaded_bytes += int(info["size"])
+        if sha256_file(tar) != info["sha256"]:
+            tar.unlink()
+            raise IntegrityError(f"bundle archive {tar.name}: sha256 differs from the hub's; deleted, sync again")
+        kill_point("bundle:downloaded")
+        existing = self.paths.bundles / info["bundle_id"]
+        bundle = load_bundle(existing, self.keyring) if existing.is_dir() else open_archive(
+            tar, self.paths.bundles, self.keyring)
+        if bundle.bundle_id != info["bundle_id"]:
+            raise IntegrityError(f"archive {tar.name} holds bundle {bundle.bundle_id}, not {info['bundle_id']}")
+        if active is not None and bundle.version <= int(active["version"]):  # the signed version counts
+            raise IntegrityError(f"bundle {bundle.bundle_id} (signed version {bundle.version}) is not newer than "
+                                 f"the active {active['bundle_id']} (version {active['version']}); rollback refused")
+        try:
+            self.smoke_test(bundle)
+        except Exception as exc:
+            raise SyncError(f"bundle {bundle.bundle_id} failed its smoke test ({exc}); "
+                            f"keeping {active['bundle_id'] if active else 'no bundle'} active") from exc
+        kill_point("bundle:installed")
+        result.bundle_installed = bundle.bundle_id
+        return bundle
+
+    def upload_outbox(self, catalogue_version: int) -> int:
+        """Upload pending outbox records (idempotent by UUID; blobs resume at the hub's offset)."""
+        from edge_app.runtime.outbox import Outbox
+
+        if not self.paths.outbox.exists():
+            return 0
+        outbox = Outbox(self.paths.outbox)
+        n = 0
+        try:
+            for rec in outbox.pending():
+                blob = Path(rec["blob_path"]) if rec["blob_path"] else None
+                body: dict[str, Any] = {"uuid": rec["uuid"], "kind": rec["kind"], "payload": rec["payload"],
+                                        "created_at": rec["created_at"], "catalogue_version": catalogue_version,
+                                        "blob": None}
+                if blob is not None:
+                    data = blob.read_bytes()
+                    body["blob"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                status = self.transport.post_upload(body)
+                if blob is not None and not status.get("blob_complete"):
+                    self._send_blob(rec["uuid"], data, int(status.get("blob_offset") or 0))
+                outbox.mark_uploaded(rec["uuid"])
+                n += 1
+        finally:
+            outbox.close()
+        return n
+
+    def _send_blob(self, uuid: str, data: bytes, offset: int) -> None:
+        conflicts = 0
+        while offset < len(data):
+            status = self.transport.put_chunk(uuid, offset, data[offset:offset + UPLOAD_CHUNK])
+            if status.get("conflict"):
+                conflicts += 1
+                if conflicts > 3:
+                    raise SyncError(f"upload {uuid}: the hub keeps disagreeing about the offset")
+                offset = int(status["blob_offset"])
+                continue
+            if status.get("blob_complete"):
+                return
+            offset = int(status["blob_offset"])

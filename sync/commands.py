@@ -1,0 +1,292 @@
+"""``partlens hub ...`` (desktop hub) and ``partlens sync ...`` (device client).
+
+Nothing heavy is imported here; each handler imports the library function it calls.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge_app.errors import UsageError
+
+
+def _out(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _hub_dir(args: argparse.Namespace) -> Path:
+    d = args.hub or os.environ.get("PARTLENS_HUB")
+    if not d:
+        raise UsageError("pass --hub DIR (or set PARTLENS_HUB)")
+    return Path(d)
+
+
+def _open_hub(args: argparse.Namespace) -> Any:
+    from .hub.hub import Hub
+
+    return Hub(_hub_dir(args))
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    d = args.data_dir or os.environ.get("PARTLENS_DEVICE_DIR")
+    if not d:
+        raise UsageError("pass --data-dir DIR (or set PARTLENS_DEVICE_DIR)")
+    return Path(d)
+
+
+# -- hub handlers ---------------------------------------------------------------------------------
+def _init(args: argparse.Namespace) -> int:
+    from .hub.hub import Hub
+
+    hub = Hub.init(_hub_dir(args), args.key, trust=args.trust or (), url=args.url)
+    _out(hub.status())
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    _out(_open_hub(args).import_csv(args.parts_csv, args.images_csv))
+    return 0
+
+
+def _parse_stock(items: list[str]) -> dict[str, tuple[int | None, str | None]]:
+    out: dict[str, tuple[int | None, str | None]] = {}
+    for item in items or []:
+        site, sep, rest = item.partition("=")
+        if not sep:
+            raise UsageError(f"--stock must be SITE=COUNT[:BIN], got {item!r}")
+        count, _, bin_ = rest.partition(":")
+        try:
+            out[site] = (int(count), bin_ or None)
+        except ValueError:
+            raise UsageError(f"--stock count must be an integer, got {count!r}") from None
+    return out
+
+
+def _add_part(args: argparse.Namespace) -> int:
+    hub = _open_hub(args)
+    part = {k: getattr(args, k) for k in ("part_number", "name", "category", "manufacturer", "description",
+                                          "size_mm", "look_alike_group") if getattr(args, k) is not None}
+    version = hub.add_part(part, inventory=_parse_stock(args.stock), images=args.image or [])
+    _out({"part_number": args.part_number, "catalogue_version": version})
+    return 0
+
+
+def _set_bundle(args: argparse.Namespace) -> int:
+    _out(_open_hub(args).set_bundle(args.bundle_dir))
+    return 0
+
+
+def _trust(args: argparse.Namespace) -> int:
+    _out({"trusted": _open_hub(args).trust(args.keyring)})
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    _out(_open_hub(args).status())
+    return 0
+
+
+def _add_device(args: argparse.Namespace) -> int:
+    from .hub.enrol import add_device, payload_text, qr_ascii, qr_png
+
+    payload = add_device(_open_hub(args), args.name, args.site, args.url)
+    if args.qr:
+        qr_png(payload, args.qr)
+    if args.ascii:
+        print(qr_ascii(payload))
+    print(payload_text(payload))
+    print(f"device {args.name} enrolled for site {args.site}; the token is shown only now"
+          + (f"; QR code written to {args.qr}" if args.qr else ""), file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .hub.server import serve
+
+    serve(_hub_dir(args), args.host, args.port, log_level=args.log_level)
+    return 0
+
+
+def _review_list(args: argparse.Namespace) -> int:
+    from .hub.review import list_uploads
+
+    _out(list_uploads(_open_hub(args), args.kind, args.status))
+    return 0
+
+
+def _review_approve(args: argparse.Namespace) -> int:
+    from .hub.review import approve_photo
+
+    _out(approve_photo(_open_hub(args), args.uuid, args.part))
+    return 0
+
+
+def _review_reject(args: argparse.Namespace) -> int:
+    from .hub.review import reject
+
+    reject(_open_hub(args), args.uuid, args.note or "")
+    return 0
+
+
+def _review_make_part(args: argparse.Namespace) -> int:
+    from .hub.review import make_part
+
+    part = {k: getattr(args, k) for k in ("part_number", "name", "category", "manufacturer", "description")}
+    _out(make_part(_open_hub(args), args.uuid, part))
+    return 0
+
+
+def _review_export(args: argparse.Namespace) -> int:
+    from .hub.review import export_training
+
+    _out(export_training(_open_hub(args), args.out))
+    return 0
+
+
+# -- device handlers ------------------------------------------------------------------------------
+def _enrol(args: argparse.Namespace) -> int:
+    from .client import enrol
+
+    text = Path(args.payload).read_text() if Path(args.payload).is_file() else args.payload
+    paths = enrol(_data_dir(args), text)
+    _out({"data_dir": str(paths.root), "enrolled": True})
+    return 0
+
+
+def _sync_run(args: argparse.Namespace) -> int:
+    from .client import SyncClient
+
+    if args.only_if_allowed:
+        from .schedule import SyncWindow, should_sync
+        import datetime as _dt
+
+        if not should_sync(_dt.datetime.now(), args.charging, args.unmetered, SyncWindow.parse(args.window)):
+            _out({"skipped": True, "reason": "outside the sync policy (charging, unmetered, window)"})
+            return 0
+    _out(SyncClient(_data_dir(args)).sync(upload=not args.no_upload).to_dict())
+    return 0
+
+
+def _sync_status(args: argparse.Namespace) -> int:
+    from .client import SyncClient
+
+    _out(SyncClient(_data_dir(args)).status())
+    return 0
+
+
+def _should(args: argparse.Namespace) -> int:
+    import datetime as _dt
+
+    from .schedule import SyncWindow, should_sync
+
+    now = _dt.datetime.fromisoformat(args.now) if args.now else _dt.datetime.now()
+    ok = should_sync(now, args.charging, args.unmetered, SyncWindow.parse(args.window))
+    _out({"should_sync": ok, "now": now.isoformat(timespec="minutes"), "window": args.window})
+    return 0 if ok else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    hub = sub.add_parser("hub", help="desktop hub: master catalogue, devices, HTTP server, review",
+                         description="The desktop hub: master catalogue (SQLite), signed deltas, bundles, "
+                                     "device tokens, the HTTP API and review of uploads.")
+    hsub = hub.add_subparsers(dest="hub_command", metavar="HUB_COMMAND")
+    hsub.required = True
+
+    def cmd(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        p = hsub.add_parser(name, help=help, description=help)
+        p.add_argument("--hub", help="hub folder (default: $PARTLENS_HUB)")
+        p.set_defaults(func=func)
+        return p
+
+    p = cmd("init", _init, "create a hub folder")
+    p.add_argument("--key", required=True, help="private signing key file (from `partlens keys init`)")
+    p.add_argument("--trust", action="append", help="keyring JSON of another trusted signer (bundles); repeatable")
+    p.add_argument("--url", help="address devices use to reach this hub, e.g. http://10.0.0.5:8765")
+    p = cmd("import", _import, "import parts.csv (+ images.csv) as one catalogue version")
+    p.add_argument("parts_csv")
+    p.add_argument("images_csv", nargs="?")
+    p = cmd("add-part", _add_part, "create or update one part")
+    p.add_argument("part_number")
+    p.add_argument("--name", required=True)
+    for f in ("category", "manufacturer", "description", "look_alike_group"):
+        p.add_argument(f"--{f.replace('_', '-')}", dest=f)
+    p.add_argument("--size-mm", dest="size_mm", type=float)
+    p.add_argument("--stock", action="append", metavar="SITE=COUNT[:BIN]", help="stock at a site; repeatable")
+    p.add_argument("--image", action="append", metavar="PATH", help="a catalogue image; repeatable")
+    p = cmd("set-bundle", _set_bundle, "install a bundle, re-embed every catalogue image, make it active")
+    p.add_argument("bundle_dir")
+    p = cmd("trust", _trust, "trust the keys of another keyring (e.g. the bundle signer)")
+    p.add_argument("keyring")
+    cmd("status", _status, "show the hub's catalogue version, bundle and counts")
+    p = cmd("add-device", _add_device, "enrol a device: token + QR code (hub address, token, trusted keys)")
+    p.add_argument("name")
+    p.add_argument("--site", required=True)
+    p.add_argument("--url", help="hub address for the device (default: the one given to `hub init`)")
+    p.add_argument("--qr", metavar="PNG", help="write the QR code here (it contains the token)")
+    p.add_argument("--ascii", action="store_true", help="print the QR code in the terminal")
+    p = cmd("serve", _serve, "run the HTTP API (OpenAPI at /openapi.json)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+
+    review = hsub.add_parser("review", help="review uploads: list, approve, reject, make-part, export",
+                             description="Review what devices uploaded.")
+    rsub = review.add_subparsers(dest="review_command", metavar="REVIEW_COMMAND")
+    rsub.required = True
+
+    def rcmd(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        p = rsub.add_parser(name, help=help, description=help)
+        p.add_argument("--hub", help="hub folder (default: $PARTLENS_HUB)")
+        p.set_defaults(func=func)
+        return p
+
+    p = rcmd("list", _review_list, "list uploads in hub receipt order")
+    p.add_argument("--kind", choices=("feedback", "photo", "unknown_part", "usage"))
+    p.add_argument("--status", choices=("new", "approved", "rejected", "done"))
+    p = rcmd("approve", _review_approve, "approve an uploaded photo into the catalogue")
+    p.add_argument("uuid")
+    p.add_argument("--part", help="part number (default: the one the device named)")
+    p = rcmd("reject", _review_reject, "reject an upload")
+    p.add_argument("uuid")
+    p.add_argument("--note")
+    p = rcmd("make-part", _review_make_part, "turn an unknown-part report into a part")
+    p.add_argument("uuid")
+    p.add_argument("--part-number", required=True)
+    p.add_argument("--name")
+    p.add_argument("--category")
+    p.add_argument("--manufacturer")
+    p.add_argument("--description")
+    p = rcmd("export", _review_export, "export approved photos as root/<part_number>/*.jpg")
+    p.add_argument("out")
+
+    s = sub.add_parser("sync", help="device: enrol with a hub, sync catalogue/bundle, upload the outbox",
+                       description="Device side of sync.")
+    ssub = s.add_subparsers(dest="sync_command", metavar="SYNC_COMMAND")
+    ssub.required = True
+
+    def scmd(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        p = ssub.add_parser(name, help=help, description=help)
+        p.add_argument("--data-dir", help="device data folder (default: $PARTLENS_DEVICE_DIR)")
+        p.set_defaults(func=func)
+        return p
+
+    p = scmd("enrol", _enrol, "store the hub address, token and pinned keys from a QR payload")
+    p.add_argument("payload", help="the QR payload JSON, or a file holding it")
+    p = scmd("run", _sync_run, "sync now: bundle, catalogue delta, uploads")
+    p.add_argument("--no-upload", action="store_true", help="do not upload the outbox")
+    p.add_argument("--only-if-allowed", action="store_true", help="skip unless the sync policy allows it now")
+    p.add_argument("--charging", action="store_true", help="(with --only-if-allowed) the device is charging")
+    p.add_argument("--unmetered", action="store_true", help="(with --only-if-allowed) the network is unmetered")
+    p.add_argument("--window", default="01:00-05:00", help="nightly window HH:MM-HH:MM (default 01:00-05:00)")
+    scmd("status", _sync_status, "show the device's catalogue version, bundle and index stamp")
+    p = ssub.add_parser("should-run", help="would the background policy sync now? (exit 0 yes, 1 no)",
+                        description="Evaluate schedule.should_sync.")
+    p.add_argument("--charging", action="store_true")
+    p.add_argument("--unmetered", action="store_true")
+    p.add_argument("--window", default="01:00-05:00")
+    p.add_argument("--now", help="ISO local time (default: now)")
+    p.set_defaults(func=_should)

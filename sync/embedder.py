@@ -1,0 +1,61 @@
+"""Embedding catalogue images with a bundle's exported model (hub) — or any injected callable.
+
+An :class:`Embedder` turns decoded RGB images into float32 vectors and names the bundle whose
+model made them. The hub embeds through :func:`bundle_embedder` (the runtime backend of the
+active bundle, with the bundle's frozen :class:`~edge_app.preprocess.PreprocessSpec`); tests
+inject small deterministic embedders with the same protocol.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from edge_app.signing import Keyring
+
+log = logging.getLogger(__name__)
+
+
+class Embedder(Protocol):
+    """``embedder(images) -> float32 (N, D)``; ``embedder.bundle_id`` names the model."""
+
+    bundle_id: str
+
+    def __call__(self, images: Sequence[Any]) -> np.ndarray: ...
+
+
+#: ``factory(bundle_dir, keyring) -> Embedder`` for a verified bundle folder.
+EmbedderFactory = Callable[[Path, Keyring], Embedder]
+
+
+class BundleEmbedder:
+    """The bundle's model through ``edge_app.runtime.backends.create_backend``."""
+
+    def __init__(self, bundle: Any, backend: Any, batch_size: int = 16) -> None:
+        self.bundle = bundle
+        self.bundle_id = bundle.bundle_id
+        self.backend = backend
+        self.spec = bundle.preprocess
+        self.batch_size = batch_size
+
+    def __call__(self, images: Sequence[Any]) -> np.ndarray:
+        from edge_app.preprocess import preprocess_image
+
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            batch = np.stack([preprocess_image(img, self.spec) for img in images[i:i + self.batch_size]])
+            out.append(np.asarray(self.backend.run(batch)["embedding"], dtype=np.float32))
+        if not out:
+            return np.zeros((0, self.bundle.embedding_dim), np.float32)
+        return np.concatenate(out)
+
+
+def bundle_embedder(bundle_dir: Path, keyring: Keyring) -> Embedder:
+    """An :class:`Embedder` running the verified bundle at ``bundle_dir``."""
+    from edge_app.bundle import load_bundle
+    from edge_app.runtime.backends import create_backend  # type: ignore[import-not-found]
+
+    bundle = load_bundle(bundle_dir, keyring)
+    return BundleEmbedder(bundle, create_backend(bundle))

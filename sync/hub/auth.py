@@ -1,0 +1,79 @@
+"""Per-device tokens: ``pl1.<device>.<secret>``, stored as HMAC-SHA256 under a hub secret.
+
+The hub keeps only ``hmac(hub_secret, token)``; checking a presented token recomputes it and
+compares with :func:`hmac.compare_digest` (constant time). A stolen hub database alone does
+not reveal usable tokens.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+from edge_app.atomic import atomic_write_bytes
+from edge_app.errors import AuthError, UsageError
+
+log = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "pl1"
+DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def check_name(name: str, what: str = "device name") -> str:
+    pattern = DEVICE_NAME if what == "device name" else SITE_NAME
+    if not pattern.match(name or ""):
+        raise UsageError(f"{what} {name!r} must be 1-64 letters, digits, '-' or '_' (starting with a letter or digit)")
+    return name
+
+
+def load_or_create_secret(path: str | os.PathLike[str]) -> bytes:
+    """The hub's HMAC secret (32 random bytes, mode 0600), created on first use."""
+    path = Path(path)
+    if path.is_file():
+        data = path.read_bytes()
+        if len(data) != 32:
+            raise UsageError(f"{path}: hub secret must be 32 bytes, got {len(data)}")
+        return data
+    data = secrets.token_bytes(32)
+    atomic_write_bytes(path, data, overwrite=False)
+    os.chmod(path, 0o600)
+    return data
+
+
+def token_hash(secret: bytes, token: str) -> str:
+    return hmac.new(secret, token.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def new_token(device: str) -> str:
+    return f"{TOKEN_PREFIX}.{check_name(device)}.{secrets.token_urlsafe(32)}"
+
+
+def device_of(token: str) -> str:
+    """The device name a token claims (not yet verified)."""
+    parts = (token or "").split(".")
+    if len(parts) != 3 or parts[0] != TOKEN_PREFIX or not DEVICE_NAME.match(parts[1]):
+        raise AuthError("malformed token")
+    return parts[1]
+
+
+def authenticate(store: Any, secret: bytes, token: str | None) -> dict[str, Any]:
+    """The device row for a valid token; :class:`AuthError` otherwise (same message for every failure)."""
+    if not token:
+        raise AuthError("missing token")
+    try:
+        name = device_of(token)
+    except AuthError:
+        raise AuthError("invalid token") from None
+    row = store.device(name)
+    # Compare even for unknown devices so the timing does not reveal which names exist.
+    expected = row["token_hash"] if row else "0" * 64
+    ok = hmac.compare_digest(expected, token_hash(secret, token))
+    if not ok or row is None or row["revoked"]:
+        raise AuthError("invalid token")
+    return row

@@ -1,0 +1,104 @@
+"""Sync plans and signed delta/snapshot packages, made on demand and cached (immutable files).
+
+A device asks for a plan with its catalogue version and bundle id. The hub answers with the
+bundle to install (if the device's differs from the active one) and the package to apply:
+
+- nothing, when the device is up to date;
+- ``delta-<from>-<to>.tar`` (rows changed after ``from`` + tombstones + new embeddings);
+- ``snapshot-<to>.tar`` for a new device (version 0) or a device on another bundle (a new
+  bundle means every embedding changed, so the device replaces its catalogue wholesale).
+
+Packages are per site (``packages/<site>/``) because inventory is: a device only ever sees
+its own site's stock. A package for (site, from, to) is computed from one consistent read and
+never changes afterwards, so it is written once and served to every device that asks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from edge_app.errors import InputError
+
+from ..package import package_name, sha256_file, write_package
+from .hub import Hub
+
+log = logging.getLogger(__name__)
+
+PACKAGE_NAME = re.compile(r"^(delta-[0-9]{6,}-[0-9]{6,}|snapshot-[0-9]{6,})\.tar$")
+
+
+class PackageService:
+    """Plans and package files for devices of one hub (thread-safe)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._bundle_info: dict[str, dict[str, Any]] = {}
+
+    def _lock(self, site: str, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault((site, name), threading.Lock())
+
+    def site_dir(self, site: str) -> Path:
+        return self.hub.root / "packages" / site
+
+    def package_file(self, site: str, name: str) -> Path:
+        """Path of an existing package file of ``site`` (names are validated; no path escapes)."""
+        base = name[:-len(".sig.json")] if name.endswith(".sig.json") else name
+        if not PACKAGE_NAME.match(base):
+            raise InputError(f"no such package {name!r}")
+        path = self.site_dir(site) / name
+        if not path.is_file():
+            raise InputError(f"no such package {name!r}")
+        return path
+
+    def bundle_info(self, bundle_id: str) -> dict[str, Any]:
+        info = self._bundle_info.get(bundle_id)
+        if info is None:
+            tar = self.hub.bundle_tar(bundle_id)
+            row = self.hub.store.bundle(bundle_id)
+            if row is None or not tar.is_file():
+                raise InputError(f"bundle {bundle_id} is not installed on the hub")
+            info = {"bundle_id": bundle_id, "version": int(row["version"]), "size": tar.stat().st_size,
+                    "sha256": sha256_file(tar), "url": f"/v1/bundles/{bundle_id}.tar"}
+            self._bundle_info[bundle_id] = info
+        return info
+
+    def plan(self, site: str, from_version: int, bundle_id: str | None) -> dict[str, Any]:
+        """What a device of ``site`` at (``from_version``, ``bundle_id``) must fetch."""
+        hub_version = self.hub.store.version()
+        hub_bundle = self.hub.bundle_id
+        plan: dict[str, Any] = {"hub_version": hub_version, "site": site, "bundle_id": hub_bundle,
+                                "bundle": None, "package": None}
+        if hub_bundle is not None and hub_bundle != bundle_id:
+            plan["bundle"] = self.bundle_info(hub_bundle)
+        full = from_version <= 0 or (hub_bundle is not None and hub_bundle != bundle_id)
+        if from_version > hub_version:
+            # The device is ahead of the hub (hub restored from a backup?): say so; the device refuses.
+            return plan
+        if not full and from_version == hub_version:
+            return plan
+        plan["package"] = self.package(site, 0 if full else from_version, hub_version)
+        return plan
+
+    def package(self, site: str, from_version: int, hub_version: int) -> dict[str, Any]:
+        """Build (once) and describe the package from ``from_version`` to the current version."""
+        full = from_version <= 0
+        name = package_name(from_version, hub_version, full)
+        with self._lock(site, name):
+            sig_path = self.site_dir(site) / (name + ".sig.json")
+            if sig_path.is_file() and (self.site_dir(site) / name).is_file():
+                sig = json.loads(sig_path.read_text())
+            else:
+                snap = self.hub.store.snapshot(site, from_version)
+                path, sig = write_package(snap, self.site_dir(site), self.hub.key)
+                name = path.name
+                log.info("built %s for site %s (%d bytes)", name, site, path.stat().st_size)
+        desc = sig["descriptor"]
+        return {"name": desc["name"], "size": desc["size"], "sha256": desc["sha256"],
+                "url": f"/v1/packages/{desc['name']}", "signature": sig}

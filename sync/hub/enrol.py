@@ -1,0 +1,73 @@
+"""Enrolling a device: a token, and a QR code carrying hub address, token and trusted keys.
+
+The QR payload is compact JSON::
+
+    {"v": 1, "hub": "http://10.0.0.5:8765", "device": "tab-07", "site": "site_a",
+     "token": "pl1.tab-07.<secret>", "keys": {"<key_id>": "<base64 public key>", ...}}
+
+The token is shown once; the hub stores only its HMAC.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from edge_app.atomic import atomic_write_bytes
+from edge_app.errors import UsageError
+
+from .auth import check_name, new_token, token_hash
+from .hub import Hub
+
+log = logging.getLogger(__name__)
+
+ENROL_VERSION = 1
+
+
+def add_device(hub: Hub, name: str, site: str, url: str | None = None) -> dict[str, Any]:
+    """Register a device for ``site``; return the enrolment payload (with the plain token)."""
+    check_name(name)
+    check_name(site, "site")
+    url = url or hub.config.get("url")
+    if not url:
+        raise UsageError("the hub has no public URL: pass --url http://HOST:PORT (the address devices reach)")
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"hub URL must start with http:// or https://, got {url!r}")
+    token = new_token(name)
+    hub.store.add_device(name, site, token_hash(hub.secret, token))
+    log.info("device %s enrolled for site %s", name, site)
+    return {"v": ENROL_VERSION, "hub": url.rstrip("/"), "device": name, "site": site, "token": token,
+            "keys": hub.keyring.to_dict()["keys"]}
+
+
+def payload_text(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True)
+
+
+def _qr(payload: dict[str, Any]) -> Any:
+    import qrcode
+
+    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, border=2)
+    qr.add_data(payload_text(payload))
+    qr.make(fit=True)
+    return qr
+
+
+def qr_png(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write the enrolment QR code as a PNG (mode 0600: it holds a secret)."""
+    img = _qr(payload).make_image()
+    buf = io.BytesIO()
+    img.save(buf)
+    out = atomic_write_bytes(path, buf.getvalue())
+    os.chmod(out, 0o600)
+    return out
+
+
+def qr_ascii(payload: dict[str, Any]) -> str:
+    """The enrolment QR code as terminal text (two rows per character line)."""
+    buf = io.StringIO()
+    _qr(payload).print_ascii(out=buf, invert=True)
+    return buf.getvalue()

@@ -1,0 +1,363 @@
+"""The hub: master catalogue, images, active bundle and signing key in one folder.
+
+Layout of a hub folder::
+
+    hub.json        settings (signing key path, public URL)
+    hub.db          the catalogue, devices and uploads (:class:`~sync.hub.store.SqliteHubStore`)
+    secret.bin      HMAC secret for device tokens (0600)
+    keyring.json    public keys devices must trust (the hub's own + bundle signers)
+    images/         catalogue images, named by content (``img-<sha256 prefix>.<ext>``)
+    thumbs/         160 px JPEG thumbnails
+    bundles/        installed bundles (``<bundle_id>/`` and ``<bundle_id>.tar``)
+    packages/<site> signed deltas and snapshots (immutable, made on demand)
+    uploads/        photos uploaded by devices
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from edge_app.atomic import atomic_write_bytes, atomic_write_json
+from edge_app.errors import InputError, UsageError
+from edge_app.signing import Keyring, SigningKey
+
+from ..embedder import Embedder, EmbedderFactory, bundle_embedder
+from .auth import check_name, load_or_create_secret
+from .store import PART_FIELDS, SqliteHubStore, utcnow
+
+log = logging.getLogger(__name__)
+
+HUB_FORMAT = "partlens-hub/1"
+THUMB_SIZE = 160
+EMBED_BATCH = 32
+IMAGE_SUFFIXES = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png", ".webp": ".webp", ".bmp": ".bmp"}
+
+
+class Hub:
+    """One hub folder. Open with :meth:`open` (or :meth:`init` to create one)."""
+
+    def __init__(self, root: str | os.PathLike[str], *, embedder_factory: EmbedderFactory | None = None) -> None:
+        self.root = Path(root)
+        cfg_path = self.root / "hub.json"
+        if not cfg_path.is_file():
+            raise InputError(f"{self.root}: not a hub folder (no hub.json; run `partlens hub init`)")
+        try:
+            self.config = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{cfg_path}: not valid JSON ({exc})") from None
+        if self.config.get("format") != HUB_FORMAT:
+            raise InputError(f"{cfg_path}: unknown hub format {self.config.get('format')!r}")
+        self.store = SqliteHubStore(self.root / "hub.db")
+        self.secret = load_or_create_secret(self.root / "secret.bin")
+        self.keyring = Keyring.load(self.root / "keyring.json")
+        self._key: SigningKey | None = None
+        self.embedder_factory: EmbedderFactory = embedder_factory or bundle_embedder
+        self._embedder: Embedder | None = None
+
+    # -- setup ------------------------------------------------------------------------------
+    @classmethod
+    def init(cls, root: str | os.PathLike[str], key_path: str | os.PathLike[str], *,
+             trust: Iterable[str | os.PathLike[str]] = (), url: str | None = None,
+             embedder_factory: EmbedderFactory | None = None) -> "Hub":
+        """Create a hub folder that signs packages with the private key at ``key_path``."""
+        root = Path(root)
+        if (root / "hub.json").exists():
+            raise UsageError(f"{root} is already a hub folder")
+        key = SigningKey.load(key_path)
+        keyring = Keyring({key.key_id: key.public_raw})
+        for p in trust:
+            other = Keyring.load(p)
+            for kid in other.key_ids:
+                keyring.add(_raw(other, kid), expected_id=kid)
+        root.mkdir(parents=True, exist_ok=True)
+        for sub in ("images", "thumbs", "bundles", "packages", "uploads"):
+            (root / sub).mkdir(exist_ok=True)
+        SqliteHubStore(root / "hub.db", create=True).close()
+        load_or_create_secret(root / "secret.bin")
+        keyring.save(root / "keyring.json")
+        atomic_write_json(root / "hub.json", {"format": HUB_FORMAT, "key_path": str(Path(key_path).resolve()),
+                                              "key_id": key.key_id, "url": url, "created_at": utcnow()})
+        log.info("hub created at %s (signing key %s)", root, key.key_id)
+        return cls(root, embedder_factory=embedder_factory)
+
+    @property
+    def key(self) -> SigningKey:
+        if self._key is None:
+            self._key = SigningKey.load(self.config["key_path"])
+        return self._key
+
+    def trust(self, keyring_path: str | os.PathLike[str]) -> list[str]:
+        """Add the public keys of another keyring (e.g. the bundle signer's) to the hub keyring."""
+        other = Keyring.load(keyring_path)
+        for kid in other.key_ids:
+            self.keyring.add(_raw(other, kid), expected_id=kid)
+        self.keyring.save(self.root / "keyring.json")
+        return other.key_ids
+
+    # -- paths ------------------------------------------------------------------------------
+    def image_path(self, row: Mapping[str, Any]) -> Path:
+        return self.root / "images" / row["path"]
+
+    def thumb_path(self, image_id: str) -> Path:
+        return self.root / "thumbs" / f"{image_id}.jpg"
+
+    def bundle_dir(self, bundle_id: str) -> Path:
+        return self.root / "bundles" / bundle_id
+
+    def bundle_tar(self, bundle_id: str) -> Path:
+        return self.root / "bundles" / f"{bundle_id}.tar"
+
+    # -- embedding --------------------------------------------------------------------------
+    @property
+    def bundle_id(self) -> str | None:
+        return self.store.get_meta("bundle_id")
+
+    def embedder(self) -> Embedder | None:
+        """The active bundle's embedder, or None before any bundle is set."""
+        bid = self.bundle_id
+        if bid is None:
+            return None
+        if self._embedder is None or self._embedder.bundle_id != bid:
+            self._embedder = self.embedder_factory(self.bundle_dir(bid), self.keyring)
+            if self._embedder.bundle_id != bid:
+                raise UsageError(f"embedder is for bundle {self._embedder.bundle_id}, the hub uses {bid}")
+        return self._embedder
+
+    def embed_rows(self, rows: Sequence[Mapping[str, Any]], embedder: Embedder) -> np.ndarray:
+        """Embed stored catalogue images (batched)."""
+        from edge_app.imageio import load_image
+
+        out = []
+        for i in range(0, len(rows), EMBED_BATCH):
+            imgs = [load_image(self.image_path(r)) for r in rows[i:i + EMBED_BATCH]]
+            vecs = np.asarray(embedder(imgs), dtype=np.float32)
+            if vecs.ndim != 2 or len(vecs) != len(imgs) or not np.all(np.isfinite(vecs)):
+                raise UsageError(f"embedder returned {vecs.shape} for {len(imgs)} images (or non-finite values)")
+            out.append(vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12))
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    # -- images -----------------------------------------------------------------------------
+    def store_image(self, src: str | os.PathLike[str] | bytes, part_number: str, kind: str = "catalogue",
+                    what: str | None = None) -> dict[str, Any]:
+        """Copy an image into the hub (content-named), make its thumbnail; return its row (not yet in the DB)."""
+        from edge_app.imageio import load_image
+
+        data = src if isinstance(src, bytes) else Path(src).read_bytes()
+        name = what or (str(src) if not isinstance(src, bytes) else "upload")
+        img = load_image(data if isinstance(src, bytes) else src)  # validates; ImageError names the file
+        digest = hashlib.sha256(data).hexdigest()
+        suffix = IMAGE_SUFFIXES.get(Path(name).suffix.lower(), ".jpg") if not isinstance(src, bytes) else ".jpg"
+        image_id = f"img-{digest[:24]}"
+        rel = f"{image_id}{suffix}"
+        dst = self.root / "images" / rel
+        if not dst.exists():
+            atomic_write_bytes(dst, data)
+        thumb = self.thumb_path(image_id)
+        if not thumb.exists():
+            import io
+
+            t = img.copy()
+            t.thumbnail((THUMB_SIZE, THUMB_SIZE))
+            buf = io.BytesIO()
+            t.save(buf, "JPEG", quality=85)
+            atomic_write_bytes(thumb, buf.getvalue())
+        return {"image_id": image_id, "part_number": part_number, "path": rel, "kind": kind, "sha256": digest}
+
+    def add_images(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Add stored image rows to the catalogue (one version), embedding them with the active bundle."""
+        emb = self.embedder()
+        vecs = self.embed_rows(rows, emb) if emb is not None and rows else None
+        with self.store.change() as ch:
+            for r in rows:
+                if self.store.part(r["part_number"]) is None:
+                    raise InputError(f"image {r['image_id']}: unknown part {r['part_number']!r}")
+            ch.upsert_images(rows)
+            if vecs is not None and emb is not None:
+                ch.put_embeddings([r["image_id"] for r in rows], vecs, emb.bundle_id)
+            return ch.version
+
+    # -- catalogue edits --------------------------------------------------------------------
+    def add_part(self, part: Mapping[str, Any], *, inventory: Mapping[str, tuple[int | None, str | None]] = {},
+                 images: Sequence[str | os.PathLike[str]] = ()) -> int:
+        """Create or update one part with its stock per site and catalogue images; return the new version."""
+        pn = str(part.get("part_number") or "").strip()
+        if not pn:
+            raise UsageError("a part needs a part_number")
+        unknown = set(part) - set(PART_FIELDS)
+        if unknown:
+            raise UsageError(f"unknown part field(s) {sorted(unknown)}; known: {list(PART_FIELDS)}")
+        rows = [self.store_image(p, pn) for p in images]
+        emb = self.embedder()
+        vecs = self.embed_rows(rows, emb) if emb is not None and rows else None
+        now = utcnow()
+        with self.store.change() as ch:
+            ch.upsert_parts([dict(part, part_number=pn)])
+            ch.upsert_inventory([{"part_number": pn, "site": check_name(s, "site"), "stock": st, "bin": b,
+                                  "as_of": now} for s, (st, b) in inventory.items()])
+            ch.upsert_images(rows)
+            if vecs is not None and emb is not None:
+                ch.put_embeddings([r["image_id"] for r in rows], vecs, emb.bundle_id)
+            return ch.version
+
+    def set_stock(self, part_number: str, site: str, stock: int | None, bin: str | None = None) -> int:
+        if self.store.part(part_number) is None:
+            raise InputError(f"unknown part {part_number!r}")
+        with self.store.change() as ch:
+            ch.upsert_inventory([{"part_number": part_number, "site": check_name(site, "site"), "stock": stock,
+                                  "bin": bin, "as_of": utcnow()}])
+            return ch.version
+
+    def delete_parts(self, part_numbers: Sequence[str]) -> int:
+        missing = [p for p in part_numbers if self.store.part(p) is None]
+        if missing:
+            raise InputError(f"unknown part(s): {', '.join(missing)}")
+        with self.store.change() as ch:
+            ch.delete_parts(part_numbers)
+            return ch.version
+
+    def import_csv(self, parts_csv: str | os.PathLike[str], images_csv: str | os.PathLike[str] | None = None,
+                   *, kinds: Sequence[str] = ("catalogue",)) -> dict[str, int]:
+        """Import the generated layout (``parts.csv``, ``images.csv``) as one catalogue version.
+
+        Inventory comes from ``stock_<site>``/``bin_<site>`` column pairs; only images of ``kinds``
+        (default: catalogue images, not field photos) are imported. Paths in ``images.csv`` are
+        relative to its folder.
+        """
+        parts, inventory = _read_parts_csv(Path(parts_csv))
+        known = {p["part_number"] for p in parts}
+        image_rows: list[dict[str, Any]] = []
+        if images_csv is not None:
+            images_csv = Path(images_csv)
+            for lineno, row in _read_csv(images_csv, ("path", "part_number", "kind")):
+                if row["kind"] not in kinds:
+                    continue
+                if row["part_number"] not in known and self.store.part(row["part_number"]) is None:
+                    raise InputError(f"{images_csv}:{lineno}: unknown part {row['part_number']!r}")
+                src = images_csv.parent / row["path"]
+                if not src.is_file():
+                    raise InputError(f"{images_csv}:{lineno}: no such image {src}")
+                image_rows.append(self.store_image(src, row["part_number"], kind=row["kind"]))
+        emb = self.embedder()
+        vecs = self.embed_rows(image_rows, emb) if emb is not None and image_rows else None
+        with self.store.change() as ch:
+            ch.upsert_parts(parts)
+            ch.upsert_inventory(inventory)
+            ch.upsert_images(image_rows)
+            if vecs is not None and emb is not None:
+                ch.put_embeddings([r["image_id"] for r in image_rows], vecs, emb.bundle_id)
+            version = ch.version
+        return {"version": version, "parts": len(parts), "inventory": len(inventory), "images": len(image_rows)}
+
+    # -- bundles ----------------------------------------------------------------------------
+    def set_bundle(self, bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
+        """Install a verified bundle, re-embed every catalogue image with its model, make it active.
+
+        The new bundle id and all re-embedded vectors land in ONE catalogue version, so devices
+        receive the bundle and its embeddings together. An older bundle version is refused.
+        """
+        from edge_app.bundle import load_bundle
+        from export.bundle import write_archive
+
+        bundle = load_bundle(bundle_dir, self.keyring)
+        active = self.bundle_id
+        if active is not None:
+            cur = self.store.bundle(active)
+            if cur and bundle.version <= int(cur["version"]) and bundle.bundle_id != active:
+                raise UsageError(f"bundle {bundle.bundle_id} (version {bundle.version}) is not newer than the "
+                                 f"active {active} (version {cur['version']}); rollbacks are refused")
+            if bundle.bundle_id == active:
+                raise UsageError(f"bundle {active} is already active")
+        dst = self.bundle_dir(bundle.bundle_id)
+        if not dst.exists():
+            tmp = dst.with_name(f".{dst.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(bundle.root, tmp)
+            os.rename(tmp, dst)
+        load_bundle(dst, self.keyring)
+        if not self.bundle_tar(bundle.bundle_id).exists():
+            write_archive(dst, self.bundle_tar(bundle.bundle_id))
+        embedder = self.embedder_factory(dst, self.keyring)
+        rows = self.store.live_images()
+        vecs = self.embed_rows(rows, embedder)
+        with self.store.change() as ch:
+            live = {r["image_id"] for r in self.store.live_images()}
+            if live != {r["image_id"] for r in rows}:
+                raise UsageError("the catalogue images changed while re-embedding; run set-bundle again")
+            ch.clear_embeddings()
+            if rows:
+                ch.put_embeddings([r["image_id"] for r in rows], vecs, bundle.bundle_id)
+            ch.set_meta("bundle_id", bundle.bundle_id)
+            ch.set_meta("bundle_version", bundle.version)
+            version = ch.version
+        self.store.add_bundle(bundle.bundle_id, bundle.version, bundle.manifest, version)
+        self._embedder = embedder
+        log.info("bundle %s active at catalogue version %d (%d images re-embedded)", bundle.bundle_id, version,
+                 len(rows))
+        return {"bundle_id": bundle.bundle_id, "version": bundle.version, "catalogue_version": version,
+                "embedded": len(rows)}
+
+    def status(self) -> dict[str, Any]:
+        return {"root": str(self.root), "catalogue_version": self.store.version(), "bundle_id": self.bundle_id,
+                "key_id": self.config.get("key_id"), "trusted_keys": self.keyring.key_ids, **self.store.counts()}
+
+
+def _raw(keyring: Keyring, kid: str) -> bytes:
+    import base64
+
+    return base64.b64decode(keyring.to_dict()["keys"][kid])  # type: ignore[index]
+
+
+def _read_csv(path: Path, required: Sequence[str]) -> Iterable[tuple[int, dict[str, str]]]:
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+            for i, row in enumerate(reader, start=2):
+                yield i, {k: (v or "").strip() for k, v in row.items() if k is not None}
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: not a readable UTF-8 CSV ({exc})") from None
+
+
+def _read_parts_csv(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    parts: list[dict[str, Any]] = []
+    inventory: list[dict[str, Any]] = []
+    now = utcnow()
+    seen: set[str] = set()
+    for lineno, row in _read_csv(path, ("part_number", "name")):
+        pn = row["part_number"]
+        if not pn:
+            raise InputError(f"{path}:{lineno}: empty part_number")
+        if pn in seen:
+            raise InputError(f"{path}:{lineno}: duplicate part_number {pn!r}")
+        seen.add(pn)
+        part = {k: row.get(k) or None for k in PART_FIELDS}
+        if part["size_mm"] is not None:
+            try:
+                part["size_mm"] = float(part["size_mm"])
+            except ValueError:
+                raise InputError(f"{path}:{lineno}: size_mm {row['size_mm']!r} is not a number") from None
+        parts.append(part)
+        for col, val in row.items():
+            if col.startswith("stock_"):
+                site = col[len("stock_"):]
+                try:
+                    stock = int(val) if val != "" else None
+                except ValueError:
+                    raise InputError(f"{path}:{lineno}: {col} {val!r} is not an integer") from None
+                inventory.append({"part_number": pn, "site": check_name(site, "site"), "stock": stock,
+                                  "bin": row.get(f"bin_{site}") or None, "as_of": now})
+    if not parts:
+        raise InputError(f"{path}: no parts")
+    return parts, inventory

@@ -1,0 +1,125 @@
+"""The hub's HTTP API (FastAPI; schema at ``/openapi.json``) and its uvicorn runner.
+
+Every ``/v1`` endpoint needs ``Authorization: Bearer <device token>``; a missing or wrong
+token gets 401 and no data. A device only ever receives its own site's packages. Files
+(packages, bundles, images) are served with HTTP Range support so downloads resume.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from edge_app.errors import AuthError, InputError, IntegrityError, PartlensError, UsageError
+
+from .auth import authenticate
+from .deltas import PackageService
+from .hub import Hub
+from .uploads import OffsetMismatch, receive_chunk, receive_record, upload_status
+
+log = logging.getLogger(__name__)
+
+_bearer = HTTPBearer(auto_error=False, description="per-device token from `partlens hub add-device`")
+MAX_CHUNK = 4 * 1024 * 1024
+
+
+def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
+    """The FastAPI app serving the hub folder ``hub_dir``."""
+    hub = hub_dir if isinstance(hub_dir, Hub) else Hub(hub_dir)
+    packages = PackageService(hub)
+    app = FastAPI(title="partlens hub", version="1", docs_url=None, redoc_url=None,
+                  description="Catalogue deltas, bundles, images and uploads for partlens devices.")
+    app.state.hub = hub
+    app.state.packages = packages
+
+    @app.exception_handler(PartlensError)
+    async def _domain_error(request: Request, exc: PartlensError) -> JSONResponse:
+        if isinstance(exc, AuthError):
+            return JSONResponse({"detail": "invalid or missing token"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        if isinstance(exc, OffsetMismatch):
+            return JSONResponse({"detail": str(exc), "blob_offset": exc.offset}, status_code=409)
+        code = 404 if isinstance(exc, InputError) else 422 if isinstance(exc, IntegrityError) else 400
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    def device(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> dict[str, Any]:
+        try:
+            return authenticate(hub.store, hub.secret, creds.credentials if creds else None)
+        except AuthError:
+            raise HTTPException(401, "invalid or missing token", headers={"WWW-Authenticate": "Bearer"}) from None
+
+    @app.get("/v1/whoami", summary="the device this token belongs to")
+    def whoami(dev: dict = Depends(device)) -> dict[str, Any]:
+        return {"device": dev["name"], "site": dev["site"], "hub_version": hub.store.version(),
+                "bundle_id": hub.bundle_id}
+
+    @app.get("/v1/sync", summary="what a device must fetch to be current")
+    def sync_plan(version: int = Query(0, ge=0), bundle_id: str | None = None,
+                  dev: dict = Depends(device)) -> dict[str, Any]:
+        return packages.plan(dev["site"], version, bundle_id)
+
+    @app.get("/v1/packages/{name}", summary="a signed delta or snapshot of the device's site (Range)")
+    def package_file(name: str, dev: dict = Depends(device)) -> FileResponse:
+        return FileResponse(packages.package_file(dev["site"], name), media_type="application/x-tar")
+
+    @app.get("/v1/bundles/{bundle_id}.tar", summary="a model bundle archive (Range)")
+    def bundle_file(bundle_id: str, dev: dict = Depends(device)) -> FileResponse:
+        if hub.store.bundle(bundle_id) is None or not hub.bundle_tar(bundle_id).is_file():
+            raise InputError(f"no such bundle {bundle_id}")
+        return FileResponse(hub.bundle_tar(bundle_id), media_type="application/x-tar")
+
+    @app.get("/v1/images/{image_id}", summary="a catalogue image")
+    def image(image_id: str, dev: dict = Depends(device)) -> FileResponse:
+        row = hub.store.image(image_id)
+        if row is None:
+            raise InputError(f"no such image {image_id}")
+        return FileResponse(hub.image_path(row))
+
+    @app.get("/v1/thumbs/{image_id}", summary="a catalogue image thumbnail (JPEG)")
+    def thumb(image_id: str, dev: dict = Depends(device)) -> FileResponse:
+        path = hub.thumb_path(image_id)
+        if hub.store.image(image_id) is None or not path.is_file():
+            raise InputError(f"no such image {image_id}")
+        return FileResponse(path, media_type="image/jpeg")
+
+    @app.post("/v1/uploads", summary="store one outbox record (idempotent by uuid)")
+    def post_upload(body: dict[str, Any], dev: dict = Depends(device)) -> dict[str, Any]:
+        return receive_record(hub, dev, body)
+
+    @app.get("/v1/uploads/{uuid}", summary="an upload's status and blob offset")
+    def get_upload(uuid: str, dev: dict = Depends(device)) -> dict[str, Any]:
+        return upload_status(hub, dev, uuid)
+
+    @app.put("/v1/uploads/{uuid}/blob", summary="append a blob chunk at offset (resumable)")
+    async def put_blob(uuid: str, request: Request, offset: int = Query(..., ge=0),
+                       dev: dict = Depends(device)) -> dict[str, Any]:
+        data = await request.body()
+        if len(data) > MAX_CHUNK:
+            raise UsageError(f"chunk over {MAX_CHUNK} bytes")
+        return await run_in_threadpool(receive_chunk, hub, dev, uuid, offset, data)
+
+    return app
+
+
+def serve(hub_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8765, *,
+          log_level: str = "warning") -> None:
+    """Run the hub API with uvicorn until interrupted."""
+    import uvicorn
+
+    app = create_app(Path(hub_dir))
+    log.info("hub %s serving on http://%s:%d", hub_dir, host, port)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``python -m uvicorn --factory sync.hub.server:app_from_env`` (hub folder in $PARTLENS_HUB)."""
+    hub_dir = os.environ.get("PARTLENS_HUB")
+    if not hub_dir:
+        raise UsageError("set PARTLENS_HUB to the hub folder")
+    return create_app(hub_dir)

@@ -1,0 +1,359 @@
+"""Hub storage: the master catalogue, devices and uploads.
+
+:class:`HubStore` is the small interface the rest of the hub codes against;
+:class:`SqliteHubStore` implements it on one embedded SQLite file through sqlite-utils.
+
+Versioning: every change runs inside :meth:`HubStore.change`, which bumps the catalogue
+version by exactly one and stamps every row it writes with that version. Deletions are
+tombstones (``deleted = 1`` with the version of the deletion), so "everything that changed
+after version ``v``" is one indexed query per table.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from edge_app.errors import InputError, UsageError
+
+from ..package import Package as Snapshot
+
+log = logging.getLogger(__name__)
+
+PART_FIELDS = ("part_number", "name", "category", "manufacturer", "description", "size_mm", "look_alike_group")
+INVENTORY_FIELDS = ("part_number", "site", "stock", "bin", "as_of")
+IMAGE_FIELDS = ("image_id", "part_number", "path", "kind", "sha256")
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    """CREATE TABLE IF NOT EXISTS parts (part_number TEXT PRIMARY KEY, name TEXT, category TEXT,
+        manufacturer TEXT, description TEXT, size_mm REAL, look_alike_group TEXT,
+        version INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS inventory (part_number TEXT NOT NULL, site TEXT NOT NULL, stock INTEGER,
+        bin TEXT, as_of TEXT, version INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (part_number, site))""",
+    """CREATE TABLE IF NOT EXISTS images (image_id TEXT PRIMARY KEY, part_number TEXT NOT NULL, path TEXT NOT NULL,
+        kind TEXT NOT NULL, sha256 TEXT, version INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS embeddings (image_id TEXT PRIMARY KEY, bundle_id TEXT NOT NULL,
+        dim INTEGER NOT NULL, vector BLOB NOT NULL, version INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS bundles (bundle_id TEXT PRIMARY KEY, version INTEGER NOT NULL,
+        manifest TEXT NOT NULL, installed_at TEXT NOT NULL, catalogue_version INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS devices (name TEXT PRIMARY KEY, site TEXT NOT NULL, token_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS uploads (uuid TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, device TEXT NOT NULL,
+        site TEXT NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL, device_created_at TEXT,
+        device_catalogue_version INTEGER, hub_version INTEGER NOT NULL, received_at TEXT NOT NULL,
+        blob_sha256 TEXT, blob_size INTEGER, blob_complete INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'new', review TEXT)""",
+    "CREATE INDEX IF NOT EXISTS parts_version ON parts(version)",
+    "CREATE INDEX IF NOT EXISTS inventory_version ON inventory(site, version)",
+    "CREATE INDEX IF NOT EXISTS images_version ON images(version)",
+    "CREATE INDEX IF NOT EXISTS images_part ON images(part_number)",
+    "CREATE INDEX IF NOT EXISTS embeddings_version ON embeddings(version)",
+]
+
+UPLOAD_KINDS = ("feedback", "photo", "unknown_part", "usage")
+
+
+def utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Change(Protocol):
+    """Writes inside one catalogue version bump."""
+
+    version: int
+
+    def upsert_parts(self, rows: Iterable[dict[str, Any]]) -> int: ...
+    def delete_parts(self, part_numbers: Iterable[str]) -> int: ...
+    def upsert_inventory(self, rows: Iterable[dict[str, Any]]) -> int: ...
+    def upsert_images(self, rows: Iterable[dict[str, Any]]) -> int: ...
+    def delete_images(self, image_ids: Iterable[str]) -> int: ...
+    def put_embeddings(self, image_ids: Sequence[str], vectors: np.ndarray, bundle_id: str) -> int: ...
+    def clear_embeddings(self) -> None: ...
+    def set_meta(self, key: str, value: Any) -> None: ...
+
+
+class HubStore(Protocol):
+    """The storage interface of the hub."""
+
+    def version(self) -> int: ...
+    def get_meta(self, key: str, default: Any = None) -> Any: ...
+    def change(self) -> contextlib.AbstractContextManager[Change]: ...
+    def snapshot(self, site: str, from_version: int) -> Snapshot: ...
+    def part(self, part_number: str) -> dict[str, Any] | None: ...
+    def image(self, image_id: str) -> dict[str, Any] | None: ...
+    def live_images(self) -> list[dict[str, Any]]: ...
+    def add_bundle(self, bundle_id: str, version: int, manifest: dict[str, Any], catalogue_version: int) -> None: ...
+    def bundle(self, bundle_id: str) -> dict[str, Any] | None: ...
+    def add_device(self, name: str, site: str, token_hash: str) -> None: ...
+    def device(self, name: str) -> dict[str, Any] | None: ...
+    def add_upload(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
+    def upload(self, uuid: str) -> dict[str, Any] | None: ...
+    def list_uploads(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]: ...
+    def update_upload(self, uuid: str, **fields: Any) -> None: ...
+
+
+class _SqliteChange:
+    def __init__(self, db: Any, version: int) -> None:
+        self.db = db
+        self.version = version
+
+    def _stamp(self, rows: Iterable[dict[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]]:
+        out = []
+        for r in rows:
+            row = {k: r.get(k) for k in fields}
+            row["version"] = self.version
+            row["deleted"] = 0
+            out.append(row)
+        return out
+
+    def upsert_parts(self, rows: Iterable[dict[str, Any]]) -> int:
+        rows = self._stamp(rows, PART_FIELDS)
+        for r in rows:
+            if not r["part_number"]:
+                raise InputError("a part row has no part_number")
+        self.db["parts"].upsert_all(rows, pk="part_number")
+        return len(rows)
+
+    def delete_parts(self, part_numbers: Iterable[str]) -> int:
+        pns = list(part_numbers)
+        c = self.db.conn
+        for pn in pns:
+            c.execute("UPDATE parts SET deleted=1, version=? WHERE part_number=?", (self.version, pn))
+            c.execute("UPDATE inventory SET deleted=1, version=? WHERE part_number=?", (self.version, pn))
+            ids = [r[0] for r in c.execute("SELECT image_id FROM images WHERE part_number=? AND deleted=0", (pn,))]
+            self.delete_images(ids)
+        return len(pns)
+
+    def upsert_inventory(self, rows: Iterable[dict[str, Any]]) -> int:
+        rows = self._stamp(rows, INVENTORY_FIELDS)
+        self.db["inventory"].upsert_all(rows, pk=("part_number", "site"))
+        return len(rows)
+
+    def upsert_images(self, rows: Iterable[dict[str, Any]]) -> int:
+        rows = self._stamp(rows, IMAGE_FIELDS)
+        self.db["images"].upsert_all(rows, pk="image_id")
+        return len(rows)
+
+    def delete_images(self, image_ids: Iterable[str]) -> int:
+        ids = list(image_ids)
+        c = self.db.conn
+        for iid in ids:
+            c.execute("UPDATE images SET deleted=1, version=? WHERE image_id=?", (self.version, iid))
+            c.execute("DELETE FROM embeddings WHERE image_id=?", (iid,))
+        return len(ids)
+
+    def put_embeddings(self, image_ids: Sequence[str], vectors: np.ndarray, bundle_id: str) -> int:
+        vecs = np.asarray(vectors, dtype=np.float16)
+        if vecs.ndim != 2 or vecs.shape[0] != len(image_ids):
+            raise UsageError(f"embeddings must be (N, D) for {len(image_ids)} images, got {vecs.shape}")
+        dim = int(vecs.shape[1])
+        self.db.conn.executemany(
+            "INSERT OR REPLACE INTO embeddings (image_id, bundle_id, dim, vector, version) VALUES (?,?,?,?,?)",
+            [(iid, bundle_id, dim, vecs[i].tobytes(), self.version) for i, iid in enumerate(image_ids)])
+        return len(image_ids)
+
+    def clear_embeddings(self) -> None:
+        self.db.conn.execute("DELETE FROM embeddings")
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+
+class SqliteHubStore:
+    """:class:`HubStore` on one SQLite file (WAL; one connection per thread)."""
+
+    def __init__(self, path: str | Path, *, create: bool = False) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise InputError(f"{self.path}: no hub database here (run `partlens hub init` first)")
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        db = self._db()
+        with self._tx(db):
+            for stmt in SCHEMA:
+                db.conn.execute(stmt)
+            db.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('catalogue_version', '0')")
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _db(self) -> Any:
+        import sqlite_utils
+
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            db = sqlite_utils.Database(conn)
+            self._local.db = db
+        return db
+
+    @contextlib.contextmanager
+    def _tx(self, db: Any, mode: str = "IMMEDIATE") -> Iterator[Any]:
+        db.conn.execute(f"BEGIN {mode}")
+        try:
+            yield db
+        except BaseException:
+            db.conn.execute("ROLLBACK")
+            raise
+        db.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.conn.close()
+            self._local.db = None
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self._db().conn.execute(sql, params)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    # -- catalogue --------------------------------------------------------------------------
+    def version(self) -> int:
+        return int(self.get_meta("catalogue_version", 0))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self._db().conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    @contextlib.contextmanager
+    def change(self) -> Iterator[_SqliteChange]:
+        """One catalogue version bump; every write inside is stamped with the new version."""
+        db = self._db()
+        with self._write_lock, self._tx(db):
+            new = int(json.loads(db.conn.execute(
+                "SELECT value FROM meta WHERE key='catalogue_version'").fetchone()[0])) + 1
+            ch = _SqliteChange(db, new)
+            yield ch
+            ch.set_meta("catalogue_version", new)
+            ch.set_meta("changed_at", utcnow())
+        log.info("hub catalogue is now at version %d", new)
+
+    def snapshot(self, site: str, from_version: int) -> Snapshot:
+        """Rows changed after ``from_version`` (all live rows when it is 0), read in one transaction."""
+        db = self._db()
+        full = from_version <= 0
+        with self._tx(db, "DEFERRED"):
+            to = self.version()
+            bundle_id = self.get_meta("bundle_id")
+            hub_time = self.get_meta("changed_at")
+            p = () if full else (from_version,)
+            cols_p = ", ".join(PART_FIELDS)
+            parts = self._rows(f"SELECT {cols_p} FROM parts WHERE deleted=0 AND {'1' if full else 'version>?'}"
+                               " ORDER BY part_number", p)
+            inv = self._rows(f"SELECT {', '.join(INVENTORY_FIELDS)} FROM inventory WHERE site=? AND deleted=0 AND "
+                             f"{'1' if full else 'version>?'} ORDER BY part_number", (site, *p))
+            imgs = self._rows(f"SELECT {', '.join(IMAGE_FIELDS)} FROM images WHERE deleted=0 AND "
+                              f"{'1' if full else 'version>?'} ORDER BY image_id", p)
+            del_parts: list[str] = []
+            del_imgs: list[str] = []
+            del_inv: list[str] = []
+            if not full:
+                del_parts = [r["part_number"] for r in self._rows(
+                    "SELECT part_number FROM parts WHERE deleted=1 AND version>? ORDER BY part_number", p)]
+                del_imgs = [r["image_id"] for r in self._rows(
+                    "SELECT image_id FROM images WHERE deleted=1 AND version>? ORDER BY image_id", p)]
+                del_inv = [r["part_number"] for r in self._rows(
+                    "SELECT part_number FROM inventory WHERE site=? AND deleted=1 AND version>?", (site, from_version))]
+            emb_rows = db.conn.execute(
+                f"SELECT e.image_id, e.dim, e.vector FROM embeddings e JOIN images i ON i.image_id=e.image_id "
+                f"WHERE i.deleted=0 AND e.bundle_id=? AND {'1' if full else 'e.version>?'} ORDER BY e.image_id",
+                (bundle_id, *p)).fetchall()
+        ids = [r[0] for r in emb_rows]
+        if emb_rows:
+            dim = int(emb_rows[0][1])
+            vecs = np.frombuffer(b"".join(r[2] for r in emb_rows), dtype=np.float16).reshape(len(ids), dim)
+        else:
+            vecs = np.zeros((0, 0), dtype=np.float16)
+        return Snapshot(from_version=max(from_version, 0), to_version=to, site=site, bundle_id=bundle_id, full=full,
+                        parts=parts, inventory=inv, images=imgs, deleted_parts=del_parts, deleted_images=del_imgs,
+                        deleted_inventory=del_inv, embedding_ids=ids, embeddings=vecs, hub_time=hub_time)
+
+    def part(self, part_number: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM parts WHERE part_number=? AND deleted=0", (part_number,))
+        return rows[0] if rows else None
+
+    def image(self, image_id: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM images WHERE image_id=? AND deleted=0", (image_id,))
+        return rows[0] if rows else None
+
+    def live_images(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM images WHERE deleted=0 ORDER BY image_id")
+
+    def counts(self) -> dict[str, int]:
+        c = self._db().conn
+        return {t: c.execute(f"SELECT count(*) FROM {t} WHERE deleted=0").fetchone()[0]
+                for t in ("parts", "inventory", "images")} | {
+            "embeddings": c.execute("SELECT count(*) FROM embeddings").fetchone()[0]}
+
+    # -- bundles ----------------------------------------------------------------------------
+    def add_bundle(self, bundle_id: str, version: int, manifest: dict[str, Any], catalogue_version: int) -> None:
+        db = self._db()
+        with self._write_lock, self._tx(db):
+            db.conn.execute("INSERT OR REPLACE INTO bundles VALUES (?,?,?,?,?)",
+                            (bundle_id, version, json.dumps(manifest), utcnow(), catalogue_version))
+
+    def bundle(self, bundle_id: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM bundles WHERE bundle_id=?", (bundle_id,))
+        if not rows:
+            return None
+        rows[0]["manifest"] = json.loads(rows[0]["manifest"])
+        return rows[0]
+
+    # -- devices ----------------------------------------------------------------------------
+    def add_device(self, name: str, site: str, token_hash: str) -> None:
+        db = self._db()
+        with self._write_lock, self._tx(db):
+            if db.conn.execute("SELECT 1 FROM devices WHERE name=?", (name,)).fetchone():
+                raise UsageError(f"device {name!r} already exists (pick another name)")
+            db.conn.execute("INSERT INTO devices (name, site, token_hash, created_at) VALUES (?,?,?,?)",
+                            (name, site, token_hash, utcnow()))
+
+    def device(self, name: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM devices WHERE name=?", (name,))
+        return rows[0] if rows else None
+
+    # -- uploads ----------------------------------------------------------------------------
+    def add_upload(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Store an upload once by its client UUID; return (stored row, created)."""
+        db = self._db()
+        with self._write_lock, self._tx(db):
+            old = self._rows("SELECT * FROM uploads WHERE uuid=?", (row["uuid"],))
+            if old:
+                return old[0], False
+            seq = db.conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM uploads").fetchone()[0]
+            full = dict(row, seq=seq, hub_version=self.version(), received_at=utcnow())
+            cols = list(full)
+            db.conn.execute(f"INSERT INTO uploads ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                            [full[c] for c in cols])
+        return self.upload(row["uuid"]) or full, True
+
+    def upload(self, uuid: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM uploads WHERE uuid=?", (uuid,))
+        return rows[0] if rows else None
+
+    def list_uploads(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM uploads WHERE 1", []
+        if kind:
+            sql += " AND kind=?"
+            params.append(kind)
+        if status:
+            sql += " AND status=?"
+            params.append(status)
+        return self._rows(sql + " ORDER BY seq", params)
+
+    def update_upload(self, uuid: str, **fields: Any) -> None:
+        db = self._db()
+        with self._write_lock, self._tx(db):
+            sets = ", ".join(f"{k}=?" for k in fields)
+            db.conn.execute(f"UPDATE uploads SET {sets} WHERE uuid=?", [*fields.values(), uuid])

@@ -1,0 +1,142 @@
+"""Receiving device uploads: idempotent records and resumable photo blobs.
+
+A record is stored once per client UUID (a re-sent upload returns the stored record, with
+``duplicate: true``). Its blob arrives in chunks: ``PUT .../blob?offset=N`` appends only at the
+current size (anything else is answered with the current offset so the client resumes from
+there); when the declared size is reached the sha256 must match, else the partial blob is
+discarded. Records are ordered by the hub's receipt sequence and stamped with the hub
+catalogue version at receipt, never by the device clock.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any, Mapping
+
+from edge_app.atomic import fsync_dir
+from edge_app.errors import InputError, IntegrityError, UsageError
+
+from .hub import Hub
+from .store import UPLOAD_KINDS
+
+log = logging.getLogger(__name__)
+
+UUID = re.compile(r"^[0-9a-fA-F-]{8,64}$")
+MAX_BLOB_BYTES = 64 * 1024**2
+MAX_PAYLOAD_BYTES = 64 * 1024
+_CHUNK_LOCK = threading.Lock()  # one appender at a time (chunks are small)
+
+
+class OffsetMismatch(UsageError):
+    """A chunk did not start at the blob's current size."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        super().__init__(f"chunk offset mismatch; the hub has {offset} bytes")
+
+
+def _status(row: Mapping[str, Any], hub: Hub, duplicate: bool = False) -> dict[str, Any]:
+    return {"uuid": row["uuid"], "seq": row["seq"], "hub_version": row["hub_version"], "kind": row["kind"],
+            "status": row["status"], "duplicate": duplicate, "blob_size": row["blob_size"],
+            "blob_offset": blob_offset(hub, row), "blob_complete": bool(row["blob_complete"])}
+
+
+def partial_path(hub: Hub, uuid: str) -> Path:
+    return hub.root / "uploads" / f"{uuid}.part"
+
+
+def blob_path(hub: Hub, uuid: str) -> Path:
+    return hub.root / "uploads" / f"{uuid}.blob"
+
+
+def blob_offset(hub: Hub, row: Mapping[str, Any]) -> int:
+    if row["blob_complete"]:
+        return int(row["blob_size"] or 0)
+    p = partial_path(hub, row["uuid"])
+    return p.stat().st_size if p.exists() else 0
+
+
+def receive_record(hub: Hub, device: Mapping[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
+    """Store one outbox record (idempotent by UUID); return its status."""
+    uuid = str(body.get("uuid") or "")
+    if not UUID.match(uuid):
+        raise UsageError(f"upload uuid {uuid!r} is not a UUID")
+    kind = body.get("kind")
+    if kind not in UPLOAD_KINDS:
+        raise UsageError(f"upload kind must be one of {UPLOAD_KINDS}, got {kind!r}")
+    payload = body.get("payload") or {}
+    if not isinstance(payload, dict):
+        raise UsageError("upload payload must be a JSON object")
+    text = json.dumps(payload, sort_keys=True)
+    if len(text) > MAX_PAYLOAD_BYTES:
+        raise UsageError(f"upload payload is over {MAX_PAYLOAD_BYTES} bytes")
+    blob = body.get("blob")
+    size = sha = None
+    if blob is not None:
+        try:
+            size, sha = int(blob["size"]), str(blob["sha256"])
+        except (KeyError, TypeError, ValueError):
+            raise UsageError("upload blob needs size and sha256") from None
+        if not 0 < size <= MAX_BLOB_BYTES or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise UsageError(f"upload blob size must be 1..{MAX_BLOB_BYTES} with a sha256 hex digest")
+    existing = hub.store.upload(uuid)
+    if existing is not None and existing["device"] != device["name"]:
+        raise UsageError(f"upload {uuid} belongs to another device")
+    row, created = hub.store.add_upload({
+        "uuid": uuid, "device": device["name"], "site": device["site"], "kind": kind, "payload": text,
+        "device_created_at": body.get("created_at"), "device_catalogue_version": body.get("catalogue_version"),
+        "blob_sha256": sha, "blob_size": size, "blob_complete": 0 if blob is not None else 1})
+    if created:
+        log.info("upload %s (%s) from %s stored as #%d", uuid, kind, device["name"], row["seq"])
+    return _status(row, hub, duplicate=not created)
+
+
+def upload_status(hub: Hub, device: Mapping[str, Any], uuid: str) -> dict[str, Any]:
+    row = hub.store.upload(uuid)
+    if row is None or row["device"] != device["name"]:
+        raise InputError(f"no such upload {uuid}")
+    return _status(row, hub)
+
+
+def receive_chunk(hub: Hub, device: Mapping[str, Any], uuid: str, offset: int, data: bytes) -> dict[str, Any]:
+    """Append ``data`` at ``offset`` of the blob; verify and finish it when complete."""
+    with _CHUNK_LOCK:
+        return _receive_chunk(hub, device, uuid, offset, data)
+
+
+def _receive_chunk(hub: Hub, device: Mapping[str, Any], uuid: str, offset: int, data: bytes) -> dict[str, Any]:
+    row = hub.store.upload(uuid)
+    if row is None or row["device"] != device["name"]:
+        raise InputError(f"no such upload {uuid}")
+    if row["blob_size"] is None:
+        raise UsageError(f"upload {uuid} declared no blob")
+    if row["blob_complete"]:
+        return _status(row, hub, duplicate=True)
+    part = partial_path(hub, uuid)
+    current = part.stat().st_size if part.exists() else 0
+    if offset != current:
+        raise OffsetMismatch(current)
+    if current + len(data) > row["blob_size"]:
+        raise UsageError(f"upload {uuid}: chunk goes past the declared size {row['blob_size']}")
+    with open(part, "ab") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if current + len(data) == row["blob_size"]:
+        h = hashlib.sha256()
+        with open(part, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+        if h.hexdigest() != row["blob_sha256"]:
+            part.unlink()
+            raise IntegrityError(f"upload {uuid}: blob sha256 does not match; discarded, send it again")
+        os.replace(part, blob_path(hub, uuid))
+        fsync_dir(part.parent)
+        hub.store.update_upload(uuid, blob_complete=1)
+        row = hub.store.upload(uuid) or row
+    return _status(row, hub)

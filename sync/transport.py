@@ -1,0 +1,212 @@
+"""How the device client talks to a hub: a small interface, over HTTP or in memory.
+
+:class:`HttpTransport` uses only ``urllib`` (no extra dependency on the device). Downloads go
+to ``<dest>.partial`` and resume with ``Range: bytes=<have>-`` after a dropped connection or
+a killed process; the caller checks the finished file's sha256 and signature.
+:class:`InMemoryTransport` calls a hub object directly (tests, and a hub on the same machine).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.client import HTTPException
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+from edge_app.atomic import fsync_dir
+from edge_app.errors import AuthError, IntegrityError, SyncError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+
+
+class Transport(Protocol):
+    """What the sync client needs from a hub."""
+
+    def plan(self, version: int, bundle_id: str | None) -> dict[str, Any]: ...
+    def download(self, url: str, dest: Path, size: int) -> Path: ...
+    def post_upload(self, record: Mapping[str, Any]) -> dict[str, Any]: ...
+    def put_chunk(self, uuid: str, offset: int, data: bytes) -> dict[str, Any]: ...
+
+
+def partial_of(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".partial")
+
+
+def _finish(partial: Path, dest: Path, size: int) -> Path:
+    have = partial.stat().st_size
+    if have != size:
+        raise SyncError(f"{dest.name}: downloaded {have} bytes, expected {size}")
+    with open(partial, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(partial, dest)
+    fsync_dir(dest.parent)
+    return dest
+
+
+class HttpTransport:
+    """The hub's HTTP API through urllib, with a bearer token and resumable downloads."""
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0, retries: int = 5) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise SyncError(f"hub URL must start with http:// or https://, got {base_url!r}")
+        self.base = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.retries = retries
+
+    def _open(self, method: str, path: str, *, body: bytes | None = None, headers: Mapping[str, str] = {},
+              params: Mapping[str, Any] | None = None) -> Any:
+        url = self.base + path
+        if params:
+            url += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        req = urllib.request.Request(url, data=body, method=method,
+                                     headers={"Authorization": f"Bearer {self.token}", **headers})
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")[:500]
+            if exc.code == 401:
+                raise AuthError(f"hub {self.base} refused the device token (401)") from None
+            raise _HttpError(exc.code, detail, f"hub {method} {path}: HTTP {exc.code} {detail}") from None
+        except (urllib.error.URLError, OSError, HTTPException) as exc:
+            raise SyncError(f"hub {self.base} unreachable ({exc})") from None
+
+    def _json(self, method: str, path: str, payload: Any = None, **kw: Any) -> dict[str, Any]:
+        body = None if payload is None else json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        with self._open(method, path, body=body, headers=headers, **kw) as resp:
+            return json.loads(resp.read())
+
+    def plan(self, version: int, bundle_id: str | None) -> dict[str, Any]:
+        return self._json("GET", "/v1/sync", params={"version": version, "bundle_id": bundle_id})
+
+    def whoami(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/whoami")
+
+    def download(self, url: str, dest: Path, size: int) -> Path:
+        """Fetch ``url`` into ``dest`` resuming ``dest.partial``; retry dropped connections."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = partial_of(dest)
+        attempt = 0
+        while True:
+            have = partial.stat().st_size if partial.exists() else 0
+            if have > size:
+                partial.unlink()
+                have = 0
+            if have == size:
+                return _finish(partial, dest, size)
+            try:
+                self._fetch_range(url, partial, have)
+            except _HttpError as exc:
+                if exc.code == 416:  # our partial is longer than the file: start again
+                    partial.unlink(missing_ok=True)
+                    continue
+                raise
+            except (SyncError, OSError, HTTPException) as exc:
+                if isinstance(exc, AuthError):
+                    raise
+                attempt += 1
+                got = partial.stat().st_size if partial.exists() else 0
+                if attempt > self.retries:
+                    raise SyncError(f"{dest.name}: download failed after {self.retries} retries at byte {got} "
+                                    f"of {size} ({exc}); the partial file is kept for the next sync") from None
+                log.warning("%s: connection lost at byte %d of %d (%s); resuming", dest.name, got, size, exc)
+                time.sleep(min(0.2 * attempt, 2.0))
+
+    def _fetch_range(self, url: str, partial: Path, have: int) -> None:
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        with self._open("GET", url, headers=headers) as resp:
+            if have and resp.status != 206:
+                log.info("%s: server ignored Range; downloading from the start", partial.name)
+                mode = "wb"
+            else:
+                mode = "ab"
+            with open(partial, mode) as fh:
+                try:
+                    shutil.copyfileobj(resp, fh, CHUNK)
+                finally:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            expected = resp.headers.get("Content-Length")
+            if expected is not None:
+                got = partial.stat().st_size - (have if mode == "ab" else 0)
+                if got < int(expected):
+                    raise SyncError(f"connection closed after {got} of {expected} bytes")
+
+    def post_upload(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/v1/uploads", dict(record))
+
+    def put_chunk(self, uuid: str, offset: int, data: bytes) -> dict[str, Any]:
+        try:
+            with self._open("PUT", f"/v1/uploads/{uuid}/blob", body=data, params={"offset": offset},
+                            headers={"Content-Type": "application/octet-stream"}) as resp:
+                return json.loads(resp.read())
+        except _HttpError as exc:
+            if exc.code == 409:
+                return {"conflict": True, **json.loads(exc.detail)}
+            if exc.code == 422:
+                raise IntegrityError(f"hub refused upload {uuid}: {exc.detail}") from None
+            raise
+
+
+class _HttpError(SyncError):
+    def __init__(self, code: int, detail: str, message: str) -> None:
+        self.code = code
+        self.detail = detail
+        super().__init__(message)
+
+
+class InMemoryTransport:
+    """Calls a :class:`~sync.hub.hub.Hub` in this process, with the same auth and checks as HTTP."""
+
+    def __init__(self, hub: Any, token: str) -> None:
+        from .hub.deltas import PackageService
+
+        self.hub = hub
+        self.token = token
+        self.packages = PackageService(hub)
+
+    def _device(self) -> dict[str, Any]:
+        from .hub.auth import authenticate
+
+        return authenticate(self.hub.store, self.hub.secret, self.token)
+
+    def plan(self, version: int, bundle_id: str | None) -> dict[str, Any]:
+        return self.packages.plan(self._device()["site"], version, bundle_id)
+
+    def download(self, url: str, dest: Path, size: int) -> Path:
+        dev = self._device()
+        if url.startswith("/v1/packages/"):
+            src = self.packages.package_file(dev["site"], url.rsplit("/", 1)[1])
+        elif url.startswith("/v1/bundles/") and url.endswith(".tar"):
+            src = self.hub.bundle_tar(url[len("/v1/bundles/"):-len(".tar")])
+        else:
+            raise SyncError(f"unknown download {url}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = partial_of(dest)
+        have = partial.stat().st_size if partial.exists() else 0
+        with open(src, "rb") as s, open(partial, "ab") as d:
+            s.seek(have)
+            shutil.copyfileobj(s, d, CHUNK)
+        return _finish(partial, dest, size)
+
+    def post_upload(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        from .hub.uploads import receive_record
+
+        return receive_record(self.hub, self._device(), record)
+
+    def put_chunk(self, uuid: str, offset: int, data: bytes) -> dict[str, Any]:
+        from .hub.uploads import OffsetMismatch, receive_chunk
+
+        try:
+            return receive_chunk(self.hub, self._device(), uuid, offset, data)
+        except OffsetMismatch as exc:
+            return {"conflict": True, "blob_offset": exc.offset}

@@ -1,0 +1,84 @@
+"""``partlens identify`` and ``partlens catalogue`` end to end (in-process)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_app.cli import main
+
+from .jsonschema_mini import validate
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "identify_json_schema.json").read_text())
+
+
+def _run(capsys, *argv):
+    rc = main(list(map(str, argv)))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_validator_catches_violations():
+    assert validate({"schema": "x"}, SCHEMA)  # wrong const and missing keys
+    assert validate({"status": "maybe"}, SCHEMA["properties"]["status"] | {"type": "string"})
+
+
+def test_identify_json_follows_schema(world, device_db, capsys):
+    photos = [p for p in world.field["P0011"][:2]]
+    rc, out, _ = _run(capsys, "identify", *photos, "--json", "--bundle", world.bundle, "--db", device_db,
+                      "--keyring", world.keyring_path, "--backend", "onnx", "--top", "3")
+    assert rc == 0
+    doc = json.loads(out)
+    assert validate(doc, SCHEMA) == []
+    assert doc["status"] == "match" and doc["matches"][0]["part_number"] == "P0011" and doc["views"] == 2
+    # a no-confident-match result validates too
+    rc, out, _ = _run(capsys, "identify", world.field["P0027"][0], "--json", "--bundle", world.bundle, "--db",
+                      device_db, "--keyring", world.keyring_path, "--backend", "onnx", "--in-stock",
+                      "--category", "gear")
+    doc = json.loads(out)
+    assert rc == 0 and validate(doc, SCHEMA) == [] and doc["status"] == "no_confident_match"
+    assert doc["filters"] == {"in_stock": True, "category": "gear", "text": None}
+
+
+def test_identify_text_output_and_errors(world, device_db, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PARTLENS_HOME", str(tmp_path / "home"))
+    rc, out, _ = _run(capsys, "identify", world.field["P0013"][0], "--bundle", world.bundle, "--db", device_db,
+                      "--keyring", world.keyring_path, "--backend", "onnx")
+    assert rc == 0
+    assert "MATCH" in out and "P0013" in out and "bin A-13" in out and "hub time" in out
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"nope")
+    rc, _, err = _run(capsys, "identify", bad, "--bundle", world.bundle, "--db", device_db, "--keyring",
+                      world.keyring_path, "--backend", "onnx")
+    assert rc == 3 and "broken.jpg" in err
+    rc, _, err = _run(capsys, "identify", bad, "--db", device_db, "--keyring", world.keyring_path)
+    assert rc == 2 and "bundle" in err  # no bundles under PARTLENS_HOME
+    rc, _, err = _run(capsys, "identify", world.field["P0013"][0], "--bundle", world.bundle, "--db", device_db,
+                      "--keyring", tmp_path / "missing.json")
+    assert rc == 2 and "keyring" in err
+
+
+def test_catalogue_import_list_show(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PARTLENS_HOME", str(tmp_path / "home"))
+    rc, out, _ = _run(capsys, "catalogue", "import", world.cat.parts_csv, world.cat.images_csv, "--site", "site_a")
+    assert rc == 0 and "imported 30 parts" in out
+    assert (tmp_path / "home" / "catalogue.db").is_file()  # default data dir
+    rc, out, _ = _run(capsys, "catalogue", "list", "--category", "gear", "--in-stock", "--json")
+    rows = json.loads(out)
+    assert rc == 0 and rows and all(r["category"] == "gear" and int(r["part_number"][1:]) % 3 for r in rows)
+    rc, out, _ = _run(capsys, "catalogue", "list", "--text", "number 7")
+    assert "P0007" in out and "P0017" not in out
+    rc, out, _ = _run(capsys, "catalogue", "show", "P0005")
+    assert rc == 0 and "Part 5 bolt" in out and "A-05" in out
+    rc, _, err = _run(capsys, "catalogue", "show", "NOPE")
+    assert rc == 3 and "NOPE" in err
+
+
+def test_every_command_has_help(capsys):
+    for argv in (["identify", "--help"], ["catalogue", "--help"], ["catalogue", "import", "--help"],
+                 ["catalogue", "list", "--help"], ["catalogue", "show", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+        assert "usage:" in capsys.readouterr().out

@@ -1,0 +1,170 @@
+"""VectorIndex: recall, cache stamps, incremental maintenance, ef after load, NumPy fallback."""
+from __future__ import annotations
+
+import builtins
+import json
+
+import numpy as np
+import pytest
+
+from edge_app.runtime.catalogue import CatalogueDB
+from edge_app.runtime.index import IndexStamp, VectorIndex, index_path, sidecar_path
+
+from .conftest import clusters
+
+PARAMS = {"M": 16, "ef_construction": 200, "ef_search": 64}
+
+
+def brute(base: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-(q @ base.T), axis=1)[:, :k]
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+@pytest.mark.slow
+def test_recall_at_10_on_synthetic_clusters_256d():
+    base, q = clusters(6000, 256, 60, seed=1, n_queries=200)
+    idx = VectorIndex(256, PARAMS)
+    idx.add_items(np.arange(len(base)), base)
+    labels, sims = idx.search(q, 10)
+    r = recall(labels, brute(base, q, 10))
+    assert r >= 0.99, r
+    np.testing.assert_allclose(sims[:, 0], np.max(q @ base.T, axis=1), atol=1e-4)
+
+
+def _db_with(tmp_path, vectors, bundle="v1-aaaaaaaaaaaa"):
+    db = CatalogueDB(tmp_path / "catalogue.db")
+    with db.transaction():
+        db.upsert_parts([{"part_number": f"P{i}"} for i in range(len(vectors))])
+        db.upsert_images([{"image_id": f"img{i}", "part_number": f"P{i}"} for i in range(len(vectors))])
+        labels = db.upsert_embeddings([f"img{i}" for i in range(len(vectors))], vectors, bundle)
+        db.set_meta("catalogue_version", 1)
+    return db, labels
+
+
+def test_open_builds_saves_stamps_and_reuses(tmp_path):
+    vecs = clusters(300, 32, 10)
+    db, labels = _db_with(tmp_path, vecs)
+    idx = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    path = index_path(db.path, "v1-aaaaaaaaaaaa")
+    assert path.is_file() and path.parent == db.path.parent
+    side = json.loads(sidecar_path(path).read_text())
+    assert (side["bundle_id"], side["catalogue_version"]) == ("v1-aaaaaaaaaaaa", 1)
+    assert db.get_meta("index_stamp") == "v1-aaaaaaaaaaaa@1"
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    mtime = path.stat().st_mtime_ns
+    again = VectorIndex.open(db, "v1-aaaaaaaaaaaa", {"ef_search": 77})
+    assert path.stat().st_mtime_ns == mtime  # up to date: not rewritten
+    assert again.engine.index.ef == 77  # ef comes from the manifest params, hnswlib does not save it
+    got, _ = again.search(vecs[:5], 1)
+    assert got[:, 0].tolist() == labels[:5].tolist()
+
+
+def test_incremental_update_on_catalogue_change(tmp_path):
+    vecs = clusters(200, 16, 8)
+    db, labels = _db_with(tmp_path, vecs)
+    VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    extra = clusters(50, 16, 8, seed=5, centre_seed=0)
+    with db.transaction():
+        db.delete_images(["img0", "img1"])
+        db.upsert_parts([{"part_number": "X"}])
+        db.upsert_images([{"image_id": f"new{i}", "part_number": "X"} for i in range(50)])
+        new_labels = db.upsert_embeddings([f"new{i}" for i in range(50)], extra, "v1-aaaaaaaaaaaa")
+        db.set_meta("catalogue_version", 2)
+    assert new_labels.min() > labels.max()  # labels are never reused
+    idx = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    assert idx.stamp == IndexStamp("v1-aaaaaaaaaaaa", 2)
+    assert len(idx) == 248
+    assert idx.live_labels() == set(db.all_embeddings("v1-aaaaaaaaaaaa")[0].tolist())
+    got, _ = idx.search(vecs[:2], 3)
+    assert not set(got.ravel().tolist()) & set(labels[:2].tolist())
+    got, _ = idx.search(extra[:3], 1)
+    assert got[:, 0].tolist() == new_labels[:3].tolist()
+    # reloaded from disk, the deletions persist
+    idx2 = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    assert len(idx2) == 248 and not idx2.live_labels() & set(labels[:2].tolist())
+
+
+def test_corrupt_or_foreign_cache_is_rebuilt(tmp_path):
+    vecs = clusters(100, 16, 5)
+    db, _ = _db_with(tmp_path, vecs)
+    VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    path = index_path(db.path, "v1-aaaaaaaaaaaa")
+    path.write_bytes(b"garbage")
+    idx = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    assert len(idx) == 100
+    assert path.stat().st_size > 1000
+
+
+def test_filtered_search_only_returns_allowed(tmp_path):
+    vecs = clusters(500, 16, 5)
+    idx = VectorIndex(16, PARAMS)
+    idx.add_items(np.arange(500), vecs)
+    allowed = list(range(0, 500, 7))
+    got, sims = idx.search(vecs[:4], 5, allowed_labels=allowed)
+    assert set(got.ravel().tolist()) <= set(allowed)
+    sub = vecs[allowed]
+    np.testing.assert_allclose(sims[:, 0], (vecs[:4] @ sub.T).max(axis=1), atol=1e-5)
+
+
+def test_numpy_fallback_when_hnswlib_missing(tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_hnswlib(name, *a, **kw):
+        if name == "hnswlib":
+            raise ImportError("no hnswlib here")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_hnswlib)
+    vecs = clusters(300, 24, 6)
+    db, labels = _db_with(tmp_path, vecs)
+    idx = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    assert idx.engine_name == "numpy"
+    got, sims = idx.search(vecs[:10], 10)
+    np.testing.assert_array_equal(got, labels[brute(vecs, vecs[:10], 10)])
+    with db.transaction():
+        db.delete_images(["img3"])
+        db.set_meta("catalogue_version", 2)
+    idx = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    assert int(labels[3]) not in idx.search(vecs[3:4], 5)[0].ravel().tolist()
+    with pytest.raises(Exception):
+        VectorIndex(8, PARAMS, engine="hnswlib")
+
+
+@pytest.mark.slow
+def test_recall_on_real_trained_embeddings(tmp_path):
+    """Embeddings from a tiny conv net trained here on drawn parts (no downloads)."""
+    torch = pytest.importorskip("torch")
+    from . import synthetic as syn
+
+    torch.manual_seed(0)
+    n_parts, per = 40, 30
+    imgs, ys = [], []
+    for p in range(n_parts):
+        for v in range(per):
+            arr = np.asarray(syn.draw_part(p, v, size=32), np.float32) / 127.5 - 1
+            imgs.append(arr.transpose(2, 0, 1))
+            ys.append(p)
+    x = torch.tensor(np.stack(imgs))
+    y = torch.tensor(ys)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
+        torch.nn.Flatten(), torch.nn.Linear(512, 256))
+    head = torch.nn.Linear(256, n_parts)
+    opt = torch.optim.Adam([*net.parameters(), *head.parameters()], 3e-3)
+    for _ in range(3):
+        for i in torch.randperm(len(x)).split(64):
+            loss = torch.nn.functional.cross_entropy(head(net(x[i])), y[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        emb = torch.nn.functional.normalize(net(x), dim=1).numpy()
+    base, q = emb[:1000], emb[1000:]
+    idx = VectorIndex(256, PARAMS)
+    idx.add_items(np.arange(len(base)), base)
+    labels, _ = idx.search(q, 10)
+    assert recall(labels, brute(base, q, 10)) >= 0.99

@@ -1,0 +1,241 @@
+"""Signed bundles: writing, verifying, archiving, and every refusal (no model needed)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_app.bundle import (
+    MANIFEST_NAME, SIGNATURE_NAME, load_bundle, make_bundle_id, manifest_bytes, open_archive, sha256_file,
+)
+from edge_app.errors import IntegrityError, UsageError
+from edge_app.preprocess import PreprocessSpec
+from edge_app.signing import Keyring, SigningKey, sign_document
+from export.bundle import IndexParams, build_bundle, write_archive
+
+N, D = 12, 8
+
+
+@pytest.fixture(scope="module")
+def key() -> SigningKey:
+    return SigningKey.generate()
+
+
+@pytest.fixture(scope="module")
+def keyring(key: SigningKey) -> Keyring:
+    return Keyring({key.key_id: key.public_raw})
+
+
+def _build(root: Path, key: SigningKey, version: int = 1, kind: str = "device", **kw) -> Path:
+    rng = np.random.default_rng(0)
+    model = root.parent / f"model-{version}.tflite"
+    model.write_bytes(b"TFL3" + rng.bytes(256))
+    files = kw.pop("model_files", {"model.tflite": model})
+    emb = rng.normal(size=(N, D)).astype(np.float32)
+    rows = [{"image_id": f"img{i}.jpg", "part_number": f"P{i % 4}"} for i in range(N)]
+    return build_bundle(root, version=version, model_name="tiny", model_files=files, kind=kind,
+                        preprocess=PreprocessSpec(size=(64, 64)), labels=["P0", "P1", "P2", "P3"], embeddings=emb,
+                        catalogue_rows=rows, key=key, quantization={"format": "tflite-int8"},
+                        parity={"tflite-int8": {"passed": True}}, calibration={"threshold": 0.5},
+                        index=IndexParams(M=8, ef_construction=50, ef_search=20), **kw)
+
+
+def _resign(bundle: Path, key: SigningKey, edit) -> None:
+    m = json.loads((bundle / MANIFEST_NAME).read_bytes())
+    edit(m)
+    data = manifest_bytes(m)
+    (bundle / MANIFEST_NAME).write_bytes(data)
+    (bundle / SIGNATURE_NAME).write_text(json.dumps(sign_document(data, key)))
+
+
+def test_build_and_load_roundtrip(tmp_path: Path, key: SigningKey, keyring: Keyring) -> None:
+    path = _build(tmp_path / "bundles", key)
+    b = load_bundle(path, keyring)
+    m = b.manifest
+    assert path.name == b.bundle_id == make_bundle_id(1, m["files"])
+    assert b.bundle_id.startswith("v1-") and m["schema_version"] == 1 and m["kind"] == "device"
+    assert set(m["files"]) == {"model.tflite", "embeddings.npy", "embeddings.json", "index.hnsw"}
+    assert m["index"] == {"space": "cosine", "M": 8, "ef_construction": 50, "ef_search": 20}
+    assert m["calibration"] == {"threshold": 0.5} and m["key_id"] == key.key_id == b.signed_by
+    assert m["outputs"]["embedding"]["normalized"] is False
+    assert b.preprocess == PreprocessSpec(size=(64, 64)) and b.labels == ["P0", "P1", "P2", "P3"]
+    assert b.model_path("tflite") == path / "model.tflite"
+    with pytest.raises(UsageError):
+        b.model_path("onnx")
+    emb = b.load_embeddings()
+    assert emb.dtype == np.float32 and emb.shape == (N, D)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    assert [r["image_id"] for r in b.load_catalogue_rows()] == [f"img{i}.jpg" for i in range(N)]
+    import hnswlib
+
+    idx = hnswlib.Index(space="cosine", dim=D)
+    idx.load_index(str(path / "index.hnsw"))
+    labels, _ = idx.knn_query(emb, k=1)
+    assert labels[:, 0].tolist() == list(range(N))  # each vector finds itself
+    assert not [p for p in (tmp_path / "bundles").iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_versions_are_immutable_and_monotonic(tmp_path: Path, key: SigningKey) -> None:
+    root = tmp_path / "b"
+    _build(root, key, version=2)
+    with pytest.raises(UsageError, match="already exists"):
+        _build(root, key, version=2)
+    with pytest.raises(UsageError, match="older"):
+        _build(root, key, version=1)
+    assert _build(root, key, version=3).name.startswith("v3-")
+
+
+def test_device_bundle_refuses_onnx(tmp_path: Path, key: SigningKey) -> None:
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"onnx")
+    with pytest.raises(UsageError, match="device bundle may not carry model.onnx"):
+        _build(tmp_path / "b", key, model_files={"model.onnx": onnx})
+    desk = _build(tmp_path / "d", key, kind="desktop", model_files={"model.onnx": onnx})
+    assert "model.onnx" in json.loads((desk / MANIFEST_NAME).read_text())["files"]
+
+
+def test_refuses_bad_signature(tmp_path: Path, key: SigningKey, keyring: Keyring) -> None:
+    path = _build(tmp_path / "b", key)
+    m = json.loads((path / MANIFEST_NAME).read_bytes())
+    m["labels"][0] = "EVIL"
+    (path / MANIFEST_NAME).write_bytes(manifest_bytes(m))  # signature left as it was
+    with pytest.raises(IntegrityError, match="bad signature"):
+        load_bundle(path, keyring)
+
+
+def test_refuses_unknown_key(tmp_path: Path, key: SigningKey) -> None:
+    path = _build(tmp_path / "b", key)
+    other = SigningKey.generate()
+    with pytest.raises(IntegrityError, match="unknown key"):
+        load_bundle(path, Keyring({other.key_id: other.public_raw}))
+
+
+def test_refuses_wrong_hash_and_missing_file(tmp_path: Path, key: SigningKey, keyring: Keyring) -> None:
+    path = _build(tmp_path / "b", key)
+    model = path / "model.tflite"
+    data = bytearray(model.read_bytes())
+    data[10] ^= 0xFF  # same size, different content
+    model.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="sha256"):
+        load_bundle(path, keyring)
+    model.unlink()
+    with pytest.raises(IntegrityError, match="missing"):
+        load_bundle(path, keyring)
+
+
+def test_refuses_unknown_schema(tmp_path: Path, key: SigningKey, keyring: Keyring) -> None:
+    path = _build(tmp_path / "b", key)
+    _resign(path, key, lambda m: m.update(schema_version=2))  # validly signed, but a schema we do not know
+    with pytest.raises(IntegrityError, match="unknown schema_version 2"):
+        load_bundle(path, keyring)
+
+
+@pytest.mark.parametrize("name", ["../outside.bin", "/etc/passwd", "sub/dir.bin", "..", ".hidden"])
+def test_refuses_manifest_path_escape(tmp_path: Path, key: SigningKey, keyring: Keyring, name: str) -> None:
+    path = _build(tmp_path / "b", key)
+    (tmp_path / "b" / "outside.bin").write_bytes(b"x")
+
+    def edit(m: dict) -> None:
+        m["files"][name] = {"sha256": sha256_file(tmp_path / "b" / "outside.bin"), "size": 1}
+        m["bundle_id"] = make_bundle_id(m["version"], m["files"])
+
+    _resign(path, key, edit)
+    with pytest.raises(IntegrityError, match="unsafe file name"):
+        load_bundle(path, keyring)
+
+
+def test_refuses_symlinked_file(tmp_path: Path, key: SigningKey, keyring: Keyring) -> None:
+    path = _build(tmp_path / "b", key)
+    real = tmp_path / "elsewhere.json"
+    os.replace(path / "embeddings.json", real)
+    os.symlink(real, path / "embeddings.json")
+    with pytest.raises(IntegrityError, match="not a regular file"):
+        load_bundle(path, keyring)
+
+
+def test_archive_roundtrip(tmp_path: Path, key: SigningKey, keyring: Keyring) -> None:
+    path = _build(tmp_path / "b", key)
+    tar = write_archive(path, tmp_path / "bundle.tar")
+    with pytest.raises(UsageError):
+        write_archive(path, tar)  # never silently replaced
+    b = open_archive(tar, tmp_path / "device", keyring)
+    assert b.root == tmp_path / "device" / path.name
+    assert b.manifest == load_bundle(path, keyring).manifest
+    again = open_archive(tar, tmp_path / "device", keyring)  # already there: verified and returned
+    assert again.root == b.root
+    assert [p.name for p in (tmp_path / "device").iterdir()] == [path.name]
+
+
+def _tar_with(tmp_path: Path, src_tar: Path, extra: tarfile.TarInfo, payload: bytes | None = None) -> Path:
+    out = tmp_path / "evil.tar"
+    with tarfile.open(src_tar) as tin, tarfile.open(out, "w") as tout:
+        for m in tin.getmembers():
+            tout.addfile(m, tin.extractfile(m))
+        tout.addfile(extra, io.BytesIO(payload) if payload is not None else None)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "hardlink", "nested-other-top"])
+def test_open_archive_refuses_escapes(tmp_path: Path, key: SigningKey, keyring: Keyring, kind: str) -> None:
+    path = _build(tmp_path / "b", key)
+    tar = write_archive(path, tmp_path / "ok.tar")
+    bid = path.name
+    info = tarfile.TarInfo()
+    payload = None
+    if kind == "dotdot":
+        info.name, info.size, payload = f"{bid}/../../pwned.txt", 3, b"bad"
+    elif kind == "absolute":
+        info.name, info.size, payload = "/tmp/pwned.txt", 3, b"bad"
+    elif kind == "symlink":
+        info.name, info.type, info.linkname = f"{bid}/link", tarfile.SYMTYPE, "/etc/passwd"
+    elif kind == "hardlink":
+        info.name, info.type, info.linkname = f"{bid}/hard", tarfile.LNKTYPE, "/etc/passwd"
+    else:
+        info.name, info.size, payload = "v9-000000000000/x.bin", 3, b"bad"
+    evil = _tar_with(tmp_path, tar, info, payload)
+    dest = tmp_path / "device"
+    with pytest.raises(IntegrityError):
+        open_archive(evil, dest, keyring)
+    assert not (tmp_path / "pwned.txt").exists()
+    assert list(dest.iterdir()) == []  # nothing left behind
+
+
+def test_open_archive_refuses_truncated(tmp_path: Path, key: SigningKey, keyring: Keyring) -> None:
+    path = _build(tmp_path / "b", key)
+    tar = write_archive(path, tmp_path / "ok.tar")
+    data = tar.read_bytes()
+    with tarfile.open(tar) as tf:
+        last = tf.getmembers()[-1]
+    end_of_data = last.offset_data + -(-last.size // 512) * 512  # every member complete, end marker cut off
+    for cut in (len(data) // 2, 700, end_of_data):
+        short = tmp_path / f"short{cut}.tar"
+        short.write_bytes(data[:cut])
+        with pytest.raises(IntegrityError):
+            open_archive(short, tmp_path / "device", keyring)
+    assert list((tmp_path / "device").iterdir()) == []
+
+
+def test_cli_keys_and_verify(tmp_path: Path, key: SigningKey, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_app.cli import main
+
+    kdir = tmp_path / "keys"
+    assert main(["keys", "init", "--dir", str(kdir)]) == 0
+    priv = next(kdir.glob("*.key"))
+    pub = next(kdir.glob("*.pub.json"))
+    new_key = SigningKey.load(priv)
+    path = _build(tmp_path / "b", new_key)
+    assert main(["bundle", "verify", str(path), "--keyring", str(pub)]) == 0
+    tar = tmp_path / "x.tar"
+    assert main(["bundle", "pack", str(path), str(tar)]) == 0
+    assert main(["bundle", "verify", str(tar), "--keyring", str(pub)]) == 0
+    other = tmp_path / "other.json"
+    Keyring({key.key_id: key.public_raw}).save(other)
+    assert main(["bundle", "verify", str(path), "--keyring", str(other)]) == 4
+    (path / "index.hnsw").write_bytes(b"tampered")
+    assert main(["bundle", "verify", str(path), "--keyring", str(pub)]) == 4
+    assert "error" in capsys.readouterr().err

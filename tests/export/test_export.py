@@ -1,0 +1,189 @@
+"""Export formats, the parity gate, and exported files end to end with the tiny model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_app.errors import GateError, InputError, UsageError
+from export.formats import FORMATS, resolve_options
+from export.parity import Thresholds, compare_outputs, enforce
+
+from .conftest import CLASSES
+
+
+def test_formats_table_and_options() -> None:
+    assert set(FORMATS) == {"onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"}
+    assert resolve_options("tflite-int8") == {"calib_images": 200, "metadata": True, "per_channel": True, "seed": 0}
+    assert resolve_options("onnx-int8", {"calib_method": "entropy", "opset": None})["calib_method"] == "entropy"
+    with pytest.raises(UsageError, match="does not take"):
+        resolve_options("tflite-fp32", {"calib_images": 50})  # never silently ignored
+    with pytest.raises(UsageError, match="does not take"):
+        resolve_options("onnx-fp32", {"per_channel": False})
+    with pytest.raises(UsageError, match="unknown export option"):
+        resolve_options("onnx-int8", {"calib_imgs": 5})
+    with pytest.raises(UsageError, match="unknown export format"):
+        resolve_options("coreml")
+    with pytest.raises(UsageError, match="calib_method"):
+        resolve_options("onnx-int8", {"calib_method": "magic"})
+
+
+def test_compare_outputs_numbers() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 4)).astype(np.float32)
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    cat = rng.normal(size=(20, 8)).astype(np.float32)
+    same = compare_outputs("x", {"logits": logits, "embedding": emb}, {"logits": logits, "embedding": 3 * emb},
+                           cat, 2 * cat)
+    assert same.top1_agreement == 1.0 and same.neighbour_agreement == 1.0 == same.neighbour_agreement_strict
+    assert same.median_cosine == pytest.approx(1.0) and same.passed
+    flipped = logits.copy()
+    flipped[:5] = -flipped[:5]  # 5 of 50 change their argmax
+    rep = compare_outputs("onnx-int8", {"logits": logits, "embedding": emb},
+                          {"logits": flipped, "embedding": emb}, cat, cat)
+    assert rep.top1_agreement == pytest.approx(0.9) and not rep.passed
+    with pytest.raises(GateError, match=r"onnx-int8.*top-1 agreement 90\.00% < 98%"):
+        enforce(rep)
+    noisy = compare_outputs("t", {"logits": logits, "embedding": emb},
+                            {"logits": logits, "embedding": emb + rng.normal(0, 2, emb.shape).astype(np.float32)},
+                            cat, cat, Thresholds())
+    assert noisy.median_cosine < 0.98 and any("median embedding cosine" in f for f in noisy.failures)
+    # a duplicated catalogue image: picking either copy is not a disagreement, anything else is
+    dup = np.concatenate([cat, cat[:1] + 1e-3 * rng.normal(size=(1, 8)).astype(np.float32)])  # near-duplicate
+    q = {"logits": logits[:1], "embedding": cat[:1]}
+    cand = dup.copy()
+    cand[0] += 0.3 * rng.normal(size=8).astype(np.float32)  # the export now prefers the copy (20)
+    tied = compare_outputs("t", q, q, dup, cand)
+    assert tied.neighbour_agreement == 1.0 and tied.neighbour_agreement_strict == 0.0
+    swapped = cat.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    moved = compare_outputs("t", q, q, cat, swapped)
+    assert moved.neighbour_agreement == 0.0 and moved.neighbour_agreement_strict == 0.0
+
+
+def test_too_few_calibration_images_is_an_error(tiny_model, image_dirs, tmp_path: Path) -> None:
+    from export.pipeline import export_model
+
+    with pytest.raises(InputError, match="calibration need 200 images but the folder holds 32"):
+        export_model(tiny_model, CLASSES, "onnx-int8", tmp_path, calib_dir=image_dirs["calib"],
+                     val_dir=image_dirs["val"])
+
+
+@pytest.mark.slow
+def test_onnx_fp32_export_passes_gate(tiny_model, image_dirs, tmp_path: Path) -> None:
+    from export.pipeline import export_model
+    from export.runners import onnx_runner
+
+    res = export_model(tiny_model, CLASSES, "onnx-fp32", tmp_path, calib_dir=image_dirs["calib"],
+                       val_dir=image_dirs["val"])
+    path = Path(res["path"])
+    assert path.name == "tiny-onnx-fp32.onnx" and path.is_file()
+    side = json.loads(path.with_name(path.name + ".json").read_text())
+    assert side["parity"]["passed"] and side["parity"]["top1_agreement"] == 1.0
+    assert side["parity"]["n_val"] == 24 and side["labels"] == CLASSES
+    out = onnx_runner(path)(np.zeros((3, 3, 64, 64), np.float32))  # dynamic batch, outputs by name
+    assert out["logits"].shape == (3, 4) and out["embedding"].shape == (3, 16)
+    with pytest.raises(UsageError, match="exists"):
+        export_model(tiny_model, CLASSES, "onnx-fp32", tmp_path, calib_dir=image_dirs["calib"],
+                     val_dir=image_dirs["val"])
+
+
+@pytest.mark.slow
+def test_gate_fails_on_perturbed_export_and_writes_nothing(tiny_model, image_dirs, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    import export.pipeline as pipeline
+
+    original = pipeline._write_export
+
+    def broken(model, labels, fmt, opts, path, calib, name):  # export, then corrupt the exported weights
+        info = original(model, labels, fmt, opts, path, calib, name)
+        m = onnx.load(str(path))
+        rng = np.random.default_rng(0)
+        for init in m.graph.initializer:
+            w = numpy_helper.to_array(init)
+            if w.dtype == np.float32 and w.ndim >= 2:
+                init.CopyFrom(numpy_helper.from_array(
+                    (w + rng.normal(0, 2 * (w.std() + 1e-3), w.shape)).astype(np.float32), init.name))
+        onnx.save(m, str(path))
+        return info
+
+    monkeypatch.setattr(pipeline, "_write_export", broken)
+    with pytest.raises(GateError, match=r"parity gate failed for onnx-fp32: .*(top-1 agreement|cosine)"):
+        pipeline.export_model(tiny_model, CLASSES, "onnx-fp32", tmp_path, calib_dir=image_dirs["calib"],
+                              val_dir=image_dirs["val"])
+    assert [p.name for p in tmp_path.iterdir()] == []  # no model, no sidecar, no temp folder
+
+
+@pytest.mark.slow
+def test_onnx_int8_export(tiny_model, image_dirs, tmp_path: Path) -> None:
+    import onnx
+
+    from export.pipeline import export_model
+
+    res = export_model(tiny_model, CLASSES, "onnx-int8", tmp_path, calib_dir=image_dirs["calib"],
+                       val_dir=image_dirs["val"], catalogue_dir=image_dirs["catalogue"],
+                       options={"calib_images": 32})
+    m = onnx.load(res["path"])
+    ops = {n.op_type for n in m.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    assert sorted(o.name for o in m.graph.output) == ["embedding", "logits"]
+    assert res["quantization"]["calibration_images"] == 32 and res["parity"]["passed"]
+
+
+@pytest.mark.slow
+def test_tflite_int8_export_with_metadata_and_bundle(tiny_model, image_dirs, tmp_path: Path) -> None:
+    from edge_app.bundle import load_bundle
+    from edge_app.signing import Keyring, SigningKey
+    from export.catalogue import catalogue_from_dir, embed_catalogue
+    from export.metadata import read_metadata
+    from export.pipeline import bundle_from_exports, export_model
+    from export.runners import tflite_runner
+
+    res = export_model(tiny_model, CLASSES, "tflite-int8", tmp_path / "out", calib_dir=image_dirs["calib"],
+                       val_dir=image_dirs["val"], catalogue_dir=image_dirs["catalogue"],
+                       options={"calib_images": 32})
+    path = Path(res["path"])
+    assert res["metadata"]["status"] == "embedded"
+    assert res["io"]["input"]["shape"] == [1, 3, 64, 64]
+    assert res["parity"]["passed"] and res["parity"]["median_cosine"] >= 0.98
+    data = path.read_bytes()
+    md = read_metadata(data)
+    assert md["labels"] == CLASSES
+    norm = md["metadata"]["subgraph_metadata"][0]["input_tensor_metadata"][0]["process_units"][0]["options"]
+    assert norm["mean"] == [127.5] * 3 and norm["std"] == [127.5] * 3
+    # output metadata is attached by tensor name: the entry in the "logits" tensor's slot is named logits
+    from tensorflow_lite_support.metadata.python.metadata_writers import writer_utils
+
+    from export.metadata import _signature_tensor_names
+
+    order = writer_utils.get_output_tensor_names(bytearray(data))
+    names = _signature_tensor_names(data)
+    out_md = md["metadata"]["subgraph_metadata"][0]["output_tensor_metadata"]
+    assert out_md[order.index(names["logits"])]["name"] == "logits"
+    assert out_md[order.index(names["embedding"])]["name"] == "embedding"
+    # float interface on a fully int8 graph
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=data)
+    ops = {d["op_name"] for d in interp._get_ops_details()}
+    assert {"QUANTIZE", "DEQUANTIZE", "CONV_2D"} <= ops
+    conv_in = [d for d in interp._get_ops_details() if d["op_name"] == "CONV_2D"][0]["inputs"][0]
+    assert interp.get_tensor_details()[conv_in]["dtype"] == np.int8
+
+    key = SigningKey.generate()
+    bundle_dir = bundle_from_exports(tmp_path / "bundles", [path], catalogue_dir=image_dirs["catalogue"], key=key,
+                                     version=1, calibration={"threshold": 0.42})
+    b = load_bundle(bundle_dir, Keyring({key.key_id: key.public_raw}))
+    assert b.manifest["quantization"]["tflite-int8"]["calibration_images"] == 32
+    assert b.manifest["parity"]["tflite-int8"]["passed"] and b.manifest["calibration"] == {"threshold": 0.42}
+    # catalogue embeddings are those of the exported TFLite model, normalised
+    raw, rows = embed_catalogue(tflite_runner(b.model_path("tflite")), catalogue_from_dir(image_dirs["catalogue"]),
+                                b.preprocess)
+    expect = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    np.testing.assert_allclose(b.load_embeddings(), expect, atol=1e-6)
+    assert b.load_catalogue_rows() == rows and rows[0]["part_number"] == "P0"

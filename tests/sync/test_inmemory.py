@@ -1,0 +1,164 @@
+"""End-to-end sync through the in-memory transport (same hub code, no HTTP)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_app.errors import AuthError, IntegrityError, SyncError
+
+from .helpers import PixelEmbedder, make_bundle, part_image, write_images
+
+
+def client(world, token=None):
+    from sync.client import SyncClient
+    from sync.transport import InMemoryTransport
+
+    return SyncClient(world.device_dir, transport=InMemoryTransport(world.hub, token or world.payload["token"]),
+                      smoke_test=lambda b: None)
+
+
+def search(world, img_bytes: bytes, k: int = 3) -> list[str]:
+    import io
+
+    from PIL import Image
+
+    from edge_app.runtime.catalogue import CatalogueDB
+    from sync.apply import DevicePaths, update_index
+
+    db = CatalogueDB(world.device_dir / "catalogue.db")
+    try:
+        bid = db.get_meta("bundle_id")
+        index = update_index(DevicePaths(world.device_dir), db, bid)
+        q = PixelEmbedder(bid, salt=int(bid[1:].split("-")[0]) - 1)([Image.open(io.BytesIO(img_bytes))])
+        labels, _ = index.search(q, k)
+        names = db.embedding_labels(bid)
+        return [names[int(l)][1] for l in labels[0]]
+    finally:
+        db.close()
+
+
+def test_full_then_incremental_sync_and_new_part_ranks_first(world):
+    c = client(world)
+    r = c.sync()
+    assert r.package.startswith("snapshot-") and r.bundle_installed == world.hub.bundle_id
+    st = c.status()
+    assert st["catalogue_version"] == world.hub.store.version()
+    assert st["parts"] == 3 and st["embeddings"] == 3 and st["active"]["bundle_id"] == world.hub.bundle_id
+    assert st["index_stamp"] == f"{world.hub.bundle_id}@{st['catalogue_version']}"
+    from edge_app.runtime.catalogue import CatalogueDB
+
+    db = CatalogueDB(world.device_dir / "catalogue.db")
+    p1 = db.part("P1")
+    db.close()
+    assert [i["site"] for i in p1["inventory"]] == ["site_a"], "a device must only get its own site's stock"
+    # a part created at the hub after the bundle was made
+    img = write_images(world.root / "new", [77])[0]
+    world.hub.add_part({"part_number": "NEW-1", "name": "new part"}, inventory={"site_a": (5, "Z9")}, images=[img])
+    r2 = c.sync()
+    assert r2.package.startswith("delta-") and r2.bundle_installed is None
+    assert r2.applied["parts"] == 1 and r2.applied["embeddings"] == 1
+    assert search(world, part_image(77, noise=8.0))[0] == "NEW-1"
+    # nothing to do the third time
+    r3 = c.sync()
+    assert r3.package is None and r3.to_version == r2.to_version
+
+
+def test_deletions_and_stock_changes_flow(world):
+    c = client(world)
+    c.sync()
+    world.hub.delete_parts(["P0"])
+    world.hub.set_stock("P2", "site_a", 0, "A2")
+    world.hub.set_stock("P2", "site_b", 99, "B2")
+    r = c.sync()
+    assert r.applied["deleted_parts"] == 1
+    st = c.status()
+    assert st["parts"] == 2 and st["embeddings"] == 2
+    from edge_app.runtime.catalogue import CatalogueDB
+
+    db = CatalogueDB(world.device_dir / "catalogue.db")
+    assert db.part("P0") is None
+    assert db.part("P2")["inventory"] == [{"site": "site_a", "stock": 0, "bin": "A2",
+                                          "as_of": db.part("P2")["inventory"][0]["as_of"]}]
+    db.close()
+    assert search(world, part_image(1, noise=8.0))[0] == "P1"
+
+
+def test_new_bundle_reembeds_and_switches(world):
+    c = client(world)
+    c.sync()
+    old = world.hub.bundle_id
+    b2 = make_bundle(world.root / "export", world.export_key, 2)
+    world.hub.set_bundle(b2)
+    r = c.sync()
+    assert r.bundle_installed == world.hub.bundle_id != old
+    st = c.status()
+    assert st["active"]["bundle_id"] == world.hub.bundle_id and st["embeddings"] == 3
+    assert search(world, part_image(2, noise=8.0))[0] == "P2"
+    assert (world.device_dir / "bundles" / old).is_dir(), "the previous bundle is kept for one more sync"
+
+
+def test_smoke_test_failure_keeps_old_bundle(world):
+    from sync.client import SyncClient
+    from sync.transport import InMemoryTransport
+
+    client(world).sync()
+    old = world.hub.bundle_id
+    world.hub.set_bundle(make_bundle(world.root / "export", world.export_key, 2))
+
+    def bad(bundle):
+        raise RuntimeError("model does not load")
+
+    c = SyncClient(world.device_dir, transport=InMemoryTransport(world.hub, world.payload["token"]), smoke_test=bad)
+    with pytest.raises(SyncError, match="smoke test"):
+        c.sync()
+    st = c.status()
+    assert st["active"]["bundle_id"] == old and st["bundle_id"] == old
+
+
+def test_wrong_token_refused(world):
+    with pytest.raises(AuthError):
+        client(world, token=world.payload["token"][:-2] + "xx").sync()
+    with pytest.raises(AuthError):
+        client(world, token="pl1.nobody.abc").sync()
+
+
+def test_tampered_and_foreign_packages_refused(world, tmp_path):
+    from edge_app.signing import Keyring, SigningKey
+    from sync.package import read_package, write_package
+
+    c = client(world)
+    plan = c.transport.plan(0, None)
+    path = world.hub.root / "packages" / "site_a" / plan["package"]["name"]
+    sig = plan["package"]["signature"]
+    keyring = Keyring.load(world.device_dir / "keyring.json")
+    pkg = read_package(path, sig, keyring)
+    assert pkg.full and len(pkg.parts) == 3
+    bad = tmp_path / "bad.tar"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="sha256"):
+        read_package(bad, sig, keyring)
+    forged = dict(sig, descriptor=dict(sig["descriptor"], to_version=999))
+    with pytest.raises(IntegrityError, match="bad signature"):
+        read_package(path, forged, keyring)
+    rogue = SigningKey.generate()
+    p2, sig2 = write_package(pkg, tmp_path / "rogue", rogue)
+    with pytest.raises(IntegrityError, match="unknown key"):
+        read_package(p2, sig2, keyring)
+
+
+def test_rollback_refused(world):
+    """A hub that offers an older bundle than the device runs (restored/compromised) is refused."""
+    c = client(world)
+    c.sync()
+    v1 = world.hub.bundle_id
+    world.hub.set_bundle(make_bundle(world.root / "export", world.export_key, 2))
+    c.sync()
+    v2 = world.hub.bundle_id
+    with world.hub.store.change() as ch:  # roll the hub back behind the devices' backs
+        ch.set_meta("bundle_id", v1)
+    with pytest.raises(IntegrityError, match="rollback refused"):
+        c.sync()
+    st = c.status()
+    assert st["active"]["bundle_id"] == v2 and st["bundle_id"] == v2

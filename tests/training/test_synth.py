@@ -1,0 +1,338 @@
+"""The synthetic spare-parts generator: labels match pixels, scale cues, pools, layout, determinism, errors."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_app.cli import main as cli_main
+from edge_app.errors import UsageError
+from edge_app.imageio import load_image
+from training.synth import PARTS, generate, render_part, resistor_bands
+from training.synth.compose import plan_shot, render_shot
+from training.synth.overlays import draw_ruler, mat_grid
+from training.synth.parts import PARTS_BY_NUMBER
+from training.synth.scene import CATALOGUE_BACKGROUNDS, FIELD_BACKGROUNDS, background
+from training.synth.shapes_misc import RESISTOR_RGB
+
+generate_mod = importlib.import_module("training.synth.generate")  # the module, not the function
+DIGITS = ["black", "brown", "red", "orange", "yellow", "green", "blue", "violet", "grey", "white"]
+TINY = dict(catalogue_per_part=1, field_per_part=2, size=48)
+
+
+def parse_resistance(code: str) -> float:
+    """'4K7' -> 4700, '220R' -> 220, '1M' -> 1e6 (independent of the generator's own table)."""
+    m = re.fullmatch(r"(\d+)([RKM])(\d*)", code)
+    assert m, code
+    mult = {"R": 1.0, "K": 1e3, "M": 1e6}[m.group(2)]
+    return float(f"{m.group(1)}.{m.group(3) or 0}") * mult
+
+
+# -- catalogue ---------------------------------------------------------------------------
+
+def test_catalogue_covers_the_part_families_with_valid_metadata() -> None:
+    assert 30 <= len(PARTS) <= 45
+    numbers = [p.part_number for p in PARTS]
+    assert len(set(numbers)) == len(numbers)
+    prefixes = {n.split("-")[0] for n in numbers}
+    assert {"NUT", "WSH", "SWS", "BLT", "CAP", "BRG", "GER", "ORG", "HCL", "FUS", "RLY", "FIT", "VLV", "RES"} <= prefixes
+    for p in PARTS:
+        assert re.fullmatch(r"[A-Z0-9][A-Z0-9-]*", p.part_number)
+        assert p.name and p.category and p.manufacturer and p.description
+        assert p.size_mm > 0
+    groups: dict[str, list] = {}
+    for p in PARTS:
+        if p.look_alike_group:
+            groups.setdefault(p.look_alike_group, []).append(p)
+    assert all(len(v) >= 2 for v in groups.values())
+    for a, b in (("NUT-M8", "NUT-M10"), ("BRG-6204", "BRG-6205")):
+        pa, pb = PARTS_BY_NUMBER[a], PARTS_BY_NUMBER[b]
+        assert pa.look_alike_group == pb.look_alike_group != ""
+        assert pa.shape == pb.shape and pa.size_mm < pb.size_mm
+
+
+def test_resistor_colour_code() -> None:
+    assert resistor_bands(4700) == ["yellow", "violet", "red", "gold"]
+    assert resistor_bands(220) == ["red", "red", "brown", "gold"]
+    assert resistor_bands(10) == ["brown", "black", "black", "gold"]
+    assert resistor_bands(4.7) == ["yellow", "violet", "gold", "gold"]
+    assert resistor_bands(1e6, 10.0) == ["brown", "black", "green", "silver"]
+    with pytest.raises(ValueError):
+        resistor_bands(4750)
+
+
+@pytest.mark.parametrize("part_number", [p.part_number for p in PARTS if p.shape == "resistor"])
+def test_rendered_resistor_bands_decode_to_the_labelled_value(part_number: str) -> None:
+    part = PARTS_BY_NUMBER[part_number]
+    pr = render_part(part, np.random.default_rng(0), px_per_mm=12.0, clean=True)
+    arr = np.asarray(pr.image, np.float32)
+    names = list(RESISTOR_RGB)
+    palette = np.asarray([RESISTOR_RGB[n] for n in names], np.float32)
+    decoded = []
+    xs = []
+    for band in pr.geometry["bands"]:
+        x, y = int(band["x"]), int(band["y"])
+        patch = arr[y - 1:y + 2, x - 1:x + 2]
+        assert (patch[..., 3] > 250).all(), "band centre must be on the opaque body"
+        rgb = patch[..., :3].reshape(-1, 3).mean(axis=0)
+        decoded.append(names[int(np.argmin(((palette - rgb) ** 2).sum(axis=1)))])
+        xs.append(x)
+    assert xs == sorted(xs)
+    d1, d2, mult, tol = decoded
+    exp = {"gold": -1, "silver": -2}.get(mult, DIGITS.index(mult) if mult in DIGITS else None)
+    value = (DIGITS.index(d1) * 10 + DIGITS.index(d2)) * 10.0 ** exp
+    assert value == pytest.approx(parse_resistance(part_number.split("-", 1)[1]))
+    assert tol == "gold"
+    # the tolerance band sits apart from the three value bands
+    assert xs[3] - xs[2] > 1.5 * (xs[2] - xs[1])
+
+
+# -- scale references ------------------------------------------------------------------------
+
+def _scale_ref_shot(part_number: str, seed: int):
+    """The planner's own field shot, made measurable: no hand, skew, turn or tilt."""
+    part = PARTS_BY_NUMBER[part_number]
+    plan = plan_shot(part, "field", np.random.default_rng(seed), 192)
+    if plan.scale_ref == "none":
+        return None
+    plan = dataclasses.replace(plan, in_hand=False, skew=None, rotation_deg=0.0, tilt=1.0)
+    return render_shot(part, plan)
+
+
+@pytest.mark.parametrize("small,large", [("NUT-M8", "NUT-M10"), ("BRG-6204", "BRG-6205")])
+def test_look_alikes_differ_in_pixels_exactly_by_their_size_ratio_with_a_scale_ref(small: str, large: str) -> None:
+    seeds = [s for s in range(40) if plan_shot(PARTS_BY_NUMBER[small], "field", np.random.default_rng(s),
+                                               192).scale_ref != "none"][:4]
+    assert len(seeds) == 4
+    for seed in seeds:
+        a, b = _scale_ref_shot(small, seed), _scale_ref_shot(large, seed)
+        assert a.info["scale_ref"] == b.info["scale_ref"] != "none"
+        assert a.info["px_per_mm"] == b.info["px_per_mm"]  # same framing for the whole group
+        ppm = a.info["px_per_mm"]
+        for shot, pn in ((a, small), (b, large)):
+            x0, y0, x1, y1 = shot.info["part_bbox"]
+            assert (x1 - x0) / ppm == pytest.approx(PARTS_BY_NUMBER[pn].size_mm, rel=0.06)
+        wa = a.info["part_bbox"][2] - a.info["part_bbox"][0]
+        wb = b.info["part_bbox"][2] - b.info["part_bbox"][0]
+        ratio = PARTS_BY_NUMBER[large].size_mm / PARTS_BY_NUMBER[small].size_mm
+        assert wb / wa == pytest.approx(ratio, rel=0.05)
+
+
+def test_ruler_ticks_are_drawn_at_px_per_mm() -> None:
+    for ppm in (3.7, 6.0, 11.3):
+        r = draw_ruler(400, 40, ppm, "white")
+        row = np.asarray(r.image.convert("L"), np.float32)[int(r.mm_tick_len * 0.5)]
+        dark = np.clip(200.0 - row, 0, None)
+        dark -= dark.mean()
+        ac = np.correlate(dark, dark, mode="full")[len(dark) - 1:]
+        lag = int(np.argmax(ac[2:int(ppm * 1.6)])) + 2
+        # refine with the 10th harmonic for sub-pixel precision
+        lo, hi = int(ppm * 9.5), int(ppm * 10.5) + 1
+        lag10 = lo + int(np.argmax(ac[lo:hi]))
+        assert abs(lag - ppm) <= 1.0
+        assert lag10 / 10.0 == pytest.approx(ppm, abs=0.15)
+
+
+def test_cutting_mat_grid_spacing_is_ten_mm() -> None:
+    ppm = 4.0
+    img = mat_grid(256, ppm, 0.0, (0.0, 0.0), (30, 90, 70))
+    col = img[:, :, 1].mean(axis=0)
+    peaks = np.nonzero(col > col.mean() + 0.5 * (col.max() - col.mean()))[0]
+    starts = peaks[np.r_[True, np.diff(peaks) > 2]]
+    assert np.diff(starts).mean() == pytest.approx(10 * ppm, abs=0.6)
+
+
+def test_scale_reference_shots_use_group_framing_and_no_ref_shots_do_not_follow_size() -> None:
+    # without a scale ref the pixel size is random: M8 and M10 nuts have overlapping pixel sizes
+    sizes = {pn: [] for pn in ("NUT-M8", "NUT-M10")}
+    for pn in sizes:
+        part = PARTS_BY_NUMBER[pn]
+        for seed in range(200):
+            plan = plan_shot(part, "field", np.random.default_rng(seed), 256)
+            if plan.scale_ref == "none":
+                sizes[pn].append(part.size_mm * plan.px_per_mm)
+    assert min(sizes["NUT-M10"]) < np.median(sizes["NUT-M8"]) < max(sizes["NUT-M10"])
+
+
+# -- backgrounds -------------------------------------------------------------------------
+
+def test_catalogue_and_field_background_pools_are_disjoint() -> None:
+    cat_fam = {s.family for s in CATALOGUE_BACKGROUNDS}
+    field_fam = {s.family for s in FIELD_BACKGROUNDS}
+    assert cat_fam and field_fam and not cat_fam & field_fam
+    assert not {s.seed for s in CATALOGUE_BACKGROUNDS} & {s.seed for s in FIELD_BACKGROUNDS}
+    assert not set(CATALOGUE_BACKGROUNDS) & set(FIELD_BACKGROUNDS)
+    rng = np.random.default_rng(0)
+
+    def stats(spec) -> tuple[float, float]:
+        img = background(spec, 64, rng)
+        lum = img.mean(axis=2)
+        return float(lum.mean()), float(lum.std())
+
+    for spec in CATALOGUE_BACKGROUNDS:
+        mean, std = stats(spec)
+        assert mean > 200 and std < 8, (spec, mean, std)
+    for spec in FIELD_BACKGROUNDS:
+        mean, std = stats(spec)
+        assert mean < 200 or std >= 8, (spec, mean, std)
+    # and the shot planner draws each kind from its own pool only
+    part = PARTS_BY_NUMBER["GER-20T-M1"]
+    for seed in range(40):
+        assert plan_shot(part, "catalogue", np.random.default_rng(seed), 64).background in CATALOGUE_BACKGROUNDS
+        plan = plan_shot(part, "field", np.random.default_rng(seed), 64)
+        assert plan.background in FIELD_BACKGROUNDS
+        assert plan.scale_ref in ("none", "ruler", "mat")
+
+
+def test_hand_occludes_part_of_the_part() -> None:
+    part = PARTS_BY_NUMBER["BRG-6204"]
+    seen = 0
+    for seed in range(60):
+        plan = plan_shot(part, "field", np.random.default_rng(seed), 128)
+        if plan.in_hand:
+            shot = render_shot(part, dataclasses.replace(plan, skew=None))
+            assert 0.0 < shot.info["occluded_fraction"] <= 0.4
+            seen += 1
+        if seen == 3:
+            break
+    assert seen == 3
+
+
+# -- generate ---------------------------------------------------------------------------------
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _all_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generate_writes_the_documented_layout(tmp_path: Path) -> None:
+    chosen = ["NUT-M8", "RES-4K7", "BRG-6204", "FUS-ATO-10A"]
+    res = generate(tmp_path / "out", seed=3, parts=chosen, workers=1, **TINY)
+    out = tmp_path / "out"
+    assert res.n_images == len(chosen) * 3 and res.seconds > 0
+    parts = _read_csv(res.parts_csv)
+    assert list(parts[0]) == ["part_number", "name", "category", "manufacturer", "description", "size_mm",
+                              "look_alike_group", "stock_site_a", "bin_site_a", "stock_site_b", "bin_site_b"]
+    in_catalogue_order = [p.part_number for p in PARTS if p.part_number in chosen]
+    assert [r["part_number"] for r in parts] == in_catalogue_order
+    for r in parts:
+        assert int(r["stock_site_a"]) >= 0 and int(r["stock_site_b"]) >= 0
+        assert r["bin_site_a"] and r["bin_site_b"]
+        assert float(r["size_mm"]) == PARTS_BY_NUMBER[r["part_number"]].size_mm
+    rows = _read_csv(res.images_csv)
+    assert list(rows[0]) == ["path", "part_number", "kind", "scale_ref", "in_hand", "seed"]
+    assert len(rows) == res.n_images
+    assert {r["part_number"] for r in rows} == set(chosen)
+    for r in rows:
+        assert re.fullmatch(rf"images/{r['part_number']}/{r['kind']}_\d{{4}}\.jpg", r["path"])
+        assert r["kind"] in ("catalogue", "field") and r["scale_ref"] in ("none", "ruler", "mat")
+        assert r["in_hand"] in ("0", "1")
+        if r["kind"] == "catalogue":
+            assert r["in_hand"] == "0" and r["scale_ref"] in ("none", "ruler")
+        img = load_image(out / r["path"])
+        assert img.size == (48, 48)
+        assert np.asarray(img).std() > 3  # not a blank frame
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))
+    assert files == sorted(r["path"] for r in rows)
+    meta = json.loads((out / "generate.json").read_text())
+    assert meta["seed"] == 3 and meta["size"] == 48 and meta["parts"] == in_catalogue_order and meta["n_images"] == len(rows)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging or temp files left
+
+
+def test_generate_is_deterministic_and_independent_of_worker_count(tmp_path: Path) -> None:
+    kw = dict(parts=["NUT-M10", "GER-20T-M2"], **TINY)
+    generate(tmp_path / "a", seed=7, workers=1, **kw)
+    generate(tmp_path / "b", seed=7, workers=2, **kw)
+    generate(tmp_path / "c", seed=8, workers=1, **kw)
+    a, b, c = _all_bytes(tmp_path / "a"), _all_bytes(tmp_path / "b"), _all_bytes(tmp_path / "c")
+    assert a == b
+    jpgs = [k for k in a if k.endswith(".jpg")]
+    assert len(jpgs) == 6
+    assert all(a[k] != c[k] for k in jpgs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(size=31), "size"), (dict(size=4096), "size"), (dict(catalogue_per_part=-1), "counts"),
+    (dict(catalogue_per_part=0, field_per_part=0), "nothing to generate"), (dict(seed=-1), "seed"),
+    (dict(workers=0), "workers"), (dict(size=64.0), "size"), (dict(parts=["NUT-M8", "NOPE-1"]), "NOPE-1"),
+    (dict(parts=[]), "empty"), (dict(parts=["NUT-M8", "NUT-M8"]), "more than once"),
+])
+def test_bad_options_are_usage_errors(tmp_path: Path, kwargs: dict, match: str) -> None:
+    with pytest.raises(UsageError, match=match):
+        generate(tmp_path / "out", **{**TINY, **kwargs})
+    assert not (tmp_path / "out" / "images").exists()
+
+
+def test_unknown_part_error_lists_valid_part_numbers(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as ei:
+        generate(tmp_path / "o", parts=["NUT-M9"], **TINY)
+    assert "NUT-M9" in str(ei.value) and "NUT-M8" in str(ei.value) and "RES-4K7" in str(ei.value)
+
+
+def test_non_empty_output_needs_overwrite_and_overwrite_replaces(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="not empty"):
+        generate(out, parts=["NUT-M8"], **TINY)
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "images").mkdir()
+    with pytest.raises(UsageError, match="not a partlens generate output"):
+        generate(out, parts=["NUT-M8"], overwrite=True, **TINY)
+    (out / "images").rmdir()
+    generate(out, parts=["NUT-M8", "NUT-M10"], workers=1, overwrite=True, **TINY)
+    (out / ".images.staging-12345" / "images").mkdir(parents=True)  # as left by a killed run
+    generate(out, parts=["NUT-M10"], workers=1, overwrite=True, **TINY)
+    assert not (out / ".images.staging-12345").exists()
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["NUT-M10"]  # stale classes are gone
+    assert [r["part_number"] for r in _read_csv(out / "parts.csv")] == ["NUT-M10"]
+
+
+def test_a_failed_run_keeps_the_previous_output_and_leaves_no_partial_files(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    generate(out, parts=["WSH-M8"], workers=1, seed=1, **TINY)
+    before = _all_bytes(out)
+    calls = {"n": 0}
+    real = generate_mod.render_image
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as if the run were killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate_mod, "render_image", dying)
+    with pytest.raises(KeyboardInterrupt):
+        generate(out, parts=["WSH-M8"], workers=1, seed=2, overwrite=True, **TINY)
+    assert _all_bytes(out) == before
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+
+
+def test_cli_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    args = ["generate", str(out), "--size", "40", "--parts", "ORG-20X2-NBR,RLY-12V-40A", "--catalogue-per-part",
+            "1", "--field-per-part", "1", "--workers", "1", "--seed", "5"]
+    assert cli_main(args) == 0
+    assert "wrote 4 images" in capsys.readouterr().out
+    assert len(_read_csv(out / "images.csv")) == 4
+    assert Image.open(out / "images" / "RLY-12V-40A" / "field_0000.jpg").size == (40, 40)
+    assert cli_main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli_main(args + ["--overwrite"]) == 0
+    assert cli_main(["generate", str(tmp_path / "x"), "--parts", "BOGUS"]) == 2
+    assert "valid:" in capsys.readouterr().err
+    assert cli_main(["generate", str(tmp_path / "y"), "--size", "8"]) == 2
+    with pytest.raises(SystemExit) as ei:
+        cli_main(["generate", "--help"])
+    assert ei.value.code == 0

@@ -1,0 +1,106 @@
+"""Training runs on tiny generated images: loss goes down, run folder, resume, distillation, errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from edge_app.errors import UsageError
+from training.config import TrainConfig
+from training.models import load_checkpoint
+from training.train import lr_factor, train
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), model="tiny", epochs=2, batch_size=8, lr=3e-3, image_size=32,
+                warmup_epochs=0.5, seed=0, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_two_epochs_lower_loss_and_write_run_folder(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = train(_cfg(tiny_folder, out, epochs=3))
+    losses = [h["train_loss"] for h in res.history]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    for name in ("config.json", "last.pt", "best.pt", "metrics.json", "split.json"):
+        assert (out / name).is_file(), name
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["seed"] == 0 and cfg["model"] == "tiny" and cfg["git_sha"]
+    assert cfg["split"]["source"] == "generated" and len(cfg["split"]["sha256"]) == 64
+    assert cfg["n_train"] + cfg["n_val"] == 48
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 3 and 0 <= metrics["best_val_top1"] <= 1
+    model, meta = load_checkpoint(out / "best.pt")
+    assert meta["labels"] == ["c0", "c1", "c2"] and meta["epoch"] == metrics["best_epoch"]
+    assert model.preprocess.size == (32, 32)
+    with pytest.raises(UsageError, match="already holds a run"):
+        train(_cfg(tiny_folder, out))
+
+
+def test_resume_continues_from_last_epoch(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = train(_cfg(tiny_folder, out, epochs=1))
+    assert [h["epoch"] for h in first.history] == [0]
+    resumed = train(_cfg(tiny_folder, out, epochs=2, resume=True))
+    assert [h["epoch"] for h in resumed.history] == [0, 1]
+    assert resumed.history[0] == first.history[0]
+    _, meta = load_checkpoint(out / "last.pt")
+    assert meta["epoch"] == 1
+    # the resumed run equals an uninterrupted one (same data order, RNG, optimizer and schedule)
+    straight = train(_cfg(tiny_folder, tmp_path / "straight", epochs=2))
+    assert resumed.history[1]["train_loss"] == pytest.approx(straight.history[1]["train_loss"], rel=1e-4)
+    with pytest.raises(UsageError, match="changed option"):
+        train(_cfg(tiny_folder, out, epochs=3, lr=1e-2, resume=True))
+    with pytest.raises(UsageError, match="nothing to resume"):
+        train(_cfg(tiny_folder, tmp_path / "empty", resume=True))
+
+
+def test_distillation_and_options(tiny_folder: Path, tmp_path: Path) -> None:
+    teacher = train(_cfg(tiny_folder, tmp_path / "teacher", epochs=1, embed_dim=32))
+    res = train(_cfg(tiny_folder, tmp_path / "student", model="vit", epochs=1, embed_dim=32, teacher=str(teacher.best),
+                     model_options={"patch": 8, "vit_dim": 32, "vit_depth": 1, "vit_heads": 2},
+                     metric_loss="triplet", grad_clip=1.0, label_smoothing=0.1, sampler="random",
+                     split=str(tmp_path / "teacher" / "split.json")))
+    assert res.history[0]["train_kd"] > 0
+    with pytest.raises(UsageError, match="embedding dim"):
+        train(_cfg(tiny_folder, tmp_path / "bad", embed_dim=16, teacher=str(teacher.best)))
+
+
+def test_unreadable_training_image_is_skipped(tiny_folder: Path, tmp_path: Path) -> None:
+    (tiny_folder / "c0" / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "run"
+    res = train(_cfg(tiny_folder, out, epochs=1, cache=True))
+    cfg = json.loads((out / "config.json").read_text())
+    skipped = [p for p, _ in cfg["skipped_train"]]
+    val_skipped = res.history[0]["val_skipped"]
+    assert skipped == ["c0/broken.jpg"] or val_skipped == 1
+
+
+def test_bad_options_are_errors(tiny_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError):
+        train(_cfg(tiny_folder, tmp_path / "r", epochs=0))
+    with pytest.raises(UsageError, match="freezable"):
+        train(_cfg(tiny_folder, tmp_path / "r", freeze_stages=9))
+    with pytest.raises(UsageError, match="augmentation"):
+        train(_cfg(tiny_folder, tmp_path / "r", augment={"sparkle": 1}))
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    vals = [lr_factor(s, 100, 10) for s in range(100)]
+    assert vals[0] == pytest.approx(0.1) and vals[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(vals[9:], vals[10:])) and vals[-1] < 0.01
+
+
+def test_train_cli(tiny_folder: Path, tmp_path: Path, capsys) -> None:
+    from edge_app.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["train", "--data", str(tiny_folder), "--model", "tiny", "--out", str(out), "--epochs", "1",
+               "--batch-size", "8", "--image-size", "32"])
+    assert rc == 0 and (out / "best.pt").is_file()
+    assert json.loads(capsys.readouterr().out)["best_epoch"] == 0
+    assert main(["train", "--data", str(tiny_folder), "--model", "nope", "--out", str(tmp_path / "x")]) == 2
+    torch.set_num_threads(torch.get_num_threads())

@@ -1,0 +1,98 @@
+"""Training configuration (one dataclass, saved resolved as JSON in every run folder)."""
+from __future__ import annotations
+
+import subprocess
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edge_app.errors import UsageError
+
+from .losses import METRIC_LOSSES
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on. Defaults: AdamW, batch 32, lr 1e-3, wd 0, no clipping."""
+
+    data: str
+    out: str
+    model: str = "mobilenet_v2"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_epochs: float = 1.0
+    grad_clip: float | None = None
+    freeze_stages: int = 0
+    label_smoothing: float = 0.0
+    metric_loss: str = "multi_similarity"
+    metric_weight: float = 1.0
+    metric_margin: float | None = None
+    embed_dim: int = 256
+    image_size: int | None = None
+    resize: str = "squash"
+    pretrained: bool = True
+    weights: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    layout: str = "auto"
+    split: str | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+    sampler: str = "pk"
+    pk_k: int = 4
+    workers: int = 0
+    cache: bool = False
+    augment: dict[str, Any] = field(default_factory=dict)
+    teacher: str | None = None
+    kd_weight: float = 1.0
+    kd_embed_weight: float = 1.0
+    kd_temperature: float = 4.0
+    device: str = "auto"
+    amp: bool = True
+    resume: bool = False
+    progress: bool | None = None
+    eval_batch_size: int = 64
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise UsageError(f"epochs must be >= 1, got {self.epochs}")
+        if self.lr <= 0:
+            raise UsageError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise UsageError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise UsageError(f"grad clip must be > 0 (or unset), got {self.grad_clip}")
+        if self.warmup_epochs < 0:
+            raise UsageError(f"warmup epochs must be >= 0, got {self.warmup_epochs}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.metric_loss not in METRIC_LOSSES:
+            raise UsageError(f"metric loss must be one of {METRIC_LOSSES}, got {self.metric_loss!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UsageError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.workers < 0:
+            raise UsageError(f"workers must be >= 0, got {self.workers}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise UsageError(f"unknown training option(s): {sorted(unknown)}")
+        return cls(**d)
+
+
+#: Options that may differ between a run and its ``--resume`` (everything else must match).
+RESUMABLE_CHANGES = {"epochs", "resume", "progress", "workers", "cache", "eval_batch_size", "device"}
+
+
+def git_sha(cwd: Path | None = None) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).resolve().parent,
+                              capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

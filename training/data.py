@@ -1,0 +1,268 @@
+"""Datasets: image-folder catalogues, the grocery layout and the generated parts layout.
+
+An :class:`ImageSet` is a root folder, class labels and ``(relative path, label index)`` items.
+Decoding always goes through :func:`edge_app.imageio.load_image` (with the model's draft size);
+the eval transform is :func:`edge_app.preprocess.preprocess_image`, the very function the device
+calls. Unreadable images are skipped and listed; they never crash an epoch.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edge_app.errors import ImageError, InputError
+from edge_app.imageio import IMAGE_SUFFIXES, load_image
+from edge_app.preprocess import PreprocessSpec, preprocess_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageSet:
+    """Labelled images under ``root``; ``items`` are (path relative to root, label index)."""
+
+    root: Path
+    labels: list[str]
+    items: list[tuple[str, int]]
+    name: str = ""
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def path(self, i: int) -> Path:
+        return self.root / self.items[i][0]
+
+    def targets(self) -> list[int]:
+        return [y for _, y in self.items]
+
+    def subset(self, rel_paths: Sequence[str], name: str = "") -> "ImageSet":
+        """The items whose relative paths are listed (in that order); an unknown path is an error."""
+        index = {p: y for p, y in self.items}
+        missing = [p for p in rel_paths if p not in index]
+        if missing:
+            raise InputError(f"{self.root}: {len(missing)} listed image(s) are not in the dataset, e.g. {missing[0]}")
+        return ImageSet(self.root, self.labels, [(p, index[p]) for p in rel_paths], name or self.name)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = {lab: 0 for lab in self.labels}
+        for _, y in self.items:
+            counts[self.labels[y]] += 1
+        return counts
+
+
+@dataclass
+class Dataset:
+    """What a layout provides: all labelled images, plus optional predefined splits and a gallery."""
+
+    layout: str
+    images: ImageSet
+    train: ImageSet | None = None
+    val: ImageSet | None = None
+    gallery: ImageSet | None = None  # catalogue/iconic images (one or a few clean images per class)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+
+
+def load_image_folder(root: str | os.PathLike[str]) -> ImageSet:
+    """``root/<class>/*.jpg`` (classes sorted by name; images searched recursively inside a class)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    items: list[tuple[str, int]] = []
+    for idx, cls in enumerate(classes):
+        files = sorted(p for p in (root / cls).rglob("*") if _is_image(p))
+        items += [(p.relative_to(root).as_posix(), idx) for p in files]
+    if not items:
+        raise InputError(f"{root}: no class folders with images (expected ROOT/<class>/*.jpg)")
+    empty = [c for c, n in zip(classes, np.bincount([y for _, y in items], minlength=len(classes))) if n == 0]
+    if empty:
+        raise InputError(f"{root}: class folder(s) with no images: {', '.join(empty)}")
+    return ImageSet(root, classes, items, root.name)
+
+
+def _read_grocery_list(root: Path, name: str, ids: dict[int, int]) -> list[tuple[str, int]]:
+    path = root / name
+    if not path.is_file():
+        raise InputError(f"{path}: missing (grocery layout needs train.txt, val.txt, classes.csv)")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = [s.strip() for s in line.split(",")]
+        try:
+            fine = int(parts[1])
+        except (IndexError, ValueError):
+            raise InputError(f"{path}:{n}: expected 'path, fine_id, coarse_id', got {line!r}") from None
+        if fine not in ids:
+            raise InputError(f"{path}:{n}: class id {fine} is not in classes.csv")
+        out.append((parts[0].lstrip("/"), ids[fine]))
+    return out
+
+
+def load_grocery(root: str | os.PathLike[str]) -> Dataset:
+    """The Grocery Store Dataset layout: train.txt/val.txt, classes.csv, iconic images (the gallery)."""
+    root = Path(root)
+    classes_csv = root / "classes.csv"
+    if not classes_csv.is_file():
+        raise InputError(f"{classes_csv}: missing")
+    with classes_csv.open(newline="") as fh:
+        rows = list(csv.reader(fh))[1:]
+    rows = sorted((r for r in rows if r), key=lambda r: int(r[1]))
+    labels = [r[0] for r in rows]
+    ids = {int(r[1]): i for i, r in enumerate(rows)}
+    coarse = {labels[i]: r[2] for i, r in enumerate(rows)}
+    iconic = [(r[4].lstrip("/"), i) for i, r in enumerate(rows) if len(r) > 4 and r[4]]
+    train = ImageSet(root, labels, _read_grocery_list(root, "train.txt", ids), "grocery-train")
+    val = ImageSet(root, labels, _read_grocery_list(root, "val.txt", ids), "grocery-val")
+    gallery = ImageSet(root, labels, iconic, "grocery-iconic")
+    everything = ImageSet(root, labels, train.items + val.items, "grocery")
+    return Dataset("grocery", everything, train, val, gallery, {"coarse": coarse})
+
+
+def load_parts_layout(root: str | os.PathLike[str]) -> Dataset:
+    """Generated layout (``images.csv`` + ``parts.csv``); catalogue images form the gallery."""
+    root = Path(root)
+    parts_csv, images_csv = root / "parts.csv", root / "images.csv"
+    for p in (parts_csv, images_csv):
+        if not p.is_file():
+            raise InputError(f"{p}: missing (parts layout needs parts.csv and images.csv)")
+    with parts_csv.open(newline="") as fh:
+        labels = sorted({r["part_number"] for r in csv.DictReader(fh)})
+    index = {lab: i for i, lab in enumerate(labels)}
+    items, catalogue = [], []
+    with images_csv.open(newline="") as fh:
+        for n, r in enumerate(csv.DictReader(fh), 2):
+            pn = r.get("part_number")
+            if pn not in index:
+                raise InputError(f"{images_csv}:{n}: part_number {pn!r} is not in parts.csv")
+            item = (r["path"], index[pn])
+            items.append(item)
+            if r.get("kind") == "catalogue":
+                catalogue.append(item)
+    if not items:
+        raise InputError(f"{images_csv}: no images listed")
+    images = ImageSet(root, labels, items, root.name)
+    gallery = ImageSet(root, labels, catalogue, root.name + "-catalogue") if catalogue else None
+    return Dataset("parts", images, gallery=gallery)
+
+
+def detect_layout(root: str | os.PathLike[str]) -> str:
+    root = Path(root)
+    if (root / "classes.csv").is_file() and (root / "train.txt").is_file():
+        return "grocery"
+    if (root / "images.csv").is_file() and (root / "parts.csv").is_file():
+        return "parts"
+    return "folder"
+
+
+def load_dataset(root: str | os.PathLike[str], layout: str = "auto") -> Dataset:
+    """Load any supported layout (``auto`` detects it)."""
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{root}: no such folder")
+    kind = detect_layout(root) if layout == "auto" else layout
+    if kind == "grocery":
+        return load_grocery(root)
+    if kind == "parts":
+        return load_parts_layout(root)
+    if kind == "folder":
+        return Dataset("folder", load_image_folder(root))
+    raise InputError(f"unknown dataset layout {layout!r} (auto, folder, grocery, parts)")
+
+
+# ---------------------------------------------------------------- torch datasets
+
+
+def cache_size(spec: PreprocessSpec, scale: float = 1.25) -> int:
+    """Longest side kept for an in-memory training cache (room for random crops)."""
+    return int(round(max(spec.size) * scale))
+
+
+def decode_for_cache(path: Path, spec: PreprocessSpec, scale: float = 1.25) -> np.ndarray:
+    """Decode once and keep a uint8 HWC array no longer than ``cache_size`` (aspect kept)."""
+    from PIL import Image
+
+    img = load_image(path, draft_size=spec.draft_size)
+    side = cache_size(spec, scale)
+    if max(img.size) > side:
+        img.thumbnail((side, side), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+class TorchImageDataset:
+    """A torch-style dataset over an :class:`ImageSet`.
+
+    ``transform``: ``None`` = the device's eval transform (:func:`preprocess_image` on the full
+    decode); otherwise ``transform(pil_rgb) -> float32 CHW``. ``cache=True`` decodes every image
+    once up front (uint8, see :func:`decode_for_cache`); unreadable images are then dropped and
+    listed in ``skipped``. Without a cache an unreadable image yields ``None`` (dropped by
+    :func:`collate_skip`) and is listed in ``skipped``.
+    """
+
+    def __init__(self, images: ImageSet, spec: PreprocessSpec, transform: Callable[[Any], np.ndarray] | None = None,
+                 *, cache: bool = False, progress: bool = False) -> None:
+        self.images = images
+        self.spec = spec
+        self.transform = transform
+        self.skipped: list[tuple[str, str]] = []
+        self.items = list(images.items)
+        self._cache: list[np.ndarray] | None = None
+        if cache:
+            self._fill_cache(progress)
+
+    def _fill_cache(self, progress: bool) -> None:
+        from tqdm import tqdm
+
+        kept, arrays = [], []
+        for rel, y in tqdm(self.items, desc=f"decode {self.images.name}", disable=not progress, leave=False):
+            try:
+                arrays.append(decode_for_cache(self.images.root / rel, self.spec))
+                kept.append((rel, y))
+            except ImageError as exc:
+                log.warning("skipping unreadable image %s", exc)
+                self.skipped.append((rel, exc.reason))
+        self.items, self._cache = kept, arrays
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _pil(self, i: int):
+        from PIL import Image
+
+        if self._cache is not None:
+            return Image.fromarray(self._cache[i])
+        return load_image(self.images.root / self.items[i][0], draft_size=self.spec.draft_size)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        rel, y = self.items[i]
+        try:
+            img = self._pil(i)
+        except ImageError as exc:
+            log.warning("skipping unreadable image %s", exc)
+            self.skipped.append((rel, exc.reason))
+            return None
+        arr = preprocess_image(img, self.spec) if self.transform is None else self.transform(img)
+        return torch.from_numpy(arr), y, i
+
+
+def collate_skip(batch: list):
+    """Default collate that drops ``None`` items (unreadable images); ``None`` for an empty batch."""
+    import torch
+
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
+    xs, ys, idx = zip(*batch)
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long), torch.tensor(idx, dtype=torch.long)

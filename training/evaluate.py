@@ -1,0 +1,108 @@
+"""Evaluation: top-1/top-5/per-class accuracy, retrieval Recall@k and mAP, figures.
+
+Retrieval galleries: the training images (``train``), plus the catalogue images when the layout
+has them (grocery: the 81 iconic images, ``catalogue``). Every validation image is either
+evaluated or listed as unreadable: ``n_listed == n + n_unreadable`` always.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_app.atomic import atomic_write_json
+from edge_app.errors import IntegrityError, UsageError
+
+from .data import ImageSet, load_dataset
+from .metrics import classification_metrics, retrieval_metrics
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_model(model, val: ImageSet, galleries: dict[str, ImageSet] | None = None, *, batch_size: int = 64,
+                   device: str = "cpu", progress: bool | None = None) -> tuple[dict[str, Any], Any]:
+    """Metrics of ``model`` on ``val`` (and retrieval against each gallery) -> (report, val predictions)."""
+    from .predict import predict
+
+    labels = val.labels
+    pv = predict(model, val, batch_size=batch_size, device=device, progress=progress)
+    report: dict[str, Any] = {"n_listed": len(val), "n_unreadable": len(pv.skipped),
+                              "unreadable": [{"path": p, "reason": r} for p, r in pv.skipped]}
+    report.update(classification_metrics(pv.logits, pv.targets, labels))
+    report["retrieval"] = {}
+    for name, gal in (galleries or {}).items():
+        pg = predict(model, gal, batch_size=batch_size, device=device, progress=progress)
+        report["retrieval"][name] = retrieval_metrics(pv.embeddings, pv.targets, pg.embeddings, pg.targets)
+    if report["n"] + report["n_unreadable"] != report["n_listed"]:  # a bug, not a user error
+        raise RuntimeError("evaluation lost validation images")
+    return report, pv
+
+
+def _val_and_galleries(meta: dict[str, Any], data: str | os.PathLike[str], split: str | None,
+                       layout: str) -> tuple[ImageSet, dict[str, ImageSet], dict[str, Any]]:
+    from .splits import file_sha256, load_split
+
+    ds = load_dataset(data, layout)
+    saved = (meta.get("extra") or {}).get("split") or {}
+    split_path = split or saved.get("path")
+    if split_path:
+        if not Path(split_path).is_file():
+            raise UsageError(f"the checkpoint's split file {split_path} is gone; pass --split")
+        s = load_split(split_path, data)
+        train, val = s.train, s.val
+        info = {"path": str(split_path), "sha256": s.sha256, "file_sha256": file_sha256(split_path)}
+    elif ds.train is not None and ds.val is not None:
+        train, val, info = ds.train, ds.val, {"source": f"{ds.layout} layout"}
+    else:
+        raise UsageError(f"{data}: no validation split known; pass --split FILE")
+    galleries = {"train": train}
+    if ds.gallery is not None:
+        galleries["catalogue"] = ds.gallery
+    return val, galleries, info
+
+
+def evaluate_checkpoint(ckpt: str | os.PathLike[str], data: str | os.PathLike[str], *, split: str | None = None,
+                        out: str | os.PathLike[str] | None = None, layout: str = "auto", batch_size: int = 64,
+                        figures: bool = True, progress: bool | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint on a dataset's validation split; write JSON + PNGs to ``out`` if given."""
+    from .models import load_checkpoint
+
+    model, meta = load_checkpoint(ckpt)
+    val, galleries, split_info = _val_and_galleries(meta, data, split, layout)
+    if list(meta["labels"]) != list(val.labels):
+        raise IntegrityError(f"{ckpt}: its labels differ from the dataset's at {data}")
+    report, pv = evaluate_model(model, val, galleries, batch_size=batch_size, progress=progress)
+    report.update({"checkpoint": str(ckpt), "model": meta["model_name"], "epoch": meta.get("epoch"),
+                   "split": split_info, "data": str(data)})
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if figures:
+            report["figures"] = write_figures(out, report, pv, val, meta)
+        atomic_write_json(out / "evaluation.json", report)
+    return report
+
+
+def write_figures(out: Path, report: dict[str, Any], pv, val: ImageSet, meta: dict[str, Any]) -> list[str]:
+    from .plots import confusion_png, curves_png, predictions_grid_png
+
+    labels = val.labels
+    written = [confusion_png(np.asarray(report["confusion"]), labels, out / "confusion.png")]
+    probs = _softmax(pv.logits)
+    pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=int)
+    written.append(predictions_grid_png(val.root, pv.paths, [labels[t] for t in pv.targets],
+                                        [labels[p] for p in pred], probs.max(1) if len(probs) else [],
+                                        out / "predictions.png"))
+    history = (meta.get("extra") or {}).get("history")
+    if history:
+        written.append(curves_png(history, out / "curves.png"))
+    return [str(p) for p in written]
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True) if len(z) else z
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True) if len(z) else e

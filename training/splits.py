@@ -1,0 +1,159 @@
+"""Stratified, seeded, duplicate-aware train/val splits, stored as hashed JSON files.
+
+Near-duplicate groups (union-find over the audit's near-duplicate pairs) are assigned as a
+whole, so no image has a near-copy on the other side. Groups are visited in a seeded order and
+go to val while the val count of the group's majority label is under its target
+(``round(n_class * val_fraction)``), which keeps every class close to the requested fraction.
+
+File (``partlens-split/1``): paths are relative to the dataset root, each with its label name;
+``sha256`` is over the canonical JSON of everything else and is verified on load.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_app.atomic import atomic_write_json
+from edge_app.errors import InputError, IntegrityError, UsageError
+
+from .audit import DHASH_THRESHOLD, PHASH_THRESHOLD, audit_records, duplicate_groups, near_duplicate_pairs
+from .data import ImageSet, load_dataset
+
+log = logging.getLogger(__name__)
+
+SPLIT_FORMAT = "partlens-split/1"
+
+
+@dataclass
+class Split:
+    train: ImageSet
+    val: ImageSet
+    doc: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def sha256(self) -> str:
+        return self.doc["sha256"]
+
+
+def content_sha256(doc: dict[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def assign_groups(labels: list[int], groups: list[list[int]], val_fraction: float, seed: int) -> list[bool]:
+    """``is_val`` per item; every group lands on one side, per-class val counts near the fraction."""
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"val fraction must be in (0, 1), got {val_fraction}")
+    n_per_class = Counter(labels)
+    target = {c: round(n * val_fraction) for c, n in n_per_class.items()}
+    in_val = Counter()
+    order = sorted(groups, key=lambda g: min(g))
+    random.Random(seed).shuffle(order)
+    is_val = [False] * len(labels)
+    for g in order:
+        majority = Counter(labels[i] for i in g).most_common(1)[0][0]
+        if in_val[majority] < target[majority]:
+            for i in g:
+                is_val[i] = True
+                in_val[labels[i]] += 1
+    return is_val
+
+
+def make_split(root: str | os.PathLike[str], *, val_fraction: float = 0.2, seed: int = 0, name: str | None = None,
+               phash_threshold: int = PHASH_THRESHOLD, dhash_threshold: int = DHASH_THRESHOLD,
+               progress: bool = False) -> dict[str, Any]:
+    """Compute a duplicate-aware split of the dataset at ``root``; returns the split document."""
+    root = Path(root)
+    images = load_dataset(root).images
+    records = audit_records(root, progress=progress)
+    by_path = {r.path: r for r in records}
+    recs = [by_path[rel] for rel, _ in images.items]
+    unreadable = [r.path for r in recs if r.error]
+    pairs = near_duplicate_pairs(recs, phash_threshold, dhash_threshold)
+    multi = duplicate_groups(len(recs), pairs)
+    in_multi = {i for g in multi for i in g}
+    groups = multi + [[i] for i in range(len(recs)) if i not in in_multi]
+    labels = images.targets()
+    is_val = assign_groups(labels, groups, val_fraction, seed)
+    train = [[rel, images.labels[y]] for (rel, y), v in zip(images.items, is_val) if not v]
+    val = [[rel, images.labels[y]] for (rel, y), v in zip(images.items, is_val) if v]
+    cross = sum(1 for i, j, *_ in pairs if labels[i] != labels[j])
+    doc: dict[str, Any] = {
+        "format": SPLIT_FORMAT,
+        "name": name or root.name,
+        "dataset": root.name,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "labels": images.labels,
+        "dedup": {"method": "phash64+dhash64", "phash_threshold": phash_threshold, "dhash_threshold": dhash_threshold,
+                  "pairs": len(pairs), "cross_label_pairs": cross, "groups": len(multi),
+                  "images_in_groups": len(in_multi)},
+        "counts": {"train": len(train), "val": len(val), "unreadable": len(unreadable),
+                   "val_per_class": dict(sorted(Counter(lab for _, lab in val).items()))},
+        "unreadable": unreadable,
+        "train": train,
+        "val": val,
+    }
+    doc["sha256"] = content_sha256(doc)
+    return doc
+
+
+def write_split(doc: dict[str, Any], out: str | os.PathLike[str]) -> Path:
+    return atomic_write_json(out, doc)
+
+
+def read_split(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and verify a split file (format and content hash)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: split file not found")
+    try:
+        doc = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IntegrityError(f"{path}: not a JSON split file ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != SPLIT_FORMAT:
+        raise IntegrityError(f"{path}: not a {SPLIT_FORMAT} file")
+    if doc.get("sha256") != content_sha256(doc):
+        raise IntegrityError(f"{path}: content hash mismatch (the split file was edited or truncated)")
+    return doc
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def apply_split(doc: dict[str, Any], images: ImageSet, source: str = "split") -> tuple[ImageSet, ImageSet]:
+    """(train, val) image sets; every listed path must exist in the dataset with the same label."""
+    if list(doc["labels"]) != list(images.labels):
+        raise IntegrityError(f"{source}: labels differ from the dataset at {images.root}")
+    index = dict(images.items)
+    out = []
+    for side in ("train", "val"):
+        items = []
+        for rel, lab in doc[side]:
+            if rel not in index:
+                raise InputError(f"{source}: {rel} is not in the dataset at {images.root}")
+            if images.labels[index[rel]] != lab:
+                raise IntegrityError(f"{source}: {rel} is labelled {lab!r} in the split, "
+                                     f"{images.labels[index[rel]]!r} in the dataset")
+            items.append((rel, index[rel]))
+        out.append(ImageSet(images.root, images.labels, items, f"{images.name}-{side}"))
+    overlap = {r for r, _ in out[0].items} & {r for r, _ in out[1].items}
+    if overlap:
+        raise IntegrityError(f"{source}: {len(overlap)} image(s) on both sides, e.g. {sorted(overlap)[0]}")
+    return out[0], out[1]
+
+
+def load_split(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> Split:
+    """Read, verify and apply a split file to the dataset at ``root``."""
+    doc = read_split(path)
+    train, val = apply_split(doc, load_dataset(root).images, str(path))
+    return Split(train, val, doc, Path(path))

@@ -1,0 +1,282 @@
+"""The training loop: ``train(TrainConfig) -> RunResult``.
+
+Loss = cross-entropy (optional label smoothing) + ``metric_weight`` x metric loss on the
+L2-normalised embedding (+ distillation from a teacher checkpoint). AdamW with linear warmup and
+a per-step cosine schedule. Mixed precision on CUDA, fp32 on CPU. DDP when launched by torchrun
+(or :func:`training.ddp.launch`). The run folder holds ``config.json`` (resolved, git SHA, seed,
+split), ``last.pt``, ``best.pt`` and ``metrics.json``; ``resume=True`` continues from ``last.pt``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_app.atomic import atomic_write_json
+from edge_app.errors import IntegrityError, UsageError
+
+from . import ddp
+from .config import RESUMABLE_CHANGES, TrainConfig, git_sha
+from .data import ImageSet, load_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    last: Path
+    best: Path
+    best_epoch: int
+    best_top1: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    split: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_split(cfg: TrainConfig, out: Path, is_main: bool) -> tuple[ImageSet, ImageSet, dict[str, Any]]:
+    """(train, val, split info): a split file, the layout's own split, or a fresh duplicate-aware split."""
+    from .splits import file_sha256, load_split, make_split, write_split, apply_split
+
+    ds = load_dataset(cfg.data, cfg.layout)
+    if cfg.split:
+        s = load_split(cfg.split, cfg.data)
+        return s.train, s.val, {"source": "file", "path": str(cfg.split), "sha256": s.sha256,
+                                "file_sha256": file_sha256(cfg.split)}
+    if ds.train is not None and ds.val is not None:
+        return ds.train, ds.val, {"source": f"{ds.layout} layout (train/val lists)"}
+    path = out / "split.json"
+    if path.exists():  # a resumed run keeps its split
+        s = load_split(path, cfg.data)
+        return s.train, s.val, {"source": "run folder", "path": str(path), "sha256": s.sha256}
+    doc = make_split(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    if is_main:
+        write_split(doc, path)
+    train, val = apply_split(doc, ds.images, str(path))
+    return train, val, {"source": "generated", "path": str(path), "sha256": doc["sha256"]}
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warmup to 1, then cosine decay to 0 over the remaining steps."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class TeacherAdapter:
+    """Runs a teacher checkpoint on the student's input batch (re-normalised / resized to the teacher's spec)."""
+
+    def __init__(self, path: str, student_spec, labels: list[str], embed_dim: int, device: str) -> None:
+        import torch
+
+        from .models import load_checkpoint
+
+        self.model, meta = load_checkpoint(path)
+        if meta["labels"] != labels:
+            raise UsageError(f"teacher {path}: its labels differ from the training data's")
+        if self.model.embed_dim != embed_dim:
+            raise UsageError(f"teacher {path}: embedding dim {self.model.embed_dim} != student {embed_dim}")
+        ts = self.model.preprocess
+        if ts.resize != student_spec.resize:
+            raise UsageError(f"teacher {path}: resize mode {ts.resize!r} differs from the student's "
+                             f"{student_spec.resize!r}")
+        self.model.to(device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        t = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1)  # noqa: E731
+        self.s_mean, self.s_std, self.t_mean, self.t_std = (t(student_spec.mean), t(student_spec.std), t(ts.mean),
+                                                            t(ts.std))
+        self.size = tuple(ts.size)
+
+    def __call__(self, x):
+        import torch
+        import torch.nn.functional as F
+
+        with torch.no_grad():
+            rgb = x * self.s_std + self.s_mean
+            if tuple(rgb.shape[-2:]) != self.size:
+                rgb = F.interpolate(rgb, size=self.size, mode="bilinear", align_corners=False)
+            return self.model((rgb - self.t_mean) / self.t_std)
+
+
+def _prepare_out(cfg: TrainConfig, out: Path) -> None:
+    last = out / "last.pt"
+    if cfg.resume and not last.is_file():
+        raise UsageError(f"{out}: nothing to resume (no last.pt)")
+    if not cfg.resume and last.exists():
+        raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+
+def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, out: Path) -> None:
+    now = cfg.to_dict()
+    diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if diff:
+        raise UsageError(f"{out}: cannot resume with changed option(s) {diff}; "
+                         f"only {sorted(RESUMABLE_CHANGES)} may change")
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    """Train (or resume) one run; see the module docstring."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from .augment import AugmentConfig, TrainTransform
+    from .data import TorchImageDataset, collate_skip
+    from .losses import distillation_loss, make_metric_loss
+    from .metrics import classification_metrics
+    from .models import create_model, read_checkpoint, save_checkpoint
+    from .predict import predict
+    from .sampler import BatchSampler
+
+    cfg.validate()
+    aug = AugmentConfig.from_dict(cfg.augment)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device cuda requested but no CUDA device is available")
+    device_type = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    dist = ddp.setup(device_type)
+    device = f"cuda:{dist.local_rank}" if device_type == "cuda" else "cpu"
+    out = Path(cfg.out)
+    _prepare_out(cfg, out)
+    torch.manual_seed(cfg.seed + dist.rank)
+    np.random.seed(cfg.seed + dist.rank)
+
+    train_set, val_set, split_info = resolve_split(cfg, out, dist.is_main)
+    labels = train_set.labels
+    model = create_model(cfg.model, len(labels), embed_dim=cfg.embed_dim, pretrained=cfg.pretrained,
+                         weights=cfg.weights, image_size=cfg.image_size, resize=cfg.resize, **cfg.model_options)
+    if cfg.freeze_stages:
+        model.freeze_stages(cfg.freeze_stages)
+    model.to(device)
+    spec = model.preprocess
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    show = (sys.stderr.isatty() if cfg.progress is None else cfg.progress) and dist.is_main
+    train_ds = TorchImageDataset(train_set, spec, TrainTransform(spec, aug), cache=cfg.cache, progress=show)
+    sampler = BatchSampler([y for _, y in train_ds.items], cfg.batch_size, mode=cfg.sampler, k=cfg.pk_k,
+                           seed=cfg.seed, rank=dist.rank, world=dist.world)
+    loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate_skip,
+                        persistent_workers=cfg.workers > 0)
+    steps_per_epoch = len(sampler)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup))
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best_top1, best_epoch = 0, -1.0, -1
+    if cfg.resume:
+        ck = read_checkpoint(out / "last.pt")
+        extra = ck.get("extra", {})
+        _check_resume_config(extra.get("train_config", {}), cfg, out)
+        if ck["labels"] != labels:
+            raise IntegrityError(f"{out / 'last.pt'}: labels differ from the data's")
+        model.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(extra["optimizer"])
+        sched.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["rng"])
+        history, best_top1, best_epoch = list(extra["history"]), extra["best_top1"], extra["best_epoch"]
+        start_epoch = ck["epoch"] + 1
+        log.info("resuming %s at epoch %d", out, start_epoch)
+
+    teacher = TeacherAdapter(cfg.teacher, spec, labels, cfg.embed_dim, device) if cfg.teacher else None
+    metric_loss = make_metric_loss(cfg.metric_loss, cfg.metric_margin)
+    net = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dist.local_rank] if device_type == "cuda" else None)
+    use_amp = cfg.amp and device_type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    resolved = {**cfg.to_dict(), "git_sha": git_sha(), "torch": torch.__version__, "device": device,
+                "world_size": dist.world, "labels": labels, "split": split_info, "n_train": len(train_ds),
+                "n_val": len(val_set), "skipped_train": train_ds.skipped, "preprocess": spec.to_dict(),
+                "model_config": model.config, "steps_per_epoch": steps_per_epoch}
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", resolved)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        net.train()
+        sums = {"loss": 0.0, "ce": 0.0, "metric": 0.0, "kd": 0.0, "correct": 0.0, "n": 0}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
+        for batch in bar:
+            if batch is None:
+                continue
+            x, y, _ = batch
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device_type, enabled=use_amp):
+                logits, emb = net(x)
+                ce = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                ml = metric_loss(emb.float(), y) if metric_loss is not None else ce.new_zeros(())
+                loss = ce + cfg.metric_weight * ml
+                kd = ce.new_zeros(())
+                if teacher is not None:
+                    t_logits, t_emb = teacher(x)
+                    kd_l, kd_e = distillation_loss(logits.float(), t_logits.float(), emb.float(), t_emb.float(),
+                                                   cfg.kd_temperature)
+                    kd = cfg.kd_weight * kd_l + cfg.kd_embed_weight * kd_e
+                    loss = loss + kd
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            b = len(y)
+            for k, v in (("loss", loss), ("ce", ce), ("metric", ml), ("kd", kd)):
+                sums[k] += float(v.detach()) * b
+            sums["correct"] += float((logits.argmax(1) == y).sum())
+            sums["n"] += b
+            bar.set_postfix(loss=f"{sums['loss'] / max(1, sums['n']):.3f}")
+        n = max(1, sums["n"])
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": sums["loss"] / n, "train_ce": sums["ce"] / n,
+                               "train_metric": sums["metric"] / n, "train_kd": sums["kd"] / n,
+                               "train_top1": sums["correct"] / n, "lr": opt.param_groups[0]["lr"],
+                               "train_images": sums["n"]}
+        if dist.is_main:
+            pred = predict(model, val_set, batch_size=cfg.eval_batch_size, device=device, progress=show)
+            m = classification_metrics(pred.logits, pred.targets, labels)
+            row.update({"val_top1": m["top1"], "val_top5": m["top5"], "val_n": m["n"],
+                        "val_skipped": len(pred.skipped), "seconds": time.perf_counter() - t0})
+            history.append(row)
+            is_best = m["top1"] > best_top1
+            if is_best:
+                best_top1, best_epoch = m["top1"], epoch
+            metrics = {k: v for k, v in row.items()}
+            extra = {"train_config": cfg.to_dict(), "history": history, "best_top1": best_top1,
+                     "best_epoch": best_epoch, "split": split_info}
+            if is_best:
+                save_checkpoint(out / "best.pt", model, labels, metrics, epoch, extra)
+            save_checkpoint(out / "last.pt", model, labels, metrics, epoch,
+                            {**extra, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "rng": torch.get_rng_state()})
+            atomic_write_json(out / "metrics.json", {"history": history, "best_epoch": best_epoch,
+                                                     "best_val_top1": best_top1, "split": split_info})
+            log.info("epoch %d/%d loss %.4f val top1 %.4f (%.0f s)", epoch + 1, cfg.epochs, row["train_loss"],
+                     m["top1"], row["seconds"])
+        ddp.barrier(dist)
+    result = RunResult(out, out / "last.pt", out / "best.pt", best_epoch, best_top1, history, labels, split_info)
+    if dist.enabled:
+        ddp.teardown()
+    return result
+
+
+def load_run_metrics(out: str | Path) -> dict[str, Any]:
+    path = Path(out) / "metrics.json"
+    if not path.is_file():
+        raise UsageError(f"{path}: no metrics (is this a run folder?)")
+    return json.loads(path.read_text())
