@@ -8,6 +8,15 @@ from pathlib import Path
 from typing import Any
 
 
+def _default_mode() -> int:
+    """Permissions a plain ``open()`` would give (mkstemp alone gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _default_mode()
+
 def fsync_dir(path: Path) -> None:
     """fsync a directory so a rename inside it survives power loss."""
     fd = os.open(str(path), os.O_RDONLY)
@@ -25,6 +34,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: 
         raise FileExistsError(f"{path} exists and is immutable")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -62,6 +62,24 @@ def convert_int8(model: Any, calib: np.ndarray, *, per_channel: bool = True) -> 
     return data
 
 
+def convert_int8_aiq(model: Any, calib: np.ndarray) -> bytes:
+    """Candidate (not in the formats table): ai-edge-quantizer static int8 (a8w8) on the float TFLite.
+
+    Kept for the export benchmark, which decides whether it earns a place in
+    :data:`export.formats.FORMATS` (it must measure better than the PT2E path).
+    """
+    from ai_edge_quantizer import quantizer, recipe
+
+    fp32 = convert_fp32(model)
+    qt = quantizer.Quantizer(bytearray(fp32), recipe.static_wi8_ai8())
+    from ai_edge_litert.interpreter import Interpreter
+
+    in_name = Interpreter(model_content=fp32).get_signature_list()[SIGNATURE]["inputs"][0]
+    result = qt.calibrate({SIGNATURE: [{in_name: calib[i:i + 1]} for i in range(len(calib))]}, num_threads=1)
+    data, _ = float_interface(bytes(qt.quantize(result).quantized_model))
+    return data
+
+
 def check_signature(data: bytes, what: str) -> dict[str, Any]:
     """Check a TFLite model has one signature with one float32 input and float32 logits/embedding."""
     from ai_edge_litert.interpreter import Interpreter

@@ -27,7 +27,7 @@ from kivy.config import Config  # noqa: E402
 Config.set("graphics", "width", str(PROFILE.size[0]))
 Config.set("graphics", "height", str(PROFILE.size[1]))
 Config.set("input", "mouse", "")  # no real input devices in the test
-Config.set("graphics", "maxfps", "0")  # frames as fast as possible (no 60 fps sleeping)
+
 
 from kivy.base import EventLoop  # noqa: E402
 from kivy.core.window import Window  # noqa: E402
@@ -155,6 +155,13 @@ def env(tmp_path_factory):
     app.stop()
 
 
+def start_over(app) -> None:
+    tap(app.nav_buttons["identify"])
+    if app.captures:
+        tap(app.screen("identify").ids.clear_btn)
+    assert app.captures == [] and app.screen("identify").ids.identify_btn.disabled
+
+
 def pick(app, filename: str) -> None:
     if app.sm.current != "identify":
         tap(app.nav_buttons["identify"])
@@ -232,9 +239,7 @@ def test_full_flow_pick_identify_results_part_feedback(env) -> None:
 
 def test_look_alikes_ask_for_a_measurement(env) -> None:
     app = env["app"]
-    tap(app.nav_buttons["identify"])
-    tap(app.screen("identify").ids.clear_btn)
-    assert app.captures == []
+    start_over(app)
     pick(app, "bearing.jpg")
     tap(app.screen("identify").ids.identify_btn)
     wait_for(lambda: not app.busy)
@@ -250,8 +255,7 @@ def test_look_alikes_ask_for_a_measurement(env) -> None:
 
 def test_no_confident_match_offers_browse_and_unknown_part(env) -> None:
     app, services = env["app"], env["services"]
-    tap(app.nav_buttons["identify"])
-    tap(app.screen("identify").ids.clear_btn)
+    start_over(app)
     pick(app, "mystery.jpg")
     tap(app.screen("identify").ids.identify_btn)
     wait_for(lambda: not app.busy)

@@ -50,6 +50,7 @@ def tiny_model(image_dirs: dict[str, Path]):
 
     from export.inputs import load_inputs
 
+    torch.set_num_threads(1)  # the machine is shared; one thread is faster under contention
     torch.manual_seed(0)
     model = create_model("tiny", len(CLASSES), embed_dim=16, pretrained=False)
     paths = sorted(image_dirs["calib"].rglob("*.jpg"))

@@ -187,3 +187,25 @@ def test_tflite_int8_export_with_metadata_and_bundle(tiny_model, image_dirs, tmp
     expect = raw / np.linalg.norm(raw, axis=1, keepdims=True)
     np.testing.assert_allclose(b.load_embeddings(), expect, atol=1e-6)
     assert b.load_catalogue_rows() == rows and rows[0]["part_number"] == "P0"
+
+
+def test_metadata_writer_failure_is_reported() -> None:
+    pytest.importorskip("tensorflow_lite_support")
+    from edge_app.preprocess import PreprocessSpec
+    from export.metadata import embed_metadata
+
+    data, status = embed_metadata(b"not a tflite model", model_name="tiny", labels=CLASSES,
+                                  spec=PreprocessSpec(size=(64, 64)))
+    assert data == b"not a tflite model"
+    assert status["status"] == "failed" and "metadata writer failed" in status["reason"]
+
+
+@pytest.mark.slow
+def test_tflite_fp32_export_without_metadata(tiny_model, image_dirs, tmp_path: Path) -> None:
+    from export.pipeline import export_model
+
+    res = export_model(tiny_model, CLASSES, "tflite-fp32", tmp_path, calib_dir=image_dirs["calib"],
+                       val_dir=image_dirs["val"], catalogue_dir=image_dirs["catalogue"], options={"metadata": False})
+    assert res["metadata"] == {"status": "skipped", "reason": "metadata=False"}
+    assert res["parity"]["top1_agreement"] == 1.0 and res["parity"]["median_cosine"] > 0.9999
+    assert res["io"]["outputs"] == {"embedding": {"shape": [1, 16]}, "logits": {"shape": [1, 4]}}

@@ -29,11 +29,11 @@ MAX_OCCLUSION = 0.4  # a thumb hides at most this fraction of the part
 
 def group_extent_mm(part: Part) -> float:
     """Largest drawing extent (mm) over the part's look-alike group (the part itself if none)."""
-    return _group_extent(part.part_number, part.look_alike_group) if part.look_alike_group else max(part_extent_mm(part))
+    return _group_extent(part.look_alike_group) if part.look_alike_group else max(part_extent_mm(part))
 
 
 @lru_cache(maxsize=None)
-def _group_extent(part_number: str, group: str) -> float:
+def _group_extent(group: str) -> float:
     return max(max(part_extent_mm(p)) for p in PARTS if p.look_alike_group == group)
 
 
