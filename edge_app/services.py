@@ -328,7 +328,7 @@ class DeviceServices:
         """(bundle folder, keyring file) of the installed bundle: ``bundles/<meta bundle_id>``, ``keyring.json``."""
         if self._bundle_dir is not None:
             return self._bundle_dir, self._keyring
-        bundle_id = self.catalogue.get_meta("bundle_id")
+        bundle_id = (self._active() or {}).get("bundle_id") or self.catalogue.get_meta("bundle_id")
         if not bundle_id:
             raise InputError(f"{self.data_dir}: no model bundle installed yet (enrol and sync with the hub)")
         return self.data_dir / "bundles" / bundle_id, self._keyring
@@ -453,43 +453,60 @@ class DeviceServices:
         return self.outbox.count()
 
     # sync --------------------------------------------------------------------------------------
-    def _client(self) -> Any:
+    def _active(self) -> dict[str, Any] | None:
+        """The sync client's active-bundle pointer (``active.json``: bundle_id, version), if any."""
+        path = self.data_dir / "active.json"
         try:
-            from sync.client import SyncClient
-        except ImportError as exc:
-            raise SyncError(f"the sync client is not installed on this device ({exc})") from None
-        return SyncClient(self.data_dir, catalogue=self.catalogue, outbox=self.outbox)
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise InputError(f"{path}: unreadable bundle pointer ({exc})") from None
+
+    def _client(self) -> Any:
+        from sync.client import SyncClient  # the device sync client (enrolment must exist)
+
+        return SyncClient(self.data_dir)
 
     def sync_status(self) -> SyncStatus:
-        status: Mapping[str, Any] = {}
-        try:
-            status = self._client().status()
-        except SyncError as exc:
-            log.info("sync status unavailable: %s", exc)
-        version = self.catalogue.get_meta("catalogue_version")
-        return SyncStatus(bundle_id=self.catalogue.get_meta("bundle_id"), bundle_version=status.get("bundle_version"),
-                          catalogue_version=int(version) if version is not None else None,
-                          last_sync=status.get("last_sync"), pending_uploads=self.pending_uploads(),
-                          enrolled=bool(status.get("enrolled")), hub=status.get("hub"),
-                          last_error=status.get("last_error") or self._last_error)
+        device_file = self.data_dir / "device.json"
+        hub = None
+        if device_file.is_file():
+            try:
+                hub = json.loads(device_file.read_text()).get("hub")
+            except ValueError as exc:
+                raise InputError(f"{device_file}: unreadable enrolment ({exc})") from None
+        active = self._active() or {}
+        last = self.data_dir / "last_sync.json"
+        last_sync = json.loads(last.read_text()).get("at") if last.is_file() else None
+        version = self.catalogue.catalogue_version
+        return SyncStatus(bundle_id=active.get("bundle_id") or self.catalogue.get_meta("bundle_id"),
+                          bundle_version=active.get("version"), catalogue_version=version or None,
+                          last_sync=last_sync, pending_uploads=self.pending_uploads(), enrolled=hub is not None,
+                          hub=hub, last_error=self._last_error)
 
     def sync_now(self) -> str:
-        """One full sync (uploads, catalogue delta, bundle); returns a one-line summary."""
+        """One full sync (bundle, catalogue package, uploads); returns a one-line summary."""
         try:
-            summary = self._client().sync()
+            result = self._client().sync()
         except SyncError as exc:
             self._last_error = str(exc)
             raise
         self._last_error = None
+        atomic_write_json(self.data_dir / "last_sync.json", {"at": _now(), "result": result.to_dict()})
         self.reload()
-        return summary if isinstance(summary, str) else json.dumps(summary, default=str)
+        return (f"catalogue {result.from_version} -> {result.to_version}, uploaded {result.uploaded}"
+                + (f", new model {result.bundle_installed}" if result.bundle_installed else ""))
 
     def enrol(self, payload: str) -> str:
-        """Enrol with a hub from the QR/typed enrolment payload; returns the hub's address."""
+        """Enrol with a hub from the QR/typed enrolment payload (JSON); returns the hub's address."""
         text = (payload or "").strip()
         if not text:
             raise UsageError("paste or scan the enrolment code from the hub first")
-        return str(self._client().enrol(text))
+        from sync.client import enrol
+
+        enrol(self.data_dir, text)
+        return str(json.loads((self.data_dir / "device.json").read_text())["hub"])
 
     def close(self) -> None:
         self.reload()

@@ -26,6 +26,9 @@ from .data import ImageSet, load_dataset
 
 log = logging.getLogger(__name__)
 
+#: Without a progress bar (not a TTY), log the running loss every this many steps.
+LOG_EVERY = 20
+
 
 @dataclass
 class RunResult:
@@ -37,6 +40,7 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     split: dict[str, Any] = field(default_factory=dict)
+    model: Any = field(default=None, repr=False)  # the trained PartModel (last epoch), in memory
 
 
 def resolve_split(cfg: TrainConfig, out: Path, is_main: bool) -> tuple[ImageSet, ImageSet, dict[str, Any]]:
@@ -211,7 +215,7 @@ def train(cfg: TrainConfig) -> RunResult:
         net.train()
         sums = {"loss": 0.0, "ce": 0.0, "metric": 0.0, "kd": 0.0, "correct": 0.0, "n": 0}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
-        for batch in bar:
+        for step_i, batch in enumerate(bar, 1):
             if batch is None:
                 continue
             x, y, _ = batch
@@ -242,6 +246,9 @@ def train(cfg: TrainConfig) -> RunResult:
             sums["correct"] += float((logits.argmax(1) == y).sum())
             sums["n"] += b
             bar.set_postfix(loss=f"{sums['loss'] / max(1, sums['n']):.3f}")
+            if not show and dist.is_main and step_i % LOG_EVERY == 0:
+                log.info("epoch %d step %d/%d loss %.4f (%.0f s)", epoch + 1, step_i, steps_per_epoch,
+                         sums["loss"] / max(1, sums["n"]), time.perf_counter() - t0)
         n = max(1, sums["n"])
         row: dict[str, Any] = {"epoch": epoch, "train_loss": sums["loss"] / n, "train_ce": sums["ce"] / n,
                                "train_metric": sums["metric"] / n, "train_kd": sums["kd"] / n,
@@ -269,7 +276,7 @@ def train(cfg: TrainConfig) -> RunResult:
             log.info("epoch %d/%d loss %.4f val top1 %.4f (%.0f s)", epoch + 1, cfg.epochs, row["train_loss"],
                      m["top1"], row["seconds"])
         ddp.barrier(dist)
-    result = RunResult(out, out / "last.pt", out / "best.pt", best_epoch, best_top1, history, labels, split_info)
+    result = RunResult(out, out / "last.pt", out / "best.pt", best_epoch, best_top1, history, labels, split_info, model)
     if dist.enabled:
         ddp.teardown()
     return result

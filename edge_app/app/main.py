@@ -105,13 +105,15 @@ class PartlensApp(App):
             scr.refresh()
 
     def go(self, name: str) -> None:
-        """Show a screen (and remember it for a restart)."""
+        """Show a screen (and remember it for a restart); the status line is cleared."""
+        self.notify("")
         self.sm.current = name
         self.save_state()
 
     def notify(self, text: str) -> None:
         """One line in the status bar (errors and confirmations)."""
-        log.info("status: %s", text)
+        if text:
+            log.info("status: %s", text)
         self.message = text
         self.status.text = text
 
@@ -188,9 +190,9 @@ class PartlensApp(App):
 
     def show_outcome(self, outcome: IdentifyOutcome) -> None:
         self.outcome = outcome
+        self.go("results")
         self.notify("Best match: " + outcome.matches[0].part_number if outcome.confident and outcome.matches
                     else "No confident match.")
-        self.go("results")
 
     def open_part(self, part_number: str) -> None:
         if self.sm.current != "part_detail":
@@ -258,3 +260,44 @@ def run(services: Any, size: tuple[int, int] | None = None) -> None:
     if size is not None:
         Window.size = size
     PartlensApp(services).run()
+
+
+def seed_from_starter(data_dir: Path, starter: Path) -> bool:
+    """First start on a device: copy the bundled ``starter_bundle/`` (catalogue, keyring, bundle) in.
+
+    Only when ``data_dir`` has no catalogue yet; returns True if it copied.
+    """
+    import shutil
+
+    if (data_dir / "catalogue.db").exists() or not (starter / "catalogue.db").is_file():
+        return False
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for item in starter.iterdir():
+        dst = data_dir / item.name
+        if item.is_dir():
+            shutil.copytree(item, dst, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, dst)
+    log.info("seeded %s from the starter bundle %s", data_dir, starter)
+    return True
+
+
+def device_main() -> None:
+    """The APK entry point (``main.py``): app storage as the data folder, seeded on first start."""
+    import os
+
+    from ..services import DeviceServices
+    from .android import is_android
+
+    if is_android():
+        from android.storage import app_storage_path  # type: ignore
+
+        data_dir = Path(app_storage_path()) / "partlens"
+    else:
+        data_dir = Path(os.environ.get("PARTLENS_DEVICE_DIR", Path.home() / ".partlens" / "device"))
+    seed_from_starter(data_dir, Path(__file__).resolve().parents[2] / "starter_bundle")
+    services = DeviceServices(data_dir)
+    try:
+        run(services)
+    finally:
+        services.close()

@@ -309,6 +309,20 @@ class FilePicker(BoxLayout):
             self.grid.add_widget(b)
 
 
+def relayout(widget, passes: int = 2) -> None:
+    """Lay out every layout under ``widget`` top-down now (after banners appear or vanish)."""
+    from kivy.uix.layout import Layout
+
+    def walk(w):
+        if isinstance(w, Layout):
+            w.do_layout()
+        for c in list(w.children):
+            walk(c)
+
+    for _ in range(passes):
+        walk(widget)
+
+
 def min_touch_px() -> float:
     return mm(theme.MIN_TOUCH_MM)
 

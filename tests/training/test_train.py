@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from edge_app.errors import UsageError
 from training.config import TrainConfig
@@ -40,20 +39,34 @@ def test_two_epochs_lower_loss_and_write_run_folder(tiny_folder: Path, tmp_path:
         train(_cfg(tiny_folder, out))
 
 
-def test_resume_continues_from_last_epoch(tiny_folder: Path, tmp_path: Path) -> None:
+def test_resume_continues_from_last_epoch(tiny_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    import training.train as T
+
     out = tmp_path / "run"
-    first = train(_cfg(tiny_folder, out, epochs=1))
-    assert [h["epoch"] for h in first.history] == [0]
+    real_barrier = T.ddp.barrier
+
+    def killed(info):  # the process dies right after epoch 0 was checkpointed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T.ddp, "barrier", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_folder, out, epochs=2))
+    monkeypatch.setattr(T.ddp, "barrier", real_barrier)
+    _, meta = load_checkpoint(out / "last.pt")
+    assert meta["epoch"] == 0
     resumed = train(_cfg(tiny_folder, out, epochs=2, resume=True))
     assert [h["epoch"] for h in resumed.history] == [0, 1]
-    assert resumed.history[0] == first.history[0]
     _, meta = load_checkpoint(out / "last.pt")
     assert meta["epoch"] == 1
     # the resumed run equals an uninterrupted one (same data order, RNG, optimizer and schedule)
     straight = train(_cfg(tiny_folder, tmp_path / "straight", epochs=2))
     assert resumed.history[1]["train_loss"] == pytest.approx(straight.history[1]["train_loss"], rel=1e-4)
+    assert resumed.history[1]["val_top1"] == straight.history[1]["val_top1"]
+    # a longer run may continue; other changed options are refused
+    longer = train(_cfg(tiny_folder, out, epochs=3, resume=True))
+    assert [h["epoch"] for h in longer.history] == [0, 1, 2]
     with pytest.raises(UsageError, match="changed option"):
-        train(_cfg(tiny_folder, out, epochs=3, lr=1e-2, resume=True))
+        train(_cfg(tiny_folder, out, epochs=4, lr=1e-2, resume=True))
     with pytest.raises(UsageError, match="nothing to resume"):
         train(_cfg(tiny_folder, tmp_path / "empty", resume=True))
 
@@ -103,4 +116,3 @@ def test_train_cli(tiny_folder: Path, tmp_path: Path, capsys) -> None:
     assert rc == 0 and (out / "best.pt").is_file()
     assert json.loads(capsys.readouterr().out)["best_epoch"] == 0
     assert main(["train", "--data", str(tiny_folder), "--model", "nope", "--out", str(tmp_path / "x")]) == 2
-    torch.set_num_threads(torch.get_num_threads())

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from kivy.app import App
+from kivy.clock import Clock
 from kivy.metrics import dp, mm
 from kivy.properties import ObjectProperty
 from kivy.uix.behaviors import ButtonBehavior
@@ -15,7 +16,7 @@ from kivy.uix.screenmanager import Screen
 from ...errors import PartlensError
 from ...services import Match
 from .. import theme
-from ..widgets import Panel, PLLabel
+from ..widgets import Panel, PLLabel, relayout
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,11 @@ class MatchCard(ButtonBehavior, Panel):
 
 
 class ResultsScreen(Screen):
+    def on_kv_post(self, base_widget: Any) -> None:
+        # strong references: kv ids are weak, and banners are taken out of the tree when not needed
+        self._keep = [self.ids.summary.__self__, self.ids.no_match.__self__, self.ids.look_alike.__self__,
+                      self.ids.grid.__self__]
+
     def refresh(self) -> None:
         app = App.get_running_app()
         out = app.outcome
@@ -81,8 +87,7 @@ class ResultsScreen(Screen):
         ids.summary.text = ("No results yet: identify a part first." if none else
                             f"{len(out.matches)} candidate parts from {len(out.capture_ids)} view(s)."
                             + (f"  Stock as of {short_time(out.hub_time)} (hub time)." if out.hub_time else ""))
-        self._show(ids.no_match, not none and not out.confident)
-        self._show(ids.look_alike, not none and out.look_alike and bool(out.matches))
+        self._place(not none and not out.confident, bool(not none and out.look_alike and out.matches))
         if not none and out.look_alike and out.matches:
             group = out.matches[0].look_alike_group
             sizes = ", ".join(f"{m.part_number} {m.size_mm:g} mm" for m in out.matches[:4]
@@ -90,28 +95,28 @@ class ResultsScreen(Screen):
             ids.look_alike_text.text = (
                 "These parts look alike and differ only in size (" + sizes + "). Measure the part and type "
                 "the size in mm, or add a photo with a ruler or coin next to it.")
-        if none:
-            return
-        cols = max(1, int(self.width // mm(90)))
-        grid.cols = cols
-        for i, m in enumerate(out.matches):
-            grid.add_widget(MatchCard(m, out.hub_time, i + 1))
+        if not none:
+            grid.cols = max(1, int(self.width // mm(90)))
+            for i, m in enumerate(out.matches):
+                grid.add_widget(MatchCard(m, out.hub_time, i + 1))
+        Clock.schedule_once(lambda _dt: relayout(self), 0)
 
     def on_size(self, *_: Any) -> None:
         if self.manager is not None and self.manager.current == self.name:
             self.refresh()
 
-    @staticmethod
-    def _show(w: Any, visible: bool) -> None:
-        w.opacity = 1 if visible else 0
-        w.disabled = not visible
-        w.size_hint_y = None
-        if visible:
-            w.height = w.minimum_height
-            w.bind(minimum_height=w.setter("height"))
-        else:
-            w.unbind(minimum_height=w.setter("height"))
-            w.height = 0
+    def _place(self, no_match: bool, look_alike: bool) -> None:
+        """Rebuild the column: summary, [no-match banner], [look-alike banner], cards (hidden = removed)."""
+        body, ids = self.ids.body, self.ids
+        for w in (ids.summary, ids.no_match, ids.look_alike, ids.grid):
+            if w.parent is not None:
+                w.parent.remove_widget(w)
+        ids.no_match.opacity = 1 if no_match else 0
+        ids.look_alike.opacity = 1 if look_alike else 0
+        for w, show in ((ids.summary, True), (ids.no_match, no_match), (ids.look_alike, look_alike),
+                        (ids.grid, True)):
+            if show:
+                body.add_widget(w)
 
     def apply_measurement(self) -> None:
         app = App.get_running_app()
@@ -133,8 +138,8 @@ class ResultsScreen(Screen):
 
     def add_scale_photo(self) -> None:
         app = App.get_running_app()
-        app.notify("Add a view with a ruler or coin next to the part, then tap Identify.")
         app.go("identify")
+        app.notify("Add a view with a ruler or coin next to the part, then tap Identify.")
 
     def record_unknown(self) -> None:
         app = App.get_running_app()

@@ -1,0 +1,204 @@
+"""The Kivy-free service facade: capture store, app state, result mapping, outbox, catalogue."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_app.errors import ImageError, InputError, UsageError
+from edge_app.services import (CaptureStore, DeviceServices, IdentifyOutcome, Match, StateStore, confidence_words,
+                               detect_look_alikes, refine_by_size, validate_crop)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def photo(path: Path, size=(64, 48), colour=(200, 30, 30)) -> Path:
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def test_capture_is_on_disk_at_once_and_never_overwritten(tmp_path) -> None:
+    store = CaptureStore(tmp_path / "captures")
+    src = photo(tmp_path / "p.jpg")
+    a = store.add_file(src)
+    b = store.add_file(src)
+    assert a.capture_id != b.capture_id and Path(a.path).read_bytes() == src.read_bytes()
+    assert json.loads((store.root / f"{a.capture_id}.json").read_text())["source"] == "file"
+    assert not list(store.root.glob(".*.tmp"))  # atomic: no temp files left
+    assert store.get(a.capture_id) == a and len(store.all()) == 2
+
+
+def test_bad_capture_names_the_file_and_stores_nothing(tmp_path) -> None:
+    store = CaptureStore(tmp_path / "captures")
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ImageError, match="broken.jpg"):
+        store.add_file(bad)
+    with pytest.raises(ImageError):
+        store.add_bytes(b"")
+    assert list(store.root.iterdir()) == []
+
+
+def test_camera_writes_into_the_store_then_adopt(tmp_path) -> None:
+    store = CaptureStore(tmp_path / "captures")
+    cid, path = store.new_path(".jpg")
+    photo(path)
+    cap = store.adopt(cid, path)
+    assert store.get(cid).path == str(path) and cap.source == "camera"
+
+
+def test_crop_is_saved_and_applied(tmp_path) -> None:
+    store = CaptureStore(tmp_path / "c")
+    img = Image.new("RGB", (100, 50), (0, 0, 0))
+    img.paste((255, 255, 255), (50, 0, 100, 50))  # right half white
+    img.save(tmp_path / "half.png")
+    cap = store.set_crop(store.add_file(tmp_path / "half.png"), (0.5, 0.0, 1.0, 1.0))
+    assert store.get(cap.capture_id).crop == (0.5, 0.0, 1.0, 1.0)
+    out = store.cropped_image(cap)
+    assert out.size == (50, 50) and np.asarray(out).min() == 255
+    exported = Image.open(store.export_cropped(cap))
+    assert exported.size == (50, 50)
+    for bad in [(0.5, 0, 0.4, 1), (0, 0, 1.2, 1), (0, 0, 1)]:
+        with pytest.raises(UsageError):
+            validate_crop(bad)
+
+
+def test_state_roundtrip_and_damaged_state_kept_aside(tmp_path) -> None:
+    st = StateStore(tmp_path / "app_state.json")
+    assert st.load() == {}
+    st.save({"screen": "results", "captures": []})
+    assert st.load()["screen"] == "results"
+    st.path.write_text("{ half written")
+    assert st.load() == {}
+    assert (tmp_path / "app_state.json.bad").read_text() == "{ half written"
+
+
+def m(pn, score, size=None, group=None) -> Match:
+    return Match(pn, pn, score, confidence_words(score), size_mm=size, look_alike_group=group)
+
+
+def test_confidence_words_and_look_alikes() -> None:
+    assert [confidence_words(x) for x in (0.95, 0.7, 0.4, 0.1)] == ["very likely", "likely", "possible", "unlikely"]
+    pair = [m("A", 0.9, 47, "g"), m("B", 0.85, 52, "g"), m("C", 0.2)]
+    assert detect_look_alikes(pair)
+    assert not detect_look_alikes([m("A", 0.9, 47, "g"), m("B", 0.85, 47, "g")])  # same size: not a size question
+    assert not detect_look_alikes([m("A", 0.9, 47, "g"), m("B", 0.2, 52, "g")])  # far apart in score
+
+
+def test_measurement_reranks_look_alikes() -> None:
+    out = IdentifyOutcome([m("A", 0.9, 47, "g"), m("B", 0.85, 52, "g"), m("C", 0.2, 52)], True, True)
+    r = refine_by_size(out, 51.5)
+    assert [x.part_number for x in r.matches] == ["B", "A", "C"] and not r.look_alike and r.measured_mm == 51.5
+    assert refine_by_size(out, 80).look_alike  # nothing fits: still ask
+    with pytest.raises(UsageError):
+        refine_by_size(out, -3)
+    assert IdentifyOutcome.from_dict(r.to_dict()) == r
+
+
+# --------------------------------------------------------------------------- real runtime pieces
+@pytest.fixture
+def device(tmp_path):
+    svc = DeviceServices(tmp_path / "device", site="Quay A")
+    (tmp_path / "device" / "images").mkdir()
+    img = photo(tmp_path / "device" / "images" / "a.jpg")
+    with svc.catalogue.transaction():
+        svc.catalogue.set_meta("hub_time", "2026-11-21T22:00:00+00:00")
+        svc.catalogue.set_meta("catalogue_version", 3)
+        svc.catalogue.upsert_parts([
+            {"part_number": "BRG-1", "name": "Bearing 6204", "category": "bearings", "manufacturer": "SKF",
+             "description": "deep groove", "size_mm": 47.0, "look_alike_group": "b", "version": 1},
+            {"part_number": "BRG-2", "name": "Bearing 6205", "category": "bearings", "manufacturer": "SKF",
+             "description": "deep groove", "size_mm": 52.0, "look_alike_group": "b", "version": 1},
+            {"part_number": "FUS-1", "name": "Fuse 32 A", "category": "electrical", "manufacturer": "X",
+             "description": "", "size_mm": 78.0, "look_alike_group": None, "version": 1}])
+        svc.catalogue.upsert_inventory([
+            {"part_number": "BRG-1", "site": "Quay A", "stock": 4, "bin": "A-1", "as_of": "2026-11-21T22:00:00+00:00"},
+            {"part_number": "BRG-2", "site": "Quay A", "stock": 0, "bin": "A-2", "as_of": "2026-11-21T22:00:00+00:00"},
+            {"part_number": "FUS-1", "site": "Quay B", "stock": 9, "bin": "E-1", "as_of": "2026-11-21T22:00:00+00:00"}])
+        svc.catalogue.upsert_images([{"image_id": "i1", "part_number": "BRG-1", "path": "images/a.jpg",
+                                      "kind": "catalogue", "version": 1}])
+    assert img.is_file()
+    yield svc
+    svc.close()
+
+
+def test_device_catalogue_part_and_search(device) -> None:
+    part = device.part("BRG-1")
+    assert part["images"][0]["file"].endswith("images/a.jpg") and part["inventory"][0]["stock"] == 4
+    with pytest.raises(InputError, match="NOPE"):
+        device.part("NOPE")
+    assert [r["part_number"] for r in device.search(text="bearing")] == ["BRG-1", "BRG-2"]
+    assert [r["part_number"] for r in device.search(in_stock=True)] == ["BRG-1"]  # stock at this site only
+    assert device.categories() == ["bearings", "electrical"]
+
+
+def test_runtime_result_maps_to_words_stock_and_look_alikes(device) -> None:
+    from edge_app.runtime.identify import IdentifyResult, PartMatch
+
+    def pm(rank, pn, sim, conf, size, stock, bin_):
+        return PartMatch(rank=rank, part_number=pn, name=None, category="bearings", similarity=sim,
+                         confidence=conf, best_image_id="i1" if pn == "BRG-1" else None, size_mm=size,
+                         look_alike_group="b", stock=stock, bin=bin_, stock_as_of="2026-11-21T22:00:00+00:00",
+                         site="Quay A")
+
+    res = IdentifyResult(status="match", matches=[pm(1, "BRG-1", 0.91, 0.88, 47.0, 4, "A-1"),
+                                                  pm(2, "BRG-2", 0.89, None, 52.0, 0, "A-2")],
+                         confidence=0.88, threshold=0.5, calibrated=True, needs_scale_photo=True,
+                         look_alike={"group": "b"}, views=2, skipped=[], bundle_id="bnd-1", catalogue_version=3,
+                         hub_time="2026-11-21T22:00:00+00:00", site="Quay A", filters={}, timings_ms={})
+    out = device.outcome_from_result(res, ["c1", "c2"])
+    assert out.confident and out.look_alike and out.bundle_id == "bnd-1" and out.capture_ids == ["c1", "c2"]
+    a, b = out.matches
+    assert (a.words, a.stock, a.bin, a.as_of) == ("very likely", 4, "A-1", "2026-11-21T22:00:00+00:00")
+    assert a.thumbnail and a.thumbnail.endswith("a.jpg") and b.thumbnail is None
+    assert b.words == "possible" and b.name == "BRG-2"
+
+
+def test_feedback_photos_and_unknown_part_go_to_the_real_outbox(device, tmp_path) -> None:
+    caps = [device.captures.add_file(photo(tmp_path / f"v{i}.jpg", colour=(i * 50, 0, 0))) for i in range(2)]
+    out = IdentifyOutcome([m("BRG-1", 0.9)], True, bundle_id="bnd-1")
+    device.send_feedback("BRG-1", "correct", caps, out)
+    device.add_photos("BRG-1", caps[:1])
+    uid = device.record_unknown(caps, "spreader twistlock", out)
+    rows = device.outbox.pending()
+    assert [r["kind"] for r in rows] == ["feedback", "photo", "unknown_part", "photo"]
+    assert rows[0]["payload"]["verdict"] == "correct" and rows[0]["payload"]["bundle_id"] == "bnd-1"
+    assert all(Path(r["blob_path"]).is_file() for r in rows)
+    assert rows[3]["payload"]["unknown_part"] == uid and device.pending_uploads() == 4
+    with pytest.raises(UsageError):
+        device.send_feedback("BRG-1", "maybe", caps)
+    with pytest.raises(UsageError):
+        device.record_unknown([], "")
+
+
+def test_sync_status_before_enrolment_and_bad_enrol_code(device) -> None:
+    st = device.sync_status()
+    assert not st.enrolled and st.catalogue_version == 3 and st.pending_uploads == 0 and st.last_sync is None
+    with pytest.raises(UsageError):
+        device.enrol("   ")
+    with pytest.raises(UsageError):
+        device.enrol("not json")
+
+
+def test_identify_without_a_bundle_is_a_clear_error(device, tmp_path) -> None:
+    cap = device.captures.add_file(photo(tmp_path / "q.jpg"))
+    with pytest.raises(InputError, match="no model bundle installed"):
+        device.identify([cap])
+
+
+def test_services_and_app_commands_do_not_import_kivy() -> None:
+    code = ("import sys, edge_app.services, edge_app.app.commands, edge_app.app.theme, edge_app.app.android; "
+            "print('kivy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_app_command_has_help() -> None:
+    out = subprocess.run([sys.executable, "-m", "edge_app.cli", "app", "--help"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and "--data-dir" in out.stdout and "--size" in out.stdout
