@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "training.commands",
     "export.commands",
     "edge_app.commands",
+    "edge_app.demo",
     "edge_app.app.commands",
     "sync.commands",
     "benchmarks.commands",

@@ -174,6 +174,11 @@ def build_bundle(
         raise UsageError(f"version {version} is older than the newest bundle under {root} (v{max(have)}); "
                          "versions must increase")
     root.mkdir(parents=True, exist_ok=True)
+    claim = root / f".v{version}.claim"
+    try:  # two concurrent builders cannot both take one version
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        raise UsageError(f"version {version} is being built or was taken under {root} ({claim})") from None
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
         for name, src in model_files.items():
@@ -226,6 +231,7 @@ def build_bundle(
         fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        claim.unlink(missing_ok=True)
         raise
     log.info("wrote bundle %s (%s, %d catalogue images, key %s)", bundle_id, kind, emb.shape[0], key.key_id)
     return final

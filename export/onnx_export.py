@@ -37,7 +37,7 @@ def export_onnx_fp32(model: Any, out: str | os.PathLike[str], *, opset: int = 18
             torch.onnx.export(wrapped, (x,), str(tmp), input_names=[INPUT_NAME],
                               output_names=["logits", "embedding"], opset_version=opset,
                               dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},), dynamo=True,
-                              external_data=False)
+                              external_data=False, verbose=False)
         m = onnx.load(str(tmp))
         onnx.checker.check_model(m)
         names = [o.name for o in m.graph.output]

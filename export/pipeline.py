@@ -93,7 +93,7 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
                      scheme=("onnxruntime static QDQ, int8 activations (asymmetric) and weights (symmetric)"
                              if fmt.runtime == "onnx" else
                              "litert-torch PT2E static int8, activations per tensor, symmetric weights, "
-                             "float32 interface"),
+                             "conv+ReLU6 outputs on the fixed range [0, 6], float32 interface"),
                      per_channel=opts["per_channel"])
     val, _ = load_inputs(sample_images(val_dir, val_images, what="parity validation"), spec)
     cat_src = catalogue_dir or calib_dir

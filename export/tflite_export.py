@@ -28,6 +28,9 @@ SIGNATURE = "serving_default"
 def _convert_bytes(module: Any, args: tuple, quant_config: Any = None) -> bytes:
     import litert_torch
 
+    if "LITERT_TORCH_SHOW_PROGRESS" not in os.environ:  # its progress lines go to the console
+        litert_torch.config.show_progress = log.isEnabledFor(logging.DEBUG)
+
     edge = litert_torch.convert(module, args, quant_config=quant_config)
     with tempfile.TemporaryDirectory() as td:
         p = Path(td) / "m.tflite"
@@ -40,7 +43,46 @@ def convert_fp32(model: Any) -> bytes:
     return _convert_bytes(export_module(model, as_dict=True), (sample_input(model.preprocess),))
 
 
-def convert_int8(model: Any, calib: np.ndarray, *, per_channel: bool = True) -> bytes:
+def _relu6_quantizer(base: Any) -> Any:
+    """A PT2E quantizer that gives ``conv -> ReLU6`` the fused-ReLU6 output range [0, 6].
+
+    litert-torch's quantizer fuses conv+ReLU but not conv+ReLU6 (hardtanh): the hardtanh then
+    shares the observer of the *pre-clamp* conv output, whose range can be several times wider
+    than [0, 6], wasting most of the 256 int8 levels (MobileNetV2 and EfficientNet-Lite are all
+    ReLU6). Here such conv outputs get the fixed range [0, 6] (scale 6/255, zero point -128),
+    which is exactly what TFLite's fused RELU6 activation computes.
+    """
+    import torch
+    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, SharedQuantizationSpec
+
+    fixed = FixedQParamsQuantizationSpec(dtype=torch.int8, scale=6.0 / 255.0, zero_point=-128, quant_min=-128,
+                                         quant_max=127, qscheme=torch.per_tensor_affine)
+    hardtanh = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+
+    class ReLU6Quantizer(type(base)):
+        def annotate(self, model):  # noqa: ANN001, ANN201
+            model = super().annotate(model)
+            for n in model.graph.nodes:
+                if n.op != "call_function" or n.target not in hardtanh:
+                    continue
+                lo, hi = (list(n.args[1:3]) + [-1.0, 1.0])[:2]
+                prev = n.args[0]
+                ann = prev.meta.get("quantization_annotation") if hasattr(prev, "meta") else None
+                if (lo, hi) == (0.0, 6.0) and ann is not None and ann.output_qspec is not None \
+                        and len(prev.users) == 1:
+                    ann.output_qspec = fixed
+                    for user in n.users:  # consumers read the clamped tensor with the same qparams
+                        uann = user.meta.get("quantization_annotation")
+                        if uann is not None and n in uann.input_qspec_map:
+                            uann.input_qspec_map[n] = SharedQuantizationSpec(n)
+            return model
+
+    q = ReLU6Quantizer()
+    q.global_config = base.global_config
+    return q
+
+
+def convert_int8(model: Any, calib: np.ndarray, *, per_channel: bool = True, relu6_fix: bool = True) -> bytes:
     """Static int8 TFLite bytes: PT2E observers calibrated on ``calib`` (N,C,H,W) real images."""
     import torch
     from litert_torch.quantize import pt2e_quantizer, quant_config
@@ -51,6 +93,8 @@ def convert_int8(model: Any, calib: np.ndarray, *, per_channel: bool = True) -> 
     graph = torch.export.export(wrapped, args).module()
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel))
+    if relu6_fix:
+        quantizer = _relu6_quantizer(quantizer)
     prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for i in range(len(calib)):  # the exported graph has a fixed batch of 1

@@ -181,13 +181,19 @@ def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
     return stats
 
 
-def update_index(paths: DevicePaths, db: Any, bundle_id: str, params: dict[str, Any] | None = None) -> Any | None:
-    """Bring the index cache for ``bundle_id`` up to date (incremental add/mark_deleted, or rebuild)."""
+def update_index(paths: DevicePaths, db: Any, bundle_id: str, params: dict[str, Any] | None = None, *,
+                 index: Any | None = None, defer: bool = False) -> Any | None:
+    """Bring the index cache for ``bundle_id`` up to date (incremental add/mark_deleted, or rebuild).
+
+    ``index``: the live :class:`~edge_app.runtime.index.VectorIndex` this process already holds
+    (updated in place, no reload). ``defer``: new vectors are searchable at once but enter the
+    graph and the file only when the caller runs ``index.persist()`` (see ``VectorIndex.open``).
+    """
     from edge_app.runtime.index import VectorIndex
 
     if not db.db.conn.execute("SELECT 1 FROM embeddings WHERE bundle_id=? LIMIT 1", (bundle_id,)).fetchone():
         return None  # nothing to index yet (a catalogue without images)
-    return VectorIndex.open(db, bundle_id, params, index_dir=paths.root)
+    return VectorIndex.open(db, bundle_id, params, index_dir=paths.root, live=index, defer=defer)
 
 
 def prune_bundles(paths: DevicePaths, keep: set[str]) -> list[str]:

@@ -101,6 +101,8 @@ class SyncResult:
     uploaded: int = 0
     downloaded_bytes: int = 0
     seconds: float = 0.0
+    #: wall seconds per phase: ``index_open``, ``fetch`` (plan, downloads, verification), ``apply``, ``index``
+    timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -151,8 +153,12 @@ class SyncClient:
         active_id = reconcile(self.paths, db)
         version = db.catalogue_version
         result = SyncResult(version, version, active_id, active_id)
+        live = None  # the index loaded here is updated in place after the commit (no second load)
+        t = time.perf_counter()
         if active_id:
-            update_index(self.paths, db, active_id, index_params(self.paths, active_id))
+            live = update_index(self.paths, db, active_id, index_params(self.paths, active_id))
+        result.timings["index_open"] = time.perf_counter() - t
+        t = time.perf_counter()
         plan = self.transport.plan(version, active_id)
         if plan["hub_version"] < version:
             raise SyncError(f"the hub is at catalogue version {plan['hub_version']}, this device at {version}; "
@@ -179,7 +185,10 @@ class SyncClient:
         except IntegrityError:
             path.unlink(missing_ok=True)  # a corrupt download must not stick; the next sync fetches it again
             raise
+        result.timings["fetch"] = time.perf_counter() - t
+        t = time.perf_counter()
         result.applied = apply_package(db, pkg, site=self.device["site"], bundle_id=target)
+        result.timings["apply"] = time.perf_counter() - t
         result.package = pkg.name
         result.to_version = pkg.to_version
         if bundle is not None:
@@ -187,8 +196,11 @@ class SyncClient:
             write_active(self.paths, bundle.bundle_id, bundle.version)
             kill_point("bundle:after-pointer")
         result.bundle_after = target
+        t = time.perf_counter()
         if target:
-            update_index(self.paths, db, target, index_params(self.paths, target))
+            update_index(self.paths, db, target, index_params(self.paths, target),
+                         index=live if target == active_id else None)
+        result.timings["index"] = time.perf_counter() - t
         kill_point("index:updated")
         path.unlink(missing_ok=True)
         if bundle is not None:

@@ -12,13 +12,13 @@ log = logging.getLogger(__name__)
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 
 
-def run_training(ctx, key: str, cfg: TrainConfig) -> dict[str, Any]:
+def run_training(ctx, key: str, cfg: TrainConfig, train_set=None, val_set=None) -> dict[str, Any]:
     """Train inside ``ctx.step(key)``; a killed run resumes from its ``last.pt``."""
     from .train import train
 
     def step() -> dict[str, Any]:
         cfg.resume = (Path(cfg.out) / "last.pt").is_file()
-        res = train(cfg)
+        res = train(cfg, train_set, val_set)
         return {"out": str(res.out_dir), "best": str(res.best), "last": str(res.last), "best_epoch": res.best_epoch,
                 "best_val_top1": res.best_top1, "history": res.history, "split": res.split}
 

@@ -25,6 +25,7 @@ def _train(args: argparse.Namespace) -> int:
         model_options[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "[{-" else value
     cfg = TrainConfig(
         data=args.data, out=args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        backbone_lr_mult=args.backbone_lr_mult,
         weight_decay=args.wd, warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
         freeze_stages=args.freeze_stages, label_smoothing=args.label_smoothing, metric_loss=args.metric_loss,
         metric_weight=args.metric_weight, embed_dim=args.embed_dim, image_size=args.image_size, resize=args.resize,
@@ -98,6 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--backbone-lr-mult", type=float, default=1.0,
+                   help="backbone learning rate = lr x this (e.g. 0.1 to fine-tune gently; default 1)")
     p.add_argument("--wd", type=float, default=0.0, help="AdamW weight decay (default 0)")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: off)")
@@ -110,7 +113,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resize", default="squash", choices=["squash", "shorter_crop", "letterbox"])
     p.add_argument("--from-scratch", action="store_true", help="random init instead of ImageNet weights")
     p.add_argument("--weights", help="backbone state-dict file to start from")
-    p.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model-specific option (vit_depth=8)")
+    p.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help="model-specific option, e.g. vit_depth=8")
     p.add_argument("--layout", default="auto", choices=["auto", "folder", "grocery", "parts"])
     p.add_argument("--split", help="split file (partlens split); default: the layout's own, else a fresh one")
     p.add_argument("--val", type=float, default=0.2, help="val fraction when making a fresh split")
@@ -140,7 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("audit", help="audit a dataset: unreadable/odd-mode/tiny images, near-duplicates",
                        description="Report unreadable, grayscale, CMYK, RGBA, palette and tiny images and "
-                                   "near-duplicates (pHash and dHash), including near-duplicates with different labels.")
+                                   "near-duplicates (pHash and dHash), also near-duplicates with different labels.")
     p.add_argument("root", help="dataset root or image folder")
     p.add_argument("--json", help="write the full report here")
     p.add_argument("--contact-sheet", metavar="PNG", help="write a PNG of near-duplicate pairs")

@@ -21,6 +21,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
+    backbone_lr_mult: float = 1.0  # backbone lr = lr x this (heads always get lr)
     weight_decay: float = 0.0
     warmup_epochs: float = 1.0
     grad_clip: float | None = None
@@ -30,7 +31,7 @@ class TrainConfig:
     metric_weight: float = 1.0
     metric_margin: float | None = None
     embed_dim: int = 256
-    image_size: int | None = None
+    image_size: int | list[int] | None = None  # side, or [height, width]
     resize: str = "squash"
     pretrained: bool = True
     weights: str | None = None
@@ -59,6 +60,8 @@ class TrainConfig:
             raise UsageError(f"epochs must be >= 1, got {self.epochs}")
         if self.lr <= 0:
             raise UsageError(f"lr must be > 0, got {self.lr}")
+        if self.backbone_lr_mult <= 0:
+            raise UsageError(f"backbone lr multiplier must be > 0, got {self.backbone_lr_mult}")
         if self.weight_decay < 0:
             raise UsageError(f"weight decay must be >= 0, got {self.weight_decay}")
         if self.grad_clip is not None and self.grad_clip <= 0:

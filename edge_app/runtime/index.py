@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
@@ -74,7 +75,10 @@ class _ExactEngine:
         self._pos: dict[int, int] = {}
         self.deleted: set[int] = set()
 
-    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+    def reserve(self, n: int) -> None:
+        """Nothing to reserve for a NumPy matrix (same interface as hnswlib)."""
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray, num_threads: int | None = None) -> None:
         keep = [i for i, lab in enumerate(labels) if int(lab) not in self._pos]
         if not keep:
             return
@@ -140,20 +144,26 @@ class _HnswEngine:
         self.index.init_index(max_elements=16, M=int(params["M"]), ef_construction=int(params["ef_construction"]),
                               random_seed=100)
         self.deleted: set[int] = set()
-        self.index.set_num_threads(2)
+        self.index.set_num_threads(add_threads())
         self.set_ef(int(params["ef_search"]))
 
     def set_ef(self, ef: int) -> None:
         self._ef = ef
         self.index.set_ef(ef)
 
-    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` elements in total (one resize instead of several while adding)."""
+        if n > self.index.get_max_elements():
+            self.index.resize_index(int(n))
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray, num_threads: int | None = None) -> None:
         if not len(labels):
             return
         need = self.index.element_count + len(labels)
         if need > self.index.get_max_elements():
-            self.index.resize_index(max(need, int(self.index.get_max_elements() * 1.5)))
-        self.index.add_items(_normalise(vectors), labels.astype(np.int64))
+            self.reserve(max(need, int(self.index.get_max_elements() * 1.25)))
+        self.index.add_items(_normalise(vectors), labels.astype(np.int64),
+                             num_threads=int(num_threads or add_threads()))
 
     def mark_deleted(self, label: int) -> None:
         if int(label) not in self.deleted:
@@ -209,7 +219,7 @@ class _HnswEngine:
             index.load_index(str(path))
         except (RuntimeError, ValueError, OSError) as exc:
             raise InputError(f"{path}: unreadable index ({exc})") from None
-        index.set_num_threads(2)
+        index.set_num_threads(add_threads())
         self.index = index
         self.set_ef(self._ef)  # hnswlib does not save ef
 
@@ -219,7 +229,14 @@ class _HnswEngine:
 
 
 class VectorIndex:
-    """Cosine nearest-neighbour search over image embeddings, keyed by integer label."""
+    """Cosine nearest-neighbour search over image embeddings, keyed by integer label.
+
+    Vectors added with ``defer=True`` are searchable at once (exactly, from a pending matrix
+    merged into every query) and enter the graph on :meth:`flush`, which may run in a
+    background thread (:meth:`persist_in_background`): a large sync delta is usable without
+    waiting for hnswlib's insertion cost. Public methods are thread-safe (one lock; ``flush``
+    takes it per chunk so searches keep running between chunks).
+    """
 
     def __init__(self, dim: int, params: Mapping[str, Any] | None = None, *, engine: str = "auto") -> None:
         p = dict(DEFAULT_PARAMS)
@@ -237,6 +254,11 @@ class VectorIndex:
         self.params = p
         self.engine: _HnswEngine | _ExactEngine = _HnswEngine(self.dim, p, lib) if lib else _ExactEngine(self.dim)
         self.stamp: IndexStamp | None = None
+        #: the file this index was loaded from or saved to (``persist`` writes there)
+        self.path: Path | None = None
+        self._lock = threading.RLock()
+        self._pending_labels = np.zeros(0, np.int64)
+        self._pending_vectors = np.zeros((0, self.dim), np.float32)
 
     # ------------------------------------------------------------ maintenance
     @property
@@ -246,21 +268,63 @@ class VectorIndex:
     def __len__(self) -> int:
         return len(self.live_labels())
 
-    def live_labels(self) -> set[int]:
-        return self.engine.all_labels - self.engine.deleted
+    @property
+    def pending_count(self) -> int:
+        """Vectors searchable exactly but not yet in the graph (see :meth:`flush`)."""
+        return len(self._pending_labels)
 
-    def add_items(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+    def live_labels(self) -> set[int]:
+        with self._lock:
+            return (self.engine.all_labels - self.engine.deleted) | set(self._pending_labels.tolist())
+
+    def add_items(self, labels: np.ndarray, vectors: np.ndarray, *, num_threads: int | None = None,
+                  defer: bool = False) -> None:
+        """Add vectors under new labels.
+
+        ``num_threads`` (default :func:`add_threads`) parallelises graph insertion; ``defer``
+        only queues them (searchable at once) for a later :meth:`flush`.
+        """
         labels = np.asarray(labels, np.int64)
         vectors = np.asarray(vectors, np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(labels):
             raise InputError(f"index: expected {len(labels)} vectors of dim {self.dim}, got {vectors.shape}")
-        self.engine.add(labels, vectors)
+        if num_threads is not None and num_threads < 1:
+            raise UsageError(f"num_threads must be >= 1, got {num_threads}")
+        with self._lock:
+            if defer:
+                self._pending_labels = np.concatenate([self._pending_labels, labels])
+                self._pending_vectors = np.concatenate([self._pending_vectors, _normalise(vectors)])
+            else:
+                self.engine.add(labels, vectors, num_threads)
+
+    def flush(self, *, num_threads: int | None = None, chunk: int = 2048) -> int:
+        """Insert the pending vectors into the graph, ``chunk`` at a time; return how many."""
+        if chunk < 1:
+            raise UsageError(f"chunk must be >= 1, got {chunk}")
+        done = 0
+        while True:
+            with self._lock:
+                if not len(self._pending_labels):
+                    return done
+                if done == 0:
+                    self.engine.reserve(len(self.engine.all_labels) + len(self._pending_labels))
+                labels, vectors = self._pending_labels[:chunk], self._pending_vectors[:chunk]
+                self.engine.add(labels, vectors, num_threads)
+                self._pending_labels = self._pending_labels[chunk:]
+                self._pending_vectors = self._pending_vectors[chunk:]
+                done += len(labels)
 
     def mark_deleted(self, labels: Iterable[int]) -> None:
-        present = self.engine.all_labels
-        for lab in labels:
-            if int(lab) in present:
-                self.engine.mark_deleted(int(lab))
+        with self._lock:
+            labels = [int(lab) for lab in labels]
+            if len(self._pending_labels) and labels:
+                keep = ~np.isin(self._pending_labels, np.asarray(labels, np.int64))
+                self._pending_labels = self._pending_labels[keep]
+                self._pending_vectors = self._pending_vectors[keep]
+            present = self.engine.all_labels
+            for lab in labels:
+                if lab in present:
+                    self.engine.mark_deleted(lab)
 
     def search(self, queries: np.ndarray, k: int, allowed_labels: Iterable[int] | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -271,13 +335,48 @@ class VectorIndex:
         if q.shape[1] != self.dim:
             raise InputError(f"query dimension {q.shape[1]} != index dimension {self.dim}")
         allowed = None if allowed_labels is None else np.fromiter((int(x) for x in allowed_labels), np.int64)
-        return self.engine.search(q, k, allowed)
+        with self._lock:
+            if not len(self._pending_labels):
+                return self.engine.search(q, k, allowed)
+            in_graph = allowed if allowed is None else allowed[~np.isin(allowed, self._pending_labels)]
+            labels, sims = self.engine.search(q, k, in_graph)
+            return self._merge_pending(q, k, allowed, labels, sims)
+
+    def _merge_pending(self, q: np.ndarray, k: int, allowed: np.ndarray | None, labels: np.ndarray,
+                       sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p_labels, p_vecs = self._pending_labels, self._pending_vectors
+        if allowed is not None:
+            keep = np.isin(p_labels, allowed)
+            p_labels, p_vecs = p_labels[keep], p_vecs[keep]
+        if not len(p_labels):
+            return labels, sims
+        p_sims = q @ p_vecs.T
+        kp = min(k, len(p_labels))
+        top = np.argpartition(-p_sims, kp - 1, axis=1)[:, :kp] if kp < len(p_labels) else np.tile(
+            np.arange(len(p_labels)), (len(q), 1))
+        all_labels = np.concatenate([labels, p_labels[top]], axis=1)
+        all_sims = np.concatenate([sims, np.take_along_axis(p_sims, top, 1)], axis=1).astype(np.float32)
+        order = np.argsort(-all_sims, axis=1, kind="stable")[:, :min(k, all_labels.shape[1])]
+        return np.take_along_axis(all_labels, order, 1), np.take_along_axis(all_sims, order, 1)
 
     def get_vectors(self, labels: Iterable[int]) -> np.ndarray:
         """Unit-norm stored vectors for ``labels``."""
-        return self.engine.get(labels)
+        labels = [int(x) for x in labels]
+        with self._lock:
+            if not len(self._pending_labels):
+                return self.engine.get(labels)
+            pos = {int(lab): i for i, lab in enumerate(self._pending_labels.tolist())}
+            out = np.zeros((len(labels), self.dim), np.float32)
+            graph = [i for i, lab in enumerate(labels) if lab not in pos]
+            if graph:
+                out[graph] = self.engine.get([labels[i] for i in graph])
+            for i, lab in enumerate(labels):
+                if lab in pos:
+                    out[i] = self._pending_vectors[pos[lab]]
+            return out
 
-    def sync_from(self, labels: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray]) -> dict[str, int]:
+    def sync_from(self, labels: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray], *,
+                  defer: bool = False) -> dict[str, int]:
         """Make the live label set equal ``labels``; ``fetch(missing_labels)`` returns their vectors."""
         want = {int(x) for x in labels}
         live = self.live_labels()
@@ -287,15 +386,23 @@ class VectorIndex:
         if revived:  # labels are never reused; a deleted label coming back means a foreign cache
             raise InputError(f"index holds deleted labels that SQLite still has ({len(revived)}): rebuild")
         if len(missing):
-            self.add_items(missing, fetch(missing))
+            self.add_items(missing, fetch(missing), defer=defer)
         self.mark_deleted(gone)
         return {"added": int(len(missing)), "deleted": len(gone)}
 
     # --------------------------------------------------------------- files
     def save(self, path: str | os.PathLike[str], stamp: IndexStamp) -> Path:
-        """Write the index atomically (temp, fsync, rename) and its stamp sidecar ``<path>.json``."""
+        """Write the index atomically (temp, fsync, rename) and its stamp sidecar ``<path>.json``.
+
+        Pending vectors are flushed into the graph first, so the file holds everything.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.flush()
+        with self._lock:
+            return self._save_locked(path, stamp)
+
+    def _save_locked(self, path: Path, stamp: IndexStamp) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
         os.close(fd)
         try:
@@ -312,7 +419,26 @@ class VectorIndex:
             "catalogue_version": stamp.catalogue_version, "dim": self.dim, "params": self.params,
             "deleted": sorted(self.engine.deleted), "count": len(self)})
         self.stamp = stamp
+        self.path = path
         return path
+
+    def persist(self) -> Path:
+        """Flush pending vectors and write the index to :attr:`path` under :attr:`stamp`."""
+        if self.path is None or self.stamp is None:
+            raise UsageError("index has no file and stamp yet: use save(path, stamp)")
+        return self.save(self.path, self.stamp)
+
+    def persist_in_background(self) -> threading.Thread:
+        """:meth:`persist` in a (non-daemon) thread; searches keep working meanwhile. Join it before exit."""
+        def work() -> None:
+            try:
+                self.persist()
+            except Exception:  # a cache: the next open repairs it from SQLite
+                log.exception("saving the index %s in the background failed", self.path)
+
+        t = threading.Thread(target=work, name="index-persist", daemon=False)
+        t.start()
+        return t
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], params: Mapping[str, Any] | None = None, *,
@@ -338,12 +464,20 @@ class VectorIndex:
         # hnswlib persists its deletion marks; the sidecar tells us which labels they are
         self.engine.deleted.update(int(lab) for lab in meta.get("deleted", []))
         self.stamp = IndexStamp(str(meta["bundle_id"]), int(meta["catalogue_version"]))
+        self.path = path
         return self
 
     @classmethod
     def open(cls, db: "CatalogueDB", bundle_id: str, params: Mapping[str, Any] | None = None, *,
-             index_dir: str | os.PathLike[str] | None = None, engine: str = "auto") -> "VectorIndex":
-        """The index for ``bundle_id``, up to date with ``db``: cached, incrementally updated or rebuilt."""
+             index_dir: str | os.PathLike[str] | None = None, engine: str = "auto",
+             live: "VectorIndex | None" = None, defer: bool = False) -> "VectorIndex":
+        """The index for ``bundle_id``, up to date with ``db``: cached, incrementally updated or rebuilt.
+
+        ``live``: an index this process already holds for ``db`` (e.g. the app's); it is updated
+        in place instead of reloading the file. ``defer``: new vectors are only queued (searchable
+        exactly at once) and the file is not rewritten; the caller then runs :meth:`persist`
+        (or :meth:`persist_in_background`). Without it the index is saved before returning.
+        """
         path = index_path(db.path, bundle_id, index_dir, engine_name(engine))
         version = db.catalogue_version
         stamp = IndexStamp(bundle_id, version)
@@ -355,7 +489,12 @@ class VectorIndex:
         if len(dims) > 1:
             raise InputError(f"{db.path}: embeddings of bundle {bundle_id} have mixed dimensions {sorted(dims)}")
         index: VectorIndex | None = None
-        if path.exists() and sidecar_path(path).exists():
+        if live is not None and live.stamp is not None and live.stamp.bundle_id == bundle_id \
+                and live.engine_name == engine_name(engine) and (not dims or live.dim in dims):
+            index = live
+            index.params.update({k: v for k, v in (params or {}).items() if k in DEFAULT_PARAMS})
+            index.engine.set_ef(int(index.params["ef_search"]))
+        elif path.exists() and sidecar_path(path).exists():
             try:
                 index = cls.load(path, params, engine=engine)
                 if index.stamp is None or index.stamp.bundle_id != bundle_id or (dims and index.dim not in dims):
@@ -368,7 +507,7 @@ class VectorIndex:
         if index is not None:
             if index.stamp != stamp or len(index) != len(labels):
                 try:
-                    stats = index.sync_from(labels, lambda missing: _fetch(db, bundle_id, missing))
+                    stats = index.sync_from(labels, lambda missing: _fetch(db, bundle_id, missing), defer=defer)
                     log.info("index %s -> %s: %s", index.stamp, stamp, stats)
                     changed = True
                 except InputError as exc:
@@ -380,18 +519,24 @@ class VectorIndex:
                                  "import the bundle's embeddings or sync first")
             all_labels, vectors = db.all_embeddings(bundle_id)
             index = cls(vectors.shape[1], params, engine=engine)
-            if index.engine.name == "hnswlib":
-                index.engine.index.resize_index(max(16, len(all_labels)))
-            index.add_items(all_labels, vectors)
+            index.engine.reserve(max(16, len(all_labels)))
+            index.add_items(all_labels, vectors, defer=defer)
             log.info("built %s index of %d vectors for %s", index.engine_name, len(all_labels), stamp)
             changed = True
-        if changed or index.stamp != stamp:
+        if defer and (changed or index.stamp != stamp):
+            index.path = path  # the caller persists; until then the file's stamp says what it holds
+        elif changed or index.stamp != stamp or index.path != path:
             index.save(path, stamp)
         if db.get_meta("index_stamp") != str(stamp):
             with db.transaction():
                 db.set_meta("index_stamp", str(stamp))
         index.stamp = stamp
         return index
+
+
+def add_threads() -> int:
+    """Threads for building/adding (all cores, at most 4: a tablet has big and little cores)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def engine_name(engine: str) -> str:
@@ -413,14 +558,23 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + ".json")
 
 
+#: labels per ``IN (...)`` query when fetching vectors (below SQLite's default variable limit)
+FETCH_CHUNK = 900
+
+
 def _fetch(db: "CatalogueDB", bundle_id: str, labels: np.ndarray) -> np.ndarray:
-    out = []
+    """Vectors of ``labels`` (in that order), a few chunked queries in one read transaction."""
+    found: dict[int, bytes] = {}
     conn = db.db.conn
+    wanted = labels.tolist()
     with db.read():
-        for lab in labels.tolist():
-            row = conn.execute("SELECT vector FROM embeddings WHERE label = ? AND bundle_id = ?",
-                               (lab, bundle_id)).fetchone()
-            if row is None:
-                raise InputError(f"{db.path}: embedding label {lab} vanished during index update")
-            out.append(np.frombuffer(row[0], dtype="<f4"))
-    return np.stack(out).astype(np.float32)
+        for i in range(0, len(wanted), FETCH_CHUNK):
+            chunk = wanted[i:i + FETCH_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(conn.execute(f"SELECT label, vector FROM embeddings WHERE bundle_id = ? AND label IN ({marks})",
+                                      (bundle_id, *chunk)).fetchall())
+    missing = [lab for lab in wanted if lab not in found]
+    if missing:
+        raise InputError(f"{db.path}: embedding label {missing[0]} vanished during index update")
+    return np.frombuffer(b"".join(found[lab] for lab in wanted), dtype="<f4").reshape(len(wanted), -1).astype(
+        np.float32)

@@ -62,8 +62,20 @@ def wait_for(cond, timeout: float = 20.0) -> None:
 
 
 def tap(widget) -> None:
+    """A real touch down/up at the widget's centre (scrolled into view first, as a user would)."""
+    from kivy.uix.scrollview import ScrollView
+
     assert not widget.disabled, f"{widget} is disabled"
+    node = widget.parent
+    while node is not None and node is not Window:
+        content = node.children[0] if isinstance(node, ScrollView) and node.children else None
+        # scroll_to misbehaves when nothing can scroll (content shorter than the view): skip then
+        if content is not None and (content.height > node.height + 1 or content.width > node.width + 1):
+            node.scroll_to(widget, padding=10, animate=False)
+            pump(5)
+        node = node.parent
     x, y = widget.to_window(*widget.center)
+    assert 0 <= x < Window.width and 0 <= y < Window.height, f"{widget} is off screen at {(x, y)}"
     touch = UnitTestTouch(x, y)
     touch.touch_down()
     touch.touch_up()

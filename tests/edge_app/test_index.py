@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from edge_app.errors import UsageError
 from edge_app.runtime.catalogue import CatalogueDB
 from edge_app.runtime.index import IndexStamp, VectorIndex, index_path, sidecar_path
 
@@ -168,3 +169,108 @@ def test_recall_on_real_trained_embeddings(tmp_path):
     idx.add_items(np.arange(len(base)), base)
     labels, _ = idx.search(q, 10)
     assert recall(labels, brute(base, q, 10)) >= 0.99
+
+
+def _add_to_db(db, vectors, version, prefix="new", bundle="v1-aaaaaaaaaaaa"):
+    with db.transaction():
+        db.upsert_parts([{"part_number": "X"}])
+        db.upsert_images([{"image_id": f"{prefix}{i}", "part_number": "X"} for i in range(len(vectors))])
+        labels = db.upsert_embeddings([f"{prefix}{i}" for i in range(len(vectors))], vectors, bundle)
+        db.set_meta("catalogue_version", version)
+    return labels
+
+
+@pytest.mark.parametrize("engine", ["hnswlib", "numpy"])
+def test_deferred_vectors_are_searchable_before_and_after_flush(engine):
+    base = clusters(400, 32, 20, seed=3)
+    extra = clusters(120, 32, 20, seed=4, centre_seed=3)
+    idx = VectorIndex(32, PARAMS, engine=engine)
+    idx.add_items(np.arange(400), base, num_threads=1)
+    idx.add_items(np.arange(1000, 1120), extra, defer=True)
+    assert idx.pending_count == 120 and len(idx) == 520
+    got, sims = idx.search(extra, 1)
+    assert got[:, 0].tolist() == list(range(1000, 1120))  # exact over the pending vectors
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)
+    got, _ = idx.search(base[:5], 1)
+    assert got[:, 0].tolist() == [0, 1, 2, 3, 4]
+    # results merge graph and pending, best first, never more than k
+    both = np.vstack([base[:1], extra[:1]])
+    labels, sims = idx.search(both, 8)
+    assert labels.shape == (2, 8) and np.all(np.diff(sims, axis=1) <= 1e-6)
+    # filters see pending labels too
+    labels, _ = idx.search(extra[:3], 2, allowed_labels=[1000, 1001, 5])
+    assert set(labels.ravel().tolist()) <= {1000, 1001, 5}
+    np.testing.assert_allclose(idx.get_vectors([1002, 7]), np.vstack([extra[2], base[7]]), atol=1e-5)
+    idx.mark_deleted([1003, 8])
+    assert 1003 not in idx.live_labels() and idx.pending_count == 119 and len(idx) == 518
+    assert idx.flush(chunk=50) == 119 and idx.pending_count == 0
+    assert len(idx) == 518 and 1003 not in idx.live_labels()
+    got, _ = idx.search(extra[4:10], 1)
+    assert got[:, 0].tolist() == list(range(1004, 1010))
+
+
+def test_add_items_rejects_bad_thread_count():
+    idx = VectorIndex(8, PARAMS)
+    with pytest.raises(UsageError):
+        idx.add_items([0], np.ones((1, 8), np.float32), num_threads=0)
+    with pytest.raises(UsageError):
+        idx.flush(chunk=0)
+
+
+def test_open_updates_a_live_index_in_place_and_persist_writes_later(tmp_path, monkeypatch):
+    vecs = clusters(300, 32, 10)
+    db, labels = _db_with(tmp_path, vecs)
+    live = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    path = index_path(db.path, "v1-aaaaaaaaaaaa")
+    mtime = path.stat().st_mtime_ns
+    extra = clusters(60, 32, 10, seed=9, centre_seed=0)
+    new_labels = _add_to_db(db, extra, 2)
+
+    def no_reload(*a, **kw):
+        raise AssertionError("the live index must not be reloaded from its file")
+
+    monkeypatch.setattr(VectorIndex, "load", classmethod(no_reload))
+    idx = VectorIndex.open(db, "v1-aaaaaaaaaaaa", {"ef_search": 40}, live=live, defer=True)
+    assert idx is live and idx.pending_count == 60 and idx.engine.index.ef == 40
+    assert idx.stamp == IndexStamp("v1-aaaaaaaaaaaa", 2) and db.get_meta("index_stamp") == "v1-aaaaaaaaaaaa@2"
+    got, _ = idx.search(extra[:5], 1)
+    assert got[:, 0].tolist() == new_labels[:5].tolist()
+    # the file is a cache: not rewritten yet, its sidecar still names what it holds
+    assert path.stat().st_mtime_ns == mtime
+    assert json.loads(sidecar_path(path).read_text())["catalogue_version"] == 1
+    monkeypatch.undo()
+    # a crash here leaves an old cache that the next open repairs from SQLite
+    other = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS, index_dir=tmp_path / "copy")
+    assert len(other) == 360
+    idx.persist()
+    assert idx.pending_count == 0
+    side = json.loads(sidecar_path(path).read_text())
+    assert (side["catalogue_version"], side["count"]) == (2, 360)
+    again = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    assert len(again) == 360 and path.stat().st_mtime_ns == again.path.stat().st_mtime_ns
+
+
+def test_live_index_of_another_bundle_is_not_reused(tmp_path):
+    vecs = clusters(100, 16, 5)
+    db, _ = _db_with(tmp_path, vecs)
+    foreign = VectorIndex(16, PARAMS)
+    foreign.add_items(np.arange(5000, 5010), vecs[:10])
+    foreign.stamp = IndexStamp("v0-other", 1)
+    idx = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS, live=foreign)
+    assert idx is not foreign and len(idx) == 100 and not idx.live_labels() & set(range(5000, 5010))
+
+
+def test_persist_in_background_while_searching(tmp_path):
+    vecs = clusters(300, 32, 10)
+    db, _ = _db_with(tmp_path, vecs)
+    idx = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    extra = clusters(400, 32, 10, seed=11, centre_seed=0)
+    new_labels = _add_to_db(db, extra, 2)
+    VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS, live=idx, defer=True)
+    thread = idx.persist_in_background()
+    for i in range(0, 400, 20):  # searches keep answering (exactly or from the graph) during the flush
+        got, _ = idx.search(extra[i:i + 1], 1)
+        assert got[0, 0] == new_labels[i]
+    thread.join(60)
+    assert not thread.is_alive() and idx.pending_count == 0
+    assert json.loads(sidecar_path(idx.path).read_text())["catalogue_version"] == 2

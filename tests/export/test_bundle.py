@@ -77,17 +77,32 @@ def test_build_and_load_roundtrip(tmp_path: Path, key: SigningKey, keyring: Keyr
     idx.load_index(str(path / "index.hnsw"))
     labels, _ = idx.knn_query(emb, k=1)
     assert labels[:, 0].tolist() == list(range(N))  # each vector finds itself
-    assert not [p for p in (tmp_path / "bundles").iterdir() if p.name.startswith(".")]  # no temp dirs left
+    assert [p.name for p in (tmp_path / "bundles").iterdir() if p.name.startswith(".")] == [".v1.claim"]
 
 
-def test_versions_are_immutable_and_monotonic(tmp_path: Path, key: SigningKey) -> None:
+def test_versions_are_immutable_and_monotonic(tmp_path: Path, key: SigningKey,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "b"
     _build(root, key, version=2)
     with pytest.raises(UsageError, match="already exists"):
         _build(root, key, version=2)
+    (root / ".v5.claim").touch()  # another builder is writing version 5 right now
+    with pytest.raises(UsageError, match="being built"):
+        _build(root, key, version=5)
     with pytest.raises(UsageError, match="older"):
         _build(root, key, version=1)
     assert _build(root, key, version=3).name.startswith("v3-")
+    import export.bundle as writer
+
+    def crash(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(writer, "build_index", crash)
+    with pytest.raises(RuntimeError):  # a failed build leaves no folder, no temp dir, no claim
+        _build(root, key, version=4)
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [".v2.claim", ".v3.claim", ".v5.claim", *(p.name for p in root.iterdir() if p.name[0] == "v")])
+    assert not any(p.name.startswith(("v4", ".build")) for p in root.iterdir())
 
 
 def test_device_bundle_refuses_onnx(tmp_path: Path, key: SigningKey) -> None:

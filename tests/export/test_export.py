@@ -209,3 +209,38 @@ def test_tflite_fp32_export_without_metadata(tiny_model, image_dirs, tmp_path: P
     assert res["metadata"] == {"status": "skipped", "reason": "metadata=False"}
     assert res["parity"]["top1_agreement"] == 1.0 and res["parity"]["median_cosine"] > 0.9999
     assert res["io"]["outputs"] == {"embedding": {"shape": [1, 16]}, "logits": {"shape": [1, 4]}}
+
+
+@pytest.mark.slow
+def test_int8_conv_relu6_gets_the_fused_range() -> None:
+    """conv -> ReLU6 is quantised on [0, 6] (scale 6/255), not on the wider pre-clamp conv range."""
+    torch = pytest.importorskip("torch")
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edge_app.preprocess import PreprocessSpec
+    from export.tflite_export import convert_int8
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(),
+                                                torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU6(),
+                                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+            self.neck = torch.nn.Linear(8, 4)
+            self.classifier = torch.nn.Linear(4, 2)
+            self.preprocess = PreprocessSpec(size=(16, 16))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        net.features[0].weight.mul_(20)  # pre-clamp outputs far beyond 6
+    calib = np.random.default_rng(0).uniform(-1, 1, (16, 3, 16, 16)).astype(np.float32)
+    scales = {}
+    for fix in (True, False):
+        interp = Interpreter(model_content=convert_int8(net, calib, relu6_fix=fix))
+        ops = interp._get_ops_details()
+        convs = [d for d in ops if d["op_name"] == "CONV_2D"]
+        out = interp.get_tensor_details()[convs[0]["outputs"][0]]
+        scales[fix] = out["quantization"][0]
+    assert scales[True] == pytest.approx(6 / 255, rel=1e-6)
+    assert scales[False] > 2 * scales[True]

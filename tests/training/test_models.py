@@ -197,3 +197,20 @@ def test_freeze_stages_keeps_bn_stats() -> None:
     assert not first.training and model.stages()[2].training
     with pytest.raises(UsageError):
         model.freeze_stages(99)
+
+
+def test_freeze_bn_default_for_folded_mobilenet() -> None:
+    torch.manual_seed(0)
+    mnv2 = create_model("mobilenet_v2", 3, pretrained=False, image_size=64)
+    assert mnv2.config["freeze_bn"] is True
+    x = torch.randn(4, 3, 64, 64)
+    mnv2.eval()
+    with torch.no_grad():
+        ref = mnv2.features(x)
+    mnv2.train()
+    with torch.no_grad():
+        assert torch.allclose(mnv2.features(x), ref, atol=1e-5)  # batch statistics unused
+    assert mnv2.neck[1].training  # the embedding head's BN still trains
+    tiny = create_model("tiny", 3, embed_dim=8).train()
+    assert tiny.config["freeze_bn"] is False and tiny.backbone.body[0][1].training
+    assert create_model("mobilenet_v2", 3, pretrained=False, freeze_bn=False).config["freeze_bn"] is False

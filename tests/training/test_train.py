@@ -116,3 +116,14 @@ def test_train_cli(tiny_folder: Path, tmp_path: Path, capsys) -> None:
     assert rc == 0 and (out / "best.pt").is_file()
     assert json.loads(capsys.readouterr().out)["best_epoch"] == 0
     assert main(["train", "--data", str(tiny_folder), "--model", "nope", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_backbone_lr_multiplier(tiny_folder: Path, tmp_path: Path) -> None:
+    from training.models import read_checkpoint
+
+    train(_cfg(tiny_folder, tmp_path / "run", epochs=1, backbone_lr_mult=0.1, warmup_epochs=0))
+    groups = read_checkpoint(tmp_path / "run" / "last.pt")["extra"]["optimizer"]["param_groups"]
+    assert len(groups) == 2
+    assert groups[0]["initial_lr"] == pytest.approx(3e-4) and groups[1]["initial_lr"] == pytest.approx(3e-3)
+    with pytest.raises(UsageError, match="multiplier"):
+        train(_cfg(tiny_folder, tmp_path / "bad", backbone_lr_mult=0))

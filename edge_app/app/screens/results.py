@@ -7,6 +7,7 @@ from typing import Any
 
 from kivy.app import App
 from kivy.clock import Clock
+from kivy.core.window import Window
 from kivy.metrics import dp, mm
 from kivy.properties import ObjectProperty
 from kivy.uix.behaviors import ButtonBehavior
@@ -46,8 +47,9 @@ class MatchCard(ButtonBehavior, Panel):
                          bg_color=list(theme.SURFACE), **kw)
         self.match = match
         self.part_number = match.part_number
+        side = mm(26) if Window.width >= mm(120) else mm(15)  # phones: leave the width to the text
         thumb = Image(source=match.thumbnail or "", fit_mode="contain", size_hint=(None, None),
-                      size=(mm(26), mm(26)), opacity=1 if match.thumbnail else 0)
+                      size=(side, side), opacity=1 if match.thumbnail else 0)
         text = Panel(orientation="vertical", bg_color=list(theme.SURFACE), size_hint_y=None)
         lines = [
             PLLabel(text=f"{rank}. {match.part_number}", bold=True),

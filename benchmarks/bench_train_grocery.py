@@ -1,0 +1,34 @@
+"""Grocery, 81 fine classes: EfficientNet-Lite0 val top-1 (>= 85%) and val vs iconic Recall@1 (>= 60%)."""
+from __future__ import annotations
+
+from typing import Any
+
+TARGET_TOP1 = 0.85
+TARGET_ICONIC_R1 = 0.60
+
+
+def run(ctx) -> dict[str, Any]:
+    from training.benchutil import evaluate_run, run_training
+    from training.config import TrainConfig
+    from training.data import load_dataset
+
+    root = ctx.require_data("grocery")
+    ds = load_dataset(root)
+    opts = dict(model="efficientnet_lite0", epochs=1 if ctx.quick else 8, batch_size=32, lr=1e-3, image_size=192,
+                freeze_stages=3, cache=True, seed=0)
+    opts.update(ctx.options)  # library/test use: e.g. a tiny model on a stand-in dataset
+    cfg = TrainConfig(data=str(root), out=str(ctx.work_dir / "run"), **opts)
+    trained = run_training(ctx, "train", cfg)
+    ev = evaluate_run(ctx, "evaluate", trained["best"], ds.val, {"train": ds.train, "iconic": ds.gallery})
+    r_icon = ev["retrieval"]["iconic"]
+    return {
+        "model": cfg.model, "image_size": cfg.image_size, "epochs": cfg.epochs,
+        "val_images_listed": ev["n_listed"], "val_images_evaluated": ev["n"], "val_unreadable": ev["n_unreadable"],
+        "top1": ev["top1"], "top5": ev["top5"], "mean_per_class": ev["mean_per_class"],
+        "target_top1": TARGET_TOP1, "meets_top1": ev["top1"] >= TARGET_TOP1,
+        "iconic_recall@1": r_icon["recall@1"], "iconic_recall@5": r_icon["recall@5"], "iconic_mAP": r_icon["mAP"],
+        "target_iconic_recall@1": TARGET_ICONIC_R1, "meets_iconic": r_icon["recall@1"] >= TARGET_ICONIC_R1,
+        "train_gallery_recall@1": ev["retrieval"]["train"]["recall@1"],
+        "train_gallery_mAP": ev["retrieval"]["train"]["mAP"],
+        "checkpoint": trained["best"], "best_epoch": trained["best_epoch"], "history": trained["history"],
+    }

@@ -1,0 +1,62 @@
+"""Grocery new products: 5 folds hold out 20% of products; their val photos vs 81 iconic images, Recall@1."""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+FOLDS = 5
+HOLD_OUT = 0.2
+
+
+def run(ctx) -> dict[str, Any]:
+    import numpy as np
+
+    from training.benchutil import run_training
+    from training.config import TrainConfig
+    from training.data import ImageSet, load_dataset
+
+    root = ctx.require_data("grocery")
+    ds = load_dataset(root)
+    n_cls = len(ds.images.labels)
+    rows = []
+    n_folds = ctx.options.get("folds") or (1 if ctx.quick else FOLDS)
+    for fold in range(n_folds):
+        held = sorted(random.Random(fold).sample(range(n_cls), round(HOLD_OUT * n_cls)))
+        kept = [c for c in range(n_cls) if c not in held]
+        remap = {c: i for i, c in enumerate(kept)}
+        labels = [ds.images.labels[c] for c in kept]
+        train = ImageSet(root, labels, [(p, remap[y]) for p, y in ds.train.items if y in remap], f"fold{fold}-train")
+        val = ImageSet(root, labels, [(p, remap[y]) for p, y in ds.val.items if y in remap], f"fold{fold}-val-seen")
+        opts = dict(model="efficientnet_lite0", epochs=1 if ctx.quick else 6, batch_size=32, lr=1e-3,
+                    image_size=192, freeze_stages=3, cache=True, seed=fold)
+        opts.update({k: v for k, v in ctx.options.items() if k != "folds"})  # library/test use
+        cfg = TrainConfig(data=str(root), out=str(ctx.work_dir / f"fold{fold}"), **opts)
+        trained = run_training(ctx, f"train{fold}", cfg, train, val)
+        rows.append(ctx.step(f"eval{fold}", lambda: _evaluate(trained["best"], ds, held, fold)))
+    r_new = np.array([r["new_recall@1"] for r in rows])
+    r_seen = np.array([r["seen_recall@1"] for r in rows])
+    std = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0)  # noqa: E731
+    return {"table": rows, "folds": len(rows), "held_out_fraction": HOLD_OUT,
+            "new_recall@1_mean": float(r_new.mean()), "new_recall@1_std": std(r_new),
+            "seen_recall@1_mean": float(r_seen.mean()), "seen_recall@1_std": std(r_seen)}
+
+
+def _evaluate(ckpt: str, ds, held: list[int], fold: int) -> dict[str, Any]:
+    """Val photos of held-out (new) and of trained (seen) products, against all 81 iconic images."""
+    import numpy as np
+
+    from training.metrics import retrieval_metrics
+    from training.models import load_checkpoint
+    from training.predict import predict
+
+    model, _ = load_checkpoint(ckpt)
+    pv = predict(model, ds.val)
+    pg = predict(model, ds.gallery)
+    new = np.isin(pv.targets, held)
+    r_new = retrieval_metrics(pv.embeddings[new], pv.targets[new], pg.embeddings, pg.targets)
+    r_seen = retrieval_metrics(pv.embeddings[~new], pv.targets[~new], pg.embeddings, pg.targets)
+    return {"fold": fold, "held_out_products": len(held), "new_val_photos": int(new.sum()),
+            "new_val_products": int(len(set(pv.targets[new].tolist()))),
+            "new_recall@1": r_new["recall@1"], "new_recall@5": r_new["recall@5"],
+            "seen_recall@1": r_seen["recall@1"], "seen_recall@5": r_seen["recall@5"],
+            "val_unreadable": len(pv.skipped)}

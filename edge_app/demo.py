@@ -1,0 +1,289 @@
+"""``partlens demo``: the whole product on built-in defaults, end to end, on this computer.
+
+1. Render synthetic spare parts (``training.synth``) and split the parts three ways:
+   *known* parts (trained on, in the first catalogue), *new* parts (added at the hub later,
+   never trained on) and *outside* parts (never in the catalogue; calibration negatives).
+2. Train a model on the known parts (``training.train``).
+3. Export it to int8 TFLite behind the parity gate (``export.pipeline``), fit the confidence
+   calibration with that exported model, and build a signed device bundle.
+4. Start a hub, import the known parts, set the bundle, enrol a tablet and sync it.
+5. Identify fresh field photos on the "tablet": known parts, then new parts (expected: no
+   confident match), then add the new parts at the hub, sync, and identify them again
+   (expected: found, without retraining).
+
+Writes ``OUT/report.json`` and ``OUT/report.md``. Heavy packages are imported lazily.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .atomic import atomic_write_json, atomic_write_text
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+SITE = "site_a"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: str = "runs/demo"
+    seed: int = 0
+    model: str = "mobilenet_v2"
+    pretrained: str = "auto"  # auto | yes | no
+    epochs: int = 4
+    image_size: int = 160
+    batch_size: int = 32
+    catalogue_per_part: int = 2
+    field_per_part: int = 8
+    query_per_part: int = 3
+    new_parts: int = 4
+    outside_parts: int = 4
+    export_format: str = "tflite-int8"
+
+    def validate(self) -> None:
+        if self.pretrained not in ("auto", "yes", "no"):
+            raise UsageError(f"--pretrained must be auto, yes or no, got {self.pretrained!r}")
+        for name in ("epochs", "image_size", "batch_size", "catalogue_per_part", "field_per_part",
+                     "query_per_part", "new_parts", "outside_parts"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size < 32:
+            raise UsageError(f"image_size must be >= 32, got {self.image_size}")
+
+
+def split_parts(part_numbers: Sequence[str], n_new: int, n_outside: int, seed: int) -> dict[str, list[str]]:
+    """Deterministically split part numbers into known / new / outside."""
+    if n_new + n_outside + 2 > len(part_numbers):
+        raise UsageError(f"{n_new} new + {n_outside} outside parts leave fewer than 2 known parts "
+                         f"out of {len(part_numbers)}")
+    order = np.random.default_rng(seed).permutation(len(part_numbers))
+    pick = [part_numbers[i] for i in order]
+    return {"new": sorted(pick[:n_new]), "outside": sorted(pick[n_new:n_new + n_outside]),
+            "known": sorted(pick[n_new + n_outside:])}
+
+
+def _field_photos(root: Path, parts: Sequence[str]) -> list[tuple[Path, str]]:
+    import csv
+
+    with open(root / "images.csv", newline="") as fh:
+        return [(root / r["path"], r["part_number"]) for r in csv.DictReader(fh)
+                if r["kind"] == "field" and r["part_number"] in parts]
+
+
+def _identify_all(identifier: Any, photos: Sequence[tuple[Path, str]]) -> dict[str, Any]:
+    """Top-1 / top-5 / accepted rates and latency over single-photo queries."""
+    top1 = top5 = accepted = accepted_right = 0
+    times = []
+    for path, truth in photos:
+        t0 = time.perf_counter()
+        res = identifier.identify([path], top=5)
+        times.append((time.perf_counter() - t0) * 1000)
+        ranked = [m.part_number for m in res.matches]
+        top1 += bool(ranked) and ranked[0] == truth
+        top5 += truth in ranked
+        if res.status == "match":
+            accepted += 1
+            accepted_right += ranked[0] == truth
+    n = max(len(photos), 1)
+    return {"queries": len(photos), "top1": top1 / n, "top5": top5 / n, "accepted": accepted / n,
+            "precision_when_accepted": accepted_right / accepted if accepted else None,
+            "median_ms": float(np.median(times)) if times else None}
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run the whole pipeline; return the report (also written to OUT/report.json and .md)."""
+    cfg.validate()
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} is not empty: pass another --out, or delete it to run the demo again")
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    report: dict[str, Any] = {"config": cfg.__dict__, "timings_s": timings}
+
+    def lap(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 1)
+        log.info("demo: %s done in %.1f s", name, timings[name])
+
+    # 1. data ------------------------------------------------------------------------------
+    from training.synth import PARTS, generate
+
+    t0 = time.perf_counter()
+    groups = split_parts([p.part_number for p in PARTS], cfg.new_parts, cfg.outside_parts, cfg.seed)
+    report["parts"] = groups
+    data = out / "data"
+    known = generate(data / "known", seed=cfg.seed, parts=groups["known"],
+                     catalogue_per_part=cfg.catalogue_per_part, field_per_part=cfg.field_per_part)
+    new = generate(data / "new", seed=cfg.seed, parts=groups["new"], catalogue_per_part=cfg.catalogue_per_part,
+                   field_per_part=1)
+    # Fresh photos (another seed: poses, light and backgrounds never seen in training).
+    queries = generate(data / "queries", seed=cfg.seed + 1000, catalogue_per_part=0,
+                       field_per_part=cfg.query_per_part, parts=groups["known"] + groups["new"])
+    calib = generate(data / "calibration", seed=cfg.seed + 2000, catalogue_per_part=0, field_per_part=2,
+                     parts=groups["known"] + groups["outside"])
+    report["images"] = {"train": known.n_images, "new_catalogue": new.n_images, "queries": queries.n_images,
+                        "calibration": calib.n_images}
+    lap("generate", t0)
+
+    # 2. train -----------------------------------------------------------------------------
+    from training.config import TrainConfig
+    from training.models import model_info  # noqa: F401  (fails early on a bad model name)
+    from training.train import train
+
+    t0 = time.perf_counter()
+    pretrained = cfg.pretrained != "no"
+    tcfg = TrainConfig(data=str(data / "known"), out=str(out / "train"), model=cfg.model, epochs=cfg.epochs,
+                       batch_size=cfg.batch_size, image_size=cfg.image_size, pretrained=pretrained,
+                       seed=cfg.seed, cache=True, progress=None)
+    try:
+        run = train(tcfg)
+    except Exception as exc:  # only "no local ImageNet weights" is retried, and it is reported
+        if cfg.pretrained != "auto" or "weights" not in str(exc).lower():
+            raise
+        log.warning("demo: no ImageNet weights for %s (%s); training from random init", cfg.model, exc)
+        tcfg = TrainConfig(**{**tcfg.to_dict(), "pretrained": False})
+        run = train(tcfg)
+        pretrained = False
+    report["training"] = {"model": cfg.model, "pretrained": pretrained, "best_epoch": run.best_epoch,
+                          "val_top1": run.best_top1, "run_dir": str(run.out_dir)}
+    lap("train", t0)
+
+    # 3. export, calibrate, bundle -----------------------------------------------------------
+    from edge_app.signing import SigningKey, init_key
+    from export.calibrate import fit_bundle_calibration
+    from export.catalogue import CatalogueImage, catalogue_from_dir
+    from export.pipeline import bundle_from_exports, export_checkpoint
+    from export.runners import file_runner
+    from edge_app.preprocess import PreprocessSpec
+
+    t0 = time.perf_counter()
+    exported = export_checkpoint(run.best, cfg.export_format, out / "export", calib_dir=data / "known",
+                                 val_dir=data / "queries" / "images")
+    report["export"] = {"format": cfg.export_format, "size_bytes": exported["size_bytes"],
+                        "parity": exported["parity"]}
+    lap("export", t0)
+
+    t0 = time.perf_counter()
+    key_path, _ = init_key(_key_dir())
+    key = SigningKey.load(key_path)
+    spec = PreprocessSpec.from_dict(exported["preprocess"])
+    runner = file_runner(exported["path"])
+    cal_photos = [CatalogueImage(p, p.name, pn) for p, pn in _field_photos(data / "calibration", groups["known"])]
+    negatives = [CatalogueImage(p, p.name, pn) for p, pn in _field_photos(data / "calibration", groups["outside"])]
+    calibration = fit_bundle_calibration(runner, spec, catalogue_from_dir(data / "known"), cal_photos, negatives)
+    bundle_dir = bundle_from_exports(out / "bundles", [exported["path"]], catalogue_dir=data / "known", key=key,
+                                     version=1, calibration=calibration,
+                                     accuracy={"val_top1": run.best_top1, "split": "demo"})
+    report["bundle"] = {"path": str(bundle_dir), "bundle_id": bundle_dir.name,
+                        "calibration_threshold": calibration["threshold"]}
+    lap("bundle", t0)
+
+    # 4. hub + tablet ----------------------------------------------------------------------
+    from sync.client import SyncClient, enrol
+    from sync.hub.enrol import add_device
+    from sync.hub.hub import Hub
+    from sync.transport import InMemoryTransport
+
+    t0 = time.perf_counter()
+    hub = Hub.init(out / "hub", key_path, url="http://127.0.0.1:8765")
+    hub.set_bundle(bundle_dir)
+    hub.import_csv(data / "known" / "parts.csv", data / "known" / "images.csv")
+    payload = add_device(hub, "tablet-01", SITE)
+    device_dir = out / "tablet"
+    enrol(device_dir, payload)
+    client = SyncClient(device_dir, transport=InMemoryTransport(hub, payload["token"]))
+    first = client.sync()
+    report["sync_full"] = {"to_version": first.to_version, "seconds": round(first.seconds, 2),
+                           "bytes": first.downloaded_bytes}
+    lap("hub_and_first_sync", t0)
+
+    # 5. identify on the tablet -----------------------------------------------------------
+    t0 = time.perf_counter()
+    ident = _device_identifier(device_dir)
+    report["identify_known"] = _identify_all(ident, _field_photos(data / "queries", groups["known"]))
+    report["identify_new_before_sync"] = _identify_all(ident, _field_photos(data / "queries", groups["new"]))
+    lap("identify", t0)
+
+    t0 = time.perf_counter()
+    hub.import_csv(data / "new" / "parts.csv", data / "new" / "images.csv")
+    second = client.sync()
+    report["sync_incremental"] = {"from_version": second.from_version, "to_version": second.to_version,
+                                  "seconds": round(second.seconds, 2), "bytes": second.downloaded_bytes}
+    ident.db.close()
+    ident = _device_identifier(device_dir)
+    report["identify_new_after_sync"] = _identify_all(ident, _field_photos(data / "queries", groups["new"]))
+    lap("add_parts_sync_identify", t0)
+
+    timings["total"] = round(time.perf_counter() - t_start, 1)
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", report_markdown(report))
+    return report
+
+
+def _device_identifier(device_dir: Path) -> Any:
+    """The tablet's identifier over its active bundle (as the app opens it)."""
+    from .runtime.identify import Identifier
+    from .services import DeviceServices
+
+    services = DeviceServices(device_dir, site=SITE)
+    bundle_dir, keyring = services.bundle_paths()
+    return Identifier.open(bundle_dir, device_dir / "catalogue.db", keyring, site=SITE)
+
+
+def _key_dir() -> Path:
+    """Demo signing keys live outside the repository, beside the user's other partlens keys."""
+    from .signing import DEFAULT_KEY_DIR
+
+    return DEFAULT_KEY_DIR / f"demo-{int(time.time())}"
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def report_markdown(r: dict[str, Any]) -> str:
+    rows = [("known parts, fresh field photos", r["identify_known"]),
+            ("new parts BEFORE the hub added them", r["identify_new_before_sync"]),
+            ("new parts AFTER one sync (no retraining)", r["identify_new_after_sync"])]
+    lines = ["# partlens demo report", "",
+             f"Model `{r['training']['model']}` (ImageNet init: {r['training']['pretrained']}), "
+             f"val top-1 {_pct(r['training']['val_top1'])}; export {r['export']['format']} "
+             f"{r['export']['size_bytes'] / 1e6:.2f} MB; bundle `{r['bundle']['bundle_id']}`.", "",
+             "| queries | n | top-1 | top-5 | accepted as confident | precision when accepted | median ms |",
+             "|---|---|---|---|---|---|---|"]
+    for name, m in rows:
+        lines.append(f"| {name} | {m['queries']} | {_pct(m['top1'])} | {_pct(m['top5'])} | {_pct(m['accepted'])} | "
+                     f"{_pct(m['precision_when_accepted'])} | {m['median_ms']:.1f} |")
+    lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in r["timings_s"].items()), ""]
+    return "\n".join(lines)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    cfg = DemoConfig(out=args.out, seed=args.seed, model=args.model, pretrained=args.pretrained, epochs=args.epochs,
+                     image_size=args.image_size)
+    report = run_demo(cfg)
+    print(report_markdown(report))
+    print(f"report: {Path(cfg.out) / 'report.json'}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = DemoConfig()
+    p = sub.add_parser("demo", help="run the whole product end to end on generated parts (the main job)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=d.out, help=f"output folder, must be new or empty (default {d.out})")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--model", default=d.model, help=f"model name (default {d.model})")
+    p.add_argument("--pretrained", default=d.pretrained, choices=("auto", "yes", "no"),
+                   help="ImageNet init: auto uses local weights when present and says so in the report")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.set_defaults(func=_demo)

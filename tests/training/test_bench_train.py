@@ -1,0 +1,55 @@
+"""The grocery and resistor training benchmarks run end to end on tiny stand-in datasets."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from benchmarks.runner import BenchContext
+
+from .conftest import make_folder
+
+TINY = dict(model="tiny", image_size=32, epochs=1, batch_size=8, freeze_stages=0)
+
+
+def _grocery(root: Path, n: int = 5) -> Path:
+    make_folder(root / "train", n_classes=n, per_class=6)
+    make_folder(root / "val", n_classes=n, per_class=2, seed=1)
+    (root / "iconic").mkdir(parents=True)
+    rows = ["Class Name (str),Class ID (int),Coarse Class Name (str),Coarse Class ID (int),"
+            "Iconic Image Path (str),Product Description Path (str)"]
+    for k in range(n):
+        Image.open(root / "train" / f"c{k}" / "000.jpg").save(root / "iconic" / f"c{k}.jpg")
+        rows.append(f"P{k},{k},C{k},{k},/iconic/c{k}.jpg,/d.txt")
+    (root / "classes.csv").write_text("\n".join(rows) + "\n")
+    for split, per in (("train", 6), ("val", 2)):
+        lines = [f"{split}/c{k}/{i:03d}.jpg, {k}, {k}" for k in range(n) for i in range(per)]
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _ctx(tmp_path: Path, name: str, **options) -> BenchContext:
+    return BenchContext(name=name, work_dir=tmp_path / "work" / name, data=tmp_path / "data", options=options)
+
+
+@pytest.mark.slow
+def test_grocery_benchmarks_on_stand_in(tmp_path: Path) -> None:
+    _grocery(tmp_path / "data" / "grocery")
+    g = importlib.import_module("benchmarks.bench_train_grocery").run(_ctx(tmp_path, "g", **TINY))
+    assert g["val_images_listed"] == g["val_images_evaluated"] == 10
+    assert 0 <= g["iconic_recall@1"] <= 1 and g["meets_top1"] == (g["top1"] >= 0.85)
+    new = importlib.import_module("benchmarks.bench_train_grocery_new_products")
+    r = new.run(_ctx(tmp_path, "n", folds=2, **TINY))
+    assert r["folds"] == 2 and all(row["held_out_products"] == 1 for row in r["table"])
+    assert all(row["new_val_photos"] == 2 for row in r["table"])
+
+
+@pytest.mark.slow
+def test_resistor_benchmark_on_stand_in(tmp_path: Path) -> None:
+    make_folder(tmp_path / "data" / "resistors", n_classes=3, per_class=10)
+    mod = importlib.import_module("benchmarks.bench_train_resistors")
+    r = mod.run(_ctx(tmp_path, "r", **{**TINY, "image_size": [16, 40]}))
+    assert r["folds"] == 5 and r["val_images_evaluated"] == 30
+    assert 0 <= r["top1_mean"] <= 1
