@@ -52,6 +52,12 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(n, 1e-12)
 
 
+def _dot(q: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``q @ m.T`` for a few queries. einsum stays on one thread: a multi-threaded BLAS matrix-vector
+    product measured ~24 ms instead of ~0.5 ms (10k x 256) on a loaded 2-core machine."""
+    return np.einsum("qd,nd->qn", q, m) if len(q) <= 8 else q @ m.T
+
+
 @dataclass(frozen=True)
 class IndexStamp:
     """What an index file was built from."""
@@ -350,7 +356,7 @@ class VectorIndex:
             p_labels, p_vecs = p_labels[keep], p_vecs[keep]
         if not len(p_labels):
             return labels, sims
-        p_sims = q @ p_vecs.T
+        p_sims = _dot(q, p_vecs)
         kp = min(k, len(p_labels))
         top = np.argpartition(-p_sims, kp - 1, axis=1)[:, :kp] if kp < len(p_labels) else np.tile(
             np.arange(len(p_labels)), (len(q), 1))
@@ -568,8 +574,14 @@ def _fetch(db: "CatalogueDB", bundle_id: str, labels: np.ndarray) -> np.ndarray:
     conn = db.db.conn
     wanted = labels.tolist()
     with db.read():
-        for i in range(0, len(wanted), FETCH_CHUNK):
-            chunk = wanted[i:i + FETCH_CHUNK]
+        if wanted and max(wanted) - min(wanted) + 1 == len(wanted):  # a delta's new labels: one range scan
+            found.update(conn.execute("SELECT label, vector FROM embeddings WHERE label BETWEEN ? AND ? "
+                                      "AND bundle_id = ?", (min(wanted), max(wanted), bundle_id)).fetchall())
+            wanted_iter: list[int] = []
+        else:
+            wanted_iter = wanted
+        for i in range(0, len(wanted_iter), FETCH_CHUNK):
+            chunk = wanted_iter[i:i + FETCH_CHUNK]
             marks = ",".join("?" * len(chunk))
             found.update(conn.execute(f"SELECT label, vector FROM embeddings WHERE bundle_id = ? AND label IN ({marks})",
                                       (bundle_id, *chunk)).fetchall())

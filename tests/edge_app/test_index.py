@@ -274,3 +274,18 @@ def test_persist_in_background_while_searching(tmp_path):
     thread.join(60)
     assert not thread.is_alive() and idx.pending_count == 0
     assert json.loads(sidecar_path(idx.path).read_text())["catalogue_version"] == 2
+
+
+def test_incremental_fetch_of_non_contiguous_labels(tmp_path):
+    vecs = clusters(100, 16, 5)
+    db, _ = _db_with(tmp_path, vecs)
+    VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    extra = clusters(30, 16, 5, seed=21, centre_seed=0)
+    new_labels = _add_to_db(db, extra, 2)
+    with db.transaction():
+        db.delete_images([f"new{i}" for i in range(0, 30, 3)])  # holes in the new label range
+        db.set_meta("catalogue_version", 3)
+    idx = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    kept = [i for i in range(30) if i % 3]
+    assert len(idx) == 120 and idx.live_labels() >= set(new_labels[kept].tolist())
+    np.testing.assert_allclose(idx.get_vectors(new_labels[kept]), extra[kept], atol=1e-5)
