@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import InputError, UsageError
 
 
 def data_home() -> Path:
@@ -21,17 +21,17 @@ def _db_path(args: argparse.Namespace) -> Path:
     return Path(args.db) if args.db else data_home() / "catalogue.db"
 
 
-def _newest_bundle(root: Path) -> Path:
-    if not root.is_dir():
-        raise UsageError(f"{root}: no bundles folder (pass --bundle DIR or sync first)")
-    found = []
-    for p in root.iterdir():
-        head = p.name[1:].split("-", 1)[0] if p.name.startswith("v") else ""
-        if p.is_dir() and head.isdigit() and (p / "manifest.json").is_file():
-            found.append((int(head), p))
-    if not found:
-        raise UsageError(f"{root}: holds no bundle (pass --bundle DIR or sync first)")
-    return max(found)[1]
+def _active_bundle(home: Path, db_path: Path) -> Path:
+    from .runtime.catalogue import CatalogueDB
+    from .services import active_bundle_dir
+
+    if not db_path.is_file():
+        raise InputError(f"{db_path}: no catalogue database (run `partlens catalogue import` or sync)")
+    db = CatalogueDB(db_path)
+    try:
+        return active_bundle_dir(home, db)
+    finally:
+        db.close()
 
 
 def _fmt_stock(m: dict[str, Any]) -> str:
@@ -47,7 +47,7 @@ def _identify(args: argparse.Namespace) -> int:
     from .runtime.identify import Identifier
 
     home = data_home()
-    bundle = Path(args.bundle) if args.bundle else _newest_bundle(home / "bundles")
+    bundle = Path(args.bundle) if args.bundle else _active_bundle(home, _db_path(args))
     keyring = Path(args.keyring) if args.keyring else home / "keyring.json"
     if args.top < 1:
         raise UsageError(f"--top must be >= 1, got {args.top}")
@@ -80,7 +80,6 @@ def _identify(args: argparse.Namespace) -> int:
 
 
 def _open_db(args: argparse.Namespace, must_exist: bool = True) -> Any:
-    from .errors import InputError
     from .runtime.catalogue import CatalogueDB
 
     path = _db_path(args)
@@ -120,7 +119,6 @@ def _cat_list(args: argparse.Namespace) -> int:
 
 
 def _cat_show(args: argparse.Namespace) -> int:
-    from .errors import InputError
 
     with _open_db(args) as db:
         part = db.part(args.part)

@@ -296,6 +296,32 @@ class StateStore:
 
 
 # --------------------------------------------------------------------------------- real services
+def read_active_pointer(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The sync client's active-bundle pointer (``active.json``: bundle_id, version), if any."""
+    path = Path(data_dir) / "active.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise InputError(f"{path}: unreadable bundle pointer ({exc})") from None
+
+
+def active_bundle_dir(data_dir: str | os.PathLike[str], catalogue: Any) -> Path:
+    """The bundle the device runs: the sync client's pointer, else the catalogue's ``bundle_id``.
+
+    Never "the newest folder": a newer bundle that failed its smoke test sits beside the
+    active one and must not be used.
+    """
+    data_dir = Path(data_dir)
+    bundle_id = (read_active_pointer(data_dir) or {}).get("bundle_id") or catalogue.get_meta("bundle_id")
+    path = data_dir / "bundles" / str(bundle_id) if bundle_id else None
+    if path is None or not path.is_dir():
+        raise InputError(f"{data_dir}: no model bundle installed{f' ({bundle_id} is missing)' if bundle_id else ''}"
+                         ": enrol and sync with the hub, or pass --bundle DIR")
+    return path
+
+
 class DeviceServices:
     """The real facade: catalogue, outbox, identifier and sync client under one data folder.
 
@@ -325,13 +351,10 @@ class DeviceServices:
 
     # identify ----------------------------------------------------------------------------------
     def bundle_paths(self) -> tuple[Path, Path]:
-        """(bundle folder, keyring file) of the installed bundle: ``bundles/<meta bundle_id>``, ``keyring.json``."""
+        """(bundle folder, keyring file) of the active bundle (see :func:`active_bundle_dir`)."""
         if self._bundle_dir is not None:
             return self._bundle_dir, self._keyring
-        bundle_id = (self._active() or {}).get("bundle_id") or self.catalogue.get_meta("bundle_id")
-        if not bundle_id:
-            raise InputError(f"{self.data_dir}: no model bundle installed yet (enrol and sync with the hub)")
-        return self.data_dir / "bundles" / bundle_id, self._keyring
+        return active_bundle_dir(self.data_dir, self.catalogue), self._keyring
 
     def _get_identifier(self) -> Any:
         with self._lock:
@@ -454,14 +477,7 @@ class DeviceServices:
 
     # sync --------------------------------------------------------------------------------------
     def _active(self) -> dict[str, Any] | None:
-        """The sync client's active-bundle pointer (``active.json``: bundle_id, version), if any."""
-        path = self.data_dir / "active.json"
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except ValueError as exc:
-            raise InputError(f"{path}: unreadable bundle pointer ({exc})") from None
+        return read_active_pointer(self.data_dir)
 
     def _client(self) -> Any:
         from sync.client import SyncClient  # the device sync client (enrolment must exist)

@@ -53,7 +53,7 @@ def test_identify_text_output_and_errors(world, device_db, capsys, tmp_path, mon
                       world.keyring_path, "--backend", "onnx")
     assert rc == 3 and "broken.jpg" in err
     rc, _, err = _run(capsys, "identify", bad, "--db", device_db, "--keyring", world.keyring_path)
-    assert rc == 2 and "bundle" in err  # no bundles under PARTLENS_HOME
+    assert rc == 3 and "no model bundle installed" in err  # no bundles under PARTLENS_HOME
     rc, _, err = _run(capsys, "identify", world.field["P0013"][0], "--bundle", world.bundle, "--db", device_db,
                       "--keyring", tmp_path / "missing.json")
     assert rc == 2 and "keyring" in err
