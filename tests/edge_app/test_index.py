@@ -134,13 +134,46 @@ def test_numpy_fallback_when_hnswlib_missing(tmp_path, monkeypatch):
         VectorIndex(8, PARAMS, engine="hnswlib")
 
 
+_TRAIN_SCRIPT = """
+import sys
+import numpy as np
+import torch
+
+d = sys.argv[1]
+torch.manual_seed(0)
+x = torch.tensor(np.load(d + "/x.npy"))
+y = torch.tensor(np.load(d + "/y.npy"))
+net = torch.nn.Sequential(
+    torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+    torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
+    torch.nn.Flatten(), torch.nn.Linear(512, 256))
+head = torch.nn.Linear(256, int(y.max()) + 1)
+opt = torch.optim.Adam([*net.parameters(), *head.parameters()], 3e-3)
+for _ in range(3):
+    for i in torch.randperm(len(x)).split(64):
+        loss = torch.nn.functional.cross_entropy(head(net(x[i])), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+with torch.no_grad():
+    np.save(d + "/emb.npy", torch.nn.functional.normalize(net(x), dim=1).numpy())
+"""
+
+
 @pytest.mark.slow
 def test_recall_on_real_trained_embeddings(tmp_path):
-    """Embeddings from a tiny conv net trained here on drawn parts (no downloads)."""
-    torch = pytest.importorskip("torch")
+    """Embeddings from a tiny conv net trained here on drawn parts (no downloads).
+
+    The training runs in its own interpreter: in one process with TensorFlow/LiteRT already
+    imported (tests/edge_app/test_backends.py), importing torch's optimiser (torch._dynamo ->
+    triton) segfaults in this environment.
+    """
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
     from . import synthetic as syn
 
-    torch.manual_seed(0)
     n_parts, per = 40, 30
     imgs, ys = [], []
     for p in range(n_parts):
@@ -148,22 +181,11 @@ def test_recall_on_real_trained_embeddings(tmp_path):
             arr = np.asarray(syn.draw_part(p, v, size=32), np.float32) / 127.5 - 1
             imgs.append(arr.transpose(2, 0, 1))
             ys.append(p)
-    x = torch.tensor(np.stack(imgs))
-    y = torch.tensor(ys)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
-        torch.nn.Flatten(), torch.nn.Linear(512, 256))
-    head = torch.nn.Linear(256, n_parts)
-    opt = torch.optim.Adam([*net.parameters(), *head.parameters()], 3e-3)
-    for _ in range(3):
-        for i in torch.randperm(len(x)).split(64):
-            loss = torch.nn.functional.cross_entropy(head(net(x[i])), y[i])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        emb = torch.nn.functional.normalize(net(x), dim=1).numpy()
+    np.save(tmp_path / "x.npy", np.stack(imgs))
+    np.save(tmp_path / "y.npy", np.asarray(ys, np.int64))
+    subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT, str(tmp_path)], check=True, timeout=300)
+    emb = np.load(tmp_path / "emb.npy")
+    assert emb.shape == (n_parts * per, 256)
     base, q = emb[:1000], emb[1000:]
     idx = VectorIndex(256, PARAMS)
     idx.add_items(np.arange(len(base)), base)
