@@ -583,8 +583,9 @@ def _fetch(db: "CatalogueDB", bundle_id: str, labels: np.ndarray) -> np.ndarray:
         for i in range(0, len(wanted_iter), FETCH_CHUNK):
             chunk = wanted_iter[i:i + FETCH_CHUNK]
             marks = ",".join("?" * len(chunk))
-            found.update(conn.execute(f"SELECT label, vector FROM embeddings WHERE bundle_id = ? AND label IN ({marks})",
-                                      (bundle_id, *chunk)).fetchall())
+            found.update(conn.execute(
+                f"SELECT label, vector FROM embeddings WHERE bundle_id = ? AND label IN ({marks})",
+                (bundle_id, *chunk)).fetchall())
     missing = [lab for lab in wanted if lab not in found]
     if missing:
         raise InputError(f"{db.path}: embedding label {missing[0]} vanished during index update")
