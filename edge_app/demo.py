@@ -48,6 +48,7 @@ class DemoConfig:
     new_parts: int = 4
     outside_parts: int = 4
     export_format: str = "tflite-int8"
+    starter_bundle: str | None = None  # also copy the device bundle here (the APK's starter bundle)
 
     def validate(self) -> None:
         if self.pretrained not in ("auto", "yes", "no"):
@@ -233,10 +234,50 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     report["identify_new_after_sync"] = _identify_all(ident, _field_photos(data / "queries", groups["new"]))
     lap("add_parts_sync_identify", t0)
 
+    ident.db.close()
+    if cfg.starter_bundle:
+        report["starter_bundle"] = str(install_starter(device_dir, Path(cfg.starter_bundle)))
     timings["total"] = round(time.perf_counter() - t_start, 1)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", report_markdown(report))
     return report
+
+
+def install_starter(device_dir: Path, dest: Path) -> Path:
+    """Copy a synced device's catalogue, keyring and active bundle into ``dest`` (the APK's starter data).
+
+    The enrolment (device token) and the outbox are NOT copied: a starter must carry no secrets.
+    """
+    import shutil
+    import sqlite3
+
+    from .services import active_bundle_dir, read_active_pointer
+
+    if dest.exists() and any(dest.iterdir()):
+        raise UsageError(f"{dest} is not empty; refusing to overwrite a starter bundle")
+    dest.mkdir(parents=True, exist_ok=True)
+    src_db = sqlite3.connect(device_dir / "catalogue.db")
+    dst_db = sqlite3.connect(dest / "catalogue.db")
+    try:
+        src_db.backup(dst_db)  # consistent copy, WAL included
+    finally:
+        src_db.close()
+        dst_db.close()
+    shutil.copy2(device_dir / "keyring.json", dest / "keyring.json")
+    pointer = read_active_pointer(device_dir)
+    bundle = active_bundle_dir(device_dir, _MetaFromPointer(pointer))
+    shutil.copytree(bundle, dest / "bundles" / bundle.name)
+    if pointer is not None:
+        atomic_write_json(dest / "active.json", pointer)
+    return dest
+
+
+class _MetaFromPointer:
+    def __init__(self, pointer: dict[str, Any] | None) -> None:
+        self.pointer = pointer or {}
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        return self.pointer.get(key, default)
 
 
 def _device_identifier(device_dir: Path) -> Any:
@@ -281,7 +322,7 @@ def report_markdown(r: dict[str, Any]) -> str:
 
 def _demo(args: argparse.Namespace) -> int:
     cfg = DemoConfig(out=args.out, seed=args.seed, model=args.model, pretrained=args.pretrained, epochs=args.epochs,
-                     image_size=args.image_size, export_format=args.export_format)
+                     image_size=args.image_size, export_format=args.export_format, starter_bundle=args.starter_bundle)
     report = run_demo(cfg)
     print(report_markdown(report))
     print(f"report: {Path(cfg.out) / 'report.json'}")
@@ -301,4 +342,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--export-format", default=d.export_format,
                    help=f"device model format (default {d.export_format}; see `partlens export --help`)")
+    p.add_argument("--starter-bundle", metavar="DIR",
+                   help="also copy the synced tablet's catalogue, keyring and bundle here "
+                        "(starter_bundle/ is what the APK ships)")
     p.set_defaults(func=_demo)

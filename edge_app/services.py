@@ -296,6 +296,26 @@ class StateStore:
 
 
 # --------------------------------------------------------------------------------- real services
+def seed_from_starter(data_dir: Path, starter: Path) -> bool:
+    """First start on a device: copy the bundled ``starter_bundle/`` (catalogue, keyring, bundle) in.
+
+    Only when ``data_dir`` has no catalogue yet; returns True if it copied.
+    """
+    import shutil
+
+    if (data_dir / "catalogue.db").exists() or not (starter / "catalogue.db").is_file():
+        return False
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for item in starter.iterdir():
+        dst = data_dir / item.name
+        if item.is_dir():
+            shutil.copytree(item, dst, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, dst)
+    log.info("seeded %s from the starter bundle %s", data_dir, starter)
+    return True
+
+
 def read_active_pointer(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The sync client's active-bundle pointer (``active.json``: bundle_id, version), if any."""
     path = Path(data_dir) / "active.json"

@@ -4,6 +4,11 @@ An :class:`Embedder` turns decoded RGB images into float32 vectors and names the
 model made them. The hub embeds through :func:`bundle_embedder` (the runtime backend of the
 active bundle, with the bundle's frozen :class:`~edge_app.preprocess.PreprocessSpec`); tests
 inject small deterministic embedders with the same protocol.
+
+An embedder may also set ``draft_size`` (JPEG draft-decode size, width x height): the hub then
+decodes images exactly as the device (``Identifier.decode``) and the bundle builder
+(``export.catalogue.embed_catalogue``) do, ``load_image(path, draft_size=spec.draft_size)``, so a
+hub vector equals the one the device computes for the same image.
 """
 from __future__ import annotations
 
@@ -38,6 +43,8 @@ class BundleEmbedder:
         self.bundle_id = bundle.bundle_id
         self.backend = backend
         self.spec = bundle.preprocess
+        #: decode JPEGs like the device (``Identifier.decode``) and the bundle builder (``embed_catalogue``)
+        self.draft_size: tuple[int, int] = bundle.preprocess.draft_size
         self.batch_size = batch_size
 
     def __call__(self, images: Sequence[Any]) -> np.ndarray:

@@ -321,3 +321,22 @@ def test_shipped_model_uses_only_supported_ops() -> None:
     for m in models:
         bad = unsupported_ops(m.read_bytes(), litert_version())
         assert not bad, f"{m}: ops not in LiteRT {litert_version()}: {bad}"
+
+
+@pytest.mark.slow
+def test_default_model_architecture_int8_uses_only_supported_ops() -> None:
+    """The model the demo ships by default (MobileNetV2, int8 via litert-torch), converted here."""
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("litert_torch")
+    import numpy as np
+
+    from edge_app.demo import DemoConfig
+    from export.tflite_export import convert_int8
+    from training.models import create_model
+
+    model = create_model(DemoConfig().model, num_classes=4, pretrained=False, image_size=64).eval()
+    calib = np.random.default_rng(0).normal(0, 0.5, (8, 3, 64, 64)).astype(np.float32)
+    data = convert_int8(model, calib)
+    ops = [n for n, _ in model_ops(data)]
+    assert "CONV_2D" in ops and "DEPTHWISE_CONV_2D" in ops
+    assert unsupported_ops(data, litert_version()) == []

@@ -262,26 +262,6 @@ def run(services: Any, size: tuple[int, int] | None = None) -> None:
     PartlensApp(services).run()
 
 
-def seed_from_starter(data_dir: Path, starter: Path) -> bool:
-    """First start on a device: copy the bundled ``starter_bundle/`` (catalogue, keyring, bundle) in.
-
-    Only when ``data_dir`` has no catalogue yet; returns True if it copied.
-    """
-    import shutil
-
-    if (data_dir / "catalogue.db").exists() or not (starter / "catalogue.db").is_file():
-        return False
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for item in starter.iterdir():
-        dst = data_dir / item.name
-        if item.is_dir():
-            shutil.copytree(item, dst, dirs_exist_ok=True)
-        else:
-            shutil.copy2(item, dst)
-    log.info("seeded %s from the starter bundle %s", data_dir, starter)
-    return True
-
-
 def device_main() -> None:
     """The APK entry point (``main.py``): app storage as the data folder, seeded on first start."""
     import os
@@ -295,6 +275,8 @@ def device_main() -> None:
         data_dir = Path(app_storage_path()) / "partlens"
     else:
         data_dir = Path(os.environ.get("PARTLENS_DEVICE_DIR", Path.home() / ".partlens" / "device"))
+    from ..services import seed_from_starter
+
     seed_from_starter(data_dir, Path(__file__).resolve().parents[2] / "starter_bundle")
     services = DeviceServices(data_dir)
     try:

@@ -132,12 +132,17 @@ class Hub:
         return self._embedder
 
     def embed_rows(self, rows: Sequence[Mapping[str, Any]], embedder: Embedder) -> np.ndarray:
-        """Embed stored catalogue images (batched)."""
+        """Embed stored catalogue images (batched), decoded like the device decodes a photo.
+
+        The embedder's optional ``draft_size`` is the JPEG draft-decode size of its bundle: the device
+        and the bundle builder decode with it, so the hub must too (else its vectors differ).
+        """
         from edge_app.imageio import load_image
 
+        draft = getattr(embedder, "draft_size", None)
         out = []
         for i in range(0, len(rows), EMBED_BATCH):
-            imgs = [load_image(self.image_path(r)) for r in rows[i:i + EMBED_BATCH]]
+            imgs = [load_image(self.image_path(r), draft_size=draft) for r in rows[i:i + EMBED_BATCH]]
             vecs = np.asarray(embedder(imgs), dtype=np.float32)
             if vecs.ndim != 2 or len(vecs) != len(imgs) or not np.all(np.isfinite(vecs)):
                 raise UsageError(f"embedder returned {vecs.shape} for {len(imgs)} images (or non-finite values)")

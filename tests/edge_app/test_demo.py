@@ -31,7 +31,8 @@ def test_demo_refuses_a_non_empty_out_and_bad_options(tmp_path) -> None:
 @pytest.mark.slow
 def test_demo_end_to_end_tiny(tmp_path) -> None:
     cfg = DemoConfig(out=str(tmp_path / "demo"), model="tiny", pretrained="no", epochs=3, image_size=64,
-                     catalogue_per_part=2, field_per_part=3, query_per_part=1, export_format="tflite-fp32")
+                     catalogue_per_part=2, field_per_part=3, query_per_part=1, export_format="tflite-fp32",
+                     starter_bundle=str(tmp_path / "starter"))
     report = run_demo(cfg)
     saved = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert saved["bundle"]["bundle_id"] == report["bundle"]["bundle_id"]
@@ -54,3 +55,18 @@ def test_demo_end_to_end_tiny(tmp_path) -> None:
             assert res.matches[0].similarity > 0.999
     finally:
         ident.db.close()
+    # The starter data the APK ships: catalogue, keyring, active bundle; never the device token.
+    starter = tmp_path / "starter"
+    assert (starter / "catalogue.db").is_file() and (starter / "keyring.json").is_file()
+    assert (starter / "bundles" / report["bundle"]["bundle_id"] / "manifest.json").is_file()
+    assert not (starter / "device.json").exists() and not (starter / "outbox.db").exists()
+    from edge_app.services import seed_from_starter
+
+    assert seed_from_starter(tmp_path / "fresh-device", starter)
+    fresh = _device_identifier(tmp_path / "fresh-device")
+    try:
+        pn = report["parts"]["new"][0]
+        photo = sorted((tmp_path / "demo" / "data" / "new" / "images" / pn).glob("catalogue_*.jpg"))[0]
+        assert fresh.identify([photo], top=1).matches[0].part_number == pn
+    finally:
+        fresh.db.close()

@@ -103,8 +103,8 @@ def free_port() -> int:
 class HubServer:
     """A real hub process (``python -m uvicorn``) on a free loopback port."""
 
-    def __init__(self, hub_dir: Path) -> None:
-        self.port = free_port()
+    def __init__(self, hub_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, PARTLENS_HUB=str(hub_dir), PYTHONPATH=str(REPO))
         self.proc = subprocess.Popen(
