@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 SCREENS = ("identify", "results", "results_no_match", "part_detail", "catalogue", "sync_status")
 
 
-def _child(profile_name: str, out: Path, data_dir: str | None) -> list[Path]:
+def _child(profile_name: str, out: Path, data_dir: str | None, photos: list[str] | None = None) -> list[Path]:
     profile = PROFILES[profile_name]
     os.environ.update(SDL_VIDEODRIVER=os.environ.get("SDL_VIDEODRIVER", "offscreen"), KIVY_NO_ARGS="1",
                       KIVY_LOG_MODE="PYTHON", KIVY_HOME=tempfile.mkdtemp(prefix="kivy-home-"), **profile.env())
@@ -72,6 +72,8 @@ def _child(profile_name: str, out: Path, data_dir: str | None) -> list[Path]:
     draw_part((125, 118, 128), "box", size=640, seed=4).save(side)
     mystery = work / "mystery.jpg"
     draw_part((150, 40, 160), "can", size=640, seed=5).save(mystery)
+    if photos:  # real photos: two views of one part, then a part outside the catalogue
+        side, ring, mystery = (Path(p) for p in photos)
     pump()
     app.add_capture(services.captures.add_file(side))
     app.add_capture(services.captures.add_file(ring))
@@ -103,12 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="docs/screenshots", help="output folder (default: docs/screenshots)")
     p.add_argument("--profile", choices=(*PROFILES, "all"), default="all")
     p.add_argument("--data-dir", help="a device data folder with a bundle (default: the preview catalogue)")
+    p.add_argument("--photos", help="VIEW1,VIEW2,UNKNOWN: real query photos (default: drawn ones)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.child:
-        for f in _child(args.profile, out, args.data_dir):
+        photos = args.photos.split(",") if args.photos else None
+        if photos is not None and len(photos) != 3:
+            p.error("--photos takes exactly three comma-separated paths")
+        for f in _child(args.profile, out, args.data_dir, photos):
             print(f)
         return 0
     names = list(PROFILES) if args.profile == "all" else [args.profile]
@@ -116,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "edge_app.app.screenshots", "--child", "--profile", name, "--out", str(out)]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
+        if args.photos:
+            cmd += ["--photos", args.photos]
         rc = subprocess.run(cmd).returncode
         if rc:
             return rc
