@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from edge_app.atomic import atomic_write_json
-from edge_app.errors import IntegrityError, SyncError, UsageError
+from edge_app.errors import AuthError, IntegrityError, SyncError, UsageError
 from edge_app.signing import Keyring
 
 from .apply import (DevicePaths, apply_package, index_params, kill_point, prune_bundles, read_active, reconcile,
@@ -37,6 +37,9 @@ from .package import read_package, sha256_file
 from .transport import HttpTransport, Transport
 
 log = logging.getLogger(__name__)
+
+#: A catalogue thumbnail larger than this is refused (they are about 5-20 KB).
+THUMB_MAX_BYTES = 2 * 1024 * 1024
 
 UPLOAD_CHUNK = 256 * 1024
 #: ``smoke_test(bundle)`` raises if a freshly installed bundle cannot run.
@@ -97,6 +100,7 @@ class SyncResult:
     bundle_after: str | None
     package: str | None = None
     bundle_installed: str | None = None
+    thumbnails: dict[str, int] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
     uploaded: int = 0
     downloaded_bytes: int = 0
@@ -142,12 +146,48 @@ class SyncClient:
         db = self._open_db()
         try:
             result = self._sync(db)
+            result.thumbnails = self.fetch_thumbnails(db)
             if upload:
                 result.uploaded = self.upload_outbox(db.catalogue_version)
         finally:
             db.close()
         result.seconds = time.perf_counter() - t0
         return result
+
+    def fetch_thumbnails(self, db: Any) -> dict[str, int]:
+        """Download missing catalogue thumbnails (the results grid shows them offline).
+
+        Thumbnails are a display cache, not catalogue truth: one that fails to download or
+        decode is skipped, counted and fetched again at the next sync; the sync still succeeds.
+        """
+        from edge_app.atomic import atomic_write_bytes
+        from edge_app.errors import ImageError
+        from edge_app.imageio import load_image
+
+        with db.read() as d:
+            rows = list(d.conn.execute("SELECT image_id, path FROM images WHERE path LIKE 'thumbs/%'"))
+        counts = {"fetched": 0, "failed": 0, "present": 0}
+        for image_id, rel in rows:
+            dest = self.paths.root / rel
+            if dest.is_file():
+                counts["present"] += 1
+                continue
+            if Path(rel).name != f"{image_id}.jpg":
+                counts["failed"] += 1
+                log.warning("thumbnail path %r of image %s is not thumbs/<image_id>.jpg; skipped", rel, image_id)
+                continue
+            try:
+                data = self.transport.get_bytes(f"/v1/thumbs/{image_id}", THUMB_MAX_BYTES)
+                load_image(data, max_pixels=4_000_000)  # must be a real, small image
+            except (SyncError, ImageError) as exc:
+                if isinstance(exc, AuthError):
+                    raise
+                counts["failed"] += 1
+                log.warning("thumbnail %s not fetched (%s); will retry at the next sync", image_id, exc)
+                continue
+            atomic_write_bytes(dest, data)
+            counts["fetched"] += 1
+        return counts
 
     def _sync(self, db: Any) -> SyncResult:
         active_id = reconcile(self.paths, db)

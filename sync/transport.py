@@ -32,6 +32,7 @@ class Transport(Protocol):
 
     def plan(self, version: int, bundle_id: str | None) -> dict[str, Any]: ...
     def download(self, url: str, dest: Path, size: int) -> Path: ...
+    def get_bytes(self, url: str, max_bytes: int) -> bytes: ...
     def post_upload(self, record: Mapping[str, Any]) -> dict[str, Any]: ...
     def put_chunk(self, uuid: str, offset: int, data: bytes) -> dict[str, Any]: ...
 
@@ -90,6 +91,14 @@ class HttpTransport:
 
     def whoami(self) -> dict[str, Any]:
         return self._json("GET", "/v1/whoami")
+
+    def get_bytes(self, url: str, max_bytes: int) -> bytes:
+        """A small file (e.g. a thumbnail) in memory; more than ``max_bytes`` is an error."""
+        with self._open("GET", url) as resp:
+            data = resp.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise SyncError(f"{url}: larger than {max_bytes} bytes")
+        return data
 
     def download(self, url: str, dest: Path, size: int) -> Path:
         """Fetch ``url`` into ``dest`` resuming ``dest.partial``; retry dropped connections."""
@@ -181,6 +190,18 @@ class InMemoryTransport:
 
     def plan(self, version: int, bundle_id: str | None) -> dict[str, Any]:
         return self.packages.plan(self._device()["site"], version, bundle_id)
+
+    def get_bytes(self, url: str, max_bytes: int) -> bytes:
+        self._device()
+        prefix = "/v1/thumbs/"
+        image_id = url[len(prefix):] if url.startswith(prefix) else None
+        path = self.hub.thumb_path(image_id) if image_id else None
+        if path is None or "/" in image_id or self.hub.store.image(image_id) is None or not path.is_file():
+            raise SyncError(f"{url}: not found on the hub")
+        data = path.read_bytes()
+        if len(data) > max_bytes:
+            raise SyncError(f"{url}: larger than {max_bytes} bytes")
+        return data
 
     def download(self, url: str, dest: Path, size: int) -> Path:
         dev = self._device()
