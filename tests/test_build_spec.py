@@ -317,7 +317,7 @@ def test_shipped_model_uses_only_supported_ops() -> None:
     pytest.importorskip("ai_edge_litert")
     models = shipped_models()
     if not models:
-        pytest.skip("no starter_bundle/**/*.tflite yet (run `partlens demo` to fill starter_bundle/)")
+        pytest.skip("no starter_bundle/**/*.tflite yet (fill it with `partlens demo --starter-bundle starter_bundle`)")
     for m in models:
         bad = unsupported_ops(m.read_bytes(), litert_version())
         assert not bad, f"{m}: ops not in LiteRT {litert_version()}: {bad}"
