@@ -1,12 +1,15 @@
-"""Identify end to end on the device path: int8 TFLite MobileNetV2, 10k-image catalogue, 640x480 and 12 MP JPEGs, cold start.
+"""Identify end to end on the device path: gated TFLite MobileNetV2, 10k-image catalogue, 640x480 and 12 MP JPEGs, cold start.
 
-Model: the registry's ``mobilenet_v2`` (ImageNet weights from ../shared/weights; its 256-d embedding
-head is NOT trained here) exported with ``export.pipeline.export_model`` to ``tflite-int8``
-(calibrated on grocery train photos, parity-gated on grocery val). Catalogue: 10,000 images =
-the TFLite embeddings of real grocery photos plus small-noise copies of them (latency does not depend
-on what the vectors mean). Queries: grocery val photos re-encoded as 640x480 and 4000x3000 JPEGs.
-Peak memory of a 12 MP query is measured in a fresh process (VmHWM reset via /proc/self/clear_refs),
-with and without JPEG draft decoding.
+Model: the trained pc-parts-14 checkpoint ``benchmarks/work/train-pcparts-mobilenet-v2/run/best.pt``
+(required; 128 px input) exported with ``export.pipeline.export_checkpoint``, first to ``tflite-int8``
+(calibrated on pc-parts-14 train images of the committed duplicate-aware split, parity-gated on its
+val images, default thresholds). If int8 fails the gate, ``tflite-fp32`` is exported and measured
+instead, and the result says so (``model_format``, ``gate``). The split's images are exposed to the
+exporter as per-split folders of symlinks in the work dir (no copies).
+Catalogue: 10,000 images = the TFLite embeddings of 300 pc-parts-14 train photos plus small-noise
+copies of them (latency does not depend on what the vectors mean). Queries: grocery val phone photos
+re-encoded as 640x480 and 4000x3000 JPEGs. Peak memory of a 12 MP query is measured in a fresh process
+(VmHWM reset via /proc/self/clear_refs), with and without JPEG draft decoding.
 """
 from __future__ import annotations
 
@@ -24,21 +27,54 @@ N_CATALOGUE = 10_000
 IMAGES_PER_PART = 5
 
 
-def export_tflite(ctx: Any, grocery: Path) -> str:
-    """Export the registry MobileNetV2 to tflite-int8 once (resumable step); return the model path."""
+CHECKPOINT = Path(__file__).resolve().parent / "work" / "train-pcparts-mobilenet-v2" / "run" / "best.pt"
+N_CALIB, N_GATE_VAL, N_GATE_CAT = 200, 200, 200
 
-    def _do() -> str:
-        from export.pipeline import export_model
-        from training.models import create_model
 
-        labels = [ln.split(",")[0] for ln in (grocery / "classes.csv").read_text().splitlines()[1:]]
-        model = create_model("mobilenet_v2", num_classes=len(labels), pretrained=True)
-        side = export_model(model, labels, "tflite-int8", ctx.work_dir / "export", calib_dir=grocery / "train",
-                            val_dir=grocery / "val", options={"calib_images": 64}, val_images=32,
-                            catalogue_images=64, overwrite=True)
-        return side["path"]
+def split_folders(ctx: Any, root: Path) -> dict[str, Path]:
+    """Symlink folders ``<work>/pcparts/{train,val}/<class>/<file>`` for the committed pc-parts-14 split."""
+    from training.splits import load_split
 
-    return ctx.step("export_tflite_int8", _do)
+    split = load_split(Path(__file__).resolve().parents[1] / "training" / "splits" / "pc-parts-14.json", root)
+    out = {}
+    for name, images in (("train", split.train), ("val", split.val)):
+        d = ctx.work_dir / "pcparts" / name
+        for rel, _ in images.items:
+            link = d / rel
+            if not link.is_symlink():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(root / rel)
+        out[name] = d
+    return out
+
+
+def export_tflite(ctx: Any, folders: dict[str, Path]) -> dict[str, Any]:
+    """Export the trained checkpoint to tflite-int8, or tflite-fp32 if int8 fails the gate (resumable step).
+
+    Returns ``{"path", "format", "gate": {format: {"passed", "parity" | "error"}}}``.
+    """
+
+    def _do() -> dict[str, Any]:
+        from edge_app.errors import GateError, InputError
+        from export.pipeline import export_checkpoint
+
+        if not CHECKPOINT.is_file():
+            raise InputError(f"{CHECKPOINT}: no trained checkpoint; run `partlens bench train-pcparts-mobilenet-v2` first")
+        gate: dict[str, Any] = {}
+        for fmt in ("tflite-int8", "tflite-fp32"):
+            opts = {"calib_images": N_CALIB} if fmt.endswith("int8") else None
+            try:
+                side = export_checkpoint(CHECKPOINT, fmt, ctx.work_dir / "export", calib_dir=folders["train"],
+                                         val_dir=folders["val"], options=opts, val_images=N_GATE_VAL,
+                                         catalogue_images=N_GATE_CAT, overwrite=True)
+            except GateError as exc:
+                gate[fmt] = {"passed": False, "error": str(exc)}
+                continue
+            gate[fmt] = {"passed": True, "parity": side["parity"], "seconds": side["seconds"]}
+            return {"path": side["path"], "format": fmt, "gate": gate}
+        raise RuntimeError(f"no TFLite export passed the parity gate: {gate}")
+
+    return ctx.step("export_trained_tflite", _do)
 
 
 def _rss_kb(field: str) -> int:
@@ -48,7 +84,7 @@ def _rss_kb(field: str) -> int:
     return -1
 
 
-def build_device(ctx: Any, model_path: str, grocery: Path) -> dict[str, str]:
+def build_device(ctx: Any, model_path: str, train_dir: Path) -> dict[str, str]:
     """A signed device bundle + catalogue DB with N_CATALOGUE images (resumable)."""
 
     def _do() -> dict[str, str]:
@@ -63,7 +99,7 @@ def build_device(ctx: Any, model_path: str, grocery: Path) -> dict[str, str]:
         side = read_sidecar(model_path)
         spec = PreprocessSpec.from_dict(side["preprocess"])
         be = create_backend(model_path, prefer="tflite")
-        files = iter_image_files(grocery / "train")[::8][:300]
+        files = iter_image_files(train_dir)[::8][:300]
         real = []
         for p in files:
             x = preprocess_image(load_image(p, draft_size=spec.draft_size), spec, layout=be.input_layout)
@@ -161,8 +197,10 @@ def run(ctx: Any) -> dict[str, Any]:
     from edge_app.runtime.identify import Identifier
 
     grocery = ctx.require_data("grocery")
-    model = export_tflite(ctx, grocery)
-    dev = build_device(ctx, model, grocery)
+    folders = split_folders(ctx, ctx.require_data("pc-parts-14"))
+    exp = export_tflite(ctx, folders)
+    model = exp["path"]
+    dev = build_device(ctx, model, folders["train"])
     n_q = 30 if ctx.quick else 120
     small, big = make_queries(ctx, grocery, n_q)
     ident = Identifier.open(dev["bundle"], dev["db"], dev["keyring"], backend="tflite")
@@ -187,7 +225,10 @@ def run(ctx: Any) -> dict[str, Any]:
     med12 = 1e3 * float(np.median(lat12))
     cold_s = float(np.median([c["cold_start_s"] for c in cold]))
     return {
-        "model": Path(model).name, "backend": ident.backend.name, "index_engine": ident.index.engine_name,
+        "model": Path(model).name, "checkpoint": str(CHECKPOINT.relative_to(Path(__file__).resolve().parents[1])),
+        "model_format": exp["format"], "int8_passed_gate": exp["format"] == "tflite-int8", "gate": exp["gate"],
+        "gate_images": f"calibration {N_CALIB} train, parity val {N_GATE_VAL}, parity catalogue {N_GATE_CAT} "
+        "(pc-parts-14 committed split)", "backend": ident.backend.name, "index_engine": ident.index.engine_name,
         "catalogue_images": len(ident.index), "queries_640x480": len(small),
         "median_ms_640x480": med, "p95_ms_640x480": 1e3 * float(np.percentile(lat, 95)),
         "median_decode_ms": float(np.median(parts["decode"])), "median_model_ms": float(np.median(parts["model"])),
