@@ -345,7 +345,8 @@ def report_markdown(r: dict[str, Any]) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    cfg = DemoConfig(out=args.out, seed=args.seed, model=args.model, pretrained=args.pretrained, epochs=args.epochs,
+    out = args.out or str(Path(DemoConfig().out) / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+    cfg = DemoConfig(out=out, seed=args.seed, model=args.model, pretrained=args.pretrained, epochs=args.epochs,
                      image_size=args.image_size, export_format=args.export_format, starter_bundle=args.starter_bundle)
     report = run_demo(cfg)
     print(report_markdown(report))
@@ -357,7 +358,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = DemoConfig()
     p = sub.add_parser("demo", help="run the whole product end to end on generated parts (the main job)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=d.out, help=f"output folder, must be new or empty (default {d.out})")
+    p.add_argument("--out", help=f"output folder, must be new or empty (default: {d.out}/<UTC time>, so a re-run "
+                                 "never meets an earlier run's folder)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--model", default=d.model, help=f"model name (default {d.model})")
     p.add_argument("--pretrained", default=d.pretrained, choices=("auto", "yes", "no"),
