@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .atomic import atomic_write_json, atomic_write_text
-from .errors import GateError, UsageError
+from .errors import GateError, InputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,29 @@ def _groups(*parts_csvs: Path) -> dict[str, str]:
         with open(path, newline="") as fh:
             out.update({r["part_number"]: r.get("look_alike_group") or "" for r in csv.DictReader(fh)})
     return out
+
+
+def _resolve_pretrained(cfg: DemoConfig) -> bool:
+    """``--pretrained auto``: ImageNet init when the model's local weights are present, else random init (logged
+    and recorded in the report). ``yes`` makes missing weights an error (raised by the model factory)."""
+    if cfg.pretrained != "auto":
+        return cfg.pretrained == "yes"
+    from training import weights
+    from training.models import model_info
+
+    if model_info(cfg.model).pretrained_source is None:
+        return False  # trained from scratch by design (tiny, vit)
+    probe = {"mobilenet_v2": weights.mobilenet_v2_weights_path,
+             "efficientnet_lite0": weights.efficientnet_lite0_package_file}.get(cfg.model)
+    if probe is None:
+        log.warning("demo: no local ImageNet weights for %s here; training from random init", cfg.model)
+        return False
+    try:
+        probe()
+    except InputError as exc:
+        log.warning("demo: %s; training %s from random init", exc, cfg.model)
+        return False
+    return True
 
 
 def _identify_all(identifier: Any, photos: Sequence[tuple[Path, str]], groups: dict[str, str]) -> dict[str, Any]:
@@ -155,23 +178,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     # 2. train -----------------------------------------------------------------------------
     from training.config import TrainConfig
-    from training.models import model_info  # noqa: F401  (fails early on a bad model name)
     from training.train import train
 
     t0 = time.perf_counter()
-    pretrained = cfg.pretrained != "no"
+    pretrained = _resolve_pretrained(cfg)
     tcfg = TrainConfig(data=str(data / "known"), out=str(out / "train"), model=cfg.model, epochs=cfg.epochs,
                        batch_size=cfg.batch_size, image_size=cfg.image_size, pretrained=pretrained,
                        seed=cfg.seed, cache=True, progress=None)
-    try:
-        run = train(tcfg)
-    except Exception as exc:  # only "no local ImageNet weights" is retried, and it is reported
-        if cfg.pretrained != "auto" or "weights" not in str(exc).lower():
-            raise
-        log.warning("demo: no ImageNet weights for %s (%s); training from random init", cfg.model, exc)
-        tcfg = TrainConfig(**{**tcfg.to_dict(), "pretrained": False})
-        run = train(tcfg)
-        pretrained = False
+    run = train(tcfg)
     report["training"] = {"model": cfg.model, "pretrained": pretrained, "best_epoch": run.best_epoch,
                           "val_top1": run.best_top1, "run_dir": str(run.out_dir)}
     lap("train", t0)
@@ -286,20 +300,18 @@ def install_starter(device_dir: Path, dest: Path) -> Path:
         src_db.close()
         dst_db.close()
     shutil.copy2(device_dir / "keyring.json", dest / "keyring.json")
-    pointer = read_active_pointer(device_dir)
-    bundle = active_bundle_dir(device_dir, _MetaFromPointer(pointer))
+    from .runtime.catalogue import CatalogueDB
+
+    db = CatalogueDB(device_dir / "catalogue.db")
+    try:
+        bundle = active_bundle_dir(device_dir, db)
+    finally:
+        db.close()
     shutil.copytree(bundle, dest / "bundles" / bundle.name)
+    pointer = read_active_pointer(device_dir)
     if pointer is not None:
         atomic_write_json(dest / "active.json", pointer)
     return dest
-
-
-class _MetaFromPointer:
-    def __init__(self, pointer: dict[str, Any] | None) -> None:
-        self.pointer = pointer or {}
-
-    def get_meta(self, key: str, default: Any = None) -> Any:
-        return self.pointer.get(key, default)
 
 
 def _device_identifier(device_dir: Path) -> Any:

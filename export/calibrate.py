@@ -23,20 +23,21 @@ log = logging.getLogger(__name__)
 Runner = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def part_scores(queries: np.ndarray, catalogue: np.ndarray, parts: Sequence[str],
+                aggregate: str = "max") -> tuple[list[str], np.ndarray]:
+    """Per-part similarity, aggregated over a part's images exactly as the runtime does."""
+    from edge_app.runtime.fusion import aggregate_images
 
+    from .bundle import l2_normalize
 
-def part_scores(queries: np.ndarray, catalogue: np.ndarray, parts: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """Per-part similarity (max over a part's images, as the runtime's default ``aggregate='max'``)."""
     names = sorted(set(parts))
-    sims = _unit(queries) @ _unit(catalogue).T
+    sims = l2_normalize(queries) @ l2_normalize(catalogue).T
     out = np.full((len(queries), len(names)), -1.0, np.float32)
     cols = defaultdict(list)
     for j, p in enumerate(parts):
         cols[p].append(j)
     for k, name in enumerate(names):
-        out[:, k] = sims[:, cols[name]].max(axis=1)
+        out[:, k] = aggregate_images(sims[:, cols[name]], aggregate)
     return names, out
 
 

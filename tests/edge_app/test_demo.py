@@ -70,3 +70,18 @@ def test_demo_end_to_end_tiny(tmp_path) -> None:
         assert fresh.identify([photo], top=1).matches[0].part_number == pn
     finally:
         fresh.db.close()
+
+
+def test_pretrained_auto_uses_local_weights_only_when_present(tmp_path, monkeypatch) -> None:
+    from edge_app.demo import _resolve_pretrained
+
+    assert _resolve_pretrained(DemoConfig(model="tiny")) is False  # trained from scratch by design
+    assert _resolve_pretrained(DemoConfig(model="mobilenet_v2", pretrained="yes")) is True
+    assert _resolve_pretrained(DemoConfig(model="mobilenet_v2", pretrained="no")) is False
+    monkeypatch.setenv("PARTLENS_WEIGHTS", str(tmp_path / "empty"))
+    assert _resolve_pretrained(DemoConfig(model="mobilenet_v2")) is False
+    (tmp_path / "empty").mkdir()
+    from training.weights import MOBILENET_V2_FILE
+
+    (tmp_path / "empty" / MOBILENET_V2_FILE).write_bytes(b"present")
+    assert _resolve_pretrained(DemoConfig(model="mobilenet_v2")) is True
