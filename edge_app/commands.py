@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,10 @@ from .errors import InputError, UsageError
 
 
 def data_home() -> Path:
-    """The device data folder: ``$PARTLENS_HOME`` or ``~/.local/share/partlens``."""
-    env = os.environ.get("PARTLENS_HOME")
-    return Path(env) if env else Path.home() / ".local" / "share" / "partlens"
+    """The device data folder (:func:`edge_app.paths.device_dir`)."""
+    from .paths import device_dir
+
+    return device_dir()
 
 
 def _db_path(args: argparse.Namespace) -> Path:
@@ -146,9 +146,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photo file(s) of the same part")
     p.add_argument("--top", type=int, default=5, help="how many parts to list (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON (schema: docs/identify_json_schema.json)")
-    p.add_argument("--bundle", help="verified bundle folder (default: newest under $PARTLENS_HOME/bundles)")
-    p.add_argument("--db", help="catalogue database (default: $PARTLENS_HOME/catalogue.db)")
-    p.add_argument("--keyring", help="trusted keys (default: $PARTLENS_HOME/keyring.json)")
+    p.add_argument("--bundle", help="verified bundle folder (default: the device's active bundle)")
+    p.add_argument("--db", help="catalogue database (default: $PARTLENS_DEVICE_DIR/catalogue.db)")
+    p.add_argument("--keyring", help="trusted keys (default: $PARTLENS_DEVICE_DIR/keyring.json)")
     p.add_argument("--site", help="site whose stock to show and filter on (default: the catalogue's site)")
     p.add_argument("--in-stock", action="store_true", help="only parts in stock at the site")
     p.add_argument("--category", help="only parts of this category")
@@ -166,7 +166,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     csub.required = True
 
     def db_arg(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--db", help="catalogue database (default: $PARTLENS_HOME/catalogue.db)")
+        q.add_argument("--db", help="catalogue database (default: $PARTLENS_DEVICE_DIR/catalogue.db)")
         q.add_argument("--json", action="store_true", help="print JSON")
 
     i = csub.add_parser("import", help="import parts.csv (and images.csv) in the generated layout",

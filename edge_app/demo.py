@@ -16,7 +16,6 @@ Writes ``OUT/report.json`` and ``OUT/report.md``. Heavy packages are imported la
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import dataclass

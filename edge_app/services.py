@@ -20,7 +20,7 @@ import threading
 import uuid as _uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .atomic import atomic_write_bytes, atomic_write_json
 from .errors import InputError, SyncError, UsageError

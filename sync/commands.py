@@ -32,10 +32,9 @@ def _open_hub(args: argparse.Namespace) -> Any:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    d = args.data_dir or os.environ.get("PARTLENS_DEVICE_DIR")
-    if not d:
-        raise UsageError("pass --data-dir DIR (or set PARTLENS_DEVICE_DIR)")
-    return Path(d)
+    from edge_app.paths import device_dir
+
+    return device_dir(args.data_dir)
 
 
 # -- hub handlers ---------------------------------------------------------------------------------
@@ -270,7 +269,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     def scmd(name: str, func: Any, help: str) -> argparse.ArgumentParser:
         p = ssub.add_parser(name, help=help, description=help)
-        p.add_argument("--data-dir", help="device data folder (default: $PARTLENS_DEVICE_DIR)")
+        p.add_argument("--data-dir", help="device data folder (default: $PARTLENS_DEVICE_DIR or "
+                       "~/.local/share/partlens/device)")
         p.set_defaults(func=func)
         return p
 

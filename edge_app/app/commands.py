@@ -7,7 +7,6 @@ import re
 
 from ..errors import UsageError
 
-DEFAULT_DATA_DIR = os.path.join(".partlens", "device")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -22,7 +21,9 @@ def _app(args: argparse.Namespace) -> int:
 
     if args.bundle and not os.path.isdir(args.bundle):
         raise UsageError(f"--bundle {args.bundle}: no such folder")
-    services = DeviceServices(args.data_dir, site=args.site, backend=args.backend, bundle_dir=args.bundle,
+    from ..paths import device_dir
+
+    services = DeviceServices(device_dir(args.data_dir), site=args.site, backend=args.backend, bundle_dir=args.bundle,
                               keyring=args.keyring)
     if args.size:  # must be set before Kivy creates the window
         from kivy.config import Config
@@ -40,9 +41,9 @@ def _app(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("app", help="start the tablet app (Kivy) on this computer", description=__doc__)
-    p.add_argument("--data-dir", default=os.environ.get("PARTLENS_DEVICE_DIR", DEFAULT_DATA_DIR),
+    p.add_argument("--data-dir",
                    help="device data folder: catalogue.db, outbox.db, captures/, bundles/ "
-                        "(default: $PARTLENS_DEVICE_DIR or ./.partlens/device)")
+                        "(default: $PARTLENS_DEVICE_DIR or ~/.local/share/partlens/device)")
     p.add_argument("--site", help="this device's site for stock (default: the catalogue's meta 'site')")
     p.add_argument("--backend", choices=("tflite", "onnx", "android"), help="inference backend (default: best available)")
     p.add_argument("--bundle", help="model bundle folder (default: <data-dir>/bundles/<catalogue bundle_id>)")

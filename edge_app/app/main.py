@@ -264,8 +264,6 @@ def run(services: Any, size: tuple[int, int] | None = None) -> None:
 
 def device_main() -> None:
     """The APK entry point (``main.py``): app storage as the data folder, seeded on first start."""
-    import os
-
     from ..services import DeviceServices
     from .android import is_android
 
@@ -274,7 +272,9 @@ def device_main() -> None:
 
         data_dir = Path(app_storage_path()) / "partlens"
     else:
-        data_dir = Path(os.environ.get("PARTLENS_DEVICE_DIR", Path.home() / ".partlens" / "device"))
+        from ..paths import device_dir
+
+        data_dir = device_dir()
     from ..services import seed_from_starter
 
     seed_from_starter(data_dir, Path(__file__).resolve().parents[2] / "starter_bundle")

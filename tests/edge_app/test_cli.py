@@ -42,7 +42,7 @@ def test_identify_json_follows_schema(world, device_db, capsys):
 
 
 def test_identify_text_output_and_errors(world, device_db, capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("PARTLENS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PARTLENS_DEVICE_DIR", str(tmp_path / "home"))
     rc, out, _ = _run(capsys, "identify", world.field["P0013"][0], "--bundle", world.bundle, "--db", device_db,
                       "--keyring", world.keyring_path, "--backend", "onnx")
     assert rc == 0
@@ -53,14 +53,14 @@ def test_identify_text_output_and_errors(world, device_db, capsys, tmp_path, mon
                       world.keyring_path, "--backend", "onnx")
     assert rc == 3 and "broken.jpg" in err
     rc, _, err = _run(capsys, "identify", bad, "--db", device_db, "--keyring", world.keyring_path)
-    assert rc == 3 and "no model bundle installed" in err  # no bundles under PARTLENS_HOME
+    assert rc == 3 and "no model bundle installed" in err  # no bundle in the device folder
     rc, _, err = _run(capsys, "identify", world.field["P0013"][0], "--bundle", world.bundle, "--db", device_db,
                       "--keyring", tmp_path / "missing.json")
     assert rc == 2 and "keyring" in err
 
 
 def test_catalogue_import_list_show(world, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("PARTLENS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PARTLENS_DEVICE_DIR", str(tmp_path / "home"))
     rc, out, _ = _run(capsys, "catalogue", "import", world.cat.parts_csv, world.cat.images_csv, "--site", "site_a")
     assert rc == 0 and "imported 30 parts" in out
     assert (tmp_path / "home" / "catalogue.db").is_file()  # default data dir

@@ -8,8 +8,6 @@ not load triton or TensorFlow afterwards (both bundle LLVM, as Mesa does: it seg
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path

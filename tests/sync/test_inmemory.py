@@ -1,7 +1,6 @@
 """End-to-end sync through the in-memory transport (same hub code, no HTTP)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from edge_app.errors import AuthError, IntegrityError, SyncError

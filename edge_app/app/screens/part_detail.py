@@ -5,7 +5,7 @@ import logging
 from typing import Any
 
 from kivy.app import App
-from kivy.metrics import dp, mm
+from kivy.metrics import mm
 from kivy.uix.image import Image
 from kivy.uix.screenmanager import Screen
 
