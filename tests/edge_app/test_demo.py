@@ -1,12 +1,20 @@
-"""The main job, end to end on a tiny model: generate, train, export, bundle, hub, sync, identify."""
+"""The main job: ``partlens demo --quick`` end to end (CI runs it), plus its scoring and parts rules."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from edge_app.demo import DemoConfig, run_demo, split_parts
+from edge_app.demo import DemoConfig, quick, resolve_pretrained, run_demo, split_parts
+from edge_app.demo.catalogue import DELIBERATE_SIZE_PAIRS, mixed_catalogue, size_only_groups
+from edge_app.demo.metrics import Outcome, look_alike_confusion, summarize
 from edge_app.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_split_parts_is_deterministic_and_disjoint() -> None:
@@ -26,62 +34,169 @@ def test_demo_refuses_a_non_empty_out_and_bad_options(tmp_path) -> None:
     assert (tmp_path / "x").read_text() == "keep me"
     with pytest.raises(UsageError, match="pretrained"):
         run_demo(DemoConfig(out=str(tmp_path / "new"), pretrained="maybe"))
+    with pytest.raises(UsageError, match="catalogue"):
+        run_demo(DemoConfig(out=str(tmp_path / "new"), catalogue="some"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_quick_is_the_same_chain_smaller() -> None:
+    d, q = DemoConfig(), quick(DemoConfig())
+    assert (q.model, q.export_format, q.pretrained) == (d.model, d.export_format, d.pretrained)
+    assert q.epochs < d.epochs and q.field_per_part < d.field_per_part and q.quick and not d.quick
+
+
+def _outcome(truth: str, ranked: list[str], status: str = "match", ms: float = 5.0) -> Outcome:
+    return Outcome(f"{truth}.jpg", truth, ranked, [None] * len(ranked), [0.9] * len(ranked), status, 0.9, False, ms)
+
+
+def test_summary_and_look_alike_confusion_count_what_happened() -> None:
+    groups = {"NUT-M8": "nut", "NUT-M10": "nut", "GEAR": "", "FUSE": ""}
+    outs = [_outcome("NUT-M8", ["NUT-M8", "NUT-M10"]), _outcome("NUT-M8", ["NUT-M10", "NUT-M8"]),
+            _outcome("NUT-M10", ["NUT-M8", "GEAR"], status="no_confident_match"),
+            _outcome("GEAR", ["FUSE", "GEAR"], ms=15.0)]
+    s = summarize(outs, groups)
+    assert s["queries"] == 4 and s["top1"] == 0.25 and s["top1_up_to_size"] == 0.75 and s["top5"] == 0.75
+    assert s["no_confident_match"] == 0.25 and s["precision_when_accepted"] == pytest.approx(1 / 3)
+    assert s["median_ms"] == 5.0 and s["p95_ms"] > 5.0
+    (nut,) = look_alike_confusion(outs, groups)
+    assert nut["group"] == "nut" and nut["queries"] == 3 and nut["confused_within_group"] == 2
+    assert {(p["truth"], p["answer"], p["count"]) for p in nut["pairs"]} == {("NUT-M8", "NUT-M10", 1),
+                                                                          ("NUT-M10", "NUT-M8", 1)}
+
+
+def test_mixed_catalogue_keeps_distinct_parts_and_the_named_size_pairs() -> None:
+    from training.synth import PARTS
+
+    parts, description = mixed_catalogue()
+    assert len(set(parts)) == len(parts) and str(len(parts)) in description
+    for a, b in DELIBERATE_SIZE_PAIRS:
+        assert a in parts and b in parts
+    series = size_only_groups()
+    assert "hex-nut" in series and "blade-fuse-ato" not in series  # fuses differ in colour, not size
+    for group, members in series.items():
+        kept = [m for m in members if m in parts]
+        assert len(kept) == (2 if any(m in pair for pair in DELIBERATE_SIZE_PAIRS for m in members) else 1), group
+    in_series = {m for ms in series.values() for m in ms}
+    assert all(p.part_number in parts for p in PARTS if p.part_number not in in_series)
+
+
+def test_pretrained_auto_uses_local_weights_only_when_present(tmp_path, monkeypatch) -> None:
+    assert resolve_pretrained(DemoConfig(model="tiny")) is False  # trained from scratch by design
+    assert resolve_pretrained(DemoConfig(model="mobilenet_v2", pretrained="yes")) is True
+    assert resolve_pretrained(DemoConfig(model="mobilenet_v2", pretrained="no")) is False
+    monkeypatch.setenv("PARTLENS_WEIGHTS", str(tmp_path / "empty"))
+    assert resolve_pretrained(DemoConfig(model="mobilenet_v2")) is False
+    (tmp_path / "empty").mkdir()
+    from training.weights import MOBILENET_V2_FILE
+
+    (tmp_path / "empty" / MOBILENET_V2_FILE).write_bytes(b"present")
+    assert resolve_pretrained(DemoConfig(model="mobilenet_v2")) is True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0): it has exited but its parent has not reaped it yet.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProcess]:
+    """``partlens demo --quick`` exactly as a user runs it (CI runs this on every submission)."""
+    root = tmp_path_factory.mktemp("demo")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "edge_app.cli", "demo", "--quick", "--out", str(root / "run"),
+                           "--starter-bundle", str(root / "starter")],
+                          cwd=str(root), env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return root, json.loads((root / "run" / "report.json").read_text()), proc
 
 
 @pytest.mark.slow
-def test_demo_end_to_end_tiny(tmp_path) -> None:
-    cfg = DemoConfig(out=str(tmp_path / "demo"), model="tiny", pretrained="no", epochs=3, image_size=64,
-                     catalogue_per_part=2, field_per_part=3, query_per_part=1, export_format="tflite-fp32",
-                     starter_bundle=str(tmp_path / "starter"))
-    report = run_demo(cfg)
-    saved = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert saved["bundle"]["bundle_id"] == report["bundle"]["bundle_id"]
-    assert (tmp_path / "demo" / "report.md").read_text().startswith("# partlens demo report")
-    # The new parts are not in the first catalogue: they can never rank first before the sync.
+def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
+    root, report, proc = quick_demo
+    run = root / "run"
+    # Progress was shown, step by step, and the table and report path were printed.
+    assert "[1/8]" in proc.stderr and "[8/8]" in proc.stderr
+    assert "| known parts, fresh field photos |" in proc.stdout and str(run / "report.html") in proc.stdout
+    assert report["training"]["model"] == "efficientnet_lite0"
+    assert report["export"]["format"] in ("tflite-int8", "tflite-fp32")
+    if report["export"]["format"] == "tflite-fp32":  # only when the gate refused int8, and then it says why
+        assert "parity gate failed" in report["export"]["refused"]["reason"]
+    # The hub was a real server on loopback, and it is gone now.
+    assert report["hub"]["url"].startswith("http://127.0.0.1:")
+    assert not _pid_alive(report["hub"]["pid"])
+    # The new parts are not in the first catalogue: they can never rank first before the sync ...
     assert report["identify_new_before_sync"]["top1"] == 0.0
-    # After one sync they are in the device's catalogue and index (no retraining happened).
+    # ... and after one sync they are in the device's catalogue and index (no retraining happened).
     assert report["sync_incremental"]["to_version"] > report["sync_incremental"]["from_version"]
     assert report["identify_known"]["queries"] == len(report["parts"]["known"])
-    # Model-independent proof that the hub embedded the new parts with the model the tablet runs:
-    # each new part's own catalogue photo, identified on the tablet, finds that part first.
-    from edge_app.demo import _device_identifier
+    for key in ("top1", "top5", "no_confident_match", "median_ms", "p95_ms"):
+        assert key in report["identify_known"]
+    html = (run / "report.html").read_text()
+    thumbs = list((run / "report_files").glob("*.jpg"))
+    assert len(thumbs) > len(report["parts"]["known"]) and thumbs[0].name in html
 
-    ident = _device_identifier(tmp_path / "demo" / "tablet")
+
+@pytest.mark.slow
+def test_quick_demo_new_parts_are_found_after_one_sync(quick_demo) -> None:
+    """Model-independent proof that the hub embedded the new parts with the model the tablet runs:
+    each new part's own catalogue photo, identified on the tablet, finds that part first."""
+    from edge_app.demo import device_identifier
+
+    root, report, _ = quick_demo
+    ident = device_identifier(root / "run" / "tablet")
     try:
         for pn in report["parts"]["new"]:
-            photo = sorted((tmp_path / "demo" / "data" / "new" / "images" / pn).glob("catalogue_*.jpg"))[0]
+            photo = sorted((root / "run" / "data" / "new" / "images" / pn).glob("catalogue_*.jpg"))[0]
             res = ident.identify([photo], top=3)
             assert res.matches[0].part_number == pn
-            assert res.matches[0].similarity > 0.999
+            assert res.matches[0].similarity > 0.99
     finally:
         ident.db.close()
-    # The starter data the APK ships: catalogue, keyring, active bundle; never the device token.
-    starter = tmp_path / "starter"
+
+
+@pytest.mark.slow
+def test_quick_demo_starter_bundle_carries_no_secrets(quick_demo, tmp_path) -> None:
+    from edge_app.demo import device_identifier
+    from edge_app.services import seed_from_starter
+
+    root, report, _ = quick_demo
+    starter = root / "starter"
     assert (starter / "catalogue.db").is_file() and (starter / "keyring.json").is_file()
     assert (starter / "bundles" / report["bundle"]["bundle_id"] / "manifest.json").is_file()
     assert not (starter / "device.json").exists() and not (starter / "outbox.db").exists()
-    from edge_app.services import seed_from_starter
-
     assert seed_from_starter(tmp_path / "fresh-device", starter)
-    fresh = _device_identifier(tmp_path / "fresh-device")
+    fresh = device_identifier(tmp_path / "fresh-device")
     try:
         pn = report["parts"]["new"][0]
-        photo = sorted((tmp_path / "demo" / "data" / "new" / "images" / pn).glob("catalogue_*.jpg"))[0]
+        photo = sorted((root / "run" / "data" / "new" / "images" / pn).glob("catalogue_*.jpg"))[0]
         assert fresh.identify([photo], top=1).matches[0].part_number == pn
     finally:
         fresh.db.close()
 
 
-def test_pretrained_auto_uses_local_weights_only_when_present(tmp_path, monkeypatch) -> None:
-    from edge_app.demo import _resolve_pretrained
+@pytest.mark.slow
+def test_demo_stops_its_hub_on_ctrl_c(quick_demo, tmp_path, monkeypatch) -> None:
+    """A KeyboardInterrupt in the middle of the hub steps still stops the hub process."""
+    from edge_app.demo.pipeline import DemoRun
 
-    assert _resolve_pretrained(DemoConfig(model="tiny")) is False  # trained from scratch by design
-    assert _resolve_pretrained(DemoConfig(model="mobilenet_v2", pretrained="yes")) is True
-    assert _resolve_pretrained(DemoConfig(model="mobilenet_v2", pretrained="no")) is False
-    monkeypatch.setenv("PARTLENS_WEIGHTS", str(tmp_path / "empty"))
-    assert _resolve_pretrained(DemoConfig(model="mobilenet_v2")) is False
-    (tmp_path / "empty").mkdir()
-    from training.weights import MOBILENET_V2_FILE
+    root, report, _ = quick_demo
+    seen: dict[str, int] = {}
 
-    (tmp_path / "empty" / MOBILENET_V2_FILE).write_bytes(b"present")
-    assert _resolve_pretrained(DemoConfig(model="mobilenet_v2")) is True
+    def interrupted(self: DemoRun) -> None:
+        seen["pid"] = self.report["hub"]["pid"]
+        assert _pid_alive(seen["pid"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DemoRun, "first_sync", interrupted)
+    run = DemoRun(quick(DemoConfig(out=str(tmp_path / "again"))))
+    run.data = root / "run" / "data"
+    run.bundle_dir = Path(report["bundle"]["path"])
+    run.key_path = Path(report["bundle"]["signing_key"])
+    with pytest.raises(KeyboardInterrupt):
+        run.hub_and_tablet()
+    assert seen["pid"] and not _pid_alive(seen["pid"])

@@ -2,19 +2,16 @@
 from __future__ import annotations
 
 import io
-import os
 import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from edge_app.signing import Keyring, SigningKey, init_key
+from sync.hub.process import HubProcess
+from sync.hub.process import free_port as free_port  # re-exported for the tests
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -94,43 +91,12 @@ def write_images(d: Path, seeds: Sequence[int]) -> list[Path]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class HubServer:
-    """A real hub process (``python -m uvicorn``) on a free loopback port."""
+class HubServer(HubProcess):
+    """A real hub process on a free loopback port, started at construction (tests call ``stop()``)."""
 
     def __init__(self, hub_dir: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, PARTLENS_HUB=str(hub_dir), PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen(
-            [PY, "-m", "uvicorn", "--factory", "sync.hub.server:app_from_env", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
-            env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"hub server died: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                urllib.request.urlopen(self.url + "/openapi.json", timeout=1).read()
-                return
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("hub server did not start in 30 s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().__init__(hub_dir, port=port)
+        self.start()
 
 
 class CuttingProxy:

@@ -1,0 +1,100 @@
+"""``partlens demo``: the whole product end to end on this computer, offline, on built-in defaults.
+
+1. Render synthetic spare parts; field queries use backgrounds never used in training. The parts
+   are split three ways: *known* (trained on, in the first catalogue), *new* (added at the hub
+   later, never trained on) and *outside* (never in the catalogue; calibration negatives).
+2. Fine-tune the pretrained EfficientNet-Lite0 on the known parts for a few CPU minutes.
+3. Export int8 TFLite behind the parity gate (if the gate refuses int8, fp32 ships and the report
+   says so), fit the "no confident match" calibration and sign a device bundle with a demo key
+   made outside the repository.
+4. Start a hub on 127.0.0.1, load the catalogue and bundle, enrol a tablet, sync it over HTTP.
+5. Identify held-out field photos on the tablet; add new parts at the hub, sync once, and find
+   them without retraining.
+6. Print a table and write OUT/report.json, report.md and report.html (with thumbnails).
+
+``--quick`` runs the same chain at a tiny scale (CI runs it). ``--app`` then opens the tablet app
+on the synced device folder. The hub is always stopped, also on error or Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .config import CATALOGUES, DemoConfig, quick, split_parts
+from .pipeline import device_identifier, resolve_pretrained, run_demo
+from .report import markdown as report_markdown
+
+__all__ = ["DemoConfig", "device_identifier", "quick", "report_markdown", "resolve_pretrained", "run_demo",
+           "split_parts"]
+
+
+def _progress_printer() -> "callable":
+    t0 = time.perf_counter()
+
+    def show(i: int, n: int, msg: str) -> None:
+        print(f"[{i}/{n}] {time.perf_counter() - t0:6.0f} s  {msg}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _open_app(device_dir: Path) -> None:
+    from ..services import DeviceServices
+    from .config import SITE
+
+    services = DeviceServices(device_dir, site=SITE)
+    from ..app.main import run
+
+    try:
+        run(services)
+    finally:
+        services.close()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    d = DemoConfig()
+    out = args.out or str(Path(d.out) / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+    cfg = DemoConfig(out=out, seed=args.seed, model=args.model, pretrained=args.pretrained,
+                     catalogue=args.catalogue, export_format=args.export_format, starter_bundle=args.starter_bundle)
+    if args.quick:
+        cfg = quick(cfg)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size)) if v is not None}
+    cfg = replace(cfg, **overrides)
+    for name in ("training.train", "edge_app.demo"):  # epoch lines and step timings, also without a TTY
+        if logging.getLogger(name).getEffectiveLevel() > logging.INFO:
+            logging.getLogger(name).setLevel(logging.INFO)
+    report = run_demo(cfg, progress=_progress_printer())
+    print(report_markdown(report))
+    print(f"report: {Path(cfg.out) / 'report.html'}")
+    if args.app:
+        _open_app(Path(report["device_dir"]))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = DemoConfig()
+    p = sub.add_parser("demo", help="run the whole product end to end on generated parts (the main job)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help=f"output folder, must be new or empty (default: {d.out}/<UTC time>, so a re-run "
+                                 "never meets an earlier run's folder)")
+    p.add_argument("--quick", action="store_true", help="the same chain at a tiny scale (a few minutes; CI runs it)")
+    p.add_argument("--app", action="store_true", help="afterwards, open the tablet app on the synced device folder")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--model", default=d.model, help=f"model name (default {d.model})")
+    p.add_argument("--pretrained", default=d.pretrained, choices=("auto", "yes", "no"),
+                   help="ImageNet init: auto uses local weights when present and says so in the report")
+    p.add_argument("--catalogue", default=d.catalogue, choices=CATALOGUES,
+                   help=f"which generated parts form the inventory (default {d.catalogue})")
+    p.add_argument("--epochs", type=int, help=f"training epochs (default {d.epochs}; --quick: "
+                                              f"{quick(d).epochs})")
+    p.add_argument("--image-size", type=int, help=f"model input side in px (default {d.image_size}; --quick: "
+                                                  f"{quick(d).image_size})")
+    p.add_argument("--export-format", default=d.export_format,
+                   help=f"device model format (default {d.export_format}; see `partlens export --help`)")
+    p.add_argument("--starter-bundle", metavar="DIR",
+                   help="also copy the synced tablet's catalogue, keyring and bundle here "
+                        "(starter_bundle/ is what the APK ships)")
+    p.set_defaults(func=_demo)

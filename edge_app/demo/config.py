@@ -1,0 +1,77 @@
+"""What the demo runs: one frozen config, a full preset (the default) and a ``--quick`` preset."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import UsageError
+
+SITE = "site_a"
+CATALOGUES = ("all", "mixed")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Every choice the demo makes; saved in the report. Defaults are the full demo."""
+
+    out: str = "runs/demo"
+    seed: int = 0
+    model: str = "efficientnet_lite0"
+    pretrained: str = "auto"  # auto | yes | no
+    epochs: int = 8
+    image_size: int = 160
+    batch_size: int = 32
+    freeze_stages: int = 0
+    catalogue: str = "all"  # which generated parts make up the terminal's inventory (see CATALOGUES)
+    catalogue_per_part: int = 2
+    field_per_part: int = 8
+    query_per_part: int = 3
+    new_parts: int = 4
+    outside_parts: int = 4
+    generate_size: int = 256
+    export_format: str = "tflite-int8"
+    starter_bundle: str | None = None  # also copy the device bundle here (the APK's starter bundle)
+    quick: bool = False
+
+    def validate(self) -> None:
+        if self.pretrained not in ("auto", "yes", "no"):
+            raise UsageError(f"--pretrained must be auto, yes or no, got {self.pretrained!r}")
+        if self.catalogue not in CATALOGUES:
+            raise UsageError(f"--catalogue must be one of {', '.join(CATALOGUES)}, got {self.catalogue!r}")
+        for name in ("epochs", "image_size", "batch_size", "catalogue_per_part", "field_per_part",
+                     "query_per_part", "new_parts", "outside_parts"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.freeze_stages < 0:
+            raise UsageError(f"freeze_stages must be >= 0, got {self.freeze_stages}")
+        if self.image_size < 32:
+            raise UsageError(f"image_size must be >= 32, got {self.image_size}")
+        if not 32 <= self.generate_size <= 2048:
+            raise UsageError(f"generate_size must be 32-2048, got {self.generate_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: ``--quick``: the same chain (same model family, int8 export, hub, sync, identify) at a tiny scale.
+QUICK_OVERRIDES: dict[str, Any] = dict(epochs=2, image_size=96, catalogue_per_part=1, field_per_part=3,
+                                       query_per_part=1, new_parts=2, outside_parts=2, generate_size=160,
+                                       quick=True)
+
+
+def quick(cfg: DemoConfig) -> DemoConfig:
+    """The ``--quick`` variant of ``cfg``."""
+    return replace(cfg, **QUICK_OVERRIDES)
+
+
+def split_parts(part_numbers: Sequence[str], n_new: int, n_outside: int, seed: int) -> dict[str, list[str]]:
+    """Deterministically split part numbers into known / new / outside."""
+    if n_new + n_outside + 2 > len(part_numbers):
+        raise UsageError(f"{n_new} new + {n_outside} outside parts leave fewer than 2 known parts "
+                         f"out of {len(part_numbers)}")
+    order = np.random.default_rng(seed).permutation(len(part_numbers))
+    pick = [part_numbers[i] for i in order]
+    return {"new": sorted(pick[:n_new]), "outside": sorted(pick[n_new:n_new + n_outside]),
+            "known": sorted(pick[n_new + n_outside:])}

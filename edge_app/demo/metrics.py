@@ -1,0 +1,115 @@
+"""Identify held-out photos on the device runtime and score what happened."""
+from __future__ import annotations
+
+import csv
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One query photo and what the device answered."""
+
+    path: str
+    truth: str
+    ranked: list[str]          # part numbers, best first
+    best_images: list[str | None]
+    similarities: list[float]
+    status: str                # match | no_confident_match
+    confidence: float | None
+    needs_scale_photo: bool
+    ms: float
+
+    @property
+    def first(self) -> str | None:
+        return self.ranked[0] if self.ranked else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def field_photos(root: Path, parts: Sequence[str]) -> list[tuple[Path, str]]:
+    """(path, part number) of the generated field shots of ``parts`` under ``root``."""
+    wanted = set(parts)
+    with open(root / "images.csv", newline="") as fh:
+        return [(root / r["path"], r["part_number"]) for r in csv.DictReader(fh)
+                if r["kind"] == "field" and r["part_number"] in wanted]
+
+
+def look_alike_groups(*parts_csvs: Path) -> dict[str, str]:
+    """part number -> look-alike group ('' when the part has none)."""
+    out: dict[str, str] = {}
+    for path in parts_csvs:
+        with open(path, newline="") as fh:
+            out.update({r["part_number"]: r.get("look_alike_group") or "" for r in csv.DictReader(fh)})
+    return out
+
+
+def identify_photos(identifier: Any, photos: Sequence[tuple[Path, str]], top: int = 5) -> list[Outcome]:
+    """Run every photo through ``identifier.identify`` (one photo per query), timing each call."""
+    out = []
+    for path, truth in photos:
+        t0 = time.perf_counter()
+        res = identifier.identify([path], top=top)
+        ms = (time.perf_counter() - t0) * 1000
+        out.append(Outcome(str(path), truth, [m.part_number for m in res.matches],
+                           [m.best_image_id for m in res.matches], [m.similarity for m in res.matches],
+                           res.status, res.confidence, bool(res.needs_scale_photo), ms))
+    return out
+
+
+def summarize(outcomes: Sequence[Outcome], groups: dict[str, str]) -> dict[str, Any]:
+    """Top-1 / top-5, "no confident match" rate, precision of accepted answers, latency.
+
+    ``top1_up_to_size`` also counts a same-group look-alike ranked first (it differs only in size,
+    which a photo without a scale reference cannot show; the app then asks for a scale photo).
+    """
+    n = len(outcomes)
+    if n == 0:
+        return {"queries": 0}
+    right = [o.first == o.truth for o in outcomes]
+    same_group = [r or bool(o.first and groups.get(o.truth) and groups.get(o.first) == groups.get(o.truth))
+                  for o, r in zip(outcomes, right)]
+    accepted = [o.status == "match" for o in outcomes]
+    ms = np.array([o.ms for o in outcomes])
+    n_acc = sum(accepted)
+    return {
+        "queries": n,
+        "top1": sum(right) / n,
+        "top1_up_to_size": sum(same_group) / n,
+        "top5": sum(o.truth in o.ranked[:5] for o in outcomes) / n,
+        "no_confident_match": 1 - n_acc / n,
+        "accepted": n_acc / n,
+        "precision_when_accepted": (sum(a and r for a, r in zip(accepted, right)) / n_acc) if n_acc else None,
+        "asked_for_scale_photo": sum(o.needs_scale_photo for o in outcomes) / n,
+        "median_ms": float(np.median(ms)),
+        "p95_ms": float(np.percentile(ms, 95)),
+    }
+
+
+def look_alike_confusion(outcomes: Sequence[Outcome], groups: dict[str, str]) -> list[dict[str, Any]]:
+    """Per look-alike group: how often a photo of one member was answered with another member.
+
+    One row per group that had queries: its members, the number of queries, and each confused
+    (truth -> answer) pair with its count.
+    """
+    members: dict[str, set[str]] = defaultdict(set)
+    for pn, g in groups.items():
+        if g:
+            members[g].add(pn)
+    rows = []
+    for g in sorted(members):
+        qs = [o for o in outcomes if o.truth in members[g]]
+        if not qs:
+            continue
+        pairs = Counter((o.truth, o.first) for o in qs if o.first in members[g] and o.first != o.truth)
+        confused = sum(pairs.values())
+        rows.append({"group": g, "members": sorted(members[g]), "queries": len(qs),
+                     "confused_within_group": confused, "rate": confused / len(qs),
+                     "pairs": [{"truth": t, "answer": a, "count": c} for (t, a), c in sorted(pairs.items())]})
+    return rows

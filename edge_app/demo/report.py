@@ -1,0 +1,116 @@
+"""The demo's printed table (Markdown) and its HTML report with query and match thumbnails."""
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..atomic import atomic_write_text
+from .metrics import Outcome
+
+THUMB_PX = 112
+QUERY_SETS = (("identify_known", "known parts, fresh field photos"),
+              ("identify_new_before_sync", "new parts BEFORE the hub added them (expected: no confident match)"),
+              ("identify_new_after_sync", "new parts AFTER one sync, no retraining"))
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _ms(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """The summary table the CLI prints and ``report.md`` holds."""
+    tr, ex = r["training"], r["export"]
+    lines = ["# partlens demo report", "",
+             f"Model `{tr['model']}` (ImageNet init: {tr['pretrained']}), {tr['epochs']} epochs at "
+             f"{tr['image_size']} px, val top-1 {_pct(tr['val_top1'])}; device model {ex['format']} "
+             f"{ex['size_bytes'] / 1e6:.2f} MB; bundle `{r['bundle']['bundle_id']}`; "
+             f"catalogue: {r['catalogue']['description']}.", ""]
+    if ex.get("refused"):
+        lines += [f"**The parity gate refused {ex['refused']['format']}**: {ex['refused']['reason']}", ""]
+    lines += ["| queries | n | top-1 | top-1 up to size look-alikes | top-5 | no confident match | "
+              "precision when accepted | median ms | p95 ms |", "|---|---|---|---|---|---|---|---|---|"]
+    for key, name in QUERY_SETS:
+        m = r.get(key)
+        if not m or not m.get("queries"):
+            continue
+        lines.append(f"| {name} | {m['queries']} | {_pct(m['top1'])} | {_pct(m['top1_up_to_size'])} | "
+                     f"{_pct(m['top5'])} | {_pct(m['no_confident_match'])} | {_pct(m['precision_when_accepted'])} | "
+                     f"{_ms(m['median_ms'])} | {_ms(m['p95_ms'])} |")
+    conf = r.get("look_alike_confusion") or []
+    if conf:
+        lines += ["", "Look-alike groups (known parts): photos of one member answered with another member", "",
+                  "| group | members | queries | confused | confused pairs (truth -> answer x count) |",
+                  "|---|---|---|---|---|"]
+        for g in conf:
+            pairs = ", ".join(f"{p['truth']} -> {p['answer']} x{p['count']}" for p in g["pairs"]) or "-"
+            lines.append(f"| {g['group']} | {', '.join(g['members'])} | {g['queries']} | {_pct(g['rate'])} | {pairs} |")
+    s1, s2 = r["sync_full"], r["sync_incremental"]
+    lines += ["", f"Hub on {r['hub']['url']}: full sync to v{s1['to_version']} ({s1['bytes'] / 1e6:.2f} MB, "
+                  f"{s1['seconds']:.1f} s); after adding {len(r['parts']['new'])} parts, incremental sync "
+                  f"v{s2['from_version']} -> v{s2['to_version']} ({s2['bytes'] / 1e3:.1f} kB, {s2['seconds']:.1f} s).",
+              "", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in r["timings_s"].items()), ""]
+    return "\n".join(lines)
+
+
+def _thumb(src: Path | None, dest_dir: Path, name: str) -> str | None:
+    """Write a small JPEG copy of ``src`` into ``dest_dir``; return its file name (None if unreadable)."""
+    if src is None or not src.is_file():
+        return None
+    from PIL import Image
+
+    from ..imageio import load_image
+
+    dest = dest_dir / f"{name}.jpg"
+    if not dest.exists():
+        img = load_image(src, draft_size=(4 * THUMB_PX, 4 * THUMB_PX))
+        img.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.LANCZOS)
+        tmp = dest.with_suffix(".tmp")
+        img.save(tmp, "JPEG", quality=85)
+        os.replace(tmp, dest)
+    return dest.name
+
+
+def write_html(out: Path, report: dict[str, Any], outcomes: dict[str, Sequence[Outcome]],
+               image_path: Callable[[str | None], Path | None]) -> Path:
+    """``out/report.html`` (+ ``out/report_files/`` thumbnails): the summary, then every query with its
+    top-3 answers. ``image_path`` maps a catalogue image id to a file (the hub's thumbnails)."""
+    files = out / "report_files"
+    files.mkdir(parents=True, exist_ok=True)
+    esc = html.escape
+    body = [f"<h1>partlens demo report</h1><pre>{esc(markdown(report))}</pre>"]
+    for key, title in QUERY_SETS:
+        rows = outcomes.get(key) or []
+        if not rows:
+            continue
+        body.append(f"<h2>{esc(title)}</h2><table><tr><th>photo</th><th>truth</th><th>answer</th>"
+                    "<th>top-3 (catalogue image, part, similarity)</th></tr>")
+        for i, o in enumerate(rows):
+            q = _thumb(Path(o.path), files, f"{key}-{i:04d}")
+            ok = "right" if o.first == o.truth else "wrong"
+            verdict = ("match" if o.status == "match" else "no confident match") + \
+                      (f", confidence {o.confidence:.2f}" if o.confidence is not None else "")
+            cells = []
+            for j, (pn, img, sim) in enumerate(zip(o.ranked[:3], o.best_images[:3], o.similarities[:3])):
+                t = _thumb(image_path(img), files, f"cat-{img}") if img else None
+                pic = f'<img src="report_files/{esc(t)}" alt="{esc(pn)}">' if t else ""
+                cells.append(f'<div class="m {"hit" if pn == o.truth else ""}">{pic}<br>{j + 1}. {esc(pn)} '
+                             f'{sim:.3f}</div>')
+            qimg = f'<img src="report_files/{esc(q)}" alt="query">' if q else esc(o.path)
+            body.append(f'<tr class="{ok}"><td>{qimg}</td><td>{esc(o.truth)}</td><td>{esc(o.first or "-")}<br>'
+                        f'<small>{esc(verdict)}, {o.ms:.1f} ms</small></td><td>{"".join(cells)}</td></tr>')
+        body.append("</table>")
+    style = ("body{font-family:sans-serif;margin:1.5em}pre{background:#f4f4f4;padding:1em;overflow-x:auto}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px;vertical-align:top}"
+             "tr.wrong td:nth-child(3){background:#fdd}tr.right td:nth-child(3){background:#dfd}"
+             ".m{display:inline-block;margin:2px;text-align:center;font-size:small}.m.hit{outline:3px solid #3a3}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>partlens demo</title><style>{style}</style>"
+            f"</head><body>{''.join(body)}</body></html>")
+    dest = out / "report.html"
+    atomic_write_text(dest, page)
+    return dest

@@ -1,0 +1,87 @@
+"""Run a hub HTTP server as a child process on 127.0.0.1 (the demo and the tests use it).
+
+``with HubProcess(hub_dir) as hub: ...`` starts ``uvicorn`` on a free loopback port, waits until the
+API answers, and always stops the process on exit, including on an exception or Ctrl-C.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from edge_app.errors import SyncError
+
+log = logging.getLogger(__name__)
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class HubProcess:
+    """A real hub server process; a context manager that never leaves it running."""
+
+    def __init__(self, hub_dir: str | os.PathLike[str], *, port: int | None = None, host: str = "127.0.0.1",
+                 start_timeout: float = 30.0) -> None:
+        self.hub_dir = Path(hub_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "HubProcess":
+        env = dict(os.environ, PARTLENS_HUB=str(self.hub_dir))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH", "")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "sync.hub.server:app_from_env", "--host", self.host,
+             "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace")[-2000:] if self.proc.stderr else ""
+                raise SyncError(f"hub server exited with code {self.proc.returncode}: {err}")
+            try:
+                urllib.request.urlopen(self.url + "/openapi.json", timeout=1).read()
+                log.info("hub: serving %s on %s (pid %d)", self.hub_dir, self.url, self.proc.pid)
+                return self
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.1)
+        self.stop()
+        raise SyncError(f"hub server did not answer on {self.url} within {self.start_timeout:.0f} s")
+
+    def stop(self) -> None:
+        """Terminate (then kill) the server; safe to call twice."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        log.info("hub: stopped %s", self.url)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def __enter__(self) -> "HubProcess":
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
