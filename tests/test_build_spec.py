@@ -325,7 +325,7 @@ def test_shipped_model_uses_only_supported_ops() -> None:
 
 @pytest.mark.slow
 def test_default_model_architecture_int8_uses_only_supported_ops() -> None:
-    """The model the demo ships by default (MobileNetV2, int8 via litert-torch), converted here."""
+    """The architecture the demo ships by default (DemoConfig().model, int8 via litert-torch), converted here."""
     pytest.importorskip("ai_edge_litert")
     pytest.importorskip("litert_torch")
     import numpy as np

@@ -28,6 +28,7 @@ class DemoConfig:
     catalogue_per_part: int = 2
     field_per_part: int = 8
     query_per_part: int = 3
+    calibration_per_part: int = 4  # field photos per part for the "no confident match" calibration
     new_parts: int = 4
     outside_parts: int = 4
     generate_size: int = 256
@@ -41,7 +42,7 @@ class DemoConfig:
         if self.catalogue not in CATALOGUES:
             raise UsageError(f"--catalogue must be one of {', '.join(CATALOGUES)}, got {self.catalogue!r}")
         for name in ("epochs", "image_size", "batch_size", "catalogue_per_part", "field_per_part",
-                     "query_per_part", "new_parts", "outside_parts"):
+                     "query_per_part", "calibration_per_part", "new_parts", "outside_parts"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.freeze_stages < 0:
@@ -57,8 +58,8 @@ class DemoConfig:
 
 #: ``--quick``: the same chain (same model family, int8 export, hub, sync, identify) at a tiny scale.
 QUICK_OVERRIDES: dict[str, Any] = dict(epochs=2, image_size=96, catalogue_per_part=1, field_per_part=3,
-                                       query_per_part=1, new_parts=2, outside_parts=2, generate_size=160,
-                                       quick=True)
+                                       query_per_part=1, calibration_per_part=2, new_parts=2, outside_parts=2,
+                                       generate_size=160, quick=True)
 
 
 def quick(cfg: DemoConfig) -> DemoConfig:

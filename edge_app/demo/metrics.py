@@ -95,8 +95,8 @@ def summarize(outcomes: Sequence[Outcome], groups: dict[str, str]) -> dict[str, 
 def look_alike_confusion(outcomes: Sequence[Outcome], groups: dict[str, str]) -> list[dict[str, Any]]:
     """Per look-alike group: how often a photo of one member was answered with another member.
 
-    One row per group that had queries: its members, the number of queries, and each confused
-    (truth -> answer) pair with its count.
+    One row per group with two or more members in ``groups`` and queries: its members, the number
+    of queries, and each confused (truth -> answer) pair with its count.
     """
     members: dict[str, set[str]] = defaultdict(set)
     for pn, g in groups.items():
@@ -105,7 +105,7 @@ def look_alike_confusion(outcomes: Sequence[Outcome], groups: dict[str, str]) ->
     rows = []
     for g in sorted(members):
         qs = [o for o in outcomes if o.truth in members[g]]
-        if not qs:
+        if len(members[g]) < 2 or not qs:
             continue
         pairs = Counter((o.truth, o.first) for o in qs if o.first in members[g] and o.first != o.truth)
         confused = sum(pairs.values())

@@ -96,12 +96,13 @@ class DemoRun:
         kw = dict(size=cfg.generate_size, catalogue_per_part=cfg.catalogue_per_part)
         known = generate(self.data / "known", seed=cfg.seed, parts=groups["known"],
                          field_per_part=cfg.field_per_part, **kw)
-        new = generate(self.data / "new", seed=cfg.seed, parts=groups["new"], field_per_part=1, **kw)
+        new = generate(self.data / "new", seed=cfg.seed, parts=groups["new"], field_per_part=3, **kw)  # photos the hub adds
         # Fresh photos: another seed, so poses, light and field backgrounds were never seen in training.
         queries = generate(self.data / "queries", seed=cfg.seed + 1000, catalogue_per_part=0, size=cfg.generate_size,
                            field_per_part=cfg.query_per_part, parts=groups["known"] + groups["new"])
         calib = generate(self.data / "calibration", seed=cfg.seed + 2000, catalogue_per_part=0,
-                         size=cfg.generate_size, field_per_part=2, parts=groups["known"] + groups["outside"])
+                         size=cfg.generate_size, field_per_part=cfg.calibration_per_part,
+                         parts=groups["known"] + groups["outside"])
         self.report["images"] = {"train": known.n_images, "new_catalogue": new.n_images,
                                  "queries": queries.n_images, "calibration": calib.n_images}
         self._lap("generate", t0)
@@ -218,7 +219,8 @@ class DemoRun:
         finally:
             ident.db.close()
         known = self.outcomes["identify_known"]
-        self.report["look_alike_confusion"] = metrics.look_alike_confusion(known, self.groups)
+        in_catalogue = {pn: g for pn, g in self.groups.items() if pn in set(self.parts["known"])}
+        self.report["look_alike_confusion"] = metrics.look_alike_confusion(known, in_catalogue)
         self._lap("identify", t0)
 
     def add_parts_and_resync(self) -> None:

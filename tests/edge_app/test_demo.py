@@ -51,6 +51,7 @@ def _outcome(truth: str, ranked: list[str], status: str = "match", ms: float = 5
 
 def test_summary_and_look_alike_confusion_count_what_happened() -> None:
     groups = {"NUT-M8": "nut", "NUT-M10": "nut", "GEAR": "", "FUSE": ""}
+    lone = {**groups, "WSH-M8": "washer"}  # its size sibling is not in this catalogue: nothing to confuse
     outs = [_outcome("NUT-M8", ["NUT-M8", "NUT-M10"]), _outcome("NUT-M8", ["NUT-M10", "NUT-M8"]),
             _outcome("NUT-M10", ["NUT-M8", "GEAR"], status="no_confident_match"),
             _outcome("GEAR", ["FUSE", "GEAR"], ms=15.0)]
@@ -58,7 +59,7 @@ def test_summary_and_look_alike_confusion_count_what_happened() -> None:
     assert s["queries"] == 4 and s["top1"] == 0.25 and s["top1_up_to_size"] == 0.75 and s["top5"] == 0.75
     assert s["no_confident_match"] == 0.25 and s["precision_when_accepted"] == pytest.approx(1 / 3)
     assert s["median_ms"] == 5.0 and s["p95_ms"] > 5.0
-    (nut,) = look_alike_confusion(outs, groups)
+    (nut,) = look_alike_confusion(outs + [_outcome("WSH-M8", ["GEAR"])], lone)
     assert nut["group"] == "nut" and nut["queries"] == 3 and nut["confused_within_group"] == 2
     assert {(p["truth"], p["answer"], p["count"]) for p in nut["pairs"]} == {("NUT-M8", "NUT-M10", 1),
                                                                           ("NUT-M10", "NUT-M8", 1)}
