@@ -21,7 +21,8 @@ def _export(args: argparse.Namespace) -> int:
     from .pipeline import export_checkpoint
 
     options = {"calib_images": args.calib_images, "per_channel": args.per_channel, "opset": args.opset,
-               "calib_method": args.calib_method, "seed": args.seed, "metadata": args.metadata}
+               "calib_method": args.calib_method, "seed": args.seed, "metadata": args.metadata,
+               "weight_tuning": args.weight_tuning}
     res = export_checkpoint(args.checkpoint, args.format, args.out, calib_dir=args.calib, val_dir=args.val,
                             catalogue_dir=args.catalogue, options=options, val_images=args.val_images,
                             thresholds=Thresholds(), overwrite=args.overwrite)
@@ -125,6 +126,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--calib-images", type=int, help="int8: calibration images (default 200)")
     ex.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
                     help="int8: per-channel weights (default on)")
+    ex.add_argument("--weight-tuning", action=argparse.BooleanOptionalAction, default=None,
+                    help="tflite-int8: round int8 weights against calibration activations and correct "
+                         "biases (default on; needs per-channel weights)")
     ex.add_argument("--calib-method", choices=CALIB_METHODS, help="onnx-int8: calibration method (default minmax)")
     ex.add_argument("--opset", type=int, help="ONNX opset (default 18)")
     ex.add_argument("--seed", type=int, help="int8: calibration sample seed (default 0)")

@@ -18,6 +18,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "calib_method": "minmax",  # onnxruntime calibration: minmax | entropy | percentile
     "seed": 0,  # which calibration images are drawn
     "metadata": True,  # TFLite: embed labels + normalisation with tflite-support's metadata writer
+    "weight_tuning": True,  # TFLite int8: calibration-aware weight rounding + bias correction
 }
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 
@@ -49,7 +50,7 @@ FORMATS: dict[str, ExportFormat] = {
         ExportFormat("tflite-fp32", "tflite", "fp32", "model.tflite", frozenset({"metadata"}),
                      "TFLite float32 (litert-torch)"),
         ExportFormat("tflite-int8", "tflite", "int8", "model.tflite",
-                     frozenset({"calib_images", "per_channel", "seed", "metadata"}),
+                     frozenset({"calib_images", "per_channel", "seed", "metadata", "weight_tuning"}),
                      "TFLite static int8 (litert-torch PT2E, calibrated on real training images), "
                      "float32 interface"),
     )
@@ -81,6 +82,8 @@ def resolve_options(fmt: ExportFormat | str, options: Mapping[str, Any] | None =
         raise UsageError(f"calib_images must be a positive integer, got {out['calib_images']!r}")
     if "calib_method" in out and out["calib_method"] not in CALIB_METHODS:
         raise UsageError(f"calib_method must be one of {CALIB_METHODS}, got {out['calib_method']!r}")
+    if out.get("weight_tuning") and not out.get("per_channel", True):
+        raise UsageError("weight_tuning needs per_channel weights (pass --no-weight-tuning with --no-per-channel)")
     if "opset" in out and not (isinstance(out["opset"], int) and 13 <= out["opset"] <= 23):
         raise UsageError(f"opset must be an integer in 13..23, got {out['opset']!r}")
     return out

@@ -47,7 +47,8 @@ def _write_export(model: Any, labels: Sequence[str], fmt: ExportFormat, opts: Ma
         return info
     from .tflite_export import check_signature, convert_fp32, convert_int8, write_tflite
 
-    data = convert_int8(model, calib, per_channel=opts["per_channel"]) if fmt.quantized else convert_fp32(model)
+    data = (convert_int8(model, calib, per_channel=opts["per_channel"], weight_tuning=opts["weight_tuning"])
+            if fmt.quantized else convert_fp32(model))
     if opts["metadata"]:
         from .metadata import embed_metadata
 
@@ -93,7 +94,9 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
                      scheme=("onnxruntime static QDQ, int8 activations (asymmetric) and weights (symmetric)"
                              if fmt.runtime == "onnx" else
                              "litert-torch PT2E static int8, activations per tensor, symmetric weights, "
-                             "conv+ReLU6 outputs on the fixed range [0, 6], float32 interface"),
+                             "conv+ReLU6 outputs on the fixed range [0, 6], float32 interface"
+                             + (", calibration-aware weight rounding + bias correction"
+                                if opts.get("weight_tuning") else "")),
                      per_channel=opts["per_channel"])
     val, _ = load_inputs(sample_images(val_dir, val_images, what="parity validation"), spec)
     cat_src = catalogue_dir or calib_dir

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from edge_app.atomic import atomic_write_bytes
-from edge_app.errors import IntegrityError
+from edge_app.errors import IntegrityError, UsageError
 
+from .int8_weights import tune_int8_weights
 from .tflite_io import float_interface
 from .wrapper import export_module, sample_input
 
@@ -82,15 +83,21 @@ def _relu6_quantizer(base: Any) -> Any:
     return q
 
 
-def convert_int8(model: Any, calib: np.ndarray, *, per_channel: bool = True, relu6_fix: bool = True) -> bytes:
-    """Static int8 TFLite bytes: PT2E observers calibrated on ``calib`` (N,C,H,W) real images."""
+def quantize_int8_graph(model: Any, calib: np.ndarray, *, per_channel: bool = True, relu6_fix: bool = True,
+                        weight_tuning: bool = True) -> tuple[Any, Any]:
+    """PT2E fake-quantised graph of the export module (batch 1) and its quantizer.
+
+    The graph computes in float what the int8 TFLite model computes in integers, so its outputs
+    (``graph(x)``) are a fast way to inspect int8 error before conversion.
+    """
     import torch
-    from litert_torch.quantize import pt2e_quantizer, quant_config
+    from litert_torch.quantize import pt2e_quantizer
     from torchao.quantization.pt2e import quantize_pt2e
 
+    if weight_tuning and not per_channel:
+        raise UsageError("int8 weight tuning needs per-channel weights (per_channel=True)")
     wrapped = export_module(model, as_dict=True)
-    args = (sample_input(model.preprocess),)
-    graph = torch.export.export(wrapped, args).module()
+    graph = torch.export.export(wrapped, (sample_input(model.preprocess),)).module()
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel))
     if relu6_fix:
@@ -100,7 +107,24 @@ def convert_int8(model: Any, calib: np.ndarray, *, per_channel: bool = True, rel
         for i in range(len(calib)):  # the exported graph has a fixed batch of 1
             prepared(torch.from_numpy(np.ascontiguousarray(calib[i:i + 1], dtype=np.float32)))
     converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
-    raw = _convert_bytes(converted, args, quant_config.QuantConfig(pt2e_quantizer=quantizer))
+    if weight_tuning:
+        tune_int8_weights(converted, calib)
+    return converted, quantizer
+
+
+def convert_int8(model: Any, calib: np.ndarray, *, per_channel: bool = True, relu6_fix: bool = True,
+                 weight_tuning: bool = True) -> bytes:
+    """Static int8 TFLite bytes: PT2E observers calibrated on ``calib`` (N,C,H,W) real images.
+
+    ``weight_tuning``: re-round per-channel int8 weights against the calibration activations and
+    correct the biases (:mod:`export.int8_weights`); needs ``per_channel``.
+    """
+    from litert_torch.quantize import quant_config
+
+    converted, quantizer = quantize_int8_graph(model, calib, per_channel=per_channel, relu6_fix=relu6_fix,
+                                               weight_tuning=weight_tuning)
+    raw = _convert_bytes(converted, (sample_input(model.preprocess),),
+                         quant_config.QuantConfig(pt2e_quantizer=quantizer))
     data, changed = float_interface(raw)
     log.info("int8 TFLite: %d calibration images, float interface for %s", len(calib), changed or "nothing")
     return data

@@ -16,7 +16,8 @@ from .conftest import CLASSES
 
 def test_formats_table_and_options() -> None:
     assert set(FORMATS) == {"onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"}
-    assert resolve_options("tflite-int8") == {"calib_images": 200, "metadata": True, "per_channel": True, "seed": 0}
+    assert resolve_options("tflite-int8") == {"calib_images": 200, "metadata": True, "per_channel": True, "seed": 0,
+                                              "weight_tuning": True}
     assert resolve_options("onnx-int8", {"calib_method": "entropy", "opset": None})["calib_method"] == "entropy"
     with pytest.raises(UsageError, match="does not take"):
         resolve_options("tflite-fp32", {"calib_images": 50})  # never silently ignored
