@@ -120,11 +120,22 @@ class DemoRun:
                            epochs=cfg.epochs, batch_size=cfg.batch_size, image_size=cfg.image_size,
                            pretrained=pretrained, freeze_stages=cfg.freeze_stages, seed=cfg.seed, cache=True,
                            progress=None)
-        self.run = train(tcfg)
+        self.run = train(tcfg, *self._train_val_sets())
         self.report["training"] = {"model": cfg.model, "pretrained": pretrained, "epochs": cfg.epochs,
                                    "image_size": cfg.image_size, "best_epoch": self.run.best_epoch,
                                    "val_top1": self.run.best_top1, "run_dir": str(self.run.out_dir)}
         self._lap("train", t0)
+
+    def _train_val_sets(self) -> tuple[Any, Any]:
+        """Train on every image of the known parts; pick the best epoch on the calibration photos of
+        those parts (fresh field shots, never the query photos the report scores)."""
+        from training.data import ImageSet, load_dataset
+
+        known = load_dataset(self.data / "known", "parts").images
+        index = {pn: i for i, pn in enumerate(known.labels)}
+        calib = [(str(p.relative_to(self.data / "calibration")), index[pn])
+                 for p, pn in metrics.field_photos(self.data / "calibration", self.parts["known"])]
+        return known, ImageSet(self.data / "calibration", known.labels, calib, "calibration-known")
 
     # 3 ---------------------------------------------------------------------------------------
     def export(self) -> None:

@@ -201,3 +201,28 @@ def test_demo_stops_its_hub_on_ctrl_c(quick_demo, tmp_path, monkeypatch) -> None
     with pytest.raises(KeyboardInterrupt):
         run.hub_and_tablet()
     assert seen["pid"] and not _pid_alive(seen["pid"])
+
+
+def test_cli_quick_and_app_flags_reach_the_library(tmp_path, monkeypatch, capsys) -> None:
+    """``--quick`` selects the quick preset; ``--app`` opens the app on the synced device folder afterwards."""
+    import edge_app.demo as demo_cli
+    from edge_app.cli import main
+
+    seen: dict = {}
+
+    def fake_run(cfg, progress=None):
+        seen["cfg"] = cfg
+        progress(1, 8, "generate")
+        return {"device_dir": str(tmp_path / "tablet"), "fake": True}
+
+    monkeypatch.setattr(demo_cli, "run_demo", fake_run)
+    monkeypatch.setattr(demo_cli, "report_markdown", lambda r: "TABLE")
+    monkeypatch.setattr(demo_cli, "_open_app", lambda d: seen.setdefault("app", d))
+    assert main(["demo", "--quick", "--app", "--out", str(tmp_path / "o"), "--epochs", "1"]) == 0
+    assert seen["cfg"].quick and seen["cfg"].epochs == 1 and seen["cfg"].image_size == quick(DemoConfig()).image_size
+    assert seen["app"] == tmp_path / "tablet"
+    out = capsys.readouterr()
+    assert "TABLE" in out.out and "[1/8]" in out.err
+    seen.clear()
+    assert main(["demo", "--out", str(tmp_path / "p")]) == 0
+    assert not seen["cfg"].quick and "app" not in seen
