@@ -29,7 +29,8 @@ def _export(args: argparse.Namespace) -> int:
     p = res["parity"]
     print(f"{res['path']}  ({res['size_bytes'] / 1e6:.2f} MB)")
     print(f"parity: top-1 agreement {p['top1_agreement']:.2%}, median cosine {p['median_cosine']:.4f}, "
-          f"neighbour agreement {p['neighbour_agreement']:.2%} ({p['n_val']} val photos) -> passed")
+          f"nearest-{p.get('neighbour_level', 'image')} agreement {p['neighbour_agreement']:.2%} "
+          f"({p['n_val']} val photos) -> passed")
     meta = res.get("metadata")
     if meta:
         print(f"TFLite metadata: {meta['status']}" + (f" ({meta['reason']})" if meta.get("reason") else ""),

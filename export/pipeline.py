@@ -101,14 +101,16 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
     val, _ = load_inputs(sample_images(val_dir, val_images, what="parity validation"), spec)
     cat_src = catalogue_dir or calib_dir
     n_cat = min(catalogue_images, len(sample_images(cat_src, None)))
-    cat, _ = load_inputs(sample_images(cat_src, n_cat, seed=1, what="parity catalogue"), spec)
+    cat, cat_paths = load_inputs(sample_images(cat_src, n_cat, seed=1, what="parity catalogue"), spec)
+    cat_labels = catalogue_labels(cat_src, cat_paths)
     from .runners import file_runner, torch_runner
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as td:
         tmp = Path(td) / final.name
         info = _write_export(model, labels, fmt, opts, tmp, calib, name)
-        report = measure_parity(fmt.name, torch_runner(model), file_runner(tmp), val, cat, thresholds)
+        report = measure_parity(fmt.name, torch_runner(model), file_runner(tmp), val, cat, thresholds,
+                                cat_labels=cat_labels)
         sidecar = {"format": fmt.name, "model_name": name, "file": final.name, "labels": list(labels),
                    "preprocess": spec.to_dict(), "embedding_dim": int(model.embed_dim),
                    "quantization": quant, "parity": report.to_dict(), "size_bytes": tmp.stat().st_size, **info,
@@ -121,6 +123,24 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
         log.error("%s: exported WITHOUT TFLite metadata: %s", final, meta.get("reason"))
     log.info("exported %s (%d bytes): %s", final, sidecar["size_bytes"], report.summary())
     return sidecar | {"path": str(final)}
+
+
+def catalogue_labels(root: str | os.PathLike[str], paths: Sequence[Path]) -> list[str] | None:
+    """The part of each catalogue image, when the folder says it: a generated layout (``images.csv``
+    maps path -> part_number) or an image folder ``root/<part>/<file>`` with two or more parts.
+    None otherwise (the parity gate then compares nearest images, not parts)."""
+    import csv
+
+    root = Path(root)
+    rels = [Path(p).resolve().relative_to(root.resolve()) for p in paths]
+    if (root / "images.csv").is_file():
+        with open(root / "images.csv", newline="") as fh:
+            part_of = {Path(r["path"]): r["part_number"] for r in csv.DictReader(fh)}
+        labels = [part_of.get(r) for r in rels]
+        return None if any(lab is None for lab in labels) else labels  # type: ignore[return-value]
+    if all(len(r.parts) == 2 for r in rels) and len({r.parts[0] for r in rels}) >= 2:
+        return [r.parts[0] for r in rels]
+    return None
 
 
 def export_checkpoint(ckpt: str | os.PathLike[str], fmt_name: str, out_dir: str | os.PathLike[str],

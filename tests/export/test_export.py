@@ -64,6 +64,48 @@ def test_compare_outputs_numbers() -> None:
     assert moved.neighbour_agreement == 0.0 and moved.neighbour_agreement_strict == 0.0
 
 
+def test_neighbour_agreement_is_part_level_when_the_catalogue_has_parts() -> None:
+    """Two photos of the SAME part trading places is not a disagreement; a different part is."""
+    rng = np.random.default_rng(1)
+    cat = rng.normal(size=(6, 8)).astype(np.float32)
+    labels = ["A", "A", "B", "B", "C", "C"]
+    q_emb = cat[[0, 2, 4]] + 0.05 * rng.normal(size=(3, 8)).astype(np.float32)
+    q = {"logits": np.eye(3, dtype=np.float32), "embedding": q_emb}
+    same_part = cat.copy()
+    same_part[[0, 1]] = same_part[[1, 0]]  # the export now finds A's other photo first
+    rep = compare_outputs("t", q, q, cat, same_part, Thresholds(), labels)
+    assert rep.neighbour_level == "part" and rep.neighbour_agreement == 1.0
+    assert rep.neighbour_agreement_image == pytest.approx(2 / 3) and rep.neighbour_agreement_strict == pytest.approx(2 / 3)
+    other_part = cat.copy()
+    other_part[[0, 2]] = other_part[[2, 0]]  # queries A and B now land on the other part: real disagreements
+    bad = compare_outputs("t", q, q, cat, other_part, Thresholds(), labels)
+    assert bad.neighbour_agreement == pytest.approx(1 / 3) and not bad.passed
+    assert any("nearest-catalogue-part agreement" in f for f in bad.failures)
+    assert compare_outputs("t", q, q, cat, same_part).neighbour_level == "image"  # no labels: image level
+    with pytest.raises(UsageError, match="labels"):
+        compare_outputs("t", q, q, cat, cat, Thresholds(), labels[:3])
+
+
+def test_catalogue_labels_only_when_the_folder_says_so(tmp_path: Path) -> None:
+    from export.pipeline import catalogue_labels
+
+    for part in ("A", "B"):
+        (tmp_path / "folder" / part).mkdir(parents=True)
+        (tmp_path / "folder" / part / "x.jpg").write_bytes(b"")
+    paths = [tmp_path / "folder" / "A" / "x.jpg", tmp_path / "folder" / "B" / "x.jpg"]
+    assert catalogue_labels(tmp_path / "folder", paths) == ["A", "B"]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.jpg").write_bytes(b"")
+    assert catalogue_labels(flat, [flat / "a.jpg"]) is None  # no folders: nothing says what the part is
+    assert catalogue_labels(tmp_path / "folder", paths[:1]) is None  # one folder could be anything
+    gen = tmp_path / "gen"
+    (gen / "images" / "P1").mkdir(parents=True)
+    (gen / "images" / "P1" / "f.jpg").write_bytes(b"")
+    (gen / "images.csv").write_text("path,part_number,kind\nimages/P1/f.jpg,P1,field\n")
+    assert catalogue_labels(gen, [gen / "images" / "P1" / "f.jpg"]) == ["P1"]
+
+
 def test_too_few_calibration_images_is_an_error(tiny_model, image_dirs, tmp_path: Path) -> None:
     from export.pipeline import export_model
 
