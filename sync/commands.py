@@ -89,6 +89,19 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _devices(args: argparse.Namespace) -> int:
+    _out(_open_hub(args).store.list_devices())
+    return 0
+
+
+def _revoke_device(args: argparse.Namespace) -> int:
+    from .hub.enrol import revoke_device
+
+    changed = revoke_device(_open_hub(args), args.name)
+    print(f"device {args.name}: token {'revoked' if changed else 'was already revoked'}", file=sys.stderr)
+    return 0
+
+
 def _add_device(args: argparse.Namespace) -> int:
     from .hub.enrol import add_device, payload_text, qr_ascii, qr_png
 
@@ -227,6 +240,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", help="hub address for the device (default: the one given to `hub init`)")
     p.add_argument("--qr", metavar="PNG", help="write the QR code here (it contains the token)")
     p.add_argument("--ascii", action="store_true", help="print the QR code in the terminal")
+    cmd("devices", _devices, "list enrolled devices (name, site, enrolled at, revoked)")
+    p = cmd("revoke-device", _revoke_device, "revoke a device's token at once (e.g. a lost tablet)")
+    p.add_argument("name")
     p = cmd("serve", _serve, "run the HTTP API (OpenAPI at /openapi.json)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)

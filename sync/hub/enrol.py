@@ -43,6 +43,13 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None) -> dict[s
             "keys": hub.keyring.to_dict()["keys"]}
 
 
+def revoke_device(hub: Hub, name: str) -> bool:
+    """Revoke a device's token at once: every later request with it gets 401 (re-enrol under a new name)."""
+    changed = hub.store.revoke_device(name)
+    log.warning("device %s: token %s", name, "revoked" if changed else "was already revoked")
+    return changed
+
+
 def payload_text(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True)
 

@@ -95,6 +95,8 @@ class HubStore(Protocol):
     def bundle(self, bundle_id: str) -> dict[str, Any] | None: ...
     def add_device(self, name: str, site: str, token_hash: str) -> None: ...
     def device(self, name: str) -> dict[str, Any] | None: ...
+    def list_devices(self) -> list[dict[str, Any]]: ...
+    def revoke_device(self, name: str) -> bool: ...
     def add_upload(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
     def upload(self, uuid: str) -> dict[str, Any] | None: ...
     def list_uploads(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]: ...
@@ -322,6 +324,22 @@ class SqliteHubStore:
     def device(self, name: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM devices WHERE name=?", (name,))
         return rows[0] if rows else None
+
+    def list_devices(self) -> list[dict[str, Any]]:
+        """Every enrolled device (never the token hash)."""
+        return self._rows("SELECT name, site, created_at, revoked FROM devices ORDER BY name")
+
+    def revoke_device(self, name: str) -> bool:
+        """Refuse the device's token from now on (e.g. a lost tablet). False if it was already revoked."""
+        db = self._db()
+        with self._write_lock, self._tx(db):
+            row = db.conn.execute("SELECT revoked FROM devices WHERE name=?", (name,)).fetchone()
+            if row is None:
+                raise UsageError(f"no device named {name!r}")
+            if row[0]:
+                return False
+            db.conn.execute("UPDATE devices SET revoked=1 WHERE name=?", (name,))
+        return True
 
     # -- uploads ----------------------------------------------------------------------------
     def add_upload(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]:

@@ -81,6 +81,15 @@ def test_cli_end_to_end(tmp_path):
         skipped = json.loads(run("sync", "run", "--data-dir", str(dev), "--only-if-allowed",
                                  "--window", "01:00-01:01").stdout)
         assert skipped["skipped"] is True
+        # A lost tablet: revoke its token; the next sync is refused with the authentication exit code.
+        devices = json.loads(run("hub", "devices", "--hub", str(hub)).stdout)
+        assert [(d["name"], d["revoked"]) for d in devices] == [("tab9", 0)]
+        rv = run("hub", "revoke-device", "--hub", str(hub), "tab9")
+        assert "revoked" in rv.stderr
+        assert json.loads(run("hub", "devices", "--hub", str(hub)).stdout)[0]["revoked"] == 1
+        refused = run("sync", "run", "--data-dir", str(dev), check=False)
+        assert refused.returncode == 7, refused.stderr
+        assert run("hub", "revoke-device", "--hub", str(hub), "nobody", check=False).returncode == 2
     finally:
         server.terminate()
         server.wait(10)

@@ -155,3 +155,12 @@ def test_new_bundle_over_http_and_revoked_token(served):
     bad = SyncClient(d, transport=HttpTransport(server.url, payload["token"] + "x"), smoke_test=lambda b: None)
     with pytest.raises(AuthError):
         bad.sync()
+    # A lost tablet: revoking its token at the hub locks the right token out at once.
+    from sync.hub.enrol import revoke_device
+
+    assert revoke_device(world.hub, "http-bundle") is True
+    assert revoke_device(world.hub, "http-bundle") is False  # already revoked: says so, changes nothing
+    with pytest.raises(AuthError):
+        c.sync()
+    listed = {r["name"]: r for r in world.hub.store.list_devices()}
+    assert listed["http-bundle"]["revoked"] == 1 and "token_hash" not in listed["http-bundle"]
