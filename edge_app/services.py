@@ -15,6 +15,7 @@ import datetime as _dt
 import io
 import json
 import logging
+import math
 import os
 import threading
 import uuid as _uuid
@@ -150,9 +151,18 @@ class CaptureStore:
         self._write_sidecar(new)
         return new
 
-    def cropped_image(self, cap: Capture) -> "Image.Image":  # noqa: F821
-        """The capture as RGB, cut to its crop box."""
-        img = load_image(cap.path)
+    def cropped_image(self, cap: Capture, draft_size: tuple[int, int] | None = None) -> "Image.Image":  # noqa: F821
+        """The capture as RGB, cut to its crop box.
+
+        ``draft_size`` (width, height): the model needs only this many pixels in the CROP, so a big
+        JPEG is decoded at the smallest DCT scale that still gives them (a 12 MP photo is never
+        decoded at full size for identification). Without it (uploads) the crop keeps full resolution.
+        """
+        if draft_size is not None and cap.crop:
+            l, t, r, b = cap.crop
+            draft_size = (int(math.ceil(draft_size[0] / max(r - l, 1e-3))),
+                          int(math.ceil(draft_size[1] / max(b - t, 1e-3))))
+        img = load_image(cap.path, draft_size=draft_size)
         if cap.crop:
             w, h = img.size
             l, t, r, b = cap.crop
@@ -397,8 +407,10 @@ class DeviceServices:
         """Identify one part from its views (each cut to its crop)."""
         if not captures:
             raise UsageError("take or pick at least one photo first")
-        images = [self.captures.cropped_image(c) for c in captures]
-        result = self._get_identifier().identify(images, site=self.site)
+        ident = self._get_identifier()
+        draft = getattr(getattr(ident, "spec", None), "draft_size", None)
+        images = [self.captures.cropped_image(c, draft_size=draft) for c in captures]
+        result = ident.identify(images, site=self.site)
         return self.outcome_from_result(result, [c.capture_id for c in captures])
 
     def outcome_from_result(self, result: Any, capture_ids: list[str]) -> IdentifyOutcome:

@@ -202,3 +202,17 @@ def test_app_command_has_help() -> None:
     out = subprocess.run([sys.executable, "-m", "edge_app.cli", "app", "--help"], cwd=ROOT, capture_output=True,
                          text=True)
     assert out.returncode == 0 and "--data-dir" in out.stdout and "--size" in out.stdout
+
+
+def test_crop_for_identification_decodes_a_big_jpeg_at_reduced_size(tmp_path) -> None:
+    """A 12 MP photo is not decoded at full size for the model, yet the crop keeps the pixels it needs."""
+    store = CaptureStore(tmp_path / "c")
+    big = Image.new("RGB", (4000, 3000), (30, 30, 30))
+    big.paste((250, 250, 250), (2000, 0, 4000, 3000))  # right half white
+    big.save(tmp_path / "big.jpg", quality=90)
+    cap = store.set_crop(store.add_file(tmp_path / "big.jpg"), (0.5, 0.0, 1.0, 1.0))
+    small = store.cropped_image(cap, draft_size=(320, 320))
+    assert 320 <= small.size[0] < 2000 and 320 <= small.size[1] < 3000  # DCT-scaled, still >= the need
+    assert np.asarray(small).mean() > 240  # the same (white) region
+    full = store.cropped_image(cap)  # uploads keep full resolution
+    assert full.size == (2000, 3000)
