@@ -24,6 +24,7 @@ class Outcome:
     confidence: float | None
     needs_scale_photo: bool
     ms: float
+    after_measurement: str | None = None  # the first part once the asked-for measurement was entered
 
     @property
     def first(self) -> str | None:
@@ -50,16 +51,43 @@ def look_alike_groups(*parts_csvs: Path) -> dict[str, str]:
     return out
 
 
-def identify_photos(identifier: Any, photos: Sequence[tuple[Path, str]], top: int = 5) -> list[Outcome]:
-    """Run every photo through ``identifier.identify`` (one photo per query), timing each call."""
+#: Simulated caliper reading: the part's catalogue size plus this much noise (standard deviation, mm).
+CALIPER_SD_MM = 0.2
+
+
+def identify_photos(identifier: Any, photos: Sequence[tuple[Path, str]], top: int = 5, *,
+                    services: Any = None, sizes: dict[str, float] | None = None, seed: int = 0) -> list[Outcome]:
+    """Run every photo through ``identifier.identify`` (one photo per query), timing each call.
+
+    With ``services`` and ``sizes``: when the answer asks for a measurement (size-only look-alikes
+    on top), simulate the engineer measuring the part with calipers (catalogue size + N(0, 0.2 mm))
+    and apply the app's own re-ranking (:func:`edge_app.services.refine_by_size`).
+    """
+    rng = np.random.default_rng(seed)
     out = []
     for path, truth in photos:
         t0 = time.perf_counter()
         res = identifier.identify([path], top=top)
         ms = (time.perf_counter() - t0) * 1000
+        after = None
+        if services is not None and sizes and res.needs_scale_photo and sizes.get(truth):
+            from ..services import refine_by_size
+
+            refined = refine_by_size(services.outcome_from_result(res, []),
+                                     float(sizes[truth] + rng.normal(0.0, CALIPER_SD_MM)))
+            after = refined.best.part_number if refined.best else None
         out.append(Outcome(str(path), truth, [m.part_number for m in res.matches],
                            [m.best_image_id for m in res.matches], [m.similarity for m in res.matches],
-                           res.status, res.confidence, bool(res.needs_scale_photo), ms))
+                           res.status, res.confidence, bool(res.needs_scale_photo), ms, after))
+    return out
+
+
+def part_sizes(*parts_csvs: Path) -> dict[str, float]:
+    """part number -> catalogue size in mm (parts without one are left out)."""
+    out: dict[str, float] = {}
+    for path in parts_csvs:
+        with open(path, newline="") as fh:
+            out.update({r["part_number"]: float(r["size_mm"]) for r in csv.DictReader(fh) if r.get("size_mm")})
     return out
 
 
@@ -75,6 +103,7 @@ def summarize(outcomes: Sequence[Outcome], groups: dict[str, str]) -> dict[str, 
     right = [o.first == o.truth for o in outcomes]
     same_group = [r or bool(o.first and groups.get(o.truth) and groups.get(o.first) == groups.get(o.truth))
                   for o, r in zip(outcomes, right)]
+    after = [(o.after_measurement if o.after_measurement is not None else o.first) == o.truth for o in outcomes]
     accepted = [o.status == "match" for o in outcomes]
     ms = np.array([o.ms for o in outcomes])
     n_acc = sum(accepted)
@@ -82,11 +111,12 @@ def summarize(outcomes: Sequence[Outcome], groups: dict[str, str]) -> dict[str, 
         "queries": n,
         "top1": sum(right) / n,
         "top1_up_to_size": sum(same_group) / n,
+        "asked_to_measure": sum(o.needs_scale_photo for o in outcomes) / n,
+        "top1_after_measurement": sum(after) / n,
         "top5": sum(o.truth in o.ranked[:5] for o in outcomes) / n,
         "no_confident_match": 1 - n_acc / n,
         "accepted": n_acc / n,
         "precision_when_accepted": (sum(a and r for a, r in zip(accepted, right)) / n_acc) if n_acc else None,
-        "asked_for_scale_photo": sum(o.needs_scale_photo for o in outcomes) / n,
         "median_ms": float(np.median(ms)),
         "p95_ms": float(np.percentile(ms, 95)),
     }

@@ -222,6 +222,7 @@ class DemoRun:
     def identify_before(self) -> None:
         t0 = self._step(5)
         self.groups = metrics.look_alike_groups(self.data / "known" / "parts.csv", self.data / "new" / "parts.csv")
+        self.sizes = metrics.part_sizes(self.data / "known" / "parts.csv", self.data / "new" / "parts.csv")
         queries = self.data / "queries"
         ident = device_identifier(self.device_dir)
         try:
@@ -249,7 +250,14 @@ class DemoRun:
         self._lap("add_parts_sync_identify", t0)
 
     def _score(self, ident: Any, key: str, photos: list[tuple[Path, str]]) -> None:
-        self.outcomes[key] = metrics.identify_photos(ident, photos)
+        from ..services import DeviceServices
+
+        services = DeviceServices(self.device_dir, site=SITE)  # the app's own look-alike re-ranking
+        try:
+            self.outcomes[key] = metrics.identify_photos(ident, photos, services=services, sizes=self.sizes,
+                                                         seed=self.cfg.seed)
+        finally:
+            services.close()
         self.report[key] = metrics.summarize(self.outcomes[key], self.groups)
 
     # 8 ---------------------------------------------------------------------------------------

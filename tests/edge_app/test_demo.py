@@ -59,6 +59,12 @@ def test_summary_and_look_alike_confusion_count_what_happened() -> None:
     assert s["queries"] == 4 and s["top1"] == 0.25 and s["top1_up_to_size"] == 0.75 and s["top5"] == 0.75
     assert s["no_confident_match"] == 0.25 and s["precision_when_accepted"] == pytest.approx(1 / 3)
     assert s["median_ms"] == 5.0 and s["p95_ms"] > 5.0
+    assert s["top1_after_measurement"] == s["top1"] and s["asked_to_measure"] == 0  # nobody was asked
+    from dataclasses import replace
+
+    measured = [replace(outs[1], needs_scale_photo=True, after_measurement="NUT-M8"), *outs[2:]]
+    m = summarize(outs[:1] + measured, groups)
+    assert m["top1"] == 0.25 and m["top1_after_measurement"] == 0.5 and m["asked_to_measure"] == 0.25
     (nut,) = look_alike_confusion(outs + [_outcome("WSH-M8", ["GEAR"])], lone)
     assert nut["group"] == "nut" and nut["queries"] == 3 and nut["confused_within_group"] == 2
     assert {(p["truth"], p["answer"], p["count"]) for p in nut["pairs"]} == {("NUT-M8", "NUT-M10", 1),
@@ -135,7 +141,7 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     # ... and after one sync they are in the device's catalogue and index (no retraining happened).
     assert report["sync_incremental"]["to_version"] > report["sync_incremental"]["from_version"]
     assert report["identify_known"]["queries"] == len(report["parts"]["known"])
-    for key in ("top1", "top5", "no_confident_match", "median_ms", "p95_ms"):
+    for key in ("top1", "top5", "no_confident_match", "median_ms", "p95_ms", "top1_after_measurement"):
         assert key in report["identify_known"]
     html = (run / "report.html").read_text()
     thumbs = list((run / "report_files").glob("*.jpg"))
@@ -226,3 +232,29 @@ def test_cli_quick_and_app_flags_reach_the_library(tmp_path, monkeypatch, capsys
     seen.clear()
     assert main(["demo", "--out", str(tmp_path / "p")]) == 0
     assert not seen["cfg"].quick and "app" not in seen
+
+
+def test_measurement_uses_the_apps_reranking() -> None:
+    """When the runtime asks for a measurement, the simulated caliper reading re-ranks the look-alikes."""
+    from types import SimpleNamespace
+
+    from edge_app.demo.metrics import identify_photos
+    from edge_app.services import IdentifyOutcome, Match
+
+    def match(pn: str, sim: float, size: float) -> SimpleNamespace:
+        return SimpleNamespace(part_number=pn, best_image_id=None, similarity=sim, size_mm=size)
+
+    res = SimpleNamespace(matches=[match("NUT-M8", 0.9, 13.0), match("NUT-M10", 0.88, 16.0)], status="match",
+                          confidence=0.7, needs_scale_photo=True)
+    ident = SimpleNamespace(identify=lambda paths, top: res)
+
+    class Services:
+        def outcome_from_result(self, result, capture_ids):
+            return IdentifyOutcome([Match(m.part_number, m.part_number, m.similarity, "possible", None, None, None,
+                                          None, m.size_mm, "hex-nut", None) for m in result.matches], True, True)
+
+    sizes = {"NUT-M8": 13.0, "NUT-M10": 16.0}
+    (o,) = identify_photos(ident, [(Path("q.jpg"), "NUT-M10")], services=Services(), sizes=sizes)
+    assert o.first == "NUT-M8" and o.after_measurement == "NUT-M10"
+    (plain,) = identify_photos(ident, [(Path("q.jpg"), "NUT-M10")])  # no services: nothing is simulated
+    assert plain.after_measurement is None
