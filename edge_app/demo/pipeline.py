@@ -96,7 +96,8 @@ class DemoRun:
         kw = dict(size=cfg.generate_size, catalogue_per_part=cfg.catalogue_per_part)
         known = generate(self.data / "known", seed=cfg.seed, parts=groups["known"],
                          field_per_part=cfg.field_per_part, **kw)
-        new = generate(self.data / "new", seed=cfg.seed, parts=groups["new"], field_per_part=3, **kw)  # photos the hub adds
+        # The new parts' photos; the hub imports their catalogue shots (kind=catalogue) only.
+        new = generate(self.data / "new", seed=cfg.seed, parts=groups["new"], field_per_part=3, **kw)
         # Fresh photos: another seed, so poses, light and field backgrounds were never seen in training.
         queries = generate(self.data / "queries", seed=cfg.seed + 1000, catalogue_per_part=0, size=cfg.generate_size,
                            field_per_part=cfg.query_per_part, parts=groups["known"] + groups["new"])
