@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from .config import CATALOGUES, DemoConfig, quick, split_parts
 from .pipeline import device_identifier, resolve_pretrained, run_demo
@@ -32,7 +33,7 @@ __all__ = ["DemoConfig", "device_identifier", "quick", "report_markdown", "resol
            "split_parts"]
 
 
-def _progress_printer() -> "callable":
+def _progress_printer() -> Callable[[int, int, str], None]:
     t0 = time.perf_counter()
 
     def show(i: int, n: int, msg: str) -> None:

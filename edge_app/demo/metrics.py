@@ -42,13 +42,17 @@ def field_photos(root: Path, parts: Sequence[str]) -> list[tuple[Path, str]]:
                 if r["kind"] == "field" and r["part_number"] in wanted]
 
 
-def look_alike_groups(*parts_csvs: Path) -> dict[str, str]:
-    """part number -> look-alike group ('' when the part has none)."""
-    out: dict[str, str] = {}
+def _parts_rows(parts_csvs: Sequence[Path]) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
     for path in parts_csvs:
         with open(path, newline="") as fh:
-            out.update({r["part_number"]: r.get("look_alike_group") or "" for r in csv.DictReader(fh)})
-    return out
+            rows.extend(csv.DictReader(fh))
+    return rows
+
+
+def look_alike_groups(*parts_csvs: Path) -> dict[str, str]:
+    """part number -> look-alike group ('' when the part has none)."""
+    return {r["part_number"]: r.get("look_alike_group") or "" for r in _parts_rows(parts_csvs)}
 
 
 #: Simulated caliper reading: the part's catalogue size plus this much noise (standard deviation, mm).
@@ -84,11 +88,7 @@ def identify_photos(identifier: Any, photos: Sequence[tuple[Path, str]], top: in
 
 def part_sizes(*parts_csvs: Path) -> dict[str, float]:
     """part number -> catalogue size in mm (parts without one are left out)."""
-    out: dict[str, float] = {}
-    for path in parts_csvs:
-        with open(path, newline="") as fh:
-            out.update({r["part_number"]: float(r["size_mm"]) for r in csv.DictReader(fh) if r.get("size_mm")})
-    return out
+    return {r["part_number"]: float(r["size_mm"]) for r in _parts_rows(parts_csvs) if r.get("size_mm")}
 
 
 def summarize(outcomes: Sequence[Outcome], groups: dict[str, str]) -> dict[str, Any]:

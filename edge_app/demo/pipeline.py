@@ -303,5 +303,8 @@ def device_identifier(device_dir: Path) -> Any:
     from ..services import DeviceServices
 
     services = DeviceServices(device_dir, site=SITE)
-    bundle_dir, keyring = services.bundle_paths()
+    try:
+        bundle_dir, keyring = services.bundle_paths()
+    finally:
+        services.close()
     return Identifier.open(bundle_dir, device_dir / "catalogue.db", keyring, site=SITE)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import html
-import os
+import io
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_bytes, atomic_write_text
 from .metrics import Outcome
 
 THUMB_PX = 112
@@ -74,9 +74,9 @@ def _thumb(src: Path | None, dest_dir: Path, name: str) -> str | None:
     if not dest.exists():
         img = load_image(src, draft_size=(4 * THUMB_PX, 4 * THUMB_PX))
         img.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.LANCZOS)
-        tmp = dest.with_suffix(".tmp")
-        img.save(tmp, "JPEG", quality=85)
-        os.replace(tmp, dest)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85)
+        atomic_write_bytes(dest, buf.getvalue())
     return dest.name
 
 

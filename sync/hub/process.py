@@ -10,11 +10,13 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from edge_app.errors import SyncError
 
@@ -41,19 +43,20 @@ class HubProcess:
         self.url = f"http://{host}:{self.port}"
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
+        self._stderr: Any = None  # a temp file, not a pipe: nobody drains a pipe while the server runs
 
     def start(self) -> "HubProcess":
         env = dict(os.environ, PARTLENS_HUB=str(self.hub_dir))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH", "")) if p)
+        self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "sync.hub.server:app_from_env", "--host", self.host,
              "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            env=env, stdout=subprocess.DEVNULL, stderr=self._stderr)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace")[-2000:] if self.proc.stderr else ""
-                raise SyncError(f"hub server exited with code {self.proc.returncode}: {err}")
+                raise SyncError(f"hub server exited with code {self.proc.returncode}: {self._stderr_tail()}")
             try:
                 urllib.request.urlopen(self.url + "/openapi.json", timeout=1).read()
                 log.info("hub: serving %s on %s (pid %d)", self.hub_dir, self.url, self.proc.pid)
@@ -63,9 +66,14 @@ class HubProcess:
         self.stop()
         raise SyncError(f"hub server did not answer on {self.url} within {self.start_timeout:.0f} s")
 
+    def _stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")[-2000:]
+
     def stop(self) -> None:
         """Terminate (then kill) the server; safe to call twice."""
         if self.proc is None or self.proc.poll() is not None:
+            self._close_stderr()
             return
         self.proc.terminate()
         try:
@@ -73,7 +81,13 @@ class HubProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self._close_stderr()
         log.info("hub: stopped %s", self.url)
+
+    def _close_stderr(self) -> None:
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
 
     @property
     def running(self) -> bool:
