@@ -34,6 +34,7 @@ from edge_app.signing import Keyring
 from .apply import (DevicePaths, apply_package, index_params, kill_point, prune_bundles, read_active, reconcile,
                     update_index, write_active)
 from .package import read_package, sha256_file
+from .schedule import SyncWindow
 from .transport import HttpTransport, Transport
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
         keyring = Keyring({k: base64.b64decode(v) for k, v in payload["keys"].items()})
         device = {"hub": str(payload["hub"]), "device": str(payload["device"]), "site": str(payload["site"]),
                   "token": str(payload["token"])}
+        if payload.get("sync_window"):  # the nightly background-sync window the hub set for this device
+            device["sync_window"] = str(SyncWindow.parse(str(payload["sync_window"])))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"enrolment payload is incomplete ({exc})") from None
     if not len(keyring):

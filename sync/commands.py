@@ -105,7 +105,7 @@ def _revoke_device(args: argparse.Namespace) -> int:
 def _add_device(args: argparse.Namespace) -> int:
     from .hub.enrol import add_device, payload_text, qr_ascii, qr_png
 
-    payload = add_device(_open_hub(args), args.name, args.site, args.url)
+    payload = add_device(_open_hub(args), args.name, args.site, args.url, sync_window=args.sync_window)
     if args.qr:
         qr_png(payload, args.qr)
     if args.ascii:
@@ -172,13 +172,16 @@ def _enrol(args: argparse.Namespace) -> int:
 def _sync_run(args: argparse.Namespace) -> int:
     from .client import SyncClient
 
-    if args.only_if_allowed:
-        from .schedule import SyncWindow, should_sync
+    if args.only_if_allowed:  # exactly what the tablet's background service does (sync.background)
         import datetime as _dt
 
-        if not should_sync(_dt.datetime.now(), args.charging, args.unmetered, SyncWindow.parse(args.window)):
-            _out({"skipped": True, "reason": "outside the sync policy (charging, unmetered, window)"})
-            return 0
+        from .background import FAILED, run_once
+        from .schedule import SyncWindow
+
+        attempt = run_once(_data_dir(args), now=_dt.datetime.now().astimezone(), charging=args.charging,
+                           unmetered=args.unmetered, window=SyncWindow.parse(args.window) if args.window else None)
+        _out(attempt.to_dict())
+        return 1 if attempt.outcome == FAILED else 0
     _out(SyncClient(_data_dir(args)).sync(upload=not args.no_upload).to_dict())
     return 0
 
@@ -240,6 +243,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", help="hub address for the device (default: the one given to `hub init`)")
     p.add_argument("--qr", metavar="PNG", help="write the QR code here (it contains the token)")
     p.add_argument("--ascii", action="store_true", help="print the QR code in the terminal")
+    p.add_argument("--sync-window", metavar="HH:MM-HH:MM", help="the device's nightly background-sync window, "
+                   "local time, or 'always' (default on the device: 01:00-05:00)")
     cmd("devices", _devices, "list enrolled devices (name, site, enrolled at, revoked)")
     p = cmd("revoke-device", _revoke_device, "revoke a device's token at once (e.g. a lost tablet)")
     p.add_argument("name")
@@ -294,10 +299,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("payload", help="the QR payload JSON, or a file holding it")
     p = scmd("run", _sync_run, "sync now: bundle, catalogue delta, uploads")
     p.add_argument("--no-upload", action="store_true", help="do not upload the outbox")
-    p.add_argument("--only-if-allowed", action="store_true", help="skip unless the sync policy allows it now")
+    p.add_argument("--only-if-allowed", action="store_true",
+                   help="one background attempt, as the tablet's sync service makes it: sync only when docked, "
+                        "unmetered and inside the window; record the outcome and the next attempt in "
+                        "sync_status.json (exit 1 if the sync failed)")
     p.add_argument("--charging", action="store_true", help="(with --only-if-allowed) the device is charging")
     p.add_argument("--unmetered", action="store_true", help="(with --only-if-allowed) the network is unmetered")
-    p.add_argument("--window", default="01:00-05:00", help="nightly window HH:MM-HH:MM (default 01:00-05:00)")
+    p.add_argument("--window", help="(with --only-if-allowed) window HH:MM-HH:MM or 'always' (default: the "
+                   "device's, set at enrolment, else 01:00-05:00)")
     scmd("status", _sync_status, "show the device's catalogue version, bundle and index stamp")
     p = ssub.add_parser("should-run", help="would the background policy sync now? (exit 0 yes, 1 no)",
                         description="Evaluate schedule.should_sync.")

@@ -76,3 +76,25 @@ def decode_qr(path: str) -> str | None:
     for sym in decode(load_image(path)):
         return sym.data.decode("utf-8", "replace")
     return None
+
+
+def arm_background_sync(data_dir: str | os.PathLike[str]) -> str | None:
+    """Arm the nightly background-sync alarm (``sync.background``) from the running activity.
+
+    Returns the ISO time of the next attempt, or None when the tablet is not enrolled yet. A failure
+    to arm (no exact-alarm permission on an odd build, a missing service class) is logged with its
+    reason and the app starts anyway: identification works offline without sync.
+    """
+    import datetime as dt
+
+    from sync.background import schedule_from_app
+
+    try:
+        from jnius import autoclass  # type: ignore
+
+        activity = autoclass("org.kivy.android.PythonActivity").mActivity
+        at = schedule_from_app(activity, data_dir, dt.datetime.now().astimezone())
+    except Exception as exc:  # JavaException and friends: reported, never fatal for the app
+        log.error("background sync not armed: %s: %s", type(exc).__name__, exc)
+        return None
+    return None if at is None else at.isoformat(timespec="minutes")

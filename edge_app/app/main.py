@@ -278,6 +278,10 @@ def device_main() -> None:
     from ..services import seed_from_starter
 
     seed_from_starter(data_dir, Path(__file__).resolve().parents[2] / "starter_bundle")
+    if is_android():
+        from .android import arm_background_sync
+
+        arm_background_sync(data_dir)
     services = DeviceServices(data_dir)
     try:
         run(services)

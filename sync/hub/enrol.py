@@ -19,6 +19,7 @@ from typing import Any
 from edge_app.atomic import atomic_write_bytes
 from edge_app.errors import UsageError
 
+from ..schedule import SyncWindow
 from .auth import check_name, new_token, token_hash
 from .hub import Hub
 
@@ -27,10 +28,17 @@ log = logging.getLogger(__name__)
 ENROL_VERSION = 1
 
 
-def add_device(hub: Hub, name: str, site: str, url: str | None = None) -> dict[str, Any]:
-    """Register a device for ``site``; return the enrolment payload (with the plain token)."""
+def add_device(hub: Hub, name: str, site: str, url: str | None = None,
+               sync_window: str | None = None) -> dict[str, Any]:
+    """Register a device for ``site``; return the enrolment payload (with the plain token).
+
+    ``sync_window`` (``HH:MM-HH:MM`` local time, or ``always``) is the device's nightly background-sync
+    window; without it the device uses its default (01:00-05:00).
+    """
     check_name(name)
     check_name(site, "site")
+    if sync_window is not None:
+        sync_window = str(SyncWindow.parse(sync_window))
     url = url or hub.config.get("url")
     if not url:
         raise UsageError("the hub has no public URL: pass --url http://HOST:PORT (the address devices reach)")
@@ -39,8 +47,11 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None) -> dict[s
     token = new_token(name)
     hub.store.add_device(name, site, token_hash(hub.secret, token))
     log.info("device %s enrolled for site %s", name, site)
-    return {"v": ENROL_VERSION, "hub": url.rstrip("/"), "device": name, "site": site, "token": token,
-            "keys": hub.keyring.to_dict()["keys"]}
+    payload = {"v": ENROL_VERSION, "hub": url.rstrip("/"), "device": name, "site": site, "token": token,
+               "keys": hub.keyring.to_dict()["keys"]}
+    if sync_window is not None:
+        payload["sync_window"] = sync_window
+    return payload
 
 
 def revoke_device(hub: Hub, name: str) -> bool:

@@ -55,15 +55,20 @@ def test_cli_end_to_end(tmp_path):
     bad = run("hub", "import", "--hub", str(hub), str(tmp_path / "nope.csv"), check=False)
     assert bad.returncode == 3 and "nope.csv" in bad.stderr
     p = run("hub", "add-device", "--hub", str(hub), "tab9", "--site", "site_b", "--qr", str(tmp_path / "qr.png"),
-            "--ascii")
+            "--ascii", "--sync-window", "22:30-4:00")
     payload = json.loads(p.stdout.strip().splitlines()[-1])
     assert payload["site"] == "site_b" and payload["hub"] == url and payload["token"].startswith("pl1.tab9.")
+    assert payload["sync_window"] == "22:30-04:00"
+    bad_window = run("hub", "add-device", "--hub", str(hub), "tab10", "--site", "site_b", "--sync-window", "25:00-1:00",
+                     check=False)
+    assert bad_window.returncode == 2 and "HH:MM-HH:MM" in bad_window.stderr
     assert (tmp_path / "qr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "\u2588" in p.stdout or "#" in p.stdout  # the terminal QR code
     dup = run("hub", "add-device", "--hub", str(hub), "tab9", "--site", "site_b", check=False)
     assert dup.returncode == 2
     dev = tmp_path / "dev"
     run("sync", "enrol", "--data-dir", str(dev), p.stdout.strip().splitlines()[-1])
+    assert json.loads((dev / "device.json").read_text())["sync_window"] == "22:30-04:00"
     server = subprocess.Popen([PY, "-m", "edge_app.cli", "hub", "serve", "--hub", str(hub), "--port", str(port)],
                               cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -80,7 +85,13 @@ def test_cli_end_to_end(tmp_path):
         assert st["parts"] == 3 and st["images"] == 3 and st["site"] == "site_b"
         skipped = json.loads(run("sync", "run", "--data-dir", str(dev), "--only-if-allowed",
                                  "--window", "01:00-01:01").stdout)
-        assert skipped["skipped"] is True
+        assert skipped["outcome"] == "skipped" and skipped["reason"] == "not docked" and skipped["result"] is None
+        # One background attempt, as the tablet's sync service makes it: docked, unmetered, any time.
+        bg = json.loads(run("sync", "run", "--data-dir", str(dev), "--only-if-allowed", "--charging",
+                            "--unmetered", "--window", "always").stdout)
+        assert bg["outcome"] == "synced" and bg["result"]["to_version"] == imp["version"], bg
+        recorded = json.loads((dev / "sync_status.json").read_text())
+        assert recorded["outcome"] == "synced" and recorded["last_success"] == bg["at"]
         # A lost tablet: revoke its token; the next sync is refused with the authentication exit code.
         devices = json.loads(run("hub", "devices", "--hub", str(hub)).stdout)
         assert [(d["name"], d["revoked"]) for d in devices] == [("tab9", 0)]
