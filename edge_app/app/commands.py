@@ -30,12 +30,9 @@ def _app(args: argparse.Namespace) -> int:
 
         Config.set("graphics", "width", str(args.size[0]))
         Config.set("graphics", "height", str(args.size[1]))
-    from .main import run
+    from .main import run_and_close
 
-    try:
-        run(services)
-    finally:
-        services.close()
+    run_and_close(services)
     return 0
 
 

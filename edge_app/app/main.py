@@ -262,6 +262,14 @@ def run(services: Any, size: tuple[int, int] | None = None) -> None:
     PartlensApp(services).run()
 
 
+def run_and_close(services: Any, size: tuple[int, int] | None = None) -> None:
+    """Run the app on ``services``; close them when the window closes or the app fails."""
+    try:
+        run(services, size)
+    finally:
+        services.close()
+
+
 def device_main() -> None:
     """The APK entry point (``main.py``): app storage as the data folder, seeded on first start."""
     from ..services import DeviceServices
@@ -282,8 +290,4 @@ def device_main() -> None:
         from .android import arm_background_sync
 
         arm_background_sync(data_dir)
-    services = DeviceServices(data_dir)
-    try:
-        run(services)
-    finally:
-        services.close()
+    run_and_close(DeviceServices(data_dir))

@@ -46,13 +46,9 @@ def _open_app(device_dir: Path) -> None:
     from ..services import DeviceServices
     from .config import SITE
 
-    services = DeviceServices(device_dir, site=SITE)
-    from ..app.main import run
+    from ..app.main import run_and_close
 
-    try:
-        run(services)
-    finally:
-        services.close()
+    run_and_close(DeviceServices(device_dir, site=SITE))
 
 
 def _demo(args: argparse.Namespace) -> int:
