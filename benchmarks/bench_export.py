@@ -1,7 +1,7 @@
 """Export formats x models on pc-parts-14: size, latency, top-1 and Recall@1 drop vs PyTorch fp32, parity.
 
 For each model (MobileNetV2 and EfficientNet-Lite0 with ImageNet init; plus a trained checkpoint
-from ``benchmarks/work/train-pcparts-*/run/best.pt`` when one exists) and each export format:
+from ``benchmarks/work/train-pcparts-*/run/last.pt`` when one exists) and each export format:
 file size, batch-1 latency (median, p95; 2 threads), val top-1 and Recall@1 (val photo -> nearest
 gallery image's class, cosine) and their drop against PyTorch fp32, and the parity-gate numbers.
 Data: the committed duplicate-aware split ``training/splits/pc-parts-14.json``; calibration and
@@ -100,7 +100,7 @@ def fit_ridge_head(model, z: np.ndarray, y: np.ndarray, n_classes: int, lam: flo
 
 
 def find_checkpoint(name: str) -> Path | None:
-    for p in sorted((REPO / "benchmarks" / "work").glob(f"train-pcparts-{name.replace('_', '-')}*/run/best.pt")):
+    for p in sorted((REPO / "benchmarks" / "work").glob(f"train-pcparts-{name.replace('_', '-')}*/run/last.pt")):
         return p
     return None
 
@@ -205,7 +205,8 @@ def run(ctx) -> dict[str, Any]:
         "input_size": "224 px (ImageNet-init models); trained checkpoints use their own size",
         "threads": 2,
         "load_average_at_end": os.getloadavg()[0],
-        "note": "CPU shared with other engineers' jobs (2 cores); latencies are noisy upper bounds",
+        "note": (f"load average {os.getloadavg()[0]:.2f} at the end (2 cores): above ~2.5 other jobs shared the "
+                 "CPU and latencies are upper bounds"),
         "targets": json.dumps(TARGETS),
         "worst_int8_top1_drop_pt": max((r["top1_drop_pt"] for r in int8), default=None),
         "worst_int8_r1_drop_pt": max((r["r1_drop_pt"] for r in int8), default=None),

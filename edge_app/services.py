@@ -178,6 +178,22 @@ class CaptureStore:
         img.save(buf, "JPEG", quality=92)
         return atomic_write_bytes(self.root / f"{cap.capture_id}.crop.jpg", buf.getvalue())
 
+    def remove(self, capture_id: str, *, keep_crop: bool = False) -> int:
+        """Delete one capture's files (image, sidecar and, unless ``keep_crop``, its ``.crop.jpg``); the
+        number of files removed."""
+        n = 0
+        paths = [self._sidecar(capture_id), *(p for p in self.root.glob(f"{capture_id}.*")
+                                               if not p.name.endswith((".json", ".crop.jpg")))]
+        if not keep_crop:
+            paths.append(self.root / f"{capture_id}.crop.jpg")
+        for p in paths:
+            try:
+                p.unlink()
+                n += 1
+            except FileNotFoundError:
+                pass
+        return n
+
     def all(self) -> list[Capture]:
         out = []
         for side in sorted(self.root.glob("*.json")):
@@ -506,6 +522,34 @@ class DeviceServices:
 
     def pending_uploads(self) -> int:
         return self.outbox.count()
+
+    def prune_captures(self, max_age_days: float = 14.0, now: _dt.datetime | None = None) -> dict[str, int]:
+        """Delete old photos the device no longer needs; the app calls it at start.
+
+        A capture is kept while it is younger than ``max_age_days``, on screen (saved app state), or its
+        cropped copy still waits in the outbox (an upload must never lose its photo). Uploaded copies of
+        old captures go too.
+        """
+        now = now or _dt.datetime.now(_dt.timezone.utc)
+        cutoff = now - _dt.timedelta(days=max_age_days)
+        in_state = {str(d.get("capture_id")) for d in self.state.load().get("captures", []) if isinstance(d, Mapping)}
+        pending = {Path(r["blob_path"]).name.split(".")[0] for r in self.outbox.pending() if r["blob_path"]}
+        removed = kept = 0
+        for side in sorted(self.captures.root.glob("*.json")):
+            cid = side.stem
+            try:
+                created = _dt.datetime.fromisoformat(json.loads(side.read_text())["created_at"])
+            except (OSError, ValueError, KeyError, TypeError):
+                created = _dt.datetime.fromtimestamp(side.stat().st_mtime, _dt.timezone.utc)
+            if created.tzinfo is None:
+                created = created.replace(tzinfo=_dt.timezone.utc)
+            if created >= cutoff or cid in in_state:
+                kept += 1
+                continue
+            removed += self.captures.remove(cid, keep_crop=cid in pending)
+        log.info("captures: removed %d files of captures older than %g days, kept %d captures",
+                 removed, max_age_days, kept)
+        return {"removed_files": removed, "kept": kept}
 
     # sync --------------------------------------------------------------------------------------
     def _active(self) -> dict[str, Any] | None:

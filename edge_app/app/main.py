@@ -263,8 +263,10 @@ def run(services: Any, size: tuple[int, int] | None = None) -> None:
 
 
 def run_and_close(services: Any, size: tuple[int, int] | None = None) -> None:
-    """Run the app on ``services``; close them when the window closes or the app fails."""
+    """Prune old captures, run the app on ``services``, close them when the window closes or the app fails."""
     try:
+        if hasattr(services, "prune_captures"):
+            services.prune_captures()
         run(services, size)
     finally:
         services.close()

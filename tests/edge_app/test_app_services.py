@@ -176,6 +176,27 @@ def test_feedback_photos_and_unknown_part_go_to_the_real_outbox(device, tmp_path
         device.record_unknown([], "")
 
 
+def test_old_captures_are_pruned_but_never_a_pending_upload_or_the_one_on_screen(device, tmp_path) -> None:
+    import datetime as dt
+
+    caps = [device.captures.add_file(photo(tmp_path / f"p{i}.jpg", colour=(i * 40, 9, 9))) for i in range(4)]
+    device.add_photos("BRG-1", caps[:2])  # two uploads queued ...
+    device.outbox.mark_uploaded(device.outbox.pending()[1]["uuid"])  # ... and the second one sent
+    device.state.save({"captures": [caps[2].to_dict()]})  # the third is on screen
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)
+    assert device.prune_captures(max_age_days=14, now=dt.datetime.now(dt.timezone.utc)) == \
+        {"removed_files": 0, "kept": 4}  # nothing is old yet
+    res = device.prune_captures(max_age_days=14, now=later)
+    root = device.captures.root
+    # pending upload: the original goes, its cropped copy (the upload) stays and is still sent
+    assert not Path(caps[0].path).exists() and (root / f"{caps[0].capture_id}.crop.jpg").is_file()
+    assert all(Path(r["blob_path"]).is_file() for r in device.outbox.pending())
+    # uploaded: everything goes; on screen: everything stays; not shared with anybody: goes
+    assert not list(root.glob(f"{caps[1].capture_id}*")) and not list(root.glob(f"{caps[3].capture_id}*"))
+    assert device.captures.get(caps[2].capture_id).path == caps[2].path
+    assert res == {"removed_files": 2 + 3 + 2, "kept": 1}
+
+
 def test_sync_status_before_enrolment_and_bad_enrol_code(device) -> None:
     st = device.sync_status()
     assert not st.enrolled and st.catalogue_version == 3 and st.pending_uploads == 0 and st.last_sync is None
