@@ -89,6 +89,13 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune_packages(args: argparse.Namespace) -> int:
+    from .hub.deltas import PackageService
+
+    _out(PackageService(_open_hub(args)).prune(grace_hours=args.grace_hours))
+    return 0
+
+
 def _devices(args: argparse.Namespace) -> int:
     _out(_open_hub(args).store.list_devices())
     return 0
@@ -246,6 +253,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sync-window", metavar="HH:MM-HH:MM", help="the device's nightly background-sync window, "
                    "local time, or 'always' (default on the device: 01:00-05:00)")
     cmd("devices", _devices, "list enrolled devices (name, site, enrolled at, revoked)")
+    p = cmd("prune-packages", _prune_packages, "delete cached deltas/snapshots that end before the current "
+            "catalogue version (devices are always sent packages up to the current one)")
+    p.add_argument("--grace-hours", type=float, default=24.0,
+                   help="keep stale packages this long, so in-flight downloads finish (default 24)")
     p = cmd("revoke-device", _revoke_device, "revoke a device's token at once (e.g. a lost tablet)")
     p.add_argument("name")
     p = cmd("serve", _serve, "run the HTTP API (OpenAPI at /openapi.json)")

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,31 @@ class PackageService:
         desc = sig["descriptor"]
         return {"name": desc["name"], "size": desc["size"], "sha256": desc["sha256"],
                 "url": f"/v1/packages/{desc['name']}", "signature": sig}
+
+    def prune(self, grace_hours: float = 24.0, now: float | None = None) -> dict[str, int]:
+        """Delete cached packages no device will be sent again (they end before the current version)
+        once they are older than ``grace_hours``, so a device that planned one just before a catalogue
+        change can still finish downloading it. Returns counts and bytes freed."""
+        if grace_hours < 0:
+            raise InputError(f"grace must be >= 0 hours, got {grace_hours}")
+        current = self.hub.store.version()
+        cutoff = (time.time() if now is None else now) - grace_hours * 3600
+        removed = kept = freed = 0
+        for site_dir in sorted((self.hub.root / "packages").glob("*")):
+            for tar in sorted(site_dir.glob("*.tar")):
+                if not PACKAGE_NAME.match(tar.name):
+                    continue
+                to_version = int(tar.stem.rsplit("-", 1)[1])
+                with self._lock(site_dir.name, tar.name):
+                    if to_version >= current or tar.stat().st_mtime > cutoff:
+                        kept += 1
+                        continue
+                    for f in (tar.with_name(tar.name + ".sig.json"), tar):  # the signature first: never a
+                        try:                                               # signature without its package
+                            freed += f.stat().st_size
+                            f.unlink()
+                        except FileNotFoundError:
+                            pass
+                    removed += 1
+        log.info("pruned %d stale packages (%d bytes), kept %d", removed, freed, kept)
+        return {"removed": removed, "kept": kept, "bytes_freed": freed, "catalogue_version": current}

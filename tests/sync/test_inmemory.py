@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_app.errors import AuthError, IntegrityError, SyncError
+from edge_app.errors import AuthError, InputError, IntegrityError, SyncError
 
 from .helpers import PixelEmbedder, make_bundle, part_image, write_images
 
@@ -161,3 +161,28 @@ def test_rollback_refused(world):
         c.sync()
     st = c.status()
     assert st["active"]["bundle_id"] == v2 and st["bundle_id"] == v2
+
+
+def test_prune_removes_only_stale_packages_after_the_grace(world):
+    import time
+
+    from sync.hub.deltas import PackageService
+
+    first = client(world).sync()
+    img = write_images(world.root / "new", [78])[0]
+    world.hub.add_part({"part_number": "NEW-2", "name": "new part"}, inventory={"site_a": (1, "Z1")}, images=[img])
+    second = client(world).sync()
+    site_dir = world.hub.root / "packages" / "site_a"
+    names = sorted(p.name for p in site_dir.glob("*.tar"))
+    assert names == sorted([first.package, second.package]) and second.package.startswith("delta-")
+    service = PackageService(world.hub)
+    assert service.prune()["removed"] == 0  # within the 24 h grace: an in-flight download may still need it
+    res = service.prune(grace_hours=1, now=time.time() + 7200)
+    assert res["removed"] == 1 and res["kept"] == 1 and res["bytes_freed"] > 0
+    assert sorted(p.name for p in site_dir.iterdir()) == [second.package, second.package + ".sig.json"]
+    # the synced device has nothing to do; the pruned package is gone for good
+    assert client(world).sync().package is None
+    with pytest.raises(InputError):
+        service.package_file("site_a", first.package)
+    with pytest.raises(InputError):
+        service.prune(grace_hours=-1)
