@@ -48,8 +48,9 @@ def split_folders(ctx: Any, root: Path) -> dict[str, Path]:
     return out
 
 
-def export_tflite(ctx: Any, folders: dict[str, Path]) -> dict[str, Any]:
-    """Export the trained checkpoint to tflite-int8, or tflite-fp32 if int8 fails the gate (resumable step).
+def export_tflite(ctx: Any, folders: dict[str, Path], checkpoint: Path = CHECKPOINT,
+                  key: str = "export_trained_tflite") -> dict[str, Any]:
+    """Export ``checkpoint`` to tflite-int8, or tflite-fp32 if int8 fails the gate (resumable step ``key``).
 
     Returns ``{"path", "format", "gate": {format: {"passed", "parity" | "error"}}}``.
     """
@@ -58,13 +59,13 @@ def export_tflite(ctx: Any, folders: dict[str, Path]) -> dict[str, Any]:
         from edge_app.errors import GateError, InputError
         from export.pipeline import export_checkpoint
 
-        if not CHECKPOINT.is_file():
-            raise InputError(f"{CHECKPOINT}: no trained checkpoint; run `partlens bench train-pcparts-mobilenet-v2` first")
+        if not checkpoint.is_file():
+            raise InputError(f"{checkpoint}: no trained checkpoint; run its training benchmark first")
         gate: dict[str, Any] = {}
         for fmt in ("tflite-int8", "tflite-fp32"):
             opts = {"calib_images": N_CALIB} if fmt.endswith("int8") else None
             try:
-                side = export_checkpoint(CHECKPOINT, fmt, ctx.work_dir / "export", calib_dir=folders["train"],
+                side = export_checkpoint(checkpoint, fmt, ctx.work_dir / "export", calib_dir=folders["train"],
                                          val_dir=folders["val"], options=opts, val_images=N_GATE_VAL,
                                          catalogue_images=N_GATE_CAT, overwrite=True)
             except GateError as exc:
@@ -74,7 +75,7 @@ def export_tflite(ctx: Any, folders: dict[str, Path]) -> dict[str, Any]:
             return {"path": side["path"], "format": fmt, "gate": gate}
         raise RuntimeError(f"no TFLite export passed the parity gate: {gate}")
 
-    return ctx.step("export_trained_tflite", _do)
+    return ctx.step(key, _do)
 
 
 def _rss_kb(field: str) -> int:

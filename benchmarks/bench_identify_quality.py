@@ -1,15 +1,20 @@
 """Identification quality on grocery: unknown-part rejection (AUROC, precision at 95% recall), ECE, multi-view gain.
 
-Products are split (fixed seed) into a CALIBRATION half and an EVALUATION half, disjoint; in each half
-70% of products are "known" (in the catalogue: iconic image + 2 train photos) and 30% "unknown".
-Calibration (logistic on top similarity and margin, :func:`edge_app.runtime.calibration.fit`) is
-fitted on train photos of the calibration half; everything reported is measured on val photos of the
-evaluation half. Part scores are exact (max over a part's images; what ``Identifier.rank`` computes
-after retrieval). Model: the parity-gated TFLite export of ``bench_identify`` (the MobileNetV2 trained on
-pc-parts-14, int8 if it passed the gate, else fp32; ``model_format`` says which). It was NOT trained on
-grocery, so these numbers measure transfer to an unseen domain: a floor for a model trained on the catalogue.
-Sample sizes are whatever the data holds (no subsampling) except ``calibration_queries`` (10 train photos
-per calibration product, 4 with ``--quick``).
+Model (``model_source``):
+
+- ``grocery-fold0`` (preferred): the EfficientNet-Lite0 of ``train-grocery-new-products`` fold 0, trained on
+  80% of the products; the other 20% were never trained on. Exported here to TFLite behind the parity gate
+  (int8, else fp32; ``model_format`` says which). Known products = the trained ones (the catalogue: iconic
+  image + 2 train photos each); unknown products = the held-out ones, as a part missing from the inventory
+  would be. Known and unknown products are each split (fixed seed) into a CALIBRATION and an EVALUATION
+  half, disjoint; calibration uses val photos of the calibration half, everything reported uses val
+  photos of the evaluation half (never trained on, never used for calibration).
+- ``pcparts-transfer`` (fallback when fold 0 is absent): the pc-parts MobileNetV2 of ``bench_identify``;
+  products split into halves, 70% of each known, calibration on train photos. It never saw grocery: a floor.
+
+Calibration is :func:`edge_app.runtime.calibration.fit` (logistic on top similarity and margin) at target
+precision 0.9. Part scores are exact (max over a part's images; what ``Identifier.rank`` computes after
+retrieval).
 """
 from __future__ import annotations
 
@@ -58,18 +63,10 @@ def _ranking(q: np.ndarray, cat: np.ndarray, cat_part: np.ndarray, parts: list[i
 
 
 def run(ctx: Any) -> dict[str, Any]:
-    from edge_app.runtime import calibration as C
-
-    from .bench_identify import export_tflite, split_folders
-
     grocery = ctx.require_data("grocery")
-    state = ctx.work_dir.parent / "identify" / "state.json"
-    exp = json.loads(state.read_text()).get("export_trained_tflite") if state.is_file() else None
-    if exp is None or not Path(exp["path"]).is_file():
-        exp = export_tflite(ctx, split_folders(ctx, ctx.require_data("pc-parts-14")))
-    model = exp["path"]
+    fold = ctx.work_dir.parent / "train-grocery-new-products" / "fold0" / "last.pt"
     with open(grocery / "classes.csv") as fh:
-        classes = list(csv.reader(fh))[1:]
+        classes = [r for r in list(csv.reader(fh))[1:] if r]
     iconic = {int(r[1]): grocery / r[4].lstrip("/") for r in classes}
 
     def listing(name: str) -> dict[int, list[Path]]:
@@ -82,12 +79,61 @@ def run(ctx: Any) -> dict[str, Any]:
 
     train, val = listing("train.txt"), listing("val.txt")
     rng = np.random.default_rng(0)
-    products = sorted(iconic)
-    rng.shuffle(products)
-    halves = {"cal": products[::2], "eval": products[1::2]}
-    known = set()
-    for h in halves.values():
-        known.update(h[: int(0.7 * len(h))])
+    if fold.is_file():
+        from .bench_identify import export_tflite
+        from .bench_train_grocery_new_products import held_out_classes
+
+        ids = sorted(iconic)  # load_grocery orders classes by id: class index i is ids[i]
+        held = [ids[i] for i in held_out_classes(len(ids), 0)]
+        known = [p for p in ids if p not in set(held)]
+        exp = export_tflite(ctx, _grocery_folders(ctx, grocery, classes, train, val, known), fold,
+                            key="export_grocery_fold0")
+        unknown = list(held)
+        rng.shuffle(known)
+        rng.shuffle(unknown)
+        cal_products = known[::2] + unknown[::2]
+        eval_products = known[1::2] + unknown[1::2]
+        cal_photos, source = val, "grocery-fold0"
+    else:
+        from .bench_identify import export_tflite, split_folders
+
+        state = ctx.work_dir.parent / "identify" / "state.json"
+        exp = json.loads(state.read_text()).get("export_trained_tflite") if state.is_file() else None
+        if exp is None or not Path(exp["path"]).is_file():
+            exp = export_tflite(ctx, split_folders(ctx, ctx.require_data("pc-parts-14")))
+        products = sorted(iconic)
+        rng.shuffle(products)
+        cal_products, eval_products = products[::2], products[1::2]
+        known = [*cal_products[: int(0.7 * len(cal_products))], *eval_products[: int(0.7 * len(eval_products))]]
+        cal_photos, source = {p: v[2:2 + (4 if ctx.quick else 10)] for p, v in train.items()}, "pcparts-transfer"
+    return {"model_source": source, **_measure(ctx, exp, iconic, train, val, set(known), cal_products,
+                                                 eval_products, cal_photos)}
+
+
+def _grocery_folders(ctx: Any, root: Path, classes: list[list[str]], train: dict[int, list[Path]],
+                     val: dict[int, list[Path]], known: list[int]) -> dict[str, Path]:
+    """Symlink folders ``<work>/grocery/{train,val}/<class name>/<file>`` of the known (trained) products:
+    int8 calibration photos and parity-gate photos for the exporter."""
+    names = {int(r[1]): r[0] for r in classes}
+    out = {}
+    for split, photos in (("train", train), ("val", val)):
+        d = ctx.work_dir / "grocery" / split
+        for p in known:
+            for path in photos.get(p, []):
+                link = d / names[p] / path.name
+                if not link.is_symlink():
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    link.symlink_to(path)
+        out[split] = d
+    return out
+
+
+def _measure(ctx: Any, exp: dict[str, Any], iconic: dict[int, Path], train: dict[int, list[Path]],
+             val: dict[int, list[Path]], known: set[int], cal_products: list[int], eval_products: list[int],
+             cal_photos: dict[int, list[Path]]) -> dict[str, Any]:
+    from edge_app.runtime import calibration as C
+
+    model = exp["path"]
     cat_paths, cat_part = [], []
     for p in sorted(known):
         for path in [iconic[p], *train.get(p, [])[:2]]:
@@ -96,16 +142,14 @@ def run(ctx: Any) -> dict[str, Any]:
     cat_part = np.array(cat_part)
     cat = _embed(ctx, model, cat_paths, "catalogue")
     known_list = sorted(known)
-    # calibration queries: train photos (not the catalogue ones) of the calibration half
-    cal_q = [(p, path) for p in halves["cal"] for path in train.get(p, [])[2:2 + (4 if ctx.quick else 10)]]
+    cal_q = [(p, path) for p in cal_products for path in cal_photos.get(p, [])]
     cal_emb = _embed(ctx, model, [x[1] for x in cal_q], "calq")
     top, second, correct = [], [], []
     for (p, _), e in zip(cal_q, cal_emb):
         ranked, s = _ranking(e[None], cat, cat_part, known_list)
         top.append(s[0]); second.append(s[1]); correct.append(ranked[0] == p)
     cal = C.fit(top, second, correct, target_precision=0.9)
-    # evaluation: val photos of the evaluation half
-    ev_q = [(p, path) for p in halves["eval"] for path in val.get(p, [])]
+    ev_q = [(p, path) for p in eval_products for path in val.get(p, [])]
     ev_emb = _embed(ctx, model, [x[1] for x in ev_q], "evalq")
     conf, is_known, right = [], [], []
     for (p, _), e in zip(ev_q, ev_emb):
@@ -120,7 +164,7 @@ def run(ctx: Any) -> dict[str, Any]:
     accepted = conf >= cal.threshold
     # multi-view: groups of VIEWS val photos of the same known evaluation product
     mv: dict[str, list[bool]] = {"single": [], "score": [], "embedding": []}
-    for p in halves["eval"]:
+    for p in eval_products:
         if p not in known:
             continue
         idx = [i for i, (pp, _) in enumerate(ev_q) if pp == p]
@@ -132,6 +176,7 @@ def run(ctx: Any) -> dict[str, Any]:
     return {
         "model": Path(model).name, "model_format": exp["format"], "gate": exp["gate"],
         "auroc_bootstrap_resamples": 1000, "catalogue_images": len(cat_paths), "known_products": len(known),
+        "calibration_products": len(cal_products), "evaluation_products": len(eval_products),
         "calibration_queries": len(cal_q), "eval_queries": len(ev_q),
         "eval_known_queries": int(is_known.sum()), "eval_unknown_queries": int((~is_known).sum()),
         "auroc_known_vs_unknown": au, "auroc_ci95_low": lo, "auroc_ci95_high": hi,

@@ -21,7 +21,7 @@ def run(ctx) -> dict[str, Any]:
     rows = []
     n_folds = ctx.options.get("folds") or (1 if ctx.quick else FOLDS)
     for fold in range(n_folds):
-        held = sorted(random.Random(fold).sample(range(n_cls), round(HOLD_OUT * n_cls)))
+        held = held_out_classes(n_cls, fold)
         kept = [c for c in range(n_cls) if c not in held]
         remap = {c: i for i, c in enumerate(kept)}
         labels = [ds.images.labels[c] for c in kept]
@@ -42,6 +42,11 @@ def run(ctx) -> dict[str, Any]:
     return {"table": rows, "folds": len(rows), "held_out_fraction": HOLD_OUT,
             "new_recall@1_mean": float(r_new.mean()), "new_recall@1_std": std(r_new),
             "seen_recall@1_mean": float(r_seen.mean()), "seen_recall@1_std": std(r_seen)}
+
+
+def held_out_classes(n_classes: int, fold: int) -> list[int]:
+    """The class indices fold ``fold`` holds out of training (seeded; shared with bench_identify_quality)."""
+    return sorted(random.Random(fold).sample(range(n_classes), round(HOLD_OUT * n_classes)))
 
 
 def _evaluate(ckpt: str, ds, held: list[int], fold: int) -> dict[str, Any]:
