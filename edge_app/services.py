@@ -49,6 +49,22 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _latest(*stamps: str | None) -> str | None:
+    """The latest of some ISO timestamps (None and unparsable ones ignored; naive ones taken as local)."""
+    best: tuple[_dt.datetime, str] | None = None
+    for s in stamps:
+        try:
+            t = _dt.datetime.fromisoformat(s) if s else None
+        except ValueError:
+            continue
+        if t is None:
+            continue
+        t = t.astimezone()  # aware, comparable
+        if best is None or t > best[0]:
+            best = (t, str(s))
+    return None if best is None else best[1]
+
+
 # --------------------------------------------------------------------------------------- captures
 @dataclass(frozen=True)
 class Capture:
@@ -291,6 +307,8 @@ class SyncStatus:
     enrolled: bool
     hub: str | None = None
     last_error: str | None = None
+    #: the last nightly background attempt, one line (``sync/background.py``), or None if none ran yet
+    nightly: str | None = None
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -571,11 +589,19 @@ class DeviceServices:
         active = self._active() or {}
         last = self.data_dir / "last_sync.json"
         last_sync = json.loads(last.read_text()).get("at") if last.is_file() else None
+        from sync.background import read_status
+
+        bg = read_status(self.data_dir)  # the nightly service's last attempt
+        nightly = None
+        if bg:
+            last_sync = _latest(last_sync, bg.get("last_success"))
+            nightly = (f"{bg.get('outcome')} at {bg.get('at')} ({bg.get('reason')}); next attempt {bg.get('next_at')}, "
+                       f"window {bg.get('window')}")
         version = self.catalogue.catalogue_version
         return SyncStatus(bundle_id=active.get("bundle_id") or self.catalogue.get_meta("bundle_id"),
                           bundle_version=active.get("version"), catalogue_version=version or None,
                           last_sync=last_sync, pending_uploads=self.pending_uploads(), enrolled=hub is not None,
-                          hub=hub, last_error=self._last_error)
+                          hub=hub, last_error=self._last_error, nightly=nightly)
 
     def sync_now(self) -> str:
         """One full sync (bundle, catalogue package, uploads); returns a one-line summary."""

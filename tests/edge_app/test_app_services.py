@@ -206,6 +206,20 @@ def test_sync_status_before_enrolment_and_bad_enrol_code(device) -> None:
         device.enrol("not json")
 
 
+def test_sync_status_shows_the_nightly_attempt_and_its_last_success(device) -> None:
+    assert device.sync_status().nightly is None
+    (device.data_dir / "last_sync.json").write_text(json.dumps({"at": "2026-11-20T10:00:00+00:00"}))
+    (device.data_dir / "sync_status.json").write_text(json.dumps({
+        "at": "2026-11-22T01:30:00+01:00", "outcome": "skipped", "reason": "not docked", "window": "01:00-05:00",
+        "next_at": "2026-11-22T02:00:00+01:00", "last_success": "2026-11-21T01:00:00+01:00"}))
+    st = device.sync_status()
+    assert st.last_sync == "2026-11-21T01:00:00+01:00"  # the nightly success is newer than the manual one
+    assert st.nightly == ("skipped at 2026-11-22T01:30:00+01:00 (not docked); next attempt "
+                          "2026-11-22T02:00:00+01:00, window 01:00-05:00")
+    (device.data_dir / "last_sync.json").write_text(json.dumps({"at": "2026-11-22T09:00:00+00:00"}))
+    assert device.sync_status().last_sync == "2026-11-22T09:00:00+00:00"
+
+
 def test_identify_without_a_bundle_is_a_clear_error(device, tmp_path) -> None:
     cap = device.captures.add_file(photo(tmp_path / "q.jpg"))
     with pytest.raises(InputError, match="no model bundle installed"):
