@@ -132,7 +132,8 @@ def catalogue_labels(root: str | os.PathLike[str], paths: Sequence[Path]) -> lis
     import csv
 
     root = Path(root)
-    rels = [Path(p).resolve().relative_to(root.resolve()) for p in paths]
+    # absolute but NOT resolved: a catalogue folder of symlinks names its parts by the link's folder
+    rels = [Path(os.path.relpath(os.path.abspath(p), os.path.abspath(root))) for p in paths]
     if (root / "images.csv").is_file():
         with open(root / "images.csv", newline="") as fh:
             part_of = {Path(r["path"]): r["part_number"] for r in csv.DictReader(fh)}

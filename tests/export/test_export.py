@@ -99,6 +99,11 @@ def test_catalogue_labels_only_when_the_folder_says_so(tmp_path: Path) -> None:
     (flat / "a.jpg").write_bytes(b"")
     assert catalogue_labels(flat, [flat / "a.jpg"]) is None  # no folders: nothing says what the part is
     assert catalogue_labels(tmp_path / "folder", paths[:1]) is None  # one folder could be anything
+    links = tmp_path / "links"  # a folder of symlinks into a dataset elsewhere (benchmarks build these)
+    for part, target in (("C", paths[0]), ("D", paths[1])):
+        (links / part).mkdir(parents=True)
+        (links / part / "y.jpg").symlink_to(target)
+    assert catalogue_labels(links, [links / "C" / "y.jpg", links / "D" / "y.jpg"]) == ["C", "D"]
     gen = tmp_path / "gen"
     (gen / "images" / "P1").mkdir(parents=True)
     (gen / "images" / "P1" / "f.jpg").write_bytes(b"")
