@@ -45,10 +45,14 @@ def _write_export(model: Any, labels: Sequence[str], fmt: ExportFormat, opts: Ma
             export_onnx_fp32(model, path, opset=opts["opset"])
         info["io"] = {"input": {"name": "input", "shape": ["batch", 3, *model.preprocess.size]}}
         return info
-    from .tflite_export import check_signature, convert_fp32, convert_int8, write_tflite
+    from .tflite_export import check_signature, convert_fp32, convert_int8, convert_int8_aiq, write_tflite
 
-    data = (convert_int8(model, calib, per_channel=opts["per_channel"], weight_tuning=opts["weight_tuning"])
-            if fmt.quantized else convert_fp32(model))
+    if fmt.name == "tflite-int8-aiq":
+        data = convert_int8_aiq(model, calib)
+    elif fmt.quantized:
+        data = convert_int8(model, calib, per_channel=opts["per_channel"], weight_tuning=opts["weight_tuning"])
+    else:
+        data = convert_fp32(model)
     if opts["metadata"]:
         from .metadata import embed_metadata
 
@@ -90,14 +94,17 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
     if fmt.quantized:
         calib_paths = sample_images(calib_dir, opts["calib_images"], seed=opts["seed"], what="calibration")
         calib, kept = load_inputs(calib_paths, spec)
-        quant.update(calibration_images=len(kept), calibration_source=str(calib_dir),
-                     scheme=("onnxruntime static QDQ, int8 activations (asymmetric) and weights (symmetric)"
-                             if fmt.runtime == "onnx" else
-                             "litert-torch PT2E static int8, activations per tensor, symmetric weights, "
-                             "conv+ReLU6 outputs on the fixed range [0, 6], float32 interface"
-                             + (", calibration-aware weight rounding + bias correction"
-                                if opts.get("weight_tuning") else "")),
-                     per_channel=opts["per_channel"])
+        if fmt.runtime == "onnx":
+            scheme = "onnxruntime static QDQ, int8 activations (asymmetric) and weights (symmetric)"
+        elif fmt.name == "tflite-int8-aiq":
+            scheme = "ai-edge-quantizer static_wi8_ai8 on the float TFLite model, float32 interface"
+        else:
+            scheme = ("litert-torch PT2E static int8, activations per tensor, symmetric weights, "
+                      "conv+ReLU6 outputs on the fixed range [0, 6], float32 interface"
+                      + (", calibration-aware weight rounding + bias correction" if opts.get("weight_tuning") else ""))
+        quant.update(calibration_images=len(kept), calibration_source=str(calib_dir), scheme=scheme)
+        if "per_channel" in opts:
+            quant["per_channel"] = opts["per_channel"]
     val, _ = load_inputs(sample_images(val_dir, val_images, what="parity validation"), spec)
     cat_src = catalogue_dir or calib_dir
     n_cat = min(catalogue_images, len(sample_images(cat_src, None)))

@@ -131,11 +131,8 @@ def convert_int8(model: Any, calib: np.ndarray, *, per_channel: bool = True, rel
 
 
 def convert_int8_aiq(model: Any, calib: np.ndarray) -> bytes:
-    """Candidate (not in the formats table): ai-edge-quantizer static int8 (a8w8) on the float TFLite.
-
-    Kept for the export benchmark, which decides whether it earns a place in
-    :data:`export.formats.FORMATS` (it must measure better than the PT2E path).
-    """
+    """Format ``tflite-int8-aiq``: ai-edge-quantizer static int8 (a8w8) on the float TFLite model,
+    calibrated on ``calib`` (NCHW float32), with a float32 interface like ``tflite-int8``."""
     from ai_edge_quantizer import quantizer, recipe
 
     fp32 = convert_fp32(model)

@@ -15,7 +15,7 @@ from .conftest import CLASSES
 
 
 def test_formats_table_and_options() -> None:
-    assert set(FORMATS) == {"onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"}
+    assert set(FORMATS) == {"onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8", "tflite-int8-aiq"}
     assert resolve_options("tflite-int8") == {"calib_images": 200, "metadata": True, "per_channel": True, "seed": 0,
                                               "weight_tuning": True}
     assert resolve_options("onnx-int8", {"calib_method": "entropy", "opset": None})["calib_method"] == "entropy"
@@ -181,6 +181,24 @@ def test_onnx_int8_export(tiny_model, image_dirs, tmp_path: Path) -> None:
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
     assert sorted(o.name for o in m.graph.output) == ["embedding", "logits"]
     assert res["quantization"]["calibration_images"] == 32 and res["parity"]["passed"]
+
+
+@pytest.mark.slow
+def test_ai_edge_quantizer_int8_export_is_gated_and_carries_metadata(tiny_model, image_dirs, tmp_path: Path) -> None:
+    from export.metadata import read_metadata
+    from export.pipeline import export_model
+    from export.runners import tflite_runner
+
+    res = export_model(tiny_model, CLASSES, "tflite-int8-aiq", tmp_path / "out", calib_dir=image_dirs["calib"],
+                       val_dir=image_dirs["val"], catalogue_dir=image_dirs["catalogue"],
+                       options={"calib_images": 32})
+    assert res["format"] == "tflite-int8-aiq" and res["parity"]["passed"]
+    assert res["metadata"]["status"] == "embedded" and read_metadata(Path(res["path"]).read_bytes())["labels"] == CLASSES
+    out = tflite_runner(res["path"])(np.zeros((1, 3, 64, 64), np.float32))
+    assert out["logits"].dtype == np.float32 and out["embedding"].shape == (1, tiny_model.embed_dim)
+    with pytest.raises(UsageError, match="weight_tuning"):
+        export_model(tiny_model, CLASSES, "tflite-int8-aiq", tmp_path / "x", calib_dir=image_dirs["calib"],
+                     val_dir=image_dirs["val"], options={"weight_tuning": False})
 
 
 @pytest.mark.slow
