@@ -56,8 +56,8 @@ FORMATS: dict[str, ExportFormat] = {
         ExportFormat("tflite-int8-aiq", "tflite", "int8", "model.tflite",
                      frozenset({"calib_images", "seed", "metadata"}),
                      "TFLite static int8 by ai-edge-quantizer (a8w8) on the float TFLite model, float32 "
-                     "interface; faster than tflite-int8 on EfficientNet-Lite0 here and equally accurate, "
-                     "less accurate on MobileNetV2 (benchmarks/results/export.md)"),
+                     "interface; as accurate as tflite-int8 on EfficientNet-Lite0 here, less accurate on "
+                     "MobileNetV2 (benchmarks/results/export.md)"),
     )
 }
 
