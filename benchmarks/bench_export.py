@@ -26,7 +26,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8", "tflite-int8-aiq")
-CANDIDATES: tuple[str, ...] = ()  # formats measured here before they join export.formats.FORMATS
 TARGETS = {"int8_top1_drop_pt": 1.0, "int8_r1_drop_pt": 1.5, "mobilenet_v2_int8_mb": 3.5,
            "efficientnet_lite0_int8_mb": 5.5, "int8_median_ms": 5.0}
 REPO = Path(__file__).resolve().parent.parent
@@ -163,23 +162,14 @@ def run(ctx) -> dict[str, Any]:
         table.append({"model": tag, "format": "pytorch-fp32", "size_mb": None, **ref_lat,
                       "top1": ref_m["top1"], "r1": ref_m["r1"]})
         calib = np.concatenate([cal.batch(i, i + 16) for i in range(0, len(cal), 16)])
-        for fmt_name in FORMATS + CANDIDATES:
+        for fmt_name in FORMATS:
             def step(fmt_name: str = fmt_name) -> dict[str, Any]:
                 t = time.perf_counter()
-                if fmt_name in CANDIDATES:
-                    from export.tflite_export import check_signature, convert_int8_aiq
-
-                    out = ctx.work_dir / "exports" / tag / "model-aiq.tflite"
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    data = convert_int8_aiq(model, calib)
-                    info = {"io": check_signature(data, fmt_name), "metadata": {"status": "not attempted"}}
-                    out.write_bytes(data)
-                else:
-                    fmt = get_format(fmt_name)
-                    opts = resolve_options(fmt, {"calib_images": len(cal)} if fmt.quantized else None)
-                    out = ctx.work_dir / "exports" / tag / fmt_name / fmt.file_name
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    info = _write_export(model, labels, fmt, opts, out, calib if fmt.quantized else None, name)
+                fmt = get_format(fmt_name)
+                opts = resolve_options(fmt, {"calib_images": len(cal)} if fmt.quantized else None)
+                out = ctx.work_dir / "exports" / tag / fmt_name / fmt.file_name
+                out.parent.mkdir(parents=True, exist_ok=True)
+                info = _write_export(model, labels, fmt, opts, out, calib if fmt.quantized else None, name)
                 export_s = time.perf_counter() - t
                 runner = file_runner(out, threads=2)
                 v, g = run_all(runner, val), run_all(runner, gal)["embedding"]

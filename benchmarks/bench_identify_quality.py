@@ -85,7 +85,7 @@ def run(ctx: Any) -> dict[str, Any]:
 
         ids = sorted(iconic)  # load_grocery orders classes by id: class index i is ids[i]
         held = [ids[i] for i in held_out_classes(len(ids), 0)]
-        known = [p for p in ids if p not in set(held)]
+        known = sorted(set(ids) - set(held))
         exp = export_tflite(ctx, _grocery_folders(ctx, grocery, classes, train, val, known), fold,
                             key="export_grocery_fold0")
         unknown = list(held)

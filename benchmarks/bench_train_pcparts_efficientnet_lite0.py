@@ -10,6 +10,6 @@ def run(ctx) -> dict[str, Any]:
     from training.benchutil import pcparts_benchmark
 
     # CPU budget (<= 45 min on 2 cores, alone): 160 px input, whole network fine-tuned, 12 epochs
-    # (about 150 s each here). The first run (128 px, 5 stages frozen, 4 epochs, shared CPU) gave 74.5%.
+    # (about 130 s each here; 27 min in all). The first run (128 px, 5 stages frozen, 4 epochs, shared CPU) gave 74.5%.
     return pcparts_benchmark(ctx, "efficientnet_lite0", TARGET_TOP1, image_size=160, epochs=12, lr=1e-3,
                              freeze_stages=0)

@@ -565,6 +565,12 @@ class DeviceServices:
                 kept += 1
                 continue
             removed += self.captures.remove(cid, keep_crop=cid in pending)
+        # cropped copies kept for an upload whose capture was pruned earlier: they go once uploaded
+        for crop in self.captures.root.glob("*.crop.jpg"):
+            cid = crop.name.split(".")[0]
+            if cid not in pending and not (self.captures.root / f"{cid}.json").exists():
+                crop.unlink(missing_ok=True)
+                removed += 1
         log.info("captures: removed %d files of captures older than %g days, kept %d captures",
                  removed, max_age_days, kept)
         return {"removed_files": removed, "kept": kept}

@@ -33,6 +33,7 @@ class ExportFormat:
     file_name: str
     options: frozenset[str]
     description: str
+    quantizer: str | None = None  # int8 only: "onnxruntime" | "pt2e" (litert-torch) | "ai-edge-quantizer"
 
     @property
     def quantized(self) -> bool:
@@ -46,18 +47,18 @@ FORMATS: dict[str, ExportFormat] = {
                      "ONNX float32 (torch.onnx exporter)"),
         ExportFormat("onnx-int8", "onnx", "int8", "model.onnx",
                      frozenset({"opset", "calib_images", "per_channel", "calib_method", "seed"}),
-                     "ONNX static int8, QDQ, onnxruntime calibration on real training images"),
+                     "ONNX static int8, QDQ, onnxruntime calibration on real training images", "onnxruntime"),
         ExportFormat("tflite-fp32", "tflite", "fp32", "model.tflite", frozenset({"metadata"}),
                      "TFLite float32 (litert-torch)"),
         ExportFormat("tflite-int8", "tflite", "int8", "model.tflite",
                      frozenset({"calib_images", "per_channel", "seed", "metadata", "weight_tuning"}),
                      "TFLite static int8 (litert-torch PT2E, calibrated on real training images), "
-                     "float32 interface"),
+                     "float32 interface", "pt2e"),
         ExportFormat("tflite-int8-aiq", "tflite", "int8", "model.tflite",
                      frozenset({"calib_images", "seed", "metadata"}),
                      "TFLite static int8 by ai-edge-quantizer (a8w8) on the float TFLite model, float32 "
                      "interface; as accurate as tflite-int8 on EfficientNet-Lite0 here, less accurate on "
-                     "MobileNetV2 (benchmarks/results/export.md)"),
+                     "MobileNetV2 (benchmarks/results/export.md)", "ai-edge-quantizer"),
     )
 }
 

@@ -47,7 +47,7 @@ def _write_export(model: Any, labels: Sequence[str], fmt: ExportFormat, opts: Ma
         return info
     from .tflite_export import check_signature, convert_fp32, convert_int8, convert_int8_aiq, write_tflite
 
-    if fmt.name == "tflite-int8-aiq":
+    if fmt.quantizer == "ai-edge-quantizer":
         data = convert_int8_aiq(model, calib)
     elif fmt.quantized:
         data = convert_int8(model, calib, per_channel=opts["per_channel"], weight_tuning=opts["weight_tuning"])
@@ -94,9 +94,9 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
     if fmt.quantized:
         calib_paths = sample_images(calib_dir, opts["calib_images"], seed=opts["seed"], what="calibration")
         calib, kept = load_inputs(calib_paths, spec)
-        if fmt.runtime == "onnx":
+        if fmt.quantizer == "onnxruntime":
             scheme = "onnxruntime static QDQ, int8 activations (asymmetric) and weights (symmetric)"
-        elif fmt.name == "tflite-int8-aiq":
+        elif fmt.quantizer == "ai-edge-quantizer":
             scheme = "ai-edge-quantizer static_wi8_ai8 on the float TFLite model, float32 interface"
         else:
             scheme = ("litert-torch PT2E static int8, activations per tensor, symmetric weights, "

@@ -195,6 +195,10 @@ def test_old_captures_are_pruned_but_never_a_pending_upload_or_the_one_on_screen
     assert not list(root.glob(f"{caps[1].capture_id}*")) and not list(root.glob(f"{caps[3].capture_id}*"))
     assert device.captures.get(caps[2].capture_id).path == caps[2].path
     assert res == {"removed_files": 2 + 3 + 2, "kept": 1}
+    # once that upload is sent, the next start removes its kept copy too
+    device.outbox.mark_uploaded(device.outbox.pending()[0]["uuid"])
+    assert device.prune_captures(max_age_days=14, now=later)["removed_files"] == 1
+    assert not (root / f"{caps[0].capture_id}.crop.jpg").exists()
 
 
 def test_sync_status_before_enrolment_and_bad_enrol_code(device) -> None:
