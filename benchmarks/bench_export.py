@@ -180,7 +180,8 @@ def run(ctx) -> dict[str, Any]:
                 return {"model": tag, "format": fmt_name, "size_mb": out.stat().st_size / 1e6,
                         **latency(runner, spec, n_lat), "top1": m["top1"], "r1": m["r1"],
                         "top1_drop_pt": 100 * (ref_m["top1"] - m["top1"]), "r1_drop_pt": 100 * (ref_m["r1"] - m["r1"]),
-                        "top1_agree": par.top1_agreement, "median_cos": par.median_cosine,
+                        "top1_agree": par.top1_agreement,
+                        "top1_agree_strict": par.top1_agreement_strict, "median_cos": par.median_cosine,
                         "nn_agree": par.neighbour_agreement, "nn_agree_image": par.neighbour_agreement_image,
                         "gate": "pass" if par.passed else "FAIL",
                         "metadata": (info.get("metadata") or {}).get("status", "n/a"), "export_s": round(export_s, 1)}

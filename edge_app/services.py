@@ -595,7 +595,7 @@ class DeviceServices:
         active = self._active() or {}
         last = self.data_dir / "last_sync.json"
         last_sync = json.loads(last.read_text()).get("at") if last.is_file() else None
-        from sync.background import read_status
+        from sync.background import read_arm_failure, read_status
 
         bg = read_status(self.data_dir)  # the nightly service's last attempt
         nightly = None
@@ -603,6 +603,10 @@ class DeviceServices:
             last_sync = _latest(last_sync, bg.get("last_success"))
             nightly = (f"{bg.get('outcome')} at {bg.get('at')} ({bg.get('reason')}); next attempt {bg.get('next_at')}, "
                        f"window {bg.get('window')}")
+        arm = read_arm_failure(self.data_dir)
+        if arm:  # the app could not arm the alarm: say so before anything else
+            nightly = (f"OFF: could not schedule nightly sync at {arm.get('at')} ({arm.get('reason')}); "
+                       f"sync from this screen" + (f". Last attempt: {nightly}" if nightly else ""))
         version = self.catalogue.catalogue_version
         return SyncStatus(bundle_id=active.get("bundle_id") or self.catalogue.get_meta("bundle_id"),
                           bundle_version=active.get("version"), catalogue_version=version or None,

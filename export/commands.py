@@ -28,7 +28,9 @@ def _export(args: argparse.Namespace) -> int:
                             thresholds=Thresholds(), overwrite=args.overwrite)
     p = res["parity"]
     print(f"{res['path']}  ({res['size_bytes'] / 1e6:.2f} MB)")
-    print(f"parity: top-1 agreement {p['top1_agreement']:.2%}, median cosine {p['median_cosine']:.4f}, "
+    strict = p.get("top1_agreement_strict")
+    print(f"parity: top-1 agreement {p['top1_agreement']:.2%}"
+          + ("" if strict is None else f" (strict {strict:.2%})") + f", median cosine {p['median_cosine']:.4f}, "
           f"nearest-{p.get('neighbour_level', 'image')} agreement {p['neighbour_agreement']:.2%} "
           f"({p['n_val']} val photos) -> passed")
     meta = res.get("metadata")

@@ -37,6 +37,8 @@ from .schedule import SyncWindow, should_sync
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "sync_status.json"
+#: Written by the app when it could not arm the alarm (removed once arming works again).
+ARM_ERROR_FILE = "sync_arm_error.json"
 DEFAULT_WINDOW = "01:00-05:00"
 DEFAULT_RETRY = dt.timedelta(minutes=30)
 #: With the 24-hour window ("always") a successful sync is followed by the next one this much later.
@@ -102,6 +104,24 @@ def read_status(device_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The last recorded attempt, or None (never ran, or an unreadable file)."""
     try:
         return json.loads((Path(device_dir) / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def record_arm_failure(device_dir: str | os.PathLike[str], reason: str, now: dt.datetime) -> None:
+    """The app could not arm the alarm: keep the reason, so the sync screen says nightly sync is off."""
+    atomic_write_json(Path(device_dir) / ARM_ERROR_FILE, {"at": now.isoformat(timespec="seconds"), "reason": reason})
+
+
+def clear_arm_failure(device_dir: str | os.PathLike[str]) -> None:
+    """Arming worked: forget an earlier failure."""
+    (Path(device_dir) / ARM_ERROR_FILE).unlink(missing_ok=True)
+
+
+def read_arm_failure(device_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The last arming failure ({"at", "reason"}), or None."""
+    try:
+        return json.loads((Path(device_dir) / ARM_ERROR_FILE).read_text())
     except (OSError, ValueError):
         return None
 

@@ -81,20 +81,25 @@ def decode_qr(path: str) -> str | None:
 def arm_background_sync(data_dir: str | os.PathLike[str]) -> str | None:
     """Arm the nightly background-sync alarm (``sync.background``) from the running activity.
 
-    Returns the ISO time of the next attempt, or None when the tablet is not enrolled yet. A failure
-    to arm (no exact-alarm permission on an odd build, a missing service class) is logged with its
-    reason and the app starts anyway: identification works offline without sync.
+    Returns the ISO time of the next attempt, or None when the tablet is not enrolled yet or arming
+    failed. A failure (no exact-alarm permission on an odd build, a missing service class) is recorded
+    in the device folder with its reason, so the sync screen says that nightly sync is OFF and why, and
+    the app starts anyway: identification works offline without sync. The next start tries again.
     """
     import datetime as dt
 
-    from sync.background import schedule_from_app
+    from sync.background import clear_arm_failure, record_arm_failure, schedule_from_app
 
+    now = dt.datetime.now().astimezone()
     try:
         from jnius import autoclass  # type: ignore
 
         activity = autoclass("org.kivy.android.PythonActivity").mActivity
-        at = schedule_from_app(activity, data_dir, dt.datetime.now().astimezone())
-    except Exception as exc:  # JavaException and friends: reported, never fatal for the app
-        log.error("background sync not armed: %s: %s", type(exc).__name__, exc)
+        at = schedule_from_app(activity, data_dir, now)
+    except Exception as exc:  # JavaException and friends: shown on the sync screen, never fatal for the app
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("background sync not armed: %s", reason)
+        record_arm_failure(data_dir, reason, now)
         return None
+    clear_arm_failure(data_dir)
     return None if at is None else at.isoformat(timespec="minutes")

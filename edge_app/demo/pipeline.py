@@ -246,6 +246,9 @@ class DemoRun:
         try:
             self._score(ident, "identify_new_after_sync", metrics.field_photos(self.data / "queries",
                                                                                 self.parts["new"]))
+            # the same known-part photos again: a new part that looks like a known one can take its matches
+            self._score(ident, "identify_known_after_sync", metrics.field_photos(self.data / "queries",
+                                                                                  self.parts["known"]))
         finally:
             ident.db.close()
         self._lap("add_parts_sync_identify", t0)

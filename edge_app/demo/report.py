@@ -12,7 +12,8 @@ from .metrics import Outcome
 THUMB_PX = 112
 QUERY_SETS = (("identify_known", "known parts, fresh field photos"),
               ("identify_new_before_sync", "new parts BEFORE the hub added them (expected: no confident match)"),
-              ("identify_new_after_sync", "new parts AFTER one sync, no retraining"))
+              ("identify_new_after_sync", "new parts AFTER one sync, no retraining"),
+              ("identify_known_after_sync", "known parts AFTER that sync (the new parts now compete)"))
 
 
 def _pct(v: Any) -> str:

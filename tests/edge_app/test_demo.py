@@ -141,6 +141,9 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     # ... and after one sync they are in the device's catalogue and index (no retraining happened).
     assert report["sync_incremental"]["to_version"] > report["sync_incremental"]["from_version"]
     assert report["identify_known"]["queries"] == len(report["parts"]["known"])
+    # the known parts are scored again after the sync, with the new parts competing
+    assert report["identify_known_after_sync"]["queries"] == report["identify_known"]["queries"]
+    assert "| known parts AFTER that sync" in proc.stdout
     for key in ("top1", "top5", "no_confident_match", "median_ms", "p95_ms", "top1_after_measurement"):
         assert key in report["identify_known"]
     html = (run / "report.html").read_text()

@@ -47,6 +47,34 @@ def test_compare_outputs_numbers() -> None:
     assert rep.top1_agreement == pytest.approx(0.9) and not rep.passed
     with pytest.raises(GateError, match=r"onnx-int8.*top-1 agreement 90\.00% < 98%"):
         enforce(rep)
+    assert rep.top1_agreement_strict == pytest.approx(0.9)
+
+
+def test_top1_agreement_tolerates_only_near_ties() -> None:
+    """int8 rounding may flip a near-tied pick (PyTorch itself could not tell the two classes apart);
+    a flip of a confident pick still fails the gate."""
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    cat = rng.normal(size=(20, 8)).astype(np.float32)
+    ref = np.zeros((50, 3), np.float32)
+    ref[:, 0] = 5.0  # confident class 0 ...
+    ref[:10] = [2.0, 1.98, -3.0]  # ... except 10 near ties between 0 and 1 (probabilities 0.50 / 0.49)
+    near = ref.copy()
+    near[:10] = [1.98, 2.0, -3.0]  # the export flips the near ties
+    rep = compare_outputs("t", {"logits": ref, "embedding": emb}, {"logits": near, "embedding": emb}, cat, cat)
+    assert rep.top1_agreement_strict == pytest.approx(0.8) and rep.top1_agreement == 1.0 and rep.passed
+    confident = ref.copy()
+    confident[10:20] = [0.0, 5.0, 0.0]  # 10 confident picks flip
+    bad = compare_outputs("t", {"logits": ref, "embedding": emb}, {"logits": confident, "embedding": emb}, cat, cat)
+    assert bad.top1_agreement == pytest.approx(0.8) and not bad.passed
+    assert any("top-1 agreement 80.00%" in f for f in bad.failures)
+
+
+def test_compare_outputs_embedding_checks() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 4)).astype(np.float32)
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    cat = rng.normal(size=(20, 8)).astype(np.float32)
     noisy = compare_outputs("t", {"logits": logits, "embedding": emb},
                             {"logits": logits, "embedding": emb + rng.normal(0, 2, emb.shape).astype(np.float32)},
                             cat, cat, Thresholds())

@@ -318,9 +318,24 @@ def test_app_start_arms_the_alarm_and_survives_a_missing_service(android, tmp_pa
     fake = android()
     at = arm_background_sync(tmp_path)
     assert at is not None and len(fake.alarms) == 1
-    del fake.classes[background.SERVICE_CLASS]  # e.g. an APK built without the service
+    assert background.read_arm_failure(tmp_path) is None
+    service = fake.classes.pop(background.SERVICE_CLASS)  # e.g. an APK built without the service
     assert arm_background_sync(tmp_path) is None
     assert "background sync not armed" in caplog.text and background.SERVICE_CLASS in caplog.text
+    # the failure is not only logged: the sync screen's status says nightly sync is off, and why
+    failure = background.read_arm_failure(tmp_path)
+    assert failure is not None and background.SERVICE_CLASS in failure["reason"]
+    from edge_app.services import DeviceServices
+
+    services = DeviceServices(tmp_path)
+    try:
+        nightly = services.sync_status().nightly
+    finally:
+        services.close()
+    assert nightly is not None and nightly.startswith("OFF") and background.SERVICE_CLASS in nightly
+    # once arming works again the warning goes away
+    fake.classes[background.SERVICE_CLASS] = service
+    assert arm_background_sync(tmp_path) is not None and background.read_arm_failure(tmp_path) is None
 
 
 def test_build_spec_declares_the_service_the_code_starts():
