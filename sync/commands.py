@@ -70,8 +70,15 @@ def _add_part(args: argparse.Namespace) -> int:
     part = {k: getattr(args, k) for k in ("part_number", "name", "category", "manufacturer", "description",
                                           "size_mm", "look_alike_group") if getattr(args, k) is not None}
     version = hub.add_part(part, inventory=_parse_stock(args.stock), images=args.image or [])
-    _out({"part_number": args.part_number, "catalogue_version": version})
+    _out({"part_number": args.part_number, "catalogue_version": version,
+          "look_alikes": hub.look_alikes([args.part_number]) if args.image else []})
     return 0
+
+
+def _look_alikes(args: argparse.Namespace) -> int:
+    found = _open_hub(args).look_alikes(args.part or None)
+    _out(found)
+    return 1 if args.fail and any(not f["same_group"] for f in found) else 0
 
 
 def _set_bundle(args: argparse.Namespace) -> int:
@@ -239,6 +246,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size-mm", dest="size_mm", type=float)
     p.add_argument("--stock", action="append", metavar="SITE=COUNT[:BIN]", help="stock at a site; repeatable")
     p.add_argument("--image", action="append", metavar="PATH", help="a catalogue image; repeatable")
+    p = cmd("look-alikes", _look_alikes, "parts the active model cannot tell apart (photos of two parts as "
+            "similar as photos of one part): add photos that show the difference, set a look_alike_group, "
+            "or retrain")
+    p.add_argument("--part", action="append", metavar="PN", help="only pairs involving this part; repeatable")
+    p.add_argument("--fail", action="store_true",
+                   help="exit 1 when a pair outside one look_alike_group is found (for scripts)")
     p = cmd("set-bundle", _set_bundle, "install a bundle, re-embed every catalogue image, make it active")
     p.add_argument("bundle_dir")
     p = cmd("trust", _trust, "trust the keys of another keyring (e.g. the bundle signer)")

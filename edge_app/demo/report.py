@@ -55,6 +55,11 @@ def markdown(r: dict[str, Any]) -> str:
         for g in conf:
             pairs = ", ".join(f"{p['truth']} -> {p['answer']} x{p['count']}" for p in g["pairs"]) or "-"
             lines.append(f"| {g['group']} | {', '.join(g['members'])} | {g['queries']} | {_pct(g['rate'])} | {pairs} |")
+    warned = r.get("hub_look_alikes")
+    if warned is not None:
+        lines += ["", "Hub look-alike check when the new parts were added (`partlens hub look-alikes`): "
+                  + ("; ".join(w["message"] for w in warned) if warned else "none of the new parts looks like "
+                     "another part to the model") + "."]
     s1, s2 = r["sync_full"], r["sync_incremental"]
     lines += ["", f"Hub on {r['hub']['url']}: full sync to v{s1['to_version']} ({s1['bytes'] / 1e6:.2f} MB, "
                   f"{s1['seconds']:.1f} s); after adding {len(r['parts']['new'])} parts, incremental sync "

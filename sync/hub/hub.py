@@ -259,7 +259,9 @@ class Hub:
             if vecs is not None and emb is not None:
                 ch.put_embeddings([r["image_id"] for r in image_rows], vecs, emb.bundle_id)
             version = ch.version
-        return {"version": version, "parts": len(parts), "inventory": len(inventory), "images": len(image_rows)}
+        changed = sorted({r["part_number"] for r in image_rows})
+        return {"version": version, "parts": len(parts), "inventory": len(inventory), "images": len(image_rows),
+                "look_alikes": self.look_alikes(changed) if changed else []}
 
     # -- bundles ----------------------------------------------------------------------------
     def set_bundle(self, bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -308,6 +310,22 @@ class Hub:
                  len(rows))
         return {"bundle_id": bundle.bundle_id, "version": bundle.version, "catalogue_version": version,
                 "embedded": len(rows)}
+
+    def look_alikes(self, parts: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Parts the active model embeds about as close as photos of one part (``sync.hub.lookalike``),
+        for ``parts`` (default all), most similar first; empty before any bundle is set."""
+        from .lookalike import find_look_alikes
+
+        bid = self.bundle_id
+        if bid is None:
+            return []
+        vectors = self.store.part_embeddings(bid)
+        groups = {pn: (self.store.part(pn) or {}).get("look_alike_group") for pn in vectors}
+        found = find_look_alikes(vectors, parts=parts, groups=groups)
+        for la in found:
+            if not la.same_group:
+                log.warning("%s", la.message())
+        return [dict(la.to_dict(), message=la.message()) for la in found]
 
     def status(self) -> dict[str, Any]:
         return {"root": str(self.root), "catalogue_version": self.store.version(), "bundle_id": self.bundle_id,

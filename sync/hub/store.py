@@ -91,6 +91,7 @@ class HubStore(Protocol):
     def part(self, part_number: str) -> dict[str, Any] | None: ...
     def image(self, image_id: str) -> dict[str, Any] | None: ...
     def live_images(self) -> list[dict[str, Any]]: ...
+    def part_embeddings(self, bundle_id: str) -> dict[str, np.ndarray]: ...
     def add_bundle(self, bundle_id: str, version: int, manifest: dict[str, Any], catalogue_version: int) -> None: ...
     def bundle(self, bundle_id: str) -> dict[str, Any] | None: ...
     def add_device(self, name: str, site: str, token_hash: str) -> None: ...
@@ -291,6 +292,18 @@ class SqliteHubStore:
 
     def live_images(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM images WHERE deleted=0 ORDER BY image_id")
+
+    def part_embeddings(self, bundle_id: str) -> dict[str, np.ndarray]:
+        """Each live part's catalogue-photo embeddings under ``bundle_id`` (float32, (N, D))."""
+        rows = self._db().conn.execute(
+            "SELECT i.part_number, e.dim, e.vector FROM embeddings e JOIN images i ON i.image_id=e.image_id "
+            "JOIN parts p ON p.part_number=i.part_number "
+            "WHERE i.deleted=0 AND p.deleted=0 AND e.bundle_id=? ORDER BY i.part_number, e.image_id",
+            (bundle_id,)).fetchall()
+        out: dict[str, list[np.ndarray]] = {}
+        for pn, dim, blob in rows:
+            out.setdefault(pn, []).append(np.frombuffer(blob, dtype=np.float16).astype(np.float32).reshape(int(dim)))
+        return {pn: np.stack(v) for pn, v in out.items()}
 
     def counts(self) -> dict[str, int]:
         c = self._db().conn

@@ -144,6 +144,9 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     # the known parts are scored again after the sync, with the new parts competing
     assert report["identify_known_after_sync"]["queries"] == report["identify_known"]["queries"]
     assert "| known parts AFTER that sync" in proc.stdout
+    # the hub checked the new parts against the catalogue and the table says what it found
+    assert isinstance(report["hub_look_alikes"], list) and "Hub look-alike check" in proc.stdout
+    assert all(w["part_number"] in report["parts"]["new"] for w in report["hub_look_alikes"])
     for key in ("top1", "top5", "no_confident_match", "median_ms", "p95_ms", "top1_after_measurement"):
         assert key in report["identify_known"]
     html = (run / "report.html").read_text()

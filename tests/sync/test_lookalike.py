@@ -1,0 +1,76 @@
+"""The hub's look-alike warning: parts the active model cannot tell apart after a part is added."""
+from __future__ import annotations
+
+import argparse
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sync.hub.lookalike import DEFAULT_OWN, find_look_alikes, own_similarity
+
+from .helpers import part_image
+
+
+def _photos(centre: np.ndarray, n: int, spread: float, rng: np.random.Generator) -> np.ndarray:
+    v = centre + spread * rng.normal(size=(n, len(centre)))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_flags_only_parts_as_close_as_photos_of_one_part() -> None:
+    rng = np.random.default_rng(0)
+    d = 32
+    base = rng.normal(size=(3, d))
+    common = rng.normal(size=d) * 3  # a model whose embeddings all share a direction (high cosines everywhere)
+    a = _photos(common + base[0], 3, 0.3, rng)
+    twin = _photos(common + base[0] + 0.05 * rng.normal(size=d), 2, 0.3, rng)  # a new part, same look
+    c = _photos(common + base[1], 3, 0.3, rng)
+    single = _photos(common + base[2], 1, 0.0, rng)
+    vectors = {"A": a, "TWIN": twin, "C": c, "S": single}
+    own = own_similarity(vectors)
+    assert own["S"] == pytest.approx(float(np.median([own["A"], own["TWIN"], own["C"]])))
+    found = find_look_alikes(vectors)
+    assert [(f.part_number, f.looks_like) for f in found] == [("A", "TWIN")]
+    assert found[0].similarity >= found[0].own and not found[0].same_group
+    # distinct parts are similar here in absolute terms (shared direction) but not flagged
+    assert float((c @ a.T).max()) > 0.5
+    # focus on one part: the pair is reported from its side; a group shared by both marks it as expected
+    only = find_look_alikes(vectors, parts=["TWIN"], groups={"A": "relay", "TWIN": "relay"})
+    assert [(f.part_number, f.looks_like, f.same_group) for f in only] == [("TWIN", "A", True)]
+    assert "TWIN looks like A" in only[0].message() and "expected" in only[0].message()
+    assert find_look_alikes(vectors, parts=["C"]) == []
+
+
+def test_single_photo_parts_use_the_default_bar() -> None:
+    v = {"X": np.array([[1.0, 0.0]]), "Y": np.array([[0.95, 0.312]])}  # cosine 0.95 >= DEFAULT_OWN
+    assert own_similarity(v) == {"X": DEFAULT_OWN, "Y": DEFAULT_OWN}
+    assert [(f.part_number, f.looks_like) for f in find_look_alikes(v)] == [("X", "Y")]
+    assert find_look_alikes({"X": np.array([[1.0, 0.0]]), "Y": np.array([[0.0, 1.0]])}) == []
+    assert find_look_alikes({"X": np.zeros((0, 2)), "Y": np.array([[0.0, 1.0]])}) == []
+
+
+def test_hub_warns_when_an_added_part_looks_like_a_known_one(world, tmp_path, monkeypatch) -> None:
+    from sync import commands
+
+    hub = world.hub
+    twin = tmp_path / "twin.jpg"
+    twin.write_bytes(part_image(0, noise=6.0))  # P0's pattern, photographed again
+    other = [tmp_path / "p9a.jpg", tmp_path / "p9b.jpg"]
+    other[0].write_bytes(part_image(9))
+    side = Image.blend(Image.open(other[0]).convert("RGB"), Image.open(io.BytesIO(part_image(19))).convert("RGB"), 0.3)
+    side.save(other[1], "JPEG", quality=92)  # a second view of P9: its photos differ (own similarity < 1)
+    hub.add_part({"part_number": "P0-NEW", "name": "new part", "category": "bolt"}, images=[twin])
+    hub.add_part({"part_number": "P9", "name": "distinct part", "category": "bolt"}, images=other)
+    found = hub.look_alikes(["P0-NEW"])
+    assert [(f["part_number"], f["looks_like"]) for f in found] == [("P0-NEW", "P0")]
+    assert found[0]["similarity"] > 0.9 and "P0-NEW looks like P0" in found[0]["message"]
+    assert hub.look_alikes(["P9"]) == []
+    # the CLI: --fail exits 1 while an unexpected pair exists, 0 once both share a look_alike_group
+    monkeypatch.setattr(commands, "_open_hub", lambda args: hub)
+    args = argparse.Namespace(hub=None, part=None, fail=True)
+    assert commands._look_alikes(args) == 1
+    for pn in ("P0", "P0-NEW"):
+        hub.add_part({"part_number": pn, "name": pn, "category": "bolt", "look_alike_group": "pattern-0"})
+    assert commands._look_alikes(args) == 0
+    assert hub.look_alikes(["P0-NEW"])[0]["same_group"] is True
