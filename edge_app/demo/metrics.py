@@ -91,18 +91,27 @@ def part_sizes(*parts_csvs: Path) -> dict[str, float]:
     return {r["part_number"]: float(r["size_mm"]) for r in _parts_rows(parts_csvs) if r.get("size_mm")}
 
 
-def summarize(outcomes: Sequence[Outcome], groups: dict[str, str]) -> dict[str, Any]:
+def summarize(outcomes: Sequence[Outcome], groups: dict[str, str],
+              sizes: dict[str, float] | None = None) -> dict[str, Any]:
     """Top-1 / top-5, "no confident match" rate, precision of accepted answers, latency.
 
-    ``top1_up_to_size`` also counts a same-group look-alike ranked first (it differs only in size,
-    which a photo without a scale reference cannot show; the app then asks for a scale photo).
+    ``top1_up_to_size`` also counts a same-group look-alike of ANOTHER size ranked first (a photo
+    without a scale reference cannot show size; the app then asks for a measurement). With ``sizes``
+    (part -> size_mm), a same-group part of the same size (e.g. relays that differ only in their
+    label) is still a miss.
     """
     n = len(outcomes)
     if n == 0:
         return {"queries": 0}
+    sizes = sizes or {}
+
+    def size_only(truth: str, first: str | None) -> bool:
+        if not first or not groups.get(truth) or groups.get(first) != groups.get(truth):
+            return False
+        return truth not in sizes or first not in sizes or sizes[truth] != sizes[first]
+
     right = [o.first == o.truth for o in outcomes]
-    same_group = [r or bool(o.first and groups.get(o.truth) and groups.get(o.first) == groups.get(o.truth))
-                  for o, r in zip(outcomes, right)]
+    same_group = [r or size_only(o.truth, o.first) for o, r in zip(outcomes, right)]
     after = [(o.after_measurement if o.after_measurement is not None else o.first) == o.truth for o in outcomes]
     accepted = [o.status == "match" for o in outcomes]
     ms = np.array([o.ms for o in outcomes])

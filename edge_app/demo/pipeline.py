@@ -264,7 +264,7 @@ class DemoRun:
                                                          seed=self.cfg.seed)
         finally:
             services.close()
-        self.report[key] = metrics.summarize(self.outcomes[key], self.groups)
+        self.report[key] = metrics.summarize(self.outcomes[key], self.groups, self.sizes)
 
     # 8 ---------------------------------------------------------------------------------------
     def write_report(self, t_start: float) -> None:

@@ -65,6 +65,11 @@ def test_summary_and_look_alike_confusion_count_what_happened() -> None:
     measured = [replace(outs[1], needs_scale_photo=True, after_measurement="NUT-M8"), *outs[2:]]
     m = summarize(outs[:1] + measured, groups)
     assert m["top1"] == 0.25 and m["top1_after_measurement"] == 0.5 and m["asked_to_measure"] == 0.25
+    # a same-group look-alike of the SAME size (relays that differ by their label) is still a miss
+    relays = {"RLY-12V": "relay", "RLY-24V": "relay"}
+    sizes = {"RLY-12V": 28.0, "RLY-24V": 28.0, "NUT-M8": 13.0, "NUT-M10": 17.0}
+    r = summarize([_outcome("RLY-24V", ["RLY-12V"]), _outcome("NUT-M8", ["NUT-M10"])], {**groups, **relays}, sizes)
+    assert r["top1"] == 0.0 and r["top1_up_to_size"] == 0.5
     (nut,) = look_alike_confusion(outs + [_outcome("WSH-M8", ["GEAR"])], lone)
     assert nut["group"] == "nut" and nut["queries"] == 3 and nut["confused_within_group"] == 2
     assert {(p["truth"], p["answer"], p["count"]) for p in nut["pairs"]} == {("NUT-M8", "NUT-M10", 1),
