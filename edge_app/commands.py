@@ -66,10 +66,13 @@ def _identify(args: argparse.Namespace) -> int:
     cal = "" if d["calibrated"] else " (UNCALIBRATED: the bundle has no calibration)"
     print(f"{head}  confidence {conf} (threshold {d['threshold']:.2f}){cal}  views {d['views']}  "
           f"bundle {d['bundle_id']}")
+    la = d["look_alike"]
     if d["needs_scale_photo"]:
-        la = d["look_alike"]
         print(f"look-alikes differing only in size ({', '.join(la['part_numbers'])}): "
-              "take a photo with a scale reference")
+              "measure the part or take a photo with a scale reference")
+    elif d["needs_detail_photo"]:
+        print(f"look-alikes of the same size ({', '.join(la['part_numbers'])}): a label or marking tells them "
+              "apart; add a close-up of it as another photo (partlens identify PHOTO CLOSEUP)")
     print(f"stock as of hub time {d['hub_time'] or 'unknown'}")
     for m in d["matches"]:
         print(f"{m['rank']:>2}. {m['part_number']:<14} {m['name'] or '':<32} sim {m['similarity']:.3f}  "

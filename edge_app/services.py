@@ -253,6 +253,8 @@ class IdentifyOutcome:
     bundle_id: str | None = None
     capture_ids: list[str] = field(default_factory=list)
     measured_mm: float | None = None
+    #: same-size look-alikes among the best candidates (a label or marking tells them apart)
+    detail_look_alikes: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> Match | None:
@@ -265,7 +267,8 @@ class IdentifyOutcome:
     def from_dict(cls, d: Mapping[str, Any]) -> "IdentifyOutcome":
         return cls(matches=[Match.from_dict(m) for m in d.get("matches", [])], confident=bool(d.get("confident")),
                    look_alike=bool(d.get("look_alike")), hub_time=d.get("hub_time"), bundle_id=d.get("bundle_id"),
-                   capture_ids=list(d.get("capture_ids", [])), measured_mm=d.get("measured_mm"))
+                   capture_ids=list(d.get("capture_ids", [])), measured_mm=d.get("measured_mm"),
+                   detail_look_alikes=list(d.get("detail_look_alikes", [])))
 
 
 def detect_look_alikes(matches: Sequence[Match], margin: float = LOOK_ALIKE_MARGIN) -> bool:
@@ -461,8 +464,9 @@ class DeviceServices:
             matches.append(Match(m.part_number, m.name or m.part_number, score, words, m.stock, m.bin, m.site,
                                  m.stock_as_of, m.size_mm, m.look_alike_group,
                                  self._thumbnail(m.part_number, m.best_image_id)))
+        detail = list(result.look_alike["part_numbers"]) if getattr(result, "needs_detail_photo", False) else []
         return IdentifyOutcome(matches, result.status == "match", bool(result.needs_scale_photo),
-                               result.hub_time, result.bundle_id, capture_ids)
+                               result.hub_time, result.bundle_id, capture_ids, detail_look_alikes=detail)
 
     def _thumbnail(self, part_number: str, image_id: str | None) -> str | None:
         images = (self.catalogue.part(part_number) or {}).get("images", [])

@@ -61,6 +61,7 @@ class IdentifyResult:
     calibrated: bool
     needs_scale_photo: bool
     look_alike: dict[str, Any] | None
+    needs_detail_photo: bool
     views: int
     skipped: list[dict[str, str]]
     bundle_id: str
@@ -77,7 +78,7 @@ class IdentifyResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["schema"] = "partlens-identify/1"
+        d["schema"] = "partlens-identify/2"
         return d
 
 
@@ -307,20 +308,24 @@ class Identifier:
         return IdentifyResult(
             status=status, matches=matches, confidence=None if conf is None else round(conf, 6),
             threshold=cal.threshold, calibrated=not cal.info.get("uncalibrated", False),
-            needs_scale_photo=look is not None, look_alike=look, views=views, skipped=skipped,
+            needs_scale_photo=look is not None and look["differ_by"] == "size", look_alike=look,
+            needs_detail_photo=look is not None and look["differ_by"] == "detail", views=views, skipped=skipped,
             bundle_id=self.bundle_id, catalogue_version=self.db.catalogue_version,
             hub_time=self.db.get_meta("hub_time"), site=site, filters=filters, timings_ms={})
 
     @staticmethod
     def _look_alike(matches: list[PartMatch]) -> dict[str, Any] | None:
-        """Top candidates that share a look-alike group but differ in size: ask for a scale photo."""
+        """Top candidates that share a look-alike group: ``differ_by`` ``size`` (ask for a measurement or a
+        scale photo) when any of them has another catalogue size, else ``detail`` (same size: a label or
+        marking tells them apart; ask for a close-up as another view)."""
         if len(matches) < 2 or not matches[0].look_alike_group:
             return None
         top = matches[0]
         close = [m for m in matches[1:] if m.similarity >= top.similarity - LOOK_ALIKE_MARGIN
-                 and m.look_alike_group == top.look_alike_group and m.size_mm != top.size_mm]
+                 and m.look_alike_group == top.look_alike_group]
         if not close:
             return None
-        group = [top, *close]
+        other_size = [m for m in close if m.size_mm != top.size_mm]
+        group = [top, *(other_size or close)]
         return {"group": top.look_alike_group, "part_numbers": [m.part_number for m in group],
-                "sizes_mm": [m.size_mm for m in group]}
+                "sizes_mm": [m.size_mm for m in group], "differ_by": "size" if other_size else "detail"}

@@ -149,10 +149,20 @@ def test_runtime_result_maps_to_words_stock_and_look_alikes(device) -> None:
     res = IdentifyResult(status="match", matches=[pm(1, "BRG-1", 0.91, 0.88, 47.0, 4, "A-1"),
                                                   pm(2, "BRG-2", 0.89, None, 52.0, 0, "A-2")],
                          confidence=0.88, threshold=0.5, calibrated=True, needs_scale_photo=True,
-                         look_alike={"group": "b"}, views=2, skipped=[], bundle_id="bnd-1", catalogue_version=3,
-                         hub_time="2026-11-21T22:00:00+00:00", site="Quay A", filters={}, timings_ms={})
+                         look_alike={"group": "b"}, needs_detail_photo=False, views=2, skipped=[], bundle_id="bnd-1",
+                         catalogue_version=3, hub_time="2026-11-21T22:00:00+00:00", site="Quay A", filters={},
+                         timings_ms={})
     out = device.outcome_from_result(res, ["c1", "c2"])
     assert out.confident and out.look_alike and out.bundle_id == "bnd-1" and out.capture_ids == ["c1", "c2"]
+    assert out.detail_look_alikes == []
+    # same-size look-alikes: no measurement prompt, the parts a close-up must tell apart instead
+    from dataclasses import replace
+
+    same = replace(res, needs_scale_photo=False, needs_detail_photo=True,
+                   look_alike={"group": "b", "part_numbers": ["BRG-1", "BRG-2"], "differ_by": "detail"})
+    out = device.outcome_from_result(same, ["c1"])
+    assert not out.look_alike and out.detail_look_alikes == ["BRG-1", "BRG-2"]
+    assert IdentifyOutcome.from_dict(out.to_dict()).detail_look_alikes == ["BRG-1", "BRG-2"]
     a, b = out.matches
     assert (a.words, a.stock, a.bin, a.as_of) == ("very likely", 4, "A-1", "2026-11-21T22:00:00+00:00")
     assert a.thumbnail and a.thumbnail.endswith("a.jpg") and b.thumbnail is None

@@ -82,6 +82,25 @@ def test_look_alikes_differing_in_size_ask_for_scale_photo(identifier, world):
     assert not identifier.identify([world.field["P0010"][0]], top=3).needs_scale_photo
 
 
+def test_same_size_look_alikes_ask_for_a_detail_photo_instead() -> None:
+    from edge_app.runtime.identify import Identifier, PartMatch
+
+    def pm(rank, pn, sim, size, group="relay"):
+        return PartMatch(rank=rank, part_number=pn, name=None, category=None, similarity=sim, confidence=None,
+                         best_image_id=None, size_mm=size, look_alike_group=group)
+
+    relays = [pm(1, "RLY-24V", 0.90, 28.0), pm(2, "RLY-12V", 0.88, 28.0), pm(3, "GEAR", 0.5, 20.0, None)]
+    look = Identifier._look_alike(relays)
+    assert look == {"group": "relay", "part_numbers": ["RLY-24V", "RLY-12V"], "sizes_mm": [28.0, 28.0],
+                    "differ_by": "detail"}
+    # a size difference among the close candidates wins: a measurement settles it
+    mixed = [pm(1, "NUT-M8", 0.9, 13.0, "nut"), pm(2, "NUT-M8-B", 0.89, 13.0, "nut"), pm(3, "NUT-M10", 0.88, 17.0, "nut")]
+    assert Identifier._look_alike(mixed)["differ_by"] == "size"
+    assert Identifier._look_alike(mixed)["part_numbers"] == ["NUT-M8", "NUT-M10"]
+    far = [pm(1, "RLY-24V", 0.90, 28.0), pm(2, "RLY-12V", 0.70, 28.0)]  # not a close runner-up
+    assert Identifier._look_alike(far) is None
+
+
 def _embedding_of(identifier, path):
     imgs, bad = identifier.decode([path])
     assert not bad, bad

@@ -88,7 +88,9 @@ class ResultsScreen(Screen):
         none = out is None
         ids.summary.text = ("No results yet: identify a part first." if none else
                             f"{len(out.matches)} candidate parts from {len(out.capture_ids)} view(s)."
-                            + (f"  Stock as of {short_time(out.hub_time)} (hub time)." if out.hub_time else ""))
+                            + (f"  Stock as of {short_time(out.hub_time)} (hub time)." if out.hub_time else "")
+                            + (f"  {' and '.join(out.detail_look_alikes)} look alike: a label or marking tells "
+                               "them apart, add a close-up of it as another view." if out.detail_look_alikes else ""))
         self._place(not none and not out.confident, bool(not none and out.look_alike and out.matches))
         if not none and out.look_alike and out.matches:
             group = out.matches[0].look_alike_group
