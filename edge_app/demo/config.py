@@ -24,6 +24,9 @@ class DemoConfig:
     image_size: int = 160
     batch_size: int = 32
     freeze_stages: int = 0
+    backbone_lr_mult: float = 1.0  # the backbone learns at lr x this (the heads at lr)
+    label_smoothing: float = 0.0
+    weight_decay: float = 0.0
     catalogue: str = "mixed"  # which generated parts make up the terminal's inventory (see CATALOGUES)
     catalogue_per_part: int = 2
     field_per_part: int = 16

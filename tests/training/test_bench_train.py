@@ -44,6 +44,7 @@ def test_grocery_benchmarks_on_stand_in(tmp_path: Path) -> None:
     r = new.run(_ctx(tmp_path, "n", folds=2, **TINY))
     assert r["folds"] == 2 and all(row["held_out_products"] == 1 for row in r["table"])
     assert all(row["new_val_photos"] == 2 for row in r["table"])
+    assert all(0 <= row["frozen_new_recall@1"] <= 1 for row in r["table"]) and "frozen_new_recall@1_mean" in r
 
 
 @pytest.mark.slow
