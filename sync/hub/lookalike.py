@@ -7,7 +7,8 @@ confuse the two (seen in the demo: a 12 V relay added at the hub took the 24 V r
 
 Rule (scale-free, so it holds for any model's embedding geometry): parts A and B are look-alikes to
 the model when the most similar pair of photos across them (``similarity``, cosine) is at least as
-similar as the LEAST similar pair of photos within A or within B (``own``). A part with a single
+similar as the LEAST similar pair of photos within A AND as the least similar pair within B (``own``
+is the higher of the two, so one part with very diverse photos does not flag everything). A part with a single
 photo has no spread of its own; it gets the median ``own`` of the catalogue's parts with several
 photos (``DEFAULT_OWN`` when there are none).
 
@@ -31,7 +32,7 @@ class LookAlike:
     part_number: str
     looks_like: str
     similarity: float  # best cosine between a photo of each
-    own: float  # the lower of the two parts' within-part minimum cosines (the bar it reached)
+    own: float  # the higher of the two parts' within-part minimum cosines (the bar it reached)
     same_group: bool  # both already share a look_alike_group (expected, the app handles it)
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,7 +79,7 @@ def find_look_alikes(vectors: Mapping[str, np.ndarray], *, parts: Iterable[str] 
             if a not in focus and b not in focus:
                 continue
             sim = float((vectors[a] @ vectors[b].T).max())
-            bar = min(own[a], own[b])
+            bar = max(own[a], own[b])
             if sim >= bar:
                 first, second = (a, b) if a in focus else (b, a)
                 same = bool(groups.get(a)) and groups.get(a) == groups.get(b)

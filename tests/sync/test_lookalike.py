@@ -42,6 +42,13 @@ def test_flags_only_parts_as_close_as_photos_of_one_part() -> None:
     assert find_look_alikes(vectors, parts=["C"]) == []
 
 
+def test_a_part_with_diverse_photos_does_not_flag_everything() -> None:
+    """Front and side views of one part are far apart; that spread must not make every part its look-alike."""
+    diverse = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # own similarity 0.0
+    tight = np.array([[0.6, 0.0, 0.8], [0.62, 0.0, 0.78]])  # own ~1.0, cosine 0.6 to the diverse part
+    assert find_look_alikes({"D": diverse, "T": tight}) == []
+
+
 def test_single_photo_parts_use_the_default_bar() -> None:
     v = {"X": np.array([[1.0, 0.0]]), "Y": np.array([[0.95, 0.312]])}  # cosine 0.95 >= DEFAULT_OWN
     assert own_similarity(v) == {"X": DEFAULT_OWN, "Y": DEFAULT_OWN}
