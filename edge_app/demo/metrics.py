@@ -25,6 +25,7 @@ class Outcome:
     needs_scale_photo: bool
     ms: float
     after_measurement: str | None = None  # the first part once the asked-for measurement was entered
+    needs_detail_photo: bool = False  # same-size look-alikes on top: the app asks for a close-up
 
     @property
     def first(self) -> str | None:
@@ -82,7 +83,8 @@ def identify_photos(identifier: Any, photos: Sequence[tuple[Path, str]], top: in
             after = refined.best.part_number if refined.best else None
         out.append(Outcome(str(path), truth, [m.part_number for m in res.matches],
                            [m.best_image_id for m in res.matches], [m.similarity for m in res.matches],
-                           res.status, res.confidence, bool(res.needs_scale_photo), ms, after))
+                           res.status, res.confidence, bool(res.needs_scale_photo), ms, after,
+                           bool(getattr(res, "needs_detail_photo", False))))
     return out
 
 
@@ -121,6 +123,7 @@ def summarize(outcomes: Sequence[Outcome], groups: dict[str, str],
         "top1": sum(right) / n,
         "top1_up_to_size": sum(same_group) / n,
         "asked_to_measure": sum(o.needs_scale_photo for o in outcomes) / n,
+        "asked_for_closeup": sum(o.needs_detail_photo for o in outcomes) / n,
         "top1_after_measurement": sum(after) / n,
         "top5": sum(o.truth in o.ranked[:5] for o in outcomes) / n,
         "no_confident_match": 1 - n_acc / n,

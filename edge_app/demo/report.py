@@ -35,18 +35,20 @@ def markdown(r: dict[str, Any]) -> str:
     if ex.get("refused"):
         lines += [f"**The parity gate refused {ex['refused']['format']}**: {ex['refused']['reason']}", ""]
     lines += ["| queries | n | top-1 | top-1 up to size look-alikes | asked to measure | top-1 after measuring | "
-              "top-5 | no confident match | precision when accepted | median ms | p95 ms |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "asked for a close-up | top-5 | no confident match | precision when accepted | median ms | p95 ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, name in QUERY_SETS:
         m = r.get(key)
         if not m or not m.get("queries"):
             continue
         lines.append(f"| {name} | {m['queries']} | {_pct(m['top1'])} | {_pct(m['top1_up_to_size'])} | "
-                     f"{_pct(m['asked_to_measure'])} | {_pct(m['top1_after_measurement'])} | {_pct(m['top5'])} | {_pct(m['no_confident_match'])} | {_pct(m['precision_when_accepted'])} | "
+                     f"{_pct(m['asked_to_measure'])} | {_pct(m['top1_after_measurement'])} | "
+                     f"{_pct(m.get('asked_for_closeup'))} | {_pct(m['top5'])} | {_pct(m['no_confident_match'])} | {_pct(m['precision_when_accepted'])} | "
                      f"{_ms(m['median_ms'])} | {_ms(m['p95_ms'])} |")
     lines += ["", "top-1 is one photo, no help. When size-only look-alikes lead, the app asks the engineer to "
               "measure the part; \"top-1 after measuring\" simulates a caliper reading (catalogue size "
-              "+/- 0.2 mm) and applies the app's own re-ranking."]
+              "+/- 0.2 mm) and applies the app's own re-ranking. Same-size look-alikes on top (a label tells "
+              "them apart) make the app ask for a close-up as another view; the demo cannot simulate that photo."]
     conf = r.get("look_alike_confusion") or []
     if conf:
         lines += ["", "Look-alike groups (known parts): photos of one member answered with another member", "",

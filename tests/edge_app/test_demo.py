@@ -65,6 +65,8 @@ def test_summary_and_look_alike_confusion_count_what_happened() -> None:
     measured = [replace(outs[1], needs_scale_photo=True, after_measurement="NUT-M8"), *outs[2:]]
     m = summarize(outs[:1] + measured, groups)
     assert m["top1"] == 0.25 and m["top1_after_measurement"] == 0.5 and m["asked_to_measure"] == 0.25
+    assert m["asked_for_closeup"] == 0.0
+    assert summarize([replace(outs[0], needs_detail_photo=True)], groups)["asked_for_closeup"] == 1.0
     # a same-group look-alike of the SAME size (relays that differ by their label) is still a miss
     relays = {"RLY-12V": "relay", "RLY-24V": "relay"}
     sizes = {"RLY-12V": 28.0, "RLY-24V": 28.0, "NUT-M8": 13.0, "NUT-M10": 17.0}
