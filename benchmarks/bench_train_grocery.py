@@ -14,12 +14,16 @@ def run(ctx) -> dict[str, Any]:
 
     root = ctx.require_data("grocery")
     ds = load_dataset(root)
+    # 192 px, first 3 stages frozen, 8 epochs (about 23 min alone here). Recipe chosen before the run, as for
+    # pc-parts: the unfrozen backbone learns at 0.1 x lr, label smoothing 0.1, AdamW weight decay 0.05.
     opts = dict(model="efficientnet_lite0", epochs=1 if ctx.quick else 8, batch_size=32, lr=1e-3, image_size=192,
-                freeze_stages=3, cache=True, seed=0)
+                freeze_stages=3, cache=True, seed=0, backbone_lr_mult=0.1, label_smoothing=0.1, weight_decay=0.05)
     opts.update(ctx.options)  # library/test use: e.g. a tiny model on a stand-in dataset
     cfg = TrainConfig(data=str(root), out=str(ctx.work_dir / "run"), **opts)
     trained = run_training(ctx, "train", cfg)
-    ev = evaluate_run(ctx, "evaluate", trained["best"], ds.val, {"train": ds.train, "iconic": ds.gallery})
+    # the LAST epoch: grocery has no split besides val, and picking the best epoch on val would select on the
+    # very photos reported
+    ev = evaluate_run(ctx, "evaluate", trained["last"], ds.val, {"train": ds.train, "iconic": ds.gallery})
     r_icon = ev["retrieval"]["iconic"]
     return {
         "model": cfg.model, "image_size": cfg.image_size, "epochs": cfg.epochs,
@@ -30,5 +34,6 @@ def run(ctx) -> dict[str, Any]:
         "target_iconic_recall@1": TARGET_ICONIC_R1, "meets_iconic": r_icon["recall@1"] >= TARGET_ICONIC_R1,
         "train_gallery_recall@1": ev["retrieval"]["train"]["recall@1"],
         "train_gallery_mAP": ev["retrieval"]["train"]["mAP"],
-        "checkpoint": trained["best"], "best_epoch": trained["best_epoch"], "history": trained["history"],
+        "checkpoint": trained["last"], "evaluated_epoch": "last (no selection on the val split)",
+        "best_epoch_on_val_not_reported": trained["best_epoch"], "history": trained["history"],
     }
