@@ -9,10 +9,10 @@ TARGET_TOP1 = 0.95
 def run(ctx) -> dict[str, Any]:
     from training.benchutil import pcparts_benchmark
 
-    # CPU budget (<= 45 min on 2 cores, alone): 160 px input, whole network fine-tuned, 12 epochs
-    # (about 130 s each here; 27 min in all). Recipe: standard transfer-learning practice chosen BEFORE the run
-    # (never tuned on this val split): the backbone learns at 0.1 x lr, label smoothing 0.1, AdamW weight decay
-    # 0.05. With the backbone at the full lr 1e-3 (the previous run) train top-1 rose to 0.94 while val stayed
-    # at 0.77, no better than a linear probe: the pretrained features were being overwritten.
+    # CPU budget (<= 45 min on 2 cores, alone): 160 px input, whole network fine-tuned at lr 1e-3, 12 epochs
+    # (about 130 s each here; 27 min in all): top-1 0.7744 (the committed result). A transfer-learning recipe
+    # chosen before its run (backbone at 0.1 x lr, label smoothing 0.1, weight decay 0.05; 30 min) gave 0.7470,
+    # so this configuration stays; both numbers are in the README. The first run (128 px, 5 stages frozen,
+    # 4 epochs, shared CPU) gave 74.5%.
     return pcparts_benchmark(ctx, "efficientnet_lite0", TARGET_TOP1, image_size=160, epochs=12, lr=1e-3,
-                             backbone_lr_mult=0.1, label_smoothing=0.1, weight_decay=0.05, freeze_stages=0)
+                             freeze_stages=0)
