@@ -73,6 +73,7 @@ class BenchContext:
     quick: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     _state: dict[str, Any] = field(default_factory=dict)
+    resumed: list[str] = field(default_factory=list)  # steps taken from an earlier run's state
 
     @property
     def state_path(self) -> Path:
@@ -86,6 +87,7 @@ class BenchContext:
         """Run ``fn`` once; its JSON result is kept so a resumed run skips it."""
         if key in self._state:
             log.info("%s: step %s already done, resuming past it", self.name, key)
+            self.resumed.append(key)
             return self._state[key]
         value = fn()
         self._state[key] = value
@@ -109,6 +111,9 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [f"# {result['title']}", "", f"- benchmark: `{result['name']}`",
              f"- when: {result['finished_at']}  git: `{result['git_sha'][:12]}`  took: {result['seconds']:.1f} s",
              f"- machine: {result['machine']}", ""]
+    if result.get("resumed_steps"):
+        lines.insert(-1, f"- resumed: {', '.join(result['resumed_steps'])} were finished by an earlier run "
+                         f"(their time is not in 'took')")
     metrics = result.get("metrics", {})
     table = metrics.get("table")
     if isinstance(table, list) and table:
@@ -145,6 +150,7 @@ def run_benchmark(name: str, *, data: str | None = None, quick: bool = False, fr
         "git_sha": git_sha(),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, python {platform.python_version()}",
         "quick": quick,
+        "resumed_steps": ctx.resumed,
         "metrics": metrics,
     }
     out = results_dir or RESULTS_DIR

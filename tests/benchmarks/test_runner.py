@@ -41,8 +41,11 @@ def test_runner_writes_results_and_resumes(fake_bench) -> None:
     assert data["metrics"]["acc"] == 0.5 and data["title"] == "Fake benchmark title"
     md = (tmp / "results" / "fake.md").read_text()
     assert "| model | acc |" in md and "| m | 0.5 |" in md
-    runner.run_benchmark("fake", results_dir=tmp / "results")
+    assert data["resumed_steps"] == [] and "resumed:" not in md
+    again = runner.run_benchmark("fake", results_dir=tmp / "results")
     assert calls["n"] == 1, "a finished step must not run again"
+    # a resumed result says which steps an earlier run did (their time is not in 'took')
+    assert again["resumed_steps"] == ["fold0"] and "- resumed: fold0" in (tmp / "results" / "fake.md").read_text()
     runner.run_benchmark("fake", results_dir=tmp / "results", fresh=True)
     assert calls["n"] == 2
     assert res["git_sha"]
