@@ -190,7 +190,10 @@ class PartlensApp(App):
 
     def show_outcome(self, outcome: IdentifyOutcome) -> None:
         self.outcome = outcome
+        already = self.sm.current == "results"
         self.go("results")
+        if already:  # no screen change, so no refresh from _on_screen: show the new outcome anyway
+            self.screen("results").refresh()
         self.notify("Best match: " + outcome.matches[0].part_number if outcome.confident and outcome.matches
                     else "No confident match.")
 

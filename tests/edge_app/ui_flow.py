@@ -264,6 +264,24 @@ def test_look_alikes_ask_for_a_measurement(env) -> None:
     assert not app.outcome.look_alike and res.ids.look_alike.opacity == 0
 
 
+def test_same_size_look_alikes_ask_for_a_close_up(env) -> None:
+    """Same-size look-alikes (a label tells them apart): no measurement box, a close-up request instead."""
+    from dataclasses import replace
+
+    app = env["app"]
+    start_over(app)
+    pick(app, "bolt.jpg")
+    tap(app.screen("identify").ids.identify_btn)
+    wait_for(lambda: not app.busy)
+    app.show_outcome(replace(app.outcome, look_alike=False, detail_look_alikes=["BLT-M12X50", "SNS-PRX-M18"]))
+    pump(5)
+    res = app.screen("results")
+    assert app.sm.current == "results" and res.ids.look_alike.opacity == 0
+    assert "BLT-M12X50 and SNS-PRX-M18 look alike" in res.ids.summary.text
+    assert "close-up" in res.ids.summary.text
+    assert accessibility_problems(app.root) == []
+
+
 def test_no_confident_match_offers_browse_and_unknown_part(env) -> None:
     app, services = env["app"], env["services"]
     start_over(app)
