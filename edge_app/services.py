@@ -464,7 +464,7 @@ class DeviceServices:
             matches.append(Match(m.part_number, m.name or m.part_number, score, words, m.stock, m.bin, m.site,
                                  m.stock_as_of, m.size_mm, m.look_alike_group,
                                  self._thumbnail(m.part_number, m.best_image_id)))
-        detail = list(result.look_alike["part_numbers"]) if getattr(result, "needs_detail_photo", False) else []
+        detail = list(result.look_alike["part_numbers"]) if result.needs_detail_photo else []
         return IdentifyOutcome(matches, result.status == "match", bool(result.needs_scale_photo),
                                result.hub_time, result.bundle_id, capture_ids, detail_look_alikes=detail)
 

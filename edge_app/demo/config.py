@@ -48,6 +48,12 @@ class DemoConfig:
                      "query_per_part", "calibration_per_part", "new_parts", "outside_parts"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.backbone_lr_mult <= 0:
+            raise UsageError(f"backbone_lr_mult must be > 0, got {self.backbone_lr_mult}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.weight_decay < 0:
+            raise UsageError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.freeze_stages < 0:
             raise UsageError(f"freeze_stages must be >= 0, got {self.freeze_stages}")
         if self.image_size < 32:

@@ -260,8 +260,12 @@ class Hub:
                 ch.put_embeddings([r["image_id"] for r in image_rows], vecs, emb.bundle_id)
             version = ch.version
         changed = sorted({r["part_number"] for r in image_rows})
+        found = self.look_alikes(changed) if changed else []
+        for la in found:
+            if not la["same_group"]:
+                log.warning("%s", la["message"])
         return {"version": version, "parts": len(parts), "inventory": len(inventory), "images": len(image_rows),
-                "look_alikes": self.look_alikes(changed) if changed else []}
+                "look_alikes": found}
 
     # -- bundles ----------------------------------------------------------------------------
     def set_bundle(self, bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -319,12 +323,7 @@ class Hub:
         bid = self.bundle_id
         if bid is None:
             return []
-        vectors = self.store.part_embeddings(bid)
-        groups = {pn: (self.store.part(pn) or {}).get("look_alike_group") for pn in vectors}
-        found = find_look_alikes(vectors, parts=parts, groups=groups)
-        for la in found:
-            if not la.same_group:
-                log.warning("%s", la.message())
+        found = find_look_alikes(self.store.part_embeddings(bid), parts=parts, groups=self.store.look_alike_groups())
         return [dict(la.to_dict(), message=la.message()) for la in found]
 
     def status(self) -> dict[str, Any]:

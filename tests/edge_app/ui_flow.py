@@ -185,6 +185,14 @@ def pick(app, filename: str) -> None:
     assert view.parent is None, "the picker closes after a pick"
 
 
+def identify_photo(app, filename: str) -> None:
+    """From a clean Identify screen: pick one photo, identify it, wait for the answer."""
+    start_over(app)
+    pick(app, filename)
+    tap(app.screen("identify").ids.identify_btn)
+    wait_for(lambda: not app.busy)
+
+
 # ------------------------------------------------------------------------------------ tests
 def test_display_profile_is_the_stated_one() -> None:
     assert tuple(Window.size) == PROFILE.size
@@ -250,10 +258,7 @@ def test_full_flow_pick_identify_results_part_feedback(env) -> None:
 
 def test_look_alikes_ask_for_a_measurement(env) -> None:
     app = env["app"]
-    start_over(app)
-    pick(app, "bearing.jpg")
-    tap(app.screen("identify").ids.identify_btn)
-    wait_for(lambda: not app.busy)
+    identify_photo(app, "bearing.jpg")
     res = app.screen("results")
     assert app.outcome.look_alike and res.ids.look_alike.opacity == 1
     assert "differ only in size" in res.ids.look_alike_text.text
@@ -269,10 +274,7 @@ def test_same_size_look_alikes_ask_for_a_close_up(env) -> None:
     from dataclasses import replace
 
     app = env["app"]
-    start_over(app)
-    pick(app, "bolt.jpg")
-    tap(app.screen("identify").ids.identify_btn)
-    wait_for(lambda: not app.busy)
+    identify_photo(app, "bolt.jpg")
     app.show_outcome(replace(app.outcome, look_alike=False, detail_look_alikes=["BLT-M12X50", "SNS-PRX-M18"]))
     pump(5)
     res = app.screen("results")
@@ -284,10 +286,7 @@ def test_same_size_look_alikes_ask_for_a_close_up(env) -> None:
 
 def test_no_confident_match_offers_browse_and_unknown_part(env) -> None:
     app, services = env["app"], env["services"]
-    start_over(app)
-    pick(app, "mystery.jpg")
-    tap(app.screen("identify").ids.identify_btn)
-    wait_for(lambda: not app.busy)
+    identify_photo(app, "mystery.jpg")
     res = app.screen("results")
     assert not app.outcome.confident and res.ids.no_match.opacity == 1
     before = len(services.outbox)
