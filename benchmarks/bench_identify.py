@@ -1,7 +1,7 @@
 """Identify end to end on the device path: gated TFLite MobileNetV2, 10k-image catalogue, 640x480 and 12 MP JPEGs, cold start.
 
-Model: the trained pc-parts-14 checkpoint ``benchmarks/work/train-pcparts-mobilenet-v2/run/best.pt``
-(required; 128 px input) exported with ``export.pipeline.export_checkpoint``, first to ``tflite-int8``
+Model: the trained pc-parts-14 checkpoint ``benchmarks/work/train-pcparts-mobilenet-v2/run/last.pt``
+(required; the last epoch, input size from its preprocessing spec) exported with ``export.pipeline.export_checkpoint``, first to ``tflite-int8``
 (calibrated on pc-parts-14 train images of the committed duplicate-aware split, parity-gated on its
 val images, default thresholds). If int8 fails the gate, ``tflite-fp32`` is exported and measured
 instead, and the result says so (``model_format``, ``gate``). The split's images are exposed to the
@@ -27,7 +27,7 @@ N_CATALOGUE = 10_000
 IMAGES_PER_PART = 5
 
 
-CHECKPOINT = Path(__file__).resolve().parent / "work" / "train-pcparts-mobilenet-v2" / "run" / "best.pt"
+CHECKPOINT = Path(__file__).resolve().parent / "work" / "train-pcparts-mobilenet-v2" / "run" / "last.pt"
 N_CALIB, N_GATE_VAL, N_GATE_CAT = 200, 200, 200
 
 

@@ -147,6 +147,19 @@ def ece(confidence: Sequence[float], correct: Sequence[bool], bins: int = 15) ->
     return float(total)
 
 
+def ece_sampling_floor(confidence: Sequence[float], bins: int = 15, draws: int = 500, seed: int = 0) -> float:
+    """Mean ECE that a PERFECTLY calibrated predictor shows with these confidences and this many queries.
+
+    Outcomes are drawn as ``Bernoulli(confidence)``; the ECE of those draws is pure sampling noise, so a
+    measured ECE near this value cannot be told apart from perfect calibration at this sample size.
+    """
+    c = np.asarray(confidence, float)
+    if not len(c):
+        raise InputError("ece_sampling_floor needs at least one confidence")
+    rng = np.random.default_rng(seed)
+    return float(np.mean([ece(c, rng.random(len(c)) < c, bins) for _ in range(draws)]))
+
+
 def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
     """Area under the ROC curve (Mann-Whitney, ties averaged)."""
     s = np.asarray(scores, float)
@@ -167,19 +180,33 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def bootstrap_ci(fn: Any, *arrays: Sequence[Any], n: int = 1000, seed: int = 0, alpha: float = 0.05
-                 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``fn(*arrays)`` resampling rows."""
+def bootstrap_ci(fn: Any, *arrays: Sequence[Any], n: int = 1000, seed: int = 0, alpha: float = 0.05,
+                 groups: Sequence[Any] | None = None) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``fn(*arrays)``, resampling rows, or whole ``groups`` when given.
+
+    Photos of one product are not independent: pass the product of each row as ``groups`` (a cluster
+    bootstrap) so the interval reflects how much the metric depends on WHICH products were scored.
+    """
     rng = np.random.default_rng(seed)
     arrs = [np.asarray(a) for a in arrays]
     m = len(arrs[0])
+    if groups is None:
+        members = [np.array([i]) for i in range(m)]
+    else:
+        g = np.asarray(groups)
+        if len(g) != m:
+            raise InputError(f"groups has {len(g)} entries for {m} rows")
+        members = [np.flatnonzero(g == u) for u in np.unique(g)]
     vals = []
     for _ in range(n):
-        idx = rng.integers(0, m, m)
+        pick = rng.integers(0, len(members), len(members))
+        idx = np.concatenate([members[k] for k in pick])
         try:
             vals.append(fn(*[a[idx] for a in arrs]))
         except InputError:
             continue
+    if not vals:
+        raise InputError("bootstrap: no resample could be scored")
     lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 

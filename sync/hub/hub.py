@@ -261,9 +261,7 @@ class Hub:
             version = ch.version
         changed = sorted({r["part_number"] for r in image_rows})
         found = self.look_alikes(changed) if changed else []
-        for la in found:
-            if not la["same_group"]:
-                log.warning("%s", la["message"])
+        _log_look_alikes(found)
         return {"version": version, "parts": len(parts), "inventory": len(inventory), "images": len(image_rows),
                 "look_alikes": found}
 
@@ -329,6 +327,21 @@ class Hub:
     def status(self) -> dict[str, Any]:
         return {"root": str(self.root), "catalogue_version": self.store.version(), "bundle_id": self.bundle_id,
                 "key_id": self.config.get("key_id"), "trusted_keys": self.keyring.key_ids, **self.store.counts()}
+
+
+#: ``import`` logs this many unexpected look-alike pairs one by one, then one summary line.
+LOOK_ALIKE_LOG_LINES = 5
+
+
+def _log_look_alikes(found: Sequence[Mapping[str, Any]]) -> None:
+    """Warn about look-alike pairs outside a shared group: the first few verbatim, the rest counted, so the
+    first import of a large catalogue does not log one line per pair."""
+    unexpected = [la for la in found if not la["same_group"]]
+    for la in unexpected[:LOOK_ALIKE_LOG_LINES]:
+        log.warning("%s", la["message"])
+    if len(unexpected) > LOOK_ALIKE_LOG_LINES:
+        log.warning("... and %d more look-alike pairs: see `partlens hub look-alikes`",
+                    len(unexpected) - LOOK_ALIKE_LOG_LINES)
 
 
 def _raw(keyring: Keyring, kid: str) -> bytes:

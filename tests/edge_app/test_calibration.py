@@ -48,3 +48,32 @@ def test_metrics():
                                           np.random.default_rng(1).random(50)],
                             np.r_[np.ones(50, bool), np.zeros(50, bool)], n=200)
     assert 0.5 < lo < hi <= 1.0
+
+
+def test_ece_sampling_floor_is_the_noise_of_a_perfect_predictor():
+    """At 160 queries a perfectly calibrated predictor still shows a clearly non-zero ECE; at 5,000 it does not."""
+    small = C.ece_sampling_floor(np.random.default_rng(7).uniform(0.2, 0.9, 160))
+    large = C.ece_sampling_floor(np.random.default_rng(7).uniform(0.2, 0.9, 5000), draws=50)
+    assert 0.04 < small < 0.12
+    assert large < 0.02 < small
+    # a miscalibrated predictor (always 0.3 too confident) sits far above the floor at the same n
+    _, _, y, p = _simulated(160, 3)
+    assert C.ece(np.clip(p + 0.3, 0, 1), y) > 2 * C.ece_sampling_floor(p)
+    with pytest.raises(InputError):
+        C.ece_sampling_floor([])
+
+
+def test_cluster_bootstrap_is_wider_when_photos_of_a_product_move_together():
+    """20 products x 10 photos; each product's photos share a product-level offset, so which products were
+    scored matters more than which photos: the product bootstrap must give the wider interval."""
+    rng = np.random.default_rng(5)
+    product = np.repeat(np.arange(20), 10)
+    known = product < 10
+    offset = rng.normal(0, 0.6, 20)[product]
+    score = known * 0.5 + offset + rng.normal(0, 0.1, len(product))
+    row_lo, row_hi = C.bootstrap_ci(C.auroc, score, known, n=300)
+    grp_lo, grp_hi = C.bootstrap_ci(C.auroc, score, known, n=300, groups=product)
+    assert grp_hi - grp_lo > 1.5 * (row_hi - row_lo)
+    assert grp_lo <= C.auroc(score, known) <= grp_hi
+    with pytest.raises(InputError):
+        C.bootstrap_ci(C.auroc, score, known, groups=product[:-1])

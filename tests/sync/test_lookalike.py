@@ -81,3 +81,22 @@ def test_hub_warns_when_an_added_part_looks_like_a_known_one(world, tmp_path, mo
         hub.add_part({"part_number": pn, "name": pn, "category": "bolt", "look_alike_group": "pattern-0"})
     assert commands._look_alikes(args) == 0
     assert hub.look_alikes(["P0-NEW"])[0]["same_group"] is True
+
+
+def test_import_logs_a_few_pairs_then_one_summary_line(caplog) -> None:
+    """A first import with many look-alike series must not log one line per pair."""
+    import logging
+
+    from sync.hub import hub as H
+
+    found = [{"same_group": i % 3 == 0, "message": f"pair {i}"} for i in range(30)]
+    with caplog.at_level(logging.WARNING, logger=H.__name__):
+        H._log_look_alikes(found)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:H.LOOK_ALIKE_LOG_LINES] == ["pair 1", "pair 2", "pair 4", "pair 5", "pair 7"]
+    assert len(lines) == H.LOOK_ALIKE_LOG_LINES + 1
+    assert "15 more look-alike pairs" in lines[-1] and "partlens hub look-alikes" in lines[-1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=H.__name__):
+        H._log_look_alikes(found[:3])
+    assert [r.getMessage() for r in caplog.records] == ["pair 1", "pair 2"]
