@@ -7,14 +7,20 @@ Model (``model_source``):
   (int8, else fp32; ``model_format`` says which). Known products = the trained ones (the catalogue: iconic
   image + 2 train photos each); unknown products = the held-out ones, as a part missing from the inventory
   would be. Known and unknown products are each split (fixed seed) into a CALIBRATION and an EVALUATION
-  half, disjoint; calibration uses val photos of the calibration half, everything reported uses val
-  photos of the evaluation half (never trained on, never used for calibration).
+  half, disjoint; calibration uses photos of the calibration half, everything reported uses photos of the
+  evaluation half (never trained on, never used for calibration). Calibration and every number that
+  depends on the share of unknown queries (ECE, threshold, accepted fraction, precision) use val photos
+  only: the dataset's own mix (about 1 unknown query in 6). AUROC does not depend on that share, so it
+  also uses the TRAIN photos of the held-out evaluation products (fold 0 never trained on them): 251
+  unknown queries instead of 25. ``auroc_val_only`` keeps the val-only number.
 - ``pcparts-transfer`` (fallback when fold 0 is absent): the pc-parts MobileNetV2 of ``bench_identify``;
   products split into halves, 70% of each known, calibration on train photos. It never saw grocery: a floor.
 
 Calibration is :func:`edge_app.runtime.calibration.fit` (logistic on top similarity and margin) at target
-precision 0.9. Part scores are exact (max over a part's images; what ``Identifier.rank`` computes after
-retrieval).
+precision 0.9. AUROC carries two 95% bootstrap intervals: over queries, and over PRODUCTS (photos of one
+product move together, so the product interval is the honest one). ECE comes with the ECE a perfectly
+calibrated model would show at the same number of queries (``ece_if_perfectly_calibrated``). Part scores
+are exact (max over a part's images; what ``Identifier.rank`` computes after retrieval).
 """
 from __future__ import annotations
 
@@ -29,7 +35,10 @@ VIEWS = 3
 
 
 def _embed(ctx: Any, model: str, paths: list[Path], name: str) -> np.ndarray:
-    out = ctx.work_dir / f"emb_{Path(model).stem}_{name}.npy"
+    import hashlib
+
+    key = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:12]
+    out = ctx.work_dir / f"emb_{Path(model).stem}_{name}_{key}.npy"
     if out.exists():
         return np.load(out)
     from edge_app.imageio import load_image
@@ -94,6 +103,7 @@ def run(ctx: Any) -> dict[str, Any]:
         cal_products = known[::2] + unknown[::2]
         eval_products = known[1::2] + unknown[1::2]
         cal_photos, source = val, "grocery-fold0"
+        eval_photos = {p: [*val.get(p, []), *(train.get(p, []) if p in held else [])] for p in ids}
     else:
         from .bench_identify import export_tflite, split_folders
 
@@ -106,8 +116,9 @@ def run(ctx: Any) -> dict[str, Any]:
         cal_products, eval_products = products[::2], products[1::2]
         known = [*cal_products[: int(0.7 * len(cal_products))], *eval_products[: int(0.7 * len(eval_products))]]
         cal_photos, source = {p: v[2:2 + (4 if ctx.quick else 10)] for p, v in train.items()}, "pcparts-transfer"
+        eval_photos = val
     return {"model_source": source, **_measure(ctx, exp, iconic, train, val, set(known), cal_products,
-                                                 eval_products, cal_photos)}
+                                                 eval_products, cal_photos, eval_photos)}
 
 
 def _grocery_folders(ctx: Any, root: Path, classes: list[list[str]], train: dict[int, list[Path]],
@@ -130,7 +141,7 @@ def _grocery_folders(ctx: Any, root: Path, classes: list[list[str]], train: dict
 
 def _measure(ctx: Any, exp: dict[str, Any], iconic: dict[int, Path], train: dict[int, list[Path]],
              val: dict[int, list[Path]], known: set[int], cal_products: list[int], eval_products: list[int],
-             cal_photos: dict[int, list[Path]]) -> dict[str, Any]:
+             cal_photos: dict[int, list[Path]], eval_photos: dict[int, list[Path]]) -> dict[str, Any]:
     from edge_app.runtime import calibration as C
 
     model = exp["path"]
@@ -149,7 +160,7 @@ def _measure(ctx: Any, exp: dict[str, Any], iconic: dict[int, Path], train: dict
         ranked, s = _ranking(e[None], cat, cat_part, known_list)
         top.append(s[0]); second.append(s[1]); correct.append(ranked[0] == p)
     cal = C.fit(top, second, correct, target_precision=0.9)
-    ev_q = [(p, path) for p in eval_products for path in val.get(p, [])]
+    ev_q = [(p, path) for p in eval_products for path in eval_photos.get(p, [])]
     ev_emb = _embed(ctx, model, [x[1] for x in ev_q], "evalq")
     conf, is_known, right = [], [], []
     for (p, _), e in zip(ev_q, ev_emb):
@@ -158,10 +169,15 @@ def _measure(ctx: Any, exp: dict[str, Any], iconic: dict[int, Path], train: dict
         is_known.append(p in known)
         right.append(ranked[0] == p)
     conf, is_known, right = np.array(conf), np.array(is_known), np.array(right)
+    val_paths = {path for v in val.values() for path in v}
+    in_val = np.array([path in val_paths for _, path in ev_q])
+    product = np.array([p for p, _ in ev_q])
     au = C.auroc(conf, is_known)
     lo, hi = C.bootstrap_ci(C.auroc, conf, is_known, n=1000)
-    p95 = C.precision_at_recall(conf, is_known, 0.95)
-    accepted = conf >= cal.threshold
+    plo, phi = C.bootstrap_ci(C.auroc, conf, is_known, n=1000, groups=product)
+    # prior-dependent numbers: val photos only (the dataset's own known/unknown mix)
+    vc, vk, vr = conf[in_val], is_known[in_val], right[in_val]
+    accepted = vc >= cal.threshold
     # multi-view: groups of VIEWS val photos of the same known evaluation product
     mv: dict[str, list[bool]] = {"single": [], "score": [], "embedding": []}
     for p in eval_products:
@@ -179,11 +195,16 @@ def _measure(ctx: Any, exp: dict[str, Any], iconic: dict[int, Path], train: dict
         "calibration_products": len(cal_products), "evaluation_products": len(eval_products),
         "calibration_queries": len(cal_q), "eval_queries": len(ev_q),
         "eval_known_queries": int(is_known.sum()), "eval_unknown_queries": int((~is_known).sum()),
+        "eval_unknown_val_queries": int((~vk).sum()),
         "auroc_known_vs_unknown": au, "auroc_ci95_low": lo, "auroc_ci95_high": hi,
-        "precision_at_95_recall": p95,
-        "ece_top1": C.ece(conf, right), "threshold": cal.threshold,
-        "accepted_fraction": float(accepted.mean()),
-        "precision_of_accepted": float(right[accepted].mean()) if accepted.any() else float("nan"),
+        "auroc_ci95_products_low": plo, "auroc_ci95_products_high": phi,
+        "auroc_val_only": C.auroc(vc, vk),
+        "precision_at_95_recall_val": C.precision_at_recall(vc, vk, 0.95),
+        "ece_top1_val": C.ece(vc, vr),
+        "ece_if_perfectly_calibrated": C.ece_sampling_floor(vc),
+        "threshold": cal.threshold,
+        "accepted_fraction_val": float(accepted.mean()),
+        "precision_of_accepted_val": float(vr[accepted].mean()) if accepted.any() else float("nan"),
         "top1_known_eval": float(right[is_known].mean()),
         "multiview_groups": len(mv["score"]), "top1_single_view": float(np.mean(mv["single"] or [np.nan])),
         "top1_fused_score": float(np.mean(mv["score"] or [np.nan])),
