@@ -32,7 +32,7 @@ def _train(args: argparse.Namespace) -> int:
         pretrained=not args.from_scratch, weights=args.weights, model_options=model_options, layout=args.layout,
         split=args.split, val_fraction=args.val, seed=args.seed, sampler=args.sampler, workers=args.workers,
         cache=args.cache, teacher=args.teacher, kd_weight=args.kd_weight, kd_temperature=args.kd_temperature,
-        device=args.device, amp=not args.no_amp, resume=args.resume,
+        device=args.device, amp=not args.no_amp, resume=args.resume, gallery_repeats=args.gallery_repeats,
     )
     res = train(cfg)
     _print_json({"out": str(res.out_dir), "best": str(res.best), "best_epoch": res.best_epoch,
@@ -122,6 +122,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="pk", choices=["pk", "random"], help="pk: P classes x 4 images per batch")
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--cache", action="store_true", help="decode training images once and keep them in memory")
+    p.add_argument("--gallery-repeats", type=int, default=0, metavar="N",
+                   help="also train on the layout's catalogue images (grocery iconic images, generated "
+                        "catalogue shots), each N times per epoch; never the val images (default 0: off)")
     p.add_argument("--teacher", help="teacher checkpoint for distillation (KD on logits + embedding cosine)")
     p.add_argument("--kd-weight", type=float, default=1.0)
     p.add_argument("--kd-temperature", type=float, default=4.0)

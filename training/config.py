@@ -45,6 +45,7 @@ class TrainConfig:
     workers: int = 0
     cache: bool = False
     augment: dict[str, Any] = field(default_factory=dict)
+    gallery_repeats: int = 0  # also train on the layout's catalogue images, each N times per epoch
     teacher: str | None = None
     kd_weight: float = 1.0
     kd_embed_weight: float = 1.0
@@ -76,6 +77,8 @@ class TrainConfig:
             raise UsageError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.workers < 0:
             raise UsageError(f"workers must be >= 0, got {self.workers}")
+        if self.gallery_repeats < 0:
+            raise UsageError(f"gallery repeats must be >= 0, got {self.gallery_repeats}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

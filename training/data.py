@@ -56,6 +56,34 @@ class ImageSet:
         return counts
 
 
+def with_gallery(train: ImageSet, gallery: ImageSet, repeats: int, exclude: ImageSet | None = None
+                 ) -> tuple[ImageSet, dict[str, int]]:
+    """``train`` plus each catalogue (gallery) image ``repeats`` times, for the classes ``train`` has.
+
+    Catalogue images are clean studio shots; field photos are not. Training on both teaches the
+    embedding to put a photo next to its part's catalogue image, which is what the device's search
+    needs, also for parts added later without retraining. Gallery images of classes ``train`` does
+    not have (e.g. held-out products) are never added, and neither are images in ``exclude`` (the
+    val set: a catalogue image being evaluated must not be trained on). Labels are matched by NAME,
+    so ``train`` may use a remapped subset of the gallery's labels. Returns the set and counts.
+    """
+    if repeats < 0:
+        raise InputError(f"gallery repeats must be >= 0, got {repeats}")
+    if Path(gallery.root) != Path(train.root):
+        raise InputError(f"gallery root {gallery.root} differs from the training root {train.root}")
+    index = {lab: i for i, lab in enumerate(train.labels)}
+    held = {p for p, _ in exclude.items} if exclude is not None else set()
+    picked = [(p, index[gallery.labels[y]]) for p, y in gallery.items
+              if gallery.labels[y] in index and p not in held]
+    counts = {"gallery_images": len(picked), "gallery_repeats": repeats,
+              "gallery_left_out_in_val": sum(1 for p, y in gallery.items if p in held),
+              "gallery_other_classes": sum(1 for _, y in gallery.items if gallery.labels[y] not in index)}
+    if not repeats or not picked:
+        return train, counts
+    items = list(train.items) + [it for it in picked for _ in range(repeats)]
+    return ImageSet(train.root, train.labels, items, f"{train.name}+gallery x{repeats}"), counts
+
+
 @dataclass
 class Dataset:
     """What a layout provides: all labelled images, plus optional predefined splits and a gallery."""
@@ -224,9 +252,12 @@ class TorchImageDataset:
         from tqdm import tqdm
 
         kept, arrays = [], []
+        decoded: dict[str, np.ndarray] = {}  # an image listed several times (gallery repeats) is decoded once
         for rel, y in tqdm(self.items, desc=f"decode {self.images.name}", disable=not progress, leave=False):
             try:
-                arrays.append(decode_for_cache(self.images.root / rel, self.spec))
+                if rel not in decoded:
+                    decoded[rel] = decode_for_cache(self.images.root / rel, self.spec)
+                arrays.append(decoded[rel])
                 kept.append((rel, y))
             except ImageError as exc:
                 log.warning("skipping unreadable image %s", exc)

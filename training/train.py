@@ -65,6 +65,19 @@ def resolve_split(cfg: TrainConfig, out: Path, is_main: bool) -> tuple[ImageSet,
     return train, val, {"source": "generated", "path": str(path), "sha256": doc["sha256"]}
 
 
+def _add_gallery(cfg: TrainConfig, train_set: ImageSet, val_set: ImageSet) -> tuple[ImageSet, dict[str, int]]:
+    """``train_set`` plus the layout's catalogue images (``cfg.gallery_repeats`` times; never val images)."""
+    from .data import with_gallery
+
+    gallery = load_dataset(cfg.data, cfg.layout).gallery
+    if gallery is None:
+        raise UsageError(f"{cfg.data}: --gallery-repeats needs a layout with catalogue images (grocery or parts)")
+    out, counts = with_gallery(train_set, gallery, cfg.gallery_repeats, exclude=val_set)
+    log.info("training also on %d catalogue images x %d (%d left out: in val)", counts["gallery_images"],
+             cfg.gallery_repeats, counts["gallery_left_out_in_val"])
+    return out, counts
+
+
 def lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warmup to 1, then cosine decay to 0 over the remaining steps."""
     if warmup and step < warmup:
@@ -167,6 +180,8 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
         split_info = {"source": "caller", "train": train_set.name, "val": val_set.name}
     else:
         train_set, val_set, split_info = resolve_split(cfg, out, dist.is_main)
+    if cfg.gallery_repeats:
+        train_set, split_info["gallery"] = _add_gallery(cfg, train_set, val_set)
     labels = train_set.labels
     # a resumed run takes every weight from last.pt, so it needs no ImageNet file
     model = create_model(cfg.model, len(labels), embed_dim=cfg.embed_dim, pretrained=cfg.pretrained and not cfg.resume,

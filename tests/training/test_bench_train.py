@@ -45,6 +45,16 @@ def test_grocery_benchmarks_on_stand_in(tmp_path: Path) -> None:
     assert r["folds"] == 2 and all(row["held_out_products"] == 1 for row in r["table"])
     assert all(row["new_val_photos"] == 2 for row in r["table"])
     assert all(0 <= row["frozen_new_recall@1"] <= 1 for row in r["table"]) and "frozen_new_recall@1_mean" in r
+    # catalogue images are trained on: all 5 in the grocery run, only the 4 trained products' in each fold
+    import json
+
+    g_cfg = json.loads((tmp_path / "work" / "g" / "run" / "config.json").read_text())
+    assert g["gallery_repeats"] == 8 and g_cfg["split"]["gallery"]["gallery_images"] == 5
+    assert g_cfg["n_train"] == 30 + 5 * 8
+    for fold in range(2):
+        f_cfg = json.loads((tmp_path / "work" / "n" / f"fold{fold}" / "config.json").read_text())
+        assert f_cfg["split"]["gallery"] == {"gallery_images": 4, "gallery_repeats": 8,
+                                             "gallery_left_out_in_val": 0, "gallery_other_classes": 1}
 
 
 @pytest.mark.slow

@@ -139,3 +139,28 @@ def test_evaluate_cli_writes_report_and_figures(tmp_path: Path, capsys) -> None:
     for name in ("confusion.png", "predictions.png", "curves.png"):
         assert Image.open(out / name).size[0] > 100
     assert json.loads(capsys.readouterr().out)["n"] == 4
+
+
+def test_with_gallery_adds_catalogue_images_of_trained_classes_only(tmp_path: Path) -> None:
+    from training.data import ImageSet, with_gallery
+
+    root = tmp_path / "g"
+    _write_grocery(root)
+    ds = load_dataset(root)
+    # a fold that trains only "Green" (remapped to index 0): Red's iconic image must stay out
+    green = ImageSet(root, ["Green"], [(p, 0) for p, y in ds.train.items if y == 1], "fold")
+    out, counts = with_gallery(green, ds.gallery, 3)
+    assert out.items[:len(green)] == green.items
+    assert out.items[len(green):] == [("iconic/c1.jpg", 0)] * 3
+    assert counts == {"gallery_images": 1, "gallery_repeats": 3, "gallery_left_out_in_val": 0,
+                      "gallery_other_classes": 1}
+    # a catalogue image that is in the val set is never trained on
+    val = ImageSet(root, ds.train.labels, [("iconic/c0.jpg", 0)], "val")
+    out, counts = with_gallery(ds.train, ds.gallery, 2, exclude=val)
+    assert ("iconic/c0.jpg", 0) not in out.items and out.items.count(("iconic/c1.jpg", 1)) == 2
+    assert counts["gallery_left_out_in_val"] == 1
+    assert with_gallery(ds.train, ds.gallery, 0)[0] is ds.train
+    with pytest.raises(InputError, match=">= 0"):
+        with_gallery(ds.train, ds.gallery, -1)
+    with pytest.raises(InputError, match="root"):
+        with_gallery(ds.train, ImageSet(tmp_path, ds.gallery.labels, ds.gallery.items), 1)

@@ -127,3 +127,24 @@ def test_backbone_lr_multiplier(tiny_folder: Path, tmp_path: Path) -> None:
     assert groups[0]["initial_lr"] == pytest.approx(3e-4) and groups[1]["initial_lr"] == pytest.approx(3e-3)
     with pytest.raises(UsageError, match="multiplier"):
         train(_cfg(tiny_folder, tmp_path / "bad", backbone_lr_mult=0))
+
+
+def test_gallery_repeats_train_on_catalogue_images_and_record_it(tmp_path: Path) -> None:
+    from .test_data_eval import _write_grocery
+
+    root = tmp_path / "g"
+    _write_grocery(root)
+    res = train(_cfg(root, tmp_path / "run", epochs=1, batch_size=4, gallery_repeats=3, sampler="random"))
+    cfg = json.loads((res.out_dir / "config.json").read_text())
+    assert cfg["n_train"] == 6 + 2 * 3 and cfg["n_val"] == 4
+    assert cfg["split"]["gallery"]["gallery_images"] == 2 and cfg["gallery_repeats"] == 3
+    with pytest.raises(UsageError, match="catalogue images"):
+        train(_cfg(tiny_folder_path(tmp_path), tmp_path / "run2", gallery_repeats=1))
+    with pytest.raises(UsageError, match="gallery repeats"):
+        train(_cfg(root, tmp_path / "run3", gallery_repeats=-1))
+
+
+def tiny_folder_path(tmp_path: Path) -> Path:
+    from .conftest import make_folder
+
+    return make_folder(tmp_path / "folder")
