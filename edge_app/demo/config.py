@@ -27,6 +27,7 @@ class DemoConfig:
     backbone_lr_mult: float = 1.0  # the backbone learns at lr x this (the heads at lr)
     label_smoothing: float = 0.0
     weight_decay: float = 0.0
+    gallery_repeats: int = 0  # the known parts' catalogue shots are trained on this many extra times per epoch
     catalogue: str = "mixed"  # which generated parts make up the terminal's inventory (see CATALOGUES)
     catalogue_per_part: int = 2
     field_per_part: int = 16
@@ -54,6 +55,8 @@ class DemoConfig:
             raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0:
             raise UsageError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.gallery_repeats < 0:
+            raise UsageError(f"gallery_repeats must be >= 0, got {self.gallery_repeats}")
         if self.freeze_stages < 0:
             raise UsageError(f"freeze_stages must be >= 0, got {self.freeze_stages}")
         if self.image_size < 32:
