@@ -4,8 +4,8 @@
    are split three ways: *known* (trained on, in the first catalogue), *new* (added at the hub
    later, never trained on) and *outside* (never in the catalogue; calibration negatives).
 2. Fine-tune the pretrained EfficientNet-Lite0 on the known parts for a few CPU minutes.
-3. Export int8 TFLite behind the parity gate (if the gate refuses int8, fp32 ships and the report
-   says so), fit the "no confident match" calibration and sign a device bundle with a demo key
+3. Export int8 TFLite behind the parity gate (if the gate refuses the PT2E int8 model, the
+   ai-edge-quantizer one is tried, then fp32 ships; the report says what was refused and why), fit the "no confident match" calibration and sign a device bundle with a demo key
    made outside the repository.
 4. Start a hub on 127.0.0.1, load the catalogue and bundle, enrol a tablet, sync it over HTTP.
 5. Identify held-out field photos on the tablet; add new parts at the hub, sync once, and find
@@ -90,7 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help=f"model input side in px (default {d.image_size}; --quick: "
                                                   f"{quick(d).image_size})")
     p.add_argument("--export-format", default=d.export_format,
-                   help=f"device model format (default {d.export_format}; see `partlens export --help`)")
+                   help=f"device model format (default {d.export_format}; see `partlens export --help`). A TFLite "
+                        "int8 format the parity gate refuses is followed by the other TFLite int8 quantizer, "
+                        "then tflite-fp32")
     p.add_argument("--starter-bundle", metavar="DIR",
                    help="also copy the synced tablet's catalogue, keyring and bundle here "
                         "(starter_bundle/ is what the APK ships)")

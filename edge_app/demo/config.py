@@ -80,6 +80,23 @@ def quick(cfg: DemoConfig) -> DemoConfig:
     return replace(cfg, **QUICK_OVERRIDES)
 
 
+#: TFLite int8 quantizers, tried in this order before the demo falls back to float32.
+TFLITE_INT8_FORMATS = ("tflite-int8", "tflite-int8-aiq")
+
+
+def export_candidates(first: str) -> list[str]:
+    """The device formats the demo tries, in order, until one passes the parity gate.
+
+    A TFLite int8 choice is followed by the other TFLite int8 quantizer and then ``tflite-fp32``:
+    two quantizers fail on different models (PT2E int8 on a demo checkpoint: median cosine 0.979;
+    ai-edge-quantizer on the same checkpoint: 0.996), so a tablet gets an int8 model whenever either
+    one behaves like PyTorch. Any other format is the only candidate (its gate failure is an error).
+    """
+    if first not in TFLITE_INT8_FORMATS:
+        return [first]
+    return [first, *(f for f in TFLITE_INT8_FORMATS if f != first), "tflite-fp32"]
+
+
 def split_parts(part_numbers: Sequence[str], n_new: int, n_outside: int, seed: int) -> dict[str, list[str]]:
     """Deterministically split part numbers into known / new / outside."""
     if n_new + n_outside + 2 > len(part_numbers):

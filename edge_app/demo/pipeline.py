@@ -14,7 +14,7 @@ from typing import Any, Callable
 from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import GateError, InputError, UsageError
 from . import metrics, report
-from .config import SITE, DemoConfig, split_parts
+from .config import SITE, DemoConfig, export_candidates, split_parts
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,26 @@ STEPS = ("generate the synthetic catalogue and field photos", "train", "export b
          "calibrate and sign the device bundle", "start the hub on 127.0.0.1, enrol a tablet, full sync",
          "identify field photos on the tablet", "add new parts at the hub, sync, identify them",
          "write the report")
+
+
+def export_first_passing(candidates: list[str], export: Callable[[str], dict[str, Any]]
+                         ) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Export the first of ``candidates`` that passes the parity gate; also return each refusal.
+
+    The gate did its job when it refuses a model: that int8 model does not behave like the PyTorch
+    one, so the next candidate is tried and the report says why (nothing is hidden). The last
+    candidate's gate failure is raised.
+    """
+    refused: list[dict[str, str]] = []
+    for i, fmt in enumerate(candidates):
+        try:
+            return export(fmt), refused
+        except GateError as exc:
+            if i == len(candidates) - 1:
+                raise
+            log.warning("demo: %s; trying %s", exc, candidates[i + 1])
+            refused.append({"format": fmt, "reason": str(exc)})
+    raise UsageError("no export format to try")
 
 
 def resolve_pretrained(cfg: DemoConfig) -> bool:
@@ -146,20 +166,12 @@ class DemoRun:
         cfg = self.cfg
         t0 = self._step(2, cfg.export_format)
         kw = dict(calib_dir=self.data / "known", val_dir=self.data / "queries" / "images")
-        self.report["export"] = {}
-        try:
-            exported = export_checkpoint(self.run.best, cfg.export_format, self.out / "export", **kw)
-        except GateError as exc:
-            if not cfg.export_format.startswith("tflite-int8"):  # tflite-int8 or tflite-int8-aiq
-                raise
-            # The gate did its job: this int8 model does not behave like the PyTorch one. Ship the
-            # fp32 TFLite model instead and say so in the report (nothing is hidden).
-            log.warning("demo: %s; shipping tflite-fp32 instead", exc)
-            self.report["export"]["refused"] = {"format": cfg.export_format, "reason": str(exc)}
-            exported = export_checkpoint(self.run.best, "tflite-fp32", self.out / "export", **kw)
+        exported, refused = export_first_passing(
+            export_candidates(cfg.export_format),
+            lambda fmt: export_checkpoint(self.run.best, fmt, self.out / "export", **kw))
         self.exported = exported
-        self.report["export"].update(format=exported["format"], size_bytes=exported["size_bytes"],
-                                     parity=exported["parity"])
+        self.report["export"] = {"format": exported["format"], "size_bytes": exported["size_bytes"],
+                                 "parity": exported["parity"], "refused": refused}
         self._lap("export", t0)
 
     # 4 ---------------------------------------------------------------------------------------

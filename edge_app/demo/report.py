@@ -32,8 +32,8 @@ def markdown(r: dict[str, Any]) -> str:
              f"{tr['image_size']} px, val top-1 {_pct(tr['val_top1'])}; device model {ex['format']} "
              f"{ex['size_bytes'] / 1e6:.2f} MB; bundle `{r['bundle']['bundle_id']}`; "
              f"catalogue: {r['catalogue']['description']}.", ""]
-    if ex.get("refused"):
-        lines += [f"**The parity gate refused {ex['refused']['format']}**: {ex['refused']['reason']}", ""]
+    for ref in ex.get("refused") or []:
+        lines += [f"**The parity gate refused {ref['format']}**: {ref['reason']}", ""]
     lines += ["| queries | n | top-1 | top-1 up to size look-alikes | asked to measure | top-1 after measuring | "
               "asked for a close-up | top-5 | no confident match | precision when accepted | median ms | p95 ms |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from edge_app.demo import DemoConfig, quick, resolve_pretrained, run_demo, split_parts
+from edge_app.demo.config import export_candidates
+from edge_app.demo.pipeline import export_first_passing
 from edge_app.demo.catalogue import DELIBERATE_SIZE_PAIRS, mixed_catalogue, size_only_groups
 from edge_app.demo.metrics import Outcome, look_alike_confusion, summarize
-from edge_app.errors import UsageError
+from edge_app.errors import GateError, UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,6 +49,34 @@ def test_quick_is_the_same_chain_smaller() -> None:
     d, q = DemoConfig(), quick(DemoConfig())
     assert (q.model, q.export_format, q.pretrained) == (d.model, d.export_format, d.pretrained)
     assert q.epochs < d.epochs and q.field_per_part < d.field_per_part and q.quick and not d.quick
+
+
+def test_export_candidates_try_the_other_int8_quantizer_before_fp32() -> None:
+    assert export_candidates("tflite-int8") == ["tflite-int8", "tflite-int8-aiq", "tflite-fp32"]
+    assert export_candidates("tflite-int8-aiq") == ["tflite-int8-aiq", "tflite-int8", "tflite-fp32"]
+    assert export_candidates("onnx-int8") == ["onnx-int8"]  # not a tablet fallback chain: its failure is an error
+
+
+def test_export_first_passing_ships_the_first_format_the_gate_accepts() -> None:
+    calls: list[str] = []
+
+    def export(fail: set[str]):
+        def run(fmt: str) -> dict:
+            calls.append(fmt)
+            if fmt in fail:
+                raise GateError(f"parity gate failed for {fmt}: median embedding cosine 0.97 < 0.98")
+            return {"format": fmt}
+        return run
+
+    chain = export_candidates("tflite-int8")
+    out, refused = export_first_passing(chain, export({"tflite-int8"}))
+    assert out == {"format": "tflite-int8-aiq"} and calls == ["tflite-int8", "tflite-int8-aiq"]
+    assert [r["format"] for r in refused] == ["tflite-int8"] and "cosine 0.97" in refused[0]["reason"]
+    calls.clear()
+    out, refused = export_first_passing(chain, export(set()))
+    assert out == {"format": "tflite-int8"} and refused == [] and calls == ["tflite-int8"]
+    with pytest.raises(GateError, match="tflite-fp32"):  # nothing passed: the last refusal is the error
+        export_first_passing(chain, export(set(chain)))
 
 
 def _outcome(truth: str, ranked: list[str], status: str = "match", ms: float = 5.0) -> Outcome:
@@ -141,9 +171,11 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     assert "[1/8]" in proc.stderr and "[8/8]" in proc.stderr
     assert "| known parts, fresh field photos |" in proc.stdout and str(run / "report.html") in proc.stdout
     assert report["training"]["model"] == "efficientnet_lite0"
-    assert report["export"]["format"] in ("tflite-int8", "tflite-fp32")
-    if report["export"]["format"] == "tflite-fp32":  # only when the gate refused int8, and then it says why
-        assert "parity gate failed" in report["export"]["refused"]["reason"]
+    assert report["export"]["format"] in ("tflite-int8", "tflite-int8-aiq", "tflite-fp32")
+    refused = report["export"]["refused"]  # each format the gate refused, in the order tried, with why
+    tried = [r["format"] for r in refused] + [report["export"]["format"]]
+    assert tried == export_candidates("tflite-int8")[:len(tried)]
+    assert all("parity gate failed" in r["reason"] for r in refused)
     # The hub was a real server on loopback, and it is gone now.
     assert report["hub"]["url"].startswith("http://127.0.0.1:")
     assert not _pid_alive(report["hub"]["pid"])
