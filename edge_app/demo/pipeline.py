@@ -165,7 +165,9 @@ class DemoRun:
 
         cfg = self.cfg
         t0 = self._step(2, cfg.export_format)
-        kw = dict(calib_dir=self.data / "known", val_dir=self.data / "queries" / "images")
+        # The gate judges on the calibration photos (fresh field shots, known and outside parts), never on
+        # the query photos the report scores: which model ships must not be decided on the scored photos.
+        kw = dict(calib_dir=self.data / "known", val_dir=self.data / "calibration" / "images")
         exported, refused = export_first_passing(
             export_candidates(cfg.export_format),
             lambda fmt: export_checkpoint(self.run.best, fmt, self.out / "export", **kw))

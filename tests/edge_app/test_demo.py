@@ -176,6 +176,8 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     tried = [r["format"] for r in refused] + [report["export"]["format"]]
     assert tried == export_candidates("tflite-int8")[:len(tried)]
     assert all("parity gate failed" in r["reason"] for r in refused)
+    # the gate judged the calibration photos, never the query photos the report scores
+    assert report["export"]["parity"]["n_val"] == report["images"]["calibration"]
     # The hub was a real server on loopback, and it is gone now.
     assert report["hub"]["url"].startswith("http://127.0.0.1:")
     assert not _pid_alive(report["hub"]["pid"])
