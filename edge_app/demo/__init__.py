@@ -5,8 +5,9 @@
    later, never trained on) and *outside* (never in the catalogue; calibration negatives).
 2. Fine-tune the pretrained EfficientNet-Lite0 on the known parts for a few CPU minutes.
 3. Export int8 TFLite behind the parity gate (if the gate refuses the PT2E int8 model, the
-   ai-edge-quantizer one is tried, then fp32 ships; the report says what was refused and why), fit the "no confident match" calibration and sign a device bundle with a demo key
-   made outside the repository.
+   ai-edge-quantizer one is tried, then fp32 ships; the report says what was refused and why),
+   fit the "no confident match" calibration and sign a device bundle with a demo key made
+   outside the repository.
 4. Start a hub on 127.0.0.1, load the catalogue and bundle, enrol a tablet, sync it over HTTP.
 5. Identify held-out field photos on the tablet; add new parts at the hub, sync once, and find
    them without retraining.

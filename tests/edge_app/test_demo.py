@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from edge_app.demo import DemoConfig, quick, resolve_pretrained, run_demo, split_parts
-from edge_app.demo.config import export_candidates
-from edge_app.demo.pipeline import export_first_passing
 from edge_app.demo.catalogue import DELIBERATE_SIZE_PAIRS, mixed_catalogue, size_only_groups
+from edge_app.demo.config import export_candidates
 from edge_app.demo.metrics import Outcome, look_alike_confusion, summarize
+from edge_app.demo.pipeline import export_first_passing
 from edge_app.errors import GateError, UsageError
 
 REPO = Path(__file__).resolve().parents[2]
