@@ -13,8 +13,9 @@ import importlib
 import json
 import logging
 import os
-import platform
 import pkgutil
+import platform
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -135,10 +136,12 @@ def run_benchmark(name: str, *, data: str | None = None, quick: bool = False, fr
         raise UsageError(f"unknown benchmark {name!r}; known: {', '.join(sorted(names)) or 'none'}")
     mod = importlib.import_module(f"benchmarks.{module_name(name)}")
     work = WORK_DIR / name
+    if fresh and work.exists():
+        # start over: finished steps AND their scratch (a training step's last.pt would otherwise be resumed)
+        log.info("bench %s: --fresh removes %s", name, work)
+        shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     ctx = BenchContext(name=name, work_dir=work, data=data_root(data), quick=quick, options=options or {})
-    if fresh and ctx.state_path.exists():
-        ctx.state_path.unlink()
     ctx.load_state()
     t0 = time.perf_counter()
     metrics = mod.run(ctx)

@@ -46,8 +46,12 @@ def test_runner_writes_results_and_resumes(fake_bench) -> None:
     assert calls["n"] == 1, "a finished step must not run again"
     # a resumed result says which steps an earlier run did (their time is not in 'took')
     assert again["resumed_steps"] == ["fold0"] and "- resumed: fold0" in (tmp / "results" / "fake.md").read_text()
+    leftover = tmp / "work" / "fake" / "run" / "last.pt"  # a training step's checkpoint from the earlier run
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"old")
     runner.run_benchmark("fake", results_dir=tmp / "results", fresh=True)
     assert calls["n"] == 2
+    assert not leftover.exists(), "--fresh must not leave a checkpoint that a training step would resume"
     assert res["git_sha"]
 
 
