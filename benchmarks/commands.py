@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list", action="store_true", help="list the benchmarks")
     p.add_argument("--data", help="datasets folder (default: $PARTLENS_DATA or ../shared/datasets)")
     p.add_argument("--quick", action="store_true", help="a short smoke run (results marked quick)")
-    p.add_argument("--fresh", action="store_true", help="start over: delete this benchmark's scratch folder (benchmarks/work/NAME: "
-                        "finished steps and their checkpoints) instead of resuming")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: delete this benchmark's scratch folder (benchmarks/work/NAME: finished steps "
+                        "and their checkpoints) instead of resuming")
     p.set_defaults(func=_bench)

@@ -80,10 +80,6 @@ def quick(cfg: DemoConfig) -> DemoConfig:
     return replace(cfg, **QUICK_OVERRIDES)
 
 
-#: TFLite int8 quantizers, tried in this order before the demo falls back to float32.
-TFLITE_INT8_FORMATS = ("tflite-int8", "tflite-int8-aiq")
-
-
 def export_candidates(first: str) -> list[str]:
     """The device formats the demo tries, in order, until one passes the parity gate.
 
@@ -92,9 +88,12 @@ def export_candidates(first: str) -> list[str]:
     ai-edge-quantizer on the same checkpoint: 0.996), so a tablet gets an int8 model whenever either
     one behaves like PyTorch. Any other format is the only candidate (its gate failure is an error).
     """
-    if first not in TFLITE_INT8_FORMATS:
+    from export.formats import FORMATS  # the one format table (no heavy imports)
+
+    int8 = [f.name for f in FORMATS.values() if f.runtime == "tflite" and f.quantized]
+    if first not in int8:
         return [first]
-    return [first, *(f for f in TFLITE_INT8_FORMATS if f != first), "tflite-fp32"]
+    return [first, *(f for f in int8 if f != first), "tflite-fp32"]
 
 
 def split_parts(part_numbers: Sequence[str], n_new: int, n_outside: int, seed: int) -> dict[str, list[str]]:

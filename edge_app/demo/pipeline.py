@@ -33,16 +33,16 @@ def export_first_passing(candidates: list[str], export: Callable[[str], dict[str
     one, so the next candidate is tried and the report says why (nothing is hidden). The last
     candidate's gate failure is raised.
     """
+    if not candidates:
+        raise UsageError("no export format to try")
     refused: list[dict[str, str]] = []
-    for i, fmt in enumerate(candidates):
+    for fmt, nxt in zip(candidates, candidates[1:]):
         try:
             return export(fmt), refused
         except GateError as exc:
-            if i == len(candidates) - 1:
-                raise
-            log.warning("demo: %s; trying %s", exc, candidates[i + 1])
+            log.warning("demo: %s; trying %s", exc, nxt)
             refused.append({"format": fmt, "reason": str(exc)})
-    raise UsageError("no export format to try")
+    return export(candidates[-1]), refused
 
 
 def resolve_pretrained(cfg: DemoConfig) -> bool:
