@@ -44,14 +44,23 @@ def convert_fp32(model: Any) -> bytes:
     return _convert_bytes(export_module(model, as_dict=True), (sample_input(model.preprocess),))
 
 
-def _relu6_quantizer(base: Any) -> Any:
-    """A PT2E quantizer that gives ``conv -> ReLU6`` the fused-ReLU6 output range [0, 6].
+def _fixed_quantizer(base: Any, *, relu6_fix: bool = True, requant_fix: bool = True) -> Any:
+    """``base`` (litert-torch's PT2E quantizer) with two annotation fixes for what TFLite computes.
 
-    litert-torch's quantizer fuses conv+ReLU but not conv+ReLU6 (hardtanh): the hardtanh then
-    shares the observer of the *pre-clamp* conv output, whose range can be several times wider
-    than [0, 6], wasting most of the 256 int8 levels (MobileNetV2 and EfficientNet-Lite are all
-    ReLU6). Here such conv outputs get the fixed range [0, 6] (scale 6/255, zero point -128),
-    which is exactly what TFLite's fused RELU6 activation computes.
+    ``relu6_fix``: litert-torch's quantizer fuses conv+ReLU but not conv+ReLU6 (hardtanh): the
+    hardtanh then shares the observer of the *pre-clamp* conv output, whose range can be several
+    times wider than [0, 6], wasting most of the 256 int8 levels (MobileNetV2 and EfficientNet-Lite
+    are all ReLU6). Such conv outputs get the fixed range [0, 6] (scale 6/255, zero point -128),
+    exactly what TFLite's fused RELU6 activation computes.
+
+    ``requant_fix``: a ``linear`` whose input is already quantised by its producer (the pooled
+    features after ``flatten``) reads it at the producer's scale instead of requantising it. The
+    converter folds such a quantize -> quantize chain in front of FULLY_CONNECTED into ONE int8
+    tensor at the first scale but keeps the bias quantised for the second one, so the int8 model
+    adds a wrongly scaled bias: on a fine-tuned EfficientNet-Lite0 the embedding's median cosine
+    to PyTorch fell from 0.999 (the fake-quantised graph, and the same int8 tensors multiplied out
+    in float) to 0.978. The global pool keeps its own output observer, so the pooled features
+    (mostly far below 6) are not stuck with the clamp's [0, 6] grid.
     """
     import torch
     from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, SharedQuantizationSpec
@@ -59,32 +68,48 @@ def _relu6_quantizer(base: Any) -> Any:
     fixed = FixedQParamsQuantizationSpec(dtype=torch.int8, scale=6.0 / 255.0, zero_point=-128, quant_min=-128,
                                          quant_max=127, qscheme=torch.per_tensor_affine)
     hardtanh = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+    linear = (torch.ops.aten.linear.default,)
+    pools = (torch.ops.aten.adaptive_avg_pool2d.default, torch.ops.aten.mean.dim)
 
-    class ReLU6Quantizer(type(base)):
+    def annotation(node: Any) -> Any:
+        return node.meta.get("quantization_annotation") if isinstance(node, torch.fx.Node) else None
+
+    class FixedQuantizer(type(base)):
         def annotate(self, model):  # noqa: ANN001, ANN201
             model = super().annotate(model)
             for n in model.graph.nodes:
-                if n.op != "call_function" or n.target not in hardtanh:
+                if n.op != "call_function":
                     continue
-                lo, hi = (list(n.args[1:3]) + [-1.0, 1.0])[:2]
-                prev = n.args[0]
-                ann = prev.meta.get("quantization_annotation") if hasattr(prev, "meta") else None
-                if (lo, hi) == (0.0, 6.0) and ann is not None and ann.output_qspec is not None \
-                        and len(prev.users) == 1:
-                    ann.output_qspec = fixed
-                    for user in n.users:  # consumers read the clamped tensor with the same qparams
-                        uann = user.meta.get("quantization_annotation")
-                        if uann is not None and n in uann.input_qspec_map:
-                            uann.input_qspec_map[n] = SharedQuantizationSpec(n)
+                if relu6_fix and n.target in hardtanh:
+                    lo, hi = (list(n.args[1:3]) + [-1.0, 1.0])[:2]
+                    prev = n.args[0]
+                    ann = annotation(prev)
+                    if (lo, hi) == (0.0, 6.0) and ann is not None and ann.output_qspec is not None \
+                            and len(prev.users) == 1:
+                        ann.output_qspec = fixed
+                        for user in n.users:  # consumers read the clamped tensor with the same qparams
+                            uann = annotation(user)
+                            if uann is not None and n in uann.input_qspec_map:
+                                uann.input_qspec_map[n] = SharedQuantizationSpec(n)
+                if requant_fix and n.target in pools:
+                    ann = annotation(n)
+                    if ann is not None and isinstance(ann.output_qspec, SharedQuantizationSpec):
+                        ann.output_qspec = self.global_config.output_activation
+                if requant_fix and n.target in linear:
+                    ann, src = annotation(n), n.args[0]
+                    src_ann = annotation(src)
+                    if ann is not None and src in ann.input_qspec_map and src_ann is not None \
+                            and src_ann.output_qspec is not None:
+                        ann.input_qspec_map[src] = SharedQuantizationSpec(src)
             return model
 
-    q = ReLU6Quantizer()
+    q = FixedQuantizer()
     q.global_config = base.global_config
     return q
 
 
 def quantize_int8_graph(model: Any, calib: np.ndarray, *, per_channel: bool = True, relu6_fix: bool = True,
-                        weight_tuning: bool = True) -> tuple[Any, Any]:
+                        weight_tuning: bool = True, requant_fix: bool = True) -> tuple[Any, Any]:
     """PT2E fake-quantised graph of the export module (batch 1) and its quantizer.
 
     The graph computes in float what the int8 TFLite model computes in integers, so its outputs
@@ -100,8 +125,8 @@ def quantize_int8_graph(model: Any, calib: np.ndarray, *, per_channel: bool = Tr
     graph = torch.export.export(wrapped, (sample_input(model.preprocess),)).module()
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel))
-    if relu6_fix:
-        quantizer = _relu6_quantizer(quantizer)
+    if relu6_fix or requant_fix:
+        quantizer = _fixed_quantizer(quantizer, relu6_fix=relu6_fix, requant_fix=requant_fix)
     prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for i in range(len(calib)):  # the exported graph has a fixed batch of 1
@@ -113,7 +138,7 @@ def quantize_int8_graph(model: Any, calib: np.ndarray, *, per_channel: bool = Tr
 
 
 def convert_int8(model: Any, calib: np.ndarray, *, per_channel: bool = True, relu6_fix: bool = True,
-                 weight_tuning: bool = True) -> bytes:
+                 weight_tuning: bool = True, requant_fix: bool = True) -> bytes:
     """Static int8 TFLite bytes: PT2E observers calibrated on ``calib`` (N,C,H,W) real images.
 
     ``weight_tuning``: re-round per-channel int8 weights against the calibration activations and
@@ -122,7 +147,7 @@ def convert_int8(model: Any, calib: np.ndarray, *, per_channel: bool = True, rel
     from litert_torch.quantize import quant_config
 
     converted, quantizer = quantize_int8_graph(model, calib, per_channel=per_channel, relu6_fix=relu6_fix,
-                                               weight_tuning=weight_tuning)
+                                               weight_tuning=weight_tuning, requant_fix=requant_fix)
     raw = _convert_bytes(converted, (sample_input(model.preprocess),),
                          quant_config.QuantConfig(pt2e_quantizer=quantizer))
     data, changed = float_interface(raw)
