@@ -84,9 +84,10 @@ def export_candidates(first: str) -> list[str]:
     """The device formats the demo tries, in order, until one passes the parity gate.
 
     A TFLite int8 choice is followed by the other TFLite int8 quantizer and then ``tflite-fp32``:
-    two quantizers fail on different models (PT2E int8 on a demo checkpoint: median cosine 0.979;
-    ai-edge-quantizer on the same checkpoint: 0.996), so a tablet gets an int8 model whenever either
-    one behaves like PyTorch. Any other format is the only candidate (its gate failure is an error).
+    the two quantizers can fail on different models (before the PT2E requantize fix in
+    :mod:`export.tflite_export`, PT2E int8 on a demo checkpoint gave median cosine 0.979 and
+    ai-edge-quantizer 0.996), so a tablet gets an int8 model whenever either one behaves like
+    PyTorch. Any other format is the only candidate (its gate failure is an error).
     """
     from export.formats import FORMATS  # the one format table (no heavy imports)
 
