@@ -20,7 +20,8 @@ Calibration is :func:`edge_app.runtime.calibration.fit` (logistic on top similar
 precision 0.9. AUROC carries two 95% bootstrap intervals: over queries, and over PRODUCTS (photos of one
 product move together, so the product interval is the honest one). ECE comes with the ECE a perfectly
 calibrated model would show at the same number of queries (``ece_if_perfectly_calibrated``). Part scores
-are exact (max over a part's images; what ``Identifier.rank`` computes after retrieval).
+are exact (max over a part's images; what ``Identifier.rank`` computes after retrieval). Catalogue images are
+embedded as a bundle embeds them (the mean of the default catalogue views, ``catalogue_views`` in the result).
 """
 from __future__ import annotations
 
@@ -31,16 +32,21 @@ from typing import Any
 
 import numpy as np
 
+from edge_app.catalogue_views import DEFAULT_VIEWS
+
 VIEWS = 3
 
 
-def _embed(ctx: Any, model: str, paths: list[Path], name: str) -> np.ndarray:
+def _embed(ctx: Any, model: str, paths: list[Path], name: str, views: str = "none") -> np.ndarray:
+    """Unit embeddings of ``paths`` with the exported ``model``; catalogue images with the product's
+    catalogue views (:mod:`edge_app.catalogue_views`), query photos once each, as the device does."""
     import hashlib
 
-    key = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:12]
+    key = hashlib.sha256("\n".join([views, *map(str, paths)]).encode()).hexdigest()[:12]
     out = ctx.work_dir / f"emb_{Path(model).stem}_{name}_{key}.npy"
     if out.exists():
         return np.load(out)
+    from edge_app.catalogue_views import embed_with_views
     from edge_app.imageio import load_image
     from edge_app.preprocess import PreprocessSpec, preprocess_image
     from edge_app.runtime.backends import create_backend
@@ -48,12 +54,13 @@ def _embed(ctx: Any, model: str, paths: list[Path], name: str) -> np.ndarray:
 
     spec = PreprocessSpec.from_dict(read_sidecar(model)["preprocess"])
     be = create_backend(model, prefer="tflite")
-    embs = []
-    for p in paths:
-        x = preprocess_image(load_image(p, draft_size=spec.draft_size), spec, layout=be.input_layout)
-        e = be.run(x[None], layout=be.input_layout)["embedding"][0]
-        embs.append(e / np.linalg.norm(e))
-    arr = np.stack(embs).astype(np.float32)
+
+    def run(images: list[Any]) -> np.ndarray:
+        x = [preprocess_image(im, spec, layout=be.input_layout)[None] for im in images]
+        return np.concatenate([be.run(xi, layout=be.input_layout)["embedding"] for xi in x])
+
+    arr = np.concatenate([embed_with_views(run, [load_image(p, draft_size=spec.draft_size)], views)
+                          for p in paths]).astype(np.float32)
     np.save(out, arr)
     return arr
 
@@ -151,7 +158,7 @@ def _measure(ctx: Any, exp: dict[str, Any], iconic: dict[int, Path], train: dict
             cat_paths.append(path)
             cat_part.append(p)
     cat_part = np.array(cat_part)
-    cat = _embed(ctx, model, cat_paths, "catalogue")
+    cat = _embed(ctx, model, cat_paths, "catalogue", views=DEFAULT_VIEWS)
     known_list = sorted(known)
     cal_q = [(p, path) for p in cal_products for path in cal_photos.get(p, [])]
     cal_emb = _embed(ctx, model, [x[1] for x in cal_q], "calq")
@@ -191,6 +198,7 @@ def _measure(ctx: Any, exp: dict[str, Any], iconic: dict[int, Path], train: dict
                 mv[f].append(_ranking(views, cat, cat_part, known_list, fusion=f)[0][0] == p)
     return {
         "model": Path(model).name, "model_format": exp["format"], "gate": exp["gate"],
+        "catalogue_views": DEFAULT_VIEWS,
         "auroc_bootstrap_resamples": 1000, "catalogue_images": len(cat_paths), "known_products": len(known),
         "calibration_products": len(cal_products), "evaluation_products": len(eval_products),
         "calibration_queries": len(cal_q), "eval_queries": len(ev_q),

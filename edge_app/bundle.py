@@ -140,6 +140,9 @@ def validate_manifest(manifest: object, what: str = "manifest") -> dict[str, Any
     index = manifest["index"]
     if not isinstance(index, dict) or index.get("space") != "cosine":
         raise IntegrityError(f"{what}: index.space must be 'cosine'")
+    catalogue = manifest.get("catalogue", {})
+    if not isinstance(catalogue, dict) or not isinstance(catalogue.get("views", "none"), str):
+        raise IntegrityError(f"{what}: catalogue.views must be the name of a view set")
     if not isinstance(manifest["preprocess"], dict):
         raise IntegrityError(f"{what}: 'preprocess' must be a mapping")
     try:
@@ -180,6 +183,11 @@ class Bundle:
     @property
     def preprocess(self) -> PreprocessSpec:
         return PreprocessSpec.from_dict(self.manifest["preprocess"])
+
+    @property
+    def catalogue_views(self) -> str:
+        """How the catalogue vectors were made (:mod:`edge_app.catalogue_views`; ``none`` in older bundles)."""
+        return str((self.manifest.get("catalogue") or {}).get("views", "none"))
 
     @property
     def paths(self) -> dict[str, Path]:

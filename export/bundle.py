@@ -151,19 +151,24 @@ def build_bundle(
     outputs: Mapping[str, Any] | None = None,
     index: IndexParams = IndexParams(),
     created_at: str | None = None,
+    catalogue_views: str = "none",
 ) -> Path:
     """Write a signed bundle under ``root``; return its folder ``root/<bundle_id>``.
 
     ``model_files`` maps bundle names (``model.tflite``, ``model.onnx``) to source files.
     ``embeddings`` are the catalogue embeddings computed with the exported model (see
     :func:`export.catalogue.embed_images`); they are stored L2-normalised. ``calibration``
-    (confidence thresholds etc.) is owned by the runtime and copied as given.
+    (confidence thresholds etc.) is owned by the runtime and copied as given. ``catalogue_views``
+    names how ``embeddings`` were made (:mod:`edge_app.catalogue_views`); the hub repeats it.
     Refuses (:class:`UsageError`) a version that exists under ``root`` or is not newer than it.
     """
     root = Path(root)
     model_files = {k: Path(v) for k, v in model_files.items()}
     raw = np.asarray(embeddings, dtype=np.float32)
     _check_inputs(kind, model_files, labels, raw, catalogue_rows, version)
+    from edge_app.catalogue_views import check_views
+
+    check_views(catalogue_views)
     if not np.all(np.linalg.norm(raw, axis=1) > 0):
         raise InputError("catalogue embeddings contain all-zero rows")
     emb = l2_normalize(raw)
@@ -214,7 +219,7 @@ def build_bundle(
             "index": {"space": "cosine", "M": index.M, "ef_construction": index.ef_construction,
                       "ef_search": index.ef_search},
             "catalogue": {"count": int(emb.shape[0]), "normalized": True,
-                          "parts": len({r["part_number"] for r in rows})},
+                          "parts": len({r["part_number"] for r in rows}), "views": catalogue_views},
             "calibration": dict(calibration or {}),
             "key_id": key.key_id,
         }

@@ -43,13 +43,17 @@ def part_scores(queries: np.ndarray, catalogue: np.ndarray, parts: Sequence[str]
 
 def fit_bundle_calibration(run: Runner, spec: PreprocessSpec, catalogue: Sequence[CatalogueImage],
                            positives: Sequence[CatalogueImage], negatives: Sequence[CatalogueImage], *,
-                           target_precision: float = 0.9) -> dict[str, Any]:
-    """Fit the calibration dict stored in a bundle manifest (``Calibration.to_dict()``)."""
+                           target_precision: float = 0.9, catalogue_views: str = "none") -> dict[str, Any]:
+    """Fit the calibration dict stored in a bundle manifest (``Calibration.to_dict()``).
+
+    ``catalogue_views``: the bundle's catalogue view set (the catalogue must be embedded as the
+    device's index is); the photos are embedded once each, as the device embeds a query.
+    """
     from edge_app.runtime.calibration import fit
 
     if not positives or not negatives:
         raise InputError("calibration needs photos of catalogue parts and of parts outside the catalogue")
-    cat_emb, cat_rows = embed_catalogue(run, catalogue, spec)
+    cat_emb, cat_rows = embed_catalogue(run, catalogue, spec, views=catalogue_views)
     q_emb, q_rows = embed_catalogue(run, [*positives, *negatives], spec)
     names, scores = part_scores(q_emb, cat_emb, [r["part_number"] for r in cat_rows])
     order = np.argsort(-scores, axis=1)

@@ -54,11 +54,19 @@ def catalogue_from_dir(root: str | os.PathLike[str]) -> list[CatalogueImage]:
 
 
 def embed_catalogue(run: Callable[[np.ndarray], Mapping[str, np.ndarray]], items: Sequence[CatalogueImage],
-                    spec: PreprocessSpec, *, batch_size: int = 16) -> tuple[np.ndarray, list[dict[str, str]]]:
-    """Embed catalogue images with ``run`` -> (float32 (N, D) raw embeddings, rows in the same order).
+                    spec: PreprocessSpec, *, batch_size: int = 16, views: str = "none"
+                    ) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """Embed catalogue images with ``run`` -> (float32 (N, D) embeddings, rows in the same order).
 
-    Unreadable images are left out with a warning naming the file (and are not in the rows).
+    ``views``: a :mod:`edge_app.catalogue_views` view set; each image's vector is the normalised
+    mean of its views' embeddings (``none``: the image alone, raw embedding). Query photos are
+    embedded with ``views="none"``. Unreadable images are left out with a warning naming the file
+    (and are not in the rows).
     """
+    from edge_app.catalogue_views import VIEW_SETS, check_views, mean_of_views
+    from edge_app.catalogue_views import views as make_views
+
+    n_views = VIEW_SETS[check_views(views)]
     embs: list[np.ndarray] = []
     rows: list[dict[str, str]] = []
     batch: list[np.ndarray] = []
@@ -69,7 +77,8 @@ def embed_catalogue(run: Callable[[np.ndarray], Mapping[str, np.ndarray]], items
             out = run(np.stack(batch).astype(np.float32))
             if "embedding" not in out:
                 raise InputError(f"the model has no output named 'embedding' (has: {', '.join(out)})")
-            embs.append(np.asarray(out["embedding"], dtype=np.float32))
+            e = np.asarray(out["embedding"], dtype=np.float32)
+            embs.append(e if views == "none" else mean_of_views(e, n_views))
             rows.extend({"image_id": c.image_id, "part_number": c.part_number} for c in pending)
             batch.clear()
             pending.clear()
@@ -80,9 +89,9 @@ def embed_catalogue(run: Callable[[np.ndarray], Mapping[str, np.ndarray]], items
         except InputError as exc:
             log.warning("catalogue image skipped: %s", exc)
             continue
-        batch.append(preprocess_image(img, spec))
+        batch.extend(preprocess_image(v, spec) for v in make_views(img, views))
         pending.append(item)
-        if len(batch) >= batch_size:
+        if len(pending) >= batch_size:
             flush()
     flush()
     if not rows:

@@ -7,6 +7,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edge_app.catalogue_views import DEFAULT_VIEWS, VIEW_SETS
+
 
 def _keys_init(args: argparse.Namespace) -> int:
     from edge_app.signing import init_key
@@ -66,7 +68,7 @@ def _bundle_build(args: argparse.Namespace) -> int:
                                calibration=_load_json_arg(args.calibration, "calibration"),
                                accuracy=_load_json_arg(args.accuracy, "accuracy"),
                                index=IndexParams(M=args.M, ef_construction=args.ef_construction,
-                                                 ef_search=args.ef_search))
+                                                 ef_search=args.ef_search), catalogue_views=args.catalogue_views)
     print(path)
     if args.archive:
         print(write_archive(path, args.archive))
@@ -158,6 +160,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     bb.add_argument("--M", type=int, default=16, help="hnswlib M (default 16)")
     bb.add_argument("--ef-construction", type=int, default=200, help="hnswlib ef_construction (default 200)")
     bb.add_argument("--ef-search", type=int, default=64, help="hnswlib ef at query time (default 64)")
+    bb.add_argument("--catalogue-views", choices=sorted(VIEW_SETS), default=DEFAULT_VIEWS,
+                    help="each catalogue vector is the mean of these fixed views of the image; the hub embeds "
+                         f"added parts the same way (default {DEFAULT_VIEWS}; none = the image alone)")
     bb.add_argument("--archive", help="also write a .tar of the bundle here")
     bb.set_defaults(func=_bundle_build)
 

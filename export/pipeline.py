@@ -178,12 +178,16 @@ def read_sidecar(model_path: str | os.PathLike[str]) -> dict[str, Any]:
 def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.PathLike[str]], *,
                         catalogue_dir: str | os.PathLike[str], key: SigningKey, version: int, kind: str = "device",
                         calibration: Mapping[str, Any] | None = None, accuracy: Mapping[str, Any] | None = None,
-                        index: Any = None) -> Path:
+                        index: Any = None, catalogue_views: str | None = None) -> Path:
     """Build a signed bundle from exported model files (with sidecars) and a catalogue folder.
 
     The catalogue is embedded with the bundle's TFLite model (the one the device runs); a
-    desktop bundle with only ONNX uses that.
+    desktop bundle with only ONNX uses that. ``catalogue_views`` (default
+    :data:`edge_app.catalogue_views.DEFAULT_VIEWS`) is recorded in the manifest, so the hub
+    embeds parts added later the same way.
     """
+    from edge_app.catalogue_views import DEFAULT_VIEWS, check_views
+
     from .bundle import IndexParams, build_bundle
     from .catalogue import catalogue_from_dir, embed_catalogue
     from .runners import file_runner
@@ -204,7 +208,8 @@ def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.
                 raise UsageError(f"{path}: {k} differs from the other exported model")
     spec = PreprocessSpec.from_dict(first["preprocess"])
     device_model = files.get("model.tflite") or files["model.onnx"]
-    emb, rows = embed_catalogue(file_runner(device_model), catalogue_from_dir(catalogue_dir), spec)
+    views = check_views(catalogue_views or DEFAULT_VIEWS)
+    emb, rows = embed_catalogue(file_runner(device_model), catalogue_from_dir(catalogue_dir), spec, views=views)
     by_fmt = {s["format"]: s for s in sides.values()}
     return build_bundle(
         root, version=version, model_name=first["model_name"], model_files=files, kind=kind, preprocess=spec,
@@ -212,5 +217,5 @@ def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.
         quantization={f: s["quantization"] | {"metadata": s.get("metadata"), "io": s.get("io")}
                       for f, s in by_fmt.items()},
         parity={f: s["parity"] for f, s in by_fmt.items()},
-        accuracy=accuracy, calibration=calibration, index=index or IndexParams(),
+        accuracy=accuracy, calibration=calibration, index=index or IndexParams(), catalogue_views=views,
     )

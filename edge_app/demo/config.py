@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..catalogue_views import DEFAULT_VIEWS, check_views
 from ..errors import UsageError
 
 SITE = "site_a"
@@ -37,6 +38,7 @@ class DemoConfig:
     outside_parts: int = 4
     generate_size: int = 256
     export_format: str = "tflite-int8"
+    catalogue_views: str = DEFAULT_VIEWS  # how catalogue images are embedded (edge_app.catalogue_views)
     starter_bundle: str | None = None  # also copy the device bundle here (the APK's starter bundle)
     quick: bool = False
 
@@ -61,6 +63,7 @@ class DemoConfig:
             raise UsageError(f"freeze_stages must be >= 0, got {self.freeze_stages}")
         if self.image_size < 32:
             raise UsageError(f"image_size must be >= 32, got {self.image_size}")
+        check_views(self.catalogue_views)
         if not 32 <= self.generate_size <= 2048:
             raise UsageError(f"generate_size must be 32-2048, got {self.generate_size}")
 

@@ -194,11 +194,12 @@ class DemoRun:
         calib = self.data / "calibration"
         positives = [CatalogueImage(p, p.name, pn) for p, pn in metrics.field_photos(calib, self.parts["known"])]
         negatives = [CatalogueImage(p, p.name, pn) for p, pn in metrics.field_photos(calib, self.parts["outside"])]
+        views = self.cfg.catalogue_views
         calibration = fit_bundle_calibration(runner, spec, catalogue_from_dir(self.data / "known"), positives,
-                                             negatives)
+                                             negatives, catalogue_views=views)
         self.bundle_dir = bundle_from_exports(self.out / "bundles", [self.exported["path"]],
                                               catalogue_dir=self.data / "known", key=key, version=1,
-                                              calibration=calibration,
+                                              calibration=calibration, catalogue_views=views,
                                               accuracy={"val_top1": self.run.best_top1, "split": "demo"})
         self.report["bundle"] = {"path": str(self.bundle_dir), "bundle_id": self.bundle_dir.name,
                                  "calibration_threshold": calibration["threshold"],

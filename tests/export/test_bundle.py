@@ -254,3 +254,18 @@ def test_cli_keys_and_verify(tmp_path: Path, key: SigningKey, capsys: pytest.Cap
     (path / "index.hnsw").write_bytes(b"tampered")
     assert main(["bundle", "verify", str(path), "--keyring", str(pub)]) == 4
     assert "error" in capsys.readouterr().err
+
+
+def test_catalogue_view_set_is_recorded_checked_and_read_back(tmp_path: Path, key: SigningKey,
+                                                             keyring: Keyring) -> None:
+    old = load_bundle(_build(tmp_path / "a", key), keyring)
+    assert old.manifest["catalogue"]["views"] == "none" and old.catalogue_views == "none"
+    b = load_bundle(_build(tmp_path / "b", key, catalogue_views="flip-crop5"), keyring)
+    assert b.catalogue_views == "flip-crop5"
+    with pytest.raises(UsageError, match="unknown catalogue view set"):
+        _build(tmp_path / "c", key, catalogue_views="ten-crop")
+    _resign(b.root, key, lambda m: m["catalogue"].pop("views"))  # bundles from before the key
+    assert load_bundle(b.root, keyring).catalogue_views == "none"
+    _resign(b.root, key, lambda m: m["catalogue"].update(views=7))
+    with pytest.raises(IntegrityError, match="catalogue.views"):
+        load_bundle(b.root, keyring)

@@ -275,12 +275,16 @@ def test_tflite_int8_export_with_metadata_and_bundle(tiny_model, image_dirs, tmp
     b = load_bundle(bundle_dir, Keyring({key.key_id: key.public_raw}))
     assert b.manifest["quantization"]["tflite-int8"]["calibration_images"] == 32
     assert b.manifest["parity"]["tflite-int8"]["passed"] and b.manifest["calibration"] == {"threshold": 0.42}
-    # catalogue embeddings are those of the exported TFLite model, normalised
-    raw, rows = embed_catalogue(tflite_runner(b.model_path("tflite")), catalogue_from_dir(image_dirs["catalogue"]),
-                                b.preprocess)
+    # catalogue embeddings are those of the exported TFLite model, normalised, made with the default views
+    assert b.catalogue_views == "flip-crop5"
+    runner, items = tflite_runner(b.model_path("tflite")), catalogue_from_dir(image_dirs["catalogue"])
+    raw, rows = embed_catalogue(runner, items, b.preprocess, views="flip-crop5")
     expect = raw / np.linalg.norm(raw, axis=1, keepdims=True)
     np.testing.assert_allclose(b.load_embeddings(), expect, atol=1e-6)
     assert b.load_catalogue_rows() == rows and rows[0]["part_number"] == "P0"
+    single, _ = embed_catalogue(runner, items, b.preprocess)
+    single /= np.linalg.norm(single, axis=1, keepdims=True)
+    assert np.abs(single - expect).max() > 1e-3  # the views really change the stored vectors
 
 
 def test_metadata_writer_failure_is_reported() -> None:

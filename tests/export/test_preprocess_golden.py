@@ -95,7 +95,7 @@ def test_all_paths_match_reference_within_one_lsb(tmp_path: Path, spec: Preproce
         seen["x"] = batch
         return {"embedding": np.zeros((len(batch), 4), np.float32)}
 
-    fake_bundle = SimpleNamespace(bundle_id="v1-000000000000", preprocess=spec, embedding_dim=4)
+    fake_bundle = SimpleNamespace(bundle_id="v1-000000000000", preprocess=spec, embedding_dim=4, catalogue_views="none")
     BundleEmbedder(fake_bundle, SimpleNamespace(run=run))([img])
     assert np.all(np.abs(seen["x"][0] - ref) <= lsb * 1.0001)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from .helpers import make_key
 
@@ -52,5 +53,31 @@ def test_bundle_embedder_decodes_at_the_bundle_draft_size() -> None:
     from sync.embedder import BundleEmbedder
 
     spec = PreprocessSpec(size=(64, 48))
-    emb = BundleEmbedder(SimpleNamespace(bundle_id="b1", preprocess=spec, embedding_dim=4), backend=None)
+    emb = BundleEmbedder(SimpleNamespace(bundle_id="b1", preprocess=spec, embedding_dim=4, catalogue_views="none"),
+                         backend=None)
     assert emb.draft_size == spec.draft_size == (96, 128)
+
+
+def test_bundle_embedder_uses_the_bundles_catalogue_views() -> None:
+    from PIL import Image
+
+    from edge_app.catalogue_views import embed_with_views
+    from edge_app.errors import UsageError
+    from edge_app.preprocess import PreprocessSpec
+    from sync.embedder import BundleEmbedder
+
+    class MeanColour:  # a view-dependent stand-in for the model
+        def run(self, batch):
+            return {"embedding": np.concatenate([batch.mean(axis=(2, 3)), np.ones((len(batch), 1))], axis=1)}
+
+    spec = PreprocessSpec(size=(32, 32))
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8), "RGB")
+    plain = BundleEmbedder(SimpleNamespace(bundle_id="b", preprocess=spec, embedding_dim=4, catalogue_views="none"),
+                           backend=MeanColour())
+    viewed = BundleEmbedder(SimpleNamespace(bundle_id="b", preprocess=spec, embedding_dim=4,
+                                            catalogue_views="flip-crop5"), backend=MeanColour())
+    out = viewed([img])
+    np.testing.assert_allclose(out, embed_with_views(plain, [img], "flip-crop5"), rtol=1e-6)
+    assert not np.allclose(out / np.linalg.norm(out), plain([img]) / np.linalg.norm(plain([img])))
+    with pytest.raises(UsageError, match="unknown catalogue view set"):
+        BundleEmbedder(SimpleNamespace(bundle_id="b", preprocess=spec, embedding_dim=4, catalogue_views="x"), None)

@@ -187,7 +187,11 @@ def test_new_hub_part_ranks_first_on_device_after_one_sync(tmp_path: Path) -> No
                 after = ident.identify([q], top=5)
                 assert after.matches[0].part_number == pn, (pn, [(m.part_number, m.similarity)
                                                                  for m in after.matches])
-            # the device holds, for each uploaded image, the vector its own backend computes for it
+            # the device holds, for each uploaded image, the vector its own backend computes for it (the mean of
+            # the bundle's catalogue views: the hub embedded the image as the bundle builder did)
+            from edge_app.catalogue_views import embed_with_views
+
+            assert ident.bundle.catalogue_views == "flip-crop5"  # the product default
             hub_rows = [r for r in hub.store.live_images() if r["part_number"] in NEW]
             assert len(hub_rows) == len(NEW) * len(UPLOADED)
             db = ident.db
@@ -197,7 +201,7 @@ def test_new_hub_part_ranks_first_on_device_after_one_sync(tmp_path: Path) -> No
             for row in hub_rows:
                 images, skipped = ident.decode([hub.image_path(row)])  # the device's own decode path
                 assert not skipped
-                own = ident.embed(images)[0]
+                own = embed_with_views(ident.embed, images, ident.bundle.catalogue_views)[0]
                 stored = by_image[row["image_id"]]
                 # float16 on the wire: half an ulp is <= 2.5e-4 for components of a unit vector. A hub that
                 # decoded without the device's JPEG draft mode was off by 1.3e-3 .. 6.3e-3 here.

@@ -45,6 +45,9 @@ def test_grocery_benchmarks_on_stand_in(tmp_path: Path) -> None:
     assert r["folds"] == 2 and all(row["held_out_products"] == 1 for row in r["table"])
     assert all(row["new_val_photos"] == 2 for row in r["table"])
     assert all(0 <= row["frozen_new_recall@1"] <= 1 for row in r["table"]) and "frozen_new_recall@1_mean" in r
+    # the headline uses the product's catalogue views; the single-view number stays beside it
+    assert r["catalogue_views"] == "flip-crop5"
+    assert all(0 <= row["new_recall@1_no_views"] <= 1 and 0 <= row["seen_recall@1"] <= 1 for row in r["table"])
     # catalogue images are trained on: all 5 in the grocery run, only the 4 trained products' in each fold
     import json
 

@@ -1,0 +1,65 @@
+"""Catalogue-view averaging: one catalogue image -> several fixed views -> one mean embedding.
+
+A catalogue image (often a clean studio shot) is one framing of the part; a field photo is
+another. Embedding a few fixed views of each catalogue image (the image, its mirror, and
+centre and corner crops at 80% side) and storing their L2-normalised mean as the image's one
+vector makes the catalogue side less sensitive to framing, with no retraining, no extra index
+entries and no schema change: the device still stores one vector per image and still embeds
+a query photo once. Measured on grocery (``benchmarks/results/train-grocery-new-products.md``).
+
+The view set is part of the bundle (``manifest["catalogue"]["views"]``): the bundle builder,
+the calibration and the hub must embed catalogue images the same way, or the vectors of parts
+added later differ from the bundle's. Pillow and NumPy only (the hub and the tablet import it).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import UsageError
+
+#: view set name -> number of views. ``none``: the image as it is (bundles without the key).
+VIEW_SETS = {"none": 1, "flip-crop5": 7}
+DEFAULT_VIEWS = "flip-crop5"
+CROP_SIDE = 0.8
+
+
+def check_views(name: str) -> str:
+    """``name`` if it is a known view set, else :class:`UsageError`."""
+    if name not in VIEW_SETS:
+        raise UsageError(f"unknown catalogue view set {name!r} (known: {', '.join(VIEW_SETS)})")
+    return name
+
+
+def views(img: Any, name: str) -> list[Any]:
+    """The fixed views of a decoded PIL image for view set ``name`` (the image itself first)."""
+    check_views(name)
+    if name == "none":
+        return [img]
+    from PIL import Image
+
+    w, h = img.size
+    cw, ch = max(1, round(w * CROP_SIDE)), max(1, round(h * CROP_SIDE))
+    corners = [((w - cw) // 2, (h - ch) // 2), (0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch)]
+    return [img, img.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+            *(img.crop((x, y, x + cw, y + ch)) for x, y in corners)]
+
+
+def mean_of_views(vectors: np.ndarray, n_views: int) -> np.ndarray:
+    """(N * n_views, D) raw view embeddings, image-major -> (N, D) L2-normalised means of unit views."""
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.ndim != 2 or len(v) % n_views:
+        raise UsageError(f"{v.shape} view embeddings are not a multiple of {n_views} views")
+    unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    m = unit.reshape(-1, n_views, v.shape[1]).mean(axis=1)
+    return (m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def embed_with_views(embed: Callable[[Sequence[Any]], np.ndarray], images: Sequence[Any], name: str) -> np.ndarray:
+    """``embed(list of PIL images) -> (N, D)`` applied to every view; (len(images), D) unit vectors."""
+    n = VIEW_SETS[check_views(name)]
+    if not images:
+        return np.zeros((0, 0), np.float32)
+    expanded = [v for img in images for v in views(img, name)]
+    return mean_of_views(np.asarray(embed(expanded), dtype=np.float32), n)
