@@ -21,7 +21,8 @@ precision 0.9. AUROC carries two 95% bootstrap intervals: over queries, and over
 product move together, so the product interval is the honest one). ECE comes with the ECE a perfectly
 calibrated model would show at the same number of queries (``ece_if_perfectly_calibrated``). Part scores
 are exact (max over a part's images; what ``Identifier.rank`` computes after retrieval). Catalogue images are
-embedded as a bundle embeds them (the mean of the default catalogue views, ``catalogue_views`` in the result).
+embedded as a bundle stores them: the iconic images as the mean of the default catalogue views (``catalogue_views``
+in the result), the catalogue's phone photos once.
 """
 from __future__ import annotations
 
@@ -158,7 +159,15 @@ def _measure(ctx: Any, exp: dict[str, Any], iconic: dict[int, Path], train: dict
             cat_paths.append(path)
             cat_part.append(p)
     cat_part = np.array(cat_part)
-    cat = _embed(ctx, model, cat_paths, "catalogue", views=DEFAULT_VIEWS)
+    # as a bundle stores them: the iconic (reference) images as the mean of the catalogue views, the two
+    # phone photos per product (field photos added to the catalogue) once
+    ref = np.array([path == iconic[p] for path, p in zip(cat_paths, cat_part)])
+    cat = np.zeros((len(cat_paths), 0), np.float32)
+    for mask, name, views in ((ref, "catalogue_ref", DEFAULT_VIEWS), (~ref, "catalogue_photos", "none")):
+        e = _embed(ctx, model, [q for q, m in zip(cat_paths, mask) if m], name, views=views)
+        if not cat.shape[1]:
+            cat = np.zeros((len(cat_paths), e.shape[1]), np.float32)
+        cat[mask] = e
     known_list = sorted(known)
     cal_q = [(p, path) for p in cal_products for path in cal_photos.get(p, [])]
     cal_emb = _embed(ctx, model, [x[1] for x in cal_q], "calq")

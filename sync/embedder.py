@@ -8,9 +8,10 @@ inject small deterministic embedders with the same protocol.
 An embedder may also set ``draft_size`` (JPEG draft-decode size, width x height): the hub then
 decodes images exactly as the device (``Identifier.decode``) and the bundle builder
 (``export.catalogue.embed_catalogue``) do, ``load_image(path, draft_size=spec.draft_size)``, so a
-hub vector equals the one the device computes for the same image. :class:`BundleEmbedder` also
-embeds each catalogue image with the bundle's catalogue view set (``manifest["catalogue"]["views"]``,
-:mod:`edge_app.catalogue_views`), as the bundle builder did.
+hub vector equals the one the device computes for the same image. An embedder may also set
+``catalogue_views`` (:class:`BundleEmbedder`: the bundle's ``manifest["catalogue"]["views"]``): the hub
+then embeds reference images (kind ``catalogue``) as the mean of those views, as the bundle builder did
+(:mod:`edge_app.catalogue_views`); embedders without it embed every image once.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from edge_app.catalogue_views import check_views, embed_with_views
+from edge_app.catalogue_views import check_views
 from edge_app.signing import Keyring
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,10 @@ class BundleEmbedder:
         #: decode JPEGs like the device (``Identifier.decode``) and the bundle builder (``embed_catalogue``)
         self.draft_size: tuple[int, int] = bundle.preprocess.draft_size
         self.batch_size = batch_size
-        #: catalogue images are embedded as the bundle builder embedded them (its view set)
-        self.views = check_views(bundle.catalogue_views)
+        #: the hub embeds reference images as the bundle builder did (this view set)
+        self.catalogue_views = check_views(bundle.catalogue_views)
 
     def __call__(self, images: Sequence[Any]) -> np.ndarray:
-        """Catalogue images -> (N, D): each the mean of the bundle's views (one view for ``none``)."""
-        return embed_with_views(self._embed, images, self.views) if images else self._embed(images)
-
-    def _embed(self, images: Sequence[Any]) -> np.ndarray:
         from edge_app.preprocess import preprocess_image
 
         out = []

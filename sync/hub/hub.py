@@ -41,6 +41,14 @@ EMBED_BATCH = 32
 IMAGE_SUFFIXES = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png", ".webp": ".webp", ".bmp": ".bmp"}
 
 
+def _checked_vectors(vecs: Any, n: int) -> np.ndarray:
+    """An embedder's output as float32 (n, D), or :class:`UsageError`."""
+    v = np.asarray(vecs, dtype=np.float32)
+    if v.ndim != 2 or len(v) != n or not np.all(np.isfinite(v)):
+        raise UsageError(f"embedder returned {v.shape} for {n} images (or non-finite values)")
+    return v
+
+
 class Hub:
     """One hub folder. Open with :meth:`open` (or :meth:`init` to create one)."""
 
@@ -135,17 +143,30 @@ class Hub:
         """Embed stored catalogue images (batched), decoded like the device decodes a photo.
 
         The embedder's optional ``draft_size`` is the JPEG draft-decode size of its bundle: the device
-        and the bundle builder decode with it, so the hub must too (else its vectors differ).
+        and the bundle builder decode with it, so the hub must too (else its vectors differ). Its
+        optional ``catalogue_views`` is the bundle's view set: reference images (kind ``catalogue``)
+        are stored as the mean of those views, as the bundle builder stored them; field photos once.
         """
+        from edge_app.catalogue_views import VIEWED_KINDS, check_views, embed_with_views
         from edge_app.imageio import load_image
 
         draft = getattr(embedder, "draft_size", None)
+        views = check_views(getattr(embedder, "catalogue_views", "none"))
         out = []
         for i in range(0, len(rows), EMBED_BATCH):
-            imgs = [load_image(self.image_path(r), draft_size=draft) for r in rows[i:i + EMBED_BATCH]]
-            vecs = np.asarray(embedder(imgs), dtype=np.float32)
-            if vecs.ndim != 2 or len(vecs) != len(imgs) or not np.all(np.isfinite(vecs)):
-                raise UsageError(f"embedder returned {vecs.shape} for {len(imgs)} images (or non-finite values)")
+            chunk = rows[i:i + EMBED_BATCH]
+            imgs = [load_image(self.image_path(r), draft_size=draft) for r in chunk]
+            viewed = np.array([views != "none" and r["kind"] in VIEWED_KINDS for r in chunk], dtype=bool)
+            parts = []
+            if (~viewed).any():
+                parts.append((np.flatnonzero(~viewed), embedder([im for im, v in zip(imgs, viewed) if not v])))
+            if viewed.any():
+                ref = [im for im, v in zip(imgs, viewed) if v]
+                parts.append((np.flatnonzero(viewed), embed_with_views(embedder, ref, views)))
+            checked = [(idx, _checked_vectors(got, len(idx))) for idx, got in parts]
+            vecs = np.zeros((len(chunk), checked[0][1].shape[1]), np.float32)
+            for idx, got in checked:
+                vecs[idx] = got
             out.append(vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 

@@ -25,10 +25,10 @@ class SizeRecorder:
         return np.ones((len(images), 4), np.float32)
 
 
-def _jpeg(size: int) -> bytes:
+def _jpeg(size: int, seed: int = 0) -> bytes:
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB").save(buf, "JPEG")
     return buf.getvalue()
@@ -58,26 +58,35 @@ def test_bundle_embedder_decodes_at_the_bundle_draft_size() -> None:
     assert emb.draft_size == spec.draft_size == (96, 128)
 
 
-def test_bundle_embedder_uses_the_bundles_catalogue_views() -> None:
-    from PIL import Image
-
+def test_hub_embeds_reference_images_with_the_bundles_views_and_field_photos_once(tmp_path: Path) -> None:
     from edge_app.catalogue_views import embed_with_views
+    from edge_app.imageio import load_image
     from edge_app.errors import UsageError
     from edge_app.preprocess import PreprocessSpec
     from sync.embedder import BundleEmbedder
+    from sync.hub.hub import Hub
 
     class MeanColour:  # a view-dependent stand-in for the model
         def run(self, batch):
             return {"embedding": np.concatenate([batch.mean(axis=(2, 3)), np.ones((len(batch), 1))], axis=1)}
 
     spec = PreprocessSpec(size=(32, 32))
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8), "RGB")
-    plain = BundleEmbedder(SimpleNamespace(bundle_id="b", preprocess=spec, embedding_dim=4, catalogue_views="none"),
-                           backend=MeanColour())
-    viewed = BundleEmbedder(SimpleNamespace(bundle_id="b", preprocess=spec, embedding_dim=4,
-                                            catalogue_views="flip-crop5"), backend=MeanColour())
-    out = viewed([img])
-    np.testing.assert_allclose(out, embed_with_views(plain, [img], "flip-crop5"), rtol=1e-6)
-    assert not np.allclose(out / np.linalg.norm(out), plain([img]) / np.linalg.norm(plain([img])))
+
+    def embedder(views: str) -> BundleEmbedder:
+        return BundleEmbedder(SimpleNamespace(bundle_id="b1", preprocess=spec, embedding_dim=4,
+                                              catalogue_views=views), backend=MeanColour())
+
+    viewed, plain = embedder("flip-crop5"), embedder("none")
+    assert viewed.catalogue_views == "flip-crop5"
+    key, _, _ = make_key(tmp_path / "keys")
+    hub = Hub.init(tmp_path / "hub", key)
+    rows = [hub.store_image(_jpeg(64, 1), "P0"), hub.store_image(_jpeg(64, 2), "P0", kind="field")]
+    imgs = [load_image(hub.image_path(r), draft_size=viewed.draft_size) for r in rows]
+    got = hub.embed_rows(rows, viewed)
+    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(got[0], embed_with_views(plain, imgs[:1], "flip-crop5")[0], rtol=1e-5)
+    np.testing.assert_allclose(got[1], unit(plain(imgs[1:]))[0], rtol=1e-5)  # a field photo: once
+    assert not np.allclose(got[0], unit(plain(imgs[:1]))[0], atol=1e-4)  # the views changed the reference image
+    np.testing.assert_allclose(hub.embed_rows(rows, plain), unit(plain(imgs)), rtol=1e-5)
     with pytest.raises(UsageError, match="unknown catalogue view set"):
-        BundleEmbedder(SimpleNamespace(bundle_id="b", preprocess=spec, embedding_dim=4, catalogue_views="x"), None)
+        embedder("x")

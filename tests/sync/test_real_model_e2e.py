@@ -201,6 +201,7 @@ def test_new_hub_part_ranks_first_on_device_after_one_sync(tmp_path: Path) -> No
             for row in hub_rows:
                 images, skipped = ident.decode([hub.image_path(row)])  # the device's own decode path
                 assert not skipped
+                assert row["kind"] == "catalogue"  # reference images: the mean of the bundle's views
                 own = embed_with_views(ident.embed, images, ident.bundle.catalogue_views)[0]
                 stored = by_image[row["image_id"]]
                 # float16 on the wire: half an ulp is <= 2.5e-4 for components of a unit vector. A hub that
