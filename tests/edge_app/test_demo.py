@@ -202,17 +202,28 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
 @pytest.mark.slow
 def test_quick_demo_new_parts_are_found_after_one_sync(quick_demo) -> None:
     """Model-independent proof that the hub embedded the new parts with the model the tablet runs:
-    each new part's own catalogue photo, identified on the tablet, finds that part first."""
+    each new part's own catalogue photo, identified on the tablet, finds that part first, and the
+    vector the sync delivered for it is what the tablet's model makes of that photo (the mean of the
+    bundle's catalogue views, as the hub stores reference images)."""
+    import numpy as np
+
+    from edge_app.catalogue_views import embed_with_views
     from edge_app.demo import device_identifier
 
     root, report, _ = quick_demo
     ident = device_identifier(root / "run" / "tablet")
     try:
+        assert ident.bundle.catalogue_views == report["config"]["catalogue_views"] == "flip-crop5"
+        labels, vectors = ident.db.all_embeddings(ident.bundle_id)
+        names = ident.db.embedding_labels(ident.bundle_id)
         for pn in report["parts"]["new"]:
             photo = sorted((root / "run" / "data" / "new" / "images" / pn).glob("catalogue_*.jpg"))[0]
             res = ident.identify([photo], top=3)
             assert res.matches[0].part_number == pn
-            assert res.matches[0].similarity > 0.99
+            images, _ = ident.decode([photo])
+            own = embed_with_views(ident.embed, images, ident.bundle.catalogue_views)[0]
+            stored = vectors[[names[int(lab)][1] == pn for lab in labels]]
+            assert len(stored) and float((stored @ own).max()) > 0.9999
     finally:
         ident.db.close()
 
