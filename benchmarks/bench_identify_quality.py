@@ -162,12 +162,10 @@ def _measure(ctx: Any, exp: dict[str, Any], iconic: dict[int, Path], train: dict
     # as a bundle stores them: the iconic (reference) images as the mean of the catalogue views, the two
     # phone photos per product (field photos added to the catalogue) once
     ref = np.array([path == iconic[p] for path, p in zip(cat_paths, cat_part)])
-    cat = np.zeros((len(cat_paths), 0), np.float32)
-    for mask, name, views in ((ref, "catalogue_ref", DEFAULT_VIEWS), (~ref, "catalogue_photos", "none")):
-        e = _embed(ctx, model, [q for q, m in zip(cat_paths, mask) if m], name, views=views)
-        if not cat.shape[1]:
-            cat = np.zeros((len(cat_paths), e.shape[1]), np.float32)
-        cat[mask] = e
+    e_ref = _embed(ctx, model, [q for q, m in zip(cat_paths, ref) if m], "catalogue_ref", views=DEFAULT_VIEWS)
+    e_photos = _embed(ctx, model, [q for q, m in zip(cat_paths, ref) if not m], "catalogue_photos")
+    cat = np.empty((len(cat_paths), e_ref.shape[1]), np.float32)
+    cat[ref], cat[~ref] = e_ref, e_photos
     known_list = sorted(known)
     cal_q = [(p, path) for p in cal_products for path in cal_photos.get(p, [])]
     cal_emb = _embed(ctx, model, [x[1] for x in cal_q], "calq")

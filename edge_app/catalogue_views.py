@@ -64,10 +64,22 @@ def mean_of_views(vectors: np.ndarray, n_views: int) -> np.ndarray:
     return (m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def embed_with_views(embed: Callable[[Sequence[Any]], np.ndarray], images: Sequence[Any], name: str) -> np.ndarray:
-    """``embed(list of PIL images) -> (N, D)`` applied to every view; (len(images), D) unit vectors."""
-    n = VIEW_SETS[check_views(name)]
+def embed_with_views(embed: Callable[[Sequence[Any]], np.ndarray], images: Sequence[Any],
+                     name: str | Sequence[str]) -> np.ndarray:
+    """``embed(list of PIL images) -> (N, D)`` applied once to every view of every image; (len(images), D)
+    unit vectors, each the normalised mean of its image's unit view vectors. ``name``: one view set for
+    all images, or one per image (e.g. ``none`` for field photos beside viewed reference images)."""
+    names = [name] * len(images) if isinstance(name, str) else list(name)
+    if len(names) != len(images):
+        raise UsageError(f"{len(names)} view sets for {len(images)} images")
     if not images:
         return np.zeros((0, 0), np.float32)
-    expanded = [v for img in images for v in views(img, name)]
-    return mean_of_views(np.asarray(embed(expanded), dtype=np.float32), n)
+    counts = [VIEW_SETS[check_views(n)] for n in names]
+    expanded = [v for img, n in zip(images, names) for v in views(img, n)]
+    vecs = np.asarray(embed(expanded), dtype=np.float32)
+    if vecs.ndim != 2 or len(vecs) != len(expanded):
+        raise UsageError(f"embedder returned {vecs.shape} for {len(expanded)} views")
+    if len(set(counts)) == 1:
+        return mean_of_views(vecs, counts[0])
+    ends = np.cumsum(counts)
+    return np.concatenate([mean_of_views(vecs[e - c:e], c) for e, c in zip(ends, counts)])

@@ -25,6 +25,7 @@ from edge_app.bundle import (
     ALLOWED_MODELS, KINDS, MANIFEST_NAME, MODEL_FILES, SCHEMA_VERSION, SIGNATURE_NAME, check_file_name,
     make_bundle_id, manifest_bytes, sha256_file, validate_manifest,
 )
+from edge_app.catalogue_views import check_views
 from edge_app.errors import InputError, IntegrityError, UsageError
 from edge_app.preprocess import PreprocessSpec
 from edge_app.signing import SigningKey, sign_document
@@ -166,8 +167,6 @@ def build_bundle(
     model_files = {k: Path(v) for k, v in model_files.items()}
     raw = np.asarray(embeddings, dtype=np.float32)
     _check_inputs(kind, model_files, labels, raw, catalogue_rows, version)
-    from edge_app.catalogue_views import check_views
-
     check_views(catalogue_views)
     if not np.all(np.linalg.norm(raw, axis=1) > 0):
         raise InputError("catalogue embeddings contain all-zero rows")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from edge_app.atomic import atomic_copy, atomic_write_json
+from edge_app.catalogue_views import DEFAULT_VIEWS, check_views
 from edge_app.errors import InputError, UsageError
 from edge_app.preprocess import PreprocessSpec
 from edge_app.signing import SigningKey
@@ -178,16 +179,13 @@ def read_sidecar(model_path: str | os.PathLike[str]) -> dict[str, Any]:
 def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.PathLike[str]], *,
                         catalogue_dir: str | os.PathLike[str], key: SigningKey, version: int, kind: str = "device",
                         calibration: Mapping[str, Any] | None = None, accuracy: Mapping[str, Any] | None = None,
-                        index: Any = None, catalogue_views: str | None = None) -> Path:
+                        index: Any = None, catalogue_views: str = DEFAULT_VIEWS) -> Path:
     """Build a signed bundle from exported model files (with sidecars) and a catalogue folder.
 
     The catalogue is embedded with the bundle's TFLite model (the one the device runs); a
-    desktop bundle with only ONNX uses that. ``catalogue_views`` (default
-    :data:`edge_app.catalogue_views.DEFAULT_VIEWS`) is recorded in the manifest, so the hub
-    embeds parts added later the same way.
+    desktop bundle with only ONNX uses that. ``catalogue_views`` is recorded in the manifest, so
+    the hub embeds parts added later the same way.
     """
-    from edge_app.catalogue_views import DEFAULT_VIEWS, check_views
-
     from .bundle import IndexParams, build_bundle
     from .catalogue import catalogue_from_dir, embed_catalogue
     from .runners import file_runner
@@ -208,7 +206,7 @@ def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.
                 raise UsageError(f"{path}: {k} differs from the other exported model")
     spec = PreprocessSpec.from_dict(first["preprocess"])
     device_model = files.get("model.tflite") or files["model.onnx"]
-    views = check_views(catalogue_views or DEFAULT_VIEWS)
+    views = check_views(catalogue_views)
     emb, rows = embed_catalogue(file_runner(device_model), catalogue_from_dir(catalogue_dir), spec, views=views)
     by_fmt = {s["format"]: s for s in sides.values()}
     return build_bundle(

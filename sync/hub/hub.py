@@ -156,18 +156,8 @@ class Hub:
         for i in range(0, len(rows), EMBED_BATCH):
             chunk = rows[i:i + EMBED_BATCH]
             imgs = [load_image(self.image_path(r), draft_size=draft) for r in chunk]
-            viewed = np.array([views != "none" and r["kind"] in VIEWED_KINDS for r in chunk], dtype=bool)
-            parts = []
-            if (~viewed).any():
-                parts.append((np.flatnonzero(~viewed), embedder([im for im, v in zip(imgs, viewed) if not v])))
-            if viewed.any():
-                ref = [im for im, v in zip(imgs, viewed) if v]
-                parts.append((np.flatnonzero(viewed), embed_with_views(embedder, ref, views)))
-            checked = [(idx, _checked_vectors(got, len(idx))) for idx, got in parts]
-            vecs = np.zeros((len(chunk), checked[0][1].shape[1]), np.float32)
-            for idx, got in checked:
-                vecs[idx] = got
-            out.append(vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12))
+            per_image = [views if r["kind"] in VIEWED_KINDS else "none" for r in chunk]
+            out.append(embed_with_views(lambda ims: _checked_vectors(embedder(ims), len(ims)), imgs, per_image))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     # -- images -----------------------------------------------------------------------------

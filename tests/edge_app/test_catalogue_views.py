@@ -58,3 +58,18 @@ def test_unknown_view_sets_are_refused() -> None:
     assert check_views(DEFAULT_VIEWS) == DEFAULT_VIEWS
     with pytest.raises(UsageError, match="unknown catalogue view set"):
         views(_image(), "ten-crop")
+
+
+def test_embed_with_views_takes_a_view_set_per_image_and_checks_the_embedder() -> None:
+    def embed(images):
+        return np.array([[*np.asarray(i, np.float32).mean((0, 1)), 100.0] for i in images], np.float32)
+
+    imgs = [_image(), _image(30, 30), _image(20, 40)]
+    mixed = embed_with_views(embed, imgs, ["flip-crop5", "none", "flip-crop5"])
+    np.testing.assert_allclose(mixed[0], embed_with_views(embed, imgs[:1], "flip-crop5")[0], rtol=1e-6)
+    np.testing.assert_allclose(mixed[1], embed_with_views(embed, imgs[1:2], "none")[0], rtol=1e-6)
+    np.testing.assert_allclose(mixed[2], embed_with_views(embed, imgs[2:], "flip-crop5")[0], rtol=1e-6)
+    with pytest.raises(UsageError, match="2 view sets for 3 images"):
+        embed_with_views(embed, imgs, ["none", "none"])
+    with pytest.raises(UsageError, match="embedder returned"):
+        embed_with_views(lambda ims: np.ones((1, 4), np.float32), imgs, "none")
