@@ -225,7 +225,7 @@ def _vit(pretrained: bool, weights: str | None, cfg: dict[str, Any]):
 
     h, w = cfg["image_size"]
     net = SmallViT(image_size=(h, w), patch=cfg.get("patch", 16), dim=cfg.get("vit_dim", 192),
-                   depth=cfg.get("vit_depth", 6), heads=cfg.get("vit_heads", 3))
+                   depth=cfg.get("vit_depth", 6), heads=cfg.get("vit_heads", 3), stem=cfg["vit_stem"])
     if weights:
         W.load_strict(net, W.load_state_dict_file(weights), f"vit backbone from {weights}")
     stages = [nn.ModuleList([net.patch_embed])] + list(net.blocks)
@@ -244,7 +244,7 @@ REGISTRY: dict[str, ModelDef] = {
                  "torchvision download"),
         ModelDef("resnet101", "torchvision ResNet-101", _resnet(101), 224, IMAGENET_MEAN, IMAGENET_STD,
                  "torchvision download"),
-        ModelDef("vit", "small ViT (patch 16, dim 192, depth 6, heads 3), from scratch", _vit, 224, IMAGENET_MEAN,
+        ModelDef("vit", "small ViT (conv stem to 16 px patches, dim 192, depth 6, heads 3), from scratch", _vit, 224, IMAGENET_MEAN,
                  IMAGENET_STD, None),
     )
 }
@@ -272,7 +272,8 @@ def create_model(name: str, num_classes: int, *, embed_dim: int = 256, pretraine
     ``image_size`` (int or (h, w)) and ``resize`` set the :class:`PreprocessSpec`.
     ``freeze_bn``: keep backbone BatchNorm statistics fixed in training (default: the registry's
     choice, True for ``mobilenet_v2`` whose shared weights have BN folded into the convolutions).
-    ``options``: model-specific (vit: ``patch``, ``vit_dim``, ``vit_depth``, ``vit_heads``).
+    ``options``: model-specific (vit: ``patch``, ``vit_dim``, ``vit_depth``, ``vit_heads``, ``vit_stem``:
+    ``conv`` (default) or ``patch``, see :mod:`training.vit`).
     """
     d = model_info(name)
     if num_classes < 1:
@@ -281,10 +282,12 @@ def create_model(name: str, num_classes: int, *, embed_dim: int = 256, pretraine
         raise UsageError(f"embed_dim must be >= 2, got {embed_dim}")
     if resize not in RESIZE_MODES:
         raise UsageError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-    allowed = {"vit": {"patch", "vit_dim", "vit_depth", "vit_heads"}}.get(name, set())
+    allowed = {"vit": {"patch", "vit_dim", "vit_depth", "vit_heads", "vit_stem"}}.get(name, set())
     unknown = set(options) - allowed
     if unknown:
         raise UsageError(f"model {name} does not take option(s) {sorted(unknown)}")
+    if name == "vit":
+        options.setdefault("vit_stem", "conv")  # recorded in the config, so a checkpoint rebuilds its own stem
     if image_size is None:
         size = (d.size, d.size)
     elif isinstance(image_size, int):
@@ -356,6 +359,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[PartModel, dict[str, 
     name = cfg.pop("name", obj["model_name"])
     num_classes = cfg.pop("num_classes")
     cfg.pop("pretrained", None)
+    if name == "vit":
+        cfg.setdefault("vit_stem", "patch")  # checkpoints from before the conv stem have the plain patch stem
     try:
         model = create_model(name, num_classes, pretrained=False, **cfg)
     except (UsageError, TypeError) as exc:

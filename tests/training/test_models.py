@@ -57,6 +57,37 @@ def test_list_models_and_errors() -> None:
         create_model("vit", 3, image_size=70)
 
 
+def test_vit_stems_keep_the_token_grid_and_checkpoints_rebuild_their_own_stem(tmp_path) -> None:
+    torch.manual_seed(0)
+    conv = create_model("vit", 3, embed_dim=16, image_size=32, patch=8, vit_dim=32, vit_depth=1, vit_heads=2)
+    patch = create_model("vit", 3, embed_dim=16, image_size=32, patch=8, vit_dim=32, vit_depth=1, vit_heads=2,
+                         vit_stem="patch")
+    assert conv.config["vit_stem"] == "conv" and patch.config["vit_stem"] == "patch"
+    stem = conv.backbone.patch_embed
+    # log2(8) = 3 stride-2 3x3 convs (with BN + ReLU), then a 1x1 projection to the token width
+    assert [m.stride for m in stem if isinstance(m, torch.nn.Conv2d)] == [(2, 2)] * 3 + [(1, 1)]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in stem) == 3
+    x = torch.randn(2, 3, 32, 32)
+    for m in (conv, patch):
+        assert m.backbone.patch_embed(x).shape == (2, 32, 4, 4)  # the same 4x4 token grid either way
+    with pytest.raises(UsageError, match="power-of-two"):
+        create_model("vit", 3, image_size=36, patch=12)
+    with pytest.raises(UsageError, match="stem must be"):
+        create_model("vit", 3, image_size=32, patch=8, vit_stem="hybrid")
+    # a checkpoint written before the stem option existed (no vit_stem in its config) is a patch-stem ViT
+    path = save_checkpoint(tmp_path / "old.pt", patch.eval(), ["a", "b", "c"])
+    obj = torch.load(path, weights_only=True)
+    del obj["config"]["vit_stem"]
+    torch.save(obj, path)
+    loaded, _ = load_checkpoint(path)
+    assert loaded.config["vit_stem"] == "patch"
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[1], patch(x)[1])
+    conv_path = save_checkpoint(tmp_path / "conv.pt", conv.eval(), ["a", "b", "c"])
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(conv_path)[0](x)[1], conv(x)[1])
+
+
 def test_embedding_is_separate_tensor_from_classifier_input() -> None:
     model = create_model("tiny", 3, embed_dim=16).eval()
     captured = {}
