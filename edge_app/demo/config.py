@@ -22,7 +22,9 @@ class DemoConfig:
     model: str = "efficientnet_lite0"
     pretrained: str = "auto"  # auto | yes | no
     epochs: int = 10
-    image_size: int = 160
+    # 224 px: known-part top-1 over demo seeds 0/1/2 was 88.9/81.7/84.9% at 160 px and 88.9/88.1/88.9% at 224 px
+    # (resistor colour bands are 1-2 px at 160 px); training takes ~270 s instead of ~150 s here
+    image_size: int = 224
     batch_size: int = 32
     freeze_stages: int = 0
     backbone_lr_mult: float = 1.0  # the backbone learns at lr x this (the heads at lr)
