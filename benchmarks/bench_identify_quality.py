@@ -17,7 +17,8 @@ Model (``model_source``):
   products split into halves, 70% of each known, calibration on train photos. It never saw grocery: a floor.
 
 Calibration is :func:`edge_app.runtime.calibration.fit` (logistic on top similarity and margin) at target
-precision 0.9. AUROC carries two 95% bootstrap intervals: over queries, and over PRODUCTS (photos of one
+precision 0.9. ``auroc_alternative_*`` scores the same queries with other unknown-part scores (top similarity
+alone, margin alone, the classifier's max softmax and energy) to show whether the score is the bottleneck. AUROC carries two 95% bootstrap intervals: over queries, and over PRODUCTS (photos of one
 product move together, so the product interval is the honest one). ECE comes with the ECE a perfectly
 calibrated model would show at the same number of queries (``ece_if_perfectly_calibrated``). Part scores
 are exact (max over a part's images; what ``Identifier.rank`` computes after retrieval). Catalogue images are
@@ -64,6 +65,38 @@ def _embed(ctx: Any, model: str, paths: list[Path], name: str, views: str = "non
                           for p in paths]).astype(np.float32)
     np.save(out, arr)
     return arr
+
+
+def _logits(ctx: Any, model: str, paths: list[Path], name: str) -> np.ndarray:
+    """Classifier logits of ``paths`` (each photo once) from the exported model, cached like :func:`_embed`."""
+    import hashlib
+
+    key = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:12]
+    out = ctx.work_dir / f"logits_{Path(model).stem}_{name}_{key}.npy"
+    if out.exists():
+        return np.load(out)
+    from edge_app.imageio import load_image
+    from edge_app.preprocess import PreprocessSpec, preprocess_image
+    from edge_app.runtime.backends import create_backend
+    from export.pipeline import read_sidecar
+
+    spec = PreprocessSpec.from_dict(read_sidecar(model)["preprocess"])
+    be = create_backend(model, prefer="tflite")
+    arr = np.concatenate([be.run(preprocess_image(load_image(p, draft_size=spec.draft_size), spec,
+                                                  layout=be.input_layout)[None], layout=be.input_layout)["logits"]
+                          for p in paths]).astype(np.float32)
+    np.save(out, arr)
+    return arr
+
+
+def _alternative_scores(tops: np.ndarray, seconds: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
+    """Other "is this part in the catalogue?" scores than the deployed calibrated one, for comparison:
+    the top part similarity, the margin to the second part, and the classifier's max softmax and
+    energy (log-sum-exp of the logits; the classifier covers the trained products only)."""
+    z = logits.astype(np.float64)
+    lse = z.max(1) + np.log(np.exp(z - z.max(1, keepdims=True)).sum(1))
+    return {"top_similarity": tops, "margin": tops - seconds, "classifier_max_softmax": np.exp(z.max(1) - lse),
+            "classifier_energy": lse}
 
 
 def _ranking(q: np.ndarray, cat: np.ndarray, cat_part: np.ndarray, parts: list[int], fusion: str = "score",
@@ -176,13 +209,16 @@ def _measure(ctx: Any, exp: dict[str, Any], iconic: dict[int, Path], train: dict
     cal = C.fit(top, second, correct, target_precision=0.9)
     ev_q = [(p, path) for p in eval_products for path in eval_photos.get(p, [])]
     ev_emb = _embed(ctx, model, [x[1] for x in ev_q], "evalq")
-    conf, is_known, right = [], [], []
+    conf, is_known, right, tops, seconds = [], [], [], [], []
     for (p, _), e in zip(ev_q, ev_emb):
         ranked, s = _ranking(e[None], cat, cat_part, known_list)
         conf.append(float(cal.confidence(s[0], s[1])[0]))
+        tops.append(s[0]); seconds.append(s[1])
         is_known.append(p in known)
         right.append(ranked[0] == p)
     conf, is_known, right = np.array(conf), np.array(is_known), np.array(right)
+    alternatives = _alternative_scores(np.array(tops), np.array(seconds),
+                                       _logits(ctx, model, [x[1] for x in ev_q], "evalq"))
     val_paths = {path for v in val.values() for path in v}
     in_val = np.array([path in val_paths for _, path in ev_q])
     product = np.array([p for p, _ in ev_q])
@@ -214,6 +250,7 @@ def _measure(ctx: Any, exp: dict[str, Any], iconic: dict[int, Path], train: dict
         "auroc_known_vs_unknown": au, "auroc_ci95_low": lo, "auroc_ci95_high": hi,
         "auroc_ci95_products_low": plo, "auroc_ci95_products_high": phi,
         "auroc_val_only": C.auroc(vc, vk),
+        **{f"auroc_alternative_{k}": C.auroc(v, is_known) for k, v in alternatives.items()},
         "precision_at_95_recall_val": C.precision_at_recall(vc, vk, 0.95),
         "ece_top1_val": C.ece(vc, vr),
         "ece_if_perfectly_calibrated": C.ece_sampling_floor(vc),
