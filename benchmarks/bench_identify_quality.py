@@ -18,8 +18,8 @@ Model (``model_source``):
 
 Calibration is :func:`edge_app.runtime.calibration.fit` (logistic on top similarity and margin) at target
 precision 0.9. ``auroc_alternative_*`` scores the same queries with other unknown-part scores (top similarity
-alone, margin alone, the classifier's max softmax and energy) to show whether the score is the bottleneck. AUROC carries two 95% bootstrap intervals: over queries, and over PRODUCTS (photos of one
-product move together, so the product interval is the honest one). ECE comes with the ECE a perfectly
+alone, margin alone, the classifier's max softmax and energy) to show whether the score is the bottleneck.
+AUROC carries two 95% bootstrap intervals: over queries, and over PRODUCTS (photos of one product move together, so the product interval is the honest one). ECE comes with the ECE a perfectly
 calibrated model would show at the same number of queries (``ece_if_perfectly_calibrated``). Part scores
 are exact (max over a part's images; what ``Identifier.rank`` computes after retrieval). Catalogue images are
 embedded as a bundle stores them: the iconic images as the mean of the default catalogue views (``catalogue_views``
@@ -39,54 +39,54 @@ from edge_app.catalogue_views import DEFAULT_VIEWS
 VIEWS = 3
 
 
-def _embed(ctx: Any, model: str, paths: list[Path], name: str, views: str = "none") -> np.ndarray:
-    """Unit embeddings of ``paths`` with the exported ``model``; catalogue images with the product's
-    catalogue views (:mod:`edge_app.catalogue_views`), query photos once each, as the device does."""
+def _cached(ctx: Any, model: str, paths: list[Path], name: str, kind: str, tag: str, compute: Any) -> np.ndarray:
+    """``compute(spec, backend)`` for the exported ``model``, cached in the work dir as ``kind_model_name_key.npy``
+    (key: a hash of ``tag`` and the paths)."""
     import hashlib
 
-    key = hashlib.sha256("\n".join([views, *map(str, paths)]).encode()).hexdigest()[:12]
-    out = ctx.work_dir / f"emb_{Path(model).stem}_{name}_{key}.npy"
+    key = hashlib.sha256("\n".join([tag, *map(str, paths)]).encode()).hexdigest()[:12]
+    out = ctx.work_dir / f"{kind}_{Path(model).stem}_{name}_{key}.npy"
     if out.exists():
         return np.load(out)
-    from edge_app.catalogue_views import embed_with_views
-    from edge_app.imageio import load_image
-    from edge_app.preprocess import PreprocessSpec, preprocess_image
+    from edge_app.preprocess import PreprocessSpec
     from edge_app.runtime.backends import create_backend
     from export.pipeline import read_sidecar
 
-    spec = PreprocessSpec.from_dict(read_sidecar(model)["preprocess"])
-    be = create_backend(model, prefer="tflite")
-
-    def run(images: list[Any]) -> np.ndarray:
-        x = [preprocess_image(im, spec, layout=be.input_layout)[None] for im in images]
-        return np.concatenate([be.run(xi, layout=be.input_layout)["embedding"] for xi in x])
-
-    arr = np.concatenate([embed_with_views(run, [load_image(p, draft_size=spec.draft_size)], views)
-                          for p in paths]).astype(np.float32)
+    arr = compute(PreprocessSpec.from_dict(read_sidecar(model)["preprocess"]),
+                  create_backend(model, prefer="tflite")).astype(np.float32)
     np.save(out, arr)
     return arr
+
+
+def _embed(ctx: Any, model: str, paths: list[Path], name: str, views: str = "none") -> np.ndarray:
+    """Unit embeddings of ``paths`` with the exported ``model``; catalogue images with the product's
+    catalogue views (:mod:`edge_app.catalogue_views`), query photos once each, as the device does."""
+    from edge_app.catalogue_views import embed_with_views
+    from edge_app.imageio import load_image
+    from edge_app.preprocess import preprocess_image
+
+    def compute(spec: Any, be: Any) -> np.ndarray:
+        def run(images: list[Any]) -> np.ndarray:
+            x = [preprocess_image(im, spec, layout=be.input_layout)[None] for im in images]
+            return np.concatenate([be.run(xi, layout=be.input_layout)["embedding"] for xi in x])
+
+        return np.concatenate([embed_with_views(run, [load_image(p, draft_size=spec.draft_size)], views)
+                               for p in paths])
+
+    return _cached(ctx, model, paths, name, "emb", views, compute)
 
 
 def _logits(ctx: Any, model: str, paths: list[Path], name: str) -> np.ndarray:
     """Classifier logits of ``paths`` (each photo once) from the exported model, cached like :func:`_embed`."""
-    import hashlib
-
-    key = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:12]
-    out = ctx.work_dir / f"logits_{Path(model).stem}_{name}_{key}.npy"
-    if out.exists():
-        return np.load(out)
     from edge_app.imageio import load_image
-    from edge_app.preprocess import PreprocessSpec, preprocess_image
-    from edge_app.runtime.backends import create_backend
-    from export.pipeline import read_sidecar
+    from edge_app.preprocess import preprocess_image
 
-    spec = PreprocessSpec.from_dict(read_sidecar(model)["preprocess"])
-    be = create_backend(model, prefer="tflite")
-    arr = np.concatenate([be.run(preprocess_image(load_image(p, draft_size=spec.draft_size), spec,
-                                                  layout=be.input_layout)[None], layout=be.input_layout)["logits"]
-                          for p in paths]).astype(np.float32)
-    np.save(out, arr)
-    return arr
+    def compute(spec: Any, be: Any) -> np.ndarray:
+        return np.concatenate([be.run(preprocess_image(load_image(p, draft_size=spec.draft_size), spec,
+                                                       layout=be.input_layout)[None], layout=be.input_layout)["logits"]
+                               for p in paths])
+
+    return _cached(ctx, model, paths, name, "logits", "", compute)
 
 
 def _alternative_scores(tops: np.ndarray, seconds: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:

@@ -244,8 +244,8 @@ REGISTRY: dict[str, ModelDef] = {
                  "torchvision download"),
         ModelDef("resnet101", "torchvision ResNet-101", _resnet(101), 224, IMAGENET_MEAN, IMAGENET_STD,
                  "torchvision download"),
-        ModelDef("vit", "small ViT (conv stem to 16 px patches, dim 192, depth 6, heads 3), from scratch", _vit, 224, IMAGENET_MEAN,
-                 IMAGENET_STD, None),
+        ModelDef("vit", "small ViT (conv stem to 16 px patches, dim 192, depth 6, heads 3), from scratch", _vit, 224,
+                 IMAGENET_MEAN, IMAGENET_STD, None),
     )
 }
 
