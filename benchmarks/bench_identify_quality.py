@@ -39,12 +39,24 @@ from edge_app.catalogue_views import DEFAULT_VIEWS
 VIEWS = 3
 
 
+def _sha12(path: Path) -> str:
+    """The first 12 hex digits of the file's sha256."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
 def _cached(ctx: Any, model: str, paths: list[Path], name: str, kind: str, tag: str, compute: Any) -> np.ndarray:
     """``compute(spec, backend)`` for the exported ``model``, cached in the work dir as ``kind_model_name_key.npy``
     (key: a hash of ``tag`` and the paths)."""
     import hashlib
 
-    key = hashlib.sha256("\n".join([tag, *map(str, paths)]).encode()).hexdigest()[:12]
+    # the model file's content is in the key: a re-trained model with the same file name never reuses old vectors
+    key = hashlib.sha256("\n".join([_sha12(Path(model)), tag, *map(str, paths)]).encode()).hexdigest()[:12]
     out = ctx.work_dir / f"{kind}_{Path(model).stem}_{name}_{key}.npy"
     if out.exists():
         return np.load(out)
@@ -137,7 +149,7 @@ def run(ctx: Any) -> dict[str, Any]:
         held = [ids[i] for i in held_out_classes(len(ids), 0)]
         known = sorted(set(ids) - set(held))
         exp = export_tflite(ctx, _grocery_folders(ctx, grocery, classes, train, val, known), fold,
-                            key="export_grocery_fold0")
+                            key=f"export_grocery_fold0_{_sha12(fold)}")  # a re-trained fold 0 is re-exported
         unknown = list(held)
         rng.shuffle(known)
         rng.shuffle(unknown)
