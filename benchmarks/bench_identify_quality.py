@@ -19,11 +19,12 @@ Model (``model_source``):
 Calibration is :func:`edge_app.runtime.calibration.fit` (logistic on top similarity and margin) at target
 precision 0.9. ``auroc_alternative_*`` scores the same queries with other unknown-part scores (top similarity
 alone, margin alone, the classifier's max softmax and energy) to show whether the score is the bottleneck.
-AUROC carries two 95% bootstrap intervals: over queries, and over PRODUCTS (photos of one product move together, so the product interval is the honest one). ECE comes with the ECE a perfectly
-calibrated model would show at the same number of queries (``ece_if_perfectly_calibrated``). Part scores
-are exact (max over a part's images; what ``Identifier.rank`` computes after retrieval). Catalogue images are
-embedded as a bundle stores them: the iconic images as the mean of the default catalogue views (``catalogue_views``
-in the result), the catalogue's phone photos once.
+AUROC carries two 95% bootstrap intervals: over queries, and over PRODUCTS (photos of one product move
+together, so the product interval is the honest one). ECE comes with the ECE a perfectly calibrated model
+would show at the same number of queries (``ece_if_perfectly_calibrated``). Part scores are exact (max over
+a part's images; what ``Identifier.rank`` computes after retrieval). Catalogue images are embedded as a bundle
+stores them: the iconic images as the mean of the default catalogue views (``catalogue_views`` in the result),
+the catalogue's phone photos once.
 """
 from __future__ import annotations
 
@@ -40,14 +41,10 @@ VIEWS = 3
 
 
 def _sha12(path: Path) -> str:
-    """The first 12 hex digits of the file's sha256."""
-    import hashlib
+    """The first 12 hex digits of the file's sha256 (cache and step keys that change with the file)."""
+    from edge_app.bundle import sha256_file
 
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
+    return sha256_file(path)[:12]
 
 
 def _cached(ctx: Any, model: str, paths: list[Path], name: str, kind: str, tag: str, compute: Any) -> np.ndarray:

@@ -30,11 +30,11 @@ def run(ctx) -> dict[str, Any]:
         labels = [ds.images.labels[c] for c in kept]
         train = ImageSet(root, labels, [(p, remap[y]) for p, y in ds.train.items if y in remap], f"fold{fold}-train")
         val = ImageSet(root, labels, [(p, remap[y]) for p, y in ds.val.items if y in remap], f"fold{fold}-val-seen")
-        # CPU budget: 5 folds in <= 45 min on 2 cores (about 8 min per fold): 3 stages frozen, few epochs
-        # (size and epochs below); the single grocery run (192 px, 8 epochs) needed 23 min alone. Tried once and stopped
-        # after fold 0: the backbone at 0.1 x lr with label smoothing 0.1 and weight decay 0.05 (the recipe
-        # tried on pc-parts) learns too slowly in 4 epochs: fold 0 new-product Recall@1 0.224 (this
-        # configuration: 0.448; frozen ImageNet features: 0.345).
+        # CPU budget: 5 folds in <= 45 min on 2 cores (about 7 min per fold): 3 stages frozen, few epochs
+        # (size and epochs below); the single grocery run (192 px, 8 epochs) needed 23 min alone. Tried once at
+        # 160 px and stopped after fold 0: the backbone at 0.1 x lr with label smoothing 0.1 and weight decay 0.05
+        # (the recipe tried on pc-parts) learns too slowly in 4 epochs: fold 0 new-product Recall@1 0.224 (the
+        # 160 px / 4 epoch configuration: 0.448; frozen ImageNet features: 0.345).
         # The iconic images of the TRAINED products are trained on too (8 times per epoch; chosen before the
         # run): it teaches the photo -> catalogue-image pairing that new products are searched by. The held-out
         # products' iconic images never are (with_gallery matches classes by name).
@@ -77,9 +77,10 @@ def _evaluate(ckpt: str, ds, held: list[int], fold: int) -> dict[str, Any]:
     ``new_recall@1`` is what a tablet gets: the hub embeds each catalogue image as the mean of the
     bundle's catalogue views (:mod:`edge_app.catalogue_views`, the default view set); the photo is
     embedded once. ``new_recall@1_no_views`` embeds each catalogue image once. The view set was
-    picked on fold 0 of the 2026-12-06 models (offline: no views 0.345; flip + 5 crops, averaged,
-    0.466; the same plus +/-15 degree rotations 0.448; all 9 views as separate vectors 0.448);
-    folds 1-4 then improved too (see the README row).
+    picked on fold 0 of the 160 px models of 2026-12-06 (offline: no views 0.345; flip + 5 crops,
+    averaged, 0.466; the same plus +/-15 degree rotations 0.448; all 9 views as separate vectors
+    0.448); folds 1-4 then improved too. At 224 px views help less (0.4006 -> 0.4183 on average,
+    fold 0 loses: 0.500 -> 0.397).
     """
     import numpy as np
 

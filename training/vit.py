@@ -92,17 +92,17 @@ class SmallViT(nn.Module):
 
     def _init(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        patch_stem = isinstance(self.patch_embed, nn.Conv2d)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d) and isinstance(self.patch_embed, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, a=math.sqrt(5))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):  # conv stem: He init for ReLU
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Conv2d):
+                if patch_stem:
+                    nn.init.kaiming_normal_(m.weight, a=math.sqrt(5))
+                else:  # conv stem: He init for the ReLUs
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
