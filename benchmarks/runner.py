@@ -135,7 +135,10 @@ def run_benchmark(name: str, *, data: str | None = None, quick: bool = False, fr
     if name not in names:
         raise UsageError(f"unknown benchmark {name!r}; known: {', '.join(sorted(names)) or 'none'}")
     mod = importlib.import_module(f"benchmarks.{module_name(name)}")
-    work = WORK_DIR / name
+    # A smoke run keeps its own scratch and results: a full run must never resume a quick run's steps, and a
+    # quick run must never overwrite a committed full result.
+    stem = f"{name}.quick" if quick else name
+    work = WORK_DIR / stem
     if fresh and work.exists():
         # start over: finished steps AND their scratch (a training step's last.pt would otherwise be resumed)
         log.info("bench %s: --fresh removes %s", name, work)
@@ -157,6 +160,6 @@ def run_benchmark(name: str, *, data: str | None = None, quick: bool = False, fr
         "metrics": metrics,
     }
     out = results_dir or RESULTS_DIR
-    atomic_write_json(out / f"{name}.json", result)
-    atomic_write_text(out / f"{name}.md", to_markdown(result))
+    atomic_write_json(out / f"{stem}.json", result)
+    atomic_write_text(out / f"{stem}.md", to_markdown(result))
     return result

@@ -58,3 +58,13 @@ def test_runner_writes_results_and_resumes(fake_bench) -> None:
 def test_unknown_benchmark_is_a_usage_error(fake_bench) -> None:
     with pytest.raises(UsageError, match="unknown benchmark"):
         runner.run_benchmark("nope")
+
+
+def test_quick_run_neither_resumes_into_nor_overwrites_a_full_run(fake_bench) -> None:
+    tmp, calls = fake_bench
+    runner.run_benchmark("fake", results_dir=tmp / "results", quick=True)
+    assert (tmp / "results" / "fake.quick.json").is_file() and not (tmp / "results" / "fake.json").exists()
+    full = runner.run_benchmark("fake", results_dir=tmp / "results")
+    assert calls["n"] == 2 and full["resumed_steps"] == [], "a full run must not resume a quick run's steps"
+    runner.run_benchmark("fake", results_dir=tmp / "results", quick=True)
+    assert json.loads((tmp / "results" / "fake.json").read_text())["quick"] is False
