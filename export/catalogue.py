@@ -10,7 +10,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -56,40 +56,41 @@ def catalogue_from_dir(root: str | os.PathLike[str]) -> list[CatalogueImage]:
 def embed_catalogue(run: Callable[[np.ndarray], Mapping[str, np.ndarray]], items: Sequence[CatalogueImage],
                     spec: PreprocessSpec, *, batch_size: int = 16, views: str = "none"
                     ) -> tuple[np.ndarray, list[dict[str, str]]]:
-    """Embed catalogue images with ``run`` -> (float32 (N, D) embeddings, rows in the same order).
+    """Embed catalogue images with ``run`` -> (float32 (N, D) unit embeddings, rows in the same order).
 
     ``views``: a :mod:`edge_app.catalogue_views` view set; each image's vector is the normalised
-    mean of its views' embeddings (``none``: the image alone, raw embedding). Query photos are
-    embedded with ``views="none"``. Unreadable images are left out with a warning naming the file
-    (and are not in the rows).
+    mean of its views' embeddings, by :func:`edge_app.catalogue_views.embed_with_views` (the rule the
+    hub and the benchmarks use too). Query photos are embedded with ``views="none"``. Unreadable
+    images are left out with a warning naming the file (and are not in the rows).
     """
-    from edge_app.catalogue_views import VIEW_SETS, check_views, mean_of_views
-    from edge_app.catalogue_views import views as make_views
+    from edge_app.catalogue_views import check_views, embed_with_views
 
-    n_views = VIEW_SETS[check_views(views)]
+    check_views(views)
+
+    def embed(images: Sequence[Any]) -> np.ndarray:
+        out = run(np.stack([preprocess_image(im, spec) for im in images]).astype(np.float32))
+        if "embedding" not in out:
+            raise InputError(f"the model has no output named 'embedding' (has: {', '.join(out)})")
+        return np.asarray(out["embedding"], dtype=np.float32)
+
     embs: list[np.ndarray] = []
     rows: list[dict[str, str]] = []
-    batch: list[np.ndarray] = []
+    images: list[Any] = []
     pending: list[CatalogueImage] = []
 
     def flush() -> None:
-        if batch:
-            out = run(np.stack(batch).astype(np.float32))
-            if "embedding" not in out:
-                raise InputError(f"the model has no output named 'embedding' (has: {', '.join(out)})")
-            e = np.asarray(out["embedding"], dtype=np.float32)
-            embs.append(e if views == "none" else mean_of_views(e, n_views))
+        if pending:
+            embs.append(embed_with_views(embed, images, views))
             rows.extend({"image_id": c.image_id, "part_number": c.part_number} for c in pending)
-            batch.clear()
+            images.clear()
             pending.clear()
 
     for item in items:
         try:
-            img = load_image(item.path, draft_size=spec.draft_size)
+            images.append(load_image(item.path, draft_size=spec.draft_size))
         except InputError as exc:
             log.warning("catalogue image skipped: %s", exc)
             continue
-        batch.extend(preprocess_image(v, spec) for v in make_views(img, views))
         pending.append(item)
         if len(pending) >= batch_size:
             flush()
