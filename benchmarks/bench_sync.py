@@ -11,11 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +51,6 @@ def _found_top1(db: Any, index: Any, pkg: Any, n: int = 200) -> float:
     label_of = dict(db.db.conn.execute(f"SELECT image_id, label FROM embeddings WHERE image_id IN ({marks})", ids))
     labels, _ = index.search(np.asarray(pkg.embeddings[:n], np.float32), 1)
     return float(np.mean([labels[i, 0] == label_of[iid] for i, iid in enumerate(ids)]))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _NoEmbed:
@@ -138,6 +128,7 @@ def _device(hub: Any, root: Path, name: str, url: str) -> Any:
 def run(ctx: Any) -> dict[str, Any]:
     from sync.apply import apply_package, index_params, update_index
     from sync.hub.deltas import PackageService
+    from sync.hub.process import HubProcess
     from sync.package import read_package
 
     n_parts = 5_000 if ctx.quick else 50_000
@@ -167,18 +158,8 @@ def run(ctx: Any) -> dict[str, Any]:
     out["delta_1pct_ok(<=3%)"] = out["delta_1pct_ratio"] <= 0.03
 
     # 2) apply a 10k-row delta on a device holding the full catalogue (incl. index update)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "edge_app.cli", "hub", "serve", "--hub", str(hub.root),
-                               "--port", str(port)], cwd=str(Path(__file__).resolve().parents[1]),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(url + "/openapi.json", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+    with HubProcess(hub.root) as server:  # loopback hub API, stopped whatever happens
+        url = server.url
         # 3) full sync of a new device over loopback (HTTP download, verify, apply, index build)
         dev = _device(hub, work / "devices", "fresh", url)
         out["full_sync_load1_before"] = os.getloadavg()[0]
@@ -222,24 +203,11 @@ def run(ctx: Any) -> dict[str, Any]:
             out["apply_load1_after"] = os.getloadavg()[0]
         finally:
             db.close()
-    finally:
-        server.terminate()
-        server.wait(10)
 
     # 4) many devices at once (a smaller catalogue: n_devices full syncs share 2 CPU cores)
     crowd = _make_hub(work / "crowd", crowd_parts)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "edge_app.cli", "hub", "serve", "--hub", str(crowd.root),
-                               "--port", str(port)], cwd=str(Path(__file__).resolve().parents[1]),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(url + "/openapi.json", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+    with HubProcess(crowd.root) as server:  # loopback hub API, stopped whatever happens
+        url = server.url
         clients = [_device(crowd, work / "crowd-devices", f"d{i:02d}", url) for i in range(n_devices)]
         t = time.perf_counter()
         with cf.ThreadPoolExecutor(n_devices) as pool:
@@ -252,8 +220,5 @@ def run(ctx: Any) -> dict[str, Any]:
         out.update({"crowd_devices": n_devices, "crowd_parts": crowd_parts, "crowd_wall_s": wall,
                     "crowd_p50_s": float(np.percentile(secs, 50)), "crowd_p95_s": float(np.percentile(secs, 95)),
                     "crowd_correct": correct})
-    finally:
-        server.terminate()
-        server.wait(10)
     shutil.rmtree(work, ignore_errors=True)
     return out
