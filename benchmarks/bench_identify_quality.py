@@ -29,6 +29,7 @@ the catalogue's phone photos once.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,10 @@ from edge_app.catalogue_views import DEFAULT_VIEWS
 VIEWS = 3
 
 
+@functools.lru_cache(maxsize=None)
 def _sha12(path: Path) -> str:
-    """The first 12 hex digits of the file's sha256 (cache and step keys that change with the file)."""
+    """The first 12 hex digits of the file's sha256 (cache and step keys that change with the file); read once
+    per file and run (every cached embedding / logits lookup keys on the model file)."""
     from edge_app.bundle import sha256_file
 
     return sha256_file(path)[:12]
