@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from .sampler import SAMPLERS
+
 
 def _print_json(obj: object) -> None:
     print(json.dumps(obj, indent=2, default=str))
@@ -119,7 +121,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="split file (partlens split); default: the layout's own, else a fresh one")
     p.add_argument("--val", type=float, default=0.2, help="val fraction when making a fresh split")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", default="pk", choices=["pk", "random"], help="pk: P classes x 4 images per batch")
+    p.add_argument("--sampler", default="pk", choices=list(SAMPLERS),
+                   help="pk: P classes x 4 images per batch; pk_catalogue: the same, each class's 4 led by one of "
+                        "its catalogue images (needs --gallery-repeats); random: plain shuffle")
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--cache", action="store_true", help="decode training images once and keep them in memory")
     p.add_argument("--gallery-repeats", type=int, default=0, metavar="N",

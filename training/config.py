@@ -9,6 +9,7 @@ from typing import Any
 from edge_app.errors import UsageError
 
 from .losses import METRIC_LOSSES
+from .sampler import SAMPLERS
 
 
 @dataclass
@@ -79,6 +80,11 @@ class TrainConfig:
             raise UsageError(f"workers must be >= 0, got {self.workers}")
         if self.gallery_repeats < 0:
             raise UsageError(f"gallery repeats must be >= 0, got {self.gallery_repeats}")
+        if self.sampler not in SAMPLERS:
+            raise UsageError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.sampler == "pk_catalogue" and not self.gallery_repeats:
+            raise UsageError("sampler pk_catalogue leads each class with a catalogue image: it needs "
+                             "gallery_repeats >= 1 (--gallery-repeats N)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,5 +1,9 @@
 """Batch samplers: class-balanced P x K batches (for the metric loss) and plain shuffling, DDP-aware.
 
+``pk_catalogue`` is P x K where each class's K images lead with one of its catalogue (studio)
+images when it has one: every class group then holds a photo -> catalogue-image positive pair,
+the pairing a tablet searches by, also for parts added later without retraining.
+
 Every rank builds the same seeded global list of batches for an epoch and takes every
 ``world``-th batch, so ranks never see the same images in one step.
 """
@@ -12,17 +16,28 @@ from typing import Iterator, Sequence
 from edge_app.errors import UsageError
 
 
+SAMPLERS = ("pk", "pk_catalogue", "random")
+
+
 class BatchSampler:
-    """``pk``: P classes x K images per batch; ``random``: a seeded shuffle. Drops the ragged last batch."""
+    """``pk``: P classes x K images per batch; ``pk_catalogue``: the same, each class group led by one of its
+    catalogue images (``catalogue[i]`` flags them); ``random``: a seeded shuffle. Drops the ragged last batch."""
 
     def __init__(self, labels: Sequence[int], batch_size: int, *, mode: str = "pk", k: int = 4, seed: int = 0,
-                 rank: int = 0, world: int = 1) -> None:
-        if mode not in ("pk", "random"):
-            raise UsageError(f"sampler must be 'pk' or 'random', got {mode!r}")
+                 rank: int = 0, world: int = 1, catalogue: Sequence[bool] | None = None) -> None:
+        if mode not in SAMPLERS:
+            raise UsageError(f"sampler must be one of {', '.join(SAMPLERS)}, got {mode!r}")
         if batch_size < 2:
             raise UsageError(f"batch size must be >= 2, got {batch_size}")
-        if mode == "pk" and batch_size % k:
-            raise UsageError(f"pk sampler: batch size {batch_size} is not a multiple of K={k}")
+        if mode != "random" and batch_size % k:
+            raise UsageError(f"{mode} sampler: batch size {batch_size} is not a multiple of K={k}")
+        if mode == "pk_catalogue":
+            if k < 2:
+                raise UsageError(f"pk_catalogue sampler needs K >= 2 (a catalogue image and a photo), got {k}")
+            if catalogue is None or len(catalogue) != len(labels) or not any(catalogue):
+                raise UsageError("pk_catalogue sampler needs catalogue images in the training set "
+                                 "(train with --gallery-repeats N >= 1 on a layout that has them)")
+        self.catalogue = [bool(c) for c in catalogue] if catalogue is not None else [False] * len(labels)
         self.labels, self.batch_size, self.mode, self.k = list(labels), batch_size, mode, k
         self.seed, self.rank, self.world, self.epoch = seed, rank, world, 0
         n_batches = len(self.labels) // (batch_size * world)
@@ -44,22 +59,35 @@ class BatchSampler:
             idx = list(range(len(self.labels)))
             rng.shuffle(idx)
             return [idx[b * self.batch_size:(b + 1) * self.batch_size] for b in range(total)]
-        by_class: dict[int, list[int]] = defaultdict(list)
+        lead = self.mode == "pk_catalogue"
+        by_class: dict[int, list[int]] = defaultdict(list)  # the images a group draws from
+        leads: dict[int, list[int]] = defaultdict(list)  # pk_catalogue: each class's catalogue images
         for i, y in enumerate(self.labels):
-            by_class[y].append(i)
-        pools = {c: [] for c in by_class}
+            (leads if lead and self.catalogue[i] else by_class)[y].append(i)
+        for c in leads:
+            by_class.setdefault(c, list(leads[c]))  # a class with catalogue images only: groups of them
+        pools: dict[tuple[str, int], list[int]] = {}
         classes = sorted(by_class)
         p = self.batch_size // self.k
+
+        def draw(kind: str, c: int, source: list[int]) -> int:
+            pool = pools.setdefault((kind, c), [])
+            if not pool:
+                pool.extend(source)
+                rng.shuffle(pool)
+            return pool.pop()
+
         batches = []
         for _ in range(total):
             chosen = rng.sample(classes, min(p, len(classes)))
             batch: list[int] = []
             for c in chosen:
-                for _ in range(self.k):
-                    if not pools[c]:
-                        pools[c] = list(by_class[c])
-                        rng.shuffle(pools[c])
-                    batch.append(pools[c].pop())
+                first = 0
+                if c in leads:
+                    batch.append(draw("lead", c, leads[c]))
+                    first = 1
+                for _ in range(first, self.k):
+                    batch.append(draw("img", c, by_class[c]))
             while len(batch) < self.batch_size:  # fewer classes than P: fill at random
                 batch.append(rng.randrange(len(self.labels)))
             batches.append(batch)

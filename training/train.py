@@ -180,8 +180,10 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
         split_info = {"source": "caller", "train": train_set.name, "val": val_set.name}
     else:
         train_set, val_set, split_info = resolve_split(cfg, out, dist.is_main)
+    n_photos = len(train_set.items)
     if cfg.gallery_repeats:
         train_set, split_info["gallery"] = _add_gallery(cfg, train_set, val_set)
+    catalogue_flags = [i >= n_photos for i in range(len(train_set.items))]  # with_gallery appends them
     labels = train_set.labels
     # a resumed run takes every weight from last.pt, so it needs no ImageNet file
     model = create_model(cfg.model, len(labels), embed_dim=cfg.embed_dim, pretrained=cfg.pretrained and not cfg.resume,
@@ -199,7 +201,7 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
     show = (sys.stderr.isatty() if cfg.progress is None else cfg.progress) and dist.is_main
     train_ds = TorchImageDataset(train_set, spec, TrainTransform(spec, aug), cache=cfg.cache, progress=show)
     sampler = BatchSampler([y for _, y in train_ds.items], cfg.batch_size, mode=cfg.sampler, k=cfg.pk_k,
-                           seed=cfg.seed, rank=dist.rank, world=dist.world)
+                           seed=cfg.seed, rank=dist.rank, world=dist.world, catalogue=catalogue_flags)
     loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate_skip,
                         persistent_workers=cfg.workers > 0)
     steps_per_epoch = len(sampler)

@@ -142,6 +142,20 @@ def test_gallery_repeats_train_on_catalogue_images_and_record_it(tmp_path: Path)
         train(_cfg(tiny_folder_path(tmp_path), tmp_path / "run2", gallery_repeats=1))
     with pytest.raises(UsageError, match="gallery repeats"):
         train(_cfg(root, tmp_path / "run3", gallery_repeats=-1))
+    with pytest.raises(UsageError, match="gallery_repeats >= 1"):
+        train(_cfg(root, tmp_path / "run4", sampler="pk_catalogue"))
+
+
+def test_pk_catalogue_sampler_trains_on_photos_led_by_catalogue_images(tmp_path: Path) -> None:
+    from .test_data_eval import _write_grocery
+
+    root = tmp_path / "g"
+    _write_grocery(root)
+    res = train(_cfg(root, tmp_path / "run", epochs=1, batch_size=4, gallery_repeats=2, sampler="pk_catalogue",
+                     pk_k=2))
+    cfg = json.loads((res.out_dir / "config.json").read_text())
+    assert cfg["sampler"] == "pk_catalogue" and cfg["n_train"] == 6 + 2 * 2
+    assert (res.out_dir / "last.pt").is_file()
 
 
 def tiny_folder_path(tmp_path: Path) -> Path:
