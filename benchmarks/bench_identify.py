@@ -49,8 +49,9 @@ def split_folders(ctx: Any, root: Path) -> dict[str, Path]:
 
 
 def export_tflite(ctx: Any, folders: dict[str, Path], checkpoint: Path = CHECKPOINT,
-                  key: str = "export_trained_tflite") -> dict[str, Any]:
-    """Export ``checkpoint`` to tflite-int8, or tflite-fp32 if int8 fails the gate (resumable step ``key``).
+                  key: str = "export_trained_tflite", out_dir: Path | None = None) -> dict[str, Any]:
+    """Export ``checkpoint`` to tflite-int8, or tflite-fp32 if int8 fails the gate (resumable step ``key``),
+    into ``out_dir`` (default ``<work>/export``; one folder per model: the file name is the model's).
 
     Returns ``{"path", "format", "gate": {format: {"passed", "parity" | "error"}}}``.
     """
@@ -65,7 +66,7 @@ def export_tflite(ctx: Any, folders: dict[str, Path], checkpoint: Path = CHECKPO
         for fmt in ("tflite-int8", "tflite-fp32"):
             opts = {"calib_images": N_CALIB} if fmt.endswith("int8") else None
             try:
-                side = export_checkpoint(checkpoint, fmt, ctx.work_dir / "export", calib_dir=folders["train"],
+                side = export_checkpoint(checkpoint, fmt, out_dir or ctx.work_dir / "export", calib_dir=folders["train"],
                                          val_dir=folders["val"], options=opts, val_images=N_GATE_VAL,
                                          catalogue_images=N_GATE_CAT, overwrite=True)
             except GateError as exc:

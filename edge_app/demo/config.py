@@ -31,6 +31,7 @@ class DemoConfig:
     label_smoothing: float = 0.0
     weight_decay: float = 0.0
     gallery_repeats: int = 0  # the known parts' catalogue shots are trained on this many extra times per epoch
+    sampler: str = "pk"  # training batches (training.sampler): pk_catalogue leads each part's group with a catalogue shot
     catalogue: str = "mixed"  # which generated parts make up the terminal's inventory (see CATALOGUES)
     catalogue_per_part: int = 2
     field_per_part: int = 16
@@ -61,6 +62,12 @@ class DemoConfig:
             raise UsageError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.gallery_repeats < 0:
             raise UsageError(f"gallery_repeats must be >= 0, got {self.gallery_repeats}")
+        if self.sampler == "pk_catalogue" and not self.gallery_repeats:
+            raise UsageError("sampler pk_catalogue needs gallery_repeats >= 1 (the catalogue shots it leads with)")
+        from training.sampler import SAMPLERS
+
+        if self.sampler not in SAMPLERS:
+            raise UsageError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.freeze_stages < 0:
             raise UsageError(f"freeze_stages must be >= 0, got {self.freeze_stages}")
         if self.image_size < 32:

@@ -141,7 +141,8 @@ class DemoRun:
                            epochs=cfg.epochs, batch_size=cfg.batch_size, image_size=cfg.image_size,
                            pretrained=pretrained, freeze_stages=cfg.freeze_stages, seed=cfg.seed, cache=True,
                            backbone_lr_mult=cfg.backbone_lr_mult, label_smoothing=cfg.label_smoothing,
-                           weight_decay=cfg.weight_decay, gallery_repeats=cfg.gallery_repeats, progress=None)
+                           weight_decay=cfg.weight_decay, gallery_repeats=cfg.gallery_repeats, sampler=cfg.sampler,
+                           progress=None)
         self.run = train(tcfg, *self._train_val_sets())
         self.report["training"] = {"model": cfg.model, "pretrained": pretrained, "epochs": cfg.epochs,
                                    "image_size": cfg.image_size, "best_epoch": self.run.best_epoch,

@@ -39,7 +39,8 @@ def test_demo_refuses_a_non_empty_out_and_bad_options(tmp_path) -> None:
     with pytest.raises(UsageError, match="catalogue"):
         run_demo(DemoConfig(out=str(tmp_path / "new"), catalogue="some"))
     for bad, match in ((dict(backbone_lr_mult=0.0), "backbone_lr_mult"), (dict(label_smoothing=1.0), "label_smoothing"),
-                       (dict(weight_decay=-0.1), "weight_decay"), (dict(gallery_repeats=-1), "gallery_repeats")):
+                       (dict(weight_decay=-0.1), "weight_decay"), (dict(gallery_repeats=-1), "gallery_repeats"),
+                       (dict(sampler="pk_catalogue"), "gallery_repeats >= 1"), (dict(sampler="pk2"), "sampler")):
         with pytest.raises(UsageError, match=match):  # refused before anything is generated
             run_demo(DemoConfig(out=str(tmp_path / "new"), **bad))
     assert not (tmp_path / "new").exists()
