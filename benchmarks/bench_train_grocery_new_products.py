@@ -38,6 +38,11 @@ def run(ctx) -> dict[str, Any]:
         # The iconic images of the TRAINED products are trained on too (8 times per epoch; chosen before the
         # run): it teaches the photo -> catalogue-image pairing that new products are searched by. The held-out
         # products' iconic images never are (with_gallery matches classes by name).
+        # Tried 2026-12-06 (afternoon) and stopped after 2 folds: the pk_catalogue sampler (every class group of 4
+        # led by the product's iconic image, so each group holds a photo -> iconic pair; plain pk: ~58% of groups)
+        # LOWERED new-product Recall@1 to 0.310 / 0.304 on folds 0 / 1 (this configuration: 0.397 / 0.411; run to
+        # run noise is about 4 pt): with its iconic image in nearly every group, the embedding learns the 65
+        # trained iconic images, not the photo -> catalogue mapping. Plain pk stays.
         # 224 px, 3 epochs (2026-12-06, chosen before the run from FROZEN features, which find new products
         # better at higher input size: Recall@1 0.248 at 160 px, 0.265 at 192, 0.310 at 224, 0.348 at 256; an
         # epoch costs about 2x at 224 px, so 3 epochs keep the 45 min budget). The 160 px / 4 epochs runs gave
