@@ -132,6 +132,11 @@ def quantize_int8_graph(model: Any, calib: np.ndarray, *, per_channel: bool = Tr
         for i in range(len(calib)):  # the exported graph has a fixed batch of 1
             prepared(torch.from_numpy(np.ascontiguousarray(calib[i:i + 1], dtype=np.float32)))
     converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    # The graph was traced from the eval-mode wrapper (BatchNorm folded, no dropout), but the GraphModule
+    # torch.export hands back says training=True, and litert-torch then warns users to call .eval() (which
+    # exported modules refuse). The flag is all that is wrong; clear it.
+    for m in converted.modules():
+        m.training = False
     if weight_tuning:
         tune_int8_weights(converted, calib)
     return converted, quantizer

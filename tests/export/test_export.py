@@ -230,7 +230,7 @@ def test_ai_edge_quantizer_int8_export_is_gated_and_carries_metadata(tiny_model,
 
 
 @pytest.mark.slow
-def test_tflite_int8_export_with_metadata_and_bundle(tiny_model, image_dirs, tmp_path: Path) -> None:
+def test_tflite_int8_export_with_metadata_and_bundle(tiny_model, image_dirs, tmp_path: Path, caplog) -> None:
     from edge_app.bundle import load_bundle
     from edge_app.signing import Keyring, SigningKey
     from export.catalogue import catalogue_from_dir, embed_catalogue
@@ -241,6 +241,8 @@ def test_tflite_int8_export_with_metadata_and_bundle(tiny_model, image_dirs, tmp
     res = export_model(tiny_model, CLASSES, "tflite-int8", tmp_path / "out", calib_dir=image_dirs["calib"],
                        val_dir=image_dirs["val"], catalogue_dir=image_dirs["catalogue"],
                        options={"calib_images": 32})
+    # the quantised graph comes from the eval-mode wrapper: litert-torch must not tell users to call .eval()
+    assert not [r for r in caplog.records if "training mode" in r.getMessage()]
     path = Path(res["path"])
     assert res["metadata"]["status"] == "embedded"
     assert res["io"]["input"]["shape"] == [1, 3, 64, 64]
