@@ -43,6 +43,7 @@ def test_grocery_benchmarks_on_stand_in(tmp_path: Path) -> None:
     new = importlib.import_module("benchmarks.bench_train_grocery_new_products")
     r = new.run(_ctx(tmp_path, "n", folds=2, **TINY))
     assert r["folds"] == 2 and all(row["held_out_products"] == 1 for row in r["table"])
+    assert r["gallery_repeats"] == 8 and r["options_overridden"] == TINY  # what ran, not the module default
     assert all(row["new_val_photos"] == 2 for row in r["table"])
     assert all(0 <= row["frozen_new_recall@1"] <= 1 for row in r["table"]) and "frozen_new_recall@1_mean" in r
     # the headline uses the product's catalogue views; the single-view number stays beside it
