@@ -45,6 +45,9 @@ def test_grocery_benchmarks_on_stand_in(tmp_path: Path) -> None:
     assert r["folds"] == 2 and all(row["held_out_products"] == 1 for row in r["table"])
     assert r["gallery_repeats"] == 8 and r["options_overridden"] == TINY  # what ran, not the module default
     assert all(row["new_val_photos"] == 2 for row in r["table"])
+    # the supplementary number also scores the held-out product's TRAIN photos (never trained on in its fold)
+    assert all(row["new_all_photos"] == 2 + 6 and row["new_all_photos_products"] == 1 for row in r["table"])
+    assert r["new_all_photos_total"] == 16 and 0 <= r["new_all_photos_recall@1_pooled"] <= 1
     assert all(0 <= row["frozen_new_recall@1"] <= 1 for row in r["table"]) and "frozen_new_recall@1_mean" in r
     # the headline uses the product's catalogue views; the single-view number stays beside it
     assert r["catalogue_views"] == "flip-crop5"
