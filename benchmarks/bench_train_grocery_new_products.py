@@ -40,7 +40,9 @@ def run(ctx) -> dict[str, Any]:
         # products' iconic images never are (with_gallery matches classes by name).
         # Tried 2026-12-06 (afternoon), folds 0 / 1 only, scored also on ALL photos of the held-out products (the
         # low-variance supplementary number): 256 px input gave 0.425 / 0.347 (224 px: 0.422 / 0.389; val-only 0.448 /
-        # 0.304 vs 0.397 / 0.411) and would need ~46 min for 5 folds: no gain, 224 px stays.
+        # 0.304 vs 0.397 / 0.411) and would need ~46 min for 5 folds: no gain, 224 px stays. 5 stages frozen instead of
+        # 3: all held-out photos 0.457 / 0.413 (+3.5 / +2.4 pt), val-only 0.448 / 0.339, but trained products 0.731 /
+        # 0.750 (-6.7 / -4.2 pt): a trade of known-part accuracy for new-part accuracy that still misses 0.45; 3 stays.
         # Tried 2026-12-06 (afternoon), folds 0 / 1 only: iconic images 2 times per epoch instead of 8 gave new-product
         # Recall@1 0.534 / 0.286 (8: 0.397 / 0.411; mean 0.410 vs 0.404) and seen-product Recall@1 0.676 / 0.688
         # (8: 0.798 / 0.792): no gain for new products within run-to-run noise, a clear loss for trained ones; 8 stays.
