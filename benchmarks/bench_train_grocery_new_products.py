@@ -139,9 +139,9 @@ def _evaluate_all_unseen(ckpt: str, ds, held: list[int]) -> dict[str, Any]:
     from training.predict import predict
 
     model, _ = load_checkpoint(ckpt)
-    wanted = set(held)
-    photos = ImageSet(ds.val.root, ds.val.labels, [it for s in (ds.train, ds.val) for it in s.items
-                                                   if it[1] in wanted], "held-out-all")
+    wanted = set(held)  # ds.images: every train and val photo
+    photos = ImageSet(ds.images.root, ds.images.labels, [it for it in ds.images.items if it[1] in wanted],
+                      "held-out-all")
     pq = predict(model, photos)
     pg = predict(model, ds.gallery)
     r = retrieval_metrics(pq.embeddings, pq.targets, _catalogue_with_views(model, ds.gallery), pg.targets)

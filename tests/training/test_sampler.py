@@ -60,6 +60,7 @@ def test_a_class_with_only_catalogue_images_still_forms_groups() -> None:
     flags = [False] * len(PHOTOS) + [True, True]
     s = BatchSampler(labels, 8, mode="pk_catalogue", k=4, seed=0, catalogue=flags)
     groups = [g for b in s for g in _groups(b, 4) if labels[g[0]] == 6]
+    assert groups  # (3 with this seed)
     for g in groups:
         assert all(labels[i] == 6 for i in g)
 
