@@ -8,15 +8,19 @@ must be disjoint from the products later scored for the rejection figures.
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from edge_app.errors import InputError
+from edge_app.catalogue_views import DEFAULT_VIEWS
+from edge_app.errors import InputError, UsageError
 from edge_app.preprocess import PreprocessSpec
 
 from .catalogue import CatalogueImage, embed_catalogue
+
+OUTSIDE = "(outside the catalogue)"  # part number of negative photos given in a plain folder
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +47,103 @@ def part_scores(queries: np.ndarray, catalogue: np.ndarray, parts: Sequence[str]
 
 def fit_bundle_calibration(run: Runner, spec: PreprocessSpec, catalogue: Sequence[CatalogueImage],
                            positives: Sequence[CatalogueImage], negatives: Sequence[CatalogueImage], *,
-                           target_precision: float = 0.9, catalogue_views: str = "none") -> dict[str, Any]:
+                           target_precision: float = 0.9, catalogue_views: str = "none",
+                           model_sha256: str | None = None) -> dict[str, Any]:
     """Fit the calibration dict stored in a bundle manifest (``Calibration.to_dict()``).
 
     ``catalogue_views``: the bundle's catalogue view set (the catalogue must be embedded as the
-    device's index is); the photos are embedded once each, as the device embeds a query.
+    device's index is); the photos are embedded once each, as the device embeds a query. The
+    view set and ``model_sha256`` (the model file the device runs) are recorded in ``info``, so a
+    bundle build can refuse a calibration fitted for another model or view set.
     """
     from edge_app.runtime.calibration import fit
 
     if not positives or not negatives:
         raise InputError("calibration needs photos of catalogue parts and of parts outside the catalogue")
+    if not 0.5 <= target_precision < 1.0:
+        raise UsageError(f"target precision must be in [0.5, 1), got {target_precision}")
+    catalogue_parts = {c.part_number for c in catalogue}
+    overlap = catalogue_parts & {n.part_number for n in negatives}
+    if overlap:
+        raise InputError(f"negatives must be parts outside the catalogue; these are in it: {sorted(overlap)}")
+    strays = {p.part_number for p in positives} - catalogue_parts
+    if strays:
+        raise InputError(f"positives must be photos of catalogue parts; not in the catalogue: {sorted(strays)[:10]}")
     cat_emb, cat_rows = embed_catalogue(run, catalogue, spec, views=catalogue_views)
     q_emb, q_rows = embed_catalogue(run, [*positives, *negatives], spec)
     names, scores = part_scores(q_emb, cat_emb, [r["part_number"] for r in cat_rows])
     order = np.argsort(-scores, axis=1)
     top = scores[np.arange(len(scores)), order[:, 0]]
     second = scores[np.arange(len(scores)), order[:, 1]] if scores.shape[1] > 1 else np.full(len(scores), np.nan)
-    catalogue_parts = set(names)
-    correct = [r["part_number"] in catalogue_parts and names[order[i, 0]] == r["part_number"]
-               for i, r in enumerate(q_rows)]
-    overlap = catalogue_parts & {n.part_number for n in negatives}
-    if overlap:
-        raise InputError(f"negatives must be parts outside the catalogue; these are in it: {sorted(overlap)}")
-    known = [c for r, c in zip(q_rows, correct) if r["part_number"] in catalogue_parts]
-    info = {"positives": len(known), "negatives": len(q_rows) - len(known),
-            "negative_parts": sorted({n.part_number for n in negatives}), "aggregate": "max",
-            "fit_top1": float(np.mean(known)) if known else None}
+    embedded_parts = set(names)
+    correct = np.array([r["part_number"] in embedded_parts and names[order[i, 0]] == r["part_number"]
+                        for i, r in enumerate(q_rows)], bool)
+    is_known = np.array([r["part_number"] in catalogue_parts for r in q_rows], bool)
+    if is_known.all() or not is_known.any():
+        raise InputError("calibration needs readable photos of catalogue parts and of parts outside it "
+                         f"(readable: {int(is_known.sum())} and {int((~is_known).sum())})")
+    info: dict[str, Any] = {
+        "positives": int(is_known.sum()), "negatives": int((~is_known).sum()),
+        "negative_parts": sorted({n.part_number for n in negatives}), "aggregate": "max",
+        "fit_top1": float(correct[is_known].mean()),
+        "catalogue_views": catalogue_views}
+    if model_sha256:
+        info["model_sha256"] = model_sha256
     cal = fit(top, second, correct, target_precision=target_precision, info=info)
+    accepted = cal.confidence(top, second) >= cal.threshold
+    # in-sample: the fitting photos themselves; the honest figure needs photos of other products
+    cal.info.update({"fit_accepted_fraction": float(accepted.mean()),
+                     "fit_precision_of_accepted": float(correct[accepted].mean()) if accepted.any() else None,
+                     "fit_negatives_accepted": float(accepted[~is_known].mean())})
     return cal.to_dict()
+
+
+def calibrate_export(model: str | os.PathLike[str], catalogue_dir: str | os.PathLike[str],
+                     positives_dir: str | os.PathLike[str], negatives_dir: str | os.PathLike[str], *,
+                     target_precision: float = 0.9, catalogue_views: str = DEFAULT_VIEWS) -> dict[str, Any]:
+    """Fit the "no confident match" calibration for an exported model file (with its sidecar).
+
+    ``catalogue_dir``: the catalogue the bundle will hold (as for ``partlens bundle build``).
+    ``positives_dir``: field photos of catalogue parts, in folders named by part number (or a
+    generated data folder's ``kind=field`` rows). ``negatives_dir``: photos of parts that are NOT in
+    the catalogue, in part folders or directly in the folder. ``catalogue_views`` must be the view
+    set the bundle will be built with. Returns the calibration dict for ``bundle build --calibration``.
+    """
+    from edge_app.bundle import sha256_file
+    from edge_app.catalogue_views import check_views
+
+    from .catalogue import catalogue_from_dir, images_from_dir
+    from .pipeline import read_sidecar
+    from .runners import file_runner
+
+    side = read_sidecar(model)
+    spec = PreprocessSpec.from_dict(side["preprocess"])
+    views = check_views(catalogue_views)
+    catalogue = catalogue_from_dir(catalogue_dir)
+    positives = images_from_dir(positives_dir, kind="field")
+    negatives = images_from_dir(negatives_dir, kind="field", flat_part=OUTSIDE)
+    cal = fit_bundle_calibration(file_runner(model), spec, catalogue, positives, negatives,
+                                 target_precision=target_precision, catalogue_views=views,
+                                 model_sha256=sha256_file(model))
+    log.info("calibration for %s: threshold %.3f on %d positive and %d negative photos", model,
+             cal["threshold"], cal["info"]["positives"], cal["info"]["negatives"])
+    return cal
+
+
+def check_calibration(calibration: Mapping[str, Any], *, model_sha256: str, catalogue_views: str) -> None:
+    """Refuse a calibration section a device could not use, or one fitted for another model or view set."""
+    from edge_app.errors import IntegrityError
+    from edge_app.runtime.calibration import Calibration
+
+    try:
+        cal = Calibration.from_dict(calibration)
+    except IntegrityError as exc:
+        raise UsageError(f"{exc} (make one with `partlens calibrate`)") from None
+    fitted_for = cal.info.get("model_sha256")
+    if fitted_for and fitted_for != model_sha256:
+        raise UsageError(f"the calibration was fitted with another model (sha256 {fitted_for[:12]}, the bundle's "
+                         f"model is {model_sha256[:12]}): run `partlens calibrate` with this model")
+    views = cal.info.get("catalogue_views")
+    if views and views != catalogue_views:
+        raise UsageError(f"the calibration was fitted with catalogue views {views!r}, the bundle uses "
+                         f"{catalogue_views!r}: use the same --catalogue-views for both")

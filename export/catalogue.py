@@ -35,21 +35,33 @@ def catalogue_from_dir(root: str | os.PathLike[str]) -> list[CatalogueImage]:
     ImageFolder layout: the part number is the image's parent folder name. ``image_id`` is the
     path relative to ``root``.
     """
+    return images_from_dir(root, kind="catalogue")
+
+
+def images_from_dir(root: str | os.PathLike[str], *, kind: str = "catalogue",
+                    flat_part: str | None = None) -> list[CatalogueImage]:
+    """Labelled images of a folder: ``images.csv`` rows of ``kind`` (``catalogue`` or ``field``), else
+    an ImageFolder layout (part number = parent folder name).
+
+    ``flat_part``: the part number for images directly in ``root`` (e.g. a plain folder of photos
+    of parts outside the catalogue); without it such images are an error.
+    """
     root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
     index = root / "images.csv"
     if index.is_file():
         with open(index, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.DictReader(fh) if r.get("kind") == "catalogue"]
+            rows = [r for r in csv.DictReader(fh) if r.get("kind") == kind]
         if not rows:
-            raise InputError(f"{index}: no rows with kind=catalogue")
+            raise InputError(f"{index}: no rows with kind={kind}")
         return [CatalogueImage(root / r["path"], r["path"], r["part_number"]) for r in rows]
-    files = iter_image_files(root)
     out = []
-    for p in files:
+    for p in iter_image_files(root):
         rel = p.relative_to(root)
-        if len(rel.parts) < 2:
-            raise InputError(f"{p}: catalogue images must sit in a folder named by part number")
-        out.append(CatalogueImage(p, rel.as_posix(), rel.parts[-2]))
+        if len(rel.parts) < 2 and flat_part is None:
+            raise InputError(f"{p}: images must sit in a folder named by part number")
+        out.append(CatalogueImage(p, rel.as_posix(), rel.parts[-2] if len(rel.parts) >= 2 else flat_part))
     return out
 
 

@@ -1,4 +1,5 @@
-"""``partlens keys``, ``partlens export`` and ``partlens bundle`` (build, verify, pack, unpack)."""
+"""``partlens keys``, ``partlens export``, ``partlens calibrate`` and ``partlens bundle`` (build, verify, pack,
+unpack)."""
 from __future__ import annotations
 
 import argparse
@@ -55,6 +56,29 @@ def _load_json_arg(value: str | None, what: str) -> dict | None:
     if not isinstance(obj, dict):
         raise UsageError(f"--{what}: must be a JSON object")
     return obj
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from edge_app.atomic import atomic_write_json
+    from edge_app.errors import UsageError
+
+    from .calibrate import calibrate_export
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} exists (use --overwrite to replace it)")
+    cal = calibrate_export(args.model, args.catalogue, args.positives, args.negatives,
+                           target_precision=args.target_precision, catalogue_views=args.catalogue_views)
+    atomic_write_json(out, cal)
+    i = cal["info"]
+    print(f"{out}\nthreshold {cal['threshold']:.3f} for precision {cal['target_precision']:.2f}, fitted on "
+          f"{i['positives']} photos of catalogue parts (top-1 {i['fit_top1']:.1%}) and {i['negatives']} of "
+          f"other parts")
+    prec = i["fit_precision_of_accepted"]
+    print(f"on these same photos (in-sample): accepted {i['fit_accepted_fraction']:.1%}, precision of accepted "
+          + ("n/a" if prec is None else f"{prec:.1%}")
+          + f", other parts accepted {i['fit_negatives_accepted']:.1%}")
+    return 0
 
 
 def _bundle_build(args: argparse.Namespace) -> int:
@@ -142,6 +166,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--overwrite", action="store_true", help="replace an existing export file")
     ex.set_defaults(func=_export)
 
+    ca = sub.add_parser("calibrate", help="fit the \"no confident match\" calibration of an exported model",
+                        description="Fit the confidence calibration (P(top part is right) from the top part "
+                                    "similarity and its margin) and its acceptance threshold with the exported "
+                                    "model the device runs, and write it as JSON for `partlens bundle build "
+                                    "--calibration`. Use photos of other products than the ones you will judge it on.")
+    ca.add_argument("model", help="exported .tflite or .onnx file (with its .json sidecar)")
+    ca.add_argument("--catalogue", required=True,
+                    help="the catalogue the bundle will hold (images.csv data folder or folders per part number)")
+    ca.add_argument("--positives", required=True,
+                    help="field photos of catalogue parts, in folders named by part number "
+                         "(or a data folder's kind=field rows)")
+    ca.add_argument("--negatives", required=True,
+                    help="photos of parts NOT in the catalogue (in part folders, or directly in the folder)")
+    ca.add_argument("--out", required=True, help="calibration JSON file to write")
+    ca.add_argument("--target-precision", type=float, default=0.9,
+                    help="precision of accepted answers the threshold aims at, in [0.5, 1) (default 0.9)")
+    ca.add_argument("--catalogue-views", choices=sorted(VIEW_SETS), default=DEFAULT_VIEWS,
+                    help=f"the bundle's catalogue view set (must match `bundle build`; default {DEFAULT_VIEWS})")
+    ca.add_argument("--overwrite", action="store_true", help="replace an existing calibration file")
+    ca.set_defaults(func=_calibrate)
+
     bundle = sub.add_parser("bundle", help="build, verify, pack and unpack signed model bundles",
                             description="Signed model bundles (see docs/ARCHITECTURE.md).")
     bsub = bundle.add_subparsers(dest="bundle_command", metavar="ACTION")
@@ -155,7 +200,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     bb.add_argument("--version", type=int, required=True, help="bundle version (integer, must increase)")
     bb.add_argument("--kind", choices=("device", "desktop"), default="device", help="bundle kind (default device)")
     bb.add_argument("--out", required=True, help="bundles root folder")
-    bb.add_argument("--calibration", help="confidence calibration section: JSON file or text")
+    bb.add_argument("--calibration", help="confidence calibration from `partlens calibrate` (JSON file or text); "
+                                          "refused if fitted with another model or view set")
     bb.add_argument("--accuracy", help="accuracy section: JSON file or text")
     bb.add_argument("--M", type=int, default=16, help="hnswlib M (default 16)")
     bb.add_argument("--ef-construction", type=int, default=200, help="hnswlib ef_construction (default 200)")

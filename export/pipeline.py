@@ -207,6 +207,12 @@ def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.
     spec = PreprocessSpec.from_dict(first["preprocess"])
     device_model = files.get("model.tflite") or files["model.onnx"]
     views = check_views(catalogue_views)
+    if calibration:
+        from edge_app.bundle import sha256_file
+
+        from .calibrate import check_calibration
+
+        check_calibration(calibration, model_sha256=sha256_file(device_model), catalogue_views=views)
     emb, rows = embed_catalogue(file_runner(device_model), catalogue_from_dir(catalogue_dir), spec, views=views)
     by_fmt = {s["format"]: s for s in sides.values()}
     return build_bundle(

@@ -179,6 +179,7 @@ class DemoRun:
 
     # 4 ---------------------------------------------------------------------------------------
     def bundle(self) -> None:
+        from edge_app.bundle import sha256_file
         from edge_app.preprocess import PreprocessSpec
         from edge_app.signing import DEFAULT_KEY_DIR, SigningKey, init_key
         from export.calibrate import fit_bundle_calibration
@@ -197,7 +198,8 @@ class DemoRun:
         negatives = [CatalogueImage(p, p.name, pn) for p, pn in metrics.field_photos(calib, self.parts["outside"])]
         views = self.cfg.catalogue_views
         calibration = fit_bundle_calibration(runner, spec, catalogue_from_dir(self.data / "known"), positives,
-                                             negatives, catalogue_views=views)
+                                             negatives, catalogue_views=views,
+                                             model_sha256=sha256_file(self.exported["path"]))
         self.bundle_dir = bundle_from_exports(self.out / "bundles", [self.exported["path"]],
                                               catalogue_dir=self.data / "known", key=key, version=1,
                                               calibration=calibration, catalogue_views=views,

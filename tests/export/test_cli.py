@@ -8,6 +8,24 @@ import pytest
 
 from .conftest import CLASSES
 
+CATALOGUE_PARTS = CLASSES[:3]  # P3 stays outside the catalogue: the calibration's negatives
+
+
+def calibration_folders(image_dirs: dict[str, Path], root: Path) -> dict[str, Path]:
+    """Catalogue (P0-P2), positives (val photos of P0-P2, in part folders) and negatives (photos of P3,
+    directly in the folder, as a user's "other parts" folder would be), as symlinks."""
+    out = {k: root / k for k in ("catalogue", "positives", "negatives")}
+    for part in CATALOGUE_PARTS:
+        for kind, src in (("catalogue", "catalogue"), ("positives", "val")):
+            (out[kind] / part).mkdir(parents=True)
+            for f in sorted((image_dirs[src] / part).glob("*.jpg")):
+                (out[kind] / part / f.name).symlink_to(f)
+    out["negatives"].mkdir(parents=True)
+    for src in ("val", "calib"):
+        for f in sorted((image_dirs[src] / "P3").glob("*.jpg")):
+            (out["negatives"] / f"{src}_{f.name}").symlink_to(f)
+    return out
+
 
 @pytest.fixture()
 def checkpoint(tiny_model, tmp_path: Path) -> Path:
@@ -43,12 +61,18 @@ def test_export_build_verify(checkpoint: Path, image_dirs, tmp_path: Path, capsy
     common = ["--model", str(model), "--catalogue", str(image_dirs["catalogue"]), "--key", str(key_path),
               "--out", str(tmp_path / "bundles")]
     assert main(["bundle", "build", *common, "--version", "1", "--kind", "device"]) == 2  # ONNX is desktop-only
+    folders = calibration_folders(image_dirs, tmp_path / "cal")
+    assert main(["calibrate", str(model), "--catalogue", str(folders["catalogue"]), "--positives",
+                 str(folders["positives"]), "--negatives", str(folders["negatives"]), "--out",
+                 str(tmp_path / "cal.json")]) == 0
+    capsys.readouterr()
+    common[3] = str(folders["catalogue"])  # the catalogue the calibration was fitted with
     assert main(["bundle", "build", *common, "--version", "1", "--kind", "desktop", "--calibration",
-                 '{"threshold": 0.6}', "--archive", str(tmp_path / "b.tar")]) == 0
+                 str(tmp_path / "cal.json"), "--archive", str(tmp_path / "b.tar")]) == 0
     bundle_dir = Path(capsys.readouterr().out.splitlines()[0])
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    assert manifest["kind"] == "desktop" and manifest["calibration"] == {"threshold": 0.6}
-    assert manifest["parity"]["onnx-fp32"]["passed"] and manifest["catalogue"]["count"] == 8
+    assert manifest["kind"] == "desktop" and manifest["calibration"] == json.loads((tmp_path / "cal.json").read_text())
+    assert manifest["parity"]["onnx-fp32"]["passed"] and manifest["catalogue"]["count"] == 6
     assert main(["bundle", "verify", str(bundle_dir), "--keyring", str(keyring)]) == 0
     assert main(["bundle", "verify", str(tmp_path / "b.tar"), "--keyring", str(keyring)]) == 0
     assert main(["bundle", "build", *common, "--version", "1", "--kind", "desktop"]) == 2  # immutable version

@@ -271,12 +271,15 @@ def test_tflite_int8_export_with_metadata_and_bundle(tiny_model, image_dirs, tmp
     conv_in = [d for d in interp._get_ops_details() if d["op_name"] == "CONV_2D"][0]["inputs"][0]
     assert interp.get_tensor_details()[conv_in]["dtype"] == np.int8
 
+    from edge_app.runtime.calibration import Calibration
+
     key = SigningKey.generate()
+    cal = Calibration(coef=(8.0, 20.0), intercept=-6.0, threshold=0.42).to_dict()
     bundle_dir = bundle_from_exports(tmp_path / "bundles", [path], catalogue_dir=image_dirs["catalogue"], key=key,
-                                     version=1, calibration={"threshold": 0.42})
+                                     version=1, calibration=cal)
     b = load_bundle(bundle_dir, Keyring({key.key_id: key.public_raw}))
     assert b.manifest["quantization"]["tflite-int8"]["calibration_images"] == 32
-    assert b.manifest["parity"]["tflite-int8"]["passed"] and b.manifest["calibration"] == {"threshold": 0.42}
+    assert b.manifest["parity"]["tflite-int8"]["passed"] and b.manifest["calibration"] == cal
     # catalogue embeddings are those of the exported TFLite model, normalised, made with the default views
     assert b.catalogue_views == "flip-crop5"
     runner, items = tflite_runner(b.model_path("tflite")), catalogue_from_dir(image_dirs["catalogue"])
