@@ -49,11 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Keep the native libraries' start-up chatter off the console (``-vv`` shows it).
+
+    TensorFlow's C++ INFO lines (converter op counts) read ``TF_CPP_MIN_LOG_LEVEL`` when it loads;
+    a value the user set wins. torch logs a deprecation of an API that litert-torch uses on every
+    export. Messages the native code prints itself (absl's "All log messages before
+    absl::InitializeLog()", oneDNN's notice) do not go through either and still show.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2:
+        quiet_libraries()
     try:
         rc = args.func(args)
     except PartlensError as exc:

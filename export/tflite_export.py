@@ -6,11 +6,14 @@ image and reads float ``logits`` and ``embedding`` by signature output name.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -24,6 +27,24 @@ from .wrapper import export_module, sample_input
 log = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
+
+
+@contextlib.contextmanager
+def _to_debug_log(what: str) -> Iterator[None]:
+    """Route a library's prints, progress bars and Python warnings to this module's debug log (the
+    ai-edge-quantizer prints model sizes to stdout and draws progress bars on the console)."""
+    out = io.StringIO()
+    try:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(out):
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for w in caught:
+            log.debug("%s: %s: %s", what, w.category.__name__, w.message)
+        text = out.getvalue().replace("\r", "\n").strip()
+        if text:
+            log.debug("%s printed:\n%s", what, text)
 
 
 def _convert_bytes(module: Any, args: tuple, quant_config: Any = None) -> bytes:
@@ -170,8 +191,10 @@ def convert_int8_aiq(model: Any, calib: np.ndarray) -> bytes:
     from ai_edge_litert.interpreter import Interpreter
 
     in_name = Interpreter(model_content=fp32).get_signature_list()[SIGNATURE]["inputs"][0]
-    result = qt.calibrate({SIGNATURE: [{in_name: calib[i:i + 1]} for i in range(len(calib))]}, num_threads=1)
-    data, _ = float_interface(bytes(qt.quantize(result).quantized_model))
+    with _to_debug_log("ai-edge-quantizer"):
+        result = qt.calibrate({SIGNATURE: [{in_name: calib[i:i + 1]} for i in range(len(calib))]}, num_threads=1)
+        quantized = bytes(qt.quantize(result).quantized_model)
+    data, _ = float_interface(quantized)
     return data
 
 

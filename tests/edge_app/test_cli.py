@@ -82,3 +82,20 @@ def test_every_command_has_help(capsys):
             main(argv)
         assert e.value.code == 0
         assert "usage:" in capsys.readouterr().out
+
+
+def test_library_chatter_is_kept_off_the_console_unless_asked(monkeypatch, capsys):
+    import logging
+    import os
+
+    pytree = logging.getLogger("torch.utils._pytree")
+    monkeypatch.setattr(pytree, "level", logging.NOTSET)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    assert main(["-vv", "bench", "--list"]) == 0  # -vv: left alone
+    assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ and pytree.level == logging.NOTSET
+    assert main(["bench", "--list"]) == 0
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1" and pytree.level == logging.ERROR
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # the user's own setting wins
+    assert main(["bench", "--list"]) == 0
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    capsys.readouterr()

@@ -412,3 +412,23 @@ def test_int8_linear_after_pool_has_no_requantize_and_a_consistent_bias() -> Non
     assert len(errors) == 2 and max(errors) < 1e-4, errors
     assert cos > 0.99, cos
     assert max(results[False][0]) > 0.05  # the converter's inconsistency this guards against
+
+
+def test_quantizer_prints_and_warnings_go_to_the_debug_log(capsys: pytest.CaptureFixture[str], caplog) -> None:
+    import logging
+    import sys
+    import warnings
+
+    from export.tflite_export import _to_debug_log
+
+    caplog.set_level(logging.DEBUG, logger="export.tflite_export")
+    with pytest.raises(RuntimeError, match="boom"), _to_debug_log("lib"):
+        print("Original model size: 14 MiB")
+        sys.stderr.write("Running Calibration::  50%\r")
+        warnings.warn("preserve_all_tensors is for debugging", UserWarning)
+        raise RuntimeError("boom")  # an error still propagates, and what was printed before it is kept
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Original model size: 14 MiB" in logged and "Running Calibration::  50%" in logged
+    assert "lib: UserWarning: preserve_all_tensors is for debugging" in logged
