@@ -51,6 +51,10 @@ def run(ctx) -> dict[str, Any]:
         # LOWERED new-product Recall@1 to 0.310 / 0.304 on folds 0 / 1 (this configuration: 0.397 / 0.411; run to
         # run noise is about 4 pt): with its iconic image in nearly every group, the embedding learns the 65
         # trained iconic images, not the photo -> catalogue mapping. Plain pk stays.
+        # Tried 2026-12-06 (evening), offline on the saved fold models: WiSE-FT weight interpolation, backbone =
+        # 0.8 x trained + 0.2 x ImageNet (neck and classifier as trained). Chosen on fold 0 (all held-out photos
+        # 0.422 -> 0.501; alpha 0.6: 0.513 but seen -10 pt), it did not hold on folds 1-4 (0.388 / 0.335 / 0.384 /
+        # 0.423 vs 0.389 / 0.311 / 0.375 / 0.421): five-fold mean 0.406 vs 0.384, seen 0.749 vs 0.759. Not adopted.
         # 224 px, 3 epochs (2026-12-06, chosen before the run from FROZEN features, which find new products
         # better at higher input size: Recall@1 0.248 at 160 px, 0.265 at 192, 0.310 at 224, 0.348 at 256; an
         # epoch costs about 2x at 224 px, so 3 epochs keep the 45 min budget). The 160 px / 4 epochs runs gave
