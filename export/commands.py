@@ -147,8 +147,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "the parity gate against PyTorch on real validation photos.")
     ex.add_argument("checkpoint", help="partlens-ckpt/1 checkpoint file")
     ex.add_argument("--format", required=True, choices=sorted(FORMATS), help="export format")
-    ex.add_argument("--calib", required=True, help="folder of real training images (int8 calibration, parity catalogue)")
-    ex.add_argument("--val", required=True, help="folder of real validation photos for the parity gate")
+    ex.add_argument("--calib", help="folder of real training images (int8 calibration, parity catalogue; "
+                                    "default: the train images of the split the checkpoint was trained on)")
+    ex.add_argument("--val", help="folder of real validation photos for the parity gate (default: the val images "
+                                  "of the split the checkpoint was trained on)")
     ex.add_argument("--out", required=True, help="output folder")
     ex.add_argument("--catalogue", help="parity catalogue images (default: --calib)")
     ex.add_argument("--val-images", type=int, help="use only this many validation photos (default: all)")

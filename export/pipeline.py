@@ -69,13 +69,16 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
                  calib_dir: str | os.PathLike[str], val_dir: str | os.PathLike[str],
                  catalogue_dir: str | os.PathLike[str] | None = None, options: Mapping[str, Any] | None = None,
                  model_name: str | None = None, val_images: int | None = None, catalogue_images: int = 200,
-                 thresholds: Thresholds = Thresholds(), overwrite: bool = False) -> dict[str, Any]:
+                 thresholds: Thresholds = Thresholds(), overwrite: bool = False,
+                 sources: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Export, gate, write. Returns the sidecar dict (also written next to the model file).
 
     ``calib_dir``: real training images (int8 calibration; also the parity catalogue unless
     ``catalogue_dir`` is given). ``val_dir``: real validation photos for the parity gate.
+    ``sources`` (``calib``, ``val``): what to record as their origin when the folders are temporary.
     Raises :class:`GateError` (nothing written) if the export fails parity.
     """
+    sources = {"calib": str(calib_dir), "val": str(val_dir), **(sources or {})}
     t0 = time.perf_counter()
     fmt = get_format(fmt_name)
     opts = resolve_options(fmt, options)
@@ -103,7 +106,7 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
             scheme = ("litert-torch PT2E static int8, activations per tensor, symmetric weights, "
                       "conv+ReLU6 outputs on the fixed range [0, 6], float32 interface"
                       + (", calibration-aware weight rounding + bias correction" if opts.get("weight_tuning") else ""))
-        quant.update(calibration_images=len(kept), calibration_source=str(calib_dir), scheme=scheme)
+        quant.update(calibration_images=len(kept), calibration_source=sources["calib"], scheme=scheme)
         if "per_channel" in opts:
             quant["per_channel"] = opts["per_channel"]
     val, _ = load_inputs(sample_images(val_dir, val_images, what="parity validation"), spec)
@@ -121,7 +124,8 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
                                 cat_labels=cat_labels)
         sidecar = {"format": fmt.name, "model_name": name, "file": final.name, "labels": list(labels),
                    "preprocess": spec.to_dict(), "embedding_dim": int(model.embed_dim),
-                   "quantization": quant, "parity": report.to_dict(), "size_bytes": tmp.stat().st_size, **info,
+                   "quantization": quant, "parity": report.to_dict() | {"source": sources["val"]},
+                   "size_bytes": tmp.stat().st_size, **info,
                    "seconds": round(time.perf_counter() - t0, 1)}
         enforce(report)  # GateError: nothing is written
         atomic_copy(tmp, final, overwrite=True)
@@ -152,15 +156,32 @@ def catalogue_labels(root: str | os.PathLike[str], paths: Sequence[Path]) -> lis
     return None
 
 
-def export_checkpoint(ckpt: str | os.PathLike[str], fmt_name: str, out_dir: str | os.PathLike[str],
+def export_checkpoint(ckpt: str | os.PathLike[str], fmt_name: str, out_dir: str | os.PathLike[str], *,
+                      calib_dir: str | os.PathLike[str] | None = None, val_dir: str | os.PathLike[str] | None = None,
                       **kwargs: Any) -> dict[str, Any]:
-    """:func:`export_model` for a ``partlens-ckpt/1`` checkpoint."""
+    """:func:`export_model` for a ``partlens-ckpt/1`` checkpoint.
+
+    Without ``calib_dir`` / ``val_dir``, the images come from the split the checkpoint was trained on
+    (:func:`training.splits.checkpoint_split`): its train images calibrate int8 and make the parity
+    catalogue, its val images are the parity photos.
+    """
     from training.models import load_checkpoint
 
     model, meta = load_checkpoint(ckpt)
     kwargs.setdefault("model_name", meta["model_name"])
-    out = export_model(model, meta["labels"], fmt_name, out_dir, **kwargs)
-    return out
+    if calib_dir is not None and val_dir is not None:
+        return export_model(model, meta["labels"], fmt_name, out_dir, calib_dir=calib_dir, val_dir=val_dir, **kwargs)
+    from training.splits import checkpoint_split, link_image_folders
+
+    train, val, where = checkpoint_split(meta, what=str(ckpt))
+    with tempfile.TemporaryDirectory(prefix="partlens-export-") as td:
+        linked = link_image_folders({"train": train, "val": val}, td)
+        sources = {"calib": f"train images of the {where}" if calib_dir is None else str(calib_dir),
+                   "val": f"val images of the {where}" if val_dir is None else str(val_dir)}
+        log.info("export %s: int8 calibration / parity catalogue from %s; parity photos from %s", ckpt,
+                 sources["calib"], sources["val"])
+        return export_model(model, meta["labels"], fmt_name, out_dir, calib_dir=calib_dir or linked["train"],
+                            val_dir=val_dir or linked["val"], sources=sources, **kwargs)
 
 
 def read_sidecar(model_path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -188,3 +188,45 @@ def duplicate_aware_groups(root: str | os.PathLike[str], images: ImageSet) -> li
     multi = duplicate_groups(len(recs), near_duplicate_pairs(recs))
     seen = {i for g in multi for i in g}
     return multi + [[i] for i in range(len(recs)) if i not in seen]
+
+
+def checkpoint_split(meta: dict[str, Any], what: str = "the checkpoint") -> tuple[ImageSet, ImageSet, str]:
+    """The (train, val) image sets a ``partlens train`` checkpoint was trained and validated on, rebuilt from the
+    training config and split it records, and a one-line description of where they came from.
+
+    A split file must still hash to what training recorded; the data folder must be where training read it.
+    """
+    extra = meta.get("extra") or {}
+    cfg, info = extra.get("train_config"), extra.get("split")
+    if not cfg or not info:
+        raise UsageError(f"{what} records no training split (not made by `partlens train`)")
+    source = str(info.get("source", ""))
+    if source == "caller":
+        raise UsageError(f"{what} was trained on image sets given by a program ({info.get('train')}), "
+                         "not on a split that can be rebuilt")
+    data = Path(cfg["data"])
+    if not data.is_dir():
+        raise InputError(f"{what} was trained on {data}, which is not here")
+    if info.get("path"):
+        s = load_split(info["path"], data)
+        if info.get("sha256") and s.sha256 != info["sha256"]:
+            raise IntegrityError(f"{info['path']}: the split changed since {what} was trained")
+        return s.train, s.val, f"split {info['path']} of {data}"
+    ds = load_dataset(data, cfg.get("layout", "auto"))
+    if ds.train is None or ds.val is None:
+        raise InputError(f"{data}: the layout has no train/val lists any more ({what}: {source})")
+    return ds.train, ds.val, f"{source} of {data}"
+
+
+def link_image_folders(sets: dict[str, ImageSet], dest: str | os.PathLike[str]) -> dict[str, Path]:
+    """Symlink each image set into ``dest/<name>/<label>/<file>`` (an ImageFolder for folder-based tools);
+    file names carry the relative path, so two images with one base name stay apart."""
+    out = {}
+    for name, images in sets.items():
+        root = Path(dest) / name
+        for rel, y in images.items:
+            link = root / images.labels[y] / rel.replace("/", "__")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to((images.root / rel).resolve())
+        out[name] = root
+    return out
