@@ -10,15 +10,15 @@ from typing import Any
 from .errors import InputError, UsageError
 
 
-def data_home() -> Path:
-    """The device data folder (:func:`edge_app.paths.device_dir`)."""
+def _home(args: argparse.Namespace) -> Path:
+    """``--data-dir`` (the device folder the sync client and the app use), else the default device folder."""
     from .paths import device_dir
 
-    return device_dir()
+    return device_dir(getattr(args, "data_dir", None))
 
 
 def _db_path(args: argparse.Namespace) -> Path:
-    return Path(args.db) if args.db else data_home() / "catalogue.db"
+    return Path(args.db) if args.db else _home(args) / "catalogue.db"
 
 
 def _active_bundle(home: Path, db_path: Path) -> Path:
@@ -46,7 +46,7 @@ def _fmt_stock(m: dict[str, Any]) -> str:
 def _identify(args: argparse.Namespace) -> int:
     from .runtime.identify import Identifier
 
-    home = data_home()
+    home = _home(args)
     bundle = Path(args.bundle) if args.bundle else _active_bundle(home, _db_path(args))
     keyring = Path(args.keyring) if args.keyring else home / "keyring.json"
     if args.top < 1:
@@ -149,9 +149,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photo file(s) of the same part")
     p.add_argument("--top", type=int, default=5, help="how many parts to list (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON (schema: docs/identify_json_schema.json)")
-    p.add_argument("--bundle", help="verified bundle folder (default: the device's active bundle)")
-    p.add_argument("--db", help="catalogue database (default: $PARTLENS_DEVICE_DIR/catalogue.db)")
-    p.add_argument("--keyring", help="trusted keys (default: $PARTLENS_DEVICE_DIR/keyring.json)")
+    p.add_argument("--data-dir", help="device folder, as for `partlens sync` and `partlens app` (default: "
+                                      "$PARTLENS_DEVICE_DIR, else ~/.local/share/partlens/device)")
+    p.add_argument("--bundle", help="verified bundle folder (default: the device folder's active bundle)")
+    p.add_argument("--db", help="catalogue database (default: DATA_DIR/catalogue.db)")
+    p.add_argument("--keyring", help="trusted keys (default: DATA_DIR/keyring.json)")
     p.add_argument("--site", help="site whose stock to show and filter on (default: the catalogue's site)")
     p.add_argument("--in-stock", action="store_true", help="only parts in stock at the site")
     p.add_argument("--category", help="only parts of this category")
@@ -169,7 +171,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     csub.required = True
 
     def db_arg(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--db", help="catalogue database (default: $PARTLENS_DEVICE_DIR/catalogue.db)")
+        q.add_argument("--data-dir", help="device folder (default: $PARTLENS_DEVICE_DIR, else "
+                                          "~/.local/share/partlens/device)")
+        q.add_argument("--db", help="catalogue database (default: DATA_DIR/catalogue.db)")
         q.add_argument("--json", action="store_true", help="print JSON")
 
     i = csub.add_parser("import", help="import parts.csv (and images.csv) in the generated layout",

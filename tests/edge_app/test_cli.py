@@ -99,3 +99,23 @@ def test_library_chatter_is_kept_off_the_console_unless_asked(monkeypatch, capsy
     assert main(["bench", "--list"]) == 0
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
     capsys.readouterr()
+
+
+def test_identify_and_catalogue_take_the_device_folder(world, device_db, capsys, tmp_path, monkeypatch):
+    """``--data-dir`` is the device folder that ``sync`` and ``app`` use: its catalogue, keyring and the bundle
+    its active pointer names; nothing is read from the default device folder."""
+    import shutil
+
+    monkeypatch.setenv("PARTLENS_DEVICE_DIR", str(tmp_path / "empty"))
+    home = tmp_path / "tablet"
+    manifest = json.loads((Path(world.bundle) / "manifest.json").read_text())
+    shutil.copytree(world.bundle, home / "bundles" / manifest["bundle_id"])
+    shutil.copy(device_db, home / "catalogue.db")
+    shutil.copy(world.keyring_path, home / "keyring.json")
+    (home / "active.json").write_text(json.dumps({"bundle_id": manifest["bundle_id"], "version": 1}))
+    rc, out, err = _run(capsys, "identify", world.field["P0013"][0], "--data-dir", home, "--backend", "onnx")
+    assert rc == 0 and "P0013" in out and manifest["bundle_id"] in out, err
+    rc, out, _ = _run(capsys, "catalogue", "show", "P0013", "--data-dir", home)
+    assert rc == 0 and "P0013" in out
+    rc, _, err = _run(capsys, "identify", world.field["P0013"][0], "--backend", "onnx")  # the default folder
+    assert rc == 3 and str(tmp_path / "empty") in err
