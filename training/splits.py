@@ -204,7 +204,7 @@ def checkpoint_split(meta: dict[str, Any], what: str = "the checkpoint") -> tupl
     if source == "caller":
         raise UsageError(f"{what} was trained on image sets given by a program ({info.get('train')}), "
                          "not on a split that can be rebuilt")
-    data = Path(cfg["data"])
+    data = Path(extra.get("data_path") or cfg["data"])  # absolute since the run recorded it; else as typed
     if not data.is_dir():
         raise InputError(f"{what} was trained on {data}, which is not here")
     if info.get("path"):

@@ -50,19 +50,19 @@ def resolve_split(cfg: TrainConfig, out: Path, is_main: bool) -> tuple[ImageSet,
     ds = load_dataset(cfg.data, cfg.layout)
     if cfg.split:
         s = load_split(cfg.split, cfg.data)
-        return s.train, s.val, {"source": "file", "path": str(cfg.split), "sha256": s.sha256,
+        return s.train, s.val, {"source": "file", "path": str(Path(cfg.split).resolve()), "sha256": s.sha256,
                                 "file_sha256": file_sha256(cfg.split)}
     if ds.train is not None and ds.val is not None:
         return ds.train, ds.val, {"source": f"{ds.layout} layout (train/val lists)"}
     path = out / "split.json"
     if path.exists():  # a resumed run keeps its split
         s = load_split(path, cfg.data)
-        return s.train, s.val, {"source": "run folder", "path": str(path), "sha256": s.sha256}
+        return s.train, s.val, {"source": "run folder", "path": str(path.resolve()), "sha256": s.sha256}
     doc = make_split(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if is_main:
         write_split(doc, path)
     train, val = apply_split(doc, ds.images, str(path))
-    return train, val, {"source": "generated", "path": str(path), "sha256": doc["sha256"]}
+    return train, val, {"source": "generated", "path": str(path.resolve()), "sha256": doc["sha256"]}
 
 
 def _add_gallery(cfg: TrainConfig, train_set: ImageSet, val_set: ImageSet) -> tuple[ImageSet, dict[str, int]]:
@@ -298,7 +298,8 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
             if is_best:
                 best_top1, best_epoch = m["top1"], epoch
             metrics = {k: v for k, v in row.items()}
-            extra = {"train_config": cfg.to_dict(), "history": history, "best_top1": best_top1,
+            extra = {"train_config": cfg.to_dict(), "data_path": str(Path(cfg.data).resolve()),
+                     "history": history, "best_top1": best_top1,
                      "best_epoch": best_epoch, "split": split_info}
             if is_best:
                 save_checkpoint(out / "best.pt", model, labels, metrics, epoch, extra)

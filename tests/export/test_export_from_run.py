@@ -69,6 +69,7 @@ def test_export_refuses_a_split_it_cannot_rebuild(run: dict[str, Path], tmp_path
     raw = read_checkpoint(moved / "run" / "last.pt")
     cfg = raw["extra"]["train_config"]
     raw["extra"]["train_config"] = {**cfg, "data": str(moved / "data")}
+    raw["extra"]["data_path"] = str(moved / "data")
     raw["extra"]["split"] = {**raw["extra"]["split"], "path": str(moved / "split.json")}
     torch.save(raw, moved / "run" / "last.pt")
     write_split(make_split(moved / "data", seed=1), moved / "split.json")
@@ -97,3 +98,16 @@ def test_checkpoint_split_rebuilds_the_recorded_sets_and_links_them(run: dict[st
         assert len(files) == len(images)
         assert sorted(f.resolve() for f in files) == sorted((images.root / p).resolve() for p, _ in images.items)
         assert all(f.parent.name == images.labels[dict(images.items)[f.name.replace("__", "/")]] for f in files)
+
+
+def test_export_finds_the_split_of_a_run_trained_with_relative_paths(run: dict[str, Path], tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    from edge_app.cli import main
+
+    monkeypatch.chdir(run["root"])
+    assert main(["train", "--data", "data", "--split", "split.json", "--model", "tiny", "--out", "rel",
+                 "--epochs", "1", "--batch-size", "8", "--image-size", "32"]) == 0
+    monkeypatch.chdir(tmp_path)  # elsewhere: "data" and "split.json" mean nothing here
+    assert main(["export", str(run["root"] / "rel" / "last.pt"), "--format", "onnx-fp32", "--out", "o"]) == 0
+    side = json.loads((tmp_path / "o" / "tiny-onnx-fp32.onnx.json").read_text())
+    assert side["parity"]["source"] == f"val images of the split {run['split']} of {run['data']}"
