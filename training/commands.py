@@ -141,7 +141,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Top-1/top-5/per-class accuracy and retrieval Recall@1/@5/mAP (training images, "
                                    "and catalogue images when the layout has them, as gallery).")
     p.add_argument("checkpoint", help="a partlens checkpoint (.pt)")
-    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--data", help="dataset root (default: the one the checkpoint was trained on)")
     p.add_argument("--split", help="split file (default: the one recorded in the checkpoint, or the layout's)")
     p.add_argument("--out", help="folder for evaluation.json, confusion.png, predictions.png, curves.png")
     p.add_argument("--layout", default="auto", choices=["auto", "folder", "grocery", "parts"])

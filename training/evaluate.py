@@ -64,13 +64,21 @@ def _val_and_galleries(meta: dict[str, Any], data: str | os.PathLike[str], split
     return val, galleries, info
 
 
-def evaluate_checkpoint(ckpt: str | os.PathLike[str], data: str | os.PathLike[str], *, split: str | None = None,
-                        out: str | os.PathLike[str] | None = None, layout: str = "auto", batch_size: int = 64,
-                        figures: bool = True, progress: bool | None = None) -> dict[str, Any]:
-    """Evaluate a checkpoint on a dataset's validation split; write JSON + PNGs to ``out`` if given."""
+def evaluate_checkpoint(ckpt: str | os.PathLike[str], data: str | os.PathLike[str] | None = None, *,
+                        split: str | None = None, out: str | os.PathLike[str] | None = None, layout: str = "auto",
+                        batch_size: int = 64, figures: bool = True, progress: bool | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint on a dataset's validation split; write JSON + PNGs to ``out`` if given.
+
+    ``data`` defaults to the folder the checkpoint was trained on (recorded by ``partlens train``).
+    """
     from .models import load_checkpoint
 
     model, meta = load_checkpoint(ckpt)
+    if data is None:
+        extra = meta.get("extra") or {}
+        data = extra.get("data_path") or (extra.get("train_config") or {}).get("data")
+        if not data:
+            raise UsageError(f"{ckpt} records no training data folder; pass --data")
     val, galleries, split_info = _val_and_galleries(meta, data, split, layout)
     if list(meta["labels"]) != list(val.labels):
         raise IntegrityError(f"{ckpt}: its labels differ from the dataset's at {data}")

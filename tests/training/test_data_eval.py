@@ -139,6 +139,10 @@ def test_evaluate_cli_writes_report_and_figures(tmp_path: Path, capsys) -> None:
     for name in ("confusion.png", "predictions.png", "curves.png"):
         assert Image.open(out / name).size[0] > 100
     assert json.loads(capsys.readouterr().out)["n"] == 4
+    # without --data: the folder the checkpoint was trained on, the same numbers
+    assert main(["evaluate", str(tmp_path / "run" / "best.pt"), "--no-figures"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["n"] == 4 and again["top1"] == rep["top1"] and again["retrieval"] == rep["retrieval"]
 
 
 def test_with_gallery_adds_catalogue_images_of_trained_classes_only(tmp_path: Path) -> None:
