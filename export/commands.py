@@ -67,8 +67,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists (use --overwrite to replace it)")
+    if (args.check_positives is None) != (args.check_negatives is None):
+        raise UsageError("--check-positives and --check-negatives go together")
+    check = (args.check_positives, args.check_negatives) if args.check_positives else None
     cal = calibrate_export(args.model, args.catalogue, args.positives, args.negatives,
-                           target_precision=args.target_precision, catalogue_views=args.catalogue_views)
+                           target_precision=args.target_precision, catalogue_views=args.catalogue_views,
+                           check_dirs=check)
     atomic_write_json(out, cal)
     i = cal["info"]
     print(f"{out}\nthreshold {cal['threshold']:.3f} for precision {cal['target_precision']:.2f}, fitted on "
@@ -78,6 +82,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(f"on these same photos (in-sample): accepted {i['fit_accepted_fraction']:.1%}, precision of accepted "
           + ("n/a" if prec is None else f"{prec:.1%}")
           + f", other parts accepted {i['fit_negatives_accepted']:.1%}")
+    c = i.get("check")
+    if c:
+        prec = "n/a" if c["precision_of_accepted"] is None else f"{c['precision_of_accepted']:.1%}"
+        print(f"check photos (not fitted; {c['known']} of catalogue parts, {c['unknown']} of other parts): "
+              f"top-1 {c['top1_known']:.1%}, accepted {c['accepted_fraction']:.1%}, precision of accepted {prec}, "
+              f"other parts accepted {c['unknown_accepted']:.1%}, AUROC known vs other "
+              f"{c['auroc_known_vs_unknown']:.3f}, ECE {c['ece']:.3f} (a perfect calibration shows "
+              f"{c['ece_if_perfectly_calibrated']:.3f} on this many photos)")
     return 0
 
 
@@ -186,6 +198,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="precision of accepted answers the threshold aims at, in [0.5, 1) (default 0.9)")
     ca.add_argument("--catalogue-views", choices=sorted(VIEW_SETS), default=DEFAULT_VIEWS,
                     help=f"the bundle's catalogue view set (must match `bundle build`; default {DEFAULT_VIEWS})")
+    ca.add_argument("--check-positives", help="photos of catalogue parts kept OUT of the fit (part folders): "
+                                              "the result is scored on them and on --check-negatives")
+    ca.add_argument("--check-negatives", help="photos of other parts kept out of the fit")
     ca.add_argument("--overwrite", action="store_true", help="replace an existing calibration file")
     ca.set_defaults(func=_calibrate)
 

@@ -135,3 +135,46 @@ def test_bundle_build_refuses_a_calibration_the_device_could_not_use(setup: dict
     # the same views on both sides is accepted; a view set the calibration was not fitted with is not
     assert main([*build, "--calibration", json.dumps(good), "--catalogue-views", "none"]) == 2
     assert main([*build, "--calibration", json.dumps(good)]) == 0
+
+
+def test_calibrate_scores_the_result_on_photos_kept_out_of_the_fit(setup: dict[str, Path], tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_app.cli import main
+    from edge_app.preprocess import PreprocessSpec
+    from edge_app.runtime.calibration import Calibration
+    from export.calibrate import calibration_metrics, part_scores
+    from export.catalogue import catalogue_from_dir, embed_catalogue, images_from_dir
+    from export.pipeline import read_sidecar
+    from export.runners import file_runner
+
+    from .conftest import make_image_folder
+
+    fresh = make_image_folder(tmp_path / "fresh", 5, seed=7)  # photos neither fitted nor in the catalogue
+    check_neg = tmp_path / "check_neg"
+    (fresh / "P3").rename(check_neg)  # P3 is outside the catalogue; P0-P2 stay as the check positives
+    out = tmp_path / "cal.json"
+    args = _args(setup, out, "--check-positives", str(fresh), "--check-negatives", str(check_neg))
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    cal = Calibration.from_dict(json.loads(out.read_text()))
+    check = cal.info["check"]
+    assert (check["known"], check["unknown"], check["photos"]) == (15, 5, 20)
+    assert "check photos (not fitted; 15 of catalogue parts, 5 of other parts)" in printed
+    # the same numbers from the photos scored independently
+    spec = PreprocessSpec.from_dict(read_sidecar(setup["model"])["preprocess"])
+    run = file_runner(setup["model"])
+    cat, rows = embed_catalogue(run, catalogue_from_dir(setup["catalogue"]), spec, views="flip-crop5")
+    photos = [*images_from_dir(fresh, kind="field"), *images_from_dir(check_neg, kind="field", flat_part="x")]
+    q, qrows = embed_catalogue(run, photos, spec)
+    names, scores = part_scores(q, cat, [r["part_number"] for r in rows])
+    s = -np.sort(-scores, axis=1)
+    right = np.array([names[i] == r["part_number"] for i, r in zip(scores.argmax(1), qrows)])
+    known = np.array([r["part_number"] in CATALOGUE_PARTS for r in qrows])
+    assert check == pytest.approx(calibration_metrics(cal.confidence(s[:, 0], s[:, 1]), cal.threshold, right, known))
+    # refused: only one check folder; a photo both fitted and checked
+    assert main(_args(setup, tmp_path / "x.json", "--check-positives", str(fresh))) == 2
+    assert "go together" in capsys.readouterr().err
+    assert main(_args(setup, tmp_path / "y.json", "--check-positives", str(setup["positives"]),
+                      "--check-negatives", str(check_neg))) == 2
+    assert "both fitted and checked" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
