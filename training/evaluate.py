@@ -52,6 +52,9 @@ def _val_and_galleries(meta: dict[str, Any], data: str | os.PathLike[str], split
         if not Path(split_path).is_file():
             raise UsageError(f"the checkpoint's split file {split_path} is gone; pass --split")
         s = load_split(split_path, data)
+        if split is None and saved.get("sha256") and s.sha256 != saved["sha256"]:
+            raise IntegrityError(f"{split_path}: the split changed since the checkpoint was trained; "
+                                 "pass --split to evaluate on another split")
         train, val = s.train, s.val
         info = {"path": str(split_path), "sha256": s.sha256, "file_sha256": file_sha256(split_path)}
     elif ds.train is not None and ds.val is not None:

@@ -75,6 +75,10 @@ def test_export_refuses_a_split_it_cannot_rebuild(run: dict[str, Path], tmp_path
     write_split(make_split(moved / "data", seed=1), moved / "split.json")
     assert main(["export", str(moved / "run" / "last.pt"), *base]) == 4
     assert "the split changed since" in capsys.readouterr().err
+    assert main(["evaluate", str(moved / "run" / "last.pt"), "--no-figures"]) == 4  # evaluate checks it too
+    assert "the split changed since" in capsys.readouterr().err
+    assert main(["evaluate", str(moved / "run" / "last.pt"), "--no-figures", "--split", str(moved / "split.json")]) == 0
+    capsys.readouterr()
     # the training data is not where training read it
     shutil.rmtree(moved / "data")
     assert main(["export", str(moved / "run" / "last.pt"), *base]) == 3
