@@ -49,6 +49,8 @@ def test_grocery_benchmarks_on_stand_in(tmp_path: Path) -> None:
     assert all(row["new_all_photos"] == 2 + 6 and row["new_all_photos_products"] == 1 for row in r["table"])
     assert r["new_all_photos_total"] == 16 and 0 <= r["new_all_photos_recall@1_pooled"] <= 1
     assert all(0 <= row["frozen_new_recall@1"] <= 1 for row in r["table"]) and "frozen_new_recall@1_mean" in r
+    # the like-for-like floor (frozen features, the same catalogue views) is beside it
+    assert r["frozen_new_recall@1_views_mean"] == pytest.approx(sum(row["frozen_new_recall@1_views"] for row in r["table"]) / 2)
     # the headline uses the product's catalogue views; the single-view number stays beside it
     assert r["catalogue_views"] == "flip-crop5"
     assert all(0 <= row["new_recall@1_no_views"] <= 1 and 0 <= row["seen_recall@1"] <= 1 for row in r["table"])
