@@ -7,6 +7,9 @@ from typing import Any
 FOLDS = 5
 HOLD_OUT = 0.2
 GALLERY_REPEATS = 8
+# Equal weights for the trained embedding and the frozen ImageNet reference, fixed before any fold was scored
+# with it (offline on the saved fold models, 2026-12-06 evening: fold 0 first, then folds 1-4 unchanged).
+REFERENCE_WEIGHT = 0.5
 
 
 def run(ctx) -> dict[str, Any]:
@@ -70,6 +73,7 @@ def run(ctx) -> dict[str, Any]:
         row["frozen_new_recall@1_views"] = ctx.step(f"frozen{fold}-views",
                                                     lambda: _frozen_recall(frozen, ds, held, opts, views=True))
         row.update(ctx.step(f"unseen{fold}", lambda: _evaluate_all_unseen(trained["last"], ds, held)))
+        row.update(ctx.step(f"reference{fold}", lambda: _evaluate_with_reference(trained["last"], ds, held, fold)))
         rows.append(row)
     r_new = np.array([r["new_recall@1"] for r in rows])
     r_new_nv = np.array([r["new_recall@1_no_views"] for r in rows])
@@ -78,6 +82,8 @@ def run(ctx) -> dict[str, Any]:
     r_frozen_v = np.array([r["frozen_new_recall@1_views"] for r in rows])
     r_seen = np.array([r["seen_recall@1"] for r in rows])
     r_all = np.array([r["new_all_photos_recall@1"] for r in rows])
+    ref = {k: np.array([r[f"{k}_reference"] for r in rows])
+           for k in ("new_recall@1", "seen_recall@1", "new_all_photos_recall@1")}
     n_all = np.array([r["new_all_photos"] for r in rows])
     std = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0)  # noqa: E731
     changed = {k: v for k, v in ctx.options.items() if k != "folds"}
@@ -97,7 +103,29 @@ def run(ctx) -> dict[str, Any]:
             # on its held-out products' photos), not only their ~55 val photos per fold
             "new_all_photos_recall@1_mean": float(r_all.mean()), "new_all_photos_recall@1_std": std(r_all),
             "new_all_photos_total": int(n_all.sum()),
-            "new_all_photos_recall@1_pooled": float((r_all * n_all).sum() / max(1, n_all.sum()))}
+            "new_all_photos_recall@1_pooled": float((r_all * n_all).sum() / max(1, n_all.sum())),
+            # the same fold models with the frozen ImageNet reference branch (`partlens add-reference`, weight
+            # REFERENCE_WEIGHT, no training): the embedding a catalogue with parts added later should ship
+            "reference_weight": REFERENCE_WEIGHT,
+            **{f"{k}_reference_mean": float(v.mean()) for k, v in ref.items()},
+            **{f"{k}_reference_std": std(v) for k, v in ref.items()}}
+
+
+def _evaluate_with_reference(ckpt: str, ds, held: list[int], fold: int) -> dict[str, Any]:
+    """:func:`_evaluate` and :func:`_evaluate_all_unseen` for the fold model with the frozen ImageNet
+    reference branch attached (written beside it as ``last-reference.pt``); keys end in ``_reference``."""
+    from pathlib import Path
+
+    from training.models import add_reference_to_checkpoint
+
+    fused = Path(ckpt).with_name("last-reference.pt")
+    if not fused.is_file():
+        # allow_random: the tests' stand-in model has no ImageNet weights (the benchmark's efficientnet_lite0 has)
+        add_reference_to_checkpoint(ckpt, fused, weight=REFERENCE_WEIGHT, allow_random=True)
+    out = {**_evaluate(str(fused), ds, held, fold), **_evaluate_all_unseen(str(fused), ds, held)}
+    keys = ("new_recall@1", "new_recall@5", "seen_recall@1", "seen_recall@5", "new_all_photos_recall@1",
+            "new_all_photos_recall@5")
+    return {f"{k}_reference": out[k] for k in keys}
 
 
 def held_out_classes(n_classes: int, fold: int) -> list[int]:

@@ -19,8 +19,7 @@ def export_module(model: Any, as_dict: bool = True) -> Any:
             self.model = m
 
         def forward(self, x: torch.Tensor):  # noqa: ANN201
-            z = self.model.neck(self.model.features(x))
-            logits = self.model.classifier(z)
+            logits, z = self.model.heads(x)
             if as_dict:
                 return {"logits": logits, "embedding": z}
             return logits, z

@@ -52,6 +52,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_reference(args: argparse.Namespace) -> int:
+    from .models import add_reference_to_checkpoint
+
+    out = add_reference_to_checkpoint(args.checkpoint, args.out, weight=args.weight)
+    print(out)
+    return 0
+
+
 def _audit(args: argparse.Namespace) -> int:
     from edge_app.atomic import atomic_write_json
 
@@ -148,6 +156,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-figures", action="store_true")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("add-reference", help="fuse frozen ImageNet features into a checkpoint's embedding",
+                       description="Write a copy of a checkpoint whose embedding is the trained embedding fused with "
+                                   "the architecture's frozen ImageNet features (cosine = w * trained + (1 - w) * "
+                                   "ImageNet). No training: it helps parts the model never saw (parts added at the "
+                                   "hub later). The embedding grows by the backbone's feature size (1280 for "
+                                   "efficientnet_lite0 and mobilenet_v2) and the model runs the backbone twice.")
+    p.add_argument("checkpoint", help="a partlens checkpoint (.pt) from `partlens train`")
+    p.add_argument("--out", required=True, help="the new checkpoint file (must not exist)")
+    p.add_argument("--weight", type=float, default=0.5,
+                   help="weight of the trained embedding in (0, 1) (default 0.5: equal weights)")
+    p.set_defaults(func=_add_reference)
 
     p = sub.add_parser("audit", help="audit a dataset: unreadable/odd-mode/tiny images, near-duplicates",
                        description="Report unreadable, grayscale, CMYK, RGBA, palette and tiny images and "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,9 @@ class PartModel(nn.Module):
         self.config: dict[str, Any] = dict(config)
         self._stages = list(stages or [])
         self.freeze_bn = bool(config.get("freeze_bn", False))
+        self.reference: nn.Module | None = None  # see attach_reference
+        self.reference_dim = 0
+        self.reference_weight = 0.0
         nn.init.kaiming_normal_(self.neck[0].weight, mode="fan_out")
         nn.init.normal_(self.classifier.weight, std=0.01)
         nn.init.zeros_(self.classifier.bias)
@@ -81,7 +85,8 @@ class PartModel(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        return self.classifier.in_features
+        """Size of :meth:`embedding` (the trained embedding, plus the reference features when attached)."""
+        return self.classifier.in_features + self.reference_dim
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (B, F)."""
@@ -90,16 +95,46 @@ class PartModel(nn.Module):
     def _neck(self, x: torch.Tensor) -> torch.Tensor:
         return self.neck(self.features(x))
 
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, embedding BEFORE L2 normalisation): what the exported model outputs.
+
+        Without a reference branch the embedding is the neck output (the classifier's input). With one
+        (:meth:`attach_reference`) it is ``[sqrt(w) * unit(neck), sqrt(1 - w) * unit(reference features)]``,
+        so the cosine of two embeddings is ``w * cos(trained) + (1 - w) * cos(reference)``.
+        """
+        z = self._neck(x)
+        if self.reference is None:
+            return self.classifier(z), z
+        w = self.reference_weight
+        r = self.reference(x)
+        e = torch.cat([math.sqrt(w) * F.normalize(z.float(), dim=1),
+                       math.sqrt(1.0 - w) * F.normalize(r.float(), dim=1)], dim=1)
+        return self.classifier(z), e
+
     def embedding(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised float32 embedding (B, D)."""
-        return F.normalize(self._neck(x).float(), dim=1)
+        return F.normalize(self.heads(x)[1].float(), dim=1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self._neck(x))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self._neck(x)
-        return self.classifier(z), F.normalize(z.float(), dim=1)
+        logits, e = self.heads(x)
+        return logits, F.normalize(e.float(), dim=1)
+
+    def attach_reference(self, reference: nn.Module, dim: int, weight: float) -> None:
+        """Fuse a FROZEN pretrained backbone's pooled features (``reference``: image -> (B, ``dim``)) into the
+        embedding with weight ``1 - weight`` (the trained embedding keeps ``weight``). Never trained: the
+        reference keeps what ImageNet features know about products the training never saw."""
+        if not 0.0 < weight < 1.0:
+            raise UsageError(f"the trained embedding's weight must be in (0, 1), got {weight}")
+        if self.reference is not None:
+            raise UsageError("the model already has a reference branch")
+        reference.eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+        self.reference, self.reference_dim, self.reference_weight = reference, int(dim), float(weight)
+        self.config["reference_weight"] = float(weight)
 
     def stages(self) -> list[nn.Module]:
         """Backbone stages from input to output (what ``freeze_stages(n)`` counts)."""
@@ -117,6 +152,8 @@ class PartModel(nn.Module):
 
     def train(self, mode: bool = True) -> "PartModel":
         super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # frozen: never batch statistics
         for stage in self._stages[: getattr(self, "_frozen", 0)]:
             stage.eval()  # frozen stages keep their BatchNorm statistics
         if mode and self.freeze_bn:
@@ -308,6 +345,30 @@ def create_model(name: str, num_classes: int, *, embed_dim: int = 256, pretraine
     return PartModel(backbone, nfeat, num_classes, embed_dim, spec, config, stages)
 
 
+def _reference_backbone(model: PartModel, pretrained: bool) -> tuple[nn.Module, int]:
+    cfg = model.config
+    ref = create_model(cfg["name"], 1, pretrained=pretrained, image_size=tuple(cfg["image_size"]),
+                       resize=cfg.get("resize", "squash"),
+                       **{k: v for k, v in cfg.items() if k in ("patch", "vit_dim", "vit_depth", "vit_heads",
+                                                                 "vit_stem")})
+    return ref.backbone, ref.neck[0].in_features
+
+
+def add_reference(model: PartModel, weight: float = 0.5, *, allow_random: bool = False) -> PartModel:
+    """Attach the architecture's ImageNet backbone, frozen, as a reference branch (in place; returns ``model``).
+
+    The embedding becomes the trained embedding fused with the pretrained features (weight ``weight``
+    on the trained one): fine-tuning specialises the embedding to the trained parts, the reference
+    keeps general features for parts added to the catalogue later. ``allow_random``: accept an
+    architecture without pretrained weights (tests only: a random reference is no use).
+    """
+    if model_info(model.config["name"]).pretrained_source is None and not allow_random:
+        raise UsageError(f"{model.config['name']} has no pretrained weights to use as a reference")
+    ref, dim = _reference_backbone(model, pretrained=True)
+    model.attach_reference(ref, dim, weight)
+    return model.eval()
+
+
 # ---------------------------------------------------------------- checkpoints
 
 
@@ -332,6 +393,23 @@ def save_checkpoint(path: str | os.PathLike[str], model: PartModel, labels: list
     buf = io.BytesIO()
     torch.save(payload, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def add_reference_to_checkpoint(ckpt: str | os.PathLike[str], out: str | os.PathLike[str],
+                                weight: float = 0.5, *, allow_random: bool = False) -> Path:
+    """Write ``out``: the checkpoint ``ckpt`` with the frozen ImageNet reference branch attached
+    (:func:`add_reference`); labels, metrics, epoch and the training record are kept, so export and
+    evaluate treat it as the run's own checkpoint. No training happens."""
+    out = Path(out)
+    if out.exists():
+        raise UsageError(f"{out} exists; choose another output file")
+    model, meta = load_checkpoint(ckpt)
+    if model.reference is not None:
+        raise UsageError(f"{ckpt} already has a reference branch")
+    add_reference(model, weight, allow_random=allow_random)
+    extra = {k: v for k, v in (meta.get("extra") or {}).items() if k not in ("optimizer", "scheduler", "rng")}
+    extra["reference"] = {"weight": float(weight), "from_checkpoint": str(Path(ckpt).resolve())}
+    return save_checkpoint(out, model, meta["labels"], meta.get("metrics"), int(meta.get("epoch", 0)), extra)
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -359,10 +437,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[PartModel, dict[str, 
     name = cfg.pop("name", obj["model_name"])
     num_classes = cfg.pop("num_classes")
     cfg.pop("pretrained", None)
+    reference_weight = cfg.pop("reference_weight", None)
     if name == "vit":
         cfg.setdefault("vit_stem", "patch")  # checkpoints from before the conv stem have the plain patch stem
     try:
         model = create_model(name, num_classes, pretrained=False, **cfg)
+        if reference_weight is not None:  # its weights come from the state dict below
+            model.attach_reference(*_reference_backbone(model, pretrained=False), float(reference_weight))
     except (UsageError, TypeError) as exc:
         raise IntegrityError(f"{path}: cannot rebuild model from its config: {exc}") from None
     W.load_strict(model, obj["state_dict"], f"checkpoint {path}")
