@@ -19,7 +19,11 @@ def export_module(model: Any, as_dict: bool = True) -> Any:
             self.model = m
 
         def forward(self, x: torch.Tensor):  # noqa: ANN201
-            logits, z = self.model.heads(x)
+            if hasattr(self.model, "heads"):  # PartModel (with or without a reference branch)
+                logits, z = self.model.heads(x)
+            else:  # a bare backbone + neck + classifier module (tests' stand-ins)
+                z = self.model.neck(self.model.features(x))
+                logits = self.model.classifier(z)
             if as_dict:
                 return {"logits": logits, "embedding": z}
             return logits, z

@@ -432,3 +432,25 @@ def test_quantizer_prints_and_warnings_go_to_the_debug_log(capsys: pytest.Captur
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "Original model size: 14 MiB" in logged and "Running Calibration::  50%" in logged
     assert "lib: UserWarning: preserve_all_tensors is for debugging" in logged
+
+
+def test_model_with_reference_exports_its_fused_embedding(tiny_model, image_dirs, tmp_path: Path) -> None:
+    import copy
+
+    import torch
+
+    from export.inputs import load_inputs
+    from export.pipeline import export_model
+    from export.runners import file_runner
+    from training.models import add_reference
+
+    model = add_reference(copy.deepcopy(tiny_model), 0.5, allow_random=True)
+    res = export_model(model, CLASSES, "onnx-fp32", tmp_path, calib_dir=image_dirs["calib"],
+                       val_dir=image_dirs["val"], catalogue_dir=image_dirs["catalogue"])
+    assert res["embedding_dim"] == model.embed_dim == 16 + 64 and res["parity"]["passed"]
+    x, _ = load_inputs(sorted(image_dirs["val"].rglob("*.jpg"))[:3], model.preprocess)
+    out = file_runner(res["path"])(x)
+    emb = out["embedding"] / np.linalg.norm(out["embedding"], axis=1, keepdims=True)
+    with torch.no_grad():
+        expect = model.embedding(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(emb, expect, atol=1e-5)
