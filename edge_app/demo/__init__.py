@@ -56,7 +56,8 @@ def _demo(args: argparse.Namespace) -> int:
     d = DemoConfig()
     out = args.out or str(Path(d.out) / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
     cfg = DemoConfig(out=out, seed=args.seed, model=args.model, pretrained=args.pretrained,
-                     catalogue=args.catalogue, export_format=args.export_format, starter_bundle=args.starter_bundle)
+                     catalogue=args.catalogue, export_format=args.export_format, starter_bundle=args.starter_bundle,
+                     reference_weight=args.reference_weight)
     if args.quick:
         cfg = quick(cfg)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size)) if v is not None}
@@ -90,6 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                               f"{quick(d).epochs})")
     p.add_argument("--image-size", type=int, help=f"model input side in px (default {d.image_size}; --quick: "
                                                   f"{quick(d).image_size})")
+    p.add_argument("--reference-weight", type=float, default=d.reference_weight,
+                   help="weight of the trained embedding beside the frozen ImageNet reference branch, in (0, 1); "
+                        f"0 = no reference branch (default {d.reference_weight}; `partlens add-reference`)")
     p.add_argument("--export-format", default=d.export_format,
                    help=f"device model format (default {d.export_format}; see `partlens export --help`). A TFLite "
                         "int8 format the parity gate refuses is followed by the other TFLite int8 quantizer, "

@@ -144,9 +144,18 @@ class DemoRun:
                            weight_decay=cfg.weight_decay, gallery_repeats=cfg.gallery_repeats, sampler=cfg.sampler,
                            progress=None)
         self.run = train(tcfg, *self._train_val_sets())
+        self.checkpoint = self.run.best
+        reference = cfg.reference_weight if pretrained else 0.0  # needs the architecture's ImageNet weights
+        if reference:
+            from training.models import add_reference_to_checkpoint
+
+            # the ImageNet reference branch (no training): finds parts added at the hub later better
+            self.checkpoint = add_reference_to_checkpoint(self.run.best, self.run.best.with_name("best-reference.pt"),
+                                                          weight=reference)
         self.report["training"] = {"model": cfg.model, "pretrained": pretrained, "epochs": cfg.epochs,
                                    "image_size": cfg.image_size, "best_epoch": self.run.best_epoch,
-                                   "val_top1": self.run.best_top1, "run_dir": str(self.run.out_dir)}
+                                   "val_top1": self.run.best_top1, "run_dir": str(self.run.out_dir),
+                                   "reference_weight": reference, "checkpoint": str(self.checkpoint)}
         self._lap("train", t0)
 
     def _train_val_sets(self) -> tuple[Any, Any]:
@@ -171,7 +180,7 @@ class DemoRun:
         kw = dict(calib_dir=self.data / "known", val_dir=self.data / "calibration" / "images")
         exported, refused = export_first_passing(
             export_candidates(cfg.export_format),
-            lambda fmt: export_checkpoint(self.run.best, fmt, self.out / "export", **kw))
+            lambda fmt: export_checkpoint(self.checkpoint, fmt, self.out / "export", **kw))
         self.exported = exported
         self.report["export"] = {"format": exported["format"], "size_bytes": exported["size_bytes"],
                                  "parity": exported["parity"], "refused": refused}

@@ -29,7 +29,10 @@ def markdown(r: dict[str, Any]) -> str:
     tr, ex = r["training"], r["export"]
     lines = ["# partlens demo report", "",
              f"Model `{tr['model']}` (ImageNet init: {tr['pretrained']}), {tr['epochs']} epochs at "
-             f"{tr['image_size']} px, val top-1 {_pct(tr['val_top1'])}; device model {ex['format']} "
+             f"{tr['image_size']} px, val top-1 {_pct(tr['val_top1'])}"
+             + (f", with the frozen ImageNet reference branch (weight {tr['reference_weight']:g})"
+                if tr.get("reference_weight") else "")
+             + f"; device model {ex['format']} "
              f"{ex['size_bytes'] / 1e6:.2f} MB; bundle `{r['bundle']['bundle_id']}`; "
              f"catalogue: {r['catalogue']['description']}.", ""]
     for ref in ex.get("refused") or []:
