@@ -40,7 +40,8 @@ def test_demo_refuses_a_non_empty_out_and_bad_options(tmp_path) -> None:
         run_demo(DemoConfig(out=str(tmp_path / "new"), catalogue="some"))
     for bad, match in ((dict(backbone_lr_mult=0.0), "backbone_lr_mult"), (dict(label_smoothing=1.0), "label_smoothing"),
                        (dict(weight_decay=-0.1), "weight_decay"), (dict(gallery_repeats=-1), "gallery_repeats"),
-                       (dict(sampler="pk_catalogue"), "gallery_repeats >= 1"), (dict(sampler="pk2"), "sampler")):
+                       (dict(sampler="pk_catalogue"), "gallery_repeats >= 1"), (dict(sampler="pk2"), "sampler"),
+                       (dict(reference_weight=1.0), "reference_weight"), (dict(reference_weight=-0.5), "reference_weight")):
         with pytest.raises(UsageError, match=match):  # refused before anything is generated
             run_demo(DemoConfig(out=str(tmp_path / "new"), **bad))
     assert not (tmp_path / "new").exists()
@@ -172,6 +173,10 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     assert "[1/8]" in proc.stderr and "[8/8]" in proc.stderr
     assert "| known parts, fresh field photos |" in proc.stdout and str(run / "report.html") in proc.stdout
     assert report["training"]["model"] == "efficientnet_lite0"
+    # the device model carries the frozen ImageNet reference branch (the default), and the bundle its embedding
+    assert report["training"]["reference_weight"] == 0.5 and "with the frozen ImageNet reference" in proc.stdout
+    manifest = json.loads((Path(report["bundle"]["path"]) / "manifest.json").read_text())
+    assert manifest["embedding_dim"] == 256 + 1280
     assert report["export"]["format"] in ("tflite-int8", "tflite-int8-aiq", "tflite-fp32")
     refused = report["export"]["refused"]  # each format the gate refused, in the order tried, with why
     tried = [r["format"] for r in refused] + [report["export"]["format"]]
