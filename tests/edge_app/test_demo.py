@@ -173,10 +173,10 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     assert "[1/8]" in proc.stderr and "[8/8]" in proc.stderr
     assert "| known parts, fresh field photos |" in proc.stdout and str(run / "report.html") in proc.stdout
     assert report["training"]["model"] == "efficientnet_lite0"
-    # the device model carries the frozen ImageNet reference branch (the default), and the bundle its embedding
-    assert report["training"]["reference_weight"] == 0.5 and "with the frozen ImageNet reference" in proc.stdout
+    # no reference branch by default (`--reference-weight`): the bundle holds the trained 256-d embedding
+    assert report["training"]["reference_weight"] == 0 and "reference branch" not in proc.stdout
     manifest = json.loads((Path(report["bundle"]["path"]) / "manifest.json").read_text())
-    assert manifest["embedding_dim"] == 256 + 1280
+    assert manifest["embedding_dim"] == 256
     assert report["export"]["format"] in ("tflite-int8", "tflite-int8-aiq", "tflite-fp32")
     refused = report["export"]["refused"]  # each format the gate refused, in the order tried, with why
     tried = [r["format"] for r in refused] + [report["export"]["format"]]
