@@ -78,13 +78,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(f"{out}\nthreshold {cal['threshold']:.3f} for precision {cal['target_precision']:.2f}, fitted on "
           f"{i['positives']} photos of catalogue parts (top-1 {i['fit_top1']:.1%}) and {i['negatives']} of "
           f"other parts")
-    prec = i["fit_precision_of_accepted"]
+    def share(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.1%}"
+
     print(f"on these same photos (in-sample): accepted {i['fit_accepted_fraction']:.1%}, precision of accepted "
-          + ("n/a" if prec is None else f"{prec:.1%}")
-          + f", other parts accepted {i['fit_negatives_accepted']:.1%}")
+          f"{share(i['fit_precision_of_accepted'])}, other parts accepted {i['fit_negatives_accepted']:.1%}")
     c = i.get("check")
     if c:
-        prec = "n/a" if c["precision_of_accepted"] is None else f"{c['precision_of_accepted']:.1%}"
+        prec = share(c["precision_of_accepted"])
         print(f"check photos (not fitted; {c['known']} of catalogue parts, {c['unknown']} of other parts): "
               f"top-1 {c['top1_known']:.1%}, accepted {c['accepted_fraction']:.1%}, precision of accepted {prec}, "
               f"other parts accepted {c['unknown_accepted']:.1%}, AUROC known vs other "

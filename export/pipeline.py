@@ -174,14 +174,16 @@ def export_checkpoint(ckpt: str | os.PathLike[str], fmt_name: str, out_dir: str 
     from training.splits import checkpoint_split, link_image_folders
 
     train, val, where = checkpoint_split(meta, what=str(ckpt))
+    missing = {k: v for k, v in (("train", train if calib_dir is None else None),
+                                 ("val", val if val_dir is None else None)) if v is not None}
     with tempfile.TemporaryDirectory(prefix="partlens-export-") as td:
-        linked = link_image_folders({"train": train, "val": val}, td)
+        linked = link_image_folders(missing, td)
         sources = {"calib": f"train images of the {where}" if calib_dir is None else str(calib_dir),
                    "val": f"val images of the {where}" if val_dir is None else str(val_dir)}
         log.info("export %s: int8 calibration / parity catalogue from %s; parity photos from %s", ckpt,
                  sources["calib"], sources["val"])
-        return export_model(model, meta["labels"], fmt_name, out_dir, calib_dir=calib_dir or linked["train"],
-                            val_dir=val_dir or linked["val"], sources=sources, **kwargs)
+        return export_model(model, meta["labels"], fmt_name, out_dir, calib_dir=calib_dir or linked.get("train"),
+                            val_dir=val_dir or linked.get("val"), sources=sources, **kwargs)
 
 
 def read_sidecar(model_path: str | os.PathLike[str]) -> dict[str, Any]:

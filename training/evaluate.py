@@ -78,8 +78,9 @@ def evaluate_checkpoint(ckpt: str | os.PathLike[str], data: str | os.PathLike[st
 
     model, meta = load_checkpoint(ckpt)
     if data is None:
-        extra = meta.get("extra") or {}
-        data = extra.get("data_path") or (extra.get("train_config") or {}).get("data")
+        from .splits import recorded_data_path
+
+        data = recorded_data_path(meta)
         if not data:
             raise UsageError(f"{ckpt} records no training data folder; pass --data")
     val, galleries, split_info = _val_and_galleries(meta, data, split, layout)

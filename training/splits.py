@@ -190,6 +190,12 @@ def duplicate_aware_groups(root: str | os.PathLike[str], images: ImageSet) -> li
     return multi + [[i] for i in range(len(recs)) if i not in seen]
 
 
+def recorded_data_path(meta: dict[str, Any]) -> str | None:
+    """The data folder a ``partlens train`` checkpoint was trained on: absolute since runs record it, else as typed."""
+    extra = meta.get("extra") or {}
+    return extra.get("data_path") or (extra.get("train_config") or {}).get("data")
+
+
 def checkpoint_split(meta: dict[str, Any], what: str = "the checkpoint") -> tuple[ImageSet, ImageSet, str]:
     """The (train, val) image sets a ``partlens train`` checkpoint was trained and validated on, rebuilt from the
     training config and split it records, and a one-line description of where they came from.
@@ -204,7 +210,7 @@ def checkpoint_split(meta: dict[str, Any], what: str = "the checkpoint") -> tupl
     if source == "caller":
         raise UsageError(f"{what} was trained on image sets given by a program ({info.get('train')}), "
                          "not on a split that can be rebuilt")
-    data = Path(extra.get("data_path") or cfg["data"])  # absolute since the run recorded it; else as typed
+    data = Path(recorded_data_path(meta))
     if not data.is_dir():
         raise InputError(f"{what} was trained on {data}, which is not here")
     if info.get("path"):

@@ -145,7 +145,7 @@ class DemoRun:
                            progress=None)
         self.run = train(tcfg, *self._train_val_sets())
         self.checkpoint = self.run.best
-        reference = cfg.reference_weight if pretrained else 0.0  # needs the architecture's ImageNet weights
+        reference = cfg.reference_weight  # run_demo refused it without ImageNet weights
         if reference:
             from training.models import add_reference_to_checkpoint
 
@@ -316,6 +316,9 @@ class DemoRun:
 def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Run the whole chain; return the report (also in OUT/report.json, report.md and report.html)."""
     cfg.validate()
+    if cfg.reference_weight and not resolve_pretrained(cfg):
+        raise UsageError(f"--reference-weight needs {cfg.model}'s ImageNet weights, and the demo trains it from "
+                         "random init here (--pretrained); pass --reference-weight 0")
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} is not empty: pass another --out, or delete it to run the demo again")

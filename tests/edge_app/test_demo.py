@@ -44,6 +44,8 @@ def test_demo_refuses_a_non_empty_out_and_bad_options(tmp_path) -> None:
                        (dict(reference_weight=1.0), "reference_weight"), (dict(reference_weight=-0.5), "reference_weight")):
         with pytest.raises(UsageError, match=match):  # refused before anything is generated
             run_demo(DemoConfig(out=str(tmp_path / "new"), **bad))
+    with pytest.raises(UsageError, match="needs tiny's ImageNet weights"):  # never dropped silently
+        run_demo(DemoConfig(out=str(tmp_path / "new"), model="tiny", reference_weight=0.5))
     assert not (tmp_path / "new").exists()
 
 
