@@ -16,6 +16,7 @@ import numpy as np
 
 from edge_app.errors import InputError
 from edge_app.imageio import iter_image_files, load_image
+from edge_app.partfolders import part_from_folder
 from edge_app.preprocess import PreprocessSpec, preprocess_image
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ def images_from_dir(root: str | os.PathLike[str], *, kind: str = "catalogue",
         rel = p.relative_to(root)
         if len(rel.parts) < 2 and flat_part is None:
             raise InputError(f"{p}: images must sit in a folder named by part number")
-        out.append(CatalogueImage(p, rel.as_posix(), rel.parts[-2] if len(rel.parts) >= 2 else flat_part))
+        out.append(CatalogueImage(p, rel.as_posix(),
+                                   part_from_folder(rel.parts[-2]) if len(rel.parts) >= 2 else flat_part))
     return out
 
 

@@ -152,7 +152,9 @@ def catalogue_labels(root: str | os.PathLike[str], paths: Sequence[Path]) -> lis
         labels = [part_of.get(r) for r in rels]
         return None if any(lab is None for lab in labels) else labels  # type: ignore[return-value]
     if all(len(r.parts) == 2 for r in rels) and len({r.parts[0] for r in rels}) >= 2:
-        return [r.parts[0] for r in rels]
+        from edge_app.partfolders import part_from_folder
+
+        return [part_from_folder(r.parts[0]) for r in rels]
     return None
 
 

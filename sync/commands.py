@@ -173,6 +173,13 @@ def _review_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _review_export_calibration(args: argparse.Namespace) -> int:
+    from .hub.review import export_calibration
+
+    _out(export_calibration(_open_hub(args), args.out))
+    return 0
+
+
 # -- device handlers ------------------------------------------------------------------------------
 def _enrol(args: argparse.Namespace) -> int:
     from .client import enrol
@@ -277,7 +284,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
 
-    review = hsub.add_parser("review", help="review uploads: list, approve, reject, make-part, export",
+    review = hsub.add_parser("review", help="review uploads: list, approve, reject, make-part, export, "
+                                               "export-calibration",
                              description="Review what devices uploaded.")
     rsub = review.add_subparsers(dest="review_command", metavar="REVIEW_COMMAND")
     rsub.required = True
@@ -306,6 +314,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--description")
     p = rcmd("export", _review_export, "export approved photos as root/<part_number>/*.jpg")
     p.add_argument("out")
+    p = rcmd("export-calibration", _review_export_calibration,
+             "export the folders `partlens calibrate` fits on: OUT/catalogue (the live catalogue), "
+             "OUT/positives (photos engineers confirmed as a catalogue part, not catalogue images) and "
+             "OUT/negatives (photos of open unknown-part reports)")
+    p.add_argument("out", help="a new or empty folder")
 
     s = sub.add_parser("sync", help="device: enrol with a hub, sync catalogue/bundle, upload the outbox",
                        description="Device side of sync.")

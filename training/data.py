@@ -18,6 +18,7 @@ import numpy as np
 
 from edge_app.errors import ImageError, InputError
 from edge_app.imageio import IMAGE_SUFFIXES, load_image
+from edge_app.partfolders import part_from_folder
 from edge_app.preprocess import PreprocessSpec, preprocess_image
 
 log = logging.getLogger(__name__)
@@ -105,16 +106,20 @@ def load_image_folder(root: str | os.PathLike[str]) -> ImageSet:
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     items: list[tuple[str, int]] = []
-    for idx, cls in enumerate(classes):
+    for idx, cls in enumerate(folders):
         files = sorted(p for p in (root / cls).rglob("*") if _is_image(p))
         items += [(p.relative_to(root).as_posix(), idx) for p in files]
     if not items:
         raise InputError(f"{root}: no class folders with images (expected ROOT/<class>/*.jpg)")
-    empty = [c for c, n in zip(classes, np.bincount([y for _, y in items], minlength=len(classes))) if n == 0]
+    empty = [c for c, n in zip(folders, np.bincount([y for _, y in items], minlength=len(folders))) if n == 0]
     if empty:
         raise InputError(f"{root}: class folder(s) with no images: {', '.join(empty)}")
+    classes = [part_from_folder(f) for f in folders]  # "DIN 934%2FM8" is the part "DIN 934/M8"
+    if len(set(classes)) != len(classes):
+        clash = sorted(f for f, c in zip(folders, classes) if classes.count(c) > 1)
+        raise InputError(f"{root}: folders {', '.join(clash)} name the same class")
     return ImageSet(root, classes, items, root.name)
 
 

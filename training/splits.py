@@ -22,6 +22,7 @@ from typing import Any
 
 from edge_app.atomic import atomic_write_json
 from edge_app.errors import InputError, IntegrityError, UsageError
+from edge_app.partfolders import part_folder
 
 from .audit import DHASH_THRESHOLD, PHASH_THRESHOLD, audit_records, duplicate_groups, near_duplicate_pairs
 from .data import ImageSet, load_dataset
@@ -231,7 +232,7 @@ def link_image_folders(sets: dict[str, ImageSet], dest: str | os.PathLike[str]) 
     for name, images in sets.items():
         root = Path(dest) / name
         for rel, y in images.items:
-            link = root / images.labels[y] / rel.replace("/", "__")
+            link = root / part_folder(images.labels[y]) / rel.replace("/", "__")
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to((images.root / rel).resolve())
         out[name] = root

@@ -4,7 +4,8 @@ Nothing a device sends edits the catalogue by itself (device observations are ev
 reviewer approves a photo into the catalogue (it becomes a catalogue image, embedded with the
 active bundle, and reaches devices in the next delta), turns an unknown-part report into a
 part, or rejects. Approved photos can be exported as a training folder
-``root/<part_number>/<image_id>.jpg``.
+``root/<part_number>/<image_id>.jpg``, and the field photos the hub holds as the folders
+``partlens calibrate`` fits the "no confident match" calibration on (:func:`export_calibration`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any, Mapping
 
 from edge_app.atomic import atomic_copy
 from edge_app.errors import InputError, UsageError
+from edge_app.partfolders import part_folder
 
 from .hub import Hub
 from .store import PART_FIELDS
@@ -109,9 +111,77 @@ def export_training(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, int]
             log.warning("approved upload %s: image %s no longer in the catalogue; skipped", row["uuid"],
                         review.get("image_id"))
             continue
-        dst = out / image["part_number"] / f"{image['image_id']}.jpg"
+        dst = out / part_folder(image["part_number"]) / f"{image['image_id']}.jpg"
         if not dst.exists():
             atomic_copy(hub.image_path(image), dst)
         n += 1
         parts.add(image["part_number"])
     return {"images": n, "parts": len(parts)}
+
+
+def _suffix(path: Path) -> str:
+    return path.suffix.lower() if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp") else ".jpg"
+
+
+def export_calibration(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write what ``partlens calibrate`` needs, from the hub's catalogue and device uploads.
+
+    - ``catalogue/<part>/<image_id>.jpg``: every live catalogue image (what devices search);
+    - ``positives/<part>/<uuid>.jpg``: photos engineers confirmed as a catalogue part (feedback with
+      ``verdict: correct``) that are NOT catalogue images (not approved into the catalogue, not
+      rejected), of parts still in the catalogue;
+    - ``negatives/<uuid>.jpg``: photos of unknown-part reports still open (not made into a part, not
+      rejected), with their extra views: parts the catalogue does not hold.
+
+    ``out_dir`` must be new or empty (a stale photo would change the fit). Uploads whose photo has
+    not finished uploading are left out and counted. Returns the counts.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out} exists and is not an empty folder")
+    counts = {"catalogue_images": 0, "catalogue_parts": 0, "positives": 0, "positive_parts": 0, "negatives": 0,
+              "negative_reports": 0, "incomplete_uploads_skipped": 0}
+    images = [r for r in hub.store.live_images() if hub.store.part(r["part_number"]) is not None]
+    for image in images:
+        src = hub.image_path(image)
+        atomic_copy(src, out / "catalogue" / part_folder(image["part_number"]) / f"{image['image_id']}{_suffix(src)}")
+    live = {r["part_number"] for r in images}
+    counts.update(catalogue_images=len(images), catalogue_parts=len(live))
+    # a capture approved into the catalogue (as a photo upload) is a catalogue image, not a field photo
+    in_catalogue = {r["payload"].get("capture_id") for r in list_uploads(hub, status="approved")}
+
+    def usable(row: Mapping[str, Any]) -> bool:
+        if row["blob_size"] is None:
+            return False
+        if not row["blob_complete"]:
+            counts["incomplete_uploads_skipped"] += 1
+            return False
+        return True
+
+    pos_parts: set[str] = set()
+    for row in list_uploads(hub, kind="feedback", status="new"):
+        pn = row["payload"].get("part_number")
+        captures = row["payload"].get("capture_ids") or []
+        if (row["payload"].get("verdict") != "correct" or pn not in live
+                or (captures and captures[0] in in_catalogue) or not usable(row)):
+            continue
+        atomic_copy(blob_path(hub, row["uuid"]), out / "positives" / part_folder(pn) / f"{row['uuid']}.jpg")
+        counts["positives"] += 1
+        pos_parts.add(pn)
+    counts["positive_parts"] = len(pos_parts)
+    open_reports = {r["uuid"]: r for r in list_uploads(hub, kind="unknown_part", status="new")}
+    reports: set[str] = set()
+    for row in open_reports.values():
+        if usable(row):
+            atomic_copy(blob_path(hub, row["uuid"]), out / "negatives" / f"{row['uuid']}.jpg")
+            counts["negatives"] += 1
+            reports.add(row["uuid"])
+    for row in list_uploads(hub, kind="photo", status="new"):
+        report = row["payload"].get("unknown_part")
+        if report in open_reports and usable(row):
+            atomic_copy(blob_path(hub, row["uuid"]), out / "negatives" / f"{report}-{row['uuid']}.jpg")
+            counts["negatives"] += 1
+            reports.add(report)
+    counts["negative_reports"] = len(reports)
+    log.info("calibration photos exported to %s: %s", out, counts)
+    return counts

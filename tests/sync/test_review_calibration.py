@@ -1,0 +1,109 @@
+"""``partlens hub review export-calibration``: the hub's field photos as ``partlens calibrate`` folders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_app.errors import UsageError
+
+from .helpers import part_image
+
+
+def _upload(world, uploads: list[tuple[str, dict, bytes | None]]) -> list[str]:
+    """Queue ``(kind, payload, photo bytes)`` in the device outbox and sync them up; their UUIDs."""
+    from edge_app.runtime.outbox import Outbox
+    from sync.client import SyncClient
+    from sync.transport import InMemoryTransport
+
+    ob = Outbox(world.device_dir / "outbox.db")
+    ids = []
+    for i, (kind, payload, photo) in enumerate(uploads):
+        blob = None
+        if photo is not None:
+            blob = world.root / f"upload-{i}.jpg"
+            blob.write_bytes(photo)
+        ids.append(ob.add(kind, payload, blob_path=blob))
+    ob.close()
+    c = SyncClient(world.device_dir, transport=InMemoryTransport(world.hub, world.payload["token"]),
+                   smoke_test=lambda b: None)
+    assert c.sync().uploaded == len(uploads)
+    return ids
+
+
+def test_export_calibration_writes_what_calibrate_reads(world, tmp_path: Path) -> None:
+    from edge_app.cli import main
+    from export.calibrate import OUTSIDE, _check_photos
+    from export.catalogue import catalogue_from_dir, images_from_dir
+    from sync.hub.review import approve_photo, export_calibration, make_part
+
+    hub = world.hub
+    src = tmp_path / "slash.jpg"
+    src.write_bytes(part_image(7))
+    hub.add_part({"part_number": "DIN 934/M8", "name": "nut"}, images=[src])  # a part number with a slash
+    ids = _upload(world, [
+        ("feedback", {"part_number": "P1", "verdict": "correct", "capture_ids": ["c1"]}, part_image(1, noise=20)),
+        ("feedback", {"part_number": "DIN 934/M8", "verdict": "correct", "capture_ids": ["c2"]},
+         part_image(7, noise=20)),
+        ("feedback", {"part_number": "P2", "verdict": "wrong", "capture_ids": ["c3"]}, part_image(2, noise=20)),
+        ("feedback", {"part_number": "P2", "verdict": "correct", "capture_ids": ["c4"]}, None),  # no photo
+        ("photo", {"part_number": "P0", "capture_id": "c5"}, part_image(0, noise=20)),  # approved below
+        ("feedback", {"part_number": "P0", "verdict": "correct", "capture_ids": ["c5"]}, part_image(0, noise=20)),
+        ("unknown_part", {"note": "pump seal", "capture_ids": ["c6", "c7"]}, part_image(20)),
+        ("unknown_part", {"note": "made into a part below", "capture_ids": ["c8"]}, part_image(21)),
+        ("unknown_part", {"note": "rejected below", "capture_ids": ["c9"]}, part_image(22)),
+        ("feedback", {"part_number": "P1", "verdict": "correct", "capture_ids": ["c10"]}, part_image(1, noise=30)),
+    ])
+    # the report's second view travels as a photo linked to the report
+    ids += _upload(world, [("photo", {"unknown_part": ids[6], "capture_id": "c7"}, part_image(20, noise=10))])
+    approve_photo(hub, ids[4])
+    make_part(hub, ids[7], {"part_number": "P-NEW", "name": "new"})
+    from sync.hub.review import reject
+
+    reject(hub, ids[8], "it is P2")
+    reject(hub, ids[9], "blurred")
+
+    out = tmp_path / "cal"
+    counts = export_calibration(hub, out)
+    assert counts == {"catalogue_images": 6, "catalogue_parts": 5, "positives": 2, "positive_parts": 2,
+                      "negatives": 2, "negative_reports": 1, "incomplete_uploads_skipped": 0}
+    # the slash does not nest folders; readers give the part number back
+    assert (out / "catalogue" / "DIN 934%2FM8").is_dir() and not (out / "catalogue" / "DIN 934").exists()
+    catalogue = catalogue_from_dir(out / "catalogue")
+    assert sorted({c.part_number for c in catalogue}) == ["DIN 934/M8", "P-NEW", "P0", "P1", "P2"]
+    assert sum(c.part_number == "P0" for c in catalogue) == 2  # the approved photo is a catalogue image now
+    positives = images_from_dir(out / "positives", kind="field")
+    assert sorted((p.part_number, p.path.stem) for p in positives) == sorted(
+        [("P1", ids[0]), ("DIN 934/M8", ids[1])])
+    negatives = images_from_dir(out / "negatives", kind="field", flat_part=OUTSIDE)
+    assert sorted(p.path.name for p in negatives) == sorted([f"{ids[6]}.jpg", f"{ids[6]}-{ids[10]}.jpg"])
+    assert (out / "negatives" / f"{ids[6]}.jpg").read_bytes() == part_image(20)
+    _check_photos({c.part_number for c in catalogue}, positives, negatives)  # what calibrate checks first
+
+    # a stale folder would change the fit: refused, nothing touched
+    with pytest.raises(UsageError, match="not an empty folder"):
+        export_calibration(hub, out)
+    # the CLI edge: exit code and message, no traceback
+    assert main(["hub", "review", "export-calibration", str(out), "--hub", str(hub.root)]) != 0
+    assert main(["hub", "review", "export-calibration", str(tmp_path / "cal2"), "--hub", str(hub.root)]) == 0
+    assert sorted(p.name for p in (tmp_path / "cal2").iterdir()) == ["catalogue", "negatives", "positives"]
+
+
+def test_export_calibration_skips_photos_still_uploading(world, tmp_path: Path) -> None:
+    import hashlib
+
+    from sync.client import SyncClient
+    from sync.hub.review import export_calibration
+    from sync.transport import InMemoryTransport
+
+    c = SyncClient(world.device_dir, transport=InMemoryTransport(world.hub, world.payload["token"]),
+                   smoke_test=lambda b: None)
+    data = part_image(30)
+    body = {"uuid": "0123456789abcdef", "kind": "unknown_part", "payload": {"note": "x"},
+            "created_at": "2001-01-01T00:00:00", "catalogue_version": 1,
+            "blob": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
+    c.transport.post_upload(body)
+    c.transport.put_chunk(body["uuid"], 0, data[:100])  # a cut upload: the rest never came
+    counts = export_calibration(world.hub, tmp_path / "cal")
+    assert counts["negatives"] == 0 and counts["incomplete_uploads_skipped"] == 1
+    assert not (tmp_path / "cal" / "negatives").exists()
