@@ -91,7 +91,7 @@ class DemoConfig:
 #: ``--quick``: the same chain (same model family, int8 export, hub, sync, identify) at a tiny scale
 #: (8 images per known part: the int8 calibration needs 200 real images).
 QUICK_OVERRIDES: dict[str, Any] = dict(epochs=2, image_size=96, catalogue_per_part=1, field_per_part=7,
-                                       query_per_part=1, calibration_per_part=2, new_parts=2, outside_parts=2,
+                                       query_per_part=2, calibration_per_part=2, new_parts=2, outside_parts=2,
                                        generate_size=160, quick=True)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +26,7 @@ class Outcome:
     ms: float
     after_measurement: str | None = None  # the first part once the asked-for measurement was entered
     needs_detail_photo: bool = False  # same-size look-alikes on top: the app asks for a close-up
+    extra_views: list[str] = field(default_factory=list)  # the query's other photos (multi-view queries)
 
     @property
     def first(self) -> str | None:
@@ -41,6 +42,20 @@ def field_photos(root: Path, parts: Sequence[str]) -> list[tuple[Path, str]]:
     with open(root / "images.csv", newline="") as fh:
         return [(root / r["path"], r["part_number"]) for r in csv.DictReader(fh)
                 if r["kind"] == "field" and r["part_number"] in wanted]
+
+
+def view_pairs(photos: Sequence[tuple[Path, str]]) -> list[tuple[tuple[Path, Path], str]]:
+    """Two-photo queries: each part's photos (in path order) paired as 1+2, 3+4, ...; an odd last one is left out.
+
+    The engineer's "take another photo" step: the runtime fuses the two views into one ranking."""
+    by_part: dict[str, list[Path]] = {}
+    for path, truth in photos:
+        by_part.setdefault(truth, []).append(path)
+    out = []
+    for truth in sorted(by_part):
+        paths = sorted(by_part[truth])
+        out += [((paths[i], paths[i + 1]), truth) for i in range(0, len(paths) - 1, 2)]
+    return out
 
 
 def _parts_rows(parts_csvs: Sequence[Path]) -> list[dict[str, str]]:
@@ -60,9 +75,10 @@ def look_alike_groups(*parts_csvs: Path) -> dict[str, str]:
 CALIPER_SD_MM = 0.2
 
 
-def identify_photos(identifier: Any, photos: Sequence[tuple[Path, str]], top: int = 5, *,
+def identify_photos(identifier: Any, photos: Sequence[tuple[Path | Sequence[Path], str]], top: int = 5, *,
                     services: Any = None, sizes: dict[str, float] | None = None, seed: int = 0) -> list[Outcome]:
-    """Run every photo through ``identifier.identify`` (one photo per query), timing each call.
+    """Run every query through ``identifier.identify``, timing each call. A query is one photo, or
+    several photos of one part (:func:`view_pairs`), fused by the runtime into one ranking.
 
     With ``services`` and ``sizes``: when the answer asks for a measurement (size-only look-alikes
     on top), simulate the engineer measuring the part with calipers (catalogue size + N(0, 0.2 mm))
@@ -70,9 +86,10 @@ def identify_photos(identifier: Any, photos: Sequence[tuple[Path, str]], top: in
     """
     rng = np.random.default_rng(seed)
     out = []
-    for path, truth in photos:
+    for query, truth in photos:
+        views = [Path(query)] if isinstance(query, (str, Path)) else [Path(q) for q in query]
         t0 = time.perf_counter()
-        res = identifier.identify([path], top=top)
+        res = identifier.identify(views, top=top)
         ms = (time.perf_counter() - t0) * 1000
         after = None
         if services is not None and sizes and res.needs_scale_photo and sizes.get(truth):
@@ -81,10 +98,10 @@ def identify_photos(identifier: Any, photos: Sequence[tuple[Path, str]], top: in
             refined = refine_by_size(services.outcome_from_result(res, []),
                                      float(sizes[truth] + rng.normal(0.0, CALIPER_SD_MM)))
             after = refined.best.part_number if refined.best else None
-        out.append(Outcome(str(path), truth, [m.part_number for m in res.matches],
+        out.append(Outcome(str(views[0]), truth, [m.part_number for m in res.matches],
                            [m.best_image_id for m in res.matches], [m.similarity for m in res.matches],
                            res.status, res.confidence, bool(res.needs_scale_photo), ms, after,
-                           bool(getattr(res, "needs_detail_photo", False))))
+                           bool(getattr(res, "needs_detail_photo", False)), [str(v) for v in views[1:]]))
     return out
 
 

@@ -255,7 +255,10 @@ class DemoRun:
         queries = self.data / "queries"
         ident = device_identifier(self.device_dir)
         try:
-            self._score(ident, "identify_known", metrics.field_photos(queries, self.parts["known"]))
+            known_photos = metrics.field_photos(queries, self.parts["known"])
+            self._score(ident, "identify_known", known_photos)
+            # the engineer's second photo of the same part, fused with the first (multi-view query)
+            self._score(ident, "identify_known_two_views", metrics.view_pairs(known_photos))
             self._score(ident, "identify_new_before_sync", metrics.field_photos(queries, self.parts["new"]))
         finally:
             ident.db.close()

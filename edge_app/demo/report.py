@@ -11,6 +11,7 @@ from .metrics import Outcome
 
 THUMB_PX = 112
 QUERY_SETS = (("identify_known", "known parts, fresh field photos"),
+              ("identify_known_two_views", "known parts, two of those photos of one part fused"),
               ("identify_new_before_sync", "new parts BEFORE the hub added them (expected: no confident match)"),
               ("identify_new_after_sync", "new parts AFTER one sync, no retraining"),
               ("identify_known_after_sync", "known parts AFTER that sync (the new parts now compete)"))
@@ -48,7 +49,8 @@ def markdown(r: dict[str, Any]) -> str:
                      f"{_pct(m['asked_to_measure'])} | {_pct(m['top1_after_measurement'])} | "
                      f"{_pct(m.get('asked_for_closeup'))} | {_pct(m['top5'])} | {_pct(m['no_confident_match'])} | {_pct(m['precision_when_accepted'])} | "
                      f"{_ms(m['median_ms'])} | {_ms(m['p95_ms'])} |")
-    lines += ["", "top-1 is one photo, no help. When size-only look-alikes lead, the app asks the engineer to "
+    lines += ["", "top-1 is one photo, no help (the two-photo row: each part's field photos paired, the "
+              "runtime fuses both views into one ranking). When size-only look-alikes lead, the app asks the engineer to "
               "measure the part; \"top-1 after measuring\" simulates a caliper reading (catalogue size "
               "+/- 0.2 mm) and applies the app's own re-ranking. Same-size look-alikes on top (a label tells "
               "them apart) make the app ask for a close-up as another view; the demo cannot simulate that photo."]
@@ -107,6 +109,7 @@ def write_html(out: Path, report: dict[str, Any], outcomes: dict[str, Sequence[O
                     "<th>top-3 (catalogue image, part, similarity)</th></tr>")
         for i, o in enumerate(rows):
             q = _thumb(Path(o.path), files, f"{key}-{i:04d}")
+            more = [_thumb(Path(v), files, f"{key}-{i:04d}-{j}") for j, v in enumerate(o.extra_views, 1)]
             ok = "right" if o.first == o.truth else "wrong"
             verdict = ("match" if o.status == "match" else "no confident match") + \
                       (f", confidence {o.confidence:.2f}" if o.confidence is not None else "")
@@ -116,7 +119,8 @@ def write_html(out: Path, report: dict[str, Any], outcomes: dict[str, Sequence[O
                 pic = f'<img src="report_files/{esc(t)}" alt="{esc(pn)}">' if t else ""
                 cells.append(f'<div class="m {"hit" if pn == o.truth else ""}">{pic}<br>{j + 1}. {esc(pn)} '
                              f'{sim:.3f}</div>')
-            qimg = f'<img src="report_files/{esc(q)}" alt="query">' if q else esc(o.path)
+            qimg = "".join(f'<img src="report_files/{esc(t)}" alt="query">' if t else esc(path)
+                           for t, path in zip([q, *more], [o.path, *o.extra_views]))
             body.append(f'<tr class="{ok}"><td>{qimg}</td><td>{esc(o.truth)}</td><td>{esc(o.first or "-")}<br>'
                         f'<small>{esc(verdict)}, {o.ms:.1f} ms</small></td><td>{"".join(cells)}</td></tr>')
         body.append("</table>")

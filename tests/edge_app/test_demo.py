@@ -193,7 +193,11 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     assert report["identify_new_before_sync"]["top1"] == 0.0
     # ... and after one sync they are in the device's catalogue and index (no retraining happened).
     assert report["sync_incremental"]["to_version"] > report["sync_incremental"]["from_version"]
-    assert report["identify_known"]["queries"] == len(report["parts"]["known"])
+    assert report["identify_known"]["queries"] == 2 * len(report["parts"]["known"])  # --quick: 2 photos a part
+    # the second photo of each part fused with the first: one two-view query per part, printed as its own row
+    two = report["identify_known_two_views"]
+    assert two["queries"] == len(report["parts"]["known"]) and "| known parts, two of those photos" in proc.stdout
+    assert 0.0 <= two["top1"] <= 1.0 and two["top5"] >= two["top1"]
     # the known parts are scored again after the sync, with the new parts competing
     assert report["identify_known_after_sync"]["queries"] == report["identify_known"]["queries"]
     assert "| known parts AFTER that sync" in proc.stdout
@@ -328,3 +332,25 @@ def test_measurement_uses_the_apps_reranking() -> None:
     assert o.first == "NUT-M8" and o.after_measurement == "NUT-M10"
     (plain,) = identify_photos(ident, [(Path("q.jpg"), "NUT-M10")])  # no services: nothing is simulated
     assert plain.after_measurement is None
+
+
+def test_two_view_queries_pair_photos_of_one_part_and_reach_the_runtime_together() -> None:
+    from types import SimpleNamespace
+
+    from edge_app.demo.metrics import identify_photos, view_pairs
+
+    photos = [(Path(f"q/{pn}/{i}.jpg"), pn) for pn in ("B", "A") for i in (3, 1, 2)] + [(Path("q/C/0.jpg"), "C")]
+    pairs = view_pairs(photos)
+    # parts in order, photos in path order, never two parts in one query; odd leftovers and single photos dropped
+    assert pairs == [((Path("q/A/1.jpg"), Path("q/A/2.jpg")), "A"), ((Path("q/B/1.jpg"), Path("q/B/2.jpg")), "B")]
+    seen = []
+
+    def identify(paths, top):
+        seen.append(list(paths))
+        return SimpleNamespace(matches=[SimpleNamespace(part_number="A", best_image_id=None, similarity=0.9)],
+                               status="match", confidence=0.8, needs_scale_photo=False)
+
+    out = identify_photos(SimpleNamespace(identify=identify), pairs)
+    assert seen == [list(p) for p, _ in pairs]  # both views in ONE call: the runtime fuses them
+    assert [o.path for o in out] == ["q/A/1.jpg", "q/B/1.jpg"] and out[0].extra_views == ["q/A/2.jpg"]
+    assert [o.first == o.truth for o in out] == [True, False]
