@@ -89,3 +89,25 @@ def test_draft_mode_decodes_big_jpeg_small(tmp_path) -> None:
     Image.new("RGB", (4000, 3000), (90, 120, 200)).save(p, quality=80)
     out = load_image(p, draft_size=(448, 448))
     assert out.size[0] < 1100 and out.size[1] >= 448
+
+
+def test_size_limits_folders_bytes_and_streams(tmp_path) -> None:
+    """The limits a caller sets are the limits applied, for files, raw bytes and open streams alike."""
+    buf = io.BytesIO()
+    _img(100, 80).save(buf, "JPEG")
+    data = buf.getvalue()
+    (tmp_path / "ok.jpg").write_bytes(data)
+    with pytest.raises(ImageError, match="over the 100 byte limit"):
+        load_image(tmp_path / "ok.jpg", max_bytes=100)  # a huge file is refused before it is read
+    with pytest.raises(ImageError, match="over the 100 byte limit"):
+        load_image(data, max_bytes=100)
+    with pytest.raises(ImageError, match="empty image data"):
+        load_image(b"")
+    with pytest.raises(ImageError, match="is a folder"):
+        load_image(tmp_path)
+    with pytest.raises(ImageError, match="8000 pixels is over the 1000 limit"):
+        load_image(tmp_path / "ok.jpg", max_pixels=1000)  # our own limit, below Pillow's bomb check
+    assert load_image(data).size == (100, 80)
+    with open(tmp_path / "ok.jpg", "rb") as fh:
+        assert load_image(fh).size == (100, 80)
+        assert not fh.closed  # a caller's stream stays the caller's to close

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -269,3 +270,52 @@ def test_catalogue_view_set_is_recorded_checked_and_read_back(tmp_path: Path, ke
     _resign(b.root, key, lambda m: m["catalogue"].update(views=7))
     with pytest.raises(IntegrityError, match="catalogue.views"):
         load_bundle(b.root, keyring)
+
+
+def _set(path: str | tuple[str, ...], value):
+    """An edit that sets ``a.b`` (or the key path ``(a, b)``) in the manifest (``None`` value: delete the key)."""
+    def edit(m: dict) -> None:
+        *parents, last = path.split(".") if isinstance(path, str) else path
+        d = m
+        for p in parents:
+            d = d[p]
+        if value is None:
+            del d[last]
+        else:
+            d[last] = value
+    return edit
+
+
+def _drop_file(name: str):
+    def edit(m: dict) -> None:
+        del m["files"][name]
+        m["bundle_id"] = make_bundle_id(m["version"], m["files"])  # a consistent id: only the rule can refuse
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set("labels", None), "missing keys labels"),
+    (_set("kind", "server"), "unknown kind 'server'"),
+    (_set("version", 0), "version must be a positive integer"),
+    (_set("version", True), "version must be a positive integer"),
+    (_set("files", {}), "'files' must be a non-empty mapping"),
+    (_set(("files", "model.tflite"), {"sha256": "XYZ", "size": 1}), "needs a sha256 hex digest"),
+    (_set(("files", "manifest.sig"), {"sha256": "0" * 64, "size": 1}), "may not list manifest.sig"),
+    (_drop_file("model.tflite"), "lists no model file"),
+    (_drop_file("embeddings.npy"), "lists no embeddings.npy"),
+    (_set("bundle_id", "v1 ; rm -rf"), "malformed bundle_id"),
+    (_set("bundle_id", "v2-000000000000"), "does not match its version and files"),
+    (_set("labels", []), "'labels' must be a non-empty list of strings"),
+    (_set("embedding_dim", 0), "embedding_dim must be a positive integer"),
+    (_set("outputs", {"logits": {}}), "'outputs' must describe 'logits' and 'embedding'"),
+    (_set("index.space", "l2"), "index.space must be 'cosine'"),
+    (_set("catalogue", {"views": 3}), "catalogue.views must be the name of a view set"),
+    (_set("preprocess", "224"), "'preprocess' must be a mapping"),
+    (_set("preprocess.size", [-1, 5]), "invalid preprocess spec"),
+])
+def test_manifest_schema_refusals(tmp_path: Path, key: SigningKey, keyring: Keyring, edit, message: str) -> None:
+    """A manifest signed by a trusted key but malformed (a buggy or old signer) is refused, naming the problem."""
+    path = _build(tmp_path / "b", key)
+    _resign(path, key, edit)
+    with pytest.raises(IntegrityError, match=re.escape(message)):
+        load_bundle(path, keyring)
