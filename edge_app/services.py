@@ -17,14 +17,16 @@ import json
 import logging
 import math
 import os
+import sqlite3
 import threading
+import time
 import uuid as _uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .atomic import atomic_write_bytes, atomic_write_json
-from .errors import InputError, SyncError, UsageError
+from .errors import InputError, PartlensError, SyncError, UsageError
 from .imageio import load_image
 
 log = logging.getLogger(__name__)
@@ -447,8 +449,28 @@ class DeviceServices:
         ident = self._get_identifier()
         draft = getattr(getattr(ident, "spec", None), "draft_size", None)
         images = [self.captures.cropped_image(c, draft_size=draft) for c in captures]
+        t0 = time.perf_counter()
         result = ident.identify(images, site=self.site)
-        return self.outcome_from_result(result, [c.capture_id for c in captures])
+        ms = (time.perf_counter() - t0) * 1000
+        outcome = self.outcome_from_result(result, [c.capture_id for c in captures])
+        self._record_usage(result, outcome, ms)
+        return outcome
+
+    def _record_usage(self, result: Any, outcome: IdentifyOutcome, ms: float) -> None:
+        """Queue a small "identify" usage event (no photo) for the hub's field statistics.
+
+        Telemetry must never cost the engineer the answer on screen: if the outbox cannot take the
+        event (a full or broken disk), the identification still returns and the reason is logged."""
+        payload = {"event": "identify", "bundle_id": outcome.bundle_id, "status": result.status,
+                   "confidence": None if result.confidence is None else round(float(result.confidence), 4),
+                   "top": [m.part_number for m in outcome.matches[:5]], "views": int(result.views),
+                   "ms": round(ms, 1), "asked_to_measure": outcome.look_alike,
+                   "asked_for_closeup": bool(outcome.detail_look_alikes), "capture_ids": outcome.capture_ids,
+                   "site": self.site}
+        try:
+            self.outbox.add("usage", payload)
+        except (PartlensError, sqlite3.Error, OSError) as exc:
+            log.warning("identification not recorded for the hub's field statistics: %s", exc)
 
     def outcome_from_result(self, result: Any, capture_ids: list[str]) -> IdentifyOutcome:
         """Map the runtime's ``IdentifyResult`` to what the results screen shows."""
@@ -543,7 +565,9 @@ class DeviceServices:
         return uid
 
     def pending_uploads(self) -> int:
-        return self.outbox.count()
+        """What the engineer queued and the hub has not received yet (feedback, photos, unknown parts);
+        the automatic usage events upload with them but are not counted here."""
+        return self.outbox.count(kinds=("feedback", "photo", "unknown_part"))
 
     def prune_captures(self, max_age_days: float = 14.0, now: _dt.datetime | None = None) -> dict[str, int]:
         """Delete old photos the device no longer needs; the app calls it at start.

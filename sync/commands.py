@@ -96,6 +96,13 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _field_stats(args: argparse.Namespace) -> int:
+    from .hub.fieldstats import field_stats
+
+    _out(field_stats(_open_hub(args), bundle_id=args.bundle, site=args.site))
+    return 0
+
+
 def _prune_packages(args: argparse.Namespace) -> int:
     from .hub.deltas import PackageService
 
@@ -264,6 +271,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cmd("trust", _trust, "trust the keys of another keyring (e.g. the bundle signer)")
     p.add_argument("keyring")
     cmd("status", _status, "show the hub's catalogue version, bundle and counts")
+    p = cmd("field-stats", _field_stats,
+            "how each bundle does on the tablets: identifications, no-confident-match rate, latency, and from "
+            "engineers' confirmations top-1/top-5, precision of accepted answers and the parts most often missed")
+    p.add_argument("--bundle", help="only this bundle id")
+    p.add_argument("--site", help="only this site")
     p = cmd("add-device", _add_device, "enrol a device: token + QR code (hub address, token, trusted keys)")
     p.add_argument("name")
     p.add_argument("--site", required=True)

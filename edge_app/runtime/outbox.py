@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import uuid as _uuid
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import InputError, UsageError
 
@@ -102,7 +102,12 @@ class Outbox:
                              (_now(), uuid)).rowcount
         return bool(n)
 
-    def count(self, pending_only: bool = True) -> int:
-        sql = "SELECT count(*) FROM outbox" + (" WHERE uploaded_at IS NULL" if pending_only else "")
+    def count(self, pending_only: bool = True, kinds: Sequence[str] | None = None) -> int:
+        """Records (not yet uploaded, with ``pending_only``), of ``kinds`` only when given."""
+        where, params = ["uploaded_at IS NULL"] if pending_only else [], []
+        if kinds is not None:
+            where.append(f"kind IN ({','.join('?' * len(kinds))})" if kinds else "0")
+            params = list(kinds)
+        sql = "SELECT count(*) FROM outbox" + (" WHERE " + " AND ".join(where) if where else "")
         with self._lock:
-            return int(self._conn.execute(sql).fetchone()[0])
+            return int(self._conn.execute(sql, params).fetchone()[0])

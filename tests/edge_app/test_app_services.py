@@ -265,3 +265,40 @@ def test_crop_for_identification_decodes_a_big_jpeg_at_reduced_size(tmp_path) ->
     assert np.asarray(small).mean() > 240  # the same (white) region
     full = store.cropped_image(cap)  # uploads keep full resolution
     assert full.size == (2000, 3000)
+
+
+def test_each_identification_queues_a_usage_event_for_the_hub(device, tmp_path, monkeypatch, caplog) -> None:
+    """The hub's field statistics need to know what tablets answered; a broken outbox never costs the answer."""
+    from types import SimpleNamespace
+
+    from edge_app.runtime.identify import IdentifyResult, PartMatch
+
+    match = PartMatch(rank=1, part_number="BRG-1", name=None, category="bearings", similarity=0.91, confidence=0.88,
+                      best_image_id="i1", size_mm=47.0, look_alike_group="b", stock=4, bin="A-1",
+                      stock_as_of=None, site="Quay A")
+    res = IdentifyResult(status="match", matches=[match], confidence=0.8812345, threshold=0.5, calibrated=True,
+                         needs_scale_photo=False, look_alike=None, needs_detail_photo=False, views=2, skipped=[],
+                         bundle_id="bnd-7", catalogue_version=3, hub_time=None, site="Quay A", filters={},
+                         timings_ms={})
+    device._identifier = SimpleNamespace(identify=lambda images, site: res, spec=None)
+    caps = [device.captures.add_file(photo(tmp_path / f"v{i}.jpg", colour=(i * 60, 0, 0))) for i in range(2)]
+    out = device.identify(caps)
+    assert out.best.part_number == "BRG-1"
+    (row,) = device.outbox.pending()
+    assert row["kind"] == "usage" and row["blob_path"] is None  # no photo leaves the tablet for statistics
+    p = row["payload"]
+    assert (p["event"], p["bundle_id"], p["status"], p["confidence"], p["top"], p["views"]) == (
+        "identify", "bnd-7", "match", 0.8812, ["BRG-1"], 2)
+    assert p["capture_ids"] == [c.capture_id for c in caps] and p["site"] == "Quay A" and p["ms"] >= 0
+    # the screen's "waiting to upload" counts what the engineer queued, not the automatic events
+    assert device.pending_uploads() == 0 and device.outbox.count() == 1
+    device.send_feedback("BRG-1", "correct", caps, out)
+    assert device.pending_uploads() == 1 and device.outbox.count(kinds=("usage",)) == 1
+    assert device.outbox.count(kinds=()) == 0
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(device.outbox, "add", full_disk)
+    assert device.identify(caps).best.part_number == "BRG-1"  # the answer still reaches the screen
+    assert "No space left on device" in caplog.text

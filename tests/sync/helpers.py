@@ -180,3 +180,24 @@ class CuttingProxy:
     def close(self) -> None:
         self._stop = True
         self.sock.close()
+
+
+def upload_items(world: Any, uploads: list[tuple[str, dict, bytes | None]]) -> list[str]:
+    """Queue ``(kind, payload, photo bytes)`` in the device outbox and sync them up; their UUIDs."""
+    from edge_app.runtime.outbox import Outbox
+    from sync.client import SyncClient
+    from sync.transport import InMemoryTransport
+
+    ob = Outbox(world.device_dir / "outbox.db")
+    ids = []
+    for kind, payload, photo in uploads:
+        blob = None
+        if photo is not None:
+            blob = world.root / f"upload-{len(list(world.root.glob('upload-*')))}.jpg"
+            blob.write_bytes(photo)
+        ids.append(ob.add(kind, payload, blob_path=blob))
+    ob.close()
+    c = SyncClient(world.device_dir, transport=InMemoryTransport(world.hub, world.payload["token"]),
+                   smoke_test=lambda b: None)
+    assert c.sync().uploaded == len(uploads)
+    return ids

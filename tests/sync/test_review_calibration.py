@@ -7,28 +7,7 @@ import pytest
 
 from edge_app.errors import UsageError
 
-from .helpers import part_image
-
-
-def _upload(world, uploads: list[tuple[str, dict, bytes | None]]) -> list[str]:
-    """Queue ``(kind, payload, photo bytes)`` in the device outbox and sync them up; their UUIDs."""
-    from edge_app.runtime.outbox import Outbox
-    from sync.client import SyncClient
-    from sync.transport import InMemoryTransport
-
-    ob = Outbox(world.device_dir / "outbox.db")
-    ids = []
-    for i, (kind, payload, photo) in enumerate(uploads):
-        blob = None
-        if photo is not None:
-            blob = world.root / f"upload-{i}.jpg"
-            blob.write_bytes(photo)
-        ids.append(ob.add(kind, payload, blob_path=blob))
-    ob.close()
-    c = SyncClient(world.device_dir, transport=InMemoryTransport(world.hub, world.payload["token"]),
-                   smoke_test=lambda b: None)
-    assert c.sync().uploaded == len(uploads)
-    return ids
+from .helpers import part_image, upload_items
 
 
 def test_export_calibration_writes_what_calibrate_reads(world, tmp_path: Path) -> None:
@@ -41,7 +20,7 @@ def test_export_calibration_writes_what_calibrate_reads(world, tmp_path: Path) -
     src = tmp_path / "slash.jpg"
     src.write_bytes(part_image(7))
     hub.add_part({"part_number": "DIN 934/M8", "name": "nut"}, images=[src])  # a part number with a slash
-    ids = _upload(world, [
+    ids = upload_items(world, [
         ("feedback", {"part_number": "P1", "verdict": "correct", "capture_ids": ["c1"]}, part_image(1, noise=20)),
         ("feedback", {"part_number": "DIN 934/M8", "verdict": "correct", "capture_ids": ["c2"]},
          part_image(7, noise=20)),
@@ -55,7 +34,7 @@ def test_export_calibration_writes_what_calibrate_reads(world, tmp_path: Path) -
         ("feedback", {"part_number": "P1", "verdict": "correct", "capture_ids": ["c10"]}, part_image(1, noise=30)),
     ])
     # the report's second view travels as a photo linked to the report
-    ids += _upload(world, [("photo", {"unknown_part": ids[6], "capture_id": "c7"}, part_image(20, noise=10))])
+    ids += upload_items(world, [("photo", {"unknown_part": ids[6], "capture_id": "c7"}, part_image(20, noise=10))])
     approve_photo(hub, ids[4])
     make_part(hub, ids[7], {"part_number": "P-NEW", "name": "new"})
     from sync.hub.review import reject

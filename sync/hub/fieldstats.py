@@ -1,0 +1,97 @@
+"""How the models do in the field, from what tablets sent up.
+
+Three kinds of upload carry it: the ``usage`` event a tablet queues for every identification
+(bundle, answer status, top parts, views, latency; no photo), ``feedback`` (the engineer confirmed
+a part, with the parts the tablet had ranked) and ``unknown_part`` reports. A confirmation and the
+identification it answers share their capture ids, so a confirmation tells whether the tablet's
+accepted answer was right. Engineers do not confirm every identification, so the confirmed rates
+describe the confirmed cases, not a random sample: read them next to how many there are.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from .hub import Hub
+from .review import list_uploads
+
+log = logging.getLogger(__name__)
+
+
+def _rate(hits: int, n: int) -> float | None:
+    return round(hits / n, 4) if n else None
+
+
+def _first_capture(payload: Mapping[str, Any]) -> str | None:
+    ids = payload.get("capture_ids") or []
+    return str(ids[0]) if ids else None
+
+
+def _bundle_stats(usage: list[Mapping[str, Any]], confirmed: list[Mapping[str, Any]],
+                  rejected: list[Mapping[str, Any]], by_capture: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    ms = np.array([float(u["ms"]) for u in usage if isinstance(u.get("ms"), (int, float))])
+    out: dict[str, Any] = {
+        "identifications": len(usage),
+        "no_confident_match": _rate(sum(u.get("status") != "match" for u in usage), len(usage)),
+        "multi_view": _rate(sum(int(u.get("views") or 1) > 1 for u in usage), len(usage)),
+        "asked_to_measure": _rate(sum(bool(u.get("asked_to_measure")) for u in usage), len(usage)),
+        "median_ms": round(float(np.median(ms)), 1) if len(ms) else None,
+        "p95_ms": round(float(np.percentile(ms, 95)), 1) if len(ms) else None,
+        "confirmed": len(confirmed),
+    }
+    top = [list(f.get("candidates") or []) for f in confirmed]
+    truth = [f.get("part_number") for f in confirmed]
+    out["confirmed_top1"] = _rate(sum(bool(t) and t[0] == pn for t, pn in zip(top, truth)), len(confirmed))
+    out["confirmed_top5"] = _rate(sum(pn in t[:5] for t, pn in zip(top, truth)), len(confirmed))
+    # the identification each confirmation answers (same first capture): was its answer accepted, and right?
+    accepted = [(f, by_capture[c]) for f in confirmed
+                if (c := _first_capture(f)) in by_capture and by_capture[c].get("status") == "match"]
+    out["confirmed_accepted"] = len(accepted)
+    out["precision_when_accepted"] = _rate(
+        sum(bool(u.get("top")) and u["top"][0] == f.get("part_number") for f, u in accepted), len(accepted))
+    out["rejected_top1"] = sum(bool(f.get("candidates")) and f["candidates"][0] == f.get("part_number")
+                               for f in rejected)
+    return out
+
+
+def _missed_parts(confirmed: Iterable[Mapping[str, Any]], limit: int = 10) -> list[dict[str, Any]]:
+    """Confirmed parts the tablets most often did not rank first, with what they ranked first instead."""
+    per: dict[str, dict[str, Any]] = {}
+    for f in confirmed:
+        pn, cands = f.get("part_number"), list(f.get("candidates") or [])
+        row = per.setdefault(pn, {"part_number": pn, "confirmed": 0, "top1_missed": 0, "ranked_first_instead": {}})
+        row["confirmed"] += 1
+        if not cands or cands[0] != pn:
+            row["top1_missed"] += 1
+            first = cands[0] if cands else "(nothing ranked)"
+            row["ranked_first_instead"][first] = row["ranked_first_instead"].get(first, 0) + 1
+    rows = sorted((r for r in per.values() if r["top1_missed"]), key=lambda r: (-r["top1_missed"], r["part_number"]))
+    return rows[:limit]
+
+
+def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = None) -> dict[str, Any]:
+    """Per bundle: identifications, "no confident match" rate, latency on the tablets, and from the
+    engineers' confirmations top-1/top-5 and precision of accepted answers; the parts most often
+    missed; unknown-part reports. ``bundle_id`` / ``site`` keep only those uploads."""
+    def keep(p: Mapping[str, Any], with_bundle: bool = True) -> bool:
+        return (site is None or p.get("site") == site) and (
+            not with_bundle or bundle_id is None or p.get("bundle_id") == bundle_id)
+
+    usage = [u["payload"] for u in list_uploads(hub, kind="usage")
+             if u["payload"].get("event") == "identify" and keep(u["payload"])]
+    feedback = [u["payload"] for u in list_uploads(hub, kind="feedback") if keep(u["payload"])]
+    unknown = [u["payload"] for u in list_uploads(hub, kind="unknown_part") if keep(u["payload"], with_bundle=False)]
+    by_capture = {c: u for u in usage if (c := _first_capture(u))}
+    bundles = sorted({str(p.get("bundle_id")) for p in [*usage, *feedback]})
+    per_bundle = []
+    for b in bundles:
+        conf = [f for f in feedback if str(f.get("bundle_id")) == b and f.get("verdict") == "correct"]
+        rej = [f for f in feedback if str(f.get("bundle_id")) == b and f.get("verdict") == "wrong"]
+        per_bundle.append({"bundle_id": b, "active": b == hub.bundle_id,
+                           **_bundle_stats([u for u in usage if str(u.get("bundle_id")) == b], conf, rej, by_capture)})
+    confirmed = [f for f in feedback if f.get("verdict") == "correct"]
+    return {"filters": {"bundle_id": bundle_id, "site": site}, "bundles": per_bundle,
+            "unknown_part_reports": len(unknown), "missed_parts": _missed_parts(confirmed),
+            "note": "confirmed_* rates are over the identifications engineers confirmed, not a random sample"}

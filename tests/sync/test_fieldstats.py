@@ -1,0 +1,66 @@
+"""``partlens hub field-stats``: how bundles do on the tablets, from usage events and confirmations."""
+from __future__ import annotations
+
+import json
+
+from .helpers import part_image, upload_items
+
+
+def _usage(bundle: str, status: str, top: list[str], capture: str, ms: float, views: int = 1,
+           site: str = "site_a") -> tuple[str, dict, None]:
+    return ("usage", {"event": "identify", "bundle_id": bundle, "status": status, "confidence": 0.5, "top": top,
+                      "views": views, "ms": ms, "asked_to_measure": False, "capture_ids": [capture], "site": site},
+            None)
+
+
+def _confirm(bundle: str, part: str, candidates: list[str], capture: str, verdict: str = "correct",
+             site: str = "site_a") -> tuple[str, dict, bytes]:
+    return ("feedback", {"part_number": part, "verdict": verdict, "capture_ids": [capture], "candidates": candidates,
+                         "bundle_id": bundle, "site": site}, part_image(1, noise=10))
+
+
+def test_field_stats_per_bundle_with_confirmations_joined_to_their_identification(world, capsys) -> None:
+    from edge_app.cli import main
+    from sync.hub.fieldstats import field_stats
+
+    active = world.hub.bundle_id
+    upload_items(world, [
+        _usage(active, "match", ["P1", "P2"], "c1", 10.0),
+        _usage(active, "match", ["P2", "P1"], "c2", 20.0, views=2),
+        _usage(active, "no_confident_match", ["P0", "P1"], "c3", 30.0),
+        _usage(active, "match", ["P0"], "c4", 40.0),
+        _usage("v0-old", "no_confident_match", ["P0"], "c5", 50.0),
+        _usage(active, "match", ["P2"], "c6", 5.0, site="site_b"),
+        _confirm(active, "P1", ["P1", "P2"], "c1"),          # accepted and right
+        _confirm(active, "P1", ["P2", "P1"], "c2"),          # accepted, wrong: top-5 hit only
+        _confirm(active, "P1", ["P0", "P1"], "c3"),          # not accepted (no confident match)
+        _confirm(active, "P0", ["P0"], "c4", verdict="wrong"),  # "not this one" on the top answer
+        ("unknown_part", {"note": "x", "capture_ids": ["c9"], "site": "site_a"}, part_image(9)),
+    ])
+    s = field_stats(world.hub)
+    (b, old) = sorted(s["bundles"], key=lambda r: r["bundle_id"] != active)
+    assert b["bundle_id"] == active and b["active"] and not old["active"]
+    assert (b["identifications"], b["no_confident_match"], b["multi_view"]) == (5, 0.2, 0.2)
+    assert b["median_ms"] == 20.0 and b["confirmed"] == 3
+    assert (b["confirmed_top1"], b["confirmed_top5"]) == (round(1 / 3, 4), 1.0)
+    assert (b["confirmed_accepted"], b["precision_when_accepted"], b["rejected_top1"]) == (2, 0.5, 1)
+    assert (old["identifications"], old["no_confident_match"], old["confirmed"], old["confirmed_top1"]) == (
+        1, 1.0, 0, None)
+    assert s["unknown_part_reports"] == 1
+    assert s["missed_parts"] == [{"part_number": "P1", "confirmed": 3, "top1_missed": 2,
+                                  "ranked_first_instead": {"P0": 1, "P2": 1}}]
+    # filters
+    only_b = field_stats(world.hub, site="site_b")
+    assert [r["identifications"] for r in only_b["bundles"]] == [1] and only_b["unknown_part_reports"] == 0
+    assert [r["bundle_id"] for r in field_stats(world.hub, bundle_id="v0-old")["bundles"]] == ["v0-old"]
+    # the CLI prints the same as JSON
+    assert main(["hub", "field-stats", "--hub", str(world.hub.root), "--bundle", active]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["bundles"][0]["confirmed_top1"] == b["confirmed_top1"]
+
+
+def test_field_stats_of_a_hub_with_no_uploads(world) -> None:
+    from sync.hub.fieldstats import field_stats
+
+    s = field_stats(world.hub)
+    assert s["bundles"] == [] and s["unknown_part_reports"] == 0 and s["missed_parts"] == []
