@@ -147,7 +147,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _review_list(args: argparse.Namespace) -> int:
     from .hub.review import list_uploads
 
-    _out(list_uploads(_open_hub(args), args.kind, args.status))
+    rows = list_uploads(_open_hub(args), args.kind, args.status)
+    if args.kind is None:  # the automatic usage events (one per identification) are for field-stats, not review
+        rows = [r for r in rows if r["kind"] != "usage"]
+    _out(rows)
     return 0
 
 
@@ -308,7 +311,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=func)
         return p
 
-    p = rcmd("list", _review_list, "list uploads in hub receipt order")
+    p = rcmd("list", _review_list, "list uploads in hub receipt order (usage events only with --kind usage; "
+                                   "`hub field-stats` summarises them)")
     p.add_argument("--kind", choices=("feedback", "photo", "unknown_part", "usage"))
     p.add_argument("--status", choices=("new", "approved", "rejected", "done"))
     p = rcmd("approve", _review_approve, "approve an uploaded photo into the catalogue")

@@ -53,6 +53,12 @@ def test_field_stats_per_bundle_with_confirmations_joined_to_their_identificatio
     only_b = field_stats(world.hub, site="site_b")
     assert [r["identifications"] for r in only_b["bundles"]] == [1] and only_b["unknown_part_reports"] == 0
     assert [r["bundle_id"] for r in field_stats(world.hub, bundle_id="v0-old")["bundles"]] == ["v0-old"]
+    # review lists what a person reviews; the usage events only on request
+    assert main(["hub", "review", "list", "--hub", str(world.hub.root)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {r["kind"] for r in listed} == {"feedback", "unknown_part"}
+    assert main(["hub", "review", "list", "--hub", str(world.hub.root), "--kind", "usage"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 6
     # the CLI prints the same as JSON
     assert main(["hub", "field-stats", "--hub", str(world.hub.root), "--bundle", active]) == 0
     printed = json.loads(capsys.readouterr().out)
