@@ -99,7 +99,7 @@ def _status(args: argparse.Namespace) -> int:
 def _field_stats(args: argparse.Namespace) -> int:
     from .hub.fieldstats import field_stats
 
-    _out(field_stats(_open_hub(args), bundle_id=args.bundle, site=args.site))
+    _out(field_stats(_open_hub(args), bundle_id=args.bundle, site=args.site, days=args.days))
     return 0
 
 
@@ -279,6 +279,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "engineers' confirmations top-1/top-5, precision of accepted answers and the parts most often missed")
     p.add_argument("--bundle", help="only this bundle id")
     p.add_argument("--site", help="only this site")
+    p.add_argument("--days", type=float, help="only what the hub received in the last N days (default: all)")
     p = cmd("add-device", _add_device, "enrol a device: token + QR code (hub address, token, trusted keys)")
     p.add_argument("name")
     p.add_argument("--site", required=True)

@@ -9,10 +9,13 @@ describe the confirmed cases, not a random sample: read them next to how many th
 """
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+
+from edge_app.errors import UsageError
 
 from .hub import Hub
 from .review import list_uploads
@@ -71,18 +74,25 @@ def _missed_parts(confirmed: Iterable[Mapping[str, Any]], limit: int = 10) -> li
     return rows[:limit]
 
 
-def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = None) -> dict[str, Any]:
+def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = None,
+                days: float | None = None) -> dict[str, Any]:
     """Per bundle: identifications, "no confident match" rate, latency on the tablets, and from the
     engineers' confirmations top-1/top-5 and precision of accepted answers; the parts most often
-    missed; unknown-part reports. ``bundle_id`` / ``site`` keep only those uploads."""
+    missed; unknown-part reports. ``bundle_id`` / ``site`` keep only those uploads; ``days`` only
+    what the hub received in the last ``days`` days (a year of usage events is millions of rows)."""
+    if days is not None and not days > 0:
+        raise UsageError(f"days must be > 0, got {days}")
+    since = None if days is None else (
+        _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(days=days)).isoformat(timespec="seconds")
+
     def keep(p: Mapping[str, Any], with_bundle: bool = True) -> bool:
         return (site is None or p.get("site") == site) and (
             not with_bundle or bundle_id is None or p.get("bundle_id") == bundle_id)
 
-    usage = [u["payload"] for u in list_uploads(hub, kind="usage")
+    usage = [u["payload"] for u in list_uploads(hub, kind="usage", since=since)
              if u["payload"].get("event") == "identify" and keep(u["payload"])]
-    feedback = [u["payload"] for u in list_uploads(hub, kind="feedback") if keep(u["payload"])]
-    unknown = [u["payload"] for u in list_uploads(hub, kind="unknown_part") if keep(u["payload"], with_bundle=False)]
+    feedback = [u["payload"] for u in list_uploads(hub, kind="feedback", since=since) if keep(u["payload"])]
+    unknown = [u["payload"] for u in list_uploads(hub, kind="unknown_part", since=since) if keep(u["payload"], with_bundle=False)]
     by_capture = {c: u for u in usage if (c := _first_capture(u))}
     bundles = sorted({str(p.get("bundle_id")) for p in [*usage, *feedback]})
     per_bundle = []
@@ -92,6 +102,6 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
         per_bundle.append({"bundle_id": b, "active": b == hub.bundle_id,
                            **_bundle_stats([u for u in usage if str(u.get("bundle_id")) == b], conf, rej, by_capture)})
     confirmed = [f for f in feedback if f.get("verdict") == "correct"]
-    return {"filters": {"bundle_id": bundle_id, "site": site}, "bundles": per_bundle,
+    return {"filters": {"bundle_id": bundle_id, "site": site, "received_since": since}, "bundles": per_bundle,
             "unknown_part_reports": len(unknown), "missed_parts": _missed_parts(confirmed),
             "note": "confirmed_* rates are over the identifications engineers confirmed, not a random sample"}

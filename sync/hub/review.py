@@ -28,11 +28,12 @@ log = logging.getLogger(__name__)
 STATUSES = ("new", "approved", "rejected", "done")
 
 
-def list_uploads(hub: Hub, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-    """Uploads in hub receipt order, payload decoded."""
+def list_uploads(hub: Hub, kind: str | None = None, status: str | None = None,
+                 since: str | None = None) -> list[dict[str, Any]]:
+    """Uploads in hub receipt order, payload decoded (``since``: received at or after this ISO UTC time)."""
     if status is not None and status not in STATUSES:
         raise UsageError(f"status must be one of {STATUSES}, got {status!r}")
-    rows = hub.store.list_uploads(kind, status)
+    rows = hub.store.list_uploads(kind, status, since)
     for r in rows:
         r["payload"] = json.loads(r["payload"])
         r["review"] = json.loads(r["review"]) if r["review"] else None

@@ -57,6 +57,8 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS images_version ON images(version)",
     "CREATE INDEX IF NOT EXISTS images_part ON images(part_number)",
     "CREATE INDEX IF NOT EXISTS embeddings_version ON embeddings(version)",
+    # field-stats reads one kind over a time window (usage events: one per identification)
+    "CREATE INDEX IF NOT EXISTS uploads_kind_received ON uploads(kind, received_at)",
 ]
 
 UPLOAD_KINDS = ("feedback", "photo", "unknown_part", "usage")
@@ -101,7 +103,8 @@ class HubStore(Protocol):
     def revoke_device(self, name: str) -> bool: ...
     def add_upload(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
     def upload(self, uuid: str) -> dict[str, Any] | None: ...
-    def list_uploads(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]: ...
+    def list_uploads(self, kind: str | None = None, status: str | None = None,
+                     since: str | None = None) -> list[dict[str, Any]]: ...
     def update_upload(self, uuid: str, **fields: Any) -> None: ...
 
 
@@ -379,8 +382,13 @@ class SqliteHubStore:
         rows = self._rows("SELECT * FROM uploads WHERE uuid=?", (uuid,))
         return rows[0] if rows else None
 
-    def list_uploads(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    def list_uploads(self, kind: str | None = None, status: str | None = None,
+                     since: str | None = None) -> list[dict[str, Any]]:
+        """Uploads in receipt order; ``since``: only those received at or after this ISO UTC time."""
         sql, params = "SELECT * FROM uploads WHERE 1", []
+        if since:
+            sql += " AND received_at >= ?"
+            params.append(since)
         if kind:
             sql += " AND kind=?"
             params.append(kind)

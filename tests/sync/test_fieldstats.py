@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from edge_app.errors import UsageError
+
 from .helpers import part_image, upload_items
 
 
@@ -53,6 +57,13 @@ def test_field_stats_per_bundle_with_confirmations_joined_to_their_identificatio
     only_b = field_stats(world.hub, site="site_b")
     assert [r["identifications"] for r in only_b["bundles"]] == [1] and only_b["unknown_part_reports"] == 0
     assert [r["bundle_id"] for r in field_stats(world.hub, bundle_id="v0-old")["bundles"]] == ["v0-old"]
+    # a time window by hub receipt: everything arrived just now
+    assert field_stats(world.hub, days=1)["bundles"] == s["bundles"]
+    world.hub.store._db().conn.execute("UPDATE uploads SET received_at='2020-01-01T00:00:00+00:00'")
+    old_only = field_stats(world.hub, days=1)
+    assert old_only["bundles"] == [] and old_only["filters"]["received_since"] > "2020-01-01"
+    with pytest.raises(UsageError):
+        field_stats(world.hub, days=0)
     # review lists what a person reviews; the usage events only on request
     assert main(["hub", "review", "list", "--hub", str(world.hub.root)]) == 0
     listed = json.loads(capsys.readouterr().out)
