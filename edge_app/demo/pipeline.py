@@ -22,7 +22,7 @@ Progress = Callable[[int, int, str], None]
 STEPS = ("generate the synthetic catalogue and field photos", "train", "export behind the parity gate",
          "calibrate and sign the device bundle", "start the hub on 127.0.0.1, enrol a tablet, full sync",
          "identify field photos on the tablet", "add new parts at the hub, sync, identify them",
-         "write the report")
+         "engineers confirm the answers in the app, sync up, field statistics at the hub", "write the report")
 
 
 def export_first_passing(candidates: list[str], export: Callable[[str], dict[str, Any]]
@@ -220,7 +220,7 @@ class DemoRun:
 
     # 5-7 -------------------------------------------------------------------------------------
     def hub_and_tablet(self) -> None:
-        """Steps 5-7 with a real hub process, stopped whatever happens."""
+        """Steps 5-8 with a real hub process, stopped whatever happens."""
         from sync.hub.hub import Hub
         from sync.hub.process import HubProcess
 
@@ -233,6 +233,7 @@ class DemoRun:
             self.first_sync()
             self.identify_before()
             self.add_parts_and_resync()
+            self.field_feedback()
 
     def first_sync(self) -> None:
         from sync.client import SyncClient, enrol
@@ -298,8 +299,33 @@ class DemoRun:
         self.report[key] = metrics.summarize(self.outcomes[key], self.groups, self.sizes)
 
     # 8 ---------------------------------------------------------------------------------------
-    def write_report(self, t_start: float) -> None:
+    def field_feedback(self) -> None:
+        """The app's own path for the known-part photos: identify (which queues a usage event), the
+        engineer confirms the right part ("this is the part", with the photo), the tablet syncs up,
+        and the hub's field statistics count what happened."""
+        from sync.hub.fieldstats import field_stats
+
+        from ..services import DeviceServices
+
         t0 = self._step(7)
+        services = DeviceServices(self.device_dir, site=SITE)
+        try:
+            for path, truth in metrics.field_photos(self.data / "queries", self.parts["known"]):
+                cap = services.captures.add_file(path)
+                outcome = services.identify([cap])
+                services.send_feedback(truth, "correct", [cap], outcome)
+        finally:
+            services.close()
+        up = self.client.sync()
+        stats = field_stats(self.hub, bundle_id=self.hub.bundle_id)
+        self.report["field_stats"] = {"uploaded": up.uploaded, "sync_seconds": round(up.seconds, 2),
+                                      **(stats["bundles"][0] if stats["bundles"] else {}),
+                                      "missed_parts": stats["missed_parts"][:5]}
+        self._lap("field_feedback", t0)
+
+    # 9 ---------------------------------------------------------------------------------------
+    def write_report(self, t_start: float) -> None:
+        t0 = self._step(8)
         if self.cfg.starter_bundle:
             from .starter import install_starter
 

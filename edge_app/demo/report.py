@@ -67,6 +67,14 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", "Hub look-alike check when the new parts were added (`partlens hub look-alikes`): "
                   + ("; ".join(w["message"] for w in warned) if warned else "none of the new parts looks like "
                      "another part to the model") + "."]
+    fs = r.get("field_stats")
+    if fs and fs.get("identifications"):
+        lines += ["", f"Field statistics (`partlens hub field-stats`) after an engineer confirmed the right part for "
+                      f"each of the {fs['confirmed']} known-part photos in the app and the tablet synced "
+                      f"({fs['uploaded']} uploads in {fs['sync_seconds']:.1f} s): {fs['identifications']} "
+                      f"identifications, no confident match {_pct(fs['no_confident_match'])}, confirmed top-1 "
+                      f"{_pct(fs['confirmed_top1'])}, top-5 {_pct(fs['confirmed_top5'])}, precision when accepted "
+                      f"{_pct(fs['precision_when_accepted'])}, median {_ms(fs['median_ms'])} ms on the tablet."]
     s1, s2 = r["sync_full"], r["sync_incremental"]
     lines += ["", f"Hub on {r['hub']['url']}: full sync to v{s1['to_version']} ({s1['bytes'] / 1e6:.2f} MB, "
                   f"{s1['seconds']:.1f} s); after adding {len(r['parts']['new'])} parts, incremental sync "

@@ -172,7 +172,7 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     root, report, proc = quick_demo
     run = root / "run"
     # Progress was shown, step by step, and the table and report path were printed.
-    assert "[1/8]" in proc.stderr and "[8/8]" in proc.stderr
+    assert "[1/9]" in proc.stderr and "[9/9]" in proc.stderr
     assert "| known parts, fresh field photos |" in proc.stdout and str(run / "report.html") in proc.stdout
     assert report["training"]["model"] == "efficientnet_lite0"
     # no reference branch by default (`--reference-weight`): the bundle holds the trained 256-d embedding
@@ -198,6 +198,16 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     two = report["identify_known_two_views"]
     assert two["queries"] == len(report["parts"]["known"]) and "| known parts, two of those photos" in proc.stdout
     assert 0.0 <= two["top1"] <= 1.0 and two["top5"] >= two["top1"]
+    # step 8: the app's own path (capture, identify, "this is the part") for the known-part photos, synced up; the
+    # hub's field statistics count exactly what the tablet answered (the same photos scored after the sync)
+    fs = report["field_stats"]
+    n_known = report["identify_known_after_sync"]["queries"]
+    assert fs["identifications"] == fs["confirmed"] == n_known and fs["uploaded"] == 2 * n_known
+    assert fs["confirmed_top1"] == pytest.approx(report["identify_known_after_sync"]["top1"], abs=1e-4)
+    assert fs["confirmed_top5"] == pytest.approx(report["identify_known_after_sync"]["top5"], abs=1e-4)
+    assert fs["no_confident_match"] == pytest.approx(report["identify_known_after_sync"]["no_confident_match"],
+                                                     abs=1e-4)
+    assert "Field statistics (`partlens hub field-stats`)" in proc.stdout
     # the known parts are scored again after the sync, with the new parts competing
     assert report["identify_known_after_sync"]["queries"] == report["identify_known"]["queries"]
     assert "| known parts AFTER that sync" in proc.stdout
@@ -292,7 +302,7 @@ def test_cli_quick_and_app_flags_reach_the_library(tmp_path, monkeypatch, capsys
 
     def fake_run(cfg, progress=None):
         seen["cfg"] = cfg
-        progress(1, 8, "generate")
+        progress(1, 9, "generate")
         return {"device_dir": str(tmp_path / "tablet"), "fake": True}
 
     monkeypatch.setattr(demo_cli, "run_demo", fake_run)
@@ -302,7 +312,7 @@ def test_cli_quick_and_app_flags_reach_the_library(tmp_path, monkeypatch, capsys
     assert seen["cfg"].quick and seen["cfg"].epochs == 1 and seen["cfg"].image_size == quick(DemoConfig()).image_size
     assert seen["app"] == tmp_path / "tablet"
     out = capsys.readouterr()
-    assert "TABLE" in out.out and "[1/8]" in out.err
+    assert "TABLE" in out.out and "[1/9]" in out.err
     seen.clear()
     assert main(["demo", "--out", str(tmp_path / "p")]) == 0
     assert not seen["cfg"].quick and "app" not in seen
