@@ -32,6 +32,25 @@ def _first_capture(payload: Mapping[str, Any]) -> str | None:
     return str(ids[0]) if ids else None
 
 
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _well_formed(kind: str, p: Mapping[str, Any]) -> bool:
+    """Tablets are trusted to upload, not to be bug-free: a record whose fields have the wrong types is
+    left out (and counted) rather than breaking the statistics."""
+    if not isinstance(p.get("capture_ids", []), list):
+        return False
+    if kind == "usage":
+        views = p.get("views", 1)
+        return (isinstance(p.get("status"), str) and _str_list(p.get("top", []))
+                and isinstance(views, int) and not isinstance(views, bool) and views >= 1
+                and (p.get("ms") is None or isinstance(p.get("ms"), (int, float))))
+    if kind == "feedback":
+        return isinstance(p.get("part_number"), str) and _str_list(p.get("candidates", []))
+    return True
+
+
 def _bundle_stats(usage: list[Mapping[str, Any]], confirmed: list[Mapping[str, Any]],
                   rejected: list[Mapping[str, Any]], by_capture: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     ms = np.array([float(u["ms"]) for u in usage if isinstance(u.get("ms"), (int, float))])
@@ -78,8 +97,9 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
                 days: float | None = None) -> dict[str, Any]:
     """Per bundle: identifications, "no confident match" rate, latency on the tablets, and from the
     engineers' confirmations top-1/top-5 and precision of accepted answers; the parts most often
-    missed; unknown-part reports. ``bundle_id`` / ``site`` keep only those uploads; ``days`` only
-    what the hub received in the last ``days`` days (a year of usage events is millions of rows)."""
+    missed (over every bundle kept by the filters); unknown-part reports. ``bundle_id`` / ``site``
+    keep only those uploads; ``days`` only what the hub received in the last ``days`` days (a year
+    of usage events is millions of rows). Uploads with malformed fields are skipped and counted."""
     if days is not None and not days > 0:
         raise UsageError(f"days must be > 0, got {days}")
     since = None if days is None else (
@@ -89,10 +109,20 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
         return (site is None or p.get("site") == site) and (
             not with_bundle or bundle_id is None or p.get("bundle_id") == bundle_id)
 
-    usage = [u["payload"] for u in list_uploads(hub, kind="usage", since=since)
-             if u["payload"].get("event") == "identify" and keep(u["payload"])]
-    feedback = [u["payload"] for u in list_uploads(hub, kind="feedback", since=since) if keep(u["payload"])]
-    unknown = [u["payload"] for u in list_uploads(hub, kind="unknown_part", since=since) if keep(u["payload"], with_bundle=False)]
+    malformed = 0
+
+    def payloads(kind: str) -> list[Mapping[str, Any]]:
+        nonlocal malformed
+        out = []
+        for u in list_uploads(hub, kind=kind, since=since):
+            p = u["payload"]
+            if not isinstance(p, dict) or not _well_formed(kind, p):
+                malformed += 1
+            elif keep(p, with_bundle=kind != "unknown_part") and (kind != "usage" or p.get("event") == "identify"):
+                out.append(p)
+        return out
+
+    usage, feedback, unknown = payloads("usage"), payloads("feedback"), payloads("unknown_part")
     by_capture = {c: u for u in usage if (c := _first_capture(u))}
     bundles = sorted({str(p.get("bundle_id")) for p in [*usage, *feedback]})
     per_bundle = []
@@ -104,4 +134,5 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
     confirmed = [f for f in feedback if f.get("verdict") == "correct"]
     return {"filters": {"bundle_id": bundle_id, "site": site, "received_since": since}, "bundles": per_bundle,
             "unknown_part_reports": len(unknown), "missed_parts": _missed_parts(confirmed),
+            "malformed_uploads_skipped": malformed,
             "note": "confirmed_* rates are over the identifications engineers confirmed, not a random sample"}

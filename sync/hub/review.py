@@ -149,7 +149,8 @@ def export_calibration(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, A
     live = {r["part_number"] for r in images}
     counts.update(catalogue_images=len(images), catalogue_parts=len(live))
     # a capture approved into the catalogue (as a photo upload) is a catalogue image, not a field photo
-    in_catalogue = {r["payload"].get("capture_id") for r in list_uploads(hub, status="approved")}
+    in_catalogue = {c for r in list_uploads(hub, status="approved")
+                    if isinstance(r["payload"], dict) and isinstance(c := r["payload"].get("capture_id"), str)}
 
     def usable(row: Mapping[str, Any]) -> bool:
         if row["blob_size"] is None:
@@ -161,11 +162,12 @@ def export_calibration(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, A
 
     pos_parts: set[str] = set()
     for row in list_uploads(hub, kind="feedback", status="new"):
-        pn = row["payload"].get("part_number")
-        captures = row["payload"].get("capture_ids") or []
-        if (row["payload"].get("verdict") != "correct" or pn not in live
+        p = row["payload"] if isinstance(row["payload"], dict) else {}
+        pn, captures = p.get("part_number"), p.get("capture_ids")
+        captures = [c for c in captures if isinstance(c, str)] if isinstance(captures, list) else []
+        if (p.get("verdict") != "correct" or not isinstance(pn, str) or pn not in live
                 or (captures and captures[0] in in_catalogue) or not usable(row)):
-            continue
+            continue  # a device's malformed record is not a labelled photo either
         atomic_copy(blob_path(hub, row["uuid"]), out / "positives" / part_folder(pn) / f"{row['uuid']}.jpg")
         counts["positives"] += 1
         pos_parts.add(pn)
@@ -178,8 +180,8 @@ def export_calibration(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, A
             counts["negatives"] += 1
             reports.add(row["uuid"])
     for row in list_uploads(hub, kind="photo", status="new"):
-        report = row["payload"].get("unknown_part")
-        if report in open_reports and usable(row):
+        report = row["payload"].get("unknown_part") if isinstance(row["payload"], dict) else None
+        if isinstance(report, str) and report in open_reports and usable(row):
             atomic_copy(blob_path(hub, row["uuid"]), out / "negatives" / f"{report}-{row['uuid']}.jpg")
             counts["negatives"] += 1
             reports.add(report)

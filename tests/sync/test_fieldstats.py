@@ -81,3 +81,19 @@ def test_field_stats_of_a_hub_with_no_uploads(world) -> None:
 
     s = field_stats(world.hub)
     assert s["bundles"] == [] and s["unknown_part_reports"] == 0 and s["missed_parts"] == []
+
+
+def test_field_stats_skips_and_counts_malformed_uploads(world) -> None:
+    """A buggy tablet's records (wrong types) are left out and counted; they never break the statistics."""
+    from sync.hub.fieldstats import field_stats
+
+    active = world.hub.bundle_id
+    good = _usage(active, "match", ["P1"], "c1", 10.0)
+    bad_views = ("usage", dict(good[1], views="two"), None)
+    bad_top = ("usage", dict(good[1], top={"P1": 1}), None)
+    bad_candidates = ("feedback", dict(_confirm(active, "P1", ["P1"], "c1")[1], candidates="P1"), part_image(1))
+    upload_items(world, [good, bad_views, bad_top, bad_candidates, _confirm(active, "P1", ["P1"], "c1")])
+    s = field_stats(world.hub)
+    assert s["malformed_uploads_skipped"] == 3
+    (b,) = s["bundles"]
+    assert (b["identifications"], b["confirmed"], b["confirmed_top1"], b["precision_when_accepted"]) == (1, 1, 1.0, 1.0)

@@ -32,6 +32,10 @@ def test_export_calibration_writes_what_calibrate_reads(world, tmp_path: Path) -
         ("unknown_part", {"note": "made into a part below", "capture_ids": ["c8"]}, part_image(21)),
         ("unknown_part", {"note": "rejected below", "capture_ids": ["c9"]}, part_image(22)),
         ("feedback", {"part_number": "P1", "verdict": "correct", "capture_ids": ["c10"]}, part_image(1, noise=30)),
+        # a buggy tablet's records: wrong types are skipped, never a crash or a mislabelled photo
+        ("feedback", {"part_number": ["P1"], "verdict": "correct", "capture_ids": [["x"]]}, part_image(1, noise=5)),
+        ("feedback", {"part_number": "P2", "verdict": "correct", "capture_ids": "c11"}, part_image(2, noise=5)),
+        ("photo", {"unknown_part": ["nope"], "capture_id": ["c12"]}, part_image(3, noise=5)),
     ])
     # the report's second view travels as a photo linked to the report
     ids += upload_items(world, [("photo", {"unknown_part": ids[6], "capture_id": "c7"}, part_image(20, noise=10))])
@@ -44,7 +48,7 @@ def test_export_calibration_writes_what_calibrate_reads(world, tmp_path: Path) -
 
     out = tmp_path / "cal"
     counts = export_calibration(hub, out)
-    assert counts == {"catalogue_images": 6, "catalogue_parts": 5, "positives": 2, "positive_parts": 2,
+    assert counts == {"catalogue_images": 6, "catalogue_parts": 5, "positives": 3, "positive_parts": 3,
                       "negatives": 2, "negative_reports": 1, "incomplete_uploads_skipped": 0}
     # the slash does not nest folders; readers give the part number back
     assert (out / "catalogue" / "DIN 934%2FM8").is_dir() and not (out / "catalogue" / "DIN 934").exists()
@@ -53,9 +57,9 @@ def test_export_calibration_writes_what_calibrate_reads(world, tmp_path: Path) -
     assert sum(c.part_number == "P0" for c in catalogue) == 2  # the approved photo is a catalogue image now
     positives = images_from_dir(out / "positives", kind="field")
     assert sorted((p.part_number, p.path.stem) for p in positives) == sorted(
-        [("P1", ids[0]), ("DIN 934/M8", ids[1])])
+        [("P1", ids[0]), ("DIN 934/M8", ids[1]), ("P2", ids[11])])  # capture_ids not a list: still a confirmation
     negatives = images_from_dir(out / "negatives", kind="field", flat_part=OUTSIDE)
-    assert sorted(p.path.name for p in negatives) == sorted([f"{ids[6]}.jpg", f"{ids[6]}-{ids[10]}.jpg"])
+    assert sorted(p.path.name for p in negatives) == sorted([f"{ids[6]}.jpg", f"{ids[6]}-{ids[-1]}.jpg"])
     assert (out / "negatives" / f"{ids[6]}.jpg").read_bytes() == part_image(20)
     _check_photos({c.part_number for c in catalogue}, positives, negatives)  # what calibrate checks first
 
