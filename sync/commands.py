@@ -161,6 +161,13 @@ def _review_approve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _review_confirm_unknown(args: argparse.Namespace) -> int:
+    from .hub.review import confirm_unknown
+
+    _out(confirm_unknown(_open_hub(args), args.uuid, args.note or ""))
+    return 0
+
+
 def _review_reject(args: argparse.Namespace) -> int:
     from .hub.review import reject
 
@@ -186,7 +193,7 @@ def _review_export(args: argparse.Namespace) -> int:
 def _review_export_calibration(args: argparse.Namespace) -> int:
     from .hub.review import export_calibration
 
-    _out(export_calibration(_open_hub(args), args.out))
+    _out(export_calibration(_open_hub(args), args.out, reviewed_only=args.reviewed_only))
     return 0
 
 
@@ -300,8 +307,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
 
-    review = hsub.add_parser("review", help="review uploads: list, approve, reject, make-part, export, "
-                                               "export-calibration",
+    review = hsub.add_parser("review", help="review uploads: list, approve, reject, confirm-unknown, "
+                                               "make-part, export, export-calibration",
                              description="Review what devices uploaded.")
     rsub = review.add_subparsers(dest="review_command", metavar="REVIEW_COMMAND")
     rsub.required = True
@@ -322,6 +329,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = rcmd("reject", _review_reject, "reject an upload")
     p.add_argument("uuid")
     p.add_argument("--note")
+    p = rcmd("confirm-unknown", _review_confirm_unknown,
+             "mark an unknown-part report as reviewed: really not in the catalogue, no part made "
+             "(its photos stay calibration negatives, also with export-calibration --reviewed-only)")
+    p.add_argument("uuid")
+    p.add_argument("--note")
     p = rcmd("make-part", _review_make_part, "turn an unknown-part report into a part")
     p.add_argument("uuid")
     p.add_argument("--part-number", required=True)
@@ -336,6 +348,8 @@ def register(sub: argparse._SubParsersAction) -> None:
              "OUT/positives (photos engineers confirmed as a catalogue part, not catalogue images) and "
              "OUT/negatives (photos of open unknown-part reports)")
     p.add_argument("out", help="a new or empty folder")
+    p.add_argument("--reviewed-only", action="store_true",
+                   help="negatives only from unknown-part reports a reviewer confirmed (`review confirm-unknown`)")
 
     s = sub.add_parser("sync", help="device: enrol with a hub, sync catalogue/bundle, upload the outbox",
                        description="Device side of sync.")

@@ -93,6 +93,15 @@ def make_part(hub: Hub, uuid: str, part: Mapping[str, Any]) -> dict[str, Any]:
     return {"uuid": uuid, "part_number": fields["part_number"], "catalogue_version": version}
 
 
+def confirm_unknown(hub: Hub, uuid: str, note: str = "") -> dict[str, Any]:
+    """Mark an unknown-part report as reviewed: the part is really not in the catalogue (and no part
+    is made of it). Its photos stay negatives for :func:`export_calibration` (also with
+    ``reviewed_only``)."""
+    row = _get(hub, uuid, "unknown_part")
+    hub.store.update_upload(uuid, status="approved", review=json.dumps({"confirmed_unknown": True, "note": note}))
+    return {"uuid": row["uuid"], "status": "approved"}
+
+
 def reject(hub: Hub, uuid: str, note: str = "") -> None:
     row = hub.store.upload(uuid)
     if row is None:
@@ -106,6 +115,8 @@ def export_training(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, int]
     n = 0
     parts: set[str] = set()
     for row in list_uploads(hub, status="approved"):
+        if row["kind"] not in ("photo", "feedback"):  # a confirmed unknown-part report is no catalogue photo
+            continue
         review = row["review"] or {}
         image = hub.store.image(review.get("image_id", ""))
         if image is None:
@@ -124,15 +135,17 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower() if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp") else ".jpg"
 
 
-def export_calibration(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_only: bool = False
+                       ) -> dict[str, Any]:
     """Write what ``partlens calibrate`` needs, from the hub's catalogue and device uploads.
 
     - ``catalogue/<part>/<image_id>.jpg``: every live catalogue image (what devices search);
     - ``positives/<part>/<uuid>.jpg``: photos engineers confirmed as a catalogue part (feedback with
       ``verdict: correct``) that are NOT catalogue images (not approved into the catalogue, not
       rejected), of parts still in the catalogue;
-    - ``negatives/<uuid>.jpg``: photos of unknown-part reports still open (not made into a part, not
-      rejected), with their extra views: parts the catalogue does not hold.
+    - ``negatives/<uuid>.jpg``: photos of unknown-part reports not made into a part and not rejected
+      (with ``reviewed_only``: only those a reviewer confirmed, :func:`confirm_unknown`), with their
+      extra views: parts the catalogue does not hold.
 
     ``out_dir`` must be new or empty (a stale photo would change the fit). Uploads whose photo has
     not finished uploading are left out and counted. Returns the counts.
@@ -172,7 +185,8 @@ def export_calibration(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, A
         counts["positives"] += 1
         pos_parts.add(pn)
     counts["positive_parts"] = len(pos_parts)
-    open_reports = {r["uuid"]: r for r in list_uploads(hub, kind="unknown_part", status="new")}
+    statuses = ("approved",) if reviewed_only else ("new", "approved")
+    open_reports = {r["uuid"]: r for st in statuses for r in list_uploads(hub, kind="unknown_part", status=st)}
     reports: set[str] = set()
     for row in open_reports.values():
         if usable(row):

@@ -63,6 +63,19 @@ def test_export_calibration_writes_what_calibrate_reads(world, tmp_path: Path) -
     assert (out / "negatives" / f"{ids[6]}.jpg").read_bytes() == part_image(20)
     _check_photos({c.part_number for c in catalogue}, positives, negatives)  # what calibrate checks first
 
+    # a reviewer confirms the open report is really not in the catalogue: still a negative, and the only
+    # kind --reviewed-only takes
+    from sync.hub.review import confirm_unknown, export_training
+
+    assert export_calibration(hub, tmp_path / "unreviewed", reviewed_only=True)["negatives"] == 0
+    confirm_unknown(hub, ids[6], "a pump seal we do not stock")
+    assert export_calibration(hub, tmp_path / "again")["negatives"] == 2
+    assert export_calibration(hub, tmp_path / "reviewed", reviewed_only=True)["negatives"] == 2
+    with pytest.raises(UsageError, match="already approved"):
+        confirm_unknown(hub, ids[6])
+    with pytest.raises(UsageError, match="is a feedback"):
+        confirm_unknown(hub, ids[0])
+    assert export_training(hub, tmp_path / "train") == {"images": 1, "parts": 1}  # the approved P0 photo only
     # a stale folder would change the fit: refused, nothing touched
     with pytest.raises(UsageError, match="not an empty folder"):
         export_calibration(hub, out)
