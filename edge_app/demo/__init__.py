@@ -9,9 +9,11 @@
    fit the "no confident match" calibration and sign a device bundle with a demo key made
    outside the repository.
 4. Start a hub on 127.0.0.1, load the catalogue and bundle, enrol a tablet, sync it over HTTP.
-5. Identify held-out field photos on the tablet; add new parts at the hub, sync once, and find
-   them without retraining.
-6. Print a table and write OUT/report.json, report.md and report.html (with thumbnails).
+5. Identify held-out field photos on the tablet (one photo, then two photos of a part fused); add
+   new parts at the hub, sync once, and find them without retraining.
+6. Field loop: the known-part photos go through the app's path (identify, "this is the part"),
+   the tablet syncs up, and the hub's field statistics count what the tablet answered.
+7. Print a table and write OUT/report.json, report.md and report.html (with thumbnails).
 
 ``--quick`` runs the same chain at a tiny scale (CI runs it). ``--app`` then opens the tablet app
 on the synced device folder. The hub is always stopped, also on error or Ctrl-C.
