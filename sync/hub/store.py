@@ -314,11 +314,15 @@ class SqliteHubStore:
         return {r["part_number"]: r["look_alike_group"] for r in self._rows(
             "SELECT part_number, look_alike_group FROM parts WHERE deleted=0")}
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, Any]:
         c = self._db().conn
         return {t: c.execute(f"SELECT count(*) FROM {t} WHERE deleted=0").fetchone()[0]
                 for t in ("parts", "inventory", "images")} | {
-            "embeddings": c.execute("SELECT count(*) FROM embeddings").fetchone()[0]}
+            "embeddings": c.execute("SELECT count(*) FROM embeddings").fetchone()[0],
+            # what waits for a person (`hub review list --status new`); usage events are for field-stats
+            "uploads_to_review": dict(c.execute(
+                "SELECT kind, count(*) FROM uploads WHERE status='new' AND kind!='usage' GROUP BY kind "
+                "ORDER BY kind").fetchall())}
 
     # -- bundles ----------------------------------------------------------------------------
     def add_bundle(self, bundle_id: str, version: int, manifest: dict[str, Any], catalogue_version: int) -> None:

@@ -51,6 +51,7 @@ def test_field_stats_per_bundle_with_confirmations_joined_to_their_identificatio
     assert (old["identifications"], old["no_confident_match"], old["confirmed"], old["confirmed_top1"]) == (
         1, 1.0, 0, None)
     assert s["unknown_part_reports"] == 1
+    assert world.hub.status()["uploads_to_review"] == {"feedback": 4, "unknown_part": 1}  # no usage events
     assert s["missed_parts"] == [{"part_number": "P1", "confirmed": 3, "top1_missed": 2,
                                   "ranked_first_instead": {"P0": 1, "P2": 1}}]
     # filters
