@@ -103,6 +103,13 @@ def _field_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune_usage(args: argparse.Namespace) -> int:
+    from .hub.fieldstats import prune_usage
+
+    _out(prune_usage(_open_hub(args), args.older_than_days))
+    return 0
+
+
 def _prune_packages(args: argparse.Namespace) -> int:
     from .hub.deltas import PackageService
 
@@ -300,6 +307,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "catalogue version (devices are always sent packages up to the current one)")
     p.add_argument("--grace-hours", type=float, default=24.0,
                    help="keep stale packages this long, so in-flight downloads finish (default 24)")
+    p = cmd("prune-usage", _prune_usage, "delete usage events (one per identification, for field-stats) received "
+            "more than N days ago; confirmations, photos and unknown-part reports are kept")
+    p.add_argument("--older-than-days", type=float, required=True, metavar="N")
     p = cmd("revoke-device", _revoke_device, "revoke a device's token at once (e.g. a lost tablet)")
     p.add_argument("name")
     p = cmd("serve", _serve, "run the HTTP API (OpenAPI at /openapi.json)")

@@ -136,3 +136,15 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
             "unknown_part_reports": len(unknown), "missed_parts": _missed_parts(confirmed),
             "malformed_uploads_skipped": malformed,
             "note": "confirmed_* rates are over the identifications engineers confirmed, not a random sample"}
+
+
+def prune_usage(hub: Hub, older_than_days: float) -> dict[str, Any]:
+    """Delete the usage events the hub received more than ``older_than_days`` days ago (one per
+    identification: a busy terminal makes millions a year). Confirmations, photos and unknown-part
+    reports are kept."""
+    if not older_than_days > 0:
+        raise UsageError(f"older-than-days must be > 0, got {older_than_days}")
+    before = (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(days=older_than_days)).isoformat(timespec="seconds")
+    n = hub.store.delete_uploads("usage", before)
+    log.info("deleted %d usage events received before %s", n, before)
+    return {"deleted_usage_events": n, "received_before": before}

@@ -401,6 +401,14 @@ class SqliteHubStore:
             params.append(status)
         return self._rows(sql + " ORDER BY seq", params)
 
+    def delete_uploads(self, kind: str, received_before: str) -> int:
+        """Delete ``kind`` uploads received before this ISO UTC time (records only: such kinds carry no blob)."""
+        db = self._db()
+        with self._write_lock, self._tx(db):
+            cur = db.conn.execute("DELETE FROM uploads WHERE kind=? AND received_at < ? AND blob_size IS NULL",
+                                  (kind, received_before))
+            return int(cur.rowcount)
+
     def update_upload(self, uuid: str, **fields: Any) -> None:
         db = self._db()
         with self._write_lock, self._tx(db):

@@ -75,6 +75,14 @@ def test_field_stats_per_bundle_with_confirmations_joined_to_their_identificatio
     assert main(["hub", "field-stats", "--hub", str(world.hub.root), "--bundle", active]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["bundles"][0]["confirmed_top1"] == b["confirmed_top1"]
+    # pruning old usage events keeps everything else
+    from sync.hub.fieldstats import prune_usage
+
+    assert prune_usage(world.hub, 30)["deleted_usage_events"] == 6  # all 'received' in 2020 above
+    kinds = sorted(u["kind"] for u in world.hub.store.list_uploads())
+    assert kinds == ["feedback"] * 4 + ["unknown_part"]
+    with pytest.raises(UsageError):
+        prune_usage(world.hub, 0)
 
 
 def test_field_stats_of_a_hub_with_no_uploads(world) -> None:
