@@ -101,6 +101,12 @@ def _thumb(src: Path | None, dest_dir: Path, name: str) -> str | None:
     return dest.name
 
 
+def _query_name(path: str) -> str:
+    import hashlib
+
+    return "q-" + hashlib.sha256(path.encode("utf-8")).hexdigest()[:16]
+
+
 def write_html(out: Path, report: dict[str, Any], outcomes: dict[str, Sequence[Outcome]],
                image_path: Callable[[str | None], Path | None]) -> Path:
     """``out/report.html`` (+ ``out/report_files/`` thumbnails): the summary, then every query with its
@@ -115,9 +121,9 @@ def write_html(out: Path, report: dict[str, Any], outcomes: dict[str, Sequence[O
             continue
         body.append(f"<h2>{esc(title)}</h2><table><tr><th>photo</th><th>truth</th><th>answer</th>"
                     "<th>top-3 (catalogue image, part, similarity)</th></tr>")
-        for i, o in enumerate(rows):
-            q = _thumb(Path(o.path), files, f"{key}-{i:04d}")
-            more = [_thumb(Path(v), files, f"{key}-{i:04d}-{j}") for j, v in enumerate(o.extra_views, 1)]
+        for o in rows:
+            q = _thumb(Path(o.path), files, _query_name(o.path))  # one file per photo, whichever section shows it
+            more = [_thumb(Path(v), files, _query_name(v)) for v in o.extra_views]
             ok = "right" if o.first == o.truth else "wrong"
             verdict = ("match" if o.status == "match" else "no confident match") + \
                       (f", confidence {o.confidence:.2f}" if o.confidence is not None else "")
