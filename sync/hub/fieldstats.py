@@ -63,10 +63,13 @@ def _bundle_stats(usage: list[Mapping[str, Any]], confirmed: list[Mapping[str, A
         "p95_ms": round(float(np.percentile(ms, 95)), 1) if len(ms) else None,
         "confirmed": len(confirmed),
     }
-    top = [list(f.get("candidates") or []) for f in confirmed]
-    truth = [f.get("part_number") for f in confirmed]
-    out["confirmed_top1"] = _rate(sum(bool(t) and t[0] == pn for t, pn in zip(top, truth)), len(confirmed))
-    out["confirmed_top5"] = _rate(sum(pn in t[:5] for t, pn in zip(top, truth)), len(confirmed))
+    # a confirmation without the tablet's ranking (sent from the catalogue, or by an older app) judges nothing
+    ranked = [f for f in confirmed if f.get("candidates")]
+    out["confirmed_without_ranking"] = len(confirmed) - len(ranked)
+    top = [list(f["candidates"]) for f in ranked]
+    truth = [f.get("part_number") for f in ranked]
+    out["confirmed_top1"] = _rate(sum(t[0] == pn for t, pn in zip(top, truth)), len(ranked))
+    out["confirmed_top5"] = _rate(sum(pn in t[:5] for t, pn in zip(top, truth)), len(ranked))
     # the identification each confirmation answers (same first capture): was its answer accepted, and right?
     accepted = [(f, by_capture[c]) for f in confirmed
                 if (c := _first_capture(f)) in by_capture and by_capture[c].get("status") == "match"]
@@ -83,12 +86,13 @@ def _missed_parts(confirmed: Iterable[Mapping[str, Any]], limit: int = 10) -> li
     per: dict[str, dict[str, Any]] = {}
     for f in confirmed:
         pn, cands = f.get("part_number"), list(f.get("candidates") or [])
+        if not cands:  # no ranking to judge
+            continue
         row = per.setdefault(pn, {"part_number": pn, "confirmed": 0, "top1_missed": 0, "ranked_first_instead": {}})
         row["confirmed"] += 1
-        if not cands or cands[0] != pn:
+        if cands[0] != pn:
             row["top1_missed"] += 1
-            first = cands[0] if cands else "(nothing ranked)"
-            row["ranked_first_instead"][first] = row["ranked_first_instead"].get(first, 0) + 1
+            row["ranked_first_instead"][cands[0]] = row["ranked_first_instead"].get(cands[0], 0) + 1
     rows = sorted((r for r in per.values() if r["top1_missed"]), key=lambda r: (-r["top1_missed"], r["part_number"]))
     return rows[:limit]
 

@@ -39,19 +39,20 @@ def test_field_stats_per_bundle_with_confirmations_joined_to_their_identificatio
         _confirm(active, "P1", ["P2", "P1"], "c2"),          # accepted, wrong: top-5 hit only
         _confirm(active, "P1", ["P0", "P1"], "c3"),          # not accepted (no confident match)
         _confirm(active, "P0", ["P0"], "c4", verdict="wrong"),  # "not this one" on the top answer
+        _confirm(active, "P2", [], "c7"),                    # confirmed from the catalogue: no ranking to judge
         ("unknown_part", {"note": "x", "capture_ids": ["c9"], "site": "site_a"}, part_image(9)),
     ])
     s = field_stats(world.hub)
     (b, old) = sorted(s["bundles"], key=lambda r: r["bundle_id"] != active)
     assert b["bundle_id"] == active and b["active"] and not old["active"]
     assert (b["identifications"], b["no_confident_match"], b["multi_view"]) == (5, 0.2, 0.2)
-    assert b["median_ms"] == 20.0 and b["confirmed"] == 3
+    assert b["median_ms"] == 20.0 and b["confirmed"] == 4 and b["confirmed_without_ranking"] == 1
     assert (b["confirmed_top1"], b["confirmed_top5"]) == (round(1 / 3, 4), 1.0)
     assert (b["confirmed_accepted"], b["precision_when_accepted"], b["rejected_top1"]) == (2, 0.5, 1)
     assert (old["identifications"], old["no_confident_match"], old["confirmed"], old["confirmed_top1"]) == (
         1, 1.0, 0, None)
     assert s["unknown_part_reports"] == 1
-    assert world.hub.status()["uploads_to_review"] == {"feedback": 4, "unknown_part": 1}  # no usage events
+    assert world.hub.status()["uploads_to_review"] == {"feedback": 5, "unknown_part": 1}  # no usage events
     assert s["missed_parts"] == [{"part_number": "P1", "confirmed": 3, "top1_missed": 2,
                                   "ranked_first_instead": {"P0": 1, "P2": 1}}]
     # filters
@@ -68,7 +69,7 @@ def test_field_stats_per_bundle_with_confirmations_joined_to_their_identificatio
     # review lists what a person reviews; the usage events only on request
     assert main(["hub", "review", "list", "--hub", str(world.hub.root)]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert {r["kind"] for r in listed} == {"feedback", "unknown_part"}
+    assert {r["kind"] for r in listed} == {"feedback", "unknown_part"} and len(listed) == 6
     assert main(["hub", "review", "list", "--hub", str(world.hub.root), "--kind", "usage"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 6
     # the CLI prints the same as JSON
@@ -80,7 +81,7 @@ def test_field_stats_per_bundle_with_confirmations_joined_to_their_identificatio
 
     assert prune_usage(world.hub, 30)["deleted_usage_events"] == 6  # all 'received' in 2020 above
     kinds = sorted(u["kind"] for u in world.hub.store.list_uploads())
-    assert kinds == ["feedback"] * 4 + ["unknown_part"]
+    assert kinds == ["feedback"] * 5 + ["unknown_part"]
     with pytest.raises(UsageError):
         prune_usage(world.hub, 0)
 
