@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 from edge_app.atomic import atomic_copy, atomic_write_json
 from edge_app.catalogue_views import DEFAULT_VIEWS, check_views
 from edge_app.errors import InputError, UsageError
+from edge_app.partfolders import part_from_folder
 from edge_app.preprocess import PreprocessSpec
 from edge_app.signing import SigningKey
 
@@ -152,8 +153,6 @@ def catalogue_labels(root: str | os.PathLike[str], paths: Sequence[Path]) -> lis
         labels = [part_of.get(r) for r in rels]
         return None if any(lab is None for lab in labels) else labels  # type: ignore[return-value]
     if all(len(r.parts) == 2 for r in rels) and len({r.parts[0] for r in rels}) >= 2:
-        from edge_app.partfolders import part_from_folder
-
         return [part_from_folder(r.parts[0]) for r in rels]
     return None
 

@@ -154,10 +154,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _review_list(args: argparse.Namespace) -> int:
     from .hub.review import list_uploads
 
-    rows = list_uploads(_open_hub(args), args.kind, args.status)
-    if args.kind is None:  # the automatic usage events (one per identification) are for field-stats, not review
-        rows = [r for r in rows if r["kind"] != "usage"]
-    _out(rows)
+    # without --kind, the automatic usage events (one per identification) are left out: they are for field-stats
+    _out(list_uploads(_open_hub(args), args.kind, args.status, exclude_kind=None if args.kind else "usage"))
     return 0
 
 

@@ -23,6 +23,13 @@ from .review import list_uploads
 log = logging.getLogger(__name__)
 
 
+def _received_since(days: float, what: str) -> str:
+    """The hub receipt time (ISO UTC) ``days`` days ago; ``days`` must be > 0."""
+    if not days > 0:
+        raise UsageError(f"{what} must be > 0, got {days}")
+    return (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(days=days)).isoformat(timespec="seconds")
+
+
 def _rate(hits: int, n: int) -> float | None:
     return round(hits / n, 4) if n else None
 
@@ -104,10 +111,7 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
     missed (over every bundle kept by the filters); unknown-part reports. ``bundle_id`` / ``site``
     keep only those uploads; ``days`` only what the hub received in the last ``days`` days (a year
     of usage events is millions of rows). Uploads with malformed fields are skipped and counted."""
-    if days is not None and not days > 0:
-        raise UsageError(f"days must be > 0, got {days}")
-    since = None if days is None else (
-        _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(days=days)).isoformat(timespec="seconds")
+    since = None if days is None else _received_since(days, "days")
 
     def keep(p: Mapping[str, Any], with_bundle: bool = True) -> bool:
         return (site is None or p.get("site") == site) and (
@@ -146,9 +150,7 @@ def prune_usage(hub: Hub, older_than_days: float) -> dict[str, Any]:
     """Delete the usage events the hub received more than ``older_than_days`` days ago (one per
     identification: a busy terminal makes millions a year). Confirmations, photos and unknown-part
     reports are kept."""
-    if not older_than_days > 0:
-        raise UsageError(f"older-than-days must be > 0, got {older_than_days}")
-    before = (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(days=older_than_days)).isoformat(timespec="seconds")
+    before = _received_since(older_than_days, "older-than-days")
     n = hub.store.delete_uploads("usage", before)
     log.info("deleted %d usage events received before %s", n, before)
     return {"deleted_usage_events": n, "received_before": before}

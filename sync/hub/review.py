@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from edge_app.atomic import atomic_copy
 from edge_app.errors import InputError, UsageError
+from edge_app.imageio import IMAGE_SUFFIXES
 from edge_app.partfolders import part_folder
 
 from .hub import Hub
@@ -29,11 +30,12 @@ STATUSES = ("new", "approved", "rejected", "done")
 
 
 def list_uploads(hub: Hub, kind: str | None = None, status: str | None = None,
-                 since: str | None = None) -> list[dict[str, Any]]:
-    """Uploads in hub receipt order, payload decoded (``since``: received at or after this ISO UTC time)."""
+                 since: str | None = None, exclude_kind: str | None = None) -> list[dict[str, Any]]:
+    """Uploads in hub receipt order, payload decoded (``since``: received at or after this ISO UTC time;
+    ``exclude_kind``: leave that kind out, e.g. the usage events, one per identification)."""
     if status is not None and status not in STATUSES:
         raise UsageError(f"status must be one of {STATUSES}, got {status!r}")
-    rows = hub.store.list_uploads(kind, status, since)
+    rows = hub.store.list_uploads(kind, status, since, exclude_kind)
     for r in rows:
         r["payload"] = json.loads(r["payload"])
         r["review"] = json.loads(r["review"]) if r["review"] else None
@@ -132,7 +134,7 @@ def export_training(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, int]
 
 
 def _suffix(path: Path) -> str:
-    return path.suffix.lower() if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp") else ".jpg"
+    return path.suffix.lower() if path.suffix.lower() in IMAGE_SUFFIXES else ".jpg"
 
 
 def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_only: bool = False
@@ -161,9 +163,10 @@ def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_on
         atomic_copy(src, out / "catalogue" / part_folder(image["part_number"]) / f"{image['image_id']}{_suffix(src)}")
     live = {r["part_number"] for r in images}
     counts.update(catalogue_images=len(images), catalogue_parts=len(live))
-    # a capture approved into the catalogue (as a photo upload) is a catalogue image, not a field photo
-    in_catalogue = {c for r in list_uploads(hub, status="approved")
-                    if isinstance(r["payload"], dict) and isinstance(c := r["payload"].get("capture_id"), str)}
+    # a capture approved into the catalogue (a photo upload, or a confirmation's photo) is a catalogue image
+    in_catalogue = {c for r in list_uploads(hub, status="approved") if isinstance(r["payload"], dict)
+                    for c in [r["payload"].get("capture_id"), *(r["payload"].get("capture_ids") or [])[:1]]
+                    if isinstance(c, str)}
 
     def usable(row: Mapping[str, Any]) -> bool:
         if row["blob_size"] is None:
@@ -186,16 +189,16 @@ def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_on
         pos_parts.add(pn)
     counts["positive_parts"] = len(pos_parts)
     statuses = ("approved",) if reviewed_only else ("new", "approved")
-    open_reports = {r["uuid"]: r for st in statuses for r in list_uploads(hub, kind="unknown_part", status=st)}
+    kept_reports = {r["uuid"]: r for st in statuses for r in list_uploads(hub, kind="unknown_part", status=st)}
     reports: set[str] = set()
-    for row in open_reports.values():
+    for row in kept_reports.values():
         if usable(row):
             atomic_copy(blob_path(hub, row["uuid"]), out / "negatives" / f"{row['uuid']}.jpg")
             counts["negatives"] += 1
             reports.add(row["uuid"])
     for row in list_uploads(hub, kind="photo", status="new"):
         report = row["payload"].get("unknown_part") if isinstance(row["payload"], dict) else None
-        if isinstance(report, str) and report in open_reports and usable(row):
+        if isinstance(report, str) and report in kept_reports and usable(row):
             atomic_copy(blob_path(hub, row["uuid"]), out / "negatives" / f"{report}-{row['uuid']}.jpg")
             counts["negatives"] += 1
             reports.add(report)

@@ -104,7 +104,8 @@ class HubStore(Protocol):
     def add_upload(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
     def upload(self, uuid: str) -> dict[str, Any] | None: ...
     def list_uploads(self, kind: str | None = None, status: str | None = None,
-                     since: str | None = None) -> list[dict[str, Any]]: ...
+                     since: str | None = None, exclude_kind: str | None = None) -> list[dict[str, Any]]: ...
+    def delete_uploads(self, kind: str, received_before: str) -> int: ...
     def update_upload(self, uuid: str, **fields: Any) -> None: ...
 
 
@@ -387,9 +388,12 @@ class SqliteHubStore:
         return rows[0] if rows else None
 
     def list_uploads(self, kind: str | None = None, status: str | None = None,
-                     since: str | None = None) -> list[dict[str, Any]]:
+                     since: str | None = None, exclude_kind: str | None = None) -> list[dict[str, Any]]:
         """Uploads in receipt order; ``since``: only those received at or after this ISO UTC time."""
         sql, params = "SELECT * FROM uploads WHERE 1", []
+        if exclude_kind:
+            sql += " AND kind!=?"
+            params.append(exclude_kind)
         if since:
             sql += " AND received_at >= ?"
             params.append(since)

@@ -36,10 +36,14 @@ def test_export_calibration_writes_what_calibrate_reads(world, tmp_path: Path) -
         ("feedback", {"part_number": ["P1"], "verdict": "correct", "capture_ids": [["x"]]}, part_image(1, noise=5)),
         ("feedback", {"part_number": "P2", "verdict": "correct", "capture_ids": "c11"}, part_image(2, noise=5)),
         ("photo", {"unknown_part": ["nope"], "capture_id": ["c12"]}, part_image(3, noise=5)),
+        # a confirmation approved into the catalogue, and the same capture confirmed again: a catalogue image now
+        ("feedback", {"part_number": "P2", "verdict": "correct", "capture_ids": ["c13"]}, part_image(2, noise=9)),
+        ("feedback", {"part_number": "P2", "verdict": "correct", "capture_ids": ["c13"]}, part_image(2, noise=9)),
     ])
     # the report's second view travels as a photo linked to the report
     ids += upload_items(world, [("photo", {"unknown_part": ids[6], "capture_id": "c7"}, part_image(20, noise=10))])
     approve_photo(hub, ids[4])
+    approve_photo(hub, ids[14])
     make_part(hub, ids[7], {"part_number": "P-NEW", "name": "new"})
     from sync.hub.review import reject
 
@@ -48,7 +52,7 @@ def test_export_calibration_writes_what_calibrate_reads(world, tmp_path: Path) -
 
     out = tmp_path / "cal"
     counts = export_calibration(hub, out)
-    assert counts == {"catalogue_images": 6, "catalogue_parts": 5, "positives": 3, "positive_parts": 3,
+    assert counts == {"catalogue_images": 7, "catalogue_parts": 5, "positives": 3, "positive_parts": 3,
                       "negatives": 2, "negative_reports": 1, "incomplete_uploads_skipped": 0}
     # the slash does not nest folders; readers give the part number back
     assert (out / "catalogue" / "DIN 934%2FM8").is_dir() and not (out / "catalogue" / "DIN 934").exists()
@@ -75,7 +79,7 @@ def test_export_calibration_writes_what_calibrate_reads(world, tmp_path: Path) -
         confirm_unknown(hub, ids[6])
     with pytest.raises(UsageError, match="is a feedback"):
         confirm_unknown(hub, ids[0])
-    assert export_training(hub, tmp_path / "train") == {"images": 1, "parts": 1}  # the approved P0 photo only
+    assert export_training(hub, tmp_path / "train") == {"images": 2, "parts": 2}  # the approved photos only
     # a stale folder would change the fit: refused, nothing touched
     with pytest.raises(UsageError, match="not an empty folder"):
         export_calibration(hub, out)
