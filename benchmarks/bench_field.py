@@ -3,7 +3,7 @@
 A hub with a small synthetic catalogue (the sync benchmark's builder, placeholder model), a real
 uvicorn hub process on 127.0.0.1 and an enrolled device. Measured: the outbox insert a tablet
 makes after each identification; one sync uploading N usage events plus confirmations with small
-photos; ``field_stats`` over a large log of usage events (written straight into the hub's uploads
+photos (records go in batches of up to 200 per request, each photo in its own chunk requests); ``field_stats`` over a large log of usage events (written straight into the hub's uploads
 table with received times spread over 28 days, since going through HTTP would only measure the
 upload again), in all and for the last 14 days.
 """
@@ -75,9 +75,20 @@ def run(ctx: Any) -> dict[str, Any]:
                                 "candidates": [f"PN{i:06d}"], "bundle_id": hub.bundle_id, "site": "site_a"},
                    blob_path=photo)
         ob.close()
+        requests: list[str] = []
+        opener = dev.transport._open
+
+        def counted(method: str, path: str, **kw: Any) -> Any:
+            requests.append(path)
+            return opener(method, path, **kw)
+
+        dev.transport._open = counted
         t = time.perf_counter()
         r = dev.sync()
         out["upload_sync_s"] = time.perf_counter() - t
+        # HTTP requests carrying outbox records (batches, or one each from an older client) and photo chunks
+        out["upload_record_requests"] = sum(p.startswith("/v1/uploads") and not p.endswith("/blob") for p in requests)
+        out["upload_chunk_requests"] = sum(p.endswith("/blob") for p in requests)
         out["uploaded"] = r.uploaded
         out["upload_ms_per_item"] = 1e3 * out["upload_sync_s"] / max(r.uploaded, 1)
         out["upload_ok"] = r.uploaded == n_events + n_feedback

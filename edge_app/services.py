@@ -37,6 +37,8 @@ CONFIDENCE_WORDS: tuple[tuple[float, str], ...] = (
 #: Look-alikes: candidates within this fraction of the best score that share a look-alike group.
 LOOK_ALIKE_MARGIN = 0.25
 CAPTURE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
+#: outbox kinds the engineer queues (usage events upload with them but are not shown as waiting)
+ENGINEER_KINDS = ("feedback", "photo", "unknown_part")
 
 
 def confidence_words(score: float) -> str:
@@ -312,6 +314,8 @@ class SyncStatus:
     enrolled: bool
     hub: str | None = None
     last_error: str | None = None
+    #: uploads the hub refused for good (kept on the tablet; the sync log has the reasons)
+    refused_uploads: int = 0
     #: the last nightly background attempt, one line (``sync/background.py``), or None if none ran yet
     nightly: str | None = None
 
@@ -567,7 +571,11 @@ class DeviceServices:
     def pending_uploads(self) -> int:
         """What the engineer queued and the hub has not received yet (feedback, photos, unknown parts);
         the automatic usage events upload with them but are not counted here."""
-        return self.outbox.count(kinds=("feedback", "photo", "unknown_part"))
+        return self.outbox.count(kinds=ENGINEER_KINDS)
+
+    def refused_uploads(self) -> int:
+        """What the engineer queued and the hub refused for good (kept on the tablet, with the reason)."""
+        return sum(1 for r in self.outbox.refused() if r["kind"] in ENGINEER_KINDS)
 
     def prune_captures(self, max_age_days: float = 14.0, now: _dt.datetime | None = None) -> dict[str, int]:
         """Delete old photos the device no longer needs; the app calls it at start.
@@ -579,7 +587,9 @@ class DeviceServices:
         now = now or _dt.datetime.now(_dt.timezone.utc)
         cutoff = now - _dt.timedelta(days=max_age_days)
         in_state = {str(d.get("capture_id")) for d in self.state.load().get("captures", []) if isinstance(d, Mapping)}
-        pending = {Path(r["blob_path"]).name.split(".")[0] for r in self.outbox.pending() if r["blob_path"]}
+        # photos of records still to upload, and of records the hub refused (kept: nothing is lost)
+        pending = {Path(r["blob_path"]).name.split(".")[0] for r in [*self.outbox.pending(), *self.outbox.refused()]
+                   if r["blob_path"]}
         removed = kept = 0
         for side in sorted(self.captures.root.glob("*.json")):
             cid = side.stem
@@ -638,7 +648,8 @@ class DeviceServices:
         version = self.catalogue.catalogue_version
         return SyncStatus(bundle_id=active.get("bundle_id") or self.catalogue.get_meta("bundle_id"),
                           bundle_version=active.get("version"), catalogue_version=version or None,
-                          last_sync=last_sync, pending_uploads=self.pending_uploads(), enrolled=hub is not None,
+                          last_sync=last_sync, pending_uploads=self.pending_uploads(),
+                          refused_uploads=self.refused_uploads(), enrolled=hub is not None,
                           hub=hub, last_error=self._last_error, nightly=nightly)
 
     def sync_now(self) -> str:
@@ -652,6 +663,7 @@ class DeviceServices:
         atomic_write_json(self.data_dir / "last_sync.json", {"at": _now(), "result": result.to_dict()})
         self.reload()
         return (f"catalogue {result.from_version} -> {result.to_version}, uploaded {result.uploaded}"
+                + (f", {result.upload_refused} refused by the hub" if result.upload_refused else "")
                 + (f", new model {result.bundle_installed}" if result.bundle_installed else ""))
 
     def enrol(self, payload: str) -> str:

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 THUMB_MAX_BYTES = 2 * 1024 * 1024
 
 UPLOAD_CHUNK = 256 * 1024
+UPLOAD_BATCH = 200  # records per POST /v1/uploads/batch (the hub takes up to 500)
+UPLOAD_BATCH_BYTES = 1024 * 1024  # JSON payload bytes per batch (a record's payload is at most 64 KiB)
 #: ``smoke_test(bundle)`` raises if a freshly installed bundle cannot run.
 SmokeTest = Callable[[Any], None]
 
@@ -106,6 +108,8 @@ class SyncResult:
     thumbnails: dict[str, int] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
     uploaded: int = 0
+    #: outbox records the hub refused for good (or whose photo was gone): kept on the device, marked refused
+    upload_refused: int = 0
     downloaded_bytes: int = 0
     seconds: float = 0.0
     #: wall seconds per phase: ``index_open``, ``fetch`` (plan, downloads, verification), ``apply``, ``index``
@@ -151,7 +155,7 @@ class SyncClient:
             result = self._sync(db)
             result.thumbnails = self.fetch_thumbnails(db)
             if upload:
-                result.uploaded = self.upload_outbox(db.catalogue_version)
+                result.uploaded, result.upload_refused = self.upload_outbox(db.catalogue_version)
         finally:
             db.close()
         result.seconds = time.perf_counter() - t0
@@ -283,42 +287,103 @@ class SyncClient:
         result.bundle_installed = bundle.bundle_id
         return bundle
 
-    def upload_outbox(self, catalogue_version: int) -> int:
-        """Upload pending outbox records (idempotent by UUID; blobs resume at the hub's offset)."""
+    def upload_outbox(self, catalogue_version: int) -> tuple[int, int]:
+        """Upload pending outbox records -> (uploaded, refused).
+
+        Records go in batches (one request and one hub transaction per :data:`UPLOAD_BATCH` records,
+        at most :data:`UPLOAD_BATCH_BYTES` of JSON); each photo then goes in resumable chunks. Upload is
+        idempotent by UUID. A record the hub refuses for good, or whose photo file is gone, is marked
+        refused in the outbox with the reason (kept, not deleted) so it cannot block the records
+        behind it; the count is in :attr:`SyncResult.upload_refused`.
+        """
         from edge_app.runtime.outbox import Outbox
 
         if not self.paths.outbox.exists():
-            return 0
+            return 0, 0
         outbox = Outbox(self.paths.outbox)
-        n = 0
+        uploaded = refused = 0
         try:
-            for rec in outbox.pending():
-                blob = Path(rec["blob_path"]) if rec["blob_path"] else None
-                body: dict[str, Any] = {"uuid": rec["uuid"], "kind": rec["kind"], "payload": rec["payload"],
-                                        "created_at": rec["created_at"], "catalogue_version": catalogue_version,
-                                        "blob": None}
-                if blob is not None:
-                    data = blob.read_bytes()
-                    body["blob"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-                status = self.transport.post_upload(body)
-                if blob is not None and not status.get("blob_complete"):
-                    self._send_blob(rec["uuid"], data, int(status.get("blob_offset") or 0))
-                outbox.mark_uploaded(rec["uuid"])
-                n += 1
+            for batch in _batches(outbox.pending()):
+                bodies, blobs = [], {}
+                for rec in batch:
+                    body: dict[str, Any] = {"uuid": rec["uuid"], "kind": rec["kind"], "payload": rec["payload"],
+                                            "created_at": rec["created_at"], "catalogue_version": catalogue_version,
+                                            "blob": None}
+                    if rec["blob_path"]:
+                        blob = Path(rec["blob_path"])
+                        try:
+                            size, digest = _file_digest(blob)
+                        except OSError as exc:
+                            log.error("upload %s: its photo cannot be read (%s); marked refused", rec["uuid"], exc)
+                            outbox.mark_refused(rec["uuid"], f"photo file unreadable on the device: {exc}")
+                            refused += 1
+                            continue
+                        blobs[rec["uuid"]] = (blob, size)
+                        body["blob"] = {"size": size, "sha256": digest}
+                    bodies.append(body)
+                if not bodies:
+                    continue
+                done = []
+                for body, status in zip(bodies, self.transport.post_uploads(bodies)):
+                    uuid = body["uuid"]
+                    if "refused" in status:
+                        log.error("hub refused upload %s (%s): %s; kept on the device, marked refused",
+                                  uuid, body["kind"], status["refused"])
+                        outbox.mark_refused(uuid, str(status["refused"]))
+                        refused += 1
+                    elif uuid in blobs and not status.get("blob_complete"):
+                        self._send_blob(uuid, *blobs[uuid], int(status.get("blob_offset") or 0))
+                        outbox.mark_uploaded(uuid)
+                        uploaded += 1
+                    else:
+                        done.append(uuid)
+                uploaded += len(done)
+                outbox.mark_uploaded_many(done)
         finally:
             outbox.close()
-        return n
+        return uploaded, refused
 
-    def _send_blob(self, uuid: str, data: bytes, offset: int) -> None:
+    def _send_blob(self, uuid: str, path: Path, size: int, offset: int) -> None:
+        """Send the photo at ``path`` from ``offset`` in chunks, resuming where the hub says it stands."""
         conflicts = 0
-        while offset < len(data):
-            status = self.transport.put_chunk(uuid, offset, data[offset:offset + UPLOAD_CHUNK])
-            if status.get("conflict"):
-                conflicts += 1
-                if conflicts > 3:
-                    raise SyncError(f"upload {uuid}: the hub keeps disagreeing about the offset")
+        with open(path, "rb") as fh:
+            while offset < size:
+                fh.seek(offset)
+                status = self.transport.put_chunk(uuid, offset, fh.read(min(UPLOAD_CHUNK, size - offset)))
+                if status.get("conflict"):
+                    conflicts += 1
+                    if conflicts > 3:
+                        raise SyncError(f"upload {uuid}: the hub keeps disagreeing about the offset")
+                    offset = int(status["blob_offset"])
+                    continue
+                if status.get("blob_complete"):
+                    return
                 offset = int(status["blob_offset"])
-                continue
-            if status.get("blob_complete"):
-                return
-            offset = int(status["blob_offset"])
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    """(size, sha256 hex) of a file, read in chunks (a photo is never held whole in memory here)."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def _batches(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Consecutive groups of at most UPLOAD_BATCH records and about UPLOAD_BATCH_BYTES of payload."""
+    out: list[list[dict[str, Any]]] = []
+    cur: list[dict[str, Any]] = []
+    size = 0
+    for rec in records:
+        n = len(json.dumps(rec["payload"]))
+        if cur and (len(cur) >= UPLOAD_BATCH or size + n > UPLOAD_BATCH_BYTES):
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(rec)
+        size += n
+    if cur:
+        out.append(cur)
+    return out

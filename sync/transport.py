@@ -17,10 +17,10 @@ import urllib.parse
 import urllib.request
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 from edge_app.atomic import fsync_dir
-from edge_app.errors import AuthError, IntegrityError, SyncError
+from edge_app.errors import AuthError, IntegrityError, SyncError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,18 @@ CHUNK = 256 * 1024
 
 
 class Transport(Protocol):
-    """What the sync client needs from a hub."""
+    """What the sync client needs from a hub.
+
+    ``post_upload``/``post_uploads`` answer each record with its hub status, or with
+    ``{"uuid", "refused": reason}`` when the hub will never store that record (the client keeps it,
+    marked refused, instead of failing every later sync on it).
+    """
 
     def plan(self, version: int, bundle_id: str | None) -> dict[str, Any]: ...
     def download(self, url: str, dest: Path, size: int) -> Path: ...
     def get_bytes(self, url: str, max_bytes: int) -> bytes: ...
     def post_upload(self, record: Mapping[str, Any]) -> dict[str, Any]: ...
+    def post_uploads(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]: ...
     def put_chunk(self, uuid: str, offset: int, data: bytes) -> dict[str, Any]: ...
 
 
@@ -62,6 +68,7 @@ class HttpTransport:
         self.token = token
         self.timeout = timeout
         self.retries = retries
+        self._batch_unsupported = False  # an older hub without POST /v1/uploads/batch
 
     def _open(self, method: str, path: str, *, body: bytes | None = None, headers: Mapping[str, str] = {},
               params: Mapping[str, Any] | None = None) -> Any:
@@ -151,7 +158,27 @@ class HttpTransport:
                     raise SyncError(f"connection closed after {got} of {expected} bytes")
 
     def post_upload(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        return self._json("POST", "/v1/uploads", dict(record))
+        try:
+            return self._json("POST", "/v1/uploads", dict(record))
+        except _HttpError as exc:
+            if exc.code == 400:
+                return {"uuid": record.get("uuid"), "refused": _detail(exc.detail)}
+            raise
+
+    def post_uploads(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Records in one request (``POST /v1/uploads/batch``); one by one on a hub without it."""
+        if not self._batch_unsupported:
+            try:
+                out = self._json("POST", "/v1/uploads/batch", {"records": [dict(r) for r in records]})
+            except _HttpError as exc:
+                if exc.code not in (404, 405):
+                    raise
+                log.info("hub %s has no batch upload endpoint (HTTP %d); sending records one by one",
+                         self.base, exc.code)
+                self._batch_unsupported = True
+            else:
+                return _batch_results(records, out.get("results"))
+        return [self.post_upload(r) for r in records]
 
     def put_chunk(self, uuid: str, offset: int, data: bytes) -> dict[str, Any]:
         try:
@@ -164,6 +191,25 @@ class HttpTransport:
             if exc.code == 422:
                 raise IntegrityError(f"hub refused upload {uuid}: {exc.detail}") from None
             raise
+
+
+def _detail(text: str) -> str:
+    """The ``detail`` of a FastAPI error body, else the body itself."""
+    try:
+        return str(json.loads(text)["detail"])
+    except (ValueError, KeyError, TypeError):
+        return text
+
+
+def _batch_results(records: Sequence[Mapping[str, Any]], results: Any) -> list[dict[str, Any]]:
+    """The hub's per-record answers, checked to be one per record, for the same UUIDs, in order."""
+    if not isinstance(results, list) or len(results) != len(records):
+        raise SyncError(f"hub answered an upload batch of {len(records)} records with "
+                        f"{len(results) if isinstance(results, list) else 'no'} results")
+    for rec, res in zip(records, results):
+        if not isinstance(res, dict) or res.get("uuid") != rec.get("uuid"):
+            raise SyncError(f"hub answered upload {rec.get('uuid')} with a result for another record")
+    return results
 
 
 class _HttpError(SyncError):
@@ -222,7 +268,16 @@ class InMemoryTransport:
     def post_upload(self, record: Mapping[str, Any]) -> dict[str, Any]:
         from .hub.uploads import receive_record
 
-        return receive_record(self.hub, self._device(), record)
+        device = self._device()
+        try:
+            return receive_record(self.hub, device, record)
+        except UsageError as exc:
+            return {"uuid": record.get("uuid"), "refused": str(exc)}
+
+    def post_uploads(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        from .hub.uploads import receive_records
+
+        return _batch_results(records, receive_records(self.hub, self._device(), [dict(r) for r in records]))
 
     def put_chunk(self, uuid: str, offset: int, data: bytes) -> dict[str, Any]:
         from .hub.uploads import OffsetMismatch, receive_chunk

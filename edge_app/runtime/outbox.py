@@ -29,7 +29,11 @@ def _now() -> str:
 
 
 class Outbox:
-    """Records waiting for upload: ``add``, ``pending``, ``mark_uploaded``."""
+    """Records waiting for upload: ``add``, ``pending``, ``mark_uploaded``, ``mark_refused``.
+
+    A record the hub refuses for good (e.g. its payload is over the hub's limit) is marked refused
+    with the reason and kept: it no longer blocks the records behind it, and nothing is deleted.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -48,6 +52,11 @@ class Outbox:
                         "blob_path TEXT, created_at TEXT NOT NULL, uploaded_at TEXT)")
                     self._conn.execute("CREATE INDEX outbox_pending ON outbox(uploaded_at, created_at)")
                     self._conn.execute("INSERT INTO schema_migrations VALUES (1, ?)", (_now(),))
+                if not self._conn.execute("SELECT 1 FROM schema_migrations WHERE version = 2").fetchone():
+                    # a record the hub will never store is kept, marked refused with the hub's reason
+                    self._conn.execute("ALTER TABLE outbox ADD COLUMN refused_at TEXT")
+                    self._conn.execute("ALTER TABLE outbox ADD COLUMN refused_reason TEXT")
+                    self._conn.execute("INSERT INTO schema_migrations VALUES (2, ?)", (_now(),))
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{self.path}: not a usable outbox database ({exc})") from None
         self._lock = threading.RLock()
@@ -85,9 +94,9 @@ class Outbox:
         return rid
 
     def pending(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """Records not yet uploaded, oldest first (payload decoded)."""
+        """Records not yet uploaded nor refused, oldest first (payload decoded)."""
         sql = ("SELECT uuid, kind, payload, blob_path, created_at FROM outbox WHERE uploaded_at IS NULL "
-               "ORDER BY created_at, rowid")
+               "AND refused_at IS NULL ORDER BY created_at, rowid")
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._lock:
@@ -97,14 +106,34 @@ class Outbox:
 
     def mark_uploaded(self, uuid: str) -> bool:
         """Mark one record uploaded; False if it was unknown or already marked."""
+        return bool(self.mark_uploaded_many([uuid]))
+
+    def mark_uploaded_many(self, uuids: Sequence[str]) -> int:
+        """Mark records uploaded in one transaction; returns how many were pending."""
+        now = _now()
         with self._lock, self._tx() as conn:
-            n = conn.execute("UPDATE outbox SET uploaded_at = ? WHERE uuid = ? AND uploaded_at IS NULL",
-                             (_now(), uuid)).rowcount
+            return sum(conn.execute("UPDATE outbox SET uploaded_at = ? WHERE uuid = ? AND uploaded_at IS NULL",
+                                    (now, u)).rowcount for u in uuids)
+
+    def mark_refused(self, uuid: str, reason: str) -> bool:
+        """Keep a record the hub will not store out of ``pending``, with the reason; False if not pending."""
+        with self._lock, self._tx() as conn:
+            n = conn.execute("UPDATE outbox SET refused_at = ?, refused_reason = ? WHERE uuid = ? "
+                             "AND uploaded_at IS NULL AND refused_at IS NULL", (_now(), reason[:1000], uuid)).rowcount
         return bool(n)
 
+    def refused(self) -> list[dict[str, Any]]:
+        """Records the hub refused, oldest first, with ``refused_at`` and ``refused_reason``."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT uuid, kind, blob_path, created_at, refused_at, refused_reason FROM outbox "
+                "WHERE refused_at IS NOT NULL ORDER BY created_at, rowid").fetchall()
+        return [dict(zip(("uuid", "kind", "blob_path", "created_at", "refused_at", "refused_reason"), r))
+                for r in rows]
+
     def count(self, pending_only: bool = True, kinds: Sequence[str] | None = None) -> int:
-        """Records (not yet uploaded, with ``pending_only``), of ``kinds`` only when given."""
-        where, params = ["uploaded_at IS NULL"] if pending_only else [], []
+        """Records (not yet uploaded nor refused, with ``pending_only``), of ``kinds`` only when given."""
+        where, params = ["uploaded_at IS NULL AND refused_at IS NULL"] if pending_only else [], []
         if kinds is not None:
             where.append(f"kind IN ({','.join('?' * len(kinds))})" if kinds else "0")
             params = list(kinds)

@@ -21,7 +21,7 @@ from edge_app.errors import AuthError, InputError, IntegrityError, PartlensError
 from .auth import authenticate
 from .deltas import PackageService
 from .hub import Hub
-from .uploads import OffsetMismatch, receive_chunk, receive_record, upload_status
+from .uploads import OffsetMismatch, receive_chunk, receive_record, receive_records, upload_status
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,10 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
     @app.post("/v1/uploads", summary="store one outbox record (idempotent by uuid)")
     def post_upload(body: dict[str, Any], dev: dict = Depends(device)) -> dict[str, Any]:
         return receive_record(hub, dev, body)
+
+    @app.post("/v1/uploads/batch", summary="store up to 500 outbox records in one transaction (idempotent by uuid)")
+    def post_uploads(body: dict[str, Any], dev: dict = Depends(device)) -> dict[str, Any]:
+        return {"results": receive_records(hub, dev, body.get("records"))}
 
     @app.get("/v1/uploads/{uuid}", summary="an upload's status and blob offset")
     def get_upload(uuid: str, dev: dict = Depends(device)) -> dict[str, Any]:

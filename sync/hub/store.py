@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from edge_app.errors import InputError, UsageError
+from edge_app.errors import InputError, IntegrityError, UsageError
 
 from ..package import Package as Snapshot
 
@@ -102,6 +102,7 @@ class HubStore(Protocol):
     def list_devices(self) -> list[dict[str, Any]]: ...
     def revoke_device(self, name: str) -> bool: ...
     def add_upload(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
+    def add_uploads(self, rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]: ...
     def upload(self, uuid: str) -> dict[str, Any] | None: ...
     def list_uploads(self, kind: str | None = None, status: str | None = None,
                      since: str | None = None, exclude_kind: str | None = None) -> list[dict[str, Any]]: ...
@@ -371,17 +372,33 @@ class SqliteHubStore:
     # -- uploads ----------------------------------------------------------------------------
     def add_upload(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Store an upload once by its client UUID; return (stored row, created)."""
+        return self.add_uploads([row])[0]
+
+    def add_uploads(self, rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]:
+        """Store uploads once each by client UUID, all in ONE transaction (one fsync for a batch), in the
+        given order; return (stored row, created) per row."""
         db = self._db()
+        created: list[bool] = []
         with self._write_lock, self._tx(db):
-            old = self._rows("SELECT * FROM uploads WHERE uuid=?", (row["uuid"],))
-            if old:
-                return old[0], False
-            seq = db.conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM uploads").fetchone()[0]
-            full = dict(row, seq=seq, hub_version=self.version(), received_at=utcnow())
-            cols = list(full)
-            db.conn.execute(f"INSERT INTO uploads ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                            [full[c] for c in cols])
-        return self.upload(row["uuid"]) or full, True
+            seq = db.conn.execute("SELECT coalesce(max(seq), 0) FROM uploads").fetchone()[0]
+            version, now = self.version(), utcnow()
+            for row in rows:
+                if db.conn.execute("SELECT 1 FROM uploads WHERE uuid=?", (row["uuid"],)).fetchone():
+                    created.append(False)
+                    continue
+                seq += 1
+                full = dict(row, seq=seq, hub_version=version, received_at=now)
+                cols = list(full)
+                db.conn.execute(f"INSERT INTO uploads ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                                [full[c] for c in cols])
+                created.append(True)
+        out = []
+        for row, new in zip(rows, created):
+            stored = self.upload(row["uuid"])
+            if stored is None:  # cannot happen after the commit above; never hand back a made-up row
+                raise IntegrityError(f"upload {row['uuid']} is missing right after it was stored")
+            out.append((stored, new))
+        return out
 
     def upload(self, uuid: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM uploads WHERE uuid=?", (uuid,))

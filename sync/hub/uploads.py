@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 UUID = re.compile(r"^[0-9a-fA-F-]{8,64}$")
 MAX_BLOB_BYTES = 64 * 1024**2
 MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_BATCH = 500  # records in one POST /v1/uploads/batch
 _CHUNK_LOCK = threading.Lock()  # one appender at a time (chunks are small)
 
 
@@ -61,8 +62,10 @@ def blob_offset(hub: Hub, row: Mapping[str, Any]) -> int:
     return p.stat().st_size if p.exists() else 0
 
 
-def receive_record(hub: Hub, device: Mapping[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
-    """Store one outbox record (idempotent by UUID); return its status."""
+def _record_row(device: Mapping[str, Any], body: Any) -> dict[str, Any]:
+    """The uploads row for one outbox record from ``device``; UsageError says why the record is refused."""
+    if not isinstance(body, Mapping):
+        raise UsageError("an upload record must be a JSON object")
     uuid = str(body.get("uuid") or "")
     if not UUID.match(uuid):
         raise UsageError(f"upload uuid {uuid!r} is not a UUID")
@@ -84,16 +87,61 @@ def receive_record(hub: Hub, device: Mapping[str, Any], body: Mapping[str, Any])
             raise UsageError("upload blob needs size and sha256") from None
         if not 0 < size <= MAX_BLOB_BYTES or not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise UsageError(f"upload blob size must be 1..{MAX_BLOB_BYTES} with a sha256 hex digest")
+    return {"uuid": uuid, "device": device["name"], "site": device["site"], "kind": kind, "payload": text,
+            "device_created_at": body.get("created_at"), "device_catalogue_version": body.get("catalogue_version"),
+            "blob_sha256": sha, "blob_size": size, "blob_complete": 0 if blob is not None else 1}
+
+
+def _check_owner(hub: Hub, device: Mapping[str, Any], uuid: str) -> None:
     existing = hub.store.upload(uuid)
     if existing is not None and existing["device"] != device["name"]:
         raise UsageError(f"upload {uuid} belongs to another device")
-    row, created = hub.store.add_upload({
-        "uuid": uuid, "device": device["name"], "site": device["site"], "kind": kind, "payload": text,
-        "device_created_at": body.get("created_at"), "device_catalogue_version": body.get("catalogue_version"),
-        "blob_sha256": sha, "blob_size": size, "blob_complete": 0 if blob is not None else 1})
+
+
+def receive_record(hub: Hub, device: Mapping[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
+    """Store one outbox record (idempotent by UUID); return its status."""
+    row = _record_row(device, body)
+    _check_owner(hub, device, row["uuid"])
+    stored, created = hub.store.add_upload(row)
     if created:
-        log.info("upload %s (%s) from %s stored as #%d", uuid, kind, device["name"], row["seq"])
-    return _status(row, hub, duplicate=not created)
+        log.info("upload %s (%s) from %s stored as #%d", row["uuid"], row["kind"], device["name"], stored["seq"])
+    return _status(stored, hub, duplicate=not created)
+
+
+def receive_records(hub: Hub, device: Mapping[str, Any], bodies: Any) -> list[dict[str, Any]]:
+    """Store a batch of outbox records in one transaction; one result per record, in order.
+
+    A record that cannot be stored (bad UUID or kind, payload too big, another device's UUID, a
+    UUID twice in one batch) does not fail the batch: its result is ``{"uuid", "refused": reason}``
+    and the others are stored. The batch itself must be a list of at most :data:`MAX_BATCH` records.
+    """
+    if not isinstance(bodies, list):
+        raise UsageError("an upload batch must be a JSON list of records")
+    if len(bodies) > MAX_BATCH:
+        raise UsageError(f"an upload batch holds at most {MAX_BATCH} records, got {len(bodies)}")
+    results: list[dict[str, Any] | None] = [None] * len(bodies)
+    rows, where, seen = [], [], set()
+    for i, body in enumerate(bodies):
+        uuid = str(body.get("uuid") or "") if isinstance(body, Mapping) else ""
+        try:
+            row = _record_row(device, body)
+            if row["uuid"] in seen:
+                raise UsageError(f"upload {uuid} appears twice in one batch")
+            _check_owner(hub, device, row["uuid"])
+        except UsageError as exc:
+            log.warning("upload %r from %s refused: %s", uuid, device["name"], exc)
+            results[i] = {"uuid": uuid, "refused": str(exc)}
+            continue
+        seen.add(row["uuid"])
+        rows.append(row)
+        where.append(i)
+    for i, (stored, created) in zip(where, hub.store.add_uploads(rows)):
+        results[i] = _status(stored, hub, duplicate=not created)
+    stored_new = sum(1 for r in results if r and "refused" not in r and not r["duplicate"])
+    if bodies:
+        log.info("upload batch from %s: %d records, %d new, %d refused", device["name"], len(bodies), stored_new,
+                 len(bodies) - len(rows))
+    return [r for r in results if r is not None]
 
 
 def upload_status(hub: Hub, device: Mapping[str, Any], uuid: str) -> dict[str, Any]:

@@ -30,6 +30,8 @@ class SyncStatusScreen(Screen):
             f"Last sync: {short_time(st.last_sync) if st.last_sync else 'never'}",
             f"Waiting to upload: {st.pending_uploads}",
         ]
+        if st.refused_uploads:
+            lines.append(f"Refused by the hub: {st.refused_uploads} (kept on this tablet; tell the hub admin)")
         if st.nightly:
             lines.append(f"Nightly sync: {st.nightly}")
         if st.last_error:

@@ -1,0 +1,209 @@
+"""Outbox upload in batches: one request and one hub transaction per batch; refused records are kept
+on the device, marked refused, and never block the records behind them."""
+from __future__ import annotations
+
+import sqlite3
+import uuid as _uuid
+
+import pytest
+
+from edge_app.errors import UsageError
+
+from .helpers import part_image
+
+
+def _device(world):
+    from sync.hub.auth import authenticate
+
+    return authenticate(world.hub.store, world.hub.secret, world.payload["token"])
+
+
+def _body(kind="usage", payload=None, uid=None):
+    return {"uuid": uid or str(_uuid.uuid4()), "kind": kind, "payload": payload or {"status": "match"},
+            "created_at": "2026-12-06T00:00:00+00:00", "catalogue_version": 1, "blob": None}
+
+
+def test_receive_records_stores_good_refuses_bad_in_order(world):
+    from sync.hub.uploads import MAX_PAYLOAD_BYTES, receive_records
+
+    dev = _device(world)
+    good = [_body() for _ in range(3)]
+    dup = dict(good[0])
+    bad_uuid = _body(uid="not a uuid!")
+    big = _body(payload={"note": "x" * (MAX_PAYLOAD_BYTES + 1)})
+    bad_kind = dict(_body(), kind="selfie")
+    out = receive_records(world.hub, dev, [good[0], bad_uuid, good[1], big, dup, bad_kind, good[2], "junk"])
+    assert [r["uuid"] for r in out[:7]] == [good[0]["uuid"], "not a uuid!", good[1]["uuid"], big["uuid"],
+                                            good[0]["uuid"], bad_kind["uuid"], good[2]["uuid"]]
+    refused = [i for i, r in enumerate(out) if "refused" in r]
+    assert refused == [1, 3, 4, 5, 7]
+    assert "not a UUID" in out[1]["refused"] and "over" in out[3]["refused"]
+    assert "twice" in out[4]["refused"] and "kind" in out[5]["refused"] and "object" in out[7]["refused"]
+    stored = [out[i] for i in (0, 2, 6)]
+    assert [r["seq"] for r in stored] == sorted(r["seq"] for r in stored)  # receipt order kept
+    assert all(not r["duplicate"] and r["blob_complete"] for r in stored)
+    assert {u["uuid"] for u in world.hub.store.list_uploads(kind="usage")} == {g["uuid"] for g in good}
+    # the lost-acknowledgement case: the same batch again is stored nothing new
+    again = receive_records(world.hub, dev, good)
+    assert all(r["duplicate"] for r in again) and [r["seq"] for r in again] == [r["seq"] for r in stored]
+
+
+def test_receive_records_limits_and_ownership(world):
+    from sync.hub.enrol import add_device
+    from sync.hub.uploads import MAX_BATCH, receive_records
+
+    dev = _device(world)
+    with pytest.raises(UsageError, match="at most"):
+        receive_records(world.hub, dev, [_body() for _ in range(MAX_BATCH + 1)])
+    with pytest.raises(UsageError, match="list"):
+        receive_records(world.hub, dev, {"uuid": "x"})
+    mine = _body()
+    receive_records(world.hub, dev, [mine])
+    add_device(world.hub, "tab2", "site_a")
+    other = {"name": "tab2", "site": "site_a"}
+    out = receive_records(world.hub, other, [mine, _body()])
+    assert "another device" in out[0]["refused"] and "refused" not in out[1]
+    assert world.hub.store.upload(mine["uuid"])["device"] == "tab1"
+
+
+def _client(world):
+    from sync.client import SyncClient
+    from sync.transport import InMemoryTransport
+
+    return SyncClient(world.device_dir, transport=InMemoryTransport(world.hub, world.payload["token"]),
+                      smoke_test=lambda b: None)
+
+
+class CountingTransport:
+    """Wraps a transport and counts record requests."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.batches: list[int] = []
+        self.singles = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def post_uploads(self, records):
+        self.batches.append(len(records))
+        return self.inner.post_uploads(records)
+
+    def post_upload(self, record):
+        self.singles += 1
+        return self.inner.post_upload(record)
+
+
+def test_sync_uploads_in_batches_and_keeps_refused_records(world):
+    from edge_app.runtime.outbox import Outbox
+    from sync.client import UPLOAD_BATCH
+    from sync.hub.uploads import MAX_PAYLOAD_BYTES
+
+    ob = Outbox(world.device_dir / "outbox.db")
+    n_usage = UPLOAD_BATCH + 50
+    ids = [ob.add("usage", {"status": "match", "i": i}) for i in range(n_usage // 2)]
+    too_big = ob.add("feedback", {"note": "x" * (MAX_PAYLOAD_BYTES + 10)})  # a tablet bug: over the hub's limit
+    gone = world.root / "gone.jpg"
+    gone.write_bytes(part_image(1))
+    lost_photo = ob.add("photo", {"part_number": "P1"}, blob_path=gone)
+    gone.unlink()  # the photo file vanished before the sync
+    photo = world.root / "photo.jpg"
+    photo.write_bytes(part_image(2, noise=20.0, size=300))
+    good_photo = ob.add("photo", {"part_number": "P2"}, blob_path=photo)
+    ids += [ob.add("usage", {"status": "match", "i": i}) for i in range(n_usage // 2, n_usage)]
+    ob.close()
+
+    c = _client(world)
+    c.transport = CountingTransport(c.transport)
+    r = c.sync()
+    assert (r.uploaded, r.upload_refused) == (n_usage + 1, 2)
+    assert c.transport.singles == 0 and len(c.transport.batches) == 2 and sum(c.transport.batches) == n_usage + 2
+    hub_usage = {u["uuid"] for u in world.hub.store.list_uploads(kind="usage")}
+    assert hub_usage == set(ids)
+    assert world.hub.store.upload(good_photo)["blob_complete"] == 1
+    assert (world.hub.root / "uploads" / f"{good_photo}.blob").read_bytes() == photo.read_bytes()
+    assert world.hub.store.upload(too_big) is None and world.hub.store.upload(lost_photo) is None
+
+    ob = Outbox(world.device_dir / "outbox.db")
+    refused = {x["uuid"]: x for x in ob.refused()}
+    assert set(refused) == {too_big, lost_photo}
+    assert "over" in refused[too_big]["refused_reason"] and "unreadable" in refused[lost_photo]["refused_reason"]
+    assert ob.pending() == [] and ob.count() == 0 and ob.count(pending_only=False) == n_usage + 3
+    ob.close()
+    # refused records are not sent again, and nothing is left to upload
+    r2 = c.sync()
+    assert (r2.uploaded, r2.upload_refused) == (0, 0) and len(c.transport.batches) == 2
+
+
+def test_batches_split_on_payload_bytes(monkeypatch):
+    from sync import client
+
+    monkeypatch.setattr(client, "UPLOAD_BATCH_BYTES", 1000)
+    recs = [{"payload": {"note": "x" * 300}} for _ in range(7)]
+    sizes = [len(b) for b in client._batches(recs)]
+    assert sizes == [3, 3, 1]
+    monkeypatch.setattr(client, "UPLOAD_BATCH", 2)
+    assert [len(b) for b in client._batches(recs)] == [2, 2, 2, 1]
+    assert client._batches([]) == []
+
+
+def test_outbox_v1_database_migrates_and_keeps_records(tmp_path):
+    from edge_app.runtime.outbox import Outbox
+
+    path = tmp_path / "outbox.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)")
+    conn.execute("CREATE TABLE outbox (uuid TEXT PRIMARY KEY, kind TEXT NOT NULL, payload TEXT NOT NULL, "
+                 "blob_path TEXT, created_at TEXT NOT NULL, uploaded_at TEXT)")
+    conn.execute("INSERT INTO schema_migrations VALUES (1, '2026-01-01')")
+    conn.execute("INSERT INTO outbox VALUES ('u-1', 'feedback', '{\"a\": 1}', NULL, '2026-01-01', NULL)")
+    conn.execute("INSERT INTO outbox VALUES ('u-2', 'usage', '{}', NULL, '2026-01-02', '2026-01-03')")
+    conn.commit()
+    conn.close()
+    ob = Outbox(path)
+    assert [r["uuid"] for r in ob.pending()] == ["u-1"] and ob.refused() == []
+    assert ob.mark_refused("u-1", "hub says no") and not ob.mark_refused("u-1", "again")
+    assert not ob.mark_refused("u-2", "already uploaded")
+    assert ob.pending() == [] and [r["refused_reason"] for r in ob.refused()] == ["hub says no"]
+    ob.close()
+    ob = Outbox(path)  # reopening does not migrate twice
+    assert [r["uuid"] for r in ob.refused()] == ["u-1"]
+    ob.close()
+
+
+def test_http_batch_and_fallback_for_an_older_hub(world, monkeypatch):
+    """Real urllib client against the hub's FastAPI app in-process: one batch request; a hub without the
+    batch route (405) gets the records one by one, and a record it refuses (400) is reported refused."""
+    from fastapi.testclient import TestClient
+
+    from sync.hub.server import create_app
+    from sync.transport import HttpTransport, _HttpError
+
+    app = create_app(world.hub)
+    tc = TestClient(app)
+    calls: list[str] = []
+
+    def fake_json(self, method, path, payload=None, **kw):
+        calls.append(path)
+        resp = tc.request(method, path, json=payload, headers={"Authorization": f"Bearer {self.token}"})
+        if resp.status_code >= 400:
+            raise _HttpError(resp.status_code, resp.text, f"HTTP {resp.status_code}")
+        return resp.json()
+
+    monkeypatch.setattr(HttpTransport, "_json", fake_json)
+    t = HttpTransport("http://hub.invalid", world.payload["token"])
+    recs = [_body() for _ in range(5)] + [_body(uid="bad uuid")]
+    out = t.post_uploads(recs)
+    assert calls == ["/v1/uploads/batch"] and [("refused" in r) for r in out] == [False] * 5 + [True]
+
+    # an older hub: no batch route
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", "") != "/v1/uploads/batch"]
+    calls.clear()
+    t2 = HttpTransport("http://hub.invalid", world.payload["token"])
+    recs2 = [_body() for _ in range(3)] + [_body(uid="also bad")]
+    out2 = t2.post_uploads(recs2)
+    assert calls == ["/v1/uploads/batch"] + ["/v1/uploads"] * 4
+    assert [("refused" in r) for r in out2] == [False, False, False, True] and "not a UUID" in out2[3]["refused"]
+    calls.clear()
+    t2.post_uploads([_body()])  # remembered: no second batch attempt
+    assert calls == ["/v1/uploads"]
