@@ -137,8 +137,21 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower() if path.suffix.lower() in IMAGE_SUFFIXES else ".jpg"
 
 
-def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_only: bool = False
-                       ) -> dict[str, Any]:
+def _place(src: Path, dst: Path, link: bool) -> None:
+    """Copy ``src`` to ``dst`` atomically, or hard-link it when ``link`` (copy where linking fails, e.g.
+    across file systems)."""
+    if link:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+            return
+        except OSError as exc:
+            log.debug("cannot hard-link %s (%s); copying", src, exc)
+    atomic_copy(src, dst)
+
+
+def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_only: bool = False,
+                       link: bool = False) -> dict[str, Any]:
     """Write what ``partlens calibrate`` needs, from the hub's catalogue and device uploads.
 
     - ``catalogue/<part>/<image_id>.jpg``: every live catalogue image (what devices search);
@@ -150,7 +163,9 @@ def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_on
       extra views: parts the catalogue does not hold.
 
     ``out_dir`` must be new or empty (a stale photo would change the fit). Uploads whose photo has
-    not finished uploading are left out and counted. Returns the counts.
+    not finished uploading are left out and counted. ``link``: hard-link the hub's files instead of
+    copying them (no extra disk for a large catalogue when ``out_dir`` is on the hub's file system;
+    copies elsewhere). Linked files ARE the hub's files: never edit them in place. Returns the counts.
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -160,7 +175,7 @@ def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_on
     images = [r for r in hub.store.live_images() if hub.store.part(r["part_number"]) is not None]
     for image in images:
         src = hub.image_path(image)
-        atomic_copy(src, out / "catalogue" / part_folder(image["part_number"]) / f"{image['image_id']}{_suffix(src)}")
+        _place(src, out / "catalogue" / part_folder(image["part_number"]) / f"{image['image_id']}{_suffix(src)}", link)
     live = {r["part_number"] for r in images}
     counts.update(catalogue_images=len(images), catalogue_parts=len(live))
     # a capture approved into the catalogue (a photo upload, or a confirmation's photo) is a catalogue image
@@ -184,7 +199,7 @@ def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_on
         if (p.get("verdict") != "correct" or not isinstance(pn, str) or pn not in live
                 or (captures and captures[0] in in_catalogue) or not usable(row)):
             continue  # a device's malformed record is not a labelled photo either
-        atomic_copy(blob_path(hub, row["uuid"]), out / "positives" / part_folder(pn) / f"{row['uuid']}.jpg")
+        _place(blob_path(hub, row["uuid"]), out / "positives" / part_folder(pn) / f"{row['uuid']}.jpg", link)
         counts["positives"] += 1
         pos_parts.add(pn)
     counts["positive_parts"] = len(pos_parts)
@@ -193,13 +208,13 @@ def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_on
     reports: set[str] = set()
     for row in kept_reports.values():
         if usable(row):
-            atomic_copy(blob_path(hub, row["uuid"]), out / "negatives" / f"{row['uuid']}.jpg")
+            _place(blob_path(hub, row["uuid"]), out / "negatives" / f"{row['uuid']}.jpg", link)
             counts["negatives"] += 1
             reports.add(row["uuid"])
     for row in list_uploads(hub, kind="photo", status="new"):
         report = row["payload"].get("unknown_part") if isinstance(row["payload"], dict) else None
         if isinstance(report, str) and report in kept_reports and usable(row):
-            atomic_copy(blob_path(hub, row["uuid"]), out / "negatives" / f"{report}-{row['uuid']}.jpg")
+            _place(blob_path(hub, row["uuid"]), out / "negatives" / f"{report}-{row['uuid']}.jpg", link)
             counts["negatives"] += 1
             reports.add(report)
     counts["negative_reports"] = len(reports)

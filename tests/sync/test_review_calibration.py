@@ -107,3 +107,35 @@ def test_export_calibration_skips_photos_still_uploading(world, tmp_path: Path) 
     counts = export_calibration(world.hub, tmp_path / "cal")
     assert counts["negatives"] == 0 and counts["incomplete_uploads_skipped"] == 1
     assert not (tmp_path / "cal" / "negatives").exists()
+
+
+def test_export_calibration_link_shares_the_hubs_files(world, tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    from edge_app.cli import main
+    from sync.hub import review
+    from sync.hub.uploads import blob_path
+
+    hub = world.hub
+    ids = upload_items(world, [
+        ("feedback", {"part_number": "P1", "verdict": "correct", "capture_ids": ["c1"]}, part_image(1, noise=20)),
+        ("unknown_part", {"note": "seal", "capture_ids": ["c2"]}, part_image(20))])
+    copied = review.export_calibration(hub, tmp_path / "copy")
+    assert main(["hub", "review", "export-calibration", str(tmp_path / "link"), "--link", "--hub", str(hub.root)]) == 0
+    files = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())  # noqa: E731
+    assert files(tmp_path / "link") == files(tmp_path / "copy") and len(files(tmp_path / "copy")) == 5
+    linked_pos = tmp_path / "link" / "positives" / "P1" / f"{ids[0]}.jpg"
+    assert os.path.samefile(linked_pos, blob_path(hub, ids[0]))
+    assert not os.path.samefile(tmp_path / "copy" / "positives" / "P1" / f"{ids[0]}.jpg", blob_path(hub, ids[0]))
+    for img in hub.store.live_images():
+        name = f"{img['image_id']}{hub.image_path(img).suffix}"
+        assert os.path.samefile(tmp_path / "link" / "catalogue" / img["part_number"] / name, hub.image_path(img))
+
+    def no_link(src, dst):  # e.g. another file system
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    counts = review.export_calibration(hub, tmp_path / "fallback", link=True)
+    assert counts == copied and files(tmp_path / "fallback") == files(tmp_path / "copy")
+    assert (tmp_path / "fallback" / "negatives" / f"{ids[1]}.jpg").read_bytes() == part_image(20)
+    assert not os.path.samefile(tmp_path / "fallback" / "negatives" / f"{ids[1]}.jpg", blob_path(hub, ids[1]))
