@@ -35,7 +35,7 @@ from .apply import (DevicePaths, apply_package, index_params, kill_point, prune_
                     update_index, write_active)
 from .package import read_package, sha256_file
 from .schedule import SyncWindow
-from .transport import HttpTransport, Transport
+from .transport import MAX_RECORD_PAYLOAD_BYTES, HttpTransport, Transport
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +309,13 @@ class SyncClient:
                     body: dict[str, Any] = {"uuid": rec["uuid"], "kind": rec["kind"], "payload": rec["payload"],
                                             "created_at": rec["created_at"], "catalogue_version": catalogue_version,
                                             "blob": None}
+                    if len(json.dumps(rec["payload"], sort_keys=True)) > MAX_RECORD_PAYLOAD_BYTES:
+                        log.error("upload %s: payload over the hub's %d-byte limit; marked refused", rec["uuid"],
+                                  MAX_RECORD_PAYLOAD_BYTES)
+                        outbox.mark_refused(rec["uuid"], f"payload over the hub's limit of {MAX_RECORD_PAYLOAD_BYTES} "
+                                                         "bytes (not sent)")
+                        refused += 1
+                        continue
                     if rec["blob_path"]:
                         blob = Path(rec["blob_path"])
                         try:

@@ -25,6 +25,8 @@ from edge_app.errors import AuthError, IntegrityError, SyncError, UsageError
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+#: the largest outbox record payload (JSON, sort_keys) a hub stores; the client refuses bigger ones itself
+MAX_RECORD_PAYLOAD_BYTES = 64 * 1024
 
 
 class Transport(Protocol):

@@ -6,6 +6,7 @@ token gets 401 and no data. A device only ever receives its own site's packages.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _bearer = HTTPBearer(auto_error=False, description="per-device token from `partlens hub add-device`")
 MAX_CHUNK = 4 * 1024 * 1024
+MAX_JSON_BODY = 4 * 1024 * 1024  # an upload record or batch (a client batch is about 1 MiB at most)
 
 
 def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
@@ -88,13 +90,19 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
             raise InputError(f"no such image {image_id}")
         return FileResponse(path, media_type="image/jpeg")
 
-    @app.post("/v1/uploads", summary="store one outbox record (idempotent by uuid)")
-    def post_upload(body: dict[str, Any], dev: dict = Depends(device)) -> dict[str, Any]:
-        return receive_record(hub, dev, body)
+    # Bodies are read only AFTER the token is checked (a ``Request`` parameter keeps FastAPI from reading and
+    # parsing the body first), and never past a size limit: a stranger cannot make the hub hold a huge body.
+    @app.post("/v1/uploads", summary="store one outbox record (idempotent by uuid)",
+              openapi_extra=_json_body_doc("one outbox record"))
+    async def post_upload(request: Request, dev: dict = Depends(device)) -> dict[str, Any]:
+        body = await _read_json(request, MAX_JSON_BODY)
+        return await run_in_threadpool(receive_record, hub, dev, body)
 
-    @app.post("/v1/uploads/batch", summary="store up to 500 outbox records in one transaction (idempotent by uuid)")
-    def post_uploads(body: dict[str, Any], dev: dict = Depends(device)) -> dict[str, Any]:
-        return {"results": receive_records(hub, dev, body.get("records"))}
+    @app.post("/v1/uploads/batch", summary="store up to 500 outbox records in one transaction (idempotent by uuid)",
+              openapi_extra=_json_body_doc('{"records": [outbox record, ...]}'))
+    async def post_uploads(request: Request, dev: dict = Depends(device)) -> dict[str, Any]:
+        body = await _read_json(request, MAX_JSON_BODY)
+        return {"results": await run_in_threadpool(receive_records, hub, dev, body.get("records"))}
 
     @app.get("/v1/uploads/{uuid}", summary="an upload's status and blob offset")
     def get_upload(uuid: str, dev: dict = Depends(device)) -> dict[str, Any]:
@@ -103,12 +111,40 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
     @app.put("/v1/uploads/{uuid}/blob", summary="append a blob chunk at offset (resumable)")
     async def put_blob(uuid: str, request: Request, offset: int = Query(..., ge=0),
                        dev: dict = Depends(device)) -> dict[str, Any]:
-        data = await request.body()
-        if len(data) > MAX_CHUNK:
-            raise UsageError(f"chunk over {MAX_CHUNK} bytes")
+        data = await _read_body(request, MAX_CHUNK)
         return await run_in_threadpool(receive_chunk, hub, dev, uuid, offset, data)
 
     return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is over ``limit`` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_json(request: Request, limit: int) -> dict[str, Any]:
+    """A JSON object body of at most ``limit`` bytes; anything else is a clear 400."""
+    try:
+        body = json.loads(await _read_body(request, limit))
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError("request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise UsageError("request body must be a JSON object")
+    return body
+
+
+def _json_body_doc(what: str) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "description": what,
+                            "content": {"application/json": {"schema": {"type": "object"}}}}}
 
 
 def serve(hub_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8765, *,

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from edge_app.atomic import fsync_dir
 from edge_app.errors import InputError, IntegrityError, UsageError
 
+from ..transport import MAX_RECORD_PAYLOAD_BYTES
 from .hub import Hub
 from .store import UPLOAD_KINDS
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 UUID = re.compile(r"^[0-9a-fA-F-]{8,64}$")
 MAX_BLOB_BYTES = 64 * 1024**2
-MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_PAYLOAD_BYTES = MAX_RECORD_PAYLOAD_BYTES
 MAX_BATCH = 500  # records in one POST /v1/uploads/batch
 _CHUNK_LOCK = threading.Lock()  # one appender at a time (chunks are small)
 

@@ -97,7 +97,13 @@ class CountingTransport:
 def test_sync_uploads_in_batches_and_keeps_refused_records(world):
     from edge_app.runtime.outbox import Outbox
     from sync.client import UPLOAD_BATCH
-    from sync.hub.uploads import MAX_PAYLOAD_BYTES
+    from sync.hub.enrol import add_device
+    from sync.hub.uploads import MAX_PAYLOAD_BYTES, receive_records
+
+    # a UUID another tablet already used (the hub refuses it: it belongs to that device)
+    add_device(world.hub, "tab2", "site_a")
+    taken = _body()
+    receive_records(world.hub, {"name": "tab2", "site": "site_a"}, [taken])
 
     ob = Outbox(world.device_dir / "outbox.db")
     n_usage = UPLOAD_BATCH + 50
@@ -107,6 +113,7 @@ def test_sync_uploads_in_batches_and_keeps_refused_records(world):
     gone.write_bytes(part_image(1))
     lost_photo = ob.add("photo", {"part_number": "P1"}, blob_path=gone)
     gone.unlink()  # the photo file vanished before the sync
+    clash = ob.add("usage", {"status": "match"}, uuid=taken["uuid"])
     photo = world.root / "photo.jpg"
     photo.write_bytes(part_image(2, noise=20.0, size=300))
     good_photo = ob.add("photo", {"part_number": "P2"}, blob_path=photo)
@@ -116,19 +123,22 @@ def test_sync_uploads_in_batches_and_keeps_refused_records(world):
     c = _client(world)
     c.transport = CountingTransport(c.transport)
     r = c.sync()
-    assert (r.uploaded, r.upload_refused) == (n_usage + 1, 2)
+    assert (r.uploaded, r.upload_refused) == (n_usage + 1, 3)
+    # the two records refused on the tablet are never sent; the clash is refused by the hub
     assert c.transport.singles == 0 and len(c.transport.batches) == 2 and sum(c.transport.batches) == n_usage + 2
-    hub_usage = {u["uuid"] for u in world.hub.store.list_uploads(kind="usage")}
+    hub_usage = {u["uuid"] for u in world.hub.store.list_uploads(kind="usage") if u["device"] == "tab1"}
     assert hub_usage == set(ids)
     assert world.hub.store.upload(good_photo)["blob_complete"] == 1
     assert (world.hub.root / "uploads" / f"{good_photo}.blob").read_bytes() == photo.read_bytes()
     assert world.hub.store.upload(too_big) is None and world.hub.store.upload(lost_photo) is None
+    assert world.hub.store.upload(clash)["device"] == "tab2"
 
     ob = Outbox(world.device_dir / "outbox.db")
     refused = {x["uuid"]: x for x in ob.refused()}
-    assert set(refused) == {too_big, lost_photo}
-    assert "over" in refused[too_big]["refused_reason"] and "unreadable" in refused[lost_photo]["refused_reason"]
-    assert ob.pending() == [] and ob.count() == 0 and ob.count(pending_only=False) == n_usage + 3
+    assert set(refused) == {too_big, lost_photo, clash}
+    assert "limit" in refused[too_big]["refused_reason"] and "unreadable" in refused[lost_photo]["refused_reason"]
+    assert "another device" in refused[clash]["refused_reason"]
+    assert ob.pending() == [] and ob.count() == 0 and ob.count(pending_only=False) == n_usage + 4
     ob.close()
     # refused records are not sent again, and nothing is left to upload
     r2 = c.sync()
@@ -207,3 +217,40 @@ def test_http_batch_and_fallback_for_an_older_hub(world, monkeypatch):
     calls.clear()
     t2.post_uploads([_body()])  # remembered: no second batch attempt
     assert calls == ["/v1/uploads"]
+
+
+def test_hub_checks_the_token_before_reading_a_body_and_caps_its_size(world, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from sync.hub import server
+
+    monkeypatch.setattr(server, "MAX_JSON_BODY", 10_000)
+    monkeypatch.setattr(server, "MAX_CHUNK", 5_000)
+    tc = TestClient(server.create_app(world.hub))
+    auth = {"Authorization": f"Bearer {world.payload['token']}"}
+    json_h = {"Content-Type": "application/json"}
+    for path in ("/v1/uploads", "/v1/uploads/batch"):
+        # no token: 401 whatever the body (it was parsed first before: 422 for bad JSON)
+        assert tc.post(path, content=b"{not json", headers=json_h).status_code == 401
+        assert tc.post(path, content=b"x" * 50_000, headers=json_h).status_code == 401
+        big = tc.post(path, content=b'{"a": "' + b"x" * 20_000 + b'"}', headers={**auth, **json_h})
+        assert big.status_code == 413 and "over 10000 bytes" in big.json()["detail"]
+        bad = tc.post(path, content=b"{not json", headers={**auth, **json_h})
+        assert bad.status_code == 400 and "not JSON" in bad.json()["detail"]
+        assert tc.post(path, content=b"[1, 2]", headers={**auth, **json_h}).status_code == 400
+
+    # a streamed body with no Content-Length is cut at the limit too
+    def gen():
+        for _ in range(30):
+            yield b"x" * 1_000
+
+    assert tc.post("/v1/uploads", content=gen(), headers={**auth, **json_h}).status_code == 413
+    ok = tc.post("/v1/uploads/batch", json={"records": [_body()]}, headers=auth)
+    assert ok.status_code == 200 and not ok.json()["results"][0]["duplicate"]
+    rec = _body()
+    rec["blob"] = {"size": 9_000, "sha256": "0" * 64}
+    assert tc.post("/v1/uploads", json=rec, headers=auth).status_code == 200
+    put = tc.put(f"/v1/uploads/{rec['uuid']}/blob?offset=0", content=b"x" * 6_000, headers=auth)
+    assert put.status_code == 413
+    put = tc.put(f"/v1/uploads/{rec['uuid']}/blob?offset=0", content=b"x" * 4_000, headers=auth)
+    assert put.status_code == 200 and put.json()["blob_offset"] == 4_000
