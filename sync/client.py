@@ -144,9 +144,37 @@ class SyncClient:
                     "catalogue_version": db.catalogue_version, "bundle_id": db.get_meta("bundle_id"),
                     "index_stamp": db.get_meta("index_stamp"), "active": read_active(self.paths),
                     "parts": db.count("parts"), "images": db.count("images"),
-                    "embeddings": db.count("embeddings")}
+                    "embeddings": db.count("embeddings"), **self._outbox_counts()}
         finally:
             db.close()
+
+    def _outbox_counts(self) -> dict[str, int]:
+        from edge_app.runtime.outbox import Outbox
+
+        if not self.paths.outbox.exists():
+            return {"uploads_pending": 0, "uploads_refused": 0}
+        outbox = Outbox(self.paths.outbox)
+        try:
+            return {"uploads_pending": outbox.count(), "uploads_refused": len(outbox.refused())}
+        finally:
+            outbox.close()
+
+    def refused_uploads(self, *, requeue: bool = False) -> list[dict[str, Any]]:
+        """Outbox records the hub refused (or whose photo was gone), with the reasons; ``requeue``: clear
+        their refusals so the next sync sends them again (after the hub or the record was fixed)."""
+        from edge_app.runtime.outbox import Outbox
+
+        if not self.paths.outbox.exists():
+            return []
+        outbox = Outbox(self.paths.outbox)
+        try:
+            rows = outbox.refused()
+            if requeue:
+                outbox.requeue_refused([r["uuid"] for r in rows])
+                log.info("%d refused uploads requeued for the next sync", len(rows))
+            return rows
+        finally:
+            outbox.close()
 
     def sync(self, *, upload: bool = True) -> SyncResult:
         t0 = time.perf_counter()

@@ -236,6 +236,14 @@ def _sync_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync_refused(args: argparse.Namespace) -> int:
+    from .client import SyncClient
+
+    rows = SyncClient(_data_dir(args)).refused_uploads(requeue=args.requeue)
+    _out({"refused": rows, "requeued": len(rows) if args.requeue else 0})
+    return 0
+
+
 def _should(args: argparse.Namespace) -> int:
     import datetime as _dt
 
@@ -386,7 +394,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unmetered", action="store_true", help="(with --only-if-allowed) the network is unmetered")
     p.add_argument("--window", help="(with --only-if-allowed) window HH:MM-HH:MM or 'always' (default: the "
                    "device's, set at enrolment, else 01:00-05:00)")
-    scmd("status", _sync_status, "show the device's catalogue version, bundle and index stamp")
+    scmd("status", _sync_status, "show the device's catalogue version, bundle, index stamp and outbox counts")
+    p = scmd("refused", _sync_refused, "list outbox records the hub refused (kept on the device) with the reasons")
+    p.add_argument("--requeue", action="store_true",
+                   help="send them again at the next sync (after the hub or the record was fixed)")
     p = ssub.add_parser("should-run", help="would the background policy sync now? (exit 0 yes, 1 no)",
                         description="Evaluate schedule.should_sync.")
     p.add_argument("--charging", action="store_true")

@@ -131,6 +131,15 @@ class Outbox:
         return [dict(zip(("uuid", "kind", "blob_path", "created_at", "refused_at", "refused_reason"), r))
                 for r in rows]
 
+    def requeue_refused(self, uuids: Sequence[str] | None = None) -> int:
+        """Send refused records again at the next sync (all, or only ``uuids``), e.g. after the hub was
+        fixed; returns how many were requeued. Their refusal reasons are cleared."""
+        sql = "UPDATE outbox SET refused_at = NULL, refused_reason = NULL WHERE refused_at IS NOT NULL"
+        with self._lock, self._tx() as conn:
+            if uuids is None:
+                return conn.execute(sql).rowcount
+            return sum(conn.execute(sql + " AND uuid = ?", (u,)).rowcount for u in uuids)
+
     def count(self, pending_only: bool = True, kinds: Sequence[str] | None = None) -> int:
         """Records (not yet uploaded nor refused, with ``pending_only``), of ``kinds`` only when given."""
         where, params = ["uploaded_at IS NULL AND refused_at IS NULL"] if pending_only else [], []

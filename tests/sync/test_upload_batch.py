@@ -254,3 +254,38 @@ def test_hub_checks_the_token_before_reading_a_body_and_caps_its_size(world, mon
     assert put.status_code == 413
     put = tc.put(f"/v1/uploads/{rec['uuid']}/blob?offset=0", content=b"x" * 4_000, headers=auth)
     assert put.status_code == 200 and put.json()["blob_offset"] == 4_000
+
+
+def test_refused_uploads_listed_and_requeued_from_the_cli(world, capsys):
+    import json
+
+    from edge_app.cli import main
+    from edge_app.runtime.outbox import Outbox
+    from sync.hub.enrol import add_device
+    from sync.hub.uploads import receive_records
+
+    add_device(world.hub, "tab2", "site_a")
+    taken = _body()
+    receive_records(world.hub, {"name": "tab2", "site": "site_a"}, [taken])
+    ob = Outbox(world.device_dir / "outbox.db")
+    clash = ob.add("usage", {"status": "match"}, uuid=taken["uuid"])
+    fine = ob.add("usage", {"status": "match"})
+    ob.close()
+    c = _client(world)
+    assert (c.sync().upload_refused, c.status()["uploads_refused"], c.status()["uploads_pending"]) == (1, 1, 0)
+    dd = ["--data-dir", str(world.device_dir)]
+    assert main(["sync", "refused", *dd]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["uuid"] for r in out["refused"]] == [clash] and out["requeued"] == 0
+    assert "another device" in out["refused"][0]["refused_reason"]
+    # the hub admin frees the UUID (here: the other tablet's record goes); requeue and sync again
+    world.hub.store._db().conn.execute("DELETE FROM uploads WHERE uuid=?", (clash,))
+    assert main(["sync", "refused", "--requeue", *dd]) == 0
+    assert json.loads(capsys.readouterr().out)["requeued"] == 1
+    assert c.status()["uploads_pending"] == 1
+    r = c.sync()
+    assert (r.uploaded, r.upload_refused) == (1, 0) and c.status()["uploads_refused"] == 0
+    assert world.hub.store.upload(clash)["device"] == "tab1" and world.hub.store.upload(fine)["device"] == "tab1"
+    with pytest.raises(SystemExit) as exc:
+        main(["sync", "refused", "--help"])
+    assert exc.value.code == 0 and "--requeue" in capsys.readouterr().out
