@@ -144,6 +144,13 @@ def _add_device(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tls_init(args: argparse.Namespace) -> int:
+    from .hub.tls import enable_tls
+
+    _out(enable_tls(_open_hub(args), args.host, days=args.days, force=args.force))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .hub.server import serve
 
@@ -318,7 +325,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--older-than-days", type=float, required=True, metavar="N")
     p = cmd("revoke-device", _revoke_device, "revoke a device's token at once (e.g. a lost tablet)")
     p.add_argument("name")
-    p = cmd("serve", _serve, "run the HTTP API (OpenAPI at /openapi.json)")
+    p = cmd("tls-init", _tls_init, "make the hub's TLS certificate: from then on it serves HTTPS and enrolment "
+            "payloads pin the certificate")
+    p.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP",
+                   help="a host name or IP address tablets use to reach the hub (repeat; the host of the hub's URL, "
+                        "localhost and 127.0.0.1 are always included)")
+    p.add_argument("--days", type=int, default=3650, help="validity in days (renewing means re-enrolling tablets)")
+    p.add_argument("--force", action="store_true", help="replace an existing certificate (re-enrol every tablet)")
+    p = cmd("serve", _serve, "run the HTTP API, HTTPS once the hub has a certificate (OpenAPI at /openapi.json)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -60,12 +61,35 @@ def _finish(partial: Path, dest: Path, size: int) -> Path:
     return dest
 
 
-class HttpTransport:
-    """The hub's HTTP API through urllib, with a bearer token and resumable downloads."""
+class TLSError(SyncError):
+    """The hub's TLS certificate is not the one pinned at enrolment (or the TLS handshake failed)."""
 
-    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0, retries: int = 5) -> None:
+
+def pinned_context(pem: str) -> ssl.SSLContext:
+    """A TLS context that trusts exactly this certificate (the hub's, pinned at enrolment) and checks the
+    host name against it: no public CA, no "accept any certificate"."""
+    try:
+        ctx = ssl.create_default_context(cadata=pem)
+    except (ssl.SSLError, ValueError, TypeError) as exc:
+        raise SyncError(f"the pinned hub certificate is not a usable PEM certificate ({exc})") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class HttpTransport:
+    """The hub's HTTP API through urllib, with a bearer token and resumable downloads.
+
+    ``tls_cert``: the hub's certificate (PEM) pinned at enrolment; the hub URL must then be https://
+    and only that certificate is accepted. An https:// URL without it uses the system's CAs.
+    """
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0, retries: int = 5,
+                 tls_cert: str | None = None) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise SyncError(f"hub URL must start with http:// or https://, got {base_url!r}")
+        if tls_cert and not base_url.startswith("https://"):
+            raise SyncError(f"a pinned hub certificate needs an https:// hub URL, got {base_url!r}")
+        self._ssl = pinned_context(tls_cert) if tls_cert else None
         self.base = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
@@ -80,13 +104,20 @@ class HttpTransport:
         req = urllib.request.Request(url, data=body, method=method,
                                      headers={"Authorization": f"Bearer {self.token}", **headers})
         try:
-            return urllib.request.urlopen(req, timeout=self.timeout)
+            return urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl)
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:500]
             if exc.code == 401:
                 raise AuthError(f"hub {self.base} refused the device token (401)") from None
             raise _HttpError(exc.code, detail, f"hub {method} {path}: HTTP {exc.code} {detail}") from None
         except (urllib.error.URLError, OSError, HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise TLSError(f"hub {self.base}: its TLS certificate is not the one this device trusts "
+                               f"({reason.verify_message}); someone may be in the middle, or the hub's certificate "
+                               f"was replaced (then enrol this device again)") from None
+            if isinstance(reason, ssl.SSLError):
+                raise TLSError(f"hub {self.base}: TLS failed ({reason}); is the hub serving HTTPS?") from None
             raise SyncError(f"hub {self.base} unreachable ({exc})") from None
 
     def _json(self, method: str, path: str, payload: Any = None, **kw: Any) -> dict[str, Any]:
@@ -129,7 +160,7 @@ class HttpTransport:
                     continue
                 raise
             except (SyncError, OSError, HTTPException) as exc:
-                if isinstance(exc, AuthError):
+                if isinstance(exc, (AuthError, TLSError)):
                     raise
                 attempt += 1
                 got = partial.stat().st_size if partial.exists() else 0

@@ -5,6 +5,9 @@ The QR payload is compact JSON::
     {"v": 1, "hub": "http://10.0.0.5:8765", "device": "tab-07", "site": "site_a",
      "token": "pl1.tab-07.<secret>", "keys": {"<key_id>": "<base64 public key>", ...}}
 
+plus ``"tls_cert": "<PEM>"`` when the hub serves HTTPS with its own certificate (:mod:`.tls`), and
+``"sync_window"`` when the hub set one.
+
 The token is shown once; the hub stores only its HMAC.
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ from edge_app.errors import UsageError
 from ..schedule import SyncWindow
 from .auth import check_name, new_token, token_hash
 from .hub import Hub
+from .tls import enrolment_fields
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None,
         raise UsageError("the hub has no public URL: pass --url http://HOST:PORT (the address devices reach)")
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"hub URL must start with http:// or https://, got {url!r}")
+    tls = enrolment_fields(hub.root, url)  # before the device exists: a wrong scheme is refused first
     token = new_token(name)
     hub.store.add_device(name, site, token_hash(hub.secret, token))
     log.info("device %s enrolled for site %s", name, site)
@@ -51,6 +56,7 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None,
                "keys": hub.keyring.to_dict()["keys"]}
     if sync_window is not None:
         payload["sync_window"] = sync_window
+    payload.update(tls)
     return payload
 
 

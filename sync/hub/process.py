@@ -37,10 +37,18 @@ class HubProcess:
 
     def __init__(self, hub_dir: str | os.PathLike[str], *, port: int | None = None, host: str = "127.0.0.1",
                  start_timeout: float = 30.0) -> None:
+        from .tls import cert_pem, has_tls
+
         self.hub_dir = Path(hub_dir)
         self.host = host
         self.port = port or free_port(host)
-        self.url = f"http://{host}:{self.port}"
+        self.tls = has_tls(self.hub_dir)  # the hub serves HTTPS when it has a certificate
+        self.url = f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+        self._ssl = None
+        if self.tls:
+            from ..transport import pinned_context
+
+            self._ssl = pinned_context(cert_pem(self.hub_dir))
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None  # a temp file, not a pipe: nobody drains a pipe while the server runs
@@ -49,16 +57,19 @@ class HubProcess:
         env = dict(os.environ, PARTLENS_HUB=str(self.hub_dir))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH", "")) if p)
         self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "sync.hub.server:app_from_env", "--host", self.host,
-             "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
-            env=env, stdout=subprocess.DEVNULL, stderr=self._stderr)
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "sync.hub.server:app_from_env", "--host", self.host,
+               "--port", str(self.port), "--log-level", "warning", "--no-access-log"]
+        if self.tls:
+            from .tls import CERT, KEY, tls_dir
+
+            cmd += ["--ssl-certfile", str(tls_dir(self.hub_dir) / CERT), "--ssl-keyfile", str(tls_dir(self.hub_dir) / KEY)]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self._stderr)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SyncError(f"hub server exited with code {self.proc.returncode}: {self._stderr_tail()}")
             try:
-                urllib.request.urlopen(self.url + "/openapi.json", timeout=1).read()
+                urllib.request.urlopen(self.url + "/openapi.json", timeout=1, context=self._ssl).read()
                 log.info("hub: serving %s on %s (pid %d)", self.hub_dir, self.url, self.proc.pid)
                 return self
             except (urllib.error.URLError, OSError):

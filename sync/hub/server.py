@@ -149,12 +149,18 @@ def _json_body_doc(what: str) -> dict[str, Any]:
 
 def serve(hub_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8765, *,
           log_level: str = "warning") -> None:
-    """Run the hub API with uvicorn until interrupted."""
+    """Run the hub API with uvicorn until interrupted: HTTPS when the hub has a certificate
+    (``partlens hub tls-init``), else HTTP."""
     import uvicorn
 
+    from .tls import CERT, KEY, has_tls, tls_dir
+
     app = create_app(Path(hub_dir))
-    log.info("hub %s serving on http://%s:%d", hub_dir, host, port)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    ssl_kw: dict[str, Any] = {}
+    if has_tls(hub_dir):
+        ssl_kw = {"ssl_certfile": str(tls_dir(hub_dir) / CERT), "ssl_keyfile": str(tls_dir(hub_dir) / KEY)}
+    log.info("hub %s serving on %s://%s:%d", hub_dir, "https" if ssl_kw else "http", host, port)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, **ssl_kw)
 
 
 def app_from_env() -> FastAPI:

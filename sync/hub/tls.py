@@ -1,0 +1,157 @@
+"""HTTPS for the hub on the terminal network: a self-signed certificate that tablets pin at enrolment.
+
+Without it, device tokens and field photos cross the terminal Wi-Fi in clear text (packages and
+bundles are signed either way, so TLS adds confidentiality and token protection, not integrity).
+``partlens hub tls-init`` makes an EC P-256 key and a self-signed certificate (10 years; its subject
+alternative names are the hub's host names and IP addresses) in ``<hub>/tls/``. From then on
+``hub serve`` speaks HTTPS, and every enrolment payload carries the certificate: the tablet trusts
+THAT certificate only (no public CA, no "accept any certificate"), so a machine in the middle with
+another certificate gets a verification error, not the token. Renewing the certificate means
+re-enrolling the tablets, hence the long validity.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import ipaddress
+import logging
+import os
+import ssl
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import urlsplit
+
+from edge_app.atomic import atomic_write_bytes
+from edge_app.errors import InputError, UsageError
+
+log = logging.getLogger(__name__)
+
+CERT = "cert.pem"
+KEY = "key.pem"
+VALID_DAYS = 3650
+
+
+def tls_dir(hub_root: str | os.PathLike[str]) -> Path:
+    return Path(hub_root) / "tls"
+
+
+def has_tls(hub_root: str | os.PathLike[str]) -> bool:
+    """Whether the hub has a certificate and key (then it serves HTTPS only)."""
+    d = tls_dir(hub_root)
+    return (d / CERT).is_file() and (d / KEY).is_file()
+
+
+def cert_pem(hub_root: str | os.PathLike[str]) -> str:
+    """The hub's certificate (PEM), as enrolment payloads carry it."""
+    try:
+        return (tls_dir(hub_root) / CERT).read_text()
+    except OSError as exc:
+        raise InputError(f"hub has no TLS certificate ({exc}); run `partlens hub tls-init`") from None
+
+
+def fingerprint(pem: str) -> str:
+    """sha256 of the certificate's DER bytes, hex (what an admin compares by eye)."""
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
+
+def _names(hosts: Iterable[str]) -> list[Any]:
+    from cryptography import x509
+
+    out: list[Any] = []
+    for h in dict.fromkeys(h.strip() for h in hosts if h and h.strip()):
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            if any(c in h for c in "/: ") or h.startswith("."):
+                raise UsageError(f"not a host name or IP address: {h!r}") from None
+            out.append(x509.DNSName(h))
+    return out
+
+
+def init_tls(hub_root: str | os.PathLike[str], hosts: Iterable[str], *, days: int = VALID_DAYS,
+             force: bool = False) -> dict[str, Any]:
+    """Create the hub's key and self-signed certificate for ``hosts`` (names and IPs devices use).
+
+    Refuses to replace an existing certificate unless ``force`` (every enrolled tablet pins the old
+    one and must then be re-enrolled). The key file is mode 0600.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    d = tls_dir(hub_root)
+    if has_tls(hub_root) and not force:
+        raise UsageError(f"{d} already holds a certificate; enrolled tablets pin it. Pass --force to replace it "
+                         "(then re-enrol every tablet)")
+    if days < 1:
+        raise UsageError(f"validity must be at least 1 day, got {days}")
+    sans = _names([*hosts, "localhost", "127.0.0.1"])
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "partlens hub"),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "partlens")])
+    now = _dt.datetime.now(_dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _dt.timedelta(minutes=5)).not_valid_after(now + _dt.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            # its own trust anchor: tablets load it as the only CA they accept for this hub
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(d / KEY, key_pem)
+    os.chmod(d / KEY, 0o600)
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    atomic_write_bytes(d / CERT, pem)
+    info = {"cert": str(d / CERT), "key": str(d / KEY), "hosts": [str(s.value) for s in sans],
+            "not_after": cert.not_valid_after_utc.isoformat(), "sha256": fingerprint(pem.decode())}
+    log.info("hub TLS certificate for %s written to %s (sha256 %s)", info["hosts"], d, info["sha256"])
+    return info
+
+
+def enrolment_fields(hub_root: str | os.PathLike[str], url: str) -> dict[str, str]:
+    """What an enrolment payload carries about TLS for devices reaching the hub at ``url``.
+
+    A hub with a certificate serves HTTPS only: the URL must be https:// and the payload pins the
+    certificate (``tls_cert``). An https:// URL to a hub without one (e.g. behind a reverse proxy with a
+    certificate from a CA the tablets trust) pins nothing: the tablet uses its system's CAs.
+    """
+    scheme = urlsplit(url).scheme
+    if has_tls(hub_root):
+        if scheme != "https":
+            raise UsageError(f"the hub serves HTTPS (it has a TLS certificate); give devices an https:// URL, "
+                             f"not {url!r}")
+        return {"tls_cert": cert_pem(hub_root)}
+    if scheme == "https":
+        log.info("hub URL %s is https but the hub has no certificate of its own: devices will trust their "
+                 "system's CAs (a reverse proxy); `partlens hub tls-init` makes one to pin", url)
+    return {}
+
+
+def enable_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, force: bool = False) -> dict[str, Any]:
+    """``partlens hub tls-init``: the certificate for the hub's host (from its URL) and ``hosts``; the hub's
+    stored URL becomes https:// (same host and port), so new enrolments pin the certificate."""
+    from edge_app.atomic import atomic_write_json
+
+    url = hub.config.get("url")
+    parts = urlsplit(url) if url else None
+    names = [*hosts, *([parts.hostname] if parts and parts.hostname else [])]
+    if not names:
+        raise UsageError("name the host or IP address devices use to reach the hub: --host NAME "
+                         "(the hub has no URL to take it from)")
+    info = init_tls(hub.root, names, days=days, force=force)
+    if parts and parts.scheme != "https":
+        new_url = parts._replace(scheme="https").geturl()
+        atomic_write_json(hub.root / "hub.json", dict(hub.config, url=new_url))
+        hub.config["url"] = new_url
+        info["url_changed"] = {"from": url, "to": new_url}
+        log.warning("hub URL is now %s: enrol devices again (devices enrolled with %s cannot reach it)", new_url, url)
+    info["url"] = hub.config.get("url")
+    return info
