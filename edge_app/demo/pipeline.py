@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..atomic import atomic_write_json, atomic_write_text
-from ..errors import GateError, InputError, UsageError
+from ..errors import GateError, InputError, SyncError, UsageError
 from . import metrics, report
 from .config import SITE, DemoConfig, export_candidates, split_parts
 
@@ -222,14 +222,18 @@ class DemoRun:
     def hub_and_tablet(self) -> None:
         """Steps 5-8 with a real hub process, stopped whatever happens."""
         from sync.hub.hub import Hub
-        from sync.hub.process import HubProcess
+        from sync.hub.process import HubProcess, free_port
+        from sync.hub.tls import enable_tls
 
-        server = HubProcess(self.out / "hub")
-        self.hub = Hub.init(self.out / "hub", self.key_path, url=server.url)
+        self.hub = Hub.init(self.out / "hub", self.key_path, url=f"http://127.0.0.1:{free_port()}")
+        tls = enable_tls(self.hub)  # HTTPS as a terminal hub should run; the tablet pins this certificate
         self.hub.set_bundle(self.bundle_dir)
         self.hub.import_csv(self.data / "known" / "parts.csv", self.data / "known" / "images.csv")
-        with server:
-            self.report["hub"] = {"url": server.url, "pid": server.proc.pid if server.proc else None}
+        with HubProcess(self.out / "hub", port=int(self.hub.config["url"].rsplit(":", 1)[1])) as server:
+            if server.url != self.hub.config["url"]:
+                raise SyncError(f"hub process on {server.url}, but the hub URL is {self.hub.config['url']}")
+            self.report["hub"] = {"url": server.url, "pid": server.proc.pid if server.proc else None,
+                                  "tls_sha256": tls["sha256"]}
             self.first_sync()
             self.identify_before()
             self.add_parts_and_resync()

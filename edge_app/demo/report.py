@@ -76,7 +76,8 @@ def markdown(r: dict[str, Any]) -> str:
                       f"{_pct(fs['confirmed_top1'])}, top-5 {_pct(fs['confirmed_top5'])}, precision when accepted "
                       f"{_pct(fs['precision_when_accepted'])}, median {_ms(fs['median_ms'])} ms on the tablet."]
     s1, s2 = r["sync_full"], r["sync_incremental"]
-    lines += ["", f"Hub on {r['hub']['url']}: full sync to v{s1['to_version']} ({s1['bytes'] / 1e6:.2f} MB, "
+    tls = " (HTTPS; the tablet pins the hub's certificate)" if r["hub"]["url"].startswith("https://") else ""
+    lines += ["", f"Hub on {r['hub']['url']}{tls}: full sync to v{s1['to_version']} ({s1['bytes'] / 1e6:.2f} MB, "
                   f"{s1['seconds']:.1f} s); after adding {len(r['parts']['new'])} parts, incremental sync "
                   f"v{s2['from_version']} -> v{s2['to_version']} ({s2['bytes'] / 1e3:.1f} kB, {s2['seconds']:.1f} s).",
               "", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in r["timings_s"].items()), ""]

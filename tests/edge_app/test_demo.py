@@ -187,7 +187,7 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     # the gate judged the calibration photos, never the query photos the report scores
     assert report["export"]["parity"]["n_val"] == report["images"]["calibration"]
     # The hub was a real server on loopback, and it is gone now.
-    assert report["hub"]["url"].startswith("http://127.0.0.1:")
+    assert report["hub"]["url"].startswith("https://127.0.0.1:") and len(report["hub"]["tls_sha256"]) == 64
     assert not _pid_alive(report["hub"]["pid"])
     # The new parts are not in the first catalogue: they can never rank first before the sync ...
     assert report["identify_new_before_sync"]["top1"] == 0.0
