@@ -1,4 +1,4 @@
-"""Sync: delta vs snapshot size, device apply time, full sync over loopback, many devices at once.
+"""Sync: delta vs snapshot size, device apply time, full sync over loopback, many devices at once, HTTPS cost.
 
 Catalogue rows and embeddings are synthetic (random float16 vectors, one catalogue image per
 part, no image files); the bundle's model file is a placeholder, so the device smoke test is
@@ -82,6 +82,7 @@ def _make_hub(root: Path, n_parts: int) -> Any:
     hub = Hub.init(root / "hub", key_path, url="http://127.0.0.1:1",
                    embedder_factory=lambda d, k: _NoEmbed(load_bundle(d, k).bundle_id))
     hub.set_bundle(bdir)
+    thumb = _thumb_file(root)
     rng = np.random.default_rng(0)
     with hub.store.change() as ch:
         for start in range(0, n_parts, 10_000):
@@ -93,10 +94,22 @@ def _make_hub(root: Path, n_parts: int) -> Any:
                                   "as_of": "2024-01-01T00:00:00+00:00"} for i in idx for s in ("site_a", "site_b")])
             ch.upsert_images([{"image_id": f"img{i:06d}", "part_number": f"PN{i:06d}", "path": f"img{i:06d}.jpg",
                                "kind": "catalogue", "sha256": None} for i in idx])
+            for i in idx:  # every image has a real thumbnail (one file, hard-linked: no disk per image)
+                os.link(thumb, hub.thumb_path(f"img{i:06d}"))
             vec = rng.normal(size=(len(idx), DIM)).astype(np.float32)
             vec /= np.linalg.norm(vec, axis=1, keepdims=True)
             ch.put_embeddings([f"img{i:06d}" for i in idx], vec, hub.bundle_id)
     return hub
+
+
+def _thumb_file(root: Path) -> Path:
+    """A 160 px JPEG thumbnail like the hub makes (noise, so about as large as a real one)."""
+    from PIL import Image, ImageFilter
+
+    path = root / "thumb.jpg"
+    pixels = np.random.default_rng(0).integers(60, 200, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(2)).save(path, quality=85)
+    return path
 
 
 def _change(hub: Any, n: int, seed: int) -> int:
@@ -169,6 +182,9 @@ def run(ctx: Any) -> dict[str, Any]:
         out.update({f"full_sync_{k}_s": v for k, v in r.timings.items()})
         out["full_sync_load1_after"] = os.getloadavg()[0]
         out["full_sync_bytes"] = r.downloaded_bytes
+        out["full_sync_thumbnails_fetched"] = r.thumbnails.get("fetched", 0)
+        out["full_sync_thumbnails_failed"] = r.thumbnails.get("failed", 0)
+        out["thumbnail_file_bytes"] = (work / "thumb.jpg").stat().st_size
         out["full_sync_version_ok"] = r.to_version == hub.store.version()
 
         v2 = _change(hub, n_apply, seed=2)
@@ -205,7 +221,7 @@ def run(ctx: Any) -> dict[str, Any]:
             db.close()
 
     # 4) many devices at once (a smaller catalogue: n_devices full syncs share 2 CPU cores)
-    crowd = _make_hub(work / "crowd", crowd_parts)
+    crowd = _make_hub(work / "crowd", crowd_parts)  # thumbnails included: each device fetches them all
     with HubProcess(crowd.root) as server:  # loopback hub API, stopped whatever happens
         url = server.url
         clients = [_device(crowd, work / "crowd-devices", f"d{i:02d}", url) for i in range(n_devices)]
@@ -220,5 +236,51 @@ def run(ctx: Any) -> dict[str, Any]:
         out.update({"crowd_devices": n_devices, "crowd_parts": crowd_parts, "crowd_wall_s": wall,
                     "crowd_p50_s": float(np.percentile(secs, 50)), "crowd_p95_s": float(np.percentile(secs, 95)),
                     "crowd_correct": correct})
+    out.update(_https_cost(hub, dev.device["token"], work, runs=3 if ctx.quick else 5))
     shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _https_cost(hub: Any, token: str, work: Path, runs: int) -> dict[str, Any]:
+    """5) What HTTPS (``hub tls-init``, the pinned certificate) costs against plain HTTP on this machine: the
+    current snapshot downloaded from an HTTP and an HTTPS process of the same hub (median of ``runs``), a
+    small request on a new connection each time (TLS handshake included), median of 20, and thumbnails
+    fetched 200 per request against one request each (network only: no decoding or writing)."""
+    from sync.hub.deltas import PackageService
+    from sync.hub.process import HubProcess
+    from sync.hub.tls import cert_pem, enable_tls
+    from sync.transport import HttpTransport
+
+    info = PackageService(hub).package("site_a", 0, hub.store.version())
+    url = f"/v1/packages/{info['name']}"
+    out: dict[str, Any] = {"https_snapshot_bytes": info["size"]}
+    with HubProcess(hub.root) as plain:  # started before the certificate exists: HTTP
+        enable_tls(hub, ["127.0.0.1"])
+        with HubProcess(hub.root) as secure:  # the same hub folder, now HTTPS
+            for name, transport in (("http", HttpTransport(plain.url, token)),
+                                    ("https", HttpTransport(secure.url, token, tls_cert=cert_pem(hub.root)))):
+                secs = []
+                for i in range(runs):
+                    dest = work / f"dl-{name}-{i}.tar"
+                    t = time.perf_counter()
+                    transport.download(url, dest, info["size"])
+                    secs.append(time.perf_counter() - t)
+                    dest.unlink()
+                out[f"{name}_snapshot_download_s"] = float(np.median(secs))
+                lat = []
+                for _ in range(20):
+                    t = time.perf_counter()
+                    transport.whoami()
+                    lat.append(1e3 * (time.perf_counter() - t))
+                out[f"{name}_request_ms"] = float(np.median(lat))
+                # thumbnails: 200 per request (this client) vs one request each (the client before, or an old hub)
+                ids = [f"img{i:06d}" for i in range(1000)]
+                t = time.perf_counter()
+                got = sum(len(transport.get_thumbnails(ids[j:j + 200], 1 << 20)) for j in range(0, 1000, 200))
+                out[f"{name}_thumbnail_batched_ms_each"] = 1e3 * (time.perf_counter() - t) / max(got, 1)
+                transport._thumbs_unsupported = True
+                t = time.perf_counter()
+                got = len(transport.get_thumbnails(ids[:300], 1 << 20))
+                out[f"{name}_thumbnail_one_request_each_ms"] = 1e3 * (time.perf_counter() - t) / max(got, 1)
+    out["https_download_slowdown"] = out["https_snapshot_download_s"] / out["http_snapshot_download_s"]
     return out

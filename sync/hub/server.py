@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from edge_app.errors import AuthError, InputError, IntegrityError, PartlensError, UsageError
@@ -22,6 +22,7 @@ from edge_app.errors import AuthError, InputError, IntegrityError, PartlensError
 from .auth import authenticate
 from .deltas import PackageService
 from .hub import Hub
+from .thumbs import thumbs_tar
 from .uploads import OffsetMismatch, receive_chunk, receive_record, receive_records, upload_status
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,14 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
         if row is None:
             raise InputError(f"no such image {image_id}")
         return FileResponse(hub.image_path(row))
+
+    @app.post("/v1/thumbs/batch", summary="up to 500 catalogue thumbnails as a tar of <image_id>.jpg",
+              openapi_extra=_json_body_doc('{"ids": [image_id, ...]}'), response_class=Response,
+              responses={200: {"content": {"application/x-tar": {}}}})
+    async def thumbs_batch(request: Request, dev: dict = Depends(device)) -> Response:
+        body = await _read_json(request, MAX_JSON_BODY)
+        data = await run_in_threadpool(thumbs_tar, hub, body.get("ids"))
+        return Response(data, media_type="application/x-tar")
 
     @app.get("/v1/thumbs/{image_id}", summary="a catalogue image thumbnail (JPEG)")
     def thumb(image_id: str, dev: dict = Depends(device)) -> FileResponse:

@@ -26,6 +26,10 @@ def test_sync_fetches_every_thumbnail_once(world) -> None:
             assert im.format == "JPEG" and max(im.size) <= 512
     again = client(world).sync()
     assert again.thumbnails == {"fetched": 0, "failed": 0, "present": 3}
+    # a power loss before the batch reached the disk can leave an empty file: fetched again
+    rows[0][1].write_bytes(b"")
+    third = client(world).sync()
+    assert third.thumbnails == {"fetched": 1, "failed": 0, "present": 2} and rows[0][1].stat().st_size > 0
 
 
 def test_a_broken_thumbnail_is_skipped_and_retried(world) -> None:
@@ -39,3 +43,100 @@ def test_a_broken_thumbnail_is_skipped_and_retried(world) -> None:
     thumb.write_bytes(good)
     res = client(world).sync()
     assert res.thumbnails == {"fetched": 1, "failed": 0, "present": 2}
+
+
+def test_thumbnails_come_in_batches_over_http_and_one_by_one_from_an_older_hub(world, monkeypatch) -> None:
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from sync import client as client_mod
+    from sync.client import SyncClient
+    from sync.hub.server import create_app
+    from sync.transport import HttpTransport, _HttpError
+
+    app = create_app(world.hub)
+    tc = TestClient(app)
+    calls: list[str] = []
+
+    class _Resp(io.BytesIO):  # what urlopen returns, enough for JSON and thumbnail reads
+        def __init__(self, r):
+            super().__init__(r.content)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    def fake_open(self, method, path, *, body=None, headers={}, params=None):
+        calls.append(f"{method} {path}")
+        r = tc.request(method, path, content=body, params=params,
+                       headers={"Authorization": f"Bearer {self.token}", **headers})
+        if r.status_code >= 400:
+            raise _HttpError(r.status_code, r.text, f"HTTP {r.status_code}")
+        return _Resp(r)
+
+    client(world).sync()  # catalogue and thumbnails in place (in memory)
+    for _, path in _thumb_paths(world.device_dir):
+        path.unlink()
+    monkeypatch.setattr(HttpTransport, "_open", fake_open)
+    monkeypatch.setattr(client_mod, "THUMB_BATCH", 2)
+    c = SyncClient(world.device_dir, smoke_test=lambda b: None)
+    db = c._open_db()
+    try:
+        assert c.fetch_thumbnails(db) == {"fetched": 3, "failed": 0, "present": 0}
+        assert calls == ["POST /v1/thumbs/batch"] * 2  # 3 thumbnails, 2 per request
+        for _, path in _thumb_paths(world.device_dir):
+            assert path.read_bytes() == world.hub.thumb_path(path.stem).read_bytes()
+        # an older hub without the batch route (405): one GET per thumbnail, remembered
+        for _, path in _thumb_paths(world.device_dir):
+            path.unlink()
+        app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", "") != "/v1/thumbs/batch"]
+        c.transport = HttpTransport("http://hub.invalid", world.payload["token"])
+        calls.clear()
+        assert c.fetch_thumbnails(db) == {"fetched": 3, "failed": 0, "present": 0}
+        assert calls[0] == "POST /v1/thumbs/batch" and sorted(calls[1:]) == sorted(
+            f"GET /v1/thumbs/{p.stem}" for _, p in _thumb_paths(world.device_dir))
+    finally:
+        db.close()
+
+
+def test_thumbnail_tar_reader_takes_only_what_was_asked(world) -> None:
+    import io
+    import tarfile
+
+    import pytest
+
+    from edge_app.errors import UsageError
+    from sync.hub.thumbs import MAX_THUMBS, thumbs_tar
+    from sync.transport import read_thumbs_tar
+
+    ids = sorted(p.stem for p in (world.hub.root / "thumbs").glob("*.jpg"))
+    data = thumbs_tar(world.hub, [ids[0], "img-nope", "../../etc/passwd", ids[1], ids[0]])
+    got = read_thumbs_tar(data, [ids[0], ids[1], "img-nope"], 1 << 20)
+    assert sorted(got) == [ids[0], ids[1]] and got[ids[0]] == world.hub.thumb_path(ids[0]).read_bytes()
+    with pytest.raises(UsageError, match="at most"):
+        thumbs_tar(world.hub, ["x"] * (MAX_THUMBS + 1))
+    with pytest.raises(UsageError, match="list"):
+        thumbs_tar(world.hub, "img-1")
+
+    # a hostile or broken response: names not asked for, traversal, links, oversize, a cut stream
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        def add(name, payload, kind=tarfile.REGTYPE):
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.size = len(payload) if kind == tarfile.REGTYPE else 0
+            if kind == tarfile.SYMTYPE:
+                info.linkname = "/etc/passwd"
+            tar.addfile(info, io.BytesIO(payload) if kind == tarfile.REGTYPE else None)
+        add("../a.jpg", b"x")
+        add("b.jpg", b"y" * 100)  # too big below
+        add("c.jpg", b"", tarfile.SYMTYPE)
+        add("d.jpg", b"zz")
+        add("e.jpg", b"not asked")
+    raw = buf.getvalue()
+    assert read_thumbs_tar(raw, ["a", "../a", "b", "c", "d"], 50) == {"d": b"zz"}
+    assert read_thumbs_tar(raw[:3073], ["d"], 50) == {}  # cut inside d's data: nothing half-read
+    assert read_thumbs_tar(b"garbage" * 100, ["d"], 50) == {}
