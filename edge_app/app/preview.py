@@ -79,6 +79,7 @@ class PreviewServices:
         self.captures = CaptureStore(self.root / "captures")
         self.state = StateStore(self.root / "app_state.json")
         self.outbox: list[dict[str, Any]] = []
+        self.refused = 0  # uploads the (pretend) hub refused: shown on the sync screen when > 0
         self.enrolled_hub: str | None = None
         self.catalogue_version = 41
         self.last_sync: str | None = "2026-11-21T22:05:00+00:00"
@@ -181,7 +182,7 @@ class PreviewServices:
     # sync --------------------------------------------------------------------------------------
     def sync_status(self) -> SyncStatus:
         return SyncStatus("preview-bundle", 7, self.catalogue_version, self.last_sync, len(self.outbox),
-                          self.enrolled_hub is not None, self.enrolled_hub)
+                          self.enrolled_hub is not None, self.enrolled_hub, refused_uploads=self.refused)
 
     def sync_now(self) -> str:
         if self.enrolled_hub is None:

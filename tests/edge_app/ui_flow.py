@@ -345,6 +345,11 @@ def test_sync_status_enrol_and_sync_now(env) -> None:
     wait_for(lambda: not app.busy)
     assert services.pending_uploads() == 0 and "Waiting to upload: 0" in scr.ids.status.text
     assert "Sync finished" in app.status.text
+    assert "Refused by the hub" not in scr.ids.status.text
+    services.refused = 2  # the hub refused two records for good: the engineer is told, they are kept
+    scr.refresh()
+    assert "Refused by the hub: 2 (kept on this tablet" in scr.ids.status.text
+    services.refused = 0
 
 
 def test_pause_keeps_and_restores_captures_and_results(env) -> None:
