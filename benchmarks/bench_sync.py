@@ -248,7 +248,7 @@ def _https_cost(hub: Any, token: str, work: Path, runs: int) -> dict[str, Any]:
     fetched 200 per request against one request each (network only: no decoding or writing)."""
     from sync.hub.deltas import PackageService
     from sync.hub.process import HubProcess
-    from sync.hub.tls import cert_pem, enable_tls
+    from sync.hub.tls import cert_pem, enable_tls, fingerprint
     from sync.transport import HttpTransport
 
     info = PackageService(hub).package("site_a", 0, hub.store.version())
@@ -258,7 +258,7 @@ def _https_cost(hub: Any, token: str, work: Path, runs: int) -> dict[str, Any]:
         enable_tls(hub, ["127.0.0.1"])
         with HubProcess(hub.root) as secure:  # the same hub folder, now HTTPS
             for name, transport in (("http", HttpTransport(plain.url, token)),
-                                    ("https", HttpTransport(secure.url, token, tls_cert=cert_pem(hub.root)))):
+                                    ("https", HttpTransport(secure.url, token, tls_sha256=fingerprint(cert_pem(hub.root))))):
                 secs = []
                 for i in range(runs):
                     dest = work / f"dl-{name}-{i}.tar"

@@ -84,15 +84,15 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
                   "token": str(payload["token"])}
         if payload.get("sync_window"):  # the nightly background-sync window the hub set for this device
             device["sync_window"] = str(SyncWindow.parse(str(payload["sync_window"])))
-        if payload.get("tls_cert"):  # the hub's own certificate: the only one this device will trust
-            device["tls_cert"] = str(payload["tls_cert"])
+        if payload.get("tls_sha256"):  # the hub's own certificate: the only one this device will trust
+            device["tls_sha256"] = str(payload["tls_sha256"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"enrolment payload is incomplete ({exc})") from None
     if not len(keyring):
         raise UsageError("enrolment payload pins no signing keys")
-    if "tls_cert" in device:
+    if "tls_sha256" in device:
         try:
-            HttpTransport(device["hub"], device["token"], tls_cert=device["tls_cert"])
+            HttpTransport(device["hub"], device["token"], tls_sha256=device["tls_sha256"])
         except SyncError as exc:
             raise UsageError(f"enrolment payload: {exc}") from None
     paths = DevicePaths(Path(data_dir))
@@ -139,7 +139,7 @@ class SyncClient:
         self.device = json.loads(self.paths.device.read_text())
         self.keyring = keyring or Keyring.load(self.paths.keyring)
         self.transport = transport or HttpTransport(self.device["hub"], self.device["token"],
-                                                    tls_cert=self.device.get("tls_cert"))
+                                                    tls_sha256=self.device.get("tls_sha256"))
         self.smoke_test = smoke_test or default_smoke_test
 
     def _open_db(self) -> Any:

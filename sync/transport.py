@@ -7,10 +7,14 @@ a killed process; the caller checks the finished file's sha256 and signature.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.client
+import io
 import json
 import logging
 import os
-import io
+import re
 import shutil
 import ssl
 import tarfile
@@ -68,31 +72,70 @@ class TLSError(SyncError):
     """The hub's TLS certificate is not the one pinned at enrolment (or the TLS handshake failed)."""
 
 
-def pinned_context(pem: str) -> ssl.SSLContext:
-    """A TLS context that trusts exactly this certificate (the hub's, pinned at enrolment) and checks the
-    host name against it: no public CA, no "accept any certificate"."""
-    try:
-        ctx = ssl.create_default_context(cadata=pem)
-    except (ssl.SSLError, ValueError, TypeError) as exc:
-        raise SyncError(f"the pinned hub certificate is not a usable PEM certificate ({exc})") from None
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
+class _PinMismatch(ssl.SSLError):
+    """The certificate the server presented has another sha256 than the pinned one."""
+
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_pin(pin: str) -> str:
+    """A certificate pin: the sha256 of the hub certificate's DER bytes, 64 lower-case hex digits."""
+    if not isinstance(pin, str) or not _SHA256_HEX.match(pin):
+        raise SyncError(f"a hub certificate pin is 64 hex digits (sha256), got {pin!r}")
+    return pin
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS whose server certificate must have the pinned sha256; checked right after the handshake, before
+    a byte of the request (token included) is sent. The handshake proves the server holds that certificate's
+    key, so no CA and no host-name check are needed: the hub's address may change, its certificate may not."""
+
+    def __init__(self, *args: Any, pin: str, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._pin = pin
+
+    def connect(self) -> None:
+        super().connect()
+        der = self.sock.getpeercert(binary_form=True)
+        got = hashlib.sha256(der).hexdigest() if der else "none"
+        if got != self._pin:
+            self.sock.close()
+            raise _PinMismatch(f"certificate sha256 {got[:16]}..., pinned {self._pin[:16]}...")
+
+
+class _PinnedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, pin: str) -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the pin below is the check
+        super().__init__(context=ctx)
+        self._pin = pin
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(functools.partial(_PinnedHTTPSConnection, pin=self._pin), req, context=self._context)
+
+
+def pinned_opener(pin: str) -> urllib.request.OpenerDirector:
+    """A urllib opener whose HTTPS connections accept only the certificate with sha256 ``pin``."""
+    return urllib.request.build_opener(_PinnedHTTPSHandler(check_pin(pin)))
 
 
 class HttpTransport:
     """The hub's HTTP API through urllib, with a bearer token and resumable downloads.
 
-    ``tls_cert``: the hub's certificate (PEM) pinned at enrolment; the hub URL must then be https://
-    and only that certificate is accepted. An https:// URL without it uses the system's CAs.
+    ``tls_sha256``: the pin of the hub's certificate from enrolment; the hub URL must then be https:// and
+    only that certificate is accepted. An https:// URL without a pin uses the system's CAs.
     """
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 30.0, retries: int = 5,
-                 tls_cert: str | None = None) -> None:
+                 tls_sha256: str | None = None) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise SyncError(f"hub URL must start with http:// or https://, got {base_url!r}")
-        if tls_cert and not base_url.startswith("https://"):
+        if tls_sha256 and not base_url.startswith("https://"):
             raise SyncError(f"a pinned hub certificate needs an https:// hub URL, got {base_url!r}")
-        self._ssl = pinned_context(tls_cert) if tls_cert else None
+        self._opener = pinned_opener(tls_sha256) if tls_sha256 else urllib.request.build_opener()
         self.base = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
@@ -108,7 +151,7 @@ class HttpTransport:
         req = urllib.request.Request(url, data=body, method=method,
                                      headers={"Authorization": f"Bearer {self.token}", **headers})
         try:
-            return urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl)
+            return self._opener.open(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:500]
             if exc.code == 401:
@@ -116,9 +159,10 @@ class HttpTransport:
             raise _HttpError(exc.code, detail, f"hub {method} {path}: HTTP {exc.code} {detail}") from None
         except (urllib.error.URLError, OSError, HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
-            if isinstance(reason, ssl.SSLCertVerificationError):
+            if isinstance(reason, (_PinMismatch, ssl.SSLCertVerificationError)):
+                why = reason.verify_message if isinstance(reason, ssl.SSLCertVerificationError) else reason
                 raise TLSError(f"hub {self.base}: its TLS certificate is not the one this device trusts "
-                               f"({reason.verify_message}); someone may be in the middle, or the hub's certificate "
+                               f"({why}); someone may be in the middle, or the hub's certificate "
                                f"was replaced (then enrol this device again)") from None
             if isinstance(reason, ssl.SSLError):
                 raise TLSError(f"hub {self.base}: TLS failed ({reason}); is the hub serving HTTPS?") from None

@@ -5,7 +5,8 @@ The QR payload is compact JSON::
     {"v": 1, "hub": "http://10.0.0.5:8765", "device": "tab-07", "site": "site_a",
      "token": "pl1.tab-07.<secret>", "keys": {"<key_id>": "<base64 public key>", ...}}
 
-plus ``"tls_cert": "<PEM>"`` when the hub serves HTTPS with its own certificate (:mod:`.tls`), and
+plus ``"tls_sha256": "<certificate sha256>"`` when the hub serves HTTPS with its own certificate
+(:mod:`.tls`), and
 ``"sync_window"`` when the hub set one.
 
 The token is shown once; the hub stores only its HMAC.

@@ -44,11 +44,12 @@ class HubProcess:
         self.port = port or free_port(host)
         self.tls = has_tls(self.hub_dir)  # the hub serves HTTPS when it has a certificate
         self.url = f"{'https' if self.tls else 'http'}://{host}:{self.port}"
-        self._ssl = None
+        self._opener = urllib.request.build_opener()
         if self.tls:
-            from ..transport import pinned_context
+            from ..transport import pinned_opener
+            from .tls import fingerprint
 
-            self._ssl = pinned_context(cert_pem(self.hub_dir))
+            self._opener = pinned_opener(fingerprint(cert_pem(self.hub_dir)))
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None  # a temp file, not a pipe: nobody drains a pipe while the server runs
@@ -69,7 +70,7 @@ class HubProcess:
             if self.proc.poll() is not None:
                 raise SyncError(f"hub server exited with code {self.proc.returncode}: {self._stderr_tail()}")
             try:
-                urllib.request.urlopen(self.url + "/openapi.json", timeout=1, context=self._ssl).read()
+                self._opener.open(self.url + "/openapi.json", timeout=1).read()
                 log.info("hub: serving %s on %s (pid %d)", self.hub_dir, self.url, self.proc.pid)
                 return self
             except (urllib.error.URLError, OSError):

@@ -4,9 +4,10 @@ Without it, device tokens and field photos cross the terminal Wi-Fi in clear tex
 bundles are signed either way, so TLS adds confidentiality and token protection, not integrity).
 ``partlens hub tls-init`` makes an EC P-256 key and a self-signed certificate (10 years; its subject
 alternative names are the hub's host names and IP addresses) in ``<hub>/tls/``. From then on
-``hub serve`` speaks HTTPS, and every enrolment payload carries the certificate: the tablet trusts
-THAT certificate only (no public CA, no "accept any certificate"), so a machine in the middle with
-another certificate gets a verification error, not the token. Renewing the certificate means
+``hub serve`` speaks HTTPS, and every enrolment payload carries the certificate's sha256: the tablet
+trusts THAT certificate only (no public CA, no "accept any certificate"; checked right after the TLS
+handshake, before the request is sent), so a machine in the middle with another certificate gets a
+verification error, not the token. The pin does not depend on the hub's address. Renewing the certificate means
 re-enrolling the tablets, hence the long validity.
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ def cert_pem(hub_root: str | os.PathLike[str]) -> str:
 
 
 def fingerprint(pem: str) -> str:
-    """sha256 of the certificate's DER bytes, hex (what an admin compares by eye)."""
+    """sha256 of the certificate's DER bytes, hex: the pin tablets get at enrolment."""
     return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
 
 
@@ -120,7 +121,7 @@ def enrolment_fields(hub_root: str | os.PathLike[str], url: str) -> dict[str, st
     """What an enrolment payload carries about TLS for devices reaching the hub at ``url``.
 
     A hub with a certificate serves HTTPS only: the URL must be https:// and the payload pins the
-    certificate (``tls_cert``). An https:// URL to a hub without one (e.g. behind a reverse proxy with a
+    certificate by its sha256 (``tls_sha256``: 64 characters, so the QR code stays small). An https:// URL to a hub without one (e.g. behind a reverse proxy with a
     certificate from a CA the tablets trust) pins nothing: the tablet uses its system's CAs.
     """
     scheme = urlsplit(url).scheme
@@ -128,7 +129,7 @@ def enrolment_fields(hub_root: str | os.PathLike[str], url: str) -> dict[str, st
         if scheme != "https":
             raise UsageError(f"the hub serves HTTPS (it has a TLS certificate); give devices an https:// URL, "
                              f"not {url!r}")
-        return {"tls_cert": cert_pem(hub_root)}
+        return {"tls_sha256": fingerprint(cert_pem(hub_root))}
     if scheme == "https":
         log.info("hub URL %s is https but the hub has no certificate of its own: devices will trust their "
                  "system's CAs (a reverse proxy); `partlens hub tls-init` makes one to pin", url)

@@ -65,8 +65,10 @@ def test_device_syncs_over_https_with_the_pinned_certificate(tls_world):
 
     world, server = tls_world
     c, payload, d = _enrol(world, server, "tls-a")
-    assert payload["tls_cert"].startswith("-----BEGIN CERTIFICATE-----")
-    assert json.loads((d / "device.json").read_text())["tls_cert"] == payload["tls_cert"]
+    from sync.hub.tls import cert_pem, fingerprint
+
+    assert payload["tls_sha256"] == fingerprint(cert_pem(world.hub.root)) and len(payload["tls_sha256"]) == 64
+    assert json.loads((d / "device.json").read_text())["tls_sha256"] == payload["tls_sha256"]
     r = c.sync()
     assert r.package.startswith("snapshot-") and r.bundle_installed == world.hub.bundle_id
     ob = Outbox(d / "outbox.db")
@@ -88,7 +90,7 @@ def test_another_certificate_is_refused_before_the_token_is_sent(tls_world, tmp_
     c, payload, d = _enrol(world, server, "tls-b")
     other = init_tls(tmp_path / "mitm", ["127.0.0.1"])  # what a machine in the middle would present
     dev = json.loads((d / "device.json").read_text())
-    dev["tls_cert"] = open(other["cert"]).read()
+    dev["tls_sha256"] = other["sha256"]
     (d / "device.json").write_text(json.dumps(dev))
     with pytest.raises(TLSError, match="not the one this device trusts"):
         SyncClient(d, smoke_test=lambda b: None).sync()
@@ -96,7 +98,7 @@ def test_another_certificate_is_refused_before_the_token_is_sent(tls_world, tmp_
     with pytest.raises(SyncError):
         HttpTransport(server.url.replace("https://", "http://"), payload["token"], retries=0).whoami()
     with pytest.raises(SyncError, match="https"):
-        HttpTransport(server.url.replace("https://", "http://"), payload["token"], tls_cert=payload["tls_cert"])
+        HttpTransport(server.url.replace("https://", "http://"), payload["token"], tls_sha256=payload["tls_sha256"])
     # without the pinned cert, the system CAs do not know the hub: refused as well
     with pytest.raises(TLSError):
         HttpTransport(server.url, payload["token"]).whoami()
@@ -114,7 +116,52 @@ def test_enrolment_refuses_a_plain_url_and_a_broken_certificate(tls_world):
         add_device(world.hub, "tls-plain", "site_a", server.url.replace("https://", "http://"))
     assert len(world.hub.store.list_devices()) == n  # refused before the device was stored
     payload = add_device(world.hub, "tls-c", "site_a", server.url)
-    payload["tls_cert"] = "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"
-    with pytest.raises(UsageError, match="certificate"):
+    payload["tls_sha256"] = "not a sha256"
+    with pytest.raises(UsageError, match="pin"):
         enrol(world.root / "tls-c", payload)
     assert not (world.root / "tls-c" / "device.json").exists()
+
+
+def test_a_machine_in_the_middle_never_receives_the_token(tls_world, tmp_path):
+    """A TLS server with another certificate on the hub's address: the tablet completes the handshake, sees
+    the wrong certificate and closes the connection without sending a byte of the request."""
+    import socket
+    import ssl
+    import threading
+
+    from sync.hub.tls import init_tls
+    from sync.transport import HttpTransport, TLSError
+
+    world, server = tls_world
+    _, payload, _ = _enrol(world, server, "tls-mitm")
+    mitm = init_tls(tmp_path / "mitm", ["127.0.0.1"])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(mitm["cert"], mitm["key"])
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    received: list[bytes] = []
+    handshake_done = threading.Event()
+
+    def run() -> None:
+        conn, _ = srv.accept()
+        try:
+            with ctx.wrap_socket(conn, server_side=True) as tls:
+                handshake_done.set()
+                tls.settimeout(5)
+                while chunk := tls.recv(65536):
+                    received.append(chunk)
+        except (ssl.SSLError, OSError):
+            pass
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        transport = HttpTransport(f"https://127.0.0.1:{srv.getsockname()[1]}", payload["token"],
+                                  tls_sha256=payload["tls_sha256"], retries=0)
+        with pytest.raises(TLSError, match="not the one this device trusts"):
+            transport.whoami()
+        t.join(10)
+    finally:
+        srv.close()
+    assert handshake_done.is_set() and b"".join(received) == b""  # no request, no token
