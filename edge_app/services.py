@@ -316,6 +316,8 @@ class SyncStatus:
     last_error: str | None = None
     #: uploads the hub refused for good (kept on the tablet; the sync log has the reasons)
     refused_uploads: int = 0
+    #: how the tablet talks to the hub: encrypted with the hub's certificate pinned, or not encrypted
+    connection: str | None = None
     #: the last nightly background attempt, one line (``sync/background.py``), or None if none ran yet
     nightly: str | None = None
 
@@ -624,10 +626,14 @@ class DeviceServices:
 
     def sync_status(self) -> SyncStatus:
         device_file = self.data_dir / "device.json"
-        hub = None
+        hub = connection = None
         if device_file.is_file():
             try:
-                hub = json.loads(device_file.read_text()).get("hub")
+                enrolment = json.loads(device_file.read_text())
+                hub = enrolment.get("hub")
+                connection = ("encrypted, hub certificate pinned" if enrolment.get("tls_sha256")
+                              else "encrypted" if str(hub).startswith("https://")
+                              else "NOT encrypted: ask the hub admin for `partlens hub tls-init`, then enrol again")
             except ValueError as exc:
                 raise InputError(f"{device_file}: unreadable enrolment ({exc})") from None
         active = self._active() or {}
@@ -650,7 +656,7 @@ class DeviceServices:
                           bundle_version=active.get("version"), catalogue_version=version or None,
                           last_sync=last_sync, pending_uploads=self.pending_uploads(),
                           refused_uploads=self.refused_uploads(), enrolled=hub is not None,
-                          hub=hub, last_error=self._last_error, nightly=nightly)
+                          hub=hub, last_error=self._last_error, nightly=nightly, connection=connection)
 
     def sync_now(self) -> str:
         """One full sync (bundle, catalogue package, uploads); returns a one-line summary."""

@@ -253,7 +253,8 @@ class SyncClient:
                     continue
                 atomic_write_bytes(missing[image_id], data, durable=False)
                 counts["fetched"] += 1
-            os.sync()  # the batch on disk in one call, not two fsyncs per thumbnail
+            if hasattr(os, "sync"):  # POSIX (Android, Linux); the batch on disk in one call, not 2 fsyncs each
+                os.sync()
         if bad:
             log.warning("%d thumbnails not fetched, e.g. %s; they will be fetched at the next sync", len(bad),
                         "; ".join(bad[:3]))

@@ -302,3 +302,15 @@ def test_each_identification_queues_a_usage_event_for_the_hub(device, tmp_path, 
     monkeypatch.setattr(device.outbox, "add", full_disk)
     assert device.identify(caps).best.part_number == "BRG-1"  # the answer still reaches the screen
     assert "No space left on device" in caplog.text
+
+
+def test_sync_status_says_whether_the_hub_connection_is_encrypted(device) -> None:
+    assert device.sync_status().connection is None  # not enrolled
+    cases = [({"hub": "http://10.0.0.5:8765"}, "NOT encrypted"),
+             ({"hub": "https://hub.example"}, "encrypted"),
+             ({"hub": "https://10.0.0.5:8765", "tls_sha256": "ab" * 32}, "encrypted, hub certificate pinned")]
+    for enrolment, words in cases:
+        (device.data_dir / "device.json").write_text(json.dumps({**enrolment, "device": "t", "site": "s",
+                                                                 "token": "x"}))
+        st = device.sync_status()
+        assert st.enrolled and st.connection.startswith(words) and (words != "encrypted" or "NOT" not in st.connection)

@@ -24,7 +24,7 @@ class SyncStatusScreen(Screen):
             self.ids.status.text = f"Status unavailable: {exc}"
             return
         lines = [
-            f"Hub: {st.hub or 'not enrolled'}",
+            f"Hub: {st.hub or 'not enrolled'}" + (f" ({st.connection})" if st.connection else ""),
             f"Model bundle: {st.bundle_id or 'none'}" + (f" (version {st.bundle_version})" if st.bundle_version else ""),
             f"Catalogue version: {st.catalogue_version if st.catalogue_version is not None else 'none'}",
             f"Last sync: {short_time(st.last_sync) if st.last_sync else 'never'}",
