@@ -336,8 +336,11 @@ class Hub:
         return [dict(la.to_dict(), message=la.message()) for la in found]
 
     def status(self) -> dict[str, Any]:
-        return {"root": str(self.root), "catalogue_version": self.store.version(), "bundle_id": self.bundle_id,
-                "key_id": self.config.get("key_id"), "trusted_keys": self.keyring.key_ids, **self.store.counts()}
+        from .tls import tls_status
+
+        return {"root": str(self.root), "url": self.config.get("url"), "catalogue_version": self.store.version(),
+                "bundle_id": self.bundle_id, "key_id": self.config.get("key_id"), "trusted_keys": self.keyring.key_ids,
+                "tls": tls_status(self.root), **self.store.counts()}
 
 
 #: ``import`` logs this many unexpected look-alike pairs one by one, then one summary line.

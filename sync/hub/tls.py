@@ -55,6 +55,21 @@ def fingerprint(pem: str) -> str:
     return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
 
 
+def tls_status(hub_root: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The hub certificate's pin, names and expiry (what ``hub status`` shows), or None without one."""
+    if not has_tls(hub_root):
+        return None
+    from cryptography import x509
+
+    pem = cert_pem(hub_root)
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    # tablets check the pin, not the dates: expiry only matters to browsers and curl
+    days_left = (cert.not_valid_after_utc - _dt.datetime.now(_dt.timezone.utc)).days
+    return {"sha256": fingerprint(pem), "hosts": [str(v.value) for v in san],
+            "not_after": cert.not_valid_after_utc.isoformat(), "days_left": days_left}
+
+
 def _names(hosts: Iterable[str]) -> list[Any]:
     from cryptography import x509
 
