@@ -118,6 +118,8 @@ class SyncResult:
     uploaded: int = 0
     #: outbox records the hub refused for good (or whose photo was gone): kept on the device, marked refused
     upload_refused: int = 0
+    #: after a sync that changed something, the hub was told what the device now holds (``hub devices``)
+    checked_in: bool | None = None
     downloaded_bytes: int = 0
     seconds: float = 0.0
     #: wall seconds per phase: ``index_open``, ``fetch`` (plan, downloads, verification), ``apply``, ``index``,
@@ -198,10 +200,27 @@ class SyncClient:
                 t = time.perf_counter()
                 result.uploaded, result.upload_refused = self.upload_outbox(db.catalogue_version)
                 result.timings["uploads"] = time.perf_counter() - t
+            if result.to_version != result.from_version or result.bundle_after != result.bundle_before:
+                result.checked_in = self._check_in(db)
         finally:
             db.close()
         result.seconds = time.perf_counter() - t0
         return result
+
+    def _check_in(self, db: Any) -> bool:
+        """Tell the hub what this device holds now (a plan request with the new version and bundle), so
+        ``hub devices`` shows it current; if the hub moved on during the sync, the next sync fetches the rest.
+        A failure here does not undo the sync: it is logged and returned (``SyncResult.checked_in``)."""
+        active = read_active(self.paths)
+        try:
+            plan = self.transport.plan(db.catalogue_version, active["bundle_id"] if active else None)
+        except SyncError as exc:
+            log.warning("synced, but could not tell the hub so (%s); it will know at the next sync", exc)
+            return False
+        if plan.get("package") or plan.get("bundle"):
+            log.info("the hub moved on during this sync (now at version %s); the next sync fetches the rest",
+                     plan.get("hub_version"))
+        return True
 
     def fetch_thumbnails(self, db: Any) -> dict[str, int]:
         """Download missing catalogue thumbnails (the results grid shows them offline).

@@ -118,7 +118,14 @@ def _prune_packages(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
-    _out(_open_hub(args).store.list_devices())
+    from .hub.enrol import fleet
+
+    rows = fleet(_open_hub(args), stale_days=args.stale_days)
+    _out(rows)
+    stale = [r["name"] for r in rows if r["stale"]]
+    if stale:
+        print(f"{len(stale)} device(s) without a sync for more than {args.stale_days:g} days: {', '.join(stale)}",
+              file=sys.stderr)
     return 0
 
 
@@ -315,7 +322,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ascii", action="store_true", help="print the QR code in the terminal")
     p.add_argument("--sync-window", metavar="HH:MM-HH:MM", help="the device's nightly background-sync window, "
                    "local time, or 'always' (default on the device: 01:00-05:00)")
-    cmd("devices", _devices, "list enrolled devices (name, site, enrolled at, revoked)")
+    p = cmd("devices", _devices, "list enrolled devices: site, enrolled at, revoked, and from their last sync: when, "
+            "catalogue versions behind, active bundle or not, stale")
+    p.add_argument("--stale-days", type=float, default=2.0,
+                   help="a device whose last sync is older than this is listed as stale (default 2)")
     p = cmd("prune-packages", _prune_packages, "delete cached deltas/snapshots that end before the current "
             "catalogue version (devices are always sent packages up to the current one)")
     p.add_argument("--grace-hours", type=float, default=24.0,

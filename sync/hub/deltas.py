@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from edge_app.errors import InputError
 
@@ -69,6 +69,11 @@ class PackageService:
                     "sha256": sha256_file(tar), "url": f"/v1/bundles/{bundle_id}.tar"}
             self._bundle_info[bundle_id] = info
         return info
+
+    def plan_for_device(self, device: Mapping[str, Any], from_version: int, bundle_id: str | None) -> dict[str, Any]:
+        """:meth:`plan` for an authenticated device, recording what it holds (``hub devices`` shows it)."""
+        self.hub.store.device_seen(device["name"], from_version, bundle_id)
+        return self.plan(device["site"], from_version, bundle_id)
 
     def plan(self, site: str, from_version: int, bundle_id: str | None) -> dict[str, Any]:
         """What a device of ``site`` at (``from_version``, ``bundle_id``) must fetch."""

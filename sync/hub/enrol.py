@@ -13,6 +13,7 @@ The token is shown once; the hub stores only its HMAC.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import io
 import json
 import logging
@@ -59,6 +60,28 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None,
         payload["sync_window"] = sync_window
     payload.update(tls)
     return payload
+
+
+def fleet(hub: Hub, *, stale_days: float = 2.0, now: _dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Every enrolled device with what it last reported at a sync: when, how many catalogue versions behind
+    the hub it was then, whether it held the active bundle, and ``stale`` when its last sync is older than
+    ``stale_days`` (or it never synced): a tablet whose nightly sync stopped shows up here."""
+    if stale_days <= 0:
+        raise UsageError(f"--stale-days must be above 0, got {stale_days}")
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    version, bundle = hub.store.version(), hub.bundle_id
+    out = []
+    for d in hub.store.list_devices():
+        row = dict(d)
+        seen = d.get("last_sync_at")
+        age = (now - _dt.datetime.fromisoformat(seen)).total_seconds() / 86400 if seen else None
+        row["days_since_sync"] = None if age is None else round(age, 2)
+        row["versions_behind"] = None if d.get("last_catalogue_version") is None \
+            else max(0, version - int(d["last_catalogue_version"]))
+        row["had_active_bundle"] = None if seen is None else d.get("last_bundle_id") == bundle
+        row["stale"] = not d["revoked"] and (age is None or age > stale_days)
+        out.append(row)
+    return out
 
 
 def revoke_device(hub: Hub, name: str) -> bool:

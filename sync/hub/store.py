@@ -100,6 +100,7 @@ class HubStore(Protocol):
     def add_device(self, name: str, site: str, token_hash: str) -> None: ...
     def device(self, name: str) -> dict[str, Any] | None: ...
     def list_devices(self) -> list[dict[str, Any]]: ...
+    def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None) -> None: ...
     def revoke_device(self, name: str) -> bool: ...
     def add_upload(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
     def add_uploads(self, rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]: ...
@@ -177,6 +178,16 @@ class _SqliteChange:
         self.db.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
 
+#: Versioned schema changes after :data:`SCHEMA` (``meta.schema_version``), applied in order, once, in the
+#: store's first transaction; a hub folder made by an older version is brought up to date when opened.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    # 1: what each device last reported when it asked for a sync plan (fleet view in `hub devices`)
+    (1, ["ALTER TABLE devices ADD COLUMN last_sync_at TEXT",
+         "ALTER TABLE devices ADD COLUMN last_catalogue_version INTEGER",
+         "ALTER TABLE devices ADD COLUMN last_bundle_id TEXT"]),
+]
+
+
 class SqliteHubStore:
     """:class:`HubStore` on one SQLite file (WAL; one connection per thread)."""
 
@@ -191,6 +202,15 @@ class SqliteHubStore:
             for stmt in SCHEMA:
                 db.conn.execute(stmt)
             db.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('catalogue_version', '0')")
+            row = db.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            current = int(json.loads(row[0])) if row else 0
+            for version, stmts in MIGRATIONS:
+                if version > current:
+                    for stmt in stmts:
+                        db.conn.execute(stmt)
+                    db.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                                    (json.dumps(version),))
+                    log.info("hub database %s migrated to schema %d", self.path, version)
 
     # -- plumbing ---------------------------------------------------------------------------
     def _db(self) -> Any:
@@ -354,8 +374,16 @@ class SqliteHubStore:
         return rows[0] if rows else None
 
     def list_devices(self) -> list[dict[str, Any]]:
-        """Every enrolled device (never the token hash)."""
-        return self._rows("SELECT name, site, created_at, revoked FROM devices ORDER BY name")
+        """Every enrolled device (never the token hash), with what it last reported when it asked for a sync."""
+        return self._rows("SELECT name, site, created_at, revoked, last_sync_at, last_catalogue_version, "
+                          "last_bundle_id FROM devices ORDER BY name")
+
+    def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None) -> None:
+        """Record that ``name`` asked for a sync plan, holding this catalogue version and bundle."""
+        db = self._db()
+        with self._write_lock, self._tx(db):
+            db.conn.execute("UPDATE devices SET last_sync_at=?, last_catalogue_version=?, last_bundle_id=? "
+                            "WHERE name=?", (utcnow(), int(catalogue_version), bundle_id, name))
 
     def revoke_device(self, name: str) -> bool:
         """Refuse the device's token from now on (e.g. a lost tablet). False if it was already revoked."""

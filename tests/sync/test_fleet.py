@@ -1,0 +1,74 @@
+"""`hub devices`: what each tablet last reported at a sync, and which ones stopped syncing."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+
+import pytest
+
+from edge_app.errors import UsageError
+
+from .helpers import write_images
+from .test_inmemory import client
+
+
+def _row(rows, name):
+    return next(r for r in rows if r["name"] == name)
+
+
+def test_fleet_shows_each_devices_last_sync_and_the_stale_ones(world, capsys) -> None:
+    from edge_app.cli import main
+    from sync.hub.enrol import add_device, fleet
+
+    add_device(world.hub, "tab-quiet", "site_a")  # enrolled, never synced
+    rows = fleet(world.hub)
+    assert _row(rows, "tab1")["last_sync_at"] is None and _row(rows, "tab1")["stale"]
+    r = client(world).sync()
+    assert r.checked_in is True  # after applying, the tablet told the hub what it holds now
+    rows = fleet(world.hub)
+    tab = _row(rows, "tab1")
+    assert tab["last_catalogue_version"] == world.hub.store.version() == r.to_version
+    assert tab["versions_behind"] == 0 and tab["had_active_bundle"] is True and not tab["stale"]
+    assert tab["days_since_sync"] < 0.01 and "token_hash" not in tab
+    quiet = _row(rows, "tab-quiet")
+    assert quiet["stale"] and quiet["versions_behind"] is None and quiet["had_active_bundle"] is None
+
+    # the hub moves on: the tablet is behind until its next sync; three days later it is stale
+    img = write_images(world.root / "more", [7])[0]
+    world.hub.add_part({"part_number": "P7", "name": "part 7"}, images=[img])
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3)
+    tab = _row(fleet(world.hub, now=later), "tab1")
+    assert tab["versions_behind"] == 1 and tab["stale"] and tab["days_since_sync"] > 2.9
+    assert not _row(fleet(world.hub, stale_days=5, now=later), "tab1")["stale"]
+    with pytest.raises(UsageError):
+        fleet(world.hub, stale_days=0)
+    # a sync with nothing new changes nothing on the hub side but the time; no extra check-in
+    assert client(world).sync().checked_in is True and _row(fleet(world.hub), "tab1")["versions_behind"] == 0
+    assert client(world).sync().checked_in is None
+
+    assert main(["hub", "devices", "--hub", str(world.hub.root)]) == 0
+    out = capsys.readouterr()
+    assert {d["name"] for d in json.loads(out.out)} == {"tab1", "tab-quiet"}
+    assert "1 device(s) without a sync for more than 2 days: tab-quiet" in out.err
+
+
+def test_a_hub_database_from_before_the_fleet_columns_is_migrated(tmp_path) -> None:
+    from sync.hub.store import MIGRATIONS, SCHEMA, SqliteHubStore
+
+    path = tmp_path / "hub.db"
+    conn = sqlite3.connect(path)
+    for stmt in SCHEMA:  # what an older hub wrote: no schema_version, devices without the new columns
+        conn.execute(stmt)
+    conn.execute("INSERT INTO devices (name, site, token_hash, created_at) VALUES ('old-tab', 's', 'h', 't')")
+    conn.commit()
+    conn.close()
+    store = SqliteHubStore(path)
+    assert store.list_devices() == [{"name": "old-tab", "site": "s", "created_at": "t", "revoked": 0,
+                                     "last_sync_at": None, "last_catalogue_version": None, "last_bundle_id": None}]
+    assert store.get_meta("schema_version") == MIGRATIONS[-1][0]
+    store.device_seen("old-tab", 4, "b1")
+    store.close()
+    again = SqliteHubStore(path)  # opening again does not migrate twice
+    assert again.list_devices()[0]["last_catalogue_version"] == 4
+    again.close()
