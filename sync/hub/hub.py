@@ -336,11 +336,16 @@ class Hub:
         return [dict(la.to_dict(), message=la.message()) for la in found]
 
     def status(self) -> dict[str, Any]:
+        from .enrol import fleet
         from .tls import tls_status
 
+        devices = fleet(self)
         return {"root": str(self.root), "url": self.config.get("url"), "catalogue_version": self.store.version(),
                 "bundle_id": self.bundle_id, "key_id": self.config.get("key_id"), "trusted_keys": self.keyring.key_ids,
-                "tls": tls_status(self.root), **self.store.counts()}
+                "tls": tls_status(self.root), **self.store.counts(),
+                "devices": {"enrolled": sum(not d["revoked"] for d in devices),
+                            "stale": sorted(d["name"] for d in devices if d["stale"]),
+                            "on_active_bundle": sum(bool(d["had_active_bundle"]) for d in devices if not d["revoked"])}}
 
 
 #: ``import`` logs this many unexpected look-alike pairs one by one, then one summary line.

@@ -47,6 +47,7 @@ def test_fleet_shows_each_devices_last_sync_and_the_stale_ones(world, capsys) ->
     assert client(world).sync().checked_in is True and _row(fleet(world.hub), "tab1")["versions_behind"] == 0
     assert client(world).sync().checked_in is None
 
+    assert world.hub.status()["devices"] == {"enrolled": 2, "stale": ["tab-quiet"], "on_active_bundle": 1}
     assert main(["hub", "devices", "--hub", str(world.hub.root)]) == 0
     out = capsys.readouterr()
     assert {d["name"] for d in json.loads(out.out)} == {"tab1", "tab-quiet"}

@@ -167,3 +167,18 @@ def test_a_machine_in_the_middle_never_receives_the_token(tls_world, tmp_path):
     finally:
         srv.close()
     assert handshake_done.is_set() and b"".join(received) == b""  # no request, no token
+
+
+def test_tls_init_refuses_bad_hosts_and_validity(tmp_path):
+    from edge_app.cli import main
+    from sync.hub.tls import has_tls, init_tls
+
+    with pytest.raises(UsageError, match="not a host name"):
+        init_tls(tmp_path / "h", ["hub/terminal"])
+    with pytest.raises(UsageError, match="at least 1 day"):
+        init_tls(tmp_path / "h", ["hub"], days=0)
+    assert not has_tls(tmp_path / "h")  # nothing half-made
+    world = build_world(tmp_path / "w")  # hub URL http://127.0.0.1:9
+    assert main(["hub", "tls-init", "--hub", str(world.hub.root), "--host", "bad host"]) != 0
+    assert not has_tls(world.hub.root)
+    assert json.loads((world.hub.root / "hub.json").read_text())["url"].startswith("http://")
