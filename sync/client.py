@@ -35,7 +35,7 @@ from .apply import (DevicePaths, apply_package, index_params, kill_point, prune_
                     update_index, write_active)
 from .package import read_package, sha256_file
 from .schedule import SyncWindow
-from .transport import MAX_RECORD_PAYLOAD_BYTES, HttpTransport, Transport
+from .transport import MAX_RECORD_PAYLOAD_BYTES, HttpTransport, Transport, check_pins
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
         if payload.get("sync_window"):  # the nightly background-sync window the hub set for this device
             device["sync_window"] = str(SyncWindow.parse(str(payload["sync_window"])))
         if payload.get("tls_sha256"):  # the hub's own certificate: the only one this device will trust
-            device["tls_sha256"] = str(payload["tls_sha256"])
+            device["tls_sha256"] = payload["tls_sha256"]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"enrolment payload is incomplete ({exc})") from None
     if not len(keyring):
@@ -207,6 +207,28 @@ class SyncClient:
         result.seconds = time.perf_counter() - t0
         return result
 
+    def _follow_pins(self, hub_pins: Any) -> None:
+        """Adopt the hub's certificate pins from a plan (its current certificate, plus the next one while it
+        rotates). The plan came over a connection to a certificate this device already trusts, so the list is
+        the hub's; it is adopted only if it keeps a pin this device has (never a jump to strangers)."""
+        mine = self.device.get("tls_sha256")
+        if not mine or not hub_pins:
+            return
+        try:
+            new, old = list(check_pins(hub_pins)), list(check_pins(mine))
+        except SyncError as exc:
+            log.warning("hub sent unusable certificate pins (%s); keeping this device's", exc)
+            return
+        if set(new) == set(old):
+            return
+        if not set(new) & set(old):
+            log.warning("hub lists certificate pins that share none with this device's; keeping this device's")
+            return
+        self.device["tls_sha256"] = new if len(new) > 1 else new[0]
+        atomic_write_json(self.paths.device, self.device)
+        os.chmod(self.paths.device, 0o600)
+        log.info("hub certificate pins now %s (a certificate rotation)", [p[:16] for p in new])
+
     def _check_in(self, db: Any) -> bool:
         """Tell the hub what this device holds now (a plan request with the new version and bundle), so
         ``hub devices`` shows it current; if the hub moved on during the sync, the next sync fetches the rest.
@@ -290,6 +312,7 @@ class SyncClient:
         result.timings["index_open"] = time.perf_counter() - t
         t = time.perf_counter()
         plan = self.transport.plan(version, active_id)
+        self._follow_pins(plan.get("tls_pins"))
         if plan["hub_version"] < version:
             raise SyncError(f"the hub is at catalogue version {plan['hub_version']}, this device at {version}; "
                             "refusing to go back (was the hub restored from a backup? re-enrol the device)")

@@ -158,6 +158,14 @@ def _tls_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tls_rotate(args: argparse.Namespace) -> int:
+    from .hub.tls import activate_next, rotate_tls
+
+    hub = _open_hub(args)
+    _out(activate_next(hub, force=args.force) if args.activate else rotate_tls(hub, args.host, days=args.days))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .hub.server import serve
 
@@ -342,6 +350,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "localhost and 127.0.0.1 are always included)")
     p.add_argument("--days", type=int, default=3650, help="validity in days (renewing means re-enrolling tablets)")
     p.add_argument("--force", action="store_true", help="replace an existing certificate (re-enrol every tablet)")
+    p = cmd("tls-rotate", _tls_rotate, "replace the hub certificate without re-enrolling tablets: first make the "
+            "next one (tablets learn its pin at their next sync), then --activate it and restart `hub serve`")
+    p.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP",
+                   help="another host name or IP address for the next certificate (the current ones are kept)")
+    p.add_argument("--days", type=int, default=3650, help="validity of the next certificate in days")
+    p.add_argument("--activate", action="store_true",
+                   help="make the waiting next certificate the hub's (refused while a tablet has not synced since "
+                        "the rotation began)")
+    p.add_argument("--force", action="store_true",
+                   help="with --activate: even so (those tablets must then be enrolled again)")
     p = cmd("serve", _serve, "run the HTTP API, HTTPS once the hub has a certificate (OpenAPI at /openapi.json)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)

@@ -79,58 +79,62 @@ class _PinMismatch(ssl.SSLError):
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
-def check_pin(pin: str) -> str:
-    """A certificate pin: the sha256 of the hub certificate's DER bytes, 64 lower-case hex digits."""
-    if not isinstance(pin, str) or not _SHA256_HEX.match(pin):
-        raise SyncError(f"a hub certificate pin is 64 hex digits (sha256), got {pin!r}")
-    return pin
+def check_pins(pins: str | Sequence[str]) -> tuple[str, ...]:
+    """Certificate pins: sha256 of the hub certificate's DER bytes, 64 lower-case hex digits each (one, or
+    two while the hub rotates its certificate)."""
+    items = (pins,) if isinstance(pins, str) else tuple(pins) if isinstance(pins, (list, tuple)) else (pins,)
+    if not items or not all(isinstance(p, str) and _SHA256_HEX.match(p) for p in items):
+        raise SyncError(f"a hub certificate pin is 64 hex digits (sha256), got {pins!r}")
+    return items
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS whose server certificate must have the pinned sha256; checked right after the handshake, before
-    a byte of the request (token included) is sent. The handshake proves the server holds that certificate's
-    key, so no CA and no host-name check are needed: the hub's address may change, its certificate may not."""
+    """HTTPS whose server certificate must have one of the pinned sha256s; checked right after the handshake,
+    before a byte of the request (token included) is sent. The handshake proves the server holds that
+    certificate's key, so no CA and no host-name check are needed: the hub's address may change, its
+    certificate only through a rotation the tablet followed."""
 
-    def __init__(self, *args: Any, pin: str, **kw: Any) -> None:
+    def __init__(self, *args: Any, pins: tuple[str, ...], **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self._pin = pin
+        self._pins = pins
 
     def connect(self) -> None:
         super().connect()
         der = self.sock.getpeercert(binary_form=True)
         got = hashlib.sha256(der).hexdigest() if der else "none"
-        if got != self._pin:
+        if got not in self._pins:
             self.sock.close()
-            raise _PinMismatch(f"certificate sha256 {got[:16]}..., pinned {self._pin[:16]}...")
+            raise _PinMismatch(f"certificate sha256 {got[:16]}..., pinned {', '.join(p[:16] + '...' for p in self._pins)}")
 
 
 class _PinnedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, pin: str) -> None:
+    def __init__(self, pins: tuple[str, ...]) -> None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # the pin below is the check
         super().__init__(context=ctx)
-        self._pin = pin
+        self._pins = pins
 
     def https_open(self, req: urllib.request.Request) -> Any:
-        return self.do_open(functools.partial(_PinnedHTTPSConnection, pin=self._pin), req, context=self._context)
+        return self.do_open(functools.partial(_PinnedHTTPSConnection, pins=self._pins), req, context=self._context)
 
 
-def pinned_opener(pin: str) -> urllib.request.OpenerDirector:
-    """A urllib opener whose HTTPS connections accept only the certificate with sha256 ``pin``."""
-    return urllib.request.build_opener(_PinnedHTTPSHandler(check_pin(pin)))
+def pinned_opener(pins: str | Sequence[str]) -> urllib.request.OpenerDirector:
+    """A urllib opener whose HTTPS connections accept only certificates with these sha256 pins."""
+    return urllib.request.build_opener(_PinnedHTTPSHandler(check_pins(pins)))
 
 
 class HttpTransport:
     """The hub's HTTP API through urllib, with a bearer token and resumable downloads.
 
-    ``tls_sha256``: the pin of the hub's certificate from enrolment; the hub URL must then be https:// and
-    only that certificate is accepted. An https:// URL without a pin uses the system's CAs.
+    ``tls_sha256``: the pin(s) of the hub's certificate from enrolment (two during a rotation); the hub URL
+    must then be https:// and only those certificates are accepted. An https:// URL without a pin uses the
+    system's CAs.
     """
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 30.0, retries: int = 5,
-                 tls_sha256: str | None = None) -> None:
+                 tls_sha256: str | Sequence[str] | None = None) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise SyncError(f"hub URL must start with http:// or https://, got {base_url!r}")
         if tls_sha256 and not base_url.startswith("https://"):

@@ -26,6 +26,7 @@ from edge_app.errors import InputError
 
 from ..package import package_name, sha256_file, write_package
 from .hub import Hub
+from .tls import pins
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,9 @@ class PackageService:
         hub_bundle = self.hub.bundle_id
         plan: dict[str, Any] = {"hub_version": hub_version, "site": site, "bundle_id": hub_bundle,
                                 "bundle": None, "package": None}
+        tls_pins = pins(self.hub.root)
+        if tls_pins:  # the current certificate, and the next during a rotation: tablets follow this list
+            plan["tls_pins"] = tls_pins
         if hub_bundle is not None and hub_bundle != bundle_id:
             plan["bundle"] = self.bundle_info(hub_bundle)
         full = from_version <= 0 or (hub_bundle is not None and hub_bundle != bundle_id)

@@ -383,7 +383,8 @@ class SqliteHubStore:
         db = self._db()
         with self._write_lock, self._tx(db):
             db.conn.execute("UPDATE devices SET last_sync_at=?, last_catalogue_version=?, last_bundle_id=? "
-                            "WHERE name=?", (utcnow(), int(catalogue_version), bundle_id, name))
+                            "WHERE name=?", (_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
+                                             int(catalogue_version), bundle_id, name))
 
     def revoke_device(self, name: str) -> bool:
         """Refuse the device's token from now on (e.g. a lost tablet). False if it was already revoked."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import ipaddress
+import json
 import logging
 import os
 import ssl
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from edge_app.atomic import atomic_write_bytes
+from edge_app.atomic import atomic_write_bytes, atomic_write_json
 from edge_app.errors import InputError, UsageError
 
 log = logging.getLogger(__name__)
@@ -85,19 +86,20 @@ def _names(hosts: Iterable[str]) -> list[Any]:
 
 
 def init_tls(hub_root: str | os.PathLike[str], hosts: Iterable[str], *, days: int = VALID_DAYS,
-             force: bool = False) -> dict[str, Any]:
+             force: bool = False, _into: Path | None = None) -> dict[str, Any]:
     """Create the hub's key and self-signed certificate for ``hosts`` (names and IPs devices use).
 
     Refuses to replace an existing certificate unless ``force`` (every enrolled tablet pins the old
-    one and must then be re-enrolled). The key file is mode 0600.
+    one and must then be re-enrolled; :func:`rotate_tls` replaces it without that). The key file is
+    mode 0600.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    d = tls_dir(hub_root)
-    if has_tls(hub_root) and not force:
+    d = _into or tls_dir(hub_root)
+    if _into is None and has_tls(hub_root) and not force:
         raise UsageError(f"{d} already holds a certificate; enrolled tablets pin it. Pass --force to replace it "
                          "(then re-enrol every tablet)")
     if days < 1:
@@ -132,6 +134,71 @@ def init_tls(hub_root: str | os.PathLike[str], hosts: Iterable[str], *, days: in
     return info
 
 
+def next_dir(hub_root: str | os.PathLike[str]) -> Path:
+    return tls_dir(hub_root) / "next"
+
+
+def pins(hub_root: str | os.PathLike[str]) -> list[str]:
+    """The certificate pins devices should accept: the current one, and the next one while a rotation runs."""
+    out = [fingerprint(cert_pem(hub_root))] if has_tls(hub_root) else []
+    nxt = next_dir(hub_root) / CERT
+    if out and nxt.is_file() and (next_dir(hub_root) / KEY).is_file():
+        out.append(fingerprint(nxt.read_text()))
+    return out
+
+
+def rotate_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS) -> dict[str, Any]:
+    """Step 1 of replacing the hub certificate without re-enrolling tablets: make the NEXT key and certificate
+    (``tls/next/``; same host names plus ``hosts``). Every sync plan lists both pins from now on (over the
+    TLS connection the tablet already trusts), so tablets learn the next pin at their next sync. Step 2 is
+    :func:`activate_next`."""
+    from cryptography import x509
+
+    if not has_tls(hub.root):
+        raise UsageError("the hub has no certificate to rotate: run `partlens hub tls-init` first")
+    if (next_dir(hub.root) / CERT).is_file():
+        raise UsageError(f"a next certificate is already waiting in {next_dir(hub.root)}: "
+                         "`partlens hub tls-rotate --activate` it first")
+    cert = x509.load_pem_x509_certificate(cert_pem(hub.root).encode())
+    old = [str(v.value) for v in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value]
+    info = init_tls(hub.root, [*old, *hosts], days=days, _into=next_dir(hub.root))
+    # microseconds: a tablet that synced a moment before must not count as having seen the next pin
+    info["started_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+    atomic_write_json(next_dir(hub.root) / "rotation.json", {"started_at": info["started_at"]})
+    log.warning("next hub certificate %s made; tablets learn it at their next sync, then run "
+                "`partlens hub tls-rotate --activate` and restart `hub serve`", info["sha256"])
+    return info
+
+
+def activate_next(hub: Any, *, force: bool = False) -> dict[str, Any]:
+    """Step 2: the next certificate becomes the hub's (restart ``hub serve`` to use it). Refused while an
+    enrolled, not revoked tablet has not synced since the rotation began (it does not know the new pin and
+    would have to be enrolled again), unless ``force``. Re-runnable after a crash half-way."""
+    from .enrol import fleet
+
+    nd = next_dir(hub.root)
+    if not ((nd / CERT).is_file() and (nd / KEY).is_file()):
+        raise UsageError("no next certificate waiting: run `partlens hub tls-rotate` first")
+    started = _dt.datetime.fromisoformat(json.loads((nd / "rotation.json").read_text())["started_at"])
+    behind = sorted(d["name"] for d in fleet(hub) if not d["revoked"] and (
+        d["last_sync_at"] is None or _dt.datetime.fromisoformat(d["last_sync_at"]) < started))
+    if behind and not force:
+        raise UsageError(f"{len(behind)} tablet(s) have not synced since the rotation began and do not know the new "
+                         f"certificate: {', '.join(behind)}. Let them sync, or pass --force (they must then be "
+                         "enrolled again)")
+    d = tls_dir(hub.root)
+    old = fingerprint(cert_pem(hub.root))
+    atomic_write_bytes(d / KEY, (nd / KEY).read_bytes())  # key first: a crash here is repaired by re-running
+    os.chmod(d / KEY, 0o600)
+    atomic_write_bytes(d / CERT, (nd / CERT).read_bytes())
+    for f in (CERT, KEY, "rotation.json"):
+        (nd / f).unlink(missing_ok=True)
+    nd.rmdir()
+    new = fingerprint(cert_pem(hub.root))
+    log.warning("hub certificate is now %s (was %s): restart `hub serve`", new, old)
+    return {"sha256": new, "previous_sha256": old, "not_synced_since_rotation": behind}
+
+
 def enrolment_fields(hub_root: str | os.PathLike[str], url: str) -> dict[str, str]:
     """What an enrolment payload carries about TLS for devices reaching the hub at ``url``.
 
@@ -154,8 +221,6 @@ def enrolment_fields(hub_root: str | os.PathLike[str], url: str) -> dict[str, st
 def enable_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, force: bool = False) -> dict[str, Any]:
     """``partlens hub tls-init``: the certificate for the hub's host (from its URL) and ``hosts``; the hub's
     stored URL becomes https:// (same host and port), so new enrolments pin the certificate."""
-    from edge_app.atomic import atomic_write_json
-
     url = hub.config.get("url")
     parts = urlsplit(url) if url else None
     names = [*hosts, *([parts.hostname] if parts and parts.hostname else [])]

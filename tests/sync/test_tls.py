@@ -182,3 +182,53 @@ def test_tls_init_refuses_bad_hosts_and_validity(tmp_path):
     assert main(["hub", "tls-init", "--hub", str(world.hub.root), "--host", "bad host"]) != 0
     assert not has_tls(world.hub.root)
     assert json.loads((world.hub.root / "hub.json").read_text())["url"].startswith("http://")
+
+
+def test_certificate_rotation_without_re_enrolling(tmp_path):
+    """tls-rotate: the next pin reaches tablets through their sync; --activate is refused while a tablet has
+    not synced since; after it (and a restart) the tablets that followed keep syncing, the other cannot."""
+    from edge_app.cli import main
+    from sync.hub.enrol import add_device
+    from sync.hub.tls import cert_pem, fingerprint, pins
+    from sync.transport import TLSError
+
+    world = build_world(tmp_path, url="http://127.0.0.1:8765")
+    hub = world.hub
+    assert main(["hub", "tls-init", "--hub", str(hub.root)]) == 0
+    hub.config.update(json.loads((hub.root / "hub.json").read_text()))
+    old_pin = fingerprint(cert_pem(hub.root))
+    server = HubServer(hub.root)
+    try:
+        follower, _, fdir = _enrol(world, server, "tls-follower")
+        sleeper, _, sdir = _enrol(world, server, "tls-sleeper")
+        follower.sync()
+        sleeper.sync()
+        assert main(["hub", "tls-rotate", "--hub", str(hub.root)]) == 0
+        old, new = pins(hub.root)
+        assert old == old_pin and new != old_pin
+        from sync.hub.tls import rotate_tls
+
+        with pytest.raises(UsageError, match="already waiting"):
+            rotate_tls(hub)
+        follower.sync()  # learns the next pin over the connection it already trusts
+        assert json.loads((fdir / "device.json").read_text())["tls_sha256"] == [old, new]
+        assert json.loads((sdir / "device.json").read_text())["tls_sha256"] == old
+        # the sleeper has not synced since the rotation began: activation refused, nothing changed
+        assert main(["hub", "tls-rotate", "--activate", "--hub", str(hub.root)]) != 0
+        assert pins(hub.root) == [old, new]
+        assert main(["hub", "tls-rotate", "--activate", "--force", "--hub", str(hub.root)]) == 0
+        assert pins(hub.root) == [new] and not (hub.root / "tls" / "next").exists()
+    finally:
+        server.stop()
+    server = HubServer(hub.root, port=server.port)  # `hub serve` restarted with the new certificate
+    try:
+        from sync.client import SyncClient
+
+        r = SyncClient(fdir, smoke_test=lambda b: None).sync()
+        assert r.to_version == hub.store.version()
+        assert json.loads((fdir / "device.json").read_text())["tls_sha256"] == new  # the old pin dropped
+        with pytest.raises(TLSError):
+            SyncClient(sdir, smoke_test=lambda b: None).sync()
+        assert add_device(hub, "tls-later", "site_a", server.url)["tls_sha256"] == new
+    finally:
+        server.stop()
