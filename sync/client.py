@@ -156,7 +156,10 @@ class SyncClient:
                     "catalogue_version": db.catalogue_version, "bundle_id": db.get_meta("bundle_id"),
                     "index_stamp": db.get_meta("index_stamp"), "active": read_active(self.paths),
                     "parts": db.count("parts"), "images": db.count("images"),
-                    "embeddings": db.count("embeddings"), **self._outbox_counts()}
+                    "embeddings": db.count("embeddings"), **self._outbox_counts(),
+                    "tls": ("pinned " + ", ".join(p[:16] + "..." for p in check_pins(self.device["tls_sha256"]))
+                            if self.device.get("tls_sha256") else "system CAs"
+                            if str(self.device["hub"]).startswith("https://") else "none (plain HTTP)")}
         finally:
             db.close()
 

@@ -69,6 +69,7 @@ def test_device_syncs_over_https_with_the_pinned_certificate(tls_world):
 
     assert payload["tls_sha256"] == fingerprint(cert_pem(world.hub.root)) and len(payload["tls_sha256"]) == 64
     assert json.loads((d / "device.json").read_text())["tls_sha256"] == payload["tls_sha256"]
+    assert c.status()["tls"] == f"pinned {payload['tls_sha256'][:16]}..."  # `sync status` on the tablet
     st = world.hub.status()["tls"]  # what `hub status` shows the admin
     assert st["sha256"] == payload["tls_sha256"] and "127.0.0.1" in st["hosts"] and st["days_left"] > 3600
     r = c.sync()
