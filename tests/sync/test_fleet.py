@@ -24,6 +24,7 @@ def test_fleet_shows_each_devices_last_sync_and_the_stale_ones(world, capsys) ->
     add_device(world.hub, "tab-quiet", "site_a")  # enrolled, never synced
     rows = fleet(world.hub)
     assert _row(rows, "tab1")["last_sync_at"] is None and _row(rows, "tab1")["stale"]
+    assert client(world).status()["tls"] == "none (plain HTTP)"
     r = client(world).sync()
     assert r.checked_in is True  # after applying, the tablet told the hub what it holds now
     rows = fleet(world.hub)
