@@ -330,8 +330,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ascii", action="store_true", help="print the QR code in the terminal")
     p.add_argument("--sync-window", metavar="HH:MM-HH:MM", help="the device's nightly background-sync window, "
                    "local time, or 'always' (default on the device: 01:00-05:00)")
-    p = cmd("devices", _devices, "list enrolled devices: site, enrolled at, revoked, and from their last sync: when, "
-            "catalogue versions behind, active bundle or not, stale")
+    p = cmd("devices", _devices, "list enrolled devices: site, enrolled at, revoked, and from their last contact "
+            "(a sync): when, catalogue versions behind, active bundle or not, stale")
     p.add_argument("--stale-days", type=float, default=2.0,
                    help="a device whose last sync is older than this is listed as stale (default 2)")
     p = cmd("prune-packages", _prune_packages, "delete cached deltas/snapshots that end before the current "
