@@ -172,11 +172,25 @@ class HttpTransport:
                 raise TLSError(f"hub {self.base}: TLS failed ({reason}); is the hub serving HTTPS?") from None
             raise SyncError(f"hub {self.base} unreachable ({exc})") from None
 
+    def _read(self, resp: Any, path: str, n: int = -1) -> bytes:
+        """A response body; a connection cut while reading it is a SyncError (the next sync tries again)."""
+        try:
+            return resp.read(n)
+        except (HTTPException, OSError) as exc:
+            raise SyncError(f"hub {self.base}{path}: connection lost while reading the answer ({exc!r})") from None
+
+    def _read_json(self, resp: Any, path: str) -> dict[str, Any]:
+        data = self._read(resp, path)
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise SyncError(f"hub {self.base}{path}: the answer is not JSON ({len(data)} bytes)") from None
+
     def _json(self, method: str, path: str, payload: Any = None, **kw: Any) -> dict[str, Any]:
         body = None if payload is None else json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"} if body is not None else {}
         with self._open(method, path, body=body, headers=headers, **kw) as resp:
-            return json.loads(resp.read())
+            return self._read_json(resp, path)
 
     def plan(self, version: int, bundle_id: str | None) -> dict[str, Any]:
         return self._json("GET", "/v1/sync", params={"version": version, "bundle_id": bundle_id})
@@ -187,7 +201,7 @@ class HttpTransport:
     def get_bytes(self, url: str, max_bytes: int) -> bytes:
         """A small file (e.g. a thumbnail) in memory; more than ``max_bytes`` is an error."""
         with self._open("GET", url) as resp:
-            data = resp.read(max_bytes + 1)
+            data = self._read(resp, url, max_bytes + 1)
         if len(data) > max_bytes:
             raise SyncError(f"{url}: larger than {max_bytes} bytes")
         return data
@@ -200,7 +214,7 @@ class HttpTransport:
             try:
                 with self._open("POST", "/v1/thumbs/batch", body=json.dumps({"ids": list(ids)}).encode(),
                                 headers={"Content-Type": "application/json"}) as resp:
-                    data = resp.read(limit + 1)
+                    data = self._read(resp, "/v1/thumbs/batch", limit + 1)
             except _HttpError as exc:
                 if exc.code not in (404, 405):
                     raise
@@ -297,7 +311,7 @@ class HttpTransport:
         try:
             with self._open("PUT", f"/v1/uploads/{uuid}/blob", body=data, params={"offset": offset},
                             headers={"Content-Type": "application/octet-stream"}) as resp:
-                return json.loads(resp.read())
+                return self._read_json(resp, f"/v1/uploads/{uuid}/blob")
         except _HttpError as exc:
             if exc.code == 409:
                 return {"conflict": True, **json.loads(exc.detail)}

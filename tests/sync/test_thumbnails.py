@@ -140,3 +140,42 @@ def test_thumbnail_tar_reader_takes_only_what_was_asked(world) -> None:
     assert read_thumbs_tar(raw, ["a", "../a", "b", "c", "d"], 50) == {"d": b"zz"}
     assert read_thumbs_tar(raw[:3073], ["d"], 50) == {}  # cut inside d's data: nothing half-read
     assert read_thumbs_tar(b"garbage" * 100, ["d"], 50) == {}
+
+
+def test_a_thumbnail_batch_cut_mid_answer_fails_softly_and_is_fetched_next_time(world) -> None:
+    """A real hub process behind a proxy that cuts the first large answer: the thumbnails of the cut tar count
+    as failed and the next try fetches them; a cut JSON answer is a SyncError (it escaped as a raw
+    JSONDecodeError before, a traceback instead of "sync failed, try again")."""
+    import pytest
+
+    from edge_app.errors import SyncError
+    from sync.client import SyncClient
+    from sync.transport import HttpTransport
+
+    from .helpers import CuttingProxy, HubServer
+
+    client(world).sync()  # catalogue in place; now lose the thumbnails
+    for _, path in _thumb_paths(world.device_dir):
+        path.unlink()
+    server = HubServer(world.hub.root)
+    proxy = CuttingProxy(server.port, cut_at=1500, cuts=1)
+    try:
+        c = SyncClient(world.device_dir, transport=HttpTransport(proxy.url, world.payload["token"]),
+                       smoke_test=lambda b: None)
+        db = c._open_db()
+        try:
+            assert c.fetch_thumbnails(db) == {"fetched": 0, "failed": 3, "present": 0}
+            assert proxy.cut_done == 1 and any("POST /v1/thumbs/batch" in r for r in proxy.requests)
+            assert c.fetch_thumbnails(db) == {"fetched": 3, "failed": 0, "present": 0}
+        finally:
+            db.close()
+        cut_json = CuttingProxy(server.port, cut_at=200, cuts=1)
+        try:
+            with pytest.raises(SyncError, match="not JSON|connection lost"):
+                HttpTransport(cut_json.url, world.payload["token"]).plan(0, None)
+            assert cut_json.cut_done == 1
+        finally:
+            cut_json.close()
+    finally:
+        proxy.close()
+        server.stop()
