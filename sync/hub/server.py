@@ -169,6 +169,9 @@ def serve(hub_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 
     if has_tls(hub_dir):
         ssl_kw = {"ssl_certfile": str(tls_dir(hub_dir) / CERT), "ssl_keyfile": str(tls_dir(hub_dir) / KEY)}
     log.info("hub %s serving on %s://%s:%d", hub_dir, "https" if ssl_kw else "http", host, port)
+    if not ssl_kw and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving plain HTTP on %s: device tokens and photos cross the network unencrypted; "
+                    "run `partlens hub tls-init` (then enrol the tablets)", host)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, **ssl_kw)
 
 
