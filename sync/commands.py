@@ -158,6 +158,13 @@ def _tls_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup(args: argparse.Namespace) -> int:
+    from .hub.backup import backup_hub
+
+    _out(backup_hub(_open_hub(args), args.out))
+    return 0
+
+
 def _tls_rotate(args: argparse.Namespace) -> int:
     from .hub.tls import activate_next, rotate_tls
 
@@ -350,6 +357,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "localhost and 127.0.0.1 are always included)")
     p.add_argument("--days", type=int, default=3650, help="validity in days (renewing means re-enrolling tablets)")
     p.add_argument("--force", action="store_true", help="replace an existing certificate (re-enrol every tablet)")
+    p = cmd("backup", _backup, "copy the hub folder consistently while it serves (database by SQLite's online "
+            "backup, images, bundles, uploads, secrets 0600); the signing key is not included")
+    p.add_argument("out", help="a new or empty folder outside the hub folder (ideally another disk)")
     p = cmd("tls-rotate", _tls_rotate, "replace the hub certificate without re-enrolling tablets: first make the "
             "next one (tablets learn its pin at their next sync), then --activate it and restart `hub serve`")
     p.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP",
