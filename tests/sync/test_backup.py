@@ -17,9 +17,11 @@ from .test_inmemory import client
 
 def test_backup_is_a_working_hub_with_the_same_catalogue_and_tokens(world, tmp_path) -> None:
     from edge_app.cli import main
+    from sync.client import SyncClient, enrol
+    from sync.hub.backup import backup_hub
+    from sync.hub.enrol import add_device
     from sync.hub.hub import Hub
     from sync.transport import InMemoryTransport
-    from sync.client import SyncClient
 
     client(world).sync()
     ids = upload_items(world, [("photo", {"part_number": "P1", "capture_id": "c1"}, part_image(1, noise=9))])
@@ -38,9 +40,6 @@ def test_backup_is_a_working_hub_with_the_same_catalogue_and_tokens(world, tmp_p
         assert got[key] == live[key], key
     # the tablet's token works against the restored hub, and a fresh sync from it is complete
     fresh = tmp_path / "fresh-device"
-    from sync.client import enrol
-    from sync.hub.enrol import add_device
-
     enrol(fresh, add_device(restored, "tab-new", "site_a"))
     c = SyncClient(fresh, transport=InMemoryTransport(restored, json.loads((fresh / "device.json").read_text())["token"]),
                    smoke_test=lambda b: None)
@@ -51,7 +50,6 @@ def test_backup_is_a_working_hub_with_the_same_catalogue_and_tokens(world, tmp_p
     assert old.sync().to_version == live["catalogue_version"]
     # refusals: a non-empty folder, a folder inside the hub
     with pytest.raises(UsageError, match="not an empty folder"):
-        from sync.hub.backup import backup_hub
         backup_hub(world.hub, out)
     with pytest.raises(UsageError, match="inside the hub folder"):
         backup_hub(world.hub, world.hub.root / "bk")
