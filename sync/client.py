@@ -35,7 +35,7 @@ from .apply import (DevicePaths, apply_package, index_params, kill_point, prune_
                     update_index, write_active)
 from .package import read_package, sha256_file
 from .schedule import SyncWindow
-from .transport import MAX_RECORD_PAYLOAD_BYTES, HttpTransport, Transport, check_pins
+from .transport import MAX_RECORD_PAYLOAD_BYTES, HttpTransport, Transport, check_pins, upgrade_offer_bytes
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +232,30 @@ class SyncClient:
         os.chmod(self.paths.device, 0o600)
         log.info("hub certificate pins now %s (a certificate rotation)", [p[:16] for p in new])
 
+    def _take_tls_upgrade(self, offer: Any) -> None:
+        """A device enrolled over http:// switches to the hub's https:// URL and certificate pin when the plan
+        carries an offer signed by a key this device trusts (its keyring from enrolment). Takes effect from
+        the next request made with a new client (the next sync); this sync finishes as it started."""
+        if not offer or self.device.get("tls_sha256") or not str(self.device["hub"]).startswith("http://"):
+            return
+        from edge_app.signing import verify_document
+
+        try:
+            doc = dict(offer["doc"])
+            verify_document(upgrade_offer_bytes(doc), offer["signature"], self.keyring, "TLS upgrade offer")
+            url, pin = str(doc["url"]), check_pins(doc["tls_sha256"])[0]
+            if not url.startswith("https://"):
+                raise IntegrityError(f"offer URL {url!r} is not https://")
+        except (KeyError, TypeError, ValueError, IntegrityError, SyncError) as exc:
+            log.warning("hub offered a switch to HTTPS that does not verify (%s); staying on %s",
+                        exc, self.device["hub"])
+            return
+        log.warning("switching to the hub's HTTPS address %s with its certificate pinned (was %s)",
+                    url, self.device["hub"])
+        self.device.update(hub=url, tls_sha256=pin)
+        atomic_write_json(self.paths.device, self.device)
+        os.chmod(self.paths.device, 0o600)
+
     def _check_in(self, db: Any) -> bool:
         """Tell the hub what this device holds now (a plan request with the new version and bundle), so
         ``hub devices`` shows it current; if the hub moved on during the sync, the next sync fetches the rest.
@@ -316,6 +340,7 @@ class SyncClient:
         t = time.perf_counter()
         plan = self.transport.plan(version, active_id)
         self._follow_pins(plan.get("tls_pins"))
+        self._take_tls_upgrade(plan.get("tls_upgrade"))
         if plan["hub_version"] < version:
             raise SyncError(f"the hub is at catalogue version {plan['hub_version']}, this device at {version}; "
                             "refusing to go back (was the hub restored from a backup? re-enrol the device)")

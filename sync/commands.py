@@ -154,7 +154,7 @@ def _add_device(args: argparse.Namespace) -> int:
 def _tls_init(args: argparse.Namespace) -> int:
     from .hub.tls import enable_tls
 
-    _out(enable_tls(_open_hub(args), args.host, days=args.days, force=args.force))
+    _out(enable_tls(_open_hub(args), args.host, days=args.days, force=args.force, port=args.port))
     return 0
 
 
@@ -176,7 +176,7 @@ def _tls_rotate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .hub.server import serve
 
-    serve(_hub_dir(args), args.host, args.port, log_level=args.log_level)
+    serve(_hub_dir(args), args.host, args.port, log_level=args.log_level, plain=args.plain)
     return 0
 
 
@@ -357,6 +357,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "localhost and 127.0.0.1 are always included)")
     p.add_argument("--days", type=int, default=3650, help="validity in days (renewing means re-enrolling tablets)")
     p.add_argument("--force", action="store_true", help="replace an existing certificate (re-enrol every tablet)")
+    p.add_argument("--port", type=int, help="serve HTTPS on this port instead of the URL's (keep the old port for "
+                   "`hub serve --plain`, so tablets enrolled over http:// can switch by themselves)")
     p = cmd("backup", _backup, "copy the hub folder consistently while it serves (database by SQLite's online "
             "backup, images, bundles, uploads, secrets 0600); the signing key is not included")
     p.add_argument("out", help="a new or empty folder outside the hub folder (ideally another disk)")
@@ -374,6 +376,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--plain", action="store_true",
+                   help="serve HTTP even though the hub has a certificate: run it on the old port while tablets "
+                        "enrolled over http:// switch to HTTPS at their next sync (`hub devices` shows who synced)")
 
     review = hsub.add_parser("review", help="review uploads: list, approve, reject, confirm-unknown, "
                                                "make-part, export, export-calibration",

@@ -88,6 +88,11 @@ def check_pins(pins: str | Sequence[str]) -> tuple[str, ...]:
     return items
 
 
+def upgrade_offer_bytes(doc: Mapping[str, Any]) -> bytes:
+    """The canonical bytes the signature of a hub's HTTP -> HTTPS upgrade offer covers."""
+    return json.dumps({"partlens_tls_upgrade": 1, **doc}, sort_keys=True, separators=(",", ":")).encode()
+
+
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """HTTPS whose server certificate must have one of the pinned sha256s; checked right after the handshake,
     before a byte of the request (token included) is sent. The handshake proves the server holds that

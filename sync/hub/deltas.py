@@ -26,7 +26,7 @@ from edge_app.errors import InputError
 
 from ..package import package_name, sha256_file, write_package
 from .hub import Hub
-from .tls import pins
+from .tls import pins, upgrade_offer
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,9 @@ class PackageService:
         tls_pins = pins(self.hub.root)
         if tls_pins:  # the current certificate, and the next during a rotation: tablets follow this list
             plan["tls_pins"] = tls_pins
+            offer = upgrade_offer(self.hub)  # for tablets still on http://: the https URL and pin, signed
+            if offer:
+                plan["tls_upgrade"] = offer
         if hub_bundle is not None and hub_bundle != bundle_id:
             plan["bundle"] = self.bundle_info(hub_bundle)
         full = from_version <= 0 or (hub_bundle is not None and hub_bundle != bundle_id)

@@ -36,13 +36,13 @@ class HubProcess:
     """A real hub server process; a context manager that never leaves it running."""
 
     def __init__(self, hub_dir: str | os.PathLike[str], *, port: int | None = None, host: str = "127.0.0.1",
-                 start_timeout: float = 30.0) -> None:
+                 start_timeout: float = 30.0, plain: bool = False) -> None:
         from .tls import cert_pem, has_tls
 
         self.hub_dir = Path(hub_dir)
         self.host = host
         self.port = port or free_port(host)
-        self.tls = has_tls(self.hub_dir)  # the hub serves HTTPS when it has a certificate
+        self.tls = has_tls(self.hub_dir) and not plain  # HTTPS when the hub has a certificate (`hub serve`)
         self.url = f"{'https' if self.tls else 'http'}://{host}:{self.port}"
         self._opener = urllib.request.build_opener()
         if self.tls:

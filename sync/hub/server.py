@@ -157,16 +157,17 @@ def _json_body_doc(what: str) -> dict[str, Any]:
 
 
 def serve(hub_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8765, *,
-          log_level: str = "warning") -> None:
+          log_level: str = "warning", plain: bool = False) -> None:
     """Run the hub API with uvicorn until interrupted: HTTPS when the hub has a certificate
-    (``partlens hub tls-init``), else HTTP."""
+    (``partlens hub tls-init``), else HTTP. ``plain``: HTTP even so, for the move to HTTPS: tablets enrolled
+    over http:// reach this one on their old address and get the signed offer to switch."""
     import uvicorn
 
     from .tls import CERT, KEY, has_tls, tls_dir
 
     app = create_app(Path(hub_dir))
     ssl_kw: dict[str, Any] = {}
-    if has_tls(hub_dir):
+    if has_tls(hub_dir) and not plain:
         ssl_kw = {"ssl_certfile": str(tls_dir(hub_dir) / CERT), "ssl_keyfile": str(tls_dir(hub_dir) / KEY)}
     log.info("hub %s serving on %s://%s:%d", hub_dir, "https" if ssl_kw else "http", host, port)
     if not ssl_kw and host not in ("127.0.0.1", "localhost", "::1"):

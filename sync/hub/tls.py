@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 from edge_app.atomic import atomic_write_bytes, atomic_write_json
 from edge_app.errors import InputError, UsageError
 
+from ..transport import upgrade_offer_bytes
+
 log = logging.getLogger(__name__)
 
 CERT = "cert.pem"
@@ -218,9 +220,12 @@ def enrolment_fields(hub_root: str | os.PathLike[str], url: str) -> dict[str, st
     return {}
 
 
-def enable_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, force: bool = False) -> dict[str, Any]:
+def enable_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, force: bool = False,
+               port: int | None = None) -> dict[str, Any]:
     """``partlens hub tls-init``: the certificate for the hub's host (from its URL) and ``hosts``; the hub's
-    stored URL becomes https:// (same host and port), so new enrolments pin the certificate."""
+    stored URL becomes https:// (same host; ``port`` if given, else the same port), so new enrolments pin
+    the certificate. Tablets enrolled over http:// switch by themselves at their next sync through a
+    plain-HTTP hub (``hub serve --plain`` on the old port) that hands them the signed :func:`upgrade_offer`."""
     url = hub.config.get("url")
     parts = urlsplit(url) if url else None
     names = [*hosts, *([parts.hostname] if parts and parts.hostname else [])]
@@ -228,11 +233,28 @@ def enable_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, f
         raise UsageError("name the host or IP address devices use to reach the hub: --host NAME "
                          "(the hub has no URL to take it from)")
     info = init_tls(hub.root, names, days=days, force=force)
-    if parts and parts.scheme != "https":
-        new_url = parts._replace(scheme="https").geturl()
+    if port is not None and not 0 < port < 65536:
+        raise UsageError(f"port must be 1..65535, got {port}")
+    if parts and (parts.scheme != "https" or port is not None):
+        netloc = parts.netloc if port is None else f"{parts.hostname}:{port}"
+        new_url = parts._replace(scheme="https", netloc=netloc).geturl()
         atomic_write_json(hub.root / "hub.json", dict(hub.config, url=new_url))
         hub.config["url"] = new_url
         info["url_changed"] = {"from": url, "to": new_url}
-        log.warning("hub URL is now %s: enrol devices again (devices enrolled with %s cannot reach it)", new_url, url)
+        log.warning("hub URL is now %s. Tablets enrolled with %s switch at their next sync if a plain hub still "
+                    "answers there (`hub serve --plain` on that port); otherwise enrol them again", new_url, url)
     info["url"] = hub.config.get("url")
     return info
+
+
+def upgrade_offer(hub: Any) -> dict[str, Any] | None:
+    """The hub's https:// URL and certificate pin, signed with the hub's package-signing key, which every
+    tablet already trusts. Sent in every sync plan; a tablet still on http:// verifies the signature and
+    switches (over plain HTTP the plan itself could be forged, the signature cannot)."""
+    from edge_app.signing import sign_document
+
+    url = hub.config.get("url") or ""
+    if not has_tls(hub.root) or not url.startswith("https://"):
+        return None
+    doc = {"url": url, "tls_sha256": fingerprint(cert_pem(hub.root)), "key_id": hub.key.key_id}
+    return {"doc": doc, "signature": sign_document(upgrade_offer_bytes(doc), hub.key)}

@@ -233,3 +233,57 @@ def test_certificate_rotation_without_re_enrolling(tmp_path):
         assert add_device(hub, "tls-later", "site_a", server.url)["tls_sha256"] == new
     finally:
         server.stop()
+
+
+def test_tablets_enrolled_over_http_switch_to_https_by_themselves(tmp_path):
+    """A hub that ran plain HTTP turns on TLS on a new port and keeps a plain process on the old one: a tablet
+    enrolled over http:// gets the signed offer at its next sync and syncs over HTTPS from then on; a forged
+    offer (another signer) is ignored."""
+    from edge_app.cli import main
+    from sync.client import SyncClient
+    from sync.hub.process import HubProcess, free_port
+    from sync.hub.tls import cert_pem, fingerprint
+    from sync.transport import InMemoryTransport
+
+    from .helpers import make_key, write_images
+
+    old_port, new_port = free_port(), free_port()
+    world = build_world(tmp_path, url=f"http://127.0.0.1:{old_port}")
+    hub = world.hub
+    with HubProcess(hub.root, port=old_port) as plain:
+        tab = SyncClient(world.device_dir, smoke_test=lambda b: None)
+        assert tab.sync().to_version == hub.store.version()  # the old way, over HTTP
+        assert main(["hub", "tls-init", "--hub", str(hub.root), "--port", str(new_port)]) == 0
+    hub.config.update(json.loads((hub.root / "hub.json").read_text()))
+    assert hub.config["url"] == f"https://127.0.0.1:{new_port}"
+    pin = fingerprint(cert_pem(hub.root))
+
+    # a forged offer over the plain channel: signed by a key the tablet does not trust
+    _, stranger, _ = make_key(tmp_path / "stranger")
+    forged = InMemoryTransport(hub, world.payload["token"])
+    real_plan = forged.plan
+
+    def forged_plan(version, bundle_id):
+        from edge_app.signing import sign_document
+        from sync.transport import upgrade_offer_bytes
+
+        plan = real_plan(version, bundle_id)
+        doc = {"url": "https://evil.example:443", "tls_sha256": "ab" * 32, "key_id": stranger.key_id}
+        plan["tls_upgrade"] = {"doc": doc, "signature": sign_document(upgrade_offer_bytes(doc), stranger)}
+        return plan
+
+    forged.plan = forged_plan
+    SyncClient(world.device_dir, transport=forged, smoke_test=lambda b: None).sync()
+    dev = json.loads((world.device_dir / "device.json").read_text())
+    assert dev["hub"] == f"http://127.0.0.1:{old_port}" and "tls_sha256" not in dev
+
+    with HubProcess(hub.root, port=old_port, plain=True) as plain, HubProcess(hub.root, port=new_port) as secure:
+        assert plain.url.startswith("http://") and secure.url.startswith("https://")
+        SyncClient(world.device_dir, smoke_test=lambda b: None).sync()  # over HTTP: takes the signed offer
+        dev = json.loads((world.device_dir / "device.json").read_text())
+        assert dev["hub"] == secure.url and dev["tls_sha256"] == pin
+        plain.stop()  # the old port is gone: the tablet no longer needs it
+        img = write_images(tmp_path / "more", [9])[0]
+        hub.add_part({"part_number": "P9", "name": "part 9"}, images=[img])
+        r = SyncClient(world.device_dir, smoke_test=lambda b: None).sync()  # over HTTPS, pinned
+        assert r.to_version == hub.store.version() and r.applied
