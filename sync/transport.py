@@ -388,7 +388,7 @@ class InMemoryTransport:
         return authenticate(self.hub.store, self.hub.secret, self.token)
 
     def plan(self, version: int, bundle_id: str | None) -> dict[str, Any]:
-        return self.packages.plan_for_device(self._device(), version, bundle_id)
+        return self.packages.plan_for_device(self._device(), version, bundle_id, via="in-process")
 
     def get_bytes(self, url: str, max_bytes: int) -> bytes:
         self._device()

@@ -71,9 +71,11 @@ class PackageService:
             self._bundle_info[bundle_id] = info
         return info
 
-    def plan_for_device(self, device: Mapping[str, Any], from_version: int, bundle_id: str | None) -> dict[str, Any]:
-        """:meth:`plan` for an authenticated device, recording what it holds (``hub devices`` shows it)."""
-        self.hub.store.device_seen(device["name"], from_version, bundle_id)
+    def plan_for_device(self, device: Mapping[str, Any], from_version: int, bundle_id: str | None, *,
+                        via: str | None = None) -> dict[str, Any]:
+        """:meth:`plan` for an authenticated device, recording what it holds and how it came (``via``: http,
+        https; ``hub devices`` shows it)."""
+        self.hub.store.device_seen(device["name"], from_version, bundle_id, via=via)
         return self.plan(device["site"], from_version, bundle_id)
 
     def plan(self, site: str, from_version: int, bundle_id: str | None) -> dict[str, Any]:

@@ -345,7 +345,9 @@ class Hub:
                 "tls": tls_status(self.root), **self.store.counts(),
                 "devices": {"enrolled": sum(not d["revoked"] for d in devices),
                             "stale": sorted(d["name"] for d in devices if d["stale"]),
-                            "on_active_bundle": sum(bool(d["had_active_bundle"]) for d in devices if not d["revoked"])}}
+                            "on_active_bundle": sum(bool(d["had_active_bundle"]) for d in devices if not d["revoked"]),
+                            "last_came_over_plain_http": sorted(d["name"] for d in devices
+                                                                if not d["revoked"] and d["last_via"] == "http")}}
 
 
 #: ``import`` logs this many unexpected look-alike pairs one by one, then one summary line.

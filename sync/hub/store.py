@@ -100,7 +100,8 @@ class HubStore(Protocol):
     def add_device(self, name: str, site: str, token_hash: str) -> None: ...
     def device(self, name: str) -> dict[str, Any] | None: ...
     def list_devices(self) -> list[dict[str, Any]]: ...
-    def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None) -> None: ...
+    def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None, *,
+                    via: str | None = None) -> None: ...
     def revoke_device(self, name: str) -> bool: ...
     def add_upload(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
     def add_uploads(self, rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]: ...
@@ -185,6 +186,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, ["ALTER TABLE devices ADD COLUMN last_sync_at TEXT",
          "ALTER TABLE devices ADD COLUMN last_catalogue_version INTEGER",
          "ALTER TABLE devices ADD COLUMN last_bundle_id TEXT"]),
+    # 2: how it came (http / https): during a move to HTTPS, which tablets still talk plain HTTP
+    (2, ["ALTER TABLE devices ADD COLUMN last_via TEXT"]),
 ]
 
 
@@ -376,15 +379,17 @@ class SqliteHubStore:
     def list_devices(self) -> list[dict[str, Any]]:
         """Every enrolled device (never the token hash), with what it last reported when it asked for a sync."""
         return self._rows("SELECT name, site, created_at, revoked, last_sync_at, last_catalogue_version, "
-                          "last_bundle_id FROM devices ORDER BY name")
+                          "last_bundle_id, last_via FROM devices ORDER BY name")
 
-    def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None) -> None:
-        """Record that ``name`` asked for a sync plan, holding this catalogue version and bundle."""
+    def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None, *,
+                    via: str | None = None) -> None:
+        """Record that ``name`` asked for a sync plan, holding this catalogue version and bundle, over ``via``."""
         db = self._db()
         with self._write_lock, self._tx(db):
-            db.conn.execute("UPDATE devices SET last_sync_at=?, last_catalogue_version=?, last_bundle_id=? "
-                            "WHERE name=?", (_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
-                                             int(catalogue_version), bundle_id, name))
+            db.conn.execute("UPDATE devices SET last_sync_at=?, last_catalogue_version=?, last_bundle_id=?, "
+                            "last_via=? WHERE name=?",
+                            (_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
+                             int(catalogue_version), bundle_id, via, name))
 
     def revoke_device(self, name: str) -> bool:
         """Refuse the device's token from now on (e.g. a lost tablet). False if it was already revoked."""

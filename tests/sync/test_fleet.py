@@ -48,7 +48,9 @@ def test_fleet_shows_each_devices_last_sync_and_the_stale_ones(world, capsys) ->
     assert client(world).sync().checked_in is True and _row(fleet(world.hub), "tab1")["versions_behind"] == 0
     assert client(world).sync().checked_in is None
 
-    assert world.hub.status()["devices"] == {"enrolled": 2, "stale": ["tab-quiet"], "on_active_bundle": 1}
+    assert world.hub.status()["devices"] == {"enrolled": 2, "stale": ["tab-quiet"], "on_active_bundle": 1,
+                                             "last_came_over_plain_http": []}  # in-process here
+    assert _row(fleet(world.hub), "tab1")["last_via"] == "in-process"
     assert main(["hub", "devices", "--hub", str(world.hub.root)]) == 0
     out = capsys.readouterr()
     assert {d["name"] for d in json.loads(out.out)} == {"tab1", "tab-quiet"}
@@ -67,7 +69,8 @@ def test_a_hub_database_from_before_the_fleet_columns_is_migrated(tmp_path) -> N
     conn.close()
     store = SqliteHubStore(path)
     assert store.list_devices() == [{"name": "old-tab", "site": "s", "created_at": "t", "revoked": 0,
-                                     "last_sync_at": None, "last_catalogue_version": None, "last_bundle_id": None}]
+                                     "last_sync_at": None, "last_catalogue_version": None, "last_bundle_id": None,
+                                     "last_via": None}]
     assert store.get_meta("schema_version") == MIGRATIONS[-1][0]
     store.device_seen("old-tab", 4, "b1")
     store.close()

@@ -282,8 +282,11 @@ def test_tablets_enrolled_over_http_switch_to_https_by_themselves(tmp_path):
         SyncClient(world.device_dir, smoke_test=lambda b: None).sync()  # over HTTP: takes the signed offer
         dev = json.loads((world.device_dir / "device.json").read_text())
         assert dev["hub"] == secure.url and dev["tls_sha256"] == pin
+        # this sync still came over the plain port: `hub status` names the tablets left to move
+        assert hub.status()["devices"]["last_came_over_plain_http"] == ["tab1"]
         plain.stop()  # the old port is gone: the tablet no longer needs it
         img = write_images(tmp_path / "more", [9])[0]
         hub.add_part({"part_number": "P9", "name": "part 9"}, images=[img])
         r = SyncClient(world.device_dir, smoke_test=lambda b: None).sync()  # over HTTPS, pinned
         assert r.to_version == hub.store.version() and r.applied
+        assert hub.status()["devices"]["last_came_over_plain_http"] == []
