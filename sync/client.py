@@ -232,10 +232,11 @@ class SyncClient:
         os.chmod(self.paths.device, 0o600)
         log.info("hub certificate pins now %s (a certificate rotation)", [p[:16] for p in new])
 
-    def _take_tls_upgrade(self, offer: Any) -> None:
+    def _take_tls_upgrade(self, offer: Any, held_version: int) -> None:
         """A device enrolled over http:// switches to the hub's https:// URL and certificate pin when the plan
-        carries an offer signed by a key this device trusts (its keyring from enrolment). Takes effect from
-        the next request made with a new client (the next sync); this sync finishes as it started."""
+        carries an offer signed by a key this device trusts (its keyring from enrolment) and dated (by the
+        hub's catalogue version) no earlier than the catalogue this device holds: an old offer replayed over
+        the plain channel is refused. Takes effect from the next sync; this one finishes as it started."""
         if not offer or self.device.get("tls_sha256") or not str(self.device["hub"]).startswith("http://"):
             return
         from edge_app.signing import verify_document
@@ -246,6 +247,9 @@ class SyncClient:
             url, pin = str(doc["url"]), check_pins(doc["tls_sha256"])[0]
             if not url.startswith("https://"):
                 raise IntegrityError(f"offer URL {url!r} is not https://")
+            if int(doc["catalogue_version"]) < held_version:
+                raise IntegrityError(f"offer dated catalogue version {doc['catalogue_version']}, older than the "
+                                     f"{held_version} this device holds (a replay?)")
         except (KeyError, TypeError, ValueError, IntegrityError, SyncError) as exc:
             log.warning("hub offered a switch to HTTPS that does not verify (%s); staying on %s",
                         exc, self.device["hub"])
@@ -340,7 +344,7 @@ class SyncClient:
         t = time.perf_counter()
         plan = self.transport.plan(version, active_id)
         self._follow_pins(plan.get("tls_pins"))
-        self._take_tls_upgrade(plan.get("tls_upgrade"))
+        self._take_tls_upgrade(plan.get("tls_upgrade"), version)
         if plan["hub_version"] < version:
             raise SyncError(f"the hub is at catalogue version {plan['hub_version']}, this device at {version}; "
                             "refusing to go back (was the hub restored from a backup? re-enrol the device)")

@@ -256,5 +256,7 @@ def upgrade_offer(hub: Any) -> dict[str, Any] | None:
     url = hub.config.get("url") or ""
     if not has_tls(hub.root) or not url.startswith("https://"):
         return None
-    doc = {"url": url, "tls_sha256": fingerprint(cert_pem(hub.root)), "key_id": hub.key.key_id}
+    # the catalogue version dates the offer: a tablet refuses one older than what it already holds (a replay)
+    doc = {"url": url, "tls_sha256": fingerprint(cert_pem(hub.root)), "key_id": hub.key.key_id,
+           "catalogue_version": hub.store.version()}
     return {"doc": doc, "signature": sign_document(upgrade_offer_bytes(doc), hub.key)}

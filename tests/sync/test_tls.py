@@ -277,6 +277,24 @@ def test_tablets_enrolled_over_http_switch_to_https_by_themselves(tmp_path):
     dev = json.loads((world.device_dir / "device.json").read_text())
     assert dev["hub"] == f"http://127.0.0.1:{old_port}" and "tls_sha256" not in dev
 
+    # a genuine offer from before the catalogue the tablet holds (replayed over the plain channel): refused
+    from sync.hub.tls import upgrade_offer
+
+    stale = upgrade_offer(hub)
+    img0 = write_images(tmp_path / "newer", [8])[0]
+    hub.add_part({"part_number": "P8", "name": "part 8"}, images=[img0])
+    catch_up = InMemoryTransport(hub, world.payload["token"])
+    plan_of = catch_up.plan
+    catch_up.plan = lambda v, b: {k: x for k, x in plan_of(v, b).items() if k != "tls_upgrade"}
+    SyncClient(world.device_dir, transport=catch_up,
+               smoke_test=lambda b: None).sync()  # the tablet now holds a newer catalogue than the offer's
+    replay = InMemoryTransport(hub, world.payload["token"])
+    genuine_plan = replay.plan
+    replay.plan = lambda v, b: {**genuine_plan(v, b), "tls_upgrade": stale}
+    SyncClient(world.device_dir, transport=replay, smoke_test=lambda b: None).sync()
+    dev = json.loads((world.device_dir / "device.json").read_text())
+    assert dev["hub"] == f"http://127.0.0.1:{old_port}" and "tls_sha256" not in dev
+
     with HubProcess(hub.root, port=old_port, plain=True) as plain, HubProcess(hub.root, port=new_port) as secure:
         assert plain.url.startswith("http://") and secure.url.startswith("https://")
         SyncClient(world.device_dir, smoke_test=lambda b: None).sync()  # over HTTP: takes the signed offer
