@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import shutil
 import time
 from typing import Any
 
@@ -35,7 +34,7 @@ def _usage(bundle: str, i: int) -> dict[str, Any]:
 
 
 def run(ctx: Any) -> dict[str, Any]:
-    from benchmarks.bench_sync import _device, _make_hub
+    from benchmarks.bench_sync import _device, _make_hub, scratch
     from edge_app.runtime.outbox import Outbox
     from sync.hub.fieldstats import field_stats
     from sync.hub.process import HubProcess
@@ -43,9 +42,7 @@ def run(ctx: Any) -> dict[str, Any]:
     n_events = 100 if ctx.quick else 500
     n_feedback = 10 if ctx.quick else 50
     n_log = 10_000 if ctx.quick else 100_000
-    work = ctx.work_dir / ("quick" if ctx.quick else "full")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = scratch(ctx)
     hub = _make_hub(work, 1_000)
     out: dict[str, Any] = {"usage_events_uploaded": n_events, "confirmations_uploaded": n_feedback,
                            "log_events": n_log}

@@ -61,6 +61,14 @@ class _NoEmbed:
         raise RuntimeError("the benchmark writes embeddings directly")
 
 
+def scratch(ctx: Any) -> Path:
+    """This run's empty scratch folder under the benchmark's work dir (``quick`` or ``full``)."""
+    work = ctx.work_dir / ("quick" if ctx.quick else "full")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return work
+
+
 def _make_hub(root: Path, n_parts: int) -> Any:
     from edge_app.bundle import load_bundle
     from edge_app.preprocess import PreprocessSpec
@@ -148,9 +156,7 @@ def run(ctx: Any) -> dict[str, Any]:
     n_apply = 1_000 if ctx.quick else 10_000
     n_devices = 10 if ctx.quick else 50
     crowd_parts = 2_000 if ctx.quick else 5_000
-    work = ctx.work_dir / ("quick" if ctx.quick else "full")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = scratch(ctx)
     out: dict[str, Any] = {"parts": n_parts, "embedding_dim": DIM}
 
     t = time.perf_counter()
@@ -257,8 +263,9 @@ def _https_cost(hub: Any, token: str, work: Path, runs: int) -> dict[str, Any]:
     with HubProcess(hub.root) as plain:  # started before the certificate exists: HTTP
         enable_tls(hub, ["127.0.0.1"])
         with HubProcess(hub.root) as secure:  # the same hub folder, now HTTPS
+            pin = fingerprint(cert_pem(hub.root))
             for name, transport in (("http", HttpTransport(plain.url, token)),
-                                    ("https", HttpTransport(secure.url, token, tls_sha256=fingerprint(cert_pem(hub.root))))):
+                                    ("https", HttpTransport(secure.url, token, tls_sha256=pin))):
                 secs = []
                 for i in range(runs):
                     dest = work / f"dl-{name}-{i}.tar"

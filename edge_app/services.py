@@ -39,6 +39,9 @@ LOOK_ALIKE_MARGIN = 0.25
 CAPTURE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
 #: outbox kinds the engineer queues (usage events upload with them but are not shown as waiting)
 ENGINEER_KINDS = ("feedback", "photo", "unknown_part")
+#: the sync screen's words for :func:`sync.client.connection_mode`
+CONNECTION_WORDS = {"pinned": "encrypted, hub certificate pinned", "system-cas": "encrypted",
+                    "plain-http": "NOT encrypted: ask the hub admin for `partlens hub tls-init`, then enrol again"}
 
 
 def confidence_words(score: float) -> str:
@@ -625,15 +628,15 @@ class DeviceServices:
         return SyncClient(self.data_dir)
 
     def sync_status(self) -> SyncStatus:
+        from sync.client import connection_mode
+
         device_file = self.data_dir / "device.json"
         hub = connection = None
         if device_file.is_file():
             try:
                 enrolment = json.loads(device_file.read_text())
                 hub = enrolment.get("hub")
-                connection = ("encrypted, hub certificate pinned" if enrolment.get("tls_sha256")
-                              else "encrypted" if str(hub).startswith("https://")
-                              else "NOT encrypted: ask the hub admin for `partlens hub tls-init`, then enrol again")
+                connection = CONNECTION_WORDS[connection_mode(enrolment)]
             except ValueError as exc:
                 raise InputError(f"{device_file}: unreadable enrolment ({exc})") from None
         active = self._active() or {}

@@ -98,9 +98,22 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
     paths = DevicePaths(Path(data_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
     keyring.save(paths.keyring)
-    atomic_write_json(paths.device, device)
-    os.chmod(paths.device, 0o600)
+    _write_device(paths, device)
     return paths
+
+
+def _write_device(paths: DevicePaths, device: Mapping[str, Any]) -> None:
+    """``device.json`` (hub URL, token, pins): atomically, mode 0600 (it holds the token)."""
+    atomic_write_json(paths.device, dict(device))
+    os.chmod(paths.device, 0o600)
+
+
+def connection_mode(device: Mapping[str, Any]) -> str:
+    """How an enrolled device reaches its hub: ``pinned`` (HTTPS, the hub's certificate pinned), ``system-cas``
+    (HTTPS checked against the system's CAs) or ``plain-http``."""
+    if device.get("tls_sha256"):
+        return "pinned"
+    return "system-cas" if str(device.get("hub", "")).startswith("https://") else "plain-http"
 
 
 @dataclass
@@ -156,12 +169,15 @@ class SyncClient:
                     "catalogue_version": db.catalogue_version, "bundle_id": db.get_meta("bundle_id"),
                     "index_stamp": db.get_meta("index_stamp"), "active": read_active(self.paths),
                     "parts": db.count("parts"), "images": db.count("images"),
-                    "embeddings": db.count("embeddings"), **self._outbox_counts(),
-                    "tls": ("pinned " + ", ".join(p[:16] + "..." for p in check_pins(self.device["tls_sha256"]))
-                            if self.device.get("tls_sha256") else "system CAs"
-                            if str(self.device["hub"]).startswith("https://") else "none (plain HTTP)")}
+                    "embeddings": db.count("embeddings"), **self._outbox_counts(), "tls": self._tls_words()}
         finally:
             db.close()
+
+    def _tls_words(self) -> str:
+        mode = connection_mode(self.device)
+        if mode == "pinned":
+            return "pinned " + ", ".join(p[:16] + "..." for p in check_pins(self.device["tls_sha256"]))
+        return "system CAs" if mode == "system-cas" else "none (plain HTTP)"
 
     def _outbox_counts(self) -> dict[str, int]:
         from edge_app.runtime.outbox import Outbox
@@ -228,8 +244,7 @@ class SyncClient:
             log.warning("hub lists certificate pins that share none with this device's; keeping this device's")
             return
         self.device["tls_sha256"] = new if len(new) > 1 else new[0]
-        atomic_write_json(self.paths.device, self.device)
-        os.chmod(self.paths.device, 0o600)
+        _write_device(self.paths, self.device)
         log.info("hub certificate pins now %s (a certificate rotation)", [p[:16] for p in new])
 
     def _take_tls_upgrade(self, offer: Any, held_version: int) -> None:
@@ -257,8 +272,7 @@ class SyncClient:
         log.warning("switching to the hub's HTTPS address %s with its certificate pinned (was %s)",
                     url, self.device["hub"])
         self.device.update(hub=url, tls_sha256=pin)
-        atomic_write_json(self.paths.device, self.device)
-        os.chmod(self.paths.device, 0o600)
+        _write_device(self.paths, self.device)
 
     def _check_in(self, db: Any) -> bool:
         """Tell the hub what this device holds now (a plan request with the new version and bundle), so

@@ -109,7 +109,8 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         got = hashlib.sha256(der).hexdigest() if der else "none"
         if got not in self._pins:
             self.sock.close()
-            raise _PinMismatch(f"certificate sha256 {got[:16]}..., pinned {', '.join(p[:16] + '...' for p in self._pins)}")
+            pinned = ", ".join(p[:16] + "..." for p in self._pins)
+            raise _PinMismatch(f"certificate sha256 {got[:16]}..., pinned {pinned}")
 
 
 class _PinnedHTTPSHandler(urllib.request.HTTPSHandler):

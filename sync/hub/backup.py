@@ -5,6 +5,7 @@ and upload), then the files it refers to: catalogue images and thumbnails (conte
 added), bundles, finished upload photos, the keyring, the token secret and the TLS certificate and key
 (secrets keep mode 0600). Cached packages are left out (the hub rebuilds them on demand). The signing key
 lives outside the hub folder (``hub.json`` names it) and is NOT copied: back it up on its own.
+``backup.json`` is written last: a folder without it is an interrupted backup, not a usable one.
 
 To restore, put the backup folder where the hub folder was (or point ``--hub`` at it). Tablets keep their
 tokens and pins. A tablet that synced past the backup's catalogue version refuses to go back and must be

@@ -63,7 +63,8 @@ class HubProcess:
         if self.tls:
             from .tls import CERT, KEY, tls_dir
 
-            cmd += ["--ssl-certfile", str(tls_dir(self.hub_dir) / CERT), "--ssl-keyfile", str(tls_dir(self.hub_dir) / KEY)]
+            d = tls_dir(self.hub_dir)
+            cmd += ["--ssl-certfile", str(d / CERT), "--ssl-keyfile", str(d / KEY)]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self._stderr)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:

@@ -441,20 +441,10 @@ class SqliteHubStore:
     def list_uploads(self, kind: str | None = None, status: str | None = None,
                      since: str | None = None, exclude_kind: str | None = None) -> list[dict[str, Any]]:
         """Uploads in receipt order; ``since``: only those received at or after this ISO UTC time."""
-        sql, params = "SELECT * FROM uploads WHERE 1", []
-        if exclude_kind:
-            sql += " AND kind!=?"
-            params.append(exclude_kind)
-        if since:
-            sql += " AND received_at >= ?"
-            params.append(since)
-        if kind:
-            sql += " AND kind=?"
-            params.append(kind)
-        if status:
-            sql += " AND status=?"
-            params.append(status)
-        return self._rows(sql + " ORDER BY seq", params)
+        filters = [(c, v) for c, v in (("kind!=?", exclude_kind), ("received_at >= ?", since), ("kind=?", kind),
+                                       ("status=?", status)) if v]
+        where = "".join(f" AND {c}" for c, _ in filters)
+        return self._rows(f"SELECT * FROM uploads WHERE 1{where} ORDER BY seq", [v for _, v in filters])
 
     def delete_uploads(self, kind: str, received_before: str) -> int:
         """Delete ``kind`` uploads received before this ISO UTC time (records only: such kinds carry no blob)."""

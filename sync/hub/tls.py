@@ -163,10 +163,12 @@ def rotate_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS) -
                          "`partlens hub tls-rotate --activate` it first")
     cert = x509.load_pem_x509_certificate(cert_pem(hub.root).encode())
     old = [str(v.value) for v in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value]
-    info = init_tls(hub.root, [*old, *hosts], days=days, _into=next_dir(hub.root))
+    # the start time first (a crash before the certificate leaves a rotation that simply starts again);
     # microseconds: a tablet that synced a moment before must not count as having seen the next pin
-    info["started_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
-    atomic_write_json(next_dir(hub.root) / "rotation.json", {"started_at": info["started_at"]})
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+    atomic_write_json(next_dir(hub.root) / "rotation.json", {"started_at": started})
+    info = init_tls(hub.root, [*old, *hosts], days=days, _into=next_dir(hub.root))
+    info["started_at"] = started
     log.warning("next hub certificate %s made; tablets learn it at their next sync, then run "
                 "`partlens hub tls-rotate --activate` and restart `hub serve`", info["sha256"])
     return info
@@ -181,7 +183,11 @@ def activate_next(hub: Any, *, force: bool = False) -> dict[str, Any]:
     nd = next_dir(hub.root)
     if not ((nd / CERT).is_file() and (nd / KEY).is_file()):
         raise UsageError("no next certificate waiting: run `partlens hub tls-rotate` first")
-    started = _dt.datetime.fromisoformat(json.loads((nd / "rotation.json").read_text())["started_at"])
+    try:
+        started = _dt.datetime.fromisoformat(json.loads((nd / "rotation.json").read_text())["started_at"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{nd / 'rotation.json'} is missing or unreadable ({exc}); cannot tell which tablets "
+                         "know the next certificate") from None
     behind = sorted(d["name"] for d in fleet(hub) if not d["revoked"] and (
         d["last_sync_at"] is None or _dt.datetime.fromisoformat(d["last_sync_at"]) < started))
     if behind and not force:
@@ -205,8 +211,9 @@ def enrolment_fields(hub_root: str | os.PathLike[str], url: str) -> dict[str, st
     """What an enrolment payload carries about TLS for devices reaching the hub at ``url``.
 
     A hub with a certificate serves HTTPS only: the URL must be https:// and the payload pins the
-    certificate by its sha256 (``tls_sha256``: 64 characters, so the QR code stays small). An https:// URL to a hub without one (e.g. behind a reverse proxy with a
-    certificate from a CA the tablets trust) pins nothing: the tablet uses its system's CAs.
+    certificate by its sha256 (``tls_sha256``: 64 characters, so the QR code stays small). An https://
+    URL to a hub without one (e.g. behind a reverse proxy with a certificate from a CA the tablets trust)
+    pins nothing: the tablet uses its system's CAs.
     """
     scheme = urlsplit(url).scheme
     if has_tls(hub_root):

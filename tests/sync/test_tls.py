@@ -308,3 +308,16 @@ def test_tablets_enrolled_over_http_switch_to_https_by_themselves(tmp_path):
         r = SyncClient(world.device_dir, smoke_test=lambda b: None).sync()  # over HTTPS, pinned
         assert r.to_version == hub.store.version() and r.applied
         assert hub.status()["devices"]["last_came_over_plain_http"] == []
+
+
+def test_activation_without_the_rotation_marker_is_a_clear_error(tmp_path):
+    from sync.hub.tls import activate_next, enable_tls, next_dir, pins, rotate_tls
+
+    world = build_world(tmp_path)
+    enable_tls(world.hub)
+    rotate_tls(world.hub)
+    (next_dir(world.hub.root) / "rotation.json").unlink()
+    before = pins(world.hub.root)
+    with pytest.raises(UsageError, match="rotation.json"):
+        activate_next(world.hub)
+    assert pins(world.hub.root) == before  # nothing switched
