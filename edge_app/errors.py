@@ -51,3 +51,17 @@ class AuthError(SyncError):
     """The hub refused the token."""
 
     exit_code = 7
+
+
+class StorageError(PartlensError):
+    """The device's storage is full, or a write would leave no room for the engineer's photos.
+
+    Raised before anything is written, or after a failed write was undone: nothing is lost."""
+
+    exit_code = 8
+
+
+class SyncStorageError(StorageError, SyncError):
+    """A sync refused or stopped for lack of storage; the device stays on its previous state.
+
+    Both a :class:`StorageError` (exit code 8) and a :class:`SyncError` (what sync callers handle)."""

@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .atomic import atomic_write_bytes, atomic_write_json
-from .errors import InputError, PartlensError, SyncError, UsageError
+from .errors import InputError, PartlensError, StorageError, SyncError, UsageError
 from .imageio import load_image
+from . import storage
+from .storage import RESERVE_BYTES, disk_full_is_storage_error, mb
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ CONFIDENCE_WORDS: tuple[tuple[float, str], ...] = (
     (0.85, "very likely"), (0.60, "likely"), (0.35, "possible"), (0.0, "unlikely"))
 #: Look-alikes: candidates within this fraction of the best score that share a look-alike group.
 LOOK_ALIKE_MARGIN = 0.25
+#: below this much free space an unreadable camera photo is reported as "storage full"
+LOW_SPACE_BYTES = 16 * 1024**2
 CAPTURE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
 #: outbox kinds the engineer queues (usage events upload with them but are not shown as waiting)
 ENGINEER_KINDS = ("feedback", "photo", "unknown_part")
@@ -128,9 +132,14 @@ class CaptureStore:
             fmt = probe.format
         suffix = CAPTURE_SUFFIXES.get(str(fmt), ".img")
         cid, path = self.new_path(suffix)
-        atomic_write_bytes(path, data, overwrite=False)
-        cap = Capture(cid, str(path), source, _now())
-        self._write_sidecar(cap)
+        with disk_full_is_storage_error(self.root, "storing the photo"):
+            atomic_write_bytes(path, data, overwrite=False)
+            cap = Capture(cid, str(path), source, _now())
+            try:
+                self._write_sidecar(cap)
+            except BaseException:
+                path.unlink(missing_ok=True)  # no photo without its sidecar (it would be pruned unseen)
+                raise
         log.info("stored capture %s from %s (%d bytes)", cid, name, len(data))
         return cap
 
@@ -144,11 +153,16 @@ class CaptureStore:
         path = Path(path)
         try:
             load_image(path)
-        except InputError:
+        except InputError as exc:
             log.warning("camera wrote an unreadable file %s; keeping it aside", path)
+            free = storage.free_bytes(self.root)
+            if free < LOW_SPACE_BYTES:  # a camera that ran out of space leaves a cut or empty file
+                raise StorageError(f"the photo could not be read and the tablet has only {mb(free)} free: "
+                                   "storage is full. Free space on the tablet and take the photo again") from exc
             raise
         cap = Capture(capture_id, str(path), source, _now())
-        self._write_sidecar(cap)
+        with disk_full_is_storage_error(self.root, "storing the photo"):
+            self._write_sidecar(cap)
         return cap
 
     def _sidecar(self, capture_id: str) -> Path:
@@ -323,6 +337,10 @@ class SyncStatus:
     connection: str | None = None
     #: the last nightly background attempt, one line (``sync/background.py``), or None if none ran yet
     nightly: str | None = None
+    #: free bytes on the tablet's storage (the data folder), None if unknown
+    free_bytes: int | None = None
+    #: below the space a sync keeps free for photos: syncs will refuse to download until space is freed
+    storage_low: bool = False
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -618,6 +636,38 @@ class DeviceServices:
                  removed, max_age_days, kept)
         return {"removed_files": removed, "kept": kept}
 
+    def free_space_if_low(self) -> dict[str, int] | None:
+        """When free space is below what a sync keeps for photos, prune every capture not on screen and not
+        waiting to upload (not only those older than 14 days); None when space is not low."""
+        free = storage.free_bytes(self.data_dir)
+        if free >= RESERVE_BYTES:
+            self._reopen_read_only()
+            return None
+        log.warning("storage low (%s free): pruning captures already uploaded or not kept", mb(free))
+        pruned = self.prune_captures(max_age_days=0)
+        self._reopen_read_only()
+        return pruned
+
+    def _reopen_read_only(self) -> None:
+        """Databases opened read-only on a full disk (``storage.connect_wal``) are reopened for writing once
+        there is room again."""
+        if not (self.catalogue.read_only or self.outbox.read_only):
+            return
+        if storage.free_bytes(self.data_dir) < storage.OPEN_FULL_BYTES:
+            return
+        from .runtime.catalogue import CatalogueDB
+        from .runtime.outbox import Outbox
+
+        self.reload()
+        with self._lock:
+            old_cat, old_out = self.catalogue, self.outbox
+            self.catalogue = CatalogueDB(old_cat.path)
+            self.outbox = Outbox(old_out.path)
+        old_cat.close()
+        old_out.close()
+        log.info("storage: space freed, catalogue and outbox writable again (read-only now: %s)",
+                 self.catalogue.read_only or self.outbox.read_only)
+
     # sync --------------------------------------------------------------------------------------
     def _active(self) -> dict[str, Any] | None:
         return read_active_pointer(self.data_dir)
@@ -655,11 +705,13 @@ class DeviceServices:
             nightly = (f"OFF: could not schedule nightly sync at {arm.get('at')} ({arm.get('reason')}); "
                        f"sync from this screen" + (f". Last attempt: {nightly}" if nightly else ""))
         version = self.catalogue.catalogue_version
+        free = storage.free_bytes(self.data_dir)
         return SyncStatus(bundle_id=active.get("bundle_id") or self.catalogue.get_meta("bundle_id"),
                           bundle_version=active.get("version"), catalogue_version=version or None,
                           last_sync=last_sync, pending_uploads=self.pending_uploads(),
                           refused_uploads=self.refused_uploads(), enrolled=hub is not None,
-                          hub=hub, last_error=self._last_error, nightly=nightly, connection=connection)
+                          hub=hub, last_error=self._last_error, nightly=nightly, connection=connection,
+                          free_bytes=free, storage_low=free < RESERVE_BYTES)
 
     def sync_now(self) -> str:
         """One full sync (bundle, catalogue package, uploads); returns a one-line summary."""
@@ -667,8 +719,11 @@ class DeviceServices:
             result = self._client().sync()
         except SyncError as exc:
             self._last_error = str(exc)
+            if isinstance(exc, StorageError):
+                self.free_space_if_low()  # the outbox went up first: its photos may go now
             raise
         self._last_error = None
+        self.free_space_if_low()
         atomic_write_json(self.data_dir / "last_sync.json", {"at": _now(), "result": result.to_dict()})
         self.reload()
         return (f"catalogue {result.from_version} -> {result.to_version}, uploaded {result.uploaded}"

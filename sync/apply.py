@@ -181,6 +181,19 @@ def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
     return stats
 
 
+def space_to_apply(paths: DevicePaths, pkg: Package) -> int:
+    """Bytes applying ``pkg`` may take on disk at its peak (an upper estimate, checked against measured
+    growth in ``tests/sync/test_storage.py``): its rows and float32 vectors in SQLite twice (the database
+    pages and the WAL that holds them until the checkpoint), and the index cache written anew beside the
+    old file (a delta: the old index plus the new vectors; a snapshot: the new vectors), graph links included."""
+    emb = np.asarray(pkg.embeddings)
+    n, dim = (int(emb.shape[0]), int(emb.shape[1])) if emb.ndim == 2 else (0, 0)
+    rows = len(json.dumps([pkg.parts, pkg.inventory, pkg.images], default=str))
+    db = 2 * (2 * rows + n * (dim * 4 + 128))  # row text, its indexes, and ~128 B of keys per vector
+    index_now = 0 if pkg.full else sum(f.stat().st_size for f in paths.root.glob("index-*") if f.is_file())
+    return db + index_now + n * (dim * 4 + 256) + 64 * 1024
+
+
 def update_index(paths: DevicePaths, db: Any, bundle_id: str, params: dict[str, Any] | None = None, *,
                  index: Any | None = None, defer: bool = False) -> Any | None:
     """Bring the index cache for ``bundle_id`` up to date (incremental add/mark_deleted, or rebuild).

@@ -28,14 +28,17 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from edge_app.atomic import atomic_write_json
-from edge_app.errors import AuthError, IntegrityError, SyncError, UsageError
+from edge_app.errors import AuthError, IntegrityError, SyncError, SyncStorageError, UsageError
 from edge_app.signing import Keyring
+from edge_app import storage
+from edge_app.storage import RESERVE_BYTES, check_space, disk_full_is_storage_error, is_disk_full, mb
 
 from .apply import (DevicePaths, apply_package, index_params, kill_point, prune_bundles, read_active, reconcile,
-                    update_index, write_active)
+                    space_to_apply, update_index, write_active)
 from .package import read_package, sha256_file
 from .schedule import SyncWindow
-from .transport import MAX_RECORD_PAYLOAD_BYTES, HttpTransport, Transport, check_pins, upgrade_offer_bytes
+from .transport import (MAX_RECORD_PAYLOAD_BYTES, HttpTransport, Transport, check_pins, partial_of,
+                        upgrade_offer_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +150,12 @@ class SyncClient:
     """Sync one device data folder with its hub."""
 
     def __init__(self, data_dir: str | os.PathLike[str], *, transport: Transport | None = None,
-                 keyring: Keyring | None = None, smoke_test: SmokeTest | None = None) -> None:
+                 keyring: Keyring | None = None, smoke_test: SmokeTest | None = None,
+                 reserve_bytes: int = RESERVE_BYTES) -> None:
+        if reserve_bytes < 0:
+            raise UsageError(f"space to keep free must be >= 0 bytes, got {reserve_bytes}")
+        #: a sync never leaves less than this free (room for the engineer's photos)
+        self.reserve_bytes = int(reserve_bytes)
         self.paths = DevicePaths(Path(data_dir))
         if not self.paths.device.is_file():
             raise UsageError(f"{self.paths.root}: device not enrolled (run `partlens sync enrol`)")
@@ -169,7 +177,8 @@ class SyncClient:
                     "catalogue_version": db.catalogue_version, "bundle_id": db.get_meta("bundle_id"),
                     "index_stamp": db.get_meta("index_stamp"), "active": read_active(self.paths),
                     "parts": db.count("parts"), "images": db.count("images"),
-                    "embeddings": db.count("embeddings"), **self._outbox_counts(), "tls": self._tls_words()}
+                    "embeddings": db.count("embeddings"), **self._outbox_counts(), "tls": self._tls_words(),
+                    "free_bytes": storage.free_bytes(self.paths.root), "keep_free_bytes": self.reserve_bytes}
         finally:
             db.close()
 
@@ -208,10 +217,16 @@ class SyncClient:
             outbox.close()
 
     def sync(self, *, upload: bool = True) -> SyncResult:
+        """One sync (see the module docstring). Lack of storage raises :class:`SyncStorageError` with the
+        device unchanged; the outbox is still uploaded first (that is what lets the tablet free photos)."""
         t0 = time.perf_counter()
         db = self._open_db()
         try:
-            result = self._sync(db)
+            try:
+                with disk_full_is_storage_error(self.paths.root, "syncing", SyncStorageError):
+                    result = self._sync(db)
+            except SyncStorageError as exc:
+                raise self._after_storage_error(exc, db, upload) from exc
             t = time.perf_counter()
             result.thumbnails = self.fetch_thumbnails(db)
             result.timings["thumbnails"] = time.perf_counter() - t
@@ -225,6 +240,30 @@ class SyncClient:
             db.close()
         result.seconds = time.perf_counter() - t0
         return result
+
+    def _after_storage_error(self, exc: SyncStorageError, db: Any, upload: bool) -> SyncStorageError:
+        """A sync stopped for lack of storage: delete unfinished downloads (they hold the space; the next
+        sync fetches them again), still upload the outbox, and say both in the error."""
+        freed = 0
+        if self.paths.downloads.is_dir():
+            for f in self.paths.downloads.iterdir():
+                if f.is_file():
+                    freed += f.stat().st_size
+                    f.unlink()
+        words = [str(exc)]
+        if freed:
+            words.append(f"{mb(freed)} of unfinished downloads deleted")
+        if upload:
+            try:
+                with disk_full_is_storage_error(self.paths.root, "uploading", SyncStorageError):
+                    uploaded, refused = self.upload_outbox(db.catalogue_version)
+                words.append(f"the outbox was uploaded ({uploaded} records)")
+            except SyncError as up_exc:
+                words.append(f"the outbox was not uploaded either ({up_exc})")
+        return SyncStorageError("; ".join(words))
+
+    def _check_space(self, need: int, what: str) -> None:
+        check_space(self.paths.root, need, what, reserve=self.reserve_bytes, error=SyncStorageError)
 
     def _follow_pins(self, hub_pins: Any) -> None:
         """Adopt the hub's certificate pins from a plan (its current certificate, plus the next one while it
@@ -316,6 +355,7 @@ class SyncClient:
                 missing[image_id] = dest
         ids = list(missing)
         bad: list[str] = []
+        full = False
         for i in range(0, len(ids), THUMB_BATCH):
             chunk = ids[i:i + THUMB_BATCH]
             try:
@@ -324,6 +364,12 @@ class SyncClient:
                 if isinstance(exc, AuthError):
                     raise
                 log.warning("thumbnails not fetched (%s); %d will be fetched at the next sync", exc, len(ids) - i)
+                counts["failed"] += len(ids) - i
+                break
+            free = storage.free_bytes(self.paths.root)
+            if free - sum(len(v) for v in got.values()) < self.reserve_bytes:
+                log.warning("thumbnails: storage low (%s free, %s kept for photos); %d not stored, they will be "
+                            "fetched at a later sync", mb(free), mb(self.reserve_bytes), len(ids) - i)
                 counts["failed"] += len(ids) - i
                 break
             for image_id in chunk:
@@ -337,10 +383,21 @@ class SyncClient:
                     counts["failed"] += 1
                     bad.append(f"{image_id} ({exc})")
                     continue
-                atomic_write_bytes(missing[image_id], data, durable=False)
+                try:
+                    atomic_write_bytes(missing[image_id], data, durable=False)
+                except OSError as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    full = True
+                    break
                 counts["fetched"] += 1
             if hasattr(os, "sync"):  # POSIX (Android, Linux); the batch on disk in one call, not 2 fsyncs each
                 os.sync()
+            if full:
+                left = len(ids) - counts["fetched"] - len(bad)
+                log.warning("thumbnails: storage full; %d not stored, they will be fetched at a later sync", left)
+                counts["failed"] += left
+                break
         if bad:
             log.warning("%d thumbnails not fetched, e.g. %s; they will be fetched at the next sync", len(bad),
                         "; ".join(bad[:3]))
@@ -376,6 +433,7 @@ class SyncClient:
 
         desc = verify_descriptor(sig, self.keyring)  # before spending bandwidth on it
         if not path.exists():
+            self._check_space(_remaining(path, int(desc["size"])), f"the catalogue update {pkg_info['name']}")
             self.transport.download(pkg_info["url"], path, int(desc["size"]))
             result.downloaded_bytes += int(desc["size"])
         kill_point("package:downloaded")
@@ -384,6 +442,8 @@ class SyncClient:
         except IntegrityError:
             path.unlink(missing_ok=True)  # a corrupt download must not stick; the next sync fetches it again
             raise
+        self._check_space(space_to_apply(self.paths, pkg), f"applying {pkg.name} ({len(pkg.parts)} parts, "
+                                                         f"{len(pkg.embedding_ids)} image vectors)")
         result.timings["fetch"] = time.perf_counter() - t
         t = time.perf_counter()
         result.applied = apply_package(db, pkg, site=self.device["site"], bundle_id=target)
@@ -415,6 +475,10 @@ class SyncClient:
             raise IntegrityError(f"hub offers bundle {info['bundle_id']} version {info['version']}, not newer than "
                                  f"the active {active['bundle_id']} (version {active['version']}); rollback refused")
         tar = self.paths.downloads / f"{info['bundle_id']}.tar"
+        existing = self.paths.bundles / info["bundle_id"]
+        size = int(info["size"])
+        self._check_space((0 if tar.exists() else _remaining(tar, size)) + (0 if existing.is_dir() else size),
+                          f"the new model bundle {info['bundle_id']} ({mb(size)}, unpacked beside the active one)")
         if not tar.exists():
             self.transport.download(info["url"], tar, int(info["size"]))
             result.downloaded_bytes += int(info["size"])
@@ -422,7 +486,6 @@ class SyncClient:
             tar.unlink()
             raise IntegrityError(f"bundle archive {tar.name}: sha256 differs from the hub's; deleted, sync again")
         kill_point("bundle:downloaded")
-        existing = self.paths.bundles / info["bundle_id"]
         bundle = load_bundle(existing, self.keyring) if existing.is_dir() else open_archive(
             tar, self.paths.bundles, self.keyring)
         if bundle.bundle_id != info["bundle_id"]:
@@ -518,6 +581,12 @@ class SyncClient:
                 if status.get("blob_complete"):
                     return
                 offset = int(status["blob_offset"])
+
+
+def _remaining(dest: Path, size: int) -> int:
+    """Bytes still to download into ``dest`` (a partial download resumes)."""
+    partial = partial_of(dest)
+    return max(0, size - (partial.stat().st_size if partial.exists() else 0))
 
 
 def _file_digest(path: Path) -> tuple[int, str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_app.errors import UsageError
+from edge_app.storage import RESERVE_BYTES
 
 
 def _out(obj: Any) -> None:
@@ -244,6 +245,10 @@ def _enrol(args: argparse.Namespace) -> int:
 def _sync_run(args: argparse.Namespace) -> int:
     from .client import SyncClient
 
+    if args.keep_free_mb < 0:
+        raise UsageError(f"--keep-free-mb must be >= 0, got {args.keep_free_mb:g}")
+    reserve = int(args.keep_free_mb * 1024**2)
+
     if args.only_if_allowed:  # exactly what the tablet's background service does (sync.background)
         import datetime as _dt
 
@@ -251,10 +256,11 @@ def _sync_run(args: argparse.Namespace) -> int:
         from .schedule import SyncWindow
 
         attempt = run_once(_data_dir(args), now=_dt.datetime.now().astimezone(), charging=args.charging,
-                           unmetered=args.unmetered, window=SyncWindow.parse(args.window) if args.window else None)
+                           unmetered=args.unmetered, window=SyncWindow.parse(args.window) if args.window else None,
+                           client_factory=lambda d: SyncClient(d, reserve_bytes=reserve))
         _out(attempt.to_dict())
         return 1 if attempt.outcome == FAILED else 0
-    _out(SyncClient(_data_dir(args)).sync(upload=not args.no_upload).to_dict())
+    _out(SyncClient(_data_dir(args), reserve_bytes=reserve).sync(upload=not args.no_upload).to_dict())
     return 0
 
 
@@ -443,6 +449,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("payload", help="the QR payload JSON, or a file holding it")
     p = scmd("run", _sync_run, "sync now: bundle, catalogue delta, uploads")
     p.add_argument("--no-upload", action="store_true", help="do not upload the outbox")
+    p.add_argument("--keep-free-mb", type=float, default=RESERVE_BYTES / 1024**2, metavar="MB",
+                   help="refuse to download or apply what would leave less than this free on the device, room for "
+                        "the engineer's photos (default: %(default)g); exit 8 with nothing changed")
     p.add_argument("--only-if-allowed", action="store_true",
                    help="one background attempt, as the tablet's sync service makes it: sync only when docked, "
                         "unmetered and inside the window; record the outcome and the next attempt in "

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from edge_app.atomic import fsync_dir
 from edge_app.errors import AuthError, IntegrityError, SyncError, UsageError
+from edge_app.storage import is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +261,8 @@ class HttpTransport:
                     continue
                 raise
             except (SyncError, OSError, HTTPException) as exc:
-                if isinstance(exc, (AuthError, TLSError)):
-                    raise
+                if isinstance(exc, (AuthError, TLSError)) or is_disk_full(exc):
+                    raise  # retrying cannot help: a wrong token, a wrong certificate, a full disk
                 attempt += 1
                 got = partial.stat().st_size if partial.exists() else 0
                 if attempt > self.retries:

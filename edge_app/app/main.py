@@ -270,6 +270,7 @@ def run_and_close(services: Any, size: tuple[int, int] | None = None) -> None:
     try:
         if hasattr(services, "prune_captures"):
             services.prune_captures()
+            services.free_space_if_low()
         run(services, size)
     finally:
         services.close()

@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, StorageError, UsageError
+from ..storage import commit_or_rollback, connect_wal
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +121,13 @@ class CatalogueDB:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: the driver opens no implicit transactions; we open them explicitly.
         try:
-            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                                   timeout=BUSY_TIMEOUT_MS / 1000)
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            conn, self.read_only = connect_wal(self.path, BUSY_TIMEOUT_MS / 1000)
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{self.path}: not a usable SQLite database ({exc})") from None
-        if str(mode).lower() != "wal":
+        if str(mode).lower() != "wal" and not self.read_only:
             log.warning("%s: journal_mode is %s, not WAL", self.path, mode)
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
@@ -159,6 +158,9 @@ class CatalogueDB:
                 finally:
                     self._tx_depth -= 1
                 return
+            if self.read_only:
+                raise StorageError(f"{self.path}: storage full, the catalogue was opened read-only; free space on "
+                                   "the tablet and restart the app")
             conn = self.db.conn
             conn.execute("BEGIN IMMEDIATE")
             self._tx_depth = 1
@@ -169,7 +171,7 @@ class CatalogueDB:
                     conn.execute("ROLLBACK")
                 raise
             else:
-                conn.execute("COMMIT")
+                commit_or_rollback(conn)
             finally:
                 self._tx_depth = 0
 
@@ -194,6 +196,12 @@ class CatalogueDB:
 
     def _migrate(self) -> None:
         conn = self.db.conn
+        if self.read_only:  # opened on a full disk: usable only if no migration is due
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            if not {v for v, _fn in MIGRATIONS} <= done:
+                raise StorageError(f"{self.path}: storage full and the catalogue needs a schema update; free "
+                                   "space on the tablet and restart the app")
+            return
         with self._lock:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -209,7 +217,7 @@ class CatalogueDB:
                         log.info("%s: applying migration %d", self.path, version)
                         fn(conn)
                         conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, _now()))
-                conn.execute("COMMIT")
+                commit_or_rollback(conn)
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")

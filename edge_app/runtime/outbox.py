@@ -17,11 +17,14 @@ import uuid as _uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, StorageError, UsageError
+from ..storage import commit_or_rollback, connect_wal, disk_full_is_storage_error
 
 log = logging.getLogger(__name__)
 
 KINDS = ("feedback", "photo", "unknown_part", "usage")
+#: schema migrations applied by :meth:`Outbox._migrate`
+MIGRATIONS = (1, 2)
 
 
 def _now() -> str:
@@ -39,39 +42,53 @@ class Outbox:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=5)
-            self._conn.execute("PRAGMA busy_timeout=5000")
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn, self.read_only = connect_wal(self.path, 5.0)
             self._conn.execute("PRAGMA synchronous=FULL")
-            with self._tx():
-                self._conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)")
-                if not self._conn.execute("SELECT 1 FROM schema_migrations WHERE version = 1").fetchone():
-                    self._conn.execute(
-                        "CREATE TABLE outbox (uuid TEXT PRIMARY KEY, kind TEXT NOT NULL, payload TEXT NOT NULL, "
-                        "blob_path TEXT, created_at TEXT NOT NULL, uploaded_at TEXT)")
-                    self._conn.execute("CREATE INDEX outbox_pending ON outbox(uploaded_at, created_at)")
-                    self._conn.execute("INSERT INTO schema_migrations VALUES (1, ?)", (_now(),))
-                if not self._conn.execute("SELECT 1 FROM schema_migrations WHERE version = 2").fetchone():
-                    # a record the hub will never store is kept, marked refused with the hub's reason
-                    self._conn.execute("ALTER TABLE outbox ADD COLUMN refused_at TEXT")
-                    self._conn.execute("ALTER TABLE outbox ADD COLUMN refused_reason TEXT")
-                    self._conn.execute("INSERT INTO schema_migrations VALUES (2, ?)", (_now(),))
+            if self.read_only:  # opened on a full disk (see connect_wal): pending records still upload
+                done = {r[0] for r in self._conn.execute("SELECT version FROM schema_migrations")}
+                if not set(MIGRATIONS) <= done:
+                    raise StorageError(f"{self.path}: storage full and the outbox needs a schema update; free "
+                                       "space on the tablet and restart the app")
+            else:
+                self._migrate()
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{self.path}: not a usable outbox database ({exc})") from None
         self._lock = threading.RLock()
 
+    def _migrate(self) -> None:
+        """Versioned migrations (:data:`MIGRATIONS` lists them), in one transaction."""
+        with self._tx():
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)")
+            if not self._conn.execute("SELECT 1 FROM schema_migrations WHERE version = 1").fetchone():
+                self._conn.execute(
+                    "CREATE TABLE outbox (uuid TEXT PRIMARY KEY, kind TEXT NOT NULL, payload TEXT NOT NULL, "
+                    "blob_path TEXT, created_at TEXT NOT NULL, uploaded_at TEXT)")
+                self._conn.execute("CREATE INDEX outbox_pending ON outbox(uploaded_at, created_at)")
+                self._conn.execute("INSERT INTO schema_migrations VALUES (1, ?)", (_now(),))
+            if not self._conn.execute("SELECT 1 FROM schema_migrations WHERE version = 2").fetchone():
+                # a record the hub will never store is kept, marked refused with the hub's reason
+                self._conn.execute("ALTER TABLE outbox ADD COLUMN refused_at TEXT")
+                self._conn.execute("ALTER TABLE outbox ADD COLUMN refused_reason TEXT")
+                self._conn.execute("INSERT INTO schema_migrations VALUES (2, ?)", (_now(),))
+
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
-        else:
-            self._conn.execute("COMMIT")
+        """The one write helper: BEGIN IMMEDIATE ... COMMIT, rolled back on any error; a full disk becomes a
+        :class:`~edge_app.errors.StorageError` (the record is not stored, nothing else changes)."""
+        if self.read_only:
+            raise StorageError(f"{self.path}: storage full, the outbox was opened read-only; free space on the "
+                               "tablet and restart the app")
+        with disk_full_is_storage_error(self.path.parent, "recording in the outbox"):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            else:
+                commit_or_rollback(self._conn)
 
     def close(self) -> None:
         self._conn.close()

@@ -9,6 +9,7 @@ from kivy.clock import Clock
 from kivy.uix.screenmanager import Screen
 
 from ...errors import PartlensError
+from ...storage import RESERVE_BYTES, mb
 from .. import android
 from .results import short_time
 
@@ -30,6 +31,10 @@ class SyncStatusScreen(Screen):
             f"Last sync: {short_time(st.last_sync) if st.last_sync else 'never'}",
             f"Waiting to upload: {st.pending_uploads}",
         ]
+        if st.free_bytes is not None:
+            lines.append(f"Storage free: {mb(st.free_bytes)}" + (
+                f" - LOW: a sync keeps {mb(RESERVE_BYTES)} for photos and will not download until space is "
+                "freed (delete other files; uploaded photos are pruned)" if st.storage_low else ""))
         if st.refused_uploads:
             lines.append(f"Refused by the hub: {st.refused_uploads} (kept on this tablet; tell the hub admin)")
         if st.nightly:
