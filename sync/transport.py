@@ -167,6 +167,9 @@ class HttpTransport:
             detail = exc.read().decode("utf-8", "replace")[:500]
             if exc.code == 401:
                 raise AuthError(f"hub {self.base} refused the device token (401)") from None
+            if exc.code == 507:
+                raise _HttpError(507, detail, f"the hub's storage is full (HTTP 507 on {method} {path}): tell the "
+                                 "hub admin; nothing was lost, this tablet keeps its outbox and syncs later") from None
             raise _HttpError(exc.code, detail, f"hub {method} {path}: HTTP {exc.code} {detail}") from None
         except (urllib.error.URLError, OSError, HTTPException) as exc:
             reason = getattr(exc, "reason", exc)

@@ -28,6 +28,7 @@ import numpy as np
 from edge_app.atomic import atomic_write_bytes, atomic_write_json
 from edge_app.errors import InputError, UsageError
 from edge_app.signing import Keyring, SigningKey
+from edge_app.storage import free_bytes
 
 from ..embedder import Embedder, EmbedderFactory, bundle_embedder
 from .auth import check_name, load_or_create_secret
@@ -342,7 +343,7 @@ class Hub:
         devices = fleet(self)
         return {"root": str(self.root), "url": self.config.get("url"), "catalogue_version": self.store.version(),
                 "bundle_id": self.bundle_id, "key_id": self.config.get("key_id"), "trusted_keys": self.keyring.key_ids,
-                "tls": tls_status(self.root), **self.store.counts(),
+                "tls": tls_status(self.root), **self.store.counts(), "free_bytes": free_bytes(self.root),
                 "devices": {"enrolled": sum(not d["revoked"] for d in devices),
                             "stale": sorted(d["name"] for d in devices if d["stale"]),
                             "on_active_bundle": sum(bool(d["had_active_bundle"]) for d in devices if not d["revoked"]),

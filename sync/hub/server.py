@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from edge_app.errors import AuthError, InputError, IntegrityError, PartlensError, UsageError
+from edge_app.storage import free_bytes, is_disk_full, mb
 
 from .auth import authenticate
 from .deltas import PackageService
@@ -50,6 +52,19 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
             return JSONResponse({"detail": str(exc), "blob_offset": exc.offset}, status_code=409)
         code = 404 if isinstance(exc, InputError) else 422 if isinstance(exc, IntegrityError) else 400
         return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    async def _maybe_disk_full(request: Request, exc: Exception) -> JSONResponse:
+        """The hub's own disk is full: 507 with words, not a bare 500 (the write was undone; the tablet keeps
+        its records and sends them at a later sync). Any other error stays a 500."""
+        if not is_disk_full(exc):
+            raise exc
+        log.error("hub storage full (%s free) during %s %s: %s", mb(free_bytes(hub.root)), request.method,
+                  request.url.path, exc)
+        return JSONResponse({"detail": f"hub storage full ({mb(free_bytes(hub.root))} free); the hub admin must "
+                             "free space"}, status_code=507)
+
+    app.add_exception_handler(OSError, _maybe_disk_full)
+    app.add_exception_handler(sqlite3.Error, _maybe_disk_full)
 
     def device(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> dict[str, Any]:
         try:

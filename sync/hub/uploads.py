@@ -172,10 +172,15 @@ def _receive_chunk(hub: Hub, device: Mapping[str, Any], uuid: str, offset: int, 
         raise OffsetMismatch(current)
     if current + len(data) > row["blob_size"]:
         raise UsageError(f"upload {uuid}: chunk goes past the declared size {row['blob_size']}")
-    with open(part, "ab") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    with open(part, "ab", buffering=0) as fh:  # unbuffered: nothing is left to flush after a failure
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[fh.write(view):]
+            os.fsync(fh.fileno())
+        except OSError:  # e.g. the hub's disk is full: back to the last whole chunk, the tablet resends
+            os.ftruncate(fh.fileno(), current)
+            raise
     if current + len(data) == row["blob_size"]:
         h = hashlib.sha256()
         with open(part, "rb") as fh:

@@ -264,3 +264,36 @@ def test_a_real_full_disk_over_http_leaves_the_device_as_it_was(tmp_path):
     assert uid in {u["uuid"] for u in world.hub.store.list_uploads()}
     assert out["final"]["to_version"] == world.hub.store.version()
     assert out["final"]["state"]["version"] == world.hub.store.version() != before["version"]
+
+
+@pytest.mark.slow
+def test_the_hub_on_a_real_full_disk_answers_507_and_keeps_nothing_half_written(tmp_path):
+    from tests.fullfs import SKIP_REASON, can_mount_tmpfs, run_on_tmpfs
+
+    if not can_mount_tmpfs():
+        pytest.skip(SKIP_REASON)
+    out = run_on_tmpfs("tests.sync._child_hub_full", [], tmp_path / "mnt")
+    assert out["record"][0] == 200 and out["record"][1]["results"][0]["blob_offset"] == 0
+    status, body, partial_bytes = out["chunk_full"]
+    assert status == 507 and "hub storage full" in body["detail"]
+    assert partial_bytes == 0, "a chunk cut by a full disk must not stay half-written"
+    assert out["record_full"][0] == 507 and out["record2_stored"] is False  # SQLite's SQLITE_FULL, rolled back
+    assert out["chunk_after"][0] == 200 and out["chunk_after"][1]["blob_complete"] is True
+    assert out["record_after"] == 200
+
+
+def test_the_client_names_a_full_hub(world):
+    import io
+    import urllib.error
+
+    from sync.transport import HttpTransport
+
+    t = HttpTransport("http://hub.invalid", world.payload["token"])
+
+    def full(req, timeout=None):
+        raise urllib.error.HTTPError(req.full_url, 507, "Insufficient Storage", {},
+                                     io.BytesIO(b'{"detail": "hub storage full (0 kB free)"}'))
+
+    t._opener.open = full
+    with pytest.raises(SyncError, match="the hub's storage is full .*tell the hub admin; nothing was lost"):
+        t.post_uploads([{"uuid": "u"}])
