@@ -369,7 +369,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "backup, images, bundles, uploads, secrets 0600); the signing key is not included")
     p.add_argument("out", help="a new or empty folder outside the hub folder (ideally another disk)")
     p = cmd("tls-rotate", _tls_rotate, "replace the hub certificate without re-enrolling tablets: first make the "
-            "next one (tablets learn its pin at their next sync), then --activate it and restart `hub serve`")
+            "next one (tablets learn its pin at their next sync), then --activate it (a running `hub serve` switches at once)")
     p.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP",
                    help="another host name or IP address for the next certificate (the current ones are kept)")
     p.add_argument("--days", type=int, default=3650, help="validity of the next certificate in days")

@@ -1,6 +1,6 @@
 """Run a hub HTTP server as a child process on 127.0.0.1 (the demo and the tests use it).
 
-``with HubProcess(hub_dir) as hub: ...`` starts ``uvicorn`` on a free loopback port, waits until the
+``with HubProcess(hub_dir) as hub: ...`` starts ``partlens hub serve`` on a free loopback port, waits until the
 API answers, and always stops the process on exit, including on an exception or Ctrl-C.
 """
 from __future__ import annotations
@@ -58,13 +58,9 @@ class HubProcess:
         env = dict(os.environ, PARTLENS_HUB=str(self.hub_dir))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH", "")) if p)
         self._stderr = tempfile.TemporaryFile()
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "sync.hub.server:app_from_env", "--host", self.host,
-               "--port", str(self.port), "--log-level", "warning", "--no-access-log"]
-        if self.tls:
-            from .tls import CERT, KEY, tls_dir
-
-            d = tls_dir(self.hub_dir)
-            cmd += ["--ssl-certfile", str(d / CERT), "--ssl-keyfile", str(d / KEY)]
+        # exactly what an admin runs: `partlens hub serve` (HTTPS with the hub's certificate when it has one)
+        cmd = [sys.executable, "-m", "edge_app.cli", "hub", "serve", "--hub", str(self.hub_dir), "--host", self.host,
+               "--port", str(self.port), "--log-level", "warning"] + (["--plain"] if not self.tls else [])
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self._stderr)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:

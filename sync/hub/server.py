@@ -178,12 +178,14 @@ def serve(hub_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 
     over http:// reach this one on their old address and get the signed offer to switch."""
     import uvicorn
 
-    from .tls import CERT, KEY, has_tls, tls_dir
+    from .tls import CERT, KEY, ReloadingTLS, has_tls, tls_dir
 
     app = create_app(Path(hub_dir))
     ssl_kw: dict[str, Any] = {}
-    if has_tls(hub_dir) and not plain:
-        ssl_kw = {"ssl_certfile": str(tls_dir(hub_dir) / CERT), "ssl_keyfile": str(tls_dir(hub_dir) / KEY)}
+    if has_tls(hub_dir) and not plain:  # a certificate activated later (`tls-rotate --activate`) is picked up live
+        cert, key = tls_dir(hub_dir) / CERT, tls_dir(hub_dir) / KEY
+        ssl_kw = {"ssl_certfile": str(cert), "ssl_keyfile": str(key),
+                  "ssl_context_factory": ReloadingTLS(cert, key).uvicorn_factory}
     log.info("hub %s serving on %s://%s:%d", hub_dir, "https" if ssl_kw else "http", host, port)
     if not ssl_kw and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving plain HTTP on %s: device tokens and photos cross the network unencrypted; "

@@ -8,7 +8,8 @@ alternative names are the hub's host names and IP addresses) in ``<hub>/tls/``. 
 trusts THAT certificate only (no public CA, no "accept any certificate"; checked right after the TLS
 handshake, before the request is sent), so a machine in the middle with another certificate gets a
 verification error, not the token. The pin does not depend on the hub's address. Renewing the certificate means
-re-enrolling the tablets, hence the long validity.
+re-enrolling the tablets unless it goes through ``tls-rotate`` (below), hence the long validity.
+A running ``hub serve`` picks up an activated certificate at the next handshake (:class:`ReloadingTLS`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import logging
 import os
 import ssl
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 from edge_app.atomic import atomic_write_bytes, atomic_write_json
@@ -170,12 +171,12 @@ def rotate_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS) -
     info = init_tls(hub.root, [*old, *hosts], days=days, _into=next_dir(hub.root))
     info["started_at"] = started
     log.warning("next hub certificate %s made; tablets learn it at their next sync, then run "
-                "`partlens hub tls-rotate --activate` and restart `hub serve`", info["sha256"])
+                "`partlens hub tls-rotate --activate` (a running `hub serve` switches at once)", info["sha256"])
     return info
 
 
 def activate_next(hub: Any, *, force: bool = False) -> dict[str, Any]:
-    """Step 2: the next certificate becomes the hub's (restart ``hub serve`` to use it). Refused while an
+    """Step 2: the next certificate becomes the hub's (a running ``hub serve`` uses it from the next handshake). Refused while an
     enrolled, not revoked tablet has not synced since the rotation began (it does not know the new pin and
     would have to be enrolled again), unless ``force``. Re-runnable after a crash half-way."""
     from .enrol import fleet
@@ -203,7 +204,8 @@ def activate_next(hub: Any, *, force: bool = False) -> dict[str, Any]:
         (nd / f).unlink(missing_ok=True)
     nd.rmdir()
     new = fingerprint(cert_pem(hub.root))
-    log.warning("hub certificate is now %s (was %s): restart `hub serve`", new, old)
+    log.warning("hub certificate is now %s (was %s); a running `hub serve` presents it from the next connection",
+                new, old)
     return {"sha256": new, "previous_sha256": old, "not_synced_since_rotation": behind}
 
 
@@ -267,3 +269,51 @@ def upgrade_offer(hub: Any) -> dict[str, Any] | None:
     doc = {"url": url, "tls_sha256": fingerprint(cert_pem(hub.root)), "key_id": hub.key.key_id,
            "catalogue_version": hub.store.version()}
     return {"doc": doc, "signature": sign_document(upgrade_offer_bytes(doc), hub.key)}
+
+
+class ReloadingTLS:
+    """The server's TLS context, which follows the certificate files: after ``tls-rotate --activate`` rewrote
+    them, the next handshake uses the new certificate, without restarting ``hub serve``.
+
+    uvicorn builds ONE :class:`ssl.SSLContext` at start (:meth:`uvicorn_factory` returns it). Its SNI callback,
+    which OpenSSL calls at every handshake (with ``server_name`` None when the client sent none), stats the two
+    files and hands the connection a context loaded from them when they changed. A half-written pair (the key
+    already new, the certificate not yet) does not load; the previous context serves until the pair matches.
+    """
+
+    def __init__(self, cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> None:
+        self.cert, self.key = Path(cert), Path(key)
+        self._make: Callable[[], ssl.SSLContext] | None = None
+        self._stamp: tuple[int, ...] | None = None
+        self._current: ssl.SSLContext | None = None
+
+    def _files_stamp(self) -> tuple[int, ...]:
+        a, b = self.cert.stat(), self.key.stat()
+        return (a.st_mtime_ns, a.st_size, a.st_ino, b.st_mtime_ns, b.st_size, b.st_ino)
+
+    def uvicorn_factory(self, config: Any, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        """``uvicorn.Config(ssl_context_factory=...)``: the first context, built by uvicorn's own factory (its
+        protocol, ciphers and ALPN settings) from ``ssl_certfile``/``ssl_keyfile``, which must be these files."""
+        self._make = default
+        self._stamp, self._current = self._files_stamp(), default()
+        self._current.sni_callback = self._on_handshake
+        return self._current
+
+    def current(self) -> ssl.SSLContext:
+        """The context for a new connection: reloaded if the files changed since the last one loaded."""
+        if self._make is None or self._current is None:
+            raise RuntimeError("ReloadingTLS.current() before uvicorn built the first context")
+        try:
+            stamp = self._files_stamp()
+            if stamp != self._stamp:
+                self._stamp, self._current = stamp, self._make()
+                log.warning("hub certificate reloaded from %s (sha256 %s)", self.cert,
+                            fingerprint(self.cert.read_text()))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.warning("hub certificate files changed but do not load yet (%s); serving the previous one", exc)
+        return self._current
+
+    def _on_handshake(self, conn: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        current = self.current()
+        if current is not ctx:
+            conn.context = current

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import stat
 import urllib.error
 import urllib.request
@@ -187,7 +188,8 @@ def test_tls_init_refuses_bad_hosts_and_validity(tmp_path):
 
 def test_certificate_rotation_without_re_enrolling(tmp_path):
     """tls-rotate: the next pin reaches tablets through their sync; --activate is refused while a tablet has
-    not synced since; after it (and a restart) the tablets that followed keep syncing, the other cannot."""
+    not synced since; after it the running server presents the new certificate (no restart) and the tablets
+    that followed keep syncing, the other cannot."""
     from edge_app.cli import main
     from sync.hub.enrol import add_device
     from sync.hub.tls import cert_pem, fingerprint, pins
@@ -217,12 +219,12 @@ def test_certificate_rotation_without_re_enrolling(tmp_path):
         # the sleeper has not synced since the rotation began: activation refused, nothing changed
         assert main(["hub", "tls-rotate", "--activate", "--hub", str(hub.root)]) != 0
         assert pins(hub.root) == [old, new]
+        served = fingerprint(ssl.get_server_certificate(("127.0.0.1", server.port)))
+        assert served == old
         assert main(["hub", "tls-rotate", "--activate", "--force", "--hub", str(hub.root)]) == 0
         assert pins(hub.root) == [new] and not (hub.root / "tls" / "next").exists()
-    finally:
-        server.stop()
-    server = HubServer(hub.root, port=server.port)  # `hub serve` restarted with the new certificate
-    try:
+        # the running `hub serve` (not restarted) presents the new certificate from the next handshake on
+        assert fingerprint(ssl.get_server_certificate(("127.0.0.1", server.port))) == new
         from sync.client import SyncClient
 
         r = SyncClient(fdir, smoke_test=lambda b: None).sync()
@@ -321,3 +323,37 @@ def test_activation_without_the_rotation_marker_is_a_clear_error(tmp_path):
     with pytest.raises(UsageError, match="rotation.json"):
         activate_next(world.hub)
     assert pins(world.hub.root) == before  # nothing switched
+
+
+def test_the_reloading_context_waits_for_a_matching_pair(tmp_path):
+    """A running server reloads its certificate when the files change, but not from a half-written pair (the
+    new key beside the old certificate, as in the middle of `tls-rotate --activate`)."""
+    import shutil
+
+    from sync.hub.tls import CERT, KEY, ReloadingTLS, init_tls
+
+    init_tls(tmp_path / "a", ["127.0.0.1"], _into=tmp_path / "a")
+    init_tls(tmp_path / "b", ["127.0.0.1"], _into=tmp_path / "b")
+    live = tmp_path / "live"
+    shutil.copytree(tmp_path / "a", live)
+
+    def default():
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(live / CERT, live / KEY)
+        return ctx
+
+    tls = ReloadingTLS(live / CERT, live / KEY)
+    first = tls.uvicorn_factory(None, default)
+    assert first.sni_callback is not None and tls.current() is first  # unchanged files: the same context
+    shutil.copy(tmp_path / "b" / KEY, live / KEY)  # the key is new, the certificate not yet
+    assert tls.current() is first
+    shutil.copy(tmp_path / "b" / CERT, live / CERT)
+    second = tls.current()
+    assert second is not first and tls.current() is second
+
+    class Conn:
+        context = first
+
+    conn = Conn()
+    first.sni_callback(conn, None, first)  # what OpenSSL calls at a handshake (no SNI from an IP-address client)
+    assert conn.context is second
