@@ -71,8 +71,10 @@ def disk_full_is_storage_error(path: str | os.PathLike[str], what: str,
     message says so. Any other exception passes unchanged."""
     try:
         yield
-    except StorageError:
-        raise
+    except StorageError as exc:  # e.g. a database opened read-only on a full disk: same words, caller's type
+        if isinstance(exc, error):
+            raise
+        raise error(str(exc)) from exc
     except (OSError, sqlite3.Error) as exc:
         if not is_disk_full(exc):
             raise

@@ -297,3 +297,15 @@ def test_the_client_names_a_full_hub(world):
     t._opener.open = full
     with pytest.raises(SyncError, match="the hub's storage is full .*tell the hub admin; nothing was lost"):
         t.post_uploads([{"uuid": "u"}])
+
+
+def test_a_storage_error_inside_a_sync_is_a_sync_error(tmp_path):
+    """A StorageError raised deep inside (a database opened read-only on a full disk) reaches sync callers,
+    which handle SyncError, as a SyncStorageError with the same words."""
+    with pytest.raises(SyncStorageError, match="read-only") as info:
+        with storage.disk_full_is_storage_error(tmp_path, "syncing", SyncStorageError):
+            raise StorageError("catalogue.db: storage full, the catalogue was opened read-only")
+    assert isinstance(info.value.__cause__, StorageError)
+    with pytest.raises(OSError):  # not a full disk: unchanged
+        with storage.disk_full_is_storage_error(tmp_path, "syncing", SyncStorageError):
+            raise OSError(errno.EACCES, "Permission denied")
