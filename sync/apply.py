@@ -122,7 +122,9 @@ def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
                   before_commit: Callable[[], None] | None = None) -> dict[str, int]:
     """Apply a verified package in ONE transaction; return counts.
 
-    A delta must start at the device's catalogue version; a snapshot replaces the catalogue.
+    A delta must start at the device's catalogue version; a snapshot replaces the catalogue. A snapshot of
+    a newer catalogue lineage (``pkg.epoch``: the hub was restored from a backup) replaces it even at a lower
+    version; a package of an older lineage is refused.
     ``bundle_id`` is the bundle the package's embeddings belong to (it becomes the device's).
     """
     from edge_app.runtime.index import IndexStamp
@@ -137,7 +139,13 @@ def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
              "deleted_images": len(pkg.deleted_images)}
     with db.transaction() as sdb:
         current = int(db.get_meta("catalogue_version", "0") or 0)
-        if pkg.to_version < current or (pkg.to_version == current and not pkg.full):
+        epoch = int(db.get_meta("catalogue_epoch", "0") or 0)
+        if pkg.epoch < epoch:
+            raise SyncError(f"package {pkg.name} is of the hub's catalogue lineage {pkg.epoch}, older than this "
+                            f"device's {epoch} (a hub restored from an older backup?); refused")
+        if pkg.epoch > epoch and not pkg.full:
+            raise SyncError(f"package {pkg.name} starts a new catalogue lineage but is not a snapshot; refused")
+        if pkg.epoch == epoch and (pkg.to_version < current or (pkg.to_version == current and not pkg.full)):
             raise SyncError(f"package {pkg.name} would move the catalogue from version {current} back to "
                             f"{pkg.to_version}; refused (the hub's versions order everything)")
         if not pkg.full and pkg.from_version != current:
@@ -171,6 +179,10 @@ def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
             db.set_meta("index_stamp", str(IndexStamp(bundle_id, pkg.to_version)))
         kill_point("apply:embeddings")
         db.set_meta("catalogue_version", pkg.to_version)
+        if pkg.epoch != epoch:  # the hub was restored from a backup: its versions count from there now
+            db.set_meta("catalogue_epoch", pkg.epoch)
+            log.warning("catalogue replaced by the restored hub's (lineage %d -> %d, version %d -> %d)",
+                        epoch, pkg.epoch, current, pkg.to_version)
         db.set_meta("site", site)
         if pkg.hub_time:
             db.set_meta("hub_time", pkg.hub_time)
@@ -192,6 +204,18 @@ def space_to_apply(paths: DevicePaths, pkg: Package) -> int:
     db = 2 * (2 * rows + n * (dim * 4 + 128))  # row text, its indexes, and ~128 B of keys per vector
     index_now = 0 if pkg.full else sum(f.stat().st_size for f in paths.root.glob("index-*") if f.is_file())
     return db + index_now + n * (dim * 4 + 256) + 64 * 1024
+
+
+def drop_index_files(paths: DevicePaths) -> int:
+    """Delete every index cache file (rebuilt from SQLite when next opened); returns how many. Done before
+    a snapshot of a new catalogue lineage: its labels and versions may coincide with the old ones while
+    meaning other vectors, so no cached index may survive it."""
+    n = 0
+    for f in paths.root.glob("index-*"):
+        if f.is_file():
+            f.unlink()
+            n += 1
+    return n
 
 
 def update_index(paths: DevicePaths, db: Any, bundle_id: str, params: dict[str, Any] | None = None, *,

@@ -33,8 +33,8 @@ from edge_app.signing import Keyring
 from edge_app import storage
 from edge_app.storage import RESERVE_BYTES, check_space, disk_full_is_storage_error, is_disk_full, mb
 
-from .apply import (DevicePaths, apply_package, index_params, kill_point, prune_bundles, read_active, reconcile,
-                    space_to_apply, update_index, write_active)
+from .apply import (DevicePaths, apply_package, drop_index_files, index_params, kill_point, prune_bundles,
+                    read_active, reconcile, space_to_apply, update_index, write_active)
 from .package import read_package, sha256_file
 from .schedule import SyncWindow
 from .transport import (MAX_RECORD_PAYLOAD_BYTES, HttpTransport, Transport, check_pins, partial_of,
@@ -175,6 +175,7 @@ class SyncClient:
         try:
             return {"device": self.device["device"], "site": self.device["site"], "hub": self.device["hub"],
                     "catalogue_version": db.catalogue_version, "bundle_id": db.get_meta("bundle_id"),
+                    "catalogue_epoch": int(db.get_meta("catalogue_epoch", "0") or 0),
                     "index_stamp": db.get_meta("index_stamp"), "active": read_active(self.paths),
                     "parts": db.count("parts"), "images": db.count("images"),
                     "embeddings": db.count("embeddings"), **self._outbox_counts(), "tls": self._tls_words(),
@@ -262,6 +263,28 @@ class SyncClient:
                 words.append(f"the outbox was not uploaded either ({up_exc})")
         return SyncStorageError("; ".join(words))
 
+    def _resend_since(self, since: str) -> None:
+        """The hub was restored from a backup taken at ``since`` (hub clock): send again what this device
+        uploaded from a day before then (clocks differ; the hub keeps one copy per UUID)."""
+        import datetime as _dt
+
+        from edge_app.runtime.outbox import Outbox
+
+        try:
+            cutoff = (_dt.datetime.fromisoformat(since) - _dt.timedelta(days=1)).isoformat()
+        except ValueError:
+            log.warning("hub sent an unreadable restore time %r; nothing resent", since)
+            return
+        if not self.paths.outbox.exists():
+            return
+        outbox = Outbox(self.paths.outbox)
+        try:
+            n, gone = outbox.requeue_uploaded_since(cutoff)
+        finally:
+            outbox.close()
+        log.warning("the hub was restored from a backup of %s: %d uploads queued again%s", since, n,
+                    f" ({gone} whose photo is no longer on this tablet were not)" if gone else "")
+
     def _check_space(self, need: int, what: str) -> None:
         check_space(self.paths.root, need, what, reserve=self.reserve_bytes, error=SyncStorageError)
 
@@ -319,7 +342,8 @@ class SyncClient:
         A failure here does not undo the sync: it is logged and returned (``SyncResult.checked_in``)."""
         active = read_active(self.paths)
         try:
-            plan = self.transport.plan(db.catalogue_version, active["bundle_id"] if active else None)
+            plan = self.transport.plan(db.catalogue_version, active["bundle_id"] if active else None,
+                                       int(db.get_meta("catalogue_epoch", "0") or 0))
         except SyncError as exc:
             log.warning("synced, but could not tell the hub so (%s); it will know at the next sync", exc)
             return False
@@ -406,6 +430,7 @@ class SyncClient:
     def _sync(self, db: Any) -> SyncResult:
         active_id = reconcile(self.paths, db)
         version = db.catalogue_version
+        epoch = int(db.get_meta("catalogue_epoch", "0") or 0)
         result = SyncResult(version, version, active_id, active_id)
         live = None  # the index loaded here is updated in place after the commit (no second load)
         t = time.perf_counter()
@@ -413,12 +438,21 @@ class SyncClient:
             live = update_index(self.paths, db, active_id, index_params(self.paths, active_id))
         result.timings["index_open"] = time.perf_counter() - t
         t = time.perf_counter()
-        plan = self.transport.plan(version, active_id)
+        plan = self.transport.plan(version, active_id, epoch)
         self._follow_pins(plan.get("tls_pins"))
-        self._take_tls_upgrade(plan.get("tls_upgrade"), version)
-        if plan["hub_version"] < version:
-            raise SyncError(f"the hub is at catalogue version {plan['hub_version']}, this device at {version}; "
-                            "refusing to go back (was the hub restored from a backup? re-enrol the device)")
+        hub_epoch = int(plan.get("epoch") or 0)
+        if hub_epoch < epoch:
+            raise SyncError(f"the hub's catalogue lineage ({hub_epoch}) is older than this device's ({epoch}): it was "
+                            "restored from an older backup than one this device already synced with; refusing to "
+                            "go back (the hub admin must restore the newer backup)")
+        if hub_epoch == epoch:
+            self._take_tls_upgrade(plan.get("tls_upgrade"), version)
+            if plan["hub_version"] < version:
+                raise SyncError(f"the hub is at catalogue version {plan['hub_version']}, this device at {version}; "
+                                "refusing to go back (was the hub folder put back from a backup by hand? the hub "
+                                "admin should use `partlens hub restore`, which tablets follow by themselves)")
+        elif plan.get("resend_uploads_since"):
+            self._resend_since(str(plan["resend_uploads_since"]))
         target = active_id
         bundle = None
         if plan.get("bundle"):
@@ -446,6 +480,9 @@ class SyncClient:
                                                          f"{len(pkg.embedding_ids)} image vectors)")
         result.timings["fetch"] = time.perf_counter() - t
         t = time.perf_counter()
+        if pkg.epoch != epoch:  # a restored hub: its labels and versions may mean other vectors now
+            live = None
+            drop_index_files(self.paths)
         result.applied = apply_package(db, pkg, site=self.device["site"], bundle_id=target)
         result.timings["apply"] = time.perf_counter() - t
         result.package = pkg.name

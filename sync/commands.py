@@ -159,6 +159,13 @@ def _tls_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _restore(args: argparse.Namespace) -> int:
+    from .hub.backup import restore_hub
+
+    _out(restore_hub(args.backup, _hub_dir(args), key_path=args.key))
+    return 0
+
+
 def _backup(args: argparse.Namespace) -> int:
     from .hub.backup import backup_hub
 
@@ -368,6 +375,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cmd("backup", _backup, "copy the hub folder consistently while it serves (database by SQLite's online "
             "backup, images, bundles, uploads, secrets 0600); the signing key is not included")
     p.add_argument("out", help="a new or empty folder outside the hub folder (ideally another disk)")
+    p = cmd("restore", _restore, "make a hub folder (--hub: new or empty) from a backup; tablets keep their "
+            "tokens, get a full snapshot and send again what they uploaded since the backup, at their next sync")
+    p.add_argument("backup", help="a folder made by `partlens hub backup`")
+    p.add_argument("--key", help="the package-signing key file, if not where hub.json says (backups do not hold it)")
     p = cmd("tls-rotate", _tls_rotate, "replace the hub certificate without re-enrolling tablets: first make the "
             "next one (tablets learn its pin at their next sync), then --activate it (a running `hub serve` switches at once)")
     p.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP",

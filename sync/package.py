@@ -57,14 +57,19 @@ class Package:
     embeddings: np.ndarray  # float16 (N, D)
     hub_time: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the hub's catalogue lineage: 0 until the hub is restored from a backup (``hub restore`` starts a
+    #: newer one); a device accepts a snapshot of a newer lineage even at a lower version
+    epoch: int = 0
 
     @property
     def name(self) -> str:
-        return package_name(self.from_version, self.to_version, self.full)
+        return package_name(self.from_version, self.to_version, self.full, self.epoch)
 
 
-def package_name(from_version: int, to_version: int, full: bool) -> str:
-    return f"snapshot-{to_version:06d}.tar" if full else f"delta-{from_version:06d}-{to_version:06d}.tar"
+def package_name(from_version: int, to_version: int, full: bool, epoch: int = 0) -> str:
+    lineage = f"e{epoch}-" if epoch else ""
+    return (f"snapshot-{lineage}{to_version:06d}.tar" if full
+            else f"delta-{lineage}{from_version:06d}-{to_version:06d}.tar")
 
 
 def canonical(obj: Any) -> bytes:
@@ -80,8 +85,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def _header(pkg: Package) -> dict[str, Any]:
-    return {"format": FORMAT, "site": pkg.site, "from_version": pkg.from_version, "to_version": pkg.to_version,
+    head = {"format": FORMAT, "site": pkg.site, "from_version": pkg.from_version, "to_version": pkg.to_version,
             "full": pkg.full, "bundle_id": pkg.bundle_id, "hub_time": pkg.hub_time}
+    if pkg.epoch:  # only after a hub restore: packages of hubs never restored stay byte-identical
+        head["epoch"] = int(pkg.epoch)
+    return head
 
 
 def encode_package(pkg: Package) -> bytes:
@@ -158,7 +166,7 @@ def read_package(path: str | Path, sig_doc: Mapping[str, Any], keyring: Keyring)
                            allow_pickle=False)
     except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
         raise IntegrityError(f"{path}: cannot read package ({exc})") from None
-    for k in ("format", "site", "from_version", "to_version", "full", "bundle_id"):
+    for k in ("format", "site", "from_version", "to_version", "full", "bundle_id", "epoch"):
         if body.get(k) != desc.get(k):
             raise IntegrityError(f"{path}: header {k}={body.get(k)!r} disagrees with the signed {desc.get(k)!r}")
     ids = list(body["embedding_ids"])
@@ -168,4 +176,4 @@ def read_package(path: str | Path, sig_doc: Mapping[str, Any], keyring: Keyring)
                    bundle_id=body["bundle_id"], full=bool(body["full"]), parts=body["parts"],
                    inventory=body["inventory"], images=body["images"], deleted_parts=body["deleted_parts"],
                    deleted_images=body["deleted_images"], deleted_inventory=body["deleted_inventory"],
-                   embedding_ids=ids, embeddings=vecs, hub_time=body.get("hub_time"))
+                   embedding_ids=ids, embeddings=vecs, hub_time=body.get("hub_time"), epoch=int(body.get("epoch") or 0))

@@ -45,7 +45,7 @@ class Transport(Protocol):
     marked refused, instead of failing every later sync on it).
     """
 
-    def plan(self, version: int, bundle_id: str | None) -> dict[str, Any]: ...
+    def plan(self, version: int, bundle_id: str | None, epoch: int = 0) -> dict[str, Any]: ...
     def download(self, url: str, dest: Path, size: int) -> Path: ...
     def get_bytes(self, url: str, max_bytes: int) -> bytes: ...
     def post_upload(self, record: Mapping[str, Any]) -> dict[str, Any]: ...
@@ -202,8 +202,11 @@ class HttpTransport:
         with self._open(method, path, body=body, headers=headers, **kw) as resp:
             return self._read_json(resp, path)
 
-    def plan(self, version: int, bundle_id: str | None) -> dict[str, Any]:
-        return self._json("GET", "/v1/sync", params={"version": version, "bundle_id": bundle_id})
+    def plan(self, version: int, bundle_id: str | None, epoch: int = 0) -> dict[str, Any]:
+        params: dict[str, Any] = {"version": version, "bundle_id": bundle_id}
+        if epoch:  # only after a hub restore; older hubs never see the parameter
+            params["epoch"] = epoch
+        return self._json("GET", "/v1/sync", params=params)
 
     def whoami(self) -> dict[str, Any]:
         return self._json("GET", "/v1/whoami")
@@ -392,8 +395,8 @@ class InMemoryTransport:
 
         return authenticate(self.hub.store, self.hub.secret, self.token)
 
-    def plan(self, version: int, bundle_id: str | None) -> dict[str, Any]:
-        return self.packages.plan_for_device(self._device(), version, bundle_id, via="in-process")
+    def plan(self, version: int, bundle_id: str | None, epoch: int = 0) -> dict[str, Any]:
+        return self.packages.plan_for_device(self._device(), version, bundle_id, via="in-process", epoch=epoch)
 
     def get_bytes(self, url: str, max_bytes: int) -> bytes:
         self._device()

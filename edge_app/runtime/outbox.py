@@ -157,6 +157,18 @@ class Outbox:
                 return conn.execute(sql).rowcount
             return sum(conn.execute(sql + " AND uuid = ?", (u,)).rowcount for u in uuids)
 
+    def requeue_uploaded_since(self, since: str) -> tuple[int, int]:
+        """Send again, at the next upload, records uploaded at or after ``since`` (ISO time): the hub that
+        received them was restored from an older backup. Records whose photo file is gone stay uploaded
+        (they cannot be sent whole). Returns (requeued, skipped for a missing photo)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT uuid, blob_path FROM outbox WHERE uploaded_at IS NOT NULL AND "
+                                      "uploaded_at >= ?", (since,)).fetchall()
+        again = [u for u, b in rows if b is None or Path(b).is_file()]
+        with self._lock, self._tx() as conn:
+            conn.executemany("UPDATE outbox SET uploaded_at = NULL WHERE uuid = ?", [(u,) for u in again])
+        return len(again), len(rows) - len(again)
+
     def count(self, pending_only: bool = True, kinds: Sequence[str] | None = None) -> int:
         """Records (not yet uploaded nor refused, with ``pending_only``), of ``kinds`` only when given."""
         where, params = ["uploaded_at IS NULL AND refused_at IS NULL"] if pending_only else [], []

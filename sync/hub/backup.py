@@ -7,22 +7,28 @@ added), bundles, finished upload photos, the keyring, the token secret and the T
 lives outside the hub folder (``hub.json`` names it) and is NOT copied: back it up on its own.
 ``backup.json`` is written last: a folder without it is an interrupted backup, not a usable one.
 
-To restore, put the backup folder where the hub folder was (or point ``--hub`` at it). Tablets keep their
-tokens and pins. A tablet that synced past the backup's catalogue version refuses to go back and must be
-enrolled again (``hub devices`` and the backup's ``backup.json`` tell which).
+``partlens hub restore BACKUP HUB_DIR`` makes a hub folder from a backup (checked first: complete, database
+intact, the signing key present) and starts a new catalogue *lineage* (``catalogue_epoch``): tablets keep
+their tokens and pins, and at their next sync each gets a full snapshot of the restored catalogue, even one
+that had synced past the backup (its version numbers mean other contents now), and sends again what it
+uploaded since the backup was taken (the restored hub never received it). Nothing to do on the tablets;
+only those enrolled after the backup must be enrolled again.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
-from edge_app.atomic import atomic_write_json
-from edge_app.errors import UsageError
+from edge_app.atomic import atomic_write_json, fsync_dir
+from edge_app.errors import InputError, UsageError
+from edge_app.signing import SigningKey
 
 from .hub import Hub
 
@@ -79,9 +85,90 @@ def backup_hub(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     info = {"hub": str(hub.root), "taken_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "catalogue_version": version, **copied,
             "signing_key_not_included": hub.config.get("key_path"),
-            "restore": "put this folder where the hub folder was; tablets that synced past catalogue version "
-                       f"{version} must be enrolled again"}
+            "restore": f"partlens hub restore {out} HUB_DIR (tablets follow by themselves)"}
     atomic_write_json(out / "backup.json", info)
     log.info("hub %s backed up to %s: catalogue version %d, %d files, %.1f MB; the signing key %s is not "
              "included", hub.root, out, version, copied["files"], copied["bytes"] / 1e6, hub.config.get("key_path"))
     return info
+
+
+def restore_hub(backup_dir: str | os.PathLike[str], target: str | os.PathLike[str], *,
+                key_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Make the hub folder ``target`` (new, or an empty folder) from the backup ``backup_dir``.
+
+    Checked before anything is written: ``backup.json`` (a complete backup), SQLite's integrity check, and the
+    package-signing key (``key_path``, else the one ``hub.json`` names) matching the hub's key id. The copy is
+    made beside ``target`` and renamed into place, so an interrupted restore leaves no half hub. The restored
+    database starts a new catalogue lineage (see the module docstring)."""
+    src, dst = Path(backup_dir), Path(target)
+    try:
+        info = json.loads((src / "backup.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{src}: not a complete hub backup (backup.json missing or unreadable: {exc})") from None
+    if not (src / "hub.db").is_file() or not (src / "hub.json").is_file():
+        raise InputError(f"{src}: not a complete hub backup (hub.db or hub.json missing)")
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise UsageError(f"{dst} exists and is not an empty folder; restore into a new folder")
+    if dst.resolve().is_relative_to(src.resolve()) or src.resolve().is_relative_to(dst.resolve()):
+        raise UsageError(f"{dst} and the backup {src} must not be inside each other")
+    config = json.loads((src / "hub.json").read_text())
+    key_file = Path(key_path or config.get("key_path") or "")
+    try:
+        key = SigningKey.load(key_file)
+    except Exception as exc:  # noqa: BLE001 - any failure to read the key means the same thing here
+        raise UsageError(f"the package-signing key {key_file} cannot be read ({exc}); backups do not hold it: "
+                         "copy it back, or pass --key PATH") from None
+    if config.get("key_id") and key.key_id != config["key_id"]:
+        raise UsageError(f"{key_file} is key {key.key_id}, the hub signs with {config['key_id']}; pass the right "
+                         "--key (tablets trust only that one)")
+    check = sqlite3.connect(f"{(src / 'hub.db').absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        ok = check.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        check.close()
+    if ok != "ok":
+        raise InputError(f"{src / 'hub.db'}: fails SQLite's integrity check ({ok}); use another backup")
+    work = dst.parent / f".{dst.name}.restoring"
+    if work.exists():
+        shutil.rmtree(work)  # an interrupted restore of ours (the name is only ever made here)
+    shutil.copytree(src, work, ignore=shutil.ignore_patterns("backup.json"))
+    for tree in TREES:  # a backup holds files, not empty folders; the hub expects its folders
+        (work / tree).mkdir(exist_ok=True)
+    epoch = _start_lineage(work / "hub.db", str(info.get("taken_at") or ""))
+    if key_path is not None:
+        config["key_path"] = str(key_file.resolve())
+        atomic_write_json(work / "hub.json", config)
+    for secret in (work / "secret.bin", work / "tls" / "key.pem"):
+        if secret.is_file():
+            os.chmod(secret, 0o600)
+    if hasattr(os, "sync"):
+        os.sync()
+    if dst.exists():
+        dst.rmdir()
+    os.replace(work, dst)
+    fsync_dir(dst.parent)
+    out = {"hub": str(dst), "from_backup": str(src), "backup_taken_at": info.get("taken_at"),
+           "catalogue_version": info.get("catalogue_version"), "catalogue_epoch": epoch,
+           "signing_key": str(key_file)}
+    log.warning("hub restored to %s from the backup of %s (catalogue version %s, lineage %d): tablets get a full "
+                "snapshot and send again what they uploaded since, at their next sync; tablets enrolled after "
+                "the backup must be enrolled again", dst, info.get("taken_at"), info.get("catalogue_version"), epoch)
+    return out
+
+
+def _start_lineage(db_path: Path, taken_at: str) -> int:
+    """Give the restored database a new catalogue lineage (newer than any it had: also after restoring the
+    same backup twice) and record which backup it came from; returns the new epoch."""
+    conn = sqlite3.connect(str(db_path), isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute("SELECT value FROM meta WHERE key='catalogue_epoch'").fetchone()
+        epoch = max(int(json.loads(row[0])) + 1 if row else 1, int(time.time()))
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        for key, value in (("catalogue_epoch", epoch), ("restored_backup_taken_at", taken_at),
+                           ("restored_at", now)):
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return epoch

@@ -6,7 +6,9 @@ bundle to install (if the device's differs from the active one) and the package 
 - nothing, when the device is up to date;
 - ``delta-<from>-<to>.tar`` (rows changed after ``from`` + tombstones + new embeddings);
 - ``snapshot-<to>.tar`` for a new device (version 0) or a device on another bundle (a new
-  bundle means every embedding changed, so the device replaces its catalogue wholesale).
+  bundle means every embedding changed, so the device replaces its catalogue wholesale), or a device
+  of an older catalogue lineage (``epoch``: the hub was restored from a backup since it last synced;
+  its version numbers mean other contents now). After a restore names carry the epoch: ``snapshot-e<N>-<to>.tar``.
 
 Packages are per site (``packages/<site>/``) because inventory is: a device only ever sees
 its own site's stock. A package for (site, from, to) is computed from one consistent read and
@@ -30,7 +32,7 @@ from .tls import pins, upgrade_offer
 
 log = logging.getLogger(__name__)
 
-PACKAGE_NAME = re.compile(r"^(delta-[0-9]{6,}-[0-9]{6,}|snapshot-[0-9]{6,})\.tar$")
+PACKAGE_NAME = re.compile(r"^(delta-(e[0-9]+-)?[0-9]{6,}-[0-9]{6,}|snapshot-(e[0-9]+-)?[0-9]{6,})\.tar$")
 
 
 class PackageService:
@@ -72,18 +74,23 @@ class PackageService:
         return info
 
     def plan_for_device(self, device: Mapping[str, Any], from_version: int, bundle_id: str | None, *,
-                        via: str | None = None) -> dict[str, Any]:
+                        via: str | None = None, epoch: int = 0) -> dict[str, Any]:
         """:meth:`plan` for an authenticated device, recording what it holds and how it came (``via``: http,
         https; ``hub devices`` shows it)."""
         self.hub.store.device_seen(device["name"], from_version, bundle_id, via=via)
-        return self.plan(device["site"], from_version, bundle_id)
+        return self.plan(device["site"], from_version, bundle_id, epoch=epoch)
 
-    def plan(self, site: str, from_version: int, bundle_id: str | None) -> dict[str, Any]:
-        """What a device of ``site`` at (``from_version``, ``bundle_id``) must fetch."""
+    def plan(self, site: str, from_version: int, bundle_id: str | None, *, epoch: int = 0) -> dict[str, Any]:
+        """What a device of ``site`` at (``from_version``, ``bundle_id``) of catalogue lineage ``epoch`` must
+        fetch. A device of an older lineage (the hub was restored from a backup since) gets a full snapshot
+        and the time from which to send its uploads again (the restored hub lost what came after the backup)."""
         hub_version = self.hub.store.version()
         hub_bundle = self.hub.bundle_id
+        hub_epoch = int(self.hub.store.get_meta("catalogue_epoch", 0))
         plan: dict[str, Any] = {"hub_version": hub_version, "site": site, "bundle_id": hub_bundle,
                                 "bundle": None, "package": None}
+        if hub_epoch:
+            plan["epoch"] = hub_epoch
         tls_pins = pins(self.hub.root)
         if tls_pins:  # the current certificate, and the next during a rotation: tablets follow this list
             plan["tls_pins"] = tls_pins
@@ -93,8 +100,15 @@ class PackageService:
         if hub_bundle is not None and hub_bundle != bundle_id:
             plan["bundle"] = self.bundle_info(hub_bundle)
         full = from_version <= 0 or (hub_bundle is not None and hub_bundle != bundle_id)
-        if from_version > hub_version:
-            # The device is ahead of the hub (hub restored from a backup?): say so; the device refuses.
+        if epoch > hub_epoch:
+            return plan  # the device saw a newer lineage than this hub (an older backup restored?): it refuses
+        if epoch < hub_epoch:
+            full = True
+            resend = self.hub.store.get_meta("restored_backup_taken_at")
+            if resend and from_version > 0:
+                plan["resend_uploads_since"] = resend
+        elif from_version > hub_version:
+            # The device is ahead of the hub (restored from a backup without `hub restore`?): the device refuses.
             return plan
         if not full and from_version == hub_version:
             return plan
@@ -104,7 +118,7 @@ class PackageService:
     def package(self, site: str, from_version: int, hub_version: int) -> dict[str, Any]:
         """Build (once) and describe the package from ``from_version`` to the current version."""
         full = from_version <= 0
-        name = package_name(from_version, hub_version, full)
+        name = package_name(from_version, hub_version, full, int(self.hub.store.get_meta("catalogue_epoch", 0)))
         with self._lock(site, name):
             sig_path = self.site_dir(site) / (name + ".sig.json")
             if sig_path.is_file() and (self.site_dir(site) / name).is_file():
@@ -125,6 +139,7 @@ class PackageService:
         if grace_hours < 0:
             raise InputError(f"grace must be >= 0 hours, got {grace_hours}")
         current = self.hub.store.version()
+        epoch = int(self.hub.store.get_meta("catalogue_epoch", 0))
         cutoff = (time.time() if now is None else now) - grace_hours * 3600
         removed = kept = freed = 0
         for site_dir in sorted((self.hub.root / "packages").glob("*")):
@@ -132,8 +147,10 @@ class PackageService:
                 if not PACKAGE_NAME.match(tar.name):
                     continue
                 to_version = int(tar.stem.rsplit("-", 1)[1])
+                lineage = re.search(r"-e([0-9]+)-", tar.name)
+                same_lineage = int(lineage.group(1)) == epoch if lineage else epoch == 0
                 with self._lock(site_dir.name, tar.name):
-                    if to_version >= current or tar.stat().st_mtime > cutoff:
+                    if (same_lineage and to_version >= current) or tar.stat().st_mtime > cutoff:
                         kept += 1
                         continue
                     for f in (tar.with_name(tar.name + ".sig.json"), tar):  # the signature first: never a

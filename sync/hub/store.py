@@ -279,6 +279,7 @@ class SqliteHubStore:
             to = self.version()
             bundle_id = self.get_meta("bundle_id")
             hub_time = self.get_meta("changed_at")
+            epoch = int(self.get_meta("catalogue_epoch", 0))
             p = () if full else (from_version,)
             cols_p = ", ".join(PART_FIELDS)
             parts = self._rows(f"SELECT {cols_p} FROM parts WHERE deleted=0 AND {'1' if full else 'version>?'}"
@@ -309,7 +310,7 @@ class SqliteHubStore:
             vecs = np.zeros((0, 0), dtype=np.float16)
         return Snapshot(from_version=max(from_version, 0), to_version=to, site=site, bundle_id=bundle_id, full=full,
                         parts=parts, inventory=inv, images=imgs, deleted_parts=del_parts, deleted_images=del_imgs,
-                        deleted_inventory=del_inv, embedding_ids=ids, embeddings=vecs, hub_time=hub_time)
+                        deleted_inventory=del_inv, embedding_ids=ids, embeddings=vecs, hub_time=hub_time, epoch=epoch)
 
     def part(self, part_number: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM parts WHERE part_number=? AND deleted=0", (part_number,))

@@ -89,3 +89,131 @@ def test_backup_while_the_hub_writes_is_consistent(world, tmp_path) -> None:
         conn.close()
     assert version == info["catalogue_version"] <= world.hub.store.version()
     assert paths and all((tmp_path / "b" / "images" / p).is_file() for p in paths)
+
+
+def test_restore_a_hub_the_tablets_follow_without_re_enrolling(world, tmp_path) -> None:
+    """The hub dies after a backup; it is restored from it. A tablet that synced past the backup and uploaded
+    after it gets the restored catalogue as a snapshot (a new lineage) and sends its uploads again; a package
+    of the old lineage is refused afterwards; the restored hub's next changes reach it as deltas."""
+    from edge_app.cli import main
+    from edge_app.errors import AuthError, InputError, SyncError
+    from edge_app.runtime.catalogue import CatalogueDB
+    from edge_app.runtime.outbox import Outbox
+    from sync.apply import apply_package
+    from sync.client import SyncClient, enrol
+    from sync.hub.backup import restore_hub
+    from sync.hub.enrol import add_device
+    from sync.hub.hub import Hub
+    from sync.transport import InMemoryTransport
+
+    from .test_inmemory import search
+
+    client(world).sync()
+    backup = tmp_path / "backup"
+    assert main(["hub", "backup", "--hub", str(world.hub.root), str(backup)]) == 0
+    at_backup = world.hub.store.version()
+    # after the backup: two new parts, the tablet syncs them and uploads a confirmation and a photo
+    for i in (60, 61):
+        world.hub.add_part({"part_number": f"LATE-{i}", "name": "after the backup"}, inventory={"site_a": (1, "L")},
+                           images=write_images(tmp_path / f"late{i}", [i]))
+    late_ids = upload_items(world, [("feedback", {"part_number": "P1", "verdict": "correct"}, None),
+                                    ("photo", {"part_number": "P2"}, part_image(2, noise=7))])
+    later = tmp_path / "tab-later"
+    enrol(later, add_device(world.hub, "tab-later", "site_a"))
+    device_version = client(world).status()["catalogue_version"]
+    assert device_version > at_backup
+    old_snapshot = world.hub.store.snapshot("site_a", 0)  # a package of the lost lineage, kept for a replay
+
+    new_root = tmp_path / "restored-hub"
+    assert main(["hub", "restore", str(backup), "--hub", str(new_root)]) == 0
+    restored = Hub(new_root, embedder_factory=world.hub.embedder_factory)
+    assert restored.store.version() == at_backup and restored.store.get_meta("catalogue_epoch") > 0
+
+    tab = SyncClient(world.device_dir, transport=InMemoryTransport(restored, world.payload["token"]),
+                     smoke_test=lambda b: None)
+    r = tab.sync()
+    assert r.package.startswith("snapshot-e") and r.to_version == at_backup < r.from_version
+    st = tab.status()
+    assert st["catalogue_epoch"] == restored.store.get_meta("catalogue_epoch")
+    assert st["parts"] == restored.status()["parts"] == 3
+    assert r.uploaded == 2 and {u["uuid"] for u in restored.store.list_uploads()} >= set(late_ids)
+    photo = restored.store.upload(late_ids[1])
+    assert photo["blob_complete"] and (new_root / "uploads" / f"{late_ids[1]}.blob").read_bytes() == \
+        part_image(2, noise=7)
+    ob = Outbox(world.device_dir / "outbox.db")
+    assert ob.count() == 0
+    ob.close()
+    again = tab.sync()
+    assert again.package is None and again.uploaded == 0  # settled: no second snapshot, no second resend
+    assert search(world, part_image(1, noise=8.0))[0] == "P1"  # the index was rebuilt for the new lineage
+    # the restored hub moves on: a delta of the new lineage; a new part is identifiable
+    restored.add_part({"part_number": "NEW-R", "name": "after the restore"}, inventory={"site_a": (2, "R")},
+                      images=write_images(tmp_path / "newr", [88]))
+    d = tab.sync()
+    assert d.package.startswith("delta-e") and search(world, part_image(88, noise=8.0))[0] == "NEW-R"
+    # a replayed package of the old lineage is refused, the catalogue untouched
+    db = CatalogueDB(world.device_dir / "catalogue.db")
+    try:
+        with pytest.raises(SyncError, match="older than this device"):
+            apply_package(db, old_snapshot, site="site_a", bundle_id=old_snapshot.bundle_id)
+        assert db.catalogue_version == restored.store.version()
+    finally:
+        db.close()
+    # a tablet enrolled after the backup is unknown to the restored hub: it must be enrolled again
+    with pytest.raises(AuthError):
+        SyncClient(later, transport=InMemoryTransport(restored, json.loads((later / "device.json").read_text())["token"]),
+                   smoke_test=lambda b: None).sync()
+
+
+def test_restore_refuses_what_would_not_make_a_working_hub(world, tmp_path) -> None:
+    from edge_app.errors import InputError
+    from sync.hub.backup import backup_hub, restore_hub
+
+    from .helpers import make_key
+
+    backup = tmp_path / "backup"
+    backup_hub(world.hub, backup)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("y")
+    with pytest.raises(UsageError, match="not an empty folder"):
+        restore_hub(backup, busy)
+    with pytest.raises(UsageError, match="inside each other"):
+        restore_hub(backup, backup / "hub")
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "hub.db").write_bytes(b"")
+    with pytest.raises(InputError, match="not a complete hub backup"):
+        restore_hub(half, tmp_path / "h1")
+    _, other_key, _ = make_key(tmp_path / "other-keys")
+    other_path = next((tmp_path / "other-keys").glob("*.key*"), None) or next(
+        p for p in (tmp_path / "other-keys").iterdir() if not p.name.endswith(".pub.json"))
+    with pytest.raises(UsageError, match="the hub signs with"):
+        restore_hub(backup, tmp_path / "h2", key_path=other_path)
+    with pytest.raises(UsageError, match="cannot be read"):
+        restore_hub(backup, tmp_path / "h3", key_path=tmp_path / "missing.key")
+    assert not any(p.name.startswith(("h1", "h2", "h3", ".h")) for p in tmp_path.iterdir()), "nothing written"
+    copied = restore_hub(backup, tmp_path / "h4", key_path=world.hub_key_path)
+    assert copied["catalogue_epoch"] > 0 and (tmp_path / "h4" / "hub.db").is_file()
+    assert not (tmp_path / "h4" / "backup.json").exists()
+
+
+def test_a_backup_put_back_by_hand_is_refused_with_the_way_out(world, tmp_path) -> None:
+    """Without `hub restore` (the folder copied back by hand) a tablet that synced past the backup refuses to go
+    back, and says what the admin should run."""
+    from edge_app.errors import SyncError
+    from sync.client import SyncClient
+    from sync.hub.backup import backup_hub
+    from sync.hub.hub import Hub
+    from sync.transport import InMemoryTransport
+
+    client(world).sync()
+    backup_hub(world.hub, tmp_path / "b")
+    world.hub.add_part({"part_number": "LATE", "name": "late"}, images=write_images(tmp_path / "late", [70]))
+    client(world).sync()
+    by_hand = Hub(tmp_path / "b", embedder_factory=world.hub.embedder_factory)
+    tab = SyncClient(world.device_dir, transport=InMemoryTransport(by_hand, world.payload["token"]),
+                     smoke_test=lambda b: None)
+    with pytest.raises(SyncError, match="partlens hub restore"):
+        tab.sync()
+    assert tab.status()["parts"] == 4  # untouched

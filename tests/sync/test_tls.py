@@ -265,11 +265,11 @@ def test_tablets_enrolled_over_http_switch_to_https_by_themselves(tmp_path):
     forged = InMemoryTransport(hub, world.payload["token"])
     real_plan = forged.plan
 
-    def forged_plan(version, bundle_id):
+    def forged_plan(version, bundle_id, epoch=0):
         from edge_app.signing import sign_document
         from sync.transport import upgrade_offer_bytes
 
-        plan = real_plan(version, bundle_id)
+        plan = real_plan(version, bundle_id, epoch)
         doc = {"url": "https://evil.example:443", "tls_sha256": "ab" * 32, "key_id": stranger.key_id}
         plan["tls_upgrade"] = {"doc": doc, "signature": sign_document(upgrade_offer_bytes(doc), stranger)}
         return plan
@@ -287,12 +287,12 @@ def test_tablets_enrolled_over_http_switch_to_https_by_themselves(tmp_path):
     hub.add_part({"part_number": "P8", "name": "part 8"}, images=[img0])
     catch_up = InMemoryTransport(hub, world.payload["token"])
     plan_of = catch_up.plan
-    catch_up.plan = lambda v, b: {k: x for k, x in plan_of(v, b).items() if k != "tls_upgrade"}
+    catch_up.plan = lambda v, b, e=0: {k: x for k, x in plan_of(v, b, e).items() if k != "tls_upgrade"}
     SyncClient(world.device_dir, transport=catch_up,
                smoke_test=lambda b: None).sync()  # the tablet now holds a newer catalogue than the offer's
     replay = InMemoryTransport(hub, world.payload["token"])
     genuine_plan = replay.plan
-    replay.plan = lambda v, b: {**genuine_plan(v, b), "tls_upgrade": stale}
+    replay.plan = lambda v, b, e=0: {**genuine_plan(v, b, e), "tls_upgrade": stale}
     SyncClient(world.device_dir, transport=replay, smoke_test=lambda b: None).sync()
     dev = json.loads((world.device_dir / "device.json").read_text())
     assert dev["hub"] == f"http://127.0.0.1:{old_port}" and "tls_sha256" not in dev
