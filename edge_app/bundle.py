@@ -319,7 +319,8 @@ def open_archive(tar_path: str | os.PathLike[str], dest: str | os.PathLike[str],
     """Unpack a bundle ``.tar`` into ``dest/<bundle_id>/`` after checking every member, then verify it.
 
     The folder appears only once fully written and verified (unpacked into a temporary folder,
-    then renamed). If that bundle id is already present and verifies, it is returned unchanged.
+    then renamed). If that bundle id is already present and verifies, it is returned unchanged; if it does
+    not verify with ``keyring`` (signed by a key no longer trusted), the archive's copy replaces it.
     """
     tar_path, dest = Path(tar_path), Path(dest)
     if not tar_path.is_file():
@@ -354,8 +355,16 @@ def open_archive(tar_path: str | os.PathLike[str], dest: str | os.PathLike[str],
             raise IntegrityError(f"{tar_path}: top folder {top} differs from the bundle id {bundle.bundle_id}")
         final = dest / top
         if final.exists():
-            log.info("bundle %s already present in %s", top, dest)
-            return load_bundle(final, keyring)
+            try:
+                found = load_bundle(final, keyring)
+                log.info("bundle %s already present in %s", top, dest)
+                return found
+            except IntegrityError as exc:
+                # the same content signed by a key this device no longer trusts (e.g. enrolled with another hub
+                # since): the archive's verified copy takes its place
+                log.warning("bundle %s in %s does not verify (%s); replacing it with the archive's", top, dest, exc)
+                stale = tmp / ".stale"
+                os.rename(final, stale)
         os.rename(out_dir, final)
         fsync_dir(dest)
         return Bundle(root=final, manifest=bundle.manifest, signed_by=bundle.signed_by)

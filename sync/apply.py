@@ -119,12 +119,14 @@ def reconcile(paths: DevicePaths, db: Any) -> str | None:
 
 
 def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
-                  before_commit: Callable[[], None] | None = None) -> dict[str, int]:
+                  before_commit: Callable[[], None] | None = None, replace: bool = False,
+                  hub_id: str | None = None) -> dict[str, int]:
     """Apply a verified package in ONE transaction; return counts.
 
     A delta must start at the device's catalogue version; a snapshot replaces the catalogue. A snapshot of
     a newer catalogue lineage (``pkg.epoch``: the hub was restored from a backup) replaces it even at a lower
-    version; a package of an older lineage is refused.
+    version; a package of an older lineage is refused. ``replace``: the device's catalogue came from another hub
+    or site; a snapshot replaces it whatever the versions. ``hub_id`` is recorded as the catalogue's hub.
     ``bundle_id`` is the bundle the package's embeddings belong to (it becomes the device's).
     """
     from edge_app.runtime.index import IndexStamp
@@ -139,7 +141,11 @@ def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
              "deleted_images": len(pkg.deleted_images)}
     with db.transaction() as sdb:
         current = int(db.get_meta("catalogue_version", "0") or 0)
-        epoch = int(db.get_meta("catalogue_epoch", "0") or 0)
+        epoch = stored_epoch = int(db.get_meta("catalogue_epoch", "0") or 0)
+        if replace:
+            if not pkg.full:
+                raise SyncError(f"package {pkg.name} is a delta; replacing another hub's catalogue needs a snapshot")
+            current, epoch = 0, pkg.epoch
         if pkg.epoch < epoch:
             raise SyncError(f"package {pkg.name} is of the hub's catalogue lineage {pkg.epoch}, older than this "
                             f"device's {epoch} (a hub restored from an older backup?); refused")
@@ -179,11 +185,14 @@ def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
             db.set_meta("index_stamp", str(IndexStamp(bundle_id, pkg.to_version)))
         kill_point("apply:embeddings")
         db.set_meta("catalogue_version", pkg.to_version)
-        if pkg.epoch != epoch:  # the hub was restored from a backup: its versions count from there now
+        if pkg.epoch != stored_epoch:
             db.set_meta("catalogue_epoch", pkg.epoch)
+        if pkg.epoch != epoch:  # the hub was restored from a backup: its versions count from there now
             log.warning("catalogue replaced by the restored hub's (lineage %d -> %d, version %d -> %d)",
                         epoch, pkg.epoch, current, pkg.to_version)
         db.set_meta("site", site)
+        if hub_id:
+            db.set_meta("hub_id", hub_id)
         if pkg.hub_time:
             db.set_meta("hub_time", pkg.hub_time)
         if before_commit is not None:

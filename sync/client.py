@@ -89,6 +89,8 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
             device["sync_window"] = str(SyncWindow.parse(str(payload["sync_window"])))
         if payload.get("tls_sha256"):  # the hub's own certificate: the only one this device will trust
             device["tls_sha256"] = payload["tls_sha256"]
+        if payload.get("hub_id"):  # which hub: a catalogue from another hub (or site) is replaced, not mixed
+            device["hub_id"] = str(payload["hub_id"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"enrolment payload is incomplete ({exc})") from None
     if not len(keyring):
@@ -432,13 +434,18 @@ class SyncClient:
         version = db.catalogue_version
         epoch = int(db.get_meta("catalogue_epoch", "0") or 0)
         result = SyncResult(version, version, active_id, active_id)
+        moved = self._moved(db) if version > 0 else None
+        if moved:  # this catalogue is not this hub's (or site's): start over as a new device would
+            log.warning("this device's catalogue came from %s; replacing it with a full snapshot", moved)
+            version, epoch = 0, 0
         live = None  # the index loaded here is updated in place after the commit (no second load)
         t = time.perf_counter()
         if active_id:
             live = update_index(self.paths, db, active_id, index_params(self.paths, active_id))
         result.timings["index_open"] = time.perf_counter() - t
         t = time.perf_counter()
-        plan = self.transport.plan(version, active_id, epoch)
+        other_hub = moved is not None and moved.startswith("another hub")
+        plan = self.transport.plan(version, None if other_hub else active_id, epoch)
         self._follow_pins(plan.get("tls_pins"))
         hub_epoch = int(plan.get("epoch") or 0)
         if hub_epoch < epoch:
@@ -456,7 +463,7 @@ class SyncClient:
         target = active_id
         bundle = None
         if plan.get("bundle"):
-            bundle = self._install_bundle(plan["bundle"], result)
+            bundle = self._install_bundle(plan["bundle"], result, other_hub=other_hub)
             target = bundle.bundle_id
         pkg_info = plan.get("package")
         if pkg_info is None:
@@ -480,10 +487,11 @@ class SyncClient:
                                                          f"{len(pkg.embedding_ids)} image vectors)")
         result.timings["fetch"] = time.perf_counter() - t
         t = time.perf_counter()
-        if pkg.epoch != epoch:  # a restored hub: its labels and versions may mean other vectors now
+        if pkg.epoch != epoch or moved:  # a restored hub, another hub: labels and versions may mean other vectors
             live = None
             drop_index_files(self.paths)
-        result.applied = apply_package(db, pkg, site=self.device["site"], bundle_id=target)
+        result.applied = apply_package(db, pkg, site=self.device["site"], bundle_id=target, replace=bool(moved),
+                                       hub_id=self.device.get("hub_id"))
         result.timings["apply"] = time.perf_counter() - t
         result.package = pkg.name
         result.to_version = pkg.to_version
@@ -504,10 +512,26 @@ class SyncClient:
             (self.paths.downloads / f"{bundle.bundle_id}.tar").unlink(missing_ok=True)
         return result
 
-    def _install_bundle(self, info: Mapping[str, Any], result: SyncResult) -> Any:
+    def _moved(self, db: Any) -> str | None:
+        """Why this device's catalogue cannot be continued with deltas from its hub (None if it can): it came
+        from another hub (the device was enrolled with a new one; a starter catalogue from elsewhere), or holds
+        another site's stock (enrolled for a new site). Decided from the enrolment, not from the network."""
+        mine = self.device.get("hub_id")
+        held = db.get_meta("hub_id")
+        if mine and held != mine:
+            return f"another hub ({held or 'unknown, e.g. a starter catalogue'}, not {mine})"
+        site = db.get_meta("site")
+        if site and site != self.device["site"]:
+            return f"another site ({site}, not {self.device['site']})"
+        return None
+
+    def _install_bundle(self, info: Mapping[str, Any], result: SyncResult, *, other_hub: bool = False) -> Any:
+        """Download, verify, unpack and smoke-test the hub's bundle. Rollback protection (never a version not
+        newer than the active one) holds within one hub; ``other_hub``: the device was enrolled with another
+        hub, whose bundles are versioned on their own."""
         from edge_app.bundle import load_bundle, open_archive
 
-        active = read_active(self.paths)
+        active = None if other_hub else read_active(self.paths)
         if active is not None and int(info["version"]) <= int(active["version"]):
             raise IntegrityError(f"hub offers bundle {info['bundle_id']} version {info['version']}, not newer than "
                                  f"the active {active['bundle_id']} (version {active['version']}); rollback refused")
@@ -523,8 +547,13 @@ class SyncClient:
             tar.unlink()
             raise IntegrityError(f"bundle archive {tar.name}: sha256 differs from the hub's; deleted, sync again")
         kill_point("bundle:downloaded")
-        bundle = load_bundle(existing, self.keyring) if existing.is_dir() else open_archive(
-            tar, self.paths.bundles, self.keyring)
+        try:
+            bundle = load_bundle(existing, self.keyring) if existing.is_dir() else None
+        except IntegrityError as exc:  # e.g. unpacked under another hub's keys: the verified archive replaces it
+            log.warning("installed copy of bundle %s does not verify (%s); unpacking the download", existing.name, exc)
+            bundle = None
+        if bundle is None:
+            bundle = open_archive(tar, self.paths.bundles, self.keyring)
         if bundle.bundle_id != info["bundle_id"]:
             raise IntegrityError(f"archive {tar.name} holds bundle {bundle.bundle_id}, not {info['bundle_id']}")
         if active is not None and bundle.version <= int(active["version"]):  # the signed version counts

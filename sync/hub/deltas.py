@@ -88,7 +88,7 @@ class PackageService:
         hub_bundle = self.hub.bundle_id
         hub_epoch = int(self.hub.store.get_meta("catalogue_epoch", 0))
         plan: dict[str, Any] = {"hub_version": hub_version, "site": site, "bundle_id": hub_bundle,
-                                "bundle": None, "package": None}
+                                "bundle": None, "package": None, "hub_id": self.hub.store.get_meta("hub_id")}
         if hub_epoch:
             plan["epoch"] = hub_epoch
         tls_pins = pins(self.hub.root)

@@ -5,7 +5,8 @@ The QR payload is compact JSON::
     {"v": 1, "hub": "http://10.0.0.5:8765", "device": "tab-07", "site": "site_a",
      "token": "pl1.tab-07.<secret>", "keys": {"<key_id>": "<base64 public key>", ...}}
 
-plus ``"tls_sha256": "<certificate sha256>"`` when the hub serves HTTPS with its own certificate
+plus ``"hub_id"`` (which hub: a tablet moved to another hub or site replaces its catalogue instead of mixing
+two), ``"tls_sha256": "<certificate sha256>"`` when the hub serves HTTPS with its own certificate
 (:mod:`.tls`), and
 ``"sync_window"`` when the hub set one.
 
@@ -55,7 +56,7 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None,
     hub.store.add_device(name, site, token_hash(hub.secret, token))
     log.info("device %s enrolled for site %s", name, site)
     payload = {"v": ENROL_VERSION, "hub": url.rstrip("/"), "device": name, "site": site, "token": token,
-               "keys": hub.keyring.to_dict()["keys"]}
+               "keys": hub.keyring.to_dict()["keys"], "hub_id": hub.store.get_meta("hub_id")}
     if sync_window is not None:
         payload["sync_window"] = sync_window
     payload.update(tls)

@@ -16,6 +16,7 @@ import json
 import logging
 import sqlite3
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
@@ -205,6 +206,9 @@ class SqliteHubStore:
             for stmt in SCHEMA:
                 db.conn.execute(stmt)
             db.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('catalogue_version', '0')")
+            # which hub a tablet's catalogue came from (kept by backup and restore: the same hub)
+            db.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('hub_id', ?)",
+                            (json.dumps(uuid.uuid4().hex),))
             row = db.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             current = int(json.loads(row[0])) if row else 0
             for version, stmts in MIGRATIONS:
