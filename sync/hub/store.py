@@ -208,7 +208,7 @@ class SqliteHubStore:
             db.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('catalogue_version', '0')")
             # which hub a tablet's catalogue came from (kept by backup and restore: the same hub)
             db.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('hub_id', ?)",
-                            (json.dumps(uuid.uuid4().hex),))
+                            (json.dumps(uuid.uuid4().hex[:16]),))  # 64 bits: an identity, not a secret
             row = db.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             current = int(json.loads(row[0])) if row else 0
             for version, stmts in MIGRATIONS:
