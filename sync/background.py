@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from edge_app.atomic import atomic_write_json
-from edge_app.errors import PartlensError
+from edge_app.errors import PartlensError, StorageError
 
 from .schedule import SyncWindow, should_sync
 
@@ -126,6 +126,24 @@ def read_arm_failure(device_dir: str | os.PathLike[str]) -> dict[str, Any] | Non
         return None
 
 
+def _free_space(device_dir: Path) -> str:
+    """After a sync stopped for lack of storage (its outbox went up first): prune the photos the tablet no
+    longer needs, as the app does (``DeviceServices.free_space_if_low``), so the next attempt can fit. Returns
+    words for the status line; a failure here is logged and said, never raised."""
+    from edge_app.services import DeviceServices
+
+    try:
+        services = DeviceServices(device_dir)
+        try:
+            pruned = services.free_space_if_low()
+        finally:
+            services.close()
+    except (PartlensError, OSError) as exc:
+        log.warning("could not prune photos after a storage failure: %s", exc)
+        return f"; pruning photos failed ({exc})"
+    return f"; pruned photos no longer needed ({pruned['removed_files']} files)" if pruned else ""
+
+
 def run_once(device_dir: str | os.PathLike[str], *, now: dt.datetime, charging: bool, unmetered: bool,
              window: SyncWindow | None = None, client_factory: Callable[[Path], Any] | None = None,
              retry: dt.timedelta = DEFAULT_RETRY) -> Attempt:
@@ -151,6 +169,8 @@ def run_once(device_dir: str | os.PathLike[str], *, now: dt.datetime, charging: 
         except (PartlensError, OSError) as exc:
             outcome, reason = FAILED, f"{type(exc).__name__}: {exc}"
             log.warning("background sync failed: %s", reason)
+            if isinstance(exc, StorageError):
+                reason += _free_space(device_dir)
         else:
             outcome, reason = SYNCED, f"catalogue v{result['from_version']} -> v{result['to_version']}"
             last_success = now.isoformat(timespec="seconds")

@@ -15,6 +15,8 @@ from sync import background
 from sync.background import SKIPPED, SYNCED, FAILED, next_attempt, run_once
 from sync.schedule import SyncWindow
 
+from .helpers import part_image
+
 REPO = Path(__file__).resolve().parents[2]
 NIGHT = SyncWindow.parse("22:30-04:00")
 DEFAULT = SyncWindow()  # 01:00-05:00
@@ -122,6 +124,31 @@ def test_a_real_sync_through_the_background_attempt(world):
                      client_factory=lambda d: SyncClient(d, transport=InMemoryTransport(world.hub, "pl1.x.y"),
                                                         smoke_test=lambda b: None))
     assert wrong.outcome == FAILED and "AuthError" in wrong.reason
+
+
+def test_a_nightly_sync_short_of_space_prunes_uploaded_photos_for_the_next_attempt(world, monkeypatch):
+    """The background service has no app around it: after a sync refused for lack of storage (the outbox went up
+    first) it prunes the photos the tablet no longer needs itself, and says so in the status line."""
+    from edge_app import storage
+    from edge_app.services import CaptureStore
+    from sync.client import SyncClient
+    from sync.transport import InMemoryTransport
+
+    store = CaptureStore(world.device_dir / "captures")
+    cap = store.add_bytes(part_image(5))
+    side = store.root / f"{cap.capture_id}.json"
+    meta = json.loads(side.read_text())
+    meta["created_at"] = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)).isoformat()  # young, uploaded
+    side.write_text(json.dumps(meta))
+    monkeypatch.setattr(storage, "free_bytes", lambda p: 5 * 1024**2)  # below what a sync keeps free
+
+    def factory(d):
+        return SyncClient(d, transport=InMemoryTransport(world.hub, world.payload["token"]),
+                          smoke_test=lambda b: None)
+
+    a = run_once(world.device_dir, now=t(1, 2), charging=True, unmetered=True, client_factory=factory)
+    assert a.outcome == FAILED and "SyncStorageError" in a.reason and "pruned photos no longer needed (2 files)" in a.reason
+    assert not Path(cap.path).exists()
 
 
 # -- the Android glue, against a fake jnius -----------------------------------------------------------
