@@ -36,7 +36,10 @@ def free_bytes(path: str | os.PathLike[str]) -> int:
 
 
 def mb(n: float) -> str:
-    """``n`` bytes in words a field engineer reads: '12.3 MB' (or '512 kB' below a megabyte)."""
+    """``n`` bytes in words a field engineer reads: '12.3 MB' ('512 kB' below a megabyte, '3.7 GB' from a
+    gigabyte)."""
+    if abs(n) >= 1024**3:
+        return f"{n / 1024**3:.1f} GB"
     return f"{n / 1024**2:.1f} MB" if abs(n) >= 1024**2 else f"{n / 1024:.0f} kB"
 
 

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError, SyncError, UsageError
+from ..storage import RESERVE_BYTES
 from ..services import (CaptureStore, Capture, IdentifyOutcome, Match, StateStore, SyncStatus, confidence_words,
                         detect_look_alikes, refine_by_size)
 
@@ -80,6 +81,7 @@ class PreviewServices:
         self.state = StateStore(self.root / "app_state.json")
         self.outbox: list[dict[str, Any]] = []
         self.refused = 0  # uploads the (pretend) hub refused: shown on the sync screen when > 0
+        self.free_bytes = 3_800 * 1024**2  # the (pretend) tablet's free storage; below RESERVE_BYTES it says LOW
         self.enrolled_hub: str | None = None
         self.catalogue_version = 41
         self.last_sync: str | None = "2026-11-21T22:05:00+00:00"
@@ -182,7 +184,8 @@ class PreviewServices:
     # sync --------------------------------------------------------------------------------------
     def sync_status(self) -> SyncStatus:
         return SyncStatus("preview-bundle", 7, self.catalogue_version, self.last_sync, len(self.outbox),
-                          self.enrolled_hub is not None, self.enrolled_hub, refused_uploads=self.refused)
+                          self.enrolled_hub is not None, self.enrolled_hub, refused_uploads=self.refused,
+                          free_bytes=self.free_bytes, storage_low=self.free_bytes < RESERVE_BYTES)
 
     def sync_now(self) -> str:
         if self.enrolled_hub is None:

@@ -350,6 +350,13 @@ def test_sync_status_enrol_and_sync_now(env) -> None:
     scr.refresh()
     assert "Refused by the hub: 2 (kept on this tablet" in scr.ids.status.text
     services.refused = 0
+    assert "Storage free: 3.7 GB" in scr.ids.status.text and "LOW" not in scr.ids.status.text
+    services.free_bytes = 40 * 1024**2  # a nearly full tablet: the engineer is told why syncs stop downloading
+    scr.refresh()
+    assert "Storage free: 40.0 MB - LOW: a sync keeps 100.0 MB for photos" in scr.ids.status.text
+    check_screen(app, "sync_status", env["shots"])  # the longer text still fits and reads (sizes, contrast)
+    services.free_bytes = 3_800 * 1024**2
+    scr.refresh()
 
 
 def test_pause_keeps_and_restores_captures_and_results(env) -> None:
