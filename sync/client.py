@@ -27,10 +27,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from edge_app import storage
 from edge_app.atomic import atomic_write_json
 from edge_app.errors import AuthError, IntegrityError, SyncError, SyncStorageError, UsageError
 from edge_app.signing import Keyring
-from edge_app import storage
 from edge_app.storage import RESERVE_BYTES, check_space, disk_full_is_storage_error, is_disk_full, mb
 
 from .apply import (DevicePaths, apply_package, drop_index_files, index_params, kill_point, prune_bundles,
