@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import storage
 from .atomic import atomic_write_bytes, atomic_write_json
 from .errors import InputError, PartlensError, StorageError, SyncError, UsageError
 from .imageio import load_image
-from . import storage
 from .storage import RESERVE_BYTES, disk_full_is_storage_error, mb
 
 log = logging.getLogger(__name__)
