@@ -22,7 +22,8 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from edge_app.errors import InputError, IntegrityError, UsageError
+from edge_app.errors import InputError, IntegrityError, StorageError, UsageError
+from edge_app.storage import OPEN_FULL_BYTES, free_bytes, mb
 
 from ..package import Package as Snapshot
 
@@ -226,7 +227,15 @@ class SqliteHubStore:
         db = getattr(self._local, "db", None)
         if db is None:
             conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                free = free_bytes(self.path.parent)
+                if free < OPEN_FULL_BYTES:  # SQLite cannot create its -shm file: "disk I/O error"
+                    raise StorageError(f"{self.path}: the hub's disk is full ({mb(free)} free), SQLite cannot open "
+                                       "the hub database; free space and start again (nothing was changed)") from exc
+                raise
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
             db = sqlite_utils.Database(conn)

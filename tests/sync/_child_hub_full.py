@@ -16,19 +16,30 @@ def main() -> None:
     mount = Path(sys.argv[1])
     from fastapi.testclient import TestClient
 
+    from sync.hub.hub import Hub
     from sync.hub.server import create_app
     from sync.hub.uploads import partial_path
     from tests.fullfs import fill_to
     from tests.sync.conftest import build_world
 
     world = build_world(mount / "w")
+    out: dict = {}
+    # a hub whose disk filled while it was stopped: a clear error, not SQLite's "disk I/O error"
+    world.hub.store.close()
+    fill_to(mount, 0)
+    try:
+        Hub(world.hub.root)
+        out["open_full"] = "opened"
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        out["open_full"] = f"{type(exc).__name__}: {exc}"
+    (mount / "filler").unlink()
+    world.hub.store.close()
     tc = TestClient(create_app(world.hub))
     auth = {"Authorization": f"Bearer {world.payload['token']}"}
     photo = bytes(range(256)) * 2048  # 512 kB
     uid = str(_uuid.uuid4())
     rec = {"uuid": uid, "kind": "photo", "payload": {"part_number": "P1"}, "created_at": "2026-12-06T00:00:00+00:00",
            "catalogue_version": 1, "blob": {"size": len(photo), "sha256": hashlib.sha256(photo).hexdigest()}}
-    out: dict = {}
     r = tc.post("/v1/uploads/batch", json={"records": [rec]}, headers=auth)  # room for the record, not the photo
     out["record"] = [r.status_code, r.json()]
     fill_to(mount, 128 * 1024)  # room for part of the 300 kB chunk: the write fails midway

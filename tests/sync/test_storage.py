@@ -273,6 +273,7 @@ def test_the_hub_on_a_real_full_disk_answers_507_and_keeps_nothing_half_written(
     if not can_mount_tmpfs():
         pytest.skip(SKIP_REASON)
     out = run_on_tmpfs("tests.sync._child_hub_full", [], tmp_path / "mnt")
+    assert out["open_full"].startswith("StorageError:") and "the hub's disk is full" in out["open_full"]
     assert out["record"][0] == 200 and out["record"][1]["results"][0]["blob_offset"] == 0
     status, body, partial_bytes = out["chunk_full"]
     assert status == 507 and "hub storage full" in body["detail"]
