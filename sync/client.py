@@ -213,8 +213,13 @@ class SyncClient:
         try:
             rows = outbox.refused()
             if requeue:
-                outbox.requeue_refused([r["uuid"] for r in rows])
-                log.info("%d refused uploads requeued for the next sync", len(rows))
+                for r in rows:
+                    r["requeued"] = _still_refused(r) is None
+                    if not r["requeued"]:
+                        r["not_requeued_because"] = _still_refused(r)
+                outbox.requeue_refused([r["uuid"] for r in rows if r["requeued"]])
+                log.info("%d refused uploads requeued for the next sync, %d not (their cause is still there)",
+                         sum(r["requeued"] for r in rows), sum(not r["requeued"] for r in rows))
             return rows
         finally:
             outbox.close()
@@ -647,6 +652,17 @@ class SyncClient:
                 if status.get("blob_complete"):
                     return
                 offset = int(status["blob_offset"])
+
+
+def _still_refused(row: Mapping[str, Any]) -> str | None:
+    """Why a refused outbox record would be refused again by this device itself (None if it may go): its photo
+    is still missing, or its payload is still over the hub's limit. Refusals by the hub are always requeued
+    (the admin may have fixed the hub)."""
+    if row.get("blob_path") and not Path(row["blob_path"]).is_file():
+        return "its photo is no longer on this device"
+    if int(row.get("payload_bytes") or 0) > MAX_RECORD_PAYLOAD_BYTES:
+        return f"its payload is over the hub's limit of {MAX_RECORD_PAYLOAD_BYTES} bytes"
+    return None
 
 
 def _remaining(dest: Path, size: int) -> int:

@@ -282,7 +282,7 @@ def _sync_refused(args: argparse.Namespace) -> int:
     from .client import SyncClient
 
     rows = SyncClient(_data_dir(args)).refused_uploads(requeue=args.requeue)
-    _out({"refused": rows, "requeued": len(rows) if args.requeue else 0})
+    _out({"refused": rows, "requeued": sum(bool(r.get("requeued")) for r in rows)})
     return 0
 
 

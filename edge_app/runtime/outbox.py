@@ -143,10 +143,10 @@ class Outbox:
         """Records the hub refused, oldest first, with ``refused_at`` and ``refused_reason``."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT uuid, kind, blob_path, created_at, refused_at, refused_reason FROM outbox "
+                "SELECT uuid, kind, blob_path, created_at, refused_at, refused_reason, length(payload) FROM outbox "
                 "WHERE refused_at IS NOT NULL ORDER BY created_at, rowid").fetchall()
-        return [dict(zip(("uuid", "kind", "blob_path", "created_at", "refused_at", "refused_reason"), r))
-                for r in rows]
+        return [dict(zip(("uuid", "kind", "blob_path", "created_at", "refused_at", "refused_reason",
+                          "payload_bytes"), r)) for r in rows]
 
     def requeue_refused(self, uuids: Sequence[str] | None = None) -> int:
         """Send refused records again at the next sync (all, or only ``uuids``), e.g. after the hub was

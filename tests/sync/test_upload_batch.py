@@ -270,21 +270,27 @@ def test_refused_uploads_listed_and_requeued_from_the_cli(world, capsys):
     ob = Outbox(world.device_dir / "outbox.db")
     clash = ob.add("usage", {"status": "match"}, uuid=taken["uuid"])
     fine = ob.add("usage", {"status": "match"})
+    gone = world.root / "gone.jpg"
+    gone.write_bytes(part_image(3))
+    lost = ob.add("photo", {"part_number": "P1"}, blob_path=gone)
     ob.close()
+    gone.unlink()  # its photo vanished from the tablet: the tablet itself marks it refused
     c = _client(world)
-    assert (c.sync().upload_refused, c.status()["uploads_refused"], c.status()["uploads_pending"]) == (1, 1, 0)
+    assert (c.sync().upload_refused, c.status()["uploads_refused"], c.status()["uploads_pending"]) == (2, 2, 0)
     dd = ["--data-dir", str(world.device_dir)]
     assert main(["sync", "refused", *dd]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [r["uuid"] for r in out["refused"]] == [clash] and out["requeued"] == 0
+    assert [r["uuid"] for r in out["refused"]] == [clash, lost] and out["requeued"] == 0
     assert "another device" in out["refused"][0]["refused_reason"]
-    # the hub admin frees the UUID (here: the other tablet's record goes); requeue and sync again
+    # the hub admin frees the UUID (here: the other tablet's record goes); requeue and sync again; the record
+    # whose photo is gone would only be refused again: it stays, with the reason
     world.hub.store._db().conn.execute("DELETE FROM uploads WHERE uuid=?", (clash,))
     assert main(["sync", "refused", "--requeue", *dd]) == 0
-    assert json.loads(capsys.readouterr().out)["requeued"] == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["requeued"] == 1 and out["refused"][1]["not_requeued_because"] == "its photo is no longer on this device"
     assert c.status()["uploads_pending"] == 1
     r = c.sync()
-    assert (r.uploaded, r.upload_refused) == (1, 0) and c.status()["uploads_refused"] == 0
+    assert (r.uploaded, r.upload_refused) == (1, 0) and c.status()["uploads_refused"] == 1
     assert world.hub.store.upload(clash)["device"] == "tab1" and world.hub.store.upload(fine)["device"] == "tab1"
     with pytest.raises(SystemExit) as exc:
         main(["sync", "refused", "--help"])
