@@ -173,7 +173,8 @@ def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
         db.upsert_inventory([{k: r.get(k) for k in ("part_number", "site", "stock", "bin", "as_of")}
                              for r in pkg.inventory])
         db.upsert_images([{"image_id": r["image_id"], "part_number": r["part_number"],
-                           "path": f"thumbs/{r['image_id']}.jpg", "kind": r.get("kind"), "version": pkg.to_version}
+                           "path": f"thumbs/{r['image_id']}.jpg", "kind": r.get("kind"), "version": pkg.to_version,
+                           "thumb_sha256": r.get("thumb_sha256")}
                           for r in pkg.images])
         kill_point("apply:rows")
         if bundle_id is not None:

@@ -363,7 +363,8 @@ class SyncClient:
         """Download missing catalogue thumbnails (the results grid shows them offline).
 
         Up to :data:`THUMB_BATCH` per request (one tar), so a first sync of a large catalogue makes hundreds of
-        requests, not tens of thousands. Thumbnails are a display cache, not catalogue truth: one the hub does
+        requests, not tens of thousands. A thumbnail whose sha256 the signed package named must match it (a
+        thumbnail swapped on the way, e.g. over plain HTTP, is not stored). Thumbnails are a display cache, not catalogue truth: one the hub does
         not send, or that does not decode as a small image, is skipped, counted and fetched again at the next
         sync; the sync still succeeds.
         """
@@ -372,10 +373,11 @@ class SyncClient:
         from edge_app.imageio import load_image
 
         with db.read() as d:
-            rows = list(d.conn.execute("SELECT image_id, path FROM images WHERE path LIKE 'thumbs/%'"))
+            rows = list(d.conn.execute("SELECT image_id, path, thumb_sha256 FROM images WHERE path LIKE 'thumbs/%'"))
         counts = {"fetched": 0, "failed": 0, "present": 0}
         missing: dict[str, Path] = {}
-        for image_id, rel in rows:
+        expected = {image_id: digest for image_id, _rel, digest in rows if digest}
+        for image_id, rel, _digest in rows:
             dest = self.paths.root / rel
             if dest.is_file() and dest.stat().st_size > 0:  # empty: cut by a power loss before os.sync()
                 counts["present"] += 1
@@ -408,6 +410,8 @@ class SyncClient:
                 try:
                     if data is None:
                         raise SyncError("the hub did not send it")
+                    if image_id in expected and hashlib.sha256(data).hexdigest() != expected[image_id]:
+                        raise SyncError("it differs from the thumbnail the hub's signed catalogue names")
                     # a real, small, complete image (decoded at 1/8 scale: the whole stream is still read)
                     load_image(data, max_pixels=4_000_000, draft_size=(32, 32))
                 except (SyncError, ImageError) as exc:

@@ -34,7 +34,7 @@ BUSY_TIMEOUT_MS = 5000
 PART_COLUMNS = ("part_number", "name", "category", "manufacturer", "description", "size_mm", "look_alike_group",
                 "version")
 INVENTORY_COLUMNS = ("part_number", "site", "stock", "bin", "as_of")
-IMAGE_COLUMNS = ("image_id", "part_number", "path", "kind", "version")
+IMAGE_COLUMNS = ("image_id", "part_number", "path", "kind", "version", "thumb_sha256")
 #: meta key holding the last embedding label handed out (labels are never reused).
 LABEL_SEQ_KEY = "embedding_label_seq"
 
@@ -74,8 +74,13 @@ def _migration_1(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migration_2(conn: sqlite3.Connection) -> None:
+    # the thumbnail's sha256 from the hub's signed package: a fetched thumbnail must match it
+    conn.execute("ALTER TABLE images ADD COLUMN thumb_sha256 TEXT")
+
+
 #: Ordered migrations. Append only; never edit a released one.
-MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = ((1, _migration_1),)
+MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = ((1, _migration_1), (2, _migration_2))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

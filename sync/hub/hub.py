@@ -186,7 +186,10 @@ class Hub:
             buf = io.BytesIO()
             t.save(buf, "JPEG", quality=85)
             atomic_write_bytes(thumb, buf.getvalue())
-        return {"image_id": image_id, "part_number": part_number, "path": rel, "kind": kind, "sha256": digest}
+        # the thumbnail's hash travels in the signed packages: tablets store only this thumbnail for this image
+        thumb_digest = hashlib.sha256(thumb.read_bytes()).hexdigest()
+        return {"image_id": image_id, "part_number": part_number, "path": rel, "kind": kind, "sha256": digest,
+                "thumb_sha256": thumb_digest}
 
     def add_images(self, rows: Sequence[dict[str, Any]]) -> int:
         """Add stored image rows to the catalogue (one version), embedding them with the active bundle."""

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 PART_FIELDS = ("part_number", "name", "category", "manufacturer", "description", "size_mm", "look_alike_group")
 INVENTORY_FIELDS = ("part_number", "site", "stock", "bin", "as_of")
-IMAGE_FIELDS = ("image_id", "part_number", "path", "kind", "sha256")
+IMAGE_FIELDS = ("image_id", "part_number", "path", "kind", "sha256", "thumb_sha256")
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
@@ -190,6 +190,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
          "ALTER TABLE devices ADD COLUMN last_bundle_id TEXT"]),
     # 2: how it came (http / https): during a move to HTTPS, which tablets still talk plain HTTP
     (2, ["ALTER TABLE devices ADD COLUMN last_via TEXT"]),
+    # 3: the thumbnail's sha256, carried in the signed packages: a tablet stores only the thumbnail the hub meant
+    (3, ["ALTER TABLE images ADD COLUMN thumb_sha256 TEXT"]),
 ]
 
 

@@ -33,6 +33,33 @@ def test_pragmas_and_migrations(tmp_path):
         CatalogueDB(tmp_path / "c.db")
 
 
+def test_a_version_1_catalogue_is_migrated_and_keeps_its_rows(tmp_path):
+    """A tablet updated from a release whose catalogue had schema 1: migration 2 adds the thumbnail hash
+    column; the parts and images it held are untouched."""
+    import sqlite3
+
+    from edge_app.runtime.catalogue import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)")
+    conn.execute("BEGIN")
+    MIGRATIONS[0][1](conn)  # exactly what release 1 created
+    conn.execute("INSERT INTO schema_migrations VALUES (1, 'then')")
+    conn.execute("INSERT INTO parts (part_number, name, version) VALUES ('P1', 'bolt', 3)")
+    conn.execute("INSERT INTO images (image_id, part_number, path, kind, version) VALUES ('i1', 'P1', 'thumbs/i1.jpg', "
+                 "'catalogue', 3)")
+    conn.execute("COMMIT")
+    conn.close()
+    db = CatalogueDB(path)
+    try:
+        assert db.schema_version == SCHEMA_VERSION >= 2
+        row = db.db.conn.execute("SELECT image_id, path, thumb_sha256 FROM images").fetchone()
+        assert row == ("i1", "thumbs/i1.jpg", None) and db.part("P1")["name"] == "bolt"
+    finally:
+        db.close()
+
+
 def test_not_a_database(tmp_path):
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"this is not sqlite" * 100)

@@ -45,6 +45,25 @@ def test_a_broken_thumbnail_is_skipped_and_retried(world) -> None:
     assert res.thumbnails == {"fetched": 1, "failed": 0, "present": 2}
 
 
+def test_a_swapped_thumbnail_is_refused_against_the_signed_catalogue(world) -> None:
+    """Thumbnails travel outside the signed packages, but their sha256 travels inside: a valid JPEG that is not
+    the hub's thumbnail (swapped on the way, e.g. over plain HTTP) is not stored, and is fetched again later."""
+    import io
+
+    ids = sorted(p.stem for p in (world.hub.root / "thumbs").glob("*.jpg"))
+    victim, other = world.hub.thumb_path(ids[0]), world.hub.thumb_path(ids[1])
+    good = victim.read_bytes()
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (250, 0, 0)).save(buf, "JPEG")  # a perfectly good picture of something else
+    victim.write_bytes(buf.getvalue())
+    res = client(world).sync()
+    assert res.thumbnails == {"fetched": 2, "failed": 1, "present": 0}
+    assert not (world.device_dir / "thumbs" / f"{ids[0]}.jpg").exists()
+    assert (world.device_dir / "thumbs" / f"{ids[1]}.jpg").read_bytes() == other.read_bytes()
+    victim.write_bytes(good)
+    assert client(world).sync().thumbnails == {"fetched": 1, "failed": 0, "present": 2}
+
+
 def test_thumbnails_come_in_batches_over_http_and_one_by_one_from_an_older_hub(world, monkeypatch) -> None:
     import io
 
