@@ -163,6 +163,7 @@ class SyncClient:
             raise UsageError(f"{self.paths.root}: device not enrolled (run `partlens sync enrol`)")
         self.device = json.loads(self.paths.device.read_text())
         self.keyring = keyring or Keyring.load(self.paths.keyring)
+        self._own_transport = transport is None  # only a transport made here may fall back (see _plan)
         self.transport = transport or HttpTransport(self.device["hub"], self.device["token"],
                                                     tls_sha256=self.device.get("tls_sha256"))
         self.smoke_test = smoke_test or default_smoke_test
@@ -340,8 +341,32 @@ class SyncClient:
             return
         log.warning("switching to the hub's HTTPS address %s with its certificate pinned (was %s)",
                     url, self.device["hub"])
-        self.device.update(hub=url, tls_sha256=pin)
+        # the old address stays as a fallback until the first sync over HTTPS works (a closed port or firewall
+        # on the new one must not strand the tablet until it is enrolled again)
+        self.device.update(hub=url, tls_sha256=pin, fallback_hub=self.device["hub"])
         _write_device(self.paths, self.device)
+
+    def _plan(self, version: int, bundle_id: str | None, epoch: int) -> dict[str, Any]:
+        """The sync plan. A device that switched to the hub's HTTPS address and has not synced over it yet
+        falls back, for this sync, to its old plain address when the new one cannot be reached or fails TLS;
+        the first plan over HTTPS confirms the switch and drops the fallback."""
+        from .transport import TLSError, UnreachableError
+
+        fallback = self.device.get("fallback_hub")
+        try:
+            plan = self.transport.plan(version, bundle_id, epoch)
+        except (TLSError, UnreachableError) as exc:
+            if not (fallback and self._own_transport):
+                raise
+            log.warning("hub's HTTPS address %s failed (%s); this sync uses the previous address %s",
+                        self.device["hub"], exc, fallback)
+            self.transport = HttpTransport(fallback, self.device["token"])
+            return self.transport.plan(version, bundle_id, epoch)
+        if fallback and self._own_transport and str(self.device["hub"]).startswith("https://"):
+            self.device.pop("fallback_hub", None)
+            _write_device(self.paths, self.device)
+            log.info("first sync over HTTPS: the previous address %s is no longer used", fallback)
+        return plan
 
     def _check_in(self, db: Any) -> bool:
         """Tell the hub what this device holds now (a plan request with the new version and bundle), so
@@ -454,7 +479,7 @@ class SyncClient:
         result.timings["index_open"] = time.perf_counter() - t
         t = time.perf_counter()
         other_hub = moved is not None and moved.startswith("another hub")
-        plan = self.transport.plan(version, None if other_hub else active_id, epoch)
+        plan = self._plan(version, None if other_hub else active_id, epoch)
         self._follow_pins(plan.get("tls_pins"))
         hub_epoch = int(plan.get("epoch") or 0)
         if hub_epoch < epoch:

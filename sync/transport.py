@@ -73,6 +73,10 @@ class TLSError(SyncError):
     """The hub's TLS certificate is not the one pinned at enrolment (or the TLS handshake failed)."""
 
 
+class UnreachableError(SyncError):
+    """No connection to the hub (refused, timed out, no route): nothing was exchanged."""
+
+
 class _PinMismatch(ssl.SSLError):
     """The certificate the server presented has another sha256 than the pinned one."""
 
@@ -180,7 +184,7 @@ class HttpTransport:
                                f"was replaced (then enrol this device again)") from None
             if isinstance(reason, ssl.SSLError):
                 raise TLSError(f"hub {self.base}: TLS failed ({reason}); is the hub serving HTTPS?") from None
-            raise SyncError(f"hub {self.base} unreachable ({exc})") from None
+            raise UnreachableError(f"hub {self.base} unreachable ({exc})") from None
 
     def _read(self, resp: Any, path: str, n: int = -1) -> bytes:
         """A response body; a connection cut while reading it is a SyncError (the next sync tries again)."""

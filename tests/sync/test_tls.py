@@ -312,6 +312,40 @@ def test_tablets_enrolled_over_http_switch_to_https_by_themselves(tmp_path):
         assert hub.status()["devices"]["last_came_over_plain_http"] == []
 
 
+def test_a_tablet_that_cannot_reach_the_new_https_port_falls_back_until_it_can(tmp_path):
+    """The admin turned on HTTPS on a new port but the firewall still blocks it: tablets that took the offer
+    keep syncing over their old address (not stranded until re-enrolled); the first sync over HTTPS drops
+    the fallback for good."""
+    from edge_app.cli import main
+    from sync.client import SyncClient
+    from sync.hub.process import HubProcess, free_port
+    from sync.transport import UnreachableError
+
+    from .helpers import write_images
+
+    old_port, new_port = free_port(), free_port()
+    world = build_world(tmp_path, url=f"http://127.0.0.1:{old_port}")
+    hub = world.hub
+    assert main(["hub", "tls-init", "--hub", str(hub.root), "--port", str(new_port)]) == 0
+    hub.config.update(json.loads((hub.root / "hub.json").read_text()))
+    device_json = world.device_dir / "device.json"
+    with HubProcess(hub.root, port=old_port, plain=True):  # the HTTPS port is not reachable (nothing serves it)
+        SyncClient(world.device_dir, smoke_test=lambda b: None).sync()  # takes the signed offer
+        dev = json.loads(device_json.read_text())
+        assert dev["hub"] == f"https://127.0.0.1:{new_port}" and dev["fallback_hub"] == f"http://127.0.0.1:{old_port}"
+        hub.add_part({"part_number": "P7", "name": "part 7"}, images=write_images(tmp_path / "p7", [7]))
+        r = SyncClient(world.device_dir, smoke_test=lambda b: None).sync()  # HTTPS fails: the old address serves
+        assert r.to_version == hub.store.version() and r.applied["parts"] == 1
+        assert json.loads(device_json.read_text())["fallback_hub"] == f"http://127.0.0.1:{old_port}"
+    with HubProcess(hub.root, port=new_port):  # the port is open now
+        r = SyncClient(world.device_dir, smoke_test=lambda b: None).sync()
+        assert r.to_version == hub.store.version()
+        assert "fallback_hub" not in json.loads(device_json.read_text())  # the switch is confirmed
+    with HubProcess(hub.root, port=old_port, plain=True):  # no way back to plain HTTP once HTTPS worked
+        with pytest.raises(UnreachableError):
+            SyncClient(world.device_dir, smoke_test=lambda b: None).sync()
+
+
 def test_activation_without_the_rotation_marker_is_a_clear_error(tmp_path):
     from sync.hub.tls import activate_next, enable_tls, next_dir, pins, rotate_tls
 
