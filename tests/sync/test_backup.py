@@ -193,9 +193,13 @@ def test_restore_refuses_what_would_not_make_a_working_hub(world, tmp_path) -> N
     with pytest.raises(UsageError, match="cannot be read"):
         restore_hub(backup, tmp_path / "h3", key_path=tmp_path / "missing.key")
     assert not any(p.name.startswith(("h1", "h2", "h3", ".h")) for p in tmp_path.iterdir()), "nothing written"
+    leftover = tmp_path / ".h4.restoring"  # a restore killed half-way leaves only this, never a half hub at h4
+    (leftover / "images").mkdir(parents=True)
+    (leftover / "hub.db").write_bytes(b"half a copy")
     copied = restore_hub(backup, tmp_path / "h4", key_path=world.hub_key_path)
-    assert copied["catalogue_epoch"] > 0 and (tmp_path / "h4" / "hub.db").is_file()
+    assert copied["catalogue_epoch"] > 0 and (tmp_path / "h4" / "hub.db").is_file() and not leftover.exists()
     assert not (tmp_path / "h4" / "backup.json").exists()
+    assert sqlite3.connect(tmp_path / "h4" / "hub.db").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def test_a_backup_put_back_by_hand_is_refused_with_the_way_out(world, tmp_path) -> None:
