@@ -331,8 +331,10 @@ class SyncStatus:
     enrolled: bool
     hub: str | None = None
     last_error: str | None = None
-    #: uploads the hub refused for good (kept on the tablet; the sync log has the reasons)
+    #: uploads refused for good, by the hub or by the tablet (photo gone): kept on the tablet
     refused_uploads: int = 0
+    #: the latest refusal's reason, in the hub's (or the tablet's) words
+    refused_reason: str | None = None
     #: how the tablet talks to the hub: encrypted with the hub's certificate pinned, or not encrypted
     connection: str | None = None
     #: the last nightly background attempt, one line (``sync/background.py``), or None if none ran yet
@@ -600,6 +602,12 @@ class DeviceServices:
         """What the engineer queued and the hub refused for good (kept on the tablet, with the reason)."""
         return sum(1 for r in self.outbox.refused() if r["kind"] in ENGINEER_KINDS)
 
+    def _latest_refusal(self) -> str | None:
+        rows = [r for r in self.outbox.refused() if r["kind"] in ENGINEER_KINDS]
+        if not rows:
+            return None  # latest by refusal time; on a tie (same millisecond) the later record
+        return str(max(enumerate(rows), key=lambda ir: (ir[1]["refused_at"] or "", ir[0]))[1]["refused_reason"])
+
     def prune_captures(self, max_age_days: float = 14.0, now: _dt.datetime | None = None) -> dict[str, int]:
         """Delete old photos the device no longer needs; the app calls it at start.
 
@@ -709,7 +717,8 @@ class DeviceServices:
         return SyncStatus(bundle_id=active.get("bundle_id") or self.catalogue.get_meta("bundle_id"),
                           bundle_version=active.get("version"), catalogue_version=version or None,
                           last_sync=last_sync, pending_uploads=self.pending_uploads(),
-                          refused_uploads=self.refused_uploads(), enrolled=hub is not None,
+                          refused_uploads=self.refused_uploads(), refused_reason=self._latest_refusal(),
+                          enrolled=hub is not None,
                           hub=hub, last_error=self._last_error, nightly=nightly, connection=connection,
                           free_bytes=free, storage_low=free < RESERVE_BYTES)
 

@@ -184,6 +184,12 @@ def test_feedback_photos_and_unknown_part_go_to_the_real_outbox(device, tmp_path
         device.send_feedback("BRG-1", "maybe", caps)
     with pytest.raises(UsageError):
         device.record_unknown([], "")
+    st = device.sync_status()
+    assert (st.refused_uploads, st.refused_reason) == (0, None)
+    device.outbox.mark_refused(rows[0]["uuid"], "upload uuid belongs to another device")
+    device.outbox.mark_refused(rows[2]["uuid"], "payload over the hub's limit")
+    st = device.sync_status()  # the sync screen shows how many and the latest reason, for the hub admin
+    assert st.refused_uploads == 2 and st.refused_reason == "payload over the hub's limit"
 
 
 def test_old_captures_are_pruned_but_never_a_pending_upload_or_the_one_on_screen(device, tmp_path) -> None:

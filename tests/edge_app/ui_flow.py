@@ -345,10 +345,10 @@ def test_sync_status_enrol_and_sync_now(env) -> None:
     wait_for(lambda: not app.busy)
     assert services.pending_uploads() == 0 and "Waiting to upload: 0" in scr.ids.status.text
     assert "Sync finished" in app.status.text
-    assert "Refused by the hub" not in scr.ids.status.text
+    assert "Not uploaded, refused" not in scr.ids.status.text
     services.refused = 2  # the hub refused two records for good: the engineer is told, they are kept
     scr.refresh()
-    assert "Refused by the hub: 2 (kept on this tablet" in scr.ids.status.text
+    assert "Not uploaded, refused: 2 (kept on this tablet" in scr.ids.status.text
     services.refused = 0
     assert "Storage free: 3.7 GB" in scr.ids.status.text and "LOW" not in scr.ids.status.text
     services.free_bytes = 40 * 1024**2  # a nearly full tablet: the engineer is told why syncs stop downloading

@@ -36,7 +36,8 @@ class SyncStatusScreen(Screen):
                 f" - LOW: a sync keeps {mb(RESERVE_BYTES)} for photos and will not download until space is "
                 "freed (delete other files; uploaded photos are pruned)" if st.storage_low else ""))
         if st.refused_uploads:
-            lines.append(f"Refused by the hub: {st.refused_uploads} (kept on this tablet; tell the hub admin)")
+            lines.append(f"Not uploaded, refused: {st.refused_uploads} (kept on this tablet; show this screen to the "
+                         "hub admin)" + (f". Latest reason: {st.refused_reason}" if st.refused_reason else ""))
         if st.nightly:
             lines.append(f"Nightly sync: {st.nightly}")
         if st.last_error:
