@@ -37,8 +37,8 @@ from .apply import (DevicePaths, apply_package, drop_index_files, index_params, 
                     read_active, reconcile, space_to_apply, update_index, write_active)
 from .package import read_package, sha256_file
 from .schedule import SyncWindow
-from .transport import (MAX_RECORD_PAYLOAD_BYTES, HttpTransport, Transport, check_pins, partial_of,
-                        upgrade_offer_bytes)
+from .transport import HttpTransport, Transport, check_pins, partial_of, upgrade_offer_bytes
+from .upload import refused_uploads, upload_outbox
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,6 @@ log = logging.getLogger(__name__)
 THUMB_MAX_BYTES = 2 * 1024 * 1024
 THUMB_BATCH = 200  # thumbnails per request (the hub takes up to 500)
 
-UPLOAD_CHUNK = 256 * 1024
-UPLOAD_BATCH = 200  # records per POST /v1/uploads/batch (the hub takes up to 500)
-UPLOAD_BATCH_BYTES = 1024 * 1024  # JSON payload bytes per batch (a record's payload is at most 64 KiB)
 #: ``smoke_test(bundle)`` raises if a freshly installed bundle cannot run.
 SmokeTest = Callable[[Any], None]
 
@@ -204,26 +201,13 @@ class SyncClient:
             outbox.close()
 
     def refused_uploads(self, *, requeue: bool = False) -> list[dict[str, Any]]:
-        """Outbox records the hub refused (or whose photo was gone), with the reasons; ``requeue``: clear
-        their refusals so the next sync sends them again (after the hub or the record was fixed)."""
-        from edge_app.runtime.outbox import Outbox
+        """Outbox records refused for good, with the reasons; ``requeue``: send again those that can go
+        (:func:`sync.upload.refused_uploads`)."""
+        return refused_uploads(self.paths.outbox, requeue=requeue)
 
-        if not self.paths.outbox.exists():
-            return []
-        outbox = Outbox(self.paths.outbox)
-        try:
-            rows = outbox.refused()
-            if requeue:
-                for r in rows:
-                    r["requeued"] = _still_refused(r) is None
-                    if not r["requeued"]:
-                        r["not_requeued_because"] = _still_refused(r)
-                outbox.requeue_refused([r["uuid"] for r in rows if r["requeued"]])
-                log.info("%d refused uploads requeued for the next sync, %d not (their cause is still there)",
-                         sum(r["requeued"] for r in rows), sum(not r["requeued"] for r in rows))
-            return rows
-        finally:
-            outbox.close()
+    def upload_outbox(self, catalogue_version: int) -> tuple[int, int]:
+        """Upload pending outbox records -> (uploaded, refused) (:func:`sync.upload.upload_outbox`)."""
+        return upload_outbox(self.transport, self.paths.outbox, catalogue_version)
 
     def sync(self, *, upload: bool = True) -> SyncResult:
         """One sync (see the module docstring). Lack of storage raises :class:`SyncStorageError` with the
@@ -602,127 +586,8 @@ class SyncClient:
         result.bundle_installed = bundle.bundle_id
         return bundle
 
-    def upload_outbox(self, catalogue_version: int) -> tuple[int, int]:
-        """Upload pending outbox records -> (uploaded, refused).
-
-        Records go in batches (one request and one hub transaction per :data:`UPLOAD_BATCH` records,
-        at most :data:`UPLOAD_BATCH_BYTES` of JSON); each photo then goes in resumable chunks. Upload is
-        idempotent by UUID. A record the hub refuses for good, or whose photo file is gone, is marked
-        refused in the outbox with the reason (kept, not deleted) so it cannot block the records
-        behind it; the count is in :attr:`SyncResult.upload_refused`.
-        """
-        from edge_app.runtime.outbox import Outbox
-
-        if not self.paths.outbox.exists():
-            return 0, 0
-        outbox = Outbox(self.paths.outbox)
-        uploaded = refused = 0
-        try:
-            for batch in _batches(outbox.pending()):
-                bodies, blobs = [], {}
-                for rec in batch:
-                    body: dict[str, Any] = {"uuid": rec["uuid"], "kind": rec["kind"], "payload": rec["payload"],
-                                            "created_at": rec["created_at"], "catalogue_version": catalogue_version,
-                                            "blob": None}
-                    if len(json.dumps(rec["payload"], sort_keys=True)) > MAX_RECORD_PAYLOAD_BYTES:
-                        log.error("upload %s: payload over the hub's %d-byte limit; marked refused", rec["uuid"],
-                                  MAX_RECORD_PAYLOAD_BYTES)
-                        outbox.mark_refused(rec["uuid"], f"payload over the hub's limit of {MAX_RECORD_PAYLOAD_BYTES} "
-                                                         "bytes (not sent)")
-                        refused += 1
-                        continue
-                    if rec["blob_path"]:
-                        blob = Path(rec["blob_path"])
-                        try:
-                            size, digest = _file_digest(blob)
-                        except OSError as exc:
-                            log.error("upload %s: its photo cannot be read (%s); marked refused", rec["uuid"], exc)
-                            outbox.mark_refused(rec["uuid"], f"photo file unreadable on the device: {exc}")
-                            refused += 1
-                            continue
-                        blobs[rec["uuid"]] = (blob, size)
-                        body["blob"] = {"size": size, "sha256": digest}
-                    bodies.append(body)
-                if not bodies:
-                    continue
-                done = []
-                for body, status in zip(bodies, self.transport.post_uploads(bodies)):
-                    uuid = body["uuid"]
-                    if "refused" in status:
-                        log.error("hub refused upload %s (%s): %s; kept on the device, marked refused",
-                                  uuid, body["kind"], status["refused"])
-                        outbox.mark_refused(uuid, str(status["refused"]))
-                        refused += 1
-                    elif uuid in blobs and not status.get("blob_complete"):
-                        self._send_blob(uuid, *blobs[uuid], int(status.get("blob_offset") or 0))
-                        outbox.mark_uploaded(uuid)
-                        uploaded += 1
-                    else:
-                        done.append(uuid)
-                uploaded += len(done)
-                outbox.mark_uploaded_many(done)
-        finally:
-            outbox.close()
-        return uploaded, refused
-
-    def _send_blob(self, uuid: str, path: Path, size: int, offset: int) -> None:
-        """Send the photo at ``path`` from ``offset`` in chunks, resuming where the hub says it stands."""
-        conflicts = 0
-        with open(path, "rb") as fh:
-            while offset < size:
-                fh.seek(offset)
-                status = self.transport.put_chunk(uuid, offset, fh.read(min(UPLOAD_CHUNK, size - offset)))
-                if status.get("conflict"):
-                    conflicts += 1
-                    if conflicts > 3:
-                        raise SyncError(f"upload {uuid}: the hub keeps disagreeing about the offset")
-                    offset = int(status["blob_offset"])
-                    continue
-                if status.get("blob_complete"):
-                    return
-                offset = int(status["blob_offset"])
-
-
-def _still_refused(row: Mapping[str, Any]) -> str | None:
-    """Why a refused outbox record would be refused again by this device itself (None if it may go): its photo
-    is still missing, or its payload is still over the hub's limit. Refusals by the hub are always requeued
-    (the admin may have fixed the hub)."""
-    if row.get("blob_path") and not Path(row["blob_path"]).is_file():
-        return "its photo is no longer on this device"
-    if int(row.get("payload_bytes") or 0) > MAX_RECORD_PAYLOAD_BYTES:
-        return f"its payload is over the hub's limit of {MAX_RECORD_PAYLOAD_BYTES} bytes"
-    return None
-
 
 def _remaining(dest: Path, size: int) -> int:
     """Bytes still to download into ``dest`` (a partial download resumes)."""
     partial = partial_of(dest)
     return max(0, size - (partial.stat().st_size if partial.exists() else 0))
-
-
-def _file_digest(path: Path) -> tuple[int, str]:
-    """(size, sha256 hex) of a file, read in chunks (a photo is never held whole in memory here)."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-            size += len(block)
-    return size, h.hexdigest()
-
-
-def _batches(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Consecutive groups of at most UPLOAD_BATCH records and about UPLOAD_BATCH_BYTES of payload."""
-    out: list[list[dict[str, Any]]] = []
-    cur: list[dict[str, Any]] = []
-    size = 0
-    for rec in records:
-        n = len(json.dumps(rec["payload"]))
-        if cur and (len(cur) >= UPLOAD_BATCH or size + n > UPLOAD_BATCH_BYTES):
-            out.append(cur)
-            cur, size = [], 0
-        cur.append(rec)
-        size += n
-    if cur:
-        out.append(cur)
-    return out

@@ -96,7 +96,7 @@ class CountingTransport:
 
 def test_sync_uploads_in_batches_and_keeps_refused_records(world):
     from edge_app.runtime.outbox import Outbox
-    from sync.client import UPLOAD_BATCH
+    from sync.upload import UPLOAD_BATCH
     from sync.hub.enrol import add_device
     from sync.hub.uploads import MAX_PAYLOAD_BYTES, receive_records
 
@@ -146,15 +146,15 @@ def test_sync_uploads_in_batches_and_keeps_refused_records(world):
 
 
 def test_batches_split_on_payload_bytes(monkeypatch):
-    from sync import client
+    from sync import upload
 
-    monkeypatch.setattr(client, "UPLOAD_BATCH_BYTES", 1000)
+    monkeypatch.setattr(upload, "UPLOAD_BATCH_BYTES", 1000)
     recs = [{"payload": {"note": "x" * 300}} for _ in range(7)]
-    sizes = [len(b) for b in client._batches(recs)]
+    sizes = [len(b) for b in upload._batches(recs)]
     assert sizes == [3, 3, 1]
-    monkeypatch.setattr(client, "UPLOAD_BATCH", 2)
-    assert [len(b) for b in client._batches(recs)] == [2, 2, 2, 1]
-    assert client._batches([]) == []
+    monkeypatch.setattr(upload, "UPLOAD_BATCH", 2)
+    assert [len(b) for b in upload._batches(recs)] == [2, 2, 2, 1]
+    assert upload._batches([]) == []
 
 
 def test_outbox_v1_database_migrates_and_keeps_records(tmp_path):

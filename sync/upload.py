@@ -1,0 +1,166 @@
+"""Device side of uploads: the outbox goes to the hub in batches, photos in resumable chunks.
+
+Upload is idempotent by UUID. A record the hub refuses for good, or that the device cannot send (its photo
+is gone, its payload over the hub's limit), is marked refused with the reason and kept, so it cannot block
+the records behind it; :func:`refused_uploads` lists them and requeues those that can go.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from edge_app.errors import SyncError
+from edge_app.runtime.outbox import Outbox
+
+from .transport import MAX_RECORD_PAYLOAD_BYTES, Transport
+
+log = logging.getLogger(__name__)
+
+UPLOAD_CHUNK = 256 * 1024
+UPLOAD_BATCH = 200  # records per POST /v1/uploads/batch (the hub takes up to 500)
+UPLOAD_BATCH_BYTES = 1024 * 1024  # JSON payload bytes per batch (a record's payload is at most 64 KiB)
+
+
+def upload_outbox(transport: Transport, outbox_path: Path, catalogue_version: int) -> tuple[int, int]:
+    """Upload pending outbox records -> (uploaded, refused).
+
+    Records go in batches (one request and one hub transaction per :data:`UPLOAD_BATCH` records,
+    at most :data:`UPLOAD_BATCH_BYTES` of JSON); each photo then goes in resumable chunks. Upload is
+    idempotent by UUID. A record the hub refuses for good, or whose photo file is gone, is marked
+    refused in the outbox with the reason (kept, not deleted) so it cannot block the records
+    behind it; the count is in :attr:`SyncResult.upload_refused`.
+    """
+    if not outbox_path.exists():
+        return 0, 0
+    outbox = Outbox(outbox_path)
+    uploaded = refused = 0
+    try:
+        for batch in _batches(outbox.pending()):
+            bodies, blobs = [], {}
+            for rec in batch:
+                body: dict[str, Any] = {"uuid": rec["uuid"], "kind": rec["kind"], "payload": rec["payload"],
+                                        "created_at": rec["created_at"], "catalogue_version": catalogue_version,
+                                        "blob": None}
+                if len(json.dumps(rec["payload"], sort_keys=True)) > MAX_RECORD_PAYLOAD_BYTES:
+                    log.error("upload %s: payload over the hub's %d-byte limit; marked refused", rec["uuid"],
+                              MAX_RECORD_PAYLOAD_BYTES)
+                    outbox.mark_refused(rec["uuid"], f"payload over the hub's limit of {MAX_RECORD_PAYLOAD_BYTES} "
+                                                     "bytes (not sent)")
+                    refused += 1
+                    continue
+                if rec["blob_path"]:
+                    blob = Path(rec["blob_path"])
+                    try:
+                        size, digest = _file_digest(blob)
+                    except OSError as exc:
+                        log.error("upload %s: its photo cannot be read (%s); marked refused", rec["uuid"], exc)
+                        outbox.mark_refused(rec["uuid"], f"photo file unreadable on the device: {exc}")
+                        refused += 1
+                        continue
+                    blobs[rec["uuid"]] = (blob, size)
+                    body["blob"] = {"size": size, "sha256": digest}
+                bodies.append(body)
+            if not bodies:
+                continue
+            done = []
+            for body, status in zip(bodies, transport.post_uploads(bodies)):
+                uuid = body["uuid"]
+                if "refused" in status:
+                    log.error("hub refused upload %s (%s): %s; kept on the device, marked refused",
+                              uuid, body["kind"], status["refused"])
+                    outbox.mark_refused(uuid, str(status["refused"]))
+                    refused += 1
+                elif uuid in blobs and not status.get("blob_complete"):
+                    send_blob(transport, uuid, *blobs[uuid], int(status.get("blob_offset") or 0))
+                    outbox.mark_uploaded(uuid)
+                    uploaded += 1
+                else:
+                    done.append(uuid)
+            uploaded += len(done)
+            outbox.mark_uploaded_many(done)
+    finally:
+        outbox.close()
+    return uploaded, refused
+
+
+def send_blob(transport: Transport, uuid: str, path: Path, size: int, offset: int) -> None:
+    """Send the photo at ``path`` from ``offset`` in chunks, resuming where the hub says it stands."""
+    conflicts = 0
+    with open(path, "rb") as fh:
+        while offset < size:
+            fh.seek(offset)
+            status = transport.put_chunk(uuid, offset, fh.read(min(UPLOAD_CHUNK, size - offset)))
+            if status.get("conflict"):
+                conflicts += 1
+                if conflicts > 3:
+                    raise SyncError(f"upload {uuid}: the hub keeps disagreeing about the offset")
+                offset = int(status["blob_offset"])
+                continue
+            if status.get("blob_complete"):
+                return
+            offset = int(status["blob_offset"])
+
+
+def refused_uploads(outbox_path: Path, *, requeue: bool = False) -> list[dict[str, Any]]:
+    """Outbox records refused for good (by the hub, or by this device: photo gone, payload over the limit),
+    with the reasons; ``requeue``: clear the refusals of those that can go now, so the next sync sends them
+    (after the hub was fixed); each row then says ``requeued`` and, if not, ``not_requeued_because``."""
+    if not outbox_path.exists():
+        return []
+    outbox = Outbox(outbox_path)
+    try:
+        rows = outbox.refused()
+        if requeue:
+            for r in rows:
+                why = _still_refused(r)
+                r["requeued"] = why is None
+                if why is not None:
+                    r["not_requeued_because"] = why
+            outbox.requeue_refused([r["uuid"] for r in rows if r["requeued"]])
+            log.info("%d refused uploads requeued for the next sync, %d not (their cause is still there)",
+                     sum(r["requeued"] for r in rows), sum(not r["requeued"] for r in rows))
+        return rows
+    finally:
+        outbox.close()
+
+
+def _still_refused(row: Mapping[str, Any]) -> str | None:
+    """Why a refused outbox record would be refused again by this device itself (None if it may go): its photo
+    is still missing, or its payload is still over the hub's limit. Refusals by the hub are always requeued
+    (the admin may have fixed the hub)."""
+    if row.get("blob_path") and not Path(row["blob_path"]).is_file():
+        return "its photo is no longer on this device"
+    if int(row.get("payload_bytes") or 0) > MAX_RECORD_PAYLOAD_BYTES:
+        return f"its payload is over the hub's limit of {MAX_RECORD_PAYLOAD_BYTES} bytes"
+    return None
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    """(size, sha256 hex) of a file, read in chunks (a photo is never held whole in memory here)."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def _batches(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Consecutive groups of at most UPLOAD_BATCH records and about UPLOAD_BATCH_BYTES of payload."""
+    out: list[list[dict[str, Any]]] = []
+    cur: list[dict[str, Any]] = []
+    size = 0
+    for rec in records:
+        n = len(json.dumps(rec["payload"]))
+        if cur and (len(cur) >= UPLOAD_BATCH or size + n > UPLOAD_BATCH_BYTES):
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(rec)
+        size += n
+    if cur:
+        out.append(cur)
+    return out
