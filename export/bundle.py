@@ -28,7 +28,7 @@ from edge_app.bundle import (
 from edge_app.catalogue_views import check_views
 from edge_app.errors import InputError, IntegrityError, UsageError
 from edge_app.preprocess import PreprocessSpec
-from edge_app.signing import SigningKey, sign_document
+from edge_app.signing import Keyring, SigningKey, sign_document
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +241,40 @@ def build_bundle(
     return final
 
 
+#: bundle files that are catalogue data, not the model (rebuilt by :func:`build_bundle`)
+CATALOGUE_FILES = ("embeddings.npy", "embeddings.json", "index.hnsw")
+
+
+def reissue_bundle(src: str | os.PathLike[str], root: str | os.PathLike[str], *, keyring: Keyring, key: SigningKey,
+                   version: int) -> Path:
+    """The verified bundle ``src`` again under a new, higher ``version``: same model files, preprocessing,
+    labels, catalogue vectors, calibration and index parameters; a new id and signature.
+
+    This is how a model is rolled back: tablets (and the hub) refuse any bundle not newer than the one they
+    run, so the earlier model comes back as a newer version. ``src`` must verify with ``keyring`` first."""
+    from edge_app.bundle import load_bundle
+
+    old = load_bundle(src, keyring)
+    m = old.manifest
+    if not isinstance(version, int) or version <= int(m["version"]):
+        raise UsageError(f"the reissued bundle needs a version above {m['version']} (the bundle's own; tablets take "
+                         f"only newer versions), got {version!r}")
+    model_files = {name: old.root / name for name in m["files"] if name not in CATALOGUE_FILES}
+    idx = m.get("index") or {}
+    new = build_bundle(
+        root, version=version, model_name=m["model_name"], model_files=model_files, kind=m["kind"],
+        preprocess=PreprocessSpec.from_dict(m["preprocess"]), labels=m["labels"],
+        embeddings=np.load(old.root / "embeddings.npy", allow_pickle=False),
+        catalogue_rows=json.loads((old.root / "embeddings.json").read_text()), key=key,
+        quantization=m.get("quantization") or {}, parity=m.get("parity") or {}, accuracy=m.get("accuracy"),
+        calibration=m.get("calibration"), outputs=m.get("outputs"),
+        index=IndexParams(M=int(idx.get("M", 16)), ef_construction=int(idx.get("ef_construction", 200)),
+                          ef_search=int(idx.get("ef_search", 64))),
+        catalogue_views=str((m.get("catalogue") or {}).get("views") or "none"))
+    log.warning("bundle %s (version %s) reissued as %s (version %d)", m["bundle_id"], m["version"], new.name, version)
+    return new
+
+
 def write_archive(bundle_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Pack a bundle folder into an uncompressed, deterministic ``.tar`` (``<bundle_id>/<file>`` members).
 
@@ -290,4 +324,4 @@ def describe(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 __all__ = ["IndexParams", "DEFAULT_OUTPUTS", "build_bundle", "write_archive", "build_index", "l2_normalize",
-           "existing_versions", "describe"]
+           "existing_versions", "describe", "reissue_bundle"]

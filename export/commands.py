@@ -112,6 +112,19 @@ def _bundle_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bundle_reissue(args: argparse.Namespace) -> int:
+    from edge_app.signing import Keyring, SigningKey
+
+    from .bundle import reissue_bundle, write_archive
+
+    path = reissue_bundle(args.bundle, args.out, keyring=Keyring.load(args.keyring), key=SigningKey.load(args.key),
+                          version=args.version)
+    print(path)
+    if args.archive:
+        print(write_archive(path, args.archive))
+    return 0
+
+
 def _bundle_verify(args: argparse.Namespace) -> int:
     from edge_app.bundle import load_bundle, open_archive
     from edge_app.signing import Keyring
@@ -229,6 +242,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                          f"added parts the same way (default {DEFAULT_VIEWS}; none = the image alone)")
     bb.add_argument("--archive", help="also write a .tar of the bundle here")
     bb.set_defaults(func=_bundle_build)
+
+    br = bsub.add_parser("reissue", help="the same model and catalogue as a newer version (how a model is rolled "
+                         "back: tablets take only newer versions)",
+                         description="Verify BUNDLE, then write it again under --version (above its own) with a new "
+                                     "id and signature: same model files, preprocessing, labels, catalogue vectors, "
+                                     "calibration and index parameters.")
+    br.add_argument("bundle", help="bundle folder to bring back (e.g. copied from the hub's bundles/)")
+    br.add_argument("--version", type=int, required=True, help="new version, above every version tablets ran")
+    br.add_argument("--keyring", required=True, help="trusted public keys (JSON) the bundle must verify with")
+    br.add_argument("--key", required=True, help="private key file from `partlens keys init`")
+    br.add_argument("--out", required=True, help="bundles root folder")
+    br.add_argument("--archive", help="also write a .tar of the bundle here")
+    br.set_defaults(func=_bundle_reissue)
 
     bv = bsub.add_parser("verify", help="verify a bundle folder or .tar (exit 4 on failure)",
                          description="Check the signature, the schema and every file hash.")
