@@ -121,10 +121,14 @@ def connect_wal(path: str | os.PathLike[str], timeout_s: float) -> tuple[sqlite3
         conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
         conn.execute("PRAGMA journal_mode=WAL").fetchone()
         return conn, False
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as exc:
         wal = path.with_name(path.name + "-wal")
-        if not path.is_file() or (wal.exists() and wal.stat().st_size > 0) or free_bytes(path.parent) >= OPEN_FULL_BYTES:
+        if not path.is_file() or free_bytes(path.parent) >= OPEN_FULL_BYTES:
             raise
+        if wal.exists() and wal.stat().st_size > 0:  # its last changes are only in the WAL: no safe read-only view
+            raise StorageError(f"{path}: storage full ({mb(free_bytes(path.parent))} free) and the database has "
+                               "changes SQLite must recover first; free space on the tablet (nothing is lost: "
+                               "they are in its -wal file) and start again") from exc
     log.warning("%s: storage full (%s free), opening the database read-only until space is freed", path,
                 mb(free_bytes(path.parent)))
     conn = sqlite3.connect(f"{path.absolute().as_uri()}?immutable=1", uri=True, isolation_level=None,

@@ -28,8 +28,12 @@ def main() -> None:
 
     dev = mount / "device"
     shutil.copytree(src / "device", dev)
+    shutil.copytree(src / "crashed", mount / "crashed")
     fill_to(mount, 0)
     out: dict = {"free": shutil.disk_usage(mount).free}
+    from edge_app.runtime.catalogue import CatalogueDB
+
+    out["crashed_open"] = attempt(lambda: CatalogueDB(mount / "crashed" / "catalogue.db"))
     out["raw_sqlite_open"] = attempt(lambda: sqlite3.connect(dev / "catalogue.db").execute(
         "SELECT count(*) FROM parts").fetchone())
     svc = DeviceServices(dev)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import shutil
+import sqlite3
 
 import numpy as np
 import pytest
@@ -47,6 +49,17 @@ def device_folder(root):
     ob.close()
     (root / "new.jpg").write_bytes(noise_jpeg(4, side=64))
     assert not list(dev.glob("*-wal")) and not list(dev.glob("*-shm")), "closed cleanly, as after an app exit"
+    # the same catalogue as a crash leaves it: its last change only in the -wal file (no -shm)
+    crashed, scratch = root / "crashed", root / "scratch"
+    crashed.mkdir()
+    scratch.mkdir()
+    shutil.copy2(dev / "catalogue.db", scratch / "catalogue.db")
+    conn = sqlite3.connect(scratch / "catalogue.db", isolation_level=None)
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("UPDATE parts SET name = 'renamed' WHERE part_number = 'P0'")
+    for name in ("catalogue.db", "catalogue.db-wal"):
+        shutil.copy2(scratch / name, crashed / name)
+    conn.close()
     return dev
 
 
@@ -68,6 +81,8 @@ def test_a_tablet_full_to_the_last_byte_still_opens_and_recovers(tmp_path):
     # start-up pruning: the old photo that was uploaded goes, the one waiting to upload keeps its copy
     assert out["captures_before"] == 3 and out["captures_after"] == 1 and out["pruned"]["removed_files"] >= 2
     assert out["read_only_after"] == [False, False]
+    # after a crash the last changes are only in the -wal: no safe read-only view; a clear error, nothing lost
+    assert out["crashed_open"].startswith("StorageError:") and "changes SQLite must recover" in out["crashed_open"]
     assert out["feedback_after"].startswith("ok ") and out["pending_after"] == 2
 
 
