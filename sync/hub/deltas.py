@@ -77,7 +77,7 @@ class PackageService:
                         via: str | None = None, epoch: int = 0) -> dict[str, Any]:
         """:meth:`plan` for an authenticated device, recording what it holds and how it came (``via``: http,
         https; ``hub devices`` shows it)."""
-        self.hub.store.device_seen(device["name"], from_version, bundle_id, via=via)
+        self.hub.store.device_seen(device["name"], from_version, bundle_id, via=via, epoch=epoch)
         return self.plan(device["site"], from_version, bundle_id, epoch=epoch)
 
     def plan(self, site: str, from_version: int, bundle_id: str | None, *, epoch: int = 0) -> dict[str, Any]:

@@ -71,13 +71,16 @@ def fleet(hub: Hub, *, stale_days: float = 2.0, now: _dt.datetime | None = None)
         raise UsageError(f"--stale-days must be above 0, got {stale_days}")
     now = now or _dt.datetime.now(_dt.timezone.utc)
     version, bundle = hub.store.version(), hub.bundle_id
+    epoch = int(hub.store.get_meta("catalogue_epoch", 0))
     out = []
     for d in hub.store.list_devices():
         row = dict(d)
         seen = d.get("last_sync_at")
         age = (now - _dt.datetime.fromisoformat(seen)).total_seconds() / 86400 if seen else None
         row["days_since_sync"] = None if age is None else round(age, 2)
-        row["versions_behind"] = None if d.get("last_catalogue_version") is None \
+        # a device last seen on another lineage (before a `hub restore`) gets a full snapshot next: not comparable
+        row["other_lineage"] = seen is not None and int(d.get("last_catalogue_epoch") or 0) != epoch
+        row["versions_behind"] = None if d.get("last_catalogue_version") is None or row["other_lineage"] \
             else max(0, version - int(d["last_catalogue_version"]))
         row["had_active_bundle"] = None if seen is None else d.get("last_bundle_id") == bundle
         row["stale"] = not d["revoked"] and (age is None or age > stale_days)

@@ -103,7 +103,7 @@ class HubStore(Protocol):
     def device(self, name: str) -> dict[str, Any] | None: ...
     def list_devices(self) -> list[dict[str, Any]]: ...
     def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None, *,
-                    via: str | None = None) -> None: ...
+                    via: str | None = None, epoch: int = 0) -> None: ...
     def revoke_device(self, name: str) -> bool: ...
     def add_upload(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
     def add_uploads(self, rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]: ...
@@ -192,6 +192,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (2, ["ALTER TABLE devices ADD COLUMN last_via TEXT"]),
     # 3: the thumbnail's sha256, carried in the signed packages: a tablet stores only the thumbnail the hub meant
     (3, ["ALTER TABLE images ADD COLUMN thumb_sha256 TEXT"]),
+    # 4: the catalogue lineage a device reported (after `hub restore`, versions of another lineage mean nothing)
+    (4, ["ALTER TABLE devices ADD COLUMN last_catalogue_epoch INTEGER"]),
 ]
 
 
@@ -395,17 +397,18 @@ class SqliteHubStore:
     def list_devices(self) -> list[dict[str, Any]]:
         """Every enrolled device (never the token hash), with what it last reported when it asked for a sync."""
         return self._rows("SELECT name, site, created_at, revoked, last_sync_at, last_catalogue_version, "
-                          "last_bundle_id, last_via FROM devices ORDER BY name")
+                          "last_bundle_id, last_via, last_catalogue_epoch FROM devices ORDER BY name")
 
     def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None, *,
-                    via: str | None = None) -> None:
-        """Record that ``name`` asked for a sync plan, holding this catalogue version and bundle, over ``via``."""
+                    via: str | None = None, epoch: int = 0) -> None:
+        """Record that ``name`` asked for a sync plan, holding this catalogue version (of lineage ``epoch``) and
+        bundle, over ``via``."""
         db = self._db()
         with self._write_lock, self._tx(db):
             db.conn.execute("UPDATE devices SET last_sync_at=?, last_catalogue_version=?, last_bundle_id=?, "
-                            "last_via=? WHERE name=?",
+                            "last_via=?, last_catalogue_epoch=? WHERE name=?",
                             (_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
-                             int(catalogue_version), bundle_id, via, name))
+                             int(catalogue_version), bundle_id, via, int(epoch), name))
 
     def revoke_device(self, name: str) -> bool:
         """Refuse the device's token from now on (e.g. a lost tablet). False if it was already revoked."""

@@ -129,10 +129,16 @@ def test_restore_a_hub_the_tablets_follow_without_re_enrolling(world, tmp_path) 
     restored = Hub(new_root, embedder_factory=world.hub.embedder_factory)
     assert restored.store.version() == at_backup and restored.store.get_meta("catalogue_epoch") > 0
 
+    from sync.hub.enrol import fleet
+
+    row = next(d for d in fleet(restored) if d["name"] == "tab1")  # last seen on the lost lineage
+    assert row["other_lineage"] is True and row["versions_behind"] is None
     tab = SyncClient(world.device_dir, transport=InMemoryTransport(restored, world.payload["token"]),
                      smoke_test=lambda b: None)
     r = tab.sync()
     assert r.package.startswith("snapshot-e") and r.to_version == at_backup < r.from_version
+    row = next(d for d in fleet(restored) if d["name"] == "tab1")
+    assert row["other_lineage"] is False and row["versions_behind"] == 0
     st = tab.status()
     assert st["catalogue_epoch"] == restored.store.get_meta("catalogue_epoch")
     assert st["parts"] == restored.status()["parts"] == 3

@@ -70,7 +70,7 @@ def test_a_hub_database_from_before_the_fleet_columns_is_migrated(tmp_path) -> N
     store = SqliteHubStore(path)
     assert store.list_devices() == [{"name": "old-tab", "site": "s", "created_at": "t", "revoked": 0,
                                      "last_sync_at": None, "last_catalogue_version": None, "last_bundle_id": None,
-                                     "last_via": None}]
+                                     "last_via": None, "last_catalogue_epoch": None}]
     assert store.get_meta("schema_version") == MIGRATIONS[-1][0]
     store.device_seen("old-tab", 4, "b1")
     store.close()
