@@ -46,7 +46,8 @@ IMPORT_TO_REQ = {"PIL": "pillow", "jnius": "pyjnius", "sqlite_utils": "sqlite-ut
                  "hnswlib": "hnswlib", "cryptography": "cryptography"}
 #: The device code: the runtime, the app and the sync client (not training/export/hub/benchmarks).
 DEVICE_SOURCES = ["edge_app/*.py", "edge_app/runtime/*.py", "edge_app/app/*.py", "edge_app/app/screens/*.py",
-                  "sync/client.py", "sync/apply.py", "sync/package.py", "sync/embedder.py"]
+                  "sync/client.py", "sync/apply.py", "sync/package.py", "sync/embedder.py", "sync/transport.py",
+                  "sync/upload.py", "sync/schedule.py", "sync/background.py"]
 FIRST_PARTY = {"edge_app", "sync", "training", "export", "benchmarks"}
 
 
@@ -186,6 +187,70 @@ def test_every_kv_file_is_included() -> None:
     assert kv
     for f in kv:
         assert any(fnmatch.fnmatch(f, p) for p in patterns), f"{f} would not be packaged"
+
+
+#: first-party packages the APK does not ship, and why no device code path needs them at import time
+NOT_SHIPPED = {
+    "sync.hub": "the hub runs on the desktop; only InMemoryTransport (tests, same machine) imports it, lazily",
+    "export": "export runs on the desktop; reached only through the hub",
+    "training": "training runs on the desktop",
+    "benchmarks": "measurements, not the app",
+}
+
+
+def _module_file(mod: str) -> Path | None:
+    p = ROOT / Path(*mod.split("."))
+    if (p / "__init__.py").is_file():
+        return p / "__init__.py"
+    return p.with_suffix(".py") if p.with_suffix(".py").is_file() else None
+
+
+def _first_party_imports(f: Path) -> list[tuple[str, bool]]:
+    """(module, at module level?) for every first-party import in ``f``, relative ones resolved."""
+    rel = f.relative_to(ROOT)
+    pkg = list(rel.parent.parts)
+    tree = ast.parse(f.read_text(), str(f))
+    top_level = {id(n) for n in tree.body} | {id(c) for n in tree.body if isinstance(n, ast.If) for c in n.body}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            mods = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = pkg[:len(pkg) - node.level + 1] if node.level else []
+            m = ".".join(base + ([node.module] if node.module else []))
+            mods = [m] + [f"{m}.{a.name}" for a in node.names]
+        else:
+            continue
+        out += [(m, id(node) in top_level) for m in mods if m.split(".")[0] in FIRST_PARTY]
+    return out
+
+
+def test_every_module_the_app_imports_is_packaged() -> None:
+    """Follow first-party imports from main.py (module level and lazy): each module reached must match the
+    APK's include patterns, except packages that are not shipped, which device code may only import lazily."""
+    import fnmatch
+
+    patterns = [p.strip() for p in spec()["app"]["source.include_patterns"].split(",")]
+    seen: dict[Path, str] = {}
+    todo = [ROOT / "main.py"]
+    while todo:
+        f = todo.pop()
+        for mod, at_top in _first_party_imports(f):
+            parts = mod.split(".")
+            for i in range(1, len(parts) + 1):
+                name = ".".join(parts[:i])
+                skip = next((k for k in NOT_SHIPPED if name == k or name.startswith(k + ".")), None)
+                if skip:
+                    assert not at_top, f"{f.relative_to(ROOT)} imports {name} at module level ({NOT_SHIPPED[skip]})"
+                    break
+                mf = _module_file(name)
+                if mf is not None and mf not in seen:
+                    seen[mf] = str(f.relative_to(ROOT))
+                    todo.append(mf)
+    assert len(seen) > 30
+    missing = [f"{m.relative_to(ROOT)} (imported by {by})" for m, by in sorted(seen.items())
+               if not any(fnmatch.fnmatch(str(m.relative_to(ROOT)), p) for p in patterns)]
+    assert not missing, "not packaged in the APK: " + "; ".join(missing)
 
 
 def test_hnswlib_recipe_disables_march_native() -> None:
