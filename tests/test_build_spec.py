@@ -226,13 +226,19 @@ def _first_party_imports(f: Path) -> list[tuple[str, bool]]:
 
 
 def test_every_module_the_app_imports_is_packaged() -> None:
-    """Follow first-party imports from main.py (module level and lazy): each module reached must match the
-    APK's include patterns, except packages that are not shipped, which device code may only import lazily."""
+    """Follow first-party imports from main.py and the Android services (module level and lazy): each module
+    reached must match the APK's include patterns, except packages that are not shipped, which device code may only import lazily."""
     import fnmatch
 
-    patterns = [p.strip() for p in spec()["app"]["source.include_patterns"].split(",")]
+    app = spec()["app"]
+    patterns = [p.strip() for p in app["source.include_patterns"].split(",")]
+    # the entry points: the app, and each Android service (`services = Name:path.py:...`)
+    entries = [ROOT / "main.py"] + [ROOT / s.split(":")[1] for s in app.get("services", "").split(",") if s.strip()]
+    assert len(entries) >= 2 and all(e.is_file() for e in entries), entries
+    for e in entries:
+        assert any(fnmatch.fnmatch(str(e.relative_to(ROOT)), p) for p in patterns), f"{e} is not packaged"
     seen: dict[Path, str] = {}
-    todo = [ROOT / "main.py"]
+    todo = list(entries)
     while todo:
         f = todo.pop()
         for mod, at_top in _first_party_imports(f):
