@@ -159,15 +159,19 @@ class Outbox:
 
     def requeue_uploaded_since(self, since: str) -> tuple[int, int]:
         """Send again, at the next upload, records uploaded at or after ``since`` (ISO time): the hub that
-        received them was restored from an older backup. Records whose photo file is gone stay uploaded
-        (they cannot be sent whole). Returns (requeued, skipped for a missing photo)."""
+        received them was restored from an older backup. A confirmation or unknown-part report whose photo the
+        tablet has since pruned goes again without it (what the engineer said still counts); a record that IS
+        a photo and lost it stays as it was. Returns (requeued, left out for a missing photo)."""
         with self._lock:
-            rows = self._conn.execute("SELECT uuid, blob_path FROM outbox WHERE uploaded_at IS NOT NULL AND "
+            rows = self._conn.execute("SELECT uuid, kind, blob_path FROM outbox WHERE uploaded_at IS NOT NULL AND "
                                       "uploaded_at >= ?", (since,)).fetchall()
-        again = [u for u, b in rows if b is None or Path(b).is_file()]
+        whole = [u for u, _k, b in rows if b is None or Path(b).is_file()]
+        no_photo = [u for u, k, b in rows if b is not None and not Path(b).is_file() and k in ("feedback", "unknown_part")]
         with self._lock, self._tx() as conn:
-            conn.executemany("UPDATE outbox SET uploaded_at = NULL WHERE uuid = ?", [(u,) for u in again])
-        return len(again), len(rows) - len(again)
+            conn.executemany("UPDATE outbox SET uploaded_at = NULL WHERE uuid = ?", [(u,) for u in whole])
+            conn.executemany("UPDATE outbox SET uploaded_at = NULL, blob_path = NULL WHERE uuid = ?",
+                             [(u,) for u in no_photo])
+        return len(whole) + len(no_photo), len(rows) - len(whole) - len(no_photo)
 
     def count(self, pending_only: bool = True, kinds: Sequence[str] | None = None) -> int:
         """Records (not yet uploaded nor refused, with ``pending_only``), of ``kinds`` only when given."""

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import stat
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -117,7 +118,14 @@ def test_restore_a_hub_the_tablets_follow_without_re_enrolling(world, tmp_path) 
         world.hub.add_part({"part_number": f"LATE-{i}", "name": "after the backup"}, inventory={"site_a": (1, "L")},
                            images=write_images(tmp_path / f"late{i}", [i]))
     late_ids = upload_items(world, [("feedback", {"part_number": "P1", "verdict": "correct"}, None),
-                                    ("photo", {"part_number": "P2"}, part_image(2, noise=7))])
+                                    ("photo", {"part_number": "P2"}, part_image(2, noise=7)),
+                                    ("feedback", {"part_number": "P0", "verdict": "correct"}, part_image(0, noise=7)),
+                                    ("photo", {"part_number": "P0"}, part_image(0, noise=9))])
+    ob = Outbox(world.device_dir / "outbox.db")
+    blobs = {r[0]: r[1] for r in ob._conn.execute("SELECT uuid, blob_path FROM outbox")}
+    ob.close()
+    for uid in late_ids[2:]:  # the tablet pruned these photos since (uploaded, and old enough)
+        Path(blobs[uid]).unlink()
     later = tmp_path / "tab-later"
     enrol(later, add_device(world.hub, "tab-later", "site_a"))
     device_version = client(world).status()["catalogue_version"]
@@ -142,7 +150,10 @@ def test_restore_a_hub_the_tablets_follow_without_re_enrolling(world, tmp_path) 
     st = tab.status()
     assert st["catalogue_epoch"] == restored.store.get_meta("catalogue_epoch")
     assert st["parts"] == restored.status()["parts"] == 3
-    assert r.uploaded == 2 and {u["uuid"] for u in restored.store.list_uploads()} >= set(late_ids)
+    got = {u["uuid"] for u in restored.store.list_uploads()}
+    # the confirmation whose photo is gone goes again without it; a photo record without its photo cannot
+    assert r.uploaded == 3 and set(late_ids[:3]) <= got and late_ids[3] not in got
+    assert restored.store.upload(late_ids[2])["blob_size"] is None
     photo = restored.store.upload(late_ids[1])
     assert photo["blob_complete"] and (new_root / "uploads" / f"{late_ids[1]}.blob").read_bytes() == \
         part_image(2, noise=7)
