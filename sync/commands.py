@@ -368,7 +368,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP",
                    help="a host name or IP address tablets use to reach the hub (repeat; the host of the hub's URL, "
                         "localhost and 127.0.0.1 are always included)")
-    p.add_argument("--days", type=int, default=3650, help="validity in days (renewing means re-enrolling tablets)")
+    p.add_argument("--days", type=int, default=3650, help="validity in days (renew it later with `hub tls-rotate`, without re-enrolling tablets)")
     p.add_argument("--force", action="store_true", help="replace an existing certificate (re-enrol every tablet)")
     p.add_argument("--port", type=int, help="serve HTTPS on this port instead of the URL's (keep the old port for "
                    "`hub serve --plain`, so tablets enrolled over http:// can switch by themselves)")
