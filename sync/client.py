@@ -373,9 +373,9 @@ class SyncClient:
 
         Up to :data:`THUMB_BATCH` per request (one tar), so a first sync of a large catalogue makes hundreds of
         requests, not tens of thousands. A thumbnail whose sha256 the signed package named must match it (a
-        thumbnail swapped on the way, e.g. over plain HTTP, is not stored). Thumbnails are a display cache, not catalogue truth: one the hub does
-        not send, or that does not decode as a small image, is skipped, counted and fetched again at the next
-        sync; the sync still succeeds.
+        thumbnail swapped on the way, e.g. over plain HTTP, is not stored). Thumbnails are a display cache, not
+        catalogue truth: one the hub does not send, or that does not decode as a small image, is skipped,
+        counted and fetched again at the next sync; the sync still succeeds.
         """
         from edge_app.atomic import atomic_write_bytes
         from edge_app.errors import ImageError

@@ -368,7 +368,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP",
                    help="a host name or IP address tablets use to reach the hub (repeat; the host of the hub's URL, "
                         "localhost and 127.0.0.1 are always included)")
-    p.add_argument("--days", type=int, default=3650, help="validity in days (renew it later with `hub tls-rotate`, without re-enrolling tablets)")
+    p.add_argument("--days", type=int, default=3650,
+                   help="validity in days (renew it later with `hub tls-rotate`, without re-enrolling tablets)")
     p.add_argument("--force", action="store_true", help="replace an existing certificate (re-enrol every tablet)")
     p.add_argument("--port", type=int, help="serve HTTPS on this port instead of the URL's (keep the old port for "
                    "`hub serve --plain`, so tablets enrolled over http:// can switch by themselves)")
@@ -380,7 +381,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("backup", help="a folder made by `partlens hub backup`")
     p.add_argument("--key", help="the package-signing key file, if not where hub.json says (backups do not hold it)")
     p = cmd("tls-rotate", _tls_rotate, "replace the hub certificate without re-enrolling tablets: first make the "
-            "next one (tablets learn its pin at their next sync), then --activate it (a running `hub serve` switches at once)")
+            "next one (tablets learn its pin at their next sync), then --activate it (a running `hub serve` "
+            "switches at once)")
     p.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP",
                    help="another host name or IP address for the next certificate (the current ones are kept)")
     p.add_argument("--days", type=int, default=3650, help="validity of the next certificate in days")

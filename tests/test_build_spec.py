@@ -227,7 +227,8 @@ def _first_party_imports(f: Path) -> list[tuple[str, bool]]:
 
 def test_every_module_the_app_imports_is_packaged() -> None:
     """Follow first-party imports from main.py and the Android services (module level and lazy): each module
-    reached must match the APK's include patterns, except packages that are not shipped, which device code may only import lazily."""
+    reached must match the APK's include patterns, except packages that are not shipped, which device code may
+    only import lazily."""
     import fnmatch
 
     app = spec()["app"]

@@ -166,7 +166,8 @@ class Outbox:
             rows = self._conn.execute("SELECT uuid, kind, blob_path FROM outbox WHERE uploaded_at IS NOT NULL AND "
                                       "uploaded_at >= ?", (since,)).fetchall()
         whole = [u for u, _k, b in rows if b is None or Path(b).is_file()]
-        no_photo = [u for u, k, b in rows if b is not None and not Path(b).is_file() and k in ("feedback", "unknown_part")]
+        no_photo = [u for u, k, b in rows
+                    if b is not None and not Path(b).is_file() and k in ("feedback", "unknown_part")]
         with self._lock, self._tx() as conn:
             conn.executemany("UPDATE outbox SET uploaded_at = NULL WHERE uuid = ?", [(u,) for u in whole])
             conn.executemany("UPDATE outbox SET uploaded_at = NULL, blob_path = NULL WHERE uuid = ?",

@@ -176,9 +176,10 @@ def rotate_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS) -
 
 
 def activate_next(hub: Any, *, force: bool = False) -> dict[str, Any]:
-    """Step 2: the next certificate becomes the hub's (a running ``hub serve`` uses it from the next handshake). Refused while an
-    enrolled, not revoked tablet has not synced since the rotation began (it does not know the new pin and
-    would have to be enrolled again), unless ``force``. Re-runnable after a crash half-way."""
+    """Step 2: the next certificate becomes the hub's (a running ``hub serve`` uses it from the next
+    handshake). Refused while an enrolled, not revoked tablet has not synced since the rotation began (it does
+    not know the new pin and would have to be enrolled again), unless ``force``. Re-runnable after a crash
+    half-way."""
     from .enrol import fleet
 
     nd = next_dir(hub.root)

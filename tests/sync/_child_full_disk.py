@@ -1,9 +1,10 @@
 """Child process for the full-disk sync test (``tests.fullfs.run_on_tmpfs``): MOUNT is a small tmpfs.
 
 ``python -m tests.sync._child_full_disk MOUNT SRC`` copies the device folder SRC onto the tmpfs, then syncs
-it from the hub three times with the tmpfs filled so that (a) the download, (b) the apply hits a real ENOSPC/SQLITE_FULL (the pre-checks switched
-off, as when another app fills the disk during a sync), (c) the pre-check refuses; after each, the device
-state must be the one before. Then with the filler gone the sync must complete. Prints one JSON object.
+it from the hub three times with the tmpfs filled so that (a) the download, (b) the apply hits a real
+ENOSPC/SQLITE_FULL (the pre-checks switched off, as when another app fills the disk during a sync), (c) the
+pre-check refuses; after each, the device state must be the one before. Then with the filler gone the sync
+must complete. Prints one JSON object.
 """
 from __future__ import annotations
 

@@ -178,8 +178,8 @@ def test_restore_a_hub_the_tablets_follow_without_re_enrolling(world, tmp_path) 
         db.close()
     # a tablet enrolled after the backup is unknown to the restored hub: it must be enrolled again
     with pytest.raises(AuthError):
-        SyncClient(later, transport=InMemoryTransport(restored, json.loads((later / "device.json").read_text())["token"]),
-                   smoke_test=lambda b: None).sync()
+        token = json.loads((later / "device.json").read_text())["token"]
+        SyncClient(later, transport=InMemoryTransport(restored, token), smoke_test=lambda b: None).sync()
 
 
 def test_restore_refuses_what_would_not_make_a_working_hub(world, tmp_path) -> None:

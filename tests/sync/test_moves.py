@@ -94,7 +94,8 @@ def test_a_starter_catalogue_from_elsewhere_is_replaced_at_the_first_sync(tmp_pa
 
     demo = build_world(tmp_path / "demo")
     for i in range(3):
-        demo.hub.add_part({"part_number": f"DEMO-{i}", "name": "demo"}, images=write_images(tmp_path / f"d{i}", [400 + i]))
+        demo.hub.add_part({"part_number": f"DEMO-{i}", "name": "demo"},
+                          images=write_images(tmp_path / f"d{i}", [400 + i]))
     sync_with(demo, demo.device_dir, demo.payload["token"]).sync()
     tablet = tmp_path / "apk"
     tablet.mkdir()
