@@ -343,6 +343,8 @@ class SyncStatus:
     free_bytes: int | None = None
     #: below the space a sync keeps free for photos: syncs will refuse to download until space is freed
     storage_low: bool = False
+    #: the space this device's syncs keep free for photos (the hub may set it at enrolment)
+    keep_free_bytes: int = RESERVE_BYTES
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -648,13 +650,22 @@ class DeviceServices:
         """When free space is below what a sync keeps for photos, prune every capture not on screen and not
         waiting to upload (not only those older than 14 days); None when space is not low."""
         free = storage.free_bytes(self.data_dir)
-        if free >= RESERVE_BYTES:
+        if free >= self._reserve():
             self._reopen_read_only()
             return None
         log.warning("storage low (%s free): pruning captures already uploaded or not kept", mb(free))
         pruned = self.prune_captures(max_age_days=0)
         self._reopen_read_only()
         return pruned
+
+    def _reserve(self) -> int:
+        """Bytes this device's syncs leave free for photos (the hub may set it at enrolment)."""
+        from sync.client import reserve_of
+
+        try:
+            return reserve_of(json.loads((self.data_dir / "device.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return RESERVE_BYTES
 
     def _reopen_read_only(self) -> None:
         """Databases opened read-only on a full disk (``storage.connect_wal``) are reopened for writing once
@@ -713,14 +724,14 @@ class DeviceServices:
             nightly = (f"OFF: could not schedule nightly sync at {arm.get('at')} ({arm.get('reason')}); "
                        f"sync from this screen" + (f". Last attempt: {nightly}" if nightly else ""))
         version = self.catalogue.catalogue_version
-        free = storage.free_bytes(self.data_dir)
+        free, reserve = storage.free_bytes(self.data_dir), self._reserve()
         return SyncStatus(bundle_id=active.get("bundle_id") or self.catalogue.get_meta("bundle_id"),
                           bundle_version=active.get("version"), catalogue_version=version or None,
                           last_sync=last_sync, pending_uploads=self.pending_uploads(),
                           refused_uploads=self.refused_uploads(), refused_reason=self._latest_refusal(),
                           enrolled=hub is not None,
                           hub=hub, last_error=self._last_error, nightly=nightly, connection=connection,
-                          free_bytes=free, storage_low=free < RESERVE_BYTES)
+                          free_bytes=free, storage_low=free < reserve, keep_free_bytes=reserve)
 
     def sync_now(self) -> str:
         """One full sync (bundle, catalogue package, uploads); returns a one-line summary."""

@@ -88,6 +88,10 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
             device["tls_sha256"] = payload["tls_sha256"]
         if payload.get("hub_id"):  # which hub: a catalogue from another hub (or site) is replaced, not mixed
             device["hub_id"] = str(payload["hub_id"])
+        if payload.get("keep_free_mb") is not None:  # the storage syncs leave free for photos, set by the hub
+            device["keep_free_mb"] = float(payload["keep_free_mb"])
+            if not device["keep_free_mb"] >= 0:
+                raise ValueError(f"keep_free_mb {device['keep_free_mb']}")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"enrolment payload is incomplete ({exc})") from None
     if not len(keyring):
@@ -108,6 +112,12 @@ def _write_device(paths: DevicePaths, device: Mapping[str, Any]) -> None:
     """``device.json`` (hub URL, token, pins): atomically, mode 0600 (it holds the token)."""
     atomic_write_json(paths.device, dict(device))
     os.chmod(paths.device, 0o600)
+
+
+def reserve_of(device: Mapping[str, Any]) -> int:
+    """Bytes a device's syncs leave free: the hub's ``keep_free_mb`` from the enrolment, else the default."""
+    mb_set = device.get("keep_free_mb")
+    return int(float(mb_set) * 1024**2) if mb_set is not None else RESERVE_BYTES
 
 
 def connection_mode(device: Mapping[str, Any]) -> str:
@@ -150,15 +160,16 @@ class SyncClient:
 
     def __init__(self, data_dir: str | os.PathLike[str], *, transport: Transport | None = None,
                  keyring: Keyring | None = None, smoke_test: SmokeTest | None = None,
-                 reserve_bytes: int = RESERVE_BYTES) -> None:
-        if reserve_bytes < 0:
+                 reserve_bytes: int | None = None) -> None:
+        if reserve_bytes is not None and reserve_bytes < 0:
             raise UsageError(f"space to keep free must be >= 0 bytes, got {reserve_bytes}")
-        #: a sync never leaves less than this free (room for the engineer's photos)
-        self.reserve_bytes = int(reserve_bytes)
         self.paths = DevicePaths(Path(data_dir))
         if not self.paths.device.is_file():
             raise UsageError(f"{self.paths.root}: device not enrolled (run `partlens sync enrol`)")
         self.device = json.loads(self.paths.device.read_text())
+        #: a sync never leaves less than this free (room for the engineer's photos): the caller's, else the
+        #: hub's setting at enrolment, else RESERVE_BYTES
+        self.reserve_bytes = int(reserve_bytes) if reserve_bytes is not None else reserve_of(self.device)
         self.keyring = keyring or Keyring.load(self.paths.keyring)
         self._own_transport = transport is None  # only a transport made here may fall back (see _plan)
         self.transport = transport or HttpTransport(self.device["hub"], self.device["token"],

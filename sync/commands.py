@@ -141,7 +141,8 @@ def _revoke_device(args: argparse.Namespace) -> int:
 def _add_device(args: argparse.Namespace) -> int:
     from .hub.enrol import add_device, payload_text, qr_ascii, qr_png
 
-    payload = add_device(_open_hub(args), args.name, args.site, args.url, sync_window=args.sync_window)
+    payload = add_device(_open_hub(args), args.name, args.site, args.url, sync_window=args.sync_window,
+                         keep_free_mb=args.keep_free_mb)
     if args.qr:
         qr_png(payload, args.qr)
     if args.ascii:
@@ -252,9 +253,9 @@ def _enrol(args: argparse.Namespace) -> int:
 def _sync_run(args: argparse.Namespace) -> int:
     from .client import SyncClient
 
-    if args.keep_free_mb < 0:
+    if args.keep_free_mb is not None and args.keep_free_mb < 0:
         raise UsageError(f"--keep-free-mb must be >= 0, got {args.keep_free_mb:g}")
-    reserve = int(args.keep_free_mb * 1024**2)
+    reserve = None if args.keep_free_mb is None else int(args.keep_free_mb * 1024**2)
 
     if args.only_if_allowed:  # exactly what the tablet's background service does (sync.background)
         import datetime as _dt
@@ -350,6 +351,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ascii", action="store_true", help="print the QR code in the terminal")
     p.add_argument("--sync-window", metavar="HH:MM-HH:MM", help="the device's nightly background-sync window, "
                    "local time, or 'always' (default on the device: 01:00-05:00)")
+    p.add_argument("--keep-free-mb", type=float, metavar="MB",
+                   help="storage the device's syncs leave free for photos (default on the device: 100)"),
     p = cmd("devices", _devices, "list enrolled devices: site, enrolled at, revoked, and from their last contact "
             "(a sync): when, catalogue versions behind, active bundle or not, stale")
     p.add_argument("--stale-days", type=float, default=2.0,
@@ -462,9 +465,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("payload", help="the QR payload JSON, or a file holding it")
     p = scmd("run", _sync_run, "sync now: bundle, catalogue delta, uploads")
     p.add_argument("--no-upload", action="store_true", help="do not upload the outbox")
-    p.add_argument("--keep-free-mb", type=float, default=RESERVE_BYTES / 1024**2, metavar="MB",
+    p.add_argument("--keep-free-mb", type=float, metavar="MB",
                    help="refuse to download or apply what would leave less than this free on the device, room for "
-                        "the engineer's photos (default: %(default)g); exit 8 with nothing changed")
+                        f"the engineer's photos (default: the hub's setting at enrolment, else "
+                        f"{RESERVE_BYTES / 1024**2:g}); exit 8 with nothing changed")
     p.add_argument("--only-if-allowed", action="store_true",
                    help="one background attempt, as the tablet's sync service makes it: sync only when docked, "
                         "unmetered and inside the window; record the outcome and the next attempt in "

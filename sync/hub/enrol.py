@@ -36,16 +36,19 @@ ENROL_VERSION = 1
 
 
 def add_device(hub: Hub, name: str, site: str, url: str | None = None,
-               sync_window: str | None = None) -> dict[str, Any]:
+               sync_window: str | None = None, keep_free_mb: float | None = None) -> dict[str, Any]:
     """Register a device for ``site``; return the enrolment payload (with the plain token).
 
     ``sync_window`` (``HH:MM-HH:MM`` local time, or ``always``) is the device's nightly background-sync
-    window; without it the device uses its default (01:00-05:00).
+    window; without it the device uses its default (01:00-05:00). ``keep_free_mb``: the storage its syncs
+    leave free for photos (default on the device: 100 MB).
     """
     check_name(name)
     check_name(site, "site")
     if sync_window is not None:
         sync_window = str(SyncWindow.parse(sync_window))
+    if keep_free_mb is not None and not 0 <= keep_free_mb <= 100_000:
+        raise UsageError(f"--keep-free-mb must be between 0 and 100000, got {keep_free_mb:g}")
     url = url or hub.config.get("url")
     if not url:
         raise UsageError("the hub has no public URL: pass --url http://HOST:PORT (the address devices reach)")
@@ -59,6 +62,8 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None,
                "keys": hub.keyring.to_dict()["keys"], "hub_id": hub.store.get_meta("hub_id")}
     if sync_window is not None:
         payload["sync_window"] = sync_window
+    if keep_free_mb is not None:
+        payload["keep_free_mb"] = keep_free_mb
     payload.update(tls)
     return payload
 

@@ -310,3 +310,34 @@ def test_a_storage_error_inside_a_sync_is_a_sync_error(tmp_path):
     with pytest.raises(OSError):  # not a full disk: unchanged
         with storage.disk_full_is_storage_error(tmp_path, "syncing", SyncStorageError):
             raise OSError(errno.EACCES, "Permission denied")
+
+
+def test_the_hub_sets_the_space_a_tablet_keeps_free_at_enrolment(tmp_path, monkeypatch):
+    """`hub add-device --keep-free-mb 500`: the tablet's syncs keep 500 MB free and its sync screen says LOW below
+    that; without it the default 100 MB; a caller's explicit value wins."""
+    import dataclasses
+
+    from edge_app.services import DeviceServices
+    from sync.client import SyncClient, enrol
+    from sync.hub.enrol import add_device
+
+    from .conftest import build_world
+
+    world = build_world(tmp_path)
+    with pytest.raises(Exception, match="between 0 and 100000"):
+        add_device(world.hub, "tab-x", "site_a", keep_free_mb=-1)
+    payload = add_device(world.hub, "tab-big", "site_a", keep_free_mb=500)
+    dev = tmp_path / "big"
+    enrol(dev, payload)
+    assert SyncClient(dev).reserve_bytes == 500 * MB
+    assert SyncClient(world.device_dir).reserve_bytes == storage.RESERVE_BYTES  # enrolled without it
+    assert SyncClient(dev, reserve_bytes=0).reserve_bytes == 0
+    fake_free(monkeypatch, 300 * MB)  # plenty for the default, below this tablet's setting
+    svc = DeviceServices(dev)
+    try:
+        st = svc.sync_status()
+        assert st.storage_low and st.keep_free_bytes == 500 * MB
+    finally:
+        svc.close()
+    with pytest.raises(SyncStorageError, match="500.0 MB must stay free"):
+        client(dataclasses.replace(world, device_dir=dev), payload["token"]).sync(upload=False)

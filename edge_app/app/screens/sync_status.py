@@ -9,7 +9,7 @@ from kivy.clock import Clock
 from kivy.uix.screenmanager import Screen
 
 from ...errors import PartlensError
-from ...storage import RESERVE_BYTES, mb
+from ...storage import mb
 from .. import android
 from .results import short_time
 
@@ -33,7 +33,7 @@ class SyncStatusScreen(Screen):
         ]
         if st.free_bytes is not None:
             lines.append(f"Storage free: {mb(st.free_bytes)}" + (
-                f" - LOW: a sync keeps {mb(RESERVE_BYTES)} for photos and will not download until space is "
+                f" - LOW: a sync keeps {mb(st.keep_free_bytes)} for photos and will not download until space is "
                 "freed (delete other files; uploaded photos are pruned)" if st.storage_low else ""))
         if st.refused_uploads:
             lines.append(f"Not uploaded, refused: {st.refused_uploads} (kept on this tablet; show this screen to the "
