@@ -601,14 +601,14 @@ class DeviceServices:
         return self.outbox.count(kinds=ENGINEER_KINDS)
 
     def refused_uploads(self) -> int:
-        """What the engineer queued and the hub refused for good (kept on the tablet, with the reason)."""
-        return sum(1 for r in self.outbox.refused() if r["kind"] in ENGINEER_KINDS)
+        """What the engineer queued that was refused for good (by the hub, or by the tablet when its photo
+        is gone): kept on the tablet, with the reason."""
+        return len(self._refusals())
 
-    def _latest_refusal(self) -> str | None:
+    def _refusals(self) -> list[dict[str, Any]]:
+        """The engineer's refused records, in refusal order (a stable sort: on a tie, the later record last)."""
         rows = [r for r in self.outbox.refused() if r["kind"] in ENGINEER_KINDS]
-        if not rows:
-            return None  # latest by refusal time; on a tie (same millisecond) the later record
-        return str(max(enumerate(rows), key=lambda ir: (ir[1]["refused_at"] or "", ir[0]))[1]["refused_reason"])
+        return sorted(rows, key=lambda r: r["refused_at"] or "")
 
     def prune_captures(self, max_age_days: float = 14.0, now: _dt.datetime | None = None) -> dict[str, int]:
         """Delete old photos the device no longer needs; the app calls it at start.
@@ -658,12 +658,14 @@ class DeviceServices:
         self._reopen_read_only()
         return pruned
 
-    def _reserve(self) -> int:
-        """Bytes this device's syncs leave free for photos (the hub may set it at enrolment)."""
+    def _reserve(self, enrolment: Mapping[str, Any] | None = None) -> int:
+        """Bytes this device's syncs leave free for photos (the hub may set it at enrolment); ``enrolment``:
+        ``device.json`` when the caller has read it already."""
         from sync.client import reserve_of
 
         try:
-            return reserve_of(json.loads((self.data_dir / "device.json").read_text()))
+            return reserve_of(enrolment if enrolment is not None
+                              else json.loads((self.data_dir / "device.json").read_text()))
         except (OSError, ValueError, TypeError):
             return RESERVE_BYTES
 
@@ -701,6 +703,7 @@ class DeviceServices:
 
         device_file = self.data_dir / "device.json"
         hub = connection = None
+        enrolment: dict[str, Any] = {}
         if device_file.is_file():
             try:
                 enrolment = json.loads(device_file.read_text())
@@ -724,11 +727,13 @@ class DeviceServices:
             nightly = (f"OFF: could not schedule nightly sync at {arm.get('at')} ({arm.get('reason')}); "
                        f"sync from this screen" + (f". Last attempt: {nightly}" if nightly else ""))
         version = self.catalogue.catalogue_version
-        free, reserve = storage.free_bytes(self.data_dir), self._reserve()
+        free, reserve = storage.free_bytes(self.data_dir), self._reserve(enrolment)
+        refusals = self._refusals()
         return SyncStatus(bundle_id=active.get("bundle_id") or self.catalogue.get_meta("bundle_id"),
                           bundle_version=active.get("version"), catalogue_version=version or None,
                           last_sync=last_sync, pending_uploads=self.pending_uploads(),
-                          refused_uploads=self.refused_uploads(), refused_reason=self._latest_refusal(),
+                          refused_uploads=len(refusals),
+                          refused_reason=str(refusals[-1]["refused_reason"]) if refusals else None,
                           enrolled=hub is not None,
                           hub=hub, last_error=self._last_error, nightly=nightly, connection=connection,
                           free_bytes=free, storage_low=free < reserve, keep_free_bytes=reserve)
@@ -747,7 +752,7 @@ class DeviceServices:
         atomic_write_json(self.data_dir / "last_sync.json", {"at": _now(), "result": result.to_dict()})
         self.reload()
         return (f"catalogue {result.from_version} -> {result.to_version}, uploaded {result.uploaded}"
-                + (f", {result.upload_refused} refused by the hub" if result.upload_refused else "")
+                + (f", {result.upload_refused} refused (kept on the tablet)" if result.upload_refused else "")
                 + (f", new model {result.bundle_installed}" if result.bundle_installed else ""))
 
     def enrol(self, payload: str) -> str:

@@ -107,30 +107,37 @@ def commit_or_rollback(conn: sqlite3.Connection) -> None:
 OPEN_FULL_BYTES = 1024**2
 
 
-def connect_wal(path: str | os.PathLike[str], timeout_s: float) -> tuple[sqlite3.Connection, bool]:
+def connect_wal(path: str | os.PathLike[str], timeout_s: float, *, read_only_fallback: bool = True,
+                disk: str = "the tablet's storage") -> tuple[sqlite3.Connection, bool]:
     """Open the SQLite database ``path`` in WAL mode -> ``(connection, read_only)``.
 
     On a full disk SQLite cannot reopen a cleanly closed WAL database at all: it must create the
-    32 kB ``-shm`` file first, and fails with "disk I/O error" (reads included). Then, when no WAL content
-    is pending (no ``-wal`` file, or an empty one: the database file is complete), the database is opened
-    read-only and immutable, so the app can still show parts and identify; writes raise until it is
-    reopened with space free. Any other failure is raised unchanged."""
+    32 kB ``-shm`` file first, and fails with "disk I/O error" (reads included). Then, with
+    ``read_only_fallback`` and no WAL content pending (no ``-wal`` file, or an empty one: the database file
+    is complete), the database is opened read-only and immutable, so the app can still show parts and
+    identify; writes raise until it is reopened with space free. Otherwise a full disk is a
+    :class:`StorageError` naming ``disk``; any other failure is raised unchanged."""
     path = Path(path)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=timeout_s)
     try:
-        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=timeout_s)
         conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
         conn.execute("PRAGMA journal_mode=WAL").fetchone()
         return conn, False
     except sqlite3.OperationalError as exc:
-        wal = path.with_name(path.name + "-wal")
-        if not path.is_file() or free_bytes(path.parent) >= OPEN_FULL_BYTES:
+        conn.close()
+        free = free_bytes(path.parent)
+        if not path.is_file() or free >= OPEN_FULL_BYTES:
             raise
+        wal = path.with_name(path.name + "-wal")
         if wal.exists() and wal.stat().st_size > 0:  # its last changes are only in the WAL: no safe read-only view
-            raise StorageError(f"{path}: storage full ({mb(free_bytes(path.parent))} free) and the database has "
-                               "changes SQLite must recover first; free space on the tablet (nothing is lost: "
-                               "they are in its -wal file) and start again") from exc
-    log.warning("%s: storage full (%s free), opening the database read-only until space is freed", path,
-                mb(free_bytes(path.parent)))
+            raise StorageError(f"{path}: {disk} is full ({mb(free)} free) and the database has changes SQLite "
+                               "must recover first; free space (nothing is lost: they are in its -wal file) and "
+                               "start again") from exc
+        if not read_only_fallback:
+            raise StorageError(f"{path}: {disk} is full ({mb(free)} free), SQLite cannot open the database; free "
+                               "space and start again (nothing was changed)") from exc
+    log.warning("%s: %s is full (%s free), opening the database read-only until space is freed", path, disk,
+                mb(free))
     conn = sqlite3.connect(f"{path.absolute().as_uri()}?immutable=1", uri=True, isolation_level=None,
                            check_same_thread=False)
     conn.execute("SELECT count(*) FROM sqlite_master").fetchone()

@@ -141,7 +141,7 @@ def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
              "deleted_images": len(pkg.deleted_images)}
     with db.transaction() as sdb:
         current = int(db.get_meta("catalogue_version", "0") or 0)
-        epoch = stored_epoch = int(db.get_meta("catalogue_epoch", "0") or 0)
+        epoch = stored_epoch = db.catalogue_epoch
         if replace:
             if not pkg.full:
                 raise SyncError(f"package {pkg.name} is a delta; replacing another hub's catalogue needs a snapshot")

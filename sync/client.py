@@ -186,7 +186,7 @@ class SyncClient:
         try:
             return {"device": self.device["device"], "site": self.device["site"], "hub": self.device["hub"],
                     "catalogue_version": db.catalogue_version, "bundle_id": db.get_meta("bundle_id"),
-                    "catalogue_epoch": int(db.get_meta("catalogue_epoch", "0") or 0),
+                    "catalogue_epoch": db.catalogue_epoch,
                     "index_stamp": db.get_meta("index_stamp"), "active": read_active(self.paths),
                     "parts": db.count("parts"), "images": db.count("images"),
                     "embeddings": db.count("embeddings"), **self._outbox_counts(), "tls": self._tls_words(),
@@ -260,7 +260,7 @@ class SyncClient:
         if upload:
             try:
                 with disk_full_is_storage_error(self.paths.root, "uploading", SyncStorageError):
-                    uploaded, refused = self.upload_outbox(db.catalogue_version)
+                    uploaded, _refused = self.upload_outbox(db.catalogue_version)
                 words.append(f"the outbox was uploaded ({uploaded} records)")
             except SyncError as up_exc:
                 words.append(f"the outbox was not uploaded either ({up_exc})")
@@ -369,8 +369,8 @@ class SyncClient:
         A failure here does not undo the sync: it is logged and returned (``SyncResult.checked_in``)."""
         active = read_active(self.paths)
         try:
-            plan = self.transport.plan(db.catalogue_version, active["bundle_id"] if active else None,
-                                       int(db.get_meta("catalogue_epoch", "0") or 0))
+            bundle_id = active["bundle_id"] if active else None
+            plan = self.transport.plan(db.catalogue_version, bundle_id, db.catalogue_epoch)
         except SyncError as exc:
             log.warning("synced, but could not tell the hub so (%s); it will know at the next sync", exc)
             return False
@@ -461,11 +461,11 @@ class SyncClient:
     def _sync(self, db: Any) -> SyncResult:
         active_id = reconcile(self.paths, db)
         version = db.catalogue_version
-        epoch = int(db.get_meta("catalogue_epoch", "0") or 0)
+        epoch = db.catalogue_epoch
         result = SyncResult(version, version, active_id, active_id)
-        moved = self._moved(db) if version > 0 else None
+        moved = self._moved(db) if version > 0 else None  # (what moved, words) or None
         if moved:  # this catalogue is not this hub's (or site's): start over as a new device would
-            log.warning("this device's catalogue came from %s; replacing it with a full snapshot", moved)
+            log.warning("this device's catalogue came from %s; replacing it with a full snapshot", moved[1])
             version, epoch = 0, 0
         live = None  # the index loaded here is updated in place after the commit (no second load)
         t = time.perf_counter()
@@ -473,7 +473,7 @@ class SyncClient:
             live = update_index(self.paths, db, active_id, index_params(self.paths, active_id))
         result.timings["index_open"] = time.perf_counter() - t
         t = time.perf_counter()
-        other_hub = moved is not None and moved.startswith("another hub")
+        other_hub = moved is not None and moved[0] == "hub"
         plan = self._plan(version, None if other_hub else active_id, epoch)
         self._follow_pins(plan.get("tls_pins"))
         hub_epoch = int(plan.get("epoch") or 0)
@@ -541,17 +541,18 @@ class SyncClient:
             (self.paths.downloads / f"{bundle.bundle_id}.tar").unlink(missing_ok=True)
         return result
 
-    def _moved(self, db: Any) -> str | None:
-        """Why this device's catalogue cannot be continued with deltas from its hub (None if it can): it came
-        from another hub (the device was enrolled with a new one; a starter catalogue from elsewhere), or holds
-        another site's stock (enrolled for a new site). Decided from the enrolment, not from the network."""
+    def _moved(self, db: Any) -> tuple[str, str] | None:
+        """Why this device's catalogue cannot be continued with deltas from its hub, as (``"hub"`` or
+        ``"site"``, words), or None if it can: it came from another hub (the device was enrolled with a new
+        one; a starter catalogue from elsewhere), or holds another site's stock (enrolled for a new site).
+        Decided from the enrolment, not from the network."""
         mine = self.device.get("hub_id")
         held = db.get_meta("hub_id")
         if mine and held != mine:
-            return f"another hub ({held or 'unknown, e.g. a starter catalogue'}, not {mine})"
+            return "hub", f"another hub ({held or 'unknown, e.g. a starter catalogue'}, not {mine})"
         site = db.get_meta("site")
         if site and site != self.device["site"]:
-            return f"another site ({site}, not {self.device['site']})"
+            return "site", f"another site ({site}, not {self.device['site']})"
         return None
 
     def _install_bundle(self, info: Mapping[str, Any], result: SyncResult, *, other_hub: bool = False) -> Any:

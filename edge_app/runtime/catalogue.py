@@ -246,6 +246,11 @@ class CatalogueDB:
     def catalogue_version(self) -> int:
         return int(self.get_meta("catalogue_version", "0") or 0)
 
+    @property
+    def catalogue_epoch(self) -> int:
+        """The hub's catalogue lineage the rows came from (0 until the hub was restored from a backup)."""
+        return int(self.get_meta("catalogue_epoch", "0") or 0)
+
     # ------------------------------------------------------------------- writes
     def upsert_parts(self, rows: Iterable[Mapping[str, Any]]) -> int:
         self._require_tx("upsert_parts")

@@ -131,18 +131,22 @@ def restore_hub(backup_dir: str | os.PathLike[str], target: str | os.PathLike[st
     work = dst.parent / f".{dst.name}.restoring"
     if work.exists():
         shutil.rmtree(work)  # an interrupted restore of ours (the name is only ever made here)
-    shutil.copytree(src, work, ignore=shutil.ignore_patterns("backup.json"))
-    for tree in TREES:  # a backup holds files, not empty folders; the hub expects its folders
-        (work / tree).mkdir(exist_ok=True)
-    epoch = _start_lineage(work / "hub.db", str(info.get("taken_at") or ""))
-    if key_path is not None:
-        config["key_path"] = str(key_file.resolve())
-        atomic_write_json(work / "hub.json", config)
-    for secret in (work / "secret.bin", work / "tls" / "key.pem"):
-        if secret.is_file():
-            os.chmod(secret, 0o600)
-    if hasattr(os, "sync"):
-        os.sync()
+    try:
+        shutil.copytree(src, work, ignore=shutil.ignore_patterns("backup.json"))
+        for tree in TREES:  # a backup holds files, not empty folders; the hub expects its folders
+            (work / tree).mkdir(exist_ok=True)
+        epoch = _start_lineage(work / "hub.db", str(info.get("taken_at") or ""))
+        if key_path is not None:
+            config["key_path"] = str(key_file.resolve())
+            atomic_write_json(work / "hub.json", config)
+        for secret in (work / "secret.bin", work / "tls" / "key.pem"):
+            if secret.is_file():
+                os.chmod(secret, 0o600)
+        if hasattr(os, "sync"):
+            os.sync()
+    except BaseException:  # e.g. a full disk: no half copy left behind (a killed process: the next restore)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     if dst.exists():
         dst.rmdir()
     os.replace(work, dst)

@@ -86,7 +86,7 @@ class PackageService:
         and the time from which to send its uploads again (the restored hub lost what came after the backup)."""
         hub_version = self.hub.store.version()
         hub_bundle = self.hub.bundle_id
-        hub_epoch = int(self.hub.store.get_meta("catalogue_epoch", 0))
+        hub_epoch = self.hub.store.epoch()
         plan: dict[str, Any] = {"hub_version": hub_version, "site": site, "bundle_id": hub_bundle,
                                 "bundle": None, "package": None, "hub_id": self.hub.store.get_meta("hub_id")}
         if hub_epoch:
@@ -118,7 +118,7 @@ class PackageService:
     def package(self, site: str, from_version: int, hub_version: int) -> dict[str, Any]:
         """Build (once) and describe the package from ``from_version`` to the current version."""
         full = from_version <= 0
-        name = package_name(from_version, hub_version, full, int(self.hub.store.get_meta("catalogue_epoch", 0)))
+        name = package_name(from_version, hub_version, full, self.hub.store.epoch())
         with self._lock(site, name):
             sig_path = self.site_dir(site) / (name + ".sig.json")
             if sig_path.is_file() and (self.site_dir(site) / name).is_file():
@@ -139,7 +139,7 @@ class PackageService:
         if grace_hours < 0:
             raise InputError(f"grace must be >= 0 hours, got {grace_hours}")
         current = self.hub.store.version()
-        epoch = int(self.hub.store.get_meta("catalogue_epoch", 0))
+        epoch = self.hub.store.epoch()
         cutoff = (time.time() if now is None else now) - grace_hours * 3600
         removed = kept = freed = 0
         for site_dir in sorted((self.hub.root / "packages").glob("*")):

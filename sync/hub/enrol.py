@@ -76,7 +76,7 @@ def fleet(hub: Hub, *, stale_days: float = 2.0, now: _dt.datetime | None = None)
         raise UsageError(f"--stale-days must be above 0, got {stale_days}")
     now = now or _dt.datetime.now(_dt.timezone.utc)
     version, bundle = hub.store.version(), hub.bundle_id
-    epoch = int(hub.store.get_meta("catalogue_epoch", 0))
+    epoch = hub.store.epoch()
     out = []
     for d in hub.store.list_devices():
         row = dict(d)

@@ -345,7 +345,7 @@ class Hub:
 
         devices = fleet(self)
         return {"root": str(self.root), "url": self.config.get("url"), "catalogue_version": self.store.version(),
-                "hub_id": self.store.get_meta("hub_id"), "catalogue_epoch": self.store.get_meta("catalogue_epoch", 0),
+                "hub_id": self.store.get_meta("hub_id"), "catalogue_epoch": self.store.epoch(),
                 "restored_from_backup_of": self.store.get_meta("restored_backup_taken_at"),
                 "bundle_id": self.bundle_id, "key_id": self.config.get("key_id"), "trusted_keys": self.keyring.key_ids,
                 "tls": tls_status(self.root), **self.store.counts(), "free_bytes": free_bytes(self.root),

@@ -58,10 +58,10 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
         its records and sends them at a later sync). Any other error stays a 500."""
         if not is_disk_full(exc):
             raise exc
-        log.error("hub storage full (%s free) during %s %s: %s", mb(free_bytes(hub.root)), request.method,
-                  request.url.path, exc)
-        return JSONResponse({"detail": f"hub storage full ({mb(free_bytes(hub.root))} free); the hub admin must "
-                             "free space"}, status_code=507)
+        free = mb(free_bytes(hub.root))
+        log.error("hub storage full (%s free) during %s %s: %s", free, request.method, request.url.path, exc)
+        return JSONResponse({"detail": f"hub storage full ({free} free); the hub admin must free space"},
+                            status_code=507)
 
     app.add_exception_handler(OSError, _maybe_disk_full)
     app.add_exception_handler(sqlite3.Error, _maybe_disk_full)

@@ -22,8 +22,8 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from edge_app.errors import InputError, IntegrityError, StorageError, UsageError
-from edge_app.storage import OPEN_FULL_BYTES, free_bytes, mb
+from edge_app.errors import InputError, IntegrityError, UsageError
+from edge_app.storage import connect_wal
 
 from ..package import Package as Snapshot
 
@@ -89,6 +89,7 @@ class HubStore(Protocol):
     """The storage interface of the hub."""
 
     def version(self) -> int: ...
+    def epoch(self) -> int: ...
     def get_meta(self, key: str, default: Any = None) -> Any: ...
     def change(self) -> contextlib.AbstractContextManager[Change]: ...
     def snapshot(self, site: str, from_version: int) -> Snapshot: ...
@@ -230,18 +231,9 @@ class SqliteHubStore:
 
         db = getattr(self._local, "db", None)
         if db is None:
-            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-            except sqlite3.OperationalError as exc:
-                conn.close()
-                free = free_bytes(self.path.parent)
-                if free < OPEN_FULL_BYTES:  # SQLite cannot create its -shm file: "disk I/O error"
-                    raise StorageError(f"{self.path}: the hub's disk is full ({mb(free)} free), SQLite cannot open "
-                                       "the hub database; free space and start again (nothing was changed)") from exc
-                raise
+            # a full disk is a clear StorageError (SQLite cannot even create its -shm file there)
+            conn, _ = connect_wal(self.path, 30.0, read_only_fallback=False, disk="the hub's disk")
             conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
             db = sqlite_utils.Database(conn)
             self._local.db = db
         return db
@@ -271,6 +263,10 @@ class SqliteHubStore:
     def version(self) -> int:
         return int(self.get_meta("catalogue_version", 0))
 
+    def epoch(self) -> int:
+        """The catalogue lineage: 0 until the hub is restored from a backup (``hub restore`` starts a newer one)."""
+        return int(self.get_meta("catalogue_epoch", 0))
+
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self._db().conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
@@ -296,7 +292,7 @@ class SqliteHubStore:
             to = self.version()
             bundle_id = self.get_meta("bundle_id")
             hub_time = self.get_meta("changed_at")
-            epoch = int(self.get_meta("catalogue_epoch", 0))
+            epoch = self.epoch()
             p = () if full else (from_version,)
             cols_p = ", ".join(PART_FIELDS)
             parts = self._rows(f"SELECT {cols_p} FROM parts WHERE deleted=0 AND {'1' if full else 'version>?'}"

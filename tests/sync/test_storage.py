@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge_app import storage
-from edge_app.errors import StorageError, SyncError, SyncStorageError
+from edge_app.errors import StorageError, SyncError, SyncStorageError, UsageError
 
 from .helpers import make_bundle, write_images
 from .test_faults import device_state
@@ -95,7 +95,7 @@ def test_keep_free_zero_lets_a_sync_use_the_last_bytes(world, monkeypatch):
     from sync.client import SyncClient
     from sync.transport import InMemoryTransport
 
-    with pytest.raises(Exception, match="must be >= 0"):
+    with pytest.raises(UsageError, match="must be >= 0"):
         SyncClient(world.device_dir, reserve_bytes=-1)
     fake_free(monkeypatch, 10 * MB)  # below the default reserve, but the first sync needs far less
     with pytest.raises(SyncStorageError):
@@ -132,7 +132,7 @@ def test_a_real_sqlite_full_during_apply_is_rolled_back(world):
     assert r.applied["parts"] == 1
 
 
-def test_space_to_apply_is_an_upper_bound_of_what_a_snapshot_takes(tmp_path):
+def test_space_to_apply_is_an_upper_bound_of_what_a_snapshot_takes(tmp_path, monkeypatch):
     """The estimate the pre-apply check uses, against the measured growth of the catalogue and index files."""
     from sync.apply import DevicePaths, space_to_apply
     from sync.package import read_package
@@ -151,21 +151,14 @@ def test_space_to_apply_is_an_upper_bound_of_what_a_snapshot_takes(tmp_path):
                    if f.is_file() and (f.name in files or f.name.startswith("index-")))
 
     seen = {}
-    real_read = read_package
 
     def spy(path, sig, keyring):
-        pkg = real_read(path, sig, keyring)
+        pkg = read_package(path, sig, keyring)
         seen["estimate"], seen["before"] = space_to_apply(DevicePaths(world.device_dir), pkg), used()
         return pkg
 
-    import sync.client as sc
-
-    sc_read = sc.read_package
-    sc.read_package = spy
-    try:
-        c.sync(upload=False)
-    finally:
-        sc.read_package = sc_read
+    monkeypatch.setattr("sync.client.read_package", spy)
+    c.sync(upload=False)
     grown = used() - seen["before"]
     assert 0 < grown <= seen["estimate"] <= 12 * grown, (grown, seen["estimate"])
 
@@ -324,7 +317,7 @@ def test_the_hub_sets_the_space_a_tablet_keeps_free_at_enrolment(tmp_path, monke
     from .conftest import build_world
 
     world = build_world(tmp_path)
-    with pytest.raises(Exception, match="between 0 and 100000"):
+    with pytest.raises(UsageError, match="between 0 and 100000"):
         add_device(world.hub, "tab-x", "site_a", keep_free_mb=-1)
     payload = add_device(world.hub, "tab-big", "site_a", keep_free_mb=500)
     dev = tmp_path / "big"
