@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import storage
+from . import spotcheck, storage
 from .atomic import atomic_write_bytes, atomic_write_json
 from .errors import InputError, PartlensError, StorageError, SyncError, UsageError
 from .imageio import load_image
@@ -276,6 +277,16 @@ class IdentifyOutcome:
     measured_mm: float | None = None
     #: same-size look-alikes among the best candidates (a label or marking tells them apart)
     detail_look_alikes: list[str] = field(default_factory=list)
+    #: picked at random for a spot check (decided before the model answered) / the engineer has answered it
+    spot_check: bool = False
+    spot_check_done: bool = False
+    #: the model's own ranking and status, kept for the spot check (a measurement may re-rank ``matches``)
+    model_top: list[str] = field(default_factory=list)
+    model_status: str | None = None
+
+    @property
+    def spot_check_pending(self) -> bool:
+        return self.spot_check and not self.spot_check_done
 
     @property
     def best(self) -> Match | None:
@@ -289,7 +300,9 @@ class IdentifyOutcome:
         return cls(matches=[Match.from_dict(m) for m in d.get("matches", [])], confident=bool(d.get("confident")),
                    look_alike=bool(d.get("look_alike")), hub_time=d.get("hub_time"), bundle_id=d.get("bundle_id"),
                    capture_ids=list(d.get("capture_ids", [])), measured_mm=d.get("measured_mm"),
-                   detail_look_alikes=list(d.get("detail_look_alikes", [])))
+                   detail_look_alikes=list(d.get("detail_look_alikes", [])),
+                   spot_check=bool(d.get("spot_check")), spot_check_done=bool(d.get("spot_check_done")),
+                   model_top=list(d.get("model_top", [])), model_status=d.get("model_status"))
 
 
 def detect_look_alikes(matches: Sequence[Match], margin: float = LOOK_ALIKE_MARGIN) -> bool:
@@ -431,7 +444,7 @@ class DeviceServices:
 
     def __init__(self, data_dir: str | os.PathLike[str], *, site: str | None = None,
                  backend: str | None = None, bundle_dir: str | os.PathLike[str] | None = None,
-                 keyring: str | os.PathLike[str] | None = None) -> None:
+                 keyring: str | os.PathLike[str] | None = None, spot_rng: random.Random | None = None) -> None:
         from .runtime.catalogue import CatalogueDB
         from .runtime.outbox import Outbox
 
@@ -448,6 +461,8 @@ class DeviceServices:
         self._identifier: Any = None
         self._lock = threading.Lock()
         self._last_error: str | None = None
+        #: draws the spot checks (an OS-seeded generator; tests and the demo pass a seeded one)
+        self._spot_rng = spot_rng or random.SystemRandom()
 
     # identify ----------------------------------------------------------------------------------
     def bundle_paths(self) -> tuple[Path, Path]:
@@ -480,10 +495,14 @@ class DeviceServices:
         ident = self._get_identifier()
         draft = getattr(getattr(ident, "spec", None), "draft_size", None)
         images = [self.captures.cropped_image(c, draft_size=draft) for c in captures]
+        # drawn before the model answers, one draw per identification: the sample cannot follow the outcome
+        rate = spotcheck.device_rate(self.data_dir)
+        spot = rate > 0 and self._spot_rng.random() < rate
         t0 = time.perf_counter()
         result = ident.identify(images, site=self.site)
         ms = (time.perf_counter() - t0) * 1000
         outcome = self.outcome_from_result(result, [c.capture_id for c in captures])
+        outcome.spot_check = spot
         self._record_usage(result, outcome, ms)
         return outcome
 
@@ -497,7 +516,7 @@ class DeviceServices:
                    "top": [m.part_number for m in outcome.matches[:5]], "views": int(result.views),
                    "ms": round(ms, 1), "asked_to_measure": outcome.look_alike,
                    "asked_for_closeup": bool(outcome.detail_look_alikes), "capture_ids": outcome.capture_ids,
-                   "site": self.site}
+                   "site": self.site, "spot_check": outcome.spot_check}
         try:
             self.outbox.add("usage", payload)
         except (PartlensError, sqlite3.Error, OSError) as exc:
@@ -519,7 +538,9 @@ class DeviceServices:
                                  self._thumbnail(m.part_number, m.best_image_id)))
         detail = list(result.look_alike["part_numbers"]) if result.needs_detail_photo else []
         return IdentifyOutcome(matches, result.status == "match", bool(result.needs_scale_photo),
-                               result.hub_time, result.bundle_id, capture_ids, detail_look_alikes=detail)
+                               result.hub_time, result.bundle_id, capture_ids, detail_look_alikes=detail,
+                               model_top=[m.part_number for m in matches[:spotcheck.TOP_K]],
+                               model_status=str(result.status))
 
     def _thumbnail(self, part_number: str, image_id: str | None) -> str | None:
         images = (self.catalogue.part(part_number) or {}).get("images", [])
@@ -573,7 +594,21 @@ class DeviceServices:
                    "candidates": [m.part_number for m in outcome.matches] if outcome else [],
                    "bundle_id": outcome.bundle_id if outcome else self.catalogue.get_meta("bundle_id"),
                    "site": self.site}
-        return self.outbox.add("feedback", payload, self._blob(captures))
+        uid = self.outbox.add("feedback", payload, self._blob(captures))
+        if verdict == "correct" and outcome is not None and outcome.spot_check_pending:
+            self.answer_spot_check(outcome, part_number)  # "this is the part" answers the spot check too
+        return uid
+
+    def answer_spot_check(self, outcome: IdentifyOutcome, part_number: str | None, *, skipped: bool = False) -> str:
+        """Queue the engineer's answer to a spot check (see :mod:`edge_app.spotcheck`): the part photographed
+        (any catalogue part: a candidate or one found by browsing), ``None`` for "none of these", or
+        ``skipped``. Marks the outcome answered (the caller saves it); returns the record's UUID."""
+        payload = spotcheck.answer_payload(outcome, part_number, skipped=skipped, site=self.site)
+        if part_number is not None and self.catalogue.part(part_number) is None:
+            raise InputError(f"part {part_number} is not in the catalogue on this device")
+        uid = self.outbox.add("usage", payload)
+        outcome.spot_check_done = True
+        return uid
 
     def add_photos(self, part_number: str, captures: Sequence[Capture]) -> list[str]:
         """Queue each capture as a new reference photo of ``part_number``."""

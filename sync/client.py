@@ -31,6 +31,7 @@ from edge_app import storage
 from edge_app.atomic import atomic_write_json
 from edge_app.errors import AuthError, IntegrityError, SyncError, SyncStorageError, UsageError
 from edge_app.signing import Keyring
+from edge_app.spotcheck import policy_from_plan
 from edge_app.storage import RESERVE_BYTES, check_space, disk_full_is_storage_error, is_disk_full, mb
 
 from .apply import (DevicePaths, apply_package, drop_index_files, index_params, kill_point, prune_bundles,
@@ -291,6 +292,23 @@ class SyncClient:
     def _check_space(self, need: int, what: str) -> None:
         check_space(self.paths.root, need, what, reserve=self.reserve_bytes, error=SyncStorageError)
 
+    def _follow_policy(self, policy: Any) -> None:
+        """Keep the hub's field policy (the spot-check rate) in ``device.json`` for the app. A hub too old to send
+        one leaves the tablet's as it is; a malformed one is refused with a warning and the previous one kept
+        (it never stops the catalogue sync)."""
+        if policy is None:
+            return
+        try:
+            checked = policy_from_plan(policy)
+        except UsageError as exc:
+            log.warning("hub sent a field policy this tablet cannot use (%s); keeping %s", exc,
+                        self.device.get("policy") or "none")
+            return
+        if checked != self.device.get("policy"):
+            self.device["policy"] = checked
+            _write_device(self.paths, self.device)
+            log.info("field policy from the hub: %s", checked)
+
     def _follow_pins(self, hub_pins: Any) -> None:
         """Adopt the hub's certificate pins from a plan (its current certificate, plus the next one while it
         rotates). The plan came over a connection to a certificate this device already trusts, so the list is
@@ -476,6 +494,7 @@ class SyncClient:
         other_hub = moved is not None and moved[0] == "hub"
         plan = self._plan(version, None if other_hub else active_id, epoch)
         self._follow_pins(plan.get("tls_pins"))
+        self._follow_policy(plan.get("policy"))
         hub_epoch = int(plan.get("epoch") or 0)
         if hub_epoch < epoch:
             raise SyncError(f"the hub's catalogue lineage ({hub_epoch}) is older than this device's ({epoch}): it was "

@@ -104,6 +104,11 @@ def _field_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy(args: argparse.Namespace) -> int:
+    _out(_open_hub(args).set_policy(spot_check_rate=args.spot_check_rate))
+    return 0
+
+
 def _prune_usage(args: argparse.Namespace) -> int:
     from .hub.fieldstats import prune_usage
 
@@ -361,8 +366,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             "catalogue version (devices are always sent packages up to the current one)")
     p.add_argument("--grace-hours", type=float, default=24.0,
                    help="keep stale packages this long, so in-flight downloads finish (default 24)")
+    p = cmd("policy", _policy, "show or change what tablets follow from their next sync: the share of "
+            "identifications picked at random for a spot check (the engineer names the part; field-stats turns the "
+            "answers into unbiased accuracy)")
+    p.add_argument("--spot-check-rate", type=float, metavar="R",
+                   help="0 (off) to 1 (every identification); without it the hub uses 0.05 (about 1 in 20)")
     p = cmd("prune-usage", _prune_usage, "delete usage events (one per identification, for field-stats) received "
-            "more than N days ago; confirmations, photos and unknown-part reports are kept")
+            "more than N days ago; spot-check answers, confirmations, photos and unknown-part reports are kept")
     p.add_argument("--older-than-days", type=float, required=True, metavar="N")
     p = cmd("revoke-device", _revoke_device, "revoke a device's token at once (e.g. a lost tablet)")
     p.add_argument("name")

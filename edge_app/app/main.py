@@ -15,6 +15,7 @@ from kivy.app import App
 from kivy.clock import mainthread
 from kivy.core.window import Window
 from kivy.lang import Builder
+from kivy.metrics import dp
 from kivy.properties import BooleanProperty, ListProperty, ObjectProperty, StringProperty
 from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.screenmanager import NoTransition, ScreenManager
@@ -71,6 +72,7 @@ class PartlensApp(App):
             self.sm.add_widget(cls(name=name))
         self.status = PLLabel(text="", bg_color=list(theme.SURFACE))
         self.status.bind(text=lambda *_: self._fit_status())
+        self._fit_status()  # empty at start: no strip of status bar
         nav = Panel(size_hint_y=None, spacing=2, bg_color=list(theme.HEADER))
         self.nav_buttons: dict[str, PLToggle] = {}
         for name, label in NAV:
@@ -90,9 +92,13 @@ class PartlensApp(App):
         return root
 
     def _fit_status(self) -> None:
-        self.status.opacity = 1 if self.status.text else 0
-        if not self.status.text:
-            self.status.height = 0
+        """Size the status line to its text now. Kivy renders label text on the next frame, so a line cleared and
+        set again within one frame (``go`` then ``notify``) kept the cleared height 0 and its text spilled over the
+        screen above: the texture is rendered here instead."""
+        st = self.status
+        st.texture_update()
+        st.opacity = 1 if st.text else 0
+        st.height = st.texture_size[1] + dp(12) if st.text else 0
 
     def screen(self, name: str) -> Any:
         return self.sm.get_screen(name)

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import spotcheck
 from ..errors import InputError, SyncError, UsageError
 from ..storage import RESERVE_BYTES
 from ..services import (CaptureStore, Capture, IdentifyOutcome, Match, StateStore, SyncStatus, confidence_words,
@@ -161,9 +162,20 @@ class PreviewServices:
                       outcome: IdentifyOutcome | None = None) -> str:
         if verdict not in ("correct", "wrong"):
             raise UsageError(f"verdict must be 'correct' or 'wrong', got {verdict!r}")
-        return self._queue("feedback", {"part_number": part_number, "verdict": verdict,
-                                        "capture_ids": [c.capture_id for c in captures]},
-                           captures[0].path if captures else None)
+        uid = self._queue("feedback", {"part_number": part_number, "verdict": verdict,
+                                       "capture_ids": [c.capture_id for c in captures]},
+                          captures[0].path if captures else None)
+        if verdict == "correct" and outcome is not None and outcome.spot_check_pending:
+            self.answer_spot_check(outcome, part_number)
+        return uid
+
+    def answer_spot_check(self, outcome: IdentifyOutcome, part_number: str | None, *, skipped: bool = False) -> str:
+        payload = spotcheck.answer_payload(outcome, part_number, skipped=skipped, site="Quay A")
+        if part_number is not None:
+            self.part(part_number)  # InputError for a part not in the catalogue
+        uid = self._queue("usage", payload, None)
+        outcome.spot_check_done = True
+        return uid
 
     def add_photos(self, part_number: str, captures: Sequence[Capture]) -> list[str]:
         if not captures:

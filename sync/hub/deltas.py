@@ -88,7 +88,8 @@ class PackageService:
         hub_bundle = self.hub.bundle_id
         hub_epoch = self.hub.store.epoch()
         plan: dict[str, Any] = {"hub_version": hub_version, "site": site, "bundle_id": hub_bundle,
-                                "bundle": None, "package": None, "hub_id": self.hub.store.get_meta("hub_id")}
+                                "bundle": None, "package": None, "hub_id": self.hub.store.get_meta("hub_id"),
+                                "policy": self.hub.policy()}
         if hub_epoch:
             plan["epoch"] = hub_epoch
         tls_pins = pins(self.hub.root)

@@ -6,6 +6,11 @@ a part, with the parts the tablet had ranked) and ``unknown_part`` reports. A co
 identification it answers share their capture ids, so a confirmation tells whether the tablet's
 accepted answer was right. Engineers do not confirm every identification, so the confirmed rates
 describe the confirmed cases, not a random sample: read them next to how many there are.
+
+Spot checks are the random sample (:mod:`edge_app.spotcheck`): a tablet picks a share of its
+identifications at random before the model answers (its usage event says ``spot_check``) and asks the
+engineer which part it was; the answer comes up as a ``spot_check`` usage event. Their rates carry
+95% Wilson intervals, and the skipped and unanswered ones are counted (non-response is bias too).
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from edge_app import spotcheck
 from edge_app.errors import UsageError
 
 from .hub import Hub
@@ -55,7 +61,33 @@ def _well_formed(kind: str, p: Mapping[str, Any]) -> bool:
                 and (p.get("ms") is None or isinstance(p.get("ms"), (int, float))))
     if kind == "feedback":
         return isinstance(p.get("part_number"), str) and _str_list(p.get("candidates", []))
+    if kind == "spot_check":
+        answer = p.get("answer")
+        return (p.get("result") in spotcheck.RESULTS and isinstance(p.get("status"), str)
+                and _str_list(p.get("top", [])) and (answer is None or isinstance(answer, str))
+                and (answer is None) == (p.get("result") != spotcheck.ANSWERED))
     return True
+
+
+def _spot_check_stats(usage: list[Mapping[str, Any]], spots: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Unbiased field accuracy of one bundle from its spot checks (see the module docstring)."""
+    asked = sum(u.get("spot_check") is True for u in usage)
+    answered = [s for s in spots if s["result"] != spotcheck.SKIPPED]
+    skipped = len(spots) - len(answered)
+    n = len(answered)
+    top1 = sum(s["answer"] is not None and list(s["top"])[:1] == [s["answer"]] for s in answered)
+    top5 = sum(s["answer"] is not None and s["answer"] in list(s["top"])[:spotcheck.TOP_K] for s in answered)
+    accepted = [s for s in answered if s["status"] == "match"]
+    right = sum(s["answer"] is not None and list(s["top"])[:1] == [s["answer"]] for s in accepted)
+    return {"asked": asked, "answered": n, "skipped": skipped,
+            # picked, but no answer has reached the hub (yet: it comes with a later sync, or the engineer left)
+            "unanswered": max(0, asked - n - skipped),
+            "top1": _rate(top1, n), "top1_ci95": spotcheck.wilson(top1, n),
+            "top5": _rate(top5, n), "top5_ci95": spotcheck.wilson(top5, n),
+            "accepted": len(accepted), "precision_when_accepted": _rate(right, len(accepted)),
+            "precision_when_accepted_ci95": spotcheck.wilson(right, len(accepted)),
+            # next to the bundle's overall rate: a check that the answered sample looks like all identifications
+            "no_confident_match": _rate(n - len(accepted), n)}
 
 
 def _bundle_stats(usage: list[Mapping[str, Any]], confirmed: list[Mapping[str, Any]],
@@ -124,32 +156,40 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
         out = []
         for u in list_uploads(hub, kind=kind, since=since):
             p = u["payload"]
-            if not isinstance(p, dict) or not _well_formed(kind, p):
+            shape = "spot_check" if isinstance(p, dict) and p.get("event") == "spot_check" else kind
+            if not isinstance(p, dict) or not _well_formed(shape, p):
                 malformed += 1
-            elif keep(p, with_bundle=kind != "unknown_part") and (kind != "usage" or p.get("event") == "identify"):
+            elif keep(p, with_bundle=kind != "unknown_part") and (kind != "usage" or p.get("event") in (
+                    "identify", "spot_check")):
                 out.append(p)
         return out
 
-    usage, feedback, unknown = payloads("usage"), payloads("feedback"), payloads("unknown_part")
+    events, feedback, unknown = payloads("usage"), payloads("feedback"), payloads("unknown_part")
+    usage = [p for p in events if p.get("event") == "identify"]
+    spots = [p for p in events if p.get("event") == "spot_check"]
     by_capture = {c: u for u in usage if (c := _first_capture(u))}
-    bundles = sorted({str(p.get("bundle_id")) for p in [*usage, *feedback]})
+    bundles = sorted({str(p.get("bundle_id")) for p in [*usage, *feedback, *spots]})
     per_bundle = []
     for b in bundles:
         conf = [f for f in feedback if str(f.get("bundle_id")) == b and f.get("verdict") == "correct"]
         rej = [f for f in feedback if str(f.get("bundle_id")) == b and f.get("verdict") == "wrong"]
+        used = [u for u in usage if str(u.get("bundle_id")) == b]
         per_bundle.append({"bundle_id": b, "active": b == hub.bundle_id,
-                           **_bundle_stats([u for u in usage if str(u.get("bundle_id")) == b], conf, rej, by_capture)})
+                           **_bundle_stats(used, conf, rej, by_capture),
+                           "spot_checks": _spot_check_stats(used, [s for s in spots if str(s.get("bundle_id")) == b])})
     confirmed = [f for f in feedback if f.get("verdict") == "correct"]
     return {"filters": {"bundle_id": bundle_id, "site": site, "received_since": since}, "bundles": per_bundle,
             "unknown_part_reports": len(unknown), "missed_parts": _missed_parts(confirmed),
             "malformed_uploads_skipped": malformed,
-            "note": "confirmed_* rates are over the identifications engineers confirmed, not a random sample"}
+            "spot_check_rate": hub.policy()["spot_check_rate"],
+            "note": "confirmed_* rates are over the identifications engineers confirmed, not a random sample; "
+                    "spot_checks are a random sample (rates with 95% intervals)"}
 
 
 def prune_usage(hub: Hub, older_than_days: float) -> dict[str, Any]:
     """Delete the usage events the hub received more than ``older_than_days`` days ago (one per
-    identification: a busy terminal makes millions a year). Confirmations, photos and unknown-part
-    reports are kept."""
+    identification: a busy terminal makes millions a year). Spot-check answers, confirmations, photos and
+    unknown-part reports are kept."""
     before = _received_since(older_than_days, "older-than-days")
     n = hub.store.delete_uploads("usage", before)
     log.info("deleted %d usage events received before %s", n, before)

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from edge_app import spotcheck
 from edge_app.atomic import atomic_write_bytes, atomic_write_json
 from edge_app.errors import InputError, UsageError
 from edge_app.signing import Keyring, SigningKey
@@ -123,6 +124,20 @@ class Hub:
 
     def bundle_tar(self, bundle_id: str) -> Path:
         return self.root / "bundles" / f"{bundle_id}.tar"
+
+    # -- field policy -----------------------------------------------------------------------
+    def policy(self) -> dict[str, float]:
+        """What tablets follow, sent with every sync plan: ``spot_check_rate``, the share of identifications
+        picked at random for the engineer to label (:mod:`edge_app.spotcheck`; 0 = off)."""
+        return {"spot_check_rate": float(self.store.get_meta("spot_check_rate", spotcheck.DEFAULT_RATE))}
+
+    def set_policy(self, *, spot_check_rate: float | None = None) -> dict[str, float]:
+        """Change the field policy (tablets take it at their next sync); returns it."""
+        if spot_check_rate is not None:
+            rate = spotcheck.check_rate(spot_check_rate)
+            self.store.set_setting("spot_check_rate", rate)
+            log.info("spot-check rate is now %g; tablets follow it from their next sync", rate)
+        return self.policy()
 
     # -- embedding --------------------------------------------------------------------------
     @property
@@ -349,6 +364,7 @@ class Hub:
                 "restored_from_backup_of": self.store.get_meta("restored_backup_taken_at"),
                 "bundle_id": self.bundle_id, "key_id": self.config.get("key_id"), "trusted_keys": self.keyring.key_ids,
                 "tls": tls_status(self.root), **self.store.counts(), "free_bytes": free_bytes(self.root),
+                "policy": self.policy(),
                 "devices": {"enrolled": sum(not d["revoked"] for d in devices),
                             "stale": sorted(d["name"] for d in devices if d["stale"]),
                             "on_active_bundle": sum(bool(d["had_active_bundle"]) for d in devices if not d["revoked"]),

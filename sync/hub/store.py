@@ -91,6 +91,7 @@ class HubStore(Protocol):
     def version(self) -> int: ...
     def epoch(self) -> int: ...
     def get_meta(self, key: str, default: Any = None) -> Any: ...
+    def set_setting(self, key: str, value: Any) -> None: ...
     def change(self) -> contextlib.AbstractContextManager[Change]: ...
     def snapshot(self, site: str, from_version: int) -> Snapshot: ...
     def part(self, part_number: str) -> dict[str, Any] | None: ...
@@ -270,6 +271,12 @@ class SqliteHubStore:
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self._db().conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """A hub setting kept in ``meta`` that is not catalogue content (no version bump, no package)."""
+        db = self._db()
+        with self._write_lock, self._tx(db):
+            db.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     @contextlib.contextmanager
     def change(self) -> Iterator[_SqliteChange]:
@@ -465,7 +472,10 @@ class SqliteHubStore:
         """Delete ``kind`` uploads received before this ISO UTC time (records only: such kinds carry no blob)."""
         db = self._db()
         with self._write_lock, self._tx(db):
-            cur = db.conn.execute("DELETE FROM uploads WHERE kind=? AND received_at < ? AND blob_size IS NULL",
+            # spot checks are usage events too, but few and the only unbiased accuracy sample: kept
+            cur = db.conn.execute("DELETE FROM uploads WHERE kind=? AND received_at < ? AND blob_size IS NULL "
+                                  "AND coalesce(CASE WHEN json_valid(payload) THEN json_extract(payload, '$.event') END, '') "
+                                  "!= 'spot_check'",
                                   (kind, received_before))
             return int(cur.rowcount)
 

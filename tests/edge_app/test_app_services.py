@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from edge_app import spotcheck
 from edge_app.errors import ImageError, InputError, UsageError
 from edge_app.services import (CaptureStore, DeviceServices, IdentifyOutcome, Match, StateStore, confidence_words,
                                detect_look_alikes, refine_by_size, validate_crop)
@@ -320,3 +322,117 @@ def test_sync_status_says_whether_the_hub_connection_is_encrypted(device) -> Non
                                                                  "token": "x"}))
         st = device.sync_status()
         assert st.enrolled and st.connection.startswith(words) and (words != "encrypted" or "NOT" not in st.connection)
+
+
+# --------------------------------------------------------------------------- spot checks
+def _fake_identifier(device, statuses):
+    """The runtime stubbed: each call answers with the next status (match / no_confident_match)."""
+    from types import SimpleNamespace
+
+    from edge_app.runtime.identify import IdentifyResult, PartMatch
+
+    seq = iter(statuses)
+
+    def identify(images, site):
+        status = next(seq)
+        ms = [PartMatch(rank=i + 1, part_number=pn, name=None, category="bearings", similarity=0.9 - i / 10,
+                        confidence=0.9 if i == 0 else None, best_image_id="i1", size_mm=None,
+                        look_alike_group=None, stock=1, bin="A", stock_as_of=None, site="Quay A")
+              for i, pn in enumerate(["BRG-2", "BRG-1", "FUS-1"])]
+        return IdentifyResult(status=status, matches=ms, confidence=0.9, threshold=0.5, calibrated=True,
+                              needs_scale_photo=False, look_alike=None, needs_detail_photo=False, views=1,
+                              skipped=[], bundle_id="bnd-7", catalogue_version=3, hub_time=None, site="Quay A",
+                              filters={}, timings_ms={})
+
+    device._identifier = SimpleNamespace(identify=identify, spec=None)
+
+
+def _set_rate(device, rate) -> None:
+    (device.data_dir / "device.json").write_text(json.dumps({"hub": "http://h", "token": "t",
+                                                             "policy": {"spot_check_rate": rate}}))
+
+
+def test_spot_checks_are_drawn_before_the_answer_one_draw_per_identification(tmp_path) -> None:
+    import random
+
+    svc = DeviceServices(tmp_path / "dev", site="Quay A", spot_rng=random.Random(7))
+    try:
+        cap = svc.captures.add_file(photo(tmp_path / "p.jpg"))
+        statuses = ["match", "no_confident_match"] * 100
+        _fake_identifier(svc, statuses)
+        assert spotcheck.device_rate(svc.data_dir) == 0.0  # never synced: no policy, no spot checks
+        _set_rate(svc, 0.3)
+        flags = [svc.identify([cap]).spot_check for _ in statuses]
+        ref = random.Random(7)
+        # exactly the seeded draws in order, whatever the model answered: the sample cannot follow the outcome
+        assert flags == [ref.random() < 0.3 for _ in statuses]
+        assert 40 <= sum(flags) <= 80
+        events = [r["payload"] for r in svc.outbox.pending() if r["payload"]["event"] == "identify"]
+        assert [e["spot_check"] for e in events] == flags
+    finally:
+        svc.close()
+
+
+def test_rate_zero_draws_nothing_and_rate_one_asks_every_time(device, tmp_path) -> None:
+    class NoDraws:
+        def random(self):
+            raise AssertionError("no spot check may be drawn at rate 0")
+
+    device._spot_rng = NoDraws()
+    cap = device.captures.add_file(photo(tmp_path / "p.jpg"))
+    _fake_identifier(device, ["match", "match"])
+    _set_rate(device, 0.0)
+    assert device.identify([cap]).spot_check is False
+    _set_rate(device, 1.0)
+    import random
+
+    device._spot_rng = random.Random(0)
+    out = device.identify([cap])
+    assert out.spot_check and out.spot_check_pending and out.model_top == ["BRG-2", "BRG-1", "FUS-1"]
+    assert IdentifyOutcome.from_dict(json.loads(json.dumps(out.to_dict()))) == out  # survives an app restart
+    (device.data_dir / "device.json").write_text("{not json")
+    assert spotcheck.device_rate(device.data_dir) == 0.0
+
+
+def test_spot_check_answers_go_to_the_outbox_once(device, tmp_path) -> None:
+    import random
+
+    device._spot_rng = random.Random(0)
+    _set_rate(device, 1.0)
+    cap = device.captures.add_file(photo(tmp_path / "p.jpg"))
+    _fake_identifier(device, ["match", "no_confident_match", "match", "match"])
+    out = device.identify([cap])
+    # the engineer browsed the catalogue and names a part that is not a candidate: still an answer
+    with pytest.raises(InputError):
+        device.answer_spot_check(out, "NOPE-1")
+    assert out.spot_check_pending  # a refused answer leaves the question open
+    with pytest.raises(UsageError):
+        device.answer_spot_check(out, "BRG-1", skipped=True)
+    device.answer_spot_check(out, "BRG-1")
+    with pytest.raises(UsageError, match="already answered"):
+        device.answer_spot_check(out, None)
+    ans = [r["payload"] for r in device.outbox.pending() if r["payload"]["event"] == "spot_check"]
+    assert ans == [{"event": "spot_check", "result": "answered", "answer": "BRG-1",
+                    "top": ["BRG-2", "BRG-1", "FUS-1"], "status": "match", "bundle_id": "bnd-7",
+                    "capture_ids": [cap.capture_id], "views": 1, "site": "Quay A"}]
+    assert device.pending_uploads() == 0  # an automatic event, not something the engineer waits for
+
+    none = device.identify([cap])
+    device.answer_spot_check(none, None)
+    skip = device.identify([cap])
+    device.answer_spot_check(skip, None, skipped=True)
+    results = [(r["payload"]["result"], r["payload"]["status"]) for r in device.outbox.pending()
+               if r["payload"]["event"] == "spot_check"]
+    assert results == [("answered", "match"), ("none_of_these", "no_confident_match"), ("skipped", "match")]
+
+    # "this is the part" on a picked identification answers it too; "not this one" does not
+    fb = device.identify([cap])
+    device.send_feedback("BRG-2", "wrong", [cap], fb)
+    assert fb.spot_check_pending
+    device.send_feedback("BRG-1", "correct", [cap], fb)
+    assert not fb.spot_check_pending
+    last = [r["payload"] for r in device.outbox.pending() if r["payload"].get("event") == "spot_check"][-1]
+    assert (last["result"], last["answer"]) == ("answered", "BRG-1")
+    unpicked = replace(fb, spot_check=False, spot_check_done=False)
+    with pytest.raises(UsageError, match="not picked"):
+        device.answer_spot_check(unpicked, "BRG-1")

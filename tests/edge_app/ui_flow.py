@@ -138,8 +138,15 @@ def accessibility_problems(root) -> list[str]:
     return problems
 
 
+def status_fits(app) -> bool:
+    """The status line is as tall as its text (else the text spills over the screen above it)."""
+    st = app.status
+    return st.height >= st.texture_size[1] if st.text else st.height == 0 and st.opacity == 0
+
+
 def check_screen(app, name: str, shots: Path) -> None:
     assert app.sm.current == name
+    assert status_fits(app), f"status line {app.status.text!r} is {app.status.height} px high"
     problems = accessibility_problems(app.root)
     assert not problems, "\n".join(problems)
     out = Window.screenshot(str(shots / f"{PROFILE.name}_{name}.png"))
@@ -194,6 +201,22 @@ def identify_photo(app, filename: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ tests
+def test_status_line_cleared_and_set_in_one_frame_fits_its_text(env) -> None:
+    """Found by a screenshot: ``go`` clears the status line and ``notify`` sets it in the same frame (every
+    identification); with a text as tall as the one before, the line kept height 0 and its text was drawn over
+    the results above it."""
+    app = env["app"]
+    app.notify("Queued 1 photo of BLT-M12X50.")
+    pump(5)
+    app.notify("")
+    app.notify("Best match: BLT-M12X50")
+    pump(5)
+    assert status_fits(app) and app.status.height > 0
+    app.notify("")
+    pump(2)
+    assert status_fits(app)
+
+
 def test_display_profile_is_the_stated_one() -> None:
     assert tuple(Window.size) == PROFILE.size
     assert Metrics.dpi == pytest.approx(PROFILE.dpi)
@@ -282,6 +305,40 @@ def test_same_size_look_alikes_ask_for_a_close_up(env) -> None:
     assert "BLT-M12X50 and SNS-PRX-M18 look alike" in res.ids.summary.text
     assert "close-up" in res.ids.summary.text
     assert accessibility_problems(app.root) == []
+
+
+def test_spot_check_asks_which_part_and_records_the_answer(env) -> None:
+    """An identification picked for a spot check asks which part it was: candidates in part-number order, "None of
+    these" and "Skip"; the answer goes to the outbox once and the question goes away (also after a restart)."""
+    from dataclasses import replace
+
+    from kivy.uix.button import Button
+
+    app, services = env["app"], env["services"]
+    identify_photo(app, "bolt.jpg")
+    res = app.screen("results")
+    assert res.ids.spot_check.opacity == 0  # not picked: no question
+    app.show_outcome(replace(app.outcome, spot_check=True, model_top=[m.part_number for m in app.outcome.matches]))
+    pump(5)
+    assert res.ids.spot_check.opacity == 1 and "which part did you photograph" in res.ids.spot_check_text.text
+    buttons = [b for b in walk(res.ids.spot_buttons) if isinstance(b, Button)][::-1]  # children are reversed
+    names = [b.text for b in buttons]
+    assert names[-2:] == ["None of these", "Skip"]
+    assert names[:-2] == [f"{m.part_number}\n{m.name}" for m in sorted(app.outcome.matches[:5],
+                                                                      key=lambda m: m.part_number)]
+    assert accessibility_problems(app.root) == []
+    Window.screenshot(str(env["shots"] / f"{PROFILE.name}_results_spot_check.png"))
+    before = len(services.outbox)
+    answer = next(b for b in buttons if b.text.startswith(app.outcome.matches[1].part_number + "\n"))
+    tap(answer)
+    assert len(services.outbox) == before + 1
+    rec = services.outbox[-1]
+    assert rec["kind"] == "usage" and rec["payload"]["event"] == "spot_check"
+    assert rec["payload"]["answer"] == app.outcome.matches[1].part_number and rec["payload"]["result"] == "answered"
+    assert res.ids.spot_check.opacity == 0 and app.outcome.spot_check_done
+    assert "recorded for the hub" in app.status.text
+    saved = services.state.load()["outcome"]
+    assert saved["spot_check"] and saved["spot_check_done"]  # a restart does not ask again
 
 
 def test_no_confident_match_offers_browse_and_unknown_part(env) -> None:

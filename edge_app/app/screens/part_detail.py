@@ -73,6 +73,7 @@ class PartDetailScreen(Screen):
         except PartlensError as exc:
             app.notify(str(exc))
             return
+        app.save_state()  # "this is the part" may have answered a spot check
         what = "This is the part" if verdict == "correct" else "Not this one"
         app.notify(f'Queued "{what}" for {self.part["part_number"]}.')
         self.update_pending()

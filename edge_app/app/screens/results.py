@@ -1,5 +1,6 @@
 """Results: the top parts as cards (thumbnail, number, name, stock "as of", bin, confidence in words),
-a clear "no confident match" state, and a look-alike prompt for a measurement or a scale photo."""
+a clear "no confident match" state, a look-alike prompt for a measurement or a scale photo, and the spot-check
+question when this identification was picked for one (:mod:`edge_app.spotcheck`)."""
 from __future__ import annotations
 
 import logging
@@ -16,8 +17,9 @@ from kivy.uix.screenmanager import Screen
 
 from ...errors import PartlensError
 from ...services import Match
+from ...spotcheck import TOP_K
 from .. import theme
-from ..widgets import Panel, PLLabel, relayout
+from ..widgets import Panel, PLButton, PLLabel, relayout, secondary
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +78,8 @@ class MatchCard(ButtonBehavior, Panel):
 class ResultsScreen(Screen):
     def on_kv_post(self, base_widget: Any) -> None:
         # strong references: kv ids are weak, and banners are taken out of the tree when not needed
-        self._keep = [self.ids.summary.__self__, self.ids.no_match.__self__, self.ids.look_alike.__self__,
-                      self.ids.grid.__self__]
+        self._keep = [self.ids.summary.__self__, self.ids.spot_check.__self__, self.ids.no_match.__self__,
+                      self.ids.look_alike.__self__, self.ids.grid.__self__]
 
     def refresh(self) -> None:
         app = App.get_running_app()
@@ -91,7 +93,10 @@ class ResultsScreen(Screen):
                             + (f"  Stock as of {short_time(out.hub_time)} (hub time)." if out.hub_time else "")
                             + (f"  {' and '.join(out.detail_look_alikes)} look alike: a label or marking tells "
                                "them apart, add a close-up of it as another view." if out.detail_look_alikes else ""))
-        self._place(not none and not out.confident, bool(not none and out.look_alike and out.matches))
+        spot = not none and out.spot_check_pending
+        self._place(not none and not out.confident, bool(not none and out.look_alike and out.matches), spot)
+        if spot:
+            self._spot_buttons(out.matches)
         if not none and out.look_alike and out.matches:
             group = out.matches[0].look_alike_group
             sizes = ", ".join(f"{m.part_number} {m.size_mm:g} mm" for m in out.matches[:4]
@@ -109,18 +114,49 @@ class ResultsScreen(Screen):
         if self.manager is not None and self.manager.current == self.name:
             self.refresh()
 
-    def _place(self, no_match: bool, look_alike: bool) -> None:
-        """Rebuild the column: summary, [no-match banner], [look-alike banner], cards (hidden = removed)."""
+    def _place(self, no_match: bool, look_alike: bool, spot_check: bool = False) -> None:
+        """Rebuild the column: summary, [spot check], [no-match banner], [look-alike banner], cards (hidden =
+        removed)."""
         body, ids = self.ids.body, self.ids
-        for w in (ids.summary, ids.no_match, ids.look_alike, ids.grid):
+        for w in (ids.summary, ids.spot_check, ids.no_match, ids.look_alike, ids.grid):
             if w.parent is not None:
                 w.parent.remove_widget(w)
+        ids.spot_check.opacity = 1 if spot_check else 0
         ids.no_match.opacity = 1 if no_match else 0
         ids.look_alike.opacity = 1 if look_alike else 0
-        for w, show in ((ids.summary, True), (ids.no_match, no_match), (ids.look_alike, look_alike),
-                        (ids.grid, True)):
+        for w, show in ((ids.summary, True), (ids.spot_check, spot_check), (ids.no_match, no_match),
+                        (ids.look_alike, look_alike), (ids.grid, True)):
             if show:
                 body.add_widget(w)
+
+    def _spot_buttons(self, matches: list[Match]) -> None:
+        """One button per candidate, in part-number order (not the model's: rank order invites tapping the
+        first), then "None of these" and "Skip"."""
+        box = self.ids.spot_buttons
+        box.clear_widgets()
+        names = {m.part_number: m.name for m in matches[:TOP_K]}
+        for pn in sorted(names):
+            b = PLButton(text=pn if names[pn] in ("", pn) else f"{pn}\n{names[pn]}")
+            b.bind(on_release=lambda _b, pn=pn: self.answer_spot_check(pn))
+            box.add_widget(b)
+        none = secondary(PLButton(text="None of these"))
+        none.bind(on_release=lambda _b: self.answer_spot_check(None))
+        skip = secondary(PLButton(text="Skip"))
+        skip.bind(on_release=lambda _b: self.answer_spot_check(None, skipped=True))
+        box.add_widget(none)
+        box.add_widget(skip)
+
+    def answer_spot_check(self, part_number: str | None, *, skipped: bool = False) -> None:
+        app = App.get_running_app()
+        try:
+            app.services.answer_spot_check(app.outcome, part_number, skipped=skipped)
+        except PartlensError as exc:
+            app.notify(str(exc))
+            return
+        app.save_state()
+        app.notify("Spot check skipped." if skipped else
+                   f"Thanks: {part_number or 'none of these'} recorded for the hub.")
+        self.refresh()
 
     def apply_measurement(self) -> None:
         app = App.get_running_app()
