@@ -7,6 +7,7 @@ tablet syncs over HTTP. The hub is stopped when the chain ends, fails or is inte
 from __future__ import annotations
 
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,9 @@ from .config import SITE, DemoConfig, export_candidates, split_parts
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]
+#: the demo's hub asks for a spot check on 1 identification in 4 (a hub's default is 1 in 20), so that its
+#: report has enough answers to show the interval
+DEMO_SPOT_CHECK_RATE = 0.25
 STEPS = ("generate the synthetic catalogue and field photos", "train", "export behind the parity gate",
          "calibrate and sign the device bundle", "start the hub on 127.0.0.1, enrol a tablet, full sync",
          "identify field photos on the tablet", "add new parts at the hub, sync, identify them",
@@ -226,6 +230,7 @@ class DemoRun:
         from sync.hub.tls import enable_tls
 
         self.hub = Hub.init(self.out / "hub", self.key_path, url=f"http://127.0.0.1:{free_port()}")
+        self.hub.set_policy(spot_check_rate=DEMO_SPOT_CHECK_RATE)
         tls = enable_tls(self.hub)  # HTTPS as a terminal hub should run; the tablet pins this certificate
         self.hub.set_bundle(self.bundle_dir)
         self.hub.import_csv(self.data / "known" / "parts.csv", self.data / "known" / "images.csv")
@@ -312,18 +317,24 @@ class DemoRun:
         from ..services import DeviceServices
 
         t0 = self._step(7)
-        services = DeviceServices(self.device_dir, site=SITE)
+        services = DeviceServices(self.device_dir, site=SITE, spot_rng=random.Random(self.cfg.seed))
+        sampled: list[bool] = []  # the spot-checked identifications: was the tablet's top answer right?
         try:
             for path, truth in metrics.field_photos(self.data / "queries", self.parts["known"]):
                 cap = services.captures.add_file(path)
                 outcome = services.identify([cap])
-                services.send_feedback(truth, "correct", [cap], outcome)
+                if outcome.spot_check:
+                    sampled.append(outcome.model_top[:1] == [truth])
+                services.send_feedback(truth, "correct", [cap], outcome)  # also answers a spot check
         finally:
             services.close()
         up = self.client.sync()
         stats = field_stats(self.hub, bundle_id=self.hub.bundle_id)
         self.report["field_stats"] = {"uploaded": up.uploaded, "sync_seconds": round(up.seconds, 2),
                                       **(stats["bundles"][0] if stats["bundles"] else {}),
+                                      "spot_check_rate": stats["spot_check_rate"],
+                                      "spot_check_direct_top1": round(sum(sampled) / len(sampled), 4) if sampled
+                                      else None,
                                       "missed_parts": stats["missed_parts"][:5]}
         self._lap("field_feedback", t0)
 

@@ -75,6 +75,16 @@ def markdown(r: dict[str, Any]) -> str:
                       f"identifications, no confident match {_pct(fs['no_confident_match'])}, confirmed top-1 "
                       f"{_pct(fs['confirmed_top1'])}, top-5 {_pct(fs['confirmed_top5'])}, precision when accepted "
                       f"{_pct(fs['precision_when_accepted'])}, median {_ms(fs['median_ms'])} ms on the tablet."]
+        sc = fs.get("spot_checks") or {}
+        if sc.get("answered"):
+            ci = sc["top1_ci95"]
+            lines += ["", f"Spot checks (the hub asked for 1 identification in {round(1 / fs['spot_check_rate'])}, "
+                          f"picked at random before the model answered; the engineer named the part): {sc['asked']} "
+                          f"asked, {sc['answered']} answered, top-1 {_pct(sc['top1'])} (95% interval "
+                          f"{_pct(ci[0])}-{_pct(ci[1])}), precision when accepted "
+                          f"{_pct(sc['precision_when_accepted'])}; the same photos scored directly: "
+                          f"{_pct(fs['spot_check_direct_top1'])}; all {fs['identifications']} photos: "
+                          f"{_pct(fs['confirmed_top1'])}."]
     s1, s2 = r["sync_full"], r["sync_incremental"]
     tls = " (HTTPS; the tablet pins the hub's certificate)" if r["hub"]["url"].startswith("https://") else ""
     lines += ["", f"Hub on {r['hub']['url']}{tls}: full sync to v{s1['to_version']} ({s1['bytes'] / 1e6:.2f} MB, "

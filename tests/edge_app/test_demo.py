@@ -202,7 +202,13 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     # hub's field statistics count exactly what the tablet answered (the same photos scored after the sync)
     fs = report["field_stats"]
     n_known = report["identify_known_after_sync"]["queries"]
-    assert fs["identifications"] == fs["confirmed"] == n_known and fs["uploaded"] == 2 * n_known
+    sc = fs["spot_checks"]
+    assert fs["identifications"] == fs["confirmed"] == n_known and fs["uploaded"] == 2 * n_known + sc["answered"]
+    # spot checks: every one picked was answered ("this is the part" answers it); the hub's top-1 over them is the
+    # tablet's own top-1 over the same identifications
+    assert sc["asked"] == sc["answered"] and sc["skipped"] == sc["unanswered"] == 0 and sc["answered"] >= 1
+    assert sc["top1"] == pytest.approx(fs["spot_check_direct_top1"], abs=1e-4) and fs["spot_check_rate"] == 0.25
+    assert "Spot checks (the hub asked for 1 identification in 4" in proc.stdout
     assert fs["confirmed_top1"] == pytest.approx(report["identify_known_after_sync"]["top1"], abs=1e-4)
     assert fs["confirmed_top5"] == pytest.approx(report["identify_known_after_sync"]["top5"], abs=1e-4)
     assert fs["no_confident_match"] == pytest.approx(report["identify_known_after_sync"]["no_confident_match"],
