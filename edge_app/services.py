@@ -283,6 +283,8 @@ class IdentifyOutcome:
     #: the model's own ranking and status, kept for the spot check (a measurement may re-rank ``matches``)
     model_top: list[str] = field(default_factory=list)
     model_status: str | None = None
+    #: made at identification: joins the usage event and the spot-check answer, and makes answering idempotent
+    identification_id: str | None = None
 
     @property
     def spot_check_pending(self) -> bool:
@@ -302,7 +304,8 @@ class IdentifyOutcome:
                    capture_ids=list(d.get("capture_ids", [])), measured_mm=d.get("measured_mm"),
                    detail_look_alikes=list(d.get("detail_look_alikes", [])),
                    spot_check=bool(d.get("spot_check")), spot_check_done=bool(d.get("spot_check_done")),
-                   model_top=list(d.get("model_top", [])), model_status=d.get("model_status"))
+                   model_top=list(d.get("model_top", [])), model_status=d.get("model_status"),
+                   identification_id=d.get("identification_id"))
 
 
 def detect_look_alikes(matches: Sequence[Match], margin: float = LOOK_ALIKE_MARGIN) -> bool:
@@ -503,6 +506,7 @@ class DeviceServices:
         ms = (time.perf_counter() - t0) * 1000
         outcome = self.outcome_from_result(result, [c.capture_id for c in captures])
         outcome.spot_check = spot
+        outcome.identification_id = _uuid.uuid4().hex
         self._record_usage(result, outcome, ms)
         return outcome
 
@@ -516,7 +520,8 @@ class DeviceServices:
                    "top": [m.part_number for m in outcome.matches[:5]], "views": int(result.views),
                    "ms": round(ms, 1), "asked_to_measure": outcome.look_alike,
                    "asked_for_closeup": bool(outcome.detail_look_alikes), "capture_ids": outcome.capture_ids,
-                   "site": self.site, "spot_check": outcome.spot_check}
+                   "site": self.site, "spot_check": outcome.spot_check,
+                   "identification_id": outcome.identification_id}
         try:
             self.outbox.add("usage", payload)
         except (PartlensError, sqlite3.Error, OSError) as exc:
@@ -606,7 +611,12 @@ class DeviceServices:
         payload = spotcheck.answer_payload(outcome, part_number, skipped=skipped, site=self.site)
         if part_number is not None and self.catalogue.part(part_number) is None:
             raise InputError(f"part {part_number} is not in the catalogue on this device")
-        uid = self.outbox.add("usage", payload)
+        uid = spotcheck.answer_uuid(outcome)
+        try:
+            self.outbox.add("usage", payload, uuid=uid)
+        except sqlite3.IntegrityError:
+            # answered before, but the app was stopped before it saved that: the first answer stands
+            log.info("spot check %s was already answered; keeping the first answer", uid)
         outcome.spot_check_done = True
         return uid
 

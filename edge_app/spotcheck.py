@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -91,4 +92,14 @@ def answer_payload(outcome: Any, part_number: str | None, *, skipped: bool = Fal
     result = SKIPPED if skipped else NONE_OF_THESE if part_number is None else ANSWERED
     return {"event": "spot_check", "result": result, "answer": part_number, "top": list(outcome.model_top),
             "status": outcome.model_status or "unknown", "bundle_id": outcome.bundle_id,
-            "capture_ids": list(outcome.capture_ids), "views": max(1, len(outcome.capture_ids)), "site": site}
+            "capture_ids": list(outcome.capture_ids), "views": max(1, len(outcome.capture_ids)), "site": site,
+            "identification_id": outcome.identification_id}
+
+
+def answer_uuid(outcome: Any) -> str:
+    """The outbox UUID of an identification's spot-check answer: derived from its ``identification_id``, so an
+    answer given again (the app was stopped after queueing it but before saving that) is the same record, and
+    the hub, which keeps one record per UUID, counts it once."""
+    if not outcome.identification_id:
+        return str(uuid.uuid4())  # an outcome saved by an app without identification ids
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"partlens:spot-check:{outcome.identification_id}"))

@@ -126,7 +126,10 @@ class PreviewServices:
                                  p["size_mm"], p["look_alike_group"], p["images"][0]["file"]))
         confident = top >= 0.6
         return IdentifyOutcome(matches, confident, confident and detect_look_alikes(matches, margin=0.1),
-                               HUB_TIME, "preview-bundle", [c.capture_id for c in captures])
+                               HUB_TIME, "preview-bundle", [c.capture_id for c in captures],
+                               model_top=[m.part_number for m in matches],
+                               model_status="match" if confident else "no_confident_match",
+                               identification_id=_uuid.uuid4().hex)
 
     refine_by_size = staticmethod(refine_by_size)
 
@@ -173,7 +176,9 @@ class PreviewServices:
         payload = spotcheck.answer_payload(outcome, part_number, skipped=skipped, site="Quay A")
         if part_number is not None:
             self.part(part_number)  # InputError for a part not in the catalogue
-        uid = self._queue("usage", payload, None)
+        uid = spotcheck.answer_uuid(outcome)
+        if all(r["uuid"] != uid for r in self.outbox):
+            self.outbox.append({"uuid": uid, "kind": "usage", "payload": payload, "blob_path": None})
         outcome.spot_check_done = True
         return uid
 

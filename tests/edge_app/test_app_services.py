@@ -414,7 +414,16 @@ def test_spot_check_answers_go_to_the_outbox_once(device, tmp_path) -> None:
     ans = [r["payload"] for r in device.outbox.pending() if r["payload"]["event"] == "spot_check"]
     assert ans == [{"event": "spot_check", "result": "answered", "answer": "BRG-1",
                     "top": ["BRG-2", "BRG-1", "FUS-1"], "status": "match", "bundle_id": "bnd-7",
-                    "capture_ids": [cap.capture_id], "views": 1, "site": "Quay A"}]
+                    "capture_ids": [cap.capture_id], "views": 1, "site": "Quay A",
+                    "identification_id": out.identification_id}]
+    ident = [r["payload"] for r in device.outbox.pending() if r["payload"]["event"] == "identify"]
+    assert ident[0]["identification_id"] == out.identification_id and len(out.identification_id) == 32
+    # the app was stopped after queueing the answer but before saving that: restarted, the engineer answers
+    # again; the same record (same UUID, which the hub also keeps once), the first answer stands
+    restored = IdentifyOutcome.from_dict(dict(out.to_dict(), spot_check_done=False))
+    assert device.answer_spot_check(restored, "FUS-1") == spotcheck.answer_uuid(out) and restored.spot_check_done
+    ans = [r["payload"] for r in device.outbox.pending() if r["payload"]["event"] == "spot_check"]
+    assert [a["answer"] for a in ans] == ["BRG-1"]
     assert device.pending_uploads() == 0  # an automatic event, not something the engineer waits for
 
     none = device.identify([cap])
