@@ -594,29 +594,39 @@ class DeviceServices:
         """Queue "this is the part" (``verdict='correct'``) or "not this one" (``'wrong'``)."""
         if verdict not in ("correct", "wrong"):
             raise UsageError(f"verdict must be 'correct' or 'wrong', got {verdict!r}")
-        payload = {"part_number": part_number, "verdict": verdict,
-                   "capture_ids": [c.capture_id for c in captures],
-                   "candidates": [m.part_number for m in outcome.matches] if outcome else [],
-                   "bundle_id": outcome.bundle_id if outcome else self.catalogue.get_meta("bundle_id"),
-                   "site": self.site}
-        uid = self.outbox.add("feedback", payload, self._blob(captures))
+        uid = self.outbox.add("feedback", self._feedback(part_number, verdict, captures, outcome), self._blob(captures))
         if verdict == "correct" and outcome is not None and outcome.spot_check_pending:
             self.answer_spot_check(outcome, part_number)  # "this is the part" answers the spot check too
         return uid
 
-    def answer_spot_check(self, outcome: IdentifyOutcome, part_number: str | None, *, skipped: bool = False) -> str:
+    def _feedback(self, part_number: str, verdict: str, captures: Sequence[Capture],
+                  outcome: IdentifyOutcome | None) -> dict[str, Any]:
+        return {"part_number": part_number, "verdict": verdict, "capture_ids": [c.capture_id for c in captures],
+                "candidates": [m.part_number for m in outcome.matches] if outcome else [],
+                "bundle_id": outcome.bundle_id if outcome else self.catalogue.get_meta("bundle_id"),
+                "site": self.site}
+
+    def answer_spot_check(self, outcome: IdentifyOutcome, part_number: str | None, *, skipped: bool = False,
+                          captures: Sequence[Capture] = ()) -> str:
         """Queue the engineer's answer to a spot check (see :mod:`edge_app.spotcheck`): the part photographed
         (any catalogue part: a candidate or one found by browsing), ``None`` for "none of these", or
-        ``skipped``. Marks the outcome answered (the caller saves it); returns the record's UUID."""
+        ``skipped``. With ``captures``, a named part also queues "this is the part" with the photo: a labelled
+        field photo drawn at random, for the hub's review and ``export-calibration``. Marks the outcome answered
+        (the caller saves it); returns the answer's UUID. Answering again is harmless: the first answer stands."""
         payload = spotcheck.answer_payload(outcome, part_number, skipped=skipped, site=self.site)
         if part_number is not None and self.catalogue.part(part_number) is None:
             raise InputError(f"part {part_number} is not in the catalogue on this device")
         uid = spotcheck.answer_uuid(outcome)
-        try:
-            self.outbox.add("usage", payload, uuid=uid)
-        except sqlite3.IntegrityError:
-            # answered before, but the app was stopped before it saved that: the first answer stands
-            log.info("spot check %s was already answered; keeping the first answer", uid)
+        records = [("usage", payload, None, uid)]
+        if part_number is not None and captures:
+            fb = dict(self._feedback(part_number, "correct", captures, outcome), spot_check=True)
+            records.append(("feedback", fb, self._blob(captures), spotcheck.answer_uuid(outcome, "feedback")))
+        for kind, body, blob, rid in records:
+            try:
+                self.outbox.add(kind, body, blob, uuid=rid)
+            except sqlite3.IntegrityError:
+                # answered before, but the app was stopped before it saved that: the first answer stands
+                log.info("spot-check %s %s was already queued; keeping the first", kind, rid)
         outcome.spot_check_done = True
         return uid
 

@@ -96,10 +96,10 @@ def answer_payload(outcome: Any, part_number: str | None, *, skipped: bool = Fal
             "identification_id": outcome.identification_id}
 
 
-def answer_uuid(outcome: Any) -> str:
-    """The outbox UUID of an identification's spot-check answer: derived from its ``identification_id``, so an
-    answer given again (the app was stopped after queueing it but before saving that) is the same record, and
-    the hub, which keeps one record per UUID, counts it once."""
+def answer_uuid(outcome: Any, record: str = "answer") -> str:
+    """The outbox UUID of an identification's spot-check ``record`` (the answer, or the "this is the part" that
+    goes with it): derived from its ``identification_id``, so an answer given again (the app was stopped after
+    queueing it but before saving that) is the same record, and the hub, which keeps one per UUID, counts it once."""
     if not outcome.identification_id:
         return str(uuid.uuid4())  # an outcome saved by an app without identification ids
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"partlens:spot-check:{outcome.identification_id}"))
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"partlens:spot-check:{outcome.identification_id}:{record}"))

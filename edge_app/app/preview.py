@@ -172,13 +172,17 @@ class PreviewServices:
             self.answer_spot_check(outcome, part_number)
         return uid
 
-    def answer_spot_check(self, outcome: IdentifyOutcome, part_number: str | None, *, skipped: bool = False) -> str:
+    def answer_spot_check(self, outcome: IdentifyOutcome, part_number: str | None, *, skipped: bool = False,
+                          captures: Sequence[Capture] = ()) -> str:
         payload = spotcheck.answer_payload(outcome, part_number, skipped=skipped, site="Quay A")
         if part_number is not None:
             self.part(part_number)  # InputError for a part not in the catalogue
         uid = spotcheck.answer_uuid(outcome)
         if all(r["uuid"] != uid for r in self.outbox):
             self.outbox.append({"uuid": uid, "kind": "usage", "payload": payload, "blob_path": None})
+            if part_number is not None and captures:
+                self._queue("feedback", {"part_number": part_number, "verdict": "correct", "spot_check": True,
+                                         "capture_ids": [c.capture_id for c in captures]}, captures[0].path)
         outcome.spot_check_done = True
         return uid
 

@@ -400,7 +400,7 @@ def test_spot_check_answers_go_to_the_outbox_once(device, tmp_path) -> None:
     device._spot_rng = random.Random(0)
     _set_rate(device, 1.0)
     cap = device.captures.add_file(photo(tmp_path / "p.jpg"))
-    _fake_identifier(device, ["match", "no_confident_match", "match", "match"])
+    _fake_identifier(device, ["match", "no_confident_match", "match", "match", "match"])
     out = device.identify([cap])
     # the engineer browsed the catalogue and names a part that is not a candidate: still an answer
     with pytest.raises(InputError):
@@ -422,17 +422,28 @@ def test_spot_check_answers_go_to_the_outbox_once(device, tmp_path) -> None:
     # again; the same record (same UUID, which the hub also keeps once), the first answer stands
     restored = IdentifyOutcome.from_dict(dict(out.to_dict(), spot_check_done=False))
     assert device.answer_spot_check(restored, "FUS-1") == spotcheck.answer_uuid(out) and restored.spot_check_done
-    ans = [r["payload"] for r in device.outbox.pending() if r["payload"]["event"] == "spot_check"]
+    ans = [r["payload"] for r in device.outbox.pending() if r["payload"].get("event") == "spot_check"]
     assert [a["answer"] for a in ans] == ["BRG-1"]
     assert device.pending_uploads() == 0  # an automatic event, not something the engineer waits for
 
+    # answered on the results screen: the named part also goes up as "this is the part" with the photo (a
+    # labelled field photo drawn at random); answering again after a restart queues neither twice
+    with_photo = device.identify([cap])
+    device.answer_spot_check(with_photo, "FUS-1", captures=[cap])
+    again = IdentifyOutcome.from_dict(dict(with_photo.to_dict(), spot_check_done=False))
+    device.answer_spot_check(again, "FUS-1", captures=[cap])
+    fbs = [r for r in device.outbox.pending() if r["kind"] == "feedback"]
+    assert len(fbs) == 1 and fbs[0]["payload"]["spot_check"] is True and fbs[0]["payload"]["part_number"] == "FUS-1"
+    assert fbs[0]["payload"]["candidates"] == ["BRG-2", "BRG-1", "FUS-1"] and Path(fbs[0]["blob_path"]).is_file()
     none = device.identify([cap])
-    device.answer_spot_check(none, None)
+    device.answer_spot_check(none, None, captures=[cap])  # "none of these" names no part: no feedback
+    assert len([r for r in device.outbox.pending() if r["kind"] == "feedback"]) == 1
     skip = device.identify([cap])
     device.answer_spot_check(skip, None, skipped=True)
     results = [(r["payload"]["result"], r["payload"]["status"]) for r in device.outbox.pending()
-               if r["payload"]["event"] == "spot_check"]
-    assert results == [("answered", "match"), ("none_of_these", "no_confident_match"), ("skipped", "match")]
+               if r["payload"].get("event") == "spot_check"]
+    assert results == [("answered", "match"), ("answered", "no_confident_match"), ("none_of_these", "match"),
+                       ("skipped", "match")]
 
     # "this is the part" on a picked identification answers it too; "not this one" does not
     fb = device.identify([cap])

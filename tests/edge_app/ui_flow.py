@@ -331,9 +331,10 @@ def test_spot_check_asks_which_part_and_records_the_answer(env) -> None:
     before = len(services.outbox)
     answer = next(b for b in buttons if b.text.startswith(app.outcome.matches[1].part_number + "\n"))
     tap(answer)
-    assert len(services.outbox) == before + 1
-    rec = services.outbox[-1]
+    assert len(services.outbox) == before + 2  # the answer, and "this is the part" with the photo
+    rec, fb = services.outbox[-2:]
     assert rec["kind"] == "usage" and rec["payload"]["event"] == "spot_check"
+    assert fb["kind"] == "feedback" and fb["payload"]["spot_check"] and fb["blob_path"] == app.captures[0].path
     assert rec["payload"]["answer"] == app.outcome.matches[1].part_number and rec["payload"]["result"] == "answered"
     assert res.ids.spot_check.opacity == 0 and app.outcome.spot_check_done
     assert "recorded for the hub" in app.status.text

@@ -149,7 +149,8 @@ class ResultsScreen(Screen):
     def answer_spot_check(self, part_number: str | None, *, skipped: bool = False) -> None:
         app = App.get_running_app()
         try:
-            app.services.answer_spot_check(app.outcome, part_number, skipped=skipped)
+            app.services.answer_spot_check(app.outcome, part_number, skipped=skipped,
+                                           captures=app.current_captures())
         except PartlensError as exc:
             app.notify(str(exc))
             return
