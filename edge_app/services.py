@@ -804,7 +804,6 @@ class DeviceServices:
             raise
         self._last_error = None
         self.free_space_if_low()
-        atomic_write_json(self.data_dir / "last_sync.json", {"at": _now(), "result": result.to_dict()})
         self.reload()
         return (f"catalogue {result.from_version} -> {result.to_version}, uploaded {result.uploaded}"
                 + (f", {result.upload_refused} refused (kept on the tablet)" if result.upload_refused else "")

@@ -244,7 +244,19 @@ class SyncClient:
         finally:
             db.close()
         result.seconds = time.perf_counter() - t0
+        self._record_success(result)
         return result
+
+    def _record_success(self, result: SyncResult) -> None:
+        """``last_sync.json``: when this device last synced (the app's sync screen), whoever ran the sync (the
+        app, the nightly service, the CLI). The sync itself succeeded, so a failure to write this is only logged."""
+        import datetime as _dt
+
+        at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        try:
+            atomic_write_json(self.paths.root / "last_sync.json", {"at": at, "result": result.to_dict()})
+        except OSError as exc:
+            log.warning("synced, but could not record the time of this sync (%s)", exc)
 
     def _after_storage_error(self, exc: SyncStorageError, db: Any, upload: bool) -> SyncStorageError:
         """A sync stopped for lack of storage: delete unfinished downloads (they hold the space; the next

@@ -186,3 +186,19 @@ def test_prune_removes_only_stale_packages_after_the_grace(world):
         service.package_file("site_a", first.package)
     with pytest.raises(InputError):
         service.prune(grace_hours=-1)
+
+
+def test_every_sync_records_its_time_for_the_app(world):
+    """The sync screen said "Last sync: never" on a tablet synced by the nightly service's client, the CLI or the
+    demo: only the app's own "Sync now" wrote the time. The client records it now, whoever runs it."""
+    from edge_app.services import DeviceServices
+
+    svc = DeviceServices(world.device_dir)
+    try:
+        assert svc.sync_status().last_sync is None
+        r = client(world).sync()
+        st = svc.sync_status()
+        assert st.last_sync is not None and st.catalogue_version == r.to_version
+        assert (world.device_dir / "last_sync.json").is_file()
+    finally:
+        svc.close()
