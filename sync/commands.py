@@ -104,6 +104,13 @@ def _field_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_bundle(args: argparse.Namespace) -> int:
+    from .hub.evaluate import evaluate_bundles
+
+    _out(evaluate_bundles(_open_hub(args), args.bundle, spot_checks_only=args.spot_checks_only))
+    return 0
+
+
 def _policy(args: argparse.Namespace) -> int:
     _out(_open_hub(args).set_policy(spot_check_rate=args.spot_check_rate))
     return 0
@@ -366,6 +373,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "catalogue version (devices are always sent packages up to the current one)")
     p.add_argument("--grace-hours", type=float, default=24.0,
                    help="keep stale packages this long, so in-flight downloads finish (default 24)")
+    p = cmd("evaluate-bundle", _evaluate_bundle, "score the active bundle, and a candidate bundle before "
+            "`set-bundle`, on the field photos engineers confirmed (top-1/top-5 with 95%% intervals, accepted share "
+            "and precision, photos only one of the two gets right with McNemar's test); changes nothing")
+    p.add_argument("bundle", nargs="?", help="candidate bundle folder (verified with the hub's keyring; not installed)")
+    p.add_argument("--spot-checks-only", action="store_true",
+                   help="only photos from spot checks (a random sample; other confirmations are chosen by engineers)")
     p = cmd("policy", _policy, "show or change what tablets follow from their next sync: the share of "
             "identifications picked at random for a spot check (the engineer names the part; field-stats turns the "
             "answers into unbiased accuracy)")

@@ -1,0 +1,169 @@
+"""Score model bundles on the field photos the hub holds, before a new one goes to the tablets.
+
+A bundle's own accuracy figures come from the data it was trained and checked on; the question before
+``hub set-bundle`` is how it does on THIS terminal's photos. The hub holds labelled field photos: the
+"this is the part" confirmations tablets uploaded with their photo (spot-check answers among them,
+flagged ``spot_check``: a random sample; the other confirmations are not, see
+:mod:`sync.hub.fieldstats`). :func:`evaluate_bundles` ranks the live catalogue's parts for each photo with
+the active bundle and with a candidate bundle (verified, not installed), as a tablet ranks them (max over
+a part's image similarities), and reports top-1/top-5 with 95% Wilson intervals, the share the bundle's
+calibration accepts and their precision, and a paired comparison: photos only one of the two gets right,
+with the exact McNemar test on them.
+
+Photos approved into the catalogue are left out (they are catalogue images: scoring them would score a
+photo against itself), as are rejected uploads, photos still uploading, and photos of parts no longer
+in the catalogue; a photo confirmed twice counts once.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from edge_app import spotcheck
+from edge_app.errors import InputError, UsageError
+
+from .hub import EMBED_BATCH, Hub
+from .review import list_uploads
+from .uploads import blob_path
+
+log = logging.getLogger(__name__)
+
+
+def labelled_field_photos(hub: Hub, *, spot_checks_only: bool = False) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The confirmed field photos to score -> (photos ``{uuid, part_number, path, spot_check}``, what was left out)."""
+    live = {r["part_number"] for r in hub.store.live_images()}
+    in_catalogue = {c for r in list_uploads(hub, status="approved") if isinstance(r["payload"], dict)
+                    for c in [r["payload"].get("capture_id"), *(r["payload"].get("capture_ids") or [])[:1]]
+                    if isinstance(c, str)}
+    skipped = {"not_a_random_sample": 0, "still_uploading": 0, "part_not_in_catalogue": 0,
+               "in_catalogue_or_duplicate": 0}
+    photos, seen = [], set()
+    for row in list_uploads(hub, kind="feedback", status="new"):  # approved = a catalogue image; rejected = wrong
+        p = row["payload"] if isinstance(row["payload"], dict) else {}
+        pn, caps = p.get("part_number"), p.get("capture_ids")
+        first = caps[0] if isinstance(caps, list) and caps and isinstance(caps[0], str) else row["uuid"]
+        if p.get("verdict") != "correct" or not isinstance(pn, str) or row["blob_size"] is None:
+            continue  # "not this one", a malformed record, or no photo: nothing to score
+        if spot_checks_only and p.get("spot_check") is not True:
+            skipped["not_a_random_sample"] += 1
+        elif not row["blob_complete"]:
+            skipped["still_uploading"] += 1
+        elif pn not in live:
+            skipped["part_not_in_catalogue"] += 1
+        elif first in in_catalogue or first in seen:
+            skipped["in_catalogue_or_duplicate"] += 1
+        else:
+            seen.add(first)
+            photos.append({"uuid": row["uuid"], "part_number": pn, "path": blob_path(hub, row["uuid"]),
+                           "spot_check": p.get("spot_check") is True})
+    return photos, skipped
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value: photos only A gets right vs only B (binomial, p = 1/2)."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return round(min(1.0, 2 * tail), 6)
+
+
+def _embed_photos(embedder: Any, paths: Sequence[Path]) -> np.ndarray:
+    from edge_app.imageio import load_image
+
+    draft = getattr(embedder, "draft_size", None)
+    out = []
+    for i in range(0, len(paths), EMBED_BATCH):
+        out.append(np.asarray(embedder([load_image(p, draft_size=draft) for p in paths[i:i + EMBED_BATCH]]),
+                              np.float32))
+    return np.concatenate(out)
+
+
+def _catalogue(hub: Hub, bundle_id: str, embedder: Any | None) -> tuple[np.ndarray, list[str]]:
+    """Live catalogue vectors of a bundle and their part numbers: the active bundle's as stored (what tablets
+    hold), another bundle's embedded now exactly as ``set-bundle`` would."""
+    if embedder is None:
+        per_part = hub.store.part_embeddings(bundle_id)
+        parts = [pn for pn, v in per_part.items() for _ in range(len(v))]
+        return (np.concatenate(list(per_part.values())) if per_part else np.zeros((0, 1), np.float32)), parts
+    rows = [r for r in hub.store.live_images() if hub.store.part(r["part_number"]) is not None]
+    return hub.embed_rows(rows, embedder), [r["part_number"] for r in rows]
+
+
+def _score(bundle_id: str, calibration: Mapping[str, Any] | None, cat: np.ndarray, cat_parts: list[str],
+           queries: np.ndarray, truth: list[str]) -> tuple[dict[str, Any], np.ndarray]:
+    from edge_app.runtime.calibration import Calibration
+    from export.calibrate import part_scores
+
+    if not cat_parts:
+        raise InputError(f"bundle {bundle_id}: no catalogue vectors to search")
+    names, scores = part_scores(queries, cat, cat_parts)
+    order = np.argsort(-scores, axis=1)
+    ranked = [[names[j] for j in row[:spotcheck.TOP_K]] for row in order]
+    right = np.array([r[0] == t for r, t in zip(ranked, truth)])
+    top5 = np.array([t in r for r, t in zip(ranked, truth)])
+    n = len(truth)
+    out: dict[str, Any] = {"bundle_id": bundle_id, "photos": n,
+                           "top1": round(float(right.mean()), 4), "top1_ci95": spotcheck.wilson(int(right.sum()), n),
+                           "top5": round(float(top5.mean()), 4), "top5_ci95": spotcheck.wilson(int(top5.sum()), n)}
+    if calibration:
+        cal = Calibration.from_dict(calibration, f"bundle {bundle_id} calibration")
+        top = scores[np.arange(n), order[:, 0]]
+        second = scores[np.arange(n), order[:, 1]] if scores.shape[1] > 1 else np.full(n, np.nan)
+        accepted = cal.confidence(top, second) >= cal.threshold
+        out["accepted"] = round(float(accepted.mean()), 4)
+        out["precision_when_accepted"] = round(float(right[accepted].mean()), 4) if accepted.any() else None
+        out["precision_when_accepted_ci95"] = spotcheck.wilson(int(right[accepted].sum()), int(accepted.sum()))
+    return out, right
+
+
+def evaluate_bundles(hub: Hub, candidate: str | os.PathLike[str] | None = None, *,
+                     spot_checks_only: bool = False) -> dict[str, Any]:
+    """Score the active bundle (and ``candidate``, a bundle folder verified with the hub's keyring but not
+    installed) on the hub's labelled field photos; see the module docstring. Nothing on the hub changes."""
+    from edge_app.bundle import load_bundle
+
+    active = hub.bundle_id
+    if active is None:
+        raise UsageError("the hub has no active bundle yet (`partlens hub set-bundle`)")
+    photos, skipped = labelled_field_photos(hub, spot_checks_only=spot_checks_only)
+    if not photos:
+        raise InputError("no labelled field photos on the hub yet: tablets upload them with 'this is the part' "
+                         "and spot-check answers" + (" (only spot-check photos were asked for)" if spot_checks_only
+                                                     else ""))
+    truth = [p["part_number"] for p in photos]
+    paths = [p["path"] for p in photos]
+    # (bundle, embedder for photos, embedder for the catalogue: None = the vectors the hub stores for tablets)
+    bundles = [(load_bundle(hub.bundle_dir(active), hub.keyring), hub.embedder(), None)]
+    if candidate is not None:
+        cand = load_bundle(candidate, hub.keyring)  # IntegrityError for a tampered or foreign bundle
+        if cand.bundle_id == active:
+            raise UsageError(f"{candidate} is the active bundle {active}")
+        emb = hub.embedder_factory(Path(cand.root), hub.keyring)
+        bundles.append((cand, emb, emb))
+    results, rights = [], []
+    for bundle, embedder, catalogue_embedder in bundles:
+        log.info("scoring %d field photos with bundle %s", len(photos), bundle.bundle_id)
+        cat, cat_parts = _catalogue(hub, bundle.bundle_id, catalogue_embedder)
+        res, right = _score(bundle.bundle_id, bundle.manifest.get("calibration"), cat, cat_parts,
+                            _embed_photos(embedder, paths), truth)
+        res["active"] = bundle.bundle_id == active
+        results.append(res)
+        rights.append(right)
+    out: dict[str, Any] = {"photos": len(photos), "spot_check_photos": sum(p["spot_check"] for p in photos),
+                           "spot_checks_only": spot_checks_only, "left_out": skipped, "bundles": results,
+                           "note": "spot-check photos are a random sample of identifications; other confirmations "
+                                   "are photos engineers chose to confirm"}
+    if len(rights) == 2:
+        a, b = rights
+        only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+        out["paired"] = {"both_right": int((a & b).sum()), "both_wrong": int((~a & ~b).sum()),
+                         "only_active_right": only_a, "only_candidate_right": only_b,
+                         "mcnemar_p": mcnemar_p(only_a, only_b)}
+    return out

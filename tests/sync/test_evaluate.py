@@ -1,0 +1,107 @@
+"""``partlens hub evaluate-bundle``: the active and a candidate bundle scored on the hub's labelled field photos."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_app.errors import InputError, IntegrityError, UsageError
+
+from .helpers import embedder_factory, make_bundle, part_image, upload_items
+
+
+def _confirm(part: str, photo: bytes, capture: str, *, spot: bool = False, verdict: str = "correct") -> tuple:
+    payload = {"part_number": part, "verdict": verdict, "capture_ids": [capture], "candidates": [],
+               "bundle_id": "x", "site": "site_a"}
+    if spot:
+        payload["spot_check"] = True
+    return ("feedback", payload, photo)
+
+
+def _reference_top1(embedder, photos: list[tuple[bytes, str]]) -> list[bool]:
+    """Rank the hub's three catalogue parts for each photo by brute force (max image similarity per part)."""
+    cat = embedder([Image.open(io.BytesIO(part_image(i))) for i in range(3)])
+    q = embedder([Image.open(io.BytesIO(b)) for b, _ in photos])
+    best = np.argmax(q @ cat.T, axis=1)
+    return [f"P{int(j)}" == truth for j, (_, truth) in zip(best, photos)]
+
+
+def test_evaluate_active_and_candidate_on_field_photos(world, capsys, monkeypatch) -> None:
+    from edge_app.cli import main
+    from sync.hub.evaluate import evaluate_bundles, mcnemar_p
+
+    with pytest.raises(InputError, match="no labelled field photos"):
+        evaluate_bundles(world.hub)
+    cand_dir = make_bundle(world.root / "export", world.export_key, 2)
+    models = (world.hub.embedder(), embedder_factory(cand_dir, world.hub.keyring))
+    # a photo half one part, half another, where the two models disagree: labelled as the active one answers
+    a0, a1 = (np.asarray(Image.open(io.BytesIO(part_image(i))), np.float32) for i in (0, 1))
+    for w in np.linspace(0.3, 0.7, 81):
+        buf = io.BytesIO()
+        Image.fromarray((a0 * w + a1 * (1 - w)).astype(np.uint8)).save(buf, "JPEG")
+        answers = [_reference_top1(m, [(buf.getvalue(), "P0")])[0] for m in models]
+        if answers[0] != answers[1]:
+            break
+    else:
+        pytest.fail("no blend where the two test models disagree")
+    split = (buf.getvalue(), "P0" if answers[0] else "P1")
+    scored = [(part_image(0, noise=20), "P0"), (part_image(1, noise=40), "P1"), (part_image(2, noise=60), "P2"),
+              (part_image(0, noise=10), "P1"),  # mislabelled by the engineer: every model is "wrong" on it
+              split, (part_image(2, noise=5), "P2")]
+    upload_items(world, [
+        *[_confirm(pn, photo, f"c{i}", spot=i < 3) for i, (photo, pn) in enumerate(scored)],
+        _confirm("P0", part_image(0, noise=20), "c0"),                    # the same photo confirmed again
+        _confirm("P2", part_image(2), "c9", verdict="wrong"),             # "not this one": nothing to score
+        _confirm("GONE-1", part_image(5), "c10"),                         # a part no longer in the catalogue
+    ])
+    version, active = world.hub.store.version(), world.hub.bundle_id
+    r = evaluate_bundles(world.hub)
+    (only,) = r["bundles"]
+    expected = _reference_top1(world.hub.embedder(), scored)
+    assert r["photos"] == 6 and r["spot_check_photos"] == 3 and only["bundle_id"] == active and only["active"]
+    assert only["top1"] == round(sum(expected) / 6, 4) and only["top1_ci95"][0] < only["top1"] < only["top1_ci95"][1]
+    assert not expected[3] and only["top5"] == 1.0  # three parts: every answer is in the top five
+    assert r["left_out"] == {"not_a_random_sample": 0, "still_uploading": 0, "part_not_in_catalogue": 1,
+                             "in_catalogue_or_duplicate": 1}
+
+    r2 = evaluate_bundles(world.hub, cand_dir)
+    a, c = r2["bundles"]
+    assert a == only and not c["active"] and c["bundle_id"] != active
+    cand_expected = _reference_top1(embedder_factory(cand_dir, world.hub.keyring), scored)
+    assert c["top1"] == round(sum(cand_expected) / 6, 4)
+    pair = r2["paired"]
+    assert pair["only_active_right"] == sum(x and not y for x, y in zip(expected, cand_expected))
+    assert pair["only_candidate_right"] == sum(y and not x for x, y in zip(expected, cand_expected))
+    assert sum(v for k, v in pair.items() if k != "mcnemar_p") == 6 and pair["only_active_right"] == 1
+    assert pair["mcnemar_p"] == mcnemar_p(pair["only_active_right"], pair["only_candidate_right"])
+    # nothing on the hub changed: same bundle, same catalogue version, the candidate not installed
+    assert world.hub.bundle_id == active and world.hub.store.version() == version
+    assert not world.hub.bundle_dir(c["bundle_id"]).exists()
+
+    spot = evaluate_bundles(world.hub, spot_checks_only=True)
+    assert spot["photos"] == 3 and spot["left_out"]["not_a_random_sample"] == 5  # checked first
+    assert spot["bundles"][0]["top1"] == round(sum(expected[:3]) / 3, 4)
+
+    # the CLI prints the same JSON (its hub runs the test embedder); a tampered candidate is refused before scoring
+    monkeypatch.setattr("sync.hub.hub.bundle_embedder", embedder_factory)
+    assert main(["hub", "evaluate-bundle", "--hub", str(world.hub.root), str(cand_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["paired"] == pair
+    bad = world.root / "tampered"
+    shutil.copytree(cand_dir, bad)
+    (bad / "model.tflite").write_bytes(b"another model")
+    with pytest.raises(IntegrityError):
+        evaluate_bundles(world.hub, bad)
+    with pytest.raises(UsageError, match="is the active bundle"):
+        evaluate_bundles(world.hub, world.hub.bundle_dir(active))
+
+
+def test_mcnemar_exact_p_values() -> None:
+    from sync.hub.evaluate import mcnemar_p
+
+    assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(3, 3) == 1.0
+    assert mcnemar_p(5, 0) == 0.0625 and mcnemar_p(0, 5) == 0.0625  # 2 * (1/2)^5
+    assert mcnemar_p(10, 2) == pytest.approx(2 * 79 / 4096, abs=1e-6)  # 2 * P(X <= 2), X ~ Bin(12, 1/2)
