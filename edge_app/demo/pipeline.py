@@ -330,12 +330,20 @@ class DemoRun:
             services.close()
         up = self.client.sync()
         stats = field_stats(self.hub, bundle_id=self.hub.bundle_id)
+        from sync.hub.evaluate import evaluate_bundles
+
+        # the hub scores its bundle on the photos that came up, as `hub evaluate-bundle` does before a new one
+        hub_eval = evaluate_bundles(self.hub)
         self.report["field_stats"] = {"uploaded": up.uploaded, "sync_seconds": round(up.seconds, 2),
                                       **(stats["bundles"][0] if stats["bundles"] else {}),
                                       "spot_check_rate": stats["spot_check_rate"],
                                       "spot_check_direct_top1": round(sum(sampled) / len(sampled), 4) if sampled
                                       else None,
-                                      "missed_parts": stats["missed_parts"][:5]}
+                                      "missed_parts": stats["missed_parts"][:5],
+                                      "hub_evaluation": {"photos": hub_eval["photos"],
+                                                         **{k: hub_eval["bundles"][0][k] for k in (
+                                                             "top1", "top1_ci95", "top5", "accepted",
+                                                             "precision_when_accepted")}}}
         self._lap("field_feedback", t0)
 
     # 9 ---------------------------------------------------------------------------------------

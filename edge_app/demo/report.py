@@ -75,6 +75,13 @@ def markdown(r: dict[str, Any]) -> str:
                       f"identifications, no confident match {_pct(fs['no_confident_match'])}, confirmed top-1 "
                       f"{_pct(fs['confirmed_top1'])}, top-5 {_pct(fs['confirmed_top5'])}, precision when accepted "
                       f"{_pct(fs['precision_when_accepted'])}, median {_ms(fs['median_ms'])} ms on the tablet."]
+        ev = fs.get("hub_evaluation")
+        if ev:
+            lines += ["", f"`partlens hub evaluate-bundle` on those {ev['photos']} confirmed photos at the hub (the check "
+                          f"before a new bundle goes out): top-1 {_pct(ev['top1'])} (95% interval "
+                          f"{_pct(ev['top1_ci95'][0])}-{_pct(ev['top1_ci95'][1])}), top-5 {_pct(ev['top5'])}, "
+                          f"accepted {_pct(ev['accepted'])} at precision {_pct(ev['precision_when_accepted'])}; the "
+                          f"tablet's own top-1 on them: {_pct(fs['confirmed_top1'])}."]
         sc = fs.get("spot_checks") or {}
         if sc.get("answered"):
             ci = sc["top1_ci95"]

@@ -209,6 +209,11 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     assert sc["asked"] == sc["answered"] and sc["skipped"] == sc["unanswered"] == 0 and sc["answered"] >= 1
     assert sc["top1"] == pytest.approx(fs["spot_check_direct_top1"], abs=1e-4) and fs["spot_check_rate"] == 0.25
     assert "Spot checks (the hub asked for 1 identification in 4" in proc.stdout
+    # the hub scores its bundle on the confirmed photos as a tablet ranks (`hub evaluate-bundle`): it agrees with the
+    # tablet's own answers up to a photo or two (the uploaded photo is the tablet's re-encoded crop)
+    ev = fs["hub_evaluation"]
+    assert ev["photos"] == n_known and abs(ev["top1"] - fs["confirmed_top1"]) <= 2 / n_known + 1e-9
+    assert "`partlens hub evaluate-bundle` on those" in proc.stdout
     assert fs["confirmed_top1"] == pytest.approx(report["identify_known_after_sync"]["top1"], abs=1e-4)
     assert fs["confirmed_top5"] == pytest.approx(report["identify_known_after_sync"]["top5"], abs=1e-4)
     assert fs["no_confident_match"] == pytest.approx(report["identify_known_after_sync"]["no_confident_match"],
