@@ -61,6 +61,21 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def local_time(iso: str | None, tz: _dt.tzinfo | None = None) -> str:
+    """An ISO time with a zone (as the tablet records its own events, in UTC) as 'YYYY-MM-DD HH:MM' in the
+    tablet's time zone (``tz`` for tests): the engineer reads "last sync" on the local clock. Times the hub
+    wrote (stock "as of") are shown as the hub wrote them, labelled hub time, elsewhere."""
+    if not iso:
+        return "unknown"
+    try:
+        t = _dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if t.tzinfo is not None:
+        t = t.astimezone(tz)
+    return t.strftime("%Y-%m-%d %H:%M")
+
+
 def _latest(*stamps: str | None) -> str | None:
     """The latest of some ISO timestamps (None and unparsable ones ignored; naive ones taken as local)."""
     best: tuple[_dt.datetime, str] | None = None

@@ -456,3 +456,14 @@ def test_spot_check_answers_go_to_the_outbox_once(device, tmp_path) -> None:
     unpicked = replace(fb, spot_check=False, spot_check_done=False)
     with pytest.raises(UsageError, match="not picked"):
         device.answer_spot_check(unpicked, "BRG-1")
+
+
+def test_last_sync_is_shown_on_the_tablets_clock() -> None:
+    import datetime as dt
+
+    from edge_app.services import local_time
+
+    plus2 = dt.timezone(dt.timedelta(hours=2))
+    assert local_time("2026-12-06T23:56:10+00:00", plus2) == "2026-12-07 01:56"
+    assert local_time("2026-12-06T23:56:10", plus2) == "2026-12-06 23:56"  # no zone: shown as written
+    assert local_time(None) == "unknown" and local_time("garbled") == "garbled"

@@ -9,9 +9,9 @@ from kivy.clock import Clock
 from kivy.uix.screenmanager import Screen
 
 from ...errors import PartlensError
+from ...services import local_time
 from ...storage import mb
 from .. import android
-from .results import short_time
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class SyncStatusScreen(Screen):
             f"Hub: {st.hub or 'not enrolled'}" + (f" ({st.connection})" if st.connection else ""),
             f"Model bundle: {st.bundle_id or 'none'}" + (f" (version {st.bundle_version})" if st.bundle_version else ""),
             f"Catalogue version: {st.catalogue_version if st.catalogue_version is not None else 'none'}",
-            f"Last sync: {short_time(st.last_sync) if st.last_sync else 'never'}",
+            f"Last sync: {local_time(st.last_sync) if st.last_sync else 'never'}",
             f"Waiting to upload: {st.pending_uploads}",
         ]
         if st.free_bytes is not None:
