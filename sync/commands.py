@@ -248,7 +248,8 @@ def _review_export(args: argparse.Namespace) -> int:
 def _review_export_calibration(args: argparse.Namespace) -> int:
     from .hub.review import export_calibration
 
-    _out(export_calibration(_open_hub(args), args.out, reviewed_only=args.reviewed_only, link=args.link))
+    _out(export_calibration(_open_hub(args), args.out, reviewed_only=args.reviewed_only, link=args.link,
+                            spot_checks_only=args.spot_checks_only))
     return 0
 
 
@@ -468,6 +469,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="a new or empty folder")
     p.add_argument("--reviewed-only", action="store_true",
                    help="negatives only from unknown-part reports a reviewer confirmed (`review confirm-unknown`)")
+    p.add_argument("--spot-checks-only", action="store_true",
+                   help="positives only from spot-check answers (a random sample of identifications; other "
+                        "confirmations are the ones engineers chose to make)")
     p.add_argument("--link", action="store_true",
                    help="hard-link the hub's images and photos instead of copying them (no extra disk on the hub's "
                         "file system; copies elsewhere); never edit linked files in place")

@@ -120,6 +120,29 @@ def _bundle_stats(usage: list[Mapping[str, Any]], confirmed: list[Mapping[str, A
     return out
 
 
+def _validation_top1(hub: Hub, bundle_id: str) -> float | None:
+    """The top-1 the bundle's builder recorded (manifest ``accuracy``: ``val_top1`` or ``top1``), if any."""
+    row = hub.store.bundle(bundle_id)
+    acc = ((row or {}).get("manifest") or {}).get("accuracy") or {}
+    v = acc.get("val_top1", acc.get("top1")) if isinstance(acc, dict) else None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 else None
+
+
+def _field_vs_validation(hub: Hub, bundle_id: str, spot: Mapping[str, Any]) -> dict[str, Any]:
+    """The lab-to-field gap: the bundle's validation top-1 next to its spot-check top-1, and ``below`` when the
+    whole 95% interval of the field figure is under the validation one (the model does worse here than where it
+    was checked: other lighting, other parts, a catalogue that drifted)."""
+    val = _validation_top1(hub, bundle_id)
+    ci = spot.get("top1_ci95")
+    verdict = None
+    if val is not None and ci:
+        verdict = "below" if ci[1] < val else "above" if ci[0] > val else "consistent"
+    if verdict == "below":
+        log.warning("bundle %s: field top-1 from spot checks %s (95%% interval %s-%s) is below its validation "
+                    "top-1 %s", bundle_id, spot["top1"], ci[0], ci[1], val)
+    return {"validation_top1": val, "field_vs_validation": verdict}
+
+
 def _missed_parts(confirmed: Iterable[Mapping[str, Any]], limit: int = 10) -> list[dict[str, Any]]:
     """Confirmed parts the tablets most often did not rank first, with what they ranked first instead."""
     per: dict[str, dict[str, Any]] = {}
@@ -174,9 +197,10 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
         conf = [f for f in feedback if str(f.get("bundle_id")) == b and f.get("verdict") == "correct"]
         rej = [f for f in feedback if str(f.get("bundle_id")) == b and f.get("verdict") == "wrong"]
         used = [u for u in usage if str(u.get("bundle_id")) == b]
+        sc = _spot_check_stats(used, [s for s in spots if str(s.get("bundle_id")) == b])
         per_bundle.append({"bundle_id": b, "active": b == hub.bundle_id,
-                           **_bundle_stats(used, conf, rej, by_capture),
-                           "spot_checks": _spot_check_stats(used, [s for s in spots if str(s.get("bundle_id")) == b])})
+                           **_bundle_stats(used, conf, rej, by_capture), "spot_checks": sc,
+                           **_field_vs_validation(hub, b, sc)})
     confirmed = [f for f in feedback if f.get("verdict") == "correct"]
     return {"filters": {"bundle_id": bundle_id, "site": site, "received_since": since}, "bundles": per_bundle,
             "unknown_part_reports": len(unknown), "missed_parts": _missed_parts(confirmed),

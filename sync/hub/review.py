@@ -151,7 +151,7 @@ def _place(src: Path, dst: Path, link: bool) -> None:
 
 
 def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_only: bool = False,
-                       link: bool = False) -> dict[str, Any]:
+                       link: bool = False, spot_checks_only: bool = False) -> dict[str, Any]:
     """Write what ``partlens calibrate`` needs, from the hub's catalogue and device uploads.
 
     - ``catalogue/<part>/<image_id>.jpg``: every live catalogue image (what devices search);
@@ -165,13 +165,15 @@ def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_on
     ``out_dir`` must be new or empty (a stale photo would change the fit). Uploads whose photo has
     not finished uploading are left out and counted. ``link``: hard-link the hub's files instead of
     copying them (no extra disk for a large catalogue when ``out_dir`` is on the hub's file system;
-    copies elsewhere). Linked files ARE the hub's files: never edit them in place. Returns the counts.
+    copies elsewhere). Linked files ARE the hub's files: never edit them in place. ``spot_checks_only``:
+    positives only from spot-check answers (``spot_check: true``; a random sample of identifications, so the
+    calibration's confidence matches what tablets see, not what engineers chose to confirm). Returns the counts.
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} exists and is not an empty folder")
     counts = {"catalogue_images": 0, "catalogue_parts": 0, "positives": 0, "positive_parts": 0, "negatives": 0,
-              "negative_reports": 0, "incomplete_uploads_skipped": 0}
+              "negative_reports": 0, "incomplete_uploads_skipped": 0, "not_spot_checks_skipped": 0}
     images = [r for r in hub.store.live_images() if hub.store.part(r["part_number"]) is not None]
     for image in images:
         src = hub.image_path(image)
@@ -199,6 +201,9 @@ def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_on
         if (p.get("verdict") != "correct" or not isinstance(pn, str) or pn not in live
                 or (captures and captures[0] in in_catalogue) or not usable(row)):
             continue  # a device's malformed record is not a labelled photo either
+        if spot_checks_only and p.get("spot_check") is not True:
+            counts["not_spot_checks_skipped"] += 1
+            continue
         _place(blob_path(hub, row["uuid"]), out / "positives" / part_folder(pn) / f"{row['uuid']}.jpg", link)
         counts["positives"] += 1
         pos_parts.add(pn)

@@ -22,7 +22,7 @@ def test_export_calibration_writes_what_calibrate_reads(world, tmp_path: Path) -
     hub.add_part({"part_number": "DIN 934/M8", "name": "nut"}, images=[src])  # a part number with a slash
     ids = upload_items(world, [
         ("feedback", {"part_number": "P1", "verdict": "correct", "capture_ids": ["c1"]}, part_image(1, noise=20)),
-        ("feedback", {"part_number": "DIN 934/M8", "verdict": "correct", "capture_ids": ["c2"]},
+        ("feedback", {"part_number": "DIN 934/M8", "verdict": "correct", "capture_ids": ["c2"], "spot_check": True},
          part_image(7, noise=20)),
         ("feedback", {"part_number": "P2", "verdict": "wrong", "capture_ids": ["c3"]}, part_image(2, noise=20)),
         ("feedback", {"part_number": "P2", "verdict": "correct", "capture_ids": ["c4"]}, None),  # no photo
@@ -53,7 +53,12 @@ def test_export_calibration_writes_what_calibrate_reads(world, tmp_path: Path) -
     out = tmp_path / "cal"
     counts = export_calibration(hub, out)
     assert counts == {"catalogue_images": 7, "catalogue_parts": 5, "positives": 3, "positive_parts": 3,
-                      "negatives": 2, "negative_reports": 1, "incomplete_uploads_skipped": 0}
+                      "negatives": 2, "negative_reports": 1, "incomplete_uploads_skipped": 0,
+                      "not_spot_checks_skipped": 0}
+    # the random sample only: the spot-check answer's photo is the one positive left
+    spot = export_calibration(hub, tmp_path / "spot", spot_checks_only=True)
+    assert (spot["positives"], spot["not_spot_checks_skipped"], spot["negatives"]) == (1, 2, 2)
+    assert [p.name for p in (tmp_path / "spot" / "positives").iterdir()] == ["DIN 934%2FM8"]
     # the slash does not nest folders; readers give the part number back
     assert (out / "catalogue" / "DIN 934%2FM8").is_dir() and not (out / "catalogue" / "DIN 934").exists()
     catalogue = catalogue_from_dir(out / "catalogue")

@@ -101,6 +101,13 @@ def test_field_stats_spot_checks_with_intervals_non_response_and_pruning(world) 
     assert s["spot_check_rate"] == world.hub.policy()["spot_check_rate"] and "random sample" in s["note"]
     # the biased figures are unchanged by spot checks (no confirmations here)
     assert row["confirmed"] == 0 and row["confirmed_top1"] is None
+    # the lab-to-field gap: the bundle records no validation top-1 here, then one above, inside, below the interval
+    assert (row["validation_top1"], row["field_vs_validation"]) == (None, None)
+    for val, verdict in ((0.95, "below"), (0.5, "consistent"), (0.05, "above")):
+        world.hub.store._db().conn.execute(
+            "UPDATE bundles SET manifest=json_set(manifest, '$.accuracy.val_top1', ?) WHERE bundle_id=?", (val, b))
+        got = field_stats(world.hub)["bundles"][0]
+        assert (got["validation_top1"], got["field_vs_validation"]) == (val, verdict)
 
     # pruning old usage events keeps the spot-check answers (few, and the only unbiased sample)
     world.hub.store._db().conn.execute("UPDATE uploads SET received_at='2020-01-01T00:00:00+00:00'")
