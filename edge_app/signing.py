@@ -3,7 +3,10 @@
 A device pins a *keyring*: a set of trusted public keys, each named by its ``key_id``
 (the first 16 hex digits of the sha256 of the raw public key). A signed document names
 the ``key_id`` that signed it; an unknown key is refused like a bad signature.
-Private keys live outside the repository (``partlens keys init``).
+Private keys live outside the repository (``partlens keys init``). A key file can be protected by a
+passphrase (``keys init --protect``, ``keys protect``): the private key is then stored only as an encrypted
+PKCS#8 PEM, and every command that signs reads the passphrase from ``PARTLENS_KEY_PASSPHRASE`` (an unattended
+hub gets it from its service's environment; it never goes on a command line).
 """
 from __future__ import annotations
 
@@ -22,6 +25,14 @@ from .errors import IntegrityError, UsageError
 log = logging.getLogger(__name__)
 
 DEFAULT_KEY_DIR = Path(os.environ.get("PARTLENS_KEY_DIR", Path.home() / ".config" / "partlens" / "keys"))
+#: environment variable holding the passphrase of protected private key files
+PASSPHRASE_ENV = "PARTLENS_KEY_PASSPHRASE"
+
+
+def env_passphrase() -> bytes | None:
+    """The passphrase from :data:`PASSPHRASE_ENV`, if set and not empty."""
+    value = os.environ.get(PASSPHRASE_ENV)
+    return value.encode() if value else None
 
 
 def key_id_for(public_raw: bytes) -> str:
@@ -60,17 +71,52 @@ class SigningKey:
         return cls(priv.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "SigningKey":
+    def load(cls, path: str | os.PathLike[str], passphrase: bytes | None = None) -> "SigningKey":
+        """Read a key file; a protected one needs ``passphrase`` (else :data:`PASSPHRASE_ENV`)."""
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"{path}: no such private key file (make one with `partlens keys init`)")
         try:
-            raw = base64.b64decode(json.loads(path.read_text())["private_key"])
-        except (ValueError, KeyError) as exc:
+            doc = json.loads(path.read_text())
+            if "encrypted_private_key" in doc:
+                key = cls._decrypt(path, doc["encrypted_private_key"], passphrase or env_passphrase())
+                if key.key_id != doc.get("key_id"):
+                    raise IntegrityError(f"{path}: the key inside is {key.key_id}, the file says {doc.get('key_id')}")
+                return key
+            raw = base64.b64decode(doc["private_key"])
+        except (ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{path}: not a partlens private key file ({exc})") from None
         if len(raw) != 32:
             raise UsageError(f"{path}: private key must be 32 bytes, got {len(raw)}")
         return cls(raw)
+
+    @classmethod
+    def _decrypt(cls, path: Path, pem: str, passphrase: bytes | None) -> "SigningKey":
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption, PrivateFormat,
+                                                                  load_pem_private_key)
+
+        if not passphrase:
+            raise UsageError(f"{path} is protected by a passphrase: set {PASSPHRASE_ENV}")
+        try:
+            priv = load_pem_private_key(pem.encode(), password=passphrase)
+        except (ValueError, TypeError):
+            raise UsageError(f"{path}: wrong passphrase (from {PASSPHRASE_ENV}), or a damaged key file") from None
+        if not isinstance(priv, Ed25519PrivateKey):
+            raise UsageError(f"{path}: not an Ed25519 key")
+        return cls(priv.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+
+    def file_doc(self, passphrase: bytes | None = None) -> dict[str, str]:
+        """The key file's JSON: the raw private key, or with ``passphrase`` only its encrypted PKCS#8 PEM."""
+        doc = {"key_id": self.key_id, "public_key": base64.b64encode(self.public_raw).decode()}
+        if not passphrase:
+            return {**doc, "private_key": base64.b64encode(self.private_raw).decode()}
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, Encoding, PrivateFormat
+
+        pem = Ed25519PrivateKey.from_private_bytes(self.private_raw).private_bytes(
+            Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(passphrase))
+        return {**doc, "encrypted_private_key": pem.decode()}
 
 
 class Keyring:
@@ -163,8 +209,10 @@ def _inside_git_repo(path: Path) -> Path | None:
     return None
 
 
-def init_key(key_dir: str | os.PathLike[str] | None = None, *, allow_in_repo: bool = False) -> tuple[Path, str]:
-    """Create a new private key file outside any git repository; return (path, key_id)."""
+def init_key(key_dir: str | os.PathLike[str] | None = None, *, allow_in_repo: bool = False,
+             passphrase: bytes | None = None) -> tuple[Path, str]:
+    """Create a new private key file outside any git repository (encrypted with ``passphrase`` if given);
+    return (path, key_id)."""
     key_dir = Path(key_dir) if key_dir else DEFAULT_KEY_DIR
     key_dir = key_dir.resolve()
     repo = _inside_git_repo(key_dir)
@@ -173,11 +221,33 @@ def init_key(key_dir: str | os.PathLike[str] | None = None, *, allow_in_repo: bo
     key = SigningKey.generate()
     path = key_dir / f"{key.key_id}.key"
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    doc = {"key_id": key.key_id, "private_key": base64.b64encode(key.private_raw).decode(),
-           "public_key": base64.b64encode(key.public_raw).decode()}
-    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode(), overwrite=False)
-    os.chmod(path, 0o600)
+    _write_key_file(path, key.file_doc(passphrase), overwrite=False)
     pub = Keyring({key.key_id: key.public_raw})
     pub.save(key_dir / f"{key.key_id}.pub.json")
     log.info("new signing key %s at %s", key.key_id, path)
     return path, key.key_id
+
+
+def _write_key_file(path: Path, doc: Mapping[str, str], *, overwrite: bool) -> None:
+    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode(), overwrite=overwrite)
+    os.chmod(path, 0o600)
+
+
+def protect_key(path: str | os.PathLike[str], passphrase: bytes) -> str:
+    """Encrypt an existing plain key file in place (same key id; written to a temporary file, then renamed, so
+    a crash leaves the old file or the new one). Returns the key id. Backups of the plain file stay plain."""
+    if not passphrase:
+        raise UsageError(f"no passphrase: set {PASSPHRASE_ENV}")
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such private key file")
+    try:
+        protected = "encrypted_private_key" in json.loads(path.read_text())
+    except ValueError as exc:
+        raise UsageError(f"{path}: not a partlens private key file ({exc})") from None
+    if protected:
+        raise UsageError(f"{path} is already protected by a passphrase")
+    key = SigningKey.load(path)
+    _write_key_file(path, key.file_doc(passphrase), overwrite=True)
+    log.info("key %s at %s is now protected by a passphrase", key.key_id, path)
+    return key.key_id

@@ -11,11 +11,41 @@ from pathlib import Path
 from edge_app.catalogue_views import DEFAULT_VIEWS, VIEW_SETS
 
 
+def _new_passphrase() -> bytes:
+    """The passphrase for protecting a key: ``PARTLENS_KEY_PASSPHRASE``, else asked twice on a terminal."""
+    import getpass
+
+    from edge_app.errors import UsageError
+    from edge_app.signing import PASSPHRASE_ENV, env_passphrase
+
+    env = env_passphrase()
+    if env:
+        return env
+    if not sys.stdin.isatty():
+        raise UsageError(f"set {PASSPHRASE_ENV} (no terminal to ask for a passphrase)")
+    first = getpass.getpass("passphrase for the key: ")
+    if len(first) < 8:
+        raise UsageError("passphrase too short (at least 8 characters)")
+    if getpass.getpass("again: ") != first:
+        raise UsageError("the two passphrases differ")
+    return first.encode()
+
+
 def _keys_init(args: argparse.Namespace) -> int:
     from edge_app.signing import init_key
 
-    path, kid = init_key(args.dir)
-    print(f"new signing key {kid}\n  private: {path}\n  public keyring: {path.with_name(kid + '.pub.json')}")
+    path, kid = init_key(args.dir, passphrase=_new_passphrase() if args.protect else None)
+    print(f"new signing key {kid}{' (passphrase-protected)' if args.protect else ''}\n  private: {path}\n"
+          f"  public keyring: {path.with_name(kid + '.pub.json')}")
+    return 0
+
+
+def _keys_protect(args: argparse.Namespace) -> int:
+    from edge_app.signing import protect_key
+
+    kid = protect_key(args.key_file, _new_passphrase())
+    print(f"key {kid} in {args.key_file} is now protected by a passphrase; commands that sign read it from "
+          "PARTLENS_KEY_PASSPHRASE (copies of the plain file made before are still plain: delete them)")
     return 0
 
 
@@ -166,7 +196,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     ki = ksub.add_parser("init", help="create a new Ed25519 signing key (outside any git repository)",
                          description="Create a private key file and its public keyring file.")
     ki.add_argument("--dir", help="key folder (default: $PARTLENS_KEY_DIR or ~/.config/partlens/keys)")
+    ki.add_argument("--protect", action="store_true",
+                    help="encrypt the private key with a passphrase ($PARTLENS_KEY_PASSPHRASE, else asked twice); "
+                         "every command that signs then needs $PARTLENS_KEY_PASSPHRASE")
     ki.set_defaults(func=_keys_init)
+    kp = ksub.add_parser("protect", help="encrypt an existing private key file with a passphrase (same key id)",
+                         description="Encrypt a plain private key file in place with a passphrase "
+                                     "($PARTLENS_KEY_PASSPHRASE, else asked twice on a terminal).")
+    kp.add_argument("key_file")
+    kp.set_defaults(func=_keys_protect)
 
     ex = sub.add_parser("export", help="export a checkpoint to ONNX/TFLite behind a parity gate",
                         description="Export a checkpoint to one format; the file is written only if it passes "

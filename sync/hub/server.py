@@ -181,6 +181,7 @@ def serve(hub_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 
     from .tls import CERT, KEY, ReloadingTLS, has_tls, tls_dir
 
     app = create_app(Path(hub_dir))
+    app.state.hub.key  # noqa: B018  a protected signing key without its passphrase: refuse to start, say why
     ssl_kw: dict[str, Any] = {}
     if has_tls(hub_dir) and not plain:  # a certificate activated later (`tls-rotate --activate`) is picked up live
         cert, key = tls_dir(hub_dir) / CERT, tls_dir(hub_dir) / KEY
