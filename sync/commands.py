@@ -100,7 +100,7 @@ def _status(args: argparse.Namespace) -> int:
 def _field_stats(args: argparse.Namespace) -> int:
     from .hub.fieldstats import field_stats
 
-    _out(field_stats(_open_hub(args), bundle_id=args.bundle, site=args.site, days=args.days))
+    _out(field_stats(_open_hub(args), bundle_id=args.bundle, site=args.site, days=args.days, weekly=args.weekly))
     return 0
 
 
@@ -356,6 +356,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", help="only this bundle id")
     p.add_argument("--site", help="only this site")
     p.add_argument("--days", type=float, help="only what the hub received in the last N days (default: all)")
+    p.add_argument("--weekly", action="store_true",
+                   help="also each bundle's figures per ISO week (no confident match, latency, spot-check top-1): "
+                        "drift shows as a trend")
     p = cmd("add-device", _add_device, "enrol a device: token + QR code (hub address, token, trusted keys)")
     p.add_argument("name")
     p.add_argument("--site", required=True)

@@ -159,13 +159,38 @@ def _missed_parts(confirmed: Iterable[Mapping[str, Any]], limit: int = 10) -> li
     return rows[:limit]
 
 
+def _week(stamp: Any) -> str | None:
+    """'2026-W49' (ISO week) of an ISO time, or None."""
+    try:
+        year, week, _ = _dt.datetime.fromisoformat(str(stamp)).isocalendar()
+    except ValueError:
+        return None
+    return f"{year}-W{week:02d}"
+
+
+def _weekly(used: list[Mapping[str, Any]], spots: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One bundle's figures per ISO week of the tablets' clocks: is "no confident match" creeping up (parts
+    the catalogue lacks, light, a drifting catalogue), is spot-check top-1 falling?"""
+    weeks = sorted({w for x in [*used, *spots] if (w := x.get("_week"))})
+    rows = []
+    for w in weeks:
+        u = [x for x in used if x.get("_week") == w]
+        sc = _spot_check_stats(u, [x for x in spots if x.get("_week") == w])
+        b = _bundle_stats(u, [], [], {})
+        rows.append({"week": w, "identifications": b["identifications"], "no_confident_match": b["no_confident_match"],
+                     "median_ms": b["median_ms"], "spot_checks_answered": sc["answered"], "spot_check_top1": sc["top1"],
+                     "spot_check_top1_ci95": sc["top1_ci95"]})
+    return rows
+
+
 def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = None,
-                days: float | None = None) -> dict[str, Any]:
+                days: float | None = None, weekly: bool = False) -> dict[str, Any]:
     """Per bundle: identifications, "no confident match" rate, latency on the tablets, and from the
     engineers' confirmations top-1/top-5 and precision of accepted answers; the parts most often
     missed (over every bundle kept by the filters); unknown-part reports. ``bundle_id`` / ``site``
     keep only those uploads; ``days`` only what the hub received in the last ``days`` days (a year
-    of usage events is millions of rows). Uploads with malformed fields are skipped and counted."""
+    of usage events is millions of rows); ``weekly`` adds each bundle's figures per ISO week (by the
+    tablets' clocks, else the hub's receipt time). Uploads with malformed fields are skipped and counted."""
     since = None if days is None else _received_since(days, "days")
 
     def keep(p: Mapping[str, Any], with_bundle: bool = True) -> bool:
@@ -184,7 +209,8 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
                 malformed += 1
             elif keep(p, with_bundle=kind != "unknown_part") and (kind != "usage" or p.get("event") in (
                     "identify", "spot_check")):
-                out.append(p)
+                out.append(dict(p, _week=_week(u.get("device_created_at")) or _week(u.get("received_at")))
+                           if weekly else p)
         return out
 
     events, feedback, unknown = payloads("usage"), payloads("feedback"), payloads("unknown_part")
@@ -201,6 +227,8 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
         per_bundle.append({"bundle_id": b, "active": b == hub.bundle_id,
                            **_bundle_stats(used, conf, rej, by_capture), "spot_checks": sc,
                            **_field_vs_validation(hub, b, sc)})
+        if weekly:
+            per_bundle[-1]["weekly"] = _weekly(used, [s for s in spots if str(s.get("bundle_id")) == b])
     confirmed = [f for f in feedback if f.get("verdict") == "correct"]
     return {"filters": {"bundle_id": bundle_id, "site": site, "received_since": since}, "bundles": per_bundle,
             "unknown_part_reports": len(unknown), "missed_parts": _missed_parts(confirmed),

@@ -107,3 +107,25 @@ def test_field_stats_skips_and_counts_malformed_uploads(world) -> None:
     assert s["malformed_uploads_skipped"] == 3
     (b,) = s["bundles"]
     assert (b["identifications"], b["confirmed"], b["confirmed_top1"], b["precision_when_accepted"]) == (1, 1, 1.0, 1.0)
+
+
+def test_field_stats_weekly_shows_a_trend(world, capsys) -> None:
+    """--weekly: each bundle's figures per ISO week of the tablets' clocks (drift shows as a trend)."""
+    from edge_app.cli import main
+    from sync.hub.fieldstats import field_stats
+
+    active = world.hub.bundle_id
+    upload_items(world, [_usage(active, "match", ["P1"], "c1", 10.0), _usage(active, "match", ["P1"], "c2", 12.0),
+                         _usage(active, "no_confident_match", ["P0"], "c3", 30.0),
+                         _usage(active, "no_confident_match", ["P0"], "c4", 50.0)])
+    conn = world.hub.store._db().conn
+    conn.execute("UPDATE uploads SET device_created_at='2026-11-23T08:00:00+00:00' WHERE payload LIKE '%\"c1\"%' "
+                 "OR payload LIKE '%\"c2\"%'")  # a Monday: ISO week 48
+    conn.execute("UPDATE uploads SET device_created_at='2026-12-03T08:00:00+00:00' WHERE payload LIKE '%\"c3\"%' "
+                 "OR payload LIKE '%\"c4\"%'")  # week 49
+    (b,) = field_stats(world.hub, weekly=True)["bundles"]
+    assert [(w["week"], w["identifications"], w["no_confident_match"], w["median_ms"]) for w in b["weekly"]] == [
+        ("2026-W48", 2, 0.0, 11.0), ("2026-W49", 2, 1.0, 40.0)]
+    assert b["identifications"] == 4 and "weekly" not in field_stats(world.hub)["bundles"][0]
+    assert main(["hub", "field-stats", "--hub", str(world.hub.root), "--weekly"]) == 0
+    assert [w["week"] for w in json.loads(capsys.readouterr().out)["bundles"][0]["weekly"]] == ["2026-W48", "2026-W49"]
