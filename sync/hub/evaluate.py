@@ -74,15 +74,30 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     return round(min(1.0, 2 * tail), 6)
 
 
-def _embed_photos(embedder: Any, paths: Sequence[Path]) -> np.ndarray:
+def _embed_photos(embedder: Any, paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Photo vectors and which photos decoded (a photo that does not decode is left out and counted, never the
+    end of the evaluation)."""
+    from edge_app.errors import ImageError
     from edge_app.imageio import load_image
 
     draft = getattr(embedder, "draft_size", None)
-    out = []
+    out, ok = [], []
     for i in range(0, len(paths), EMBED_BATCH):
-        out.append(np.asarray(embedder([load_image(p, draft_size=draft) for p in paths[i:i + EMBED_BATCH]]),
-                              np.float32))
-    return np.concatenate(out)
+        imgs = []
+        for path in paths[i:i + EMBED_BATCH]:
+            try:
+                imgs.append(load_image(path, draft_size=draft))
+                ok.append(True)
+            except ImageError as exc:
+                log.warning("field photo %s left out: %s", path.name, exc)
+                ok.append(False)
+        if imgs:
+            out.append(np.asarray(embedder(imgs), np.float32))
+    vecs = np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+    mask = np.array(ok, bool)
+    full = np.zeros((len(paths), vecs.shape[1]), np.float32)
+    full[mask] = vecs
+    return full, mask
 
 
 def _catalogue(hub: Hub, bundle_id: str, embedder: Any | None) -> tuple[np.ndarray, list[str]]:
@@ -147,16 +162,23 @@ def evaluate_bundles(hub: Hub, candidate: str | os.PathLike[str] | None = None, 
             raise UsageError(f"{candidate} is the active bundle {active}")
         emb = hub.embedder_factory(Path(cand.root), hub.keyring)
         bundles.append((cand, emb, emb))
+    embedded = [_embed_photos(embedder, paths) for _, embedder, _ in bundles]
+    readable = np.logical_and.reduce([ok for _, ok in embedded])  # both bundles score the same photos
+    skipped["unreadable"] = int((~readable).sum())
+    if not readable.any():
+        raise InputError("none of the labelled field photos on the hub decodes")
+    truth = [t for t, keep in zip(truth, readable) if keep]
     results, rights = [], []
-    for bundle, embedder, catalogue_embedder in bundles:
-        log.info("scoring %d field photos with bundle %s", len(photos), bundle.bundle_id)
+    for (bundle, _, catalogue_embedder), (vecs, _) in zip(bundles, embedded):
+        log.info("scoring %d field photos with bundle %s", len(truth), bundle.bundle_id)
         cat, cat_parts = _catalogue(hub, bundle.bundle_id, catalogue_embedder)
         res, right = _score(bundle.bundle_id, bundle.manifest.get("calibration"), cat, cat_parts,
-                            _embed_photos(embedder, paths), truth)
+                            vecs[readable], truth)
         res["active"] = bundle.bundle_id == active
         results.append(res)
         rights.append(right)
-    out: dict[str, Any] = {"photos": len(photos), "spot_check_photos": sum(p["spot_check"] for p in photos),
+    out: dict[str, Any] = {"photos": len(truth),
+                           "spot_check_photos": sum(p["spot_check"] for p, keep in zip(photos, readable) if keep),
                            "spot_checks_only": spot_checks_only, "left_out": skipped, "bundles": results,
                            "note": "spot-check photos are a random sample of identifications; other confirmations "
                                    "are photos engineers chose to confirm"}

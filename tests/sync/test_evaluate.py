@@ -57,6 +57,7 @@ def test_evaluate_active_and_candidate_on_field_photos(world, capsys, monkeypatc
         _confirm("P0", part_image(0, noise=20), "c0"),                    # the same photo confirmed again
         _confirm("P2", part_image(2), "c9", verdict="wrong"),             # "not this one": nothing to score
         _confirm("GONE-1", part_image(5), "c10"),                         # a part no longer in the catalogue
+        _confirm("P1", b"not a photo at all", "c11"),                     # does not decode: left out, counted
     ])
     version, active = world.hub.store.version(), world.hub.bundle_id
     r = evaluate_bundles(world.hub)
@@ -66,7 +67,7 @@ def test_evaluate_active_and_candidate_on_field_photos(world, capsys, monkeypatc
     assert only["top1"] == round(sum(expected) / 6, 4) and only["top1_ci95"][0] < only["top1"] < only["top1_ci95"][1]
     assert not expected[3] and only["top5"] == 1.0  # three parts: every answer is in the top five
     assert r["left_out"] == {"not_a_random_sample": 0, "still_uploading": 0, "part_not_in_catalogue": 1,
-                             "in_catalogue_or_duplicate": 1}
+                             "in_catalogue_or_duplicate": 1, "unreadable": 1}
 
     r2 = evaluate_bundles(world.hub, cand_dir)
     a, c = r2["bundles"]
@@ -83,7 +84,7 @@ def test_evaluate_active_and_candidate_on_field_photos(world, capsys, monkeypatc
     assert not world.hub.bundle_dir(c["bundle_id"]).exists()
 
     spot = evaluate_bundles(world.hub, spot_checks_only=True)
-    assert spot["photos"] == 3 and spot["left_out"]["not_a_random_sample"] == 5  # checked first
+    assert spot["photos"] == 3 and spot["left_out"]["not_a_random_sample"] == 6  # checked first
     assert spot["bundles"][0]["top1"] == round(sum(expected[:3]) / 3, 4)
 
     # the CLI prints the same JSON (its hub runs the test embedder); a tampered candidate is refused before scoring
