@@ -1,0 +1,125 @@
+"""The tablet app on the REAL device services (catalogue, outbox, identifier on a tiny signed ONNX bundle), driven
+with simulated touches offscreen: what ``ui_flow.py`` checks on the drawn preview catalogue, checked here where the
+screens meet the real runtime (a bug class the preview cannot show: it was a real-services screenshot that showed
+"Last sync: never" on a synced tablet).
+
+Not collected directly: ``test_app_ui.py`` runs it in a fresh process (tablet profile), like ``ui_flow.py``.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.edge_app.ui_flow import (PROFILE, accessibility_problems, pick, pump, status_fits, tap,  # noqa: E402
+                                    wait_for, walk)
+
+pytestmark = pytest.mark.ui
+N_PARTS = 8
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    from edge_app.app.main import PartlensApp
+    from edge_app.runtime.catalogue import CatalogueDB
+    from edge_app.runtime.importer import import_catalogue
+    from edge_app.services import DeviceServices
+    from tests.edge_app import synthetic as syn
+
+    base = tmp_path_factory.mktemp("real")
+    cat = syn.write_catalogue(base / "gen", N_PARTS)
+    model = syn.make_onnx_model(base / "model.onnx", N_PARTS)
+    key, keyring = syn.make_keys()
+    keyring.save(base / "keyring.json")
+    bundle = syn.build_test_bundle(base / "bundles", model, cat, key, version=1)
+    device = base / "device"
+    with CatalogueDB(device / "catalogue.db") as db:
+        with db.transaction():
+            db.set_meta("site", "site_a")
+        import_catalogue(db, cat.parts_csv, cat.images_csv)
+    # enrolled; the hub's policy (as the last sync brought it) asks a spot check for every identification
+    (device / "device.json").write_text(json.dumps({"hub": "http://127.0.0.1:9", "token": "t", "device": "tab-1",
+                                                    "site": "site_a", "policy": {"spot_check_rate": 1.0}}))
+    photos = base / "photos"
+    photos.mkdir()
+    field = syn.field_images(cat)
+    shutil.copy(field["P0003"][0], photos / "P0003.jpg")
+    services = DeviceServices(device, site="site_a", bundle_dir=bundle, keyring=base / "keyring.json",
+                              backend="onnx", spot_rng=random.Random(0))
+    app = PartlensApp(services)
+    app._run_prepare()
+    app.screen("identify").start_folder = str(photos)
+    pump(25)
+    yield {"app": app, "services": services, "device": device}
+    app.stop()
+    services.close()
+
+
+def _pending(services) -> list[dict]:
+    return services.outbox.pending()
+
+
+def test_identify_spot_check_and_feedback_reach_the_real_outbox(real) -> None:
+    from kivy.uix.button import Button
+    from kivy.uix.label import Label
+
+    assert PROFILE.name == "tablet"
+    app, services = real["app"], real["services"]
+    pick(app, "P0003.jpg")
+    tap(app.screen("identify").ids.identify_btn)
+    wait_for(lambda: not app.busy)
+    assert app.sm.current == "results" and app.outcome is not None
+    res = app.screen("results")
+    cards = [w for w in walk(res.ids.grid) if w.__class__.__name__ == "MatchCard"][::-1]
+    assert cards and cards[0].part_number == "P0003"  # the real identifier ranked the photographed part first
+    texts = [w.text for w in walk(cards[0]) if isinstance(w, Label)]
+    assert any("Stock at site_a: 0" in t for t in texts) and any("Bin: A-03" in t for t in texts)
+    assert status_fits(app) and accessibility_problems(app.root) == []
+
+    # every identification is picked at this rate: the question is on screen, the identify event says so
+    (ident,) = [r["payload"] for r in _pending(services) if r["payload"].get("event") == "identify"]
+    assert ident["spot_check"] is True and ident["identification_id"] == app.outcome.identification_id
+    assert res.ids.spot_check.opacity == 1
+    answer = next(b for b in walk(res.ids.spot_buttons) if isinstance(b, Button) and b.text.startswith("P0003\n"))
+    tap(answer)
+    kinds = [(r["kind"], r["payload"].get("event"), r["payload"].get("spot_check")) for r in _pending(services)]
+    assert kinds == [("usage", "identify", True), ("usage", "spot_check", None), ("feedback", None, True)]
+    spot, fb = _pending(services)[1:]
+    assert spot["payload"]["answer"] == "P0003" and spot["payload"]["top"][0] == "P0003"
+    assert fb["payload"]["part_number"] == "P0003" and Path(fb["blob_path"]).is_file()
+    assert res.ids.spot_check.opacity == 0 and services.pending_uploads() == 1  # the photo waits; events do not
+
+    # a restart keeps the answered state: no second question, nothing queued twice
+    assert app.on_pause() is True
+    app.outcome = None
+    app.on_resume()
+    pump(10)
+    assert app.outcome.spot_check_done and res.ids.spot_check.opacity == 0
+    assert len(_pending(services)) == 3
+
+    # part detail on the real catalogue; "this is the part" again is a plain confirmation
+    tap(cards[0])
+    det = app.screen("part_detail")
+    assert app.sm.current == "part_detail" and len(det.ids.inventory.children) == 2
+    tap(det.ids.correct_btn)
+    assert [r["kind"] for r in _pending(services)][-1] == "feedback" and len(_pending(services)) == 4
+    assert accessibility_problems(app.root) == []
+
+
+def test_catalogue_and_sync_screens_on_real_services(real) -> None:
+    app, services = real["app"], real["services"]
+    app.go("catalogue")
+    pump(25)
+    cat = app.screen("catalogue")
+    cat.ids.query.text = "gear"
+    tap(cat.ids.search_btn)
+    assert sorted(b.part_number for b in cat.ids.list.children) == ["P0000", "P0002", "P0004", "P0006"]
+    tap(app.nav_buttons["sync_status"])
+    scr = app.screen("sync_status")
+    text = scr.ids.status.text
+    assert "Hub: http://127.0.0.1:9" in text and "Last sync: never" in text
+    assert f"Waiting to upload: {services.pending_uploads()}" in text and "Storage free:" in text
+    assert accessibility_problems(app.root) == [] and status_fits(app)
