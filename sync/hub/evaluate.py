@@ -8,7 +8,9 @@ flagged ``spot_check``: a random sample; the other confirmations are not, see
 the active bundle and with a candidate bundle (verified, not installed), as a tablet ranks them (max over
 a part's image similarities), and reports top-1/top-5 with 95% Wilson intervals, the share the bundle's
 calibration accepts and their precision, and a paired comparison: photos only one of the two gets right,
-with the exact McNemar test on them.
+with the exact McNemar test on them. The first photo of each open or confirmed unknown-part report is a part
+the catalogue lacks: for those, the share the calibration accepts (it should not) and the AUROC of its
+confidence, known against unknown.
 
 Photos approved into the catalogue are left out (they are catalogue images: scoring them would score a
 photo against itself), as are rejected uploads, photos still uploading, and photos of parts no longer
@@ -64,6 +66,15 @@ def labelled_field_photos(hub: Hub, *, spot_checks_only: bool = False) -> tuple[
     return photos, skipped
 
 
+def unknown_part_photos(hub: Hub) -> list[dict[str, Any]]:
+    """The first photo of each open or confirmed unknown-part report (not made into a part, not rejected): parts
+    the catalogue does not hold, which a good bundle's calibration does not accept."""
+    rows = [*list_uploads(hub, kind="unknown_part", status="new"), *list_uploads(hub, kind="unknown_part",
+                                                                                 status="approved")]
+    return [{"uuid": r["uuid"], "path": blob_path(hub, r["uuid"])} for r in rows
+            if r["blob_size"] is not None and r["blob_complete"]]
+
+
 def mcnemar_p(only_a: int, only_b: int) -> float:
     """Exact two-sided McNemar p-value: photos only A gets right vs only B (binomial, p = 1/2)."""
     n = only_a + only_b
@@ -112,8 +123,10 @@ def _catalogue(hub: Hub, bundle_id: str, embedder: Any | None) -> tuple[np.ndarr
 
 
 def _score(bundle_id: str, calibration: Mapping[str, Any] | None, cat: np.ndarray, cat_parts: list[str],
-           queries: np.ndarray, truth: list[str]) -> tuple[dict[str, Any], np.ndarray]:
-    from edge_app.runtime.calibration import Calibration
+           queries: np.ndarray, truth: list[str | None]) -> tuple[dict[str, Any], np.ndarray]:
+    """Rank parts for each photo; ``truth`` None marks a photo of a part outside the catalogue. Returns the figures
+    and, for the catalogue-part photos, whether the top part was right."""
+    from edge_app.runtime import calibration as C
     from export.calibrate import part_scores
 
     if not cat_parts:
@@ -121,21 +134,31 @@ def _score(bundle_id: str, calibration: Mapping[str, Any] | None, cat: np.ndarra
     names, scores = part_scores(queries, cat, cat_parts)
     order = np.argsort(-scores, axis=1)
     ranked = [[names[j] for j in row[:spotcheck.TOP_K]] for row in order]
+    known = np.array([t is not None for t in truth])
     right = np.array([r[0] == t for r, t in zip(ranked, truth)])
     top5 = np.array([t in r for r, t in zip(ranked, truth)])
-    n = len(truth)
+    n = int(known.sum())
     out: dict[str, Any] = {"bundle_id": bundle_id, "photos": n,
-                           "top1": round(float(right.mean()), 4), "top1_ci95": spotcheck.wilson(int(right.sum()), n),
-                           "top5": round(float(top5.mean()), 4), "top5_ci95": spotcheck.wilson(int(top5.sum()), n)}
+                           "top1": round(float(right[known].mean()), 4),
+                           "top1_ci95": spotcheck.wilson(int(right[known].sum()), n),
+                           "top5": round(float(top5[known].mean()), 4),
+                           "top5_ci95": spotcheck.wilson(int(top5[known].sum()), n),
+                           "unknown_part_photos": int((~known).sum())}
     if calibration:
-        cal = Calibration.from_dict(calibration, f"bundle {bundle_id} calibration")
-        top = scores[np.arange(n), order[:, 0]]
-        second = scores[np.arange(n), order[:, 1]] if scores.shape[1] > 1 else np.full(n, np.nan)
-        accepted = cal.confidence(top, second) >= cal.threshold
-        out["accepted"] = round(float(accepted.mean()), 4)
-        out["precision_when_accepted"] = round(float(right[accepted].mean()), 4) if accepted.any() else None
-        out["precision_when_accepted_ci95"] = spotcheck.wilson(int(right[accepted].sum()), int(accepted.sum()))
-    return out, right
+        cal = C.Calibration.from_dict(calibration, f"bundle {bundle_id} calibration")
+        rows = np.arange(len(truth))
+        top = scores[rows, order[:, 0]]
+        second = scores[rows, order[:, 1]] if scores.shape[1] > 1 else np.full(len(truth), np.nan)
+        confidence = cal.confidence(top, second)
+        accepted = confidence >= cal.threshold
+        ok = accepted & known
+        out["accepted"] = round(float(accepted[known].mean()), 4)
+        out["precision_when_accepted"] = round(float(right[ok].mean()), 4) if ok.any() else None
+        out["precision_when_accepted_ci95"] = spotcheck.wilson(int(right[ok].sum()), int(ok.sum()))
+        if (~known).any():  # "no confident match" for parts the catalogue lacks
+            out["unknown_accepted"] = round(float(accepted[~known].mean()), 4)
+            out["auroc_known_vs_unknown"] = round(float(C.auroc(confidence, known)), 4)
+    return out, right[known]
 
 
 def evaluate_bundles(hub: Hub, candidate: str | os.PathLike[str] | None = None, *,
@@ -152,8 +175,9 @@ def evaluate_bundles(hub: Hub, candidate: str | os.PathLike[str] | None = None, 
         raise InputError("no labelled field photos on the hub yet: tablets upload them with 'this is the part' "
                          "and spot-check answers" + (" (only spot-check photos were asked for)" if spot_checks_only
                                                      else ""))
-    truth = [p["part_number"] for p in photos]
-    paths = [p["path"] for p in photos]
+    unknown = unknown_part_photos(hub)
+    truth: list[str | None] = [*(p["part_number"] for p in photos), *(None for _ in unknown)]
+    paths = [*(p["path"] for p in photos), *(u["path"] for u in unknown)]
     # (bundle, embedder for photos, embedder for the catalogue: None = the vectors the hub stores for tablets)
     bundles = [(load_bundle(hub.bundle_dir(active), hub.keyring), hub.embedder(), None)]
     if candidate is not None:
@@ -168,6 +192,8 @@ def evaluate_bundles(hub: Hub, candidate: str | os.PathLike[str] | None = None, 
     if not readable.any():
         raise InputError("none of the labelled field photos on the hub decodes")
     truth = [t for t, keep in zip(truth, readable) if keep]
+    if all(t is None for t in truth):
+        raise InputError("none of the labelled field photos on the hub decodes")
     results, rights = [], []
     for (bundle, _, catalogue_embedder), (vecs, _) in zip(bundles, embedded):
         log.info("scoring %d field photos with bundle %s", len(truth), bundle.bundle_id)
@@ -177,7 +203,8 @@ def evaluate_bundles(hub: Hub, candidate: str | os.PathLike[str] | None = None, 
         res["active"] = bundle.bundle_id == active
         results.append(res)
         rights.append(right)
-    out: dict[str, Any] = {"photos": len(truth),
+    out: dict[str, Any] = {"photos": sum(t is not None for t in truth),
+                           "unknown_part_photos": sum(t is None for t in truth),
                            "spot_check_photos": sum(p["spot_check"] for p, keep in zip(photos, readable) if keep),
                            "spot_checks_only": spot_checks_only, "left_out": skipped, "bundles": results,
                            "note": "spot-check photos are a random sample of identifications; other confirmations "

@@ -64,7 +64,8 @@ def embedder_factory(bundle_dir: Path, keyring: Keyring) -> PixelEmbedder:
     return PixelEmbedder(b.bundle_id, salt=b.version - 1)
 
 
-def make_bundle(root: Path, key: SigningKey, version: int, n_parts: int = 3) -> Path:
+def make_bundle(root: Path, key: SigningKey, version: int, n_parts: int = 3,
+                calibration: dict | None = None) -> Path:
     """A signed device bundle (its model file is a placeholder; tests inject the smoke test)."""
     from edge_app.preprocess import PreprocessSpec
     from export.bundle import build_bundle
@@ -78,7 +79,7 @@ def make_bundle(root: Path, key: SigningKey, version: int, n_parts: int = 3) -> 
                         labels=[f"P{i}" for i in range(n_parts)],
                         embeddings=rng.normal(size=(n_parts, DIM)).astype(np.float32),
                         catalogue_rows=[{"image_id": f"i{i}", "part_number": f"P{i}"} for i in range(n_parts)],
-                        key=key, quantization={"mode": "none"}, parity={"ok": True})
+                        key=key, quantization={"mode": "none"}, parity={"ok": True}, calibration=calibration)
 
 
 def write_images(d: Path, seeds: Sequence[int]) -> list[Path]:

@@ -106,3 +106,33 @@ def test_mcnemar_exact_p_values() -> None:
     assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(3, 3) == 1.0
     assert mcnemar_p(5, 0) == 0.0625 and mcnemar_p(0, 5) == 0.0625  # 2 * (1/2)^5
     assert mcnemar_p(10, 2) == pytest.approx(2 * 79 / 4096, abs=1e-6)  # 2 * P(X <= 2), X ~ Bin(12, 1/2)
+
+
+def test_evaluate_reports_unknown_part_rejection_with_a_calibrated_bundle(world) -> None:
+    """Unknown-part report photos are parts the catalogue lacks: the share a bundle's calibration accepts, and the
+    AUROC of its confidence (known vs unknown), match a brute-force computation."""
+    from edge_app.runtime.calibration import Calibration, auroc
+    from sync.hub.evaluate import evaluate_bundles
+
+    cal = Calibration(coef=(20.0, 10.0), intercept=-18.0, threshold=0.5)
+    cand_dir = make_bundle(world.root / "export", world.export_key, 2, calibration=cal.to_dict())
+    known = [(part_image(i % 3, noise=15 + 10 * i), f"P{i % 3}") for i in range(6)]
+    unknown = [part_image(40), part_image(41), part_image(0, noise=60)]  # the last: a listed part reported anyway
+    upload_items(world, [*[_confirm(pn, ph, f"k{i}") for i, (ph, pn) in enumerate(known)],
+                         *[("unknown_part", {"note": "?", "capture_ids": [f"u{i}"], "site": "site_a"}, ph)
+                           for i, ph in enumerate(unknown)]])
+    r = evaluate_bundles(world.hub, cand_dir)
+    assert (r["photos"], r["unknown_part_photos"]) == (6, 3)
+    active, cand = r["bundles"]
+    assert "unknown_accepted" not in active  # the active test bundle has no calibration
+    emb = embedder_factory(cand_dir, world.hub.keyring)
+    catv = emb([Image.open(io.BytesIO(part_image(i))) for i in range(3)])
+    q = emb([Image.open(io.BytesIO(b)) for b in [*(ph for ph, _ in known), *unknown]])
+    sims = np.sort(q @ catv.T, axis=1)[:, ::-1]
+    conf = cal.confidence(sims[:, 0], sims[:, 1])
+    is_known = np.array([True] * 6 + [False] * 3)
+    assert cand["unknown_accepted"] == round(float((conf[~is_known] >= 0.5).mean()), 4)
+    assert cand["accepted"] == round(float((conf[is_known] >= 0.5).mean()), 4)
+    assert cand["auroc_known_vs_unknown"] == round(float(auroc(conf, is_known)), 4)
+    assert r["paired"]["both_right"] + r["paired"]["both_wrong"] + r["paired"]["only_active_right"] + \
+        r["paired"]["only_candidate_right"] == 6  # the pairing counts catalogue-part photos only
