@@ -168,7 +168,8 @@ def _add_device(args: argparse.Namespace) -> int:
 def _tls_init(args: argparse.Namespace) -> int:
     from .hub.tls import enable_tls
 
-    _out(enable_tls(_open_hub(args), args.host, days=args.days, force=args.force, port=args.port))
+    _out(enable_tls(_open_hub(args), args.host, days=args.days, force=args.force, port=args.port,
+                    protect=args.protect))
     return 0
 
 
@@ -401,6 +402,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=int, default=3650,
                    help="validity in days (renew it later with `hub tls-rotate`, without re-enrolling tablets)")
     p.add_argument("--force", action="store_true", help="replace an existing certificate (re-enrol every tablet)")
+    p.add_argument("--protect", action="store_true",
+                   help="encrypt the TLS key with the passphrase in $PARTLENS_KEY_PASSPHRASE (`hub serve` then needs "
+                        "it; `tls-rotate` protects the next key the same way)")
     p.add_argument("--port", type=int, help="serve HTTPS on this port instead of the URL's (keep the old port for "
                    "`hub serve --plain`, so tablets enrolled over http:// can switch by themselves)")
     p = cmd("backup", _backup, "copy the hub folder consistently while it serves (database by SQLite's online "

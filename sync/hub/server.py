@@ -178,14 +178,14 @@ def serve(hub_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 
     over http:// reach this one on their old address and get the signed offer to switch."""
     import uvicorn
 
-    from .tls import CERT, KEY, ReloadingTLS, has_tls, tls_dir
+    from .tls import CERT, KEY, ReloadingTLS, has_tls, key_password, tls_dir
 
     app = create_app(Path(hub_dir))
     app.state.hub.key  # noqa: B018  a protected signing key without its passphrase: refuse to start, say why
     ssl_kw: dict[str, Any] = {}
     if has_tls(hub_dir) and not plain:  # a certificate activated later (`tls-rotate --activate`) is picked up live
         cert, key = tls_dir(hub_dir) / CERT, tls_dir(hub_dir) / KEY
-        ssl_kw = {"ssl_certfile": str(cert), "ssl_keyfile": str(key),
+        ssl_kw = {"ssl_certfile": str(cert), "ssl_keyfile": str(key), "ssl_keyfile_password": key_password(key),
                   "ssl_context_factory": ReloadingTLS(cert, key).uvicorn_factory}
     log.info("hub %s serving on %s://%s:%d", hub_dir, "https" if ssl_kw else "http", host, port)
     if not ssl_kw and host not in ("127.0.0.1", "localhost", "::1"):

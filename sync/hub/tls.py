@@ -88,13 +88,38 @@ def _names(hosts: Iterable[str]) -> list[Any]:
     return out
 
 
+def key_is_protected(key_file: str | os.PathLike[str]) -> bool:
+    """Whether a PEM key file is encrypted (``hub tls-init --protect``)."""
+    return b"ENCRYPTED" in Path(key_file).read_bytes()[:64]
+
+
+def key_password(key_file: str | os.PathLike[str]) -> str | None:
+    """The password ``hub serve`` needs for the key file: None for a plain key; for a protected one the
+    passphrase from ``PARTLENS_KEY_PASSPHRASE``, checked here (:class:`UsageError` when missing or wrong, so the
+    server refuses to start instead of failing every handshake)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from edge_app.signing import PASSPHRASE_ENV, env_passphrase
+
+    if not key_is_protected(key_file):
+        return None
+    pw = env_passphrase()
+    if not pw:
+        raise UsageError(f"the hub's TLS key {key_file} is protected by a passphrase: set {PASSPHRASE_ENV}")
+    try:
+        load_pem_private_key(Path(key_file).read_bytes(), password=pw)
+    except (ValueError, TypeError):
+        raise UsageError(f"{key_file}: wrong passphrase (from {PASSPHRASE_ENV})") from None
+    return pw.decode()
+
+
 def init_tls(hub_root: str | os.PathLike[str], hosts: Iterable[str], *, days: int = VALID_DAYS,
-             force: bool = False, _into: Path | None = None) -> dict[str, Any]:
+             force: bool = False, protect: bool = False, _into: Path | None = None) -> dict[str, Any]:
     """Create the hub's key and self-signed certificate for ``hosts`` (names and IPs devices use).
 
     Refuses to replace an existing certificate unless ``force`` (every enrolled tablet pins the old
     one and must then be re-enrolled; :func:`rotate_tls` replaces it without that). The key file is
-    mode 0600.
+    mode 0600; with ``protect`` it is encrypted with the passphrase in ``PARTLENS_KEY_PASSPHRASE``.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -107,6 +132,11 @@ def init_tls(hub_root: str | os.PathLike[str], hosts: Iterable[str], *, days: in
                          "(then re-enrol every tablet)")
     if days < 1:
         raise UsageError(f"validity must be at least 1 day, got {days}")
+    from edge_app.signing import PASSPHRASE_ENV, env_passphrase
+
+    passphrase = env_passphrase() if protect else None
+    if protect and not passphrase:
+        raise UsageError(f"--protect encrypts the TLS key with the passphrase in {PASSPHRASE_ENV}: set it")
     sans = _names([*hosts, "localhost", "127.0.0.1"])
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "partlens hub"),
@@ -125,7 +155,8 @@ def init_tls(hub_root: str | os.PathLike[str], hosts: Iterable[str], *, days: in
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+                                serialization.BestAvailableEncryption(passphrase) if passphrase
+                                else serialization.NoEncryption())
     d.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(d / KEY, key_pem)
     os.chmod(d / KEY, 0o600)
@@ -168,7 +199,9 @@ def rotate_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS) -
     # microseconds: a tablet that synced a moment before must not count as having seen the next pin
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
     atomic_write_json(next_dir(hub.root) / "rotation.json", {"started_at": started})
-    info = init_tls(hub.root, [*old, *hosts], days=days, _into=next_dir(hub.root))
+    # the next key is protected like the current one (with the passphrase in the environment now)
+    info = init_tls(hub.root, [*old, *hosts], days=days, _into=next_dir(hub.root),
+                    protect=key_is_protected(tls_dir(hub.root) / KEY))
     info["started_at"] = started
     log.warning("next hub certificate %s made; tablets learn it at their next sync, then run "
                 "`partlens hub tls-rotate --activate` (a running `hub serve` switches at once)", info["sha256"])
@@ -231,7 +264,7 @@ def enrolment_fields(hub_root: str | os.PathLike[str], url: str) -> dict[str, st
 
 
 def enable_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, force: bool = False,
-               port: int | None = None) -> dict[str, Any]:
+               port: int | None = None, protect: bool = False) -> dict[str, Any]:
     """``partlens hub tls-init``: the certificate for the hub's host (from its URL) and ``hosts``; the hub's
     stored URL becomes https:// (same host; ``port`` if given, else the same port), so new enrolments pin
     the certificate. Tablets enrolled over http:// switch by themselves at their next sync through a
@@ -242,7 +275,7 @@ def enable_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, f
     if not names:
         raise UsageError("name the host or IP address devices use to reach the hub: --host NAME "
                          "(the hub has no URL to take it from)")
-    info = init_tls(hub.root, names, days=days, force=force)
+    info = init_tls(hub.root, names, days=days, force=force, protect=protect)
     if port is not None and not 0 < port < 65536:
         raise UsageError(f"port must be 1..65535, got {port}")
     if parts and (parts.scheme != "https" or port is not None):

@@ -391,3 +391,41 @@ def test_the_reloading_context_waits_for_a_matching_pair(tmp_path):
     conn = Conn()
     first.sni_callback(conn, None, first)  # what OpenSSL calls at a handshake (no SNI from an IP-address client)
     assert conn.context is second
+
+
+def test_a_protected_tls_key_needs_the_passphrase_to_serve(tmp_path, monkeypatch, capsys):
+    """`hub tls-init --protect`: the TLS key is encrypted; `hub serve` refuses to start without the passphrase
+    (instead of failing every handshake) and serves HTTPS with it; a rotation protects the next key the same way."""
+    from edge_app.cli import main
+    from edge_app.signing import PASSPHRASE_ENV
+    from sync.hub.tls import KEY, key_is_protected, next_dir, tls_dir
+    from sync.transport import HttpTransport
+
+    world = build_world(tmp_path, url="http://127.0.0.1:8765")
+    hub_dir = str(world.hub.root)
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    assert main(["hub", "tls-init", "--hub", hub_dir, "--protect"]) == UsageError.exit_code
+    assert PASSPHRASE_ENV in capsys.readouterr().err and not (tls_dir(world.hub.root) / KEY).exists()
+    monkeypatch.setenv(PASSPHRASE_ENV, "tls passphrase")
+    assert main(["hub", "tls-init", "--hub", hub_dir, "--protect"]) == 0
+    key = tls_dir(world.hub.root) / KEY
+    assert key_is_protected(key) and b"BEGIN ENCRYPTED PRIVATE KEY" in key.read_bytes()
+    monkeypatch.setenv(PASSPHRASE_ENV, "not the passphrase")
+    assert main(["hub", "serve", "--hub", hub_dir, "--port", "9"]) == UsageError.exit_code
+    assert "wrong passphrase" in capsys.readouterr().err
+    monkeypatch.delenv(PASSPHRASE_ENV)
+    assert main(["hub", "serve", "--hub", hub_dir, "--port", "9"]) == UsageError.exit_code
+    assert "protected by a passphrase" in capsys.readouterr().err
+    monkeypatch.setenv(PASSPHRASE_ENV, "tls passphrase")
+    world.hub.config.update(json.loads((world.hub.root / "hub.json").read_text()))
+    from sync.hub.enrol import add_device
+
+    server = HubServer(world.hub.root)  # inherits the environment, as a service would
+    try:
+        payload = add_device(world.hub, "tls-p", "site_a", server.url)
+        who = HttpTransport(server.url, payload["token"], tls_sha256=payload["tls_sha256"]).whoami()
+        assert who["device"] == "tls-p"
+    finally:
+        server.stop()
+    assert main(["hub", "tls-rotate", "--hub", hub_dir]) == 0
+    assert key_is_protected(next_dir(world.hub.root) / KEY)
