@@ -191,7 +191,8 @@ def _tls_rotate(args: argparse.Namespace) -> int:
     from .hub.tls import activate_next, rotate_tls
 
     hub = _open_hub(args)
-    _out(activate_next(hub, force=args.force) if args.activate else rotate_tls(hub, args.host, days=args.days))
+    _out(activate_next(hub, force=args.force) if args.activate
+         else rotate_tls(hub, args.host, days=args.days, protect=args.protect))
     return 0
 
 
@@ -420,6 +421,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP",
                    help="another host name or IP address for the next certificate (the current ones are kept)")
     p.add_argument("--days", type=int, default=3650, help="validity of the next certificate in days")
+    p.add_argument("--protect", action="store_true",
+                   help="encrypt the next key with $PARTLENS_KEY_PASSPHRASE (a protected current key is followed "
+                        "anyway): how a plain TLS key becomes protected without re-enrolling tablets")
     p.add_argument("--activate", action="store_true",
                    help="make the waiting next certificate the hub's (refused while a tablet has not synced since "
                         "the rotation began)")

@@ -181,7 +181,7 @@ def pins(hub_root: str | os.PathLike[str]) -> list[str]:
     return out
 
 
-def rotate_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS) -> dict[str, Any]:
+def rotate_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, protect: bool = False) -> dict[str, Any]:
     """Step 1 of replacing the hub certificate without re-enrolling tablets: make the NEXT key and certificate
     (``tls/next/``; same host names plus ``hosts``). Every sync plan lists both pins from now on (over the
     TLS connection the tablet already trusts), so tablets learn the next pin at their next sync. Step 2 is
@@ -199,9 +199,9 @@ def rotate_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS) -
     # microseconds: a tablet that synced a moment before must not count as having seen the next pin
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
     atomic_write_json(next_dir(hub.root) / "rotation.json", {"started_at": started})
-    # the next key is protected like the current one (with the passphrase in the environment now)
+    # the next key is protected if asked, or like the current one (with the passphrase in the environment now)
     info = init_tls(hub.root, [*old, *hosts], days=days, _into=next_dir(hub.root),
-                    protect=key_is_protected(tls_dir(hub.root) / KEY))
+                    protect=protect or key_is_protected(tls_dir(hub.root) / KEY))
     info["started_at"] = started
     log.warning("next hub certificate %s made; tablets learn it at their next sync, then run "
                 "`partlens hub tls-rotate --activate` (a running `hub serve` switches at once)", info["sha256"])

@@ -429,3 +429,18 @@ def test_a_protected_tls_key_needs_the_passphrase_to_serve(tmp_path, monkeypatch
         server.stop()
     assert main(["hub", "tls-rotate", "--hub", hub_dir]) == 0
     assert key_is_protected(next_dir(world.hub.root) / KEY)
+
+
+def test_rotation_can_protect_a_plain_tls_key(tmp_path, monkeypatch):
+    from edge_app.signing import PASSPHRASE_ENV
+    from sync.hub.tls import KEY, enable_tls, key_is_protected, next_dir, rotate_tls, tls_dir
+
+    world = build_world(tmp_path, url="http://127.0.0.1:8765")
+    enable_tls(world.hub)
+    assert not key_is_protected(tls_dir(world.hub.root) / KEY)
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    with pytest.raises(UsageError, match=PASSPHRASE_ENV):
+        rotate_tls(world.hub, protect=True)
+    monkeypatch.setenv(PASSPHRASE_ENV, "tls passphrase")
+    rotate_tls(world.hub, protect=True)
+    assert key_is_protected(next_dir(world.hub.root) / KEY)
