@@ -171,6 +171,7 @@ class SyncClient:
         #: a sync never leaves less than this free (room for the engineer's photos): the caller's, else the
         #: hub's setting at enrolment, else RESERVE_BYTES
         self.reserve_bytes = int(reserve_bytes) if reserve_bytes is not None else reserve_of(self.device)
+        self._reserve_given = reserve_bytes is not None  # the caller's choice is not replaced by the hub's
         self.keyring = keyring or Keyring.load(self.paths.keyring)
         self._own_transport = transport is None  # only a transport made here may fall back (see _plan)
         self.transport = transport or HttpTransport(self.device["hub"], self.device["token"],
@@ -320,6 +321,34 @@ class SyncClient:
             self.device["policy"] = checked
             _write_device(self.paths, self.device)
             log.info("field policy from the hub: %s", checked)
+
+    def _follow_device_settings(self, settings: Any) -> None:
+        """Adopt what the hub set for this tablet after enrolment (``hub set-device``): the nightly window and
+        the storage syncs keep free; the new reserve counts from this sync on. A malformed value is refused with a
+        warning and the tablet keeps its own (the catalogue sync goes on)."""
+        if not settings:
+            return
+        try:
+            if not isinstance(settings, Mapping):
+                raise ValueError(f"not an object: {settings!r}")
+            new = dict(self.device)
+            if settings.get("sync_window") is not None:
+                new["sync_window"] = str(SyncWindow.parse(str(settings["sync_window"])))
+            if settings.get("keep_free_mb") is not None:
+                mb_set = float(settings["keep_free_mb"])
+                if not 0 <= mb_set <= 100_000:
+                    raise ValueError(f"keep_free_mb {mb_set}")
+                new["keep_free_mb"] = mb_set
+        except (TypeError, ValueError, UsageError) as exc:
+            log.warning("hub sent device settings this tablet cannot use (%s); keeping its own", exc)
+            return
+        if new != self.device:
+            self.device = new
+            _write_device(self.paths, self.device)
+            log.info("device settings from the hub: window %s, keep %s MB free", new.get("sync_window"),
+                     new.get("keep_free_mb"))
+        if not self._reserve_given:
+            self.reserve_bytes = reserve_of(self.device)
 
     def _follow_pins(self, hub_pins: Any) -> None:
         """Adopt the hub's certificate pins from a plan (its current certificate, plus the next one while it
@@ -507,6 +536,7 @@ class SyncClient:
         plan = self._plan(version, None if other_hub else active_id, epoch)
         self._follow_pins(plan.get("tls_pins"))
         self._follow_policy(plan.get("policy"))
+        self._follow_device_settings(plan.get("device_settings"))
         hub_epoch = int(plan.get("epoch") or 0)
         if hub_epoch < epoch:
             raise SyncError(f"the hub's catalogue lineage ({hub_epoch}) is older than this device's ({epoch}): it was "

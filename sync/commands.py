@@ -111,6 +111,13 @@ def _evaluate_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_device(args: argparse.Namespace) -> int:
+    from .hub.enrol import set_device
+
+    _out(set_device(_open_hub(args), args.name, sync_window=args.sync_window, keep_free_mb=args.keep_free_mb))
+    return 0
+
+
 def _policy(args: argparse.Namespace) -> int:
     _out(_open_hub(args).set_policy(spot_check_rate=args.spot_check_rate))
     return 0
@@ -393,6 +400,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cmd("prune-usage", _prune_usage, "delete usage events (one per identification, for field-stats) received "
             "more than N days ago; spot-check answers, confirmations, photos and unknown-part reports are kept")
     p.add_argument("--older-than-days", type=float, required=True, metavar="N")
+    p = cmd("set-device", _set_device, "change a tablet's nightly sync window and the storage its syncs keep free, "
+            "without enrolling it again (it takes them at its next sync)")
+    p.add_argument("name")
+    p.add_argument("--sync-window", metavar="HH:MM-HH:MM", help="nightly background-sync window (local time) or "
+                   "'always'")
+    p.add_argument("--keep-free-mb", type=float, metavar="MB", help="storage a sync leaves free for photos")
     p = cmd("revoke-device", _revoke_device, "revoke a device's token at once (e.g. a lost tablet)")
     p.add_argument("name")
     p = cmd("tls-init", _tls_init, "make the hub's TLS certificate: from then on it serves HTTPS and enrolment "

@@ -28,6 +28,7 @@ from edge_app.errors import InputError
 
 from ..package import package_name, sha256_file, write_package
 from .hub import Hub
+from .store import DEVICE_SETTINGS
 from .tls import pins, upgrade_offer
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,12 @@ class PackageService:
         """:meth:`plan` for an authenticated device, recording what it holds and how it came (``via``: http,
         https; ``hub devices`` shows it)."""
         self.hub.store.device_seen(device["name"], from_version, bundle_id, via=via, epoch=epoch)
-        return self.plan(device["site"], from_version, bundle_id, epoch=epoch)
+        plan = self.plan(device["site"], from_version, bundle_id, epoch=epoch)
+        # what the hub set for this tablet (`hub add-device`, `hub set-device`); unset ones stay the tablet's own
+        settings = {k: device.get(k) for k in DEVICE_SETTINGS if device.get(k) is not None}
+        if settings:
+            plan["device_settings"] = settings
+        return plan
 
     def plan(self, site: str, from_version: int, bundle_id: str | None, *, epoch: int = 0) -> dict[str, Any]:
         """What a device of ``site`` at (``from_version``, ``bundle_id``) of catalogue lineage ``epoch`` must

@@ -45,10 +45,7 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None,
     """
     check_name(name)
     check_name(site, "site")
-    if sync_window is not None:
-        sync_window = str(SyncWindow.parse(sync_window))
-    if keep_free_mb is not None and not 0 <= keep_free_mb <= 100_000:
-        raise UsageError(f"--keep-free-mb must be between 0 and 100000, got {keep_free_mb:g}")
+    sync_window, keep_free_mb = _checked_settings(sync_window, keep_free_mb)
     url = url or hub.config.get("url")
     if not url:
         raise UsageError("the hub has no public URL: pass --url http://HOST:PORT (the address devices reach)")
@@ -57,6 +54,8 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None,
     tls = enrolment_fields(hub.root, url)  # before the device exists: a wrong scheme is refused first
     token = new_token(name)
     hub.store.add_device(name, site, token_hash(hub.secret, token))
+    if sync_window is not None or keep_free_mb is not None:  # kept, so `hub set-device` can change them later
+        hub.store.set_device_settings(name, sync_window=sync_window, keep_free_mb=keep_free_mb)
     log.info("device %s enrolled for site %s", name, site)
     payload = {"v": ENROL_VERSION, "hub": url.rstrip("/"), "device": name, "site": site, "token": token,
                "keys": hub.keyring.to_dict()["keys"], "hub_id": hub.store.get_meta("hub_id")}
@@ -66,6 +65,29 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None,
         payload["keep_free_mb"] = keep_free_mb
     payload.update(tls)
     return payload
+
+
+def _checked_settings(sync_window: str | None, keep_free_mb: float | None) -> tuple[str | None, float | None]:
+    if sync_window is not None:
+        sync_window = str(SyncWindow.parse(sync_window))
+    if keep_free_mb is not None and not 0 <= keep_free_mb <= 100_000:
+        raise UsageError(f"--keep-free-mb must be between 0 and 100000, got {keep_free_mb:g}")
+    return sync_window, keep_free_mb
+
+
+def set_device(hub: Hub, name: str, *, sync_window: str | None = None,
+               keep_free_mb: float | None = None) -> dict[str, Any]:
+    """Change a tablet's nightly window and the storage its syncs keep free, without enrolling it again: the
+    tablet takes them from its next sync plan (the sync that brings them already keeps the new space free).
+    Returns the device's settings."""
+    sync_window, keep_free_mb = _checked_settings(sync_window, keep_free_mb)
+    changes = {k: v for k, v in (("sync_window", sync_window), ("keep_free_mb", keep_free_mb)) if v is not None}
+    if not changes:
+        raise UsageError("nothing to change: pass --sync-window and/or --keep-free-mb")
+    hub.store.set_device_settings(name, **changes)
+    dev = hub.store.device(name) or {}
+    log.info("device %s: %s (from its next sync)", name, changes)
+    return {"device": name, "sync_window": dev.get("sync_window"), "keep_free_mb": dev.get("keep_free_mb")}
 
 
 def fleet(hub: Hub, *, stale_days: float = 2.0, now: _dt.datetime | None = None) -> list[dict[str, Any]]:

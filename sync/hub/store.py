@@ -102,6 +102,7 @@ class HubStore(Protocol):
     def add_bundle(self, bundle_id: str, version: int, manifest: dict[str, Any], catalogue_version: int) -> None: ...
     def bundle(self, bundle_id: str) -> dict[str, Any] | None: ...
     def add_device(self, name: str, site: str, token_hash: str) -> None: ...
+    def set_device_settings(self, name: str, **settings: Any) -> None: ...
     def device(self, name: str) -> dict[str, Any] | None: ...
     def list_devices(self) -> list[dict[str, Any]]: ...
     def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None, *,
@@ -183,6 +184,9 @@ class _SqliteChange:
         self.db.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
 
+#: per-device settings kept at the hub and sent to the tablet with every sync plan
+DEVICE_SETTINGS = ("keep_free_mb", "sync_window")
+
 #: Versioned schema changes after :data:`SCHEMA` (``meta.schema_version``), applied in order, once, in the
 #: store's first transaction; a hub folder made by an older version is brought up to date when opened.
 MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -196,6 +200,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (3, ["ALTER TABLE images ADD COLUMN thumb_sha256 TEXT"]),
     # 4: the catalogue lineage a device reported (after `hub restore`, versions of another lineage mean nothing)
     (4, ["ALTER TABLE devices ADD COLUMN last_catalogue_epoch INTEGER"]),
+    # 5: per-tablet settings the hub can change after enrolment (sent with every sync plan); NULL = not set
+    (5, ["ALTER TABLE devices ADD COLUMN keep_free_mb REAL", "ALTER TABLE devices ADD COLUMN sync_window TEXT"]),
 ]
 
 
@@ -393,6 +399,18 @@ class SqliteHubStore:
             db.conn.execute("INSERT INTO devices (name, site, token_hash, created_at) VALUES (?,?,?,?)",
                             (name, site, token_hash, utcnow()))
 
+    def set_device_settings(self, name: str, **settings: Any) -> None:
+        """Store a device's ``keep_free_mb`` / ``sync_window`` (None clears one: the tablet keeps its own)."""
+        unknown = set(settings) - set(DEVICE_SETTINGS)
+        if unknown:
+            raise UsageError(f"unknown device setting(s) {sorted(unknown)}")
+        db = self._db()
+        with self._write_lock, self._tx(db):
+            if not db.conn.execute("SELECT 1 FROM devices WHERE name=?", (name,)).fetchone():
+                raise UsageError(f"no device {name!r} (see `partlens hub devices`)")
+            for key, value in settings.items():
+                db.conn.execute(f"UPDATE devices SET {key}=? WHERE name=?", (value, name))
+
     def device(self, name: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM devices WHERE name=?", (name,))
         return rows[0] if rows else None
@@ -400,7 +418,8 @@ class SqliteHubStore:
     def list_devices(self) -> list[dict[str, Any]]:
         """Every enrolled device (never the token hash), with what it last reported when it asked for a sync."""
         return self._rows("SELECT name, site, created_at, revoked, last_sync_at, last_catalogue_version, "
-                          "last_bundle_id, last_via, last_catalogue_epoch FROM devices ORDER BY name")
+                          "last_bundle_id, last_via, last_catalogue_epoch, keep_free_mb, sync_window FROM devices "
+                          "ORDER BY name")
 
     def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None, *,
                     via: str | None = None, epoch: int = 0) -> None:

@@ -70,10 +70,57 @@ def test_a_hub_database_from_before_the_fleet_columns_is_migrated(tmp_path) -> N
     store = SqliteHubStore(path)
     assert store.list_devices() == [{"name": "old-tab", "site": "s", "created_at": "t", "revoked": 0,
                                      "last_sync_at": None, "last_catalogue_version": None, "last_bundle_id": None,
-                                     "last_via": None, "last_catalogue_epoch": None}]
+                                     "last_via": None, "last_catalogue_epoch": None, "keep_free_mb": None,
+                                     "sync_window": None}]
     assert store.get_meta("schema_version") == MIGRATIONS[-1][0]
     store.device_seen("old-tab", 4, "b1")
     store.close()
     again = SqliteHubStore(path)  # opening again does not migrate twice
     assert again.list_devices()[0]["last_catalogue_version"] == 4
     again.close()
+
+
+def test_hub_changes_a_tablets_window_and_reserve_without_re_enrolling(world, capsys, monkeypatch, caplog) -> None:
+    """`hub set-device`: the nightly window and the storage a sync keeps free, set after enrolment, reach the tablet
+    with its next sync plan (they used to need a new enrolment)."""
+    import logging
+
+    from edge_app.cli import main
+    from sync.background import window_of
+    from sync.client import SyncClient, reserve_of
+    from sync.transport import InMemoryTransport
+
+    def client(**kw):
+        return SyncClient(world.device_dir, transport=InMemoryTransport(world.hub, world.payload["token"]),
+                          smoke_test=lambda b: None, **kw)
+
+    def device_json():
+        return json.loads((world.device_dir / "device.json").read_text())
+
+    hub_dir = str(world.hub.root)
+    client().sync()
+    assert "keep_free_mb" not in device_json() and str(window_of(world.device_dir)) == "01:00-05:00"
+    assert main(["hub", "set-device", "--hub", hub_dir, "tab1", "--keep-free-mb", "500",
+                 "--sync-window", "02:30-04:00"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"device": "tab1", "sync_window": "02:30-04:00",
+                                                   "keep_free_mb": 500.0}
+    c = client()
+    assert c.reserve_bytes == reserve_of({})  # not yet: the tablet learns it from the plan
+    c.sync()
+    assert c.reserve_bytes == 500 * 1024**2 and reserve_of(device_json()) == 500 * 1024**2
+    assert str(window_of(world.device_dir)) == "02:30-04:00"
+    assert device_json()["token"] == world.payload["token"]  # the rest of the enrolment untouched
+    # `sync run --keep-free-mb` for one run still wins over the hub's setting
+    assert client(reserve_bytes=0).sync() and client(reserve_bytes=0).reserve_bytes == 0
+    rows = {r["name"]: r for r in world.hub.store.list_devices()}
+    assert (rows["tab1"]["keep_free_mb"], rows["tab1"]["sync_window"]) == (500.0, "02:30-04:00")
+    # bad values are refused at the hub; a malformed one from a buggy hub is refused by the tablet
+    assert main(["hub", "set-device", "--hub", hub_dir, "tab1", "--keep-free-mb", "-1"]) == 2
+    assert main(["hub", "set-device", "--hub", hub_dir, "tab1", "--sync-window", "25:00-26:00"]) == 2
+    assert main(["hub", "set-device", "--hub", hub_dir, "tab1"]) == 2
+    assert main(["hub", "set-device", "--hub", hub_dir, "nobody", "--keep-free-mb", "5"]) == 2
+    world.hub.store._db().conn.execute("UPDATE devices SET sync_window='tea time' WHERE name='tab1'")
+    with caplog.at_level(logging.WARNING, logger="sync.client"):
+        client().sync()
+    assert "device settings this tablet cannot use" in caplog.text
+    assert str(window_of(world.device_dir)) == "02:30-04:00"
