@@ -77,8 +77,8 @@ def markdown(r: dict[str, Any]) -> str:
                       f"{_pct(fs['precision_when_accepted'])}, median {_ms(fs['median_ms'])} ms on the tablet."]
         ev = fs.get("hub_evaluation")
         if ev:
-            lines += ["", f"`partlens hub evaluate-bundle` on those {ev['photos']} confirmed photos at the hub (the check "
-                          f"before a new bundle goes out): top-1 {_pct(ev['top1'])} (95% interval "
+            lines += ["", f"`partlens hub evaluate-bundle` on those {ev['photos']} confirmed photos at the hub (the "
+                          f"check before a new bundle goes out): top-1 {_pct(ev['top1'])} (95% interval "
                           f"{_pct(ev['top1_ci95'][0])}-{_pct(ev['top1_ci95'][1])}), top-5 {_pct(ev['top5'])}, "
                           f"accepted {_pct(ev['accepted'])} at precision {_pct(ev['precision_when_accepted'])}; the "
                           f"tablet's own top-1 on them: {_pct(fs['confirmed_top1'])}."]

@@ -492,10 +492,9 @@ class SqliteHubStore:
         db = self._db()
         with self._write_lock, self._tx(db):
             # spot checks are usage events too, but few and the only unbiased accuracy sample: kept
+            event = "coalesce(CASE WHEN json_valid(payload) THEN json_extract(payload, '$.event') END, '')"
             cur = db.conn.execute("DELETE FROM uploads WHERE kind=? AND received_at < ? AND blob_size IS NULL "
-                                  "AND coalesce(CASE WHEN json_valid(payload) THEN json_extract(payload, '$.event') END, '') "
-                                  "!= 'spot_check'",
-                                  (kind, received_before))
+                                  f"AND {event} != 'spot_check'", (kind, received_before))
             return int(cur.rowcount)
 
     def update_upload(self, uuid: str, **fields: Any) -> None:
