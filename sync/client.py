@@ -192,7 +192,9 @@ class SyncClient:
                     "index_stamp": db.get_meta("index_stamp"), "active": read_active(self.paths),
                     "parts": db.count("parts"), "images": db.count("images"),
                     "embeddings": db.count("embeddings"), **self._outbox_counts(), "tls": self._tls_words(),
-                    "free_bytes": storage.free_bytes(self.paths.root), "keep_free_bytes": self.reserve_bytes}
+                    "free_bytes": storage.free_bytes(self.paths.root), "keep_free_bytes": self.reserve_bytes,
+                    "sync_window": self.device.get("sync_window") or "default",
+                    "spot_check_rate": (self.device.get("policy") or {}).get("spot_check_rate", 0.0)}
         finally:
             db.close()
 

@@ -110,6 +110,8 @@ def test_hub_changes_a_tablets_window_and_reserve_without_re_enrolling(world, ca
     assert c.reserve_bytes == 500 * 1024**2 and reserve_of(device_json()) == 500 * 1024**2
     assert str(window_of(world.device_dir)) == "02:30-04:00"
     assert device_json()["token"] == world.payload["token"]  # the rest of the enrolment untouched
+    st = client().status()  # `partlens sync status` on the tablet
+    assert (st["sync_window"], st["keep_free_bytes"], st["spot_check_rate"]) == ("02:30-04:00", 500 * 1024**2, 0.05)
     # `sync run --keep-free-mb` for one run still wins over the hub's setting
     assert client(reserve_bytes=0).sync() and client(reserve_bytes=0).reserve_bytes == 0
     rows = {r["name"]: r for r in world.hub.store.list_devices()}
