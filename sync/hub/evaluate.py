@@ -189,8 +189,6 @@ def evaluate_bundles(hub: Hub, candidate: str | os.PathLike[str] | None = None, 
     embedded = [_embed_photos(embedder, paths) for _, embedder, _ in bundles]
     readable = np.logical_and.reduce([ok for _, ok in embedded])  # both bundles score the same photos
     skipped["unreadable"] = int((~readable).sum())
-    if not readable.any():
-        raise InputError("none of the labelled field photos on the hub decodes")
     truth = [t for t, keep in zip(truth, readable) if keep]
     if all(t is None for t in truth):
         raise InputError("none of the labelled field photos on the hub decodes")
