@@ -136,3 +136,12 @@ def test_evaluate_reports_unknown_part_rejection_with_a_calibrated_bundle(world)
     assert cand["auroc_known_vs_unknown"] == round(float(auroc(conf, is_known)), 4)
     assert r["paired"]["both_right"] + r["paired"]["both_wrong"] + r["paired"]["only_active_right"] + \
         r["paired"]["only_candidate_right"] == 6  # the pairing counts catalogue-part photos only
+
+
+def test_evaluate_with_no_decodable_photo_is_a_clear_error(world) -> None:
+    from sync.hub.evaluate import evaluate_bundles
+
+    upload_items(world, [_confirm("P1", b"\xff\xd8 cut short", "c1"),
+                         ("unknown_part", {"note": "?", "capture_ids": ["u1"], "site": "site_a"}, part_image(40))])
+    with pytest.raises(InputError, match="none of the labelled field photos on the hub decodes"):
+        evaluate_bundles(world.hub)
