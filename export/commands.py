@@ -56,9 +56,13 @@ def _export(args: argparse.Namespace) -> int:
     options = {"calib_images": args.calib_images, "per_channel": args.per_channel, "opset": args.opset,
                "calib_method": args.calib_method, "seed": args.seed, "metadata": args.metadata,
                "weight_tuning": args.weight_tuning}
-    res = export_checkpoint(args.checkpoint, args.format, args.out, calib_dir=args.calib, val_dir=args.val,
-                            catalogue_dir=args.catalogue, options=options, val_images=args.val_images,
-                            thresholds=Thresholds(), overwrite=args.overwrite)
+    from edge_app.nativelog import native_stderr_to
+
+    # TensorFlow/LiteRT C++ log lines go to a file beside the export, not between partlens's own messages
+    with native_stderr_to(Path(args.out) / "native-messages.log"):
+        res = export_checkpoint(args.checkpoint, args.format, args.out, calib_dir=args.calib, val_dir=args.val,
+                                catalogue_dir=args.catalogue, options=options, val_images=args.val_images,
+                                thresholds=Thresholds(), overwrite=args.overwrite)
     p = res["parity"]
     print(f"{res['path']}  ({res['size_bytes'] / 1e6:.2f} MB)")
     strict = p.get("top1_agreement_strict")

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import GateError, InputError, SyncError, UsageError
+from ..nativelog import native_stderr_to
 from . import metrics, report
 from .config import SITE, DemoConfig, export_candidates, split_parts
 
@@ -182,9 +183,11 @@ class DemoRun:
         # The gate judges on the calibration photos (fresh field shots, known and outside parts), never on
         # the query photos the report scores: which model ships must not be decided on the scored photos.
         kw = dict(calib_dir=self.data / "known", val_dir=self.data / "calibration" / "images")
-        exported, refused = export_first_passing(
-            export_candidates(cfg.export_format),
-            lambda fmt: export_checkpoint(self.checkpoint, fmt, self.out / "export", **kw))
+        # TensorFlow/LiteRT print C++ log lines when they load: kept in a file, not on the demo's console
+        with native_stderr_to(self.out / "export" / "native-messages.log"):
+            exported, refused = export_first_passing(
+                export_candidates(cfg.export_format),
+                lambda fmt: export_checkpoint(self.checkpoint, fmt, self.out / "export", **kw))
         self.exported = exported
         self.report["export"] = {"format": exported["format"], "size_bytes": exported["size_bytes"],
                                  "parity": exported["parity"], "refused": refused}

@@ -1,0 +1,76 @@
+"""Keep native libraries' log lines off the console.
+
+TensorFlow and LiteRT write C++ log lines straight to file descriptor 2 when they load ("All log messages
+before absl::InitializeLog() ...", the oneDNN notice, "Created TensorFlow Lite XNNPACK delegate"); no Python
+setting silences all of them (``TF_CPP_MIN_LOG_LEVEL`` does not reach the XNNPACK line). :func:`native_stderr_to`
+points descriptor 2 at a file for a block of work and gives Python's own ``sys.stderr`` (logging, warnings,
+progress) a private copy of the terminal, so what partlens says still shows and the native lines are kept, not
+lost.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+
+def _stream_handlers(stream: object) -> list[logging.StreamHandler]:
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    return [h for lg in loggers for h in lg.handlers
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is stream]
+
+
+@contextlib.contextmanager
+def native_stderr_to(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Inside the block, whatever native code writes to descriptor 2 is collected; Python's ``sys.stderr`` and the
+    logging handlers on it keep writing to the terminal. On success the lines are appended to ``path`` if its
+    folder exists by then (nothing is created for them: a refused command writes nothing); when the block fails
+    they stay in a temporary file that the log names, since a native error message may be there."""
+    import tempfile
+
+    path = Path(path)
+    old_stream = sys.stderr
+    try:
+        old_stream.flush()
+        saved = os.dup(2)
+    except (AttributeError, OSError, ValueError):  # no real descriptor 2 (an embedded interpreter): do nothing
+        yield path
+        return
+    fd, tmp_name = tempfile.mkstemp(prefix="partlens-native-", suffix=".log")
+    tmp = Path(tmp_name)
+    handlers = _stream_handlers(old_stream)
+    ours = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(old_stream, "encoding", None) or "utf-8",
+                     errors="backslashreplace")
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stderr = ours
+    for h in handlers:
+        h.setStream(ours)
+    failed = False
+    try:
+        yield path
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        ours.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr = old_stream
+        for h in handlers:
+            h.setStream(old_stream)
+        ours.close()
+        data = tmp.read_bytes()
+        if failed and data:
+            log.error("native library messages (TensorFlow/LiteRT) of the failed step are in %s", tmp)
+        else:
+            if data and path.parent.is_dir():
+                with open(path, "ab") as out:
+                    out.write(data)
+            tmp.unlink()
