@@ -53,9 +53,8 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None,
         raise UsageError(f"hub URL must start with http:// or https://, got {url!r}")
     tls = enrolment_fields(hub.root, url)  # before the device exists: a wrong scheme is refused first
     token = new_token(name)
-    hub.store.add_device(name, site, token_hash(hub.secret, token))
-    if sync_window is not None or keep_free_mb is not None:  # kept, so `hub set-device` can change them later
-        hub.store.set_device_settings(name, sync_window=sync_window, keep_free_mb=keep_free_mb)
+    # the settings are kept with the device, so `hub set-device` can change them later
+    hub.store.add_device(name, site, token_hash(hub.secret, token), sync_window=sync_window, keep_free_mb=keep_free_mb)
     log.info("device %s enrolled for site %s", name, site)
     payload = {"v": ENROL_VERSION, "hub": url.rstrip("/"), "device": name, "site": site, "token": token,
                "keys": hub.keyring.to_dict()["keys"], "hub_id": hub.store.get_meta("hub_id")}

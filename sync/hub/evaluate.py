@@ -94,6 +94,8 @@ def _embed_photos(embedder: Any, paths: Sequence[Path]) -> tuple[np.ndarray, np.
     draft = getattr(embedder, "draft_size", None)
     out, ok = [], []
     for i in range(0, len(paths), EMBED_BATCH):
+        if i and i % (20 * EMBED_BATCH) == 0:
+            log.info("embedded %d of %d field photos", i, len(paths))
         imgs = []
         for path in paths[i:i + EMBED_BATCH]:
             try:

@@ -101,7 +101,7 @@ class HubStore(Protocol):
     def look_alike_groups(self) -> dict[str, str | None]: ...
     def add_bundle(self, bundle_id: str, version: int, manifest: dict[str, Any], catalogue_version: int) -> None: ...
     def bundle(self, bundle_id: str) -> dict[str, Any] | None: ...
-    def add_device(self, name: str, site: str, token_hash: str) -> None: ...
+    def add_device(self, name: str, site: str, token_hash: str, **settings: Any) -> None: ...
     def set_device_settings(self, name: str, **settings: Any) -> None: ...
     def device(self, name: str) -> dict[str, Any] | None: ...
     def list_devices(self) -> list[dict[str, Any]]: ...
@@ -391,13 +391,18 @@ class SqliteHubStore:
         return rows[0]
 
     # -- devices ----------------------------------------------------------------------------
-    def add_device(self, name: str, site: str, token_hash: str) -> None:
+    def add_device(self, name: str, site: str, token_hash: str, **settings: Any) -> None:
+        """A new device row, with its ``keep_free_mb`` / ``sync_window`` if set, in one transaction."""
+        unknown = set(settings) - set(DEVICE_SETTINGS)
+        if unknown:
+            raise UsageError(f"unknown device setting(s) {sorted(unknown)}")
         db = self._db()
         with self._write_lock, self._tx(db):
             if db.conn.execute("SELECT 1 FROM devices WHERE name=?", (name,)).fetchone():
                 raise UsageError(f"device {name!r} already exists (pick another name)")
-            db.conn.execute("INSERT INTO devices (name, site, token_hash, created_at) VALUES (?,?,?,?)",
-                            (name, site, token_hash, utcnow()))
+            cols = ["name", "site", "token_hash", "created_at", *settings]
+            db.conn.execute(f"INSERT INTO devices ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                            (name, site, token_hash, utcnow(), *settings.values()))
 
     def set_device_settings(self, name: str, **settings: Any) -> None:
         """Store a device's ``keep_free_mb`` / ``sync_window`` (None clears one: the tablet keeps its own)."""

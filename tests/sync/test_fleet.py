@@ -114,8 +114,12 @@ def test_hub_changes_a_tablets_window_and_reserve_without_re_enrolling(world, ca
     assert (st["sync_window"], st["keep_free_bytes"], st["spot_check_rate"]) == ("02:30-04:00", 500 * 1024**2, 0.05)
     # `sync run --keep-free-mb` for one run still wins over the hub's setting
     assert client(reserve_bytes=0).sync() and client(reserve_bytes=0).reserve_bytes == 0
+    from sync.hub.enrol import add_device
+
+    add_device(world.hub, "tab2", "site_a", keep_free_mb=200, sync_window="always")  # kept with the new device
     rows = {r["name"]: r for r in world.hub.store.list_devices()}
     assert (rows["tab1"]["keep_free_mb"], rows["tab1"]["sync_window"]) == (500.0, "02:30-04:00")
+    assert (rows["tab2"]["keep_free_mb"], rows["tab2"]["sync_window"]) == (200.0, "00:00-00:00")  # = always
     # bad values are refused at the hub; a malformed one from a buggy hub is refused by the tablet
     assert main(["hub", "set-device", "--hub", hub_dir, "tab1", "--keep-free-mb", "-1"]) == 2
     assert main(["hub", "set-device", "--hub", hub_dir, "tab1", "--sync-window", "25:00-26:00"]) == 2
