@@ -232,6 +232,9 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
     confirmed = [f for f in feedback if f.get("verdict") == "correct"]
     return {"filters": {"bundle_id": bundle_id, "site": site, "received_since": since}, "bundles": per_bundle,
             "unknown_part_reports": len(unknown), "missed_parts": _missed_parts(confirmed),
+            # the same from spot-check answers naming a part: which parts the tablets miss in a random sample
+            "spot_check_missed_parts": _missed_parts([{"part_number": s["answer"], "candidates": s["top"]}
+                                                      for s in spots if s["answer"] is not None]),
             "malformed_uploads_skipped": malformed,
             "spot_check_rate": hub.policy()["spot_check_rate"],
             "note": "confirmed_* rates are over the identifications engineers confirmed, not a random sample; "

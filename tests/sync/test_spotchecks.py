@@ -98,6 +98,8 @@ def test_field_stats_spot_checks_with_intervals_non_response_and_pruning(world) 
         2, 0.5, [0.0945, 0.9055])
     assert sc["no_confident_match"] == round(1 / 3, 4)
     assert row["identifications"] == 6 and s["malformed_uploads_skipped"] == 2
+    assert s["spot_check_missed_parts"] == [{"part_number": "P2", "confirmed": 1, "top1_missed": 1,
+                                             "ranked_first_instead": {"P0": 1}}]  # c1's P0 was right
     assert s["spot_check_rate"] == world.hub.policy()["spot_check_rate"] and "random sample" in s["note"]
     # the biased figures are unchanged by spot checks (no confirmations here)
     assert row["confirmed"] == 0 and row["confirmed_top1"] is None
