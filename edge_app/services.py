@@ -522,11 +522,12 @@ class DeviceServices:
         outcome = self.outcome_from_result(result, [c.capture_id for c in captures])
         outcome.spot_check = spot
         outcome.identification_id = _uuid.uuid4().hex
-        self._record_usage(result, outcome, ms)
+        if not self._record_usage(result, outcome, ms):
+            outcome.spot_check = False  # the hub would see an answer to a question it never knew was asked
         return outcome
 
-    def _record_usage(self, result: Any, outcome: IdentifyOutcome, ms: float) -> None:
-        """Queue a small "identify" usage event (no photo) for the hub's field statistics.
+    def _record_usage(self, result: Any, outcome: IdentifyOutcome, ms: float) -> bool:
+        """Queue a small "identify" usage event (no photo) for the hub's field statistics; False if it could not.
 
         Telemetry must never cost the engineer the answer on screen: if the outbox cannot take the
         event (a full or broken disk), the identification still returns and the reason is logged."""
@@ -541,6 +542,8 @@ class DeviceServices:
             self.outbox.add("usage", payload)
         except (PartlensError, sqlite3.Error, OSError) as exc:
             log.warning("identification not recorded for the hub's field statistics: %s", exc)
+            return False
+        return True
 
     def outcome_from_result(self, result: Any, capture_ids: list[str]) -> IdentifyOutcome:
         """Map the runtime's ``IdentifyResult`` to what the results screen shows."""

@@ -308,8 +308,12 @@ def test_each_identification_queues_a_usage_event_for_the_hub(device, tmp_path, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(device.outbox, "add", full_disk)
-    assert device.identify(caps).best.part_number == "BRG-1"  # the answer still reaches the screen
+    (device.data_dir / "device.json").write_text(json.dumps({"hub": "http://h", "token": "t",
+                                                             "policy": {"spot_check_rate": 1.0}}))
+    out = device.identify(caps)
+    assert out.best.part_number == "BRG-1"  # the answer still reaches the screen
     assert "No space left on device" in caplog.text
+    assert not out.spot_check  # not asked: the hub could not know the question was asked
 
 
 def test_sync_status_says_whether_the_hub_connection_is_encrypted(device) -> None:
