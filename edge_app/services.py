@@ -612,8 +612,12 @@ class DeviceServices:
         """Queue "this is the part" (``verdict='correct'``) or "not this one" (``'wrong'``)."""
         if verdict not in ("correct", "wrong"):
             raise UsageError(f"verdict must be 'correct' or 'wrong', got {verdict!r}")
-        uid = self.outbox.add("feedback", self._feedback(part_number, verdict, captures, outcome), self._blob(captures))
-        if verdict == "correct" and outcome is not None and outcome.spot_check_pending:
+        answers = verdict == "correct" and outcome is not None and outcome.spot_check_pending
+        payload = self._feedback(part_number, verdict, captures, outcome)
+        if answers:
+            payload["spot_check"] = True  # this photo is the spot check's labelled photo (a random sample)
+        uid = self.outbox.add("feedback", payload, self._blob(captures))
+        if answers:
             self.answer_spot_check(outcome, part_number)  # "this is the part" answers the spot check too
         return uid
 

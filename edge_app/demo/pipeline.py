@@ -344,6 +344,7 @@ class DemoRun:
                                       else None,
                                       "missed_parts": stats["missed_parts"][:5],
                                       "hub_evaluation": {"photos": hub_eval["photos"],
+                                                         "spot_check_photos": hub_eval["spot_check_photos"],
                                                          **{k: hub_eval["bundles"][0][k] for k in (
                                                              "top1", "top1_ci95", "top5", "accepted",
                                                              "precision_when_accepted")}}}

@@ -455,6 +455,8 @@ def test_spot_check_answers_go_to_the_outbox_once(device, tmp_path) -> None:
     assert fb.spot_check_pending
     device.send_feedback("BRG-1", "correct", [cap], fb)
     assert not fb.spot_check_pending
+    fbs = [r["payload"] for r in device.outbox.pending() if r["kind"] == "feedback"]
+    assert [f.get("spot_check") for f in fbs[-2:]] == [None, True]  # "not this one" is no answer; this one is
     last = [r["payload"] for r in device.outbox.pending() if r["payload"].get("event") == "spot_check"][-1]
     assert (last["result"], last["answer"]) == ("answered", "BRG-1")
     unpicked = replace(fb, spot_check=False, spot_check_done=False)

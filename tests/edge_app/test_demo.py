@@ -213,6 +213,7 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     # tablet's own answers up to a photo or two (the uploaded photo is the tablet's re-encoded crop)
     ev = fs["hub_evaluation"]
     assert ev["photos"] == n_known and abs(ev["top1"] - fs["confirmed_top1"]) <= 2 / n_known + 1e-9
+    assert ev["spot_check_photos"] == sc["answered"]  # "this is the part" on a picked photo flags it as the sample
     assert "`partlens hub evaluate-bundle` on those" in proc.stdout
     assert fs["confirmed_top1"] == pytest.approx(report["identify_known_after_sync"]["top1"], abs=1e-4)
     assert fs["confirmed_top5"] == pytest.approx(report["identify_known_after_sync"]["top5"], abs=1e-4)
