@@ -30,7 +30,7 @@ from edge_app import spotcheck
 from edge_app.errors import InputError, UsageError
 
 from .hub import EMBED_BATCH, Hub
-from .review import list_uploads
+from .review import captures_in_catalogue, list_uploads
 from .uploads import blob_path
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,7 @@ log = logging.getLogger(__name__)
 def labelled_field_photos(hub: Hub, *, spot_checks_only: bool = False) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The confirmed field photos to score -> (photos ``{uuid, part_number, path, spot_check}``, what was left out)."""
     live = {r["part_number"] for r in hub.store.live_images()}
-    in_catalogue = {c for r in list_uploads(hub, status="approved") if isinstance(r["payload"], dict)
-                    for c in [r["payload"].get("capture_id"), *(r["payload"].get("capture_ids") or [])[:1]]
-                    if isinstance(c, str)}
+    in_catalogue = captures_in_catalogue(hub)
     skipped = {"not_a_random_sample": 0, "still_uploading": 0, "part_not_in_catalogue": 0,
                "in_catalogue_or_duplicate": 0}
     photos, seen = [], set()

@@ -150,6 +150,14 @@ def _place(src: Path, dst: Path, link: bool) -> None:
     atomic_copy(src, dst)
 
 
+def captures_in_catalogue(hub: Hub) -> set[str]:
+    """Capture ids approved into the catalogue (a photo upload, or a confirmation's photo): catalogue images now,
+    so never a field photo to fit or score on."""
+    return {c for r in list_uploads(hub, status="approved") if isinstance(r["payload"], dict)
+            for c in [r["payload"].get("capture_id"), *(r["payload"].get("capture_ids") or [])[:1]]
+            if isinstance(c, str)}
+
+
 def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_only: bool = False,
                        link: bool = False, spot_checks_only: bool = False) -> dict[str, Any]:
     """Write what ``partlens calibrate`` needs, from the hub's catalogue and device uploads.
@@ -180,10 +188,7 @@ def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_on
         _place(src, out / "catalogue" / part_folder(image["part_number"]) / f"{image['image_id']}{_suffix(src)}", link)
     live = {r["part_number"] for r in images}
     counts.update(catalogue_images=len(images), catalogue_parts=len(live))
-    # a capture approved into the catalogue (a photo upload, or a confirmation's photo) is a catalogue image
-    in_catalogue = {c for r in list_uploads(hub, status="approved") if isinstance(r["payload"], dict)
-                    for c in [r["payload"].get("capture_id"), *(r["payload"].get("capture_ids") or [])[:1]]
-                    if isinstance(c, str)}
+    in_catalogue = captures_in_catalogue(hub)
 
     def usable(row: Mapping[str, Any]) -> bool:
         if row["blob_size"] is None:

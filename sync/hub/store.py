@@ -14,7 +14,6 @@ import contextlib
 import datetime as _dt
 import json
 import logging
-import sqlite3
 import threading
 import uuid
 from pathlib import Path
