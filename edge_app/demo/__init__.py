@@ -9,8 +9,9 @@
    fit the "no confident match" calibration and sign a device bundle with a demo key made
    outside the repository.
 4. Start a hub on 127.0.0.1, load the catalogue and bundle, enrol a tablet, sync it over HTTP.
-5. Identify held-out field photos on the tablet (one photo, then two photos of a part fused); add
-   new parts at the hub, sync once, and find them without retraining.
+5. Identify held-out field photos on the tablet (one photo, then two photos of a part fused, then
+   the same photos with the part worn or broken: grease, rust, dust, a chipped piece); add new parts
+   at the hub, sync once, and find them without retraining.
 6. Field loop: the known-part photos go through the app's path (identify, "this is the part"),
    the tablet syncs up, and the hub's field statistics count what the tablet answered.
 7. Print a table and write OUT/report.json, report.md and report.html (with thumbnails).
@@ -59,7 +60,7 @@ def _demo(args: argparse.Namespace) -> int:
     out = args.out or str(Path(d.out) / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
     cfg = DemoConfig(out=out, seed=args.seed, model=args.model, pretrained=args.pretrained,
                      catalogue=args.catalogue, export_format=args.export_format, starter_bundle=args.starter_bundle,
-                     reference_weight=args.reference_weight)
+                     reference_weight=args.reference_weight, train_worn=args.train_worn)
     if args.quick:
         cfg = quick(cfg)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size)) if v is not None}
@@ -96,6 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference-weight", type=float, default=d.reference_weight,
                    help="weight of the trained embedding beside the frozen ImageNet reference branch, in (0, 1); "
                         f"0 = no reference branch (default {d.reference_weight}; `partlens add-reference`)")
+    p.add_argument("--train-worn", type=float, default=d.train_worn, metavar="SHARE",
+                   help="share of the training field photos drawn worn or broken (grease, rust, dust, a chipped "
+                        f"piece), 0-1 (default {d.train_worn:g}); the report always scores worn query photos too")
     p.add_argument("--export-format", default=d.export_format,
                    help=f"device model format (default {d.export_format}; see `partlens export --help`). A TFLite "
                         "int8 format the parity gate refuses is followed by the other TFLite int8 quantizer, "

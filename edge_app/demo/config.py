@@ -46,6 +46,9 @@ class DemoConfig:
     new_parts: int = 4
     outside_parts: int = 4
     generate_size: int = 256
+    # share of the training field shots that show wear (grease, rust, dust, a chipped piece); the report always
+    # scores the known-part query photos again with wear drawn on them (``identify_known_worn``)
+    train_worn: float = 0.0
     export_format: str = "tflite-int8"
     catalogue_views: str = DEFAULT_VIEWS  # how catalogue images are embedded (edge_app.catalogue_views)
     starter_bundle: str | None = None  # also copy the device bundle here (the APK's starter bundle)
@@ -80,6 +83,8 @@ class DemoConfig:
             raise UsageError(f"freeze_stages must be >= 0, got {self.freeze_stages}")
         if self.image_size < 32:
             raise UsageError(f"image_size must be >= 32, got {self.image_size}")
+        if not 0 <= self.train_worn <= 1:
+            raise UsageError(f"train_worn must be a share between 0 and 1, got {self.train_worn}")
         check_views(self.catalogue_views)
         if not 32 <= self.generate_size <= 2048:
             raise UsageError(f"generate_size must be 32-2048, got {self.generate_size}")

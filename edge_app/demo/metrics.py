@@ -44,6 +44,36 @@ def field_photos(root: Path, parts: Sequence[str]) -> list[tuple[Path, str]]:
                 if r["kind"] == "field" and r["part_number"] in wanted]
 
 
+def wear_kinds(root: Path) -> dict[str, str]:
+    """Image path (as ``field_photos`` gives it) -> the wear drawn on it ("grease", "rust+chipped", ...)."""
+    with open(root / "images.csv", newline="") as fh:
+        return {str(root / r["path"]): r.get("wear") or "" for r in csv.DictReader(fh)}
+
+
+def wear_effect(clean: Sequence[Outcome], worn: Sequence[Outcome], kinds: dict[str, str]) -> dict[str, Any]:
+    """Paired: each worn photo is a clean query photo with wear drawn on (same file name, same part).
+
+    How many the wear turned from right to wrong and back, and top-1 by kind of wear (a photo with two kinds
+    counts for both)."""
+    by_name = {(Path(o.path).parent.name, Path(o.path).name): o for o in clean}
+    pairs = []
+    for o in worn:
+        c = by_name.get((Path(o.path).parent.name, Path(o.path).name))
+        if c is None or c.truth != o.truth:
+            raise ValueError(f"worn photo {o.path} has no clean twin among the scored photos")
+        pairs.append((c.first == c.truth, o.first == o.truth, kinds.get(o.path, "")))
+    per_kind: dict[str, list[bool]] = {}
+    for _, ok, kind in pairs:
+        for k in filter(None, kind.split("+")):
+            per_kind.setdefault(k, []).append(ok)
+    return {"pairs": len(pairs),
+            "clean_top1": sum(c for c, _, _ in pairs) / len(pairs) if pairs else None,
+            "worn_top1": sum(w for _, w, _ in pairs) / len(pairs) if pairs else None,
+            "right_to_wrong": sum(c and not w for c, w, _ in pairs),
+            "wrong_to_right": sum(w and not c for c, w, _ in pairs),
+            "by_kind": {k: {"queries": len(v), "top1": round(sum(v) / len(v), 4)} for k, v in sorted(per_kind.items())}}
+
+
 def view_pairs(photos: Sequence[tuple[Path, str]]) -> list[tuple[tuple[Path, Path], str]]:
     """Two-photo queries: each part's photos (in path order) paired as 1+2, 3+4, ...; an odd last one is left out.
 

@@ -120,17 +120,21 @@ class DemoRun:
         self.report["catalogue"] = {"selection": cfg.catalogue, "description": description, "parts": len(parts)}
         kw = dict(size=cfg.generate_size, catalogue_per_part=cfg.catalogue_per_part)
         known = generate(self.data / "known", seed=cfg.seed, parts=groups["known"],
-                         field_per_part=cfg.field_per_part, **kw)
+                         field_per_part=cfg.field_per_part, worn=cfg.train_worn, **kw)
         # The new parts' photos; the hub imports their catalogue shots (kind=catalogue) only.
         new = generate(self.data / "new", seed=cfg.seed, parts=groups["new"], field_per_part=3, **kw)
         # Fresh photos: another seed, so poses, light and field backgrounds were never seen in training.
         queries = generate(self.data / "queries", seed=cfg.seed + 1000, catalogue_per_part=0, size=cfg.generate_size,
                            field_per_part=cfg.query_per_part, parts=groups["known"] + groups["new"])
+        # The same known-part query shots (same seed) as taken off a machine: greasy, rusty, dusty or broken
+        worn = generate(self.data / "worn", seed=cfg.seed + 1000, catalogue_per_part=0, size=cfg.generate_size,
+                        field_per_part=cfg.query_per_part, parts=groups["known"], worn=1.0)
         calib = generate(self.data / "calibration", seed=cfg.seed + 2000, catalogue_per_part=0,
                          size=cfg.generate_size, field_per_part=cfg.calibration_per_part,
                          parts=groups["known"] + groups["outside"])
         self.report["images"] = {"train": known.n_images, "new_catalogue": new.n_images,
-                                 "queries": queries.n_images, "calibration": calib.n_images}
+                                 "queries": queries.n_images, "worn_queries": worn.n_images,
+                                 "calibration": calib.n_images}
         self._lap("generate", t0)
 
     # 2 ---------------------------------------------------------------------------------------
@@ -273,9 +277,12 @@ class DemoRun:
             # the engineer's second photo of the same part, fused with the first (multi-view query)
             self._score(ident, "identify_known_two_views", metrics.view_pairs(known_photos))
             self._score(ident, "identify_new_before_sync", metrics.field_photos(queries, self.parts["new"]))
+            self._score(ident, "identify_known_worn", metrics.field_photos(self.data / "worn", self.parts["known"]))
         finally:
             ident.db.close()
         known = self.outcomes["identify_known"]
+        self.report["wear"] = metrics.wear_effect(known, self.outcomes["identify_known_worn"],
+                                                  metrics.wear_kinds(self.data / "worn"))
         in_catalogue = {pn: g for pn, g in self.groups.items() if pn in set(self.parts["known"])}
         self.report["look_alike_confusion"] = metrics.look_alike_confusion(known, in_catalogue)
         self._lap("identify", t0)

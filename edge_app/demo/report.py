@@ -12,6 +12,8 @@ from .metrics import Outcome
 THUMB_PX = 112
 QUERY_SETS = (("identify_known", "known parts, fresh field photos"),
               ("identify_known_two_views", "known parts, two of those photos of one part fused"),
+              ("identify_known_worn", "known parts, the same photos worn or broken (grease, rust, dust, a chipped "
+                                      "piece)"),
               ("identify_new_before_sync", "new parts BEFORE the hub added them (expected: no confident match)"),
               ("identify_new_after_sync", "new parts AFTER one sync, no retraining"),
               ("identify_known_after_sync", "known parts AFTER that sync (the new parts now compete)"))
@@ -54,6 +56,13 @@ def markdown(r: dict[str, Any]) -> str:
               "measure the part; \"top-1 after measuring\" simulates a caliper reading (catalogue size "
               "+/- 0.2 mm) and applies the app's own re-ranking. Same-size look-alikes on top (a label tells "
               "them apart) make the app ask for a close-up as another view; the demo cannot simulate that photo."]
+    we = r.get("wear")
+    if we and we.get("pairs"):
+        kinds = ", ".join(f"{k} {_pct(v['top1'])} ({v['queries']})" for k, v in we["by_kind"].items())
+        lines += ["", f"Worn or broken parts: the {we['pairs']} known-part photos again with wear drawn on the part "
+                      f"(same shot otherwise): top-1 {_pct(we['worn_top1'])} vs {_pct(we['clean_top1'])} clean; "
+                      f"{we['right_to_wrong']} right answers turned wrong, {we['wrong_to_right']} wrong turned right. "
+                      f"By kind of wear: {kinds}."]
     conf = r.get("look_alike_confusion") or []
     if conf:
         lines += ["", "Look-alike groups (known parts): photos of one member answered with another member", "",

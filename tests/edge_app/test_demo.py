@@ -116,6 +116,31 @@ def test_summary_and_look_alike_confusion_count_what_happened() -> None:
                                                                           ("NUT-M10", "NUT-M8", 1)}
 
 
+def test_wear_effect_pairs_each_worn_photo_with_its_clean_twin() -> None:
+    from dataclasses import replace
+
+    from edge_app.demo.metrics import wear_effect
+
+    def at(o, root: str, name: str):
+        return replace(o, path=f"{root}/images/{o.truth}/{name}")
+
+    clean = [at(_outcome("NUT-M8", ["NUT-M8"]), "q", "field_0000.jpg"), at(_outcome("NUT-M8", ["NUT-M10"]), "q",
+                                                                            "field_0001.jpg"),
+             at(_outcome("GEAR", ["GEAR"]), "q", "field_0000.jpg")]
+    worn = [at(_outcome("GEAR", ["FUSE"]), "w", "field_0000.jpg"),  # order does not matter: paired by file
+            at(_outcome("NUT-M8", ["NUT-M8"]), "w", "field_0001.jpg"),
+            at(_outcome("NUT-M8", ["NUT-M8"]), "w", "field_0000.jpg")]
+    kinds = {"w/images/GEAR/field_0000.jpg": "rust+chipped", "w/images/NUT-M8/field_0001.jpg": "grease",
+             "w/images/NUT-M8/field_0000.jpg": "chipped"}
+    e = wear_effect(clean, worn, kinds)
+    assert e["pairs"] == 3 and e["clean_top1"] == pytest.approx(2 / 3) and e["worn_top1"] == pytest.approx(2 / 3)
+    assert e["right_to_wrong"] == 1 and e["wrong_to_right"] == 1
+    assert e["by_kind"] == {"chipped": {"queries": 2, "top1": 0.5}, "grease": {"queries": 1, "top1": 1.0},
+                            "rust": {"queries": 1, "top1": 0.0}}
+    with pytest.raises(ValueError, match="no clean twin"):
+        wear_effect(clean[:1], worn, kinds)
+
+
 def test_mixed_catalogue_keeps_distinct_parts_and_the_named_size_pairs() -> None:
     from training.synth import PARTS
 
@@ -198,6 +223,17 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     two = report["identify_known_two_views"]
     assert two["queries"] == len(report["parts"]["known"]) and "| known parts, two of those photos" in proc.stdout
     assert 0.0 <= two["top1"] <= 1.0 and two["top5"] >= two["top1"]
+    # the same known-part photos again with wear drawn on (grease, rust, dust, a chipped piece): its own row, and a
+    # paired count against the clean photos that adds up with the two rows' top-1
+    worn, we = report["identify_known_worn"], report["wear"]
+    assert worn["queries"] == report["identify_known"]["queries"] == we["pairs"] == report["images"]["worn_queries"]
+    assert "| known parts, the same photos worn or broken" in proc.stdout and "Worn or broken parts:" in proc.stdout
+    assert we["clean_top1"] == pytest.approx(report["identify_known"]["top1"], abs=1e-9)
+    assert we["worn_top1"] == pytest.approx(worn["top1"], abs=1e-9)
+    n = we["pairs"]
+    assert round(n * we["worn_top1"]) == round(n * we["clean_top1"]) - we["right_to_wrong"] + we["wrong_to_right"]
+    assert set(we["by_kind"]) <= {"grease", "rust", "dust", "chipped"} and len(we["by_kind"]) >= 2
+    assert sum(k["queries"] for k in we["by_kind"].values()) >= n
     # step 8: the app's own path (capture, identify, "this is the part") for the known-part photos, synced up; the
     # hub's field statistics count exactly what the tablet answered (the same photos scored after the sync)
     fs = report["field_stats"]

@@ -7,10 +7,11 @@ import importlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from edge_app.cli import main as cli_main
 from edge_app.errors import UsageError
@@ -231,7 +232,8 @@ def test_generate_writes_the_documented_layout(tmp_path: Path) -> None:
         assert r["bin_site_a"] and r["bin_site_b"]
         assert float(r["size_mm"]) == PARTS_BY_NUMBER[r["part_number"]].size_mm
     rows = _read_csv(res.images_csv)
-    assert list(rows[0]) == ["path", "part_number", "kind", "scale_ref", "in_hand", "seed"]
+    assert list(rows[0]) == ["path", "part_number", "kind", "scale_ref", "in_hand", "seed", "wear"]
+    assert all(r["wear"] == "" for r in rows)  # no wear unless asked
     assert len(rows) == res.n_images
     assert {r["part_number"] for r in rows} == set(chosen)
     for r in rows:
@@ -267,11 +269,116 @@ def test_generate_is_deterministic_and_independent_of_worker_count(tmp_path: Pat
     (dict(catalogue_per_part=0, field_per_part=0), "nothing to generate"), (dict(seed=-1), "seed"),
     (dict(workers=0), "workers"), (dict(size=64.0), "size"), (dict(parts=["NUT-M8", "NOPE-1"]), "NOPE-1"),
     (dict(parts=[]), "empty"), (dict(parts=["NUT-M8", "NUT-M8"]), "more than once"),
+    (dict(worn=1.5), "worn"), (dict(worn=-0.1), "worn"), (dict(worn=float("nan")), "worn"), (dict(worn="all"), "worn"),
 ])
 def test_bad_options_are_usage_errors(tmp_path: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(UsageError, match=match):
         generate(tmp_path / "out", **{**TINY, **kwargs})
     assert not (tmp_path / "out" / "images").exists()
+
+
+# -- wear --------------------------------------------------------------------------------
+
+def _twins(part_number: str, index: int, size: int = 128) -> tuple[Any, Any]:
+    """The clean shot of (part, field, index) and the same shot with wear (their plans differ only in the wear)."""
+    from training.synth.generate import WEAR_STREAM
+    from training.synth.wear import plan_wear
+
+    part = PARTS_BY_NUMBER[part_number]
+    seed = generate_mod.image_seed(4, part_number, "field", index)
+    plan = plan_shot(part, "field", np.random.default_rng(seed), size, index=index)
+    plan = dataclasses.replace(plan, blur=0.0, motion_blur=False, noise=0.0, skew=None)  # compare raw pixels
+    wrng = np.random.default_rng([seed, WEAR_STREAM])
+    wrng.random()
+    worn = dataclasses.replace(plan, wear=plan_wear(part, wrng), wear_seed=int(wrng.integers(2 ** 63)))
+    return render_shot(part, plan), render_shot(part, worn)
+
+
+@pytest.mark.parametrize("part_number,index", [("NUT-M10", 0), ("BRG-6204", 3), ("RES-1K", 1), ("HCL-12-22", 2)])
+def test_wear_changes_the_part_and_nothing_else(part_number: str, index: int) -> None:
+    from training.synth.wear import CHIP_RANGE
+
+    clean, worn = _twins(part_number, index)
+    a, b = np.asarray(clean.image, np.float32), np.asarray(worn.image, np.float32)
+    diff = np.abs(a - b).max(axis=2)
+    # the part (and its shadow, which follows a chipped outline) dilated by a few pixels: outside it, the same pixels
+    near = np.asarray(Image.fromarray((clean.part_mask > 0.02).astype(np.uint8) * 255).filter(
+        ImageFilter.MaxFilter(9)), bool)
+    bx0, by0, bx1, by1 = clean.info["part_bbox"]
+    far = ~near
+    far[max(0, by0 - 12):by1 + 12, max(0, bx0 - 12):bx1 + 12] = False  # the drop shadow's reach
+    assert far.sum() > 0.15 * far.size
+    assert diff[far].max() <= 1.0 + 1e-6, worn.info["wear"]
+    inside = clean.part_mask > 0.9
+    assert diff[inside].mean() > 4.0, (worn.info["wear"], diff[inside].mean())
+    if "chipped" in worn.info["wear"]:
+        lost = 1 - worn.part_mask.sum() / clean.part_mask.sum()
+        assert CHIP_RANGE[0] - 0.05 <= lost <= CHIP_RANGE[1] + 0.05, lost
+        assert worn.info["chipped_fraction"] == pytest.approx(lost, abs=0.05)
+    else:
+        assert worn.part_mask.sum() == pytest.approx(clean.part_mask.sum(), rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["grease", "rust", "dust", "chipped"])
+def test_each_kind_of_wear_does_what_it_says(kind: str) -> None:
+    from training.synth.wear import apply_wear
+
+    part = PARTS_BY_NUMBER["WSH-M8"]  # a bright steel washer
+    layer = render_part(part, np.random.default_rng(0), px_per_mm=5.0).image
+    out, info = apply_wear(layer, (kind,), np.random.default_rng(1))
+    a, b = np.asarray(layer, np.float32), np.asarray(out, np.float32)
+    solid = a[..., 3] > 200
+    changed = np.abs(a[..., :3] - b[..., :3]).max(axis=2) > 12
+    if kind == "chipped":
+        assert 0.08 <= 1 - b[..., 3].sum() / a[..., 3].sum() <= 0.25 and info["chipped_fraction"] > 0.08
+        assert (b[..., 3] <= a[..., 3] + 1).all()  # only takes material away
+    else:
+        share = changed[solid].mean()
+        assert 0.1 <= share <= 0.9, share  # blotches, not the whole part and not nothing
+        assert (b[..., 3] == a[..., 3]).all() and info["chipped_fraction"] == 0
+        hue = (b[..., :3] - a[..., :3])[solid & changed].mean(axis=0)  # the colour the stain pulls towards
+        if kind == "grease":
+            assert hue.sum() < -60  # darker
+        elif kind == "rust":
+            assert hue[0] - hue[2] > 20  # towards red-brown
+    with pytest.raises(ValueError, match="unknown wear"):
+        apply_wear(layer, ("paint",), np.random.default_rng(1))
+
+
+def test_rust_only_on_parts_that_can_rust() -> None:
+    from training.synth.wear import plan_wear, wears_for
+
+    assert "rust" in wears_for(PARTS_BY_NUMBER["NUT-M8"]) and "rust" in wears_for(PARTS_BY_NUMBER["BRG-6204"])
+    for pn in ("ORG-20X2-NBR", "RES-1K", "FUS-ATO-10A", "FIT-ELB-DN15", "RLY-12V-40A"):
+        assert "rust" not in wears_for(PARTS_BY_NUMBER[pn]), pn
+        rng = np.random.default_rng(0)
+        assert all("rust" not in plan_wear(PARTS_BY_NUMBER[pn], rng) for _ in range(200))
+    rng = np.random.default_rng(0)
+    drawn = [plan_wear(PARTS_BY_NUMBER["NUT-M8"], rng) for _ in range(400)]
+    assert {k for d in drawn for k in d} == {"grease", "rust", "dust", "chipped"}
+    assert 0.2 < np.mean([len(d) == 2 for d in drawn]) < 0.5
+    assert all(d[-1] == "chipped" for d in drawn if "chipped" in d)  # the break is drawn last
+
+
+def test_generate_worn_is_the_same_shots_plus_wear_and_deterministic(tmp_path: Path) -> None:
+    kw = dict(parts=["NUT-M8", "ORG-20X2-NBR"], seed=5, workers=1, catalogue_per_part=1, field_per_part=4, size=64)
+    clean = generate(tmp_path / "clean", **kw)
+    worn = generate(tmp_path / "worn", worn=1.0, **kw)
+    again = generate(tmp_path / "again", worn=1.0, **{**kw, "workers": 2})
+    half = generate(tmp_path / "half", worn=0.5, **{**kw, "field_per_part": 16})
+    assert _all_bytes(tmp_path / "worn") == _all_bytes(tmp_path / "again")
+    c_rows, w_rows = _read_csv(clean.images_csv), _read_csv(worn.images_csv)
+    for c, w in zip(c_rows, w_rows):
+        assert (c["path"], c["seed"], c["scale_ref"], c["in_hand"]) == (w["path"], w["seed"], w["scale_ref"],
+                                                                         w["in_hand"])
+        same = (tmp_path / "clean" / c["path"]).read_bytes() == (tmp_path / "worn" / w["path"]).read_bytes()
+        if c["kind"] == "catalogue":
+            assert w["wear"] == "" and same  # catalogue shots stay clean
+        else:
+            assert w["wear"] and not same
+    shares = [r["wear"] != "" for r in _read_csv(half.images_csv) if r["kind"] == "field"]
+    assert 0.2 < np.mean(shares) < 0.8
+    assert json.loads((tmp_path / "worn" / "generate.json").read_text())["worn"] == 1.0
 
 
 def test_unknown_part_error_lists_valid_part_numbers(tmp_path: Path) -> None:
@@ -322,10 +429,11 @@ def test_a_failed_run_keeps_the_previous_output_and_leaves_no_partial_files(tmp_
 def test_cli_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
     args = ["generate", str(out), "--size", "40", "--parts", "ORG-20X2-NBR,RLY-12V-40A", "--catalogue-per-part",
-            "1", "--field-per-part", "1", "--workers", "1", "--seed", "5"]
+            "1", "--field-per-part", "1", "--workers", "1", "--seed", "5", "--worn", "1"]
     assert cli_main(args) == 0
     assert "wrote 4 images" in capsys.readouterr().out
     assert len(_read_csv(out / "images.csv")) == 4
+    assert [r["wear"] != "" for r in _read_csv(out / "images.csv")] == [False, True, False, True]
     assert Image.open(out / "images" / "RLY-12V-40A" / "field_0000.jpg").size == (40, 40)
     assert cli_main(args) == 2
     assert "--overwrite" in capsys.readouterr().err

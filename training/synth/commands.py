@@ -26,7 +26,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise UsageError("OUT is required (or use --list-parts)")
     res = generate(args.out, seed=args.seed, catalogue_per_part=args.catalogue_per_part,
                    field_per_part=args.field_per_part, size=args.size, parts=args.parts, workers=args.workers,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, worn=args.worn)
     print(f"wrote {res.n_images} images to {res.out_dir} in {res.seconds:.1f} s "
           f"({res.parts_csv.name}, {res.images_csv.name})")
     return 0
@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="clean studio shots per part (default 2)")
     p.add_argument("--field-per-part", type=int, default=8, metavar="N",
                    help="field shots per part: clutter, bench, hand, scale refs (default 8)")
+    p.add_argument("--worn", type=float, default=0.0, metavar="SHARE",
+                   help="share of field shots showing wear, 0-1: grease, rust (steel parts), dust or a chipped-off "
+                   "piece, drawn on the same shot the seed gives without wear (default 0)")
     p.add_argument("--size", type=int, default=256, help="image side in pixels, 32-2048 (default 256)")
     p.add_argument("--parts", type=_parts_list, default=None, metavar="A,B",
                    help="only these part numbers (comma separated; see --list-parts)")

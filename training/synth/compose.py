@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -21,6 +21,7 @@ from . import overlays as ov
 from .parts import PARTS, Part
 from .render import part_extent_mm, render_part
 from .scene import CATALOGUE_BACKGROUNDS, FIELD_BACKGROUNDS, BackgroundSpec, background
+from .wear import apply_wear
 
 KINDS = ("catalogue", "field")
 SCALE_REFS = ("none", "ruler", "mat")
@@ -73,6 +74,8 @@ class ShotPlan:
     jpeg_quality: int = 92
     skew: tuple[float, ...] | None = None  # 8 corner offsets, fraction of the frame
     texture_seed: int = 0
+    wear: tuple[str, ...] = ()  # ``wear.WEARS`` painted on the part, from ``wear_seed`` (the rest unchanged)
+    wear_seed: int = 0
 
 
 @dataclass
@@ -166,6 +169,10 @@ def render_shot(part: Part, plan: ShotPlan) -> Shot:
         img = background(plan.background, S, rng)
     pr = render_part(part, rng, px_per_mm=plan.px_per_mm, light=light, rotation_deg=plan.rotation_deg,
                      tilt=plan.tilt, tint=plan.tint)
+    if plan.wear:  # from its own generator: the shot is its clean twin plus the wear
+        worn, wear_info = apply_wear(pr.image, plan.wear, np.random.default_rng(plan.wear_seed))
+        pr = replace(pr, image=worn)
+        info.update(wear_info)
     lw, lh = pr.image.size
     cx, cy = plan.centre[0] * S, plan.centre[1] * S
     x, y = int(round(cx - pr.centre[0])), int(round(cy - pr.centre[1]))

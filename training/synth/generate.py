@@ -17,7 +17,7 @@ import multiprocessing as mp
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -27,16 +27,18 @@ from edge_app.atomic import atomic_write_bytes, atomic_write_json, atomic_write_
 from edge_app.errors import UsageError
 
 from .compose import encode_jpeg, plan_shot, render_shot
+from .wear import plan_wear
 from .parts import PARTS_BY_NUMBER, Part, select_parts
 
 log = logging.getLogger(__name__)
 
 PARTS_COLUMNS = ("part_number", "name", "category", "manufacturer", "description", "size_mm", "look_alike_group",
                  "stock_site_a", "bin_site_a", "stock_site_b", "bin_site_b")
-IMAGES_COLUMNS = ("path", "part_number", "kind", "scale_ref", "in_hand", "seed")
+IMAGES_COLUMNS = ("path", "part_number", "kind", "scale_ref", "in_hand", "seed", "wear")
 FORMAT = "partlens-synth/1"
 MIN_SIZE, MAX_SIZE = 32, 2048
 STAGING_PREFIX = ".images.staging-"
+WEAR_STREAM = 0x77EA2  # second seed word of the wear generator (kept apart from the shot's own stream)
 OLD_PREFIX = ".images.old-"
 
 
@@ -56,6 +58,7 @@ class ImageTask:
     index: int
     seed: int
     size: int
+    worn: float = 0.0
 
     @property
     def rel_path(self) -> str:
@@ -68,21 +71,31 @@ def image_seed(seed: int, part_number: str, kind: str, index: int) -> int:
     return int.from_bytes(h, "big") >> 1
 
 
-def render_image(part: Part, kind: str, index: int, seed: int, size: int) -> tuple[bytes, dict[str, object]]:
-    """JPEG bytes and label info of one image, from its own seed only."""
+def render_image(part: Part, kind: str, index: int, seed: int, size: int,
+                 worn: float = 0.0) -> tuple[bytes, dict[str, object]]:
+    """JPEG bytes and label info of one image, from its own seed only.
+
+    ``worn``: the chance that a field shot shows wear (``wear.WEARS``). The wear is drawn from a generator of its
+    own, so a worn shot is the shot the same seed gives at ``worn=0`` (pose, light, background) plus the wear.
+    """
     rng = np.random.default_rng(seed)
     plan = plan_shot(part, kind, rng, size, index=index)
+    if worn > 0 and kind == "field":
+        wrng = np.random.default_rng([seed, WEAR_STREAM])
+        if wrng.random() < worn:
+            plan = replace(plan, wear=plan_wear(part, wrng), wear_seed=int(wrng.integers(2 ** 63)))
     shot = render_shot(part, plan)
-    return encode_jpeg(shot.image, plan.jpeg_quality), {"scale_ref": plan.scale_ref, "in_hand": int(plan.in_hand)}
+    return encode_jpeg(shot.image, plan.jpeg_quality), {"scale_ref": plan.scale_ref, "in_hand": int(plan.in_hand),
+                                                        "wear": "+".join(plan.wear)}
 
 
 def _run_task(args: tuple[ImageTask, str]) -> dict[str, object]:
     task, root = args
     part = PARTS_BY_NUMBER[task.part_number]
-    data, info = render_image(part, task.kind, task.index, task.seed, task.size)
+    data, info = render_image(part, task.kind, task.index, task.seed, task.size, task.worn)
     atomic_write_bytes(Path(root) / task.rel_path, data)
     return {"path": task.rel_path, "part_number": task.part_number, "kind": task.kind,
-            "scale_ref": info["scale_ref"], "in_hand": info["in_hand"], "seed": task.seed}
+            "scale_ref": info["scale_ref"], "in_hand": info["in_hand"], "seed": task.seed, "wear": info["wear"]}
 
 
 def _inventory(seed: int, part: Part) -> dict[str, object]:
@@ -105,7 +118,7 @@ def _csv_text(columns: Sequence[str], rows: Iterable[dict[str, object]]) -> str:
 
 
 def validate_options(*, seed: int, catalogue_per_part: int, field_per_part: int, size: int,
-                     workers: int | None) -> None:
+                     workers: int | None, worn: float = 0.0) -> None:
     """Raise UsageError for an unsupported option (nothing is silently adjusted)."""
     for name, v in (("seed", seed), ("catalogue_per_part", catalogue_per_part), ("field_per_part", field_per_part),
                     ("size", size)):
@@ -122,6 +135,8 @@ def validate_options(*, seed: int, catalogue_per_part: int, field_per_part: int,
         raise UsageError("at most 9999 images per part and kind")
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise UsageError(f"size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
+    if isinstance(worn, bool) or not isinstance(worn, (int, float)) or not 0.0 <= float(worn) <= 1.0:
+        raise UsageError(f"worn must be a share between 0 and 1, got {worn!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise UsageError(f"workers must be an integer >= 1, got {workers!r}")
 
@@ -149,23 +164,24 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, catalogue_per_part: int = 2, field_per_part: int = 8,
              size: int = 256, parts: Sequence[str] | None = None, workers: int | None = None,
-             overwrite: bool = False) -> GenerateResult:
+             overwrite: bool = False, worn: float = 0.0) -> GenerateResult:
     """Render ``catalogue_per_part`` + ``field_per_part`` images of each part into ``out_dir``.
 
     Writes ``parts.csv``, ``images.csv``, ``images/<part_number>/<kind>_<nnnn>.jpg`` and
     ``generate.json`` (the options). ``parts`` selects part numbers (default: all).
-    ``workers`` defaults to ``os.cpu_count()``; the output bytes do not depend on it. Workers
+    ``worn`` is the share of field shots that show wear (grease, rust, dust, a chipped piece; default none);
+    ``images.csv`` names it per image. ``workers`` defaults to ``os.cpu_count()``; the output bytes do not depend on it. Workers
     are spawned (not forked), so a script calling this needs the usual ``if __name__ == "__main__":``
     guard. A non-empty ``out_dir`` is refused unless ``overwrite``.
     """
     t0 = time.perf_counter()
     validate_options(seed=seed, catalogue_per_part=catalogue_per_part, field_per_part=field_per_part, size=size,
-                     workers=workers)
+                     workers=workers, worn=worn)
     chosen = select_parts(list(parts) if parts is not None else None)
     out = Path(out_dir)
     _prepare_out(out, overwrite)
     n_workers = workers or os.cpu_count() or 1
-    tasks = [ImageTask(p.part_number, kind, i, image_seed(seed, p.part_number, kind, i), size)
+    tasks = [ImageTask(p.part_number, kind, i, image_seed(seed, p.part_number, kind, i), size, float(worn))
              for p in chosen
              for kind, n in (("catalogue", catalogue_per_part), ("field", field_per_part))
              for i in range(n)]
@@ -195,6 +211,7 @@ def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, catalogue_per_pa
     atomic_write_json(out / "generate.json", {
         "format": FORMAT, "seed": seed, "catalogue_per_part": catalogue_per_part, "field_per_part": field_per_part,
         "size": size, "parts": [p.part_number for p in chosen], "n_images": len(rows),
+        "worn": float(worn),
     })
     log.info("generated %d images in %.1f s (%.1f ms/image wall)", len(rows), seconds,
              1000.0 * seconds / max(1, len(rows)))
