@@ -31,6 +31,7 @@ from edge_app.errors import InputError, UsageError
 from edge_app.signing import Keyring, SigningKey
 from edge_app.storage import free_bytes
 
+from ..apply import kill_point
 from ..embedder import Embedder, EmbedderFactory, bundle_embedder
 from .auth import check_name, load_or_create_secret
 from .store import PART_FIELDS, SqliteHubStore, utcnow
@@ -326,6 +327,7 @@ class Hub:
         embedder = self.embedder_factory(dst, self.keyring)
         rows = self.store.live_images()
         vecs = self.embed_rows(rows, embedder)
+        kill_point("hub_set_bundle_embedded")
         with self.store.change() as ch:
             live = {r["image_id"] for r in self.store.live_images()}
             if live != {r["image_id"] for r in rows}:
@@ -335,8 +337,11 @@ class Hub:
                 ch.put_embeddings([r["image_id"] for r in rows], vecs, bundle.bundle_id)
             ch.set_meta("bundle_id", bundle.bundle_id)
             ch.set_meta("bundle_version", bundle.version)
+            # in the same transaction: a hub killed after the switch must still know the active bundle's version
+            # (rollback refusal, field-stats, evaluate-bundle read it)
+            ch.add_bundle(bundle.bundle_id, bundle.version, bundle.manifest)
             version = ch.version
-        self.store.add_bundle(bundle.bundle_id, bundle.version, bundle.manifest, version)
+        kill_point("hub_set_bundle_committed")
         self._embedder = embedder
         log.info("bundle %s active at catalogue version %d (%d images re-embedded)", bundle.bundle_id, version,
                  len(rows))

@@ -82,6 +82,7 @@ class Change(Protocol):
     def put_embeddings(self, image_ids: Sequence[str], vectors: np.ndarray, bundle_id: str) -> int: ...
     def clear_embeddings(self) -> None: ...
     def set_meta(self, key: str, value: Any) -> None: ...
+    def add_bundle(self, bundle_id: str, version: int, manifest: dict[str, Any]) -> None: ...
 
 
 class HubStore(Protocol):
@@ -98,7 +99,6 @@ class HubStore(Protocol):
     def live_images(self) -> list[dict[str, Any]]: ...
     def part_embeddings(self, bundle_id: str) -> dict[str, np.ndarray]: ...
     def look_alike_groups(self) -> dict[str, str | None]: ...
-    def add_bundle(self, bundle_id: str, version: int, manifest: dict[str, Any], catalogue_version: int) -> None: ...
     def bundle(self, bundle_id: str) -> dict[str, Any] | None: ...
     def add_device(self, name: str, site: str, token_hash: str, **settings: Any) -> None: ...
     def set_device_settings(self, name: str, **settings: Any) -> None: ...
@@ -181,6 +181,11 @@ class _SqliteChange:
 
     def set_meta(self, key: str, value: Any) -> None:
         self.db.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def add_bundle(self, bundle_id: str, version: int, manifest: dict[str, Any]) -> None:
+        """Record a bundle made active in this change (its row commits with the change, or not at all)."""
+        self.db.conn.execute("INSERT OR REPLACE INTO bundles VALUES (?,?,?,?,?)",
+                             (bundle_id, int(version), json.dumps(manifest), utcnow(), self.version))
 
 
 #: per-device settings kept at the hub and sent to the tablet with every sync plan
@@ -376,12 +381,6 @@ class SqliteHubStore:
                 "ORDER BY kind").fetchall())}
 
     # -- bundles ----------------------------------------------------------------------------
-    def add_bundle(self, bundle_id: str, version: int, manifest: dict[str, Any], catalogue_version: int) -> None:
-        db = self._db()
-        with self._write_lock, self._tx(db):
-            db.conn.execute("INSERT OR REPLACE INTO bundles VALUES (?,?,?,?,?)",
-                            (bundle_id, version, json.dumps(manifest), utcnow(), catalogue_version))
-
     def bundle(self, bundle_id: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM bundles WHERE bundle_id=?", (bundle_id,))
         if not rows:

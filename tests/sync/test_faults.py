@@ -118,3 +118,80 @@ def test_sigkill_during_delta_and_bundle_swap(tmp_path):
         assert outcomes["random_killed"] >= RANDOM_KILLS // 3, outcomes
     finally:
         server.stop()
+
+
+def hub_state(root):
+    """What a hub folder says about its active bundle, read as `hub status` would after a restart."""
+    from sync.hub.hub import Hub
+
+    from .helpers import embedder_factory
+
+    hub = Hub(root, embedder_factory=embedder_factory)
+    try:
+        bid = hub.bundle_id
+        row = hub.store.bundle(bid)
+        assert row is not None, f"active bundle {bid} has no bundles row (its version is unknown)"
+        emb = hub.store._rows("SELECT bundle_id, COUNT(*) AS n FROM embeddings GROUP BY 1")
+        assert [(e["bundle_id"], e["n"]) for e in emb] == [(bid, len(hub.store.live_images()))], emb
+        assert (hub.bundle_dir(bid) / "manifest.json").exists() and hub.bundle_tar(bid).exists()
+        return {"bundle_id": bid, "version": int(row["version"]), "catalogue_version": hub.store.version()}
+    finally:
+        hub.store.close()
+
+
+@pytest.mark.slow
+def test_sigkill_during_hub_set_bundle(tmp_path):
+    """A hub killed while it installs a bundle and re-embeds the catalogue comes back with the old bundle or the new
+    one, each with its version on record and all vectors from it; set-bundle then completes. (Before the fix the
+    bundle's row was written after the switch committed: killed in between, the hub ran a bundle of unknown
+    version, which let an older bundle through the rollback check.)"""
+    world = build_world(tmp_path)
+    world.hub.store.close()
+    new_bundle = make_bundle(world.root / "export", world.export_key, 2)
+    template = tmp_path / "template"
+    shutil.copytree(world.hub.root, template)
+    old = hub_state(template)
+    rng = random.Random(99)
+    plans = [("named", "hub_set_bundle_embedded"), ("named", "hub_set_bundle_committed")] + [
+        ("random", rng.uniform(0.0, 0.25)) for _ in range(4)]
+    seen = []
+    for i, (mode, arg) in enumerate(plans):
+        root = tmp_path / f"hub{i}"
+        shutil.copytree(template, root)
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        if mode == "named":
+            env["PARTLENS_SYNC_KILL_AT"] = arg
+        proc = subprocess.Popen([sys.executable, "-m", "tests.sync._child_hub_set_bundle", str(root),
+                                 str(new_bundle)], cwd=str(REPO), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "go", proc.stderr.read()
+        if mode == "random":
+            time.sleep(arg)
+            proc.send_signal(signal.SIGKILL)
+        rc = proc.wait(60)
+        if mode == "named":
+            assert rc == -signal.SIGKILL, f"kill point {arg} never reached: {proc.stderr.read()[-1500:]}"
+        state = hub_state(root)
+        assert state["bundle_id"] in (old["bundle_id"], new_bundle.name), state
+        if state["bundle_id"] == old["bundle_id"]:
+            assert state == old
+        else:
+            assert state["version"] == 2 and state["catalogue_version"] == old["catalogue_version"] + 1
+        seen.append((mode, arg, state["bundle_id"] == new_bundle.name))
+        # the operator runs set-bundle again: it completes (or the bundle is already active)
+        from sync.hub.hub import Hub
+
+        from .helpers import embedder_factory
+
+        hub = Hub(root, embedder_factory=embedder_factory)
+        try:
+            if state["bundle_id"] == old["bundle_id"]:
+                hub.set_bundle(new_bundle)
+            with pytest.raises(Exception, match="not newer|rollbacks are refused"):
+                hub.set_bundle(world.bundle_v1)  # the older bundle stays refused
+        finally:
+            hub.store.close()
+        assert hub_state(root)["bundle_id"] == new_bundle.name
+        shutil.rmtree(root)
+    print("hub set-bundle kills:", seen)
+    assert ("named", "hub_set_bundle_embedded", False) in seen and ("named", "hub_set_bundle_committed", True) in seen
