@@ -106,7 +106,7 @@ def receive_record(hub: Hub, device: Mapping[str, Any], body: Mapping[str, Any])
     stored, created = hub.store.add_upload(row)
     if created:
         log.info("upload %s (%s) from %s stored as #%d", row["uuid"], row["kind"], device["name"], stored["seq"])
-    return _status(stored, hub, duplicate=not created)
+    return _status(_finish_if_full(hub, stored), hub, duplicate=not created)
 
 
 def receive_records(hub: Hub, device: Mapping[str, Any], bodies: Any) -> list[dict[str, Any]]:
@@ -137,7 +137,7 @@ def receive_records(hub: Hub, device: Mapping[str, Any], bodies: Any) -> list[di
         rows.append(row)
         where.append(i)
     for i, (stored, created) in zip(where, hub.store.add_uploads(rows)):
-        results[i] = _status(stored, hub, duplicate=not created)
+        results[i] = _status(_finish_if_full(hub, stored), hub, duplicate=not created)
     stored_new = sum(1 for r in results if r and "refused" not in r and not r["duplicate"])
     if bodies:
         log.info("upload batch from %s: %d records, %d new, %d refused", device["name"], len(bodies), stored_new,
@@ -149,7 +149,7 @@ def upload_status(hub: Hub, device: Mapping[str, Any], uuid: str) -> dict[str, A
     row = hub.store.upload(uuid)
     if row is None or row["device"] != device["name"]:
         raise InputError(f"no such upload {uuid}")
-    return _status(row, hub)
+    return _status(_finish_if_full(hub, row), hub)
 
 
 def receive_chunk(hub: Hub, device: Mapping[str, Any], uuid: str, offset: int, data: bytes) -> dict[str, Any]:
@@ -168,6 +168,8 @@ def _receive_chunk(hub: Hub, device: Mapping[str, Any], uuid: str, offset: int, 
         return _status(row, hub, duplicate=True)
     part = partial_path(hub, uuid)
     current = part.stat().st_size if part.exists() else 0
+    if current == row["blob_size"] and not data:  # every byte arrived before the hub stopped: finish it
+        return _status(_finish_blob(hub, row), hub)
     if offset != current:
         raise OffsetMismatch(current)
     if current + len(data) > row["blob_size"]:
@@ -183,15 +185,48 @@ def _receive_chunk(hub: Hub, device: Mapping[str, Any], uuid: str, offset: int, 
             os.ftruncate(fh.fileno(), current)
             raise
     if current + len(data) == row["blob_size"]:
-        h = hashlib.sha256()
-        with open(part, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-        if h.hexdigest() != row["blob_sha256"]:
-            part.unlink()
-            raise IntegrityError(f"upload {uuid}: blob sha256 does not match; discarded, send it again")
-        os.replace(part, blob_path(hub, uuid))
-        fsync_dir(part.parent)
-        hub.store.update_upload(uuid, blob_complete=1)
-        row = hub.store.upload(uuid) or row
+        row = _finish_blob(hub, row)
     return _status(row, hub)
+
+
+def _finish_blob(hub: Hub, row: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a fully received blob against its sha256 and move it into place (a mismatch discards it:
+    IntegrityError, the tablet sends it again). Call with ``_CHUNK_LOCK`` held."""
+    uuid = row["uuid"]
+    part = partial_path(hub, uuid)
+    h = hashlib.sha256()
+    with open(part, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    if h.hexdigest() != row["blob_sha256"]:
+        part.unlink()
+        raise IntegrityError(f"upload {uuid}: blob sha256 does not match; discarded, send it again")
+    os.replace(part, blob_path(hub, uuid))
+    fsync_dir(part.parent)
+    hub.store.update_upload(uuid, blob_complete=1)
+    return hub.store.upload(uuid) or dict(row)
+
+
+def _finish_if_full(hub: Hub, row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A blob whose last chunk reached the disk but was not finished (the hub was killed in between) is finished
+    now. Without this the tablet, told that the hub holds every byte, sends nothing more and the photo never
+    completes at the hub."""
+    if row["blob_complete"] or row["blob_size"] is None:
+        return row
+    part = partial_path(hub, row["uuid"])
+    try:
+        if part.stat().st_size != row["blob_size"]:
+            return row
+    except FileNotFoundError:
+        return row
+    with _CHUNK_LOCK:
+        fresh = hub.store.upload(row["uuid"]) or row
+        if fresh["blob_complete"] or not part.exists() or part.stat().st_size != fresh["blob_size"]:
+            return fresh
+        try:
+            done = _finish_blob(hub, fresh)
+        except IntegrityError as exc:
+            log.warning("%s", exc)
+            return hub.store.upload(row["uuid"]) or fresh
+    log.info("upload %s: finished a photo whose last chunk had arrived before the hub stopped", row["uuid"])
+    return done

@@ -295,3 +295,39 @@ def test_refused_uploads_listed_and_requeued_from_the_cli(world, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["sync", "refused", "--help"])
     assert exc.value.code == 0 and "--requeue" in capsys.readouterr().out
+
+
+def test_a_photo_whose_last_chunk_arrived_before_the_hub_stopped_is_finished(world):
+    """The hub was killed after the last chunk reached the disk and before it checked and renamed the photo: the
+    tablet, told the hub holds every byte, sends nothing more. The hub finishes the photo when the record comes
+    again (before the fix it stayed 'not finished uploading' for good); a full but corrupt file is discarded and
+    the tablet sends the photo again."""
+    import hashlib
+
+    from edge_app.runtime.outbox import Outbox
+    from sync.hub.uploads import blob_path, partial_path, receive_records, upload_status
+
+    photo = world.root / "photo.jpg"
+    photo.write_bytes(part_image(3, noise=20.0, size=200))
+    data = photo.read_bytes()
+    dev = _device(world)
+    ob = Outbox(world.device_dir / "outbox.db")
+    good = ob.add("photo", {"part_number": "P1"}, blob_path=photo)
+    bad = ob.add("photo", {"part_number": "P2"}, blob_path=photo)
+    ob.close()
+    for uid, content in ((good, data), (bad, data[:-1] + bytes([data[-1] ^ 1]))):
+        body = {**_body("photo", {"part_number": "P1"}, uid),
+                "blob": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
+        (status,) = receive_records(world.hub, dev, [body])
+        assert status["blob_offset"] == 0 and not status["blob_complete"]
+        part = partial_path(world.hub, uid)  # every byte on disk, then the hub died: no check, no rename
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(content)
+    assert world.hub.store.upload(good)["blob_complete"] == 0
+    r = _client(world).sync()  # the tablet sends the records again (it never heard back)
+    assert r.uploaded == 2 and r.upload_refused == 0
+    for uid in (good, bad):
+        assert world.hub.store.upload(uid)["blob_complete"] == 1, uid
+        assert blob_path(world.hub, uid).read_bytes() == data  # the corrupt one was discarded and sent again
+        assert not partial_path(world.hub, uid).exists()
+        assert upload_status(world.hub, dev, uid)["blob_complete"]
