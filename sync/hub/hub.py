@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from edge_app.storage import free_bytes
 from ..apply import kill_point
 from ..embedder import Embedder, EmbedderFactory, bundle_embedder
 from .auth import check_name, load_or_create_secret
-from .store import PART_FIELDS, SqliteHubStore, utcnow
+from .store import PART_FIELDS, Change, SqliteHubStore, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +207,9 @@ class Hub:
         return {"image_id": image_id, "part_number": part_number, "path": rel, "kind": kind, "sha256": digest,
                 "thumb_sha256": thumb_digest}
 
-    def add_images(self, rows: Sequence[dict[str, Any]]) -> int:
-        """Add stored image rows to the catalogue (one version), embedding them with the active bundle."""
+    def add_images(self, rows: Sequence[dict[str, Any]], *, also: Callable[[Change], None] | None = None) -> int:
+        """Add stored image rows to the catalogue (one version), embedding them with the active bundle. ``also``
+        writes more in the same transaction (e.g. the review of the upload the image came from)."""
         emb = self.embedder()
         vecs = self.embed_rows(rows, emb) if emb is not None and rows else None
         with self.store.change() as ch:
@@ -218,12 +219,15 @@ class Hub:
             ch.upsert_images(rows)
             if vecs is not None and emb is not None:
                 ch.put_embeddings([r["image_id"] for r in rows], vecs, emb.bundle_id)
+            if also is not None:
+                also(ch)
             return ch.version
 
     # -- catalogue edits --------------------------------------------------------------------
     def add_part(self, part: Mapping[str, Any], *, inventory: Mapping[str, tuple[int | None, str | None]] = {},
-                 images: Sequence[str | os.PathLike[str]] = ()) -> int:
-        """Create or update one part with its stock per site and catalogue images; return the new version."""
+                 images: Sequence[str | os.PathLike[str]] = (), also: Callable[[Change], None] | None = None) -> int:
+        """Create or update one part with its stock per site and catalogue images; return the new version.
+        ``also`` writes more in the same transaction (e.g. the review of the report the part was made from)."""
         pn = str(part.get("part_number") or "").strip()
         if not pn:
             raise UsageError("a part needs a part_number")
@@ -241,6 +245,8 @@ class Hub:
             ch.upsert_images(rows)
             if vecs is not None and emb is not None:
                 ch.put_embeddings([r["image_id"] for r in rows], vecs, emb.bundle_id)
+            if also is not None:
+                also(ch)
             return ch.version
 
     def set_stock(self, part_number: str, site: str, stock: int | None, bin: str | None = None) -> int:

@@ -21,7 +21,7 @@ from edge_app.imageio import IMAGE_SUFFIXES
 from edge_app.partfolders import part_folder
 
 from .hub import Hub
-from .store import PART_FIELDS
+from .store import PART_FIELDS, Change
 from .uploads import blob_path
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,12 @@ def approve_photo(hub: Hub, uuid: str, part_number: str | None = None) -> dict[s
     if hub.store.part(pn) is None:
         raise InputError(f"unknown part {pn!r}")
     img = hub.store_image(_blob(hub, row), pn, kind="field", what=f"upload {uuid}")
-    version = hub.add_images([img])
-    hub.store.update_upload(uuid, status="approved", review=json.dumps(
-        {"part_number": pn, "image_id": img["image_id"], "catalogue_version": version}))
+
+    def review(ch: Change) -> None:  # with the image, in one transaction: never a catalogue photo still "new"
+        ch.update_upload(uuid, status="approved", review=json.dumps(
+            {"part_number": pn, "image_id": img["image_id"], "catalogue_version": ch.version}))
+
+    version = hub.add_images([img], also=review)
     return {"uuid": uuid, "part_number": pn, "image_id": img["image_id"], "catalogue_version": version}
 
 
@@ -89,9 +92,12 @@ def make_part(hub: Hub, uuid: str, part: Mapping[str, Any]) -> dict[str, Any]:
     if hub.store.part(fields["part_number"]) is not None:
         raise UsageError(f"part {fields['part_number']} already exists; approve the photo into it instead")
     images = [_blob(hub, row)] if row["blob_size"] is not None else []
-    version = hub.add_part(fields, images=images)
-    hub.store.update_upload(uuid, status="done", review=json.dumps(
-        {"part_number": fields["part_number"], "catalogue_version": version}))
+
+    def review(ch: Change) -> None:  # with the part, in one transaction: a part made, its report never left "new"
+        ch.update_upload(uuid, status="done", review=json.dumps(
+            {"part_number": fields["part_number"], "catalogue_version": ch.version}))
+
+    version = hub.add_part(fields, images=images, also=review)
     return {"uuid": uuid, "part_number": fields["part_number"], "catalogue_version": version}
 
 

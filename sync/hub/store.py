@@ -83,6 +83,7 @@ class Change(Protocol):
     def clear_embeddings(self) -> None: ...
     def set_meta(self, key: str, value: Any) -> None: ...
     def add_bundle(self, bundle_id: str, version: int, manifest: dict[str, Any]) -> None: ...
+    def update_upload(self, uuid: str, **fields: Any) -> None: ...
 
 
 class HubStore(Protocol):
@@ -114,6 +115,9 @@ class HubStore(Protocol):
                      since: str | None = None, exclude_kind: str | None = None) -> list[dict[str, Any]]: ...
     def delete_uploads(self, kind: str, received_before: str) -> int: ...
     def update_upload(self, uuid: str, **fields: Any) -> None: ...
+
+
+UPLOAD_REVIEW_FIELDS = frozenset({"status", "review"})
 
 
 class _SqliteChange:
@@ -181,6 +185,17 @@ class _SqliteChange:
 
     def set_meta(self, key: str, value: Any) -> None:
         self.db.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def update_upload(self, uuid: str, **fields: Any) -> None:
+        """Review an upload in the same transaction as the catalogue change it caused (an approved photo, a part
+        made from an unknown-part report): both commit, or neither."""
+        bad = set(fields) - UPLOAD_REVIEW_FIELDS
+        if bad:
+            raise ValueError(f"not an upload review field: {sorted(bad)}")
+        cur = self.db.conn.execute(f"UPDATE uploads SET {', '.join(f'{k}=?' for k in fields)} WHERE uuid=?",
+                                   [*fields.values(), uuid])
+        if cur.rowcount != 1:
+            raise InputError(f"no such upload {uuid}")
 
     def add_bundle(self, bundle_id: str, version: int, manifest: dict[str, Any]) -> None:
         """Record a bundle made active in this change (its row commits with the change, or not at all)."""

@@ -144,3 +144,42 @@ def test_export_calibration_link_shares_the_hubs_files(world, tmp_path: Path, mo
     assert counts == copied and files(tmp_path / "fallback") == files(tmp_path / "copy")
     assert (tmp_path / "fallback" / "negatives" / f"{ids[1]}.jpg").read_bytes() == part_image(20)
     assert not os.path.samefile(tmp_path / "fallback" / "negatives" / f"{ids[1]}.jpg", blob_path(hub, ids[1]))
+
+
+@pytest.mark.parametrize("action", ["approve", "make-part"])
+def test_a_review_and_the_catalogue_change_it_makes_commit_together(world, monkeypatch, action: str) -> None:
+    """Approving a photo (or making a part of an unknown-part report) changes the catalogue and the upload's status.
+    Stopped in between, before the fix, the catalogue held the photo while the upload stayed "new": export-calibration
+    wrote it as both a catalogue image and a field photo, and make-part could never be re-run. Now both are one
+    transaction: a failure leaves neither, and the action then runs again."""
+    from sync.hub import store as store_mod
+    from sync.hub.review import approve_photo, make_part
+
+    hub = world.hub
+    kind, payload = (("feedback", {"part_number": "P1", "verdict": "correct", "capture_ids": ["c1"]})
+                     if action == "approve" else ("unknown_part", {"note": "pump seal", "capture_ids": ["c2"]}))
+    (uid,) = upload_items(world, [(kind, payload, part_image(1, noise=20))])
+    before = (hub.store.version(), len(hub.store.live_images()), hub.store.upload(uid)["status"])
+
+    def run():
+        if action == "approve":
+            return approve_photo(hub, uid)
+        return make_part(hub, uid, {"part_number": "P-NEW", "name": "new"})
+
+    def dies(self, uuid, **fields):
+        raise KeyboardInterrupt  # stopped after the catalogue rows were written, before the commit
+
+    with monkeypatch.context() as m:
+        m.setattr(store_mod._SqliteChange, "update_upload", dies)
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    assert (hub.store.version(), len(hub.store.live_images()), hub.store.upload(uid)["status"]) == before
+    assert hub.store.part("P-NEW") is None
+    res = run()
+    row = hub.store.upload(uid)
+    assert row["status"] == ("approved" if action == "approve" else "done")
+    assert hub.store.version() == before[0] + 1 == res["catalogue_version"]
+    assert len(hub.store.live_images()) == before[1] + 1
+    import json as _json
+
+    assert _json.loads(row["review"])["catalogue_version"] == res["catalogue_version"]
