@@ -21,7 +21,7 @@ import logging
 import os
 import ssl
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 from edge_app.atomic import atomic_write_bytes, atomic_write_json
@@ -263,6 +263,32 @@ def enrolment_fields(hub_root: str | os.PathLike[str], url: str) -> dict[str, st
     return {}
 
 
+def _unfinished_init(hub: Any, names: Sequence[str]) -> dict[str, Any] | None:
+    """The certificate an earlier ``tls-init`` made before it was stopped, before it switched the hub's URL to
+    https://: no tablet pins it yet, so it is kept and only the URL step remains. None when that is not the
+    case (no certificate, an https:// URL already, or a certificate without every name asked for)."""
+    from cryptography import x509
+
+    url = hub.config.get("url") or ""
+    if not has_tls(hub.root) or not url.startswith("http://"):
+        return None
+    pem = cert_pem(hub.root)
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    have = {str(v) for v in sans.get_values_for_type(x509.DNSName)} | {
+        str(v) for v in sans.get_values_for_type(x509.IPAddress)}
+    if not {str(n) for n in names} <= have:
+        return None
+    d = tls_dir(hub.root)
+    log.warning("%s holds a certificate from a tls-init that stopped before switching the hub URL (%s) to "
+                "https://; keeping it (no tablet pins it yet) and finishing", d, url)
+    return {"cert": str(d / CERT), "key": str(d / KEY), "hosts": sorted(have),
+            "not_after": cert.not_valid_after_utc.isoformat(), "sha256": fingerprint(pem), "resumed": True}
+
+
 def enable_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, force: bool = False,
                port: int | None = None, protect: bool = False) -> dict[str, Any]:
     """``partlens hub tls-init``: the certificate for the hub's host (from its URL) and ``hosts``; the hub's
@@ -275,9 +301,10 @@ def enable_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, f
     if not names:
         raise UsageError("name the host or IP address devices use to reach the hub: --host NAME "
                          "(the hub has no URL to take it from)")
-    info = init_tls(hub.root, names, days=days, force=force, protect=protect)
     if port is not None and not 0 < port < 65536:
         raise UsageError(f"port must be 1..65535, got {port}")
+    resumed = _unfinished_init(hub, names) if not force else None
+    info = resumed or init_tls(hub.root, names, days=days, force=force, protect=protect)
     if parts and (parts.scheme != "https" or port is not None):
         netloc = parts.netloc if port is None else f"{parts.hostname}:{port}"
         new_url = parts._replace(scheme="https", netloc=netloc).geturl()

@@ -444,3 +444,33 @@ def test_rotation_can_protect_a_plain_tls_key(tmp_path, monkeypatch):
     monkeypatch.setenv(PASSPHRASE_ENV, "tls passphrase")
     rotate_tls(world.hub, protect=True)
     assert key_is_protected(next_dir(world.hub.root) / KEY)
+
+
+def test_a_tls_init_stopped_before_the_url_switch_is_finished_by_running_it_again(tmp_path, monkeypatch):
+    """Stopped after the certificate was written and before the hub's URL became https:// (before the fix: every
+    later tls-init asked for --force and warned to re-enrol every tablet, although none pins that certificate, and
+    tablets on http:// were never offered the switch)."""
+    from sync.hub import tls as tls_mod
+    from sync.hub.tls import enable_tls, fingerprint, tls_dir, upgrade_offer
+
+    world = build_world(tmp_path, url="http://127.0.0.1:8765")
+    with monkeypatch.context() as m:
+        def dies(*a, **k):
+            raise KeyboardInterrupt
+
+        m.setattr(tls_mod, "atomic_write_json", dies)
+        with pytest.raises(KeyboardInterrupt):
+            enable_tls(world.hub, ["hub.terminal.lan"])
+    cert = (tls_dir(world.hub.root) / "cert.pem").read_text()
+    assert json.loads((world.hub.root / "hub.json").read_text())["url"] == "http://127.0.0.1:8765"
+    assert upgrade_offer(world.hub) is None  # the half-done state: no offer for http:// tablets
+    # a certificate without a name now asked for is not taken over
+    with pytest.raises(UsageError, match="--force"):
+        enable_tls(world.hub, ["other.lan"])
+    info = enable_tls(world.hub, ["hub.terminal.lan"])
+    assert info["resumed"] and info["sha256"] == fingerprint(cert)
+    assert (tls_dir(world.hub.root) / "cert.pem").read_text() == cert  # the same certificate, kept
+    assert json.loads((world.hub.root / "hub.json").read_text())["url"] == "https://127.0.0.1:8765"
+    assert upgrade_offer(world.hub)["doc"]["tls_sha256"] == fingerprint(cert)
+    with pytest.raises(UsageError, match="--force"):  # done now: tablets may pin it
+        enable_tls(world.hub, ["hub.terminal.lan"])
