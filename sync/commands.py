@@ -161,7 +161,7 @@ def _add_device(args: argparse.Namespace) -> int:
     from .hub.enrol import add_device, payload_text, qr_ascii, qr_png
 
     payload = add_device(_open_hub(args), args.name, args.site, args.url, sync_window=args.sync_window,
-                         keep_free_mb=args.keep_free_mb)
+                         keep_free_mb=args.keep_free_mb, reissue=args.reissue)
     if args.qr:
         qr_png(payload, args.qr)
     if args.ascii:
@@ -378,6 +378,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "local time, or 'always' (default on the device: 01:00-05:00)")
     p.add_argument("--keep-free-mb", type=float, metavar="MB",
                    help="storage the device's syncs leave free for photos (default on the device: 100)"),
+    p.add_argument("--reissue", action="store_true",
+                   help="a new token for a device that exists but never synced (its payload or QR code was lost); "
+                        "the old token stops working")
     p = cmd("devices", _devices, "list enrolled devices: site, enrolled at, revoked, and from their last contact "
             "(a sync): when, catalogue versions behind, active bundle or not, stale")
     p.add_argument("--stale-days", type=float, default=2.0,

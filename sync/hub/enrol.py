@@ -36,8 +36,12 @@ ENROL_VERSION = 1
 
 
 def add_device(hub: Hub, name: str, site: str, url: str | None = None,
-               sync_window: str | None = None, keep_free_mb: float | None = None) -> dict[str, Any]:
+               sync_window: str | None = None, keep_free_mb: float | None = None,
+               reissue: bool = False) -> dict[str, Any]:
     """Register a device for ``site``; return the enrolment payload (with the plain token).
+
+    ``reissue``: the device exists but never synced (its payload was lost, e.g. the command was stopped before
+    printing it): a new token replaces the old one, which stops working.
 
     ``sync_window`` (``HH:MM-HH:MM`` local time, or ``always``) is the device's nightly background-sync
     window; without it the device uses its default (01:00-05:00). ``keep_free_mb``: the storage its syncs
@@ -54,8 +58,14 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None,
     tls = enrolment_fields(hub.root, url)  # before the device exists: a wrong scheme is refused first
     token = new_token(name)
     # the settings are kept with the device, so `hub set-device` can change them later
-    hub.store.add_device(name, site, token_hash(hub.secret, token), sync_window=sync_window, keep_free_mb=keep_free_mb)
-    log.info("device %s enrolled for site %s", name, site)
+    if reissue:
+        hub.store.reissue_token(name, site, token_hash(hub.secret, token), sync_window=sync_window,
+                                keep_free_mb=keep_free_mb)
+        log.warning("device %s: a new token for site %s; the previous one no longer works", name, site)
+    else:
+        hub.store.add_device(name, site, token_hash(hub.secret, token), sync_window=sync_window,
+                             keep_free_mb=keep_free_mb)
+        log.info("device %s enrolled for site %s", name, site)
     payload = {"v": ENROL_VERSION, "hub": url.rstrip("/"), "device": name, "site": site, "token": token,
                "keys": hub.keyring.to_dict()["keys"], "hub_id": hub.store.get_meta("hub_id")}
     if sync_window is not None:

@@ -102,6 +102,7 @@ class HubStore(Protocol):
     def look_alike_groups(self) -> dict[str, str | None]: ...
     def bundle(self, bundle_id: str) -> dict[str, Any] | None: ...
     def add_device(self, name: str, site: str, token_hash: str, **settings: Any) -> None: ...
+    def reissue_token(self, name: str, site: str, token_hash: str, **settings: Any) -> None: ...
     def set_device_settings(self, name: str, **settings: Any) -> None: ...
     def device(self, name: str) -> dict[str, Any] | None: ...
     def list_devices(self) -> list[dict[str, Any]]: ...
@@ -411,11 +412,35 @@ class SqliteHubStore:
             raise UsageError(f"unknown device setting(s) {sorted(unknown)}")
         db = self._db()
         with self._write_lock, self._tx(db):
-            if db.conn.execute("SELECT 1 FROM devices WHERE name=?", (name,)).fetchone():
-                raise UsageError(f"device {name!r} already exists (pick another name)")
+            row = db.conn.execute("SELECT last_sync_at, revoked FROM devices WHERE name=?", (name,)).fetchone()
+            if row:
+                hint = (" It has never synced: if its enrolment payload was lost, `hub add-device NAME --reissue` "
+                        "gives it a new token (the old one stops working)." if row[0] is None and not row[1]
+                        else "")
+                raise UsageError(f"device {name!r} already exists (pick another name).{hint}")
             cols = ["name", "site", "token_hash", "created_at", *settings]
             db.conn.execute(f"INSERT INTO devices ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                             (name, site, token_hash, utcnow(), *settings.values()))
+
+    def reissue_token(self, name: str, site: str, token_hash: str, **settings: Any) -> None:
+        """A new token for a device that never synced and is not revoked (its enrolment payload was lost before
+        anyone saw it); the old token stops working. Its site and settings are set as given."""
+        unknown = set(settings) - set(DEVICE_SETTINGS)
+        if unknown:
+            raise UsageError(f"unknown device setting(s) {sorted(unknown)}")
+        db = self._db()
+        with self._write_lock, self._tx(db):
+            row = db.conn.execute("SELECT last_sync_at, revoked FROM devices WHERE name=?", (name,)).fetchone()
+            if row is None:
+                raise InputError(f"no device {name!r} to reissue a token for (enrol it without --reissue)")
+            if row[1]:
+                raise UsageError(f"device {name!r} is revoked; enrol the tablet under another name")
+            if row[0] is not None:
+                raise UsageError(f"device {name!r} has synced with this hub (its token is in use); revoke it and "
+                                 "enrol the tablet under another name")
+            sets = {"site": site, "token_hash": token_hash, "created_at": utcnow(), **settings}
+            db.conn.execute(f"UPDATE devices SET {', '.join(f'{k}=?' for k in sets)} WHERE name=?",
+                            (*sets.values(), name))
 
     def set_device_settings(self, name: str, **settings: Any) -> None:
         """Store a device's ``keep_free_mb`` / ``sync_window`` (None clears one: the tablet keeps its own)."""

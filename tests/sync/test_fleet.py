@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from edge_app.errors import UsageError
+from edge_app.errors import AuthError, InputError, UsageError
 
 from .helpers import write_images
 from .test_inmemory import client
@@ -130,3 +130,43 @@ def test_hub_changes_a_tablets_window_and_reserve_without_re_enrolling(world, ca
         client().sync()
     assert "device settings this tablet cannot use" in caplog.text
     assert str(window_of(world.device_dir)) == "02:30-04:00"
+
+
+def test_a_device_whose_payload_was_lost_gets_a_new_token(world, capsys) -> None:
+    """`hub add-device` stopped after the device row was written and before the payload was shown: the name was
+    burned and the device blocked `tls-rotate --activate` until revoked. `--reissue` gives a device that never
+    synced a new token; the old one stops working. A device that synced, or a revoked one, is refused."""
+    from edge_app.cli import main
+    from sync.hub.auth import authenticate
+    from sync.hub.enrol import add_device
+
+    hub = world.hub
+    lost = add_device(hub, "tab9", "site_a")  # as if never printed
+    with pytest.raises(UsageError, match="--reissue"):
+        add_device(hub, "tab9", "site_a")
+    assert main(["hub", "add-device", "tab9", "--hub", str(hub.root), "--site", "site_b", "--reissue",
+                 "--keep-free-mb", "250"]) == 0
+    new = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert new["device"] == "tab9" and new["site"] == "site_b" and new["token"] != lost["token"]
+    assert authenticate(hub.store, hub.secret, new["token"])["site"] == "site_b"
+    with pytest.raises(AuthError):
+        authenticate(hub.store, hub.secret, lost["token"])
+    assert hub.store.device("tab9")["keep_free_mb"] == 250
+    # the tablet with the new payload syncs; from then on its token is in use and cannot be reissued
+    from sync.client import SyncClient, enrol
+    from sync.transport import InMemoryTransport
+
+    d = world.root / "tab9"
+    enrol(d, new)
+    SyncClient(d, transport=InMemoryTransport(hub, new["token"]), smoke_test=lambda b: None).sync()
+    with pytest.raises(UsageError, match="has synced"):
+        add_device(hub, "tab9", "site_b", reissue=True)
+    with pytest.raises(UsageError) as ei:
+        add_device(hub, "tab9", "site_b")
+    assert "--reissue" not in str(ei.value)
+    add_device(hub, "tab8", "site_a")
+    assert main(["hub", "revoke-device", "tab8", "--hub", str(hub.root)]) == 0
+    with pytest.raises(UsageError, match="revoked"):
+        add_device(hub, "tab8", "site_a", reissue=True)
+    with pytest.raises(InputError, match="no device"):
+        add_device(hub, "nobody", "site_a", reissue=True)
