@@ -16,6 +16,9 @@ def _default_mode() -> int:
 
 
 _FILE_MODE = _default_mode()
+#: for files that hold a secret (keys, tokens): readable by the owner only, from the moment they exist
+PRIVATE = 0o600
+
 
 def fsync_dir(path: Path) -> None:
     """fsync a directory so a rename inside it survives power loss."""
@@ -27,8 +30,12 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True,
-                       durable: bool = True) -> Path:
+                       durable: bool = True, mode: int | None = None) -> Path:
     """Write ``data`` to ``path`` atomically. With ``overwrite=False`` an existing file is an error.
+
+    ``mode`` (e.g. :data:`PRIVATE`) is set on the temp file before a byte is written, so the file never exists
+    under ``path`` with wider permissions (a chmod after the rename leaves a window, and a kill there a secret
+    readable by all); default: what a plain ``open()`` gives.
 
     ``durable=False`` skips the fsyncs (file and folder): readers still never see a half-written file
     under ``path``, but after a power loss it may be missing or empty. For caches written in bulk, where
@@ -40,7 +47,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: 
         raise FileExistsError(f"{path} exists and is immutable")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
-        os.fchmod(fd, _FILE_MODE)
+        os.fchmod(fd, _FILE_MODE if mode is None else mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -61,12 +68,14 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: 
     return path
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, *, overwrite: bool = True) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, overwrite: bool = True,
+                      mode: int | None = None) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite, mode=mode)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, overwrite: bool = True) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", overwrite=overwrite)
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, overwrite: bool = True,
+                      mode: int | None = None) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", overwrite=overwrite, mode=mode)
 
 
 def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwrite: bool = True) -> Path:

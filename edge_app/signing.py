@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .atomic import atomic_write_bytes, atomic_write_json
+from .atomic import PRIVATE, atomic_write_bytes, atomic_write_json
 from .errors import IntegrityError, UsageError
 
 log = logging.getLogger(__name__)
@@ -229,8 +229,7 @@ def init_key(key_dir: str | os.PathLike[str] | None = None, *, allow_in_repo: bo
 
 
 def _write_key_file(path: Path, doc: Mapping[str, str], *, overwrite: bool) -> None:
-    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode(), overwrite=overwrite)
-    os.chmod(path, 0o600)
+    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode(), overwrite=overwrite, mode=PRIVATE)
 
 
 def protect_key(path: str | os.PathLike[str], passphrase: bytes) -> str:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from edge_app import storage
-from edge_app.atomic import atomic_write_json
+from edge_app.atomic import PRIVATE, atomic_write_json
 from edge_app.errors import AuthError, IntegrityError, SyncError, SyncStorageError, UsageError
 from edge_app.signing import Keyring
 from edge_app.spotcheck import policy_from_plan
@@ -111,8 +111,7 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
 
 def _write_device(paths: DevicePaths, device: Mapping[str, Any]) -> None:
     """``device.json`` (hub URL, token, pins): atomically, mode 0600 (it holds the token)."""
-    atomic_write_json(paths.device, dict(device))
-    os.chmod(paths.device, 0o600)
+    atomic_write_json(paths.device, dict(device), mode=PRIVATE)
 
 
 def reserve_of(device: Mapping[str, Any]) -> int:

@@ -15,7 +15,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from edge_app.atomic import atomic_write_bytes
+from edge_app.atomic import PRIVATE, atomic_write_bytes
 from edge_app.errors import AuthError, UsageError
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,12 @@ def load_or_create_secret(path: str | os.PathLike[str]) -> bytes:
         data = path.read_bytes()
         if len(data) != 32:
             raise UsageError(f"{path}: hub secret must be 32 bytes, got {len(data)}")
+        if path.stat().st_mode & 0o077:  # e.g. left so by an older version stopped between write and chmod
+            log.warning("%s was readable by other users; making it private (mode 0600)", path)
+            os.chmod(path, PRIVATE)
         return data
     data = secrets.token_bytes(32)
-    atomic_write_bytes(path, data, overwrite=False)
-    os.chmod(path, 0o600)
+    atomic_write_bytes(path, data, overwrite=False, mode=PRIVATE)
     return data
 
 

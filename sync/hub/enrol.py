@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edge_app.atomic import atomic_write_bytes
+from edge_app.atomic import PRIVATE, atomic_write_bytes
 from edge_app.errors import UsageError
 
 from ..schedule import SyncWindow
@@ -149,8 +149,7 @@ def qr_png(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     img = _qr(payload).make_image()
     buf = io.BytesIO()
     img.save(buf)
-    out = atomic_write_bytes(path, buf.getvalue())
-    os.chmod(out, 0o600)
+    out = atomic_write_bytes(path, buf.getvalue(), mode=PRIVATE)
     return out
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
-from edge_app.atomic import atomic_write_bytes, atomic_write_json
+from edge_app.atomic import PRIVATE, atomic_write_bytes, atomic_write_json
 from edge_app.errors import InputError, UsageError
 
 from ..transport import upgrade_offer_bytes
@@ -158,8 +158,7 @@ def init_tls(hub_root: str | os.PathLike[str], hosts: Iterable[str], *, days: in
                                 serialization.BestAvailableEncryption(passphrase) if passphrase
                                 else serialization.NoEncryption())
     d.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(d / KEY, key_pem)
-    os.chmod(d / KEY, 0o600)
+    atomic_write_bytes(d / KEY, key_pem, mode=PRIVATE)
     pem = cert.public_bytes(serialization.Encoding.PEM)
     atomic_write_bytes(d / CERT, pem)
     info = {"cert": str(d / CERT), "key": str(d / KEY), "hosts": [str(s.value) for s in sans],
@@ -231,8 +230,7 @@ def activate_next(hub: Any, *, force: bool = False) -> dict[str, Any]:
                          "enrolled again)")
     d = tls_dir(hub.root)
     old = fingerprint(cert_pem(hub.root))
-    atomic_write_bytes(d / KEY, (nd / KEY).read_bytes())  # key first: a crash here is repaired by re-running
-    os.chmod(d / KEY, 0o600)
+    atomic_write_bytes(d / KEY, (nd / KEY).read_bytes(), mode=PRIVATE)  # key first: a re-run repairs a crash here
     atomic_write_bytes(d / CERT, (nd / CERT).read_bytes())
     for f in (CERT, KEY, "rotation.json"):
         (nd / f).unlink(missing_ok=True)
