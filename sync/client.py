@@ -38,7 +38,7 @@ from .apply import (DevicePaths, apply_package, drop_index_files, index_params, 
                     read_active, reconcile, space_to_apply, update_index, write_active)
 from .package import read_package, sha256_file
 from .schedule import SyncWindow
-from .transport import HttpTransport, Transport, check_pins, partial_of, upgrade_offer_bytes
+from .transport import HttpTransport, Transport, check_pins, partial_of, settings_bytes, upgrade_offer_bytes
 from .upload import refused_uploads, upload_outbox
 
 log = logging.getLogger(__name__)
@@ -306,6 +306,38 @@ class SyncClient:
     def _check_space(self, need: int, what: str) -> None:
         check_space(self.paths.root, need, what, reserve=self.reserve_bytes, error=SyncStorageError)
 
+    def _settings_of(self, plan: Mapping[str, Any]) -> tuple[Any, Any, list[int] | None]:
+        """The field policy and device settings this tablet may take from ``plan``, and the stamp of the signed
+        document they came in. The hub signs them with its package key (pinned at enrolment) for this device,
+        counted per catalogue lineage: a forged, another device's, another hub's or an older replayed document
+        is refused with a warning, and the tablet keeps what it has (the catalogue sync goes on). Unsigned values
+        (a hub from before signed settings) are taken only over HTTPS, whose channel authenticates the hub."""
+        signed = plan.get("settings")
+        if signed is None:
+            if str(self.device.get("hub", "")).startswith("https://"):
+                return plan.get("policy"), plan.get("device_settings"), None
+            if plan.get("policy") is not None or plan.get("device_settings"):
+                log.warning("hub sent unsigned settings over plain HTTP; not taking them (update the hub)")
+            return None, None, None
+        from edge_app.signing import verify_document
+
+        try:
+            doc = dict(signed["doc"])
+            verify_document(settings_bytes(doc), signed["signature"], self.keyring, "device settings")
+            if doc.get("device") != self.device.get("device"):
+                raise IntegrityError(f"they are for device {doc.get('device')!r}, not {self.device.get('device')!r}")
+            mine = self.device.get("hub_id")
+            if mine and doc.get("hub_id") != mine:
+                raise IntegrityError(f"they come from hub {doc.get('hub_id')!r}, not {mine!r}")
+            stamp = [int(doc["epoch"]), int(doc["serial"])]
+            seen = self.device.get("settings_stamp")
+            if seen and stamp < [int(v) for v in seen]:
+                raise IntegrityError(f"they are dated {stamp}, older than the {seen} this tablet took (a replay?)")
+        except (KeyError, TypeError, ValueError, IntegrityError, SyncError) as exc:
+            log.warning("hub settings do not verify (%s); keeping this tablet's", exc)
+            return None, None, None
+        return doc.get("policy"), doc.get("device_settings"), stamp
+
     def _follow_policy(self, policy: Any) -> None:
         """Keep the hub's field policy (the spot-check rate) in ``device.json`` for the app. A hub too old to send
         one leaves the tablet's as it is; a malformed one is refused with a warning and the previous one kept
@@ -536,8 +568,12 @@ class SyncClient:
         other_hub = moved is not None and moved[0] == "hub"
         plan = self._plan(version, None if other_hub else active_id, epoch)
         self._follow_pins(plan.get("tls_pins"))
-        self._follow_policy(plan.get("policy"))
-        self._follow_device_settings(plan.get("device_settings"))
+        policy, settings, stamp = self._settings_of(plan)
+        self._follow_policy(policy)
+        self._follow_device_settings(settings)
+        if stamp is not None and stamp != self.device.get("settings_stamp"):
+            self.device["settings_stamp"] = stamp
+            _write_device(self.paths, self.device)
         hub_epoch = int(plan.get("epoch") or 0)
         if hub_epoch < epoch:
             raise SyncError(f"the hub's catalogue lineage ({hub_epoch}) is older than this device's ({epoch}): it was "

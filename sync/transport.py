@@ -93,6 +93,12 @@ def check_pins(pins: str | Sequence[str]) -> tuple[str, ...]:
     return items
 
 
+def settings_bytes(doc: Mapping[str, Any]) -> bytes:
+    """The canonical bytes the signature of a tablet's settings in a sync plan covers (field policy and the
+    settings the hub keeps for that tablet)."""
+    return json.dumps({"partlens_device_settings": 1, **doc}, sort_keys=True, separators=(",", ":")).encode()
+
+
 def upgrade_offer_bytes(doc: Mapping[str, Any]) -> bytes:
     """The canonical bytes the signature of a hub's HTTP -> HTTPS upgrade offer covers."""
     return json.dumps({"partlens_tls_upgrade": 1, **doc}, sort_keys=True, separators=(",", ":")).encode()

@@ -84,7 +84,22 @@ class PackageService:
         settings = {k: device.get(k) for k in DEVICE_SETTINGS if device.get(k) is not None}
         if settings:
             plan["device_settings"] = settings
+        plan["settings"] = self.signed_settings(device["name"], self.hub.policy(), settings)
         return plan
+
+    def signed_settings(self, device: str, policy: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+        """What ``device`` follows (the field policy and its own settings), signed with the hub's package key,
+        which every tablet pins: over plain HTTP the plan could be forged, the signature cannot. Bound to the
+        device and this hub, and counted (``serial``, per catalogue lineage ``epoch``), so an older document
+        replayed is refused."""
+        from edge_app.signing import sign_document
+
+        from ..transport import settings_bytes
+
+        doc = {"device": device, "hub_id": self.hub.store.get_meta("hub_id"), "epoch": self.hub.store.epoch(),
+               "serial": int(self.hub.store.get_meta("settings_serial", 0)), "policy": dict(policy),
+               "device_settings": dict(settings)}
+        return {"doc": doc, "signature": sign_document(settings_bytes(doc), self.hub.key)}
 
     def plan(self, site: str, from_version: int, bundle_id: str | None, *, epoch: int = 0) -> dict[str, Any]:
         """What a device of ``site`` at (``from_version``, ``bundle_id``) of catalogue lineage ``epoch`` must

@@ -121,6 +121,14 @@ class HubStore(Protocol):
 UPLOAD_REVIEW_FIELDS = frozenset({"status", "review"})
 
 
+def _bump_settings_serial(db: Any) -> None:
+    """Count a change of what tablets follow (a hub setting, a device's settings): the signed settings in sync
+    plans carry it, and a tablet refuses a count lower than one it already took (an old plan replayed)."""
+    row = db.conn.execute("SELECT value FROM meta WHERE key='settings_serial'").fetchone()
+    db.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('settings_serial', ?)",
+                    (json.dumps(int(json.loads(row[0])) + 1 if row else 1),))
+
+
 class _SqliteChange:
     def __init__(self, db: Any, version: int) -> None:
         self.db = db
@@ -303,6 +311,7 @@ class SqliteHubStore:
         db = self._db()
         with self._write_lock, self._tx(db):
             db.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+            _bump_settings_serial(db)
 
     @contextlib.contextmanager
     def change(self) -> Iterator[_SqliteChange]:
@@ -441,6 +450,7 @@ class SqliteHubStore:
             sets = {"site": site, "token_hash": token_hash, "created_at": utcnow(), **settings}
             db.conn.execute(f"UPDATE devices SET {', '.join(f'{k}=?' for k in sets)} WHERE name=?",
                             (*sets.values(), name))
+            _bump_settings_serial(db)
 
     def set_device_settings(self, name: str, **settings: Any) -> None:
         """Store a device's ``keep_free_mb`` / ``sync_window`` (None clears one: the tablet keeps its own)."""
@@ -453,6 +463,7 @@ class SqliteHubStore:
                 raise UsageError(f"no device {name!r} (see `partlens hub devices`)")
             for key, value in settings.items():
                 db.conn.execute(f"UPDATE devices SET {key}=? WHERE name=?", (value, name))
+            _bump_settings_serial(db)
 
     def device(self, name: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM devices WHERE name=?", (name,))

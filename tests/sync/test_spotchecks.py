@@ -52,9 +52,9 @@ def test_hub_policy_reaches_the_tablet_at_its_next_sync(world, capsys, monkeypat
     # a hub too old to send a policy leaves the tablet's as it is
     from sync.hub.deltas import PackageService
 
-    real_plan = PackageService.plan
-    monkeypatch.setattr(PackageService, "plan",
-                        lambda self, *a, **k: {k2: v for k2, v in real_plan(self, *a, **k).items() if k2 != "policy"})
+    real_plan = PackageService.plan_for_device
+    monkeypatch.setattr(PackageService, "plan_for_device", lambda self, *a, **k: {
+        k2: v for k2, v in real_plan(self, *a, **k).items() if k2 not in ("policy", "settings")})
     _sync(world)
     assert device_rate(world.device_dir) == 0.2
 
@@ -131,3 +131,98 @@ def test_wilson_interval_edges() -> None:
     for bad in (True, None, "x", 2, float("inf")):
         with pytest.raises(UsageError):
             check_rate(bad)
+
+
+class _Tampering:
+    """A man in the middle on a plain-HTTP link: rewrites every sync plan with ``edit``."""
+
+    def __init__(self, inner, edit):
+        self.inner, self.edit = inner, edit
+
+    def plan(self, *a, **k):
+        return self.edit(self.inner.plan(*a, **k))
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_settings_in_the_plan_are_signed_for_this_device_and_not_replayed(world, caplog) -> None:
+    """The field policy and a tablet's settings travel in the sync plan, which over plain HTTP anyone on the path
+    could rewrite (spot checks on every photo, a sync window at noon, no space kept free). The hub signs them with
+    its package key for that device and counts them; the tablet takes only a verified, current document."""
+    import copy
+
+    from edge_app.spotcheck import device_rate
+    from sync.client import SyncClient
+    from sync.hub.enrol import add_device, set_device
+    from sync.transport import InMemoryTransport
+
+    def sync(edit=None):
+        t = InMemoryTransport(world.hub, world.payload["token"])
+        return SyncClient(world.device_dir, transport=_Tampering(t, edit) if edit else t,
+                          smoke_test=lambda b: None).sync()
+
+    def device():
+        return json.loads((world.device_dir / "device.json").read_text())
+
+    assert world.payload["hub"].startswith("http://")  # plain HTTP: only the signature protects the settings
+    world.hub.set_policy(spot_check_rate=0.1)
+    set_device(world.hub, "tab1", keep_free_mb=300)
+    sync()
+    assert device_rate(world.device_dir) == 0.1 and device()["keep_free_mb"] == 300
+    first = device()["settings_stamp"]
+
+    def forged(plan):  # the values changed, the signature kept
+        plan = copy.deepcopy(plan)
+        plan["settings"]["doc"]["policy"]["spot_check_rate"] = 1.0
+        plan["settings"]["doc"]["device_settings"]["keep_free_mb"] = 100000
+        plan["policy"], plan["device_settings"] = {"spot_check_rate": 1.0}, {"keep_free_mb": 100000}
+        return plan
+
+    def unsigned(plan):
+        return {**{k: v for k, v in plan.items() if k != "settings"}, "policy": {"spot_check_rate": 1.0}}
+
+    with caplog.at_level(logging.WARNING, logger="sync.client"):
+        sync(forged)
+        assert "hub settings do not verify" in caplog.text
+        caplog.clear()
+        sync(unsigned)
+        assert "unsigned settings over plain HTTP" in caplog.text
+    assert device_rate(world.device_dir) == 0.1 and device()["keep_free_mb"] == 300  # nothing taken
+
+    # another tablet's genuine settings, replayed to this one: refused
+    from sync.hub.deltas import PackageService
+
+    add_device(world.hub, "tab2", "site_a", keep_free_mb=5)
+    tab2_settings = PackageService(world.hub).plan_for_device(world.hub.store.device("tab2"), 0, None)["settings"]
+    old_doc = None
+
+    def captured(plan):
+        nonlocal old_doc
+        old_doc = copy.deepcopy(plan["settings"])
+        return plan
+
+    sync(captured)  # the current document, kept by the attacker
+    with caplog.at_level(logging.WARNING, logger="sync.client"):
+        sync(lambda p: {**p, "settings": tab2_settings})
+        assert "not 'tab1'" in caplog.text
+    assert device()["keep_free_mb"] == 300
+
+    # the hub changes the rate; the old document replayed afterwards does not bring the old rate back
+    world.hub.set_policy(spot_check_rate=0.3)
+    sync()
+    assert device_rate(world.device_dir) == 0.3 and device()["settings_stamp"] > first
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sync.client"):
+        sync(lambda p: {**p, "settings": old_doc, "policy": old_doc["doc"]["policy"]})
+        assert "a replay?" in caplog.text
+    assert device_rate(world.device_dir) == 0.3
+    # a hub restored from a backup counts from a new lineage (epoch): its lower count is taken
+    db = world.hub.store._db()
+    with db.conn:
+        db.conn.execute("UPDATE meta SET value='1' WHERE key='settings_serial'")
+        db.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('catalogue_epoch', '1')")
+    client = SyncClient(world.device_dir, transport=InMemoryTransport(world.hub, world.payload["token"]))
+    plan = PackageService(world.hub).plan_for_device(world.hub.store.device("tab1"), 0, None)
+    policy, settings, stamp = client._settings_of(plan)
+    assert stamp == [1, 1] and policy == {"spot_check_rate": 0.3} and settings == {"keep_free_mb": 300}
