@@ -11,6 +11,7 @@ manifest's index params after every load. Index files are written atomically.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -173,7 +174,11 @@ class _HnswEngine:
 
     def mark_deleted(self, label: int) -> None:
         if int(label) not in self.deleted:
-            self.index.mark_deleted(int(label))
+            try:
+                self.index.mark_deleted(int(label))
+            except RuntimeError as exc:
+                if "already deleted" not in str(exc):
+                    raise
             self.deleted.add(int(label))
 
     def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -415,6 +420,7 @@ class VectorIndex:
             self.engine.save(Path(tmp))
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
             os.replace(tmp, path)
             fsync_dir(path.parent)
         finally:
@@ -423,7 +429,7 @@ class VectorIndex:
         atomic_write_json(sidecar_path(path), {
             "format": SIDECAR_FORMAT, "engine": self.engine.name, "bundle_id": stamp.bundle_id,
             "catalogue_version": stamp.catalogue_version, "dim": self.dim, "params": self.params,
-            "deleted": sorted(self.engine.deleted), "count": len(self)})
+            "deleted": sorted(self.engine.deleted), "count": len(self), "sha256": digest})
         self.stamp = stamp
         self.path = path
         return path
@@ -466,7 +472,17 @@ class VectorIndex:
                              f"{self.engine.name!r}")
         if not path.is_file():
             raise InputError(f"{path}: index file missing")
-        self.engine.load(path)
+        # the file and its stamp are two renames: a process killed between them (or two processes saving at
+        # once) leaves a file the stamp does not describe; its deletion marks then disagree with the stamp's
+        want = meta.get("sha256")
+        if want:
+            with open(path, "rb") as fh:
+                if hashlib.file_digest(fh, "sha256").hexdigest() != want:
+                    raise InputError(f"{path}: the index file is not the one its stamp describes")
+        try:
+            self.engine.load(path)
+        except RuntimeError as exc:  # hnswlib: truncated or foreign file
+            raise InputError(f"{path}: unreadable index file ({exc})") from None
         # hnswlib persists its deletion marks; the sidecar tells us which labels they are
         self.engine.deleted.update(int(lab) for lab in meta.get("deleted", []))
         self.stamp = IndexStamp(str(meta["bundle_id"]), int(meta["catalogue_version"]))

@@ -311,3 +311,39 @@ def test_incremental_fetch_of_non_contiguous_labels(tmp_path):
     kept = [i for i in range(30) if i % 3]
     assert len(idx) == 120 and idx.live_labels() >= set(new_labels[kept].tolist())
     np.testing.assert_allclose(idx.get_vectors(new_labels[kept]), extra[kept], atol=1e-5)
+
+
+@pytest.mark.parametrize("older", ["stamp", "file"])
+def test_an_index_file_its_stamp_does_not_describe_is_rebuilt(tmp_path, older):
+    """The file and its stamp are written by two renames: killed between them (or two processes saving at once),
+    one is newer than the other. Before the fix, a file with deletion marks its stamp did not list made every
+    later open fail ('already deleted') until the file was deleted by hand; a file older than its stamp would
+    have hidden the stamp's newer vectors."""
+    pytest.importorskip("hnswlib")
+
+    vecs = clusters(120, 16, 6)
+    db, labels = _db_with(tmp_path, vecs)
+    VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    path = index_path(db.path, "v1-aaaaaaaaaaaa")
+    old_file, old_side = path.read_bytes(), sidecar_path(path).read_text()
+    extra = clusters(10, 16, 6, seed=9, centre_seed=0)
+    with db.transaction():
+        db.delete_images(["img0", "img1", "img2"])
+        db.upsert_parts([{"part_number": "X"}])
+        db.upsert_images([{"image_id": f"new{i}", "part_number": "X"} for i in range(10)])
+        new_labels = db.upsert_embeddings([f"new{i}" for i in range(10)], extra, "v1-aaaaaaaaaaaa")
+        db.set_meta("catalogue_version", 2)
+    VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)  # saves file + stamp at version 2
+    if older == "stamp":  # the new file landed, the stamp did not: the old one lists no deletions
+        sidecar_path(path).write_text(old_side)
+    else:  # the new stamp landed over an old file (the other process's save)
+        path.write_bytes(old_file)
+    idx = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    want = set(db.all_embeddings("v1-aaaaaaaaaaaa")[0].tolist())
+    assert idx.live_labels() == want and len(idx) == 127
+    got, _ = idx.search(extra[:3], 1)
+    assert got[:, 0].tolist() == new_labels[:3].tolist()
+    got, _ = idx.search(vecs[:3], 5)
+    assert not set(got.ravel().tolist()) & set(labels[:3].tolist())
+    again = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)  # and the repaired pair is consistent
+    assert again.live_labels() == want
