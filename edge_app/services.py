@@ -439,13 +439,19 @@ def read_active_pointer(data_dir: str | os.PathLike[str]) -> dict[str, Any] | No
 
 
 def active_bundle_dir(data_dir: str | os.PathLike[str], catalogue: Any) -> Path:
-    """The bundle the device runs: the sync client's pointer, else the catalogue's ``bundle_id``.
+    """The bundle the device runs: the catalogue's ``bundle_id`` (whose vectors it holds), else the sync client's
+    pointer.
 
     Never "the newest folder": a newer bundle that failed its smoke test sits beside the
     active one and must not be used.
     """
     data_dir = Path(data_dir)
-    bundle_id = (read_active_pointer(data_dir) or {}).get("bundle_id") or catalogue.get_meta("bundle_id")
+    # the catalogue database is the commit point: its bundle_id names the model its vectors came from (set only
+    # once that bundle is installed and smoke-tested); the pointer can lag it by a moment, or after a kill
+    held = catalogue.get_meta("bundle_id")
+    if held and (data_dir / "bundles" / str(held) / "manifest.json").is_file():
+        return data_dir / "bundles" / str(held)
+    bundle_id = (read_active_pointer(data_dir) or {}).get("bundle_id") or held
     path = data_dir / "bundles" / str(bundle_id) if bundle_id else None
     if path is None or not path.is_dir():
         raise InputError(f"{data_dir}: no model bundle installed{f' ({bundle_id} is missing)' if bundle_id else ''}"
@@ -491,6 +497,16 @@ class DeviceServices:
 
     def _get_identifier(self) -> Any:
         with self._lock:
+            if self._identifier is not None and self._bundle_dir is None:
+                # the nightly sync (another process) may have installed a new bundle since: its vectors replaced
+                # this model's in the catalogue, so this model would find nothing ("no confident match" for all)
+                held = self.catalogue.get_meta("bundle_id")
+                loaded = getattr(self._identifier, "bundle_id", None)
+                if held and loaded and held != loaded:
+                    log.warning("the catalogue now holds bundle %s (a sync installed it); loading it instead of %s",
+                                held, loaded)
+                    self._close_identifier(self._identifier)
+                    self._identifier = None
             if self._identifier is None:
                 from .runtime.identify import Identifier
 
@@ -503,6 +519,9 @@ class DeviceServices:
         """Forget the loaded model/index (after a sync installed a new bundle or catalogue)."""
         with self._lock:
             ident, self._identifier = self._identifier, None
+        self._close_identifier(ident)
+
+    def _close_identifier(self, ident: Any) -> None:
         if ident is not None and hasattr(ident, "db") and ident.db is not self.catalogue:
             ident.db.close()
 

@@ -37,3 +37,47 @@ def test_missing_or_corrupt_pointer_is_a_clear_error(tmp_path) -> None:
     (tmp_path / "active.json").write_text("{not json")
     with pytest.raises(InputError, match="unreadable bundle pointer"):
         active_bundle_dir(tmp_path, _Meta("v1"))
+
+
+def test_a_running_app_follows_a_bundle_the_nightly_sync_installed(world, tmp_path) -> None:
+    """The nightly sync (another process) installs a new bundle while the app runs: the catalogue's vectors are
+    now the new model's. Before the fix the app kept the old model and rebuilt its index from the old model's
+    vectors, which were gone: every identification said "no confident match" until the app restarted."""
+    import shutil
+
+    from edge_app.bundle import load_bundle
+    from edge_app.runtime.catalogue import CatalogueDB
+    from edge_app.runtime.identify import Identifier
+    from edge_app.services import DeviceServices
+
+    from .conftest import _import
+
+    d = tmp_path / "device"
+    _import(d / "catalogue.db", world.cat)
+    shutil.copy(world.keyring_path, d / "keyring.json")
+    v1, v2 = world.uncalibrated, world.bundle
+    for b in (v1, v2):
+        shutil.copytree(b, d / "bundles" / b.name)
+    with CatalogueDB(d / "catalogue.db") as db, db.transaction():
+        db.set_meta("bundle_id", v1.name)
+        db.set_meta("catalogue_version", 5)
+    (d / "active.json").write_text(json.dumps({"bundle_id": v1.name, "version": 1}))
+    svc = DeviceServices(d, backend="onnx")
+    try:
+        cap = svc.captures.add_file(world.field["P0003"][0])
+        first = svc.identify([cap])
+        assert first.bundle_id == v1.name and first.matches[0].part_number == "P0003"
+        # the sync process: v2's vectors replace v1's and the catalogue moves on, in one transaction (the pointer
+        # follows a moment later: not yet here)
+        sync_db = CatalogueDB(d / "catalogue.db")
+        Identifier(load_bundle(d / "bundles" / v2.name, world.keyring), sync_db, backend="onnx")
+        with sync_db.transaction():
+            sync_db.set_meta("bundle_id", v2.name)
+            sync_db.set_meta("catalogue_version", 6)
+        sync_db.close()
+        after = svc.identify([cap])
+        assert after.bundle_id == v2.name and after.matches and after.matches[0].part_number == "P0003"
+        with CatalogueDB(d / "catalogue.db") as db:  # the app did not put the old model's vectors back
+            assert {r[0] for r in db.db.conn.execute("SELECT DISTINCT bundle_id FROM embeddings")} == {v2.name}
+    finally:
+        svc.close()
