@@ -225,11 +225,15 @@ class CaptureStore:
         return img
 
     def export_cropped(self, cap: Capture) -> Path:
-        """Write the cropped view as ``<id>.crop.jpg`` (what is uploaded with feedback)."""
+        """Write the cropped view as ``<id>.<token>.crop.jpg`` (what is uploaded with a record): a file of its
+        own per record, never rewritten. (One shared ``<id>.crop.jpg`` was rewritten when the engineer cut the
+        same photo again for another record while the first was half uploaded: the hub then held a photo that
+        never completed, or refused every chunk and blocked the outbox behind it.)"""
         img = self.cropped_image(cap)
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=92)
-        return atomic_write_bytes(self.root / f"{cap.capture_id}.crop.jpg", buf.getvalue())
+        return atomic_write_bytes(self.root / f"{cap.capture_id}.{_uuid.uuid4().hex[:12]}.crop.jpg", buf.getvalue(),
+                                  overwrite=False)
 
     def remove(self, capture_id: str, *, keep_crop: bool = False) -> int:
         """Delete one capture's files (image, sidecar and, unless ``keep_crop``, its ``.crop.jpg``); the
@@ -237,8 +241,8 @@ class CaptureStore:
         n = 0
         paths = [self._sidecar(capture_id), *(p for p in self.root.glob(f"{capture_id}.*")
                                                if not p.name.endswith((".json", ".crop.jpg")))]
-        if not keep_crop:
-            paths.append(self.root / f"{capture_id}.crop.jpg")
+        if not keep_crop:  # every record's copy (``<id>.<token>.crop.jpg``; ``<id>.crop.jpg`` before)
+            paths += list(self.root.glob(f"{capture_id}.*crop.jpg"))
         for p in paths:
             try:
                 p.unlink()

@@ -338,7 +338,7 @@ class HttpTransport:
         except _HttpError as exc:
             if exc.code == 409:
                 return {"conflict": True, **json.loads(exc.detail)}
-            if exc.code == 422:
+            if exc.code in (400, 422):  # this photo, as declared, cannot complete at the hub
                 raise IntegrityError(f"hub refused upload {uuid}: {exc.detail}") from None
             raise
 

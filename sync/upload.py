@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from edge_app.errors import SyncError
+from edge_app.errors import IntegrityError, SyncError, UsageError
 from edge_app.runtime.outbox import Outbox
 
 from .transport import MAX_RECORD_PAYLOAD_BYTES, Transport
@@ -74,7 +74,14 @@ def upload_outbox(transport: Transport, outbox_path: Path, catalogue_version: in
                     outbox.mark_refused(uuid, str(status["refused"]))
                     refused += 1
                 elif uuid in blobs and not status.get("blob_complete"):
-                    send_blob(transport, uuid, *blobs[uuid], int(status.get("blob_offset") or 0))
+                    try:
+                        send_blob(transport, uuid, *blobs[uuid], int(status.get("blob_offset") or 0))
+                    except (IntegrityError, UsageError) as exc:  # for good: never blocks the records behind it
+                        log.error("upload %s: the hub cannot complete its photo (%s); kept on the device, marked "
+                                  "refused", uuid, exc)
+                        outbox.mark_refused(uuid, f"the hub could not complete its photo: {exc}")
+                        refused += 1
+                        continue
                     outbox.mark_uploaded(uuid)
                     uploaded += 1
                 else:
@@ -102,6 +109,12 @@ def send_blob(transport: Transport, uuid: str, path: Path, size: int, offset: in
             if status.get("blob_complete"):
                 return
             offset = int(status["blob_offset"])
+    # every byte is at the hub but it has not finished the photo (it was stopped after the last chunk): an empty
+    # chunk asks it to check and finish it. Marked uploaded only once the hub says it is complete.
+    status = transport.put_chunk(uuid, size, b"")
+    if not status.get("blob_complete"):
+        raise IntegrityError(f"upload {uuid}: the hub holds {status.get('blob_offset')} of {size} bytes of the photo "
+                             "but did not complete it")
 
 
 def refused_uploads(outbox_path: Path, *, requeue: bool = False) -> list[dict[str, Any]]:

@@ -207,7 +207,7 @@ def test_old_captures_are_pruned_but_never_a_pending_upload_or_the_one_on_screen
     res = device.prune_captures(max_age_days=14, now=later)
     root = device.captures.root
     # pending upload: the original goes, its cropped copy (the upload) stays and is still sent
-    assert not Path(caps[0].path).exists() and (root / f"{caps[0].capture_id}.crop.jpg").is_file()
+    assert not Path(caps[0].path).exists() and len(list(root.glob(f"{caps[0].capture_id}.*.crop.jpg"))) == 1
     assert all(Path(r["blob_path"]).is_file() for r in device.outbox.pending())
     # uploaded: everything goes; on screen: everything stays; not shared with anybody: goes
     assert not list(root.glob(f"{caps[1].capture_id}*")) and not list(root.glob(f"{caps[3].capture_id}*"))
@@ -216,7 +216,24 @@ def test_old_captures_are_pruned_but_never_a_pending_upload_or_the_one_on_screen
     # once that upload is sent, the next start removes its kept copy too
     device.outbox.mark_uploaded(device.outbox.pending()[0]["uuid"])
     assert device.prune_captures(max_age_days=14, now=later)["removed_files"] == 1
-    assert not (root / f"{caps[0].capture_id}.crop.jpg").exists()
+    assert not list(root.glob(f"{caps[0].capture_id}*"))
+
+
+def test_each_record_keeps_its_own_copy_of_the_photo(device, tmp_path) -> None:
+    """Cutting the same photo again for another record must not change the copy an earlier record uploads: the
+    hub registered that copy's size and sha256 (before, one shared ``<id>.crop.jpg`` was rewritten, leaving the hub
+    with a photo that never completed, or refusing every chunk and blocking the outbox behind it)."""
+    cap = device.captures.add_file(photo(tmp_path / "p.jpg", size=(200, 120)))
+    device.add_photos("BRG-1", [cap])
+    first = Path(device.outbox.pending()[0]["blob_path"])
+    before = first.read_bytes()
+    cap = device.captures.set_crop(cap, (0.1, 0.1, 0.5, 0.6))
+    device.send_feedback("BRG-1", "correct", [cap])
+    second = Path(device.outbox.pending()[1]["blob_path"])
+    assert second != first and first.read_bytes() == before and second.read_bytes() != before
+    from PIL import Image as _Image
+
+    assert _Image.open(first).size == (200, 120) and _Image.open(second).size == (80, 60)
 
 
 def test_sync_status_before_enrolment_and_bad_enrol_code(device) -> None:

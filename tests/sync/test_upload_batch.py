@@ -7,7 +7,7 @@ import uuid as _uuid
 
 import pytest
 
-from edge_app.errors import UsageError
+from edge_app.errors import SyncError, UsageError
 
 from .helpers import part_image
 
@@ -331,3 +331,56 @@ def test_a_photo_whose_last_chunk_arrived_before_the_hub_stopped_is_finished(wor
         assert blob_path(world.hub, uid).read_bytes() == data  # the corrupt one was discarded and sent again
         assert not partial_path(world.hub, uid).exists()
         assert upload_status(world.hub, dev, uid)["blob_complete"]
+
+
+@pytest.mark.parametrize("change", ["larger", "smaller"])
+def test_a_photo_that_cannot_complete_at_the_hub_is_refused_and_blocks_nothing(world, monkeypatch, change):
+    """The hub registered a photo's size and sha256, received part of it, and the file on the tablet then changed
+    (as a shared crop file did when the engineer cut the same photo again). Before: larger, every chunk was refused
+    and every sync stopped there, with nothing behind it sent; smaller, the record was marked uploaded although the
+    hub never completed the photo. Now the record is marked refused (kept, with the reason) and the rest goes."""
+    from edge_app.runtime.outbox import Outbox
+    from sync import upload as upload_mod
+    from sync.hub.uploads import blob_path
+
+    monkeypatch.setattr(upload_mod, "UPLOAD_CHUNK", 1000)
+    photo = world.root / "photo.jpg"
+    photo.write_bytes(part_image(4, noise=30.0, size=300))
+    ob = Outbox(world.device_dir / "outbox.db")
+    first = ob.add("photo", {"part_number": "P1"}, blob_path=photo)
+    ob.close()
+
+    class CutAfterOneChunk:
+        def __init__(self, inner):
+            self.inner, self.chunks = inner, 0
+
+        def put_chunk(self, *a):
+            self.chunks += 1
+            if self.chunks > 1:
+                raise SyncError("connection lost")
+            return self.inner.put_chunk(*a)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    c = _client(world)
+    c.transport = CutAfterOneChunk(c.transport)
+    with pytest.raises(SyncError):
+        c.sync()
+    data = photo.read_bytes()
+    photo.write_bytes(data + data[-3000:] if change == "larger" else data[:-2000])
+    ob = Outbox(world.device_dir / "outbox.db")
+    later = ob.add("usage", {"status": "match"})
+    other = world.root / "other.jpg"
+    other.write_bytes(part_image(5, noise=30.0, size=120))
+    later_photo = ob.add("photo", {"part_number": "P2"}, blob_path=other)
+    ob.close()
+    r = _client(world).sync()
+    assert (r.uploaded, r.upload_refused) == (2, 1)
+    ob = Outbox(world.device_dir / "outbox.db")
+    (refused,) = ob.refused()
+    assert refused["uuid"] == first and "could not complete its photo" in refused["refused_reason"]
+    ob.close()
+    assert world.hub.store.upload(first)["blob_complete"] == 0
+    assert world.hub.store.upload(later) is not None
+    assert blob_path(world.hub, later_photo).read_bytes() == other.read_bytes()
