@@ -414,19 +414,29 @@ class StateStore:
 def seed_from_starter(data_dir: Path, starter: Path) -> bool:
     """First start on a device: copy the bundled ``starter_bundle/`` (catalogue, keyring, bundle) in.
 
-    Only when ``data_dir`` has no catalogue yet; returns True if it copied.
+    Only when ``data_dir`` has no catalogue yet; returns True if it copied. Copied whole into a staging folder
+    first, then moved into place with ``catalogue.db`` last: a start killed while seeding (the copy takes a
+    while on a tablet) leaves no catalogue, so the next start seeds again (before, it found a catalogue, perhaps
+    half copied, and skipped the keyring or the bundle for good).
     """
     import shutil
+
+    from .atomic import fsync_dir
 
     if (data_dir / "catalogue.db").exists() or not (starter / "catalogue.db").is_file():
         return False
     data_dir.mkdir(parents=True, exist_ok=True)
-    for item in starter.iterdir():
+    for old in data_dir.glob(".seeding-*"):  # left by a start that was killed while copying
+        shutil.rmtree(old, ignore_errors=True)
+    staging = data_dir / f".seeding-{os.getpid()}"
+    shutil.copytree(starter, staging)
+    for item in sorted(staging.iterdir(), key=lambda p: p.name == "catalogue.db"):
         dst = data_dir / item.name
-        if item.is_dir():
-            shutil.copytree(item, dst, dirs_exist_ok=True)
-        else:
-            shutil.copy2(item, dst)
+        if dst.is_dir() and not dst.is_symlink():
+            shutil.rmtree(dst)  # a piece an interrupted seeding had moved already
+        os.replace(item, dst)
+    fsync_dir(data_dir)
+    staging.rmdir()
     log.info("seeded %s from the starter bundle %s", data_dir, starter)
     return True
 

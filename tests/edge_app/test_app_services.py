@@ -490,3 +490,39 @@ def test_last_sync_is_shown_on_the_tablets_clock() -> None:
     assert local_time("2026-12-06T23:56:10+00:00", plus2) == "2026-12-07 01:56"
     assert local_time("2026-12-06T23:56:10", plus2) == "2026-12-06 23:56"  # no zone: shown as written
     assert local_time(None) == "unknown" and local_time("garbled") == "garbled"
+
+
+def test_a_first_start_killed_while_seeding_seeds_again(tmp_path, monkeypatch) -> None:
+    """The starter bundle is copied in at the first start; a start killed in the middle must not leave a
+    catalogue without its keyring or bundle (before, the next start saw catalogue.db and skipped seeding)."""
+    import os as _os
+
+    from edge_app import services as services_mod
+    from edge_app.services import seed_from_starter
+
+    starter = tmp_path / "starter"
+    (starter / "bundles" / "v1-abc").mkdir(parents=True)
+    (starter / "bundles" / "v1-abc" / "manifest.json").write_text("{}")
+    (starter / "keyring.json").write_text('{"keys": {}}')
+    (starter / "catalogue.db").write_bytes(b"SQLite format 3\x00" + bytes(100))
+    data = tmp_path / "device"
+    real = _os.replace
+    calls = []
+
+    def dies(src, dst):
+        calls.append(Path(dst).name)
+        if len(calls) == 2:  # the bundles are in place, the keyring not yet, the catalogue not yet
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(services_mod.os, "replace", dies)
+    with pytest.raises(KeyboardInterrupt):
+        seed_from_starter(data, starter)
+    monkeypatch.setattr(services_mod.os, "replace", real)
+    assert not (data / "catalogue.db").exists() and calls[-1] != "catalogue.db"
+    assert seed_from_starter(data, starter)  # the next start seeds again, completely
+    assert (data / "keyring.json").read_text() == '{"keys": {}}'
+    assert (data / "bundles" / "v1-abc" / "manifest.json").is_file()
+    assert (data / "catalogue.db").read_bytes() == (starter / "catalogue.db").read_bytes()
+    assert not list(data.glob(".seeding-*"))
+    assert not seed_from_starter(data, starter)  # seeded: never again
