@@ -642,17 +642,15 @@ class DeviceServices:
 
     def send_feedback(self, part_number: str, verdict: str, captures: Sequence[Capture],
                       outcome: IdentifyOutcome | None = None) -> str:
-        """Queue "this is the part" (``verdict='correct'``) or "not this one" (``'wrong'``)."""
+        """Queue "this is the part" (``verdict='correct'``) or "not this one" (``'wrong'``). On a spot-checked
+        identification "this is the part" answers the spot check too, in the same transaction."""
         if verdict not in ("correct", "wrong"):
             raise UsageError(f"verdict must be 'correct' or 'wrong', got {verdict!r}")
-        answers = verdict == "correct" and outcome is not None and outcome.spot_check_pending
-        payload = self._feedback(part_number, verdict, captures, outcome)
-        if answers:
-            payload["spot_check"] = True  # this photo is the spot check's labelled photo (a random sample)
-        uid = self.outbox.add("feedback", payload, self._blob(captures))
-        if answers:
-            self.answer_spot_check(outcome, part_number)  # "this is the part" answers the spot check too
-        return uid
+        if verdict == "correct" and outcome is not None and outcome.spot_check_pending:
+            self.answer_spot_check(outcome, part_number, captures=captures, confirmed=True)
+            return spotcheck.answer_uuid(outcome, "feedback")
+        return self.outbox.add("feedback", self._feedback(part_number, verdict, captures, outcome),
+                               self._blob(captures))
 
     def _feedback(self, part_number: str, verdict: str, captures: Sequence[Capture],
                   outcome: IdentifyOutcome | None) -> dict[str, Any]:
@@ -662,47 +660,48 @@ class DeviceServices:
                 "site": self.site}
 
     def answer_spot_check(self, outcome: IdentifyOutcome, part_number: str | None, *, skipped: bool = False,
-                          captures: Sequence[Capture] = ()) -> str:
+                          captures: Sequence[Capture] = (), confirmed: bool = False) -> str:
         """Queue the engineer's answer to a spot check (see :mod:`edge_app.spotcheck`): the part photographed
         (any catalogue part: a candidate or one found by browsing), ``None`` for "none of these", or
-        ``skipped``. With ``captures``, a named part also queues "this is the part" with the photo: a labelled
-        field photo drawn at random, for the hub's review and ``export-calibration``. Marks the outcome answered
-        (the caller saves it); returns the answer's UUID. Answering again is harmless: the first answer stands."""
+        ``skipped``. With ``captures``, a named part also queues "this is the part" with the photo (one
+        transaction with the answer): a labelled field photo drawn at random, for the hub's review and
+        ``export-calibration``. Marks the outcome answered (the caller saves it); returns the answer's UUID.
+        Answering again is harmless: both records have UUIDs derived from the identification, and the first
+        answer stands. ``confirmed``: the answer came as "this is the part", whose feedback is queued also
+        without a photo."""
         payload = spotcheck.answer_payload(outcome, part_number, skipped=skipped, site=self.site)
         if part_number is not None and self.catalogue.part(part_number) is None:
             raise InputError(f"part {part_number} is not in the catalogue on this device")
         uid = spotcheck.answer_uuid(outcome)
-        records = [("usage", payload, None, uid)]
-        if part_number is not None and captures:
+        records: list[tuple[str, Mapping[str, Any], Any, str | None]] = [("usage", payload, None, uid)]
+        if part_number is not None and (captures or confirmed):
             fb = dict(self._feedback(part_number, "correct", captures, outcome), spot_check=True)
             records.append(("feedback", fb, self._blob(captures), spotcheck.answer_uuid(outcome, "feedback")))
-        for kind, body, blob, rid in records:
-            try:
-                self.outbox.add(kind, body, blob, uuid=rid)
-            except sqlite3.IntegrityError:
-                # answered before, but the app was stopped before it saved that: the first answer stands
-                log.info("spot-check %s %s was already queued; keeping the first", kind, rid)
+        self.outbox.add_many(records, skip_existing=True)
         outcome.spot_check_done = True
         return uid
 
     def add_photos(self, part_number: str, captures: Sequence[Capture]) -> list[str]:
-        """Queue each capture as a new reference photo of ``part_number``."""
+        """Queue each capture as a new reference photo of ``part_number`` (all in one transaction)."""
         if not captures:
             raise UsageError("no photo to add: take or pick one first")
-        return [self.outbox.add("photo", {"part_number": part_number, "capture_id": c.capture_id, "site": self.site},
-                                self.captures.export_cropped(c)) for c in captures]
+        return self.outbox.add_many([("photo", {"part_number": part_number, "capture_id": c.capture_id,
+                                                "site": self.site}, self.captures.export_cropped(c), None)
+                                     for c in captures])
 
     def record_unknown(self, captures: Sequence[Capture], note: str = "",
                        outcome: IdentifyOutcome | None = None) -> str:
-        """Queue an unknown part for the hub (first view as the blob, the others as linked photos)."""
+        """Queue an unknown part for the hub (first view as the blob, the others as linked photos), in one
+        transaction: the hub never gets the report without its other views."""
         if not captures:
             raise UsageError("no photo of the unknown part: take or pick one first")
-        uid = self.outbox.add("unknown_part", {
+        uid = str(_uuid.uuid4())
+        records: list[tuple[str, Mapping[str, Any], Any, str | None]] = [("unknown_part", {
             "note": note, "capture_ids": [c.capture_id for c in captures], "site": self.site,
-            "candidates": [m.part_number for m in outcome.matches] if outcome else []}, self._blob(captures))
-        for c in captures[1:]:
-            self.outbox.add("photo", {"unknown_part": uid, "capture_id": c.capture_id, "site": self.site},
-                            self.captures.export_cropped(c))
+            "candidates": [m.part_number for m in outcome.matches] if outcome else []}, self._blob(captures), uid)]
+        records += [("photo", {"unknown_part": uid, "capture_id": c.capture_id, "site": self.site},
+                     self.captures.export_cropped(c), None) for c in captures[1:]]
+        self.outbox.add_many(records)
         return uid
 
     def pending_uploads(self) -> int:

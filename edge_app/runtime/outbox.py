@@ -96,19 +96,30 @@ class Outbox:
     def add(self, kind: str, payload: Mapping[str, Any], blob_path: str | os.PathLike[str] | None = None,
             *, uuid: str | None = None) -> str:
         """Queue a record; returns its UUID (client-made unless given)."""
-        if kind not in KINDS:
-            raise UsageError(f"outbox kind must be one of {KINDS}, got {kind!r}")
-        if blob_path is not None and not Path(blob_path).is_file():
-            raise InputError(f"{blob_path}: outbox blob does not exist")
-        try:
-            text = json.dumps(dict(payload), sort_keys=True)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"outbox {kind} payload is not JSON-serialisable ({exc})") from None
-        rid = uuid or str(_uuid.uuid4())
+        return self.add_many([(kind, payload, blob_path, uuid)])[0]
+
+    def add_many(self, records: Sequence[tuple[str, Mapping[str, Any], str | os.PathLike[str] | None, str | None]],
+                 *, skip_existing: bool = False) -> list[str]:
+        """Queue several records (kind, payload, blob path or None, UUID or None) in ONE transaction: all or none
+        (an unknown-part report and its photos, a confirmation and the spot-check answer it gives). With
+        ``skip_existing`` a record whose UUID is queued already is left as it is (answering again after the app
+        was stopped before it saved the first answer); otherwise that is an error. Returns the UUIDs."""
+        rows = []
+        for kind, payload, blob_path, uuid in records:
+            if kind not in KINDS:
+                raise UsageError(f"outbox kind must be one of {KINDS}, got {kind!r}")
+            if blob_path is not None and not Path(blob_path).is_file():
+                raise InputError(f"{blob_path}: outbox blob does not exist")
+            try:
+                text = json.dumps(dict(payload), sort_keys=True)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"outbox {kind} payload is not JSON-serialisable ({exc})") from None
+            rows.append((uuid or str(_uuid.uuid4()), kind, text, None if blob_path is None else str(blob_path), _now()))
+        verb = "INSERT OR IGNORE" if skip_existing else "INSERT"
         with self._lock, self._tx() as conn:
-            conn.execute("INSERT INTO outbox(uuid, kind, payload, blob_path, created_at) VALUES (?, ?, ?, ?, ?)",
-                         (rid, kind, text, None if blob_path is None else str(blob_path), _now()))
-        return rid
+            conn.executemany(f"{verb} INTO outbox(uuid, kind, payload, blob_path, created_at) VALUES (?, ?, ?, ?, ?)",
+                             rows)
+        return [r[0] for r in rows]
 
     def pending(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Records not yet uploaded nor refused, oldest first (payload decoded)."""

@@ -421,7 +421,7 @@ def test_spot_check_answers_go_to_the_outbox_once(device, tmp_path) -> None:
     device._spot_rng = random.Random(0)
     _set_rate(device, 1.0)
     cap = device.captures.add_file(photo(tmp_path / "p.jpg"))
-    _fake_identifier(device, ["match", "no_confident_match", "match", "match", "match"])
+    _fake_identifier(device, ["match", "no_confident_match", "match", "match", "match", "match"])
     out = device.identify([cap])
     # the engineer browsed the catalogue and names a part that is not a candidate: still an answer
     with pytest.raises(InputError):
@@ -479,6 +479,44 @@ def test_spot_check_answers_go_to_the_outbox_once(device, tmp_path) -> None:
     unpicked = replace(fb, spot_check=False, spot_check_done=False)
     with pytest.raises(UsageError, match="not picked"):
         device.answer_spot_check(unpicked, "BRG-1")
+    # "this is the part" again after a restart that lost the saved state: its feedback and the answer go once
+    # (before, the feedback had a random UUID: a second labelled spot-check photo reached the hub)
+    n_before = device.outbox.count(pending_only=False)
+    device.send_feedback("BRG-1", "correct", [cap], IdentifyOutcome.from_dict(dict(fb.to_dict(),
+                                                                                  spot_check_done=False)))
+    assert device.outbox.count(pending_only=False) == n_before
+    # a confirmation without a photo still counts as a confirmation (and as the answer)
+    bare = device.identify([cap])
+    device.send_feedback("BRG-1", "correct", [], bare)
+    kinds = [r["kind"] for r in device.outbox.pending()][-2:]
+    assert sorted(kinds) == ["feedback", "usage"] and not bare.spot_check_pending
+
+
+def test_records_of_one_action_are_queued_together_or_not_at_all(device, tmp_path, monkeypatch) -> None:
+    """An unknown-part report and its other views, or several photos added at once, are one transaction: the hub
+    never gets the report without some of its views because the app was stopped in between."""
+    caps = [device.captures.add_file(photo(tmp_path / f"u{i}.jpg", colour=(9, i * 60, 9))) for i in range(3)]
+    real = device.captures.export_cropped
+    calls = []
+
+    def dies_on_third(cap):
+        calls.append(cap.capture_id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(cap)
+
+    monkeypatch.setattr(device.captures, "export_cropped", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        device.record_unknown(caps, "winch brake pad")
+    assert device.outbox.count(pending_only=False) == 0
+    monkeypatch.setattr(device.captures, "export_cropped", real)
+    uid = device.record_unknown(caps, "winch brake pad")
+    rows = device.outbox.pending()
+    assert [r["kind"] for r in rows] == ["unknown_part", "photo", "photo"]
+    assert all(r["payload"]["unknown_part"] == uid for r in rows[1:])
+    with pytest.raises(UsageError):  # a bad record in a batch: none of it is queued
+        device.outbox.add_many([("photo", {"x": 1}, None, None), ("bogus", {}, None, None)])
+    assert device.outbox.count(pending_only=False) == 3
 
 
 def test_last_sync_is_shown_on_the_tablets_clock() -> None:
