@@ -139,6 +139,56 @@ class CaptureStore:
         cid = _uuid.uuid4().hex
         return cid, self.root / f"{cid}{suffix}"
 
+    def camera_path(self, suffix: str = ".jpg") -> tuple[str, Path]:
+        """:meth:`new_path` for the camera app, remembered on disk (``<id>.camera``) until :meth:`adopt`: if
+        Android stops partlens while the camera is open (it often does, to free memory), the photo it took is
+        adopted at the next start (:meth:`recover_camera`) instead of being lost and never deleted."""
+        cid, path = self.new_path(suffix)
+        atomic_write_json(self.root / f"{cid}.camera", {"path": str(path), "created_at": _now()})
+        return cid, path
+
+    def recover_camera(self) -> list[Capture]:
+        """Photos the camera wrote for a partlens that was stopped before it got them back (see
+        :meth:`camera_path`): adopted now, oldest first. A camera that wrote nothing, or an unreadable file,
+        only clears its record."""
+        found = []
+        for marker in sorted(self.root.glob("*.camera"), key=lambda p: p.stat().st_mtime):
+            cid = marker.stem
+            try:
+                path = Path(json.loads(marker.read_text())["path"])
+            except (OSError, ValueError, KeyError, TypeError):
+                path = self.root / f"{cid}.jpg"
+            if self._sidecar(cid).exists():  # adopted already (stopped before the record was cleared)
+                marker.unlink(missing_ok=True)
+                continue
+            if path.is_file() and path.stat().st_size:
+                try:
+                    found.append(self.adopt(cid, path))
+                    log.info("recovered camera photo %s taken before the app stopped", cid)
+                    continue
+                except PartlensError as exc:
+                    log.warning("camera photo %s taken before the app stopped is unusable: %s", cid, exc)
+            marker.unlink(missing_ok=True)
+        return found
+
+    def prune_orphans(self, min_age_s: float = 3600.0, now: float | None = None) -> int:
+        """Delete files no capture record or camera record owns, older than ``min_age_s`` (a photo a QR scan
+        left, a temp file of a write that was killed); younger ones may still be being written. Returns how many."""
+        now = time.time() if now is None else now
+        owned = {p.stem for p in self.root.glob("*.json")} | {p.stem for p in self.root.glob("*.camera")}
+        removed = 0
+        for p in self.root.iterdir():
+            if not p.is_file() or p.suffix in (".json", ".camera"):
+                continue
+            cid = p.name.lstrip(".").split(".")[0]
+            if p.name.endswith(".crop.jpg"):
+                continue  # upload copies: pruned with their records (prune_captures)
+            if (cid in owned and not p.name.startswith(".")) or now - p.stat().st_mtime < min_age_s:
+                continue
+            p.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def add_bytes(self, data: bytes, *, source: str = "camera", name: str = "<camera>") -> Capture:
         """Validate ``data`` as an image and store it at once (atomic, never overwrites)."""
         load_image(bytes(data))  # ImageError for empty, corrupt or unsafe data
@@ -179,6 +229,7 @@ class CaptureStore:
         cap = Capture(capture_id, str(path), source, _now())
         with disk_full_is_storage_error(self.root, "storing the photo"):
             self._write_sidecar(cap)
+        (self.root / f"{capture_id}.camera").unlink(missing_ok=True)
         return cap
 
     def _sidecar(self, capture_id: str) -> Path:
@@ -745,6 +796,7 @@ class DeviceServices:
                 kept += 1
                 continue
             removed += self.captures.remove(cid, keep_crop=cid in pending)
+        removed += self.captures.prune_orphans()
         # cropped copies kept for an upload whose capture was pruned earlier: they go once uploaded
         for crop in self.captures.root.glob("*.crop.jpg"):
             cid = crop.name.split(".")[0]

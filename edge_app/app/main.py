@@ -88,8 +88,24 @@ class PartlensApp(App):
         root.add_widget(nav)
         self.sm.bind(current=self._on_screen)
         self.restore_state()
+        self._recover_camera()
         self._on_screen(self.sm, self.sm.current)
         return root
+
+    def _recover_camera(self) -> None:
+        """At start: photos the camera took while Android had stopped partlens join the current views."""
+        recover = getattr(getattr(self.services, "captures", None), "recover_camera", None)
+        if recover is None:
+            return
+        try:
+            found = recover()
+        except (PartlensError, OSError) as exc:
+            log.warning("could not look for camera photos taken before the app stopped: %s", exc)
+            return
+        for cap in found:
+            self.add_capture(cap)
+        if found:
+            self.notify(f"The photo taken before partlens stopped is back ({len(found)}).")
 
     def _fit_status(self) -> None:
         """Size the status line to its text now. Kivy renders label text on the next frame, so a line cleared and

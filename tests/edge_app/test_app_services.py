@@ -54,6 +54,41 @@ def test_camera_writes_into_the_store_then_adopt(tmp_path) -> None:
     assert store.get(cid).path == str(path) and cap.source == "camera"
 
 
+def test_a_photo_the_camera_took_while_the_app_was_stopped_is_recovered(tmp_path) -> None:
+    """Android often stops an app while the camera app is in front: the photo was written but partlens never got
+    it back. Before, it was neither shown nor ever deleted; now the next start adopts it, and files nobody owns
+    (a QR-scan photo, a temp file of a killed write) are deleted once they are an hour old."""
+    import os as _os
+    import time as _time
+
+    store = CaptureStore(tmp_path / "captures")
+    cid, path = store.camera_path(".jpg")
+    photo(path)  # the camera wrote it; the callback never came
+    empty_cid, empty_path = store.camera_path(".jpg")  # the engineer backed out: nothing written
+    bad_cid, bad_path = store.camera_path(".jpg")
+    bad_path.write_bytes(b"\xff\xd8 cut")  # the camera was killed mid-write
+    ok_cid, ok_path = store.camera_path(".jpg")
+    photo(ok_path)
+    store.adopt(ok_cid, ok_path)  # the normal way: the callback came
+    assert not (store.root / f"{ok_cid}.camera").exists()
+    got = store.recover_camera()
+    assert [c.capture_id for c in got] == [cid] and store.get(cid).source == "camera"
+    assert not list(store.root.glob("*.camera")) and store.recover_camera() == []
+    # orphans: the unusable camera file, a QR-scan photo, a temp file; young ones are kept (may be in use)
+    qr_cid, qr_path = store.new_path(".jpg")
+    photo(qr_path)
+    tmp = store.root / f".{cid}.json.abc123.tmp"
+    tmp.write_text("{")
+    assert store.prune_orphans() == 0
+    old = _time.time() - 7200
+    for p in (bad_path, qr_path, tmp, path, ok_path):
+        _os.utime(p, (old, old))
+    assert store.prune_orphans() == 3  # the cut camera file, the QR photo, the temp file; never a capture's photo
+    assert path.is_file() and ok_path.is_file() and not bad_path.exists() and not qr_path.exists()
+    assert not tmp.exists() and not empty_path.exists()
+    assert store.get(cid).path == str(path) and store.get(ok_cid).path == str(ok_path)
+
+
 def test_crop_is_saved_and_applied(tmp_path) -> None:
     store = CaptureStore(tmp_path / "c")
     img = Image.new("RGB", (100, 50), (0, 0, 0))

@@ -49,11 +49,15 @@ def real(tmp_path_factory):
     shutil.copy(field["P0003"][0], photos / "P0003.jpg")
     services = DeviceServices(device, site="site_a", bundle_dir=bundle, keyring=base / "keyring.json",
                               backend="onnx", spot_rng=random.Random(0))
+    # Android stopped partlens while the camera app was in front: the photo it took is adopted at this start
+    camera_id, camera_file = services.captures.camera_path(".jpg")
+    shutil.copy(field["P0003"][1], camera_file)
     app = PartlensApp(services)
     app._run_prepare()
+    recovered = (list(app.captures), app.message)
     app.screen("identify").start_folder = str(photos)
     pump(25)
-    yield {"app": app, "services": services, "device": device}
+    yield {"app": app, "services": services, "device": device, "camera_id": camera_id, "recovered": recovered}
     app.stop()
     services.close()
 
@@ -68,7 +72,9 @@ def test_identify_spot_check_and_feedback_reach_the_real_outbox(real) -> None:
 
     assert PROFILE.name == "tablet"
     app, services = real["app"], real["services"]
-    pick(app, "P0003.jpg")
+    caps, message = real["recovered"]
+    assert [c.capture_id for c in caps] == [real["camera_id"]] and "taken before partlens stopped is back" in message
+    pick(app, "P0003.jpg")  # a second view of the same part
     tap(app.screen("identify").ids.identify_btn)
     wait_for(lambda: not app.busy)
     assert app.sm.current == "results" and app.outcome is not None

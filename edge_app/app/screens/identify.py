@@ -173,7 +173,8 @@ class IdentifyScreen(Screen):
             if not ok:
                 app.notify("The camera permission was refused: allow it in Settings, or pick a file.")
                 return
-            cid, path = store.new_path(".jpg")
+            # remembered on disk: if Android stops partlens while the camera is open, the next start adopts the photo
+            cid, path = store.camera_path(".jpg")
             android.take_picture(str(path), lambda p: self._camera_done(cid, p))
 
         android.request_camera(granted)
