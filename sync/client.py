@@ -37,6 +37,7 @@ from edge_app.storage import RESERVE_BYTES, check_space, disk_full_is_storage_er
 from .apply import (DevicePaths, apply_package, drop_index_files, index_params, kill_point, prune_bundles,
                     read_active, reconcile, space_to_apply, update_index, write_active)
 from .package import read_package, sha256_file
+from .lock import device_lock
 from .schedule import SyncWindow
 from .transport import HttpTransport, Transport, check_pins, partial_of, settings_bytes, upgrade_offer_bytes
 from .upload import refused_uploads, upload_outbox
@@ -104,8 +105,12 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
             raise UsageError(f"enrolment payload: {exc}") from None
     paths = DevicePaths(Path(data_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
-    keyring.save(paths.keyring)
-    _write_device(paths, device)
+    with device_lock(paths.root, "enrolment", wait_s=5.0):  # never between a running sync's reads and writes
+        keyring.save(paths.keyring)
+        # device.json is written last and names the keyring it goes with: stopped in between, the mismatch is
+        # found at the next sync (enrol again) instead of showing as signatures that fail for no clear reason
+        device["keyring_sha256"] = sha256_file(paths.keyring)
+        _write_device(paths, device)
     return paths
 
 
@@ -171,6 +176,10 @@ class SyncClient:
         #: hub's setting at enrolment, else RESERVE_BYTES
         self.reserve_bytes = int(reserve_bytes) if reserve_bytes is not None else reserve_of(self.device)
         self._reserve_given = reserve_bytes is not None  # the caller's choice is not replaced by the hub's
+        want = self.device.get("keyring_sha256")
+        if keyring is None and want and self.paths.keyring.is_file() and sha256_file(self.paths.keyring) != want:
+            raise UsageError(f"{self.paths.root}: the keyring is not the one enrolled with (an enrolment was "
+                             "interrupted); enrol this tablet again")
         self.keyring = keyring or Keyring.load(self.paths.keyring)
         self._own_transport = transport is None  # only a transport made here may fall back (see _plan)
         self.transport = transport or HttpTransport(self.device["hub"], self.device["token"],
@@ -226,7 +235,12 @@ class SyncClient:
     def sync(self, *, upload: bool = True) -> SyncResult:
         """One sync (see the module docstring). Lack of storage raises :class:`SyncStorageError` with the
         device unchanged; the outbox is still uploaded first (that is what lets the tablet free photos)."""
+        with device_lock(self.paths.root, "sync"):
+            return self._sync_locked(upload)
+
+    def _sync_locked(self, upload: bool) -> SyncResult:
         t0 = time.perf_counter()
+        self._reread_enrolment()
         db = self._open_db()
         try:
             try:
@@ -248,6 +262,18 @@ class SyncClient:
         result.seconds = time.perf_counter() - t0
         self._record_success(result)
         return result
+
+    def _reread_enrolment(self) -> None:
+        """``device.json`` as it is now (this client may have been made before another process wrote it). If the
+        tablet was enrolled again since, this client's transport and keys are the old enrolment's: refuse, so
+        it never writes the old hub and token back over the new enrolment."""
+        try:
+            now = json.loads(self.paths.device.read_text())
+        except (OSError, ValueError) as exc:
+            raise SyncError(f"{self.paths.device}: unreadable enrolment ({exc})") from None
+        if any(now.get(k) != self.device.get(k) for k in ("hub", "token", "device", "site")):
+            raise SyncError("this tablet was enrolled again while this sync was being set up; sync again")
+        self.device = now
 
     def _record_success(self, result: SyncResult) -> None:
         """``last_sync.json``: when this device last synced (the app's sync screen), whoever ran the sync (the
