@@ -434,6 +434,10 @@ class SyncStatus:
 
 
 # ------------------------------------------------------------------------------------------ state
+#: captures younger than this are never pruned (see :meth:`DeviceServices.prune_captures`)
+RECENT_CAPTURE_MINUTES = 10
+
+
 class StateStore:
     """The app's small resumable state (current captures, results, screen) as one JSON file."""
 
@@ -778,7 +782,9 @@ class DeviceServices:
         old captures go too.
         """
         now = now or _dt.datetime.now(_dt.timezone.utc)
-        cutoff = now - _dt.timedelta(days=max_age_days)
+        # never younger than a few minutes: the app may have just stored a photo and not yet saved its state (the
+        # nightly sync prunes from another process with max_age_days=0 when storage is low)
+        cutoff = min(now - _dt.timedelta(days=max_age_days), now - _dt.timedelta(minutes=RECENT_CAPTURE_MINUTES))
         in_state = {str(d.get("capture_id")) for d in self.state.load().get("captures", []) if isinstance(d, Mapping)}
         # photos of records still to upload, and of records the hub refused (kept: nothing is lost)
         pending = {Path(r["blob_path"]).name.split(".")[0] for r in [*self.outbox.pending(), *self.outbox.refused()]

@@ -599,3 +599,16 @@ def test_a_first_start_killed_while_seeding_seeds_again(tmp_path, monkeypatch) -
     assert (data / "catalogue.db").read_bytes() == (starter / "catalogue.db").read_bytes()
     assert not list(data.glob(".seeding-*"))
     assert not seed_from_starter(data, starter)  # seeded: never again
+
+
+def test_a_photo_stored_minutes_ago_is_never_pruned(device, tmp_path) -> None:
+    """Low storage makes the nightly sync (another process) prune every capture not on screen, at any age. A photo
+    the app has just stored, before it saved its state, must survive that."""
+    import datetime as dt
+
+    cap = device.captures.add_file(photo(tmp_path / "new.jpg"))
+    now = dt.datetime.now(dt.timezone.utc)
+    assert device.prune_captures(max_age_days=0, now=now)["removed_files"] == 0
+    assert Path(cap.path).is_file()
+    later = now + dt.timedelta(minutes=11)
+    assert device.prune_captures(max_age_days=0, now=later)["removed_files"] == 2  # photo + record
