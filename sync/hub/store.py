@@ -17,7 +17,7 @@ import logging
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -119,6 +119,17 @@ class HubStore(Protocol):
 
 
 UPLOAD_REVIEW_FIELDS = frozenset({"status", "review"})
+
+
+def _check_device_settings(settings: Mapping[str, Any]) -> None:
+    unknown = set(settings) - set(DEVICE_SETTINGS)
+    if unknown:
+        raise UsageError(f"unknown device setting(s) {sorted(unknown)}")
+
+
+def _device_sync_state(db: Any, name: str) -> tuple[Any, Any] | None:
+    """(last_sync_at, revoked) of device ``name``, None if there is no such device."""
+    return db.conn.execute("SELECT last_sync_at, revoked FROM devices WHERE name=?", (name,)).fetchone()
 
 
 def _bump_settings_serial(db: Any) -> None:
@@ -416,12 +427,10 @@ class SqliteHubStore:
     # -- devices ----------------------------------------------------------------------------
     def add_device(self, name: str, site: str, token_hash: str, **settings: Any) -> None:
         """A new device row, with its ``keep_free_mb`` / ``sync_window`` if set, in one transaction."""
-        unknown = set(settings) - set(DEVICE_SETTINGS)
-        if unknown:
-            raise UsageError(f"unknown device setting(s) {sorted(unknown)}")
+        _check_device_settings(settings)
         db = self._db()
         with self._write_lock, self._tx(db):
-            row = db.conn.execute("SELECT last_sync_at, revoked FROM devices WHERE name=?", (name,)).fetchone()
+            row = _device_sync_state(db, name)
             if row:
                 hint = (" It has never synced: if its enrolment payload was lost, `hub add-device NAME --reissue` "
                         "gives it a new token (the old one stops working)." if row[0] is None and not row[1]
@@ -434,12 +443,10 @@ class SqliteHubStore:
     def reissue_token(self, name: str, site: str, token_hash: str, **settings: Any) -> None:
         """A new token for a device that never synced and is not revoked (its enrolment payload was lost before
         anyone saw it); the old token stops working. Its site and settings are set as given."""
-        unknown = set(settings) - set(DEVICE_SETTINGS)
-        if unknown:
-            raise UsageError(f"unknown device setting(s) {sorted(unknown)}")
+        _check_device_settings(settings)
         db = self._db()
         with self._write_lock, self._tx(db):
-            row = db.conn.execute("SELECT last_sync_at, revoked FROM devices WHERE name=?", (name,)).fetchone()
+            row = _device_sync_state(db, name)
             if row is None:
                 raise InputError(f"no device {name!r} to reissue a token for (enrol it without --reissue)")
             if row[1]:
@@ -454,9 +461,7 @@ class SqliteHubStore:
 
     def set_device_settings(self, name: str, **settings: Any) -> None:
         """Store a device's ``keep_free_mb`` / ``sync_window`` (None clears one: the tablet keeps its own)."""
-        unknown = set(settings) - set(DEVICE_SETTINGS)
-        if unknown:
-            raise UsageError(f"unknown device setting(s) {sorted(unknown)}")
+        _check_device_settings(settings)
         db = self._db()
         with self._write_lock, self._tx(db):
             if not db.conn.execute("SELECT 1 FROM devices WHERE name=?", (name,)).fetchone():

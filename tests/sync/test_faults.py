@@ -25,6 +25,24 @@ NAMED = ["bundle:downloaded", "bundle:installed", "package:downloaded", "apply:b
 RANDOM_KILLS = 15
 
 
+def run_and_kill(module: str, args: list[str], mode: str, arg) -> int:
+    """Run ``python -m module args`` until it prints "go"; then let it die at kill point ``arg`` (mode "named",
+    through ``PARTLENS_SYNC_KILL_AT``) or SIGKILL it ``arg`` seconds later (mode "random"). Its exit code."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    if mode == "named":
+        env["PARTLENS_SYNC_KILL_AT"] = arg
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=str(REPO), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "go", proc.stderr.read()
+    if mode == "random":
+        time.sleep(arg)
+        proc.send_signal(signal.SIGKILL)
+    rc = proc.wait(60)
+    if mode == "named":
+        assert rc == -signal.SIGKILL, f"kill point {arg} never reached: {proc.stderr.read()[-1500:]}"
+    return rc
+
+
 def device_state(d):
     """The observable state of a device folder, after the repair every open performs."""
     from edge_app.runtime.catalogue import CatalogueDB
@@ -93,20 +111,9 @@ def test_sigkill_during_delta_and_bundle_swap(tmp_path):
         for i, (mode, arg) in enumerate(plans):
             d = tmp_path / f"run{i}"
             shutil.copytree(template, d)
-            env = dict(os.environ, PYTHONPATH=str(REPO))
-            if mode == "named":
-                env["PARTLENS_SYNC_KILL_AT"] = arg
-            proc = subprocess.Popen([sys.executable, "-m", "tests.sync._child_sync", str(d)], cwd=str(REPO),
-                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            assert proc.stdout.readline().strip() == "go", proc.stderr.read()
-            if mode == "random":
-                time.sleep(arg)
-                proc.send_signal(signal.SIGKILL)
-            rc = proc.wait(60)
+            rc = run_and_kill("tests.sync._child_sync", [str(d)], mode, arg)
             if mode == "random" and rc == -signal.SIGKILL:
                 outcomes["random_killed"] += 1
-            if mode == "named":
-                assert rc == -signal.SIGKILL, f"kill point {arg} never reached: {proc.stderr.read()[-1500:]}"
             state = device_state(d)
             assert state in (old, new), f"run {i} ({mode} {arg}): torn state {state}"
             outcomes["old" if state == old else "new"] += 1
@@ -158,19 +165,7 @@ def test_sigkill_during_hub_set_bundle(tmp_path):
     for i, (mode, arg) in enumerate(plans):
         root = tmp_path / f"hub{i}"
         shutil.copytree(template, root)
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        if mode == "named":
-            env["PARTLENS_SYNC_KILL_AT"] = arg
-        proc = subprocess.Popen([sys.executable, "-m", "tests.sync._child_hub_set_bundle", str(root),
-                                 str(new_bundle)], cwd=str(REPO), env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "go", proc.stderr.read()
-        if mode == "random":
-            time.sleep(arg)
-            proc.send_signal(signal.SIGKILL)
-        rc = proc.wait(60)
-        if mode == "named":
-            assert rc == -signal.SIGKILL, f"kill point {arg} never reached: {proc.stderr.read()[-1500:]}"
+        run_and_kill("tests.sync._child_hub_set_bundle", [str(root), str(new_bundle)], mode, arg)
         state = hub_state(root)
         assert state["bundle_id"] in (old["bundle_id"], new_bundle.name), state
         if state["bundle_id"] == old["bundle_id"]:
