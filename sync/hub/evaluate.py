@@ -119,7 +119,7 @@ def _catalogue(hub: Hub, bundle_id: str, embedder: Any | None) -> tuple[np.ndarr
         parts = [pn for pn, v in per_part.items() for _ in range(len(v))]
         return (np.concatenate(list(per_part.values())) if per_part else np.zeros((0, 1), np.float32)), parts
     rows = [r for r in hub.store.live_images() if hub.store.part(r["part_number"]) is not None]
-    return hub.embed_rows(rows, embedder), [r["part_number"] for r in rows]
+    return hub.embed_rows_cached(rows, embedder), [r["part_number"] for r in rows]
 
 
 def _score(bundle_id: str, calibration: Mapping[str, Any] | None, cat: np.ndarray, cat_parts: list[str],

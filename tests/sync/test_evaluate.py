@@ -145,3 +145,48 @@ def test_evaluate_with_no_decodable_photo_is_a_clear_error(world) -> None:
                          ("unknown_part", {"note": "?", "capture_ids": ["u1"], "site": "site_a"}, part_image(40))])
     with pytest.raises(InputError, match="none of the labelled field photos on the hub decodes"):
         evaluate_bundles(world.hub)
+
+
+def test_set_bundle_after_evaluate_bundle_embeds_the_catalogue_once(world, monkeypatch, caplog) -> None:
+    """evaluate-bundle embeds the live catalogue with the candidate; set-bundle reuses those vectors (keyed by the
+    content-named image and its kind) instead of embedding every image again, and stores the same vectors."""
+    import logging
+
+    import numpy as np
+
+    from sync.hub.evaluate import evaluate_bundles
+    from sync.hub.hub import Hub
+
+    upload_items(world, [("feedback", {"part_number": "P1", "verdict": "correct", "capture_ids": ["c1"]},
+                          part_image(1, noise=20))])
+    cand = make_bundle(world.root / "export", world.export_key, 2)
+    evaluate_bundles(world.hub, cand)
+    assert list((world.hub.root / "cache").glob("embeddings-*.npz"))
+    calls = []
+    real = Hub.embed_rows
+
+    def counting(self, rows, embedder):
+        calls.append(len(rows))
+        return real(self, rows, embedder)
+
+    monkeypatch.setattr(Hub, "embed_rows", counting)
+    world.hub.set_bundle(cand)
+    assert calls == []  # nothing embedded a second time
+    emb = embedder_factory(cand, world.hub.keyring)
+    rows = world.hub.store.live_images()
+    fresh = real(world.hub, rows, emb)
+    stored = world.hub.store.part_embeddings(cand.name)
+    got = np.concatenate([stored[pn] for pn in sorted(stored)])
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["part_number"], rows[i]["image_id"]))
+    assert np.allclose(got, fresh[order], atol=1e-3)  # float16 in the catalogue
+    assert not list((world.hub.root / "cache").glob("*.npz"))  # emptied once the bundle is active
+    # a cut cache file is ignored (embedded again), never an error
+    cand3 = make_bundle(world.root / "export", world.export_key, 3)
+    (world.hub.root / "cache").mkdir(exist_ok=True)
+    from edge_app.bundle import load_bundle
+
+    bid3 = load_bundle(cand3, world.hub.keyring).bundle_id
+    (world.hub.root / "cache" / f"embeddings-{bid3}.npz").write_bytes(b"PK\x03\x04 cut")
+    with caplog.at_level(logging.WARNING, logger="sync.hub.hub"):
+        world.hub.set_bundle(cand3)
+    assert "unusable" in caplog.text and calls == [len(rows)]
