@@ -1,0 +1,251 @@
+"""Photos on the tablet: each capture is the file as taken (never modified) plus a small JSON record (source,
+crop). Written atomically the moment it exists; camera photos taken while Android had stopped the app are adopted
+at the next start; files no record owns are pruned. No Kivy imports (the app and the services share it)."""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import logging
+import math
+import os
+import time
+import uuid as _uuid
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from . import storage
+from .atomic import atomic_write_bytes, atomic_write_json
+from .errors import InputError, PartlensError, StorageError, UsageError
+from .imageio import load_image
+from .storage import disk_full_is_storage_error, mb
+
+log = logging.getLogger(__name__)
+
+#: below this much free space an unreadable camera photo is reported as "storage full"
+LOW_SPACE_BYTES = 16 * 1024**2
+CAPTURE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One photo of the part as taken (never modified) plus the crop the engineer chose."""
+
+    capture_id: str
+    path: str
+    source: str  # camera | file
+    created_at: str
+    crop: tuple[float, float, float, float] | None = None  # (left, top, right, bottom) in 0..1 of the image
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["crop"] = list(self.crop) if self.crop else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Capture":
+        crop = d.get("crop")
+        return cls(str(d["capture_id"]), str(d["path"]), str(d.get("source", "file")), str(d.get("created_at", "")),
+                   tuple(float(v) for v in crop) if crop else None)  # type: ignore[arg-type]
+
+
+def validate_crop(crop: Sequence[float] | None) -> tuple[float, float, float, float] | None:
+    """``None`` or a (left, top, right, bottom) box inside the unit square with a positive area."""
+    if crop is None:
+        return None
+    if len(crop) != 4:
+        raise UsageError(f"a crop is (left, top, right, bottom), got {list(crop)}")
+    l, t, r, b = (float(v) for v in crop)
+    if not (0.0 <= l < r <= 1.0 and 0.0 <= t < b <= 1.0):
+        raise UsageError(f"crop {[l, t, r, b]} is not a box inside the image (0 <= left < right <= 1, same for y)")
+    return (l, t, r, b)
+
+
+class CaptureStore:
+    """Photos on disk: ``<root>/<id><ext>`` (bytes as taken) and ``<root>/<id>.json`` (source, crop)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def new_path(self, suffix: str = ".jpg") -> tuple[str, Path]:
+        """An id and a path for the camera to write into directly (Android camera intents)."""
+        cid = _uuid.uuid4().hex
+        return cid, self.root / f"{cid}{suffix}"
+
+    def camera_path(self, suffix: str = ".jpg") -> tuple[str, Path]:
+        """:meth:`new_path` for the camera app, remembered on disk (``<id>.camera``) until :meth:`adopt`: if
+        Android stops partlens while the camera is open (it often does, to free memory), the photo it took is
+        adopted at the next start (:meth:`recover_camera`) instead of being lost and never deleted."""
+        cid, path = self.new_path(suffix)
+        atomic_write_json(self.root / f"{cid}.camera", {"path": str(path), "created_at": _now()})
+        return cid, path
+
+    def recover_camera(self) -> list[Capture]:
+        """Photos the camera wrote for a partlens that was stopped before it got them back (see
+        :meth:`camera_path`): adopted now, oldest first. A camera that wrote nothing, or an unreadable file,
+        only clears its record."""
+        found = []
+        for marker in sorted(self.root.glob("*.camera"), key=lambda p: p.stat().st_mtime):
+            cid = marker.stem
+            try:
+                path = Path(json.loads(marker.read_text())["path"])
+            except (OSError, ValueError, KeyError, TypeError):
+                path = self.root / f"{cid}.jpg"
+            if self._sidecar(cid).exists():  # adopted already (stopped before the record was cleared)
+                marker.unlink(missing_ok=True)
+                continue
+            if path.is_file() and path.stat().st_size:
+                try:
+                    found.append(self.adopt(cid, path))
+                    log.info("recovered camera photo %s taken before the app stopped", cid)
+                    continue
+                except PartlensError as exc:
+                    log.warning("camera photo %s taken before the app stopped is unusable: %s", cid, exc)
+            marker.unlink(missing_ok=True)
+        return found
+
+    def prune_orphans(self, min_age_s: float = 3600.0, now: float | None = None) -> int:
+        """Delete files no capture record or camera record owns, older than ``min_age_s`` (a photo a QR scan
+        left, a temp file of a write that was killed); younger ones may still be being written. Returns how many."""
+        now = time.time() if now is None else now
+        owned = {p.stem for p in self.root.glob("*.json")} | {p.stem for p in self.root.glob("*.camera")}
+        removed = 0
+        for p in self.root.iterdir():
+            if not p.is_file() or p.suffix in (".json", ".camera"):
+                continue
+            cid = p.name.lstrip(".").split(".")[0]
+            if p.name.endswith(".crop.jpg"):
+                continue  # upload copies: pruned with their records (prune_captures)
+            if (cid in owned and not p.name.startswith(".")) or now - p.stat().st_mtime < min_age_s:
+                continue
+            p.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def add_bytes(self, data: bytes, *, source: str = "camera", name: str = "<camera>") -> Capture:
+        """Validate ``data`` as an image and store it at once (atomic, never overwrites)."""
+        load_image(bytes(data))  # ImageError for empty, corrupt or unsafe data
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as probe:
+            fmt = probe.format
+        suffix = CAPTURE_SUFFIXES.get(str(fmt), ".img")
+        cid, path = self.new_path(suffix)
+        with disk_full_is_storage_error(self.root, "storing the photo"):
+            atomic_write_bytes(path, data, overwrite=False)
+            cap = Capture(cid, str(path), source, _now())
+            try:
+                self._write_sidecar(cap)
+            except BaseException:
+                path.unlink(missing_ok=True)  # no photo without its sidecar (it would be pruned unseen)
+                raise
+        log.info("stored capture %s from %s (%d bytes)", cid, name, len(data))
+        return cap
+
+    def add_file(self, src: str | os.PathLike[str], *, source: str = "file") -> Capture:
+        """Copy an image file into the store (validated first; the original is untouched)."""
+        load_image(src)  # ImageError naming the file
+        return self.add_bytes(Path(src).read_bytes(), source=source, name=str(src))
+
+    def adopt(self, capture_id: str, path: str | os.PathLike[str], *, source: str = "camera") -> Capture:
+        """Register a file the camera wrote into :meth:`new_path` (validated; removed if corrupt)."""
+        path = Path(path)
+        try:
+            load_image(path)
+        except InputError as exc:
+            log.warning("camera wrote an unreadable file %s; keeping it aside", path)
+            free = storage.free_bytes(self.root)
+            if free < LOW_SPACE_BYTES:  # a camera that ran out of space leaves a cut or empty file
+                raise StorageError(f"the photo could not be read and the tablet has only {mb(free)} free: "
+                                   "storage is full. Free space on the tablet and take the photo again") from exc
+            raise
+        cap = Capture(capture_id, str(path), source, _now())
+        with disk_full_is_storage_error(self.root, "storing the photo"):
+            self._write_sidecar(cap)
+        (self.root / f"{capture_id}.camera").unlink(missing_ok=True)
+        return cap
+
+    def _sidecar(self, capture_id: str) -> Path:
+        return self.root / f"{capture_id}.json"
+
+    def _write_sidecar(self, cap: Capture) -> None:
+        atomic_write_json(self._sidecar(cap.capture_id), cap.to_dict())
+
+    def get(self, capture_id: str) -> Capture:
+        side = self._sidecar(capture_id)
+        try:
+            cap = Capture.from_dict(json.loads(side.read_text()))
+        except FileNotFoundError:
+            raise InputError(f"{side}: no such capture") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{side}: damaged capture record ({exc})") from None
+        if not Path(cap.path).is_file():
+            raise InputError(f"{cap.path}: capture image is missing")
+        return cap
+
+    def set_crop(self, cap: Capture, crop: Sequence[float] | None) -> Capture:
+        new = replace(cap, crop=validate_crop(crop))
+        self._write_sidecar(new)
+        return new
+
+    def cropped_image(self, cap: Capture, draft_size: tuple[int, int] | None = None) -> "Image.Image":  # noqa: F821
+        """The capture as RGB, cut to its crop box.
+
+        ``draft_size`` (width, height): the model needs only this many pixels in the CROP, so a big
+        JPEG is decoded at the smallest DCT scale that still gives them (a 12 MP photo is never
+        decoded at full size for identification). Without it (uploads) the crop keeps full resolution.
+        """
+        if draft_size is not None and cap.crop:
+            l, t, r, b = cap.crop
+            draft_size = (int(math.ceil(draft_size[0] / max(r - l, 1e-3))),
+                          int(math.ceil(draft_size[1] / max(b - t, 1e-3))))
+        img = load_image(cap.path, draft_size=draft_size)
+        if cap.crop:
+            w, h = img.size
+            l, t, r, b = cap.crop
+            box = (int(round(l * w)), int(round(t * h)), max(int(round(r * w)), int(round(l * w)) + 1),
+                   max(int(round(b * h)), int(round(t * h)) + 1))
+            img = img.crop(box)
+        return img
+
+    def export_cropped(self, cap: Capture) -> Path:
+        """Write the cropped view as ``<id>.<token>.crop.jpg`` (what is uploaded with a record): a file of its
+        own per record, never rewritten. (One shared ``<id>.crop.jpg`` was rewritten when the engineer cut the
+        same photo again for another record while the first was half uploaded: the hub then held a photo that
+        never completed, or refused every chunk and blocked the outbox behind it.)"""
+        img = self.cropped_image(cap)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=92)
+        return atomic_write_bytes(self.root / f"{cap.capture_id}.{_uuid.uuid4().hex[:12]}.crop.jpg", buf.getvalue(),
+                                  overwrite=False)
+
+    def remove(self, capture_id: str, *, keep_crop: bool = False) -> int:
+        """Delete one capture's files (image, sidecar and, unless ``keep_crop``, its ``.crop.jpg``); the
+        number of files removed."""
+        n = 0
+        paths = [self._sidecar(capture_id), *(p for p in self.root.glob(f"{capture_id}.*")
+                                               if not p.name.endswith((".json", ".crop.jpg")))]
+        if not keep_crop:  # every record's copy (``<id>.<token>.crop.jpg``; ``<id>.crop.jpg`` before)
+            paths += list(self.root.glob(f"{capture_id}.*crop.jpg"))
+        for p in paths:
+            try:
+                p.unlink()
+                n += 1
+            except FileNotFoundError:
+                pass
+        return n
+
+    def all(self) -> list[Capture]:
+        out = []
+        for side in sorted(self.root.glob("*.json")):
+            try:
+                out.append(self.get(side.stem))
+            except InputError as exc:
+                log.warning("skipping capture: %s", exc)
+        return out
