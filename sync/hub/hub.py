@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -178,10 +179,12 @@ class Hub:
             out.append(embed_with_views(lambda ims: _checked_vectors(embedder(ims), len(ims)), imgs, per_image))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
-    def embed_rows_cached(self, rows: Sequence[Mapping[str, Any]], embedder: Embedder) -> np.ndarray:
+    def embed_rows_cached(self, rows: Sequence[Mapping[str, Any]], embedder: Embedder, *,
+                          save: bool = True) -> np.ndarray:
         """:meth:`embed_rows`, keeping the vectors of a bundle that is not active yet in ``cache/`` (keyed by the
         content-named image id and its kind), so ``set-bundle`` after ``evaluate-bundle`` embeds the catalogue
-        once, not twice (minutes on a 10,000-image catalogue). ``set-bundle`` empties the cache."""
+        once, not twice (minutes on a 10,000-image catalogue). ``save=False`` only reads the cache (set-bundle,
+        which empties it)."""
         bid = getattr(embedder, "bundle_id", None)
         if not bid or not rows:
             return self.embed_rows(rows, embedder)
@@ -199,8 +202,7 @@ class Hub:
         if missing:
             vecs = self.embed_rows([rows[i] for i in missing], embedder)
             cache.update({keys[i]: vecs[j] for j, i in enumerate(missing)})
-            import io
-
+        if missing and save:
             buf = io.BytesIO()
             np.savez(buf, keys=np.array(list(cache), dtype=str), vectors=np.stack(list(cache.values())))
             atomic_write_bytes(path, buf.getvalue())
@@ -367,7 +369,7 @@ class Hub:
             write_archive(dst, self.bundle_tar(bundle.bundle_id))
         embedder = self.embedder_factory(dst, self.keyring)
         rows = self.store.live_images()
-        vecs = self.embed_rows_cached(rows, embedder)  # what evaluate-bundle embedded is not embedded again
+        vecs = self.embed_rows_cached(rows, embedder, save=False)  # evaluate-bundle's vectors, not embedded again
         kill_point("hub_set_bundle_embedded")
         with self.store.change() as ch:
             live = {r["image_id"] for r in self.store.live_images()}

@@ -168,8 +168,6 @@ def _receive_chunk(hub: Hub, device: Mapping[str, Any], uuid: str, offset: int, 
         return _status(row, hub, duplicate=True)
     part = partial_path(hub, uuid)
     current = part.stat().st_size if part.exists() else 0
-    if current == row["blob_size"] and not data:  # every byte arrived before the hub stopped: finish it
-        return _status(_finish_blob(hub, row), hub)
     if offset != current:
         raise OffsetMismatch(current)
     if current + len(data) > row["blob_size"]:
