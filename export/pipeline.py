@@ -79,6 +79,9 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
     ``sources`` (``calib``, ``val``): what to record as their origin when the folders are temporary.
     Raises :class:`GateError` (nothing written) if the export fails parity.
     """
+    from training.allocator import tune_for_torch
+
+    tune_for_torch()
     sources = {"calib": str(calib_dir), "val": str(val_dir), **(sources or {})}
     t0 = time.perf_counter()
     fmt = get_format(fmt_name)

@@ -152,6 +152,7 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    from .allocator import tune_for_torch
     from .augment import AugmentConfig, TrainTransform
     from .data import TorchImageDataset, collate_skip
     from .losses import distillation_loss, make_metric_loss
@@ -161,6 +162,7 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
     from .sampler import BatchSampler
 
     cfg.validate()
+    tune_for_torch()
     aug = AugmentConfig.from_dict(cfg.augment)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("device cuda requested but no CUDA device is available")
