@@ -1,5 +1,5 @@
 """Results: the top parts as cards (thumbnail, number, name, stock "as of", bin, confidence in words),
-a clear "no confident match" state, a look-alike prompt for a measurement or a scale photo, and the spot-check
+a clear "no confident match" state, a look-alike prompt for a measurement or another view, and the spot-check
 question when this identification was picked for one (:mod:`edge_app.spotcheck`)."""
 from __future__ import annotations
 
@@ -102,8 +102,8 @@ class ResultsScreen(Screen):
             sizes = ", ".join(f"{m.part_number} {m.size_mm:g} mm" for m in out.matches[:4]
                               if m.size_mm and m.look_alike_group == group)
             ids.look_alike_text.text = (
-                "These parts look alike and differ only in size (" + sizes + "). Measure the part and type "
-                "the size in mm, or add a photo with a ruler or coin next to it.")
+                "These parts look alike and differ only in size (" + sizes + "). Measure the part (calipers "
+                "or a ruler) and type the size in mm: partlens cannot read a ruler in the photo.")
         if not none:
             grid.cols = max(1, int(self.width // mm(90)))
             for i, m in enumerate(out.matches):
@@ -177,10 +177,10 @@ class ResultsScreen(Screen):
         app.save_state()
         self.refresh()
 
-    def add_scale_photo(self) -> None:
+    def add_view(self) -> None:
         app = App.get_running_app()
         app.go("identify")
-        app.notify("Add a view with a ruler or coin next to the part, then tap Identify.")
+        app.notify("Add a view from another side (or of a stamped size), then tap Identify.")
 
     def record_unknown(self) -> None:
         app = App.get_running_app()
