@@ -206,6 +206,8 @@ class SyncStatus:
     storage_low: bool = False
     #: the space this device's syncs keep free for photos (the hub may set it at enrolment)
     keep_free_bytes: int = RESERVE_BYTES
+    #: a sync (the nightly one or the app's) or an enrolment is running right now
+    sync_running: bool = False
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -657,6 +659,7 @@ class DeviceServices:
         last = self.data_dir / "last_sync.json"
         last_sync = json.loads(last.read_text()).get("at") if last.is_file() else None
         from sync.background import read_arm_failure, read_status
+        from sync.lock import sync_running
 
         bg = read_status(self.data_dir)  # the nightly service's last attempt
         nightly = None
@@ -678,7 +681,8 @@ class DeviceServices:
                           refused_reason=str(refusals[-1]["refused_reason"]) if refusals else None,
                           enrolled=hub is not None,
                           hub=hub, last_error=self._last_error, nightly=nightly, connection=connection,
-                          free_bytes=free, storage_low=free < reserve, keep_free_bytes=reserve)
+                          free_bytes=free, storage_low=free < reserve, keep_free_bytes=reserve,
+                          sync_running=sync_running(self.data_dir))
 
     def sync_now(self) -> str:
         """One full sync (bundle, catalogue package, uploads); returns a one-line summary."""

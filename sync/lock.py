@@ -48,3 +48,27 @@ def device_lock(root: str | os.PathLike[str], what: str, wait_s: float = 0.0) ->
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def sync_running(root: str | os.PathLike[str]) -> bool:
+    """True while a sync or an enrolment holds this tablet's lock (any process, this one included).
+
+    A probe: it takes the lock for an instant when it is free, so call it for status, not before a sync
+    (:func:`device_lock` is what serialises them).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/Android
+        return False
+    path = Path(root) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False  # no sync ever ran here
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the probe's lock
+    return False

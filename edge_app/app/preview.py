@@ -84,6 +84,7 @@ class PreviewServices:
         self.refused = 0  # uploads the (pretend) hub refused: shown on the sync screen when > 0
         self.free_bytes = 3_800 * 1024**2  # the (pretend) tablet's free storage; below RESERVE_BYTES it says LOW
         self.enrolled_hub: str | None = None
+        self.sync_running = False  # another (pretend) sync holds the tablet's sync lock
         self.catalogue_version = 41
         self.last_sync: str | None = "2026-11-21T22:05:00+00:00"
         img_dir = self.root / "catalogue"
@@ -206,7 +207,8 @@ class PreviewServices:
     def sync_status(self) -> SyncStatus:
         return SyncStatus("preview-bundle", 7, self.catalogue_version, self.last_sync, len(self.outbox),
                           self.enrolled_hub is not None, self.enrolled_hub, refused_uploads=self.refused,
-                          free_bytes=self.free_bytes, storage_low=self.free_bytes < RESERVE_BYTES)
+                          free_bytes=self.free_bytes, storage_low=self.free_bytes < RESERVE_BYTES,
+                          sync_running=self.sync_running)
 
     def sync_now(self) -> str:
         if self.enrolled_hub is None:

@@ -280,6 +280,15 @@ def test_sync_status_before_enrolment_and_bad_enrol_code(device) -> None:
         device.enrol("not json")
 
 
+def test_sync_status_says_when_a_sync_is_running(device) -> None:
+    from sync.lock import device_lock
+
+    assert not device.sync_status().sync_running
+    with device_lock(device.data_dir, "nightly sync"):  # e.g. the nightly service, mid-sync
+        assert device.sync_status().sync_running
+    assert not device.sync_status().sync_running
+
+
 def test_sync_status_shows_the_nightly_attempt_and_its_last_success(device) -> None:
     assert device.sync_status().nightly is None
     (device.data_dir / "last_sync.json").write_text(json.dumps({"at": "2026-11-20T10:00:00+00:00"}))

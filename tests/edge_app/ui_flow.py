@@ -39,6 +39,7 @@ from kivy.uix.textinput import TextInput  # noqa: E402
 from edge_app.app.main import PartlensApp  # noqa: E402
 from edge_app.app.preview import PreviewServices, draw_part  # noqa: E402
 from edge_app.app.screens.identify import CropHandle  # noqa: E402
+from edge_app.app.screens.sync_status import POLL_S  # noqa: E402
 
 pytestmark = pytest.mark.ui
 ROOT = Path(__file__).resolve().parents[2]
@@ -415,6 +416,13 @@ def test_sync_status_enrol_and_sync_now(env) -> None:
     check_screen(app, "sync_status", env["shots"])  # the longer text still fits and reads (sizes, contrast)
     services.free_bytes = 3_800 * 1024**2
     scr.refresh()
+    services.sync_running = True  # the nightly sync is running: no second sync, and the screen says so
+    scr.refresh()
+    assert scr.ids.sync_btn.disabled and scr.ids.sync_btn.text == "Sync running..."
+    assert scr.ids.status.text.startswith("A sync is running now")
+    services.sync_running = False  # it finished: the screen looks again by itself
+    wait_for(lambda: not scr.ids.sync_btn.disabled, timeout=3 * POLL_S)
+    assert scr.ids.sync_btn.text == "Sync now" and "A sync is running" not in scr.ids.status.text
 
 
 def test_pause_keeps_and_restores_captures_and_results(env) -> None:

@@ -86,3 +86,29 @@ def test_an_enrolment_stopped_between_keyring_and_device_file_is_found(world, mo
         SyncClient(world.device_dir)
     enrol(world.device_dir, other)  # enrolling again repairs it
     assert SyncClient(world.device_dir).device["device"] == "tab-x"
+
+
+def test_sync_running_reports_a_lock_held_by_another_process_and_frees_nothing(tmp_path):
+    from sync.lock import device_lock, sync_running
+
+    assert not sync_running(tmp_path)  # no sync ever ran: no lock file
+    with device_lock(tmp_path, "test"):
+        assert sync_running(tmp_path)  # held in this process (the app's own sync thread) counts too
+    assert not sync_running(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom sync.lock import device_lock\n"
+        "with device_lock(sys.argv[1], 'test'):\n    print('held', flush=True)\n    time.sleep(60)\n"),
+        str(tmp_path)], cwd=str(REPO), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert sync_running(tmp_path)
+        assert sync_running(tmp_path)  # the probe did not take or break the holder's lock
+        from sync.lock import SyncBusyError
+
+        with pytest.raises(SyncBusyError):
+            with device_lock(tmp_path, "second"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert not sync_running(tmp_path)

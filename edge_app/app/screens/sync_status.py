@@ -16,7 +16,18 @@ from .. import android
 log = logging.getLogger(__name__)
 
 
+#: how often the screen looks again while another sync holds the tablet's sync lock
+POLL_S = 3.0
+
+
 class SyncStatusScreen(Screen):
+    _poll: Any = None
+
+    def _poll_refresh(self, _dt: float) -> None:
+        self._poll = None
+        if self.manager is not None and self.manager.current == self.name:
+            self.refresh()
+
     def refresh(self) -> None:
         app = App.get_running_app()
         try:
@@ -42,9 +53,16 @@ class SyncStatusScreen(Screen):
             lines.append(f"Nightly sync: {st.nightly}")
         if st.last_error:
             lines.append(f"Last error: {st.last_error}")
+        if st.sync_running:
+            lines.insert(0, "A sync is running now (the nightly sync, or an enrolment): this screen updates when "
+                            "it has finished.")
         self.ids.status.text = "\n".join(lines)
-        self.ids.sync_btn.disabled = not st.enrolled
-        self.ids.sync_btn.text = "Sync now" if st.enrolled else "Sync now (enrol first)"
+        self.ids.sync_btn.disabled = not st.enrolled or st.sync_running
+        self.ids.sync_btn.text = ("Sync running..." if st.sync_running else
+                                  "Sync now" if st.enrolled else "Sync now (enrol first)")
+        if self._poll is not None:
+            self._poll.cancel()
+        self._poll = Clock.schedule_once(self._poll_refresh, POLL_S) if st.sync_running else None
         qr = android.qr_available()
         self.ids.scan_btn.disabled = not qr
         self.ids.scan_btn.text = "Scan QR code" if qr else "Scan QR code (camera only)"
