@@ -68,8 +68,9 @@ def _identify(args: argparse.Namespace) -> int:
           f"bundle {d['bundle_id']}")
     la = d["look_alike"]
     if d["needs_scale_photo"]:
-        print(f"look-alikes differing only in size ({', '.join(la['part_numbers'])}): "
-              "measure the part and pick by size (a ruler in the photo is not read)")
+        sizes = ", ".join(f"{pn} {mm:g} mm" if mm else pn for pn, mm in zip(la["part_numbers"], la["sizes_mm"]))
+        print(f"look-alikes differing only in size ({sizes}): measure the part and pick by size "
+              "(a ruler in the photo is not read)")
     elif d["needs_detail_photo"]:
         print(f"look-alikes of the same size ({', '.join(la['part_numbers'])}): a label or marking tells them "
               "apart; add a close-up of it as another photo (partlens identify PHOTO CLOSEUP)")

@@ -59,6 +59,13 @@ def test_identify_text_output_and_errors(world, device_db, capsys, tmp_path, mon
     assert rc == 2 and "keyring" in err
 
 
+def test_identify_text_names_the_sizes_of_size_only_look_alikes(world, device_db, capsys):
+    rc, out, _ = _run(capsys, "identify", world.field["P0018"][0], "--bundle", world.bundle, "--db", device_db,
+                      "--keyring", world.keyring_path, "--backend", "onnx", "--top", "3")
+    line = next(ln for ln in out.splitlines() if ln.startswith("look-alikes differing only in size"))
+    assert rc == 0 and "P0018 8 mm" in line and "P0019 12 mm" in line and "not read" in line
+
+
 def test_catalogue_import_list_show(world, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PARTLENS_DEVICE_DIR", str(tmp_path / "home"))
     rc, out, _ = _run(capsys, "catalogue", "import", world.cat.parts_csv, world.cat.images_csv, "--site", "site_a")
