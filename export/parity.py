@@ -57,15 +57,20 @@ class ParityReport:
     neighbour_level: str = "image"  # "part" when catalogue labels were given
     neighbour_agreement_image: float | None = None
     top1_agreement_strict: float | None = None
+    #: photos (val or catalogue) whose outputs are NaN or infinite on either side; any fails the gate
+    non_finite: int = 0
 
     @property
     def failures(self) -> list[str]:
         t, out = self.thresholds, []
-        if self.top1_agreement < t.top1_agreement:
+        if self.non_finite:
+            out.append(f"{self.non_finite} photo(s) with NaN or infinite outputs")
+        # written as "not >=" so that a NaN figure fails too
+        if not self.top1_agreement >= t.top1_agreement:
             out.append(f"top-1 agreement {self.top1_agreement:.2%} < {t.top1_agreement:.0%}")
-        if self.median_cosine < t.median_cosine:
+        if not self.median_cosine >= t.median_cosine:
             out.append(f"median embedding cosine {self.median_cosine:.4f} < {t.median_cosine}")
-        if self.neighbour_agreement < t.neighbour_agreement:
+        if not self.neighbour_agreement >= t.neighbour_agreement:
             out.append(f"nearest-catalogue-{self.neighbour_level} agreement {self.neighbour_agreement:.2%} "
                        f"< {t.neighbour_agreement:.0%}")
         return out
@@ -105,6 +110,13 @@ def compare_outputs(fmt: str, ref_val: dict[str, np.ndarray], cand_val: dict[str
         raise UsageError("parity needs the same non-empty validation and catalogue sets on both sides")
     if cat_labels is not None and len(cat_labels) != len(ref_cat):
         raise UsageError(f"{len(cat_labels)} catalogue labels for {len(ref_cat)} catalogue images")
+    bad_val = np.zeros(n, bool)
+    for side in (ref_val, cand_val):
+        for key in ("logits", "embedding"):
+            bad_val |= ~np.isfinite(np.asarray(side[key], np.float64)).all(axis=1)
+    bad_cat = ~(np.isfinite(np.asarray(ref_cat, np.float64)).all(axis=1)
+                & np.isfinite(np.asarray(cand_cat, np.float64)).all(axis=1))
+    non_finite = int(bad_val.sum() + bad_cat.sum())
     top1, top1_strict = _top1_agreement(ref_val["logits"], cand_val["logits"], thresholds.logit_tie_tolerance)
     cos = np.sum(_unit(ref_val["embedding"]) * _unit(cand_val["embedding"]), axis=1)
     ref_sim = _unit(ref_val["embedding"]) @ _unit(ref_cat).T
@@ -124,7 +136,7 @@ def compare_outputs(fmt: str, ref_val: dict[str, np.ndarray], cand_val: dict[str
                         median_cosine=float(np.median(cos)), p05_cosine=float(np.percentile(cos, 5)),
                         neighbour_agreement=agree, neighbour_agreement_strict=float(np.mean(nn_ref == nn_cand)),
                         thresholds=thresholds, neighbour_level=level, neighbour_agreement_image=image_agree,
-                        top1_agreement_strict=top1_strict)
+                        top1_agreement_strict=top1_strict, non_finite=non_finite)
 
 
 def _top1_agreement(ref: np.ndarray, cand: np.ndarray, tolerance: float) -> tuple[float, float]:

@@ -50,6 +50,30 @@ def test_compare_outputs_numbers() -> None:
     assert rep.top1_agreement_strict == pytest.approx(0.9)
 
 
+def test_nan_or_infinite_outputs_fail_the_gate() -> None:
+    """A model that gives NaN (e.g. trained with a diverged loss) must not pass: NaN compares false to every
+    threshold, so the gate checks finiteness itself."""
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(20, 4)).astype(np.float32)
+    emb = rng.normal(size=(20, 8)).astype(np.float32)
+    cat = rng.normal(size=(10, 8)).astype(np.float32)
+    one_nan = emb.copy()
+    one_nan[3] = np.nan  # one photo of twenty: the median cosine alone would still look fine
+    rep = compare_outputs("t", {"logits": logits, "embedding": emb}, {"logits": logits, "embedding": one_nan},
+                          cat, cat)
+    assert rep.non_finite == 1 and not rep.passed
+    with pytest.raises(GateError, match="1 photo.*NaN or infinite"):
+        enforce(rep)
+    all_nan = {"logits": np.full_like(logits, np.nan), "embedding": np.full_like(emb, np.nan)}
+    both = compare_outputs("t", all_nan, all_nan, np.full_like(cat, np.nan), np.full_like(cat, np.nan))
+    assert both.non_finite == 30 and not both.passed
+    assert any("median embedding cosine nan" in f for f in both.failures)  # NaN fails each threshold too
+    inf_cat = cat.copy()
+    inf_cat[0, 0] = np.inf
+    assert compare_outputs("t", {"logits": logits, "embedding": emb}, {"logits": logits, "embedding": emb},
+                           cat, inf_cat).non_finite == 1
+
+
 def test_top1_agreement_tolerates_only_near_ties() -> None:
     """int8 rounding may flip a near-tied pick (PyTorch itself could not tell the two classes apart);
     a flip of a confident pick still fails the gate."""
