@@ -65,3 +65,10 @@ class SyncStorageError(StorageError, SyncError):
     """A sync refused or stopped for lack of storage; the device stays on its previous state.
 
     Both a :class:`StorageError` (exit code 8) and a :class:`SyncError` (what sync callers handle)."""
+
+
+class TrainingError(PartlensError):
+    """Training cannot go on: the loss or the weights became NaN or infinite. Nothing bad was saved: the
+    run folder keeps its last good checkpoint."""
+
+    exit_code = 9

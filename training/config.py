@@ -1,6 +1,7 @@
 """Training configuration (one dataclass, saved resolved as JSON in every run folder)."""
 from __future__ import annotations
 
+import math
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -58,10 +59,22 @@ class TrainConfig:
     eval_batch_size: int = 64
 
     def validate(self) -> None:
+        for name in ("lr", "backbone_lr_mult", "weight_decay", "label_smoothing", "metric_weight", "kd_weight",
+                     "kd_embed_weight", "kd_temperature", "warmup_epochs"):
+            if not math.isfinite(float(getattr(self, name))):
+                raise UsageError(f"{name.replace('_', ' ')} must be a finite number, got {getattr(self, name)}")
+        if self.grad_clip is not None and not math.isfinite(float(self.grad_clip)):
+            raise UsageError(f"grad clip must be a finite number (or unset), got {self.grad_clip}")
+        if self.metric_weight < 0:
+            raise UsageError(f"metric weight must be >= 0, got {self.metric_weight}")
+        if self.kd_weight < 0 or self.kd_embed_weight < 0:
+            raise UsageError(f"distillation weights must be >= 0, got {self.kd_weight} and {self.kd_embed_weight}")
+        if self.kd_temperature <= 0:
+            raise UsageError(f"distillation temperature must be > 0, got {self.kd_temperature}")
         if self.epochs < 1:
             raise UsageError(f"epochs must be >= 1, got {self.epochs}")
-        if self.lr <= 0:
-            raise UsageError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr <= MAX_LR:
+            raise UsageError(f"lr must be > 0 and at most {MAX_LR:g}, got {self.lr}")
         if self.backbone_lr_mult <= 0:
             raise UsageError(f"backbone lr multiplier must be > 0, got {self.backbone_lr_mult}")
         if self.weight_decay < 0:
@@ -98,8 +111,12 @@ class TrainConfig:
         return cls(**d)
 
 
+#: Above this no AdamW run trains (and float32 parameters overflow on the first update).
+MAX_LR = 10.0
+
 #: Options that may differ between a run and its ``--resume`` (everything else must match).
-RESUMABLE_CHANGES = {"epochs", "resume", "progress", "workers", "cache", "eval_batch_size", "device"}
+RESUMABLE_CHANGES = {"epochs", "resume", "progress", "workers", "cache", "eval_batch_size", "device",
+                     "out"}  # a run folder may be moved; it is where last.pt is read from
 
 
 def git_sha(cwd: Path | None = None) -> str:

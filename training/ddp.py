@@ -54,6 +54,18 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every process when ``flag`` is true on any of them (so all stop together, none waits forever)."""
+    if not info.enabled:
+        return bool(flag)
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def broadcast_object(obj: Any, info: DistInfo) -> Any:
     import torch.distributed as dist
 

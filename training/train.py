@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_app.atomic import atomic_write_json
-from edge_app.errors import IntegrityError, UsageError
+from edge_app.errors import InputError, IntegrityError, TrainingError, UsageError
 
 from . import ddp
 from .config import RESUMABLE_CHANGES, TrainConfig, git_sha
@@ -55,9 +55,11 @@ def resolve_split(cfg: TrainConfig, out: Path, is_main: bool) -> tuple[ImageSet,
     if ds.train is not None and ds.val is not None:
         return ds.train, ds.val, {"source": f"{ds.layout} layout (train/val lists)"}
     path = out / "split.json"
-    if path.exists():  # a resumed run keeps its split
+    if cfg.resume and path.exists():  # a resumed run keeps its split
         s = load_split(path, cfg.data)
         return s.train, s.val, {"source": "run folder", "path": str(path.resolve()), "sha256": s.sha256}
+    if path.exists():  # left by a start that never finished an epoch (no last.pt): this run's options decide
+        log.info("%s: replacing the split left by a run that did not finish its first epoch", path)
     doc = make_split(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if is_main:
         write_split(doc, path)
@@ -130,11 +132,22 @@ def _prepare_out(cfg: TrainConfig, out: Path) -> None:
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
 
+#: options that name files: compared as resolved paths on resume (``./runs/a`` is ``runs/a``)
+PATH_OPTIONS = ("data", "split", "teacher", "weights")
+
+
+def _same_option(key: str, saved: Any, now: Any) -> bool:
+    if key in PATH_OPTIONS and isinstance(saved, str) and isinstance(now, str) and saved and now:
+        return Path(saved).expanduser().resolve() == Path(now).expanduser().resolve()
+    return saved == now
+
+
 def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, out: Path) -> None:
     now = cfg.to_dict()
     # options added after the run started count as their defaults
     defaults = TrainConfig(data="", out="").to_dict()
-    diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k])
+    diff = sorted(k for k in now if k not in RESUMABLE_CHANGES
+                  and not _same_option(k, saved.get(k, defaults[k]), now[k]))
     if diff:
         raise UsageError(f"{out}: cannot resume with changed option(s) {diff}; "
                          f"only {sorted(RESUMABLE_CHANGES)} may change")
@@ -219,6 +232,15 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
         _check_resume_config(extra.get("train_config", {}), cfg, out)
         if ck["labels"] != labels:
             raise IntegrityError(f"{out / 'last.pt'}: labels differ from the data's")
+        was = (extra.get("split") or {}).get("sha256")
+        if was and split_info.get("sha256") and was != split_info["sha256"]:
+            raise IntegrityError(f"{out}: the train/val split changed since the run started (sha256 {was[:12]}... "
+                                 f"then, {split_info['sha256'][:12]}... now): resuming would validate on images it "
+                                 "trained on; start a new run")
+        missing = [k for k in ("optimizer", "scheduler", "rng", "history", "best_top1", "best_epoch") if k not in extra]
+        if missing:
+            raise IntegrityError(f"{out / 'last.pt'}: not a resumable training checkpoint (no {', '.join(missing)}; "
+                                 "was best.pt copied over it?)")
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(extra["optimizer"])
         sched.load_state_dict(extra["scheduler"])
@@ -268,6 +290,11 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
                                                    cfg.kd_temperature)
                     kd = cfg.kd_weight * kd_l + cfg.kd_embed_weight * kd_e
                     loss = loss + kd
+            if ddp.any_rank(not bool(torch.isfinite(loss.detach())), dist):
+                raise TrainingError(
+                    f"training diverged: the loss is {float(loss.detach())} at epoch {epoch + 1}, step {step_i} "
+                    f"(lr {opt.param_groups[-1]['lr']:.3g}); nothing was saved from this epoch, {out / 'last.pt'} "
+                    "is the last good checkpoint (if any). Try a lower --lr or --grad-clip")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip:
@@ -290,8 +317,16 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
                                "train_metric": sums["metric"] / n, "train_kd": sums["kd"] / n,
                                "train_top1": sums["correct"] / n, "lr": opt.param_groups[-1]["lr"],
                                "train_images": sums["n"]}
+        bad_weights = not all(bool(torch.isfinite(p.detach()).all()) for p in model.parameters())
+        if ddp.any_rank(bad_weights, dist):  # an update at the epoch's last step: never save such a model
+            raise TrainingError(f"training diverged: the weights hold NaN or infinite values after epoch {epoch + 1} "
+                                f"(lr {opt.param_groups[-1]['lr']:.3g}); nothing was saved from this epoch. Try a "
+                                "lower --lr or --grad-clip")
         if dist.is_main:
             pred = predict(model, val_set, batch_size=cfg.eval_batch_size, device=device, progress=show)
+            if not len(pred.targets):
+                raise InputError(f"none of the {len(val_set)} validation images could be read "
+                                 f"({len(pred.skipped)} skipped; see the warnings above): nothing to judge epochs by")
             m = classification_metrics(pred.logits, pred.targets, labels)
             row.update({"val_top1": m["top1"], "val_top5": m["top5"], "val_n": m["n"],
                         "val_skipped": len(pred.skipped), "seconds": time.perf_counter() - t0})

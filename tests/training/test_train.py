@@ -162,3 +162,101 @@ def tiny_folder_path(tmp_path: Path) -> Path:
     from .conftest import make_folder
 
     return make_folder(tmp_path / "folder")
+
+
+def test_non_finite_and_negative_loss_options_are_refused(tiny_folder: Path, tmp_path: Path) -> None:
+    for kw, what in ((dict(lr=float("nan")), "lr must be a finite"), (dict(weight_decay=float("inf")), "weight decay"),
+                     (dict(kd_temperature=0.0), "temperature must be > 0"), (dict(kd_weight=-5.0), "distillation"),
+                     (dict(metric_weight=-1.0), "metric weight"), (dict(grad_clip=float("nan")), "grad clip")):
+        with pytest.raises(UsageError, match=what):
+            train(_cfg(tiny_folder, tmp_path / "r", **kw))
+
+
+def test_a_diverged_run_stops_with_a_clear_error_and_saves_no_nan_model(tiny_folder: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    import torch.nn.functional as F
+
+    from edge_app.errors import TrainingError
+
+    real_ce, calls = F.cross_entropy, []
+
+    def diverging(*a, **k):  # the loss turns NaN at the 7th step (epoch 2 of 2: epoch 1 was saved)
+        calls.append(1)
+        loss = real_ce(*a, **k)
+        return loss * float("nan") if len(calls) >= 7 else loss
+
+    monkeypatch.setattr(F, "cross_entropy", diverging)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match="training diverged: the loss is nan at epoch 2"):
+        train(_cfg(tiny_folder, out, epochs=2))
+    _, meta = load_checkpoint(out / "last.pt")
+    assert meta["epoch"] == 0  # the last good checkpoint stays; nothing from the NaN epoch
+    with pytest.raises(UsageError, match="at most 10"):
+        train(_cfg(tiny_folder, out, lr=1e39))  # would overflow float32 weights at the first update
+
+
+def test_weights_gone_nan_at_an_epochs_last_step_are_never_saved(tiny_folder: Path, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """The loss of the step that poisons the weights is still finite; the check before saving catches it."""
+    import torch
+
+    from edge_app.errors import TrainingError
+
+    real_step = torch.optim.AdamW.step
+
+    def poisoned(self, *a, **k):
+        out = real_step(self, *a, **k)
+        with torch.no_grad():
+            self.param_groups[-1]["params"][0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoned)
+    with pytest.raises(TrainingError, match="weights hold NaN"):
+        train(_cfg(tiny_folder, tmp_path / "one", epochs=1, batch_size=24, val_fraction=0.5))
+    assert not (tmp_path / "one" / "best.pt").exists() and not (tmp_path / "one" / "last.pt").exists()
+
+
+def test_no_readable_validation_image_is_an_error(tiny_folder: Path, tmp_path: Path) -> None:
+    from edge_app.errors import InputError
+    from training.splits import make_split, write_split
+
+    doc = make_split(str(tiny_folder), val_fraction=0.25, seed=0)
+    write_split(doc, tmp_path / "split.json")
+    for rel, _label in doc["val"]:
+        (tiny_folder / rel).write_bytes(b"broken")  # every val image unreadable
+    with pytest.raises(InputError, match="none of the .* validation images could be read"):
+        train(_cfg(tiny_folder, tmp_path / "run", epochs=1, split=str(tmp_path / "split.json")))
+
+
+def test_a_fresh_run_does_not_reuse_the_split_a_failed_start_left(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(UsageError):
+        train(_cfg(tiny_folder, out, val_fraction=0.5, model="nosuch"))  # fails after writing split.json
+    assert (out / "split.json").is_file()
+    res = train(_cfg(tiny_folder, out, epochs=1, val_fraction=0.25, seed=3))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["n_val"] == 12 and res.history[0]["val_n"] == 12  # 25% of 48, not the stale 50%
+
+
+def test_resume_refuses_a_changed_split_and_a_non_training_checkpoint(tiny_folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from edge_app.errors import IntegrityError
+    from training.splits import make_split, write_split
+
+    split = tmp_path / "split.json"
+    write_split(make_split(str(tiny_folder), val_fraction=0.25, seed=0), split)
+    out = tmp_path / "run"
+    train(_cfg(tiny_folder, out, epochs=1, split=str(split)))
+    # the same paths spelled differently resume; a moved run folder resumes too
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    res = train(_cfg(str(tiny_folder) + "/.", moved, epochs=2, split=str(split), resume=True))
+    assert [h["epoch"] for h in res.history] == [0, 1]
+    write_split(make_split(str(tiny_folder), val_fraction=0.5, seed=5), split)  # the split file changed
+    with pytest.raises(IntegrityError, match="split changed since the run started"):
+        train(_cfg(tiny_folder, out, epochs=2, split=str(split), resume=True))
+    shutil.copy(out / "best.pt", out / "last.pt")  # a best.pt copied over last.pt: no optimizer state
+    write_split(make_split(str(tiny_folder), val_fraction=0.25, seed=0), split)
+    with pytest.raises(IntegrityError, match="not a resumable training checkpoint"):
+        train(_cfg(tiny_folder, out, epochs=2, split=str(split), resume=True))
