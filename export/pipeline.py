@@ -17,7 +17,8 @@ from typing import Any, Mapping, Sequence
 
 from edge_app.atomic import atomic_copy, atomic_write_json
 from edge_app.catalogue_views import DEFAULT_VIEWS, check_views
-from edge_app.errors import InputError, UsageError
+from edge_app.bundle import sha256_file
+from edge_app.errors import InputError, IntegrityError, UsageError
 from edge_app.partfolders import part_from_folder
 from edge_app.preprocess import PreprocessSpec
 from edge_app.signing import SigningKey
@@ -126,7 +127,8 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
         info = _write_export(model, labels, fmt, opts, tmp, calib, name)
         report = measure_parity(fmt.name, torch_runner(model), file_runner(tmp), val, cat, thresholds,
                                 cat_labels=cat_labels)
-        sidecar = {"format": fmt.name, "model_name": name, "file": final.name, "labels": list(labels),
+        sidecar = {"format": fmt.name, "model_name": name, "file": final.name, "sha256": sha256_file(tmp),
+                   "labels": list(labels),
                    "preprocess": spec.to_dict(), "embedding_dim": int(model.embed_dim),
                    "quantization": quant, "parity": report.to_dict() | {"source": sources["val"]},
                    "size_bytes": tmp.stat().st_size, **info,
@@ -190,7 +192,14 @@ def export_checkpoint(ckpt: str | os.PathLike[str], fmt_name: str, out_dir: str 
                             val_dir=val_dir or linked.get("val"), sources=sources, **kwargs)
 
 
+#: what bundle building and calibration read from a sidecar
+SIDECAR_FIELDS = {"format": str, "model_name": str, "labels": list, "preprocess": dict, "embedding_dim": int,
+                  "quantization": dict, "parity": dict}
+
+
 def read_sidecar(model_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The export sidecar of ``model_path``, checked: its fields, its format against the file's type, and the
+    model file's sha256 (a model exported again, or changed, since its sidecar was written is refused)."""
     p = Path(model_path)
     side = p.with_name(p.name + SIDECAR_SUFFIX)
     if not p.is_file():
@@ -198,9 +207,24 @@ def read_sidecar(model_path: str | os.PathLike[str]) -> dict[str, Any]:
     if not side.is_file():
         raise InputError(f"{side}: missing export sidecar (export the model with `partlens export`)")
     try:
-        return json.loads(side.read_text("utf-8"))
-    except json.JSONDecodeError as exc:
+        doc = json.loads(side.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{side}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{side}: not an export sidecar (a JSON object is expected)")
+    bad = [k for k, t in SIDECAR_FIELDS.items() if not isinstance(doc.get(k), t)]
+    if bad:
+        raise InputError(f"{side}: not an export sidecar (missing or malformed: {', '.join(bad)})")
+    fmt = get_format(doc["format"])
+    if Path(fmt.file_name).suffix != p.suffix:
+        raise IntegrityError(f"{p}: the sidecar says {fmt.name}, which is a {Path(fmt.file_name).suffix} file")
+    want = doc.get("sha256")
+    if want is None:
+        log.warning("%s: sidecar from an older partlens without the model's sha256: model file not checked", side)
+    elif sha256_file(p) != want:
+        raise IntegrityError(f"{p}: the model file is not the one its sidecar describes (sha256 differs: changed, "
+                             "or an export stopped between the two files); export it again")
+    return doc
 
 
 def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.PathLike[str]], *,
@@ -235,8 +259,6 @@ def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.
     device_model = files.get("model.tflite") or files["model.onnx"]
     views = check_views(catalogue_views)
     if calibration:
-        from edge_app.bundle import sha256_file
-
         from .calibrate import check_calibration
 
         check_calibration(calibration, model_sha256=sha256_file(device_model), catalogue_views=views)

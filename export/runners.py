@@ -49,7 +49,10 @@ def onnx_runner(path: str | os.PathLike[str], threads: int = 2) -> Runner:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
+        raise IntegrityError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
     inputs = sess.get_inputs()
     if len(inputs) != 1:
         raise IntegrityError(f"{path}: expected one input, found {len(inputs)}")
@@ -67,7 +70,10 @@ def tflite_runner(path: str | os.PathLike[str], threads: int = 2) -> Runner:
     """ai_edge_litert signature runner; a model with a fixed batch of 1 is run image by image."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_path=str(path), num_threads=threads)
+    try:
+        interp = Interpreter(model_path=str(path), num_threads=threads)
+    except (ValueError, RuntimeError) as exc:  # "The model is not a valid Flatbuffer buffer", ...
+        raise IntegrityError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0][:200]})") from None
     sigs = interp.get_signature_list()
     if len(sigs) != 1:
         raise IntegrityError(f"{path}: expected one signature, found {list(sigs)}")

@@ -1,6 +1,7 @@
 """``partlens export`` and ``partlens bundle build/verify`` end to end on a tiny checkpoint."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -76,3 +77,28 @@ def test_export_build_verify(checkpoint: Path, image_dirs, tmp_path: Path, capsy
     assert main(["bundle", "verify", str(bundle_dir), "--keyring", str(keyring)]) == 0
     assert main(["bundle", "verify", str(tmp_path / "b.tar"), "--keyring", str(keyring)]) == 0
     assert main(["bundle", "build", *common, "--version", "1", "--kind", "desktop"]) == 2  # immutable version
+    # the model file must be the one its sidecar describes, of the type it names, and loadable
+    side = model.with_name(model.name + ".json")
+    doc = json.loads(side.read_text())
+    assert doc["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    good = model.read_bytes()
+    capsys.readouterr()
+    model.write_bytes(good[: len(good) // 2])  # e.g. replaced, or an export stopped between the two files
+    assert main(["bundle", "build", *common, "--version", "2", "--kind", "desktop"]) == 4
+    assert "not the one its sidecar describes" in capsys.readouterr().err
+    doc_nosha = {k: v for k, v in doc.items() if k != "sha256"}  # an older sidecar: the file is not checked...
+    side.write_text(json.dumps(doc_nosha))
+    assert main(["calibrate", str(model), "--catalogue", str(folders["catalogue"]), "--positives",
+                 str(folders["positives"]), "--negatives", str(folders["negatives"]), "--out",
+                 str(tmp_path / "cal2.json")]) == 4  # ... but a cut model is still a clear error, not a traceback
+    assert "not a loadable ONNX model" in capsys.readouterr().err
+    model.write_bytes(good)
+    side.write_text(json.dumps({**doc, "format": "tflite-fp32"}))  # a sidecar that names another file type
+    assert main(["bundle", "build", *common, "--version", "2", "--kind", "desktop"]) == 4
+    assert "is a .tflite file" in capsys.readouterr().err
+    side.write_text(json.dumps({k: v for k, v in doc.items() if k != "preprocess"}))
+    assert main(["bundle", "build", *common, "--version", "2", "--kind", "desktop"]) == 3
+    assert "missing or malformed: preprocess" in capsys.readouterr().err
+    side.write_text("[1, 2]")
+    assert main(["bundle", "build", *common, "--version", "2", "--kind", "desktop"]) == 3
+    assert not [p.name for p in (tmp_path / "bundles").iterdir() if "v2" in p.name]  # nothing built, nothing claimed
