@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Sequence
 
-from .errors import PartlensError
+from .errors import InputError, PartlensError
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (IsADirectoryError, NotADirectoryError, FileExistsError, FileNotFoundError, PermissionError) as exc:
+        # a path the user gave that cannot be used as given (an output that is a folder, an unwritable place)
+        name = exc.filename2 or exc.filename  # a rename into place names the target second
+        where = f": {name}" if name else ""
+        print(f"partlens {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return InputError.exit_code
     return int(rc or 0)
 
 

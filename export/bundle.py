@@ -182,7 +182,9 @@ def build_bundle(
     try:  # two concurrent builders cannot both take one version
         os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
     except FileExistsError:
-        raise UsageError(f"version {version} is being built or was taken under {root} ({claim})") from None
+        raise UsageError(f"version {version} is being built or was taken under {root} ({claim}); if no build is "
+                         f"running, an earlier one was stopped: delete {claim.name} and any .build-* folder there, "
+                         "then build again") from None
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
         for name, src in model_files.items():
@@ -289,7 +291,7 @@ def write_archive(bundle_dir: str | os.PathLike[str], out: str | os.PathLike[str
     validate_manifest(manifest, what=str(bundle_dir / MANIFEST_NAME))
     bid = manifest["bundle_id"]
     if out.exists() and not overwrite:
-        raise UsageError(f"{out} exists (pass overwrite=True to replace it)")
+        raise UsageError(f"{out} exists (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
@@ -299,6 +301,10 @@ def write_archive(bundle_dir: str | os.PathLike[str], out: str | os.PathLike[str
                     src = bundle_dir / name
                     if src.is_symlink() or not src.is_file():
                         raise IntegrityError(f"{src}: missing (or not a regular file)")
+                    entry = manifest["files"].get(name)
+                    if entry is not None and sha256_file(src) != entry["sha256"]:
+                        raise IntegrityError(f"{src}: changed since the bundle was built (sha256 differs from its "
+                                             "manifest); not packed")
                     info = tarfile.TarInfo(f"{bid}/{name}")
                     info.size = src.stat().st_size
                     info.mode = 0o644

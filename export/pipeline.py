@@ -83,6 +83,10 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
     from training.allocator import tune_for_torch
 
     tune_for_torch()
+    if val_images is not None and val_images < 1:
+        raise UsageError(f"val images must be >= 1 (or unset for all), got {val_images}")
+    if catalogue_images < 1:
+        raise UsageError(f"catalogue images must be >= 1, got {catalogue_images}")
     sources = {"calib": str(calib_dir), "val": str(val_dir), **(sources or {})}
     t0 = time.perf_counter()
     fmt = get_format(fmt_name)

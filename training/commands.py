@@ -24,7 +24,12 @@ def _train(args: argparse.Namespace) -> int:
             from edge_app.errors import UsageError
 
             raise UsageError(f"--model-option expects KEY=VALUE, got {item!r}")
-        model_options[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "[{-" else value
+        try:
+            model_options[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "[{-" else value
+        except json.JSONDecodeError:
+            from edge_app.errors import UsageError
+
+            raise UsageError(f"--model-option {key}: {value!r} is not a number or JSON value") from None
     cfg = TrainConfig(
         data=args.data, out=args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         backbone_lr_mult=args.backbone_lr_mult,

@@ -76,6 +76,8 @@ def evaluate_checkpoint(ckpt: str | os.PathLike[str], data: str | os.PathLike[st
     """
     from .models import load_checkpoint
 
+    if batch_size < 1:
+        raise UsageError(f"batch size must be >= 1, got {batch_size}")
     model, meta = load_checkpoint(ckpt)
     if data is None:
         from .splits import recorded_data_path

@@ -433,8 +433,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[PartModel, dict[str, Any]]:
     """Rebuild the model from a checkpoint -> ``(model in eval mode, meta)``; meta = everything but weights."""
     obj = read_checkpoint(path)
+    if not isinstance(obj.get("config"), dict) or not isinstance(obj["config"].get("num_classes"), int):
+        raise IntegrityError(f"{path}: checkpoint has no model config with num_classes (not a partlens checkpoint)")
     cfg = dict(obj["config"])
-    name = cfg.pop("name", obj["model_name"])
+    name = cfg.pop("name", obj.get("model_name"))
     num_classes = cfg.pop("num_classes")
     cfg.pop("pretrained", None)
     reference_weight = cfg.pop("reference_weight", None)

@@ -195,6 +195,12 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
         split_info = {"source": "caller", "train": train_set.name, "val": val_set.name}
     else:
         train_set, val_set, split_info = resolve_split(cfg, out, dist.is_main)
+        have = {y for _, y in train_set.items}
+        empty = [lab for i, lab in enumerate(train_set.labels) if i not in have]
+        if empty:
+            raise UsageError(f"no training image for {len(empty)} class(es): {', '.join(empty[:10])}"
+                             f"{' ...' if len(empty) > 10 else ''}; the split put all their images in validation "
+                             "(near-duplicates stay on one side) or they are unreadable: add photos or change the split")
     n_photos = len(train_set.items)
     if cfg.gallery_repeats:
         train_set, split_info["gallery"] = _add_gallery(cfg, train_set, val_set)

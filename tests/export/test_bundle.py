@@ -88,7 +88,7 @@ def test_versions_are_immutable_and_monotonic(tmp_path: Path, key: SigningKey,
     with pytest.raises(UsageError, match="already exists"):
         _build(root, key, version=2)
     (root / ".v5.claim").touch()  # another builder is writing version 5 right now
-    with pytest.raises(UsageError, match="being built"):
+    with pytest.raises(UsageError, match=r"being built.*if no build is running.*delete \.v5\.claim"):
         _build(root, key, version=5)
     with pytest.raises(UsageError, match="older"):
         _build(root, key, version=1)
@@ -177,8 +177,15 @@ def test_refuses_symlinked_file(tmp_path: Path, key: SigningKey, keyring: Keyrin
 def test_archive_roundtrip(tmp_path: Path, key: SigningKey, keyring: Keyring) -> None:
     path = _build(tmp_path / "b", key)
     tar = write_archive(path, tmp_path / "bundle.tar")
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="pass --overwrite"):
         write_archive(path, tar)  # never silently replaced
+    model = path / "model.tflite"
+    good = model.read_bytes()
+    model.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # a bundle folder changed after it was built
+    with pytest.raises(IntegrityError, match="changed since the bundle was built"):
+        write_archive(path, tmp_path / "tampered.tar")
+    assert not (tmp_path / "tampered.tar").exists() and not list(tmp_path.glob(".tampered.tar.*"))
+    model.write_bytes(good)
     b = open_archive(tar, tmp_path / "device", keyring)
     assert b.root == tmp_path / "device" / path.name
     assert b.manifest == load_bundle(path, keyring).manifest

@@ -46,6 +46,16 @@ def test_export_refuses_option_the_format_does_not_take(checkpoint: Path, image_
     assert not (tmp_path / "o").exists()
 
 
+def test_export_refuses_a_negative_number_of_val_images(checkpoint: Path, image_dirs, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_app.cli import main
+
+    rc = main(["export", str(checkpoint), "--format", "onnx-fp32", "--val-images", "-1",
+               "--calib", str(image_dirs["calib"]), "--val", str(image_dirs["val"]), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "val images must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_export_build_verify(checkpoint: Path, image_dirs, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from edge_app.cli import main
