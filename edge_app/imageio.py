@@ -43,7 +43,10 @@ def _open_source(src: str | os.PathLike[str] | bytes | BinaryIO, max_bytes: int)
         raise ImageError(path, "empty file (0 bytes)")
     if size > max_bytes:
         raise ImageError(path, f"file is {size} bytes, over the {max_bytes} byte limit")
-    return open(path, "rb"), str(path)
+    try:
+        return open(path, "rb"), str(path)
+    except OSError as exc:  # e.g. no permission to read it
+        raise ImageError(path, f"cannot be opened ({exc.strerror or exc})") from None
 
 
 def to_rgb(img: "Image.Image", background: tuple[int, int, int] = (255, 255, 255)) -> "Image.Image":  # noqa: F821

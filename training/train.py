@@ -124,6 +124,19 @@ class TeacherAdapter:
             return self.model((rgb - self.t_mean) / self.t_std)
 
 
+#: the run folder's files written atomically (``.<name>.<random>.tmp`` first): a kill leaves such a temp file
+RUN_FILES = ("last.pt", "best.pt", "metrics.json", "config.json", "split.json")
+
+
+def _remove_stale_temp_files(out: Path) -> None:
+    """Delete temp files a killed run left (a checkpoint-sized ``.last.pt.*.tmp``); only one run writes a folder."""
+    for name in RUN_FILES:
+        for tmp in out.glob(f".{name}.*.tmp"):
+            size = tmp.stat().st_size
+            tmp.unlink(missing_ok=True)
+            log.info("removed %s (%d bytes) left by a run that was stopped mid-write", tmp.name, size)
+
+
 def _prepare_out(cfg: TrainConfig, out: Path) -> None:
     last = out / "last.pt"
     if cfg.resume and not last.is_file():
@@ -271,6 +284,7 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
                 "model_config": model.config, "steps_per_epoch": steps_per_epoch}
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temp_files(out)
         atomic_write_json(out / "config.json", resolved)
 
     for epoch in range(start_epoch, cfg.epochs):

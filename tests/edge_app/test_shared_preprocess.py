@@ -111,3 +111,17 @@ def test_size_limits_folders_bytes_and_streams(tmp_path) -> None:
     with open(tmp_path / "ok.jpg", "rb") as fh:
         assert load_image(fh).size == (100, 80)
         assert not fh.closed  # a caller's stream stays the caller's to close
+
+
+def test_an_image_that_cannot_be_opened_is_an_image_error(tmp_path, monkeypatch) -> None:
+    import edge_app.imageio as imageio
+
+    p = tmp_path / "locked.jpg"
+    Image.new("RGB", (8, 8)).save(p)
+
+    def denied(*a, **k):  # no read permission (root in CI reads everything, so it is simulated)
+        raise PermissionError(13, "Permission denied", str(p))
+
+    monkeypatch.setattr(imageio, "open", denied, raising=False)
+    with pytest.raises(ImageError, match="locked.jpg: cannot be opened \\(Permission denied\\)"):
+        load_image(p)

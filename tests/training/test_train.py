@@ -54,7 +54,10 @@ def test_resume_continues_from_last_epoch(tiny_folder: Path, tmp_path: Path, mon
     monkeypatch.setattr(T.ddp, "barrier", real_barrier)
     _, meta = load_checkpoint(out / "last.pt")
     assert meta["epoch"] == 0
+    stale = out / ".last.pt.k1ll3d.tmp"  # what a kill between writing and renaming a checkpoint leaves
+    stale.write_bytes(b"x" * 1000)
     resumed = train(_cfg(tiny_folder, out, epochs=2, resume=True))
+    assert not stale.exists()
     assert [h["epoch"] for h in resumed.history] == [0, 1]
     _, meta = load_checkpoint(out / "last.pt")
     assert meta["epoch"] == 1
