@@ -33,7 +33,7 @@ from .tls import pins, upgrade_offer
 
 log = logging.getLogger(__name__)
 
-PACKAGE_NAME = re.compile(r"^(delta-(e[0-9]+-)?[0-9]{6,}-[0-9]{6,}|snapshot-(e[0-9]+-)?[0-9]{6,})\.tar$")
+PACKAGE_NAME = re.compile(r"^(delta-(e[0-9]{1,19}-)?[0-9]{6,19}-[0-9]{6,19}|snapshot-(e[0-9]{1,19}-)?[0-9]{6,19})\.tar$")
 
 
 class PackageService:

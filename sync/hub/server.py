@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import ClientDisconnect
 
 from edge_app.errors import AuthError, InputError, IntegrityError, PartlensError, UsageError
 from edge_app.storage import free_bytes, is_disk_full, mb
@@ -25,7 +26,7 @@ from .auth import authenticate
 from .deltas import PackageService
 from .hub import Hub
 from .thumbs import thumbs_tar
-from .uploads import OffsetMismatch, receive_chunk, receive_record, receive_records, upload_status
+from .uploads import MAX_VERSION, OffsetMismatch, receive_chunk, receive_record, receive_records, upload_status
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,15 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
                 "bundle_id": hub.bundle_id}
 
     @app.get("/v1/sync", summary="what a device must fetch to be current")
-    def sync_plan(request: Request, version: int = Query(0, ge=0), bundle_id: str | None = None,
-                  epoch: int = Query(0, ge=0), dev: dict = Depends(device)) -> dict[str, Any]:
+    def sync_plan(request: Request, version: int = Query(0, ge=0, le=MAX_VERSION),
+                  bundle_id: str | None = Query(None, max_length=200),
+                  epoch: int = Query(0, ge=0, le=MAX_VERSION), dev: dict = Depends(device)) -> dict[str, Any]:
         return packages.plan_for_device(dev, version, bundle_id, via=request.url.scheme, epoch=epoch)
 
     @app.get("/v1/packages/{name}", summary="a signed delta or snapshot of the device's site (Range)")
     def package_file(name: str, dev: dict = Depends(device)) -> FileResponse:
-        return FileResponse(packages.package_file(dev["site"], name), media_type="application/x-tar")
+        return FileResponse(packages.package_file(dev["site"], name),
+                            media_type="application/json" if name.endswith(".json") else "application/x-tar")
 
     @app.get("/v1/bundles/{bundle_id}.tar", summary="a model bundle archive (Range)")
     def bundle_file(bundle_id: str, dev: dict = Depends(device)) -> FileResponse:
@@ -147,19 +150,27 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"request body over {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"request body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, f"request body over {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # a tablet losing Wi-Fi mid-request: routine, nothing was stored
+        log.info("%s %s: the client went away after %d bytes of the body", request.method, request.url.path, size)
+        raise HTTPException(400, "client disconnected before the body was complete") from None
     return b"".join(chunks)
+
+
+def _no_nan(token: str) -> float:
+    raise ValueError(f"{token} is not JSON")
 
 
 async def _read_json(request: Request, limit: int) -> dict[str, Any]:
     """A JSON object body of at most ``limit`` bytes; anything else is a clear 400."""
     try:
-        body = json.loads(await _read_body(request, limit))
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(await _read_body(request, limit), parse_constant=_no_nan)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: JSON nested thousands deep
         raise UsageError("request body is not JSON") from None
     if not isinstance(body, dict):
         raise UsageError("request body must be a JSON object")

@@ -31,6 +31,8 @@ UUID = re.compile(r"^[0-9a-fA-F-]{8,64}$")
 MAX_BLOB_BYTES = 64 * 1024**2
 MAX_PAYLOAD_BYTES = MAX_RECORD_PAYLOAD_BYTES
 MAX_BATCH = 500  # records in one POST /v1/uploads/batch
+MAX_CREATED_AT = 64  # characters of the device's ISO time stamp
+MAX_VERSION = 2**62  # catalogue versions fit SQLite's INTEGER with room to spare
 _CHUNK_LOCK = threading.Lock()  # one appender at a time (chunks are small)
 
 
@@ -67,30 +69,48 @@ def _record_row(device: Mapping[str, Any], body: Any) -> dict[str, Any]:
     """The uploads row for one outbox record from ``device``; UsageError says why the record is refused."""
     if not isinstance(body, Mapping):
         raise UsageError("an upload record must be a JSON object")
-    uuid = str(body.get("uuid") or "")
-    if not UUID.match(uuid):
-        raise UsageError(f"upload uuid {uuid!r} is not a UUID")
+    uuid = body.get("uuid")
+    if not isinstance(uuid, str) or not UUID.match(uuid):
+        raise UsageError(f"upload uuid {str(uuid)[:80]!r} is not a UUID")
     kind = body.get("kind")
     if kind not in UPLOAD_KINDS:
-        raise UsageError(f"upload kind must be one of {UPLOAD_KINDS}, got {kind!r}")
-    payload = body.get("payload") or {}
+        raise UsageError(f"upload kind must be one of {UPLOAD_KINDS}, got {str(kind)[:40]!r}")
+    payload = body.get("payload")
+    payload = {} if payload is None else payload
     if not isinstance(payload, dict):
         raise UsageError("upload payload must be a JSON object")
-    text = json.dumps(payload, sort_keys=True)
+    try:
+        text = json.dumps(payload, sort_keys=True, allow_nan=False)
+    except ValueError:
+        raise UsageError("upload payload holds NaN or Infinity (not JSON)") from None
     if len(text) > MAX_PAYLOAD_BYTES:
         raise UsageError(f"upload payload is over {MAX_PAYLOAD_BYTES} bytes")
+    created_at = body.get("created_at")
+    if created_at is not None and not (isinstance(created_at, str) and len(created_at) <= MAX_CREATED_AT
+                                       and _utf8(created_at)):
+        raise UsageError(f"upload created_at must be a time stamp of at most {MAX_CREATED_AT} characters")
+    version = body.get("catalogue_version")
+    if version is not None and not (type(version) is int and 0 <= version <= MAX_VERSION):
+        raise UsageError(f"upload catalogue_version must be a whole number 0..{MAX_VERSION}")
     blob = body.get("blob")
     size = sha = None
     if blob is not None:
-        try:
-            size, sha = int(blob["size"]), str(blob["sha256"])
-        except (KeyError, TypeError, ValueError):
-            raise UsageError("upload blob needs size and sha256") from None
+        size, sha = (blob.get("size"), blob.get("sha256")) if isinstance(blob, Mapping) else (None, None)
+        if type(size) is not int or not isinstance(sha, str):
+            raise UsageError("upload blob needs size (a whole number) and sha256") from None
         if not 0 < size <= MAX_BLOB_BYTES or not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise UsageError(f"upload blob size must be 1..{MAX_BLOB_BYTES} with a sha256 hex digest")
     return {"uuid": uuid, "device": device["name"], "site": device["site"], "kind": kind, "payload": text,
-            "device_created_at": body.get("created_at"), "device_catalogue_version": body.get("catalogue_version"),
+            "device_created_at": created_at, "device_catalogue_version": version,
             "blob_sha256": sha, "blob_size": size, "blob_complete": 0 if blob is not None else 1}
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON "\ud800" escape
+        return False
+    return True
 
 
 def _check_owner(hub: Hub, device: Mapping[str, Any], uuid: str) -> None:
@@ -123,7 +143,7 @@ def receive_records(hub: Hub, device: Mapping[str, Any], bodies: Any) -> list[di
     results: list[dict[str, Any] | None] = [None] * len(bodies)
     rows, where, seen = [], [], set()
     for i, body in enumerate(bodies):
-        uuid = str(body.get("uuid") or "") if isinstance(body, Mapping) else ""
+        uuid = str(body.get("uuid") or "")[:80] if isinstance(body, Mapping) else ""
         try:
             row = _record_row(device, body)
             if row["uuid"] in seen:

@@ -164,3 +164,34 @@ def test_new_bundle_over_http_and_revoked_token(served):
         c.sync()
     listed = {r["name"]: r for r in world.hub.store.list_devices()}
     assert listed["http-bundle"]["revoked"] == 1 and "token_hash" not in listed["http-bundle"]
+
+
+def test_malformed_requests_get_4xx_and_change_nothing(served):
+    """Found by an audit: these got a 500 (and a traceback in the hub's log)."""
+    import http.client
+
+    world, server = served
+    _c, payload, _d = enrol_device(world, server, "http-bad")
+    host, port = server.url.split("//")[1].split(":")
+    before = world.hub.store.version(), len(world.hub.store.list_uploads())
+
+    def send(method, path, body=None):
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request(method, path, body=body, headers={"Authorization": f"Bearer {payload['token']}",
+                                                       "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        return resp.status, data
+
+    deep = "[" * 100_000 + "]" * 100_000
+    assert send("POST", "/v1/uploads", deep)[0] == 400
+    assert send("POST", "/v1/uploads/batch", deep)[0] == 400
+    nan = '{"uuid": "0f5d8f6e-6b1e-4b8c-9d6a-1a2b3c4d5e6f", "kind": "usage", "payload": {"ms": NaN}}'
+    status, data = send("POST", "/v1/uploads", nan)
+    assert status == 400 and b"not JSON" in data
+    assert send("GET", "/v1/sync?version=9223372036854775808")[0] == 422
+    assert send("GET", "/v1/sync?epoch=99999999999999999999")[0] == 422
+    assert send("GET", "/v1/sync?bundle_id=" + "x" * 3000)[0] == 422
+    assert send("GET", "/v1/packages/snapshot-" + "0" * 300 + ".tar")[0] == 404
+    assert (world.hub.store.version(), len(world.hub.store.list_uploads())) == before

@@ -48,6 +48,27 @@ def test_receive_records_stores_good_refuses_bad_in_order(world):
     assert all(r["duplicate"] for r in again) and [r["seq"] for r in again] == [r["seq"] for r in stored]
 
 
+def test_fields_of_the_wrong_type_refuse_their_record_not_the_batch(world):
+    """Found by an audit: such a record made the hub's database insert fail (500), and the batch's good records
+    were lost with it, at every sync."""
+    from sync.hub.uploads import receive_records
+
+    dev = _device(world)
+    good = _body()
+    bad = [dict(_body(), created_at={"nested": [1, 2]}), dict(_body(), catalogue_version=10**30),
+           dict(_body(), catalogue_version=[1]), dict(_body(), catalogue_version=True),
+           dict(_body(), created_at="\ud800"), dict(_body(), created_at="x" * 1000),
+           dict(_body(kind="photo"), blob={"size": float("inf"), "sha256": "a" * 64}),
+           dict(_body(kind="photo"), blob={"size": "12", "sha256": "a" * 64}), dict(_body(), payload={"ms": float("nan")}),
+           dict(_body(), payload=0), dict(_body(), uuid=12345678901)]
+    out = receive_records(world.hub, dev, [*bad, good])
+    assert all("refused" in r for r in out[:-1]), [r for r in out[:-1] if "refused" not in r]
+    assert "refused" not in out[-1] and not out[-1]["duplicate"]
+    assert {u["uuid"] for u in world.hub.store.list_uploads(kind="usage")} >= {good["uuid"]}
+    stored = {u["uuid"] for u in world.hub.store.list_uploads()}
+    assert not stored & {str(b["uuid"]) for b in bad}
+
+
 def test_receive_records_limits_and_ownership(world):
     from sync.hub.enrol import add_device
     from sync.hub.uploads import MAX_BATCH, receive_records
