@@ -95,7 +95,8 @@ class ParityReport:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    with np.errstate(invalid="ignore"):  # NaN rows stay NaN; the gate counts them (``non_finite``)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def compare_outputs(fmt: str, ref_val: dict[str, np.ndarray], cand_val: dict[str, np.ndarray],
