@@ -11,10 +11,11 @@ import argparse
 import importlib
 import logging
 import os
+import sqlite3
 import sys
 from typing import Sequence
 
-from .errors import InputError, PartlensError
+from .errors import BusyError, InputError, PartlensError
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        print(f"partlens {args.command}: error: a database is busy: another process (a sync, the app) is writing "
+              f"it; nothing changed, try again in a minute ({exc})", file=sys.stderr)
+        return BusyError.exit_code
     except (IsADirectoryError, NotADirectoryError, FileExistsError, FileNotFoundError, PermissionError) as exc:
         # a path the user gave that cannot be used as given (an output that is a folder, an unwritable place)
         name = exc.filename2 or exc.filename  # a rename into place names the target second

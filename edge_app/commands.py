@@ -95,11 +95,12 @@ def _open_db(args: argparse.Namespace, must_exist: bool = True) -> Any:
 def _cat_import(args: argparse.Namespace) -> int:
     from .runtime.importer import import_catalogue
 
+    for f in (args.parts_csv, args.images_csv):  # before a database is made for a typo
+        if f is not None and not Path(f).is_file():
+            raise InputError(f"{f}: no such file")
     with _open_db(args, must_exist=False) as db:
-        if args.site:
-            with db.transaction():
-                db.set_meta("site", args.site)
-        res = import_catalogue(db, args.parts_csv, args.images_csv, kinds=tuple(args.kinds.split(",")))
+        res = import_catalogue(db, args.parts_csv, args.images_csv, kinds=tuple(args.kinds.split(",")),
+                               site=args.site)
     print(json.dumps(res, indent=2) if args.json else
           f"imported {res['parts']} parts, {res['inventory']} stock rows, {res['images']} images into {db.path} "
           f"(catalogue version {res['catalogue_version']}, stock as of {res['as_of']})")

@@ -72,3 +72,10 @@ class TrainingError(PartlensError):
     run folder keeps its last good checkpoint."""
 
     exit_code = 9
+
+
+class BusyError(PartlensError):
+    """Another process holds the database for writing (e.g. a sync applying a large package); nothing changed:
+    try again."""
+
+    exit_code = 10

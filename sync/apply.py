@@ -192,6 +192,7 @@ def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
             log.warning("catalogue replaced by the restored hub's (lineage %d -> %d, version %d -> %d)",
                         epoch, pkg.epoch, current, pkg.to_version)
         db.set_meta("site", site)
+        db.set_meta("managed_by_hub", "1")  # local `catalogue import` refuses from now on (versions are the hub's)
         if hub_id:
             db.set_meta("hub_id", hub_id)
         if pkg.hub_time:

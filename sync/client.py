@@ -44,6 +44,9 @@ from .upload import refused_uploads, upload_outbox
 
 log = logging.getLogger(__name__)
 
+#: the most storage (MB) a hub may ask a tablet to keep free for photos
+MAX_KEEP_FREE_MB = 100_000
+
 #: A catalogue thumbnail larger than this is refused (they are about 5-20 KB).
 THUMB_MAX_BYTES = 2 * 1024 * 1024
 THUMB_BATCH = 200  # thumbnails per request (the hub takes up to 500)
@@ -82,8 +85,14 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
         if payload["v"] != 1:
             raise UsageError(f"unknown enrolment version {payload['v']!r}")
         keyring = Keyring({k: base64.b64decode(v) for k, v in payload["keys"].items()})
-        device = {"hub": str(payload["hub"]), "device": str(payload["device"]), "site": str(payload["site"]),
-                  "token": str(payload["token"])}
+        for name in ("hub", "device", "site", "token"):
+            v = payload[name]
+            if not (isinstance(v, str) and v and v.isprintable() and len(v) <= 2048):
+                raise ValueError(f"{name} must be a non-empty line of text")
+        if not payload["hub"].startswith(("http://", "https://")):
+            raise ValueError(f"hub must be an http:// or https:// address, got {payload['hub'][:80]!r}")
+        device = {"hub": payload["hub"], "device": payload["device"], "site": payload["site"],
+                  "token": payload["token"]}
         if payload.get("sync_window"):  # the nightly background-sync window the hub set for this device
             device["sync_window"] = str(SyncWindow.parse(str(payload["sync_window"])))
         if payload.get("tls_sha256"):  # the hub's own certificate: the only one this device will trust
@@ -92,10 +101,10 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
             device["hub_id"] = str(payload["hub_id"])
         if payload.get("keep_free_mb") is not None:  # the storage syncs leave free for photos, set by the hub
             device["keep_free_mb"] = float(payload["keep_free_mb"])
-            if not device["keep_free_mb"] >= 0:
-                raise ValueError(f"keep_free_mb {device['keep_free_mb']}")
+            if not 0 <= device["keep_free_mb"] <= MAX_KEEP_FREE_MB:  # also NaN and Infinity
+                raise ValueError(f"keep_free_mb {device['keep_free_mb']} (must be 0..{MAX_KEEP_FREE_MB})")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UsageError(f"enrolment payload is incomplete ({exc})") from None
+        raise UsageError(f"enrolment payload is incomplete or malformed ({exc})") from None
     if not len(keyring):
         raise UsageError("enrolment payload pins no signing keys")
     if "tls_sha256" in device:
@@ -117,6 +126,17 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
 def _write_device(paths: DevicePaths, device: Mapping[str, Any]) -> None:
     """``device.json`` (hub URL, token, pins): atomically, mode 0600 (it holds the token)."""
     atomic_write_json(paths.device, dict(device), mode=PRIVATE)
+
+
+def read_device(path: Path) -> dict[str, Any]:
+    """``device.json``, checked enough to use: a damaged one is a clear "enrol again", not a traceback later."""
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: unreadable enrolment ({exc}); enrol this device again") from None
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) and doc[k] for k in ("hub", "token", "site")):
+        raise UsageError(f"{path}: damaged enrolment (hub, token or site missing); enrol this device again")
+    return doc
 
 
 def reserve_of(device: Mapping[str, Any]) -> int:
@@ -171,7 +191,7 @@ class SyncClient:
         self.paths = DevicePaths(Path(data_dir))
         if not self.paths.device.is_file():
             raise UsageError(f"{self.paths.root}: device not enrolled (run `partlens sync enrol`)")
-        self.device = json.loads(self.paths.device.read_text())
+        self.device = read_device(self.paths.device)
         #: a sync never leaves less than this free (room for the engineer's photos): the caller's, else the
         #: hub's setting at enrolment, else RESERVE_BYTES
         self.reserve_bytes = int(reserve_bytes) if reserve_bytes is not None else reserve_of(self.device)

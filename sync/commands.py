@@ -266,17 +266,24 @@ def _review_export_calibration(args: argparse.Namespace) -> int:
 def _enrol(args: argparse.Namespace) -> int:
     from .client import enrol
 
-    text = Path(args.payload).read_text() if Path(args.payload).is_file() else args.payload
+    try:
+        is_file = Path(args.payload).is_file()
+    except OSError:  # e.g. a long payload is not a usable file name
+        is_file = False
+    try:
+        text = Path(args.payload).read_text("utf-8") if is_file else args.payload
+    except UnicodeDecodeError:
+        raise UsageError(f"{args.payload}: not a text file (an enrolment payload is JSON)") from None
     paths = enrol(_data_dir(args), text)
     _out({"data_dir": str(paths.root), "enrolled": True})
     return 0
 
 
 def _sync_run(args: argparse.Namespace) -> int:
-    from .client import SyncClient
+    from .client import MAX_KEEP_FREE_MB, SyncClient
 
-    if args.keep_free_mb is not None and args.keep_free_mb < 0:
-        raise UsageError(f"--keep-free-mb must be >= 0, got {args.keep_free_mb:g}")
+    if args.keep_free_mb is not None and not 0 <= args.keep_free_mb <= MAX_KEEP_FREE_MB:  # NaN and inf too
+        raise UsageError(f"--keep-free-mb must be 0..{MAX_KEEP_FREE_MB}, got {args.keep_free_mb:g}")
     reserve = None if args.keep_free_mb is None else int(args.keep_free_mb * 1024**2)
 
     if args.only_if_allowed:  # exactly what the tablet's background service does (sync.background)

@@ -28,13 +28,14 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from edge_app.atomic import fsync_dir
 from edge_app.errors import AuthError, IntegrityError, SyncError, UsageError
+from edge_app.runtime.outbox import MAX_PAYLOAD_BYTES
 from edge_app.storage import is_disk_full
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 #: the largest outbox record payload (JSON, sort_keys) a hub stores; the client refuses bigger ones itself
-MAX_RECORD_PAYLOAD_BYTES = 64 * 1024
+MAX_RECORD_PAYLOAD_BYTES = MAX_PAYLOAD_BYTES  # the outbox refuses bigger records when they are made
 
 
 class Transport(Protocol):

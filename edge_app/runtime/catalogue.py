@@ -207,6 +207,12 @@ class CatalogueDB:
                 raise StorageError(f"{self.path}: storage full and the catalogue needs a schema update; free "
                                    "space on the tablet and restart the app")
             return
+        try:  # the common case, read without the write lock: a sync may be writing right now (WAL readers go on)
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            if {v for v, _fn in MIGRATIONS} <= done and max(done) <= SCHEMA_VERSION:
+                return
+        except sqlite3.OperationalError:
+            pass  # a new database: no table yet
         with self._lock:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -428,10 +434,11 @@ class CatalogueDB:
         ``in_stock=False`` is the complement.
         """
         where, args = [], []
-        if text:
-            like = f"%{text.lower()}%"
-            where.append("(lower(p.part_number) LIKE ? OR lower(coalesce(p.name,'')) LIKE ? "
-                         "OR lower(coalesce(p.description,'')) LIKE ?)")
+        if text:  # % and _ are the engineer's text, not wildcards
+            esc = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            like = f"%{esc}%"
+            where.append("(lower(p.part_number) LIKE ? ESCAPE '\\' OR lower(coalesce(p.name,'')) LIKE ? ESCAPE '\\' "
+                         "OR lower(coalesce(p.description,'')) LIKE ? ESCAPE '\\')")
             args += [like, like, like]
         if category:
             where.append("p.category = ?")
@@ -447,8 +454,8 @@ class CatalogueDB:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY p.part_number"
         if limit is not None:
-            if limit < 1:
-                raise UsageError(f"limit must be >= 1, got {limit}")
+            if not 1 <= limit <= 10**9:
+                raise UsageError(f"limit must be 1..{10**9}, got {limit}")
             sql += f" LIMIT {int(limit)}"
         with self.read():
             cur = self.db.conn.execute(sql, args)

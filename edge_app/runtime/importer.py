@@ -15,11 +15,14 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from .catalogue import CatalogueDB
 
 log = logging.getLogger(__name__)
 
+#: stock per site and part size bounds: a value beyond them is a typo, not a part
+MAX_STOCK = 10**9
+MAX_SIZE_MM = 100_000.0
 PART_FIELDS = ("part_number", "name", "category", "manufacturer", "description", "size_mm", "look_alike_group")
 
 
@@ -36,18 +39,29 @@ def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: not a readable UTF-8 CSV ({exc})") from None
+    for line, r in enumerate(rows, start=2):
+        if None in r:  # csv puts the fields beyond the header under the key None
+            raise InputError(f"{path}:{line}: more fields than the header has columns")
     if not rows:
         raise InputError(f"{path}: no rows")
     return rows
 
 
 def import_catalogue(db: CatalogueDB, parts_csv: str | os.PathLike[str], images_csv: str | os.PathLike[str] | None
-                     = None, *, kinds: Sequence[str] = ("catalogue",), as_of: str | None = None) -> dict[str, Any]:
+                     = None, *, kinds: Sequence[str] = ("catalogue",), as_of: str | None = None,
+                     site: str | None = None) -> dict[str, Any]:
     """Upsert parts, inventory and images; bump ``catalogue_version``; return counts.
 
     ``as_of`` (ISO time the stock figures date from) defaults to the modification time of
-    ``parts_csv``; it is stored per inventory row and as ``meta.hub_time``.
+    ``parts_csv``; it is stored per inventory row and as ``meta.hub_time``. ``site``: this device's site,
+    set in the same transaction. A catalogue a hub keeps (synced) is refused: its versions are the hub's, and
+    a local import would make the next syncs skip hub changes.
     """
+    managed = db.get_meta("hub_id") or db.get_meta("managed_by_hub")
+    if managed:
+        raise UsageError(f"{db.path}: this catalogue is kept by a hub ({'hub ' + managed if managed != '1' else 'synced'}"
+                         "): add the parts at the hub (`partlens hub import`) and sync; a local import would make "
+                         "the next syncs skip hub changes")
     parts_csv = Path(parts_csv)
     rows = _read_csv(parts_csv, ("part_number", "name"))
     as_of = as_of or _dt.datetime.fromtimestamp(parts_csv.stat().st_mtime, _dt.timezone.utc).isoformat(
@@ -67,16 +81,20 @@ def import_catalogue(db: CatalogueDB, parts_csv: str | os.PathLike[str], images_
             part["size_mm"] = float(r["size_mm"]) if r.get("size_mm") else None
         except ValueError:
             raise InputError(f"{parts_csv}:{line}: size_mm {r['size_mm']!r} is not a number") from None
+        if part["size_mm"] is not None and not (0 < part["size_mm"] < MAX_SIZE_MM):
+            raise InputError(f"{parts_csv}:{line}: size_mm {r['size_mm']!r} must be above 0 and below {MAX_SIZE_MM:g}")
         parts.append(part)
-        for site in sites:
-            stock = r.get(f"stock_{site}")
+        for col_site in sites:
+            stock = r.get(f"stock_{col_site}")
             try:
                 stock_v = int(stock) if stock not in (None, "") else None
             except ValueError:
-                raise InputError(f"{parts_csv}:{line}: stock_{site} {stock!r} is not an integer") from None
-            inventory.append({"part_number": pn, "site": site, "stock": stock_v,
-                              "bin": r.get(f"bin_{site}") or None, "as_of": as_of})
-    images = []
+                raise InputError(f"{parts_csv}:{line}: stock_{col_site} {stock!r} is not an integer") from None
+            if stock_v is not None and not 0 <= stock_v <= MAX_STOCK:
+                raise InputError(f"{parts_csv}:{line}: stock_{col_site} {stock!r} must be 0..{MAX_STOCK}")
+            inventory.append({"part_number": pn, "site": col_site, "stock": stock_v,
+                              "bin": r.get(f"bin_{col_site}") or None, "as_of": as_of})
+    images, paths_seen = [], {}
     if images_csv is not None:
         images_csv = Path(images_csv)
         root = images_csv.parent.resolve()
@@ -87,10 +105,18 @@ def import_catalogue(db: CatalogueDB, parts_csv: str | os.PathLike[str], images_
             if r["part_number"] not in seen:
                 raise InputError(f"{images_csv}:{line}: part {r['part_number']!r} is not in {parts_csv}")
             path = (root / r["path"]).resolve()
+            if not path.is_relative_to(root):
+                raise InputError(f"{images_csv}:{line}: {r['path']!r} is outside the CSV's folder {root}")
             if not path.is_file():
                 raise InputError(f"{images_csv}:{line}: {path}: no such image")
+            if r["path"] in paths_seen:  # one image listed for two parts would move it to the second silently
+                raise InputError(f"{images_csv}:{line}: {r['path']} is listed twice (first on line "
+                                 f"{paths_seen[r['path']]})")
+            paths_seen[r["path"]] = line
             images.append({"image_id": r["path"], "part_number": r["part_number"], "path": str(path), "kind": kind})
     with db.transaction():
+        if site:
+            db.set_meta("site", site)
         db.upsert_parts(parts)
         db.upsert_inventory(inventory)
         db.upsert_images(images)

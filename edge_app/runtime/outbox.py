@@ -22,6 +22,8 @@ from ..storage import commit_or_rollback, connect_wal, disk_full_is_storage_erro
 
 log = logging.getLogger(__name__)
 
+#: the largest record payload the hub takes (``sync.transport`` uses this value)
+MAX_PAYLOAD_BYTES = 64 * 1024
 KINDS = ("feedback", "photo", "unknown_part", "usage")
 #: schema migrations applied by :meth:`Outbox._migrate`
 MIGRATIONS = (1, 2)
@@ -111,9 +113,12 @@ class Outbox:
             if blob_path is not None and not Path(blob_path).is_file():
                 raise InputError(f"{blob_path}: outbox blob does not exist")
             try:
-                text = json.dumps(dict(payload), sort_keys=True)
-            except (TypeError, ValueError) as exc:
+                text = json.dumps(dict(payload), sort_keys=True, allow_nan=False)
+            except (TypeError, ValueError) as exc:  # NaN would make the hub refuse every batch it is in
                 raise InputError(f"outbox {kind} payload is not JSON-serialisable ({exc})") from None
+            if len(text) > MAX_PAYLOAD_BYTES:  # the hub would refuse it: say so now, while the engineer is here
+                raise UsageError(f"this {kind.replace('_', ' ')} is too long for the hub ({len(text)} bytes, "
+                                 f"at most {MAX_PAYLOAD_BYTES}): shorten the note")
             rows.append((uuid or str(_uuid.uuid4()), kind, text, None if blob_path is None else str(blob_path), _now()))
         verb = "INSERT OR IGNORE" if skip_existing else "INSERT"
         with self._lock, self._tx() as conn:

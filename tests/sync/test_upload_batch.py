@@ -2,6 +2,7 @@
 on the device, marked refused, and never block the records behind them."""
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid as _uuid
 
@@ -129,7 +130,13 @@ def test_sync_uploads_in_batches_and_keeps_refused_records(world):
     ob = Outbox(world.device_dir / "outbox.db")
     n_usage = UPLOAD_BATCH + 50
     ids = [ob.add("usage", {"status": "match", "i": i}) for i in range(n_usage // 2)]
-    too_big = ob.add("feedback", {"note": "x" * (MAX_PAYLOAD_BYTES + 10)})  # a tablet bug: over the hub's limit
+    # over the hub's limit: the outbox refuses such a record now; one queued by an older app is still refused
+    # by the client at upload time, not sent, and kept
+    too_big = str(_uuid.uuid4())
+    with sqlite3.connect(world.device_dir / "outbox.db") as raw:
+        raw.execute("INSERT INTO outbox(uuid, kind, payload, blob_path, created_at) VALUES (?, ?, ?, NULL, ?)",
+                    (too_big, "feedback", json.dumps({"note": "x" * (MAX_PAYLOAD_BYTES + 10)}),
+                     "2026-12-06T00:00:01+00:00"))
     gone = world.root / "gone.jpg"
     gone.write_bytes(part_image(1))
     lost_photo = ob.add("photo", {"part_number": "P1"}, blob_path=gone)
