@@ -15,7 +15,7 @@ import sqlite3
 import sys
 from typing import Sequence
 
-from .errors import BusyError, InputError, PartlensError
+from .errors import BusyError, InputError, PartlensError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except UnicodeEncodeError as exc:  # an argument that is not valid text (undecodable bytes on the command line)
+        print(f"partlens {args.command}: error: an argument is not valid UTF-8 text ({exc.reason})", file=sys.stderr)
+        return UsageError.exit_code
     except sqlite3.OperationalError as exc:
         if "locked" not in str(exc) and "busy" not in str(exc):
             raise

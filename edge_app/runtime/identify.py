@@ -208,7 +208,7 @@ class Identifier:
             try:
                 good.append(load_image(src, draft_size=self.spec.draft_size))
             except ImageError as exc:
-                log.warning("skipping %s", exc)
+                log.debug("skipping %s", exc)  # returned in ``skipped``: the caller tells the engineer once
                 bad.append({"path": exc.path, "reason": exc.reason})
         return good, bad
 

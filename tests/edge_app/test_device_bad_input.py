@@ -167,3 +167,11 @@ def test_enrol_and_sync_commands_give_one_line_errors(tmp_path: Path, capsys) ->
     assert rc == 2 and "enrol this device again" in err
     rc, _, err = _run(capsys, "sync", "run", "--data-dir", dev, "--keep-free-mb", "nan")
     assert rc == 2 and "--keep-free-mb must be" in err
+
+
+def test_an_argument_that_is_not_text_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    parts, imgs = _csvs(tmp_path / "src", GOOD)
+    dbp = tmp_path / "catalogue.db"
+    assert _run(capsys, "catalogue", "import", parts, imgs, "--db", dbp)[0] == 0
+    rc, _, err = _run(capsys, "catalogue", "list", "--db", dbp, "--text", "\udcff")  # the byte 0xff from a shell
+    assert rc == 2 and "not valid UTF-8" in err
