@@ -39,7 +39,9 @@ from .apply import (DevicePaths, apply_package, drop_index_files, index_params, 
 from .package import read_package, sha256_file
 from .lock import device_lock
 from .schedule import SyncWindow
-from .transport import HttpTransport, Transport, check_pins, partial_of, settings_bytes, upgrade_offer_bytes
+from .transport import (
+    HttpTransport, TLSError, Transport, UnreachableError, check_pins, partial_of, settings_bytes, upgrade_offer_bytes,
+)
 from .upload import refused_uploads, upload_outbox
 
 log = logging.getLogger(__name__)
@@ -268,6 +270,12 @@ class SyncClient:
                     result = self._sync(db)
             except SyncStorageError as exc:
                 raise self._after_storage_error(exc, db, upload) from exc
+            except (SyncError, IntegrityError) as exc:
+                # a bad package or bundle at the hub: the tablet stays as it was, but the engineers' feedback and
+                # photos do not wait for the hub to be fixed (the hub answered, so it can take them)
+                if upload and not isinstance(exc, (AuthError, TLSError, UnreachableError)):
+                    self._upload_despite(exc, db)
+                raise
             t = time.perf_counter()
             result.thumbnails = self.fetch_thumbnails(db)
             result.timings["thumbnails"] = time.perf_counter() - t
@@ -282,6 +290,15 @@ class SyncClient:
         result.seconds = time.perf_counter() - t0
         self._record_success(result)
         return result
+
+    def _upload_despite(self, exc: Exception, db: Any) -> None:
+        """Upload the outbox after a failed download step; the outcome is added to ``exc``'s message."""
+        try:
+            sent, refused = self.upload_outbox(db.catalogue_version)
+            what = f"the outbox was still uploaded ({sent} record(s)" + (f", {refused} refused" if refused else "") + ")"
+        except (SyncError, IntegrityError, OSError) as up_exc:
+            what = f"the outbox could not be uploaded either ({up_exc})"
+        exc.args = (f"{exc}; {what}",) + tuple(exc.args[1:])
 
     def _reread_enrolment(self) -> None:
         """``device.json`` as it is now (this client may have been made before another process wrote it). If the

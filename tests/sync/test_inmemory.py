@@ -107,11 +107,17 @@ def test_smoke_test_failure_keeps_old_bundle(world):
     def bad(bundle):
         raise RuntimeError("model does not load")
 
+    from edge_app.runtime.outbox import Outbox
+
+    ob = Outbox(world.device_dir / "outbox.db")  # an engineer's confirmation waiting to go up
+    uid = ob.add("feedback", {"part_number": "P1", "correct": True})
+    ob.close()
     c = SyncClient(world.device_dir, transport=InMemoryTransport(world.hub, world.payload["token"]), smoke_test=bad)
-    with pytest.raises(SyncError, match="smoke test"):
+    with pytest.raises(SyncError, match=r"smoke test.*the outbox was still uploaded \(1 record"):
         c.sync()
     st = c.status()
     assert st["active"]["bundle_id"] == old and st["bundle_id"] == old
+    assert world.hub.store.upload(uid) is not None  # the bad bundle did not hold the engineer's record back
 
 
 def test_wrong_token_refused(world):
