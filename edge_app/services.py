@@ -469,6 +469,11 @@ class DeviceServices:
         return self.catalogue.categories()
 
     # outbox ------------------------------------------------------------------------------------
+    def _need_part(self, part_number: str) -> None:
+        """Records about a part the hub cannot match to its catalogue are refused here, while the engineer is here."""
+        if self.catalogue.part(part_number) is None:
+            raise InputError(f"part {part_number} is not in the catalogue on this device")
+
     def _blob(self, captures: Sequence[Capture]) -> str | None:
         return str(self.captures.export_cropped(captures[0])) if captures else None
 
@@ -478,6 +483,7 @@ class DeviceServices:
         identification "this is the part" answers the spot check too, in the same transaction."""
         if verdict not in ("correct", "wrong"):
             raise UsageError(f"verdict must be 'correct' or 'wrong', got {verdict!r}")
+        self._need_part(part_number)
         if verdict == "correct" and outcome is not None and outcome.spot_check_pending:
             self.answer_spot_check(outcome, part_number, captures=captures, confirmed=True)
             return spotcheck.answer_uuid(outcome, "feedback")
@@ -502,8 +508,8 @@ class DeviceServices:
         answer stands. ``confirmed``: the answer came as "this is the part", whose feedback is queued also
         without a photo."""
         payload = spotcheck.answer_payload(outcome, part_number, skipped=skipped, site=self.site)
-        if part_number is not None and self.catalogue.part(part_number) is None:
-            raise InputError(f"part {part_number} is not in the catalogue on this device")
+        if part_number is not None:
+            self._need_part(part_number)
         uid = spotcheck.answer_uuid(outcome)
         records: list[tuple[str, Mapping[str, Any], Any, str | None]] = [("usage", payload, None, uid)]
         if part_number is not None and (captures or confirmed):
@@ -517,6 +523,7 @@ class DeviceServices:
         """Queue each capture as a new reference photo of ``part_number`` (all in one transaction)."""
         if not captures:
             raise UsageError("no photo to add: take or pick one first")
+        self._need_part(part_number)
         return self.outbox.add_many([("photo", {"part_number": part_number, "capture_id": c.capture_id,
                                                 "site": self.site}, self.captures.export_cropped(c), None)
                                      for c in captures])

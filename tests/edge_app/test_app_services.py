@@ -206,6 +206,14 @@ def test_runtime_result_maps_to_words_stock_and_look_alikes(device) -> None:
     assert b.words == "possible" and b.name == "BRG-2"
 
 
+def test_records_about_a_part_not_in_the_catalogue_are_refused(device, tmp_path) -> None:
+    cap = device.captures.add_file(photo(tmp_path / "v.jpg"))
+    for call in (lambda: device.add_photos("NOPE", [cap]), lambda: device.send_feedback("NOPE", "wrong", [cap])):
+        with pytest.raises(InputError, match="NOPE is not in the catalogue"):
+            call()
+    assert device.outbox.pending() == []
+
+
 def test_feedback_photos_and_unknown_part_go_to_the_real_outbox(device, tmp_path) -> None:
     caps = [device.captures.add_file(photo(tmp_path / f"v{i}.jpg", colour=(i * 50, 0, 0))) for i in range(2)]
     out = IdentifyOutcome([m("BRG-1", 0.9)], True, bundle_id="bnd-1")
