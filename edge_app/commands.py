@@ -53,6 +53,7 @@ def _identify(args: argparse.Namespace) -> int:
         raise UsageError(f"--top must be >= 1, got {args.top}")
     ident = Identifier.open(bundle, _db_path(args), keyring, backend=args.backend, site=args.site,
                             fusion_method=args.fusion, aggregate=args.aggregate)
+    _warn_unknown_site(ident.db, args.site)
     result = ident.identify(args.photos, top=args.top, in_stock=True if args.in_stock else None,
                             category=args.category, text=args.text)
     d = result.to_dict()
@@ -107,8 +108,18 @@ def _cat_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_unknown_site(db: Any, site: str | None) -> None:
+    """A --site with no stock rows is most likely a typo: say so (the command still runs)."""
+    if site is not None:
+        known = db.sites()
+        if site not in known:
+            print(f"warning: site {site!r} has no stock in this catalogue (sites: {', '.join(known) or 'none'})",
+                  file=sys.stderr)
+
+
 def _cat_list(args: argparse.Namespace) -> int:
     with _open_db(args) as db:
+        _warn_unknown_site(db, args.site)
         site = args.site or db.get_meta("site")
         if args.in_stock and site is None:
             raise UsageError("--in-stock needs --site (or a site set in the catalogue)")

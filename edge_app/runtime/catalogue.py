@@ -462,6 +462,11 @@ class CatalogueDB:
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, r)) for r in cur.fetchall()]
 
+    def sites(self) -> list[str]:
+        """Sites that have stock rows in this catalogue."""
+        with self.read():
+            return [r[0] for r in self.db.conn.execute("SELECT DISTINCT site FROM inventory ORDER BY site")]
+
     def categories(self) -> list[str]:
         return [r[0] for r in self.db.conn.execute(
             "SELECT DISTINCT category FROM parts WHERE category IS NOT NULL ORDER BY category")]

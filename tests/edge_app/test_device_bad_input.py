@@ -175,3 +175,13 @@ def test_an_argument_that_is_not_text_is_a_usage_error(tmp_path: Path, capsys) -
     assert _run(capsys, "catalogue", "import", parts, imgs, "--db", dbp)[0] == 0
     rc, _, err = _run(capsys, "catalogue", "list", "--db", dbp, "--text", "\udcff")  # the byte 0xff from a shell
     assert rc == 2 and "not valid UTF-8" in err
+
+
+def test_an_unknown_site_is_named_as_a_likely_typo(tmp_path: Path, capsys) -> None:
+    parts, imgs = _csvs(tmp_path / "src", GOOD)
+    dbp = tmp_path / "catalogue.db"
+    assert _run(capsys, "catalogue", "import", parts, imgs, "--db", dbp)[0] == 0
+    rc, out, err = _run(capsys, "catalogue", "list", "--db", dbp, "--site", "stie_a", "--in-stock")
+    assert rc == 0 and "site 'stie_a' has no stock in this catalogue (sites: site_a)" in err
+    rc, _, err = _run(capsys, "catalogue", "list", "--db", dbp, "--site", "site_a", "--in-stock")
+    assert rc == 0 and "warning" not in err
