@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .atomic import fsync_dir
-from .errors import IntegrityError, UsageError
+from .errors import InputError, IntegrityError, UsageError
 from .preprocess import PreprocessSpec
 from .signing import Keyring, verify_document
 
@@ -249,6 +249,8 @@ def _check_catalogue_shapes(root: Path, manifest: Mapping[str, Any]) -> None:
 def load_bundle(path: str | os.PathLike[str], keyring: Keyring) -> Bundle:
     """Verify the bundle folder at ``path`` (signature, schema, every file's size and hash)."""
     root = Path(path)
+    if not root.exists():
+        raise InputError(f"{root}: no such bundle folder")
     if not root.is_dir():
         raise IntegrityError(f"{root}: not a bundle folder")
     data, sig = _read_manifest(root)

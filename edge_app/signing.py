@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .atomic import PRIVATE, atomic_write_bytes, atomic_write_json
-from .errors import IntegrityError, UsageError
+from .errors import InputError, IntegrityError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class SigningKey:
         """Read a key file; a protected one needs ``passphrase`` (else :data:`PASSPHRASE_ENV`)."""
         path = Path(path)
         if not path.is_file():
-            raise UsageError(f"{path}: no such private key file (make one with `partlens keys init`)")
+            raise InputError(f"{path}: no such private key file (make one with `partlens keys init`)")
         try:
             doc = json.loads(path.read_text())
             if "encrypted_private_key" in doc:
@@ -160,7 +160,7 @@ class Keyring:
     def load(cls, path: str | os.PathLike[str]) -> "Keyring":
         path = Path(path)
         if not path.is_file():
-            raise UsageError(f"{path}: no such keyring file")
+            raise InputError(f"{path}: no such keyring file")
         try:
             return cls.from_dict(json.loads(path.read_text()))
         except json.JSONDecodeError as exc:

@@ -56,7 +56,10 @@ def test_identify_text_output_and_errors(world, device_db, capsys, tmp_path, mon
     assert rc == 3 and "no model bundle installed" in err  # no bundle in the device folder
     rc, _, err = _run(capsys, "identify", world.field["P0013"][0], "--bundle", world.bundle, "--db", device_db,
                       "--keyring", tmp_path / "missing.json")
-    assert rc == 2 and "keyring" in err
+    assert rc == 3 and "no such keyring file" in err  # a missing file is bad input (3), like a missing bundle:
+    rc, _, err = _run(capsys, "identify", world.field["P0013"][0], "--bundle", tmp_path / "nope", "--db", device_db,
+                      "--keyring", world.keyring_path)
+    assert rc == 3 and "no such bundle folder" in err
 
 
 def test_identify_text_names_the_sizes_of_size_only_look_alikes(world, device_db, capsys):
