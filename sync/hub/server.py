@@ -52,6 +52,8 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
         if isinstance(exc, OffsetMismatch):
             return JSONResponse({"detail": str(exc), "blob_offset": exc.offset}, status_code=409)
         code = 404 if isinstance(exc, InputError) else 422 if isinstance(exc, IntegrityError) else 400
+        if code != 404:  # a refused request is worth a line for the hub admin (a 404 is a routine "not here")
+            log.warning("%s %s refused (%d): %s", request.method, request.url.path, code, exc)
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
     async def _maybe_disk_full(request: Request, exc: Exception) -> JSONResponse:

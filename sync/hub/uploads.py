@@ -192,6 +192,8 @@ def _receive_chunk(hub: Hub, device: Mapping[str, Any], uuid: str, offset: int, 
         raise OffsetMismatch(current)
     if current + len(data) > row["blob_size"]:
         raise UsageError(f"upload {uuid}: chunk goes past the declared size {row['blob_size']}")
+    if not data and current < row["blob_size"]:  # nothing to append or finish: leave no empty .part behind
+        return _status(row, hub)
     part.parent.mkdir(parents=True, exist_ok=True)  # a hub folder restored from a backup may not have it yet
     with open(part, "ab", buffering=0) as fh:  # unbuffered: nothing is left to flush after a failure
         try:

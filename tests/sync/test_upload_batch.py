@@ -412,3 +412,20 @@ def test_a_photo_that_cannot_complete_at_the_hub_is_refused_and_blocks_nothing(w
     assert world.hub.store.upload(first)["blob_complete"] == 0
     assert world.hub.store.upload(later) is not None
     assert blob_path(world.hub, later_photo).read_bytes() == other.read_bytes()
+
+
+def test_an_empty_chunk_finishes_a_full_photo_and_leaves_no_empty_file(world):
+    import hashlib
+
+    from sync.hub.uploads import blob_path, partial_path, receive_chunk, receive_record
+
+    dev = _device(world)
+    data = part_image(4, noise=20.0, size=120)
+    body = dict(_body(kind="photo", payload={"part_number": "P1"}),
+                blob={"size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    receive_record(world.hub, dev, body)
+    st = receive_chunk(world.hub, dev, body["uuid"], 0, b"")  # nothing to append: no 0-byte .part left behind
+    assert st["blob_offset"] == 0 and not partial_path(world.hub, body["uuid"]).exists()
+    partial_path(world.hub, body["uuid"]).write_bytes(data)  # every byte arrived, the hub stopped before finishing
+    st = receive_chunk(world.hub, dev, body["uuid"], len(data), b"")  # the tablet's closing empty chunk
+    assert st["blob_complete"] and blob_path(world.hub, body["uuid"]).read_bytes() == data
