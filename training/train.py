@@ -367,6 +367,10 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
                                                      "best_val_top1": best_top1, "split": split_info})
             log.info("epoch %d/%d loss %.4f val top1 %.4f (%.0f s)", epoch + 1, cfg.epochs, row["train_loss"],
                      m["top1"], row["seconds"])
+            if epoch == start_epoch and not cfg.cache and cfg.workers == 0 and dist.world == 1 and train_ds.skipped:
+                # this process read every training image once: record the unreadable ones with the run
+                resolved["skipped_train"] = sorted({tuple(s) for s in train_ds.skipped})
+                atomic_write_json(out / "config.json", resolved)
         ddp.barrier(dist)
     result = RunResult(out, out / "last.pt", out / "best.pt", best_epoch, best_top1, history, labels, split_info, model)
     if dist.enabled:

@@ -70,7 +70,7 @@ def _record_row(device: Mapping[str, Any], body: Any) -> dict[str, Any]:
     if not isinstance(body, Mapping):
         raise UsageError("an upload record must be a JSON object")
     uuid = body.get("uuid")
-    if not isinstance(uuid, str) or not UUID.match(uuid):
+    if not isinstance(uuid, str) or not UUID.match(uuid) or len(uuid.replace("-", "")) < 8:
         raise UsageError(f"upload uuid {str(uuid)[:80]!r} is not a UUID")
     kind = body.get("kind")
     if kind not in UPLOAD_KINDS:

@@ -61,7 +61,7 @@ def test_fields_of_the_wrong_type_refuse_their_record_not_the_batch(world):
            dict(_body(), created_at="\ud800"), dict(_body(), created_at="x" * 1000),
            dict(_body(kind="photo"), blob={"size": float("inf"), "sha256": "a" * 64}),
            dict(_body(kind="photo"), blob={"size": "12", "sha256": "a" * 64}), dict(_body(), payload={"ms": float("nan")}),
-           dict(_body(), payload=0), dict(_body(), uuid=12345678901)]
+           dict(_body(), payload=0), dict(_body(), uuid=12345678901), dict(_body(), uuid="-" * 64)]
     out = receive_records(world.hub, dev, [*bad, good])
     assert all("refused" in r for r in out[:-1]), [r for r in out[:-1] if "refused" not in r]
     assert "refused" not in out[-1] and not out[-1]["duplicate"]

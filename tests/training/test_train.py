@@ -93,6 +93,12 @@ def test_unreadable_training_image_is_skipped(tiny_folder: Path, tmp_path: Path)
     skipped = [p for p, _ in cfg["skipped_train"]]
     val_skipped = res.history[0]["val_skipped"]
     assert skipped == ["c0/broken.jpg"] or val_skipped == 1
+    # without --cache the images are read while training: the run records them after its first epoch too
+    out2 = tmp_path / "run2"
+    res2 = train(_cfg(tiny_folder, out2, epochs=2))
+    cfg2 = json.loads((out2 / "config.json").read_text())
+    in_train = [p for p, _ in cfg2["skipped_train"]] == ["c0/broken.jpg"]
+    assert in_train != (res2.history[0]["val_skipped"] == 1)  # recorded on exactly the side it is on
 
 
 def test_bad_options_are_errors(tiny_folder: Path, tmp_path: Path) -> None:
