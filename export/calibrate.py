@@ -190,7 +190,10 @@ def check_calibration(calibration: Mapping[str, Any], *, model_sha256: str, cata
     except IntegrityError as exc:
         raise UsageError(f"{exc} (make one with `partlens calibrate`)") from None
     fitted_for = cal.info.get("model_sha256")
-    if fitted_for and fitted_for != model_sha256:
+    if not fitted_for:
+        log.warning("the calibration does not name the model it was fitted with (made by hand or by an older "
+                    "partlens): it cannot be checked against this bundle's model; fit it with `partlens calibrate`")
+    elif fitted_for != model_sha256:
         raise UsageError(f"the calibration was fitted with another model (sha256 {fitted_for[:12]}, the bundle's "
                          f"model is {model_sha256[:12]}): run `partlens calibrate` with this model")
     views = cal.info.get("catalogue_views")

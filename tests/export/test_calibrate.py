@@ -178,3 +178,17 @@ def test_calibrate_scores_the_result_on_photos_kept_out_of_the_fit(setup: dict[s
                       "--check-negatives", str(check_neg))) == 2
     assert "both fitted and checked" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
+
+
+def test_a_calibration_that_names_no_model_is_accepted_with_a_warning(caplog) -> None:
+    from edge_app.errors import UsageError
+    from edge_app.runtime.calibration import Calibration
+    from export.calibrate import check_calibration
+
+    cal = Calibration(coef=(8.0, 20.0), intercept=-6.0, threshold=0.42).to_dict()
+    with caplog.at_level("WARNING", logger="export.calibrate"):
+        check_calibration(cal, model_sha256="a" * 64, catalogue_views="none")
+    assert "cannot be checked against this bundle's model" in caplog.text
+    named = Calibration(coef=(8.0, 20.0), intercept=-6.0, threshold=0.42, info={"model_sha256": "b" * 64}).to_dict()
+    with pytest.raises(UsageError, match="fitted with another model"):
+        check_calibration(named, model_sha256="a" * 64, catalogue_views="none")
