@@ -650,18 +650,15 @@ class DeviceServices:
         return SyncClient(self.data_dir)
 
     def sync_status(self) -> SyncStatus:
-        from sync.client import connection_mode
+        from sync.client import connection_mode, read_device
 
         device_file = self.data_dir / "device.json"
         hub = connection = None
         enrolment: dict[str, Any] = {}
-        if device_file.is_file():
-            try:
-                enrolment = json.loads(device_file.read_text())
-                hub = enrolment.get("hub")
-                connection = CONNECTION_WORDS[connection_mode(enrolment)]
-            except ValueError as exc:
-                raise InputError(f"{device_file}: unreadable enrolment ({exc})") from None
+        if device_file.is_file():  # a damaged one: "enrol this device again" (UsageError), shown on the screen
+            enrolment = read_device(device_file)
+            hub = enrolment.get("hub")
+            connection = CONNECTION_WORDS[connection_mode(enrolment)]
         active = self._active() or {}
         last = self.data_dir / "last_sync.json"
         last_sync = json.loads(last.read_text()).get("at") if last.is_file() else None

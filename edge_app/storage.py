@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 #: space a sync leaves free for photos: about 25 twelve-megapixel JPEGs
 RESERVE_BYTES = 100 * 1024**2
+#: the most storage (MB) a hub may ask a tablet to keep free for photos (enrolment, ``sync run --keep-free-mb``)
+MAX_KEEP_FREE_MB = 100_000
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _SQLITE_FULL = getattr(sqlite3, "SQLITE_FULL", 13)

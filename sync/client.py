@@ -32,7 +32,7 @@ from edge_app.atomic import PRIVATE, atomic_write_json
 from edge_app.errors import AuthError, IntegrityError, SyncError, SyncStorageError, UsageError
 from edge_app.signing import Keyring
 from edge_app.spotcheck import policy_from_plan
-from edge_app.storage import RESERVE_BYTES, check_space, disk_full_is_storage_error, is_disk_full, mb
+from edge_app.storage import MAX_KEEP_FREE_MB, RESERVE_BYTES, check_space, disk_full_is_storage_error, is_disk_full, mb
 
 from .apply import (DevicePaths, apply_package, drop_index_files, index_params, kill_point, prune_bundles,
                     read_active, reconcile, space_to_apply, update_index, write_active)
@@ -46,8 +46,6 @@ from .upload import refused_uploads, upload_outbox
 
 log = logging.getLogger(__name__)
 
-#: the most storage (MB) a hub may ask a tablet to keep free for photos
-MAX_KEEP_FREE_MB = 100_000
 
 #: A catalogue thumbnail larger than this is refused (they are about 5-20 KB).
 THUMB_MAX_BYTES = 2 * 1024 * 1024

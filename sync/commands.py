@@ -280,7 +280,9 @@ def _enrol(args: argparse.Namespace) -> int:
 
 
 def _sync_run(args: argparse.Namespace) -> int:
-    from .client import MAX_KEEP_FREE_MB, SyncClient
+    from edge_app.storage import MAX_KEEP_FREE_MB
+
+    from .client import SyncClient
 
     if args.keep_free_mb is not None and not 0 <= args.keep_free_mb <= MAX_KEEP_FREE_MB:  # NaN and inf too
         raise UsageError(f"--keep-free-mb must be 0..{MAX_KEEP_FREE_MB}, got {args.keep_free_mb:g}")

@@ -4,8 +4,8 @@ glibc serves allocations above its mmap threshold (a few MB at most, tuned on th
 fresh ``mmap`` and gives them back with ``munmap`` when freed. A CPU training step allocates and
 frees activation and gradient tensors of tens of MB many times over, so every step pays for
 page faults on freshly zeroed pages: measured here (2-core EPYC, glibc 2.36, EfficientNet-Lite0,
-batch 32 at 224 px) about one million minor faults and 2.3-3.0 s of kernel time per 3.5-4.2 s
-step. Serving them from the heap, kept grown, cuts the step to 2.2-2.5 s.
+batch 32 at 224 px) about one million minor faults and 2.3-3.0 s of kernel time per 3.2-4.2 s
+step. Serving them from the heap, kept grown, cuts the step to 2.1-2.4 s.
 
 :func:`tune_for_torch` sets that policy with ``mallopt`` for the rest of the process (it only
 affects later allocations). The process then keeps its peak heap instead of returning it, which

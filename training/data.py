@@ -162,12 +162,6 @@ def load_grocery(root: str | os.PathLike[str]) -> Dataset:
     return Dataset("grocery", everything, train, val, gallery, {"coarse": coarse})
 
 
-def _need_columns(path: Path, have: Sequence[str] | None, need: Sequence[str]) -> None:
-    missing = [c for c in need if c not in (have or ())]
-    if missing:
-        raise InputError(f"{path}: no {', '.join(missing)} column (has: {', '.join(have or []) or 'nothing'})")
-
-
 def load_parts_layout(root: str | os.PathLike[str]) -> Dataset:
     """Generated layout (``images.csv`` + ``parts.csv``); catalogue images form the gallery."""
     root = Path(root)
@@ -175,21 +169,12 @@ def load_parts_layout(root: str | os.PathLike[str]) -> Dataset:
     for p in (parts_csv, images_csv):
         if not p.is_file():
             raise InputError(f"{p}: missing (parts layout needs parts.csv and images.csv)")
-    try:
-        with parts_csv.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            _need_columns(parts_csv, reader.fieldnames, ("part_number",))
-            labels = sorted({r["part_number"] for r in reader})
-        index = {lab: i for i, lab in enumerate(labels)}
-        items, catalogue = [], []
-        with images_csv.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            _need_columns(images_csv, reader.fieldnames, ("path", "part_number"))
-            rows = list(reader)
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{root}: parts.csv or images.csv is not UTF-8 text ({exc.reason} at byte {exc.start})") \
-            from None
-    for n, r in enumerate(rows, 2):
+    from edge_app.runtime.importer import read_csv_rows
+
+    labels = sorted({r["part_number"] for r in read_csv_rows(parts_csv, ("part_number",))})
+    index = {lab: i for i, lab in enumerate(labels)}
+    items, catalogue = [], []
+    for n, r in enumerate(read_csv_rows(images_csv, ("path", "part_number")), 2):
         pn = r.get("part_number")
         if pn not in index:
             raise InputError(f"{images_csv}:{n}: part_number {pn!r} is not in parts.csv")
@@ -197,9 +182,7 @@ def load_parts_layout(root: str | os.PathLike[str]) -> Dataset:
         items.append(item)
         if r.get("kind") == "catalogue":
             catalogue.append(item)
-    if not items:
-        raise InputError(f"{images_csv}: no images listed")
-    images = ImageSet(root, labels, items, root.name)
+    images = ImageSet(root, labels, items, root.name)  # read_csv_rows refused an images.csv with no rows
     gallery = ImageSet(root, labels, catalogue, root.name + "-catalogue") if catalogue else None
     return Dataset("parts", images, gallery=gallery)
 

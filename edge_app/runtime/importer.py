@@ -26,7 +26,9 @@ MAX_SIZE_MM = 100_000.0
 PART_FIELDS = ("part_number", "name", "category", "manufacturer", "description", "size_mm", "look_alike_group")
 
 
-def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+def read_csv_rows(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a UTF-8 CSV with these columns (also the training side's parts layout); InputError naming the
+    file (and line) for a missing file or column, text that is not UTF-8, extra fields, or no rows."""
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
@@ -35,10 +37,12 @@ def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
             cols = reader.fieldnames or []
             missing = [c for c in required if c not in cols]
             if missing:
-                raise InputError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(cols)})")
+                raise InputError(f"{path}: no {', '.join(missing)} column (has: {', '.join(cols) or 'nothing'})")
             rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{path}: not a readable UTF-8 CSV ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a readable CSV ({exc})") from None
     for line, r in enumerate(rows, start=2):
         if None in r:  # csv puts the fields beyond the header under the key None
             raise InputError(f"{path}:{line}: more fields than the header has columns")
@@ -57,13 +61,13 @@ def import_catalogue(db: CatalogueDB, parts_csv: str | os.PathLike[str], images_
     set in the same transaction. A catalogue a hub keeps (synced) is refused: its versions are the hub's, and
     a local import would make the next syncs skip hub changes.
     """
-    managed = db.get_meta("hub_id") or db.get_meta("managed_by_hub")
-    if managed:
-        raise UsageError(f"{db.path}: this catalogue is kept by a hub ({'hub ' + managed if managed != '1' else 'synced'}"
-                         "): add the parts at the hub (`partlens hub import`) and sync; a local import would make "
-                         "the next syncs skip hub changes")
+    hub_id = db.get_meta("hub_id")
+    if hub_id or db.get_meta("managed_by_hub"):
+        raise UsageError(f"{db.path}: this catalogue is kept by a hub{' (' + hub_id + ')' if hub_id else ''}: add "
+                         "the parts at the hub (`partlens hub import`) and sync; a local import would make the next "
+                         "syncs skip hub changes")
     parts_csv = Path(parts_csv)
-    rows = _read_csv(parts_csv, ("part_number", "name"))
+    rows = read_csv_rows(parts_csv, ("part_number", "name"))
     as_of = as_of or _dt.datetime.fromtimestamp(parts_csv.stat().st_mtime, _dt.timezone.utc).isoformat(
         timespec="seconds")
     sites = sorted(c[len("stock_"):] for c in rows[0] if c.startswith("stock_"))
@@ -98,7 +102,7 @@ def import_catalogue(db: CatalogueDB, parts_csv: str | os.PathLike[str], images_
     if images_csv is not None:
         images_csv = Path(images_csv)
         root = images_csv.parent.resolve()
-        for line, r in enumerate(_read_csv(images_csv, ("path", "part_number")), start=2):
+        for line, r in enumerate(read_csv_rows(images_csv, ("path", "part_number")), start=2):
             kind = r.get("kind") or "catalogue"
             if kind not in kinds:
                 continue

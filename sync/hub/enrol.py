@@ -24,6 +24,7 @@ from typing import Any
 
 from edge_app.atomic import PRIVATE, atomic_write_bytes
 from edge_app.errors import UsageError
+from edge_app.storage import MAX_KEEP_FREE_MB
 
 from ..schedule import SyncWindow
 from .auth import check_name, new_token, token_hash
@@ -79,8 +80,8 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None,
 def _checked_settings(sync_window: str | None, keep_free_mb: float | None) -> tuple[str | None, float | None]:
     if sync_window is not None:
         sync_window = str(SyncWindow.parse(sync_window))
-    if keep_free_mb is not None and not 0 <= keep_free_mb <= 100_000:
-        raise UsageError(f"--keep-free-mb must be between 0 and 100000, got {keep_free_mb:g}")
+    if keep_free_mb is not None and not 0 <= keep_free_mb <= MAX_KEEP_FREE_MB:
+        raise UsageError(f"--keep-free-mb must be between 0 and {MAX_KEEP_FREE_MB}, got {keep_free_mb:g}")
     return sync_window, keep_free_mb
 
 

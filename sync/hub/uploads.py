@@ -97,7 +97,7 @@ def _record_row(device: Mapping[str, Any], body: Any) -> dict[str, Any]:
     if blob is not None:
         size, sha = (blob.get("size"), blob.get("sha256")) if isinstance(blob, Mapping) else (None, None)
         if type(size) is not int or not isinstance(sha, str):
-            raise UsageError("upload blob needs size (a whole number) and sha256") from None
+            raise UsageError("upload blob needs size (a whole number) and sha256")
         if not 0 < size <= MAX_BLOB_BYTES or not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise UsageError(f"upload blob size must be 1..{MAX_BLOB_BYTES} with a sha256 hex digest")
     return {"uuid": uuid, "device": device["name"], "site": device["site"], "kind": kind, "payload": text,

@@ -288,6 +288,12 @@ def test_sync_status_before_enrolment_and_bad_enrol_code(device) -> None:
         device.enrol("not json")
 
 
+def test_a_damaged_enrolment_is_a_clear_error_on_the_sync_screen(device) -> None:
+    (device.data_dir / "device.json").write_text("[]")  # was an AttributeError from the status code
+    with pytest.raises(UsageError, match="enrol this device again"):
+        device.sync_status()
+
+
 def test_sync_status_says_when_a_sync_is_running(device) -> None:
     from sync.lock import device_lock
 
