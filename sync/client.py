@@ -303,9 +303,9 @@ class SyncClient:
         tablet was enrolled again since, this client's transport and keys are the old enrolment's: refuse, so
         it never writes the old hub and token back over the new enrolment."""
         try:
-            now = json.loads(self.paths.device.read_text())
-        except (OSError, ValueError) as exc:
-            raise SyncError(f"{self.paths.device}: unreadable enrolment ({exc})") from None
+            now = read_device(self.paths.device)
+        except UsageError as exc:  # a sync error here: the sync stops and says why, as for the hub's failures
+            raise SyncError(str(exc)) from None
         if any(now.get(k) != self.device.get(k) for k in ("hub", "token", "device", "site")):
             raise SyncError("this tablet was enrolled again while this sync was being set up; sync again")
         self.device = now
