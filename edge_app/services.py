@@ -650,13 +650,18 @@ class DeviceServices:
         return SyncClient(self.data_dir)
 
     def sync_status(self) -> SyncStatus:
-        from sync.client import connection_mode, read_device
+        from sync.client import connection_mode
 
         device_file = self.data_dir / "device.json"
         hub = connection = None
         enrolment: dict[str, Any] = {}
-        if device_file.is_file():  # a damaged one: "enrol this device again" (UsageError), shown on the screen
-            enrolment = read_device(device_file)
+        if device_file.is_file():  # status only: a partial file still shows what it has; a non-object cannot
+            try:
+                enrolment = json.loads(device_file.read_text())
+            except ValueError as exc:
+                raise InputError(f"{device_file}: unreadable enrolment ({exc}); enrol this device again") from None
+            if not isinstance(enrolment, dict):  # was an AttributeError below
+                raise InputError(f"{device_file}: damaged enrolment; enrol this device again")
             hub = enrolment.get("hub")
             connection = CONNECTION_WORDS[connection_mode(enrolment)]
         active = self._active() or {}

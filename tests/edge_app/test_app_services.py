@@ -290,7 +290,7 @@ def test_sync_status_before_enrolment_and_bad_enrol_code(device) -> None:
 
 def test_a_damaged_enrolment_is_a_clear_error_on_the_sync_screen(device) -> None:
     (device.data_dir / "device.json").write_text("[]")  # was an AttributeError from the status code
-    with pytest.raises(UsageError, match="enrol this device again"):
+    with pytest.raises(InputError, match="enrol this device again"):
         device.sync_status()
 
 
