@@ -1,4 +1,4 @@
-"""Every ``partlens ...`` command the README shows exists in the CLI and answers ``--help``."""
+"""Every ``partlens ...`` command the README (and docs/*.md) shows exists in the CLI and answers ``--help``."""
 from __future__ import annotations
 
 import argparse
@@ -126,13 +126,17 @@ def check_help(parser: argparse.ArgumentParser, cmd: tuple[str, ...], capsys: py
     return out
 
 
-COMMANDS = readme_commands()
-WITH_OPTIONS = [(c, o) for c, o in readme_invocations() if o]
+#: The README and the documents it sends readers to (docs/*.md) are checked alike.
+DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+COMMANDS = list(dict.fromkeys(c for doc in DOCUMENTS for c in readme_commands(doc)))
+WITH_OPTIONS = list(dict.fromkeys((c, o) for doc in DOCUMENTS for c, o in readme_invocations(doc) if o))
 
 
 def test_readme_shows_commands() -> None:
-    assert len(COMMANDS) >= 10, COMMANDS
-    assert ("demo",) in COMMANDS  # the main job, in the set-up block's comment
+    shown = readme_commands()
+    assert len(shown) >= 10, shown
+    assert ("demo",) in shown  # the main job, in the set-up block's comment
+    assert len(DOCUMENTS) >= 5, DOCUMENTS  # docs/*.md are found and checked too
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
