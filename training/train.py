@@ -166,6 +166,27 @@ def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, out: Path) -> 
                          f"only {sorted(RESUMABLE_CHANGES)} may change")
 
 
+def _best_saved_after(best_path: Path, last_epoch: int, best_top1: float, best_epoch: int) -> tuple[float, int]:
+    """The best score to beat on resume: ``best.pt`` is written before ``last.pt``, so a run killed between
+    the two leaves a ``best.pt`` from an epoch ``last.pt`` does not know. Its score stands (the re-run of that
+    epoch replaces it only by beating it), instead of being overwritten by a worse model."""
+    from .models import read_checkpoint
+
+    if not best_path.exists():
+        return best_top1, best_epoch
+    try:
+        saved = read_checkpoint(best_path)
+        epoch, top1 = int(saved["epoch"]), float(saved["extra"]["best_top1"])
+    except (IntegrityError, OSError, KeyError, TypeError, ValueError) as exc:  # replaced by the next best, as before
+        log.warning("%s: cannot read its score (%s); the next best epoch replaces it", best_path, exc)
+        return best_top1, best_epoch
+    if epoch > last_epoch and top1 > best_top1:
+        log.warning("%s is from epoch %d (val top-1 %.4f), saved after last.pt (epoch %d) when the run stopped; "
+                    "it stays unless a resumed epoch beats it", best_path, epoch + 1, top1, last_epoch + 1)
+        return top1, epoch
+    return best_top1, best_epoch
+
+
 def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet | None = None) -> RunResult:
     """Train (or resume) one run; see the module docstring.
 
@@ -266,6 +287,7 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
         torch.set_rng_state(extra["rng"])
         history, best_top1, best_epoch = list(extra["history"]), extra["best_top1"], extra["best_epoch"]
         start_epoch = ck["epoch"] + 1
+        best_top1, best_epoch = _best_saved_after(out / "best.pt", ck["epoch"], best_top1, best_epoch)
         log.info("resuming %s at epoch %d", out, start_epoch)
 
     teacher = TeacherAdapter(cfg.teacher, spec, labels, cfg.embed_dim, device) if cfg.teacher else None

@@ -74,6 +74,41 @@ def test_resume_continues_from_last_epoch(tiny_folder: Path, tmp_path: Path, mon
         train(_cfg(tiny_folder, tmp_path / "empty", resume=True))
 
 
+def test_resume_keeps_a_best_pt_written_just_before_the_kill(tiny_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    """best.pt is written before last.pt: a kill between them must not let the re-run epoch overwrite it
+    with a worse model."""
+    import training.models as M
+
+    out = tmp_path / "run"
+    real_save = M.save_checkpoint
+
+    def killed_between(path, model, labels, metrics=None, epoch=0, extra=None):
+        if Path(path).name == "last.pt" and epoch == 1:
+            # epoch 1's best.pt (here with a score no re-run can beat) is on disk; the kill comes before last.pt
+            real_save(Path(path).with_name("best.pt"), model, labels, metrics, epoch,
+                      {**(extra or {}), "best_top1": 2.0, "best_epoch": 1})
+            raise KeyboardInterrupt
+        return real_save(path, model, labels, metrics, epoch, extra)
+
+    monkeypatch.setattr(M, "save_checkpoint", killed_between)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_folder, out, epochs=2))
+    monkeypatch.setattr(M, "save_checkpoint", real_save)
+    assert load_checkpoint(out / "last.pt")[1]["epoch"] == 0
+    resumed = train(_cfg(tiny_folder, out, epochs=2, resume=True))
+    assert (resumed.best_epoch, resumed.best_top1) == (1, 2.0)  # the saved best stands: the re-run did not beat it
+    _, meta = load_checkpoint(out / "best.pt")
+    assert meta["epoch"] == 1 and meta["extra"]["best_top1"] == 2.0
+    assert json.loads((out / "metrics.json").read_text())["best_epoch"] == 1
+    # a best.pt older than last.pt changes nothing (the usual case): last.pt's record is used
+    from training.train import _best_saved_after
+
+    assert _best_saved_after(out / "best.pt", 1, 0.5, 0) == (0.5, 0)
+    assert _best_saved_after(tmp_path / "none.pt", 0, 0.5, 0) == (0.5, 0)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert _best_saved_after(tmp_path / "junk.pt", 0, 0.5, 0) == (0.5, 0)
+
+
 def test_distillation_and_options(tiny_folder: Path, tmp_path: Path) -> None:
     teacher = train(_cfg(tiny_folder, tmp_path / "teacher", epochs=1, embed_dim=32))
     res = train(_cfg(tiny_folder, tmp_path / "student", model="vit", epochs=1, embed_dim=32, teacher=str(teacher.best),
