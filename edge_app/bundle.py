@@ -48,7 +48,7 @@ REQUIRED_KEYS = (
 )
 #: A bundle file name: one plain path component, no separators, no leading dot.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_BUNDLE_ID = re.compile(r"^v[0-9]{1,12}-[0-9a-f]{12}$")
+BUNDLE_ID_RE = re.compile(r"^v[0-9]{1,12}-[0-9a-f]{12}$")
 #: Refuse archives that would unpack to more than this (a tar bomb).
 DEFAULT_MAX_ARCHIVE_BYTES = 2 * 1024**3
 _CHUNK = 1 << 20
@@ -123,7 +123,7 @@ def validate_manifest(manifest: object, what: str = "manifest") -> dict[str, Any
     if absent:
         raise IntegrityError(f"{what}: lists no {', '.join(absent)}")
     bid = manifest["bundle_id"]
-    if not isinstance(bid, str) or not _BUNDLE_ID.match(bid):
+    if not isinstance(bid, str) or not BUNDLE_ID_RE.match(bid):
         raise IntegrityError(f"{what}: malformed bundle_id {bid!r}")
     expected = make_bundle_id(version, files)
     if bid != expected:
@@ -295,7 +295,7 @@ def _archive_members(tf: tarfile.TarFile, tar_path: Path, max_bytes: int) -> tup
             top = parts[0]
         if parts[0] != top:
             raise IntegrityError(f"{tar_path}: members in more than one top folder ({top!r}, {parts[0]!r})")
-        if not _BUNDLE_ID.match(top):
+        if not BUNDLE_ID_RE.match(top):
             raise IntegrityError(f"{tar_path}: top folder {top!r} is not a bundle id")
         if m.isdir() and len(parts) == 1:
             continue

@@ -120,14 +120,16 @@ def reconcile(paths: DevicePaths, db: Any) -> str | None:
 
 def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
                   before_commit: Callable[[], None] | None = None, replace: bool = False,
-                  hub_id: str | None = None) -> dict[str, int]:
+                  hub_id: str | None = None, embedding_dim: int | None = None) -> dict[str, int]:
     """Apply a verified package in ONE transaction; return counts.
 
     A delta must start at the device's catalogue version; a snapshot replaces the catalogue. A snapshot of
     a newer catalogue lineage (``pkg.epoch``: the hub was restored from a backup) replaces it even at a lower
     version; a package of an older lineage is refused. ``replace``: the device's catalogue came from another hub
     or site; a snapshot replaces it whatever the versions. ``hub_id`` is recorded as the catalogue's hub.
-    ``bundle_id`` is the bundle the package's embeddings belong to (it becomes the device's).
+    ``bundle_id`` is the bundle the package's embeddings belong to (it becomes the device's);
+    ``embedding_dim``, that bundle's: vectors of another size, or not finite, are refused before anything is
+    written (committed, they would break every later search and sync).
     """
     from edge_app.runtime.index import IndexStamp
 
@@ -136,6 +138,14 @@ def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
     if pkg.bundle_id != bundle_id:
         raise IntegrityError(f"package {pkg.name} embeddings are for bundle {pkg.bundle_id}, expected {bundle_id}")
     vecs = np.asarray(pkg.embeddings, dtype=np.float32)
+    _check_structure(pkg)
+    if len(pkg.embedding_ids):
+        if embedding_dim is not None and (vecs.ndim != 2 or vecs.shape[1] != embedding_dim):
+            raise IntegrityError(f"package {pkg.name}: image vectors of shape {vecs.shape}, the bundle's model makes "
+                                 f"{embedding_dim} values; refused, nothing changed")
+        if not np.isfinite(vecs).all():
+            raise IntegrityError(f"package {pkg.name}: image vectors hold NaN or infinite values; refused, nothing "
+                                 "changed")
     stats = {"parts": len(pkg.parts), "inventory": len(pkg.inventory), "images": len(pkg.images),
              "embeddings": len(pkg.embedding_ids), "deleted_parts": len(pkg.deleted_parts),
              "deleted_images": len(pkg.deleted_images)}
@@ -254,6 +264,33 @@ def prune_bundles(paths: DevicePaths, keep: set[str]) -> list[str]:
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d.name)
     return removed
+
+
+def _check_structure(pkg: Package) -> None:
+    """The package's row lists hold objects (parts, inventory, images) and strings (ids): a signed package
+    of another shape (a hub bug) is an IntegrityError before the transaction, not an AttributeError in it."""
+    for name in ("parts", "inventory", "images"):
+        rows = getattr(pkg, name)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise IntegrityError(f"package {pkg.name}: {name} is not a list of objects; refused, nothing changed")
+    for name in ("deleted_parts", "deleted_images", "deleted_inventory", "embedding_ids"):
+        ids = getattr(pkg, name)
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise IntegrityError(f"package {pkg.name}: {name} is not a list of strings; refused, nothing changed")
+    for name, keys in (("parts", ("part_number",)), ("inventory", ("part_number", "site")),
+                       ("images", ("image_id", "part_number"))):
+        if not all(isinstance(r.get(k), str) for r in getattr(pkg, name) for k in keys):
+            raise IntegrityError(f"package {pkg.name}: a row of {name} lacks a text {' or '.join(keys)}; refused, "
+                                 "nothing changed")
+
+
+def bundle_embedding_dim(paths: DevicePaths, bundle_id: str) -> int | None:
+    """The embedding size of an installed bundle (its manifest), or None if it cannot be read."""
+    try:
+        dim = json.loads((paths.bundles / bundle_id / "manifest.json").read_text()).get("embedding_dim")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dim if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0 else None
 
 
 def index_params(paths: DevicePaths, bundle_id: str) -> dict[str, Any] | None:

@@ -171,6 +171,9 @@ def run_once(device_dir: str | os.PathLike[str], *, now: dt.datetime, charging: 
             log.warning("background sync failed: %s", reason)
             if isinstance(exc, StorageError):
                 reason += _free_space(device_dir)
+        except Exception as exc:  # a fault in partlens itself: not swallowed, but the sync screen must show it
+            _record_internal_error(device_dir, now, exc, charging, unmetered, window, retry, last_success)
+            raise
         else:
             outcome, reason = SYNCED, f"catalogue v{result['from_version']} -> v{result['to_version']}"
             last_success = now.isoformat(timespec="seconds")
@@ -181,6 +184,21 @@ def run_once(device_dir: str | os.PathLike[str], *, now: dt.datetime, charging: 
     atomic_write_json(device_dir / STATUS_FILE, attempt.to_dict())
     log.info("background sync: %s (%s); next attempt %s", outcome, reason, attempt.next_at)
     return attempt
+
+
+def _record_internal_error(device_dir: Path, now: dt.datetime, exc: Exception, charging: bool, unmetered: bool,
+                           window: SyncWindow, retry: dt.timedelta, last_success: str | None) -> None:
+    """Write the failed attempt to ``sync_status.json`` before an unexpected error propagates (the service's
+    fallback alarm retries; the app's sync screen shows the error instead of the last good night)."""
+    attempt = Attempt(at=now.isoformat(timespec="seconds"), outcome=FAILED,
+                      reason=f"internal error {type(exc).__name__}: {exc} (please report it)", charging=charging,
+                      unmetered=unmetered, window=str(window),
+                      next_at=next_attempt(now, window, FAILED, retry).isoformat(timespec="seconds"),
+                      result=None, last_success=last_success)
+    try:
+        atomic_write_json(device_dir / STATUS_FILE, attempt.to_dict())
+    except OSError as write_exc:
+        log.warning("could not record the failed attempt (%s)", write_exc)
 
 
 # -- Android (pyjnius; imported only when called) ---------------------------------------------------

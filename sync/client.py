@@ -34,9 +34,10 @@ from edge_app.signing import Keyring
 from edge_app.spotcheck import policy_from_plan
 from edge_app.storage import MAX_KEEP_FREE_MB, RESERVE_BYTES, check_space, disk_full_is_storage_error, is_disk_full, mb
 
-from .apply import (DevicePaths, apply_package, drop_index_files, index_params, kill_point, prune_bundles,
-                    read_active, reconcile, space_to_apply, update_index, write_active)
+from .apply import (DevicePaths, apply_package, bundle_embedding_dim, drop_index_files, index_params, kill_point,
+                    prune_bundles, read_active, reconcile, space_to_apply, update_index, write_active)
 from .package import read_package, sha256_file
+from .plan import check_descriptor_size, check_plan
 from .lock import device_lock
 from .schedule import SyncWindow
 from .transport import (
@@ -627,7 +628,7 @@ class SyncClient:
         result.timings["index_open"] = time.perf_counter() - t
         t = time.perf_counter()
         other_hub = moved is not None and moved[0] == "hub"
-        plan = self._plan(version, None if other_hub else active_id, epoch)
+        plan = check_plan(self._plan(version, None if other_hub else active_id, epoch))
         self._follow_pins(plan.get("tls_pins"))
         policy, settings, stamp = self._settings_of(plan)
         self._follow_policy(policy)
@@ -656,15 +657,16 @@ class SyncClient:
         pkg_info = plan.get("package")
         if pkg_info is None:
             return result
-        path = self.paths.downloads / pkg_info["name"]
         sig = pkg_info["signature"]
         from .package import verify_descriptor
 
         desc = verify_descriptor(sig, self.keyring)  # before spending bandwidth on it
+        size = check_descriptor_size(desc, pkg_info["name"])
+        path = self.paths.downloads / pkg_info["name"]  # a checked plain file name (sync.plan)
         if not path.exists():
-            self._check_space(_remaining(path, int(desc["size"])), f"the catalogue update {pkg_info['name']}")
-            self.transport.download(pkg_info["url"], path, int(desc["size"]))
-            result.downloaded_bytes += int(desc["size"])
+            self._check_space(_remaining(path, size), f"the catalogue update {pkg_info['name']}")
+            self.transport.download(pkg_info["url"], path, size)
+            result.downloaded_bytes += size
         kill_point("package:downloaded")
         try:
             pkg = read_package(path, sig, self.keyring)
@@ -678,8 +680,9 @@ class SyncClient:
         if pkg.epoch != epoch or moved:  # a restored hub, another hub: labels and versions may mean other vectors
             live = None
             drop_index_files(self.paths)
+        dim = bundle.embedding_dim if bundle is not None else bundle_embedding_dim(self.paths, target) if target else None
         result.applied = apply_package(db, pkg, site=self.device["site"], bundle_id=target, replace=bool(moved),
-                                       hub_id=self.device.get("hub_id"))
+                                       hub_id=self.device.get("hub_id"), embedding_dim=dim)
         result.timings["apply"] = time.perf_counter() - t
         result.package = pkg.name
         result.to_version = pkg.to_version
@@ -721,7 +724,17 @@ class SyncClient:
         from edge_app.bundle import load_bundle, open_archive
 
         active = None if other_hub else read_active(self.paths)
-        if active is not None and int(info["version"]) <= int(active["version"]):
+        # the hub may offer the bundle this device already runs (its catalogue lost track of it, e.g. a new
+        # catalogue database): not a rollback; the installed copy is used if it verifies
+        same = (active is not None and info["bundle_id"] == active.get("bundle_id")
+                and int(info["version"]) == int(active["version"]))
+        if same and (self.paths.bundles / info["bundle_id"]).is_dir():
+            try:
+                return load_bundle(self.paths.bundles / info["bundle_id"], self.keyring)
+            except IntegrityError as exc:
+                log.warning("installed copy of the active bundle %s does not verify (%s); downloading it again",
+                            info["bundle_id"], exc)
+        if active is not None and not same and int(info["version"]) <= int(active["version"]):
             raise IntegrityError(f"hub offers bundle {info['bundle_id']} version {info['version']}, not newer than "
                                  f"the active {active['bundle_id']} (version {active['version']}); rollback refused")
         tar = self.paths.downloads / f"{info['bundle_id']}.tar"
@@ -745,7 +758,8 @@ class SyncClient:
             bundle = open_archive(tar, self.paths.bundles, self.keyring)
         if bundle.bundle_id != info["bundle_id"]:
             raise IntegrityError(f"archive {tar.name} holds bundle {bundle.bundle_id}, not {info['bundle_id']}")
-        if active is not None and bundle.version <= int(active["version"]):  # the signed version counts
+        if active is not None and (bundle.version < int(active["version"])  # the signed version counts
+                                   or (bundle.version == int(active["version"]) and not same)):
             raise IntegrityError(f"bundle {bundle.bundle_id} (signed version {bundle.version}) is not newer than "
                                  f"the active {active['bundle_id']} (version {active['version']}); rollback refused")
         try:

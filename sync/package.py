@@ -169,11 +169,17 @@ def read_package(path: str | Path, sig_doc: Mapping[str, Any], keyring: Keyring)
     for k in ("format", "site", "from_version", "to_version", "full", "bundle_id", "epoch"):
         if body.get(k) != desc.get(k):
             raise IntegrityError(f"{path}: header {k}={body.get(k)!r} disagrees with the signed {desc.get(k)!r}")
-    ids = list(body["embedding_ids"])
-    if vecs.dtype != np.float16 or (ids and (vecs.ndim != 2 or vecs.shape[0] != len(ids))):
-        raise IntegrityError(f"{path}: embeddings {vecs.dtype} {vecs.shape} do not match {len(ids)} ids")
-    return Package(from_version=int(body["from_version"]), to_version=int(body["to_version"]), site=body["site"],
-                   bundle_id=body["bundle_id"], full=bool(body["full"]), parts=body["parts"],
-                   inventory=body["inventory"], images=body["images"], deleted_parts=body["deleted_parts"],
-                   deleted_images=body["deleted_images"], deleted_inventory=body["deleted_inventory"],
-                   embedding_ids=ids, embeddings=vecs, hub_time=body.get("hub_time"), epoch=int(body.get("epoch") or 0))
+    try:
+        ids = body["embedding_ids"]
+        if not isinstance(ids, list):
+            raise TypeError("embedding_ids is not a list")
+        if vecs.dtype != np.float16 or (ids and (vecs.ndim != 2 or vecs.shape[0] != len(ids))):
+            raise IntegrityError(f"{path}: embeddings {vecs.dtype} {vecs.shape} do not match {len(ids)} ids")
+        return Package(from_version=int(body["from_version"]), to_version=int(body["to_version"]),
+                       site=body["site"], bundle_id=body["bundle_id"], full=bool(body["full"]), parts=body["parts"],
+                       inventory=body["inventory"], images=body["images"], deleted_parts=body["deleted_parts"],
+                       deleted_images=body["deleted_images"], deleted_inventory=body["deleted_inventory"],
+                       embedding_ids=list(ids), embeddings=vecs, hub_time=body.get("hub_time"),
+                       epoch=int(body.get("epoch") or 0))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # signed, but not of the format's shape
+        raise IntegrityError(f"{path}: package body is malformed ({type(exc).__name__}: {exc})") from None

@@ -34,6 +34,12 @@ from edge_app.storage import is_disk_full
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+#: the largest JSON answer the device reads (a sync plan or an upload result is a few kB)
+MAX_JSON_BYTES = 8 * 1024 * 1024
+#: a download slower than this on average (after the first READ_DEADLINE_FACTOR x timeout seconds) is cut and
+#: resumed: a hub that trickles bytes must not hold the sync (and its lock) for hours
+MIN_DOWNLOAD_BYTES_PER_S = 16 * 1024
+READ_DEADLINE_FACTOR = 4
 #: the largest outbox record payload (JSON, sort_keys) a hub stores; the client refuses bigger ones itself
 MAX_RECORD_PAYLOAD_BYTES = MAX_PAYLOAD_BYTES  # the outbox refuses bigger records when they are made
 
@@ -138,9 +144,17 @@ class _PinnedHTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(functools.partial(_PinnedHTTPSConnection, pins=self._pins), req, context=self._context)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: the hub's API has none, and urllib would send the device token along to
+    wherever it points (a captive portal on the terminal Wi-Fi, say). The 3xx becomes an HTTPError."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None
+
+
 def pinned_opener(pins: str | Sequence[str]) -> urllib.request.OpenerDirector:
     """A urllib opener whose HTTPS connections accept only certificates with these sha256 pins."""
-    return urllib.request.build_opener(_PinnedHTTPSHandler(check_pins(pins)))
+    return urllib.request.build_opener(_PinnedHTTPSHandler(check_pins(pins)), _NoRedirect())
 
 
 class HttpTransport:
@@ -157,7 +171,7 @@ class HttpTransport:
             raise SyncError(f"hub URL must start with http:// or https://, got {base_url!r}")
         if tls_sha256 and not base_url.startswith("https://"):
             raise SyncError(f"a pinned hub certificate needs an https:// hub URL, got {base_url!r}")
-        self._opener = pinned_opener(tls_sha256) if tls_sha256 else urllib.request.build_opener()
+        self._opener = pinned_opener(tls_sha256) if tls_sha256 else urllib.request.build_opener(_NoRedirect())
         self.base = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
@@ -175,13 +189,21 @@ class HttpTransport:
         try:
             return self._opener.open(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:500]
+            try:
+                detail = exc.read(4096).decode("utf-8", "replace")
+            except (HTTPException, OSError):
+                detail = ""
             if exc.code == 401:
                 raise AuthError(f"hub {self.base} refused the device token (401)") from None
             if exc.code == 507:
                 raise _HttpError(507, detail, f"the hub's storage is full (HTTP 507 on {method} {path}): tell the "
                                  "hub admin; nothing was lost, this tablet keeps its outbox and syncs later") from None
-            raise _HttpError(exc.code, detail, f"hub {method} {path}: HTTP {exc.code} {detail}") from None
+            if 300 <= exc.code < 400:
+                where = exc.headers.get("Location", "?") if exc.headers else "?"
+                raise _HttpError(exc.code, detail, f"hub {method} {path}: HTTP {exc.code} redirect to {where[:200]}, "
+                                 "not followed (the device token goes to the enrolled hub address only; a Wi-Fi "
+                                 "login page in the way?)") from None
+            raise _HttpError(exc.code, detail, f"hub {method} {path}: HTTP {exc.code} {_one_line(detail)}") from None
         except (urllib.error.URLError, OSError, HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, (_PinMismatch, ssl.SSLCertVerificationError)):
@@ -193,19 +215,39 @@ class HttpTransport:
                 raise TLSError(f"hub {self.base}: TLS failed ({reason}); is the hub serving HTTPS?") from None
             raise UnreachableError(f"hub {self.base} unreachable ({exc})") from None
 
-    def _read(self, resp: Any, path: str, n: int = -1) -> bytes:
-        """A response body; a connection cut while reading it is a SyncError (the next sync tries again)."""
+    def _read(self, resp: Any, path: str, n: int) -> bytes:
+        """Up to ``n`` bytes of a response body, within a deadline of READ_DEADLINE_FACTOR x timeout (the
+        socket timeout alone lets a hub that sends a byte now and then hold the sync for hours). A connection
+        cut while reading, or the deadline, is a SyncError (the next sync tries again)."""
+        deadline = time.monotonic() + READ_DEADLINE_FACTOR * self.timeout
+        parts: list[bytes] = []
+        have = 0
         try:
-            return resp.read(n)
+            while have < n:
+                chunk = _read_some(resp, min(CHUNK, n - have))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                have += len(chunk)
+                if time.monotonic() > deadline:
+                    raise SyncError(f"hub {self.base}{path}: answer too slow ({have} bytes in "
+                                    f"{READ_DEADLINE_FACTOR * self.timeout:.0f} s); the next sync tries again")
         except (HTTPException, OSError) as exc:
             raise SyncError(f"hub {self.base}{path}: connection lost while reading the answer ({exc!r})") from None
+        return b"".join(parts)
 
     def _read_json(self, resp: Any, path: str) -> dict[str, Any]:
-        data = self._read(resp, path)
+        """A JSON object answer of at most MAX_JSON_BYTES; anything else is a SyncError."""
+        data = self._read(resp, path, MAX_JSON_BYTES + 1)
+        if len(data) > MAX_JSON_BYTES:
+            raise SyncError(f"hub {self.base}{path}: the answer is larger than {MAX_JSON_BYTES} bytes; refused")
         try:
-            return json.loads(data)
-        except ValueError:
+            doc = json.loads(data)
+        except (ValueError, RecursionError):
             raise SyncError(f"hub {self.base}{path}: the answer is not JSON ({len(data)} bytes)") from None
+        if not isinstance(doc, dict):
+            raise SyncError(f"hub {self.base}{path}: the answer is JSON but not an object ({type(doc).__name__})")
+        return doc
 
     def _json(self, method: str, path: str, payload: Any = None, **kw: Any) -> dict[str, Any]:
         body = None if payload is None else json.dumps(payload).encode()
@@ -271,7 +313,7 @@ class HttpTransport:
             if have == size:
                 return _finish(partial, dest, size)
             try:
-                self._fetch_range(url, partial, have)
+                self._fetch_range(url, partial, have, size)
             except _HttpError as exc:
                 if exc.code == 416:  # our partial is longer than the file: start again
                     partial.unlink(missing_ok=True)
@@ -288,25 +330,43 @@ class HttpTransport:
                 log.warning("%s: connection lost at byte %d of %d (%s); resuming", dest.name, got, size, exc)
                 time.sleep(min(0.2 * attempt, 2.0))
 
-    def _fetch_range(self, url: str, partial: Path, have: int) -> None:
+    def _fetch_range(self, url: str, partial: Path, have: int, size: int) -> None:
+        """Append the rest of ``url`` to ``partial`` (from byte ``have``), never past ``size``: a hub that sends
+        more than the plan announced gets the partial file deleted and an IntegrityError. Slower than
+        MIN_DOWNLOAD_BYTES_PER_S on average is cut (a SyncError: the caller resumes)."""
         headers = {"Range": f"bytes={have}-"} if have else {}
         with self._open("GET", url, headers=headers) as resp:
             if have and resp.status != 206:
                 log.info("%s: server ignored Range; downloading from the start", partial.name)
-                mode = "wb"
+                mode, start = "wb", 0
             else:
-                mode = "ab"
+                mode, start = "ab", have
+            t0 = time.monotonic()
+            grace = READ_DEADLINE_FACTOR * self.timeout
+            got = 0
             with open(partial, mode) as fh:
                 try:
-                    shutil.copyfileobj(resp, fh, CHUNK)
+                    while True:
+                        chunk = _read_some(resp, CHUNK)
+                        if not chunk:
+                            break
+                        if start + got + len(chunk) > size:
+                            fh.close()
+                            partial.unlink(missing_ok=True)
+                            raise IntegrityError(f"{url}: the hub sent more than the {size} bytes its sync plan "
+                                                 "announced; the download was deleted (sync again)")
+                        fh.write(chunk)
+                        got += len(chunk)
+                        elapsed = time.monotonic() - t0
+                        if elapsed > grace and got < MIN_DOWNLOAD_BYTES_PER_S * elapsed:
+                            raise SyncError(f"download too slow ({got} bytes in {elapsed:.0f} s)")
                 finally:
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                    if not fh.closed:
+                        fh.flush()
+                        os.fsync(fh.fileno())
             expected = resp.headers.get("Content-Length")
-            if expected is not None:
-                got = partial.stat().st_size - (have if mode == "ab" else 0)
-                if got < int(expected):
-                    raise SyncError(f"connection closed after {got} of {expected} bytes")
+            if expected is not None and expected.isdigit() and got < int(expected):
+                raise SyncError(f"connection closed after {got} of {expected} bytes")
 
     def post_upload(self, record: Mapping[str, Any]) -> dict[str, Any]:
         try:
@@ -338,10 +398,36 @@ class HttpTransport:
                 return self._read_json(resp, f"/v1/uploads/{uuid}/blob")
         except _HttpError as exc:
             if exc.code == 409:
-                return {"conflict": True, **json.loads(exc.detail)}
+                return {"conflict": True, "blob_offset": _conflict_offset(exc.detail, uuid)}
             if exc.code in (400, 422):  # this photo, as declared, cannot complete at the hub
                 raise IntegrityError(f"hub refused upload {uuid}: {exc.detail}") from None
             raise
+
+
+def _read_some(resp: Any, n: int) -> bytes:
+    """What the connection has now, at most ``n`` bytes (one socket read, unlike ``read(n)``, which waits for
+    all ``n``): lets a deadline be checked between reads."""
+    read1 = getattr(resp, "read1", None)
+    return read1(n) if read1 is not None else resp.read(n)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """An error body for a one-line message: its FastAPI ``detail``, else its first line, shortened."""
+    text = _detail(text).strip()
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _conflict_offset(detail: str, uuid: str) -> int:
+    """The hub's ``blob_offset`` in a 409 answer to a photo chunk: where its copy of the photo ends."""
+    try:
+        offset = json.loads(detail)["blob_offset"]
+    except (ValueError, KeyError, TypeError):
+        offset = None
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise SyncError(f"hub answered a chunk of upload {uuid} with 409 but no usable blob_offset "
+                        f"({_one_line(detail)!r})")
+    return offset
 
 
 def _detail(text: str) -> str:

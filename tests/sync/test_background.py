@@ -99,6 +99,10 @@ def test_attempt_syncs_records_and_keeps_last_success_through_failures(tmp_path)
 def test_unexpected_errors_are_not_swallowed(tmp_path):
     with pytest.raises(ZeroDivisionError):
         run_once(tmp_path, now=t(1, 2), charging=True, unmetered=True, client_factory=FakeClient(ZeroDivisionError()))
+    # ... but recorded, so the app's sync screen shows the failed night, not the last good one
+    status = background.read_status(tmp_path)
+    assert status["outcome"] == FAILED and status["reason"].startswith("internal error ZeroDivisionError")
+    assert status["next_at"] == next_attempt(t(1, 2), DEFAULT, FAILED, background.DEFAULT_RETRY).isoformat()
 
 
 def test_window_comes_from_enrolment(tmp_path):
