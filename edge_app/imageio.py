@@ -4,9 +4,12 @@ Every error names the file. Nothing here imports torch or Kivy.
 """
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
+import stat
+import struct
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Iterable
@@ -34,11 +37,16 @@ def _open_source(src: str | os.PathLike[str] | bytes | BinaryIO, max_bytes: int)
     if hasattr(src, "read"):
         return src, getattr(src, "name", "<stream>")  # type: ignore[return-value]
     path = Path(src)
-    if not path.exists():
-        raise ImageError(path, "no such file")
-    if path.is_dir():
+    try:
+        st = path.stat()
+    except OSError as exc:  # missing, a dangling link, a symlink loop, no permission on a folder on the way
+        raise ImageError(path, "no such file" if exc.errno == errno.ENOENT
+                         else f"cannot be opened ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ImageError(path, "is a folder, not an image")
-    size = path.stat().st_size
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(path, "is not a regular file (a pipe, socket or device), not an image")
+    size = st.st_size
     if size == 0:
         raise ImageError(path, "empty file (0 bytes)")
     if size > max_bytes:
@@ -56,11 +64,11 @@ def to_rgb(img: "Image.Image", background: tuple[int, int, int] = (255, 255, 255
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+    if mode.startswith("I;16"):  # 16-bit grey: the high byte, 3 bytes a pixel beside the decoded image
+        arr = np.asarray(img)
+        return Image.fromarray((arr >> 8).astype(np.uint8), "L").convert("RGB")
+    if mode in ("I", "F"):
+        return Image.fromarray(_grey_to_uint8(np.asarray(img), mode), "L").convert("RGB")
     if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
         mode = img.mode
@@ -72,6 +80,47 @@ def to_rgb(img: "Image.Image", background: tuple[int, int, int] = (255, 255, 255
         return Image.alpha_composite(base, rgba).convert("RGB")
     # L, 1, CMYK, YCbCr, LAB, HSV ...
     return img.convert("RGB")
+
+
+def _grey_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """32-bit integer or float grey -> uint8 in float32 (4 bytes a pixel): 0..255 as is, 0..65535 as 16-bit,
+    floats in 0..1 as unit range, anything else (negative values, other ranges) stretched min..max."""
+    a = np.nan_to_num(arr.astype(np.float32, copy=True), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if lo >= 0 and mode == "F" and hi <= 1.0:
+        a *= 255.0
+    elif lo >= 0 and hi <= 255:
+        pass
+    elif lo >= 0 and hi <= 65535:
+        a *= 255.0 / 65535.0
+    elif hi > lo:
+        a -= lo
+        a *= 255.0 / (hi - lo)
+    a += 0.5
+    np.clip(a, 0, 255, out=a)
+    return a.astype(np.uint8)
+
+
+def _reduce(img: "Image.Image", size: tuple[int, int] | None) -> "Image.Image":  # noqa: F821
+    """Shrink by the largest whole factor that keeps ``size`` (width, height) or more, as JPEG draft mode does
+    for JPEGs: formats decoded at full size then take little memory downstream. Unchanged when the mode has
+    no reduce (palette, 16-bit) or no factor of 2 or more fits."""
+    if size is None:
+        return img
+    w, h = img.size
+    factor = min(w // max(1, size[0]), h // max(1, size[1]))
+    if factor < 2:
+        return img
+    try:
+        return img.reduce(factor)
+    except ValueError:  # this mode has no reduce
+        return img
+
+
+#: what Pillow's format plugins raise on a malformed header besides OSError (a text file that starts like a
+#: PPM header gives ValueError, a broken TIFF IFD struct.error, ...)
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error,
+                  ZeroDivisionError, OverflowError)
 
 
 def load_image(
@@ -86,43 +135,69 @@ def load_image(
     ``draft_size`` (width, height) lets JPEGs decode at a reduced scale (DCT scaling), which is
     what keeps a 12 MP photo fast and small in memory. Raises :class:`ImageError` naming the file.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image
 
     fh, name = _open_source(src, max_bytes)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                img = Image.open(fh)
-            except UnidentifiedImageError:
-                raise ImageError(name, "not a recognised image format (corrupt or not an image)") from None
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise ImageError(name, f"refused as a decompression bomb: {exc}") from None
-            except OSError as exc:
-                raise ImageError(name, f"cannot read image: {exc}") from None
-            w, h = img.size
-            if w <= 0 or h <= 0:
-                raise ImageError(name, f"invalid dimensions {w}x{h}")
-            if w * h > max_pixels:
-                raise ImageError(
-                    name, f"refused as a decompression bomb: {w}x{h} = {w * h} pixels is over the {max_pixels} limit"
-                )
-            if draft_size is not None and img.format == "JPEG":
-                img.draft("RGB", draft_size)
-            try:
-                img.load()
-            except (OSError, SyntaxError, ValueError) as exc:
-                raise ImageError(name, f"truncated or corrupt image data: {exc}") from None
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise ImageError(name, f"refused as a decompression bomb: {exc}") from None
-            try:
-                img = ImageOps.exif_transpose(img)
-            except Exception as exc:  # a broken EXIF block must not lose the photo
-                log.warning("%s: ignoring unreadable EXIF orientation (%s)", name, exc)
-            return to_rgb(img)
+                img = _decode(fh, name, draft_size, max_pixels)
+            except MemoryError:
+                raise ImageError(name, "too large to decode in the memory this device has free") from None
+        for w in caught:  # Pillow's "Corrupt EXIF data", "Truncated File Read", ...: the file's own business
+            log.debug("%s: %s", name, w.message)
+        return img
     finally:
         if not isinstance(src, (bytes, bytearray)) and not hasattr(src, "read"):
             fh.close()
+
+
+def _decode(fh: BinaryIO, name: str, draft_size: tuple[int, int] | None,
+            max_pixels: int) -> "Image.Image":  # noqa: F821
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(fh)
+    except UnidentifiedImageError:
+        raise ImageError(name, "not a recognised image format (corrupt or not an image)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(name, f"refused as a decompression bomb: {exc}") from None
+    except _DECODE_ERRORS as exc:
+        raise ImageError(name, f"cannot read image: {type(exc).__name__}: {exc}") from None
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageError(name, f"invalid dimensions {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageError(name, f"refused as a decompression bomb: {w}x{h} = {w * h} pixels is over the "
+                               f"{max_pixels} limit")
+    if draft_size is not None and img.format == "JPEG":
+        img.draft("RGB", draft_size)
+    try:
+        img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(name, f"refused as a decompression bomb: {exc}") from None
+    except _DECODE_ERRORS as exc:
+        raise ImageError(name, f"truncated or corrupt image data: {exc}") from None
+    orientation = _orientation(img, name)
+    stored = draft_size if draft_size is None or orientation < 5 else (draft_size[1], draft_size[0])
+    img = _reduce(img, stored)  # formats decoded whole shrink before anything copies them (a no-op on drafts)
+    if orientation != 1:  # only a photo that is not upright is copied
+        t = Image.Transpose
+        img = img.transpose({2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE,
+                             6: t.ROTATE_270, 7: t.TRANSVERSE, 8: t.ROTATE_90}[orientation])  # as exif_transpose
+    return _reduce(to_rgb(img), draft_size)  # modes with no reduce of their own (palette, 16-bit)
+
+
+def _orientation(img: "Image.Image", name: str) -> int:  # noqa: F821
+    """The EXIF orientation 1-8; 1 (upright) when absent or unreadable (a broken EXIF must not lose the photo)."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception as exc:  # Pillow raises many kinds on broken EXIF blocks
+        log.warning("%s: ignoring unreadable EXIF orientation (%s)", name, exc)
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def iter_image_files(root: str | os.PathLike[str]) -> list[Path]:

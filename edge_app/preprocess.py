@@ -93,9 +93,11 @@ def resize_image(img: "Image.Image", spec: PreprocessSpec) -> "Image.Image":  # 
     if spec.resize == "shorter_crop":
         scale = max(w, h) / spec.crop_fraction / min(iw, ih)
         nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
-        img = img.resize((nw, nh), resample)
         left, top = (nw - w) // 2, (nh - h) // 2
-        return img.crop((left, top, left + w, top + h))
+        sx, sy = nw / iw, nh / ih
+        # resize only the centre region that survives the crop: the same pixels as resizing the whole image
+        # and cropping, without the whole image at the new scale (a 1x5000 photo made a 1.3 GB one)
+        return img.resize((w, h), resample, box=(left / sx, top / sy, (left + w) / sx, (top + h) / sy))
     # letterbox
     scale = min(w / iw, h / ih)
     nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))

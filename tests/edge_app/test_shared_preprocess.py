@@ -125,3 +125,99 @@ def test_an_image_that_cannot_be_opened_is_an_image_error(tmp_path, monkeypatch)
     monkeypatch.setattr(imageio, "open", denied, raising=False)
     with pytest.raises(ImageError, match="locked.jpg: cannot be opened \\(Permission denied\\)"):
         load_image(p)
+
+
+# -- found by an audit with adversarial images (17th session) -------------------------------------------------
+def _peak_mb(code: str) -> float:
+    """Peak RSS growth (MB) of a fresh interpreter running ``code`` after importing the decoder."""
+    import subprocess
+    import sys
+
+    prog = ("import resource, sys; from edge_app.imageio import load_image; from edge_app.preprocess import *; "
+            "import numpy as np; from PIL import Image; "
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; " + code +
+            "; print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)")
+    out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("content", [b"P6 notes for part 4471\n", b"P1 x\n", b"II*\x00" + b"\xff" * 40],
+                         ids=["ppm-text", "pbm-text", "tiff-garbage"])
+def test_a_file_a_format_plugin_chokes_on_is_an_image_error(tmp_path, content) -> None:
+    f = tmp_path / "notes.jpg"
+    f.write_bytes(content)
+    with pytest.raises(ImageError, match="notes.jpg"):
+        load_image(f)
+
+
+def test_pipes_and_devices_are_named_as_such(tmp_path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image(fifo)  # returns at once (opening a FIFO to read would block)
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image("/dev/zero")
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to(loop)
+    with pytest.raises(ImageError, match="symbolic links"):
+        load_image(loop)
+
+
+def test_sixteen_bit_and_float_grey_keep_their_range(tmp_path) -> None:
+    ramp16 = (np.arange(256, dtype=np.uint32).reshape(16, 16) * 257).astype(np.uint16)
+    Image.fromarray(ramp16).save(tmp_path / "g16.png")
+    a = np.asarray(load_image(tmp_path / "g16.png"))[..., 0]
+    assert np.array_equal(a, ramp16 >> 8)
+    unit = np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16)
+    Image.fromarray(unit, "F").save(tmp_path / "unit.tif")
+    b = np.asarray(load_image(tmp_path / "unit.tif"))[..., 0].astype(int)
+    assert b.min() == 0 and b.max() == 255  # 0..1 floats are a unit range (were almost black)
+    signed = np.linspace(-1000, 1000, 256).astype(np.int32).reshape(16, 16)
+    Image.fromarray(signed, "I").save(tmp_path / "signed.tif")
+    c = np.asarray(load_image(tmp_path / "signed.tif"))[..., 0].astype(int)
+    assert c.min() == 0 and c.max() == 255 and 120 < c.mean() < 135  # stretched, not clipped at 0
+
+
+def test_a_big_sixteen_bit_png_decodes_in_bounded_memory(tmp_path) -> None:
+    """A 4000x4000 16-bit grey PNG (compresses to almost nothing): the float64 path took 8+ bytes a pixel."""
+    f = tmp_path / "g16.png"
+    Image.fromarray(np.zeros((4000, 4000), dtype=np.uint16)).save(f)
+    mb = _peak_mb(f"img = load_image({str(f)!r}, draft_size=(448, 448)); assert img.size == (500, 500), img.size")
+    # 16 MP: Pillow's 32 MB decode + the 32 MB array + 16 MB of uint8; the float64 path added 256 MB more
+    assert mb < 110, f"{mb:.0f} MB"
+
+
+def test_non_jpeg_photos_shrink_like_draft_mode_and_keep_orientation(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    big = Image.fromarray(rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8))
+    big.save(tmp_path / "big.png")
+    small = load_image(tmp_path / "big.png", draft_size=(448, 448))
+    assert small.size == (800, 600)  # the largest whole factor (2) that keeps 448 x 448: as JPEG draft does
+    # an EXIF-rotated PNG: the reduce factor is chosen in the stored frame, the result is upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    tall_stored = Image.fromarray(rng.integers(0, 256, (300, 2000, 3), dtype=np.uint8))  # 2000 wide, 300 high
+    tall_stored.save(tmp_path / "rot.png", exif=exif.tobytes())
+    up = load_image(tmp_path / "rot.png", draft_size=(100, 400))
+    assert up.size[0] < up.size[1] and up.size[0] >= 100 and up.size[1] >= 400  # upright: tall
+    assert load_image(tmp_path / "rot.png").size == (300, 2000)
+
+
+def test_shorter_crop_of_an_extreme_aspect_photo_stays_small_and_matches(tmp_path) -> None:
+    spec = PreprocessSpec(size=(224, 224), resize="shorter_crop")
+    mb = _peak_mb("resize_image(Image.new('RGB', (1, 5000)), PreprocessSpec(size=(224, 224), "
+                  "resize='shorter_crop'))")
+    assert mb < 50, f"{mb:.0f} MB"  # resizing the whole 1x5000 image first took 1.3 GB
+    # the same pixels as resizing the whole image, then cropping (within one grey level)
+    from edge_app.preprocess import resize_image
+
+    img = _img(640, 480).resize((160, 120)).resize((640, 480), Image.BILINEAR)
+    h, w = spec.size
+    scale = max(w, h) / spec.crop_fraction / min(img.size)
+    nw, nh = max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale))
+    l, t = (nw - w) // 2, (nh - h) // 2
+    whole = img.resize((nw, nh), Image.BILINEAR).crop((l, t, l + w, t + h))
+    diff = np.abs(np.asarray(whole, dtype=int) - np.asarray(resize_image(img, spec), dtype=int))
+    assert diff.max() <= 1
