@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: below this much free space an unreadable camera photo is reported as "storage full"
 LOW_SPACE_BYTES = 16 * 1024**2
+#: the longest side of a capture's screen copy (see CaptureStore.view_path)
+VIEW_MAX_SIDE = 1600
 CAPTURE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
 
 
@@ -128,9 +130,42 @@ class CaptureStore:
             removed += 1
         return removed
 
+    def view_path(self, cap: Capture) -> str:
+        """An upright copy of the photo for the screen, at most VIEW_MAX_SIDE px (``<id>.view.jpg``, made once).
+
+        The screen must show what the crop box refers to: :meth:`cropped_image` applies the EXIF orientation
+        (phone and tablet cameras store photos sideways with a tag), and Kivy's image loader does not, so the
+        engineer would cut one region on screen and the model and the hub would get another. A small copy
+        also keeps a 48 MP photo from blocking the screen while it loads. Falls back to the photo itself if
+        the copy cannot be made (the crop box is then only right for upright photos)."""
+        view = self.root / f"{cap.capture_id}.view.jpg"
+        if view.is_file():
+            return str(view)
+        try:
+            self._write_view(cap.capture_id, load_image(cap.path, draft_size=(VIEW_MAX_SIDE, VIEW_MAX_SIDE)))
+        except (InputError, StorageError, OSError) as exc:
+            log.warning("no screen copy of capture %s (%s); showing the photo itself", cap.capture_id, exc)
+            return cap.path
+        return str(view)
+
+    def _write_view(self, capture_id: str, img: "Image.Image") -> None:  # noqa: F821
+        img = img.copy()
+        img.thumbnail((VIEW_MAX_SIDE, VIEW_MAX_SIDE))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85)
+        with disk_full_is_storage_error(self.root, "storing the photo's screen copy"):
+            atomic_write_bytes(self.root / f"{capture_id}.view.jpg", buf.getvalue(), overwrite=True)
+
+    def _try_view(self, capture_id: str, img: "Image.Image") -> None:  # noqa: F821
+        """Write the screen copy from an image already decoded (a failure only costs it; see :meth:`view_path`)."""
+        try:
+            self._write_view(capture_id, img)
+        except (StorageError, OSError) as exc:
+            log.warning("no screen copy of capture %s yet (%s)", capture_id, exc)
+
     def add_bytes(self, data: bytes, *, source: str = "camera", name: str = "<camera>") -> Capture:
         """Validate ``data`` as an image and store it at once (atomic, never overwrites)."""
-        load_image(bytes(data))  # ImageError for empty, corrupt or unsafe data
+        img = load_image(bytes(data), draft_size=(VIEW_MAX_SIDE, VIEW_MAX_SIDE))  # ImageError if empty, corrupt, unsafe
         from PIL import Image
 
         with Image.open(io.BytesIO(data)) as probe:
@@ -145,19 +180,20 @@ class CaptureStore:
             except BaseException:
                 path.unlink(missing_ok=True)  # no photo without its sidecar (it would be pruned unseen)
                 raise
+        self._try_view(cid, img)
         log.info("stored capture %s from %s (%d bytes)", cid, name, len(data))
         return cap
 
     def add_file(self, src: str | os.PathLike[str], *, source: str = "file") -> Capture:
         """Copy an image file into the store (validated first; the original is untouched)."""
-        load_image(src)  # ImageError naming the file
+        load_image(src, draft_size=(VIEW_MAX_SIDE, VIEW_MAX_SIDE))  # ImageError naming the file
         return self.add_bytes(Path(src).read_bytes(), source=source, name=str(src))
 
     def adopt(self, capture_id: str, path: str | os.PathLike[str], *, source: str = "camera") -> Capture:
         """Register a file the camera wrote into :meth:`new_path` (validated; removed if corrupt)."""
         path = Path(path)
         try:
-            load_image(path)
+            img = load_image(path, draft_size=(VIEW_MAX_SIDE, VIEW_MAX_SIDE))
         except InputError as exc:
             log.warning("camera wrote an unreadable file %s; keeping it aside", path)
             free = storage.free_bytes(self.root)
@@ -169,6 +205,7 @@ class CaptureStore:
         with disk_full_is_storage_error(self.root, "storing the photo"):
             self._write_sidecar(cap)
         (self.root / f"{capture_id}.camera").unlink(missing_ok=True)
+        self._try_view(capture_id, img)
         return cap
 
     def _sidecar(self, capture_id: str) -> Path:

@@ -1,6 +1,9 @@
 """Domain errors. The CLI turns them into a one-line message and an exit code."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class PartlensError(Exception):
     """Base class for every error a user can cause and fix."""
@@ -18,6 +21,14 @@ class InputError(PartlensError):
     """A missing path, an empty folder, or a bad input file."""
 
     exit_code = 3
+
+
+class DamagedDatabaseError(InputError):
+    """A SQLite file that is not a database or is corrupt (not one that is merely locked or on a full disk)."""
+
+    def __init__(self, path: "os.PathLike[str] | str", detail: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{path}: damaged database ({detail})")
 
 
 class ImageError(InputError):

@@ -233,10 +233,17 @@ class StateStore:
         except FileNotFoundError:
             return {}
         except (ValueError, OSError) as exc:
-            bad = self.path.with_suffix(self.path.suffix + ".bad")
-            log.warning("%s: unreadable app state (%s); moved to %s and starting fresh", self.path, exc, bad)
-            os.replace(self.path, bad)
+            self.set_aside(str(exc))
             return {}
+
+    def set_aside(self, reason: str) -> None:
+        """Move a damaged state file to ``.bad`` (kept for a look, never deleted); the app starts fresh."""
+        bad = self.path.with_suffix(self.path.suffix + ".bad")
+        log.warning("%s: unreadable app state (%s); moved to %s and starting fresh", self.path, reason, bad)
+        try:
+            os.replace(self.path, bad)
+        except OSError as exc:
+            log.warning("could not move %s aside (%s)", self.path, exc)
 
     def save(self, state: Mapping[str, Any]) -> None:
         atomic_write_json(self.path, {**state, "version": self.VERSION})
@@ -273,6 +280,48 @@ def seed_from_starter(data_dir: Path, starter: Path) -> bool:
     return True
 
 
+def set_aside_database(path: Path) -> Path:
+    """Move a damaged SQLite file (and its -wal/-shm) to ``<name>.damaged-<UTC time>``: kept, never deleted."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    kept = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        src = path.with_name(path.name + suffix)
+        if src.exists():
+            os.replace(src, kept.with_name(kept.name + suffix))
+    log.warning("%s is damaged; kept as %s", path, kept)
+    return kept
+
+
+def open_device_services(data_dir: str | os.PathLike[str], *, starter: Path | None = None,
+                         **kwargs: Any) -> "DeviceServices":
+    """:class:`DeviceServices` for the app's start. A damaged ``catalogue.db`` or ``outbox.db`` (not a database,
+    corrupt) must not stop every start: it is set aside (kept) and a new one begins. The catalogue is the hub's
+    data: a tablet never enrolled is seeded again from ``starter``; an enrolled one gets it back at its next
+    sync. The outbox held the engineer's unsent records: the note says so. ``start_notes`` tells the engineer."""
+    from .errors import DamagedDatabaseError
+
+    data_dir = Path(data_dir)
+    notes: list[str] = []
+    for _ in range(3):  # the catalogue, then the outbox
+        try:
+            services = DeviceServices(data_dir, **kwargs)
+        except DamagedDatabaseError as exc:
+            kept = set_aside_database(exc.path)
+            if exc.path.name == "catalogue.db":
+                reseeded = (starter is not None and not (data_dir / "device.json").exists()
+                            and seed_from_starter(data_dir, starter))
+                notes.append(f"The parts catalogue on this tablet was damaged (kept as {kept.name}); "
+                             + ("it was restored from the copy the app came with." if reseeded else
+                                "the next sync with the hub restores it."))
+            else:
+                notes.append(f"The upload queue on this tablet was damaged (kept as {kept.name}); what it held "
+                             "did not reach the hub: tell the hub admin. New feedback and photos queue as usual.")
+            continue
+        services.start_notes = notes
+        return services
+    return DeviceServices(data_dir, **kwargs)  # raises what is still wrong
+
+
 def read_active_pointer(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The sync client's active-bundle pointer (``active.json``: bundle_id, version), if any."""
     path = Path(data_dir) / "active.json"
@@ -305,6 +354,17 @@ def active_bundle_dir(data_dir: str | os.PathLike[str], catalogue: Any) -> Path:
     return path
 
 
+def _repeat_uuid(kind: str, part_number: str, verdict: str, captures: Sequence[Capture],
+                 outcome: IdentifyOutcome | None) -> str:
+    """The outbox UUID of an engineer's record, derived from what it says: the same answer about the same
+    photos (as cropped) and identification is the same record, so a double tap on "This is the part", "Not
+    this one" or "Add my photo" queues it once (and copies the photo once). A new crop or another
+    identification is another record."""
+    key = json.dumps([kind, part_number, verdict, [[c.capture_id, c.crop] for c in captures],
+                      outcome.identification_id if outcome is not None else None], sort_keys=True)
+    return str(_uuid.uuid5(_uuid.NAMESPACE_URL, f"partlens:{key}"))
+
+
 class DeviceServices:
     """The real facade: catalogue, outbox, identifier and sync client under one data folder.
 
@@ -321,7 +381,13 @@ class DeviceServices:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.catalogue = CatalogueDB(self.data_dir / "catalogue.db")
-        self.outbox = Outbox(self.data_dir / "outbox.db")
+        try:
+            self.outbox = Outbox(self.data_dir / "outbox.db")
+        except BaseException:
+            self.catalogue.close()
+            raise
+        #: what the app tells the engineer at start (e.g. a damaged database set aside; see open_device_services)
+        self.start_notes: list[str] = []
         self.captures = CaptureStore(self.data_dir / "captures")
         self.state = StateStore(self.data_dir / "app_state.json")
         self.site = site or self.catalogue.get_meta("site")
@@ -487,8 +553,11 @@ class DeviceServices:
         if verdict == "correct" and outcome is not None and outcome.spot_check_pending:
             self.answer_spot_check(outcome, part_number, captures=captures, confirmed=True)
             return spotcheck.answer_uuid(outcome, "feedback")
+        uid = _repeat_uuid("feedback", part_number, verdict, captures, outcome)
+        if self.outbox.has(uid):  # the same answer again (a double tap): one record, one photo copy
+            return uid
         return self.outbox.add("feedback", self._feedback(part_number, verdict, captures, outcome),
-                               self._blob(captures))
+                               self._blob(captures), uuid=uid)
 
     def _feedback(self, part_number: str, verdict: str, captures: Sequence[Capture],
                   outcome: IdentifyOutcome | None) -> dict[str, Any]:
@@ -524,9 +593,11 @@ class DeviceServices:
         if not captures:
             raise UsageError("no photo to add: take or pick one first")
         self._need_part(part_number)
-        return self.outbox.add_many([("photo", {"part_number": part_number, "capture_id": c.capture_id,
-                                                "site": self.site}, self.captures.export_cropped(c), None)
-                                     for c in captures])
+        uids = [_repeat_uuid("photo", part_number, "", [c], None) for c in captures]
+        new = [(c, u) for c, u in zip(captures, uids) if not self.outbox.has(u)]  # a double tap adds nothing
+        self.outbox.add_many([("photo", {"part_number": part_number, "capture_id": c.capture_id,
+                                         "site": self.site}, self.captures.export_cropped(c), u) for c, u in new])
+        return uids
 
     def record_unknown(self, captures: Sequence[Capture], note: str = "",
                        outcome: IdentifyOutcome | None = None) -> str:

@@ -146,6 +146,10 @@ class Keyring:
     def key_ids(self) -> list[str]:
         return sorted(self._keys)
 
+    def public_key(self, key_id: str) -> bytes:
+        """The raw 32-byte public key ``key_id`` (KeyError if not trusted)."""
+        return self._keys[key_id]
+
     def to_dict(self) -> dict[str, object]:
         return {"schema": 1, "keys": {k: base64.b64encode(v).decode() for k, v in sorted(self._keys.items())}}
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from edge_app import storage
 from edge_app.atomic import PRIVATE, atomic_write_json
-from edge_app.errors import AuthError, IntegrityError, SyncError, SyncStorageError, UsageError
+from edge_app.errors import AuthError, IntegrityError, PartlensError, SyncError, SyncStorageError, UsageError
 from edge_app.signing import Keyring
 from edge_app.spotcheck import policy_from_plan
 from edge_app.storage import MAX_KEEP_FREE_MB, RESERVE_BYTES, check_space, disk_full_is_storage_error, is_disk_full, mb
@@ -116,12 +116,34 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
     paths = DevicePaths(Path(data_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
     with device_lock(paths.root, "enrolment", wait_s=5.0):  # never between a running sync's reads and writes
+        _keep_keys_of_installed_bundles(paths, keyring)
         keyring.save(paths.keyring)
         # device.json is written last and names the keyring it goes with: stopped in between, the mismatch is
         # found at the next sync (enrol again) instead of showing as signatures that fail for no clear reason
         device["keyring_sha256"] = sha256_file(paths.keyring)
         _write_device(paths, device)
     return paths
+
+
+def _keep_keys_of_installed_bundles(paths: DevicePaths, keyring: Keyring) -> None:
+    """A new enrolment must not strand the model the tablet runs until its first sync with that hub: the key
+    that signed an installed bundle, trusted by the old keyring, stays trusted (the tablet trusted it already;
+    a code for the wrong hub, or one typed before the hub is reachable, made identification fail until then)."""
+    if not paths.keyring.is_file() or not paths.bundles.is_dir():
+        return
+    try:
+        old = Keyring.load(paths.keyring)
+    except PartlensError as exc:
+        log.warning("the previous keyring is unreadable (%s); installed bundles need the new hub's keys", exc)
+        return
+    for manifest in sorted(paths.bundles.glob("*/manifest.json")):
+        try:
+            kid = json.loads(manifest.read_text()).get("key_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(kid, str) and kid in old and kid not in keyring:
+            keyring.add(old.public_key(kid), expected_id=kid)
+            log.info("keeping key %s trusted: it signed the installed bundle %s", kid, manifest.parent.name)
 
 
 def _write_device(paths: DevicePaths, device: Mapping[str, Any]) -> None:

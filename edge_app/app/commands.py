@@ -17,14 +17,14 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _app(args: argparse.Namespace) -> int:
-    from ..services import DeviceServices
+    from ..services import open_device_services
 
     if args.bundle and not os.path.isdir(args.bundle):
         raise UsageError(f"--bundle {args.bundle}: no such folder")
     from ..paths import device_dir
 
-    services = DeviceServices(device_dir(args.data_dir), site=args.site, backend=args.backend, bundle_dir=args.bundle,
-                              keyring=args.keyring)
+    services = open_device_services(device_dir(args.data_dir), site=args.site, backend=args.backend,
+                                    bundle_dir=args.bundle, keyring=args.keyring)
     if args.size:  # must be set before Kivy creates the window
         from kivy.config import Config
 

@@ -90,6 +90,9 @@ class PartlensApp(App):
         self.restore_state()
         self._recover_camera()
         self._on_screen(self.sm, self.sm.current)
+        notes = getattr(self.services, "start_notes", None)
+        if notes:  # e.g. a damaged database set aside at start (services.open_device_services)
+            self.notify(" ".join(notes))
         return root
 
     def _recover_camera(self) -> None:
@@ -250,16 +253,24 @@ class PartlensApp(App):
         data = store.load() if store is not None else {}
         if not data:
             return
-        caps = []
-        for d in data.get("captures", []):
-            try:
-                caps.append(self.services.captures.get(d["capture_id"]))
-            except (PartlensError, KeyError) as exc:
-                log.warning("dropping a saved capture: %s", exc)
+        try:  # valid JSON of the wrong shape must not stop every start: set it aside, as unreadable JSON is
+            caps = []
+            for d in data.get("captures") or []:
+                try:
+                    caps.append(self.services.captures.get(d["capture_id"]))
+                except (PartlensError, KeyError) as exc:
+                    log.warning("dropping a saved capture: %s", exc)
+            outcome = IdentifyOutcome.from_dict(data["outcome"]) if data.get("outcome") else None
+            part = data.get("part") or ""
+            if not isinstance(part, str):
+                raise TypeError(f"part is {type(part).__name__}, not text")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            store.set_aside(f"{type(exc).__name__}: {exc}")
+            return
         self.captures = caps
         self.selected = next((c for c in caps if c.capture_id == data.get("selected")), caps[-1] if caps else None)
-        self.outcome = IdentifyOutcome.from_dict(data["outcome"]) if data.get("outcome") else None
-        self.current_part = data.get("part") or ""
+        self.outcome = outcome
+        self.current_part = part
         screen = data.get("screen")
         if screen in SCREENS and not (screen == "part_detail" and not self.current_part) \
                 and not (screen == "results" and self.outcome is None):
@@ -300,7 +311,7 @@ def run_and_close(services: Any, size: tuple[int, int] | None = None) -> None:
 
 def device_main() -> None:
     """The APK entry point (``main.py``): app storage as the data folder, seeded on first start."""
-    from ..services import DeviceServices
+    from ..services import open_device_services
     from .android import is_android
 
     if is_android():
@@ -313,9 +324,10 @@ def device_main() -> None:
         data_dir = device_dir()
     from ..services import seed_from_starter
 
-    seed_from_starter(data_dir, Path(__file__).resolve().parents[2] / "starter_bundle")
+    starter = Path(__file__).resolve().parents[2] / "starter_bundle"
+    seed_from_starter(data_dir, starter)
     if is_android():
         from .android import arm_background_sync
 
         arm_background_sync(data_dir)
-    run_and_close(DeviceServices(data_dir))
+    run_and_close(open_device_services(data_dir, starter=starter))

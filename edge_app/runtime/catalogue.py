@@ -20,12 +20,13 @@ import logging
 import os
 import sqlite3
 import threading
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import InputError, StorageError, UsageError
+from ..errors import DamagedDatabaseError, InputError, StorageError, UsageError
 from ..storage import commit_or_rollback, connect_wal
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,14 @@ def _upsert(conn: sqlite3.Connection, table: str, rows: list[dict[str, Any]], pk
     conn.executemany(sql, ([_sql_value(r.get(c)) for c in cols] for r in rows))
 
 
+def fold_text(text: Any) -> str:
+    """Text as search compares it: Unicode-normalised (NFKC) and case-folded, so "ölpumpe" finds "ÖLPUMPE" and
+    "strasse" finds "Straße" (SQLite's own lower() and LIKE fold ASCII letters only). None is ''."""
+    if text is None:
+        return ""
+    return unicodedata.normalize("NFKC", str(text)).casefold()
+
+
 class CatalogueDB:
     """The device catalogue: parts, inventory per site, images, embeddings, meta."""
 
@@ -130,8 +139,11 @@ class CatalogueDB:
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.DatabaseError as exc:
+            conn.create_function("pl_fold", 1, fold_text, deterministic=True)
+        except sqlite3.OperationalError as exc:
             raise InputError(f"{self.path}: not a usable SQLite database ({exc})") from None
+        except sqlite3.DatabaseError as exc:  # not a database, or corrupt
+            raise DamagedDatabaseError(self.path, str(exc)) from None
         if str(mode).lower() != "wal" and not self.read_only:
             log.warning("%s: journal_mode is %s, not WAL", self.path, mode)
         self.db = sqlite_utils.Database(conn)
@@ -434,11 +446,11 @@ class CatalogueDB:
         ``in_stock=False`` is the complement.
         """
         where, args = [], []
-        if text:  # % and _ are the engineer's text, not wildcards
-            esc = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        if text:  # % and _ are the engineer's text, not wildcards; case folded beyond ASCII (Ölpumpe, Ø12)
+            esc = fold_text(text).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             like = f"%{esc}%"
-            where.append("(lower(p.part_number) LIKE ? ESCAPE '\\' OR lower(coalesce(p.name,'')) LIKE ? ESCAPE '\\' "
-                         "OR lower(coalesce(p.description,'')) LIKE ? ESCAPE '\\')")
+            where.append("(pl_fold(p.part_number) LIKE ? ESCAPE '\\' OR pl_fold(p.name) LIKE ? ESCAPE '\\' "
+                         "OR pl_fold(p.description) LIKE ? ESCAPE '\\')")
             args += [like, like, like]
         if category:
             where.append("p.category = ?")

@@ -17,7 +17,7 @@ import uuid as _uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from ..errors import InputError, StorageError, UsageError
+from ..errors import DamagedDatabaseError, InputError, StorageError, UsageError
 from ..storage import commit_or_rollback, connect_wal, disk_full_is_storage_error
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,10 @@ class Outbox:
                                        "space on the tablet and restart the app")
             else:
                 self._migrate()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError as exc:
             raise InputError(f"{self.path}: not a usable outbox database ({exc})") from None
+        except sqlite3.DatabaseError as exc:  # not a database, or corrupt
+            raise DamagedDatabaseError(self.path, str(exc)) from None
         self._lock = threading.RLock()
 
     def _migrate(self) -> None:
@@ -125,6 +127,11 @@ class Outbox:
             conn.executemany(f"{verb} INTO outbox(uuid, kind, payload, blob_path, created_at) VALUES (?, ?, ?, ?, ?)",
                              rows)
         return [r[0] for r in rows]
+
+    def has(self, uuid: str) -> bool:
+        """Whether a record with this UUID is in the outbox (pending, uploaded or refused)."""
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM outbox WHERE uuid=?", (uuid,)).fetchone() is not None
 
     def pending(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Records not yet uploaded nor refused, oldest first (payload decoded)."""

@@ -255,7 +255,7 @@ def test_old_captures_are_pruned_but_never_a_pending_upload_or_the_one_on_screen
     # uploaded: everything goes; on screen: everything stays; not shared with anybody: goes
     assert not list(root.glob(f"{caps[1].capture_id}*")) and not list(root.glob(f"{caps[3].capture_id}*"))
     assert device.captures.get(caps[2].capture_id).path == caps[2].path
-    assert res == {"removed_files": 2 + 3 + 2, "kept": 1}
+    assert res == {"removed_files": 3 + 4 + 3, "kept": 1}  # photo, sidecar, screen copy (+ upload copy)
     # once that upload is sent, the next start removes its kept copy too
     device.outbox.mark_uploaded(device.outbox.pending()[0]["uuid"])
     assert device.prune_captures(max_age_days=14, now=later)["removed_files"] == 1
@@ -634,4 +634,89 @@ def test_a_photo_stored_minutes_ago_is_never_pruned(device, tmp_path) -> None:
     assert device.prune_captures(max_age_days=0, now=now)["removed_files"] == 0
     assert Path(cap.path).is_file()
     later = now + dt.timedelta(minutes=11)
-    assert device.prune_captures(max_age_days=0, now=later)["removed_files"] == 2  # photo + record
+    assert device.prune_captures(max_age_days=0, now=later)["removed_files"] == 3  # photo, record, screen copy
+
+
+# -- found by an audit driving the app headless (17th session) -------------------------------------------------
+def test_the_screen_copy_of_a_sideways_photo_is_upright_and_small(tmp_path) -> None:
+    from edge_app.captures import VIEW_MAX_SIDE
+
+    store = CaptureStore(tmp_path / "captures")
+    stored = np.zeros((1000, 4000, 3), dtype=np.uint8)  # 4000 wide as stored, left quarter blue
+    stored[:, :1000] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "side.jpg", exif=exif.tobytes())
+    cap = store.add_file(tmp_path / "side.jpg")
+    view = Path(store.view_path(cap))
+    assert view.name == f"{cap.capture_id}.view.jpg" and view.is_file()  # made when the photo was added
+    with Image.open(view) as v:
+        assert v.size[1] > v.size[0] and max(v.size) <= VIEW_MAX_SIDE  # upright (tall) and small
+        top = np.asarray(v.convert("RGB"))[: v.size[1] // 5].reshape(-1, 3).mean(axis=0)
+    assert top[2] > 200 and top[0] < 60  # blue on top, as cropped_image sees it
+    cut = store.cropped_image(store.set_crop(cap, (0.0, 0.0, 1.0, 0.2)))
+    assert np.asarray(cut, dtype=float).reshape(-1, 3).mean(axis=0)[2] > 200
+    view.unlink()  # made again on demand (e.g. a capture stored by an older app)
+    assert Path(store.view_path(cap)).is_file()
+    assert store.remove(cap.capture_id) == 3 and not list(store.root.iterdir())  # photo, sidecar, screen copy
+
+
+def test_a_double_tap_queues_one_record_and_one_photo_copy(device, tmp_path) -> None:
+    caps = [device.captures.add_file(photo(tmp_path / f"d{i}.jpg", colour=(90 + i, 0, 0))) for i in range(2)]
+    out = IdentifyOutcome([m("BRG-1", 0.9)], True, bundle_id="bnd-1", identification_id="abc")
+    for _ in range(2):
+        device.send_feedback("BRG-1", "wrong", caps, out)
+        device.add_photos("BRG-1", caps)
+    kinds = [r["kind"] for r in device.outbox.pending()]
+    assert kinds == ["feedback", "photo", "photo"]
+    assert len(list(device.captures.root.glob("*.crop.jpg"))) == 3
+    # another answer, another crop or another identification is another record
+    device.send_feedback("BRG-1", "correct", caps, out)
+    device.send_feedback("BRG-1", "wrong", caps, replace(out, identification_id="def"))
+    recut = device.captures.set_crop(caps[0], (0.1, 0.1, 0.9, 0.9))
+    device.add_photos("BRG-1", [recut])
+    assert len(device.outbox.pending()) == 6
+
+
+def test_search_folds_case_beyond_ascii(device) -> None:
+    with device.catalogue.transaction():
+        device.catalogue.upsert_parts([
+            {"part_number": "DR-12", "name": "Dichtring Ø12 ÖLPUMPE", "category": "seals", "description": "",
+             "version": 1},
+            {"part_number": "OR-1", "name": "O-Ring für Ölpumpe", "category": "seals",
+             "description": "Straße", "version": 1}])
+    for text, want in (("ø12", ["DR-12"]), ("Ø12", ["DR-12"]), ("ölpumpe", ["DR-12", "OR-1"]),
+                       ("ÖLPUMPE", ["DR-12", "OR-1"]), ("strasse", ["OR-1"]), ("FÜR", ["OR-1"]),
+                       ("o\u0308lpumpe", ["DR-12", "OR-1"])):  # a decomposed ö (NFD) as some keyboards send it
+        assert [r["part_number"] for r in device.search(text=text)] == want, text
+    assert device.search(text="%") == [] and device.search(text="_") == []  # still literal
+
+
+def test_a_damaged_catalogue_or_outbox_is_set_aside_at_start_not_a_crash(tmp_path) -> None:
+    from edge_app.services import open_device_services
+
+    starter = tmp_path / "starter"
+    svc = DeviceServices(starter, site="Quay A")  # a usable starter catalogue
+    with svc.catalogue.transaction():
+        svc.catalogue.upsert_parts([{"part_number": "S-1", "name": "starter part", "version": 1}])
+    svc.close()
+    data = tmp_path / "device"
+    data.mkdir()
+    (data / "catalogue.db").write_bytes(np.random.default_rng(0).bytes(8192))
+    with pytest.raises(InputError, match="damaged database"):  # the CLI: one line, exit 3
+        DeviceServices(data)
+    s = open_device_services(data, starter=starter)
+    try:
+        assert [p["part_number"] for p in s.search()] == ["S-1"]  # not enrolled: seeded again from the starter
+        assert "parts catalogue on this tablet was damaged" in " ".join(s.start_notes)
+        assert len(list(data.glob("catalogue.db.damaged-*"))) == 1  # kept, never deleted
+    finally:
+        s.close()
+    (data / "outbox.db").write_bytes(b"SQLite format 3\x00" + np.random.default_rng(1).bytes(8000))
+    (data / "device.json").write_text("{}")  # enrolled now: a damaged catalogue would wait for the sync
+    s = open_device_services(data, starter=starter)
+    try:
+        assert "upload queue on this tablet was damaged" in " ".join(s.start_notes)
+        assert s.pending_uploads() == 0 and len(list(data.glob("outbox.db.damaged-*"))) == 1
+    finally:
+        s.close()

@@ -129,3 +129,56 @@ def test_catalogue_and_sync_screens_on_real_services(real) -> None:
     assert "Hub: http://127.0.0.1:9" in text and "Last sync: never" in text
     assert f"Waiting to upload: {services.pending_uploads()}" in text and "Storage free:" in text
     assert accessibility_problems(app.root) == [] and status_fits(app)
+
+
+def test_a_sideways_photo_is_shown_upright_and_the_frame_follows_the_photo(real, tmp_path) -> None:
+    """Found by an audit: Kivy showed an EXIF-rotated photo as stored while the model and the hub got it upright,
+    so the engineer cut one region and another was used; and the crop frame lagged the photo after a layout
+    change (a status line, a resize)."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.edge_app.ui_flow import start_over
+
+    app, services = real["app"], real["services"]
+    start_over(app)
+    stored = np.zeros((200, 400, 3), dtype=np.uint8)  # stored 400 wide, 200 high: left quarter blue, rest red
+    stored[:, :100] = (0, 0, 255)
+    stored[:, 100:] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": upright it is 200 wide, 400 high, blue on top
+    folder = Path(app.screen("identify").start_folder)
+    Image.fromarray(stored).save(folder / "sideways.jpg", quality=95, exif=exif.tobytes())
+    pick(app, "sideways.jpg")
+    pump(10)
+    crop = app.screen("identify").ids.crop
+    assert Path(crop.source).name.endswith(".view.jpg")
+    tw, th = crop.ids.photo.texture_size
+    assert th > tw, f"shown as stored ({tw}x{th}), not upright"
+    # the top quarter of what is on screen is what the model and the hub get
+    cap = app.selected
+    cut = services.captures.cropped_image(services.captures.set_crop(cap, (0.0, 0.0, 1.0, 0.25)))
+    r, g, b = np.asarray(cut, dtype=float).reshape(-1, 3).mean(axis=0)
+    assert b > 200 and r < 60, (r, g, b)
+    # after layout changes the frame and the handles sit on the photo's corners
+    for change in (lambda: app.notify("A long status line " * 4), lambda: app.notify("")):
+        change()
+        pump(10)
+        x, y, w, h = crop.image_rect()
+        l, t, r_, b_ = crop.crop
+        fx, fy, fw, fh = crop.frame
+        assert abs(fx - (x + l * w)) < 1 and abs(fy - (y + (1 - b_) * h)) < 1
+        assert abs(fw - (r_ - l) * w) < 1 and abs(fh - (b_ - t) * h) < 1
+        hx, hy = crop.handles["tl"].center
+        assert abs(hx - (x + l * w)) < 1 and abs(hy - (y + (1 - t) * h)) < 1
+    start_over(app)
+
+
+def test_a_damaged_saved_state_is_set_aside_not_a_crash_at_every_start(real) -> None:
+    app, device = real["app"], real["device"]
+    state = device / "app_state.json"
+    for bad in ({"version": 1, "outcome": "oops"}, {"version": 1, "captures": "oops"},
+                {"version": 1, "part": ["P1"]}):
+        state.write_text(json.dumps(bad))
+        app.restore_state()  # raised AttributeError / TypeError before: every start crashed
+        assert not state.exists() and json.loads((device / "app_state.json.bad").read_text()) == bad

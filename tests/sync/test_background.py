@@ -152,7 +152,7 @@ def test_a_nightly_sync_short_of_space_prunes_uploaded_photos_for_the_next_attem
 
     a = run_once(world.device_dir, now=t(1, 2), charging=True, unmetered=True, client_factory=factory)
     assert a.outcome == FAILED and "SyncStorageError" in a.reason
-    assert "pruned photos no longer needed (2 files)" in a.reason
+    assert "pruned photos no longer needed (3 files)" in a.reason  # photo, record, screen copy
     assert not Path(cap.path).exists()
 
 

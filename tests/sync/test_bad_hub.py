@@ -3,6 +3,7 @@ the device folder, redirects, oversize and trickling answers, wrong-sized vector
 the device keeps what it had."""
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import threading
@@ -295,3 +296,25 @@ def test_an_error_page_is_one_line_and_a_409_without_offset_is_a_sync_error(serv
     assert "\n" not in str(exc.value) and len(str(exc.value)) < 300
     with pytest.raises(SyncError, match="no usable blob_offset"):
         HttpTransport(hub.url, "t").put_chunk("0123abcd-0000", 0, b"data")
+
+
+def test_enrolling_with_another_hubs_code_keeps_the_running_model_usable(world, tmp_path):
+    """Found by an audit: a well-formed code for another (or an unreachable) hub replaced the keyring, and the
+    installed model stopped verifying ("signed by unknown key") until a sync with that hub succeeded."""
+    from edge_app.bundle import load_bundle
+    from edge_app.signing import Keyring
+    from sync.apply import DevicePaths, read_active
+    from sync.client import enrol
+
+    from .conftest import build_world
+
+    _client(world).sync()
+    paths = DevicePaths(world.device_dir)
+    active = read_active(paths)["bundle_id"]
+    other = build_world(tmp_path / "other")  # another hub, other keys
+    enrol(world.device_dir, other.payload)
+    ring = Keyring.load(paths.keyring)
+    assert load_bundle(paths.bundles / active, ring).bundle_id == active  # still verifies
+    new_keys = set(Keyring({k: base64.b64decode(v) for k, v in other.payload["keys"].items()}).key_ids)
+    assert new_keys < set(ring.key_ids)  # the new hub's keys, plus the one that signed the installed bundle
+    assert len(ring.key_ids) == len(new_keys) + 1

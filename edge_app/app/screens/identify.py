@@ -121,7 +121,8 @@ class IdentifyScreen(Screen):
         caps = list(app.captures)
         sel = app.selected
         crop = self.ids.crop
-        crop.source = sel.path if sel else ""
+        store = app.services.captures
+        crop.source = store.view_path(sel) if sel else ""  # upright, as the crop box is (see view_path)
         crop.crop = list(sel.crop) if sel and sel.crop else [0.0, 0.0, 1.0, 1.0]
         self.ids.hint.text = ("Drag the yellow corners to cut the photo to the part. Add more views from other "
                               "sides, then tap Identify." if caps else
@@ -141,7 +142,7 @@ class IdentifyScreen(Screen):
             chosen = sel is not None and c.capture_id == sel.capture_id
             frame = Panel(size_hint=(None, None), size=(mm(16), mm(16)), padding=dp(4),
                           bg_color=list(theme.PRIMARY if chosen else theme.SURFACE))
-            thumb = ImageButton(source=c.path, fit_mode="contain")
+            thumb = ImageButton(source=store.view_path(c), fit_mode="contain")
             thumb.bind(on_release=lambda _w, c=c: setattr(app, "selected", c))
             thumb.capture_id = c.capture_id
             frame.add_widget(thumb)
