@@ -7,6 +7,7 @@ overlay; their results come back on the UI thread (``@mainthread``).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -184,6 +185,14 @@ class PartlensApp(App):
                 result, error = fn(), None
             except PartlensError as exc:
                 result, error = None, str(exc)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    log.exception("background task failed")
+                    result, error = None, f"unexpected error: {exc}"
+                else:  # a sync (another process) is writing the catalogue: not a bug, and it passes
+                    log.warning("catalogue busy: %s", exc)
+                    result, error = None, ("A sync is updating the parts catalogue right now; try again in a "
+                                           "minute (nothing was lost).")
             except Exception as exc:  # a bug: keep the app alive, report it, log the trace
                 log.exception("background task failed")
                 result, error = None, f"unexpected error: {exc}"

@@ -266,13 +266,16 @@ def test_full_flow_pick_identify_results_part_feedback(env) -> None:
     assert app.sm.current == "part_detail" and app.current_part == "BLT-M12X50"
     det = app.screen("part_detail")
     assert len(det.ids.images.children) == 2 and len(det.ids.inventory.children) == 2
-    tap(det.ids.correct_btn)
+    tap(det.ids.correct_btn)  # written off the UI thread, behind the overlay
+    wait_for(lambda: not app.busy)
     assert [r["kind"] for r in services.outbox] == ["feedback"]
     assert services.outbox[0]["payload"]["verdict"] == "correct"
     assert services.outbox[0]["payload"]["part_number"] == "BLT-M12X50"
     assert det.ids.pending.text.startswith("1 item waiting")
     tap(det.ids.wrong_btn)
+    wait_for(lambda: not app.busy)
     tap(det.ids.photo_btn)
+    wait_for(lambda: not app.busy)
     assert [r["kind"] for r in services.outbox] == ["feedback", "feedback", "photo"]
     assert services.outbox[1]["payload"]["verdict"] == "wrong"
     assert "3 items waiting" in det.ids.pending.text

@@ -111,6 +111,7 @@ def test_identify_spot_check_and_feedback_reach_the_real_outbox(real) -> None:
     det = app.screen("part_detail")
     assert app.sm.current == "part_detail" and len(det.ids.inventory.children) == 2
     tap(det.ids.correct_btn)
+    wait_for(lambda: not app.busy)
     assert [r["kind"] for r in _pending(services)][-1] == "feedback" and len(_pending(services)) == 4
     assert accessibility_problems(app.root) == []
 
@@ -182,3 +183,21 @@ def test_a_damaged_saved_state_is_set_aside_not_a_crash_at_every_start(real) -> 
         state.write_text(json.dumps(bad))
         app.restore_state()  # raised AttributeError / TypeError before: every start crashed
         assert not state.exists() and json.loads((device / "app_state.json.bad").read_text()) == bad
+
+
+def test_a_catalogue_a_sync_holds_is_a_plain_message_not_a_bug_report(real) -> None:
+    import sqlite3
+
+    app = real["app"]
+
+    def locked():
+        raise sqlite3.OperationalError("database is locked")
+
+    done = []
+    assert app.run_background("Identifying...", locked, done.append)
+    wait_for(lambda: not app.busy)
+    assert done == [] and app.message.startswith("A sync is updating the parts catalogue right now")
+    assert app.run_background("Identifying...", lambda: (_ for _ in ()).throw(sqlite3.OperationalError("no such table")),
+                              done.append)
+    wait_for(lambda: not app.busy)
+    assert app.message == "unexpected error: no such table"  # other SQLite faults are still bugs
