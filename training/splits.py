@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 from collections import Counter
@@ -54,17 +55,23 @@ def assign_groups(labels: list[int], groups: list[list[int]], val_fraction: floa
     if not 0.0 < val_fraction < 1.0:
         raise UsageError(f"val fraction must be in (0, 1), got {val_fraction}")
     n_per_class = Counter(labels)
-    target = {c: round(n * val_fraction) for c, n in n_per_class.items()}
+    target = {c: math.floor(n * val_fraction + 0.5) for c, n in n_per_class.items()}  # halves up, not to even
     in_val = Counter()
     order = sorted(groups, key=lambda g: min(g))
     random.Random(seed).shuffle(order)
     is_val = [False] * len(labels)
     for g in order:
-        majority = Counter(labels[i] for i in g).most_common(1)[0][0]
-        if in_val[majority] < target[majority]:
-            for i in g:
-                is_val[i] = True
-                in_val[labels[i]] += 1
+        counts = Counter(labels[i] for i in g)
+        majority = counts.most_common(1)[0][0]
+        # a group goes to val only if that brings its class nearer its target (a 10-image group must not
+        # fill a target of 4), and never takes a class's last training images
+        if len(g) >= 2 * (target[majority] - in_val[majority]):
+            continue
+        if any(n_per_class[c] - in_val[c] - k < 1 for c, k in counts.items()):
+            continue
+        for i in g:
+            is_val[i] = True
+            in_val[labels[i]] += 1
     return is_val
 
 

@@ -86,6 +86,8 @@ def fit(top: Sequence[float], second: Sequence[float], correct: Sequence[bool], 
     """
     x = features(np.asarray(top), np.asarray(second))
     y = np.asarray(correct, dtype=np.float64)
+    if len(x):
+        _finite("calibration fit", x)  # a NaN similarity made NaN coefficients, refused only when loaded
     if len(y) != len(x) or len(y) < 4:
         raise InputError(f"calibration needs at least 4 scored queries, got {len(y)}")
     if y.min() == y.max():
@@ -115,15 +117,37 @@ def fit(top: Sequence[float], second: Sequence[float], correct: Sequence[bool], 
 
 
 def choose_threshold(p: np.ndarray, correct: np.ndarray, target_precision: float) -> float:
-    """Lowest confidence cut whose accepted answers reach ``target_precision`` (floor 0.5)."""
-    order = np.argsort(-p, kind="stable")
-    ps, ok = p[order], correct[order].astype(float)
-    prec = np.cumsum(ok) / np.arange(1, len(ok) + 1)
-    good = np.flatnonzero(prec >= target_precision)
+    """Lowest confidence cut (accept ``p >= cut``) whose accepted answers reach ``target_precision``.
+
+    Equal confidences are accepted or refused together (a cut cannot split them), and with a target of 0.5 or
+    more only cuts of at least 0.5 are considered (checked there, not raised to it afterwards). When no cut
+    reaches the target, the cut lies above every confidence: nothing is accepted.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    ok = np.asarray(correct, dtype=np.float64)
+    tp, n, cuts = _cumulative_by_score(p, ok)
+    floor = 0.5 if target_precision >= 0.5 else -np.inf
+    good = np.flatnonzero((tp / n >= target_precision) & (cuts >= floor))
     if not len(good):
-        return float(min(1.0, ps[0] + 1e-6))
-    cut = float(ps[good[-1]])
-    return max(cut, 0.5) if target_precision >= 0.5 else cut
+        return float(min(1.0, p.max() + 1e-6))
+    return float(cuts[good[-1]])
+
+
+def _cumulative_by_score(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each distinct score, highest first: positives and items with a score at least that high, and the
+    score itself (the cut that keeps them)."""
+    neg_vals, inverse = np.unique(-scores, return_inverse=True)
+    tp = np.cumsum(np.bincount(inverse, weights=positive, minlength=len(neg_vals)))
+    n = np.cumsum(np.bincount(inverse, minlength=len(neg_vals)))
+    return tp, n, -neg_vals
+
+
+def _finite(what: str, *arrays: np.ndarray) -> None:
+    for a in arrays:
+        if a.size == 0:
+            raise InputError(f"{what}: no scores")
+        if not np.isfinite(a).all():
+            raise InputError(f"{what}: scores hold NaN or infinite values")
 
 
 def default_calibration() -> Calibration:
@@ -167,6 +191,8 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if not n_pos or not n_neg:
         raise InputError("AUROC needs both positives and negatives")
+    if np.isnan(s).any():  # infinities rank fine; NaN has no rank
+        raise InputError("AUROC: scores hold NaN values")
     order = np.argsort(s, kind="mergesort")
     ranks = np.empty(len(s))
     sorted_s = s[order]
@@ -212,11 +238,13 @@ def bootstrap_ci(fn: Any, *arrays: Sequence[Any], n: int = 1000, seed: int = 0, 
 
 
 def precision_at_recall(scores: Sequence[float], positive: Sequence[bool], recall: float = 0.95) -> float:
-    """Precision of the positives when the cut keeps ``recall`` of them."""
+    """Precision of the positives at the highest cut that keeps ``recall`` of them (equal scores kept together)."""
     s = np.asarray(scores, float)
     y = np.asarray(positive, bool)
-    order = np.argsort(-s, kind="stable")
-    tp = np.cumsum(y[order])
-    need = int(np.ceil(recall * y.sum()))
-    k = int(np.searchsorted(tp, need)) + 1
-    return float(tp[k - 1] / k)
+    _finite("precision at recall", s)
+    if not y.any():
+        raise InputError("precision at recall needs positives")
+    tp, n, _ = _cumulative_by_score(s, y.astype(np.float64))
+    need = np.ceil(recall * y.sum())
+    k = int(np.flatnonzero(tp >= need)[0])
+    return float(tp[k] / n[k])

@@ -77,3 +77,39 @@ def test_cluster_bootstrap_is_wider_when_photos_of_a_product_move_together():
     assert grp_lo <= C.auroc(score, known) <= grp_hi
     with pytest.raises(InputError):
         C.bootstrap_ci(C.auroc, score, known, groups=product[:-1])
+
+
+# -- found by an audit against reference implementations (17th session) -----------------------------------------
+def test_the_threshold_takes_tied_confidences_together_and_checks_the_floor() -> None:
+    from edge_app.runtime.calibration import choose_threshold
+
+    p = np.array([0.8, 0.8, 0.8, 0.8])
+    for correct in ([True, True, False, False], [False, False, True, True]):  # order must not matter
+        cut = choose_threshold(p, np.array(correct), 0.9)
+        assert cut > 0.8  # accepting the tie gives precision 0.5: nothing can reach 0.9 (was 0.8: accept all)
+    # the 0.5 floor is a candidate cut checked like any other, not a raise after the check
+    p = np.array([0.9, 0.6, 0.55, 0.45, 0.40, 0.39, 0.38, 0.37])
+    ok = np.array([True, False, False, True, True, True, True, True])  # the cut 0.37 reaches 6/8 = 0.75
+    cut = choose_threshold(p, ok, 0.7)
+    accepted = p >= cut
+    assert cut >= 0.5 and (not accepted.any() or ok[accepted].mean() >= 0.7)
+    assert cut == 0.9  # at 0.6 and 0.55 precision is 1/2 and 1/3; below 0.5 is not allowed (the old code
+    # found 0.37 and raised it to 0.5, accepting three answers at precision 1/3)
+
+
+def test_precision_at_recall_keeps_ties_together_and_refuses_bad_input() -> None:
+    from edge_app.runtime.calibration import auroc, fit, precision_at_recall
+
+    s = np.array([0.9, 0.5, 0.5, 0.5, 0.5])
+    y = np.array([True, True, False, False, False])
+    assert precision_at_recall(s, y, 0.95) == pytest.approx(0.4)
+    assert precision_at_recall(s[::-1], y[::-1], 0.95) == pytest.approx(0.4)  # was 1.0 in one order, 0.4 in another
+    assert precision_at_recall([0.9, 0.8, 0.1], [True, False, True], 0.5) == 1.0
+    with pytest.raises(InputError, match="needs positives"):
+        precision_at_recall([0.1, 0.2], [False, False])
+    with pytest.raises(InputError, match="no scores"):
+        precision_at_recall([], [])
+    with pytest.raises(InputError, match="NaN"):
+        auroc([0.1, float("nan"), 0.3], [True, False, True])
+    with pytest.raises(InputError, match="NaN"):
+        fit([0.9, float("nan"), 0.5, 0.4], [0.1] * 4, [True, False, True, False])

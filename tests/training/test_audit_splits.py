@@ -139,3 +139,21 @@ def test_committed_pcparts_split_is_valid() -> None:
     s = load_split(path, root / "pc-parts-14")
     assert len(s.train) + len(s.val) == 3279
     assert 0.18 < len(s.val) / 3279 < 0.22
+
+
+def test_a_near_duplicate_group_goes_to_val_only_if_it_brings_the_class_nearer_its_target() -> None:
+    """Found by an audit: a class whose 5 images were one near-duplicate group went to val whole (never trained
+    on), and a 10-image group filled a target of 4 with 13."""
+    labels = [0] * 5 + [1] * 10
+    groups = [[0, 1, 2, 3, 4]] + [[i] for i in range(5, 15)]
+    for seed in range(10):
+        is_val = assign_groups(labels, groups, 0.2, seed)
+        assert not any(is_val[:5])  # 5 in val for a target of 1 would be worse than 0, and leave no training image
+        assert sum(is_val[5:]) == 2
+    labels = [0] * 20
+    groups = [list(range(10))] + [[i] for i in range(10, 20)]
+    for seed in range(10):
+        assert sum(assign_groups(labels, groups, 0.2, seed)) == 4  # the 10-group never fills a target of 4
+    # halves round up, the same way for every class size
+    assert sum(assign_groups([0] * 5, [[i] for i in range(5)], 0.5, 0)) == 3
+    assert sum(assign_groups([0] * 3, [[i] for i in range(3)], 0.5, 0)) == 2
