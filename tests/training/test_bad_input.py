@@ -19,19 +19,21 @@ def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
 
 
 def test_a_class_left_without_training_images_is_refused(tiny_folder: Path, tmp_path: Path) -> None:
-    """Near-duplicates stay on one side of a split: a class made of copies of one photo goes to val whole."""
+    """Near-duplicates stay on one side of a split: a class made of copies of one photo in val whole (a split
+    made by hand; ``make_split`` itself keeps such a class in train) leaves it no training image."""
     one = tiny_folder / "c2" / "000.jpg"
     for p in (tiny_folder / "c2").iterdir():
         if p != one:
             p.unlink()
     for i in range(1, 6):
         shutil.copy(one, tiny_folder / "c2" / f"copy{i}.jpg")
-    from training.splits import make_split, write_split
+    from training.splits import content_sha256, make_split, write_split
 
     doc = make_split(str(tiny_folder), val_fraction=0.25, seed=0)
-    if any(lab == "c2" for _, lab in doc["train"]):  # the group went to train: make it the val side by hand
-        doc["val"] += [r for r in doc["train"] if r[1] == "c2"]
-        doc["train"] = [r for r in doc["train"] if r[1] != "c2"]
+    assert any(lab == "c2" for _, lab in doc["train"])  # the group stays in train (the class's only group)
+    doc["val"] += [r for r in doc["train"] if r[1] == "c2"]  # moved to val by hand
+    doc["train"] = [r for r in doc["train"] if r[1] != "c2"]
+    doc["sha256"] = content_sha256(doc)
     write_split(doc, tmp_path / "split.json")
     with pytest.raises(UsageError, match="no training image for 1 class.*c2"):
         train(_cfg(tiny_folder, tmp_path / "run", split=str(tmp_path / "split.json")))
