@@ -264,6 +264,11 @@ class CatalogueDB:
     def catalogue_version(self) -> int:
         return int(self.get_meta("catalogue_version", "0") or 0)
 
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes when ANOTHER connection (a sync in another process) commits."""
+        with self._lock:
+            return int(self.db.conn.execute("PRAGMA data_version").fetchone()[0])
+
     @property
     def catalogue_epoch(self) -> int:
         """The hub's catalogue lineage the rows came from (0 until the hub was restored from a backup)."""

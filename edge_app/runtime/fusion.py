@@ -58,11 +58,29 @@ def score_parts(query: np.ndarray, parts: Sequence[str], part_vectors: Mapping[s
     ``query`` (V, D) unit vectors; ``part_vectors[pn]`` (n_i, D) unit vectors. Returns
     (scores (V, P), best image index per view and part (V, P)).
     """
-    v = len(query)
-    scores = np.full((v, len(parts)), -1.0, np.float32)
-    best = np.zeros((v, len(parts)), np.int64)
-    for j, pn in enumerate(parts):
-        sims = query @ part_vectors[pn].T
-        scores[:, j] = aggregate_images(sims, aggregate)
-        best[:, j] = sims.argmax(axis=1)
-    return scores, best
+    counts = [len(part_vectors[pn]) for pn in parts]
+    if not parts:
+        return np.zeros((len(query), 0), np.float32), np.zeros((len(query), 0), np.int64)
+    return score_segments(query, np.concatenate([part_vectors[pn] for pn in parts]), counts, aggregate)
+
+
+def score_segments(query: np.ndarray, vectors: np.ndarray, counts: Sequence[int],
+                   aggregate: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`score_parts` on the images of all parts in one matrix: part j owns the next ``counts[j]`` rows
+    (each at least one). One matrix product for every candidate, not one per part."""
+    sims = np.asarray(query, np.float32) @ np.asarray(vectors, np.float32).T  # (V, N)
+    counts = np.asarray(counts, np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    best_val = np.maximum.reduceat(sims, starts, axis=1)  # (V, P)
+    owner = np.repeat(np.arange(len(counts)), counts)
+    # index of each part's best image (first on ties): positions where sims equal their part's max
+    is_best = sims == best_val[:, owner]
+    pos = np.where(is_best, np.arange(sims.shape[1])[None, :], sims.shape[1])
+    best = np.minimum.reduceat(pos, starts, axis=1) - starts[None, :]
+    if aggregate == "max":
+        return best_val.astype(np.float32), best
+    # top2: the mean of a part's two best images (its one image when it has one)
+    second = np.where(np.arange(sims.shape[1])[None, :] == (best + starts[None, :])[:, owner], -np.inf, sims)
+    second_val = np.maximum.reduceat(second, starts, axis=1)
+    scores = np.where(counts[None, :] > 1, (best_val + second_val) / 2, best_val)
+    return scores.astype(np.float32), best

@@ -116,6 +116,7 @@ class Identifier:
         self._label_part: dict[int, str] = {}
         self._label_image: dict[int, str] = {}
         self._part_labels: dict[str, list[int]] = {}
+        self._loaded: tuple[int, int, int] | None = None  # (data_version, epoch, version) the mapping was read at
         self.refresh()
         self.load_seconds = time.perf_counter() - t0
 
@@ -167,10 +168,14 @@ class Identifier:
         return len(keep)
 
     def refresh(self) -> bool:
-        """Re-open the index when the catalogue changed since it was loaded; True if it did."""
-        version = self.db.catalogue_version
+        """Re-open the index when the catalogue changed since it was loaded; True if it did.
+
+        Changed: another process committed to it (a sync; SQLite's data_version), or its lineage or version moved.
+        The version alone missed a snapshot that replaced the catalogue at the same version (another lineage,
+        another hub): the old labels kept answering with parts no longer there."""
+        key = (self.db.data_version(), self.db.catalogue_epoch, self.db.catalogue_version)
         if self.index is not None and self.index.stamp is not None and \
-                self.index.stamp.catalogue_version == version and self._label_part:
+                self.index.stamp.catalogue_version == key[2] and self._label_part and key == self._loaded:
             return False
         self.index = VectorIndex.open(self.db, self.bundle_id, self.bundle.manifest.get("index"),
                                       index_dir=self.index_dir, engine=self.index_engine)
@@ -182,6 +187,7 @@ class Identifier:
         self._part_labels = {}
         for lab, pn in sorted(self._label_part.items()):
             self._part_labels.setdefault(pn, []).append(lab)
+        self._loaded = key
         return True
 
     # ---------------------------------------------------------------------- model
@@ -236,18 +242,32 @@ class Identifier:
         if fusion_method == "embedding" and len(q) > 1:
             q = fusion.fuse_embeddings(q)
         n_cand = max(top + 1, 10)
+        n_live = len(allowed) if allowed is not None else len(self._label_part)
         k_img = max(64, 8 * n_cand)
-        labels, sims = self.index.search(q, k_img, allowed_labels=allowed)
-        cands: list[str] = []
-        for v in range(len(q)):
-            for pn in fusion.candidate_parts(labels[v], sims[v], self._label_part, n_cand):
-                if pn not in cands:
-                    cands.append(pn)
-        if not cands:
-            return [], np.zeros(0, np.float32), []
-        vectors = {pn: self.index.get_vectors(self._part_labels[pn]) for pn in cands}
-        scores, best = fusion.score_parts(q, cands, vectors, aggregate)
-        fused = scores.mean(axis=0)
+        while True:
+            # every part seen among each view's k_img nearest images is scored exactly; a part not seen scores at
+            # most the mean over views of their k_img-th similarity (both aggregates are at most a part's best
+            # image), so once the n_cand-th best exact score reaches that bound the top n_cand are final. Else
+            # widen: parts with many images (or views that disagree) had crowded the right part out
+            labels, sims = self.index.search(q, k_img, allowed_labels=allowed)
+            cands: list[str] = []
+            for v in range(len(q)):
+                for pn in fusion.candidate_parts(labels[v], sims[v], self._label_part, len(labels[v])):
+                    if pn not in cands:
+                        cands.append(pn)
+            if not cands:
+                return [], np.zeros(0, np.float32), []
+            part_labels = [self._part_labels[pn] for pn in cands]
+            vectors = self.index.get_vectors([lab for labs in part_labels for lab in labs])  # one call
+            scores, best = fusion.score_segments(q, vectors, [len(labs) for labs in part_labels], aggregate)
+            fused = scores.mean(axis=0)
+            exhausted = sims.shape[1] < k_img or k_img >= n_live
+            if exhausted:
+                break
+            bound = float(sims[:, -1].mean())
+            if len(cands) >= n_cand and float(np.sort(fused)[-n_cand]) >= bound:
+                break
+            k_img = min(4 * k_img, n_live)
         order = np.argsort(-fused, kind="stable")
         best_view = scores.argmax(axis=0)
         best_img = [self._label_image.get(self._part_labels[cands[j]][best[best_view[j], j]]) for j in order]

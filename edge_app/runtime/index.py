@@ -85,6 +85,9 @@ class _ExactEngine:
     def reserve(self, n: int) -> None:
         """Nothing to reserve for a NumPy matrix (same interface as hnswlib)."""
 
+    def set_ef(self, ef: int) -> None:
+        """Exact search has no ``ef`` (same interface as hnswlib; a sync updating a live index calls it)."""
+
     def add(self, labels: np.ndarray, vectors: np.ndarray, num_threads: int | None = None) -> None:
         keep = [i for i, lab in enumerate(labels) if int(lab) not in self._pos]
         if not keep:

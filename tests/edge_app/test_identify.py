@@ -215,3 +215,108 @@ def test_uncalibrated_bundle_is_flagged(world, device_db):
     ident = Identifier.open(world.uncalibrated, device_db, world.keyring_path, backend="onnx")
     res = ident.identify([world.field["P0010"][0]])
     assert res.calibrated is False
+
+
+# -- found by fuzzing the ranking against brute force (17th session) --------------------------------------------
+def _replace_catalogue(ident, parts: dict[str, np.ndarray]) -> None:
+    """The device catalogue holds exactly ``parts`` (part number -> its image vectors) for the bundle's model."""
+    db = ident.db
+    with db.transaction():
+        db.delete_parts([r["part_number"] for r in db.search_parts(limit=None)])
+        db.upsert_parts([{"part_number": pn, "name": pn, "version": 1} for pn in parts])
+        ids, vecs = [], []
+        for pn, v in parts.items():
+            rows = [{"image_id": f"{pn}-{i}", "part_number": pn, "kind": "catalogue"} for i in range(len(v))]
+            db.upsert_images(rows)
+            ids += [r["image_id"] for r in rows]
+            vecs.append(v)
+        db.upsert_embeddings(ids, np.concatenate(vecs).astype(np.float32), ident.bundle_id)
+        db.set_meta("catalogue_version", db.catalogue_version + 1)
+    assert ident.refresh()
+
+
+def _brute(ident, q: np.ndarray, parts: dict[str, np.ndarray]) -> list[str]:
+    from edge_app.runtime import fusion
+
+    fused = {pn: float(np.mean([fusion.aggregate_images((view[None] @ v.T), ident.aggregate)[0] for view in q]))
+             for pn, v in parts.items()}
+    return sorted(fused, key=lambda pn: -fused[pn])
+
+
+def _unit(*pairs, dim: int) -> np.ndarray:
+    v = np.zeros(dim)
+    for axis, value in pairs:
+        v[axis] = value
+    return v / np.linalg.norm(v)
+
+
+def test_parts_with_many_images_do_not_crowd_the_others_out_of_the_ranking(identifier):
+    dim = identifier.bundle.embedding_dim
+    rng = np.random.default_rng(0)
+    q = _unit((0, 1.0), dim=dim)[None].astype(np.float32)
+    big = np.stack([_unit((0, 0.98), (1, np.sqrt(1 - 0.98 ** 2)), (2 + i % 3, 1e-3), dim=dim) for i in range(100)])
+    parts = {"BIG": big, "TWIN": _unit((0, 0.95), (5, np.sqrt(1 - 0.95 ** 2)), dim=dim)[None]}
+    for i in range(8):
+        parts[f"OTHER{i}"] = _unit((0, 0.5 - 0.02 * i), (6 + i, 0.8), dim=dim)[None] + rng.normal(0, 1e-4, (1, dim))
+    _replace_catalogue(identifier, parts)
+    names, scores, _ = identifier.rank(q, top=5)
+    assert names[:6] == _brute(identifier, q, parts)[:6]  # was ["BIG"] alone: 100 images filled the image budget
+    assert names[1] == "TWIN" and scores[1] == pytest.approx(0.95, abs=1e-3)
+
+
+def test_views_that_disagree_still_find_the_part_both_agree_on(identifier):
+    dim = identifier.bundle.embedding_dim
+    q = np.stack([_unit((0, 1.0), dim=dim), _unit((1, 1.0), dim=dim)]).astype(np.float32)
+    parts = {f"A{i}": _unit((0, 0.9), (2 + i, np.sqrt(1 - 0.81)), dim=dim)[None] for i in range(10)}
+    parts |= {f"B{i}": _unit((1, 0.9), (12 + i, np.sqrt(1 - 0.81)), dim=dim)[None] for i in range(10)}
+    parts["X"] = _unit((0, 0.7), (1, 0.7), (22, np.sqrt(1 - 0.98)), dim=dim)[None]
+    _replace_catalogue(identifier, parts)
+    names, scores, _ = identifier.rank(q, top=5, fusion_method="score", aggregate="max")
+    assert names[0] == "X" == _brute(identifier, q, parts)[0]  # X was not among either view's 10 best parts
+    assert scores[0] == pytest.approx(0.7, abs=1e-3)
+
+
+def test_a_catalogue_replaced_at_the_same_version_by_another_process_is_reloaded(identifier, tmp_path):
+    import subprocess
+    import sys
+
+    dim = identifier.bundle.embedding_dim
+    old = {f"OLD{i}": _unit((i, 1.0), dim=dim)[None] for i in range(5)}
+    _replace_catalogue(identifier, old)
+    version = identifier.db.catalogue_version
+    # another process (the nightly sync) swaps the whole catalogue at the same version
+    code = f"""
+import numpy as np
+from edge_app.runtime.catalogue import CatalogueDB
+db = CatalogueDB({str(identifier.db.path)!r})
+with db.transaction():
+    db.delete_parts(["OLD0", "OLD1", "OLD2", "OLD3", "OLD4"])
+    db.upsert_parts([{{"part_number": "NEW0", "name": "n", "version": 1}}])
+    db.upsert_images([{{"image_id": "n0", "part_number": "NEW0", "kind": "catalogue"}}])
+    v = np.zeros((1, {dim}), np.float32); v[0, 7] = 1
+    db.upsert_embeddings(["n0"], v, {identifier.bundle_id!r})
+    db.set_meta("catalogue_version", {version})
+    db.set_meta("catalogue_epoch", 1)
+db.close()
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+    q = _unit((7, 1.0), dim=dim)[None].astype(np.float32)
+    assert identifier.refresh()  # was False: same version, and the old labels kept answering
+    names, _, _ = identifier.rank(q, top=1)
+    assert names == ["NEW0"]
+
+
+def test_scoring_all_candidates_in_one_product_equals_scoring_each_part() -> None:
+    from edge_app.runtime import fusion
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        views, dim, n_parts = int(rng.integers(1, 4)), 8, int(rng.integers(1, 12))
+        vecs = {f"p{j}": rng.normal(size=(int(rng.integers(1, 6)), dim)).astype(np.float32) for j in range(n_parts)}
+        q = rng.normal(size=(views, dim)).astype(np.float32)
+        for aggregate in ("max", "top2"):
+            scores, best = fusion.score_parts(q, list(vecs), vecs, aggregate)
+            for j, pn in enumerate(vecs):
+                sims = q @ vecs[pn].T
+                assert np.allclose(scores[:, j], fusion.aggregate_images(sims, aggregate), atol=1e-5)
+                assert np.allclose(sims[np.arange(views), best[:, j]], sims.max(axis=1), atol=1e-5)

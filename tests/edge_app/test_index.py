@@ -347,3 +347,25 @@ def test_an_index_file_its_stamp_does_not_describe_is_rebuilt(tmp_path, older):
     assert not set(got.ravel().tolist()) & set(labels[:3].tolist())
     again = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)  # and the repaired pair is consistent
     assert again.live_labels() == want
+
+
+def test_the_numpy_engine_takes_a_live_update_like_hnswlib(tmp_path) -> None:
+    """Found by an audit: without hnswlib, every sync that applied a package failed after its commit
+    (``_ExactEngine`` had no ``set_ef``), leaving the index behind the catalogue until the next start."""
+    from edge_app.runtime.catalogue import CatalogueDB
+    from edge_app.runtime.index import VectorIndex
+
+    db = CatalogueDB(tmp_path / "catalogue.db")
+    rng = np.random.default_rng(0)
+    with db.transaction():
+        db.upsert_parts([{"part_number": "P1", "name": "one", "version": 1}])
+        db.upsert_images([{"image_id": f"i{i}", "part_number": "P1", "kind": "catalogue"} for i in range(5)])
+        db.upsert_embeddings([f"i{i}" for i in range(4)], rng.normal(size=(4, 16)).astype(np.float32), "v1-aaaaaaaaaaaa")
+        db.set_meta("catalogue_version", 1)
+    live = VectorIndex.open(db, "v1-aaaaaaaaaaaa", {"ef_search": 32}, engine="numpy")
+    with db.transaction():
+        db.upsert_embeddings(["i4"], rng.normal(size=(1, 16)).astype(np.float32), "v1-aaaaaaaaaaaa")
+        db.set_meta("catalogue_version", 2)
+    updated = VectorIndex.open(db, "v1-aaaaaaaaaaaa", {"ef_search": 48}, engine="numpy", live=live)
+    assert updated is live and len(updated) == 5 == db.count("embeddings")
+    db.close()
