@@ -8,6 +8,7 @@ messages and exit codes here, at the edge.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -15,7 +16,7 @@ import sqlite3
 import sys
 from typing import Sequence
 
-from .errors import BusyError, InputError, PartlensError, UsageError
+from .errors import BusyError, InputError, PartlensError, StorageError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +84,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnicodeEncodeError as exc:  # an argument that is not valid text (undecodable bytes on the command line)
         print(f"partlens {args.command}: error: an argument is not valid UTF-8 text ({exc.reason})", file=sys.stderr)
         return UsageError.exit_code
-    except sqlite3.OperationalError as exc:
-        if "locked" not in str(exc) and "busy" not in str(exc):
-            raise
-        print(f"partlens {args.command}: error: a database is busy: another process (a sync, the app) is writing "
-              f"it; nothing changed, try again in a minute ({exc})", file=sys.stderr)
-        return BusyError.exit_code
-    except (IsADirectoryError, NotADirectoryError, FileExistsError, FileNotFoundError, PermissionError) as exc:
-        # a path the user gave that cannot be used as given (an output that is a folder, an unwritable place)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError):
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            print(f"partlens {args.command}: error: a database is busy: another process (a sync, the app) is "
+                  f"writing it; nothing changed, try again in a minute ({exc})", file=sys.stderr)
+            return BusyError.exit_code
+        # corrupt ("database disk image is malformed"): found only when a query reaches the damaged pages
+        print(f"partlens {args.command}: error: a database is damaged ({exc}); restore it from a backup "
+              "(`partlens hub restore` at the hub; a tablet gets its catalogue again at the next sync)",
+              file=sys.stderr)
+        return InputError.exit_code
+    except OSError as exc:
+        # a path that cannot be used as given (an output that is a folder, an unwritable place, a name too long
+        # for the file system) or a full disk: one line naming the file; an OSError naming no file is a bug
         name = exc.filename2 or exc.filename  # a rename into place names the target second
+        if not name and not isinstance(exc, (IsADirectoryError, NotADirectoryError, FileExistsError,
+                                             FileNotFoundError, PermissionError)):
+            raise
         where = f": {name}" if name else ""
         print(f"partlens {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return InputError.exit_code
+        return StorageError.exit_code if exc.errno == errno.ENOSPC else InputError.exit_code
     return int(rc or 0)
 
 

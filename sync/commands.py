@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge_app.errors import UsageError
+from edge_app.errors import InputError, UsageError
+from edge_app.runtime.importer import parse_stock
 from edge_app.storage import RESERVE_BYTES
 
 
@@ -60,9 +61,9 @@ def _parse_stock(items: list[str]) -> dict[str, tuple[int | None, str | None]]:
             raise UsageError(f"--stock must be SITE=COUNT[:BIN], got {item!r}")
         count, _, bin_ = rest.partition(":")
         try:
-            out[site] = (int(count), bin_ or None)
-        except ValueError:
-            raise UsageError(f"--stock count must be an integer, got {count!r}") from None
+            out[site] = (parse_stock(count, f"--stock {item!r}"), bin_ or None)
+        except InputError as exc:
+            raise UsageError(str(exc)) from None
     return out
 
 

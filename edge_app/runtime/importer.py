@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 #: stock per site and part size bounds: a value beyond them is a typo, not a part
 MAX_STOCK = 10**9
 MAX_SIZE_MM = 100_000.0
+#: a part number is printable text of at most this many characters (it becomes a folder name in exports)
+MAX_PART_NUMBER_LEN = 100
 PART_FIELDS = ("part_number", "name", "category", "manufacturer", "description", "size_mm", "look_alike_group")
 
 
@@ -51,6 +53,66 @@ def read_csv_rows(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     return rows
 
 
+def check_part_number(value: Any, where: str) -> str:
+    """A part number as stored: stripped, non-empty, printable, at most MAX_PART_NUMBER_LEN characters."""
+    pn = str(value or "").strip()
+    if not pn:
+        raise InputError(f"{where}: empty part_number")
+    if len(pn) > MAX_PART_NUMBER_LEN or not pn.isprintable():
+        raise InputError(f"{where}: part_number {pn[:40]!r}{'...' if len(pn) > 40 else ''} must be printable text "
+                         f"of at most {MAX_PART_NUMBER_LEN} characters")
+    return pn
+
+
+def parse_size_mm(value: Any, where: str) -> float | None:
+    """A part's size in mm: empty is None, else a number above 0 and below MAX_SIZE_MM."""
+    if value in (None, ""):
+        return None
+    try:
+        size = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: size_mm {value!r} is not a number") from None
+    if not 0 < size < MAX_SIZE_MM:  # also NaN and infinity
+        raise InputError(f"{where}: size_mm {value!r} must be above 0 and below {MAX_SIZE_MM:g}")
+    return size
+
+
+def parse_stock(value: Any, where: str) -> int | None:
+    """A stock count: empty is None, else a whole number 0..MAX_STOCK."""
+    if value in (None, ""):
+        return None
+    try:
+        stock = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: {value!r} is not a whole number") from None
+    if not 0 <= stock <= MAX_STOCK:
+        raise InputError(f"{where}: {value!r} must be 0..{MAX_STOCK}")
+    return stock
+
+
+def read_parts_csv(parts_csv: Path, *, as_of: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """``parts.csv`` of the generated layout -> (parts, inventory rows dated ``as_of``, sites), checked row by
+    row (the device's import and the hub's read it the same way); InputError naming the file and line."""
+    rows = read_csv_rows(parts_csv, ("part_number", "name"))
+    sites = sorted(c[len("stock_"):] for c in rows[0] if c.startswith("stock_"))
+    parts, inventory, seen = [], [], set()
+    for line, r in enumerate(rows, start=2):
+        where = f"{parts_csv}:{line}"
+        pn = check_part_number(r.get("part_number"), where)
+        if pn in seen:
+            raise InputError(f"{where}: duplicate part_number {pn}")
+        seen.add(pn)
+        part = {k: ((r.get(k) or "").strip() or None) for k in PART_FIELDS if k in r}
+        part["part_number"] = pn
+        part["size_mm"] = parse_size_mm((r.get("size_mm") or "").strip(), where)
+        parts.append(part)
+        for col_site in sites:
+            stock = parse_stock((r.get(f"stock_{col_site}") or "").strip(), f"{where}: stock_{col_site}")
+            inventory.append({"part_number": pn, "site": col_site, "stock": stock,
+                              "bin": (r.get(f"bin_{col_site}") or "").strip() or None, "as_of": as_of})
+    return parts, inventory, sites
+
+
 def import_catalogue(db: CatalogueDB, parts_csv: str | os.PathLike[str], images_csv: str | os.PathLike[str] | None
                      = None, *, kinds: Sequence[str] = ("catalogue",), as_of: str | None = None,
                      site: str | None = None) -> dict[str, Any]:
@@ -67,37 +129,10 @@ def import_catalogue(db: CatalogueDB, parts_csv: str | os.PathLike[str], images_
                          "the parts at the hub (`partlens hub import`) and sync; a local import would make the next "
                          "syncs skip hub changes")
     parts_csv = Path(parts_csv)
-    rows = read_csv_rows(parts_csv, ("part_number", "name"))
-    as_of = as_of or _dt.datetime.fromtimestamp(parts_csv.stat().st_mtime, _dt.timezone.utc).isoformat(
-        timespec="seconds")
-    sites = sorted(c[len("stock_"):] for c in rows[0] if c.startswith("stock_"))
-    parts, inventory, seen = [], [], set()
-    for line, r in enumerate(rows, start=2):
-        pn = (r.get("part_number") or "").strip()
-        if not pn:
-            raise InputError(f"{parts_csv}:{line}: empty part_number")
-        if pn in seen:
-            raise InputError(f"{parts_csv}:{line}: duplicate part_number {pn}")
-        seen.add(pn)
-        part = {k: (r.get(k) or None) for k in PART_FIELDS if k in r}
-        part["part_number"] = pn
-        try:
-            part["size_mm"] = float(r["size_mm"]) if r.get("size_mm") else None
-        except ValueError:
-            raise InputError(f"{parts_csv}:{line}: size_mm {r['size_mm']!r} is not a number") from None
-        if part["size_mm"] is not None and not (0 < part["size_mm"] < MAX_SIZE_MM):
-            raise InputError(f"{parts_csv}:{line}: size_mm {r['size_mm']!r} must be above 0 and below {MAX_SIZE_MM:g}")
-        parts.append(part)
-        for col_site in sites:
-            stock = r.get(f"stock_{col_site}")
-            try:
-                stock_v = int(stock) if stock not in (None, "") else None
-            except ValueError:
-                raise InputError(f"{parts_csv}:{line}: stock_{col_site} {stock!r} is not an integer") from None
-            if stock_v is not None and not 0 <= stock_v <= MAX_STOCK:
-                raise InputError(f"{parts_csv}:{line}: stock_{col_site} {stock!r} must be 0..{MAX_STOCK}")
-            inventory.append({"part_number": pn, "site": col_site, "stock": stock_v,
-                              "bin": r.get(f"bin_{col_site}") or None, "as_of": as_of})
+    if as_of is None and parts_csv.is_file():  # (a missing file is read_parts_csv's error)
+        as_of = _dt.datetime.fromtimestamp(parts_csv.stat().st_mtime, _dt.timezone.utc).isoformat(timespec="seconds")
+    parts, inventory, sites = read_parts_csv(parts_csv, as_of=as_of or "")
+    seen = {p["part_number"] for p in parts}
     images, paths_seen = [], {}
     if images_csv is not None:
         images_csv = Path(images_csv)

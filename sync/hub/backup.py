@@ -30,6 +30,7 @@ from edge_app.atomic import atomic_write_json, fsync_dir
 from edge_app.errors import InputError, UsageError
 from edge_app.signing import SigningKey
 
+from ..package import sha256_file
 from .hub import Hub
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,22 @@ def backup_hub(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return info
 
 
+def _check_images(src: Path, images: list[tuple[str, str | None]]) -> None:
+    """Every catalogue image the backup's database names is in the backup with its recorded sha256: a restored
+    hub missing them fails at the next set-bundle or sync, when the backup may be gone."""
+    bad = []
+    for rel, digest in images:
+        path = src / "images" / rel
+        if not path.is_file():
+            bad.append(f"{rel} missing")
+        elif digest and sha256_file(path) != digest:
+            bad.append(f"{rel} changed")
+        if len(bad) >= 5:
+            break
+    if bad:
+        raise InputError(f"{src}: not a usable hub backup: catalogue image(s) {', '.join(bad)}; use another backup")
+
+
 def restore_hub(backup_dir: str | os.PathLike[str], target: str | os.PathLike[str], *,
                 key_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Make the hub folder ``target`` (new, or an empty folder) from the backup ``backup_dir``.
@@ -105,13 +122,20 @@ def restore_hub(backup_dir: str | os.PathLike[str], target: str | os.PathLike[st
         info = json.loads((src / "backup.json").read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"{src}: not a complete hub backup (backup.json missing or unreadable: {exc})") from None
+    if not isinstance(info, dict):
+        raise InputError(f"{src}: not a usable hub backup (backup.json is not an object)")
     if not (src / "hub.db").is_file() or not (src / "hub.json").is_file():
         raise InputError(f"{src}: not a complete hub backup (hub.db or hub.json missing)")
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise UsageError(f"{dst} exists and is not an empty folder; restore into a new folder")
     if dst.resolve().is_relative_to(src.resolve()) or src.resolve().is_relative_to(dst.resolve()):
         raise UsageError(f"{dst} and the backup {src} must not be inside each other")
-    config = json.loads((src / "hub.json").read_text())
+    try:
+        config = json.loads((src / "hub.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{src / 'hub.json'}: not a usable hub backup ({exc})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{src / 'hub.json'}: not a usable hub backup (not an object)")
     key_file = Path(key_path or config.get("key_path") or "")
     try:
         key = SigningKey.load(key_file)
@@ -124,10 +148,14 @@ def restore_hub(backup_dir: str | os.PathLike[str], target: str | os.PathLike[st
     check = sqlite3.connect(f"{(src / 'hub.db').absolute().as_uri()}?mode=ro", uri=True)
     try:
         ok = check.execute("PRAGMA integrity_check").fetchone()[0]
+        images = check.execute("SELECT path, sha256 FROM images").fetchall() if ok == "ok" else []
+    except sqlite3.DatabaseError as exc:  # not a database at all, or no images table
+        raise InputError(f"{src / 'hub.db'}: not a usable hub database ({exc}); use another backup") from None
     finally:
         check.close()
     if ok != "ok":
         raise InputError(f"{src / 'hub.db'}: fails SQLite's integrity check ({ok}); use another backup")
+    _check_images(src, images)
     work = dst.parent / f".{dst.name}.restoring"
     if work.exists():
         shutil.rmtree(work)  # an interrupted restore of ours (the name is only ever made here)

@@ -158,8 +158,8 @@ class PackageService:
         """Delete cached packages no device will be sent again (they end before the current version)
         once they are older than ``grace_hours``, so a device that planned one just before a catalogue
         change can still finish downloading it. Returns counts and bytes freed."""
-        if grace_hours < 0:
-            raise InputError(f"grace must be >= 0 hours, got {grace_hours}")
+        if not 0 <= grace_hours <= 24 * 36_500:  # also NaN, which had made every package old enough
+            raise InputError(f"grace must be 0..{24 * 36_500} hours, got {grace_hours}")
         current = self.hub.store.version()
         epoch = self.hub.store.epoch()
         cutoff = (time.time() if now is None else now) - grace_hours * 3600

@@ -29,10 +29,14 @@ from .review import list_uploads
 log = logging.getLogger(__name__)
 
 
+#: the longest look back (or age) in days a command takes: 100 years
+MAX_DAYS = 36_500
+
+
 def _received_since(days: float, what: str) -> str:
-    """The hub receipt time (ISO UTC) ``days`` days ago; ``days`` must be > 0."""
-    if not days > 0:
-        raise UsageError(f"{what} must be > 0, got {days}")
+    """The hub receipt time (ISO UTC) ``days`` days ago; ``days`` must be > 0 and at most 100 years."""
+    if not 0 < days <= MAX_DAYS:  # also NaN; infinity or a million days overflowed the date arithmetic
+        raise UsageError(f"{what} must be > 0 and at most {MAX_DAYS}, got {days}")
     return (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(days=days)).isoformat(timespec="seconds")
 
 

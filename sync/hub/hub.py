@@ -14,7 +14,6 @@ Layout of a hub folder::
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -30,6 +29,7 @@ import numpy as np
 from edge_app import spotcheck
 from edge_app.atomic import atomic_write_bytes, atomic_write_json
 from edge_app.errors import InputError, UsageError
+from edge_app.runtime.importer import check_part_number, parse_size_mm, parse_stock, read_csv_rows, read_parts_csv
 from edge_app.signing import Keyring, SigningKey
 from edge_app.storage import free_bytes
 
@@ -66,6 +66,8 @@ class Hub:
             self.config = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as exc:
             raise InputError(f"{cfg_path}: not valid JSON ({exc})") from None
+        if not isinstance(self.config, dict):
+            raise InputError(f"{cfg_path}: not a hub settings object (a JSON {type(self.config).__name__})")
         if self.config.get("format") != HUB_FORMAT:
             raise InputError(f"{cfg_path}: unknown hub format {self.config.get('format')!r}")
         self.store = SqliteHubStore(self.root / "hub.db")
@@ -84,6 +86,8 @@ class Hub:
         root = Path(root)
         if (root / "hub.json").exists():
             raise UsageError(f"{root} is already a hub folder")
+        if url is not None and not url.startswith(("http://", "https://")):  # add-device would refuse it later
+            raise UsageError(f"--url must start with http:// or https:// (the address tablets reach), got {url!r}")
         key = SigningKey.load(key_path)
         keyring = Keyring({key.key_id: key.public_raw})
         for p in trust:
@@ -265,12 +269,16 @@ class Hub:
                  images: Sequence[str | os.PathLike[str]] = (), also: Callable[[Change], None] | None = None) -> int:
         """Create or update one part with its stock per site and catalogue images; return the new version.
         ``also`` writes more in the same transaction (e.g. the review of the report the part was made from)."""
-        pn = str(part.get("part_number") or "").strip()
-        if not pn:
+        if not str(part.get("part_number") or "").strip():
             raise UsageError("a part needs a part_number")
+        pn = check_part_number(part.get("part_number"), "part")
         unknown = set(part) - set(PART_FIELDS)
         if unknown:
             raise UsageError(f"unknown part field(s) {sorted(unknown)}; known: {list(PART_FIELDS)}")
+        if part.get("size_mm") is not None:
+            part = dict(part, size_mm=parse_size_mm(part["size_mm"], f"part {pn}"))
+        for site, (stock, _bin) in inventory.items():
+            parse_stock(stock, f"part {pn}: stock at {site}")
         rows = [self.store_image(p, pn) for p in images]
         emb = self.embedder()
         vecs = self.embed_rows(rows, emb) if emb is not None and rows else None
@@ -315,9 +323,14 @@ class Hub:
         image_rows: list[dict[str, Any]] = []
         if images_csv is not None:
             images_csv = Path(images_csv)
+            listed: dict[str, int] = {}
             for lineno, row in _read_csv(images_csv, ("path", "part_number", "kind")):
                 if row["kind"] not in kinds:
                     continue
+                if row["path"] in listed:  # one image for two parts: the last row would take it silently
+                    raise InputError(f"{images_csv}:{lineno}: {row['path']} is listed twice (first on line "
+                                     f"{listed[row['path']]})")
+                listed[row["path"]] = lineno
                 if row["part_number"] not in known and self.store.part(row["part_number"]) is None:
                     raise InputError(f"{images_csv}:{lineno}: unknown part {row['part_number']!r}")
                 src = images_csv.parent / row["path"]
@@ -437,54 +450,17 @@ def _log_look_alikes(found: Sequence[Mapping[str, Any]]) -> None:
 
 
 def _raw(keyring: Keyring, kid: str) -> bytes:
-    import base64
-
-    return base64.b64decode(keyring.to_dict()["keys"][kid])  # type: ignore[index]
+    return keyring.public_key(kid)
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> Iterable[tuple[int, dict[str, str]]]:
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in required if c not in (reader.fieldnames or [])]
-            if missing:
-                raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
-            for i, row in enumerate(reader, start=2):
-                yield i, {k: (v or "").strip() for k, v in row.items() if k is not None}
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{path}: not a readable UTF-8 CSV ({exc})") from None
+    """(line, row) of a UTF-8 CSV, read as the device's importer reads it (BOM, extra fields, no rows)."""
+    for i, row in enumerate(read_csv_rows(path, required), start=2):
+        yield i, {k: (v or "").strip() for k, v in row.items()}
 
 
 def _read_parts_csv(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    parts: list[dict[str, Any]] = []
-    inventory: list[dict[str, Any]] = []
-    now = utcnow()
-    seen: set[str] = set()
-    for lineno, row in _read_csv(path, ("part_number", "name")):
-        pn = row["part_number"]
-        if not pn:
-            raise InputError(f"{path}:{lineno}: empty part_number")
-        if pn in seen:
-            raise InputError(f"{path}:{lineno}: duplicate part_number {pn!r}")
-        seen.add(pn)
-        part = {k: row.get(k) or None for k in PART_FIELDS}
-        if part["size_mm"] is not None:
-            try:
-                part["size_mm"] = float(part["size_mm"])
-            except ValueError:
-                raise InputError(f"{path}:{lineno}: size_mm {row['size_mm']!r} is not a number") from None
-        parts.append(part)
-        for col, val in row.items():
-            if col.startswith("stock_"):
-                site = col[len("stock_"):]
-                try:
-                    stock = int(val) if val != "" else None
-                except ValueError:
-                    raise InputError(f"{path}:{lineno}: {col} {val!r} is not an integer") from None
-                inventory.append({"part_number": pn, "site": check_name(site, "site"), "stock": stock,
-                                  "bin": row.get(f"bin_{site}") or None, "as_of": now})
-    if not parts:
-        raise InputError(f"{path}: no parts")
-    return parts, inventory
+    parts, inventory, sites = read_parts_csv(path, as_of=utcnow())
+    for site in sites:
+        check_name(site, "site")
+    return [{k: p.get(k) for k in PART_FIELDS} for p in parts], inventory

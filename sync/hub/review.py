@@ -111,9 +111,13 @@ def confirm_unknown(hub: Hub, uuid: str, note: str = "") -> dict[str, Any]:
 
 
 def reject(hub: Hub, uuid: str, note: str = "") -> None:
+    """Mark a new upload rejected. A reviewed one is refused like every other review action: rejecting an
+    approved photo had wiped its review (the catalogue image it became was no longer traceable or exported)."""
     row = hub.store.upload(uuid)
     if row is None:
         raise InputError(f"no such upload {uuid}")
+    if row["status"] != "new":
+        raise UsageError(f"upload {uuid} is already {row['status']}")
     hub.store.update_upload(uuid, status="rejected", review=json.dumps({"note": note}))
 
 

@@ -14,6 +14,8 @@ import contextlib
 import datetime as _dt
 import json
 import logging
+import re
+import sqlite3
 import threading
 import uuid
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from edge_app.errors import InputError, IntegrityError, UsageError
+from edge_app.errors import DamagedDatabaseError, InputError, IntegrityError, UsageError
 from edge_app.storage import connect_wal
 
 from ..package import Package as Snapshot
@@ -228,6 +230,9 @@ DEVICE_SETTINGS = ("keep_free_mb", "sync_window")
 
 #: Versioned schema changes after :data:`SCHEMA` (``meta.schema_version``), applied in order, once, in the
 #: store's first transaction; a hub folder made by an older version is brought up to date when opened.
+#: the tables and indexes SCHEMA creates (opening checks they exist before skipping the set-up transaction)
+_SCHEMA_NAMES = frozenset(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", " ".join(SCHEMA)))
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     # 1: what each device last reported when it asked for a sync plan (fleet view in `hub devices`)
     (1, ["ALTER TABLE devices ADD COLUMN last_sync_at TEXT",
@@ -253,7 +258,31 @@ class SqliteHubStore:
             raise InputError(f"{self.path}: no hub database here (run `partlens hub init` first)")
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        db = self._db()
+        try:
+            db = self._db()
+            if self._set_up(db):  # read-only commands must not wait for a writer (e.g. a long import)
+                return
+            self._setup(db)
+        except sqlite3.OperationalError:
+            raise  # locked or busy: the CLI says so (exit 10)
+        except sqlite3.DatabaseError as exc:  # not a database, or corrupt
+            raise DamagedDatabaseError(self.path, f"{exc}; restore it with `partlens hub restore`") from None
+
+    def _set_up(self, db: Any) -> bool:
+        """Whether the schema is in place and current (then opening needs no write transaction)."""
+        try:
+            row = db.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            has_id = db.conn.execute("SELECT 1 FROM meta WHERE key='hub_id'").fetchone() is not None
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return False
+            raise
+        if not (has_id and row is not None and int(json.loads(row[0])) >= MIGRATIONS[-1][0]):
+            return False
+        present = {r[0] for r in db.conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+        return _SCHEMA_NAMES <= present  # a table or index added to SCHEMA since: set up again
+
+    def _setup(self, db: Any) -> None:
         with self._tx(db):
             for stmt in SCHEMA:
                 db.conn.execute(stmt)

@@ -130,8 +130,8 @@ def init_tls(hub_root: str | os.PathLike[str], hosts: Iterable[str], *, days: in
     if _into is None and has_tls(hub_root) and not force:
         raise UsageError(f"{d} already holds a certificate; enrolled tablets pin it. Pass --force to replace it "
                          "(then re-enrol every tablet)")
-    if days < 1:
-        raise UsageError(f"validity must be at least 1 day, got {days}")
+    if not 1 <= days <= 36_500:  # a million days overflowed the certificate's date
+        raise UsageError(f"validity must be 1..36500 days, got {days}")
     from edge_app.signing import PASSPHRASE_ENV, env_passphrase
 
     passphrase = env_passphrase() if protect else None

@@ -177,8 +177,10 @@ def test_tls_init_refuses_bad_hosts_and_validity(tmp_path):
 
     with pytest.raises(UsageError, match="not a host name"):
         init_tls(tmp_path / "h", ["hub/terminal"])
-    with pytest.raises(UsageError, match="at least 1 day"):
+    with pytest.raises(UsageError, match="1..36500 days"):
         init_tls(tmp_path / "h", ["hub"], days=0)
+    with pytest.raises(UsageError, match="1..36500 days"):  # a million days overflowed the certificate date
+        init_tls(tmp_path / "h", ["hub"], days=3_000_000)
     assert not has_tls(tmp_path / "h")  # nothing half-made
     world = build_world(tmp_path / "w")  # hub URL http://127.0.0.1:9
     assert main(["hub", "tls-init", "--hub", str(world.hub.root), "--host", "bad host"]) != 0

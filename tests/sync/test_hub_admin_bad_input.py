@@ -1,0 +1,154 @@
+"""The hub's admin commands with bad input (found by an audit running them, 17th session): one line and the
+right exit code, never a traceback, and nothing half done."""
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edge_app.errors import InputError, UsageError
+
+from .helpers import part_image, upload_items
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from edge_app.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return rc, err.getvalue()
+
+
+def _csvs(tmp_path: Path, parts: str, images: str | None = None) -> tuple[Path, Path | None]:
+    (tmp_path / "parts.csv").write_bytes(parts.encode("utf-8"))
+    if images is None:
+        return tmp_path / "parts.csv", None
+    (tmp_path / "images.csv").write_text(images)
+    return tmp_path / "parts.csv", tmp_path / "images.csv"
+
+
+def test_reject_refuses_a_reviewed_upload(world) -> None:
+    from sync.hub.review import approve_photo, reject
+
+    uid = upload_items(world, [("photo", {"part_number": "P0", "capture_id": "c1"}, part_image(0, noise=20))])[0]
+    approve_photo(world.hub, uid)
+    with pytest.raises(UsageError, match="already approved"):
+        reject(world.hub, uid)  # had overwritten the review: the catalogue image was no longer traceable
+    assert world.hub.store.upload(uid)["status"] == "approved"
+
+
+@pytest.mark.parametrize("parts, words", [
+    ("part_number,name,stock_site_a\nG0,gear,-5\n", "must be 0.."),
+    ("part_number,name,stock_site_a\nG0,gear,99999999999999999999999\n", "must be 0.."),  # was an OverflowError
+    ("part_number,name,size_mm\nG0,gear,inf\n", "size_mm"),
+    ("part_number,name\nG0,gear,extra\n", "more fields than the header"),
+    ("part_number,name\n" + "X" * 300 + ",long\n", "at most 100 characters"),
+], ids=["negative-stock", "huge-stock", "infinite-size", "extra-field", "long-part-number"])
+def test_hub_import_checks_rows_as_the_device_importer_does(world, tmp_path, parts, words) -> None:
+    before = world.hub.store.version()
+    with pytest.raises(InputError, match=words):
+        world.hub.import_csv(*_csvs(tmp_path, parts))
+    assert world.hub.store.version() == before
+
+
+def test_hub_import_reads_a_bom_and_refuses_one_image_for_two_parts(world, tmp_path) -> None:
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.jpg").write_bytes(part_image(40))
+    parts, images = _csvs(tmp_path, "\ufeffpart_number,name\nG0,gear\nG1,gear 2\n",
+                          "path,part_number,kind\nimgs/a.jpg,G0,catalogue\nimgs/a.jpg,G1,catalogue\n")
+    with pytest.raises(InputError, match="listed twice"):  # the last row had taken the image silently
+        world.hub.import_csv(parts, images)
+    images.write_text("path,part_number,kind\nimgs/a.jpg,G0,catalogue\n")
+    out = world.hub.import_csv(parts, images)  # the BOM Excel writes is read (was "missing column part_number")
+    assert out["parts"] == 2 and out["images"] == 1
+
+
+def test_add_part_checks_stock_size_and_part_number(world) -> None:
+    with pytest.raises(InputError, match="must be 0.."):
+        world.hub.add_part({"part_number": "G9", "name": "x"}, inventory={"site_a": (-1, "B")})
+    with pytest.raises(InputError, match="size_mm"):
+        world.hub.add_part({"part_number": "G9", "name": "x", "size_mm": -3})
+    with pytest.raises(InputError, match="at most 100"):
+        world.hub.add_part({"part_number": "Y" * 300, "name": "x"})
+    rc, err = _cli("hub", "add-part", "--hub", str(world.hub.root), "G9", "--name", "x", "--stock", "site_a=1e99:B")
+    assert rc == 2 and "whole number" in err and "Traceback" not in err
+
+
+def test_restore_refuses_a_tampered_or_incomplete_backup(world, tmp_path) -> None:
+    from sync.hub.backup import backup_hub, restore_hub
+
+    good = tmp_path / "backup"
+    backup_hub(world.hub, good)
+
+    def broken(name, change):
+        b = tmp_path / name
+        shutil.copytree(good, b)
+        change(b)
+        return b
+
+    cases = [
+        (broken("b1", lambda b: (b / "hub.json").write_text("{not json")), "hub.json"),
+        (broken("b2", lambda b: (b / "backup.json").write_text("[]")), "not an object"),
+        (broken("b3", lambda b: (b / "hub.db").write_bytes(b"\x00" * 4096)), "not a usable hub database"),
+        (broken("b4", lambda b: [p.unlink() for p in (b / "images").iterdir()]), "missing"),
+        (broken("b5", lambda b: next((b / "images").iterdir()).write_bytes(b"changed")), "changed"),
+    ]
+    for i, (backup, words) in enumerate(cases):
+        with pytest.raises(InputError, match=words):
+            restore_hub(backup, tmp_path / f"restored{i}", key_path=world.hub_key_path)
+        assert not (tmp_path / f"restored{i}").exists()
+    assert restore_hub(good, tmp_path / "ok", key_path=world.hub_key_path)["catalogue_version"]
+
+
+def test_a_damaged_hub_folder_is_one_line_not_a_traceback(world, tmp_path) -> None:
+    bad = tmp_path / "hub-copy"
+    shutil.copytree(world.hub.root, bad)
+    (bad / "hub.db").write_bytes(b"SQLite format 3\x00" + b"\x07" * 5000)
+    rc, err = _cli("hub", "status", "--hub", str(bad))
+    assert rc == 3 and "damaged" in err and "Traceback" not in err
+    shutil.copy(world.hub.root / "hub.db", bad / "hub.db")
+    (bad / "hub.json").write_text("[]")
+    rc, err = _cli("hub", "status", "--hub", str(bad))
+    assert rc == 3 and "not a hub settings object" in err
+
+
+def test_day_counts_out_of_range_are_usage_errors(world) -> None:
+    hub = str(world.hub.root)
+    for args in (("prune-usage", "--older-than-days", "1000000"), ("prune-usage", "--older-than-days", "inf"),
+                 ("field-stats", "--days", "inf")):
+        rc, err = _cli("hub", args[0], "--hub", hub, *args[1:])
+        assert rc == 2 and "at most 36500" in err, (args, err)
+    rc, err = _cli("hub", "prune-packages", "--hub", hub, "--grace-hours", "nan")
+    assert rc == 3 and "grace" in err  # NaN had made every cached package old enough to delete
+
+
+def test_hub_init_needs_a_url_tablets_can_use(tmp_path, world) -> None:
+    from sync.hub.hub import Hub
+
+    with pytest.raises(UsageError, match="http:// or https://"):
+        Hub.init(tmp_path / "h", world.hub_key_path, url="10.0.0.5:8765")
+    assert not (tmp_path / "h" / "hub.json").exists()
+
+
+def test_read_only_hub_commands_do_not_wait_for_a_writer(world) -> None:
+    """Opening the hub took the write lock for its schema check even when nothing was due: `hub status` waited
+    30 s behind a long import, then failed busy."""
+    import time
+
+    writer = sqlite3.connect(world.hub.root / "hub.db", isolation_level=None, timeout=1)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        t0 = time.monotonic()
+        rc, err = _cli("hub", "status", "--hub", str(world.hub.root))
+        assert rc == 0, err
+        assert time.monotonic() - t0 < 10
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
