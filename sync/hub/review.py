@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -187,9 +188,29 @@ def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_on
     positives only from spot-check answers (``spot_check: true``; a random sample of identifications, so the
     calibration's confidence matches what tablets see, not what engineers chose to confirm). Returns the counts.
     """
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} exists and is not an empty folder")
+    final = Path(out_dir)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise UsageError(f"{final} exists and is not an empty folder")
+    # written beside it and renamed into place at the end: a failure half way (a file name the file system
+    # refuses, a full disk) leaves no partial folder that the next run would refuse as not empty
+    out = final.with_name(f".{final.name}.exporting-{os.getpid()}")
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        counts = _export_calibration(hub, out, link=link, reviewed_only=reviewed_only,
+                                     spot_checks_only=spot_checks_only)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    out.mkdir(parents=True, exist_ok=True)  # nothing to export still makes the (empty) folder
+    if final.exists():
+        final.rmdir()
+    os.replace(out, final)
+    log.info("calibration photos exported to %s: %s", final, counts)
+    return counts
+
+
+def _export_calibration(hub: Hub, out: Path, *, link: bool, reviewed_only: bool,
+                        spot_checks_only: bool) -> dict[str, int]:
     counts = {"catalogue_images": 0, "catalogue_parts": 0, "positives": 0, "positive_parts": 0, "negatives": 0,
               "negative_reports": 0, "incomplete_uploads_skipped": 0, "not_spot_checks_skipped": 0}
     images = [r for r in hub.store.live_images() if hub.store.part(r["part_number"]) is not None]
@@ -238,5 +259,4 @@ def export_calibration(hub: Hub, out_dir: str | os.PathLike[str], *, reviewed_on
             counts["negatives"] += 1
             reports.add(report)
     counts["negative_reports"] = len(reports)
-    log.info("calibration photos exported to %s: %s", out, counts)
     return counts

@@ -183,3 +183,28 @@ def test_a_review_and_the_catalogue_change_it_makes_commit_together(world, monke
     import json as _json
 
     assert _json.loads(row["review"])["catalogue_version"] == res["catalogue_version"]
+
+
+def test_an_export_that_fails_half_way_leaves_no_folder_behind(world, tmp_path, monkeypatch) -> None:
+    """Found by an audit: a failure mid-export (a part number too long for a file name) left a partly filled
+    folder, and the re-run refused it as not empty."""
+    import errno
+
+    from sync.hub import review
+
+    out = tmp_path / "cal"
+    real, calls = review._place, []
+
+    def fails(src, dst, link):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(errno.ENAMETOOLONG, "File name too long", str(dst))
+        return real(src, dst, link)
+
+    monkeypatch.setattr(review, "_place", fails)
+    with pytest.raises(OSError):
+        review.export_calibration(world.hub, out)
+    assert not out.exists() and not list(tmp_path.glob(".cal.exporting-*"))
+    monkeypatch.setattr(review, "_place", real)
+    counts = review.export_calibration(world.hub, out)  # the re-run goes through
+    assert counts["catalogue_images"] == 3 and len(list((out / "catalogue").rglob("*.jpg"))) == 3
