@@ -369,3 +369,35 @@ def test_the_numpy_engine_takes_a_live_update_like_hnswlib(tmp_path) -> None:
     updated = VectorIndex.open(db, "v1-aaaaaaaaaaaa", {"ef_search": 48}, engine="numpy", live=live)
     assert updated is live and len(updated) == 5 == db.count("embeddings")
     db.close()
+
+
+@pytest.mark.parametrize("engine", ["hnswlib", "numpy"])
+def test_an_index_mostly_of_deleted_entries_is_rebuilt_compact(tmp_path, engine, monkeypatch) -> None:
+    import edge_app.runtime.index as I
+    from edge_app.runtime.catalogue import CatalogueDB
+    from edge_app.runtime.index import VectorIndex
+
+    monkeypatch.setattr(I, "COMPACT_MIN_DELETED", 50)
+    db = CatalogueDB(tmp_path / "catalogue.db")
+    rng = np.random.default_rng(1)
+    ids = [f"i{i}" for i in range(200)]
+    with db.transaction():
+        db.upsert_parts([{"part_number": "P1", "name": "one", "version": 1}])
+        db.upsert_images([{"image_id": i, "part_number": "P1", "kind": "catalogue"} for i in ids])
+        db.upsert_embeddings(ids, rng.normal(size=(200, 16)).astype(np.float32), "v1-aaaaaaaaaaaa")
+        db.set_meta("catalogue_version", 1)
+    VectorIndex.open(db, "v1-aaaaaaaaaaaa", engine=engine)
+    with db.transaction():
+        db.delete_images(ids[:40])  # fewer deleted than live: updated in place
+        db.set_meta("catalogue_version", 2)
+    idx = VectorIndex.open(db, "v1-aaaaaaaaaaaa", engine=engine)
+    assert len(idx.engine.deleted) == 40 and len(idx) == 160
+    with db.transaction():
+        db.delete_images(ids[40:150])  # now 150 deleted beside 50 live
+        db.set_meta("catalogue_version", 3)
+    idx = VectorIndex.open(db, "v1-aaaaaaaaaaaa", engine=engine)
+    assert len(idx.engine.deleted) == 0 and len(idx) == 50 == len(idx.engine.all_labels)
+    labels, _ = idx.search(rng.normal(size=(1, 16)).astype(np.float32), 10)
+    live = set(db.embedding_labels("v1-aaaaaaaaaaaa"))
+    assert set(labels[0].tolist()) <= live
+    db.close()
