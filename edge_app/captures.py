@@ -238,6 +238,9 @@ class CaptureStore:
         JPEG is decoded at the smallest DCT scale that still gives them (a 12 MP photo is never
         decoded at full size for identification). Without it (uploads) the crop keeps full resolution.
         """
+        if not Path(cap.path).is_file():  # deleted behind the app's back (storage cleaner, USB)
+            raise InputError(f"a photo of this part ({Path(cap.path).name}) is no longer on the tablet: remove the "
+                             "view and take the photo again")
         if draft_size is not None and cap.crop:
             l, t, r, b = cap.crop
             draft_size = (int(math.ceil(draft_size[0] / max(r - l, 1e-3))),

@@ -420,11 +420,18 @@ class DeviceServices:
                     self._close_identifier(self._identifier)
                     self._identifier = None
             if self._identifier is None:
-                from .runtime.identify import Identifier
+                from .runtime.identify import BundleChanged, Identifier
 
-                bundle_dir, keyring = self.bundle_paths()
-                self._identifier = Identifier.open(bundle_dir, self.catalogue.path, keyring,
-                                                   backend=self.backend, site=self.site)
+                for attempt in range(3):
+                    bundle_dir, keyring = self.bundle_paths()
+                    try:
+                        self._identifier = Identifier.open(bundle_dir, self.catalogue.path, keyring,
+                                                           backend=self.backend, site=self.site)
+                        break
+                    except BundleChanged as exc:  # a sync switched the bundle while this one loaded
+                        if attempt == 2 or self._bundle_dir is not None:
+                            raise
+                        log.warning("%s; opening it", exc)
             return self._identifier
 
     def reload(self) -> None:
@@ -540,8 +547,15 @@ class DeviceServices:
         if self.catalogue.part(part_number) is None:
             raise InputError(f"part {part_number} is not in the catalogue on this device")
 
-    def _blob(self, captures: Sequence[Capture]) -> str | None:
-        return str(self.captures.export_cropped(captures[0])) if captures else None
+    def _blob(self, captures: Sequence[Capture], *, required: bool = True) -> str | None:
+        """The upload copy of the first view. Not ``required`` (an answer or a verdict, which count without
+        their photo): a photo deleted behind the app's back does not stop the record, which goes without it."""
+        if not captures:
+            return None
+        if not required and not Path(captures[0].path).is_file():
+            log.warning("the photo of this record is no longer on the tablet; it goes without it")
+            return None
+        return str(self.captures.export_cropped(captures[0]))
 
     def send_feedback(self, part_number: str, verdict: str, captures: Sequence[Capture],
                       outcome: IdentifyOutcome | None = None) -> str:
@@ -557,7 +571,7 @@ class DeviceServices:
         if self.outbox.has(uid):  # the same answer again (a double tap): one record, one photo copy
             return uid
         return self.outbox.add("feedback", self._feedback(part_number, verdict, captures, outcome),
-                               self._blob(captures), uuid=uid)
+                               self._blob(captures, required=False), uuid=uid)
 
     def _feedback(self, part_number: str, verdict: str, captures: Sequence[Capture],
                   outcome: IdentifyOutcome | None) -> dict[str, Any]:
@@ -583,7 +597,8 @@ class DeviceServices:
         records: list[tuple[str, Mapping[str, Any], Any, str | None]] = [("usage", payload, None, uid)]
         if part_number is not None and (captures or confirmed):
             fb = dict(self._feedback(part_number, "correct", captures, outcome), spot_check=True)
-            records.append(("feedback", fb, self._blob(captures), spotcheck.answer_uuid(outcome, "feedback")))
+            records.append(("feedback", fb, self._blob(captures, required=False),
+                            spotcheck.answer_uuid(outcome, "feedback")))
         self.outbox.add_many(records, skip_existing=True)
         outcome.spot_check_done = True
         return uid
@@ -605,12 +620,14 @@ class DeviceServices:
         transaction: the hub never gets the report without its other views."""
         if not captures:
             raise UsageError("no photo of the unknown part: take or pick one first")
-        uid = str(_uuid.uuid4())
+        uid = _repeat_uuid("unknown_part", "", "", captures, outcome)  # these photos reported once (double tap)
+        if self.outbox.has(uid):
+            return uid
         records: list[tuple[str, Mapping[str, Any], Any, str | None]] = [("unknown_part", {
             "note": note, "capture_ids": [c.capture_id for c in captures], "site": self.site,
             "candidates": [m.part_number for m in outcome.matches] if outcome else []}, self._blob(captures), uid)]
         records += [("photo", {"unknown_part": uid, "capture_id": c.capture_id, "site": self.site},
-                     self.captures.export_cropped(c), None) for c in captures[1:]]
+                     self.captures.export_cropped(c), _repeat_uuid("photo", uid, "", [c], None)) for c in captures[1:]]
         self.outbox.add_many(records)
         return uid
 
@@ -737,7 +754,14 @@ class DeviceServices:
             connection = CONNECTION_WORDS[connection_mode(enrolment)]
         active = self._active() or {}
         last = self.data_dir / "last_sync.json"
-        last_sync = json.loads(last.read_text()).get("at") if last.is_file() else None
+        last_sync = None
+        if last.is_file():
+            try:
+                last_sync = json.loads(last.read_text()).get("at")
+            except (OSError, ValueError, AttributeError) as exc:  # damaged: "unknown", never a crash at start
+                log.warning("%s is unreadable (%s); the last sync time is unknown until the next sync", last, exc)
+            if last_sync is not None and not isinstance(last_sync, str):
+                last_sync = None
         from sync.background import read_arm_failure, read_status
         from sync.lock import sync_running
 

@@ -256,6 +256,8 @@ def update_index(paths: DevicePaths, db: Any, bundle_id: str, params: dict[str, 
 
 def prune_bundles(paths: DevicePaths, keep: set[str]) -> list[str]:
     """Remove installed bundles not in ``keep`` (the active one and the previous one)."""
+    from edge_app.runtime.index import index_path
+
     removed = []
     if not paths.bundles.is_dir():
         return removed
@@ -263,6 +265,12 @@ def prune_bundles(paths: DevicePaths, keep: set[str]) -> list[str]:
         if d.is_dir() and not d.name.startswith(".") and d.name not in keep:
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d.name)
+    # their index caches too (each the size of a full index; 19 were left beside 2 bundles after 18 switches)
+    kept = {index_path(paths.db, b, engine=e).name for b in keep for e in ("hnswlib", "numpy")}
+    for f in paths.root.glob("index-*"):
+        base = f.name[:-len(".json")] if f.name.endswith(".json") else f.name
+        if base.endswith((".hnsw", ".npz")) and base not in kept:
+            f.unlink(missing_ok=True)
     return removed
 
 

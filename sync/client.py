@@ -278,7 +278,7 @@ class SyncClient:
     def sync(self, *, upload: bool = True) -> SyncResult:
         """One sync (see the module docstring). Lack of storage raises :class:`SyncStorageError` with the
         device unchanged; the outbox is still uploaded first (that is what lets the tablet free photos)."""
-        with device_lock(self.paths.root, "sync"):
+        with device_lock(self.paths.root, "sync", wait_s=2.0):  # the sync screen's probe holds it for an instant
             return self._sync_locked(upload)
 
     def _sync_locked(self, upload: bool) -> SyncResult:

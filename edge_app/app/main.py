@@ -246,7 +246,8 @@ class PartlensApp(App):
                 "captures": [c.to_dict() for c in self.captures],
                 "selected": self.selected.capture_id if self.selected else None,
                 "outcome": self.outcome.to_dict() if self.outcome else None,
-                "part": self.current_part}
+                "part": self.current_part,
+                "part_came_from": getattr(self.screen("part_detail"), "came_from", None) if hasattr(self, "sm") else None}
 
     def save_state(self) -> None:
         store = getattr(self.services, "state", None)
@@ -280,6 +281,9 @@ class PartlensApp(App):
         self.selected = next((c for c in caps if c.capture_id == data.get("selected")), caps[-1] if caps else None)
         self.outcome = outcome
         self.current_part = part
+        came_from = data.get("part_came_from")
+        if came_from in SCREENS and came_from != "part_detail":  # Back goes where the part was opened from
+            self.screen("part_detail").came_from = came_from
         screen = data.get("screen")
         if screen in SCREENS and not (screen == "part_detail" and not self.current_part) \
                 and not (screen == "results" and self.outcome is None):

@@ -82,6 +82,10 @@ class IdentifyResult:
         return d
 
 
+class BundleChanged(InputError):
+    """The catalogue holds another bundle's vectors than the one being opened (a sync switched it meanwhile)."""
+
+
 class Identifier:
     """The on-device identification pipeline over one verified bundle and the catalogue DB."""
 
@@ -139,7 +143,12 @@ class Identifier:
         return str(self.bundle.bundle_id)
 
     def import_bundle_embeddings(self) -> int:
-        """Store the bundle's catalogue embeddings in SQLite (once per bundle), for parts the DB knows."""
+        """Store the bundle's catalogue embeddings in SQLite (once per bundle), for parts the DB knows.
+
+        Only into a catalogue with no other model's vectors: when a sync (another process) committed another
+        bundle meanwhile, this bundle is stale and :class:`BundleChanged` is raised (the caller opens the
+        catalogue's bundle); before, this deleted the vectors the sync had just written. A catalogue a hub
+        keeps gets its vectors from the hub only."""
         with self.db.read():
             have = self.db.db.conn.execute("SELECT count(*) FROM embeddings WHERE bundle_id = ?",
                                            (self.bundle_id,)).fetchone()[0]
@@ -157,8 +166,17 @@ class Identifier:
         if not keep:
             raise InputError(f"bundle {self.bundle_id}: none of its catalogue images belong to parts in "
                              f"{self.db.path}")
-        with self.db.transaction():
+        with self.db.transaction():  # checked again under the write lock: a sync may have committed meanwhile
             conn = self.db.db.conn
+            if conn.execute("SELECT count(*) FROM embeddings WHERE bundle_id = ?", (self.bundle_id,)).fetchone()[0]:
+                return 0
+            held = self.db.get_meta("bundle_id")
+            if held and held != self.bundle_id:
+                raise BundleChanged(f"{self.db.path} now holds the vectors of bundle {held}, not {self.bundle_id} "
+                                    "(a sync installed it): open that bundle")
+            if self.db.get_meta("hub_id") or self.db.get_meta("managed_by_hub"):
+                raise InputError(f"{self.db.path}: this catalogue is kept by a hub and holds no vectors for bundle "
+                                 f"{self.bundle_id}: sync with the hub")
             existing = {r[0] for r in conn.execute("SELECT image_id FROM images")}
             self.db.upsert_images([{"image_id": rows[i]["image_id"], "part_number": rows[i]["part_number"],
                                     "kind": "catalogue"} for i in keep if rows[i]["image_id"] not in existing])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from edge_app.errors import InputError
@@ -70,14 +71,65 @@ def test_a_running_app_follows_a_bundle_the_nightly_sync_installed(world, tmp_pa
         # the sync process: v2's vectors replace v1's and the catalogue moves on, in one transaction (the pointer
         # follows a moment later: not yet here)
         sync_db = CatalogueDB(d / "catalogue.db")
-        Identifier(load_bundle(d / "bundles" / v2.name, world.keyring), sync_db, backend="onnx")
         with sync_db.transaction():
             sync_db.set_meta("bundle_id", v2.name)
+        # (the catalogue names v2 now: the bundle's own vectors stand in for the ones a sync brings)
+        Identifier(load_bundle(d / "bundles" / v2.name, world.keyring), sync_db, backend="onnx")
+        with sync_db.transaction():
             sync_db.set_meta("catalogue_version", 6)
         sync_db.close()
         after = svc.identify([cap])
         assert after.bundle_id == v2.name and after.matches and after.matches[0].part_number == "P0003"
         with CatalogueDB(d / "catalogue.db") as db:  # the app did not put the old model's vectors back
             assert {r[0] for r in db.db.conn.execute("SELECT DISTINCT bundle_id FROM embeddings")} == {v2.name}
+    finally:
+        svc.close()
+
+
+def test_a_model_loading_while_a_sync_switches_the_bundle_never_deletes_the_syncs_vectors(world, tmp_path,
+                                                                                          monkeypatch) -> None:
+    """Found by an audit racing two processes: the app read bundle v1 from the catalogue, a sync committed v2 and
+    its vectors while the model loaded, then the app's first-open import found no v1 vectors, imported v1's own
+    sample vectors and deleted every other bundle's: v2's hub vectors were gone until a full snapshot."""
+    import shutil
+
+    from edge_app.runtime import backends as B
+    from edge_app.runtime.catalogue import CatalogueDB
+    from edge_app.services import DeviceServices
+
+    from .conftest import _import
+
+    d = tmp_path / "device"
+    _import(d / "catalogue.db", world.cat)
+    shutil.copy(world.keyring_path, d / "keyring.json")
+    v1, v2 = world.uncalibrated, world.bundle
+    for b in (v1, v2):
+        shutil.copytree(b, d / "bundles" / b.name)
+    with CatalogueDB(d / "catalogue.db") as db, db.transaction():
+        db.set_meta("bundle_id", v1.name)  # v1 is the catalogue's, with no vectors stored yet
+    real_create = B.create_backend
+    switched = []
+
+    def slow_load(bundle, prefer=None):  # the sync commits while the app loads v1's model
+        if bundle.bundle_id == v1.name and not switched:
+            switched.append(1)
+            with CatalogueDB(d / "catalogue.db") as sync_db, sync_db.transaction():
+                sync_db.set_meta("bundle_id", v2.name)
+                rng = np.random.default_rng(0)
+                vecs = rng.normal(size=(3, bundle.embedding_dim)).astype(np.float32)
+                sync_db.upsert_images([{"image_id": f"hub-{i}", "part_number": "P0001", "kind": "catalogue"}
+                                       for i in range(3)])
+                sync_db.upsert_embeddings([f"hub-{i}" for i in range(3)], vecs, v2.name)
+                sync_db.set_meta("catalogue_version", 9)
+        return real_create(bundle, prefer=prefer)
+
+    monkeypatch.setattr(B, "create_backend", slow_load)
+    svc = DeviceServices(d, backend="onnx")
+    try:
+        ident = svc._get_identifier()  # v1 refused at its import (the catalogue moved on), v2 opened
+        assert ident.bundle_id == v2.name and switched
+        with CatalogueDB(d / "catalogue.db") as db:
+            rows = db.db.conn.execute("SELECT bundle_id, count(*) FROM embeddings GROUP BY bundle_id").fetchall()
+        assert rows == [(v2.name, 3)]  # the sync's vectors are all there, and no v1 sample vectors came back
     finally:
         svc.close()

@@ -720,3 +720,31 @@ def test_a_damaged_catalogue_or_outbox_is_set_aside_at_start_not_a_crash(tmp_pat
         assert s.pending_uploads() == 0 and len(list(data.glob("outbox.db.damaged-*"))) == 1
     finally:
         s.close()
+
+
+# -- second app audit (17th session) ----------------------------------------------------------------------------
+def test_an_unknown_part_reported_twice_is_one_record(device, tmp_path) -> None:
+    caps = [device.captures.add_file(photo(tmp_path / f"u{i}.jpg", colour=(10 + i, 90, 0))) for i in range(2)]
+    out = IdentifyOutcome([m("BRG-1", 0.3)], False, bundle_id="bnd-1", identification_id="xyz")
+    first = device.record_unknown(caps, "pump seal", out)
+    assert device.record_unknown(caps, "", out) == first  # a double tap (the note was cleared after the first)
+    rows = device.outbox.pending()
+    assert [r["kind"] for r in rows] == ["unknown_part", "photo"] and rows[0]["payload"]["note"] == "pump seal"
+    assert len(list(device.captures.root.glob("*.crop.jpg"))) == 2
+
+
+def test_a_damaged_last_sync_file_is_an_unknown_time_not_a_crash(device) -> None:
+    for text in ('{"at": "2026-01-0', "[1, 2]", '{"at": 5}'):
+        (device.data_dir / "last_sync.json").write_text(text)
+        assert device.sync_status().last_sync is None
+
+
+def test_a_photo_deleted_behind_the_apps_back(device, tmp_path) -> None:
+    cap = device.captures.add_file(photo(tmp_path / "gone.jpg"))
+    Path(cap.path).unlink()
+    with pytest.raises(InputError, match="no longer on the tablet: remove the view"):
+        device.add_photos("BRG-1", [cap])
+    out = IdentifyOutcome([m("BRG-1", 0.9)], True, bundle_id="bnd-1", identification_id="q1", spot_check=True)
+    device.answer_spot_check(out, "BRG-1", captures=[cap])  # the answer counts without its photo
+    kinds = [(r["kind"], r["blob_path"]) for r in device.outbox.pending()]
+    assert [k for k, _ in kinds] == ["usage", "feedback"] and kinds[1][1] is None

@@ -201,3 +201,25 @@ def test_a_catalogue_a_sync_holds_is_a_plain_message_not_a_bug_report(real) -> N
                               done.append)
     wait_for(lambda: not app.busy)
     assert app.message == "unexpected error: no such table"  # other SQLite faults are still bugs
+
+
+def test_a_measurement_typed_with_a_decimal_comma_is_kept_and_back_returns_where_the_part_was_opened(real) -> None:
+    """Second app audit: the measurement box's float filter dropped the comma of "12,5" (125 mm was applied);
+    after a restart on Part detail, Back went to Results although the part was opened from the catalogue."""
+    app = real["app"]
+    field = app.screen("results").ids.measure
+    field.text = ""
+    for ch in "12,5":
+        field.insert_text(ch)  # as the keyboard types it
+    assert field.text == "12,5"
+    field.text = ""
+    app.go("catalogue")
+    pump(10)
+    app.open_part("P0002")  # from the catalogue
+    pump(10)
+    state = app.state_dict()
+    assert state["part_came_from"] == "catalogue"
+    app.screen("part_detail").came_from = "results"
+    app.services.state.save(state)
+    app.restore_state()
+    assert app.screen("part_detail").came_from == "catalogue"

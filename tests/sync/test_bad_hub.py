@@ -318,3 +318,39 @@ def test_enrolling_with_another_hubs_code_keeps_the_running_model_usable(world, 
     new_keys = set(Keyring({k: base64.b64decode(v) for k, v in other.payload["keys"].items()}).key_ids)
     assert new_keys < set(ring.key_ids)  # the new hub's keys, plus the one that signed the installed bundle
     assert len(ring.key_ids) == len(new_keys) + 1
+
+
+def test_pruned_bundles_take_their_index_caches_along(tmp_path):
+    from sync.apply import DevicePaths, prune_bundles
+
+    paths = DevicePaths(tmp_path)
+    for b in ("v1-aaaaaaaaaaaa", "v2-bbbbbbbbbbbb", "v3-cccccccccccc"):
+        (paths.bundles / b).mkdir(parents=True)
+        for name in (f"index-{b}.hnsw", f"index-{b}.hnsw.json", f"index-{b}.npz", f"index-{b}.npz.json"):
+            (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "index-notes.txt").write_text("not an index cache")
+    assert sorted(prune_bundles(paths, {"v3-cccccccccccc"})) == ["v1-aaaaaaaaaaaa", "v2-bbbbbbbbbbbb"]
+    assert sorted(p.name for p in tmp_path.glob("index-*")) == [
+        "index-notes.txt", "index-v3-cccccccccccc.hnsw", "index-v3-cccccccccccc.hnsw.json",
+        "index-v3-cccccccccccc.npz", "index-v3-cccccccccccc.npz.json"]
+
+
+def test_a_sync_waits_out_the_sync_screens_probe(world):
+    """The sync screen probes the lock every 3 s, holding it for an instant; a sync starting in that instant
+    failed busy (1 in 20 under a tight probe loop)."""
+    from sync.lock import device_lock
+
+    held = threading.Event()
+
+    def probe():
+        with device_lock(world.device_dir, "probe"):
+            held.set()
+            time.sleep(0.5)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    held.wait(5)
+    try:
+        assert _client(world).sync().to_version > 0  # waited for the probe instead of SyncBusyError
+    finally:
+        t.join()
