@@ -354,6 +354,19 @@ def active_bundle_dir(data_dir: str | os.PathLike[str], catalogue: Any) -> Path:
     return path
 
 
+def _readable_image(path: str) -> bool:
+    """Whether an image file's header and structure check out (Pillow's verify; no full decode)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        return True
+    except Exception as exc:  # Pillow raises many kinds on a damaged file
+        log.warning("%s: damaged image file (%s)", path, exc)
+        return False
+
+
 def _repeat_uuid(kind: str, part_number: str, verdict: str, captures: Sequence[Capture],
                  outcome: IdentifyOutcome | None) -> str:
     """The outbox UUID of an engineer's record, derived from what it says: the same answer about the same
@@ -524,8 +537,12 @@ class DeviceServices:
         row = self.catalogue.part(part_number)
         if row is None:
             raise InputError(f"part {part_number} is not in the catalogue on this device")
+        damaged = 0
         for im in row.get("images", []):
             im["file"] = self._image_path([im])
+            if im["file"] and not _readable_image(im["file"]):
+                im["file"], damaged = None, damaged + 1
+        row["damaged_images"] = damaged  # shown as a count, not as blank squares
         row["hub_time"] = self.catalogue.get_meta("hub_time")
         return row
 

@@ -748,3 +748,11 @@ def test_a_photo_deleted_behind_the_apps_back(device, tmp_path) -> None:
     device.answer_spot_check(out, "BRG-1", captures=[cap])  # the answer counts without its photo
     kinds = [(r["kind"], r["blob_path"]) for r in device.outbox.pending()]
     assert [k for k, _ in kinds] == ["usage", "feedback"] and kinds[1][1] is None
+
+
+def test_a_damaged_catalogue_image_is_counted_not_shown_blank(device) -> None:
+    img = device.data_dir / "images" / "a.jpg"
+    assert device.part("BRG-1")["images"][0]["file"] and device.part("BRG-1")["damaged_images"] == 0
+    img.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg any more")
+    part = device.part("BRG-1")
+    assert part["images"][0]["file"] is None and part["damaged_images"] == 1

@@ -48,6 +48,10 @@ class PartDetailScreen(Screen):
             if src:
                 ids.images.add_widget(Image(source=src, fit_mode="contain", size_hint=(None, None),
                                             size=(side, side)))
+        if part.get("damaged_images"):
+            n = part["damaged_images"]
+            ids.images.add_widget(PLLabel(text=f"{n} image{'s' if n != 1 else ''} could not be shown (damaged "
+                                               "file on this device).", size_hint_x=None, width=mm(60)))
         if not ids.images.children:
             ids.images.add_widget(PLLabel(text="No images on this device.", size_hint_x=None, width=mm(60)))
         hub = part.get("hub_time")
