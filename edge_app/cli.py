@@ -12,9 +12,11 @@ import errno
 import importlib
 import logging
 import os
+import signal
 import sqlite3
 import sys
-from typing import Sequence
+import threading
+from typing import Any, Sequence
 
 from .errors import BusyError, InputError, PartlensError, StorageError, UsageError
 
@@ -70,8 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.verbose < 2:
         quiet_libraries()
+    previous = _terminate_as_exception()
     try:
         rc = args.func(args)
+    except Terminated:  # SIGTERM (a supervisor, `kill`): unwound like Ctrl-C, so a hub the demo started is stopped
+        print(f"partlens {args.command}: terminated", file=sys.stderr)
+        return 143
     except PartlensError as exc:
         print(f"partlens {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -106,7 +112,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {name}" if name else ""
         print(f"partlens {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return StorageError.exit_code if exc.errno == errno.ENOSPC else InputError.exit_code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return int(rc or 0)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the main thread is, so ``finally`` blocks and context managers run."""
+
+
+def _terminate_as_exception() -> Any:
+    """Turn SIGTERM into :class:`Terminated` for this command (the previous handler is returned to restore);
+    None where that is not possible (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ class DemoConfig:
                      "query_per_part", "calibration_per_part", "new_parts", "outside_parts"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:  # numpy's generators take none (was a traceback after step 1)
+            raise UsageError(f"--seed must be >= 0, got {self.seed}")
         if self.backbone_lr_mult <= 0:
             raise UsageError(f"backbone_lr_mult must be > 0, got {self.backbone_lr_mult}")
         if not 0 <= self.label_smoothing < 1:

@@ -62,18 +62,21 @@ class HubProcess:
         cmd = [sys.executable, "-m", "edge_app.cli", "hub", "serve", "--hub", str(self.hub_dir), "--host", self.host,
                "--port", str(self.port), "--log-level", "warning"] + (["--plain"] if not self.tls else [])
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self._stderr)
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SyncError(f"hub server exited with code {self.proc.returncode}: {self._stderr_tail()}")
-            try:
-                self._opener.open(self.url + "/openapi.json", timeout=1).read()
-                log.info("hub: serving %s on %s (pid %d)", self.hub_dir, self.url, self.proc.pid)
-                return self
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.1)
-        self.stop()
-        raise SyncError(f"hub server did not answer on {self.url} within {self.start_timeout:.0f} s")
+        try:  # from here on the server process exists: whatever stops the wait (Ctrl-C too) stops it
+            deadline = time.monotonic() + self.start_timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise SyncError(f"hub server exited with code {self.proc.returncode}: {self._stderr_tail()}")
+                try:
+                    self._opener.open(self.url + "/openapi.json", timeout=1).read()
+                    log.info("hub: serving %s on %s (pid %d)", self.hub_dir, self.url, self.proc.pid)
+                    return self
+                except (urllib.error.URLError, OSError):
+                    time.sleep(0.1)
+            raise SyncError(f"hub server did not answer on {self.url} within {self.start_timeout:.0f} s")
+        except BaseException:
+            self.stop()
+            raise
 
     def _stderr_tail(self) -> str:
         self._stderr.seek(0)

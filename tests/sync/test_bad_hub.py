@@ -354,3 +354,52 @@ def test_a_sync_waits_out_the_sync_screens_probe(world):
         assert _client(world).sync().to_version > 0  # waited for the probe instead of SyncBusyError
     finally:
         t.join()
+
+
+def test_an_interrupt_while_the_hub_starts_stops_it(world, monkeypatch):
+    """Found by an audit of the demo: Ctrl-C (or any error) while waiting for a started hub to answer left the
+    server process running and listening, reparented to init."""
+    from sync.hub.process import HubProcess
+
+    hub = HubProcess(world.hub.root)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hub._opener, "open", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        hub.start()
+    assert hub.proc is not None and hub.proc.poll() is not None  # the server it had started is stopped
+
+
+def test_sigterm_unwinds_a_command_like_ctrl_c(monkeypatch, capsys):
+    """SIGTERM (a supervisor, `kill`) killed the demo without unwinding: the hub it started kept running."""
+    import os
+    import signal
+
+    import edge_app.demo as demo
+    from edge_app.cli import main
+
+    unwound = []
+
+    def terminated(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            unwound.append(True)  # where the demo's `with HubProcess(...)` stops the hub
+        return 0
+
+    monkeypatch.setattr(demo, "_demo", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["demo", "--quick"]) == 143 and unwound == [True]
+    assert "partlens demo: terminated" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the process's own handler is back
+
+
+def test_a_negative_demo_seed_is_a_usage_error():
+    from edge_app.demo.config import DemoConfig
+    from edge_app.errors import UsageError
+
+    with pytest.raises(UsageError, match="--seed must be >= 0"):
+        DemoConfig(seed=-1).validate()
