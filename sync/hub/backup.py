@@ -93,6 +93,17 @@ def backup_hub(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return info
 
 
+def _read_object(path: Path, message: str) -> dict[str, Any]:
+    """A backup's JSON object file; else InputError ``message`` + the reason + ``)``."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{message}: {exc})") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{message}: {path.name} is not an object)")
+    return doc
+
+
 def _check_images(src: Path, images: list[tuple[str, str | None]]) -> None:
     """Every catalogue image the backup's database names is in the backup with its recorded sha256: a restored
     hub missing them fails at the next set-bundle or sync, when the backup may be gone."""
@@ -118,24 +129,14 @@ def restore_hub(backup_dir: str | os.PathLike[str], target: str | os.PathLike[st
     made beside ``target`` and renamed into place, so an interrupted restore leaves no half hub. The restored
     database starts a new catalogue lineage (see the module docstring)."""
     src, dst = Path(backup_dir), Path(target)
-    try:
-        info = json.loads((src / "backup.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{src}: not a complete hub backup (backup.json missing or unreadable: {exc})") from None
-    if not isinstance(info, dict):
-        raise InputError(f"{src}: not a usable hub backup (backup.json is not an object)")
+    info = _read_object(src / "backup.json", f"{src}: not a complete hub backup (backup.json missing or unreadable")
     if not (src / "hub.db").is_file() or not (src / "hub.json").is_file():
         raise InputError(f"{src}: not a complete hub backup (hub.db or hub.json missing)")
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise UsageError(f"{dst} exists and is not an empty folder; restore into a new folder")
     if dst.resolve().is_relative_to(src.resolve()) or src.resolve().is_relative_to(dst.resolve()):
         raise UsageError(f"{dst} and the backup {src} must not be inside each other")
-    try:
-        config = json.loads((src / "hub.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{src / 'hub.json'}: not a usable hub backup ({exc})") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{src / 'hub.json'}: not a usable hub backup (not an object)")
+    config = _read_object(src / "hub.json", f"{src}: not a usable hub backup (hub.json unreadable")
     key_file = Path(key_path or config.get("key_path") or "")
     try:
         key = SigningKey.load(key_file)

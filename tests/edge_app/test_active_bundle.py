@@ -44,23 +44,13 @@ def test_a_running_app_follows_a_bundle_the_nightly_sync_installed(world, tmp_pa
     """The nightly sync (another process) installs a new bundle while the app runs: the catalogue's vectors are
     now the new model's. Before the fix the app kept the old model and rebuilt its index from the old model's
     vectors, which were gone: every identification said "no confident match" until the app restarted."""
-    import shutil
-
     from edge_app.bundle import load_bundle
     from edge_app.runtime.catalogue import CatalogueDB
     from edge_app.runtime.identify import Identifier
     from edge_app.services import DeviceServices
 
-    from .conftest import _import
-
-    d = tmp_path / "device"
-    _import(d / "catalogue.db", world.cat)
-    shutil.copy(world.keyring_path, d / "keyring.json")
-    v1, v2 = world.uncalibrated, world.bundle
-    for b in (v1, v2):
-        shutil.copytree(b, d / "bundles" / b.name)
+    d, v1, v2 = _device_with_two_bundles(world, tmp_path)
     with CatalogueDB(d / "catalogue.db") as db, db.transaction():
-        db.set_meta("bundle_id", v1.name)
         db.set_meta("catalogue_version", 5)
     (d / "active.json").write_text(json.dumps({"bundle_id": v1.name, "version": 1}))
     svc = DeviceServices(d, backend="onnx")
@@ -91,22 +81,11 @@ def test_a_model_loading_while_a_sync_switches_the_bundle_never_deletes_the_sync
     """Found by an audit racing two processes: the app read bundle v1 from the catalogue, a sync committed v2 and
     its vectors while the model loaded, then the app's first-open import found no v1 vectors, imported v1's own
     sample vectors and deleted every other bundle's: v2's hub vectors were gone until a full snapshot."""
-    import shutil
-
     from edge_app.runtime import backends as B
     from edge_app.runtime.catalogue import CatalogueDB
     from edge_app.services import DeviceServices
 
-    from .conftest import _import
-
-    d = tmp_path / "device"
-    _import(d / "catalogue.db", world.cat)
-    shutil.copy(world.keyring_path, d / "keyring.json")
-    v1, v2 = world.uncalibrated, world.bundle
-    for b in (v1, v2):
-        shutil.copytree(b, d / "bundles" / b.name)
-    with CatalogueDB(d / "catalogue.db") as db, db.transaction():
-        db.set_meta("bundle_id", v1.name)  # v1 is the catalogue's, with no vectors stored yet
+    d, v1, v2 = _device_with_two_bundles(world, tmp_path)  # v1 is the catalogue's, with no vectors stored yet
     real_create = B.create_backend
     switched = []
 
@@ -133,3 +112,23 @@ def test_a_model_loading_while_a_sync_switches_the_bundle_never_deletes_the_sync
         assert rows == [(v2.name, 3)]  # the sync's vectors are all there, and no v1 sample vectors came back
     finally:
         svc.close()
+
+
+def _device_with_two_bundles(world, tmp_path):
+    """A device folder with the generated catalogue, the keyring and bundles v1 and v2 installed; the catalogue
+    names v1. Returns (folder, v1, v2)."""
+    import shutil
+
+    from edge_app.runtime.catalogue import CatalogueDB
+
+    from .conftest import _import
+
+    d = tmp_path / "device"
+    _import(d / "catalogue.db", world.cat)
+    shutil.copy(world.keyring_path, d / "keyring.json")
+    v1, v2 = world.uncalibrated, world.bundle
+    for b in (v1, v2):
+        shutil.copytree(b, d / "bundles" / b.name)
+    with CatalogueDB(d / "catalogue.db") as db, db.transaction():
+        db.set_meta("bundle_id", v1.name)
+    return d, v1, v2
