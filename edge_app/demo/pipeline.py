@@ -107,6 +107,21 @@ class DemoRun:
         self.timings[name] = round(time.perf_counter() - t0, 1)
         log.info("demo: %s done in %.1f s", name, self.timings[name])
 
+    # 0 ---------------------------------------------------------------------------------------
+    def make_key(self) -> None:
+        """Make the demo's signing key first, so that a key folder that cannot be written fails the run in
+        its first second, with a message naming the folder, not after training (step 4)."""
+        from edge_app.signing import DEFAULT_KEY_DIR, init_key
+
+        # Demo signing keys live outside the repository, beside the user's other partlens keys.
+        key_dir = DEFAULT_KEY_DIR / f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{id(self):x}"
+        try:
+            self.key_path, _ = init_key(key_dir)
+        except OSError as exc:
+            raise UsageError(f"cannot make the demo's signing key in {key_dir}: "
+                             f"{exc.strerror or exc}; set PARTLENS_KEY_DIR to a writable folder outside the "
+                             "repository") from exc
+
     # 1 ---------------------------------------------------------------------------------------
     def generate(self) -> None:
         from training.synth import generate
@@ -201,15 +216,13 @@ class DemoRun:
     def bundle(self) -> None:
         from edge_app.bundle import sha256_file
         from edge_app.preprocess import PreprocessSpec
-        from edge_app.signing import DEFAULT_KEY_DIR, SigningKey, init_key
+        from edge_app.signing import SigningKey
         from export.calibrate import fit_bundle_calibration
         from export.catalogue import CatalogueImage, catalogue_from_dir
         from export.pipeline import bundle_from_exports
         from export.runners import file_runner
 
         t0 = self._step(3)
-        # Demo signing keys live outside the repository, beside the user's other partlens keys.
-        self.key_path, _ = init_key(DEFAULT_KEY_DIR / f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{id(self):x}")
         key = SigningKey.load(self.key_path)
         spec = PreprocessSpec.from_dict(self.exported["preprocess"])
         runner = file_runner(self.exported["path"])
@@ -387,6 +400,7 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any
         raise UsageError(f"{out} is not empty: pass another --out, or delete it to run the demo again")
     t_start = time.perf_counter()
     run = DemoRun(cfg, progress)
+    run.make_key()
     run.generate()
     run.train()
     run.export()

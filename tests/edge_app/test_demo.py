@@ -49,6 +49,16 @@ def test_demo_refuses_a_non_empty_out_and_bad_options(tmp_path) -> None:
     assert not (tmp_path / "new").exists()
 
 
+def test_demo_refuses_an_unwritable_signing_key_folder_before_generating(tmp_path, monkeypatch) -> None:
+    import edge_app.signing
+
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setattr(edge_app.signing, "DEFAULT_KEY_DIR", tmp_path / "a-file" / "keys")
+    with pytest.raises(UsageError, match="demo's signing key in .*a-file.*PARTLENS_KEY_DIR"):
+        run_demo(DemoConfig(out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()  # failed in its first second, nothing generated or trained
+
+
 def test_quick_is_the_same_chain_smaller() -> None:
     d, q = DemoConfig(), quick(DemoConfig())
     assert (q.model, q.export_format, q.pretrained) == (d.model, d.export_format, d.pretrained)
