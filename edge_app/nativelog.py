@@ -29,9 +29,10 @@ def _stream_handlers(stream: object) -> list[logging.StreamHandler]:
 @contextlib.contextmanager
 def native_stderr_to(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Inside the block, whatever native code writes to descriptor 2 is collected; Python's ``sys.stderr`` and the
-    logging handlers on it keep writing to the terminal. On success the lines are appended to ``path`` if its
-    folder exists by then (nothing is created for them: a refused command writes nothing); when the block fails
-    they stay in a temporary file that the log names, since a native error message may be there."""
+    logging handlers on it keep writing to the terminal. The lines are appended to ``path`` if its folder exists
+    by then (nothing is created for them: a refused command writes nothing); when the block fails with an error
+    and that folder does not exist, they stay in a temporary file that the log names, since a native error
+    message may be there."""
     import tempfile
 
     path = Path(path)
@@ -52,11 +53,11 @@ def native_stderr_to(path: str | os.PathLike[str]) -> Iterator[Path]:
     sys.stderr = ours
     for h in handlers:
         h.setStream(ours)
-    failed = False
+    failure: BaseException | None = None
     try:
         yield path
-    except BaseException:
-        failed = True
+    except BaseException as exc:
+        failure = exc
         raise
     finally:
         ours.flush()
@@ -66,11 +67,22 @@ def native_stderr_to(path: str | os.PathLike[str]) -> Iterator[Path]:
         for h in handlers:
             h.setStream(old_stream)
         ours.close()
-        data = tmp.read_bytes()
-        if failed and data:
-            log.error("native library messages (TensorFlow/LiteRT) of the failed step are in %s", tmp)
-        else:
-            if data and path.parent.is_dir():
-                with open(path, "ab") as out:
-                    out.write(data)
-            tmp.unlink()
+        _keep_lines(tmp, path, failure)
+
+
+def _keep_lines(tmp: Path, path: Path, failure: BaseException | None) -> None:
+    """Append the collected lines to ``path`` when its folder exists (beside the step's other output, also when
+    it failed); otherwise keep them in ``tmp`` only when the step failed with an error (an interrupt by the user
+    or SIGTERM is not a native failure: nothing is left in the temporary folder)."""
+    data = tmp.read_bytes()
+    if data and path.parent.is_dir():
+        with open(path, "ab") as out:
+            out.write(data)
+        tmp.unlink()
+        if isinstance(failure, Exception):
+            log.error("native library messages (TensorFlow/LiteRT) of the failed step are in %s", path)
+        return
+    if data and isinstance(failure, Exception):
+        log.error("native library messages (TensorFlow/LiteRT) of the failed step are in %s", tmp)
+        return
+    tmp.unlink()

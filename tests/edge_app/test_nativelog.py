@@ -1,6 +1,7 @@
 """Native libraries' stderr lines go to a file; partlens's own stderr output stays on the console."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,24 +26,43 @@ try:
         raise RuntimeError("boom")
 except RuntimeError:
     pass
+missing = os.path.join(os.path.dirname(sys.argv[1]), "never", "native.log")
+try:
+    with native_stderr_to(missing):
+        os.write(2, b"native line before a failure, no run folder\n")
+        raise RuntimeError("boom")
+except RuntimeError:
+    pass
+for interrupt in (KeyboardInterrupt, SystemExit):  # the user stopped it: nothing is left in the temp folder
+    try:
+        with native_stderr_to(missing):
+            os.write(2, b"native line before an interrupt\n")
+            raise interrupt()
+    except BaseException:
+        pass
 '''
 
 
 def test_native_stderr_goes_to_the_file_and_python_output_stays(tmp_path) -> None:
     sink = tmp_path / "native.log"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     out = subprocess.run([sys.executable, "-c", CHILD, str(sink)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60)
+                         timeout=60, env=dict(os.environ, TMPDIR=str(tmp)))
     assert out.returncode == 0, out.stderr
     err = out.stderr
     for shown in ("python logging inside", "python print to stderr inside", "a python warning inside",
                   "native after the block", "python logging after", "of the failed step are in "):
         assert shown in err, err
-    assert "oneDNN" not in err and "before a failure" not in err
+    assert "oneDNN" not in err and "before a failure" not in err and "interrupt" not in err
     kept = sink.read_text()
     assert "oneDNN custom operations are on" in kept and "python logging" not in kept
-    failed_log = Path(err.split("of the failed step are in ")[1].split()[0])  # a temporary file, named in the log
-    assert failed_log.read_text() == "native line before a failure\n" and "before a failure" not in kept
-    failed_log.unlink()
+    named = [Path(part.split()[0]) for part in err.split("of the failed step are in ")[1:]]
+    # A failure with its run folder present: the lines are kept there, beside the step's output, and named.
+    assert named[0] == sink and kept.endswith("native line before a failure\n")
+    # Without that folder: a temporary file, named in the log; the interrupted blocks leave nothing behind.
+    assert named[1].parent == tmp and named[1].read_text() == "native line before a failure, no run folder\n"
+    assert sorted(tmp.iterdir()) == [named[1]] and "interrupt" not in kept
 
 
 def test_nothing_is_created_for_native_lines_when_the_folder_does_not_exist(tmp_path) -> None:
