@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -179,13 +180,12 @@ def build_bundle(
                          "versions must increase")
     root.mkdir(parents=True, exist_ok=True)
     claim = root / f".v{version}.claim"
-    try:  # two concurrent builders cannot both take one version
-        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:
-        raise UsageError(f"version {version} is being built or was taken under {root} ({claim}); if no build is "
-                         f"running, an earlier one was stopped: delete {claim.name} and any .build-* folder there, "
-                         "then build again") from None
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+    try:
+        _take_claim(claim, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         for name, src in model_files.items():
             _copy_file(src, tmp / name)
@@ -241,6 +241,72 @@ def build_bundle(
         raise
     log.info("wrote bundle %s (%s, %d catalogue images, key %s)", bundle_id, kind, emb.shape[0], key.key_id)
     return final
+
+
+def _claim_doc(tmp: Path) -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "build_dir": tmp.name}
+
+
+def _take_claim(claim: Path, tmp: Path) -> None:
+    """Take ``claim`` for this build (two concurrent builders cannot both take one version). The claim names its
+    builder (pid, host, temporary folder): a claim left by a build killed on this machine is taken over, and
+    its half-written folder removed, instead of blocking that version until someone deletes it by hand."""
+    import fcntl
+
+    def link() -> None:  # created with its content in one step: a reader never sees an empty claim
+        staged = tmp / ".claim"
+        staged.write_text(json.dumps(_claim_doc(tmp)) + "\n")
+        try:
+            os.link(staged, claim)
+        finally:
+            staged.unlink()
+
+    try:
+        link()
+        return
+    except FileExistsError:
+        pass
+    with open(claim.parent / ".claims.lock", "a+") as lock:  # one takeover at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        owner = _stale_claim_owner(claim)
+        if owner is not None:
+            log.warning("version claim %s was left by a stopped build (pid %s); taking it over", claim, owner["pid"])
+            build_dir = str(owner.get("build_dir") or "")
+            if build_dir.startswith(".build-") and "/" not in build_dir:
+                shutil.rmtree(claim.parent / build_dir, ignore_errors=True)
+            claim.unlink(missing_ok=True)
+            try:
+                link()
+                return
+            except FileExistsError:
+                pass
+    raise UsageError(f"version {claim.name[2:-6]} is being built or was taken under {claim.parent} ({claim}); if "
+                     f"no build is running, an earlier one was stopped: delete {claim.name} and any .build-* folder "
+                     "there, then build again") from None
+
+
+def _stale_claim_owner(claim: Path) -> dict[str, Any] | None:
+    """The claim's owner when it is a build on this machine whose process is gone; None otherwise (running,
+    finished (its version exists), on another machine, or a claim without an owner, as older versions wrote)."""
+    try:
+        doc = json.loads(claim.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("host") != socket.gethostname():
+        return None
+    pid = doc.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    version = int(claim.name[2:-6])
+    if version in existing_versions(claim.parent):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return doc
+    except PermissionError:
+        return None  # alive, someone else's
+    return None
 
 
 #: bundle files that are catalogue data, not the model (rebuilt by :func:`build_bundle`)

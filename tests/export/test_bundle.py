@@ -102,8 +102,49 @@ def test_versions_are_immutable_and_monotonic(tmp_path: Path, key: SigningKey,
     with pytest.raises(RuntimeError):  # a failed build leaves no folder, no temp dir, no claim
         _build(root, key, version=4)
     assert sorted(p.name for p in root.iterdir()) == sorted(
-        [".v2.claim", ".v3.claim", ".v5.claim", *(p.name for p in root.iterdir() if p.name[0] == "v")])
+        [".claims.lock", ".v2.claim", ".v3.claim", ".v5.claim", *(p.name for p in root.iterdir() if p.name[0] == "v")])
     assert not any(p.name.startswith(("v4", ".build")) for p in root.iterdir())
+
+
+KILLED_BUILD = r'''
+import os, signal, sys
+import export.bundle as writer
+from tests.export.test_bundle import _build
+from edge_app.signing import SigningKey
+from pathlib import Path
+
+def killed(*a, **k):  # the builder dies half way (power cut, OOM killer, kill -9)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+writer.build_index = killed
+_build(Path(sys.argv[1]), SigningKey.generate(), version=int(sys.argv[2]))
+'''
+
+
+def test_a_killed_build_does_not_block_its_version(tmp_path: Path, key: SigningKey, keyring: Keyring) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    root = tmp_path / "b"
+    root.mkdir()
+    proc = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(root), "7"], cwd=repo, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    left = sorted(p.name for p in root.iterdir())
+    assert ".v7.claim" in left and any(n.startswith(".build-") for n in left)  # what the dead builder left
+    bundle = _build(root, key, version=7)  # taken over: no hand clean-up needed
+    assert bundle.name.startswith("v7-") and load_bundle(bundle, keyring).manifest["version"] == 7
+    assert not any(p.name.startswith(".build-") for p in root.iterdir())
+    # A claim whose builder is alive (this process, standing for a build running now) is respected.
+    (root / ".v8.claim").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
+                                                "build_dir": ".build-x"}))
+    with pytest.raises(UsageError, match="being built"):
+        _build(root, key, version=8)
+    # So is a claim made on another machine (its process cannot be checked from here).
+    (root / ".v9.claim").write_text(json.dumps({"pid": 2 ** 22 + 1, "host": "another-hub", "build_dir": ".build-y"}))
+    with pytest.raises(UsageError, match="being built"):
+        _build(root, key, version=9)
 
 
 def test_device_bundle_refuses_onnx(tmp_path: Path, key: SigningKey) -> None:
