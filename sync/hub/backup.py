@@ -8,7 +8,8 @@ lives outside the hub folder (``hub.json`` names it) and is NOT copied: back it 
 ``backup.json`` is written last: a folder without it is an interrupted backup, not a usable one.
 
 ``partlens hub restore BACKUP HUB_DIR`` makes a hub folder from a backup (checked first: complete, database
-intact, the signing key present) and starts a new catalogue *lineage* (``catalogue_epoch``): tablets keep
+intact, the catalogue images present with their recorded sha256; thumbnails missing or changed are remade
+from those images) and starts a new catalogue *lineage* (``catalogue_epoch``): tablets keep
 their tokens and pins, and at their next sync each gets a full snapshot of the restored catalogue, even one
 that had synced past the backup (its version numbers mean other contents now), and sends again what it
 uploaded since the backup was taken (the restored hub never received it). Nothing to do on the tablets;
@@ -17,6 +18,7 @@ only those enrolled after the backup must be enrolled again.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
@@ -164,6 +166,7 @@ def restore_hub(backup_dir: str | os.PathLike[str], target: str | os.PathLike[st
         shutil.copytree(src, work, ignore=shutil.ignore_patterns("backup.json"))
         for tree in TREES:  # a backup holds files, not empty folders; the hub expects its folders
             (work / tree).mkdir(exist_ok=True)
+        remade = _repair_thumbs(work)
         epoch = _start_lineage(work / "hub.db", str(info.get("taken_at") or ""))
         if key_path is not None:
             config["key_path"] = str(key_file.resolve())
@@ -182,11 +185,42 @@ def restore_hub(backup_dir: str | os.PathLike[str], target: str | os.PathLike[st
     fsync_dir(dst.parent)
     out = {"hub": str(dst), "from_backup": str(src), "backup_taken_at": info.get("taken_at"),
            "catalogue_version": info.get("catalogue_version"), "catalogue_epoch": epoch,
-           "signing_key": str(key_file)}
+           "signing_key": str(key_file), "thumbnails_remade": remade}
     log.warning("hub restored to %s from the backup of %s (catalogue version %s, lineage %d): tablets get a full "
                 "snapshot and send again what they uploaded since, at their next sync; tablets enrolled after "
                 "the backup must be enrolled again", dst, info.get("taken_at"), info.get("catalogue_version"), epoch)
     return out
+
+
+def _repair_thumbs(work: Path) -> int:
+    """Remake the thumbnails the backup lacks or holds changed (a thumbnail is only as good as the backup disk)
+    from their catalogue images, checked just before; their new sha256 goes into the restored database, whose
+    new lineage sends every tablet a full snapshot with it. Returns how many were remade."""
+    from edge_app.atomic import atomic_write_bytes
+    from edge_app.imageio import load_image
+
+    from .hub import thumbnail_jpeg
+
+    conn = sqlite3.connect(str(work / "hub.db"), isolation_level=None)
+    try:
+        rows = conn.execute("SELECT image_id, path, thumb_sha256 FROM images").fetchall()
+        fixes = []
+        for image_id, rel, digest in rows:
+            thumb = work / "thumbs" / f"{image_id}.jpg"
+            if thumb.is_file() and (not digest or sha256_file(thumb) == digest):
+                continue
+            data = thumbnail_jpeg(load_image(work / "images" / rel))
+            atomic_write_bytes(thumb, data, overwrite=True)
+            fixes.append((hashlib.sha256(data).hexdigest(), image_id))
+        if fixes:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("UPDATE images SET thumb_sha256=? WHERE image_id=?", fixes)
+            conn.execute("COMMIT")
+            log.warning("restore: %d thumbnail(s) were missing or changed in the backup; remade from their "
+                        "catalogue images", len(fixes))
+    finally:
+        conn.close()
+    return len(fixes)
 
 
 def _start_lineage(db_path: Path, taken_at: str) -> int:

@@ -54,6 +54,17 @@ def _checked_vectors(vecs: Any, n: int) -> np.ndarray:
     return v
 
 
+def thumbnail_jpeg(img: Any) -> bytes:
+    """The catalogue thumbnail of a decoded image (the JPEG bytes a tablet stores)."""
+    import io
+
+    t = img.copy()
+    t.thumbnail((THUMB_SIZE, THUMB_SIZE))
+    buf = io.BytesIO()
+    t.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
 class Hub:
     """One hub folder. Open with :meth:`open` (or :meth:`init` to create one)."""
 
@@ -236,13 +247,7 @@ class Hub:
             atomic_write_bytes(dst, data)
         thumb = self.thumb_path(image_id)
         if not thumb.exists():
-            import io
-
-            t = img.copy()
-            t.thumbnail((THUMB_SIZE, THUMB_SIZE))
-            buf = io.BytesIO()
-            t.save(buf, "JPEG", quality=85)
-            atomic_write_bytes(thumb, buf.getvalue())
+            atomic_write_bytes(thumb, thumbnail_jpeg(img))
         # the thumbnail's hash travels in the signed packages: tablets store only this thumbnail for this image
         thumb_digest = hashlib.sha256(thumb.read_bytes()).hexdigest()
         return {"image_id": image_id, "part_number": part_number, "path": rel, "kind": kind, "sha256": digest,

@@ -1,6 +1,7 @@
 """`partlens hub backup`: a consistent copy that a hub and its tablets can carry on from."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -217,6 +218,37 @@ def test_restore_refuses_what_would_not_make_a_working_hub(world, tmp_path) -> N
     assert copied["catalogue_epoch"] > 0 and (tmp_path / "h4" / "hub.db").is_file() and not leftover.exists()
     assert not (tmp_path / "h4" / "backup.json").exists()
     assert sqlite3.connect(tmp_path / "h4" / "hub.db").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert copied["thumbnails_remade"] == 0
+
+
+def test_restore_remakes_thumbnails_the_backup_lost_and_tablets_get_them(world, tmp_path) -> None:
+    """A thumbnail missing from the backup or changed on its disk is remade from its (checked) catalogue image;
+    its new hash goes into the restored catalogue, so a tablet's full snapshot verifies and shows it."""
+    from sync.client import SyncClient
+    from sync.hub.backup import backup_hub, restore_hub
+    from sync.hub.hub import Hub
+    from sync.transport import InMemoryTransport
+
+    backup = tmp_path / "backup"
+    backup_hub(world.hub, backup)  # the tablet has not synced yet: it gets every thumbnail from the restored hub
+    thumbs = sorted((backup / "thumbs").glob("*.jpg"))
+    assert len(thumbs) >= 2
+    thumbs[0].unlink()
+    thumbs[1].write_bytes(b"bit rot")
+    out = restore_hub(backup, tmp_path / "restored", key_path=world.hub_key_path)
+    assert out["thumbnails_remade"] == 2
+    restored = Hub(tmp_path / "restored", embedder_factory=world.hub.embedder_factory)
+    rows = {r[0]: r[1] for r in sqlite3.connect(tmp_path / "restored" / "hub.db").execute(
+        "SELECT image_id, thumb_sha256 FROM images")}
+    for t in thumbs[:2]:
+        image_id = t.stem
+        assert hashlib.sha256((tmp_path / "restored" / "thumbs" / t.name).read_bytes()).hexdigest() == rows[image_id]
+    tab = SyncClient(world.device_dir, transport=InMemoryTransport(restored, world.payload["token"]),
+                     smoke_test=lambda b: None)
+    tab.sync()
+    for t in thumbs[:2]:
+        assert (world.device_dir / "thumbs" / t.name).read_bytes() == (tmp_path / "restored" / "thumbs" / t.name
+                                                                      ).read_bytes(), "the tablet has the remade one"
 
 
 def test_a_backup_put_back_by_hand_is_refused_with_the_way_out(world, tmp_path) -> None:
