@@ -200,6 +200,27 @@ def _orientation(img: "Image.Image", name: str) -> int:  # noqa: F821
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+#: folders that file managers and NAS boxes fill with thumbnails of the real photos
+JUNK_FOLDERS = ("@eaDir", "__MACOSX", "Thumbs.db")
+
+
+def is_hidden(rel: str | os.PathLike[str]) -> bool:
+    """True for a path (relative to a dataset or photo folder) that no one put there as a photo: a hidden file
+    or folder (``.thumbs/``, macOS ``._IMG_1.jpg``) or a NAS/archive thumbnail folder."""
+    return any(part.startswith(".") or part in JUNK_FOLDERS for part in Path(rel).parts)
+
+
+def log_unread_files(root: Path, files: Iterable[Path]) -> None:
+    """Say which files under ``root`` are not read as images because of their type (e.g. HEIC from a phone)."""
+    from collections import Counter
+
+    other = Counter(p.suffix.lower() or "(no suffix)" for p in files
+                    if p.suffix.lower() not in IMAGE_SUFFIXES and not is_hidden(p.relative_to(root)))
+    if other:
+        log.warning("%s: %d file(s) not read as images (%s; read: %s)", root, sum(other.values()),
+                    ", ".join(f"{n} {suffix}" for suffix, n in other.most_common(5)), " ".join(IMAGE_SUFFIXES))
+
+
 def iter_image_files(root: str | os.PathLike[str]) -> list[Path]:
     """All image files under ``root`` (sorted). A missing path or an empty folder is an error."""
     root = Path(root)
@@ -207,7 +228,8 @@ def iter_image_files(root: str | os.PathLike[str]) -> list[Path]:
         raise InputError(f"{root}: no such file or folder")
     if root.is_file():
         return [root]
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not is_hidden(p.relative_to(root)))
     if not files:
         raise InputError(f"{root}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return files

@@ -52,14 +52,18 @@ class AuditReport:
     duplicate_pairs: list[dict[str, Any]] = field(default_factory=list)
     duplicate_groups: list[list[str]] = field(default_factory=list)
     thresholds: dict[str, int] = field(default_factory=dict)
+    #: False when the folder did not load as a dataset (then no label is known: cross-label pairs are not found)
+    labelled: bool = True
+    unlabelled_because: str | None = None
 
     @property
     def cross_label_pairs(self) -> list[dict[str, Any]]:
         return [p for p in self.duplicate_pairs if p["label_a"] != p["label_b"]]
 
-    def summary(self) -> dict[str, int]:
+    def summary(self) -> dict[str, Any]:
         return {
             "images": self.n_images,
+            "labelled": self.labelled,
             "unreadable": len(self.unreadable),
             "grayscale": len(self.grayscale),
             "cmyk": len(self.cmyk),
@@ -100,17 +104,22 @@ def inspect_image(path: Path, label: str | None, rel: str) -> ImageRecord:
     return rec
 
 
-def _labelled_items(root: Path) -> list[tuple[str, str | None]]:
-    """(relative path, label) of every image: the dataset's own labels, else unlabelled files."""
+def _labelled_items(root: Path) -> tuple[list[tuple[str, str | None]], str | None]:
+    """(relative path, label) of every image: the dataset's own labels, else unlabelled files (and why the
+    folder is not a labelled dataset: then near-duplicates across labels cannot be found)."""
+    if root.is_file():
+        return [(root.name, None)], "a single file"
     try:
         ds = load_dataset(root)
-    except InputError:
-        return [(p.relative_to(root).as_posix() if p != root else p.name, None) for p in iter_image_files(root)]
+    except InputError as exc:
+        log.warning("%s is not a labelled dataset (%s): auditing its images unlabelled, so near-duplicates "
+                    "across labels cannot be found", root, exc)
+        return [(p.relative_to(root).as_posix(), None) for p in iter_image_files(root)], str(exc)
     items = [(rel, ds.images.labels[y]) for rel, y in ds.images.items]
     if ds.gallery is not None:
         seen = {rel for rel, _ in items}
         items += [(rel, ds.gallery.labels[y]) for rel, y in ds.gallery.items if rel not in seen]
-    return items
+    return items, None
 
 
 def near_duplicate_pairs(records: list[ImageRecord], phash_threshold: int = PHASH_THRESHOLD,
@@ -139,21 +148,26 @@ def duplicate_groups(n: int, pairs: list[tuple[int, int, int, int]]) -> list[lis
 
 def audit_records(root: str | os.PathLike[str], *, progress: bool = False) -> list[ImageRecord]:
     """Inspect every image of a dataset (any layout) or of a plain folder."""
+    return _audit_records(Path(root), progress)[0]
+
+
+def _audit_records(root: Path, progress: bool) -> tuple[list[ImageRecord], str | None]:
     from tqdm import tqdm
 
-    root = Path(root)
-    items = _labelled_items(root)
-    return [inspect_image(root / rel, label, rel)
-            for rel, label in tqdm(items, desc="audit", disable=not progress, leave=False)]
+    items, unlabelled = _labelled_items(root)
+    base = root.parent if root.is_file() else root
+    return [inspect_image(base / rel, label, rel)
+            for rel, label in tqdm(items, desc="audit", disable=not progress, leave=False)], unlabelled
 
 
 def audit(root: str | os.PathLike[str], *, phash_threshold: int = PHASH_THRESHOLD,
           dhash_threshold: int = DHASH_THRESHOLD, tiny_side: int = TINY_SIDE, progress: bool = False) -> AuditReport:
     """Audit a dataset folder; see the module docstring for the duplicate rule."""
     root = Path(root)
-    records = audit_records(root, progress=progress)
-    rep = AuditReport(str(root), len(records),
-                      thresholds={"phash": phash_threshold, "dhash": dhash_threshold, "tiny_side": tiny_side})
+    records, unlabelled = _audit_records(root, progress)
+    rep = AuditReport(str(root.parent if root.is_file() else root), len(records),
+                      thresholds={"phash": phash_threshold, "dhash": dhash_threshold, "tiny_side": tiny_side},
+                      labelled=unlabelled is None, unlabelled_because=unlabelled)
     for r in records:
         if r.error:
             rep.unreadable.append({"path": r.path, "reason": r.error})

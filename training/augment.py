@@ -90,7 +90,8 @@ class TrainTransform:
         img = self._crop(img)
         if c.hflip_p and float(torch.rand(())) < c.hflip_p:
             img = TF.horizontal_flip(img)
-        if c.perspective_p and float(torch.rand(())) < c.perspective_p:
+        # (not on images under 16 px a side: their rounded corners can coincide, and the warp is unsolvable)
+        if c.perspective_p and float(torch.rand(())) < c.perspective_p and min(img.size) >= 16:
             w, h = img.size
             d = c.perspective
             start = [[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]]

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edge_app.errors import ImageError, InputError
-from edge_app.imageio import IMAGE_SUFFIXES, load_image
+from edge_app.imageio import IMAGE_SUFFIXES, is_hidden, load_image, log_unread_files
 from edge_app.partfolders import part_from_folder
 from edge_app.preprocess import PreprocessSpec, preprocess_image
 
@@ -106,11 +106,15 @@ def load_image_folder(root: str | os.PathLike[str]) -> ImageSet:
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
-    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not is_hidden(d.name))
     items: list[tuple[str, int]] = []
+    everything: list[Path] = []
     for idx, cls in enumerate(folders):
-        files = sorted(p for p in (root / cls).rglob("*") if _is_image(p))
+        found = [p for p in (root / cls).rglob("*") if p.is_file()]
+        everything += found
+        files = sorted(p for p in found if _is_image(p) and not is_hidden(p.relative_to(root)))
         items += [(p.relative_to(root).as_posix(), idx) for p in files]
+    log_unread_files(root, everything)
     if not items:
         raise InputError(f"{root}: no class folders with images (expected ROOT/<class>/*.jpg)")
     empty = [c for c, n in zip(folders, np.bincount([y for _, y in items], minlength=len(folders))) if n == 0]
@@ -128,6 +132,7 @@ def _read_grocery_list(root: Path, name: str, ids: dict[int, int]) -> list[tuple
     if not path.is_file():
         raise InputError(f"{path}: missing (grocery layout needs train.txt, val.txt, classes.csv)")
     out = []
+    lines: dict[str, int] = {}
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -138,8 +143,38 @@ def _read_grocery_list(root: Path, name: str, ids: dict[int, int]) -> list[tuple
             raise InputError(f"{path}:{n}: expected 'path, fine_id, coarse_id', got {line!r}") from None
         if fine not in ids:
             raise InputError(f"{path}:{n}: class id {fine} is not in classes.csv")
-        out.append((parts[0].lstrip("/"), ids[fine]))
+        rel = parts[0].lstrip("/")
+        if rel in lines:  # scored (or trained on) twice
+            raise InputError(f"{path}:{n}: {rel} is already listed on line {lines[rel]}")
+        lines[rel] = n
+        out.append((rel, ids[fine]))
     return out
+
+
+def _read_grocery_classes(path: Path) -> list[list[str]]:
+    """classes.csv rows (name, fine id, coarse id, ...) sorted by fine id; a malformed row or a repeated id is
+    an error naming its line (a repeated id would silently relabel one class's images as another)."""
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        raw = list(csv.reader(fh))
+    rows: list[list[str]] = []
+    seen: dict[int, int] = {}
+    for n, r in enumerate(raw[1:], 2):
+        if not r or not any(c.strip() for c in r):
+            continue
+        try:
+            fine = int(r[1])
+            if len(r) < 3:
+                raise IndexError
+        except (IndexError, ValueError):
+            raise InputError(f"{path}:{n}: expected 'class name, fine id, coarse id, ...', got {','.join(r)!r}"
+                             ) from None
+        if fine in seen:
+            raise InputError(f"{path}:{n}: class id {fine} is already used on line {seen[fine]}")
+        seen[fine] = n
+        rows.append(r)
+    if not rows:
+        raise InputError(f"{path}: no classes")
+    return sorted(rows, key=lambda r: int(r[1]))
 
 
 def load_grocery(root: str | os.PathLike[str]) -> Dataset:
@@ -148,15 +183,16 @@ def load_grocery(root: str | os.PathLike[str]) -> Dataset:
     classes_csv = root / "classes.csv"
     if not classes_csv.is_file():
         raise InputError(f"{classes_csv}: missing")
-    with classes_csv.open(newline="") as fh:
-        rows = list(csv.reader(fh))[1:]
-    rows = sorted((r for r in rows if r), key=lambda r: int(r[1]))
+    rows = _read_grocery_classes(classes_csv)
     labels = [r[0] for r in rows]
     ids = {int(r[1]): i for i, r in enumerate(rows)}
     coarse = {labels[i]: r[2] for i, r in enumerate(rows)}
     iconic = [(r[4].lstrip("/"), i) for i, r in enumerate(rows) if len(r) > 4 and r[4]]
     train = ImageSet(root, labels, _read_grocery_list(root, "train.txt", ids), "grocery-train")
     val = ImageSet(root, labels, _read_grocery_list(root, "val.txt", ids), "grocery-val")
+    both = sorted({p for p, _ in train.items} & {p for p, _ in val.items})
+    if both:  # trained on and scored as unseen: every number would be inflated
+        raise InputError(f"{root}: {len(both)} image(s) listed in both train.txt and val.txt, e.g. {both[0]}")
     gallery = ImageSet(root, labels, iconic, "grocery-iconic")
     everything = ImageSet(root, labels, train.items + val.items, "grocery")
     return Dataset("grocery", everything, train, val, gallery, {"coarse": coarse})
@@ -247,6 +283,8 @@ class TorchImageDataset:
         self.transform = transform
         self.skipped: list[tuple[str, str]] = []
         self.items = list(images.items)
+        #: for each item, its index in ``images.items`` (the cache drops unreadable images)
+        self.source_index = list(range(len(self.items)))
         self._cache: list[np.ndarray] | None = None
         if cache:
             self._fill_cache(progress)
@@ -254,18 +292,20 @@ class TorchImageDataset:
     def _fill_cache(self, progress: bool) -> None:
         from tqdm import tqdm
 
-        kept, arrays = [], []
+        kept, arrays, source = [], [], []
         decoded: dict[str, np.ndarray] = {}  # an image listed several times (gallery repeats) is decoded once
-        for rel, y in tqdm(self.items, desc=f"decode {self.images.name}", disable=not progress, leave=False):
+        for j, (rel, y) in enumerate(tqdm(self.items, desc=f"decode {self.images.name}", disable=not progress,
+                                          leave=False)):
             try:
                 if rel not in decoded:
                     decoded[rel] = decode_for_cache(self.images.root / rel, self.spec)
                 arrays.append(decoded[rel])
                 kept.append((rel, y))
+                source.append(j)
             except ImageError as exc:
                 log.warning("skipping unreadable image %s", exc)
                 self.skipped.append((rel, exc.reason))
-        self.items, self._cache = kept, arrays
+        self.items, self._cache, self.source_index = kept, arrays, source
 
     def __len__(self) -> int:
         return len(self.items)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge_app.atomic import atomic_write_json
-from edge_app.errors import IntegrityError, UsageError
+from edge_app.errors import InputError, IntegrityError, UsageError
 
 from .data import ImageSet, load_dataset
 from .metrics import classification_metrics, retrieval_metrics
@@ -41,6 +41,28 @@ def evaluate_model(model, val: ImageSet, galleries: dict[str, ImageSet] | None =
     return report, pv
 
 
+def _seen_in_training(saved: dict[str, Any], val: ImageSet) -> int | None:
+    """How many of ``val``'s images the checkpoint was trained on (its own split file, when still there);
+    warned about: those scores are not on unseen images."""
+    from .splits import read_split
+
+    path = saved.get("path")
+    try:
+        doc = read_split(path) if path else None
+    except (InputError, IntegrityError):
+        doc = None
+    if doc is None or doc.get("sha256") != saved.get("sha256"):
+        log.warning("cannot check which validation images the checkpoint was trained on: its split file %s is "
+                    "gone or changed", path)
+        return None
+    trained = {rel for rel, _ in doc["train"]}
+    seen = sum(1 for rel, _ in val.items if rel in trained)
+    if seen:
+        log.warning("%d of the %d validation images were training images of this checkpoint (split %s): "
+                    "their scores are not on unseen photos", seen, len(val), path)
+    return seen
+
+
 def _val_and_galleries(meta: dict[str, Any], data: str | os.PathLike[str], split: str | None,
                        layout: str) -> tuple[ImageSet, dict[str, ImageSet], dict[str, Any]]:
     from .splits import file_sha256, load_split
@@ -56,14 +78,20 @@ def _val_and_galleries(meta: dict[str, Any], data: str | os.PathLike[str], split
             raise IntegrityError(f"{split_path}: the split changed since the checkpoint was trained; "
                                  "pass --split to evaluate on another split")
         train, val = s.train, s.val
-        info = {"path": str(split_path), "sha256": s.sha256, "file_sha256": file_sha256(split_path)}
+        info = {"path": str(Path(split_path).resolve()), "sha256": s.sha256, "file_sha256": file_sha256(split_path)}
+        if split is not None and saved.get("sha256") and s.sha256 != saved["sha256"]:
+            info["val_seen_in_training"] = _seen_in_training(saved, val)
     elif ds.train is not None and ds.val is not None:
         train, val, info = ds.train, ds.val, {"source": f"{ds.layout} layout"}
     else:
         raise UsageError(f"{data}: no validation split known; pass --split FILE")
     galleries = {"train": train}
     if ds.gallery is not None:
-        galleries["catalogue"] = ds.gallery
+        # A catalogue image the split put in validation would find itself (cosine 1.0) as a query.
+        scored = {p for p, _ in val.items}
+        kept = [p for p, _ in ds.gallery.items if p not in scored]
+        galleries["catalogue"] = ds.gallery.subset(kept, ds.gallery.name)
+        info["catalogue_gallery"] = {"images": len(kept), "left_out_as_val": len(ds.gallery) - len(kept)}
     return val, galleries, info
 
 

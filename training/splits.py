@@ -31,6 +31,10 @@ from .data import ImageSet, load_dataset
 log = logging.getLogger(__name__)
 
 SPLIT_FORMAT = "partlens-split/1"
+#: which assignment rule wrote a split (2: targets round halves up, a group goes to val only if that brings its
+#: class nearer its target, commit 063b7c5); files without the field were written by the first rule, so
+#: ``partlens split`` with their seed no longer remakes them exactly (they stay valid: their hash is checked)
+SPLIT_ALGORITHM = 2
 
 
 @dataclass
@@ -99,6 +103,7 @@ def make_split(root: str | os.PathLike[str], *, val_fraction: float = 0.2, seed:
         "name": name or root.name,
         "dataset": root.name,
         "seed": seed,
+        "algorithm": SPLIT_ALGORITHM,
         "val_fraction": val_fraction,
         "labels": images.labels,
         "dedup": {"method": "phash64+dhash64", "phash_threshold": phash_threshold, "dhash_threshold": dhash_threshold,
@@ -131,7 +136,24 @@ def read_split(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise IntegrityError(f"{path}: not a {SPLIT_FORMAT} file")
     if doc.get("sha256") != content_sha256(doc):
         raise IntegrityError(f"{path}: content hash mismatch (the split file was edited or truncated)")
+    _check_shape(doc, path)
     return doc
+
+
+def _check_shape(doc: dict[str, Any], path: Path) -> None:
+    """A hashed split file can still be ill-formed (written by hand, hash recomputed): say so, not a traceback."""
+    if not isinstance(doc.get("labels"), list) or not all(isinstance(x, str) for x in doc["labels"]):
+        raise IntegrityError(f"{path}: 'labels' must be a list of class names")
+    for side in ("train", "val"):
+        rows = doc.get(side)
+        if not isinstance(rows, list) or not all(
+                isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r) for r in rows):
+            raise IntegrityError(f"{path}: '{side}' must be a list of [path, label] pairs")
+        seen: set[str] = set()
+        for rel, _ in rows:
+            if rel in seen:
+                raise IntegrityError(f"{path}: {rel} is listed twice in '{side}'")
+            seen.add(rel)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -157,6 +179,15 @@ def apply_split(doc: dict[str, Any], images: ImageSet, source: str = "split") ->
     overlap = {r for r, _ in out[0].items} & {r for r, _ in out[1].items}
     if overlap:
         raise IntegrityError(f"{source}: {len(overlap)} image(s) on both sides, e.g. {sorted(overlap)[0]}")
+    listed = {r for r, _ in doc["train"]} | {r for r, _ in doc["val"]}
+    unlisted = sorted(r for r in index if r not in listed)
+    if unlisted:  # added after the split was written: neither trained on nor scored
+        log.warning("%s: %d image(s) of the dataset at %s are on neither side (added after the split was "
+                    "written?), e.g. %s; write a new split to use them", source, len(unlisted), images.root,
+                    unlisted[0])
+    if doc.get("dataset") and doc["dataset"] != Path(images.root).name:
+        log.warning("%s was written for the dataset %r, applied to the one at %s", source, doc["dataset"],
+                    images.root)
     return out[0], out[1]
 
 

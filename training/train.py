@@ -256,7 +256,8 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
     show = (sys.stderr.isatty() if cfg.progress is None else cfg.progress) and dist.is_main
     train_ds = TorchImageDataset(train_set, spec, TrainTransform(spec, aug), cache=cfg.cache, progress=show)
     sampler = BatchSampler([y for _, y in train_ds.items], cfg.batch_size, mode=cfg.sampler, k=cfg.pk_k,
-                           seed=cfg.seed, rank=dist.rank, world=dist.world, catalogue=catalogue_flags)
+                           seed=cfg.seed, rank=dist.rank, world=dist.world,
+                           catalogue=[catalogue_flags[j] for j in train_ds.source_index])  # after the cache's drops
     loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate_skip,
                         persistent_workers=cfg.workers > 0)
     steps_per_epoch = len(sampler)

@@ -1,0 +1,188 @@
+"""Dataset layouts and split files that are wrong in ways a benchmark would not notice (found by a data-layer
+audit): each is refused with a line-numbered error, or warned about and recorded, never used silently."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_app.errors import InputError, IntegrityError
+from training.data import load_dataset
+
+from .conftest import make_folder
+from .test_data_eval import _write_grocery
+
+
+def test_grocery_image_in_both_train_and_val_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "g"
+    _write_grocery(root)
+    with open(root / "train.txt", "a") as fh:
+        fh.write("val/c0/000.jpg, 0, 0\n")  # a validation photo also trained on
+    with pytest.raises(InputError, match=r"1 image\(s\) listed in both train.txt and val.txt.*val/c0/000.jpg"):
+        load_dataset(root)
+    root = tmp_path / "g2"
+    _write_grocery(root)
+    with open(root / "val.txt", "a") as fh:
+        fh.write("val/c1/001.jpg, 1, 1\n")  # scored twice
+    with pytest.raises(InputError, match=r"val.txt:5: val/c1/001.jpg is already listed on line 4"):
+        load_dataset(root)
+
+
+@pytest.mark.parametrize("row, match", [
+    ("Bad,notanint,X,0,,", r"classes.csv:4: expected 'class name, fine id, coarse id"),
+    ("Short,2", r"classes.csv:4: expected"),
+    ("Dup,1,Veg,1,,", r"classes.csv:4: class id 1 is already used on line 3"),
+])
+def test_grocery_classes_csv_problems_name_their_line(tmp_path: Path, row: str, match: str) -> None:
+    root = tmp_path / "g"
+    _write_grocery(root)
+    with open(root / "classes.csv", "a") as fh:
+        fh.write(row + "\n")
+    with pytest.raises(InputError, match=match):
+        load_dataset(root)
+
+
+def test_folder_layout_skips_hidden_and_thumbnail_folders_and_names_unread_types(tmp_path: Path, caplog) -> None:
+    root = make_folder(tmp_path / "d", n_classes=2, per_class=2)
+    for junk in ("c0/.thumbs/t.jpg", "c0/@eaDir/000.jpg/SYNOPHOTO_THUMB_S.jpg", "c1/._000.jpg"):
+        (root / junk).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(root / junk, format="JPEG")
+    (root / "c1" / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    with caplog.at_level(logging.WARNING, logger="edge_app.imageio"):
+        ds = load_dataset(root)
+    assert sorted(p for p, _ in ds.images.items) == ["c0/000.jpg", "c0/001.jpg", "c1/000.jpg", "c1/001.jpg"]
+    assert "1 file(s) not read as images (1 .heic" in caplog.text
+
+
+def test_audit_says_when_it_could_not_use_labels_and_audits_a_single_file(tmp_path: Path, caplog) -> None:
+    from training.audit import audit
+
+    root = make_folder(tmp_path / "d", n_classes=2, per_class=2)
+    assert audit(root).summary()["labelled"] is True
+    (root / "empty-class").mkdir()  # not a loadable dataset any more
+    with caplog.at_level(logging.WARNING, logger="training.audit"):
+        rep = audit(root)
+    assert rep.summary()["labelled"] is False and "empty-class" in rep.unlabelled_because
+    assert "near-duplicates across labels cannot be found" in caplog.text
+    one = audit(root / "c0" / "000.jpg")
+    assert one.n_images == 1 and one.unreadable == [] and one.duplicate_pairs == []
+
+
+def test_tiny_images_do_not_crash_the_training_transform() -> None:
+    import torch
+
+    from training.augment import AugmentConfig, TrainTransform
+    from training.models import create_model
+
+    spec = create_model("tiny", 2, pretrained=False, image_size=32).preprocess
+    t = TrainTransform(spec, AugmentConfig(perspective_p=1.0))
+    for size in ((1, 1), (2, 2), (1, 500), (3, 1), (8, 2), (15, 15)):
+        for seed in range(12):
+            torch.manual_seed(seed)
+            out = t(Image.new("RGB", size, (200, 10, 10)))
+            assert out.shape == (3, 32, 32) and np.isfinite(out).all()
+
+
+def _split_doc(tmp_path: Path) -> tuple[Path, dict]:
+    from training.splits import make_split, write_split
+
+    root = make_folder(tmp_path / "d", n_classes=2, per_class=6)
+    doc = make_split(root, val_fraction=0.34, seed=0, name="d")
+    write_split(doc, tmp_path / "split.json")
+    return root, doc
+
+
+def _rehash(doc: dict, path: Path) -> None:
+    from training.splits import content_sha256
+
+    doc["sha256"] = content_sha256(doc)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.update(val="x"), "'val' must be a list of"),
+    (lambda d: d.pop("train"), "'train' must be a list of"),
+    (lambda d: d["val"].append(d["val"][0]), "listed twice in 'val'"),
+])
+def test_malformed_split_files_with_a_correct_hash_are_refused(tmp_path: Path, edit, match: str) -> None:
+    from training.splits import load_split
+
+    root, doc = _split_doc(tmp_path)
+    edit(doc)
+    _rehash(doc, tmp_path / "bad.json")
+    with pytest.raises(IntegrityError, match=match):
+        load_split(tmp_path / "bad.json", root)
+
+
+def test_images_added_after_the_split_are_warned_about(tmp_path: Path, caplog) -> None:
+    from training.splits import load_split
+
+    root, _ = _split_doc(tmp_path)
+    shutil.copy(root / "c0" / "000.jpg", root / "c0" / "added-later.jpg")
+    with caplog.at_level(logging.WARNING, logger="training.splits"):
+        s = load_split(tmp_path / "split.json", root)
+    assert len(s.train) + len(s.val) == 12
+    assert "1 image(s) of the dataset" in caplog.text and "c0/added-later.jpg" in caplog.text
+
+
+def test_evaluate_leaves_validation_catalogue_images_out_of_the_catalogue_gallery(tmp_path: Path) -> None:
+    """Parts layout: a catalogue image the split put in validation found itself at cosine 1.0."""
+    from training.evaluate import _val_and_galleries
+
+    root = tmp_path / "p"
+    make_folder(root / "images", n_classes=2, per_class=4)
+    (root / "parts.csv").write_text("part_number,name\nc0,A\nc1,B\n")
+    rows = ["path,part_number,kind"] + [f"images/c{k}/{i:03d}.jpg,c{k},{'catalogue' if i < 2 else 'field'}"
+                                        for k in range(2) for i in range(4)]
+    (root / "images.csv").write_text("\n".join(rows) + "\n")
+    from training.splits import SPLIT_FORMAT
+
+    ds = load_dataset(root)
+    labels = ds.images.labels
+    val = [["images/c0/000.jpg", "c0"], ["images/c1/002.jpg", "c1"]]
+    train = [[p, labels[y]] for p, y in ds.images.items if [p, labels[y]] not in val]
+    _rehash({"format": SPLIT_FORMAT, "dataset": "p", "labels": labels, "train": train, "val": val},
+            tmp_path / "s.json")
+    v, galleries, info = _val_and_galleries({}, root, str(tmp_path / "s.json"), "auto")
+    assert "images/c0/000.jpg" not in {p for p, _ in galleries["catalogue"].items}
+    assert len(galleries["catalogue"]) == 3 and info["catalogue_gallery"] == {"images": 3, "left_out_as_val": 1}
+
+
+def _parts_dataset(root: Path, per_class: int = 6) -> Path:
+    make_folder(root / "images", n_classes=2, per_class=per_class, size=32)
+    (root / "parts.csv").write_text("part_number,name\nc0,A\nc1,B\n")
+    rows = ["path,part_number,kind"] + [f"images/c{k}/{i:03d}.jpg,c{k},{'catalogue' if i == 0 else 'field'}"
+                                        for k in range(2) for i in range(per_class)]
+    (root / "images.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_cached_pk_catalogue_training_survives_an_unreadable_photo_and_evaluate_flags_seen_images(
+        tmp_path: Path, caplog) -> None:
+    """The catalogue flags were computed before the cache dropped an unreadable photo (a misleading 'needs
+    catalogue images' error); evaluating on another split did not say its val images had been trained on."""
+    from training.config import TrainConfig
+    from training.evaluate import evaluate_checkpoint
+    from training.splits import make_split, write_split
+    from training.train import train
+
+    root = _parts_dataset(tmp_path / "p")
+    (root / "images" / "c0" / "003.jpg").write_bytes(b"")  # a photo that cannot be read
+    write_split(make_split(root, val_fraction=0.34, seed=0, name="p"), tmp_path / "s0.json")
+    write_split(make_split(root, val_fraction=0.34, seed=1, name="p"), tmp_path / "s1.json")
+    train(TrainConfig(data=str(root), out=str(tmp_path / "run"), model="tiny", epochs=1, batch_size=4, pk_k=2,
+                      image_size=32, pretrained=False, split=str(tmp_path / "s0.json"), cache=True,
+                      gallery_repeats=1, sampler="pk_catalogue", progress=False))
+    with caplog.at_level(logging.WARNING, logger="training.evaluate"):
+        rep = evaluate_checkpoint(tmp_path / "run" / "best.pt", split=str(tmp_path / "s1.json"), figures=False)
+    s0 = json.loads((tmp_path / "s0.json").read_text())
+    trained = {p for p, _ in s0["train"]}
+    expected = sum(1 for p, _ in json.loads((tmp_path / "s1.json").read_text())["val"] if p in trained)
+    assert expected > 0 and rep["split"]["val_seen_in_training"] == expected
+    assert f"{expected} of the" in caplog.text and "were training images of this checkpoint" in caplog.text
+    assert "val_seen_in_training" not in evaluate_checkpoint(tmp_path / "run" / "best.pt", figures=False)["split"]
