@@ -87,7 +87,7 @@ def _make_hub(root: Path, n_parts: int) -> Any:
                         kind="device", preprocess=PreprocessSpec(size=(32, 32)), labels=["a"],
                         embeddings=np.ones((1, DIM), np.float32), catalogue_rows=[{"image_id": "x", "part_number": "a"}],
                         key=key, quantization={}, parity={})
-    hub = Hub.init(root / "hub", key_path, url="http://127.0.0.1:1",
+    hub = Hub.init(root / "hub", key_path, url="http://127.0.0.1:1", trust=[key_path.with_suffix(".pub.json")],
                    embedder_factory=lambda d, k: _NoEmbed(load_bundle(d, k).bundle_id))
     hub.set_bundle(bdir)
     thumb = _thumb_file(root)

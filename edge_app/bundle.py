@@ -254,7 +254,7 @@ def load_bundle(path: str | os.PathLike[str], keyring: Keyring) -> Bundle:
     if not root.is_dir():
         raise IntegrityError(f"{root}: not a bundle folder")
     data, sig = _read_manifest(root)
-    signed_by = verify_document(data, sig, keyring, what=f"{root / MANIFEST_NAME}")
+    signed_by = verify_document(data, sig, keyring, what=f"{root / MANIFEST_NAME}", role="bundle")
     try:
         manifest = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

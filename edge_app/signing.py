@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from .atomic import PRIVATE, atomic_write_bytes, atomic_write_json
 from .errors import InputError, IntegrityError, UsageError
@@ -119,20 +119,38 @@ class SigningKey:
         return {**doc, "encrypted_private_key": pem.decode()}
 
 
+#: what a trusted key may sign: model bundles (the export workstation's key) or the hub's own documents
+#: (catalogue packages, device settings, TLS offers); a key may hold both (one key for a small site or the demo)
+ROLES = ("bundle", "hub")
+_ROLE_NAMES = {"bundle": "model bundles", "hub": "hub documents (packages, settings, TLS offers)"}
+
+
 class Keyring:
-    """Trusted public keys, by key id."""
+    """Trusted public keys, by key id, each with the roles it may sign for.
 
-    def __init__(self, keys: Mapping[str, bytes] | None = None) -> None:
+    A key added without roles (a keyring written before roles existed) may sign anything, as it could then."""
+
+    def __init__(self, keys: Mapping[str, bytes] | None = None,
+                 roles: Mapping[str, Iterable[str]] | None = None) -> None:
         self._keys: dict[str, bytes] = {}
+        self._roles: dict[str, frozenset[str]] = {}
         for kid, raw in (keys or {}).items():
-            self.add(raw, expected_id=kid)
+            self.add(raw, expected_id=kid, roles=(roles or {}).get(kid))
 
-    def add(self, public_raw: bytes, expected_id: str | None = None) -> str:
+    def add(self, public_raw: bytes, expected_id: str | None = None, roles: Iterable[str] | None = None) -> str:
+        """Trust a key (for ``roles``; None = for anything). Adding a trusted key again only widens its roles."""
         if len(public_raw) != 32:
             raise IntegrityError(f"public key must be 32 bytes, got {len(public_raw)}")
         kid = key_id_for(public_raw)
         if expected_id is not None and expected_id != kid:
             raise IntegrityError(f"key id {expected_id} does not match its public key ({kid})")
+        wanted = None if roles is None else frozenset(_checked_roles(roles))
+        if kid in self._keys and kid not in self._roles:
+            pass  # already trusted for anything
+        elif wanted is None:
+            self._roles.pop(kid, None)
+        else:
+            self._roles[kid] = self._roles.get(kid, frozenset()) | wanted
         self._keys[kid] = public_raw
         return kid
 
@@ -150,15 +168,35 @@ class Keyring:
         """The raw 32-byte public key ``key_id`` (KeyError if not trusted)."""
         return self._keys[key_id]
 
+    def roles(self, key_id: str) -> frozenset[str] | None:
+        """What ``key_id`` may sign; None when it is trusted for anything (a keyring from before roles)."""
+        return self._roles.get(key_id)
+
+    def key_ids_for(self, role: str) -> list[str]:
+        return [k for k in self.key_ids if k not in self._roles or role in self._roles[k]]
+
     def to_dict(self) -> dict[str, object]:
-        return {"schema": 1, "keys": {k: base64.b64encode(v).decode() for k, v in sorted(self._keys.items())}}
+        d: dict[str, object] = {"schema": 1,
+                                "keys": {k: base64.b64encode(v).decode() for k, v in sorted(self._keys.items())}}
+        if self._roles:
+            d["roles"] = {k: sorted(r) for k, r in sorted(self._roles.items())}
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> "Keyring":
         keys = d.get("keys") if isinstance(d, Mapping) else None
         if not isinstance(keys, Mapping):
             raise IntegrityError("keyring has no 'keys' mapping")
-        return cls({str(k): base64.b64decode(str(v)) for k, v in keys.items()})
+        roles = d.get("roles", {})
+        if not isinstance(roles, Mapping) or not all(isinstance(r, list) for r in roles.values()):
+            raise IntegrityError("keyring 'roles' must map key ids to lists of roles")
+        for r in roles.values():
+            _checked_roles(r)
+        try:
+            raw = {str(k): base64.b64decode(str(v), validate=True) for k, v in keys.items()}
+        except ValueError as exc:  # binascii.Error is a ValueError
+            raise IntegrityError(f"keyring holds a key that is not base64 ({exc})") from None
+        return cls(raw, roles={str(k): v for k, v in roles.items()})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Keyring":
@@ -167,24 +205,41 @@ class Keyring:
             raise InputError(f"{path}: no such keyring file")
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise IntegrityError(f"{path}: keyring is not valid JSON ({exc})") from None
+        except IntegrityError as exc:
+            raise IntegrityError(f"{path}: {exc}") from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         return atomic_write_json(path, self.to_dict())
 
-    def verify(self, data: bytes, signature: bytes, key_id: str, what: str = "document") -> None:
-        """Raise :class:`IntegrityError` unless ``signature`` over ``data`` is valid for a trusted key."""
+    def verify(self, data: bytes, signature: bytes, key_id: str, what: str = "document",
+               role: str | None = None) -> None:
+        """Raise :class:`IntegrityError` unless ``signature`` over ``data`` is valid for a trusted key that may
+        sign for ``role`` (None: any trusted key)."""
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
         raw = self._keys.get(key_id)
         if raw is None:
             raise IntegrityError(f"{what} is signed by unknown key {key_id!r} (trusted: {', '.join(self.key_ids) or 'none'})")
+        allowed = self._roles.get(key_id)
+        if role is not None and allowed is not None and role not in allowed:
+            raise IntegrityError(f"{what} is signed by key {key_id}, which is trusted for "
+                                 f"{' and '.join(_ROLE_NAMES[r] for r in sorted(allowed))} only, not for "
+                                 f"{_ROLE_NAMES[role]}")
         try:
             Ed25519PublicKey.from_public_bytes(raw).verify(signature, data)
         except InvalidSignature:
             raise IntegrityError(f"{what} has a bad signature (key {key_id})") from None
+
+
+def _checked_roles(roles: Iterable[str]) -> list[str]:
+    out = list(roles)
+    bad = [r for r in out if r not in ROLES]
+    if bad or not out:
+        raise IntegrityError(f"key roles must be some of {ROLES}, got {out!r}")
+    return out
 
 
 def sign_document(data: bytes, key: SigningKey) -> dict[str, str]:
@@ -192,8 +247,9 @@ def sign_document(data: bytes, key: SigningKey) -> dict[str, str]:
     return {"key_id": key.key_id, "algorithm": "ed25519", "signature": base64.b64encode(key.sign(data)).decode()}
 
 
-def verify_document(data: bytes, sig_record: Mapping[str, object], keyring: Keyring, what: str = "document") -> str:
-    """Check a detached signature record; return the key id that signed."""
+def verify_document(data: bytes, sig_record: Mapping[str, object], keyring: Keyring, what: str = "document",
+                    role: str | None = None) -> str:
+    """Check a detached signature record (by a key trusted for ``role``); return the key id that signed."""
     try:
         kid = str(sig_record["key_id"])
         alg = str(sig_record.get("algorithm", "ed25519"))
@@ -202,7 +258,7 @@ def verify_document(data: bytes, sig_record: Mapping[str, object], keyring: Keyr
         raise IntegrityError(f"{what}: malformed signature record ({exc})") from None
     if alg != "ed25519":
         raise IntegrityError(f"{what}: unsupported signature algorithm {alg!r}")
-    keyring.verify(data, sig, kid, what)
+    keyring.verify(data, sig, kid, what, role)
     return kid
 
 

@@ -85,7 +85,8 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
     try:
         if payload["v"] != 1:
             raise UsageError(f"unknown enrolment version {payload['v']!r}")
-        keyring = Keyring({k: base64.b64decode(v) for k, v in payload["keys"].items()})
+        keyring = Keyring({k: base64.b64decode(v, validate=True) for k, v in payload["keys"].items()},
+                          roles=payload.get("key_roles"))
         for name in ("hub", "device", "site", "token"):
             v = payload[name]
             if not (isinstance(v, str) and v and v.isprintable() and len(v) <= 2048):
@@ -104,7 +105,7 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
             device["keep_free_mb"] = float(payload["keep_free_mb"])
             if not 0 <= device["keep_free_mb"] <= MAX_KEEP_FREE_MB:  # also NaN and Infinity
                 raise ValueError(f"keep_free_mb {device['keep_free_mb']} (must be 0..{MAX_KEEP_FREE_MB})")
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IntegrityError) as exc:
         raise UsageError(f"enrolment payload is incomplete or malformed ({exc})") from None
     if not len(keyring):
         raise UsageError("enrolment payload pins no signing keys")
@@ -142,7 +143,7 @@ def _keep_keys_of_installed_bundles(paths: DevicePaths, keyring: Keyring) -> Non
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(kid, str) and kid in old and kid not in keyring:
-            keyring.add(old.public_key(kid), expected_id=kid)
+            keyring.add(old.public_key(kid), expected_id=kid, roles=["bundle"])  # for that bundle, nothing else
             log.info("keeping key %s trusted: it signed the installed bundle %s", kid, manifest.parent.name)
 
 
@@ -407,7 +408,7 @@ class SyncClient:
 
         try:
             doc = dict(signed["doc"])
-            verify_document(settings_bytes(doc), signed["signature"], self.keyring, "device settings")
+            verify_document(settings_bytes(doc), signed["signature"], self.keyring, "device settings", role="hub")
             if doc.get("device") != self.device.get("device"):
                 raise IntegrityError(f"they are for device {doc.get('device')!r}, not {self.device.get('device')!r}")
             mine = self.device.get("hub_id")
@@ -499,7 +500,10 @@ class SyncClient:
 
         try:
             doc = dict(offer["doc"])
-            verify_document(upgrade_offer_bytes(doc), offer["signature"], self.keyring, "TLS upgrade offer")
+            signer = verify_document(upgrade_offer_bytes(doc), offer["signature"], self.keyring, "TLS upgrade offer",
+                                     role="hub")
+            if doc.get("key_id") != signer:
+                raise IntegrityError(f"it names key {doc.get('key_id')!r} but is signed by {signer}")
             url, pin = str(doc["url"]), check_pins(doc["tls_sha256"])[0]
             if not url.startswith("https://"):
                 raise IntegrityError(f"offer URL {url!r} is not https://")

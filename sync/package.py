@@ -137,7 +137,7 @@ def verify_descriptor(sig_doc: Mapping[str, Any], keyring: Keyring) -> dict[str,
         record = sig_doc["signature"]
     except (KeyError, TypeError, ValueError):
         raise IntegrityError("package signature file has no descriptor/signature") from None
-    verify_document(canonical(descriptor), record, keyring, what=f"package {descriptor.get('name')}")
+    verify_document(canonical(descriptor), record, keyring, what=f"package {descriptor.get('name')}", role="hub")
     if descriptor.get("format") != FORMAT:
         raise IntegrityError(f"package {descriptor.get('name')}: unknown format {descriptor.get('format')!r}")
     return descriptor

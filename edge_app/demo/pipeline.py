@@ -249,7 +249,10 @@ class DemoRun:
         from sync.hub.process import HubProcess, free_port
         from sync.hub.tls import enable_tls
 
-        self.hub = Hub.init(self.out / "hub", self.key_path, url=f"http://127.0.0.1:{free_port()}")
+        # One demo key signs both the bundle and the hub's packages, so the hub trusts it for bundles too (a
+        # terminal keeps the bundle key on the export workstation: `hub trust` its public key instead).
+        self.hub = Hub.init(self.out / "hub", self.key_path, url=f"http://127.0.0.1:{free_port()}",
+                            trust=[self.key_path.with_suffix(".pub.json")])
         self.hub.set_policy(spot_check_rate=DEMO_SPOT_CHECK_RATE)
         tls = enable_tls(self.hub)  # HTTPS as a terminal hub should run; the tablet pins this certificate
         self.hub.set_bundle(self.bundle_dir)

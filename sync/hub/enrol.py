@@ -69,6 +69,9 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None,
         log.info("device %s enrolled for site %s", name, site)
     payload = {"v": ENROL_VERSION, "hub": url.rstrip("/"), "device": name, "site": site, "token": token,
                "keys": hub.keyring.to_dict()["keys"], "hub_id": hub.store.get_meta("hub_id")}
+    roles = hub.keyring.to_dict().get("roles")
+    if roles:  # what each key may sign: the tablet takes bundles from bundle keys, packages from the hub's
+        payload["key_roles"] = roles
     if sync_window is not None:
         payload["sync_window"] = sync_window
     if keep_free_mb is not None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from edge_app import spotcheck
 from edge_app.atomic import atomic_write_bytes, atomic_write_json
-from edge_app.errors import InputError, UsageError
+from edge_app.errors import InputError, IntegrityError, UsageError
 from edge_app.runtime.importer import check_part_number, parse_size_mm, parse_stock, read_csv_rows, read_parts_csv
 from edge_app.signing import Keyring, SigningKey
 from edge_app.storage import free_bytes
@@ -84,6 +84,7 @@ class Hub:
         self.store = SqliteHubStore(self.root / "hub.db")
         self.secret = load_or_create_secret(self.root / "secret.bin")
         self.keyring = Keyring.load(self.root / "keyring.json")
+        self._scope_legacy_keyring()
         self._key: SigningKey | None = None
         self.embedder_factory: EmbedderFactory = embedder_factory or bundle_embedder
         self._embedder: Embedder | None = None
@@ -100,11 +101,13 @@ class Hub:
         if url is not None and not url.startswith(("http://", "https://")):  # add-device would refuse it later
             raise UsageError(f"--url must start with http:// or https:// (the address tablets reach), got {url!r}")
         key = SigningKey.load(key_path)
-        keyring = Keyring({key.key_id: key.public_raw})
+        # the hub's key signs its own documents; bundle signers are trusted explicitly (--trust / `hub trust`;
+        # the hub's own public key among them lets it sign bundles too, as on a small site or in the demo)
+        keyring = Keyring({key.key_id: key.public_raw}, roles={key.key_id: ["hub"]})
         for p in trust:
             other = Keyring.load(p)
             for kid in other.key_ids:
-                keyring.add(_raw(other, kid), expected_id=kid)
+                keyring.add(_raw(other, kid), expected_id=kid, roles=["bundle"])
         root.mkdir(parents=True, exist_ok=True)
         for sub in ("images", "thumbs", "bundles", "packages", "uploads"):
             (root / sub).mkdir(exist_ok=True)
@@ -116,6 +119,31 @@ class Hub:
         log.info("hub created at %s (signing key %s)", root, key.key_id)
         return cls(root, embedder_factory=embedder_factory)
 
+    def _scope_legacy_keyring(self) -> None:
+        """A keyring from before key roles trusted every key for everything (an export key could sign the
+        hub's TLS offers, the hub's key model bundles): give each key the role it has had. The hub's own key
+        signs hub documents, and bundles too if it signed one this hub holds; every other key signs bundles."""
+        ring, hub_kid = self.keyring, self.config.get("key_id")
+        if not len(ring) or any(ring.roles(k) is not None for k in ring.key_ids) or hub_kid not in ring:
+            return
+        signed_bundles = set()
+        for manifest in (self.root / "bundles").glob("*/manifest.json"):
+            try:
+                signed_bundles.add(json.loads(manifest.read_text()).get("key_id"))
+            except (OSError, ValueError, AttributeError):
+                continue
+        scoped = Keyring()
+        for kid in ring.key_ids:
+            roles = ["hub", "bundle"] if kid == hub_kid and kid in signed_bundles else \
+                ["hub"] if kid == hub_kid else ["bundle"]
+            scoped.add(ring.public_key(kid), expected_id=kid, roles=roles)
+        try:
+            scoped.save(self.root / "keyring.json")
+        except OSError as exc:  # a read-only hub folder (a backup being inspected): scope in memory only
+            log.warning("cannot save the role-scoped keyring (%s); using it for this run only", exc)
+        self.keyring = scoped
+        log.info("hub keyring scoped by role: %s", {k: sorted(scoped.roles(k) or ()) for k in scoped.key_ids})
+
     @property
     def key(self) -> SigningKey:
         if self._key is None:
@@ -123,10 +151,11 @@ class Hub:
         return self._key
 
     def trust(self, keyring_path: str | os.PathLike[str]) -> list[str]:
-        """Add the public keys of another keyring (e.g. the bundle signer's) to the hub keyring."""
+        """Trust the public keys of another keyring (the export workstation's) to sign model bundles; tablets
+        enrolled from now on get them. The hub's own public key here lets the hub's key sign bundles too."""
         other = Keyring.load(keyring_path)
         for kid in other.key_ids:
-            self.keyring.add(_raw(other, kid), expected_id=kid)
+            self.keyring.add(_raw(other, kid), expected_id=kid, roles=["bundle"])
         self.keyring.save(self.root / "keyring.json")
         return other.key_ids
 
@@ -367,7 +396,14 @@ class Hub:
         from edge_app.bundle import load_bundle
         from export.bundle import write_archive
 
-        bundle = load_bundle(bundle_dir, self.keyring)
+        try:
+            bundle = load_bundle(bundle_dir, self.keyring)
+        except IntegrityError as exc:
+            if self.config.get("key_id") and f"key {self.config['key_id']}, which is trusted" in str(exc):
+                raise IntegrityError(f"{exc}. The hub's key signs catalogue packages; sign bundles with the export "
+                                     "key and `partlens hub trust` its public key (or trust the hub's own "
+                                     "public key file to let it sign bundles too)") from None
+            raise
         active = self.bundle_id
         if active is not None:
             cur = self.store.bundle(active)

@@ -1,0 +1,111 @@
+"""Each trusted key signs only what it is for: bundle keys (the export workstation) sign model bundles, the
+hub's key signs the hub's documents (packages, settings, TLS offers). Before roles, an export key could move a
+tablet to another server with a signed TLS offer, and the network-facing hub's key could ship a model."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from edge_app.bundle import load_bundle
+from edge_app.errors import IntegrityError
+from edge_app.signing import Keyring, SigningKey, sign_document
+
+from .helpers import make_bundle, make_key
+from .test_inmemory import client
+
+
+def test_keyring_roles_round_trip_and_refuse_the_wrong_role(tmp_path) -> None:
+    hub, export = SigningKey.generate(), SigningKey.generate()
+    ring = Keyring({hub.key_id: hub.public_raw, export.key_id: export.public_raw},
+                   roles={hub.key_id: ["hub"], export.key_id: ["bundle"]})
+    ring.save(tmp_path / "k.json")
+    again = Keyring.load(tmp_path / "k.json")
+    assert again.roles(hub.key_id) == {"hub"} and again.key_ids_for("bundle") == [export.key_id]
+    data = b"some document"
+    ring.verify(data, hub.sign(data), hub.key_id, "doc", role="hub")
+    ring.verify(data, export.sign(data), export.key_id, "doc", role="bundle")
+    with pytest.raises(IntegrityError, match="trusted for hub documents .* only, not for model bundles"):
+        again.verify(data, hub.sign(data), hub.key_id, "doc", role="bundle")
+    with pytest.raises(IntegrityError, match="not for hub documents"):
+        again.verify(data, export.sign(data), export.key_id, "doc", role="hub")
+    ring.add(hub.public_raw, roles=["bundle"])  # trusting again only widens
+    assert ring.roles(hub.key_id) == {"hub", "bundle"}
+    legacy = Keyring({export.key_id: export.public_raw})  # a keyring from before roles: anything, as before
+    legacy.verify(data, export.sign(data), export.key_id, "doc", role="hub")
+    assert "roles" not in legacy.to_dict()
+
+
+@pytest.mark.parametrize("content, match", [
+    (b'{"keys": {"abc": "not base64!"}}', "not base64"),
+    (b'\xff\xfe{"keys": {}}', "not valid JSON"),
+    (b'{"keys": {}, "roles": {"abc": ["root"]}}', "roles must be some of"),
+    (b'{"keys": {}, "roles": ["hub"]}', "'roles' must map"),
+])
+def test_damaged_keyring_files_are_one_line_integrity_errors(tmp_path, content: bytes, match: str) -> None:
+    (tmp_path / "k.json").write_bytes(content)
+    with pytest.raises(IntegrityError, match=match):
+        Keyring.load(tmp_path / "k.json")
+
+
+def test_an_export_key_cannot_sign_hub_documents_on_the_tablet(world) -> None:
+    from sync.transport import settings_bytes, upgrade_offer_bytes
+
+    ring = json.loads((world.device_dir / "keyring.json").read_text())
+    assert ring["roles"] == {world.hub.key.key_id: ["hub"], world.export_key.key_id: ["bundle"]}
+    c = client(world)
+    c.sync()
+    hub_url = json.loads((world.device_dir / "device.json").read_text())["hub"]
+    doc = {"url": "https://attacker.example:8443", "tls_sha256": "ab" * 32, "key_id": world.hub.key.key_id,
+           "catalogue_version": 10 ** 6}
+    c._take_tls_upgrade({"doc": doc, "signature": sign_document(upgrade_offer_bytes(doc), world.export_key)}, 1)
+    # an offer naming another key than the one that signed it is refused too
+    named = dict(doc, key_id=world.export_key.key_id)
+    c._take_tls_upgrade({"doc": named, "signature": sign_document(upgrade_offer_bytes(named), world.hub.key)}, 1)
+    assert json.loads((world.device_dir / "device.json").read_text())["hub"] == hub_url
+    device = json.loads((world.device_dir / "device.json").read_text())
+    sdoc = {"device": device["device"], "hub_id": device.get("hub_id"), "epoch": 0, "serial": 99,
+            "policy": {"spot_check_rate": 0.0}, "device_settings": {"keep_free_mb": 0, "sync_window": "00:00-00:01"}}
+    plan = {"settings": {"doc": sdoc, "signature": sign_document(settings_bytes(sdoc), world.export_key)}}
+    assert c._settings_of(plan) == (None, None, None)  # refused with a warning; the tablet keeps its settings
+    # the genuine hub's offer still works
+    genuine = dict(doc, url="https://127.0.0.1:8443")
+    c._take_tls_upgrade({"doc": genuine, "signature": sign_document(upgrade_offer_bytes(genuine), world.hub.key)}, 1)
+    assert json.loads((world.device_dir / "device.json").read_text())["hub"] == "https://127.0.0.1:8443"
+
+
+def test_the_hub_key_cannot_sign_model_bundles_unless_trusted_for_them(world, tmp_path) -> None:
+    hub_signed = make_bundle(tmp_path / "hub-signed", world.hub.key, 7)
+    with pytest.raises(IntegrityError, match="not for model bundles"):
+        load_bundle(hub_signed, Keyring.load(world.device_dir / "keyring.json"))
+    with pytest.raises(IntegrityError, match="sign bundles with the export key and `partlens hub trust`"):
+        world.hub.set_bundle(hub_signed)
+    # a small site (or the demo) lets its one key do both, explicitly: `hub trust` of the hub's own public key
+    pub = next(world.hub_key_path.parent.glob("*.pub.json"))
+    world.hub.trust(pub)
+    assert world.hub.keyring.roles(world.hub.key.key_id) == {"hub", "bundle"}
+    world.hub.set_bundle(hub_signed)
+
+
+def test_a_hub_keyring_from_before_roles_is_scoped_when_opened(tmp_path) -> None:
+    from sync.hub.hub import Hub
+
+    from .conftest import build_world
+
+    w = build_world(tmp_path / "w")
+    ring = Keyring.load(w.hub.root / "keyring.json")
+    legacy = Keyring({k: ring.public_key(k) for k in ring.key_ids})  # as written before roles existed
+    legacy.save(w.hub.root / "keyring.json")
+    reopened = Hub(w.hub.root, embedder_factory=w.hub.embedder_factory)
+    assert reopened.keyring.roles(w.hub.key.key_id) == {"hub"}  # the active bundle is the export key's
+    assert reopened.keyring.roles(w.export_key.key_id) == {"bundle"}
+    assert json.loads((w.hub.root / "keyring.json").read_text())["roles"]  # saved
+    # a hub whose own key signed one of its bundles keeps that right
+    other = tmp_path / "one-key"
+    key_path, key, pub = make_key(other / "keys")
+    hub = Hub.init(other / "hub", key_path, trust=[pub], embedder_factory=w.hub.embedder_factory)
+    hub.set_bundle(make_bundle(other / "export", key, 1))
+    Keyring({key.key_id: key.public_raw}).save(other / "hub" / "keyring.json")
+    assert Hub(other / "hub").keyring.roles(key.key_id) == {"hub", "bundle"}
+    shutil.rmtree(other)
