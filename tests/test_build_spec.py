@@ -51,6 +51,61 @@ DEVICE_SOURCES = ["edge_app/*.py", "edge_app/runtime/*.py", "edge_app/app/*.py",
 FIRST_PARTY = {"edge_app", "sync", "training", "export", "benchmarks"}
 
 
+def _speclist(app, key: str) -> list[str]:
+    return [x.strip().lower() for x in app.get(key, "").split(",") if x.strip()]
+
+
+def buildozer_ships(rel: str, app=None) -> bool:
+    """Whether buildozer copies the file at ``rel`` (relative to source.dir) into the APK: a port of the filter
+    in buildozer 1.5.0's ``Buildozer._copy_application_sources``. ``include_patterns`` only takes back what
+    ``exclude_dirs``/``exclude_patterns`` removed, and every file still needs an ``include_exts`` extension."""
+    import fnmatch
+    import posixpath
+
+    app = app if app is not None else spec()["app"]
+    exts, no_exts = _speclist(app, "source.include_exts"), _speclist(app, "source.exclude_exts")
+    no_dirs, no_pats = _speclist(app, "source.exclude_dirs"), _speclist(app, "source.exclude_patterns")
+    pats = _speclist(app, "source.include_patterns")
+    folder, fn = posixpath.split(rel)
+    if any(part.startswith(".") for part in folder.split("/") if part):
+        return False
+    if folder:
+        root = folder.lower() + "/"
+        out = any(root.startswith(d if d.endswith("/") else d + "/") for d in no_dirs)
+        if not out:
+            out = any(fnmatch.fnmatch(root, p) for p in no_pats)
+        if any(fnmatch.fnmatch(root, p) for p in pats):
+            out = False
+        if out:
+            return False
+    if fn.startswith("."):
+        return False
+    dfn = posixpath.join(folder.lower() + "/", fn) if folder else fn.lower()
+    out = any(fnmatch.fnmatch(dfn, p) for p in no_pats)
+    if any(fnmatch.fnmatch(dfn, p) for p in pats):
+        out = False
+    if out:
+        return False
+    ext = posixpath.splitext(fn)[1][1:].lower()
+    if ext and ((exts and ext not in exts) or ext in no_exts):
+        return False
+    return True
+
+
+def shipped_files() -> set[str]:
+    """The repository files buildozer would put in the APK (git-ignored build output and venv left out)."""
+    import os
+
+    out = set()
+    for dirpath, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in (".git", ".venv", "__pycache__", "runs", "starter_bundle")]
+        for fn in files:
+            rel = str((Path(dirpath) / fn).relative_to(ROOT))
+            if buildozer_ships(rel):
+                out.add(rel)
+    return out
+
+
 def norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -174,19 +229,41 @@ def test_android_settings() -> None:
     assert {"CAMERA", "INTERNET", "ACCESS_NETWORK_STATE"} <= perms
     assert app["android.archs"].strip() == "arm64-v8a"
     assert app["p4a.local_recipes"].strip() == "./p4a_recipes"
-    assert "starter_bundle/*" in app["source.include_patterns"]
     assert "kv" in app["source.include_exts"].split(",")
     assert (ROOT / app.get("source.main", "main.py")).is_file()
 
 
 def test_every_kv_file_is_included() -> None:
-    import fnmatch
-
-    patterns = [p.strip() for p in spec()["app"]["source.include_patterns"].split(",")]
     kv = [str(p.relative_to(ROOT)) for p in (ROOT / "edge_app").rglob("*.kv")]
     assert kv
     for f in kv:
-        assert any(fnmatch.fnmatch(f, p) for p in patterns), f"{f} would not be packaged"
+        assert buildozer_ships(f), f"{f} would not be packaged"
+
+
+#: the files of a starter folder (`partlens demo --starter-bundle starter_bundle`), as the app seeds from them
+STARTER_FILES = ["starter_bundle/catalogue.db", "starter_bundle/keyring.json", "starter_bundle/active.json",
+                 *(f"starter_bundle/bundles/v1-0123456789ab/{n}" for n in
+                   ("manifest.json", "manifest.sig", "model.tflite", "embeddings.npy", "embeddings.json",
+                    "index.hnsw"))]
+
+
+def test_the_starter_bundle_ships_whole() -> None:
+    """buildozer drops any file whose extension is not in include_exts, even one an include pattern names: the
+    APK had no catalogue.db, model.tflite, manifest.sig, embeddings.npy or index.hnsw, so it started empty."""
+    from edge_app.bundle import MANIFEST_NAME, SIGNATURE_NAME
+
+    assert {MANIFEST_NAME, SIGNATURE_NAME} <= {Path(f).name for f in STARTER_FILES}
+    dropped = [f for f in STARTER_FILES if not buildozer_ships(f)]
+    assert not dropped, f"not packaged in the APK: {dropped}"
+
+
+def test_desktop_code_and_build_output_do_not_ship() -> None:
+    shipped = shipped_files()
+    assert "main.py" in shipped and "edge_app/runtime/identify.py" in shipped
+    leaked = sorted(f for f in shipped if f.startswith(("training/", "export/", "sync/hub/", "tests/", "benchmarks/",
+                                                          "edge_app/demo/", "partlens.egg-info/", "docs/",
+                                                          "p4a_recipes/")))
+    assert not leaked, f"desktop-only files would be packaged: {leaked[:10]}"
 
 
 #: first-party packages the APK does not ship, and why no device code path needs them at import time
@@ -229,15 +306,12 @@ def test_every_module_the_app_imports_is_packaged() -> None:
     """Follow first-party imports from main.py and the Android services (module level and lazy): each module
     reached must match the APK's include patterns, except packages that are not shipped, which device code may
     only import lazily."""
-    import fnmatch
-
     app = spec()["app"]
-    patterns = [p.strip() for p in app["source.include_patterns"].split(",")]
     # the entry points: the app, and each Android service (`services = Name:path.py:...`)
     entries = [ROOT / "main.py"] + [ROOT / s.split(":")[1] for s in app.get("services", "").split(",") if s.strip()]
     assert len(entries) >= 2 and all(e.is_file() for e in entries), entries
     for e in entries:
-        assert any(fnmatch.fnmatch(str(e.relative_to(ROOT)), p) for p in patterns), f"{e} is not packaged"
+        assert buildozer_ships(str(e.relative_to(ROOT))), f"{e} is not packaged"
     seen: dict[Path, str] = {}
     todo = list(entries)
     while todo:
@@ -256,7 +330,7 @@ def test_every_module_the_app_imports_is_packaged() -> None:
                     todo.append(mf)
     assert len(seen) > 30
     missing = [f"{m.relative_to(ROOT)} (imported by {by})" for m, by in sorted(seen.items())
-               if not any(fnmatch.fnmatch(str(m.relative_to(ROOT)), p) for p in patterns)]
+               if not buildozer_ships(str(m.relative_to(ROOT)))]
     assert not missing, "not packaged in the APK: " + "; ".join(missing)
 
 

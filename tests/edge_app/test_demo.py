@@ -318,6 +318,10 @@ def test_quick_demo_starter_bundle_carries_no_secrets(quick_demo, tmp_path) -> N
     assert (starter / "catalogue.db").is_file() and (starter / "keyring.json").is_file()
     assert (starter / "bundles" / report["bundle"]["bundle_id"] / "manifest.json").is_file()
     assert not (starter / "device.json").exists() and not (starter / "outbox.db").exists()
+    from tests.test_build_spec import buildozer_ships
+
+    files = [f"starter_bundle/{p.relative_to(starter).as_posix()}" for p in starter.rglob("*") if p.is_file()]
+    assert len(files) >= 7 and all(buildozer_ships(f) for f in files), "the APK would miss starter files"
     assert seed_from_starter(tmp_path / "fresh-device", starter)
     fresh = device_identifier(tmp_path / "fresh-device")
     try:

@@ -377,9 +377,11 @@ def test_build_spec_declares_the_service_the_code_starts():
     assert f"{app['package.domain'].strip()}.{app['package.name'].strip()}" == background.ANDROID_PACKAGE
     name, entry, *options = app["services"].strip().split(":")
     assert f"{background.ANDROID_PACKAGE}.Service{name.capitalize()}" == background.SERVICE_CLASS
-    assert (REPO / entry).is_file() and entry in app["source.include_patterns"]
+    from tests.test_build_spec import buildozer_ships
+
+    assert (REPO / entry).is_file() and buildozer_ships(entry, app)
     assert "foreground" in options and "foregroundServiceType=dataSync" in options
     perms = {p.strip() for p in app["android.permissions"].split(",")}
     assert {"FOREGROUND_SERVICE", "FOREGROUND_SERVICE_DATA_SYNC", "SCHEDULE_EXACT_ALARM", "WAKE_LOCK"} <= perms
     for module in ("sync/background.py", "sync/schedule.py"):
-        assert module in app["source.include_patterns"]
+        assert buildozer_ships(module, app)
