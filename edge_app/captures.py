@@ -13,7 +13,7 @@ import time
 import uuid as _uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from . import storage
 from .atomic import atomic_write_bytes, atomic_write_json
@@ -88,20 +88,39 @@ class CaptureStore:
         atomic_write_json(self.root / f"{cid}.camera", {"path": str(path), "created_at": _now()})
         return cid, path
 
-    def recover_camera(self) -> list[Capture]:
+    def remember_camera_uri(self, capture_id: str, uri: str) -> None:
+        """Record where the camera app writes this photo (an Android ``content://`` item), so that
+        :meth:`recover_camera` can fetch it if partlens is stopped while the camera is open."""
+        marker = self.root / f"{capture_id}.camera"
+        try:
+            doc = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            doc = {"path": str(self.root / f"{capture_id}.jpg"), "created_at": _now()}
+        atomic_write_json(marker, {**doc, "uri": str(uri)})
+
+    def recover_camera(self, fetch: Callable[[str, Path], bool] | None = None) -> list[Capture]:
         """Photos the camera wrote for a partlens that was stopped before it got them back (see
-        :meth:`camera_path`): adopted now, oldest first. A camera that wrote nothing, or an unreadable file,
-        only clears its record."""
+        :meth:`camera_path`): adopted now, oldest first. ``fetch(uri, path)`` copies a photo the camera wrote
+        to a remembered content item (Android) into ``path``. A camera that wrote nothing, or an unreadable
+        file, only clears its record."""
         found = []
         for marker in sorted(self.root.glob("*.camera"), key=lambda p: p.stat().st_mtime):
             cid = marker.stem
+            uri = None
             try:
-                path = Path(json.loads(marker.read_text())["path"])
+                doc = json.loads(marker.read_text())
+                path = Path(doc["path"])
+                uri = doc.get("uri")
             except (OSError, ValueError, KeyError, TypeError):
                 path = self.root / f"{cid}.jpg"
             if self._sidecar(cid).exists():  # adopted already (stopped before the record was cleared)
                 marker.unlink(missing_ok=True)
                 continue
+            if uri and fetch is not None and not path.is_file():
+                try:
+                    fetch(str(uri), path)
+                except Exception as exc:  # noqa: BLE001 - a platform error: the record is cleared below
+                    log.warning("camera photo %s could not be fetched from %s: %s", cid, uri, exc)
             if path.is_file() and path.stat().st_size:
                 try:
                     found.append(self.adopt(cid, path))

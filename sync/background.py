@@ -221,9 +221,10 @@ def android_conditions(context: Any) -> tuple[bool, bool]:
 def android_schedule(context: Any, at: dt.datetime, argument: str = "") -> bool:
     """Set the single exact alarm that starts ``ServiceSync`` at ``at``; True if exact.
 
-    Without the exact-alarm permission (Android 12+, user revocable) an inexact allow-while-idle alarm
-    is set instead and False returned: it still fires, but Android may then refuse to start the
-    foreground service from the background; the app shows this state (see docs/sync.md).
+    Without the exact-alarm permission (Android 12+, revocable; denied by default to new installs on Android
+    14) an inexact allow-while-idle alarm is set instead and False returned: it still fires, but Android then
+    refuses to start the foreground service from the background (only an exact alarm exempts it); the app
+    records this as an arming failure, so the sync screen says so (see docs/sync.md).
     """
     from jnius import autoclass  # type: ignore
 
@@ -278,5 +279,9 @@ def schedule_from_app(context: Any, device_dir: str | os.PathLike[str], now: dt.
             at = None
     if at is None or at.tzinfo != now.tzinfo or at <= now:
         at = next_attempt(now, window_of(device_dir), SKIPPED)
-    android_schedule(context, at, str(device_dir))
+    if android_schedule(context, at, str(device_dir)):
+        clear_arm_failure(device_dir)
+    else:  # Android 14 denies exact alarms to new installs by default; an inexact alarm may not start the service
+        record_arm_failure(device_dir, "Android does not allow partlens exact alarms, so the nightly sync may not "
+                           "start: allow it in Settings > Apps > partlens > Alarms & reminders", now)
     return at

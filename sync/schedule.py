@@ -1,8 +1,8 @@
 """When a device may sync: on charge, on an unmetered network, inside a nightly window.
 
-On Android the OS decides *when to wake us* (WorkManager periodic work constrained to
-charging + unmetered network, see docs/sync.md); this pure function decides *whether to
-proceed* when woken, adding the time-of-day window WorkManager cannot express.
+On Android an exact alarm wakes a python-for-android foreground service at the next attempt
+(sync/background.py, docs/sync.md); this pure function decides *whether to proceed* when woken:
+docked (charging), on an unmetered network, inside the nightly window.
 """
 from __future__ import annotations
 

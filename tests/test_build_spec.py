@@ -29,7 +29,6 @@ PURE_PYTHON = {
     "tzdata": "python-dateutil 4 dependency (pure Python data)",
     "pluggy": "sqlite-utils dependency (pure Python)",
     "six": "python-dateutil dependency on older versions (pure Python)",
-    "plyer": "camera facade; not in the venv (desktop does not need it): plyer-2.1.0-py2.py3-none-any.whl on PyPI",
 }
 #: Dependencies declared by shipped packages that the device deliberately does not ship.
 NOT_SHIPPED_DEPS = {
@@ -42,7 +41,7 @@ NOT_ON_DEVICE = {
 }
 #: Import name -> requirement (distribution or recipe) name.
 IMPORT_TO_REQ = {"PIL": "pillow", "jnius": "pyjnius", "sqlite_utils": "sqlite-utils", "dateutil": "python-dateutil",
-                 "pyzbar": "pyzbar", "android": "android", "plyer": "plyer", "kivy": "kivy", "numpy": "numpy",
+                 "pyzbar": "pyzbar", "android": "android", "kivy": "kivy", "numpy": "numpy",
                  "hnswlib": "hnswlib", "cryptography": "cryptography"}
 #: The device code: the runtime, the app and the sync client (not training/export/hub/benchmarks).
 DEVICE_SOURCES = ["edge_app/*.py", "edge_app/runtime/*.py", "edge_app/app/*.py", "edge_app/app/screens/*.py",
@@ -197,7 +196,7 @@ def test_pure_python_dependency_trees_are_complete() -> None:
         seen.add(name)
         try:
             deps = dist_requires(name)
-        except md.PackageNotFoundError:  # not in the venv (plyer): its wheel declares no dependencies
+        except md.PackageNotFoundError:  # not in the venv: nothing to follow
             continue
         for dep in deps:
             assert dep in reqs or dep in NOT_SHIPPED_DEPS, f"{name} needs {dep}, which build.spec does not ship"

@@ -1,6 +1,6 @@
 """Android-only helpers (camera, permissions, QR), all guarded: on a desktop they report "not available".
 
-Imports of ``android``/``plyer``/``pyzbar`` happen inside functions, so this module imports anywhere.
+Imports of ``android``/``jnius``/``pyzbar``/``kivy`` happen inside functions, so this module imports anywhere.
 """
 from __future__ import annotations
 
@@ -16,44 +16,165 @@ def is_android() -> bool:
     return "ANDROID_ARGUMENT" in os.environ or hasattr(sys, "getandroidapilevel")
 
 
+#: startActivityForResult request code of the camera intent ("PC")
+CAMERA_REQUEST = 0x5043
+RESULT_OK = -1  # android.app.Activity.RESULT_OK
+#: where the camera app writes (shared storage, Android 10+); the item is deleted once the photo is copied in
+CAMERA_FOLDER = "Pictures/partlens"
+
+
 def camera_available() -> bool:
-    """True on Android when plyer's camera facade can be imported."""
+    """True on Android when the camera intent can be sent (pyjnius and python-for-android's activity events)."""
     if not is_android():
         return False
     try:
-        from plyer import camera  # noqa: F401
-    except Exception as exc:  # ImportError or plyer's NotImplementedError on odd builds
+        import android.activity  # noqa: F401
+        import jnius  # noqa: F401
+    except Exception as exc:  # ImportError on odd builds
         log.info("camera unavailable: %s", exc)
         return False
     return True
 
 
+def _api_level() -> int:
+    from jnius import autoclass  # type: ignore
+
+    return int(autoclass("android.os.Build$VERSION").SDK_INT)
+
+
+def _on_kivy_thread(fn: Callable[[], None]) -> None:
+    """Android calls permission and activity results on its UI thread, not Kivy's: hand over to Kivy's."""
+    from kivy.clock import Clock
+
+    Clock.schedule_once(lambda _dt: fn(), 0)
+
+
 def request_camera(on_result: Callable[[bool], None]) -> None:
-    """Ask for the CAMERA runtime permission (Android 6+), then call ``on_result(granted)``."""
+    """Ask for what taking a photo needs (CAMERA; on Android 8-9 also storage, for the camera's shared-storage
+    item; on Android 13+ also notifications, for the nightly sync's), then call ``on_result(granted)`` on Kivy's
+    thread. ``granted`` is about the camera: a refused notification does not stop a photo."""
     if not is_android():
         on_result(False)
         return
     from android.permissions import Permission, check_permission, request_permissions  # type: ignore
 
-    if check_permission(Permission.CAMERA):
+    api = _api_level()
+    needed = [Permission.CAMERA] + (["android.permission.WRITE_EXTERNAL_STORAGE"] if api < 29 else [])
+    wanted = needed + (["android.permission.POST_NOTIFICATIONS"] if api >= 33 else [])
+    missing = [p for p in wanted if not check_permission(p)]
+    if not [p for p in needed if p in missing]:
         on_result(True)
+        if missing:  # notifications only: ask, never wait for the answer
+            request_permissions(missing, lambda permissions, grants: None)
         return
 
     def done(permissions, grants):  # called on the Android UI thread
-        on_result(bool(grants) and all(grants))
+        ok = all(g for p, g in zip(permissions, grants) if p in needed) and len(grants) == len(permissions)
+        _on_kivy_thread(lambda: on_result(bool(grants) and ok))
 
-    request_permissions([Permission.CAMERA], done)
+    request_permissions(missing, done)
 
 
-def take_picture(path: str, on_done: Callable[[str | None], None]) -> None:
-    """Open the system camera writing straight into ``path`` (so the photo is on disk at once)."""
-    from plyer import camera
+def take_picture(path: str, on_done: Callable[[str | None], None],
+                 on_uri: Callable[[str], None] | None = None) -> None:
+    """Open the system camera; ``on_done(path)`` on Kivy's thread once the photo is at ``path`` (None: no photo).
 
-    def complete(filename: str | None) -> bool:
-        on_done(filename if filename and os.path.isfile(filename) else None)
+    The camera app cannot write into partlens's private folder, and a ``file://`` URI given to it throws
+    FileUriExposedException since Android 7 (what plyer's camera does). So partlens creates a MediaStore image
+    item (a ``content://`` URI the camera may write to), lets the camera write it, copies the photo into
+    ``path`` and deletes the item. ``on_uri`` gets the item's URI first, to be remembered: if Android stops
+    partlens while the camera is open, the next start copies the photo from there (:func:`fetch_content_uri`).
+    """
+    import android.activity as events  # type: ignore
+    from jnius import autoclass, cast  # type: ignore
+
+    Intent = autoclass("android.content.Intent")
+    MediaStore = autoclass("android.provider.MediaStore")
+    Media = autoclass("android.provider.MediaStore$Images$Media")
+    ContentValues = autoclass("android.content.ContentValues")
+    activity = autoclass("org.kivy.android.PythonActivity").mActivity
+    resolver = activity.getContentResolver()
+    values = ContentValues()
+    values.put("_display_name", os.path.basename(path))  # MediaStore.MediaColumns.DISPLAY_NAME
+    values.put("mime_type", "image/jpeg")  # MediaStore.MediaColumns.MIME_TYPE
+    if _api_level() >= 29:
+        values.put("relative_path", CAMERA_FOLDER)  # MediaStore.MediaColumns.RELATIVE_PATH
+    uri = resolver.insert(Media.EXTERNAL_CONTENT_URI, values)
+    if uri is None:
+        log.error("camera: MediaStore refused a new image item")
+        _on_kivy_thread(lambda: on_done(None))
+        return
+    if on_uri is not None:
+        on_uri(str(uri.toString()))
+    intent = Intent(MediaStore.ACTION_IMAGE_CAPTURE)
+    intent.putExtra(MediaStore.EXTRA_OUTPUT, cast("android.os.Parcelable", uri))
+    intent.addFlags(Intent.FLAG_GRANT_WRITE_URI_PERMISSION | Intent.FLAG_GRANT_READ_URI_PERMISSION)
+
+    def on_result(request_code: int, result_code: int, data: object) -> None:  # the Android UI thread
+        if request_code != CAMERA_REQUEST:
+            return
+        events.unbind(on_activity_result=on_result)
+        saved = None
+        try:
+            if result_code == RESULT_OK:
+                saved = path if _copy_content(resolver, uri, path) else None
+        except Exception as exc:  # a JavaException or OSError: no photo, said so; never a crash
+            log.error("camera: could not copy the photo in: %s", exc)
+        finally:
+            _delete_content(resolver, uri)
+        _on_kivy_thread(lambda: on_done(saved))
+
+    events.bind(on_activity_result=on_result)
+    activity.startActivityForResult(intent, CAMERA_REQUEST)
+
+
+def fetch_content_uri(uri: str, path: str | os.PathLike[str]) -> bool:
+    """Copy the photo a camera wrote to ``uri`` (see :func:`take_picture`) into ``path`` and delete the item;
+    False when it holds nothing (the camera was cancelled) or is gone."""
+    from jnius import autoclass  # type: ignore
+
+    Uri = autoclass("android.net.Uri")
+    resolver = autoclass("org.kivy.android.PythonActivity").mActivity.getContentResolver()
+    parsed = Uri.parse(uri)
+    try:
+        return _copy_content(resolver, parsed, str(path))
+    except Exception as exc:  # noqa: BLE001 - a JavaException: the item is gone
+        log.warning("camera item %s could not be read: %s", uri, exc)
         return False
+    finally:
+        _delete_content(resolver, parsed)
 
-    camera.take_picture(filename=path, on_complete=complete)
+
+def _copy_content(resolver: object, uri: object, path: str) -> bool:
+    """Stream ``uri`` into ``path`` (written to a temporary file, fsynced, renamed); False when it is empty."""
+    stream = resolver.openInputStream(uri)  # type: ignore[attr-defined]
+    if stream is None:
+        return False
+    tmp = f"{path}.part"
+    buf = bytearray(1 << 16)  # pyjnius copies a Java byte[] argument back into a bytearray after the call
+    try:
+        with open(tmp, "wb") as fh:
+            while True:
+                n = int(stream.read(buf))
+                if n < 0:
+                    break
+                fh.write(buf[:n])
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        stream.close()
+    if os.path.getsize(tmp) == 0:
+        os.unlink(tmp)
+        return False
+    os.replace(tmp, path)
+    return True
+
+
+def _delete_content(resolver: object, uri: object) -> None:
+    try:
+        resolver.delete(uri, None, None)  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 - left in the gallery's partlens folder; not worth failing for
+        log.warning("camera item %s was not deleted: %s", uri, exc)
 
 
 def qr_available() -> bool:
@@ -95,11 +216,12 @@ def arm_background_sync(data_dir: str | os.PathLike[str]) -> str | None:
         from jnius import autoclass  # type: ignore
 
         activity = autoclass("org.kivy.android.PythonActivity").mActivity
-        at = schedule_from_app(activity, data_dir, now)
+        at = schedule_from_app(activity, data_dir, now)  # records an inexact (not allowed) alarm itself
     except Exception as exc:  # JavaException and friends: shown on the sync screen, never fatal for the app
         reason = f"{type(exc).__name__}: {exc}"
         log.error("background sync not armed: %s", reason)
         record_arm_failure(data_dir, reason, now)
         return None
-    clear_arm_failure(data_dir)
+    if at is None:
+        clear_arm_failure(data_dir)
     return None if at is None else at.isoformat(timespec="minutes")

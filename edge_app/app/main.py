@@ -101,8 +101,10 @@ class PartlensApp(App):
         recover = getattr(getattr(self.services, "captures", None), "recover_camera", None)
         if recover is None:
             return
+        from .android import fetch_content_uri, is_android
+
         try:
-            found = recover()
+            found = recover(fetch_content_uri) if is_android() else recover()
         except (PartlensError, OSError) as exc:
             log.warning("could not look for camera photos taken before the app stopped: %s", exc)
             return
@@ -340,7 +342,9 @@ def device_main() -> None:
     starter = Path(__file__).resolve().parents[2] / "starter_bundle"
     seed_from_starter(data_dir, starter)
     if is_android():
+        from ..runtime.android_backend import preload_java_classes
         from .android import arm_background_sync
 
+        preload_java_classes()  # here, on the main thread: the worker thread's class loader cannot find them
         arm_background_sync(data_dir)
     run_and_close(open_device_services(data_dir, starter=starter))

@@ -22,6 +22,23 @@ log = logging.getLogger(__name__)
 _DTYPES = {"FLOAT32": np.dtype("<f4"), "INT8": np.dtype("i1"), "UINT8": np.dtype("u1"), "INT32": np.dtype("<i4")}
 
 
+#: The app's own Java classes the backend uses, directly or as the types of returned objects. On Android a
+#: Python thread attached to the JVM (the app's worker thread) looks classes up with the SYSTEM class loader,
+#: which does not know the app's gradle dependencies ("FAQ: Why didn't FindClass find my class?", Android's
+#: JNI tips; python-for-android issue 2242): they must be looked up once on the main thread, where pyjnius
+#: caches them, before a worker thread opens a model (:func:`preload_java_classes`).
+APP_CLASSES = ("org.tensorflow.lite.Interpreter", "org.tensorflow.lite.Interpreter$Options",
+               "org.tensorflow.lite.Tensor", "org.tensorflow.lite.Tensor$QuantizationParams",
+               "org.tensorflow.lite.DataType")
+
+
+def preload_java_classes() -> None:
+    """Look up :data:`APP_CLASSES` now; call it on the app's main thread at start (Android only)."""
+    jnius = _jnius()
+    for name in APP_CLASSES:
+        jnius.autoclass(name)
+
+
 def _jnius() -> Any:
     try:
         import jnius

@@ -237,7 +237,34 @@ CLASSES = {
 }
 
 
+#: the app's classes (from its gradle dependency) and the ones pyjnius resolves for returned objects
+APP_CLASSES = {"org.tensorflow.lite.Interpreter", "org.tensorflow.lite.Interpreter$Options",
+               "org.tensorflow.lite.Tensor", "org.tensorflow.lite.Tensor$QuantizationParams",
+               "org.tensorflow.lite.DataType"}
+#: looked up on the main thread (pyjnius caches classes by name)
+LOADED: set[str] = set()
+
+
+class JavaException(Exception):
+    pass
+
+
+def autoclass(name: str):
+    """Like Android: a thread other than the main one finds only system classes, unless already cached."""
+    import threading
+
+    if name in APP_CLASSES and name not in LOADED:
+        if threading.current_thread() is not threading.main_thread():
+            raise JavaException(f"java.lang.ClassNotFoundException: {name}")
+        LOADED.add(name)
+    if name == "org.tensorflow.lite.Interpreter" and threading.current_thread() is not threading.main_thread():
+        missing = APP_CLASSES - LOADED  # the return types pyjnius will look up on this thread
+        if missing:
+            raise JavaException(f"java.lang.ClassNotFoundException: {sorted(missing)[0]}")
+    return CLASSES.get(name, object)
+
+
 def module() -> types.ModuleType:
     mod = types.ModuleType("jnius")
-    mod.autoclass = CLASSES.__getitem__  # type: ignore[attr-defined]
+    mod.autoclass = autoclass  # type: ignore[attr-defined]
     return mod

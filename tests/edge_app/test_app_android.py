@@ -14,10 +14,61 @@ import pytest
 from edge_app.app import android
 
 
+class _Uri:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def toString(self) -> str:  # noqa: N802 - Java's name
+        return self.text
+
+
+class _Stream:
+    """java.io.InputStream.read(byte[]): fills the array (pyjnius copies it back), returns n or -1."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos, self.closed = data, 0, False
+
+    def read(self, buf: bytearray) -> int:
+        assert isinstance(buf, bytearray) and len(buf) > 0
+        if self.pos >= len(self.data):
+            return -1
+        chunk = self.data[self.pos:self.pos + len(buf)]
+        buf[:len(chunk)] = chunk
+        self.pos += len(chunk)
+        return len(chunk)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Resolver:
+    """MediaStore as the camera app and partlens see it: items by content URI."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+        self.items: dict[str, bytes] = {}
+
+    def insert(self, base: str, values: dict) -> _Uri:
+        assert base == "content://media/external/images/media"
+        self.state["values"] = dict(values)
+        uri = f"{base}/{len(self.items) + 1}"
+        self.items[uri] = b""
+        return _Uri(uri)
+
+    def openInputStream(self, uri: _Uri) -> _Stream:  # noqa: N802
+        if uri.text not in self.items:
+            raise RuntimeError("java.io.FileNotFoundException")
+        return _Stream(self.items[uri.text])
+
+    def delete(self, uri: _Uri, where: object, args: object) -> int:
+        self.state.setdefault("deleted", []).append(uri.text)
+        return 1 if self.items.pop(uri.text, None) is not None else 0
+
+
 @pytest.fixture
 def on_android(monkeypatch):
     monkeypatch.setenv("ANDROID_ARGUMENT", "/data/app")
-    state = {"granted": False, "requested": []}
+    state: dict = {"granted": set(), "requested": [], "sdk": 34, "bound": [], "handed_over": []}
 
     perms = types.ModuleType("android.permissions")
 
@@ -25,31 +76,88 @@ def on_android(monkeypatch):
         CAMERA = "android.permission.CAMERA"
 
     def check_permission(p):
-        return state["granted"]
+        return p in state["granted"]
 
     def request_permissions(ps, callback):
         state["requested"].append(list(ps))
-        callback(ps, [state["grant_answer"]] * len(ps))
+        callback(ps, [state["grant_answer"](p) if callable(state.get("grant_answer")) else state["grant_answer"]
+                      for p in ps])
 
     perms.Permission, perms.check_permission, perms.request_permissions = Permission, check_permission, \
         request_permissions
+    events = types.ModuleType("android.activity")
+
+    def bind(on_activity_result):
+        state["bound"].append(on_activity_result)
+
+    def unbind(on_activity_result):
+        state["bound"].remove(on_activity_result)
+
+    events.bind, events.unbind = bind, unbind
     pkg = types.ModuleType("android")
-    pkg.permissions = perms
+    pkg.permissions, pkg.activity = perms, events
     monkeypatch.setitem(sys.modules, "android", pkg)
     monkeypatch.setitem(sys.modules, "android.permissions", perms)
+    monkeypatch.setitem(sys.modules, "android.activity", events)
 
-    plyer = types.ModuleType("plyer")
+    resolver = _Resolver(state)
+    state["resolver"] = resolver
 
-    class Camera:
-        def take_picture(self, filename, on_complete):
-            state["camera_path"] = filename
-            if state.get("camera_writes", True):
-                with open(filename, "wb") as fh:
-                    fh.write(b"\xff\xd8 fake jpeg")
-            on_complete(filename)
+    class ContentValues(dict):
+        def put(self, k, v):
+            self[k] = v
 
-    plyer.camera = Camera()
-    monkeypatch.setitem(sys.modules, "plyer", plyer)
+    class Intent:
+        FLAG_GRANT_READ_URI_PERMISSION, FLAG_GRANT_WRITE_URI_PERMISSION = 1, 2
+
+        def __init__(self, action):
+            self.action, self.extras, self.flags = action, {}, 0
+
+        def putExtra(self, k, v):  # noqa: N802
+            self.extras[k] = v
+
+        def addFlags(self, f):  # noqa: N802
+            self.flags |= f
+
+    class Activity:
+        def getContentResolver(self):  # noqa: N802
+            return resolver
+
+        def startActivityForResult(self, intent, code):  # noqa: N802
+            state["intent"], state["code"] = intent, code
+
+    classes = {
+        "android.content.Intent": Intent,
+        "android.provider.MediaStore": types.SimpleNamespace(ACTION_IMAGE_CAPTURE="android.media.action.IMAGE_CAPTURE",
+                                                             EXTRA_OUTPUT="output"),
+        "android.provider.MediaStore$Images$Media": types.SimpleNamespace(
+            EXTERNAL_CONTENT_URI="content://media/external/images/media"),
+        "android.content.ContentValues": ContentValues,
+        "org.kivy.android.PythonActivity": types.SimpleNamespace(mActivity=Activity()),
+        "android.os.Build$VERSION": types.SimpleNamespace(SDK_INT=0),
+        "android.net.Uri": types.SimpleNamespace(parse=_Uri),
+    }
+    jnius = types.ModuleType("jnius")
+
+    def autoclass(name):
+        if name == "android.os.Build$VERSION":
+            return types.SimpleNamespace(SDK_INT=state["sdk"])
+        return classes[name]
+
+    def cast(kind, obj):
+        assert kind == "android.os.Parcelable"
+        return obj
+
+    jnius.autoclass, jnius.cast = autoclass, cast
+    monkeypatch.setitem(sys.modules, "jnius", jnius)
+    # Kivy's clock is not ticking in these tests: record the hand-over to Kivy's thread, then run it
+    import threading
+
+    def hand_over(fn):
+        state["handed_over"].append(threading.current_thread().name)
+        fn()
+
+    monkeypatch.setattr(android, "_on_kivy_thread", hand_over)
     return state
 
 
@@ -62,27 +170,68 @@ def test_desktop_reports_no_camera(monkeypatch) -> None:
     assert got == [False] and not android.camera_available()
 
 
-def test_permission_is_requested_once_and_answer_forwarded(on_android) -> None:
+def test_permissions_asked_per_android_version_and_answer_handed_to_kivy(on_android) -> None:
     assert android.is_android() and android.camera_available()
     got = []
     on_android["grant_answer"] = False
     android.request_camera(got.append)
-    assert got == [False] and on_android["requested"] == [["android.permission.CAMERA"]]
-    on_android["grant_answer"] = True
+    assert got == [False] and on_android["requested"] == [["android.permission.CAMERA",
+                                                          "android.permission.POST_NOTIFICATIONS"]]
+    assert on_android["handed_over"], "the answer comes on Android's UI thread: handed to Kivy's"
+    on_android["grant_answer"] = lambda p: p != "android.permission.POST_NOTIFICATIONS"
     android.request_camera(got.append)
-    assert got == [False, True]
-    on_android["granted"] = True  # already granted: no second dialog
-    android.request_camera(got.append)
+    assert got == [False, True]  # notifications refused: the photo is still allowed
+    on_android["granted"] = {"android.permission.CAMERA", "android.permission.POST_NOTIFICATIONS"}
+    android.request_camera(got.append)  # all granted: no dialog
     assert got == [False, True, True] and len(on_android["requested"]) == 2
+    on_android.update(sdk=28, granted={"android.permission.CAMERA"}, grant_answer=True)
+    android.request_camera(got.append)  # Android 8-9: the camera's shared-storage item needs storage access
+    assert on_android["requested"][-1] == ["android.permission.WRITE_EXTERNAL_STORAGE"] and got[-1] is True
 
 
-def test_camera_writes_to_the_given_path_and_reports_it(on_android, tmp_path) -> None:
+def test_camera_writes_a_content_item_that_is_copied_in_and_deleted(on_android, tmp_path) -> None:
+    """Not a file:// URI (FileUriExposedException since Android 7; the camera app cannot write into
+    partlens's private folder): a MediaStore item the camera may write, copied into the capture path."""
+    import threading
+
     target = tmp_path / "captures" / "c1.jpg"
     target.parent.mkdir()
-    got = []
-    android.take_picture(str(target), got.append)
-    assert on_android["camera_path"] == str(target) and got == [str(target)] and target.is_file()
-    on_android["camera_writes"] = False  # the user backed out of the camera: nothing on disk
+    got, uris = [], []
+    android.take_picture(str(target), got.append, on_uri=uris.append)
+    intent = on_android["intent"]
+    uri = intent.extras["output"]
+    assert intent.action == "android.media.action.IMAGE_CAPTURE" and uri.text.startswith("content://")
+    assert intent.flags & 2 and uris == [uri.text] and not uri.text.startswith("file:")
+    assert on_android["values"]["relative_path"] == "Pictures/partlens"
+    photo = bytes(range(256)) * 700  # 179 kB: several reads of the 64 kB buffer
+    on_android["resolver"].items[uri.text] = photo  # the camera app writes it
+    callback = on_android["bound"][0]
+    t = threading.Thread(target=callback, args=(on_android["code"], -1, None), name="android-ui")
+    t.start()
+    t.join()
+    assert got == [str(target)] and target.read_bytes() == photo and on_android["handed_over"] == ["android-ui"]
+    assert on_android["deleted"] == [uri.text] and not on_android["bound"]  # no copy left in the gallery
+    assert not list(target.parent.glob("*.part"))
+    # the engineer backed out of the camera: no photo, the empty item deleted
     other = tmp_path / "captures" / "c2.jpg"
     android.take_picture(str(other), got.append)
-    assert got[-1] is None
+    on_android["bound"][0](on_android["code"], 0, None)
+    assert got[-1] is None and not other.exists() and len(on_android["deleted"]) == 2
+
+
+def test_a_photo_taken_while_android_stopped_partlens_is_fetched_from_its_item(on_android, tmp_path) -> None:
+    from edge_app.captures import CaptureStore
+
+    store = CaptureStore(tmp_path / "captures")
+    cid, path = store.camera_path(".jpg")
+    android.take_picture(str(path), lambda p: None, on_uri=lambda uri: store.remember_camera_uri(cid, uri))
+    uri = on_android["intent"].extras["output"].text
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "JPEG")
+    on_android["resolver"].items[uri] = buf.getvalue()  # the camera wrote it; partlens had been stopped
+    found = store.recover_camera(android.fetch_content_uri)
+    assert [c.capture_id for c in found] == [cid] and uri in on_android["deleted"] and path.is_file()

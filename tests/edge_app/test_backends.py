@@ -115,8 +115,36 @@ def fake_java(monkeypatch):
     monkeypatch.setitem(sys.modules, "jnius", fake_jnius.module())
     fake_jnius.Interpreter.instances.clear()
     fake_jnius.ByteBuffer.allocations.clear()
+    fake_jnius.LOADED.clear()
     yield fake_jnius
     fake_jnius.Interpreter.with_signature = True
+
+
+def test_android_backend_opens_on_a_worker_thread_only_after_the_main_thread_preloaded(fake_java, tmp_path):
+    """The app opens the model on its worker thread, whose JVM class loader cannot see LiteRT's classes."""
+    import threading
+
+    from edge_app.runtime.android_backend import APP_CLASSES, preload_java_classes
+
+    assert set(APP_CLASSES) == fake_java.APP_CLASSES
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"TFL3 fake")
+    seen: list = []
+
+    def open_model() -> None:
+        try:
+            seen.append(create_backend(model, prefer="android"))
+        except Exception as exc:  # noqa: BLE001 - recorded for the assertion
+            seen.append(exc)
+
+    for preload in (False, True):
+        if preload:
+            preload_java_classes()  # what device_main does on the main thread
+        seen.clear()
+        t = threading.Thread(target=open_model)
+        t.start()
+        t.join()
+        assert (seen[0].name == "android") if preload else ("ClassNotFoundException" in str(seen[0])), seen
 
 
 @pytest.mark.parametrize("with_signature", [True, False])

@@ -307,6 +307,20 @@ def test_android_schedule_without_exact_alarm_permission_falls_back_and_says_so(
     assert background.android_schedule(old, dt.datetime(2026, 3, 2, 1, 0), "/d") is True
 
 
+def test_an_inexact_alarm_is_shown_as_nightly_sync_off_until_exact_alarms_are_allowed(android, tmp_path):
+    """Android 14 denies exact alarms to a fresh install; an inexact alarm may not start the foreground service,
+    so the sync screen must say so (it said nothing: the app cleared the arming failure)."""
+    from edge_app.app.android import arm_background_sync
+
+    (tmp_path / "device.json").write_text("{}")
+    denied = android(exact_allowed=False)
+    assert arm_background_sync(tmp_path) is not None and denied.alarms[0][0] == "inexact"
+    failure = background.read_arm_failure(tmp_path)
+    assert failure is not None and "Alarms & reminders" in failure["reason"]
+    android(exact_allowed=True)  # the engineer allowed it; the next start arms an exact alarm
+    assert arm_background_sync(tmp_path) is not None and background.read_arm_failure(tmp_path) is None
+
+
 def test_service_entry_point_attempts_and_rearms(android, world, monkeypatch):
     from sync import android_service
     from sync.client import SyncClient

@@ -176,24 +176,21 @@ class IdentifyScreen(Screen):
                 return
             # remembered on disk: if Android stops partlens while the camera is open, the next start adopts the photo
             cid, path = store.camera_path(".jpg")
-            android.take_picture(str(path), lambda p: self._camera_done(cid, p))
+            android.take_picture(str(path), lambda p: self._camera_done(cid, p),
+                                 on_uri=lambda uri: store.remember_camera_uri(cid, uri))
 
         android.request_camera(granted)
 
     def _camera_done(self, capture_id: str, path: str | None) -> None:
-        from kivy.clock import Clock
-
-        def on_ui(_dt: float) -> None:
-            app = App.get_running_app()
-            if path is None:
-                app.notify("No photo was taken.")
-                return
-            try:
-                app.add_capture(app.services.captures.adopt(capture_id, path))
-            except PartlensError as exc:
-                app.notify(str(exc))
-
-        Clock.schedule_once(on_ui, 0)
+        """On Kivy's thread (android.take_picture hands over)."""
+        app = App.get_running_app()
+        if path is None:
+            app.notify("No photo was taken.")
+            return
+        try:
+            app.add_capture(app.services.captures.adopt(capture_id, path))
+        except PartlensError as exc:
+            app.notify(str(exc))
 
     def pick_file(self, start: str | None = None) -> ModalView:
         """Desktop: a big-button file browser in a modal; the chosen image is copied into the capture store."""

@@ -96,7 +96,7 @@ class SyncStatusScreen(Screen):
                 app.notify("The camera permission was refused: type or paste the code instead.")
                 return
             _cid, path = store.new_path(".jpg")
-            android.take_picture(str(path), lambda p: Clock.schedule_once(lambda _dt: self._scanned(p), 0))
+            android.take_picture(str(path), self._scanned)  # called back on Kivy's thread
 
         android.request_camera(granted)
 
