@@ -299,8 +299,11 @@ def _archive_members(tf: tarfile.TarFile, tar_path: Path, max_bytes: int) -> tup
             raise IntegrityError(f"{tar_path}: top folder {top!r} is not a bundle id")
         if m.isdir() and len(parts) == 1:
             continue
-        if not m.isreg():
-            raise IntegrityError(f"{tar_path}: member {m.name!r} is not a regular file (links and devices are refused)")
+        if not m.isreg() or m.issparse():
+            raise IntegrityError(f"{tar_path}: member {m.name!r} is not a regular file (links, devices and sparse "
+                                 "files are refused)")
+        if len(files) >= MAX_ARCHIVE_MEMBERS:
+            raise IntegrityError(f"{tar_path}: more than {MAX_ARCHIVE_MEMBERS} members (a bundle has a few files)")
         if len(parts) != 2:
             raise IntegrityError(f"{tar_path}: member {m.name!r} is nested (bundles are flat)")
         check_file_name(parts[1], what=str(tar_path))
@@ -314,6 +317,56 @@ def _archive_members(tf: tarfile.TarFile, tar_path: Path, max_bytes: int) -> tup
     if len(set(names)) != len(names):
         raise IntegrityError(f"{tar_path}: duplicate members")
     return top, files
+
+
+#: members of a bundle archive (a bundle has its manifest, signature, model, embeddings, rows and index)
+MAX_ARCHIVE_MEMBERS = 32
+#: the largest manifest or signature record read from an archive before its signature is checked
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
+def _signed_file_list(tf: tarfile.TarFile, tar_path: Path, top: str, members: list[tarfile.TarInfo],
+                      keyring: Keyring) -> None:
+    """Verify the archive's manifest signature and check that its members are exactly the files the signed
+    manifest lists, at their signed sizes, before anything is written: an unsigned archive (a forged hub, a
+    tampered download) cannot make the tablet write what it likes first (it filled the space kept for photos)."""
+    by_name = {m.name.split("/")[1]: m for m in members}
+    raw = {}
+    for name in (MANIFEST_NAME, SIGNATURE_NAME):
+        m = by_name.get(name)
+        if m is None:
+            raise IntegrityError(f"{tar_path}: no {name}")
+        if m.size > MAX_MANIFEST_BYTES:
+            raise IntegrityError(f"{tar_path}: {name} is {m.size} bytes, over {MAX_MANIFEST_BYTES}")
+        src = tf.extractfile(m)
+        if src is None:
+            raise IntegrityError(f"{tar_path}: cannot read member {m.name!r}")
+        with src:
+            raw[name] = src.read()
+    try:
+        sig = json.loads(raw[SIGNATURE_NAME].decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{tar_path}: {SIGNATURE_NAME} is not a valid signature record ({exc})") from None
+    if not isinstance(sig, dict):
+        raise IntegrityError(f"{tar_path}: {SIGNATURE_NAME} is not a valid signature record")
+    verify_document(raw[MANIFEST_NAME], sig, keyring, what=f"{tar_path}:{top}/{MANIFEST_NAME}", role="bundle")
+    try:
+        manifest = json.loads(raw[MANIFEST_NAME].decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{tar_path}: {MANIFEST_NAME} is not valid JSON ({exc})") from None
+    validate_manifest(manifest, what=f"{tar_path}:{top}/{MANIFEST_NAME}")
+    listed = manifest["files"]
+    for name, m in by_name.items():
+        if name in (MANIFEST_NAME, SIGNATURE_NAME):
+            continue
+        if name not in listed:
+            raise IntegrityError(f"{tar_path}: {name} is not a file of the signed manifest")
+        if int(listed[name]["size"]) != m.size:
+            raise IntegrityError(f"{tar_path}: {name} is {m.size} bytes, the signed manifest says "
+                                 f"{listed[name]['size']}")
+    missing = sorted(set(listed) - set(by_name))
+    if missing:
+        raise IntegrityError(f"{tar_path}: signed files missing from the archive: {', '.join(missing)}")
 
 
 def open_archive(tar_path: str | os.PathLike[str], dest: str | os.PathLike[str], keyring: Keyring, *,
@@ -333,6 +386,7 @@ def open_archive(tar_path: str | os.PathLike[str], dest: str | os.PathLike[str],
         try:
             with tarfile.open(tar_path, "r:") as tf:
                 top, members = _archive_members(tf, tar_path, max_bytes)
+                _signed_file_list(tf, tar_path, top, members, keyring)
                 out_dir = tmp / top
                 out_dir.mkdir()
                 for m in members:

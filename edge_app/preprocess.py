@@ -5,6 +5,8 @@ so one photo gives the same input tensor everywhere.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,6 +16,16 @@ from .errors import UsageError
 
 RESIZE_MODES = ("squash", "shorter_crop", "letterbox")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+#: the largest model input side a spec may name (a signed typo of 100000 would allocate ~30 GB per photo)
+MAX_SIDE = 4096
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _whole(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -42,12 +54,18 @@ class PreprocessSpec:
             raise UsageError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise UsageError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
-        if len(self.size) != 2 or min(self.size) < 8:
-            raise UsageError(f"size must be (height, width) >= 8, got {self.size!r}")
-        if not 0.1 <= self.crop_fraction <= 1.0:
+        if len(self.size) != 2 or not all(_whole(v) and 8 <= v <= MAX_SIDE for v in self.size):
+            raise UsageError(f"size must be (height, width), whole numbers in 8..{MAX_SIDE}, got {self.size!r}")
+        if not (_number(self.crop_fraction) and 0.1 <= self.crop_fraction <= 1.0):
             raise UsageError(f"crop_fraction must be in [0.1, 1], got {self.crop_fraction}")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if len(v) != 3 or not all(_number(x) and math.isfinite(x) for x in v):
+                raise UsageError(f"{name} must be 3 finite numbers (R, G, B), got {v!r}")
         if any(s <= 0 for s in self.std):
             raise UsageError("std must be positive")
+        if not (_whole(self.pad_value) and 0 <= self.pad_value <= 255):
+            raise UsageError(f"pad_value must be a grey level 0..255, got {self.pad_value!r}")
         if self.layout not in ("NCHW", "NHWC"):
             raise UsageError(f"layout must be NCHW or NHWC, got {self.layout!r}")
 

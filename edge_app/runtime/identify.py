@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import ImageError, InputError, UsageError
+from ..errors import ImageError, InputError, IntegrityError, UsageError
 from ..imageio import load_image
 from ..preprocess import preprocess_image
 from . import fusion
@@ -115,6 +115,11 @@ class Identifier:
             log.warning("bundle %s carries no calibration: confidence is uncalibrated", bundle.bundle_id)
             self.calibration = default_calibration()
         self.backend = create_backend(bundle, prefer=backend)
+        fixed = all(isinstance(v, int) and v > 0 for v in self.backend.input_size)  # (not a dynamic-size model)
+        if fixed and tuple(self.backend.input_size) != tuple(self.spec.size):  # at open, not after a photo
+            raise IntegrityError(f"bundle {bundle.bundle_id}: its preprocessing makes {self.spec.size[0]}x"
+                                 f"{self.spec.size[1]} inputs, its model takes {self.backend.input_size[0]}x"
+                                 f"{self.backend.input_size[1]}")
         self.import_bundle_embeddings()
         self.index: VectorIndex | None = None
         self._label_part: dict[int, str] = {}

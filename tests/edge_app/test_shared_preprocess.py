@@ -33,6 +33,13 @@ def test_spec_round_trips_and_rejects_bad_options() -> None:
         PreprocessSpec(resize="stretch")
     with pytest.raises(UsageError):
         PreprocessSpec(std=(0.0, 1.0, 1.0))
+    # what a signed manifest may still hold: each was a traceback, a 30 GB allocation or all-zero inputs
+    for bad, match in ((dict(size=(100000, 100000)), "8..4096"), (dict(size=(96.5, 96.5)), "whole numbers"),
+                       (dict(size=(True, 224)), "whole numbers"), (dict(mean=(0.5, 0.5)), "3 finite numbers"),
+                       (dict(std=(float("inf"),) * 3), "3 finite numbers"), (dict(mean=(float("nan"),) * 3), "finite"),
+                       (dict(pad_value=100000), "grey level"), (dict(crop_fraction=float("nan")), "crop_fraction")):
+        with pytest.raises(UsageError, match=match):
+            PreprocessSpec.from_dict({**spec.to_dict(), **bad})
 
 
 def test_normalisation_matches_formula() -> None:

@@ -269,6 +269,47 @@ def test_open_archive_refuses_escapes(tmp_path: Path, key: SigningKey, keyring: 
     assert list(dest.iterdir()) == []  # nothing left behind
 
 
+def test_an_unsigned_archive_writes_nothing_before_its_signature_is_checked(tmp_path: Path, key: SigningKey,
+                                                                          keyring: Keyring) -> None:
+    """A sparse member declaring 1 GiB, thousands of unlisted members, or a member the signed manifest does
+    not list (or lists at another size) is refused before a byte of it is written."""
+    path = _build(tmp_path / "b", key)
+    tar = write_archive(path, tmp_path / "ok.tar")
+    bid = path.name
+    dest = tmp_path / "device"
+    unlisted = tarfile.TarInfo(f"{bid}/extra.bin")
+    unlisted.size = 4
+    with pytest.raises(IntegrityError, match="extra.bin is not a file of the signed manifest"):
+        open_archive(_tar_with(tmp_path, tar, unlisted, b"junk"), dest, keyring)
+    sparse = tarfile.TarInfo(f"{bid}/big.bin")
+    sparse.type, sparse.size = tarfile.GNUTYPE_SPARSE, 0
+    with pytest.raises(IntegrityError):
+        open_archive(_tar_with(tmp_path, tar, sparse, b""), dest, keyring)
+    many = tmp_path / "many.tar"
+    with tarfile.open(tar) as tin, tarfile.open(many, "w") as tout:
+        for m in tin.getmembers():
+            tout.addfile(m, tin.extractfile(m))
+        for i in range(100):
+            tout.addfile(tarfile.TarInfo(f"{bid}/e{i:03d}"), io.BytesIO(b""))
+    with pytest.raises(IntegrityError, match="more than 32 members"):
+        open_archive(many, dest, keyring)
+    other = SigningKey.generate()  # a well-formed bundle by an untrusted signer
+    foreign = write_archive(_build(tmp_path / "f", other), tmp_path / "foreign.tar")
+    with pytest.raises(IntegrityError, match="unknown key"):
+        open_archive(foreign, dest, keyring)
+    resized = tmp_path / "resized.tar"  # a model swapped for a bigger one, same name
+    with tarfile.open(tar) as tin, tarfile.open(resized, "w") as tout:
+        for m in tin.getmembers():
+            data = tin.extractfile(m).read() if m.isreg() else None
+            if m.name.endswith("model.tflite"):
+                data += b"x" * 1000
+                m.size = len(data)
+            tout.addfile(m, io.BytesIO(data) if data is not None else None)
+    with pytest.raises(IntegrityError, match="the signed manifest says"):
+        open_archive(resized, dest, keyring)
+    assert [p.name for p in dest.iterdir()] == []  # no temporary folder, no file, nothing written
+
+
 def test_open_archive_refuses_truncated(tmp_path: Path, key: SigningKey, keyring: Keyring) -> None:
     path = _build(tmp_path / "b", key)
     tar = write_archive(path, tmp_path / "ok.tar")
