@@ -195,6 +195,7 @@ def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
             db.set_meta("bundle_id", bundle_id)
             db.set_meta("index_stamp", str(IndexStamp(bundle_id, pkg.to_version)))
         kill_point("apply:embeddings")
+        _refuse_orphans(conn, pkg.name, current)
         db.set_meta("catalogue_version", pkg.to_version)
         if pkg.epoch != stored_epoch:
             db.set_meta("catalogue_epoch", pkg.epoch)
@@ -212,6 +213,27 @@ def apply_package(db: Any, pkg: Package, *, site: str, bundle_id: str | None,
     kill_point("apply:committed")
     log.info("catalogue %d -> %d (%s)", current, pkg.to_version, stats)
     return stats
+
+
+#: rows that must name something the catalogue holds once a package is applied
+_ORPHANS = (
+    ("image row(s) name a part", "SELECT COUNT(*), MIN(image_id) FROM images "
+                                 "WHERE part_number NOT IN (SELECT part_number FROM parts)"),
+    ("stock row(s) name a part", "SELECT COUNT(*), MIN(part_number) FROM inventory "
+                                 "WHERE part_number NOT IN (SELECT part_number FROM parts)"),
+    ("vector(s) belong to an image", "SELECT COUNT(*), MIN(image_id) FROM embeddings "
+                                     "WHERE image_id NOT IN (SELECT image_id FROM images)"),
+)
+
+
+def _refuse_orphans(conn: Any, name: str, current: int) -> None:
+    """A package (signed, so a hub fault) that leaves rows pointing at nothing is refused inside the
+    transaction: an image of no part would be found by identification and shown without a part."""
+    for what, sql in _ORPHANS:
+        n, example = conn.execute(sql).fetchone()
+        if n:
+            raise SyncError(f"package {name}: {n} {what} the catalogue does not have (e.g. {example}); refused, "
+                            f"the catalogue stays at version {current} (a fault at the hub: tell its admin)")
 
 
 def space_to_apply(paths: DevicePaths, pkg: Package) -> int:

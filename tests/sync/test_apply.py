@@ -107,3 +107,27 @@ def test_delta_updates_the_live_index_in_place_deferred_then_persisted(tmp_path:
     reopened = update_index(paths, db, BUNDLE)
     assert reopened is not live and reopened.live_labels() == live.live_labels()
     db.close()
+
+
+def test_a_package_leaving_rows_that_point_at_nothing_is_refused(tmp_path: Path):
+    """Signed deltas with an image, a stock row or a vector of something the catalogue does not hold were
+    accepted silently (identification could return an image of no part)."""
+    import pytest
+
+    from edge_app.errors import SyncError
+    from edge_app.runtime.catalogue import CatalogueDB
+    from sync.apply import apply_package
+
+    db = CatalogueDB(tmp_path / "catalogue.db")
+    apply_package(db, _snapshot(), site="site_a", bundle_id=BUNDLE)
+    for bad, what in (
+            (_pkg(1, 2, False, images=[{"image_id": "x1", "part_number": "GHOST", "kind": "field"}]), "image row"),
+            (_pkg(1, 2, False, inventory=[{"part_number": "GHOST", "site": "site_a", "stock": 1, "bin": "A",
+                                           "as_of": "t"}]), "stock row"),
+            (_pkg(1, 2, False, emb_ids=["no-such-image"], seed=3), "vector"),
+            (_pkg(1, 2, False, deleted_parts=["P1"], images=[{"image_id": "img1b", "part_number": "P1"}]),
+             "image row")):
+        with pytest.raises(SyncError, match=f"{what}.*refused, the catalogue stays at version 1"):
+            apply_package(db, bad, site="site_a", bundle_id=BUNDLE)
+        assert db.catalogue_version == 1 and db.count("parts") == 20 and db.count("embeddings") == 20
+    db.close()
