@@ -325,6 +325,38 @@ MAX_ARCHIVE_MEMBERS = 32
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 
+#: the largest tar extended header (PAX, GNU long name) accepted: Python's tarfile reads one whole into memory
+MAX_TAR_HEADER_BYTES = 64 * 1024
+
+
+def _refuse_big_headers(tar_path: Path) -> None:
+    """Walk the raw tar headers before :mod:`tarfile` does: an extended header (PAX ``x``/``g``, GNU ``L``/``K``)
+    is read whole into memory by tarfile, so a forged archive with a 300 MB one took 300 MB and 13 s before any
+    check. Refused here, reading only the 512-byte headers."""
+    with open(tar_path, "rb") as fh:
+        size_total = os.fstat(fh.fileno()).st_size
+        pos = 0
+        for _ in range(4 * MAX_ARCHIVE_MEMBERS + 8):
+            fh.seek(pos)
+            block = fh.read(tarfile.BLOCKSIZE)
+            if len(block) < tarfile.BLOCKSIZE or not block.strip(b"\0"):
+                return  # the end (or a short file: tarfile says so next)
+            raw = block[124:136]
+            if raw[0] & 0x80:  # base-256 size (over 8 GB)
+                size = int.from_bytes(raw[1:], "big")
+            else:
+                try:
+                    size = int(raw.strip(b"\0 ") or b"0", 8)
+                except ValueError:
+                    return  # not a tar header: tarfile gives the error
+            if block[156:157] in (b"x", b"g", b"L", b"K") and size > MAX_TAR_HEADER_BYTES:
+                raise IntegrityError(f"{tar_path}: an extended tar header of {size} bytes (bundles have none "
+                                     f"over {MAX_TAR_HEADER_BYTES})")
+            pos += tarfile.BLOCKSIZE + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            if pos > size_total:
+                return
+
+
 def _signed_file_list(tf: tarfile.TarFile, tar_path: Path, top: str, members: list[tarfile.TarInfo],
                       keyring: Keyring) -> None:
     """Verify the archive's manifest signature and check that its members are exactly the files the signed
@@ -384,6 +416,7 @@ def open_archive(tar_path: str | os.PathLike[str], dest: str | os.PathLike[str],
     tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest))
     try:
         try:
+            _refuse_big_headers(tar_path)
             with tarfile.open(tar_path, "r:") as tf:
                 top, members = _archive_members(tf, tar_path, max_bytes)
                 _signed_file_list(tf, tar_path, top, members, keyring)

@@ -116,7 +116,7 @@ class CaptureStore:
             if self._sidecar(cid).exists():  # adopted already (stopped before the record was cleared)
                 marker.unlink(missing_ok=True)
                 continue
-            if uri and fetch is not None and not path.is_file():
+            if uri and fetch is not None:  # also when the copy was made: the shared item is deleted
                 try:
                     fetch(str(uri), path)
                 except Exception as exc:  # noqa: BLE001 - a platform error: the record is cleared below

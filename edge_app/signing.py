@@ -138,15 +138,16 @@ class Keyring:
             self.add(raw, expected_id=kid, roles=(roles or {}).get(kid))
 
     def add(self, public_raw: bytes, expected_id: str | None = None, roles: Iterable[str] | None = None) -> str:
-        """Trust a key (for ``roles``; None = for anything). Adding a trusted key again only widens its roles."""
+        """Trust a key (for ``roles``; None = for anything). Adding a trusted key again only widens its roles,
+        and adding it again without roles keeps the ones it has (never silently trusted for everything)."""
         if len(public_raw) != 32:
             raise IntegrityError(f"public key must be 32 bytes, got {len(public_raw)}")
         kid = key_id_for(public_raw)
         if expected_id is not None and expected_id != kid:
             raise IntegrityError(f"key id {expected_id} does not match its public key ({kid})")
         wanted = None if roles is None else frozenset(_checked_roles(roles))
-        if kid in self._keys and kid not in self._roles:
-            pass  # already trusted for anything
+        if kid in self._keys and (kid not in self._roles or wanted is None):
+            pass  # already trusted for anything, or nothing named to add
         elif wanted is None:
             self._roles.pop(kid, None)
         else:

@@ -258,6 +258,12 @@ def _take_claim(claim: Path, tmp: Path) -> None:
         staged.write_text(json.dumps(_claim_doc(tmp)) + "\n")
         try:
             os.link(staged, claim)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here (exFAT/FAT drives, some network shares): create, then fill
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(staged.read_text())
         finally:
             staged.unlink()
 

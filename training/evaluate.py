@@ -35,10 +35,24 @@ def evaluate_model(model, val: ImageSet, galleries: dict[str, ImageSet] | None =
     report["retrieval"] = {}
     for name, gal in (galleries or {}).items():
         pg = predict(model, gal, batch_size=batch_size, device=device, progress=progress)
-        report["retrieval"][name] = retrieval_metrics(pv.embeddings, pv.targets, pg.embeddings, pg.targets)
+        report["retrieval"][name] = retrieval_metrics(pv.embeddings, pv.targets, pg.embeddings, pg.targets,
+                                                      same=_same_images(pv.paths, pg.paths))
     if report["n"] + report["n_unreadable"] != report["n_listed"]:  # a bug, not a user error
         raise RuntimeError("evaluation lost validation images")
     return report, pv
+
+
+def _same_images(query_paths: list[str], gallery_paths: list[str]) -> np.ndarray:
+    """``[i, j]`` True where gallery item j is query image i (a catalogue image the split put in validation:
+    it must not find itself at cosine 1.0, yet stays in the gallery for the part's other photos)."""
+    where: dict[str, list[int]] = {}
+    for j, p in enumerate(gallery_paths):
+        where.setdefault(str(p), []).append(j)
+    same = np.zeros((len(query_paths), len(gallery_paths)), dtype=bool)
+    for i, p in enumerate(query_paths):
+        for j in where.get(str(p), ()):
+            same[i, j] = True
+    return same
 
 
 def _seen_in_training(saved: dict[str, Any], val: ImageSet) -> int | None:
@@ -86,12 +100,8 @@ def _val_and_galleries(meta: dict[str, Any], data: str | os.PathLike[str], split
     else:
         raise UsageError(f"{data}: no validation split known; pass --split FILE")
     galleries = {"train": train}
-    if ds.gallery is not None:
-        # A catalogue image the split put in validation would find itself (cosine 1.0) as a query.
-        scored = {p for p, _ in val.items}
-        kept = [p for p, _ in ds.gallery.items if p not in scored]
-        galleries["catalogue"] = ds.gallery.subset(kept, ds.gallery.name)
-        info["catalogue_gallery"] = {"images": len(kept), "left_out_as_val": len(ds.gallery) - len(kept)}
+    if ds.gallery is not None:  # (a validation catalogue image is left out of its own ranking only)
+        galleries["catalogue"] = ds.gallery
     return val, galleries, info
 
 

@@ -36,16 +36,23 @@ def classification_metrics(logits: np.ndarray, targets: np.ndarray, labels: Sequ
 
 
 def retrieval_metrics(query: np.ndarray, query_y: np.ndarray, gallery: np.ndarray, gallery_y: np.ndarray,
-                      ks: Sequence[int] = (1, 5)) -> dict[str, Any]:
+                      ks: Sequence[int] = (1, 5), same: np.ndarray | None = None) -> dict[str, Any]:
     """Cosine retrieval (rows are unit vectors): Recall@k (a correct item in the top k) and mAP.
 
     Queries whose class has no gallery image cannot be answered; they count as misses for Recall@k
-    and are excluded from mAP (``n_unanswerable`` reports them).
+    and are excluded from mAP (``n_unanswerable`` reports them). ``same[i, j]`` marks gallery item j as
+    query i itself (one image on both sides): it is left out of that query's ranking, never a match.
     """
     sims = query @ gallery.T
+    if same is not None and same.any():
+        sims = np.where(same, -np.inf, sims)
     order = np.argsort(-sims, axis=1, kind="stable")
     rel = gallery_y[order] == query_y[:, None]
+    if same is not None and same.any():
+        rel &= ~np.take_along_axis(same, order, axis=1)
     out: dict[str, Any] = {"n_queries": int(len(query_y)), "n_gallery": int(len(gallery_y))}
+    if same is not None:
+        out["n_self_excluded"] = int(same.sum())
     for k in ks:
         out[f"recall@{k}"] = float(rel[:, :k].any(axis=1).mean()) if len(query_y) else float("nan")
     has = rel.any(axis=1)

@@ -21,6 +21,8 @@ CAMERA_REQUEST = 0x5043
 RESULT_OK = -1  # android.app.Activity.RESULT_OK
 #: where the camera app writes (shared storage, Android 10+); the item is deleted once the photo is copied in
 CAMERA_FOLDER = "Pictures/partlens"
+#: a camera intent is out and its result not handled yet
+_camera_open = False
 
 
 def camera_available() -> bool:
@@ -51,28 +53,41 @@ def _on_kivy_thread(fn: Callable[[], None]) -> None:
 
 def request_camera(on_result: Callable[[bool], None]) -> None:
     """Ask for what taking a photo needs (CAMERA; on Android 8-9 also storage, for the camera's shared-storage
-    item; on Android 13+ also notifications, for the nightly sync's), then call ``on_result(granted)`` on Kivy's
-    thread. ``granted`` is about the camera: a refused notification does not stop a photo."""
+    item), then call ``on_result(granted)`` on Kivy's thread."""
     if not is_android():
         on_result(False)
         return
     from android.permissions import Permission, check_permission, request_permissions  # type: ignore
 
-    api = _api_level()
-    needed = [Permission.CAMERA] + (["android.permission.WRITE_EXTERNAL_STORAGE"] if api < 29 else [])
-    wanted = needed + (["android.permission.POST_NOTIFICATIONS"] if api >= 33 else [])
-    missing = [p for p in wanted if not check_permission(p)]
-    if not [p for p in needed if p in missing]:
+    needed = [Permission.CAMERA] + (["android.permission.WRITE_EXTERNAL_STORAGE"] if _api_level() < 29 else [])
+    missing = [p for p in needed if not check_permission(p)]
+    if not missing:
         on_result(True)
-        if missing:  # notifications only: ask, never wait for the answer
-            request_permissions(missing, lambda permissions, grants: None)
         return
 
     def done(permissions, grants):  # called on the Android UI thread
-        ok = all(g for p, g in zip(permissions, grants) if p in needed) and len(grants) == len(permissions)
+        ok = len(grants) == len(permissions) and all(grants)
         _on_kivy_thread(lambda: on_result(bool(grants) and ok))
 
     request_permissions(missing, done)
+
+
+def request_notifications(data_dir: str | os.PathLike[str]) -> bool:
+    """Android 13+: ask once per install (at start, never over the camera) to show the nightly sync's
+    notification; without it the service still runs. True when the question was asked now."""
+    marker = os.path.join(os.fspath(data_dir), "notifications_asked")
+    if not is_android() or _api_level() < 33 or os.path.exists(marker):
+        return False
+    from android.permissions import check_permission, request_permissions  # type: ignore
+
+    perm = "android.permission.POST_NOTIFICATIONS"
+    if check_permission(perm):
+        return False
+    os.makedirs(os.fspath(data_dir), exist_ok=True)
+    with open(marker, "w") as fh:
+        fh.write("asked\n")
+    request_permissions([perm], lambda permissions, grants: None)
+    return True
 
 
 def take_picture(path: str, on_done: Callable[[str | None], None],
@@ -88,6 +103,10 @@ def take_picture(path: str, on_done: Callable[[str | None], None],
     import android.activity as events  # type: ignore
     from jnius import autoclass, cast  # type: ignore
 
+    global _camera_open
+    if _camera_open:  # a second tap while the camera app opens: its result would reach both handlers
+        log.info("camera already open; second request ignored")
+        return
     Intent = autoclass("android.content.Intent")
     MediaStore = autoclass("android.provider.MediaStore")
     Media = autoclass("android.provider.MediaStore$Images$Media")
@@ -99,21 +118,16 @@ def take_picture(path: str, on_done: Callable[[str | None], None],
     values.put("mime_type", "image/jpeg")  # MediaStore.MediaColumns.MIME_TYPE
     if _api_level() >= 29:
         values.put("relative_path", CAMERA_FOLDER)  # MediaStore.MediaColumns.RELATIVE_PATH
-    uri = resolver.insert(Media.EXTERNAL_CONTENT_URI, values)
-    if uri is None:
-        log.error("camera: MediaStore refused a new image item")
-        _on_kivy_thread(lambda: on_done(None))
-        return
-    if on_uri is not None:
-        on_uri(str(uri.toString()))
-    intent = Intent(MediaStore.ACTION_IMAGE_CAPTURE)
-    intent.putExtra(MediaStore.EXTRA_OUTPUT, cast("android.os.Parcelable", uri))
-    intent.addFlags(Intent.FLAG_GRANT_WRITE_URI_PERMISSION | Intent.FLAG_GRANT_READ_URI_PERMISSION)
+    handled = [False]
 
     def on_result(request_code: int, result_code: int, data: object) -> None:  # the Android UI thread
-        if request_code != CAMERA_REQUEST:
+        global _camera_open
+        if request_code != CAMERA_REQUEST or handled[0]:
             return
-        events.unbind(on_activity_result=on_result)
+        handled[0] = True
+        # Not unbound here: p4a's unbind removes the listener from the list PythonActivity is iterating, and the
+        # next() after this returns throws ConcurrentModificationException (the app dies after every photo).
+        _on_kivy_thread(lambda: events.unbind(on_activity_result=on_result))
         saved = None
         try:
             if result_code == RESULT_OK:
@@ -122,10 +136,33 @@ def take_picture(path: str, on_done: Callable[[str | None], None],
             log.error("camera: could not copy the photo in: %s", exc)
         finally:
             _delete_content(resolver, uri)
+            _camera_open = False
         _on_kivy_thread(lambda: on_done(saved))
 
-    events.bind(on_activity_result=on_result)
-    activity.startActivityForResult(intent, CAMERA_REQUEST)
+    uri = None
+    try:
+        uri = resolver.insert(Media.EXTERNAL_CONTENT_URI, values)
+        if uri is None:
+            raise RuntimeError("MediaStore refused a new image item")
+        if on_uri is not None:
+            on_uri(str(uri.toString()))
+        intent = Intent(MediaStore.ACTION_IMAGE_CAPTURE)
+        intent.putExtra(MediaStore.EXTRA_OUTPUT, cast("android.os.Parcelable", uri))
+        intent.addFlags(Intent.FLAG_GRANT_WRITE_URI_PERMISSION | Intent.FLAG_GRANT_READ_URI_PERMISSION)
+        events.bind(on_activity_result=on_result)
+        _camera_open = True
+        activity.startActivityForResult(intent, CAMERA_REQUEST)
+    except Exception as exc:  # no camera app (ActivityNotFoundException), a full disk for the marker, ...
+        log.error("camera could not be opened: %s", exc)
+        _camera_open = False
+        handled[0] = True
+        try:
+            events.unbind(on_activity_result=on_result)
+        except Exception:  # noqa: BLE001 - it was not bound yet
+            pass
+        if uri is not None:
+            _delete_content(resolver, uri)
+        _on_kivy_thread(lambda: on_done(None))
 
 
 def fetch_content_uri(uri: str, path: str | os.PathLike[str]) -> bool:
@@ -137,6 +174,8 @@ def fetch_content_uri(uri: str, path: str | os.PathLike[str]) -> bool:
     resolver = autoclass("org.kivy.android.PythonActivity").mActivity.getContentResolver()
     parsed = Uri.parse(uri)
     try:
+        if os.path.isfile(path) and os.path.getsize(path):  # copied before the stop, not yet deleted
+            return True
         return _copy_content(resolver, parsed, str(path))
     except Exception as exc:  # noqa: BLE001 - a JavaException: the item is gone
         log.warning("camera item %s could not be read: %s", uri, exc)

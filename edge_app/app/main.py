@@ -343,8 +343,9 @@ def device_main() -> None:
     seed_from_starter(data_dir, starter)
     if is_android():
         from ..runtime.android_backend import preload_java_classes
-        from .android import arm_background_sync
+        from .android import arm_background_sync, request_notifications
 
         preload_java_classes()  # here, on the main thread: the worker thread's class loader cannot find them
         arm_background_sync(data_dir)
+        request_notifications(data_dir)
     run_and_close(open_device_services(data_dir, starter=starter))

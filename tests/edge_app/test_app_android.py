@@ -80,8 +80,8 @@ def on_android(monkeypatch):
 
     def request_permissions(ps, callback):
         state["requested"].append(list(ps))
-        callback(ps, [state["grant_answer"](p) if callable(state.get("grant_answer")) else state["grant_answer"]
-                      for p in ps])
+        answer = state.get("grant_answer", False)
+        callback(ps, [answer(p) if callable(answer) else answer for p in ps])
 
     perms.Permission, perms.check_permission, perms.request_permissions = Permission, check_permission, \
         request_permissions
@@ -150,14 +150,29 @@ def on_android(monkeypatch):
 
     jnius.autoclass, jnius.cast = autoclass, cast
     monkeypatch.setitem(sys.modules, "jnius", jnius)
-    # Kivy's clock is not ticking in these tests: record the hand-over to Kivy's thread, then run it
+    # Kivy's clock is not ticking in these tests: hand-overs to Kivy's thread queue up until run_kivy()
     import threading
 
     def hand_over(fn):
         state["handed_over"].append(threading.current_thread().name)
-        fn()
+        state["kivy_queue"].append(fn)
 
+    def run_kivy():
+        while state["kivy_queue"]:
+            state["kivy_queue"].pop(0)()
+
+    def deliver(code, result):
+        """PythonActivity.onActivityResult: iterates its listener list, which must not change meanwhile
+        (Java's iterator throws ConcurrentModificationException)."""
+        listeners = list(state["bound"])
+        for cb in listeners:
+            cb(code, result, None)
+            if state["bound"] != listeners:
+                raise RuntimeError("java.util.ConcurrentModificationException")
+
+    state.update(kivy_queue=[], run_kivy=run_kivy, deliver=deliver)
     monkeypatch.setattr(android, "_on_kivy_thread", hand_over)
+    monkeypatch.setattr(android, "_camera_open", False)
     return state
 
 
@@ -175,18 +190,28 @@ def test_permissions_asked_per_android_version_and_answer_handed_to_kivy(on_andr
     got = []
     on_android["grant_answer"] = False
     android.request_camera(got.append)
-    assert got == [False] and on_android["requested"] == [["android.permission.CAMERA",
-                                                          "android.permission.POST_NOTIFICATIONS"]]
-    assert on_android["handed_over"], "the answer comes on Android's UI thread: handed to Kivy's"
-    on_android["grant_answer"] = lambda p: p != "android.permission.POST_NOTIFICATIONS"
+    assert got == [] and on_android["handed_over"], "the answer comes on Android's UI thread: handed to Kivy's"
+    on_android["run_kivy"]()
+    assert got == [False] and on_android["requested"] == [["android.permission.CAMERA"]]
+    on_android["grant_answer"] = True
     android.request_camera(got.append)
-    assert got == [False, True]  # notifications refused: the photo is still allowed
-    on_android["granted"] = {"android.permission.CAMERA", "android.permission.POST_NOTIFICATIONS"}
-    android.request_camera(got.append)  # all granted: no dialog
+    on_android["run_kivy"]()
+    assert got == [False, True]
+    on_android["granted"] = {"android.permission.CAMERA"}
+    android.request_camera(got.append)  # granted: no dialog
     assert got == [False, True, True] and len(on_android["requested"]) == 2
-    on_android.update(sdk=28, granted={"android.permission.CAMERA"}, grant_answer=True)
+    on_android.update(sdk=28, grant_answer=True)
     android.request_camera(got.append)  # Android 8-9: the camera's shared-storage item needs storage access
+    on_android["run_kivy"]()
     assert on_android["requested"][-1] == ["android.permission.WRITE_EXTERNAL_STORAGE"] and got[-1] is True
+
+
+def test_notifications_are_asked_once_per_install_at_start_never_over_the_camera(on_android, tmp_path) -> None:
+    assert android.request_notifications(tmp_path) is True
+    assert on_android["requested"] == [["android.permission.POST_NOTIFICATIONS"]]
+    assert android.request_notifications(tmp_path) is False and len(on_android["requested"]) == 1
+    on_android["sdk"] = 32
+    assert android.request_notifications(tmp_path / "other") is False  # before Android 13: nothing to ask
 
 
 def test_camera_writes_a_content_item_that_is_copied_in_and_deleted(on_android, tmp_path) -> None:
@@ -205,18 +230,47 @@ def test_camera_writes_a_content_item_that_is_copied_in_and_deleted(on_android, 
     assert on_android["values"]["relative_path"] == "Pictures/partlens"
     photo = bytes(range(256)) * 700  # 179 kB: several reads of the 64 kB buffer
     on_android["resolver"].items[uri.text] = photo  # the camera app writes it
-    callback = on_android["bound"][0]
-    t = threading.Thread(target=callback, args=(on_android["code"], -1, None), name="android-ui")
+    android.take_picture(str(tmp_path / "double-tap.jpg"), got.append)  # ignored while the camera is open
+    assert len(on_android["bound"]) == 1 and len(on_android["resolver"].items) == 1
+    errors = []
+
+    def android_ui() -> None:
+        try:
+            on_android["deliver"](on_android["code"], -1)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=android_ui, name="android-ui")
     t.start()
     t.join()
-    assert got == [str(target)] and target.read_bytes() == photo and on_android["handed_over"] == ["android-ui"]
-    assert on_android["deleted"] == [uri.text] and not on_android["bound"]  # no copy left in the gallery
+    assert not errors, "the listener list changed while Android iterated it: the app would die"
+    assert target.read_bytes() == photo and on_android["deleted"] == [uri.text]  # no copy left in the gallery
+    on_android["run_kivy"]()
+    assert got == [str(target)] and set(on_android["handed_over"]) == {"android-ui"} and not on_android["bound"]
     assert not list(target.parent.glob("*.part"))
     # the engineer backed out of the camera: no photo, the empty item deleted
     other = tmp_path / "captures" / "c2.jpg"
     android.take_picture(str(other), got.append)
-    on_android["bound"][0](on_android["code"], 0, None)
+    on_android["deliver"](on_android["code"], 0)
+    on_android["run_kivy"]()
     assert got[-1] is None and not other.exists() and len(on_android["deleted"]) == 2
+
+
+def test_a_camera_that_cannot_open_says_no_photo_and_leaves_nothing(on_android, tmp_path) -> None:
+    def no_camera_app(intent, code):
+        raise RuntimeError("android.content.ActivityNotFoundException: No Activity found to handle Intent")
+
+    activity = sys.modules["jnius"].autoclass("org.kivy.android.PythonActivity").mActivity
+    original = type(activity).startActivityForResult
+    type(activity).startActivityForResult = lambda self, i, c: no_camera_app(i, c)
+    try:
+        got = []
+        android.take_picture(str(tmp_path / "c.jpg"), got.append)
+        on_android["run_kivy"]()
+    finally:
+        type(activity).startActivityForResult = original
+    assert got == [None] and not on_android["bound"] and not on_android["resolver"].items
+    assert android._camera_open is False
 
 
 def test_a_photo_taken_while_android_stopped_partlens_is_fetched_from_its_item(on_android, tmp_path) -> None:
@@ -235,3 +289,19 @@ def test_a_photo_taken_while_android_stopped_partlens_is_fetched_from_its_item(o
     on_android["resolver"].items[uri] = buf.getvalue()  # the camera wrote it; partlens had been stopped
     found = store.recover_camera(android.fetch_content_uri)
     assert [c.capture_id for c in found] == [cid] and uri in on_android["deleted"] and path.is_file()
+
+
+def test_a_photo_copied_in_just_before_a_stop_has_its_shared_item_deleted_at_start(on_android, tmp_path) -> None:
+    from edge_app.captures import CaptureStore
+
+    store = CaptureStore(tmp_path / "captures")
+    cid, path = store.camera_path(".jpg")
+    android.take_picture(str(path), lambda p: None, on_uri=lambda uri: store.remember_camera_uri(cid, uri))
+    uri = on_android["intent"].extras["output"].text
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (20, 30, 200)).save(path, "JPEG")  # copied in; stopped before the delete
+    on_android["resolver"].items[uri] = path.read_bytes()
+    found = store.recover_camera(android.fetch_content_uri)
+    assert [c.capture_id for c in found] == [cid] and uri in on_android["deleted"]
+    assert uri not in on_android["resolver"].items  # not left in the gallery's partlens folder

@@ -121,6 +121,18 @@ _build(Path(sys.argv[1]), SigningKey.generate(), version=int(sys.argv[2]))
 '''
 
 
+def test_builds_claim_versions_on_drives_without_hard_links(tmp_path: Path, key: SigningKey,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")  # exFAT / FAT USB drives
+
+    monkeypatch.setattr(os, "link", no_links)
+    assert _build(tmp_path / "b", key, version=3).name.startswith("v3-")
+    assert json.loads((tmp_path / "b" / ".v3.claim").read_text())["pid"] == os.getpid()
+    with pytest.raises(UsageError, match="already exists"):
+        _build(tmp_path / "b", key, version=3)
+
+
 def test_a_killed_build_does_not_block_its_version(tmp_path: Path, key: SigningKey, keyring: Keyring) -> None:
     import subprocess
     import sys
@@ -308,6 +320,21 @@ def test_an_unsigned_archive_writes_nothing_before_its_signature_is_checked(tmp_
     with pytest.raises(IntegrityError, match="the signed manifest says"):
         open_archive(resized, dest, keyring)
     assert [p.name for p in dest.iterdir()] == []  # no temporary folder, no file, nothing written
+
+
+def test_a_huge_extended_tar_header_is_refused_before_tarfile_reads_it(tmp_path: Path, key: SigningKey,
+                                                                       keyring: Keyring) -> None:
+    path = _build(tmp_path / "b", key)
+    tar = write_archive(path, tmp_path / "ok.tar")
+    bomb = tmp_path / "pax.tar"
+    with tarfile.open(tar) as tin, tarfile.open(bomb, "w", format=tarfile.PAX_FORMAT) as tout:
+        for i, m in enumerate(tin.getmembers()):
+            if i == 1:
+                m.pax_headers = {"comment": "x" * (8 * 1024 * 1024)}  # 8 MB (an attacker's would be 300 MB)
+            tout.addfile(m, tin.extractfile(m) if m.isreg() else None)
+    with pytest.raises(IntegrityError, match="extended tar header of 83886"):  # refused from its 512-byte header
+        open_archive(bomb, tmp_path / "device", keyring)
+    assert open_archive(tar, tmp_path / "device", keyring).bundle_id == path.name  # real archives pass
 
 
 def test_open_archive_refuses_truncated(tmp_path: Path, key: SigningKey, keyring: Keyring) -> None:

@@ -32,6 +32,8 @@ def test_keyring_roles_round_trip_and_refuse_the_wrong_role(tmp_path) -> None:
         again.verify(data, export.sign(data), export.key_id, "doc", role="hub")
     ring.add(hub.public_raw, roles=["bundle"])  # trusting again only widens
     assert ring.roles(hub.key_id) == {"hub", "bundle"}
+    ring.add(export.public_raw)  # again without roles: keeps its roles, never "anything"
+    assert ring.roles(export.key_id) == {"bundle"}
     legacy = Keyring({export.key_id: export.public_raw})  # a keyring from before roles: anything, as before
     legacy.verify(data, export.sign(data), export.key_id, "doc", role="hub")
     assert "roles" not in legacy.to_dict()

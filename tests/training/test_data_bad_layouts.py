@@ -130,8 +130,9 @@ def test_images_added_after_the_split_are_warned_about(tmp_path: Path, caplog) -
     assert "1 image(s) of the dataset" in caplog.text and "c0/added-later.jpg" in caplog.text
 
 
-def test_evaluate_leaves_validation_catalogue_images_out_of_the_catalogue_gallery(tmp_path: Path) -> None:
-    """Parts layout: a catalogue image the split put in validation found itself at cosine 1.0."""
+def test_a_validation_catalogue_image_is_left_out_of_its_own_ranking_only(tmp_path: Path) -> None:
+    """Parts layout: a catalogue image the split put in validation found itself at cosine 1.0; it must still
+    be in the gallery for its part's other validation photos."""
     from training.evaluate import _val_and_galleries
 
     root = tmp_path / "p"
@@ -149,8 +150,26 @@ def test_evaluate_leaves_validation_catalogue_images_out_of_the_catalogue_galler
     _rehash({"format": SPLIT_FORMAT, "dataset": "p", "labels": labels, "train": train, "val": val},
             tmp_path / "s.json")
     v, galleries, info = _val_and_galleries({}, root, str(tmp_path / "s.json"), "auto")
-    assert "images/c0/000.jpg" not in {p for p, _ in galleries["catalogue"].items}
-    assert len(galleries["catalogue"]) == 3 and info["catalogue_gallery"] == {"images": 3, "left_out_as_val": 1}
+    assert len(galleries["catalogue"]) == 4  # all catalogue images stay
+    from training.evaluate import _same_images
+    from training.metrics import retrieval_metrics
+
+    qpaths, gpaths = [p for p, _ in v.items], [p for p, _ in galleries["catalogue"].items]
+    same = _same_images(qpaths, gpaths)
+    assert same.sum() == 1 and same[qpaths.index("images/c0/000.jpg"), gpaths.index("images/c0/000.jpg")]
+    # embeddings where each image is most like itself, then like its class's other catalogue image
+    q_y = np.array([y for _, y in v.items])
+    g_y = np.array([y for _, y in galleries["catalogue"].items])
+    q = np.stack([np.eye(4)[gpaths.index(p)] if p in gpaths else np.eye(4)[2 * y] * 0.6 + np.eye(4)[2 * y + 1] * 0.8
+                  for p, y in v.items]).astype(np.float32)
+    g = np.eye(4, dtype=np.float32) * 0.9 + 0.1 * (g_y[:, None] == g_y[None, :])
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    with_self = retrieval_metrics(q, q_y, g, g_y)
+    without = retrieval_metrics(q, q_y, g, g_y, same=same)
+    assert without["n_self_excluded"] == 1 and without["n_gallery"] == 4
+    assert with_self["recall@1"] == 1.0 and without["recall@1"] == 1.0  # its class's other image still ranks first
+    ranked_self = (q @ g.T)[qpaths.index("images/c0/000.jpg")].argmax()
+    assert gpaths[ranked_self] == "images/c0/000.jpg"  # (without the mask it would have matched itself)
 
 
 def _parts_dataset(root: Path, per_class: int = 6) -> Path:
@@ -173,8 +192,9 @@ def test_cached_pk_catalogue_training_survives_an_unreadable_photo_and_evaluate_
 
     root = _parts_dataset(tmp_path / "p")
     (root / "images" / "c0" / "003.jpg").write_bytes(b"")  # a photo that cannot be read
-    write_split(make_split(root, val_fraction=0.34, seed=0, name="p"), tmp_path / "s0.json")
-    write_split(make_split(root, val_fraction=0.34, seed=1, name="p"), tmp_path / "s1.json")
+    # seed 1 puts part c0's catalogue image in validation (seed 0 does not)
+    write_split(make_split(root, val_fraction=0.34, seed=1, name="p"), tmp_path / "s0.json")
+    write_split(make_split(root, val_fraction=0.34, seed=0, name="p"), tmp_path / "s1.json")
     train(TrainConfig(data=str(root), out=str(tmp_path / "run"), model="tiny", epochs=1, batch_size=4, pk_k=2,
                       image_size=32, pretrained=False, split=str(tmp_path / "s0.json"), cache=True,
                       gallery_repeats=1, sampler="pk_catalogue", progress=False))
@@ -185,4 +205,8 @@ def test_cached_pk_catalogue_training_survives_an_unreadable_photo_and_evaluate_
     expected = sum(1 for p, _ in json.loads((tmp_path / "s1.json").read_text())["val"] if p in trained)
     assert expected > 0 and rep["split"]["val_seen_in_training"] == expected
     assert f"{expected} of the" in caplog.text and "were training images of this checkpoint" in caplog.text
-    assert "val_seen_in_training" not in evaluate_checkpoint(tmp_path / "run" / "best.pt", figures=False)["split"]
+    own = evaluate_checkpoint(tmp_path / "run" / "best.pt", figures=False)
+    assert "val_seen_in_training" not in own["split"]
+    val_catalogue = sum(1 for p, _ in s0["val"] if p.endswith("/000.jpg"))  # image 000 is each part's catalogue
+    assert val_catalogue == 1 and own["retrieval"]["catalogue"]["n_self_excluded"] == 1
+    assert own["retrieval"]["catalogue"]["n_gallery"] == 2
