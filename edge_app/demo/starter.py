@@ -8,7 +8,8 @@ from ..errors import UsageError
 
 
 def install_starter(device_dir: Path, dest: Path) -> Path:
-    """Copy a synced device's catalogue, keyring and active bundle into ``dest`` (the APK's starter data).
+    """Copy a synced device's catalogue, keyring, active bundle and catalogue thumbnails into ``dest`` (the APK's
+    starter data: a tablet used offline before its first sync shows the parts with their pictures).
 
     The enrolment (device token) and the outbox are NOT copied: a starter must carry no secrets.
     """
@@ -36,6 +37,8 @@ def install_starter(device_dir: Path, dest: Path) -> Path:
     finally:
         db.close()
     shutil.copytree(bundle, dest / "bundles" / bundle.name)
+    if (device_dir / "thumbs").is_dir():
+        shutil.copytree(device_dir / "thumbs", dest / "thumbs")
     pointer = read_active_pointer(device_dir)
     if pointer is not None:
         atomic_write_json(dest / "active.json", pointer)

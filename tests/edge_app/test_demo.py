@@ -322,6 +322,7 @@ def test_quick_demo_starter_bundle_carries_no_secrets(quick_demo, tmp_path) -> N
 
     files = [f"starter_bundle/{p.relative_to(starter).as_posix()}" for p in starter.rglob("*") if p.is_file()]
     assert len(files) >= 7 and all(buildozer_ships(f) for f in files), "the APK would miss starter files"
+    assert len(list((starter / "thumbs").glob("*.jpg"))) >= 20  # parts show their pictures before a first sync
     assert seed_from_starter(tmp_path / "fresh-device", starter)
     fresh = device_identifier(tmp_path / "fresh-device")
     try:
