@@ -89,7 +89,9 @@ def _set_bundle(args: argparse.Namespace) -> int:
 
 
 def _trust(args: argparse.Namespace) -> int:
-    _out({"trusted": _open_hub(args).trust(args.keyring)})
+    hub = _open_hub(args)
+    trusted = hub.trust(args.keyring)
+    _out({"trusted": trusted, "key_roles": {k: sorted(hub.keyring.roles(k) or ("bundle", "hub")) for k in trusted}})
     return 0
 
 

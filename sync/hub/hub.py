@@ -466,6 +466,7 @@ class Hub:
                 "hub_id": self.store.get_meta("hub_id"), "catalogue_epoch": self.store.epoch(),
                 "restored_from_backup_of": self.store.get_meta("restored_backup_taken_at"),
                 "bundle_id": self.bundle_id, "key_id": self.config.get("key_id"), "trusted_keys": self.keyring.key_ids,
+                "key_roles": {k: sorted(self.keyring.roles(k) or ("bundle", "hub")) for k in self.keyring.key_ids},
                 "tls": tls_status(self.root), **self.store.counts(), "free_bytes": free_bytes(self.root),
                 "policy": self.policy(),
                 "devices": {"enrolled": sum(not d["revoked"] for d in devices),

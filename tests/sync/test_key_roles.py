@@ -87,6 +87,8 @@ def test_the_hub_key_cannot_sign_model_bundles_unless_trusted_for_them(world, tm
     pub = next(world.hub_key_path.parent.glob("*.pub.json"))
     world.hub.trust(pub)
     assert world.hub.keyring.roles(world.hub.key.key_id) == {"hub", "bundle"}
+    assert world.hub.status()["key_roles"] == {world.hub.key.key_id: ["bundle", "hub"],
+                                               world.export_key.key_id: ["bundle"]}
     world.hub.set_bundle(hub_signed)
 
 
