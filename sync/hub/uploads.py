@@ -44,6 +44,17 @@ class OffsetMismatch(UsageError):
         super().__init__(f"chunk offset mismatch; the hub has {offset} bytes")
 
 
+def _conflict(stored: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
+    """A UUID sent again with other content (a tablet bug, or a restored tablet reusing UUIDs): the stored
+    record stays (records are immutable), but it is said, not answered as a plain duplicate."""
+    fields = ("kind", "payload", "blob_sha256", "blob_size")
+    if any(stored.get(f) != row.get(f) for f in fields):
+        log.warning("upload %s from %s sent again with other content (%s); the first one is kept", row["uuid"],
+                    row["device"], ", ".join(f for f in fields if stored.get(f) != row.get(f)))
+        return True
+    return False
+
+
 def _status(row: Mapping[str, Any], hub: Hub, duplicate: bool = False) -> dict[str, Any]:
     return {"uuid": row["uuid"], "seq": row["seq"], "hub_version": row["hub_version"], "kind": row["kind"],
             "status": row["status"], "duplicate": duplicate, "blob_size": row["blob_size"],
@@ -126,7 +137,10 @@ def receive_record(hub: Hub, device: Mapping[str, Any], body: Mapping[str, Any])
     stored, created = hub.store.add_upload(row)
     if created:
         log.info("upload %s (%s) from %s stored as #%d", row["uuid"], row["kind"], device["name"], stored["seq"])
-    return _status(_finish_if_full(hub, stored), hub, duplicate=not created)
+    out = _status(_finish_if_full(hub, stored), hub, duplicate=not created)
+    if not created and _conflict(stored, row):
+        out["conflict"] = True
+    return out
 
 
 def receive_records(hub: Hub, device: Mapping[str, Any], bodies: Any) -> list[dict[str, Any]]:
@@ -156,8 +170,10 @@ def receive_records(hub: Hub, device: Mapping[str, Any], bodies: Any) -> list[di
         seen.add(row["uuid"])
         rows.append(row)
         where.append(i)
-    for i, (stored, created) in zip(where, hub.store.add_uploads(rows)):
+    for i, row, (stored, created) in zip(where, rows, hub.store.add_uploads(rows)):
         results[i] = _status(_finish_if_full(hub, stored), hub, duplicate=not created)
+        if not created and _conflict(stored, row):
+            results[i]["conflict"] = True
     stored_new = sum(1 for r in results if r and "refused" not in r and not r["duplicate"])
     if bodies:
         log.info("upload batch from %s: %d records, %d new, %d refused", device["name"], len(bodies), stored_new,

@@ -47,6 +47,22 @@ def test_receive_records_stores_good_refuses_bad_in_order(world):
     # the lost-acknowledgement case: the same batch again is stored nothing new
     again = receive_records(world.hub, dev, good)
     assert all(r["duplicate"] for r in again) and [r["seq"] for r in again] == [r["seq"] for r in stored]
+    assert not any(r.get("conflict") for r in again)
+
+
+def test_a_uuid_sent_again_with_other_content_keeps_the_first_and_says_so(world, caplog):
+    from sync.hub.uploads import receive_record, receive_records
+
+    dev = _device(world)
+    first = _body(payload={"status": "match", "part": "P1"})
+    receive_records(world.hub, dev, [first])
+    other = dict(first, payload={"status": "match", "part": "P2"})
+    out = receive_records(world.hub, dev, [other])[0]
+    assert out["duplicate"] and out["conflict"] and "sent again with other content (payload)" in caplog.text
+    one = receive_record(world.hub, dev, dict(first, kind="feedback"))
+    assert one["duplicate"] and one["conflict"]
+    kept = world.hub.store.upload(first["uuid"])
+    assert json.loads(kept["payload"])["part"] == "P1" and kept["kind"] == "usage"
 
 
 def test_fields_of_the_wrong_type_refuse_their_record_not_the_batch(world):
