@@ -7,7 +7,8 @@ matched by name:
   The runtime ranks by embeddings only, so near-tied logits flipping under int8 rounding is not a
   behaviour change the device would show; a confident prediction that flips is. The strict number
   (``top1_agreement_strict``, no tolerance) is always reported,
-- median cosine between the exported and the PyTorch embedding (>= 0.98),
+- median cosine between the exported and the PyTorch embedding (>= 0.98), and its 5th percentile (>= 0.90: a
+  model broken on a subset of photos, up to half of them, kept a perfect median),
 - nearest-catalogue-neighbour agreement (>= 95%): each validation photo's nearest catalogue
   neighbour (cosine) must be the same with exported embeddings on both sides as with PyTorch ones.
   When the catalogue images carry part labels (the folder they sit in), the neighbour is the
@@ -17,7 +18,10 @@ matched by name:
   two apart (their PyTorch cosines to the photo within ``tie_tolerance`` = 1e-3). The image-level
   number (``neighbour_agreement_image``) and the strict image-level number (no tie tolerance) are
   always reported.
-Below any threshold: :class:`~edge_app.errors.GateError` naming the format and the numbers.
+Below any threshold: :class:`~edge_app.errors.GateError` naming the format and the numbers. So are outputs of
+the wrong shape, fewer than :data:`MIN_VAL_IMAGES` validation photos, and a parity catalogue of one part (or one
+image): there the nearest-neighbour check agrees whatever the export does. Below :data:`ADVISED_VAL_IMAGES`
+photos the gate runs but says how coarse it is (one photo is more than 2% of an agreement figure).
 """
 from __future__ import annotations
 
@@ -34,11 +38,18 @@ from .runners import Runner, run_batched
 log = logging.getLogger(__name__)
 
 
+#: fewer validation photos than this: the gate refuses to judge (a figure of 3 photos says nothing)
+MIN_VAL_IMAGES = 5
+#: fewer than this: the gate runs and warns that one photo moves a figure by more than 2 points
+ADVISED_VAL_IMAGES = 50
+
+
 @dataclass(frozen=True)
 class Thresholds:
     top1_agreement: float = 0.98
     median_cosine: float = 0.98
     neighbour_agreement: float = 0.95
+    p05_cosine: float = 0.90
     tie_tolerance: float = 1e-3
     logit_tie_tolerance: float = 0.05
 
@@ -70,6 +81,9 @@ class ParityReport:
             out.append(f"top-1 agreement {self.top1_agreement:.2%} < {t.top1_agreement:.0%}")
         if not self.median_cosine >= t.median_cosine:
             out.append(f"median embedding cosine {self.median_cosine:.4f} < {t.median_cosine}")
+        if not self.p05_cosine >= t.p05_cosine:
+            out.append(f"5th-percentile embedding cosine {self.p05_cosine:.4f} < {t.p05_cosine} (the export is off "
+                       "on some photos)")
         if not self.neighbour_agreement >= t.neighbour_agreement:
             out.append(f"nearest-catalogue-{self.neighbour_level} agreement {self.neighbour_agreement:.2%} "
                        f"< {t.neighbour_agreement:.0%}")
@@ -111,6 +125,22 @@ def compare_outputs(fmt: str, ref_val: dict[str, np.ndarray], cand_val: dict[str
         raise UsageError("parity needs the same non-empty validation and catalogue sets on both sides")
     if cat_labels is not None and len(cat_labels) != len(ref_cat):
         raise UsageError(f"{len(cat_labels)} catalogue labels for {len(ref_cat)} catalogue images")
+    for key, ref_out, cand_out in (("logits", ref_val["logits"], cand_val["logits"]),
+                                   ("embedding", ref_val["embedding"], cand_val["embedding"]),
+                                   ("catalogue embedding", ref_cat, cand_cat)):
+        if np.shape(ref_out) != np.shape(cand_out):  # e.g. outputs swapped by name: a clear refusal, not a crash
+            raise GateError(f"parity gate failed for {fmt}: {key} output is {np.shape(cand_out)}, the PyTorch "
+                            f"model's is {np.shape(ref_out)} (outputs swapped or another model?)")
+    if n < MIN_VAL_IMAGES:
+        raise GateError(f"parity gate for {fmt}: only {n} validation photo(s); it needs at least {MIN_VAL_IMAGES} "
+                        f"to judge (advised: {ADVISED_VAL_IMAGES} or more)")
+    groups = len(set(map(str, cat_labels))) if cat_labels is not None else len(ref_cat)
+    if groups < 2:
+        raise GateError(f"parity gate for {fmt}: the parity catalogue holds one {'part' if cat_labels is not None else 'image'}: "
+                        "the nearest-catalogue check would agree whatever the export does; give it at least 2")
+    if n < ADVISED_VAL_IMAGES:
+        log.warning("parity gate for %s on %d validation photos: one photo moves each agreement figure by %.1f "
+                    "points (advised: %d or more)", fmt, n, 100 / n, ADVISED_VAL_IMAGES)
     bad_val = np.zeros(n, bool)
     for side in (ref_val, cand_val):
         for key in ("logits", "embedding"):

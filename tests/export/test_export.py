@@ -105,7 +105,7 @@ def test_compare_outputs_embedding_checks() -> None:
     assert noisy.median_cosine < 0.98 and any("median embedding cosine" in f for f in noisy.failures)
     # a duplicated catalogue image: picking either copy is not a disagreement, anything else is
     dup = np.concatenate([cat, cat[:1] + 1e-3 * rng.normal(size=(1, 8)).astype(np.float32)])  # near-duplicate
-    q = {"logits": logits[:1], "embedding": cat[:1]}
+    q = {"logits": np.repeat(logits[:1], 5, 0), "embedding": np.repeat(cat[:1], 5, 0)}  # the gate's minimum
     cand = dup.copy()
     cand[0] += 0.3 * rng.normal(size=8).astype(np.float32)  # the export now prefers the copy (20)
     tied = compare_outputs("t", q, q, dup, cand)
@@ -122,7 +122,7 @@ def test_neighbour_agreement_is_part_level_when_the_catalogue_has_parts() -> Non
     cat = rng.normal(size=(6, 8)).astype(np.float32)
     labels = ["A", "A", "B", "B", "C", "C"]
     q_emb = cat[[0, 2, 4]] + 0.05 * rng.normal(size=(3, 8)).astype(np.float32)
-    q = {"logits": np.eye(3, dtype=np.float32), "embedding": q_emb}
+    q = {"logits": np.tile(np.eye(3, dtype=np.float32), (2, 1)), "embedding": np.tile(q_emb, (2, 1))}  # 6 photos
     same_part = cat.copy()
     same_part[[0, 1]] = same_part[[1, 0]]  # the export now finds A's other photo first
     rep = compare_outputs("t", q, q, cat, same_part, Thresholds(), labels)
@@ -478,3 +478,30 @@ def test_model_with_reference_exports_its_fused_embedding(tiny_model, image_dirs
     with torch.no_grad():
         expect = model.embedding(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(emb, expect, atol=1e-5)
+
+
+def test_gate_checks_that_could_not_fail_now_can() -> None:
+    """Found by fault injection: a model broken on 10 of 24 photos kept a median cosine of 1.0; swapped outputs
+    crashed with an IndexError; 1-3 photos or a one-part catalogue made the figures say nothing."""
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(24, 4)).astype(np.float32)
+    emb = rng.normal(size=(24, 16)).astype(np.float32)
+    cat = rng.normal(size=(12, 16)).astype(np.float32)
+    labels = [f"P{i % 4}" for i in range(12)]
+    broken = emb.copy()
+    broken[:10] = rng.normal(size=(10, 16))  # scrambled on the brightest 10 photos, say
+    rep = compare_outputs("t", {"logits": logits, "embedding": emb}, {"logits": logits, "embedding": broken},
+                          cat, cat, Thresholds(), labels)
+    assert rep.median_cosine == pytest.approx(1.0) and rep.p05_cosine < 0.5
+    assert any("5th-percentile embedding cosine" in f for f in rep.failures) and not rep.passed
+    with pytest.raises(GateError, match="logits output is \\(24, 16\\), the PyTorch model's is \\(24, 4\\)"):
+        compare_outputs("t", {"logits": logits, "embedding": emb}, {"logits": emb, "embedding": logits}, cat, cat)
+    few = {"logits": logits[:3], "embedding": emb[:3]}
+    with pytest.raises(GateError, match="only 3 validation photo"):
+        compare_outputs("t", few, few, cat, cat)
+    with pytest.raises(GateError, match="one part"):
+        compare_outputs("t", {"logits": logits, "embedding": emb}, {"logits": logits, "embedding": emb},
+                        cat, cat, Thresholds(), ["P0"] * 12)
+    with pytest.raises(GateError, match="one image"):
+        compare_outputs("t", {"logits": logits, "embedding": emb}, {"logits": logits, "embedding": emb},
+                        cat[:1], cat[:1])
