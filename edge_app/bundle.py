@@ -85,6 +85,22 @@ def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
+def probe_input(spec: PreprocessSpec) -> np.ndarray:
+    """The fixed synthetic image (a colour gradient) whose outputs the export machine records in the manifest
+    (``probe``) and the device checks after installing a bundle: (1, ...) float32, laid out as ``spec``."""
+    from PIL import Image
+
+    from .preprocess import preprocess_image
+
+    h, w = spec.size
+    grad = np.linspace(0, 255, w * h * 3, dtype=np.float32).reshape(h, w, 3).astype(np.uint8)
+    return preprocess_image(Image.fromarray(grad, "RGB"), spec)[None]
+
+
+#: the device's probe embedding must be at least this close (cosine) to the export machine's
+PROBE_MIN_COSINE = 0.98
+
+
 def validate_manifest(manifest: object, what: str = "manifest") -> dict[str, Any]:
     """Schema check of a parsed manifest; raise :class:`IntegrityError` naming the problem."""
     if not isinstance(manifest, dict):

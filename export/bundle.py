@@ -154,6 +154,7 @@ def build_bundle(
     index: IndexParams = IndexParams(),
     created_at: str | None = None,
     catalogue_views: str = "none",
+    probe: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a signed bundle under ``root``; return its folder ``root/<bundle_id>``.
 
@@ -224,6 +225,8 @@ def build_bundle(
             "calibration": dict(calibration or {}),
             "key_id": key.key_id,
         }
+        if probe:  # the device model's outputs on edge_app.bundle.probe_input: the tablet's smoke test compares
+            manifest["probe"] = dict(probe)
         validate_manifest(json.loads(manifest_bytes(manifest)), what="new manifest")
         data = manifest_bytes(manifest)
         _write_file(tmp / MANIFEST_NAME, data)
@@ -344,7 +347,7 @@ def reissue_bundle(src: str | os.PathLike[str], root: str | os.PathLike[str], *,
         calibration=m.get("calibration"), outputs=m.get("outputs"),
         index=IndexParams(M=int(idx.get("M", 16)), ef_construction=int(idx.get("ef_construction", 200)),
                           ef_search=int(idx.get("ef_search", 64))),
-        catalogue_views=str((m.get("catalogue") or {}).get("views") or "none"))
+        catalogue_views=str((m.get("catalogue") or {}).get("views") or "none"), probe=m.get("probe"))
     log.warning("bundle %s (version %s) reissued as %s (version %d)", m["bundle_id"], m["version"], new.name, version)
     return new
 

@@ -7,17 +7,21 @@ a signed bundle, embedding the catalogue with the exported model the device runs
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from edge_app.atomic import atomic_copy, atomic_write_json
 from edge_app.catalogue_views import DEFAULT_VIEWS, check_views
-from edge_app.bundle import sha256_file
+from edge_app.bundle import probe_input, sha256_file
 from edge_app.errors import InputError, IntegrityError, UsageError
 from edge_app.partfolders import part_from_folder
 from edge_app.preprocess import PreprocessSpec
@@ -132,7 +136,7 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
         report = measure_parity(fmt.name, torch_runner(model), file_runner(tmp), val, cat, thresholds,
                                 cat_labels=cat_labels)
         sidecar = {"format": fmt.name, "model_name": name, "file": final.name, "sha256": sha256_file(tmp),
-                   "labels": list(labels),
+                   "source_weights_sha256": weights_fingerprint(model), "labels": list(labels),
                    "preprocess": spec.to_dict(), "embedding_dim": int(model.embed_dim),
                    "quantization": quant, "parity": report.to_dict() | {"source": sources["val"]},
                    "size_bytes": tmp.stat().st_size, **info,
@@ -145,6 +149,19 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
         log.error("%s: exported WITHOUT TFLite metadata: %s", final, meta.get("reason"))
     log.info("exported %s (%d bytes): %s", final, sidecar["size_bytes"], report.summary())
     return sidecar | {"path": str(final)}
+
+
+def weights_fingerprint(model: Any) -> str:
+    """sha256 of the PyTorch model's parameters and buffers (names, shapes, bytes): which trained model an export
+    came from, so that a bundle never mixes exports of two checkpoints."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def catalogue_labels(root: str | os.PathLike[str], paths: Sequence[Path]) -> list[str] | None:
@@ -224,8 +241,9 @@ def read_sidecar(model_path: str | os.PathLike[str]) -> dict[str, Any]:
         raise IntegrityError(f"{p}: the sidecar says {fmt.name}, which is a {Path(fmt.file_name).suffix} file")
     want = doc.get("sha256")
     if want is None:
-        log.warning("%s: sidecar from an older partlens without the model's sha256: model file not checked", side)
-    elif sha256_file(p) != want:
+        raise IntegrityError(f"{side}: the sidecar does not record the model file's sha256, so the file cannot be "
+                             "checked against it; export the model again")
+    if sha256_file(p) != want:
         raise IntegrityError(f"{p}: the model file is not the one its sidecar describes (sha256 differs: changed, "
                              "or an export stopped between the two files); export it again")
     return doc
@@ -259,6 +277,12 @@ def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.
         for k in ("model_name", "labels", "preprocess", "embedding_dim"):
             if side[k] != first[k]:
                 raise UsageError(f"{path}: {k} differs from the other exported model")
+        if len(sides) > 1 and (not side.get("source_weights_sha256")
+                               or side.get("source_weights_sha256") != first.get("source_weights_sha256")):
+            raise UsageError(f"{path}: exported from other weights than {next(iter(sides))} (or by a partlens that "
+                             "did not record them): the catalogue is embedded with one model, so a bundle's models "
+                             "must come from one checkpoint; export them again from the same one")
+        _check_recorded_parity(path, side)
     spec = PreprocessSpec.from_dict(first["preprocess"])
     device_model = files.get("model.tflite") or files["model.onnx"]
     views = check_views(catalogue_views)
@@ -266,7 +290,12 @@ def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.
         from .calibrate import check_calibration
 
         check_calibration(calibration, model_sha256=sha256_file(device_model), catalogue_views=views)
-    emb, rows = embed_catalogue(file_runner(device_model), catalogue_from_dir(catalogue_dir), spec, views=views)
+    device_runner = file_runner(device_model)
+    emb, rows = embed_catalogue(device_runner, catalogue_from_dir(catalogue_dir), spec, views=views)
+    probe_out = device_runner(probe_input(spec))
+    probe_emb = np.asarray(probe_out["embedding"][0], dtype=np.float64)
+    probe = {"embedding": [round(float(v), 6) for v in probe_emb / max(float(np.linalg.norm(probe_emb)), 1e-12)],
+             "top_class": int(np.argmax(probe_out["logits"][0]))}
     by_fmt = {s["format"]: s for s in sides.values()}
     return build_bundle(
         root, version=version, model_name=first["model_name"], model_files=files, kind=kind, preprocess=spec,
@@ -275,4 +304,19 @@ def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.
                       for f, s in by_fmt.items()},
         parity={f: s["parity"] for f, s in by_fmt.items()},
         accuracy=accuracy, calibration=calibration, index=index or IndexParams(), catalogue_views=views,
+        probe=probe,
     )
+
+
+def _check_recorded_parity(path: Path, side: Mapping[str, Any]) -> None:
+    """The sidecar's parity must say passed, at thresholds no looser than the defaults (an export gated
+    through the API with looser ones must not reach a tablet unnoticed)."""
+    parity = side["parity"]
+    if parity.get("passed") is not True:
+        raise UsageError(f"{path}: its sidecar does not record a passed parity gate")
+    done, default = parity.get("thresholds") or {}, asdict(Thresholds())
+    looser = [k for k in ("top1_agreement", "median_cosine", "neighbour_agreement")
+              if not float(done.get(k, -1)) >= default[k]]
+    if looser:
+        raise UsageError(f"{path}: gated at looser thresholds than partlens's ({', '.join(looser)}); "
+                         "export it again with the defaults")

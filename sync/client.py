@@ -57,22 +57,32 @@ SmokeTest = Callable[[Any], None]
 
 
 def default_smoke_test(bundle: Any) -> None:
-    """Load the bundle's model and run one fixed synthetic image; check output shapes and values."""
-    from PIL import Image
-
-    from edge_app.preprocess import preprocess_image
+    """Load the bundle's model and run the fixed probe image (:func:`edge_app.bundle.probe_input`): check output
+    shapes and values and, when the manifest records what the export machine got for it (``probe``), that this
+    device's interpreter gives the same embedding (cosine >= :data:`~edge_app.bundle.PROBE_MIN_COSINE`): wrong
+    but finite outputs (another build of the runtime, a backend bug) no longer pass."""
+    from edge_app.bundle import PROBE_MIN_COSINE, probe_input
     from edge_app.runtime.backends import create_backend
 
-    h, w = bundle.preprocess.size
-    grad = np.linspace(0, 255, w * h * 3, dtype=np.float32).reshape(h, w, 3).astype(np.uint8)
-    x = preprocess_image(Image.fromarray(grad, "RGB"), bundle.preprocess)[None]
-    out = create_backend(bundle).run(x)
+    out = create_backend(bundle).run(probe_input(bundle.preprocess))
     emb, logits = np.asarray(out["embedding"]), np.asarray(out["logits"])
     if emb.shape != (1, bundle.embedding_dim) or logits.shape != (1, len(bundle.labels)):
         raise IntegrityError(f"bundle {bundle.bundle_id}: smoke test gave embedding {emb.shape}, logits "
                              f"{logits.shape}; expected (1, {bundle.embedding_dim}), (1, {len(bundle.labels)})")
     if not (np.all(np.isfinite(emb)) and np.all(np.isfinite(logits))):
         raise IntegrityError(f"bundle {bundle.bundle_id}: smoke test produced non-finite outputs")
+    probe = bundle.manifest.get("probe")
+    if not probe:
+        log.info("bundle %s records no probe outputs (an older export): shapes and values checked only",
+                 bundle.bundle_id)
+        return
+    want = np.asarray(probe.get("embedding", []), dtype=np.float64)
+    got = emb[0].astype(np.float64)
+    norm = float(np.linalg.norm(got))
+    cos = float(want @ got / (norm * float(np.linalg.norm(want)))) if norm > 0 and want.shape == got.shape else -1.0
+    if not cos >= PROBE_MIN_COSINE:
+        raise IntegrityError(f"bundle {bundle.bundle_id}: this device's model gives another embedding for the probe "
+                             f"image than the export machine did (cosine {cos:.4f} < {PROBE_MIN_COSINE}); not used")
 
 
 def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) -> DevicePaths:

@@ -96,12 +96,12 @@ def test_export_build_verify(checkpoint: Path, image_dirs, tmp_path: Path, capsy
     model.write_bytes(good[: len(good) // 2])  # e.g. replaced, or an export stopped between the two files
     assert main(["bundle", "build", *common, "--version", "2", "--kind", "desktop"]) == 4
     assert "not the one its sidecar describes" in capsys.readouterr().err
-    doc_nosha = {k: v for k, v in doc.items() if k != "sha256"}  # an older sidecar: the file is not checked...
+    doc_nosha = {k: v for k, v in doc.items() if k != "sha256"}  # an older sidecar: the file cannot be checked
     side.write_text(json.dumps(doc_nosha))
     assert main(["calibrate", str(model), "--catalogue", str(folders["catalogue"]), "--positives",
                  str(folders["positives"]), "--negatives", str(folders["negatives"]), "--out",
-                 str(tmp_path / "cal2.json")]) == 4  # ... but a cut model is still a clear error, not a traceback
-    assert "not a loadable ONNX model" in capsys.readouterr().err
+                 str(tmp_path / "cal2.json")]) == 4  # refused, not used unchecked (it was only warned about)
+    assert "does not record the model file's sha256" in capsys.readouterr().err
     model.write_bytes(good)
     side.write_text(json.dumps({**doc, "format": "tflite-fp32"}))  # a sidecar that names another file type
     assert main(["bundle", "build", *common, "--version", "2", "--kind", "desktop"]) == 4

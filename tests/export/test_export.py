@@ -505,3 +505,77 @@ def test_gate_checks_that_could_not_fail_now_can() -> None:
     with pytest.raises(GateError, match="one image"):
         compare_outputs("t", {"logits": logits, "embedding": emb}, {"logits": logits, "embedding": emb},
                         cat[:1], cat[:1])
+
+
+def _fake_export(path: Path, fmt: str, **side) -> Path:
+    from edge_app.bundle import sha256_file
+    from edge_app.preprocess import PreprocessSpec
+
+    path.write_bytes(b"model bytes of " + path.name.encode())
+    doc = {"format": fmt, "model_name": "tiny", "file": path.name, "sha256": sha256_file(path), "labels": CLASSES,
+           "preprocess": PreprocessSpec(size=(64, 64)).to_dict(), "embedding_dim": 16, "quantization": {},
+           "source_weights_sha256": "a" * 64,
+           "parity": {"passed": True, "thresholds": {"top1_agreement": 0.98, "median_cosine": 0.98,
+                                                     "neighbour_agreement": 0.95}}}
+    doc.update(side)
+    (path.parent / (path.name + ".json")).write_text(json.dumps(doc))
+    return path
+
+
+def test_a_bundle_refuses_exports_of_two_checkpoints_and_unchecked_sidecars(tmp_path: Path, image_dirs) -> None:
+    """Found by fault injection: a TFLite export of one checkpoint and an ONNX export of another made one desktop
+    bundle (retrieval top-1 1.0 with one runtime, 0.125 with the other); a sidecar without the model's sha256,
+    or one gated at looser thresholds, was used."""
+    from edge_app.signing import SigningKey
+    from export.pipeline import SIDECAR_SUFFIX, bundle_from_exports
+
+    assert SIDECAR_SUFFIX == ".json"
+    key = SigningKey.generate()
+    kw = dict(catalogue_dir=image_dirs["catalogue"], key=key, version=1, kind="desktop")
+    a = _fake_export(tmp_path / "m.tflite", "tflite-fp32")
+    b = _fake_export(tmp_path / "m.onnx", "onnx-fp32", source_weights_sha256="b" * 64)
+    with pytest.raises(UsageError, match="exported from other weights"):
+        bundle_from_exports(tmp_path / "bundles", [a, b], **kw)
+    old = _fake_export(tmp_path / "old.onnx", "onnx-fp32", sha256=None)
+    with pytest.raises(Exception, match="does not record the model file's sha256"):
+        bundle_from_exports(tmp_path / "bundles", [old], **kw)
+    failed = _fake_export(tmp_path / "failed.onnx", "onnx-fp32", parity={"passed": False})
+    with pytest.raises(UsageError, match="does not record a passed parity gate"):
+        bundle_from_exports(tmp_path / "bundles", [failed], **kw)
+    loose = _fake_export(tmp_path / "loose.onnx", "onnx-fp32", parity={"passed": True, "thresholds": {
+        "top1_agreement": 0.0, "median_cosine": -1.0, "neighbour_agreement": 0.95}})
+    with pytest.raises(UsageError, match="looser thresholds.*top1_agreement, median_cosine"):
+        bundle_from_exports(tmp_path / "bundles", [loose], **kw)
+    assert not (tmp_path / "bundles").exists() or not list((tmp_path / "bundles").iterdir())
+
+
+def test_the_device_smoke_test_compares_the_probe_with_the_export_machine(tiny_model, image_dirs, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """The smoke test checked shapes and finiteness only: an all-zero or permuted embedding passed."""
+    from edge_app.bundle import load_bundle, probe_input
+    from edge_app.errors import IntegrityError
+    from edge_app.runtime import backends
+    from edge_app.signing import Keyring, SigningKey
+    from export.pipeline import bundle_from_exports, export_model
+    from export.runners import file_runner
+    from sync.client import default_smoke_test
+
+    res = export_model(tiny_model, CLASSES, "onnx-fp32", tmp_path / "out", calib_dir=image_dirs["calib"],
+                       val_dir=image_dirs["val"], catalogue_dir=image_dirs["catalogue"])
+    key = SigningKey.generate()
+    bdir = bundle_from_exports(tmp_path / "bundles", [res["path"]], catalogue_dir=image_dirs["catalogue"], key=key,
+                               version=1, kind="desktop")
+    bundle = load_bundle(bdir, Keyring({key.key_id: key.public_raw}))
+    probe = np.asarray(bundle.manifest["probe"]["embedding"])
+    ref = file_runner(res["path"])(probe_input(bundle.preprocess))["embedding"][0]
+    assert probe.shape == (tiny_model.embed_dim,) and np.allclose(probe, ref / np.linalg.norm(ref), atol=1e-5)
+    default_smoke_test(bundle)  # the same interpreter: passes
+    real_run = backends.Backend.run
+    for broken in (lambda e: np.zeros_like(e), lambda e: e[:, ::-1].copy()):
+        def run(self, x, layout="NCHW", _b=broken):
+            out = real_run(self, x, layout=layout)
+            return {**out, "embedding": _b(out["embedding"])}
+
+        monkeypatch.setattr(backends.Backend, "run", run)
+        with pytest.raises(IntegrityError, match="another embedding for the probe image"):
+            default_smoke_test(bundle)
