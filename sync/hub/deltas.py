@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from edge_app.errors import InputError
+from edge_app.storage import is_disk_full
 
 from ..package import package_name, sha256_file, write_package
 from .hub import Hub
@@ -78,7 +80,12 @@ class PackageService:
                         via: str | None = None, epoch: int = 0) -> dict[str, Any]:
         """:meth:`plan` for an authenticated device, recording what it holds and how it came (``via``: http,
         https; ``hub devices`` shows it)."""
-        self.hub.store.device_seen(device["name"], from_version, bundle_id, via=via, epoch=epoch)
+        try:
+            self.hub.store.device_seen(device["name"], from_version, bundle_id, via=via, epoch=epoch)
+        except (OSError, sqlite3.Error) as exc:  # a full disk must not stop every tablet's catalogue updates
+            if not is_disk_full(exc):
+                raise
+            log.error("hub storage full: could not record %s's sync (%s); serving its plan anyway", device["name"], exc)
         plan = self.plan(device["site"], from_version, bundle_id, epoch=epoch)
         # what the hub set for this tablet (`hub add-device`, `hub set-device`); unset ones stay the tablet's own
         settings = {k: device.get(k) for k in DEVICE_SETTINGS if device.get(k) is not None}

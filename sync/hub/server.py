@@ -6,6 +6,8 @@ token gets 401 and no data. A device only ever receives its own site's packages.
 """
 from __future__ import annotations
 
+import asyncio
+
 import json
 import logging
 import os
@@ -26,7 +28,10 @@ from .auth import authenticate
 from .deltas import PackageService
 from .hub import Hub
 from .thumbs import thumbs_tar
-from .uploads import MAX_VERSION, OffsetMismatch, receive_chunk, receive_record, receive_records, upload_status
+from .uploads import (
+    MAX_VERSION, OffsetMismatch, UploadSpaceError, prune_stale_partials, receive_chunk, receive_record, receive_records,
+    upload_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
                   description="Catalogue deltas, bundles, images and uploads for partlens devices.")
     app.state.hub = hub
     app.state.packages = packages
+    prune_stale_partials(hub)  # photos a tablet started and never finished, a week ago or more
 
     @app.exception_handler(PartlensError)
     async def _domain_error(request: Request, exc: PartlensError) -> JSONResponse:
@@ -51,6 +57,8 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
                                 headers={"WWW-Authenticate": "Bearer"})
         if isinstance(exc, OffsetMismatch):
             return JSONResponse({"detail": str(exc), "blob_offset": exc.offset}, status_code=409)
+        if isinstance(exc, UploadSpaceError):  # nothing lost: the tablet keeps the upload and retries later
+            return JSONResponse({"detail": str(exc)}, status_code=507)
         code = 404 if isinstance(exc, InputError) else 422 if isinstance(exc, IntegrityError) else 400
         if code != 404:  # a refused request is worth a line for the hub admin (a 404 is a routine "not here")
             log.warning("%s %s refused (%d): %s", request.method, request.url.path, code, exc)
@@ -153,15 +161,62 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise HTTPException(413, f"request body over {limit} bytes")
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise HTTPException(413, f"request body over {limit} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(BODY_TIMEOUT_S):  # a body trickled in a byte at a time must not hold on forever
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPException(413, f"request body over {limit} bytes")
+                chunks.append(chunk)
     except ClientDisconnect:  # a tablet losing Wi-Fi mid-request: routine, nothing was stored
         log.info("%s %s: the client went away after %d bytes of the body", request.method, request.url.path, size)
         raise HTTPException(400, "client disconnected before the body was complete") from None
+    except TimeoutError:
+        log.warning("%s %s: body not complete after %.0f s (%d bytes); dropped", request.method, request.url.path,
+                    BODY_TIMEOUT_S, size)
+        raise HTTPException(408, f"request body not complete within {BODY_TIMEOUT_S:.0f} s") from None
     return b"".join(chunks)
+
+
+#: a connection that has not sent a whole request head this long after connecting is closed
+HEADER_TIMEOUT_S = 20.0
+#: a request body (at most a 256 KiB photo chunk) must arrive within this long (2 kB/s)
+BODY_TIMEOUT_S = 120.0
+
+
+def timed_h11_protocol() -> type:
+    """uvicorn's h11 protocol, closing a connection that has not sent a request head within
+    :data:`HEADER_TIMEOUT_S` (uvicorn waits forever: 1,100 such connections used up a desktop's 1,024 file
+    descriptors and locked every tablet out, with no token needed)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._head_deadline = self.loop.call_later(HEADER_TIMEOUT_S, self._head_timeout)
+
+        def _head_timeout(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._head_deadline.cancel()
+            super().connection_lost(exc)
+
+    return TimedH11Protocol
+
+
+def _raise_fd_limit() -> None:
+    """Take the hard open-files limit as the soft one (often 1,024 -> 524,288 on a desktop): one connection
+    is one descriptor, and the hub should run out of tablets long before descriptors."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+            log.info("open-file limit raised from %d to %s", soft, hard)
+    except (ImportError, ValueError, OSError) as exc:  # not on this platform, or not allowed: keep the default
+        log.info("open-file limit not raised: %s", exc)
 
 
 def _no_nan(token: str) -> float:
@@ -204,7 +259,9 @@ def serve(hub_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 
     if not ssl_kw and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving plain HTTP on %s: device tokens and photos cross the network unencrypted; "
                     "run `partlens hub tls-init` (then enrol the tablets)", host)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, **ssl_kw)
+    _raise_fd_limit()
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, http=timed_h11_protocol(),
+                **ssl_kw)
 
 
 def app_from_env() -> FastAPI:

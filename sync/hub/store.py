@@ -110,6 +110,7 @@ class HubStore(Protocol):
     def list_devices(self) -> list[dict[str, Any]]: ...
     def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None, *,
                     via: str | None = None, epoch: int = 0) -> None: ...
+    def pending_blob_bytes(self, name: str) -> int: ...
     def revoke_device(self, name: str) -> bool: ...
     def add_upload(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
     def add_uploads(self, rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]: ...
@@ -319,7 +320,8 @@ class SqliteHubStore:
         try:
             yield db
         except BaseException:
-            db.conn.execute("ROLLBACK")
+            if db.conn.in_transaction:  # SQLite already rolled back after e.g. a full disk: keep that error
+                db.conn.execute("ROLLBACK")
             raise
         db.conn.execute("COMMIT")
 
@@ -519,6 +521,12 @@ class SqliteHubStore:
                             "last_via=?, last_catalogue_epoch=? WHERE name=?",
                             (_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
                              int(catalogue_version), bundle_id, via, int(epoch), name))
+
+    def pending_blob_bytes(self, name: str) -> int:
+        """Declared bytes of the photos device ``name`` has started but not finished uploading."""
+        row = self._db().conn.execute("SELECT COALESCE(SUM(blob_size), 0) FROM uploads WHERE device=? AND "
+                                      "blob_complete=0 AND blob_size IS NOT NULL", (name,)).fetchone()
+        return int(row[0])
 
     def revoke_device(self, name: str) -> bool:
         """Refuse the device's token from now on (e.g. a lost tablet). False if it was already revoked."""

@@ -15,11 +15,14 @@ import logging
 import os
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from edge_app.atomic import fsync_dir
-from edge_app.errors import InputError, IntegrityError, UsageError
+from edge_app.errors import InputError, IntegrityError, PartlensError, UsageError
+from edge_app import storage
+from edge_app.storage import mb
 
 from ..transport import MAX_RECORD_PAYLOAD_BYTES
 from .hub import Hub
@@ -34,6 +37,50 @@ MAX_BATCH = 500  # records in one POST /v1/uploads/batch
 MAX_CREATED_AT = 64  # characters of the device's ISO time stamp
 MAX_VERSION = 2**62  # catalogue versions fit SQLite's INTEGER with room to spare
 _CHUNK_LOCK = threading.Lock()  # one appender at a time (chunks are small)
+
+
+#: uploads stop (507, the tablet keeps them) while less than this is free on the hub's disk: what is left keeps
+#: sync plans, catalogue packages and the admin's own commands working for every tablet
+UPLOAD_RESERVE_BYTES = 1024**3
+#: unfinished photo bytes one tablet may have declared at the hub at once (a night's photos are well below)
+DEVICE_PENDING_BYTES = 4 * 1024**3
+#: a partial photo untouched this long is deleted (its record stays; the tablet re-sends it from the start)
+STALE_PARTIAL_S = 7 * 24 * 3600
+
+
+class UploadSpaceError(PartlensError):
+    """The hub will not take more upload data now (answered 507: nothing is lost, the tablet retries later)."""
+
+
+def prune_stale_partials(hub: Hub, max_age_s: float = STALE_PARTIAL_S, now: float | None = None) -> int:
+    """Delete partial photo files (``.part``) untouched for ``max_age_s``; returns how many."""
+    now = time.time() if now is None else now
+    removed = 0
+    for part in (hub.root / "uploads").glob("*.part"):
+        try:
+            if now - part.stat().st_mtime > max_age_s:
+                part.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    if removed:
+        log.warning("deleted %d partial upload(s) untouched for %.0f days (their tablets send them again)", removed,
+                    max_age_s / 86400)
+    return removed
+
+
+def _check_upload_space(hub: Hub, incoming: int) -> None:
+    free = storage.free_bytes(hub.root)
+    if free - incoming >= UPLOAD_RESERVE_BYTES:
+        return
+    if prune_stale_partials(hub):
+        free = storage.free_bytes(hub.root)
+        if free - incoming >= UPLOAD_RESERVE_BYTES:
+            return
+    log.error("uploads refused: %s free on the hub's disk, %s are kept for sync plans and packages", mb(free),
+              mb(UPLOAD_RESERVE_BYTES))
+    raise UploadSpaceError(f"hub storage low ({mb(free)} free; {mb(UPLOAD_RESERVE_BYTES)} are kept for catalogue "
+                           "updates): uploads wait until the hub admin frees space; nothing is lost")
 
 
 class OffsetMismatch(UsageError):
@@ -134,6 +181,8 @@ def receive_record(hub: Hub, device: Mapping[str, Any], body: Mapping[str, Any])
     """Store one outbox record (idempotent by UUID); return its status."""
     row = _record_row(device, body)
     _check_owner(hub, device, row["uuid"])
+    _check_upload_space(hub, len(row["payload"]))
+    _check_pending(hub, device, [row])
     stored, created = hub.store.add_upload(row)
     if created:
         log.info("upload %s (%s) from %s stored as #%d", row["uuid"], row["kind"], device["name"], stored["seq"])
@@ -170,6 +219,12 @@ def receive_records(hub: Hub, device: Mapping[str, Any], bodies: Any) -> list[di
         seen.add(row["uuid"])
         rows.append(row)
         where.append(i)
+    _check_upload_space(hub, sum(len(r["payload"]) for r in rows))
+    allowed = _within_pending(hub, device, rows)
+    for j in range(len(rows) - 1, -1, -1):
+        if not allowed[j]:
+            results[where[j]] = {"uuid": rows[j]["uuid"], "refused": _PENDING_WORDS, "retry": True}
+            del rows[j], where[j]
     for i, row, (stored, created) in zip(where, rows, hub.store.add_uploads(rows)):
         results[i] = _status(_finish_if_full(hub, stored), hub, duplicate=not created)
         if not created and _conflict(stored, row):
@@ -179,6 +234,31 @@ def receive_records(hub: Hub, device: Mapping[str, Any], bodies: Any) -> list[di
         log.info("upload batch from %s: %d records, %d new, %d refused", device["name"], len(bodies), stored_new,
                  len(bodies) - len(rows))
     return [r for r in results if r is not None]
+
+
+_PENDING_WORDS = (f"the hub holds {DEVICE_PENDING_BYTES // 1024**3} GB of unfinished photos from this tablet; "
+                  "they must be finished first (sent again at a later sync)")
+
+
+def _within_pending(hub: Hub, device: Mapping[str, Any], rows: list[dict[str, Any]]) -> list[bool]:
+    """Which new records with photos fit this tablet's budget of unfinished photo bytes (records it already
+    sent, and records without photos, always do)."""
+    pending = hub.store.pending_blob_bytes(device["name"])
+    out = []
+    for r in rows:
+        size = int(r["blob_size"] or 0)
+        if size and hub.store.upload(r["uuid"]) is None:
+            if pending + size > DEVICE_PENDING_BYTES:
+                out.append(False)
+                continue
+            pending += size
+        out.append(True)
+    return out
+
+
+def _check_pending(hub: Hub, device: Mapping[str, Any], rows: list[dict[str, Any]]) -> None:
+    if not all(_within_pending(hub, device, rows)):
+        raise UploadSpaceError(_PENDING_WORDS)
 
 
 def upload_status(hub: Hub, device: Mapping[str, Any], uuid: str) -> dict[str, Any]:
@@ -210,6 +290,7 @@ def _receive_chunk(hub: Hub, device: Mapping[str, Any], uuid: str, offset: int, 
         raise UsageError(f"upload {uuid}: chunk goes past the declared size {row['blob_size']}")
     if not data and current < row["blob_size"]:  # nothing to append or finish: leave no empty .part behind
         return _status(row, hub)
+    _check_upload_space(hub, len(data))
     part.parent.mkdir(parents=True, exist_ok=True)  # a hub folder restored from a backup may not have it yet
     with open(part, "ab", buffering=0) as fh:  # unbuffered: nothing is left to flush after a failure
         try:

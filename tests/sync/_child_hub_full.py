@@ -16,9 +16,12 @@ def main() -> None:
     mount = Path(sys.argv[1])
     from fastapi.testclient import TestClient
 
+    import sync.hub.uploads
     from sync.hub.hub import Hub
     from sync.hub.server import create_app
     from sync.hub.uploads import partial_path
+
+    sync.hub.uploads.UPLOAD_RESERVE_BYTES = -(1 << 62)  # this test is about the real ENOSPC path: no reserve
     from tests.fullfs import fill_to
     from tests.sync.conftest import build_world
 

@@ -195,3 +195,47 @@ def test_malformed_requests_get_4xx_and_change_nothing(served):
     assert send("GET", "/v1/sync?bundle_id=" + "x" * 3000)[0] == 422
     assert send("GET", "/v1/packages/snapshot-" + "0" * 300 + ".tar")[0] == 404
     assert (world.hub.store.version(), len(world.hub.store.list_uploads())) == before
+
+
+def test_a_connection_that_never_sends_a_request_is_closed(monkeypatch):
+    """uvicorn waits forever for a request head: 1,100 idle connections used up a desktop's 1,024 descriptors and
+    locked every tablet out. The hub's protocol closes them after HEADER_TIMEOUT_S; real requests still work."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from sync.hub import server as hub_server
+    from sync.hub.process import free_port
+
+    monkeypatch.setattr(hub_server, "HEADER_TIMEOUT_S", 0.5)
+    app = FastAPI()
+
+    @app.get("/ping")
+    def ping() -> dict:
+        return {"ok": True}
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                        http=hub_server.timed_h11_protocol()))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    try:
+        for _ in range(100):
+            if srv.started:
+                break
+            time.sleep(0.05)
+        idle = socket.create_connection(("127.0.0.1", port))
+        idle.settimeout(5)
+        t0 = time.monotonic()
+        assert idle.recv(1) == b""  # closed by the hub
+        assert 0.3 < time.monotonic() - t0 < 3
+        ok = socket.create_connection(("127.0.0.1", port))
+        ok.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        ok.settimeout(5)
+        assert b"200 OK" in ok.recv(4096)
+    finally:
+        srv.should_exit = True
+        t.join(10)

@@ -65,6 +65,9 @@ def test_a_sync_that_would_not_fit_changes_nothing_and_still_uploads(world, monk
     uid = ob.add("feedback", {"part_number": "P1", "verdict": "correct"})
     ob.close()
     fake_free(monkeypatch, c.reserve_bytes + 10)  # a few bytes above the reserve: no package fits
+    from sync.hub import uploads
+
+    monkeypatch.setattr(uploads, "UPLOAD_RESERVE_BYTES", 0)  # (the fake also answers for the in-memory hub)
     with pytest.raises(SyncStorageError) as info:
         c.sync()
     assert "not enough storage for the catalogue update" in str(info.value)
@@ -334,3 +337,51 @@ def test_the_hub_sets_the_space_a_tablet_keeps_free_at_enrolment(tmp_path, monke
         svc.close()
     with pytest.raises(SyncStorageError, match="500.0 MB must stay free"):
         client(dataclasses.replace(world, device_dir=dev), payload["token"]).sync(upload=False)
+
+
+def test_one_tablet_cannot_fill_the_hub_and_stop_everyone_s_sync(world, monkeypatch, caplog):
+    """A valid token filled the hub's disk at ~500 MB/s with photos it never finished; then every tablet's sync
+    plan failed (507). Now uploads stop at a reserve, per-tablet unfinished photos are capped, stale partial
+    photos are deleted, and a plan is served even when its bookkeeping write fails on a full disk."""
+    import os
+    import sqlite3
+    import time
+    import uuid as _uuid
+
+    from fastapi.testclient import TestClient
+
+    from sync.hub import uploads
+    from sync.hub.server import create_app
+
+    tc = TestClient(create_app(world.hub))
+    auth = {"Authorization": f"Bearer {world.payload['token']}"}
+
+    def record(size=None):
+        blob = {"size": size, "sha256": "0" * 64} if size else None
+        return {"uuid": str(_uuid.uuid4()), "kind": "photo", "payload": {"part_number": "P1"}, "blob": blob}
+
+    # per tablet: unfinished photos beyond the budget are deferred (kept on the tablet), not refused for good
+    monkeypatch.setattr(uploads, "DEVICE_PENDING_BYTES", 10 * 1024**2)
+    r = tc.post("/v1/uploads/batch", headers=auth, json={"records": [record(4 << 20) for _ in range(4)]}).json()
+    deferred = [x for x in r["results"] if "refused" in x]
+    assert len(deferred) == 2 and all(x["retry"] for x in deferred) and "unfinished photos" in deferred[0]["refused"]
+    assert tc.post("/v1/uploads", headers=auth, json=record(4 << 20)).status_code == 507
+    # the disk: below the reserve, records and chunks wait (507), sync plans keep working
+    fake_free(monkeypatch, uploads.UPLOAD_RESERVE_BYTES - 1)
+    assert tc.post("/v1/uploads", headers=auth, json=record()).status_code == 507
+    first = r["results"][0]["uuid"]
+    assert tc.put(f"/v1/uploads/{first}/blob?offset=0", headers=auth, content=b"x" * 1000).status_code == 507
+    assert tc.get("/v1/sync", headers=auth).status_code == 200
+    # a partial photo untouched for a week is deleted (at hub start, and when the reserve is hit)
+    fake_free(monkeypatch, 10 * 1024**3)
+    assert tc.put(f"/v1/uploads/{first}/blob?offset=0", headers=auth, content=b"x" * 1000).status_code == 200
+    part = uploads.partial_path(world.hub, first)
+    old = time.time() - uploads.STALE_PARTIAL_S - 60
+    os.utime(part, (old, old))
+    assert uploads.prune_stale_partials(world.hub) == 1 and not part.exists()
+    # the sync plan's bookkeeping write failing on a full disk does not fail the plan
+    def full(*a, **k):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(world.hub.store, "device_seen", full)
+    assert tc.get("/v1/sync", headers=auth).status_code == 200 and "serving its plan anyway" in caplog.text
