@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 PACKAGE_NAME = re.compile(r"^(delta-(e[0-9]{1,19}-)?[0-9]{6,19}-[0-9]{6,19}|snapshot-(e[0-9]{1,19}-)?[0-9]{6,19})\.tar$")
 
 
+#: cached deltas ending at the current version, per site, before other versions get the (cached) snapshot
+MAX_DELTAS_PER_VERSION = 16
+
+
 class PackageService:
     """Plans and package files for devices of one hub (thread-safe)."""
 
@@ -141,8 +145,25 @@ class PackageService:
             return plan
         if not full and from_version == hub_version:
             return plan
+        if not full and self._too_many_deltas(site, from_version, hub_version):
+            full = True  # a snapshot (built once) instead of yet another delta to the same version
         plan["package"] = self.package(site, 0 if full else from_version, hub_version)
         return plan
+
+    def _too_many_deltas(self, site: str, from_version: int, hub_version: int) -> bool:
+        """True when ``site`` already has :data:`MAX_DELTAS_PER_VERSION` cached deltas to ``hub_version`` and not
+        this one: each distinct version a request names built and kept one more (a token asking for every
+        version made as many copies of a snapshot's worth of data, which prune-packages keeps while current)."""
+        name = package_name(from_version, hub_version, False, self.hub.store.epoch())
+        site_dir = self.site_dir(site)
+        if (site_dir / name).is_file():
+            return False
+        ending = [p for p in site_dir.glob(f"delta-*-{hub_version:06d}.tar")] if site_dir.is_dir() else []
+        if len(ending) >= MAX_DELTAS_PER_VERSION:
+            log.info("site %s: %d deltas to version %d cached; a device at %d gets the snapshot", site, len(ending),
+                     hub_version, from_version)
+            return True
+        return False
 
     def package(self, site: str, from_version: int, hub_version: int) -> dict[str, Any]:
         """Build (once) and describe the package from ``from_version`` to the current version."""

@@ -170,3 +170,24 @@ def test_a_device_whose_payload_was_lost_gets_a_new_token(world, capsys) -> None
         add_device(hub, "tab8", "site_a", reissue=True)
     with pytest.raises(InputError, match="no device"):
         add_device(hub, "nobody", "site_a", reissue=True)
+
+
+def test_requests_for_many_versions_do_not_pile_up_cached_deltas(world, monkeypatch) -> None:
+    """Each distinct version a token named built and kept one more delta to the current version (a snapshot's
+    worth each after a re-embedding); past a cap, other versions get the snapshot, built once."""
+    from sync.hub import deltas
+    from sync.hub.deltas import PackageService
+
+    monkeypatch.setattr(deltas, "MAX_DELTAS_PER_VERSION", 3)
+    for i in range(6):
+        world.hub.set_stock("P0", "site_a", i, "A0")
+    svc = PackageService(world.hub)
+    current = world.hub.store.version()
+    names = [svc.plan("site_a", v, world.hub.bundle_id)["package"]["name"] for v in range(1, current)]
+    assert len(names) >= 5
+    assert names[:3] == [f"delta-{v:06d}-{current:06d}.tar" for v in (1, 2, 3)]
+    assert set(names[3:]) == {f"snapshot-{current:06d}.tar"}
+    site_dir = svc.site_dir("site_a")
+    assert len(list(site_dir.glob("delta-*.tar"))) == 3 and len(list(site_dir.glob("snapshot-*.tar"))) == 1
+    # a device at a version whose delta is cached still gets that delta
+    assert svc.plan("site_a", 2, world.hub.bundle_id)["package"]["name"] == f"delta-000002-{current:06d}.tar"
