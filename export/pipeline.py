@@ -277,11 +277,14 @@ def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.
         for k in ("model_name", "labels", "preprocess", "embedding_dim"):
             if side[k] != first[k]:
                 raise UsageError(f"{path}: {k} differs from the other exported model")
-        if len(sides) > 1 and (not side.get("source_weights_sha256")
-                               or side.get("source_weights_sha256") != first.get("source_weights_sha256")):
-            raise UsageError(f"{path}: exported from other weights than {next(iter(sides))} (or by a partlens that "
-                             "did not record them): the catalogue is embedded with one model, so a bundle's models "
-                             "must come from one checkpoint; export them again from the same one")
+        if len(sides) > 1 and not side.get("source_weights_sha256"):
+            raise UsageError(f"{path}: its sidecar is from an older partlens that did not record which weights it was "
+                             "exported from, so it cannot be bundled with another model (the catalogue is embedded "
+                             "with one); export the models again")
+        if len(sides) > 1 and side["source_weights_sha256"] != first.get("source_weights_sha256"):
+            raise UsageError(f"{path}: exported from other weights than {next(iter(sides))}: the catalogue is "
+                             "embedded with one model, so a bundle's models must come from one checkpoint; export "
+                             "them again from the same one")
         _check_recorded_parity(path, side)
     spec = PreprocessSpec.from_dict(first["preprocess"])
     device_model = files.get("model.tflite") or files["model.onnx"]

@@ -68,9 +68,6 @@ def upload_outbox(transport: Transport, outbox_path: Path, catalogue_version: in
             done = []
             for body, status in zip(bodies, transport.post_uploads(bodies)):
                 uuid = body["uuid"]
-                if "refused" in status and status.get("retry"):  # the hub is busy with this tablet's photos
-                    log.warning("hub deferred upload %s: %s; sent again at a later sync", uuid, status["refused"])
-                    continue
                 if "refused" in status:
                     log.error("hub refused upload %s (%s): %s; kept on the device, marked refused",
                               uuid, body["kind"], status["refused"])

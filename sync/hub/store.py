@@ -110,7 +110,7 @@ class HubStore(Protocol):
     def list_devices(self) -> list[dict[str, Any]]: ...
     def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None, *,
                     via: str | None = None, epoch: int = 0) -> None: ...
-    def pending_blob_bytes(self, name: str) -> int: ...
+    def unfinished_uploads(self, name: str) -> list[str]: ...
     def revoke_device(self, name: str) -> bool: ...
     def add_upload(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
     def add_uploads(self, rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]: ...
@@ -522,11 +522,10 @@ class SqliteHubStore:
                             (_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
                              int(catalogue_version), bundle_id, via, int(epoch), name))
 
-    def pending_blob_bytes(self, name: str) -> int:
-        """Declared bytes of the photos device ``name`` has started but not finished uploading."""
-        row = self._db().conn.execute("SELECT COALESCE(SUM(blob_size), 0) FROM uploads WHERE device=? AND "
-                                      "blob_complete=0 AND blob_size IS NOT NULL", (name,)).fetchone()
-        return int(row[0])
+    def unfinished_uploads(self, name: str) -> list[str]:
+        """UUIDs of device ``name``'s uploads whose photo has not arrived whole yet."""
+        return [r[0] for r in self._db().conn.execute(
+            "SELECT uuid FROM uploads WHERE device=? AND blob_complete=0 AND blob_size IS NOT NULL", (name,))]
 
     def revoke_device(self, name: str) -> bool:
         """Refuse the device's token from now on (e.g. a lost tablet). False if it was already revoked."""

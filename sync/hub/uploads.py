@@ -42,8 +42,9 @@ _CHUNK_LOCK = threading.Lock()  # one appender at a time (chunks are small)
 #: uploads stop (507, the tablet keeps them) while less than this is free on the hub's disk: what is left keeps
 #: sync plans, catalogue packages and the admin's own commands working for every tablet
 UPLOAD_RESERVE_BYTES = 1024**3
-#: unfinished photo bytes one tablet may have declared at the hub at once (a night's photos are well below)
-DEVICE_PENDING_BYTES = 4 * 1024**3
+#: bytes of unfinished photos (``.part`` files) one tablet may hold at the hub: a tablet sends its photos one after
+#: another, so it has at most one partly sent (<= 64 MiB); more is a tablet opening photos it does not finish
+DEVICE_PARTIAL_BYTES = 1024**3
 #: a partial photo untouched this long is deleted (its record stays; the tablet re-sends it from the start)
 STALE_PARTIAL_S = 7 * 24 * 3600
 
@@ -182,7 +183,6 @@ def receive_record(hub: Hub, device: Mapping[str, Any], body: Mapping[str, Any])
     row = _record_row(device, body)
     _check_owner(hub, device, row["uuid"])
     _check_upload_space(hub, len(row["payload"]))
-    _check_pending(hub, device, [row])
     stored, created = hub.store.add_upload(row)
     if created:
         log.info("upload %s (%s) from %s stored as #%d", row["uuid"], row["kind"], device["name"], stored["seq"])
@@ -220,11 +220,6 @@ def receive_records(hub: Hub, device: Mapping[str, Any], bodies: Any) -> list[di
         rows.append(row)
         where.append(i)
     _check_upload_space(hub, sum(len(r["payload"]) for r in rows))
-    allowed = _within_pending(hub, device, rows)
-    for j in range(len(rows) - 1, -1, -1):
-        if not allowed[j]:
-            results[where[j]] = {"uuid": rows[j]["uuid"], "refused": _PENDING_WORDS, "retry": True}
-            del rows[j], where[j]
     for i, row, (stored, created) in zip(where, rows, hub.store.add_uploads(rows)):
         results[i] = _status(_finish_if_full(hub, stored), hub, duplicate=not created)
         if not created and _conflict(stored, row):
@@ -236,29 +231,19 @@ def receive_records(hub: Hub, device: Mapping[str, Any], bodies: Any) -> list[di
     return [r for r in results if r is not None]
 
 
-_PENDING_WORDS = (f"the hub holds {DEVICE_PENDING_BYTES // 1024**3} GB of unfinished photos from this tablet; "
-                  "they must be finished first (sent again at a later sync)")
-
-
-def _within_pending(hub: Hub, device: Mapping[str, Any], rows: list[dict[str, Any]]) -> list[bool]:
-    """Which new records with photos fit this tablet's budget of unfinished photo bytes (records it already
-    sent, and records without photos, always do)."""
-    pending = hub.store.pending_blob_bytes(device["name"])
-    out = []
-    for r in rows:
-        size = int(r["blob_size"] or 0)
-        if size and hub.store.upload(r["uuid"]) is None:
-            if pending + size > DEVICE_PENDING_BYTES:
-                out.append(False)
-                continue
-            pending += size
-        out.append(True)
-    return out
-
-
-def _check_pending(hub: Hub, device: Mapping[str, Any], rows: list[dict[str, Any]]) -> None:
-    if not all(_within_pending(hub, device, rows)):
-        raise UploadSpaceError(_PENDING_WORDS)
+def _check_partials(hub: Hub, device: Mapping[str, Any], incoming: int) -> None:
+    """Refuse (507: old and new tablets keep the photo and retry at a later sync) a chunk that would take this
+    tablet's unfinished photos at the hub over :data:`DEVICE_PARTIAL_BYTES`."""
+    held = 0
+    for uuid in hub.store.unfinished_uploads(device["name"]):
+        try:
+            held += partial_path(hub, uuid).stat().st_size
+        except FileNotFoundError:
+            continue
+    if held + incoming > DEVICE_PARTIAL_BYTES:
+        log.error("device %s holds %s of unfinished photos at the hub; chunk refused", device["name"], mb(held))
+        raise UploadSpaceError(f"this tablet has {mb(held)} of unfinished photos at the hub (at most "
+                               f"{mb(DEVICE_PARTIAL_BYTES)}): finish those first; nothing is lost")
 
 
 def upload_status(hub: Hub, device: Mapping[str, Any], uuid: str) -> dict[str, Any]:
@@ -291,6 +276,7 @@ def _receive_chunk(hub: Hub, device: Mapping[str, Any], uuid: str, offset: int, 
     if not data and current < row["blob_size"]:  # nothing to append or finish: leave no empty .part behind
         return _status(row, hub)
     _check_upload_space(hub, len(data))
+    _check_partials(hub, device, len(data))
     part.parent.mkdir(parents=True, exist_ok=True)  # a hub folder restored from a backup may not have it yet
     with open(part, "ab", buffering=0) as fh:  # unbuffered: nothing is left to flush after a failure
         try:

@@ -341,8 +341,9 @@ def test_the_hub_sets_the_space_a_tablet_keeps_free_at_enrolment(tmp_path, monke
 
 def test_one_tablet_cannot_fill_the_hub_and_stop_everyone_s_sync(world, monkeypatch, caplog):
     """A valid token filled the hub's disk at ~500 MB/s with photos it never finished; then every tablet's sync
-    plan failed (507). Now uploads stop at a reserve, per-tablet unfinished photos are capped, stale partial
-    photos are deleted, and a plan is served even when its bookkeeping write fails on a full disk."""
+    plan failed (507). Now uploads stop at a reserve, a tablet's unfinished photos are capped (507, which old and
+    new tablets take as "keep it, retry later"), stale partial photos are deleted, and a plan is served even when
+    its bookkeeping write fails on a full disk."""
     import os
     import sqlite3
     import time
@@ -360,22 +361,24 @@ def test_one_tablet_cannot_fill_the_hub_and_stop_everyone_s_sync(world, monkeypa
         blob = {"size": size, "sha256": "0" * 64} if size else None
         return {"uuid": str(_uuid.uuid4()), "kind": "photo", "payload": {"part_number": "P1"}, "blob": blob}
 
-    # per tablet: unfinished photos beyond the budget are deferred (kept on the tablet), not refused for good
-    monkeypatch.setattr(uploads, "DEVICE_PENDING_BYTES", 10 * 1024**2)
+    # per tablet: photos opened and not finished are capped where the disk is spent, at their chunks
+    monkeypatch.setattr(uploads, "DEVICE_PARTIAL_BYTES", 3000)
     r = tc.post("/v1/uploads/batch", headers=auth, json={"records": [record(4 << 20) for _ in range(4)]}).json()
-    deferred = [x for x in r["results"] if "refused" in x]
-    assert len(deferred) == 2 and all(x["retry"] for x in deferred) and "unfinished photos" in deferred[0]["refused"]
-    assert tc.post("/v1/uploads", headers=auth, json=record(4 << 20)).status_code == 507
+    assert not [x for x in r["results"] if "refused" in x]  # declaring photos costs a row, not disk
+    a, b = r["results"][0]["uuid"], r["results"][1]["uuid"]
+    assert tc.put(f"/v1/uploads/{a}/blob?offset=0", headers=auth, content=b"x" * 2000).status_code == 200
+    over = tc.put(f"/v1/uploads/{b}/blob?offset=0", headers=auth, content=b"x" * 2000)
+    assert over.status_code == 507 and "unfinished photos" in over.json()["detail"]
+    assert tc.put(f"/v1/uploads/{a}/blob?offset=2000", headers=auth, content=b"x" * 500).status_code == 200
     # the disk: below the reserve, records and chunks wait (507), sync plans keep working
     fake_free(monkeypatch, uploads.UPLOAD_RESERVE_BYTES - 1)
     assert tc.post("/v1/uploads", headers=auth, json=record()).status_code == 507
-    first = r["results"][0]["uuid"]
-    assert tc.put(f"/v1/uploads/{first}/blob?offset=0", headers=auth, content=b"x" * 1000).status_code == 507
+    first = r["results"][2]["uuid"]
+    assert tc.put(f"/v1/uploads/{first}/blob?offset=0", headers=auth, content=b"x" * 100).status_code == 507
     assert tc.get("/v1/sync", headers=auth).status_code == 200
     # a partial photo untouched for a week is deleted (at hub start, and when the reserve is hit)
     fake_free(monkeypatch, 10 * 1024**3)
-    assert tc.put(f"/v1/uploads/{first}/blob?offset=0", headers=auth, content=b"x" * 1000).status_code == 200
-    part = uploads.partial_path(world.hub, first)
+    part = uploads.partial_path(world.hub, a)
     old = time.time() - uploads.STALE_PARTIAL_S - 60
     os.utime(part, (old, old))
     assert uploads.prune_stale_partials(world.hub) == 1 and not part.exists()
