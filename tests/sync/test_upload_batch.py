@@ -445,3 +445,47 @@ def test_an_empty_chunk_finishes_a_full_photo_and_leaves_no_empty_file(world):
     partial_path(world.hub, body["uuid"]).write_bytes(data)  # every byte arrived, the hub stopped before finishing
     st = receive_chunk(world.hub, dev, body["uuid"], len(data), b"")  # the tablet's closing empty chunk
     assert st["blob_complete"] and blob_path(world.hub, body["uuid"]).read_bytes() == data
+
+
+def test_chunks_of_one_upload_are_serialised_and_other_uploads_are_not_held_up(world, monkeypatch):
+    """Per-upload locks (a global lock made one tablet's parallel chunks and 64 MiB checksums hold up the others)."""
+    import threading
+    import time
+
+    from sync.hub import uploads
+    from sync.hub.uploads import OffsetMismatch, receive_chunk, receive_records
+
+    dev = _device(world)
+    a, b = (_body(kind="photo", payload={"part_number": "P1"}) for _ in range(2))
+    for r in (a, b):
+        r["blob"] = {"size": 8, "sha256": "0" * 64}
+    receive_records(world.hub, dev, [a, b])
+    real = uploads._receive_chunk
+    entered = threading.Event()
+
+    def slow(hub, device, uuid, offset, data):
+        if uuid == a["uuid"]:
+            entered.set()
+            time.sleep(0.5)
+        return real(hub, device, uuid, offset, data)
+
+    monkeypatch.setattr(uploads, "_receive_chunk", slow)
+    results: list = []
+
+    def send(uuid):
+        try:
+            results.append(receive_chunk(world.hub, dev, uuid, 0, b"1234"))
+        except OffsetMismatch as exc:
+            results.append(exc)
+
+    t1, t2 = threading.Thread(target=send, args=(a["uuid"],)), threading.Thread(target=send, args=(a["uuid"],))
+    t1.start()
+    entered.wait(5)
+    t2.start()
+    t0 = time.perf_counter()
+    other = receive_chunk(world.hub, dev, b["uuid"], 0, b"1234")  # another upload: not behind a's lock
+    assert time.perf_counter() - t0 < 0.3 and other["blob_offset"] == 4
+    t1.join()
+    t2.join()
+    assert sum(isinstance(r, OffsetMismatch) for r in results) == 1  # the same offset twice: one appended
+    assert uploads.partial_path(world.hub, a["uuid"]).read_bytes() == b"1234"
