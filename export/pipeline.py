@@ -23,6 +23,7 @@ from edge_app.atomic import atomic_copy, atomic_write_json
 from edge_app.catalogue_views import DEFAULT_VIEWS, check_views
 from edge_app.bundle import probe_input, sha256_file
 from edge_app.errors import InputError, IntegrityError, UsageError
+from edge_app.imageio import iter_image_files
 from edge_app.partfolders import part_from_folder
 from edge_app.preprocess import PreprocessSpec
 from edge_app.signing import SigningKey
@@ -109,7 +110,18 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
     quant: dict[str, Any] = {"format": fmt.name, "runtime": fmt.runtime, "precision": fmt.precision,
                              "options": dict(opts)}
     if fmt.quantized:
-        calib_paths = sample_images(calib_dir, opts["calib_images"], seed=opts["seed"], what="calibration")
+        n_calib = int(opts["calib_images"])
+        available = len(iter_image_files(calib_dir))
+        if available < n_calib:
+            if (options or {}).get("calib_images") is not None:  # asked for by the user: never quietly fewer
+                raise UsageError(f"--calib-images {n_calib}, but the calibration images ({sources['calib']}) are "
+                                 f"only {available}; pass --calib-images {available} or give more images")
+            log.warning("int8 calibration on all %d images of %s (the default is %d; more real photos calibrate "
+                        "better)", available, sources["calib"], n_calib)
+            n_calib = available
+            opts = {**opts, "calib_images": n_calib}
+            quant["options"] = dict(opts)
+        calib_paths = sample_images(calib_dir, n_calib, seed=opts["seed"], what="calibration")
         calib, kept = load_inputs(calib_paths, spec)
         if fmt.quantizer == "onnxruntime":
             scheme = "onnxruntime static QDQ, int8 activations (asymmetric) and weights (symmetric)"

@@ -297,6 +297,7 @@ class SyncClient:
         self._reread_enrolment()
         db = self._open_db()
         try:
+            epoch_before = db.catalogue_epoch
             try:
                 with disk_full_is_storage_error(self.paths.root, "syncing", SyncStorageError):
                     result = self._sync(db)
@@ -315,7 +316,8 @@ class SyncClient:
                 t = time.perf_counter()
                 result.uploaded, result.upload_refused = self.upload_outbox(db.catalogue_version)
                 result.timings["uploads"] = time.perf_counter() - t
-            if result.to_version != result.from_version or result.bundle_after != result.bundle_before:
+            if (result.to_version != result.from_version or result.bundle_after != result.bundle_before
+                    or db.catalogue_epoch != epoch_before):  # (a restored hub, same version: it must see the lineage)
                 result.checked_in = self._check_in(db)
         finally:
             db.close()

@@ -208,7 +208,11 @@ def _tls_rotate(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .hub.server import serve
+    from .hub.tls import has_tls
 
+    scheme = "https" if has_tls(_hub_dir(args)) and not args.plain else "http"
+    print(f"partlens hub: serving {_hub_dir(args)} on {scheme}://{args.host}:{args.port} (OpenAPI at /openapi.json; "
+          "Ctrl-C stops it)", file=sys.stderr, flush=True)
     serve(_hub_dir(args), args.host, args.port, log_level=args.log_level, plain=args.plain)
     return 0
 

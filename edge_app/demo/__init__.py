@@ -8,7 +8,7 @@
    ai-edge-quantizer one is tried, then fp32 ships; the report says what was refused and why),
    fit the "no confident match" calibration and sign a device bundle with a demo key made
    outside the repository.
-4. Start a hub on 127.0.0.1, load the catalogue and bundle, enrol a tablet, sync it over HTTP.
+4. Start a hub on 127.0.0.1, load the catalogue and bundle, enrol a tablet, sync it over HTTPS (the tablet pins the hub's certificate).
 5. Identify held-out field photos on the tablet (one photo, then two photos of a part fused, then
    the same photos with the part worn or broken: grease, rust, dust, a chipped piece); add new parts
    at the hub, sync once, and find them without retraining.

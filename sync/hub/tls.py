@@ -309,8 +309,13 @@ def enable_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, f
         atomic_write_json(hub.root / "hub.json", dict(hub.config, url=new_url))
         hub.config["url"] = new_url
         info["url_changed"] = {"from": url, "to": new_url}
-        log.warning("hub URL is now %s. Tablets enrolled with %s switch at their next sync if a plain hub still "
-                    "answers there (`hub serve --plain` on that port); otherwise enrol them again", new_url, url)
+        enrolled = [d for d in hub.store.list_devices() if not d.get("revoked")]
+        if enrolled:  # (with none enrolled yet there is nobody to switch: no warning)
+            log.warning("hub URL is now %s. The %d tablet(s) enrolled with %s switch at their next sync if a plain "
+                        "hub still answers there (`hub serve --plain` on that port); otherwise enrol them again",
+                        new_url, len(enrolled), url)
+        else:
+            log.info("hub URL is now %s", new_url)
     info["url"] = hub.config.get("url")
     return info
 

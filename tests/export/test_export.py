@@ -163,12 +163,20 @@ def test_catalogue_labels_only_when_the_folder_says_so(tmp_path: Path) -> None:
     assert catalogue_labels(gen, [gen / "images" / "P1" / "f.jpg"]) == ["P1"]
 
 
-def test_too_few_calibration_images_is_an_error(tiny_model, image_dirs, tmp_path: Path) -> None:
+def test_a_small_calibration_folder_is_used_whole_unless_a_count_was_asked(tiny_model, image_dirs, tmp_path: Path,
+                                                                          caplog) -> None:
+    """The default of 200 calibration images stopped anyone training on fewer photos (the message named an
+    internal temporary folder and no option); a count the user asked for is never quietly lowered."""
     from export.pipeline import export_model
 
-    with pytest.raises(InputError, match="calibration need 200 images but the folder holds 32"):
+    with pytest.raises(UsageError, match="--calib-images 500, but the calibration images .* are only 32; pass "
+                                         "--calib-images 32"):
         export_model(tiny_model, CLASSES, "onnx-int8", tmp_path, calib_dir=image_dirs["calib"],
-                     val_dir=image_dirs["val"])
+                     val_dir=image_dirs["val"], options={"calib_images": 500})
+    res = export_model(tiny_model, CLASSES, "onnx-int8", tmp_path, calib_dir=image_dirs["calib"],
+                       val_dir=image_dirs["val"])
+    assert "int8 calibration on all 32 images" in caplog.text
+    assert res["quantization"]["calibration_images"] == 32 and res["quantization"]["options"]["calib_images"] == 32
 
 
 @pytest.mark.slow

@@ -270,3 +270,24 @@ def test_a_backup_put_back_by_hand_is_refused_with_the_way_out(world, tmp_path) 
     with pytest.raises(SyncError, match="partlens hub restore"):
         tab.sync()
     assert tab.status()["parts"] == 4  # untouched
+
+
+def test_a_tablet_at_the_backup_s_own_version_checks_in_on_the_restored_lineage(world, tmp_path) -> None:
+    """The tablet took the restored hub's snapshot at the same version number, so it did not check in, and
+    `hub devices` showed it on the lost lineage until a second sync."""
+    from sync.client import SyncClient
+    from sync.hub.backup import backup_hub, restore_hub
+    from sync.hub.enrol import fleet
+    from sync.hub.hub import Hub
+    from sync.transport import InMemoryTransport
+
+    client(world).sync()
+    backup_hub(world.hub, tmp_path / "b")
+    restore_hub(tmp_path / "b", tmp_path / "restored", key_path=world.hub_key_path)
+    restored = Hub(tmp_path / "restored", embedder_factory=world.hub.embedder_factory)
+    tab = SyncClient(world.device_dir, transport=InMemoryTransport(restored, world.payload["token"]),
+                     smoke_test=lambda b: None)
+    r = tab.sync()
+    assert r.to_version == r.from_version and r.checked_in
+    row = next(d for d in fleet(restored) if d["name"] == "tab1")
+    assert row["other_lineage"] is False and row["versions_behind"] == 0
