@@ -109,12 +109,23 @@ class DemoRun:
 
     # 0 ---------------------------------------------------------------------------------------
     def make_key(self) -> None:
-        """Make the demo's signing key first, so that a key folder that cannot be written fails the run in
-        its first second, with a message naming the folder, not after training (step 4)."""
-        from edge_app.signing import DEFAULT_KEY_DIR, init_key
+        """The demo's signing key, made first, so that a key folder that cannot be written fails the run in its
+        first second, with a message naming the folder, not after training (step 4). Every demo run uses the
+        same one (``demo/`` beside the user's other partlens keys, outside the repository): a new key per run
+        had piled up dozens of key folders."""
+        from edge_app.errors import PartlensError
+        from edge_app.signing import DEFAULT_KEY_DIR, SigningKey, init_key
 
-        # Demo signing keys live outside the repository, beside the user's other partlens keys.
-        key_dir = DEFAULT_KEY_DIR / f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{id(self):x}"
+        key_dir = DEFAULT_KEY_DIR / "demo"
+        for existing in sorted(key_dir.glob("*.key")) if key_dir.is_dir() else []:
+            try:
+                SigningKey.load(existing)
+            except (PartlensError, OSError, ValueError) as exc:
+                log.warning("demo key %s is unusable (%s); making another", existing, exc)
+                continue
+            if existing.with_suffix(".pub.json").is_file():
+                self.key_path = existing
+                return
         try:
             self.key_path, _ = init_key(key_dir)
         except OSError as exc:

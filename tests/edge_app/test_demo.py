@@ -59,6 +59,18 @@ def test_demo_refuses_an_unwritable_signing_key_folder_before_generating(tmp_pat
     assert not (tmp_path / "run").exists()  # failed in its first second, nothing generated or trained
 
 
+def test_every_demo_run_reuses_one_demo_key(tmp_path, monkeypatch) -> None:
+    import edge_app.signing
+    from edge_app.demo.pipeline import DemoRun
+
+    monkeypatch.setattr(edge_app.signing, "DEFAULT_KEY_DIR", tmp_path / "keys")
+    first, second = DemoRun(DemoConfig(out=str(tmp_path / "a"))), DemoRun(DemoConfig(out=str(tmp_path / "b")))
+    first.make_key()
+    second.make_key()
+    assert first.key_path == second.key_path and first.key_path.parent == tmp_path / "keys" / "demo"
+    assert len(list((tmp_path / "keys" / "demo").glob("*.key"))) == 1  # a new key per run had piled up dozens
+
+
 def test_quick_is_the_same_chain_smaller() -> None:
     d, q = DemoConfig(), quick(DemoConfig())
     assert (q.model, q.export_format, q.pretrained) == (d.model, d.export_format, d.pretrained)
