@@ -145,10 +145,13 @@ def _devices(args: argparse.Namespace) -> int:
 
     rows = fleet(_open_hub(args), stale_days=args.stale_days)
     _out(rows)
-    stale = [r["name"] for r in rows if r["stale"]]
-    if stale:
-        print(f"{len(stale)} device(s) without a sync for more than {args.stale_days:g} days: {', '.join(stale)}",
+    never = [r["name"] for r in rows if r["stale"] and not r.get("last_sync_at")]
+    late = [r["name"] for r in rows if r["stale"] and r.get("last_sync_at")]
+    if late:
+        print(f"{len(late)} device(s) without a sync for more than {args.stale_days:g} days: {', '.join(late)}",
               file=sys.stderr)
+    if never:
+        print(f"{len(never)} device(s) enrolled but never synced: {', '.join(never)}", file=sys.stderr)
     return 0
 
 
