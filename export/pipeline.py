@@ -298,6 +298,8 @@ def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.
                              "embedded with one model, so a bundle's models must come from one checkpoint; export "
                              "them again from the same one")
         _check_recorded_parity(path, side)
+        if path.suffix == ".tflite" and (side.get("metadata") or {}).get("status") == "embedded":
+            _check_metadata_normalisation(path, PreprocessSpec.from_dict(side["preprocess"]))
     spec = PreprocessSpec.from_dict(first["preprocess"])
     device_model = files.get("model.tflite") or files["model.onnx"]
     views = check_views(catalogue_views)
@@ -321,6 +323,28 @@ def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.
         accuracy=accuracy, calibration=calibration, index=index or IndexParams(), catalogue_views=views,
         probe=probe,
     )
+
+
+def _check_metadata_normalisation(path: Path, spec: PreprocessSpec) -> None:
+    """The sidecar's normalisation must be the one the export embedded in the TFLite metadata (an edited sidecar
+    went into the manifest, and so onto the tablets, unnoticed). Checked when this machine can read metadata."""
+    try:
+        from .metadata import read_metadata
+
+        unit = read_metadata(path.read_bytes())["metadata"]["subgraph_metadata"][0]["input_tensor_metadata"][0]
+        opts = next(u["options"] for u in unit.get("process_units", []) if "mean" in u.get("options", {}))
+    except ImportError:
+        log.info("%s: tflite-support is not installed here: the embedded normalisation is not compared", path)
+        return
+    except (KeyError, IndexError, StopIteration, ValueError, RuntimeError) as exc:
+        raise IntegrityError(f"{path}: its sidecar says metadata is embedded, but it cannot be read ({exc})") from None
+    want_mean, want_std = [255 * m for m in spec.mean], [255 * s for s in spec.std]
+    got_mean, got_std = list(opts["mean"]), list(opts["std"])
+    if len(got_mean) != 3 or len(got_std) != 3 or any(abs(a - b) > 0.5 for a, b in zip(got_mean + got_std,
+                                                                                       want_mean + want_std)):
+        raise IntegrityError(f"{path}: the sidecar's normalisation (mean {want_mean}, std {want_std} in 0..255) is "
+                             f"not the one embedded in the model (mean {got_mean}, std {got_std}): the sidecar was "
+                             "edited or belongs to another export; export again")
 
 
 def _check_recorded_parity(path: Path, side: Mapping[str, Any]) -> None:

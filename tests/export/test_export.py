@@ -321,6 +321,15 @@ def test_tflite_int8_export_with_metadata_and_bundle(tiny_model, image_dirs, tmp
     assert b.load_catalogue_rows() == rows and rows[0]["part_number"] == "P0"
     single, _ = embed_catalogue(runner, items, b.preprocess)
     assert np.abs(single - expect).max() > 1e-3  # the views really change the stored vectors
+    # a sidecar edited to another normalisation than the one embedded in the model is refused
+    from edge_app.errors import IntegrityError
+
+    side_path = path.with_name(path.name + ".json")
+    doc = json.loads(side_path.read_text())
+    doc["preprocess"].update(mean=[0.6] * 3, std=[0.4] * 3)
+    side_path.write_text(json.dumps(doc))
+    with pytest.raises(IntegrityError, match="normalisation .* is not the one embedded in the model"):
+        bundle_from_exports(tmp_path / "bundles", [path], catalogue_dir=image_dirs["catalogue"], key=key, version=2)
 
 
 def test_metadata_writer_failure_is_reported() -> None:
