@@ -233,19 +233,30 @@ class Bundle:
         return json.loads((self.root / "embeddings.json").read_text("utf-8"))
 
 
-def _read_manifest(root: Path) -> tuple[bytes, dict[str, Any]]:
+def _read_manifest(root: Path) -> tuple[bytes, bytes]:
     mpath, spath = root / MANIFEST_NAME, root / SIGNATURE_NAME
     for p in (mpath, spath):
         if p.is_symlink() or not p.is_file():
             raise IntegrityError(f"{p}: missing (or not a regular file)")
-    data = mpath.read_bytes()
+    return mpath.read_bytes(), spath.read_bytes()
+
+
+def _verified_manifest(data: bytes, sig_raw: bytes, keyring: Keyring, where: str) -> tuple[dict[str, Any], str]:
+    """(manifest, signing key id) from the manifest's and its signature record's bytes: the signature by a bundle
+    key first, then JSON and schema; ``where`` names the bundle (folder or archive member) in errors."""
     try:
-        sig = json.loads(spath.read_text("utf-8"))
+        sig = json.loads(sig_raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IntegrityError(f"{spath}: not a valid signature record ({exc})") from None
+        raise IntegrityError(f"{where}/{SIGNATURE_NAME}: not a valid signature record ({exc})") from None
     if not isinstance(sig, dict):
-        raise IntegrityError(f"{spath}: not a valid signature record")
-    return data, sig
+        raise IntegrityError(f"{where}/{SIGNATURE_NAME}: not a valid signature record")
+    signed_by = verify_document(data, sig, keyring, what=f"{where}/{MANIFEST_NAME}", role="bundle")
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{where}/{MANIFEST_NAME}: not valid JSON ({exc})") from None
+    validate_manifest(manifest, what=f"{where}/{MANIFEST_NAME}")
+    return manifest, signed_by
 
 
 def _check_catalogue_shapes(root: Path, manifest: Mapping[str, Any]) -> None:
@@ -269,13 +280,7 @@ def load_bundle(path: str | os.PathLike[str], keyring: Keyring) -> Bundle:
         raise InputError(f"{root}: no such bundle folder")
     if not root.is_dir():
         raise IntegrityError(f"{root}: not a bundle folder")
-    data, sig = _read_manifest(root)
-    signed_by = verify_document(data, sig, keyring, what=f"{root / MANIFEST_NAME}", role="bundle")
-    try:
-        manifest = json.loads(data.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IntegrityError(f"{root / MANIFEST_NAME}: not valid JSON ({exc})") from None
-    validate_manifest(manifest, what=str(root / MANIFEST_NAME))
+    manifest, signed_by = _verified_manifest(*_read_manifest(root), keyring, str(root))
     if manifest["key_id"] != signed_by:
         raise IntegrityError(f"{root}: manifest names key {manifest['key_id']} but was signed by {signed_by}")
     for name, entry in manifest["files"].items():
@@ -391,18 +396,7 @@ def _signed_file_list(tf: tarfile.TarFile, tar_path: Path, top: str, members: li
             raise IntegrityError(f"{tar_path}: cannot read member {m.name!r}")
         with src:
             raw[name] = src.read()
-    try:
-        sig = json.loads(raw[SIGNATURE_NAME].decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IntegrityError(f"{tar_path}: {SIGNATURE_NAME} is not a valid signature record ({exc})") from None
-    if not isinstance(sig, dict):
-        raise IntegrityError(f"{tar_path}: {SIGNATURE_NAME} is not a valid signature record")
-    verify_document(raw[MANIFEST_NAME], sig, keyring, what=f"{tar_path}:{top}/{MANIFEST_NAME}", role="bundle")
-    try:
-        manifest = json.loads(raw[MANIFEST_NAME].decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IntegrityError(f"{tar_path}: {MANIFEST_NAME} is not valid JSON ({exc})") from None
-    validate_manifest(manifest, what=f"{tar_path}:{top}/{MANIFEST_NAME}")
+    manifest, _ = _verified_manifest(raw[MANIFEST_NAME], raw[SIGNATURE_NAME], keyring, f"{tar_path}:{top}")
     listed = manifest["files"]
     for name, m in by_name.items():
         if name in (MANIFEST_NAME, SIGNATURE_NAME):

@@ -146,11 +146,8 @@ class Keyring:
         if expected_id is not None and expected_id != kid:
             raise IntegrityError(f"key id {expected_id} does not match its public key ({kid})")
         wanted = None if roles is None else frozenset(_checked_roles(roles))
-        if kid in self._keys and (kid not in self._roles or wanted is None):
-            pass  # already trusted for anything, or nothing named to add
-        elif wanted is None:
-            self._roles.pop(kid, None)
-        else:
+        known = kid in self._keys
+        if wanted is not None and not (known and kid not in self._roles):  # (a key trusted for anything stays so)
             self._roles[kid] = self._roles.get(kid, frozenset()) | wanted
         self._keys[kid] = public_raw
         return kid

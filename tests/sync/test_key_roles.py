@@ -4,7 +4,6 @@ tablet to another server with a signed TLS offer, and the network-facing hub's k
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -112,4 +111,3 @@ def test_a_hub_keyring_from_before_roles_is_scoped_when_opened(tmp_path) -> None
     hub.set_bundle(make_bundle(other / "export", key, 1))
     Keyring({key.key_id: key.public_raw}).save(other / "hub" / "keyring.json")
     assert Hub(other / "hub").keyring.roles(key.key_id) == {"hub", "bundle"}
-    shutil.rmtree(other)
