@@ -27,24 +27,20 @@ def _stream_handlers(stream: object) -> list[logging.StreamHandler]:
 
 
 @contextlib.contextmanager
-def native_stderr_to(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Inside the block, whatever native code writes to descriptor 2 is collected; Python's ``sys.stderr`` and the
-    logging handlers on it keep writing to the terminal. The lines are appended to ``path`` if its folder exists
-    by then (nothing is created for them: a refused command writes nothing); when the block fails with an error
-    and that folder does not exist, they stay in a temporary file that the log names, since a native error
-    message may be there."""
+def _fd2_collected() -> Iterator[Path | None]:
+    """Point descriptor 2 at a temporary file for the block (yielded; ``None`` where there is no real descriptor
+    2, e.g. an embedded interpreter) while Python's ``sys.stderr`` and the logging handlers on it keep writing to
+    the terminal. The caller owns the file afterwards."""
     import tempfile
 
-    path = Path(path)
     old_stream = sys.stderr
     try:
         old_stream.flush()
         saved = os.dup(2)
-    except (AttributeError, OSError, ValueError):  # no real descriptor 2 (an embedded interpreter): do nothing
-        yield path
+    except (AttributeError, OSError, ValueError):
+        yield None
         return
     fd, tmp_name = tempfile.mkstemp(prefix="partlens-native-", suffix=".log")
-    tmp = Path(tmp_name)
     handlers = _stream_handlers(old_stream)
     ours = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(old_stream, "encoding", None) or "utf-8",
                      errors="backslashreplace")
@@ -53,12 +49,8 @@ def native_stderr_to(path: str | os.PathLike[str]) -> Iterator[Path]:
     sys.stderr = ours
     for h in handlers:
         h.setStream(ours)
-    failure: BaseException | None = None
     try:
-        yield path
-    except BaseException as exc:
-        failure = exc
-        raise
+        yield Path(tmp_name)
     finally:
         ours.flush()
         os.dup2(saved, 2)
@@ -67,7 +59,45 @@ def native_stderr_to(path: str | os.PathLike[str]) -> Iterator[Path]:
         for h in handlers:
             h.setStream(old_stream)
         ours.close()
-        _keep_lines(tmp, path, failure)
+
+
+@contextlib.contextmanager
+def native_stderr_to(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Inside the block, whatever native code writes to descriptor 2 is collected; Python's ``sys.stderr`` and the
+    logging handlers on it keep writing to the terminal. The lines are appended to ``path`` if its folder exists
+    by then (nothing is created for them: a refused command writes nothing); when the block fails with an error
+    and that folder does not exist, they stay in a temporary file that the log names, since a native error
+    message may be there."""
+    path = Path(path)
+    failure: BaseException | None = None
+    with _fd2_collected() as tmp:
+        try:
+            yield path
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            if tmp is not None:
+                _keep_lines(tmp, path, failure)
+
+
+@contextlib.contextmanager
+def native_stderr_logged(logger: logging.Logger, what: str) -> Iterator[None]:
+    """For a short native step of a command whose output is read by people (e.g. LiteRT's first allocation, which
+    prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."): the native lines go to ``logger``, the
+    ``INFO:`` ones at debug level (``partlens -v`` shows them) and any other at warning level, naming ``what``."""
+    with _fd2_collected() as tmp:
+        try:
+            yield
+        finally:
+            if tmp is not None:
+                try:
+                    lines = tmp.read_text("utf-8", errors="backslashreplace").splitlines()
+                finally:
+                    tmp.unlink()
+                for line in filter(None, (ln.strip() for ln in lines)):
+                    level = logging.DEBUG if line.startswith("INFO:") else logging.WARNING
+                    logger.log(level, "%s: %s", what, line)
 
 
 def _keep_lines(tmp: Path, path: Path, failure: BaseException | None) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError, IntegrityError, UsageError
+from ..nativelog import native_stderr_logged
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ class TFLiteBackend(Backend):
         if self.in_dtype.kind in "iu" and not self.in_quant[0]:
             raise IntegrityError(f"{self.model_path}: integer input without quantization parameters")
         self._batch_allocated: int | None = None
+        self._ran = False
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
         if self.in_dtype.kind in "iu":
@@ -170,6 +172,14 @@ class TFLiteBackend(Backend):
         return value.astype(np.float32)
 
     def _invoke(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        if not self._ran:  # the first run allocates and LiteRT prints its XNNPACK line: to the log, not the console
+            with native_stderr_logged(log, self.model_path.name):
+                out = self._invoke_once(x)
+            self._ran = True
+            return out
+        return self._invoke_once(x)
+
+    def _invoke_once(self, x: np.ndarray) -> dict[str, np.ndarray]:
         x = self._prepare(x)
         if self.runner is not None:
             res = self.runner(**{self.input_name: x})

@@ -1,6 +1,8 @@
 """Backends: ONNX Runtime, TFLite (quantized, NHWC, signatures), Android via a fake jnius."""
 from __future__ import annotations
 
+import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -83,6 +85,16 @@ def test_tflite_int8_signature_nhwc_matches_onnx(tmp_path):
     cos = np.sum(got["embedding"] * ref["embedding"], 1) / (
         np.linalg.norm(got["embedding"], axis=1) * np.linalg.norm(ref["embedding"], axis=1))
     assert cos.min() > 0.99, cos
+    # LiteRT prints its XNNPACK line once per process at the first allocation: a fresh process shows whether
+    # `partlens identify` keeps it off the console (debug log only)
+    child = ("import logging, sys, numpy as np; logging.basicConfig(level=int(sys.argv[2]), format='%(message)s');"
+             "from edge_app.runtime.backends import create_backend;"
+             "create_backend(sys.argv[1]).run(np.zeros((1, 3, 32, 32), np.float32))")
+    for level in (logging.WARNING, logging.DEBUG):
+        err = subprocess.run([sys.executable, "-c", child, str(tfl), str(level)], capture_output=True, text=True,
+                             timeout=120, cwd=Path(__file__).resolve().parents[2]).stderr
+        assert ("m.tflite: INFO: Created TensorFlow Lite XNNPACK delegate" in err) == (level == logging.DEBUG), err
+        assert err.count("XNNPACK") == (level == logging.DEBUG), err
 
 
 @pytest.mark.data

@@ -1,10 +1,13 @@
 """Native libraries' stderr lines go to a file; partlens's own stderr output stays on the console."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,3 +74,33 @@ def test_nothing_is_created_for_native_lines_when_the_folder_does_not_exist(tmp_
     with native_stderr_to(tmp_path / "never" / "native.log"):
         pass
     assert not (tmp_path / "never").exists()
+
+
+LOGGED_CHILD = r'''
+import logging, os, sys
+logging.basicConfig(level=int(sys.argv[1]), format="%(levelname)s %(message)s")
+from edge_app.nativelog import native_stderr_logged
+log = logging.getLogger("backend")
+with native_stderr_logged(log, "model.tflite"):
+    os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+    os.write(2, b"ERROR: something the runtime did not like\n")
+    log.warning("python logging inside")
+os.write(2, b"native after the block\n")
+'''
+
+
+@pytest.mark.parametrize("level", [logging.WARNING, logging.DEBUG])
+def test_native_lines_of_a_short_step_go_to_the_log(tmp_path, level) -> None:
+    """identify's first inference: LiteRT's INFO line only at debug level, anything else as a warning."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = subprocess.run([sys.executable, "-c", LOGGED_CHILD, str(level)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ, TMPDIR=str(tmp)))
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert "WARNING model.tflite: ERROR: something the runtime did not like" in lines
+    assert "WARNING python logging inside" in lines and "native after the block" in lines
+    xnn = "DEBUG model.tflite: INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+    assert (xnn in lines) == (level == logging.DEBUG), lines
+    assert sum("XNNPACK" in ln for ln in lines) == (level == logging.DEBUG)  # never raw on the console
+    assert list(tmp.iterdir()) == []  # the temporary file is gone
