@@ -48,8 +48,11 @@ class Calibration:
     info: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def confidence(self, top: np.ndarray | float, second: np.ndarray | float) -> np.ndarray:
-        x = features(np.atleast_1d(top), np.atleast_1d(second))
-        return _sigmoid(x @ np.asarray(self.coef) + self.intercept)
+        """Calibrated confidence per query; 0 where there is no second part (NaN): with nothing to compare the
+        top part with, the margin is undefined and no answer is confident."""
+        second = np.atleast_1d(np.asarray(second, np.float64))
+        x = features(np.atleast_1d(top), second)
+        return np.where(np.isfinite(second), _sigmoid(x @ np.asarray(self.coef) + self.intercept), 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -148,45 +148,54 @@ class Identifier:
         return str(self.bundle.bundle_id)
 
     def import_bundle_embeddings(self) -> int:
-        """Store the bundle's catalogue embeddings in SQLite (once per bundle), for parts the DB knows.
+        """Store the bundle's catalogue embeddings in SQLite for the parts the DB knows; returns how many were added.
 
-        Only into a catalogue with no other model's vectors: when a sync (another process) committed another
-        bundle meanwhile, this bundle is stale and :class:`BundleChanged` is raised (the caller opens the
-        catalogue's bundle); before, this deleted the vectors the sync had just written. A catalogue a hub
-        keeps gets its vectors from the hub only."""
+        The first time, into a catalogue with no other model's vectors: when a sync (another process) committed
+        another bundle meanwhile, this bundle is stale and :class:`BundleChanged` is raised (the caller opens the
+        catalogue's bundle); before, this deleted the vectors the sync had just written. Later, the vectors of
+        parts imported since (``partlens catalogue import`` of a bigger parts list) are added: they had been
+        skipped while their parts were unknown. A catalogue a hub keeps gets its vectors from the hub only."""
         with self.db.read():
-            have = self.db.db.conn.execute("SELECT count(*) FROM embeddings WHERE bundle_id = ?",
-                                           (self.bundle_id,)).fetchone()[0]
-        if have:
+            conn = self.db.db.conn
+            have = {r[0] for r in conn.execute("SELECT image_id FROM embeddings WHERE bundle_id = ?",
+                                               (self.bundle_id,))}
+            known = {r[0] for r in conn.execute("SELECT part_number FROM parts")}
+        hub_kept = bool(self.db.get_meta("hub_id") or self.db.get_meta("managed_by_hub"))
+        if have and hub_kept:
             return 0
-        if not self.db.count("parts"):
+        if not have and not known:
             raise InputError(f"{self.db.path}: the catalogue has no parts; import or sync the catalogue first")
         rows = self.bundle.load_catalogue_rows()
-        emb = self.bundle.load_embeddings()
-        known = {p["part_number"] for p in self.db.search_parts(limit=None)}
-        keep = [i for i, r in enumerate(rows) if r["part_number"] in known]
-        if len(keep) < len(rows):
-            log.warning("bundle %s: %d of %d catalogue embeddings are for parts not in the catalogue; skipped",
-                        self.bundle_id, len(rows) - len(keep), len(rows))
+        keep = [i for i, r in enumerate(rows) if r["part_number"] in known and r["image_id"] not in have]
         if not keep:
+            if have:
+                return 0
             raise InputError(f"bundle {self.bundle_id}: none of its catalogue images belong to parts in "
                              f"{self.db.path}")
+        skipped = sum(r["image_id"] not in have for r in rows) - len(keep)
+        if skipped:
+            log.warning("bundle %s: %d of %d catalogue embeddings are for parts not in the catalogue; skipped "
+                        "(added when their parts are imported)", self.bundle_id, skipped, len(rows))
+        emb = self.bundle.load_embeddings()
         with self.db.transaction():  # checked again under the write lock: a sync may have committed meanwhile
             conn = self.db.db.conn
-            if conn.execute("SELECT count(*) FROM embeddings WHERE bundle_id = ?", (self.bundle_id,)).fetchone()[0]:
-                return 0
+            now = {r[0] for r in conn.execute("SELECT image_id FROM embeddings WHERE bundle_id = ?",
+                                              (self.bundle_id,))}
+            if now != have:
+                return 0  # another process added them meanwhile; the next open looks again
             held = self.db.get_meta("bundle_id")
-            if held and held != self.bundle_id:
+            if not have and held and held != self.bundle_id:
                 raise BundleChanged(f"{self.db.path} now holds the vectors of bundle {held}, not {self.bundle_id} "
                                     "(a sync installed it): open that bundle")
-            if self.db.get_meta("hub_id") or self.db.get_meta("managed_by_hub"):
+            if hub_kept or self.db.get_meta("hub_id") or self.db.get_meta("managed_by_hub"):
                 raise InputError(f"{self.db.path}: this catalogue is kept by a hub and holds no vectors for bundle "
                                  f"{self.bundle_id}: sync with the hub")
             existing = {r[0] for r in conn.execute("SELECT image_id FROM images")}
             self.db.upsert_images([{"image_id": rows[i]["image_id"], "part_number": rows[i]["part_number"],
                                     "kind": "catalogue"} for i in keep if rows[i]["image_id"] not in existing])
             self.db.upsert_embeddings([rows[i]["image_id"] for i in keep], emb[keep], self.bundle_id)
-            self.db.delete_embeddings(self.bundle_id)  # drop other bundles' vectors
+            if not have:
+                self.db.delete_embeddings(self.bundle_id)  # drop other bundles' vectors
         log.info("imported %d catalogue embeddings of bundle %s", len(keep), self.bundle_id)
         return len(keep)
 
@@ -318,21 +327,35 @@ class Identifier:
         t["model"] = time.perf_counter()
         allowed = self.allowed_labels(in_stock=in_stock, category=category, text=text, site=site)
         parts, scores, best_img = self.rank(emb, top=top, allowed=allowed)
+        runner_up = self._runner_up(emb, parts, scores, filtered=allowed is not None)
         t["search"] = time.perf_counter()
-        result = self._result(parts, scores, best_img, top=top, views=len(images), skipped=skipped, site=site,
-                              filters={"in_stock": in_stock, "category": category, "text": text})
+        result = self._result(parts, scores, best_img, runner_up, top=top, views=len(images), skipped=skipped,
+                              site=site, filters={"in_stock": in_stock, "category": category, "text": text})
         t["end"] = time.perf_counter()
         result.timings_ms = {"decode": 1e3 * (t["decode"] - t["start"]), "model": 1e3 * (t["model"] - t["decode"]),
                              "search": 1e3 * (t["search"] - t["model"]), "total": 1e3 * (t["end"] - t["start"])}
         return result
 
-    def _result(self, parts: list[str], scores: np.ndarray, best_img: list[str | None], *, top: int, views: int,
-                skipped: list[dict[str, str]], site: str | None, filters: dict[str, Any]) -> IdentifyResult:
+    def _runner_up(self, emb: np.ndarray, parts: list[str], scores: np.ndarray, *, filtered: bool) -> float | None:
+        """The best score of any OTHER catalogue part than the top one shown, filters or not: the confidence that
+        the photo shows that part is judged against every part it could be (a filter that leaves one candidate,
+        or hides the right part, must not make a wrong part look certain). ``None`` when the catalogue holds no
+        other part: the calibration has nothing to compare with."""
+        if not parts:
+            return None
+        if not filtered:
+            return float(scores[1]) if len(scores) > 1 else None
+        everyone, all_scores, _ = self.rank(emb, top=1)
+        others = [float(sc) for pn, sc in zip(everyone, all_scores) if pn != parts[0]]
+        return others[0] if others else None
+
+    def _result(self, parts: list[str], scores: np.ndarray, best_img: list[str | None], runner_up: float | None, *,
+                top: int, views: int, skipped: list[dict[str, str]], site: str | None,
+                filters: dict[str, Any]) -> IdentifyResult:
         cal = self.calibration
         conf = None
-        if len(parts):
-            second = float(scores[1]) if len(scores) > 1 else float("nan")
-            conf = float(cal.confidence(float(scores[0]), second)[0])
+        if len(parts) and runner_up is not None:
+            conf = float(cal.confidence(float(scores[0]), runner_up)[0])
         status = STATUS_MATCH if conf is not None and conf >= cal.threshold else STATUS_NONE
         info = self.db.parts_by_number(parts[:top], site=site)
         matches = []

@@ -94,6 +94,7 @@ def test_a_model_loading_while_a_sync_switches_the_bundle_never_deletes_the_sync
             switched.append(1)
             with CatalogueDB(d / "catalogue.db") as sync_db, sync_db.transaction():
                 sync_db.set_meta("bundle_id", v2.name)
+                sync_db.set_meta("managed_by_hub", "1")  # as sync.apply does: the hub sends every vector
                 rng = np.random.default_rng(0)
                 vecs = rng.normal(size=(3, bundle.embedding_dim)).astype(np.float32)
                 sync_db.upsert_images([{"image_id": f"hub-{i}", "part_number": "P0001", "kind": "catalogue"}

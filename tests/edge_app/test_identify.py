@@ -74,6 +74,40 @@ def test_filters(identifier, world):
                                                                    top=20).matches]
 
 
+
+def test_a_filter_does_not_make_a_wrong_part_look_certain(identifier, world):
+    """Confidence is judged against every catalogue part the photo could show, not only those a filter left."""
+    pn = EVAL_KNOWN[1]
+    photo = world.field[pn][0]
+    plain = identifier.identify([photo])
+    assert plain.status == "match" and plain.matches[0].part_number == pn
+    # the right part filtered out, one candidate left: a wrong part, never a confident match
+    other = "P0014"
+    res = identifier.identify([photo], text=other)
+    assert [m.part_number for m in res.matches] == [other]
+    assert res.status == "no_confident_match" and res.confidence < 0.05, res.confidence
+    # a filter that keeps the right part alone: the same confidence as without the filter
+    res = identifier.identify([photo], text="number 11")
+    assert [m.part_number for m in res.matches] == [pn]
+    assert res.status == "match" and res.confidence == pytest.approx(plain.confidence)
+    # a photo of a part outside the catalogue, a filter leaving one candidate: still no confident match
+    unknown = world.field[EVAL_UNKNOWN[0]][0]
+    res = identifier.identify([unknown], text=plain.matches[0].name)
+    assert len(res.matches) == 1 and res.status == "no_confident_match"
+
+
+def test_a_catalogue_of_one_part_has_no_confident_match(identifier):
+    """Nothing to compare the only part with: the margin the calibration needs is undefined."""
+    from edge_app.runtime.calibration import Calibration
+
+    cal = Calibration(coef=(10.0, 10.0), intercept=0.0, threshold=0.5)
+    assert cal.confidence([0.9, 0.9], [0.1, float("nan")]).tolist() == [pytest.approx(1.0), 0.0]
+    # no second part in the whole catalogue: no runner-up, so no confidence (the identifier shows the part,
+    # says "no confident match")
+    assert identifier._runner_up(np.zeros((1, 8), np.float32), ["P0001"], np.array([0.9], np.float32),
+                                 filtered=False) is None
+
+
 def test_look_alikes_differing_in_size_ask_for_scale_photo(identifier, world):
     res = identifier.identify([world.field["P0018"][0]], top=3)
     assert res.needs_scale_photo
@@ -320,3 +354,33 @@ def test_scoring_all_candidates_in_one_product_equals_scoring_each_part() -> Non
                 sims = q @ vecs[pn].T
                 assert np.allclose(scores[:, j], fusion.aggregate_images(sims, aggregate), atol=1e-5)
                 assert np.allclose(sims[np.arange(views), best[:, j]], sims.max(axis=1), atol=1e-5)
+
+
+def test_parts_imported_after_the_first_open_get_the_bundles_vectors(world, tmp_path):
+    """Found by an audit: a catalogue first imported with 10 parts skipped the bundle's vectors of the others, and
+    importing the full parts list later never added them (the part could not be found until the vectors were
+    deleted by hand)."""
+    from edge_app.runtime.catalogue import CatalogueDB
+    from edge_app.runtime.identify import Identifier
+    from edge_app.runtime.importer import import_catalogue
+
+    pn = EVAL_KNOWN[1]  # P0011
+    first = tmp_path / "first10.csv"
+    lines = world.cat.parts_csv.read_text("utf-8").splitlines(keepends=True)
+    first.write_text("".join(lines[:11]), "utf-8")
+    assert pn not in first.read_text()
+    db_path = tmp_path / "catalogue.db"
+    with CatalogueDB(db_path) as db:
+        with db.transaction():
+            db.set_meta("site", "site_a")
+        import_catalogue(db, first)
+    ident = Identifier.open(world.bundle, db_path, world.keyring_path, backend="onnx")
+    assert pn not in [m.part_number for m in ident.identify([world.field[pn][0]], top=5).matches]
+    n_first = ident.db.db.conn.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+    with CatalogueDB(db_path) as db:
+        import_catalogue(db, world.cat.parts_csv, world.cat.images_csv)
+    ident = Identifier.open(world.bundle, db_path, world.keyring_path, backend="onnx")
+    n_all = ident.db.db.conn.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+    assert n_all > n_first
+    assert ident.identify([world.field[pn][0]]).matches[0].part_number == pn
+    assert ident.import_bundle_embeddings() == 0  # nothing left to add: opening again writes nothing
