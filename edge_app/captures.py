@@ -281,8 +281,9 @@ class CaptureStore:
         img = self.cropped_image(cap)
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=92)
-        return atomic_write_bytes(self.root / f"{cap.capture_id}.{_uuid.uuid4().hex[:12]}.crop.jpg", buf.getvalue(),
-                                  overwrite=False)
+        with disk_full_is_storage_error(self.root, "storing the photo to upload"):
+            return atomic_write_bytes(self.root / f"{cap.capture_id}.{_uuid.uuid4().hex[:12]}.crop.jpg",
+                                      buf.getvalue(), overwrite=False)
 
     def remove(self, capture_id: str, *, keep_crop: bool = False) -> int:
         """Delete one capture's files (image, sidecar and, unless ``keep_crop``, its ``.crop.jpg``); the

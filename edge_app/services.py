@@ -500,12 +500,16 @@ class DeviceServices:
         """Map the runtime's ``IdentifyResult`` to what the results screen shows."""
         matches: list[Match] = []
         top_sim = result.matches[0].similarity if result.matches else 0.0
+        strength = [w for _, w in CONFIDENCE_WORDS]  # strongest first
         for m in result.matches:
             if m.confidence is not None:
                 words = confidence_words(m.confidence)
                 score = float(m.confidence)
-            else:  # the runtime calibrates the top answer only; the others are described relative to it
+            else:  # the runtime calibrates the top answer only; the others are described relative to it, and
+                # never in stronger words than it ("unlikely" best match, "possible" runner-up read backwards)
                 words = "possible" if m.similarity >= top_sim - LOOK_ALIKE_MARGIN / 2 else "unlikely"
+                if matches:
+                    words = strength[max(strength.index(words), strength.index(matches[0].words))]
                 score = float(m.similarity)
             matches.append(Match(m.part_number, m.name or m.part_number, score, words, m.stock, m.bin, m.site,
                                  m.stock_as_of, m.size_mm, m.look_alike_group,
@@ -638,7 +642,11 @@ class DeviceServices:
         if not captures:
             raise UsageError("no photo of the unknown part: take or pick one first")
         uid = _repeat_uuid("unknown_part", "", "", captures, outcome)  # these photos reported once (double tap)
-        if self.outbox.has(uid):
+        before = self.outbox.payload(uid)
+        if before is not None:  # reported already: a note typed since goes with it while it is still on the tablet
+            if note and note != before.get("note") and not self.outbox.update_pending(uid, {"note": note}):
+                raise UsageError("this unknown part was already sent to the hub without this note; the note was not "
+                                 "added (report it again with a new photo to send a note)")
             return uid
         records: list[tuple[str, Mapping[str, Any], Any, str | None]] = [("unknown_part", {
             "note": note, "capture_ids": [c.capture_id for c in captures], "site": self.site,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,8 +43,9 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device, amp=not args.no_amp, resume=args.resume, gallery_repeats=args.gallery_repeats,
     )
     res = train(cfg)
-    _print_json({"out": str(res.out_dir), "best": str(res.best), "best_epoch": res.best_epoch,
-                 "best_val_top1": res.best_top1})
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the main process reports (the others have
+        _print_json({"out": str(res.out_dir), "best": str(res.best), "best_epoch": res.best_epoch,  # no val)
+                     "best_val_top1": res.best_top1})
     return 0
 
 

@@ -73,6 +73,12 @@ class TrainConfig:
             raise UsageError(f"distillation temperature must be > 0, got {self.kd_temperature}")
         if self.epochs < 1:
             raise UsageError(f"epochs must be >= 1, got {self.epochs}")
+        if not 0 <= self.seed <= 2**31 - 1:  # NumPy takes seeds below 2**32; each process adds its rank
+            raise UsageError(f"seed must be 0 to {2**31 - 1}, got {self.seed}")
+        kd_set = (self.kd_weight, self.kd_embed_weight, self.kd_temperature) != (1.0, 1.0, 4.0)
+        if kd_set and not self.teacher:
+            raise UsageError("--kd-weight and --kd-temperature (distillation settings) need --teacher: without one "
+                             "nothing is distilled")
         if not 0 < self.lr <= MAX_LR:
             raise UsageError(f"lr must be > 0 and at most {MAX_LR:g}, got {self.lr}")
         if self.backbone_lr_mult <= 0:

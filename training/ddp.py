@@ -35,6 +35,10 @@ def setup(device_type: str) -> DistInfo:
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
+        if backend == "nccl":  # NCCL collectives run on the current device: one GPU per process
+            import torch
+
+            torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend, rank=info.rank, world_size=world)
         log.info("joined %s process group: rank %d of %d", backend, info.rank, world)
     return info
@@ -61,7 +65,8 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"  # NCCL: GPU tensors
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 

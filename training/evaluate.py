@@ -29,6 +29,9 @@ def evaluate_model(model, val: ImageSet, galleries: dict[str, ImageSet] | None =
 
     labels = val.labels
     pv = predict(model, val, batch_size=batch_size, device=device, progress=progress)
+    if not len(pv.targets):  # NaN scores (not even valid JSON) with exit 0 before
+        raise InputError(f"none of the {len(val)} validation images could be read ({len(pv.skipped)} unreadable, "
+                         f"e.g. {pv.skipped[0][0] if pv.skipped else '-'}): nothing to evaluate")
     report: dict[str, Any] = {"n_listed": len(val), "n_unreadable": len(pv.skipped),
                               "unreadable": [{"path": p, "reason": r} for p, r in pv.skipped]}
     report.update(classification_metrics(pv.logits, pv.targets, labels))

@@ -257,15 +257,36 @@ def _resnet(depth: int):
     return build
 
 
+class _Stage(nn.ModuleList):
+    """A backbone stage for ``freeze_stages``: its modules plus loose parameters frozen with them (a ViT's
+    position embedding goes with its patch stem). Only held in ``PartModel._stages``, never registered, so no
+    state-dict key changes."""
+
+    def __init__(self, modules: list[nn.Module], extra: tuple[nn.Parameter, ...] = ()) -> None:
+        super().__init__(modules)
+        object.__setattr__(self, "_extra", list(extra))
+
+    def parameters(self, recurse: bool = True):  # type: ignore[override]
+        yield from super().parameters(recurse)
+        yield from self._extra
+
+
 def _vit(pretrained: bool, weights: str | None, cfg: dict[str, Any]):
     from .vit import SmallViT
 
     h, w = cfg["image_size"]
-    net = SmallViT(image_size=(h, w), patch=cfg.get("patch", 16), dim=cfg.get("vit_dim", 192),
-                   depth=cfg.get("vit_depth", 6), heads=cfg.get("vit_heads", 3), stem=cfg["vit_stem"])
+    opts = {"patch": cfg.get("patch", 16), "vit_dim": cfg.get("vit_dim", 192), "vit_depth": cfg.get("vit_depth", 6),
+            "vit_heads": cfg.get("vit_heads", 3)}
+    for key, value in opts.items():  # a traceback (TypeError, ZeroDivisionError) or a ViT with no blocks before
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"model option {key} must be a whole number >= 1, got {value!r}")
+    net = SmallViT(image_size=(h, w), patch=opts["patch"], dim=opts["vit_dim"], depth=opts["vit_depth"],
+                   heads=opts["vit_heads"], stem=cfg["vit_stem"])
     if weights:
         W.load_strict(net, W.load_state_dict_file(weights), f"vit backbone from {weights}")
-    stages = [nn.ModuleList([net.patch_embed])] + list(net.blocks)
+    blocks = list(net.blocks)
+    # the position embedding is frozen with the stem, the final norm with the last block
+    stages = [_Stage([net.patch_embed], (net.pos_embed,)), *blocks[:-1], _Stage([blocks[-1], net.norm])]
     return net, net.num_features, stages
 
 

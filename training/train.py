@@ -141,8 +141,29 @@ def _prepare_out(cfg: TrainConfig, out: Path) -> None:
     last = out / "last.pt"
     if cfg.resume and not last.is_file():
         raise UsageError(f"{out}: nothing to resume (no last.pt)")
-    if not cfg.resume and last.exists():
-        raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    held = [n for n in ("last.pt", "best.pt", "metrics.json") if (out / n).exists()]
+    if not cfg.resume and held:  # best.pt alone too: last.pt is often deleted to save space once a run is done
+        raise UsageError(f"{out} already holds a run ({', '.join(held)}); pass --resume to continue it or choose "
+                         "another --out")
+
+
+def _lock_out(out: Path) -> Any:
+    """Hold ``out/.train.lock`` while this run writes the folder (released when the returned file is closed or
+    the process ends): a second run started on the same --out is refused instead of mixing its checkpoints,
+    config and split with the first's. No lock where ``fcntl`` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / ".train.lock", "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise UsageError(f"{out}: another training run is writing this folder; wait for it or choose another "
+                         "--out") from None
+    return fh
 
 
 #: options that name files: compared as resolved paths on resume (``./runs/a`` is ``runs/a``)
@@ -218,6 +239,9 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
     device = f"cuda:{dist.local_rank}" if device_type == "cuda" else "cpu"
     out = Path(cfg.out)
     _prepare_out(cfg, out)
+    run_lock = _lock_out(out) if dist.is_main else None  # noqa: F841 - held until train() returns
+    if dist.is_main:
+        _prepare_out(cfg, out)  # again under the lock: a run that started meanwhile has written it
     torch.manual_seed(cfg.seed + dist.rank)
     np.random.seed(cfg.seed + dist.rank)
 
@@ -235,6 +259,9 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
             raise UsageError(f"no training image for {len(empty)} class(es): {', '.join(empty[:10])}"
                              f"{' ...' if len(empty) > 10 else ''}; the split put all their images in validation "
                              "(near-duplicates stay on one side) or they are unreadable: add photos or change the split")
+    if not len(val_set):  # before any training: epochs are judged on it
+        raise UsageError(f"the validation side is empty ({len(train_set)} training images, --val "
+                         f"{cfg.val_fraction}): raise --val or add images")
     n_photos = len(train_set.items)
     if cfg.gallery_repeats:
         train_set, split_info["gallery"] = _add_gallery(cfg, train_set, val_set)
@@ -258,8 +285,11 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
     sampler = BatchSampler([y for _, y in train_ds.items], cfg.batch_size, mode=cfg.sampler, k=cfg.pk_k,
                            seed=cfg.seed, rank=dist.rank, world=dist.world,
                            catalogue=[catalogue_flags[j] for j in train_ds.source_index])  # after the cache's drops
+    # workers draw their seeds from this generator when an epoch's iteration starts: seeded per epoch (not
+    # persistent workers that carry their RNG on), a resumed run augments each epoch as the straight run did
+    worker_seeds = torch.Generator()
     loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate_skip,
-                        persistent_workers=cfg.workers > 0)
+                        generator=worker_seeds)
     steps_per_epoch = len(sampler)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -288,6 +318,9 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
         torch.set_rng_state(extra["rng"])
         history, best_top1, best_epoch = list(extra["history"]), extra["best_top1"], extra["best_epoch"]
         start_epoch = ck["epoch"] + 1
+        if start_epoch > cfg.epochs:  # a silent no-op before, and config.json then said fewer epochs than done
+            raise UsageError(f"{out}: the run has done {start_epoch} epochs; --epochs {cfg.epochs} would end before "
+                             f"that (pass --epochs {start_epoch} or more to continue it)")
         best_top1, best_epoch = _best_saved_after(out / "best.pt", ck["epoch"], best_top1, best_epoch)
         log.info("resuming %s at epoch %d", out, start_epoch)
 
@@ -308,16 +341,26 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         _remove_stale_temp_files(out)
+        if cfg.resume:  # the commit the run started on stays on record beside the one that resumed it
+            try:
+                before = json.loads((out / "config.json").read_text("utf-8"))
+                resolved["git_sha_started"] = before.get("git_sha_started", before.get("git_sha"))
+            except (OSError, ValueError, AttributeError):
+                pass
         atomic_write_json(out / "config.json", resolved)
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
+        worker_seeds.manual_seed((cfg.seed * 1_000_003 + dist.rank * 10_007 + epoch) % 2**63)
         net.train()
-        sums = {"loss": 0.0, "ce": 0.0, "metric": 0.0, "kd": 0.0, "correct": 0.0, "n": 0}
+        sums = {"loss": 0.0, "ce": 0.0, "metric": 0.0, "kd": 0.0, "correct": 0.0, "n": 0, "skipped_steps": 0}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
         for step_i, batch in enumerate(bar, 1):
-            if batch is None:
+            # a batch with fewer than 2 readable images (unreadable files are dropped) cannot train BatchNorm;
+            # under DDP every process skips it together, or the others would wait in backward's all-reduce forever
+            if ddp.any_rank(batch is None or len(batch[1]) < 2, dist):
+                sums["skipped_steps"] += 1
                 continue
             x, y, _ = batch
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -360,6 +403,10 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
                                "train_metric": sums["metric"] / n, "train_kd": sums["kd"] / n,
                                "train_top1": sums["correct"] / n, "lr": opt.param_groups[-1]["lr"],
                                "train_images": sums["n"]}
+        if sums["skipped_steps"]:
+            row["skipped_steps"] = sums["skipped_steps"]
+            log.warning("epoch %d: %d of %d steps skipped (fewer than 2 readable images in the batch on some process)",
+                        epoch + 1, sums["skipped_steps"], steps_per_epoch)
         bad_weights = not all(bool(torch.isfinite(p.detach()).all()) for p in model.parameters())
         if ddp.any_rank(bad_weights, dist):  # an update at the epoch's last step: never save such a model
             raise TrainingError(f"training diverged: the weights hold NaN or infinite values after epoch {epoch + 1} "

@@ -149,12 +149,14 @@ class PartlensApp(App):
     def add_capture(self, cap: Capture) -> None:
         self.captures = [*self.captures, cap]
         self.selected = cap
+        self._photos_changed()
         self.save_state()
 
     def remove_capture(self, cap: Capture) -> None:
         self.captures = [c for c in self.captures if c.capture_id != cap.capture_id]
         if self.selected is not None and self.selected.capture_id == cap.capture_id:
             self.selected = self.captures[-1] if self.captures else None
+        self._photos_changed()
         self.save_state()
 
     def set_crop(self, cap: Capture, crop: tuple[float, float, float, float] | None) -> None:
@@ -162,12 +164,32 @@ class PartlensApp(App):
         self.captures = [new if c.capture_id == cap.capture_id else c for c in self.captures]
         if self.selected is not None and self.selected.capture_id == cap.capture_id:
             self.selected = new
+        if new.crop != cap.crop:
+            self._photos_changed()
         self.save_state()
 
     def clear_captures(self) -> None:
         self.captures = []
         self.selected = None
+        self._photos_changed(say=False)
         self.save_state()
+
+    def _photos_changed(self, say: bool = True) -> None:
+        """Results belong to the photos they were identified from: once a view is added, removed or cropped again
+        (or "Start over"), the old results go, so no answer on them ("this is the part", a spot check, "unknown
+        part") can label photos the model never saw. Found by an audit: a new photo went to the hub as a
+        confirmed picture of the part identified from the previous one."""
+        if self.outcome is not None:
+            self.outcome = None
+            if say:
+                self.notify("The photos changed: tap Identify for new results.")
+
+    def outcome_captures(self) -> list[Capture]:
+        """The views the current results were identified from (those still held), in their order."""
+        if self.outcome is None:
+            return []
+        have = {c.capture_id: c for c in self.captures}
+        return [have[i] for i in self.outcome.capture_ids if i in have]
 
     # ------------------------------------------------------------------------------ background work
     def run_background(self, message: str, fn: Callable[[], Any], done: Callable[[Any], None]) -> bool:

@@ -133,6 +133,27 @@ class Outbox:
         with self._lock:
             return self._conn.execute("SELECT 1 FROM outbox WHERE uuid=?", (uuid,)).fetchone() is not None
 
+    def payload(self, uuid: str) -> dict[str, Any] | None:
+        """The payload of a record (pending, uploaded or refused); None if there is no such record."""
+        with self._lock:
+            row = self._conn.execute("SELECT payload FROM outbox WHERE uuid=?", (uuid,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def update_pending(self, uuid: str, changes: Mapping[str, Any]) -> bool:
+        """Merge ``changes`` into the payload of a record that has not left the tablet (not uploaded nor
+        refused); False when it has (or does not exist): what the hub has is never changed behind its back."""
+        with self._lock, self._tx() as conn:
+            row = conn.execute("SELECT payload FROM outbox WHERE uuid=? AND uploaded_at IS NULL AND refused_at IS NULL",
+                               (uuid,)).fetchone()
+            if row is None:
+                return False
+            text = json.dumps({**json.loads(row[0]), **dict(changes)}, sort_keys=True, allow_nan=False)
+            if len(text) > MAX_PAYLOAD_BYTES:
+                raise UsageError(f"this record is too long for the hub ({len(text)} bytes, at most "
+                                 f"{MAX_PAYLOAD_BYTES}): shorten the note")
+            conn.execute("UPDATE outbox SET payload=? WHERE uuid=?", (text, uuid))
+        return True
+
     def pending(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Records not yet uploaded nor refused, oldest first (payload decoded)."""
         sql = ("SELECT uuid, kind, payload, blob_path, created_at FROM outbox WHERE uploaded_at IS NULL "

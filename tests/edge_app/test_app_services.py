@@ -756,3 +756,49 @@ def test_a_damaged_catalogue_image_is_counted_not_shown_blank(device) -> None:
     img.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg any more")
     part = device.part("BRG-1")
     assert part["images"][0]["file"] is None and part["damaged_images"] == 1
+
+
+def test_third_app_audit_words_notes_and_a_disk_filling_up(device, tmp_path, monkeypatch) -> None:
+    """A runner-up never reads stronger than the best match; a note typed after "Record unknown part" joins the
+    record while it is on the tablet (it was dropped without a word); a disk that fills while answering is a
+    storage message, not an OSError out of a touch handler (the app closed)."""
+    import errno
+
+    from edge_app import captures as captures_mod
+    from edge_app.errors import StorageError
+    from edge_app.runtime.identify import IdentifyResult, PartMatch
+
+    def pm(rank, pn, sim, conf):
+        return PartMatch(rank=rank, part_number=pn, name=None, category="bearings", similarity=sim, confidence=conf,
+                         best_image_id=None, size_mm=None, look_alike_group=None, stock=None, bin=None,
+                         stock_as_of=None, site="Quay A")
+
+    res = IdentifyResult(status="no_confident_match", matches=[pm(1, "BRG-1", 0.80, 0.20), pm(2, "BRG-2", 0.78, None),
+                                                               pm(3, "BRG-3", 0.30, None)],
+                         confidence=0.2, threshold=0.5, calibrated=True, needs_scale_photo=False, look_alike=None,
+                         needs_detail_photo=False, views=1, skipped=[], bundle_id="bnd-1", catalogue_version=3,
+                         hub_time=None, site="Quay A", filters={}, timings_ms={})
+    assert [x.words for x in device.outcome_from_result(res, ["c1"]).matches] == ["unlikely"] * 3
+
+    caps = [device.captures.add_file(photo(tmp_path / "u.jpg", colour=(10, 99, 0)))]
+    out = IdentifyOutcome([m("BRG-1", 0.9)], False, bundle_id="bnd-1", identification_id="u1")
+    uid = device.record_unknown(caps, "", out)
+    assert device.record_unknown(caps, "stamped 7731 on the flange", out) == uid  # the same report
+    (rec,) = [r for r in device.outbox.pending() if r["kind"] == "unknown_part"]
+    assert rec["payload"]["note"] == "stamped 7731 on the flange"
+    assert device.record_unknown(caps, "", out) == uid  # an empty note keeps the one given
+    device.outbox.mark_uploaded(uid)
+    with pytest.raises(UsageError, match="already sent to the hub without this note"):
+        device.record_unknown(caps, "another note", out)
+    assert device.outbox.payload(uid)["note"] == "stamped 7731 on the flange"
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(captures_mod, "atomic_write_bytes", full)
+    before = len(device.outbox.pending())
+    with pytest.raises(StorageError, match="storage full while storing the photo to upload"):
+        device.send_feedback("BRG-1", "correct", caps, replace(out, identification_id="u2"))
+    with pytest.raises(StorageError):
+        device.record_unknown(caps, "", replace(out, identification_id="u3"))
+    assert len(device.outbox.pending()) == before

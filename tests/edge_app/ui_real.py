@@ -223,3 +223,68 @@ def test_a_measurement_typed_with_a_decimal_comma_is_kept_and_back_returns_where
     app.services.state.save(state)
     app.restore_state()
     assert app.screen("part_detail").came_from == "catalogue"
+
+
+def test_results_belong_to_the_photos_they_came_from_and_answers_run_off_the_ui_thread(real) -> None:
+    """Third app audit: after "Start over" and a new photo (not identified), the old results still showed, and
+    "This is the part" on them queued the NEW photo as a confirmed picture of the old answer; "Record unknown
+    part" and spot-check answers wrote full-size photo copies on the UI thread."""
+    import threading
+
+    from kivy.uix.button import Button
+
+    from tests.edge_app.ui_flow import start_over
+
+    app, services = real["app"], real["services"]
+    folder = Path(app.screen("identify").start_folder)
+    shutil.copy(folder / "P0003.jpg", folder / "other.jpg")
+    start_over(app)
+    pick(app, "P0003.jpg")
+    tap(app.screen("identify").ids.identify_btn)
+    wait_for(lambda: not app.busy)
+    assert app.outcome is not None and app.outcome_captures() == app.captures
+    start_over(app)  # another part: the old results go with the old photos
+    assert app.outcome is None
+    pick(app, "other.jpg")
+    tap(app.nav_buttons["results"])
+    pump(10)
+    res = app.screen("results")
+    assert res.ids.summary.text.startswith("No results yet") and not res.ids.grid.children
+
+    tap(app.nav_buttons["identify"])
+    tap(app.screen("identify").ids.identify_btn)
+    wait_for(lambda: not app.busy)
+    identified = list(app.outcome.capture_ids)
+    pick(app, "P0003.jpg")  # one more view after identifying: the results are out of date
+    assert app.outcome is None and "tap Identify" in app.message
+    tap(app.screen("identify").ids.identify_btn)
+    wait_for(lambda: not app.busy)
+    assert len(app.outcome.capture_ids) == 2 and app.outcome.capture_ids[0] == identified[0]
+
+    threads = []
+    real_record, real_answer = services.record_unknown, services.answer_spot_check
+
+    def record(*a, **k):
+        threads.append(threading.current_thread().name)
+        return real_record(*a, **k)
+
+    def answer(*a, **k):
+        threads.append(threading.current_thread().name)
+        return real_answer(*a, **k)
+
+    services.record_unknown, services.answer_spot_check = record, answer
+    try:
+        res.ids.unknown_note.text = "stamped 7731"
+        res.record_unknown()
+        wait_for(lambda: not app.busy)
+        assert res.ids.unknown_note.text == "" and "Unknown part recorded" in app.message
+        if app.outcome.spot_check_pending:
+            tap(next(b for b in walk(res.ids.spot_buttons) if isinstance(b, Button) and b.text == "Skip"))
+            wait_for(lambda: not app.busy)
+            assert app.outcome.spot_check_done
+    finally:
+        services.record_unknown, services.answer_spot_check = real_record, real_answer
+    assert threads and all(t == "partlens-worker" for t in threads), threads
+    (unknown,) = [r for r in _pending(services) if r["kind"] == "unknown_part"
+                  and r["payload"]["note"] == "stamped 7731"]
+    assert unknown["payload"]["capture_ids"] == app.outcome.capture_ids

@@ -45,3 +45,24 @@ def test_ddp_two_process_gloo(tmp_path: Path) -> None:
     conf = json.loads((out / "config.json").read_text())
     assert conf["world_size"] == 2
     assert (out / "best.pt").is_file() and r0["history"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ddp_skips_a_batch_with_no_readable_image_on_every_process(tmp_path: Path) -> None:
+    """Found by an audit: one process skipped a batch whose images were all unreadable, the other waited in
+    backward's all-reduce forever (the run hung)."""
+    from training.ddp import launch
+
+    data = make_folder(tmp_path / "data", per_class=24)
+    for f in (data / "c0").iterdir():  # a third of the images unreadable: some batches keep fewer than 2
+        f.write_bytes(b"broken")
+    out = tmp_path / "run"
+    cfg = dict(data=str(data), out=str(out), model="tiny", epochs=1, batch_size=3, lr=3e-3, image_size=32,
+               progress=False, device="cpu", sampler="random", val_fraction=0.25)
+    launch(_worker, 2, cfg, str(tmp_path))
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["digest"] == r1["digest"] and r0["history"] == 1
+    row = json.loads((out / "metrics.json").read_text())["history"][0]
+    assert row["skipped_steps"] >= 1 and row["train_images"] > 0

@@ -304,3 +304,71 @@ def test_resume_refuses_a_changed_split_and_a_non_training_checkpoint(tiny_folde
     write_split(make_split(str(tiny_folder), val_fraction=0.25, seed=0), split)
     with pytest.raises(IntegrityError, match="not a resumable training checkpoint"):
         train(_cfg(tiny_folder, out, epochs=2, split=str(split), resume=True))
+
+
+def test_training_audit_faults(tiny_folder: Path, tmp_path: Path) -> None:
+    """Found by an audit of `partlens train` by experiment."""
+    from edge_app.errors import InputError
+    from training.evaluate import evaluate_checkpoint
+    from training.train import _lock_out
+
+    # options that could not work are refused before anything runs
+    for bad, msg in ((dict(seed=-1), "seed must be"), (dict(seed=2**32), "seed must be"),
+                     (dict(kd_weight=2.0), "need --teacher")):
+        with pytest.raises(UsageError, match=msg):
+            train(_cfg(tiny_folder, tmp_path / "opts", **bad))
+    # an empty validation side is refused before the first epoch (it was after one, with a misleading message)
+    with pytest.raises(UsageError, match="validation side is empty"):
+        train(_cfg(tiny_folder, tmp_path / "noval", val_fraction=0.01))
+    assert not (tmp_path / "noval" / "metrics.json").exists()
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_folder, out, epochs=2))
+    # resuming with fewer epochs than done was a silent no-op that rewrote config.json
+    with pytest.raises(UsageError, match="has done 2 epochs"):
+        train(_cfg(tiny_folder, out, epochs=1, resume=True))
+    res = train(_cfg(tiny_folder, out, epochs=3, resume=True))
+    conf = json.loads((out / "config.json").read_text())
+    assert len(res.history) == 3 and "git_sha_started" in conf
+    # a finished run without its last.pt (deleted to save space) is not overwritten by a new run
+    (out / "last.pt").unlink()
+    with pytest.raises(UsageError, match=r"already holds a run \(best.pt, metrics.json\)"):
+        train(_cfg(tiny_folder, out, epochs=1))
+    # a second run on a folder another run is writing is refused (they mixed their files before)
+    busy = tmp_path / "busy"
+    held = _lock_out(busy)
+    try:
+        with pytest.raises(UsageError, match="another training run is writing this folder"):
+            train(_cfg(tiny_folder, busy, epochs=1))
+    finally:
+        held.close()
+    # evaluate with no readable validation image: an error, not NaN scores with exit 0
+    split = json.loads((out / "split.json").read_text())
+    for rel, _label in split["val"]:
+        (tiny_folder / rel).write_bytes(b"broken")
+    with pytest.raises(InputError, match="none of the .* validation images could be read"):
+        evaluate_checkpoint(out / "best.pt", str(tiny_folder), split=str(out / "split.json"), out=tmp_path / "ev",
+                            figures=False)
+
+
+def test_a_batch_with_one_readable_image_is_skipped_not_a_crash(tiny_folder: Path, tmp_path: Path) -> None:
+    """BatchNorm cannot train on one image: such a batch (the others unreadable) crashed the run."""
+    for k in range(3):
+        for f in sorted((tiny_folder / f"c{k}").iterdir())[:8]:
+            f.write_bytes(b"broken")
+    res = train(_cfg(tiny_folder, tmp_path / "run", epochs=1, batch_size=2, sampler="random", val_fraction=0.25))
+    assert res.history[0]["skipped_steps"] >= 1 and res.history[0]["train_images"] > 0
+
+
+def test_vit_options_are_checked_and_freezing_takes_the_position_embedding(tmp_path: Path) -> None:
+    from training.models import create_model
+
+    for opt in ({"vit_depth": 0}, {"vit_depth": "abc"}, {"vit_dim": 1.5}, {"vit_heads": 0}, {"patch": 0}):
+        with pytest.raises(UsageError, match="must be a whole number >= 1"):
+            create_model("vit", 3, pretrained=False, image_size=32, **{"patch": 8, **opt})
+    m = create_model("vit", 3, pretrained=False, image_size=32, patch=8, vit_dim=16, vit_depth=2, vit_heads=2)
+    m.freeze_stages(1)
+    assert not m.backbone.pos_embed.requires_grad and m.backbone.norm.weight.requires_grad
+    m.freeze_stages(len(m.stages()))
+    assert not any(p.requires_grad for p in m.backbone.parameters())
+    assert "pos_embed" in dict(m.backbone.named_parameters())  # state-dict keys unchanged

@@ -223,5 +223,7 @@ class IdentifyScreen(Screen):
             app.notify(str(exc))
             return
         view.dismiss()
+        had_results = app.outcome is not None
         app.add_capture(cap)
-        app.notify(f"Added view {len(app.captures)}: {Path(path).name}")
+        app.notify(f"Added view {len(app.captures)}: {Path(path).name}"
+                   + ("; tap Identify for new results" if had_results else ""))

@@ -74,7 +74,9 @@ class PartDetailScreen(Screen):
         app = App.get_running_app()
         if self.part is None:
             return
-        part_number, captures, outcome = self.part["part_number"], app.current_captures(), app.outcome
+        outcome = app.outcome
+        part_number = self.part["part_number"]
+        captures = app.outcome_captures() if outcome else app.current_captures()
         what = "This is the part" if verdict == "correct" else "Not this one"
 
         def done(_uid: str) -> None:

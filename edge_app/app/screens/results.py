@@ -146,18 +146,22 @@ class ResultsScreen(Screen):
         box.add_widget(none)
         box.add_widget(skip)
 
+    # Both write a full-resolution copy of the cropped photo for the hub: off the UI thread, behind the busy
+    # overlay (as "This is the part" does); a second tap meanwhile is refused by run_background.
     def answer_spot_check(self, part_number: str | None, *, skipped: bool = False) -> None:
         app = App.get_running_app()
-        try:
-            app.services.answer_spot_check(app.outcome, part_number, skipped=skipped,
-                                           captures=app.current_captures())
-        except PartlensError as exc:
-            app.notify(str(exc))
+        outcome, captures = app.outcome, app.outcome_captures()
+        if outcome is None:
             return
-        app.save_state()
-        app.notify("Spot check skipped." if skipped else
-                   f"Thanks: {part_number or 'none of these'} recorded for the hub.")
-        self.refresh()
+
+        def done(_result: object) -> None:
+            app.save_state()
+            app.notify("Spot check skipped." if skipped else
+                       f"Thanks: {part_number or 'none of these'} recorded for the hub.")
+            self.refresh()
+
+        app.run_background("Saving...", lambda: app.services.answer_spot_check(outcome, part_number, skipped=skipped,
+                                                                               captures=captures), done)
 
     def apply_measurement(self) -> None:
         app = App.get_running_app()
@@ -184,12 +188,13 @@ class ResultsScreen(Screen):
 
     def record_unknown(self) -> None:
         app = App.get_running_app()
-        try:
-            uid = app.services.record_unknown(app.current_captures(), self.ids.unknown_note.text.strip(),
-                                              app.outcome)
-        except PartlensError as exc:
-            app.notify(str(exc))
-            return
-        self.ids.unknown_note.text = ""
-        app.notify(f"Unknown part recorded for the hub ({app.services.pending_uploads()} waiting to upload).")
-        self.last_unknown = uid
+        outcome = app.outcome
+        captures = app.outcome_captures() if outcome else app.current_captures()
+        note = self.ids.unknown_note.text.strip()
+
+        def done(uid: str) -> None:
+            self.ids.unknown_note.text = ""
+            app.notify(f"Unknown part recorded for the hub ({app.services.pending_uploads()} waiting to upload).")
+            self.last_unknown = uid
+
+        app.run_background("Saving...", lambda: app.services.record_unknown(captures, note, outcome), done)
