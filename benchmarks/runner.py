@@ -55,6 +55,41 @@ def git_sha(cwd: Path = BENCH_DIR) -> str:
         return "unknown"
 
 
+def git_dirty(cwd: Path = BENCH_DIR) -> bool | None:
+    """Whether tracked files differ from the commit (a result from uncommitted code says so); None if unknown."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
+                             text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return bool(out.strip())
+
+
+#: packages whose versions change results (recorded with each result)
+RESULT_PACKAGES = ("torch", "torchvision", "ai-edge-litert", "litert-torch", "onnxruntime", "hnswlib", "numpy", "Pillow")
+
+
+def environment() -> dict[str, Any]:
+    """CPU model and the versions of the packages that shape results (what ``machine`` alone did not say)."""
+    from importlib import metadata
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions: dict[str, str | None] = {}
+    for pkg in RESULT_PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"cpu": cpu, "packages": versions}
+
+
 def data_root(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     """The shared datasets folder: argument, then $PARTLENS_DATA, then ../shared/datasets."""
     if explicit:
@@ -154,7 +189,11 @@ def run_benchmark(name: str, *, data: str | None = None, quick: bool = False, fr
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": time.perf_counter() - t0,
         "git_sha": git_sha(),
+        "git_dirty": git_dirty(),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, python {platform.python_version()}",
+        "environment": environment(),
+        "command": {"bench": name, "data": str(ctx.data) if ctx.data else None, "quick": quick, "fresh": fresh,
+                    "options": dict(options or {})},
         "quick": quick,
         "resumed_steps": ctx.resumed,
         "metrics": metrics,

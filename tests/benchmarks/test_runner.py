@@ -53,6 +53,11 @@ def test_runner_writes_results_and_resumes(fake_bench) -> None:
     assert calls["n"] == 2
     assert not leftover.exists(), "--fresh must not leave a checkpoint that a training step would resume"
     assert res["git_sha"]
+    # what reproducing the result needs beyond the commit: the command, the CPU and the package versions
+    assert res["command"] == {"bench": "fake", "data": res["command"]["data"], "quick": False, "fresh": False,
+                              "options": {}}
+    assert res["git_dirty"] in (True, False) and res["environment"]["packages"]["numpy"]
+    assert "cpu" in res["environment"]
 
 
 def test_unknown_benchmark_is_a_usage_error(fake_bench) -> None:
