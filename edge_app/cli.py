@@ -87,8 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except UnicodeEncodeError as exc:  # an argument that is not valid text (undecodable bytes on the command line)
-        print(f"partlens {args.command}: error: an argument is not valid UTF-8 text ({exc.reason})", file=sys.stderr)
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start:exc.end] if isinstance(exc.object, str) else ""
+        if bad and all(0xDC80 <= ord(c) <= 0xDCFF for c in bad):  # undecodable bytes on the command line
+            print(f"partlens {args.command}: error: an argument is not valid UTF-8 text ({exc.reason})",
+                  file=sys.stderr)
+            return UsageError.exit_code
+        enc = getattr(sys.stdout, "encoding", None) or exc.encoding  # the output cannot carry a character
+        print(f"partlens {args.command}: error: the output's encoding ({enc}) cannot show {bad!r}; use a UTF-8 "
+              "locale or set PYTHONIOENCODING=utf-8", file=sys.stderr)
         return UsageError.exit_code
     except sqlite3.DatabaseError as exc:
         if isinstance(exc, sqlite3.OperationalError):

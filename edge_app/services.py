@@ -324,13 +324,23 @@ def open_device_services(data_dir: str | os.PathLike[str], *, starter: Path | No
 
 def read_active_pointer(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The sync client's active-bundle pointer (``active.json``: bundle_id, version), if any."""
+    from .bundle import check_file_name
+    from .errors import IntegrityError
+
     path = Path(data_dir) / "active.json"
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except ValueError as exc:
         raise InputError(f"{path}: unreadable bundle pointer ({exc})") from None
+    try:  # a bundle id is one folder name under bundles/ ("../../elsewhere" loaded a bundle outside it)
+        if not isinstance(doc, dict):
+            raise IntegrityError(f"a JSON {type(doc).__name__}, not an object")
+        check_file_name(doc.get("bundle_id"), "bundle_id")
+    except IntegrityError as exc:
+        raise InputError(f"{path}: unreadable bundle pointer ({exc})") from None
+    return doc
 
 
 def active_bundle_dir(data_dir: str | os.PathLike[str], catalogue: Any) -> Path:
@@ -343,8 +353,16 @@ def active_bundle_dir(data_dir: str | os.PathLike[str], catalogue: Any) -> Path:
     data_dir = Path(data_dir)
     # the catalogue database is the commit point: its bundle_id names the model its vectors came from (set only
     # once that bundle is installed and smoke-tested); the pointer can lag it by a moment, or after a kill
+    from .bundle import check_file_name
+    from .errors import IntegrityError
+
     held = catalogue.get_meta("bundle_id")
-    if held and (data_dir / "bundles" / str(held) / "manifest.json").is_file():
+    try:
+        held = check_file_name(held, "bundle_id") if held else None
+    except IntegrityError:  # never a path out of bundles/
+        log.warning("the catalogue names bundle %r, not a folder name: ignored", held)
+        held = None
+    if held and (data_dir / "bundles" / held / "manifest.json").is_file():
         return data_dir / "bundles" / str(held)
     bundle_id = (read_active_pointer(data_dir) or {}).get("bundle_id") or held
     path = data_dir / "bundles" / str(bundle_id) if bundle_id else None

@@ -12,6 +12,8 @@ import csv
 import datetime as _dt
 import logging
 import os
+import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +27,8 @@ MAX_STOCK = 10**9
 MAX_SIZE_MM = 100_000.0
 #: a part number is printable text of at most this many characters (it becomes a folder name in exports)
 MAX_PART_NUMBER_LEN = 100
+#: image kinds of ``images.csv``: reference shots of the part, and photos taken in the field
+IMAGE_KINDS = ("catalogue", "field")
 PART_FIELDS = ("part_number", "name", "category", "manufacturer", "description", "size_mm", "look_alike_group")
 
 
@@ -37,6 +41,9 @@ def read_csv_rows(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             cols = reader.fieldnames or []
+            twice = sorted({c for c in cols if cols.count(c) > 1})
+            if twice:  # DictReader keeps the last one silently
+                raise InputError(f"{path}: column {', '.join(twice)} appears more than once in the header")
             missing = [c for c in required if c not in cols]
             if missing:
                 raise InputError(f"{path}: no {', '.join(missing)} column (has: {', '.join(cols) or 'nothing'})")
@@ -48,14 +55,17 @@ def read_csv_rows(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     for line, r in enumerate(rows, start=2):
         if None in r:  # csv puts the fields beyond the header under the key None
             raise InputError(f"{path}:{line}: more fields than the header has columns")
+        if any(v is None for v in r.values()):  # and None for the fields a short row lacks
+            raise InputError(f"{path}:{line}: fewer fields than the header has columns")
     if not rows:
         raise InputError(f"{path}: no rows")
     return rows
 
 
 def check_part_number(value: Any, where: str) -> str:
-    """A part number as stored: stripped, non-empty, printable, at most MAX_PART_NUMBER_LEN characters."""
-    pn = str(value or "").strip()
+    """A part number as stored: stripped, Unicode NFC (a macOS export writes "Ö" as two code points: it must be
+    the same part), non-empty, printable, at most MAX_PART_NUMBER_LEN characters."""
+    pn = unicodedata.normalize("NFC", str(value or "").strip())
     if not pn:
         raise InputError(f"{where}: empty part_number")
     if len(pn) > MAX_PART_NUMBER_LEN or not pn.isprintable():
@@ -81,10 +91,9 @@ def parse_stock(value: Any, where: str) -> int | None:
     """A stock count: empty is None, else a whole number 0..MAX_STOCK."""
     if value in (None, ""):
         return None
-    try:
-        stock = int(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: {value!r} is not a whole number") from None
+    if not isinstance(value, int) and not re.fullmatch(r"[+-]?[0-9]+", str(value)):  # int() took "1_000", "٣"
+        raise InputError(f"{where}: {value!r} is not a whole number")
+    stock = int(value)
     if not 0 <= stock <= MAX_STOCK:
         raise InputError(f"{where}: {value!r} must be 0..{MAX_STOCK}")
     return stock
@@ -95,6 +104,11 @@ def read_parts_csv(parts_csv: Path, *, as_of: str) -> tuple[list[dict[str, Any]]
     row (the device's import and the hub's read it the same way); InputError naming the file and line."""
     rows = read_csv_rows(parts_csv, ("part_number", "name"))
     sites = sorted(c[len("stock_"):] for c in rows[0] if c.startswith("stock_"))
+    if "" in sites:
+        raise InputError(f"{parts_csv}: a column is named 'stock_' without a site (stock_<site>)")
+    lone_bins = sorted(c for c in rows[0] if c.startswith("bin_") and c[len("bin_"):] not in sites)
+    if lone_bins:  # dropped without a word before
+        raise InputError(f"{parts_csv}: {', '.join(lone_bins)} without the matching stock_<site> column")
     parts, inventory, seen = [], [], set()
     for line, r in enumerate(rows, start=2):
         where = f"{parts_csv}:{line}"
@@ -128,6 +142,9 @@ def import_catalogue(db: CatalogueDB, parts_csv: str | os.PathLike[str], images_
         raise UsageError(f"{db.path}: this catalogue is kept by a hub{' (' + hub_id + ')' if hub_id else ''}: add "
                          "the parts at the hub (`partlens hub import`) and sync; a local import would make the next "
                          "syncs skip hub changes")
+    unknown_kinds = sorted(set(kinds) - set(IMAGE_KINDS))
+    if unknown_kinds:  # imported 0 images without a word before
+        raise UsageError(f"unknown image kind(s) {', '.join(unknown_kinds)} (known: {', '.join(IMAGE_KINDS)})")
     parts_csv = Path(parts_csv)
     if as_of is None and parts_csv.is_file():  # (a missing file is read_parts_csv's error)
         as_of = _dt.datetime.fromtimestamp(parts_csv.stat().st_mtime, _dt.timezone.utc).isoformat(timespec="seconds")
@@ -138,21 +155,30 @@ def import_catalogue(db: CatalogueDB, parts_csv: str | os.PathLike[str], images_
         images_csv = Path(images_csv)
         root = images_csv.parent.resolve()
         for line, r in enumerate(read_csv_rows(images_csv, ("path", "part_number")), start=2):
-            kind = r.get("kind") or "catalogue"
+            where = f"{images_csv}:{line}"
+            kind = (r.get("kind") or "").strip() or "catalogue"
+            if kind not in IMAGE_KINDS:  # "Catalogue" was skipped as another kind, silently
+                raise InputError(f"{where}: kind {kind!r} is not one of {', '.join(IMAGE_KINDS)}")
             if kind not in kinds:
                 continue
-            if r["part_number"] not in seen:
-                raise InputError(f"{images_csv}:{line}: part {r['part_number']!r} is not in {parts_csv}")
+            pn = check_part_number(r["part_number"], where)  # stripped and normalised as in parts.csv
+            if pn not in seen:
+                raise InputError(f"{where}: part {pn!r} is not in {parts_csv}")
             path = (root / r["path"]).resolve()
             if not path.is_relative_to(root):
-                raise InputError(f"{images_csv}:{line}: {r['path']!r} is outside the CSV's folder {root}")
+                raise InputError(f"{where}: {r['path']!r} is outside the CSV's folder {root}")
             if not path.is_file():
-                raise InputError(f"{images_csv}:{line}: {path}: no such image")
-            if r["path"] in paths_seen:  # one image listed for two parts would move it to the second silently
-                raise InputError(f"{images_csv}:{line}: {r['path']} is listed twice (first on line "
-                                 f"{paths_seen[r['path']]})")
-            paths_seen[r["path"]] = line
-            images.append({"image_id": r["path"], "part_number": r["part_number"], "path": str(path), "kind": kind})
+                raise InputError(f"{where}: {path}: no such image")
+            if path in paths_seen:  # one file listed for two parts (also as ./a.png or by its absolute path)
+                raise InputError(f"{where}: {r['path']} is listed twice (first on line {paths_seen[path]})")
+            _check_image_file(path, where)
+            paths_seen[path] = line
+            images.append({"image_id": r["path"], "part_number": pn, "path": str(path), "kind": kind})
+    with db.read():
+        others = [r[0] for r in db.db.conn.execute("SELECT part_number FROM parts") if r[0] not in seen]
+    if others:  # an import adds and updates; it never deletes (say so: their stock would look current)
+        log.warning("%d part(s) in %s are not in %s and stay as they were (their stock dates from an earlier "
+                    "import), e.g. %s", len(others), db.path, parts_csv, ", ".join(others[:5]))
     with db.transaction():
         if site:
             db.set_meta("site", site)
@@ -165,4 +191,15 @@ def import_catalogue(db: CatalogueDB, parts_csv: str | os.PathLike[str], images_
     log.info("imported %d parts, %d inventory rows, %d images (catalogue version %d)", len(parts), len(inventory),
              len(images), version)
     return {"parts": len(parts), "inventory": len(inventory), "images": len(images), "sites": sites,
-            "catalogue_version": version, "as_of": as_of}
+            "catalogue_version": version, "as_of": as_of, "parts_not_in_file": len(others)}
+
+
+def _check_image_file(path: Path, where: str) -> None:
+    """An image Pillow recognises (header only: cheap); a CSV or a document listed as a catalogue image is refused."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018 - the header is parsed
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"{where}: {path.name} is not an image ({exc})") from None

@@ -38,6 +38,18 @@ def test_missing_or_corrupt_pointer_is_a_clear_error(tmp_path) -> None:
     (tmp_path / "active.json").write_text("{not json")
     with pytest.raises(InputError, match="unreadable bundle pointer"):
         active_bundle_dir(tmp_path, _Meta("v1"))
+    # a bundle id is one folder under bundles/: a path out of it (an audit loaded a bundle elsewhere), or a
+    # pointer of the wrong shape, is an unreadable pointer, not "no bundle installed"
+    elsewhere = tmp_path / "elsewhere" / "v1-x"
+    (elsewhere).mkdir(parents=True)
+    (elsewhere / "manifest.json").write_text("{}")
+    for doc in ({"bundle_id": "../elsewhere/v1-x"}, {"bundle_id": 5}, []):
+        (tmp_path / "active.json").write_text(json.dumps(doc))
+        with pytest.raises(InputError, match="unreadable bundle pointer"):
+            active_bundle_dir(tmp_path, _Meta(None))
+    (tmp_path / "active.json").unlink()
+    with pytest.raises(InputError, match="no model bundle installed"):
+        active_bundle_dir(tmp_path, _Meta("../elsewhere/v1-x"))  # the catalogue's name is checked too
 
 
 def test_a_running_app_follows_a_bundle_the_nightly_sync_installed(world, tmp_path) -> None:

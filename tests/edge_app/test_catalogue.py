@@ -193,3 +193,45 @@ def test_outbox(tmp_path):
         box.add("usage", {}, uuid="00000000-0000-4000-8000-000000000001")
     box.close()
     assert Outbox(tmp_path / "outbox.db").count() == 2  # survives reopening
+
+
+def test_import_refuses_what_it_used_to_take_silently(tmp_path, caplog):
+    """Found by an audit of `partlens catalogue import`: each of these imported something else than the file said."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "a.png")
+    (tmp_path / "notes.png").write_text("part_number,name\n")  # not an image, named like one
+    db = CatalogueDB(tmp_path / "c.db")
+
+    def parts(text):
+        (tmp_path / "parts.csv").write_text(text, "utf-8")
+        return tmp_path / "parts.csv"
+
+    def images(text):
+        (tmp_path / "images.csv").write_text(text, "utf-8")
+        return tmp_path / "images.csv"
+
+    good = "part_number,name,stock_s1,bin_s1\nP1,one,3,A\nP2,two,0,B\n"
+    for text, msg in (("part_number,name,part_number\nabc,x,y\n", "appears more than once"),
+                      ("part_number,name,stock_s1\nP1,one\n", "fewer fields than the header"),
+                      ("part_number,name,stock_s1\nP1,one,1_000\n", "not a whole number"),
+                      ("part_number,name,stock_s1\nP1,one,\u0663\n", "not a whole number"),
+                      ("part_number,name,stock_s1,bin_s2\nP1,one,3,A\n", "bin_s2 without the matching stock_"),
+                      ("part_number,name,stock_\nP1,one,3\n", "'stock_' without a site")):
+        with pytest.raises(InputError, match=msg):
+            import_catalogue(db, parts(text))
+    for text, msg in (("path,part_number,kind\na.png,P1,Catalogue\n", "kind 'Catalogue' is not one of"),
+                      ("path,part_number\na.png,P1\n./a.png,P2\n", "listed twice"),
+                      (f"path,part_number\na.png,P1\n{tmp_path / 'a.png'},P2\n", "listed twice"),
+                      ("path,part_number\nnotes.png,P1\n", "notes.png is not an image")):
+        with pytest.raises(InputError, match=msg):
+            import_catalogue(db, parts(good), images(text))
+    with pytest.raises(UsageError, match="unknown image kind"):
+        import_catalogue(db, parts(good), images("path,part_number\na.png,P1\n"), kinds=("bogus",))
+    assert db.count("parts") == 0  # nothing of the refused imports
+    # part numbers in images.csv are read as in parts.csv; NFD (a macOS export) is the same part as NFC
+    res = import_catalogue(db, parts(good + "\u00d6L,oil ring,1,C\n"), images("path,part_number\na.png, P1 \n"))
+    assert res["images"] == 1 and res["parts_not_in_file"] == 0
+    res = import_catalogue(db, parts("part_number,name,stock_s1\nO\u0308L,oil ring,5\n"))
+    assert db.count("parts") == 3 and db.part("\u00d6L")["inventory"][0]["stock"] == 5
+    assert res["parts_not_in_file"] == 2 and "stay as they were" in caplog.text  # an import never deletes

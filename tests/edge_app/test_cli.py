@@ -129,3 +129,20 @@ def test_identify_and_catalogue_take_the_device_folder(world, device_db, capsys,
     assert rc == 0 and "P0013" in out
     rc, _, err = _run(capsys, "identify", world.field["P0013"][0], "--backend", "onnx")  # the default folder
     assert rc == 3 and str(tmp_path / "empty") in err
+
+
+def test_an_output_the_terminal_cannot_encode_is_named_as_such(tmp_path, monkeypatch, capsys):
+    """It said "an argument is not valid UTF-8 text" (an audit ran `catalogue show` with PYTHONIOENCODING=ascii)."""
+    import io
+    import sys
+
+    (tmp_path / "parts.csv").write_text("part_number,name,stock_s1\n\u00d6L-12,\u00d6l ring,3\n", "utf-8")
+    db = tmp_path / "c.db"
+    assert main(["catalogue", "import", str(tmp_path / "parts.csv"), "--db", str(db)]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="ascii"))
+    assert main(["catalogue", "show", "\u00d6L-12", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "output's encoding (ascii) cannot show" in err and "not valid UTF-8" not in err
+    assert main(["catalogue", "show", "\udcff", "--db", str(db)]) == 2  # undecodable bytes in an argument
+    assert "an argument is not valid UTF-8 text" in capsys.readouterr().err
