@@ -88,6 +88,7 @@ class PartlensApp(App):
         root.add_widget(self.status)
         root.add_widget(nav)
         self.sm.bind(current=self._on_screen)
+        Window.bind(on_keyboard=self._on_key)
         self.restore_state()
         self._recover_camera()
         self._on_screen(self.sm, self.sm.current)
@@ -121,6 +122,23 @@ class PartlensApp(App):
         st.texture_update()
         st.opacity = 1 if st.text else 0
         st.height = st.texture_size[1] + dp(12) if st.text else 0
+
+    def _on_key(self, _window: Any, key: int, *_args: Any) -> bool:
+        """Android's Back (Escape on a desktop): Part detail goes back where it was opened from, other screens to
+        Identify; on Identify, Kivy's default (Android: the app goes to the background). Open dialogs close
+        themselves first (Kivy gives them the key before the app); while work runs, Back waits for it."""
+        if key != 27:
+            return False
+        if self.busy:
+            return True
+        current = self.sm.current
+        if current == "part_detail":
+            self.screen("part_detail").back()
+            return True
+        if current != "identify":
+            self.go("identify")
+            return True
+        return False
 
     def screen(self, name: str) -> Any:
         return self.sm.get_screen(name)

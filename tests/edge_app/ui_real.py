@@ -288,3 +288,13 @@ def test_results_belong_to_the_photos_they_came_from_and_answers_run_off_the_ui_
     (unknown,) = [r for r in _pending(services) if r["kind"] == "unknown_part"
                   and r["payload"]["note"] == "stamped 7731"]
     assert unknown["payload"]["capture_ids"] == app.outcome.capture_ids
+    # Android's Back (key 27): Part detail back where it was opened from, other screens to Identify
+    from kivy.core.window import Window
+
+    app.open_part(app.outcome.matches[0].part_number)
+    pump(5)
+    assert app.sm.current == "part_detail"
+    Window.dispatch("on_keyboard", 27, 0, None, [])
+    assert app.sm.current == "results"
+    Window.dispatch("on_keyboard", 27, 0, None, [])
+    assert app.sm.current == "identify"
