@@ -155,6 +155,13 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delete_parts(args: argparse.Namespace) -> int:
+    version = _open_hub(args).delete_parts(args.part_numbers)
+    print(f"deleted {len(args.part_numbers)} part(s) at catalogue version {version}; tablets drop them (with their "
+          "images and vectors) at their next sync", file=sys.stderr)
+    return 0
+
+
 def _revoke_device(args: argparse.Namespace) -> int:
     from .hub.enrol import revoke_device
 
@@ -428,6 +435,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sync-window", metavar="HH:MM-HH:MM", help="nightly background-sync window (local time) or "
                    "'always'")
     p.add_argument("--keep-free-mb", type=float, metavar="MB", help="storage a sync leaves free for photos")
+    p = cmd("delete-parts", _delete_parts, "remove parts from the catalogue (with their images, stock and vectors; "
+            "e.g. after an import renamed them: an import never deletes); tablets follow at their next sync")
+    p.add_argument("part_numbers", nargs="+", metavar="PART_NUMBER")
     p = cmd("revoke-device", _revoke_device, "revoke a device's token at once (e.g. a lost tablet)")
     p.add_argument("name")
     p = cmd("tls-init", _tls_init, "make the hub's TLS certificate: from then on it serves HTTPS and enrolment "

@@ -166,6 +166,9 @@ def restore_hub(backup_dir: str | os.PathLike[str], target: str | os.PathLike[st
         shutil.copytree(src, work, ignore=shutil.ignore_patterns("backup.json"))
         for tree in TREES:  # a backup holds files, not empty folders; the hub expects its folders
             (work / tree).mkdir(exist_ok=True)
+        from .store import SqliteHubStore
+
+        SqliteHubStore(work / "hub.db").close()  # a backup of an older hub: its schema migrated before it is read
         remade = _repair_thumbs(work)
         epoch = _start_lineage(work / "hub.db", str(info.get("taken_at") or ""))
         if key_path is not None:

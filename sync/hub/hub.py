@@ -191,6 +191,16 @@ class Hub:
     def bundle_id(self) -> str | None:
         return self.store.get_meta("bundle_id")
 
+    def _check_still_active(self, emb: Embedder | None, what: str) -> None:
+        """Inside a catalogue change: vectors made before it began must be the active bundle's. A `set-bundle` that
+        committed meanwhile (another process) would otherwise leave them under the old model, where tablets never
+        search them (an audit: four parts a tablet could not identify, and no command to repair it)."""
+        active = self.store.get_meta("bundle_id")
+        made_with = emb.bundle_id if emb is not None else None
+        if active != made_with:
+            raise UsageError(f"{what}: the active bundle changed to {active} (another `hub set-bundle`) while this "
+                             f"command embedded its images with {made_with}; nothing was written: run it again")
+
     def embedder(self) -> Embedder | None:
         """The active bundle's embedder, or None before any bundle is set."""
         bid = self.bundle_id
@@ -288,6 +298,8 @@ class Hub:
         emb = self.embedder()
         vecs = self.embed_rows(rows, emb) if emb is not None and rows else None
         with self.store.change() as ch:
+            if rows:
+                self._check_still_active(emb, "adding images")
             for r in rows:
                 if self.store.part(r["part_number"]) is None:
                     raise InputError(f"image {r['image_id']}: unknown part {r['part_number']!r}")
@@ -318,6 +330,8 @@ class Hub:
         vecs = self.embed_rows(rows, emb) if emb is not None and rows else None
         now = utcnow()
         with self.store.change() as ch:
+            if rows:
+                self._check_still_active(emb, f"part {pn}")
             ch.upsert_parts([dict(part, part_number=pn)])
             ch.upsert_inventory([{"part_number": pn, "site": check_name(s, "site"), "stock": st, "bin": b,
                                   "as_of": now} for s, (st, b) in inventory.items()])
@@ -374,6 +388,9 @@ class Hub:
         emb = self.embedder()
         vecs = self.embed_rows(image_rows, emb) if emb is not None and image_rows else None
         with self.store.change() as ch:
+            if image_rows:
+                self._check_still_active(emb, "import")
+            others = [pn for pn in self.store.part_numbers() if pn not in known]
             ch.upsert_parts(parts)
             ch.upsert_inventory(inventory)
             ch.upsert_images(image_rows)
@@ -383,8 +400,11 @@ class Hub:
         changed = sorted({r["part_number"] for r in image_rows})
         found = self.look_alikes(changed) if changed else []
         _log_look_alikes(found)
+        if others:  # an import adds and updates, never deletes: a renamed part stays live under its old number
+            log.warning("%d part(s) of the catalogue are not in %s and stay live (e.g. %s); remove them with "
+                        "`partlens hub delete-parts`", len(others), parts_csv, ", ".join(others[:5]))
         return {"version": version, "parts": len(parts), "inventory": len(inventory), "images": len(image_rows),
-                "look_alikes": found}
+                "look_alikes": found, "parts_not_in_file": len(others)}
 
     # -- bundles ----------------------------------------------------------------------------
     def set_bundle(self, bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -426,6 +446,10 @@ class Hub:
         vecs = self.embed_rows_cached(rows, embedder, save=False)  # evaluate-bundle's vectors, not embedded again
         kill_point("hub_set_bundle_embedded")
         with self.store.change() as ch:
+            now_active = self.store.get_meta("bundle_id")
+            if now_active != active:  # another set-bundle committed meanwhile: checked again under the write lock
+                raise UsageError(f"bundle {now_active} became active while {bundle.bundle_id} was being installed "
+                                 "(another `hub set-bundle`); nothing was written: run it again if it is still newer")
             live = {r["image_id"] for r in self.store.live_images()}
             if live != {r["image_id"] for r in rows}:
                 raise UsageError("the catalogue images changed while re-embedding; run set-bundle again")

@@ -98,6 +98,7 @@ class HubStore(Protocol):
     def change(self) -> contextlib.AbstractContextManager[Change]: ...
     def snapshot(self, site: str, from_version: int) -> Snapshot: ...
     def part(self, part_number: str) -> dict[str, Any] | None: ...
+    def part_numbers(self) -> list[str]: ...
     def image(self, image_id: str) -> dict[str, Any] | None: ...
     def live_images(self) -> list[dict[str, Any]]: ...
     def part_embeddings(self, bundle_id: str) -> dict[str, np.ndarray]: ...
@@ -437,11 +438,18 @@ class SqliteHubStore:
         return {r["part_number"]: r["look_alike_group"] for r in self._rows(
             "SELECT part_number, look_alike_group FROM parts WHERE deleted=0")}
 
+    def part_numbers(self) -> list[str]:
+        """The live (not deleted) part numbers."""
+        return [r[0] for r in self._db().conn.execute("SELECT part_number FROM parts WHERE deleted=0 "
+                                                      "ORDER BY part_number")]
+
     def counts(self) -> dict[str, Any]:
         c = self._db().conn
+        active = self.get_meta("bundle_id")
         return {t: c.execute(f"SELECT count(*) FROM {t} WHERE deleted=0").fetchone()[0]
                 for t in ("parts", "inventory", "images")} | {
-            "embeddings": c.execute("SELECT count(*) FROM embeddings").fetchone()[0],
+            # the active bundle's only: vectors of another model are never sent to tablets
+            "embeddings": c.execute("SELECT count(*) FROM embeddings WHERE bundle_id IS ?", (active,)).fetchone()[0],
             # what waits for a person (`hub review list --status new`); usage events are for field-stats
             "uploads_to_review": dict(c.execute(
                 "SELECT kind, count(*) FROM uploads WHERE status='new' AND kind!='usage' GROUP BY kind "

@@ -291,3 +291,25 @@ def test_a_tablet_at_the_backup_s_own_version_checks_in_on_the_restored_lineage(
     assert r.to_version == r.from_version and r.checked_in
     row = next(d for d in fleet(restored) if d["name"] == "tab1")
     assert row["other_lineage"] is False and row["versions_behind"] == 0
+
+
+def test_a_backup_of_an_older_hub_schema_is_migrated_when_restored(world, tmp_path) -> None:
+    """Backups exist from before hub schema 3 (thumbnail hashes): restoring one crashed with "no such column:
+    thumb_sha256" (an audit of the admin workflows); its database is brought up to date first now."""
+    from sync.hub.backup import backup_hub, restore_hub
+    from sync.hub.hub import Hub
+
+    backup = tmp_path / "backup"
+    backup_hub(world.hub, backup)
+    db = sqlite3.connect(backup / "hub.db")
+    for table, column in (("images", "thumb_sha256"), ("devices", "last_catalogue_epoch"),
+                          ("devices", "keep_free_mb"), ("devices", "sync_window")):
+        db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    out = restore_hub(backup, tmp_path / "restored", key_path=world.hub_key_path)
+    restored = Hub(tmp_path / "restored", embedder_factory=world.hub.embedder_factory)
+    assert restored.store.get_meta("schema_version") >= 5 and out["thumbnails_remade"] == 0
+    rows = sqlite3.connect(tmp_path / "restored" / "hub.db").execute("SELECT thumb_sha256 FROM images").fetchall()
+    assert rows and all(r[0] is None for r in rows)  # old images carry no hash, as before the migration

@@ -152,3 +152,55 @@ def test_read_only_hub_commands_do_not_wait_for_a_writer(world) -> None:
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_admin_commands_racing_a_set_bundle_write_nothing_stale(world, tmp_path, monkeypatch) -> None:
+    """Found by an audit running two admin commands at once: an import that embedded with bundle v1 while another
+    process made v2 active stored its vectors under v1 (tablets could never identify those parts); two set-bundles
+    at once made the OLDER bundle active after the newer one (every tablet that took the newer failed each sync)."""
+    from sync.hub.hub import Hub
+
+    from .helpers import embedder_factory, make_bundle
+
+    hub = world.hub
+    other = Hub(hub.root, embedder_factory=embedder_factory)  # another admin process on the same hub folder
+    v2 = make_bundle(tmp_path / "export", world.export_key, 2)
+    v3 = make_bundle(tmp_path / "export", world.export_key, 3)
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "k.jpg").write_bytes(part_image(77))
+    parts, images = _csvs(tmp_path, "part_number,name\nK0,knob\n", "path,part_number,kind\nimgs/k.jpg,K0,catalogue\n")
+    real_embed = hub.embed_rows
+    before = hub.store.version()
+
+    def embed_then_switch(rows, emb):
+        vecs = real_embed(rows, emb)
+        other.set_bundle(v2)  # commits while this import still holds v1's vectors
+        return vecs
+
+    monkeypatch.setattr(hub, "embed_rows", embed_then_switch)
+    with pytest.raises(UsageError, match="active bundle changed to .* nothing was written"):
+        hub.import_csv(parts, images)
+    monkeypatch.undo()
+    assert hub.store.part("K0") is None and hub.store.version() == before + 1  # only v2's own version
+    out = hub.import_csv(parts, images)  # run again: embedded with v2
+    assert out["images"] == 1 and hub.store.counts()["embeddings"] == hub.store.counts()["images"]
+
+    real_cached = hub.embed_rows_cached
+
+    def cached_then_newer(rows, emb, **kw):
+        vecs = real_cached(rows, emb, **kw)
+        other.set_bundle(v3)  # the newer bundle lands first
+        return vecs
+
+    v2b = make_bundle(tmp_path / "export2", world.export_key, 3)  # same version as v3, another bundle
+    monkeypatch.setattr(hub, "embed_rows_cached", cached_then_newer)
+    with pytest.raises(UsageError, match="became active while"):
+        hub.set_bundle(v2b)
+    assert Hub(hub.root, embedder_factory=embedder_factory).bundle_id == Path(v3).name
+
+    # an import never deletes: parts left out are counted, and `hub delete-parts` removes them
+    out = hub.import_csv(*_csvs(tmp_path, "part_number,name\nK0,knob\n"))
+    assert out["parts_not_in_file"] == 3  # P0, P1, P2 stay live
+    rc, err = _cli("hub", "delete-parts", "--hub", str(hub.root), "P0", "P1")
+    assert rc == 0 and "deleted 2 part(s)" in err
+    assert Hub(hub.root).store.part_numbers() == ["K0", "P2"]
