@@ -693,7 +693,8 @@ class SyncClient:
             bundle = self._install_bundle(plan["bundle"], result, other_hub=other_hub)
             target = bundle.bundle_id
         pkg_info = plan.get("package")
-        if pkg_info is None:
+        if pkg_info is None:  # at the hub's version already
+            self._sweep_downloads()
             return result
         sig = pkg_info["signature"]
         from .package import verify_descriptor
@@ -739,7 +740,22 @@ class SyncClient:
         if bundle is not None:
             prune_bundles(self.paths, {bundle.bundle_id, *([active_id] if active_id else [])})
             (self.paths.downloads / f"{bundle.bundle_id}.tar").unlink(missing_ok=True)
+        self._sweep_downloads()
         return result
+
+    def _sweep_downloads(self) -> None:
+        """After a sync that reached the hub's version, whatever is left in ``downloads/`` is for plans the hub
+        has moved past (a package fetched but not applied, a cut download, a crash after the commit): it is never
+        asked for again, so it goes (a sync audit found a snapshot's worth per interruption eating into the space
+        kept for photos)."""
+        if not self.paths.downloads.is_dir():
+            return
+        for f in self.paths.downloads.iterdir():
+            if f.is_file():
+                try:
+                    f.unlink()
+                except OSError as exc:
+                    log.warning("could not delete the old download %s (%s)", f, exc)
 
     def _moved(self, db: Any) -> tuple[str, str] | None:
         """Why this device's catalogue cannot be continued with deltas from its hub, as (``"hub"`` or

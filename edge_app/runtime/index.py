@@ -559,7 +559,10 @@ class VectorIndex:
                 index = None
         changed = False
         if index is not None:
-            if index.stamp != stamp or len(index) != len(labels):
+            # a live index is also compared label by label: a snapshot that replaced the catalogue at the same
+            # version (another site, another lineage) keeps the stamp and can keep the count (a sync audit)
+            if index.stamp != stamp or len(index) != len(labels) or \
+                    (index is live and index.live_labels() != {int(x) for x in labels}):
                 try:
                     stats = index.sync_from(labels, lambda missing: _fetch(db, bundle_id, missing), defer=defer)
                     log.info("index %s -> %s: %s", index.stamp, stamp, stats)

@@ -429,7 +429,9 @@ class Hub:
             cur = self.store.bundle(active)
             if cur and bundle.version <= int(cur["version"]) and bundle.bundle_id != active:
                 raise UsageError(f"bundle {bundle.bundle_id} (version {bundle.version}) is not newer than the "
-                                 f"active {active} (version {cur['version']}); rollbacks are refused")
+                                 f"active {active} (version {cur['version']}); rollbacks are refused: to go back to an "
+                                 "earlier model, reissue it with a newer version on the export machine (`partlens "
+                                 "bundle reissue OLD_BUNDLE --version N`) and set that")
             if bundle.bundle_id == active:
                 raise UsageError(f"bundle {active} is already active")
         dst = self.bundle_dir(bundle.bundle_id)

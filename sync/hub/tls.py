@@ -317,6 +317,10 @@ def enable_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, f
         else:
             log.info("hub URL is now %s", new_url)
     info["url"] = hub.config.get("url")
+    # a running `hub serve` started without a certificate keeps serving plain HTTP: enrolments made now (HTTPS,
+    # pinned) fail with "wrong version number" until it is restarted (an admin audit)
+    log.warning("restart `partlens hub serve` if it is running: it serves HTTPS with this certificate from its "
+                "next start")
     return info
 
 

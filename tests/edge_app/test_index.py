@@ -401,3 +401,19 @@ def test_an_index_mostly_of_deleted_entries_is_rebuilt_compact(tmp_path, engine,
     live = set(db.embedding_labels("v1-aaaaaaaaaaaa"))
     assert set(labels[0].tolist()) <= live
     db.close()
+
+
+def test_a_live_index_follows_a_catalogue_replaced_at_the_same_version(tmp_path) -> None:
+    """A sync audit: a snapshot of another site replaced every vector at the same catalogue version (same stamp,
+    same count), and a live index passed to open() kept answering with labels SQLite no longer had."""
+    vecs = clusters(40, 32, 4)
+    db, old = _db_with(tmp_path, vecs)
+    live = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS)
+    with db.transaction():  # the snapshot: same images re-sent, new labels, version unchanged
+        db.delete_embeddings()
+        new = db.upsert_embeddings([f"img{i}" for i in range(len(vecs))], vecs, "v1-aaaaaaaaaaaa")
+    assert db.catalogue_version == 1 and not set(old.tolist()) & set(new.tolist())
+    idx = VectorIndex.open(db, "v1-aaaaaaaaaaaa", PARAMS, live=live, defer=True)
+    assert idx.live_labels() == set(new.tolist())
+    got, _ = idx.search(vecs[:3], 1)
+    assert got[:, 0].tolist() == new[:3].tolist()

@@ -208,3 +208,20 @@ def test_every_sync_records_its_time_for_the_app(world):
         assert (world.device_dir / "last_sync.json").is_file()
     finally:
         svc.close()
+
+
+def test_downloads_the_hub_moved_past_are_swept_after_a_sync(world):
+    """A sync audit: a package fetched but not applied, a cut download or a crash after the commit left its file in
+    downloads/ for good (a snapshot's worth each, out of the space kept for photos)."""
+    c = client(world)
+    c.sync()
+    downloads = world.device_dir / "downloads"
+    downloads.mkdir(exist_ok=True)
+    for name in ("delta-000001-000002.tar", "snapshot-000001.tar.partial", "v9-0123456789ab.tar"):
+        (downloads / name).write_bytes(b"x" * 1000)
+    c.sync()  # nothing new at the hub: up to date, the leftovers go
+    assert list(downloads.iterdir()) == []
+    (downloads / "delta-000001-000002.tar").write_bytes(b"x")
+    world.hub.set_stock("P1", "site_a", 7)
+    c.sync()  # a package applied: the same
+    assert list(downloads.iterdir()) == []
