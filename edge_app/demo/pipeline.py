@@ -149,15 +149,17 @@ class DemoRun:
                          field_per_part=cfg.field_per_part, worn=cfg.train_worn, **kw)
         # The new parts' photos; the hub imports their catalogue shots (kind=catalogue) only.
         new = generate(self.data / "new", seed=cfg.seed, parts=groups["new"], field_per_part=3, **kw)
-        # Fresh photos: another seed, so poses, light and field backgrounds were never seen in training.
+        # Fresh photos: another seed (poses, light), on the query pool's surfaces, whose textures no training photo
+        # shows (the training photos' pool is another; an audit found queries on training textures before)
         queries = generate(self.data / "queries", seed=cfg.seed + 1000, catalogue_per_part=0, size=cfg.generate_size,
-                           field_per_part=cfg.query_per_part, parts=groups["known"] + groups["new"])
+                           field_per_part=cfg.query_per_part, parts=groups["known"] + groups["new"],
+                           backgrounds="query")
         # The same known-part query shots (same seed) as taken off a machine: greasy, rusty, dusty or broken
         worn = generate(self.data / "worn", seed=cfg.seed + 1000, catalogue_per_part=0, size=cfg.generate_size,
-                        field_per_part=cfg.query_per_part, parts=groups["known"], worn=1.0)
+                        field_per_part=cfg.query_per_part, parts=groups["known"], worn=1.0, backgrounds="query")
         calib = generate(self.data / "calibration", seed=cfg.seed + 2000, catalogue_per_part=0,
                          size=cfg.generate_size, field_per_part=cfg.calibration_per_part,
-                         parts=groups["known"] + groups["outside"])
+                         parts=groups["known"] + groups["outside"], backgrounds="calibration")
         self.report["images"] = {"train": known.n_images, "new_catalogue": new.n_images,
                                  "queries": queries.n_images, "worn_queries": worn.n_images,
                                  "calibration": calib.n_images}

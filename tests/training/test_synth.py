@@ -192,6 +192,35 @@ def test_catalogue_and_field_background_pools_are_disjoint() -> None:
         assert plan.scale_ref in ("none", "ruler", "mat")
 
 
+def test_held_out_field_photos_are_taken_on_textures_no_training_photo_shows(tmp_path) -> None:
+    """An audit of the demo: its query photos were drawn from the training photos' 70 textures (26 of 126 queries
+    on the very texture of a training photo of their part). Calibration and query photos now have pools of their own."""
+    from training.synth.generate import generate
+    from training.synth.scene import CALIBRATION_BACKGROUNDS, FIELD_POOLS, QUERY_BACKGROUNDS
+
+    pools = [FIELD_BACKGROUNDS, CALIBRATION_BACKGROUNDS, QUERY_BACKGROUNDS]
+    seeds = [{s.seed for s in pool} for pool in pools]
+    assert all(seeds) and not (seeds[0] & seeds[1] or seeds[0] & seeds[2] or seeds[1] & seeds[2])
+    assert {s.family for s in QUERY_BACKGROUNDS} == {s.family for s in FIELD_BACKGROUNDS}  # same kinds of surface
+    rng = np.random.default_rng(0)
+    textures = {name: [background(spec, 48, rng) for spec in pool] for name, pool in FIELD_POOLS.items()}
+    for q in textures["query"]:  # no query texture is a training texture (they differ pixel by pixel)
+        assert min(float(np.abs(q.astype(np.int16) - t.astype(np.int16)).mean()) for t in textures["field"]) > 2
+    part = PARTS_BY_NUMBER["GER-20T-M1"]
+    for seed in range(20):
+        for name, pool in FIELD_POOLS.items():
+            assert plan_shot(part, "field", np.random.default_rng(seed), 64, backgrounds=name).background in pool
+    # the same seed gives the same pose on another pool: only the surface changes
+    a = plan_shot(part, "field", np.random.default_rng(3), 64)
+    b = plan_shot(part, "field", np.random.default_rng(3), 64, backgrounds="query")
+    assert a.rotation_deg == b.rotation_deg and a.background != b.background
+    res = generate(tmp_path / "q", seed=5, catalogue_per_part=0, field_per_part=1, size=64, parts=["GER-20T-M1"],
+                   workers=1, backgrounds="query")
+    assert json.loads((res.out_dir / "generate.json").read_text())["backgrounds"] == "query"
+    with pytest.raises(UsageError, match="backgrounds must be one of"):
+        generate(tmp_path / "bad", field_per_part=1, size=64, parts=["GER-20T-M1"], workers=1, backgrounds="studio")
+
+
 def test_hand_occludes_part_of_the_part() -> None:
     part = PARTS_BY_NUMBER["BRG-6204"]
     seen = 0

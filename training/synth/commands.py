@@ -26,7 +26,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise UsageError("OUT is required (or use --list-parts)")
     res = generate(args.out, seed=args.seed, catalogue_per_part=args.catalogue_per_part,
                    field_per_part=args.field_per_part, size=args.size, parts=args.parts, workers=args.workers,
-                   overwrite=args.overwrite, worn=args.worn)
+                   overwrite=args.overwrite, worn=args.worn, backgrounds=args.backgrounds)
     print(f"wrote {res.n_images} images to {res.out_dir} in {res.seconds:.1f} s "
           f"({res.parts_csv.name}, {res.images_csv.name})")
     return 0
@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--worn", type=float, default=0.0, metavar="SHARE",
                    help="share of field shots showing wear, 0-1: grease, rust (steel parts), dust or a chipped-off "
                    "piece, drawn on the same shot the seed gives without wear (default 0)")
+    p.add_argument("--backgrounds", choices=("field", "calibration", "query"), default="field",
+                   help="texture pool of the field shots: field (training photos, default), calibration or query "
+                   "(held-out photos on surfaces the field pool never shows)")
     p.add_argument("--size", type=int, default=256, help="image side in pixels, 32-2048 (default 256)")
     p.add_argument("--parts", type=_parts_list, default=None, metavar="A,B",
                    help="only these part numbers (comma separated; see --list-parts)")

@@ -20,7 +20,7 @@ from PIL import Image, ImageFilter
 from . import overlays as ov
 from .parts import PARTS, Part
 from .render import part_extent_mm, render_part
-from .scene import CATALOGUE_BACKGROUNDS, FIELD_BACKGROUNDS, BackgroundSpec, background
+from .scene import CATALOGUE_BACKGROUNDS, FIELD_POOLS, BackgroundSpec, background
 from .wear import apply_wear
 
 KINDS = ("catalogue", "field")
@@ -86,10 +86,14 @@ class Shot:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def plan_shot(part: Part, kind: str, rng: np.random.Generator, size: int, index: int = 0) -> ShotPlan:
-    """Draw the random choices of one ``kind`` shot of ``part`` (``index`` alternates catalogue rulers)."""
+def plan_shot(part: Part, kind: str, rng: np.random.Generator, size: int, index: int = 0,
+              backgrounds: str = "field") -> ShotPlan:
+    """Draw the random choices of one ``kind`` shot of ``part`` (``index`` alternates catalogue rulers); a field
+    shot's background comes from the field pool ``backgrounds`` (``field``, ``calibration`` or ``query``)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if backgrounds not in FIELD_POOLS:
+        raise ValueError(f"backgrounds must be one of {', '.join(FIELD_POOLS)}, not {backgrounds!r}")
     ext = max(part_extent_mm(part))
     az = rng.uniform(0, 2 * math.pi)
     if kind == "catalogue":
@@ -110,7 +114,8 @@ def plan_shot(part: Part, kind: str, rng: np.random.Generator, size: int, index:
     r = rng.random()
     scale_ref = "none" if r < 0.5 else "ruler" if r < 0.75 else "mat"
     in_hand = bool(rng.random() < 0.3)
-    bg = FIELD_BACKGROUNDS[int(rng.integers(len(FIELD_BACKGROUNDS)))]
+    pool = FIELD_POOLS[backgrounds]
+    bg = pool[int(rng.integers(len(pool)))]
     if scale_ref == "none":
         ppm = rng.uniform(0.3, 0.75) * size / ext
     else:

@@ -59,6 +59,7 @@ class ImageTask:
     seed: int
     size: int
     worn: float = 0.0
+    backgrounds: str = "field"
 
     @property
     def rel_path(self) -> str:
@@ -72,14 +73,14 @@ def image_seed(seed: int, part_number: str, kind: str, index: int) -> int:
 
 
 def render_image(part: Part, kind: str, index: int, seed: int, size: int,
-                 worn: float = 0.0) -> tuple[bytes, dict[str, object]]:
+                 worn: float = 0.0, backgrounds: str = "field") -> tuple[bytes, dict[str, object]]:
     """JPEG bytes and label info of one image, from its own seed only.
 
     ``worn``: the chance that a field shot shows wear (``wear.WEARS``). The wear is drawn from a generator of its
     own, so a worn shot is the shot the same seed gives at ``worn=0`` (pose, light, background) plus the wear.
     """
     rng = np.random.default_rng(seed)
-    plan = plan_shot(part, kind, rng, size, index=index)
+    plan = plan_shot(part, kind, rng, size, index=index, backgrounds=backgrounds)
     if worn > 0 and kind == "field":
         wrng = np.random.default_rng([seed, WEAR_STREAM])
         if wrng.random() < worn:
@@ -92,7 +93,7 @@ def render_image(part: Part, kind: str, index: int, seed: int, size: int,
 def _run_task(args: tuple[ImageTask, str]) -> dict[str, object]:
     task, root = args
     part = PARTS_BY_NUMBER[task.part_number]
-    data, info = render_image(part, task.kind, task.index, task.seed, task.size, task.worn)
+    data, info = render_image(part, task.kind, task.index, task.seed, task.size, task.worn, task.backgrounds)
     atomic_write_bytes(Path(root) / task.rel_path, data)
     return {"path": task.rel_path, "part_number": task.part_number, "kind": task.kind,
             "scale_ref": info["scale_ref"], "in_hand": info["in_hand"], "seed": task.seed, "wear": info["wear"]}
@@ -118,8 +119,12 @@ def _csv_text(columns: Sequence[str], rows: Iterable[dict[str, object]]) -> str:
 
 
 def validate_options(*, seed: int, catalogue_per_part: int, field_per_part: int, size: int,
-                     workers: int | None, worn: float = 0.0) -> None:
+                     workers: int | None, worn: float = 0.0, backgrounds: str = "field") -> None:
     """Raise UsageError for an unsupported option (nothing is silently adjusted)."""
+    from .scene import FIELD_POOLS
+
+    if backgrounds not in FIELD_POOLS:
+        raise UsageError(f"backgrounds must be one of {', '.join(FIELD_POOLS)}, got {backgrounds!r}")
     for name, v in (("seed", seed), ("catalogue_per_part", catalogue_per_part), ("field_per_part", field_per_part),
                     ("size", size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
@@ -164,24 +169,25 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, catalogue_per_part: int = 2, field_per_part: int = 8,
              size: int = 256, parts: Sequence[str] | None = None, workers: int | None = None,
-             overwrite: bool = False, worn: float = 0.0) -> GenerateResult:
+             overwrite: bool = False, worn: float = 0.0, backgrounds: str = "field") -> GenerateResult:
     """Render ``catalogue_per_part`` + ``field_per_part`` images of each part into ``out_dir``.
 
     Writes ``parts.csv``, ``images.csv``, ``images/<part_number>/<kind>_<nnnn>.jpg`` and
     ``generate.json`` (the options). ``parts`` selects part numbers (default: all).
     ``worn`` is the share of field shots that show wear (grease, rust, dust, a chipped piece; default none);
-    ``images.csv`` names it per image. ``workers`` defaults to ``os.cpu_count()``; the output bytes do not depend on it. Workers
+    ``images.csv`` names it per image. ``backgrounds``: the pool field shots are taken on (``field`` for training
+    photos, ``calibration`` and ``query`` for held-out photos: textures never in the ``field`` pool). ``workers`` defaults to ``os.cpu_count()``; the output bytes do not depend on it. Workers
     are spawned (not forked), so a script calling this needs the usual ``if __name__ == "__main__":``
     guard. A non-empty ``out_dir`` is refused unless ``overwrite``.
     """
     t0 = time.perf_counter()
     validate_options(seed=seed, catalogue_per_part=catalogue_per_part, field_per_part=field_per_part, size=size,
-                     workers=workers, worn=worn)
+                     workers=workers, worn=worn, backgrounds=backgrounds)
     chosen = select_parts(list(parts) if parts is not None else None)
     out = Path(out_dir)
     _prepare_out(out, overwrite)
     n_workers = workers or os.cpu_count() or 1
-    tasks = [ImageTask(p.part_number, kind, i, image_seed(seed, p.part_number, kind, i), size, float(worn))
+    tasks = [ImageTask(p.part_number, kind, i, image_seed(seed, p.part_number, kind, i), size, float(worn), backgrounds)
              for p in chosen
              for kind, n in (("catalogue", catalogue_per_part), ("field", field_per_part))
              for i in range(n)]
@@ -211,7 +217,7 @@ def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, catalogue_per_pa
     atomic_write_json(out / "generate.json", {
         "format": FORMAT, "seed": seed, "catalogue_per_part": catalogue_per_part, "field_per_part": field_per_part,
         "size": size, "parts": [p.part_number for p in chosen], "n_images": len(rows),
-        "worn": float(worn),
+        "worn": float(worn), "backgrounds": backgrounds,
     })
     log.info("generated %d images in %.1f s (%.1f ms/image wall)", len(rows), seconds,
              1000.0 * seconds / max(1, len(rows)))

@@ -1,10 +1,12 @@
-"""Backgrounds: a catalogue (studio) pool and a field pool that share nothing.
+"""Backgrounds: a catalogue (studio) pool and three field pools that share no texture.
 
 Catalogue shots draw from ``CATALOGUE_BACKGROUNDS`` (plain light studio sweeps), field
-shots from ``FIELD_BACKGROUNDS`` (benches, steel plate, concrete, container paint...).
-The two pools use different texture families, colour ranges and texture seeds, so a
-query background is never one seen in the catalogue. Each spec renders a deterministic
-texture (cached per process); a shot then takes a random crop/flip of it.
+shots from a field pool (benches, steel plate, concrete, container paint...):
+``FIELD_BACKGROUNDS`` for training photos, ``CALIBRATION_BACKGROUNDS`` and ``QUERY_BACKGROUNDS`` for
+held-out photos (the same kinds of surface, other textures: another bench, another deck). A field shot
+is a crop of one texture, so two shots on one texture share much of their background: the demo's
+query photos use the query pool, so a query background is never one seen in training (nor in the
+catalogue, whose families differ). Each spec renders a deterministic texture (cached per process).
 """
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ FIELD_FAMILIES = ("wood", "brushed_steel", "diamond_plate", "concrete", "contain
                   "cardboard")
 CATALOGUE_SEED_BASE = 10_000
 FIELD_SEED_BASE = 50_000
+CALIBRATION_SEED_BASE = 60_000
+QUERY_SEED_BASE = 70_000
 
 
 @dataclass(frozen=True)
 class BackgroundSpec:
-    pool: str  # "catalogue" | "field"
+    pool: str  # "catalogue" | "field" | "calibration" | "query"
     family: str
     colour: tuple[int, int, int]
     seed: int
@@ -60,6 +64,13 @@ def _family_colour(family: str, rng: np.random.Generator) -> tuple[int, int, int
 
 CATALOGUE_BACKGROUNDS: tuple[BackgroundSpec, ...] = _build_pool("catalogue", CATALOGUE_FAMILIES, 6, CATALOGUE_SEED_BASE)
 FIELD_BACKGROUNDS: tuple[BackgroundSpec, ...] = _build_pool("field", FIELD_FAMILIES, 10, FIELD_SEED_BASE)
+CALIBRATION_BACKGROUNDS: tuple[BackgroundSpec, ...] = _build_pool("calibration", FIELD_FAMILIES, 4,
+                                                                  CALIBRATION_SEED_BASE)
+QUERY_BACKGROUNDS: tuple[BackgroundSpec, ...] = _build_pool("query", FIELD_FAMILIES, 4, QUERY_SEED_BASE)
+#: the field pools by name (``partlens generate --backgrounds``)
+FIELD_POOLS: dict[str, tuple[BackgroundSpec, ...]] = {"field": FIELD_BACKGROUNDS,
+                                                      "calibration": CALIBRATION_BACKGROUNDS,
+                                                      "query": QUERY_BACKGROUNDS}
 
 
 def fbm(h: int, w: int, rng: np.random.Generator, octaves: int = 4, base: int = 3,
