@@ -165,7 +165,7 @@ def run(ctx: Any) -> dict[str, Any]:
             eval_photos = {p: [*val.get(p, []), *(train.get(p, []) if p in held else [])] for p in ids}
             for d, name in ((0, "A"), (1, "B")):  # cross-fitting: calibrate on one half, evaluate on the other
                 r = _score(ctx, exp, iconic, train, set(known), halves[d], halves[1 - d], val, eval_photos,
-                           val, tag=f"fold{f}", group_offset=1000 * f)
+                           val, tag=f"fold{f}", group_offset=0)  # a product is one bootstrap unit over folds
                 runs.append(r)
                 rows.append({"fold": f, "calibrated_on_half": name, **_run_row(r)})
         return {"model_source": "grocery-folds", "folds": len(folds), "model": Path(exp["path"]).name,
@@ -283,7 +283,7 @@ def _run_row(r: dict[str, Any]) -> dict[str, Any]:
             "auroc": C.auroc(r["conf"], r["is_known"]), "auroc_val_only": C.auroc(vc, vk),
             "ece_top1_val": C.ece(vc, vr), "ece_if_perfectly_calibrated": C.ece_sampling_floor(vc),
             "threshold": r["calibration"].threshold, "accepted_fraction_val": float(accepted.mean()),
-            "precision_of_accepted_val": float(vr[accepted].mean()) if accepted.any() else float("nan"),
+            "precision_of_accepted_val": float(vr[accepted].mean()) if accepted.any() else None,
             "top1_known_eval": float(r["right"][r["is_known"]].mean())}
 
 
@@ -302,7 +302,7 @@ def _pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
     vc, vk, vr = (cat[k][cat["in_val"]] for k in ("conf", "is_known", "right"))
     accepted = np.concatenate([r["conf"][r["in_val"]] >= r["calibration"].threshold for r in runs])
     per_run = np.array([C.auroc(r["conf"], r["is_known"]) for r in runs])
-    std = (lambda a: float(np.std(a, ddof=1)) if len(a) > 1 else 0.0)  # noqa: E731
+    std = (lambda a: float(np.std(a, ddof=1)) if len(a) > 1 else None)  # noqa: E731 - no spread from one run
     lo, hi = C.bootstrap_ci(C.auroc, cat["conf"], cat["is_known"], n=1000)
     plo, phi = C.bootstrap_ci(C.auroc, cat["conf"], cat["is_known"], n=1000, groups=cat["group"])
     mv = {k: [x for r in runs for x in r["multiview"][k]] for k in ("single", "score", "embedding")}
@@ -323,10 +323,11 @@ def _pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "ece_top1_val_pooled": C.ece(vc, vr), "ece_if_perfectly_calibrated_pooled": C.ece_sampling_floor(vc),
         "mean_confidence_val": float(vc.mean()), "top1_right_val": float(vr.mean()),
         "accepted_fraction_val": float(accepted.mean()),
-        "precision_of_accepted_val": float(vr[accepted].mean()) if accepted.any() else float("nan"),
+        "precision_of_accepted_val": float(vr[accepted].mean()) if accepted.any() else None,
         "top1_known_eval": float(cat["right"][cat["is_known"]].mean()),
-        "multiview_groups": len(mv["score"]), "top1_single_view": float(np.mean(mv["single"] or [np.nan])),
-        "top1_fused_score": float(np.mean(mv["score"] or [np.nan])),
-        "top1_fused_embedding": float(np.mean(mv["embedding"] or [np.nan])),
+        "multiview_groups": len(mv["score"]),  # None, not NaN (invalid JSON), when there is nothing to score
+        "top1_single_view": float(np.mean(mv["single"])) if mv["single"] else None,
+        "top1_fused_score": float(np.mean(mv["score"])) if mv["score"] else None,
+        "top1_fused_embedding": float(np.mean(mv["embedding"])) if mv["embedding"] else None,
         "gate_first_run": first["gate"], "calibration_first_run": first["calibration"].to_dict(),
     }
