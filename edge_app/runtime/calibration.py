@@ -32,8 +32,12 @@ def features(top: np.ndarray, second: np.ndarray) -> np.ndarray:
     return np.stack([top, top - second], axis=1)
 
 
+#: the largest confidence: below 1, so a threshold of 1.0 ("accept nothing") accepts nothing
+MAX_CONFIDENCE = float(np.nextafter(1.0, 0.0))
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+    return np.minimum(1.0 / (1.0 + np.exp(-np.clip(z, -40, 40))), MAX_CONFIDENCE)
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,13 @@ def fit(top: Sequence[float], second: Sequence[float], correct: Sequence[bool], 
     not in the catalogue). The threshold is the lowest confidence whose accepted set still has
     precision >= ``target_precision`` (at least 0.5).
     """
-    x = features(np.asarray(top), np.asarray(second))
-    y = np.asarray(correct, dtype=np.float64)
+    second = np.asarray(second, dtype=np.float64)
+    compared = np.isfinite(second)  # a query with no second part is never confident (Calibration.confidence)
+    if not compared.all():
+        log.warning("calibration: %d of %d queries had no second part to compare with; left out of the fit",
+                    int((~compared).sum()), len(second))
+    x = features(np.asarray(top, dtype=np.float64)[compared], second[compared])
+    y = np.asarray(correct, dtype=np.float64)[compared]
     if len(x):
         _finite("calibration fit", x)  # a NaN similarity made NaN coefficients, refused only when loaded
     if len(y) != len(x) or len(y) < 4:
@@ -164,6 +173,8 @@ def ece(confidence: Sequence[float], correct: Sequence[bool], bins: int = 15) ->
     """Expected calibration error with equal-width bins."""
     c = np.asarray(confidence, float)
     y = np.asarray(correct, float)
+    if not len(c) or len(c) != len(y):  # 0.0 ("perfect") for no queries before
+        raise InputError(f"ece needs as many outcomes as confidences, at least one (got {len(c)} and {len(y)})")
     edges = np.linspace(0, 1, bins + 1)
     idx = np.clip(np.digitize(c, edges[1:-1]), 0, bins - 1)
     total = 0.0

@@ -80,7 +80,7 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
         return 1.0
     k = min(only_a, only_b)
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return round(min(1.0, 2 * tail), 6)
+    return float(f"{min(1.0, 2 * tail):.3g}")  # 3 significant digits: 6.0e-08, not 0.0 (rounded to 6 places)
 
 
 def _embed_photos(embedder: Any, paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:

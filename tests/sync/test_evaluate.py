@@ -105,7 +105,26 @@ def test_mcnemar_exact_p_values() -> None:
 
     assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(3, 3) == 1.0
     assert mcnemar_p(5, 0) == 0.0625 and mcnemar_p(0, 5) == 0.0625  # 2 * (1/2)^5
-    assert mcnemar_p(10, 2) == pytest.approx(2 * 79 / 4096, abs=1e-6)  # 2 * P(X <= 2), X ~ Bin(12, 1/2)
+    assert mcnemar_p(10, 2) == pytest.approx(2 * 79 / 4096, rel=1e-2)  # 2 * P(X <= 2), X ~ Bin(12, 1/2)
+    assert mcnemar_p(0, 25) == pytest.approx(2 / 2**25, rel=1e-2)  # was rounded to 0.0 (6 decimal places)
+
+
+def test_calibration_edges_found_by_the_statistics_audit() -> None:
+    """A confidence of exactly 1.0 was accepted by the "accept nothing" threshold 1.0; a query with no second part
+    counted as very confident when fitting (never at run time); ECE of no queries was 0.0."""
+    import numpy as np
+
+    from edge_app.errors import InputError
+    from edge_app.runtime import calibration as C
+
+    assert C.choose_threshold(np.array([1.0, 1.0, 1.0, 0.2]), np.array([1, 0, 0, 0], bool), 0.9) == 1.0
+    assert C._sigmoid(np.array([100.0]))[0] < 1.0  # so nothing reaches that cut
+    top = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.95]
+    second = [0.5, 0.6, 0.65, 0.55, 0.45, 0.38, float("nan")]
+    cal = C.fit(top, second, [True, True, False, True, False, False, False], target_precision=0.6)
+    assert cal.n_fit == 6 and cal.confidence(0.95, float("nan"))[0] == 0.0
+    with pytest.raises(InputError):
+        C.ece([], [])
 
 
 def test_evaluate_reports_unknown_part_rejection_with_a_calibrated_bundle(world) -> None:
