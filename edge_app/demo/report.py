@@ -55,7 +55,11 @@ def markdown(r: dict[str, Any]) -> str:
               "runtime fuses both views into one ranking). When size-only look-alikes lead, the app asks the engineer to "
               "measure the part; \"top-1 after measuring\" simulates a caliper reading (catalogue size "
               "+/- 0.2 mm) and applies the app's own re-ranking. Same-size look-alikes on top (a label tells "
-              "them apart) make the app ask for a close-up as another view; the demo cannot simulate that photo."]
+              "them apart) make the app ask for a close-up as another view; the demo cannot simulate that photo. "
+              "Query photos are taken on surfaces (a texture pool) no training photo shows. Latency (ms) is the "
+              "device runtime end to end (decode, model, search) on THIS computer's CPU with the generated "
+              f"{r.get('config', {}).get('generate_size', '')} px photos, not on a tablet; a 12 MP photo adds "
+              "its decode (`partlens bench identify`)."]
     we = r.get("wear")
     if we and we.get("pairs"):
         kinds = ", ".join(f"{k} {_pct(v['top1'])} ({v['queries']})" for k, v in we["by_kind"].items())
@@ -83,7 +87,7 @@ def markdown(r: dict[str, Any]) -> str:
                       f"({fs['uploaded']} uploads in {fs['sync_seconds']:.1f} s): {fs['identifications']} "
                       f"identifications, no confident match {_pct(fs['no_confident_match'])}, confirmed top-1 "
                       f"{_pct(fs['confirmed_top1'])}, top-5 {_pct(fs['confirmed_top5'])}, precision when accepted "
-                      f"{_pct(fs['precision_when_accepted'])}, median {_ms(fs['median_ms'])} ms on the tablet."]
+                      f"{_pct(fs['precision_when_accepted'])}, median {_ms(fs['median_ms'])} ms on the (simulated) tablet."]
         ev = fs.get("hub_evaluation")
         if ev:
             lines += ["", f"`partlens hub evaluate-bundle` on those {ev['photos']} confirmed photos at the hub (the "

@@ -233,6 +233,11 @@ def test_quick_demo_runs_the_whole_chain(quick_demo) -> None:
     assert all("parity gate failed" in r["reason"] for r in refused)
     # the gate judged the calibration photos, never the query photos the report scores
     assert report["export"]["parity"]["n_val"] == report["images"]["calibration"]
+    # queries and calibration photos on texture pools of their own, never the training photos' (an audit)
+    pools = {d: json.loads((run / "data" / d / "generate.json").read_text())["backgrounds"]
+             for d in ("known", "queries", "worn", "calibration")}
+    assert pools == {"known": "field", "queries": "query", "worn": "query", "calibration": "calibration"}
+    assert "no training photo shows" in (run / "report.md").read_text()
     # The hub was a real server on loopback, and it is gone now.
     assert report["hub"]["url"].startswith("https://127.0.0.1:") and len(report["hub"]["tls_sha256"]) == 64
     assert not _pid_alive(report["hub"]["pid"])
