@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 #: A catalogue thumbnail larger than this is refused (they are about 5-20 KB).
 THUMB_MAX_BYTES = 2 * 1024 * 1024
 THUMB_BATCH = 200  # thumbnails per request (the hub takes up to 500)
+#: why the last sync failed (deleted by a success); reported to the hub with the next plan request
+FAILURE_FILE = "sync_failure.json"
 
 #: ``smoke_test(bundle)`` raises if a freshly installed bundle cannot run.
 SmokeTest = Callable[[Any], None]
@@ -317,8 +319,12 @@ class SyncClient:
                 result.uploaded, result.upload_refused = self.upload_outbox(db.catalogue_version)
                 result.timings["uploads"] = time.perf_counter() - t
             if (result.to_version != result.from_version or result.bundle_after != result.bundle_before
-                    or db.catalogue_epoch != epoch_before):  # (a restored hub, same version: it must see the lineage)
+                    or db.catalogue_epoch != epoch_before  # (a restored hub, same version: it must see the lineage)
+                    or self._previous_failure()):  # the hub heard of the last failure: it must hear this success
                 result.checked_in = self._check_in(db)
+        except PartlensError as exc:
+            self._record_failure(exc)
+            raise
         finally:
             db.close()
         result.seconds = time.perf_counter() - t0
@@ -346,6 +352,24 @@ class SyncClient:
             raise SyncError("this tablet was enrolled again while this sync was being set up; sync again")
         self.device = now
 
+    def _previous_failure(self) -> str | None:
+        """Why the last sync failed (``sync_failure.json``), told to the hub with the next plan request so ``hub
+        devices`` shows a tablet that reaches the hub but fails every sync; None after a success."""
+        try:
+            doc = json.loads((self.paths.root / FAILURE_FILE).read_text("utf-8"))
+            return f"{doc['at']}: {doc['error']}" if isinstance(doc, dict) and doc.get("error") else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _record_failure(self, exc: Exception) -> None:
+        import datetime as _dt
+
+        at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        try:
+            atomic_write_json(self.paths.root / FAILURE_FILE, {"at": at, "error": str(exc)[:300]})
+        except OSError as write_exc:  # e.g. the disk is full: the sync's own error is what matters
+            log.debug("could not record the failed sync (%s)", write_exc)
+
     def _record_success(self, result: SyncResult) -> None:
         """``last_sync.json``: when this device last synced (the app's sync screen), whoever ran the sync (the
         app, the nightly service, the CLI). The sync itself succeeded, so a failure to write this is only logged."""
@@ -356,6 +380,7 @@ class SyncClient:
             atomic_write_json(self.paths.root / "last_sync.json", {"at": at, "result": result.to_dict()})
         except OSError as exc:
             log.warning("synced, but could not record the time of this sync (%s)", exc)
+        (self.paths.root / FAILURE_FILE).unlink(missing_ok=True)
 
     def _after_storage_error(self, exc: SyncStorageError, db: Any, upload: bool) -> SyncStorageError:
         """A sync stopped for lack of storage: delete unfinished downloads (they hold the space; the next
@@ -540,15 +565,17 @@ class SyncClient:
         from .transport import TLSError, UnreachableError
 
         fallback = self.device.get("fallback_hub")
+        failed = self._previous_failure()
+        extra = {"last_error": failed} if failed else {}  # (a transport from before the parameter still works)
         try:
-            plan = self.transport.plan(version, bundle_id, epoch)
+            plan = self.transport.plan(version, bundle_id, epoch, **extra)
         except (TLSError, UnreachableError) as exc:
             if not (fallback and self._own_transport):
                 raise
             log.warning("hub's HTTPS address %s failed (%s); this sync uses the previous address %s",
                         self.device["hub"], exc, fallback)
             self.transport = HttpTransport(fallback, self.device["token"])
-            return self.transport.plan(version, bundle_id, epoch)
+            return self.transport.plan(version, bundle_id, epoch, **extra)
         if fallback and self._own_transport and str(self.device["hub"]).startswith("https://"):
             self.device.pop("fallback_hub", None)
             _write_device(self.paths, self.device)

@@ -152,6 +152,9 @@ def _devices(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if never:
         print(f"{len(never)} device(s) enrolled but never synced: {', '.join(never)}", file=sys.stderr)
+    for r in rows:
+        if r.get("last_error") and not r["revoked"]:
+            print(f"device {r['name']}: its last sync failed: {r['last_error']}", file=sys.stderr)
     return 0
 
 

@@ -52,7 +52,8 @@ class Transport(Protocol):
     marked refused, instead of failing every later sync on it).
     """
 
-    def plan(self, version: int, bundle_id: str | None, epoch: int = 0) -> dict[str, Any]: ...
+    def plan(self, version: int, bundle_id: str | None, epoch: int = 0,
+             last_error: str | None = None) -> dict[str, Any]: ...
     def download(self, url: str, dest: Path, size: int) -> Path: ...
     def get_bytes(self, url: str, max_bytes: int) -> bytes: ...
     def post_upload(self, record: Mapping[str, Any]) -> dict[str, Any]: ...
@@ -255,10 +256,13 @@ class HttpTransport:
         with self._open(method, path, body=body, headers=headers, **kw) as resp:
             return self._read_json(resp, path)
 
-    def plan(self, version: int, bundle_id: str | None, epoch: int = 0) -> dict[str, Any]:
+    def plan(self, version: int, bundle_id: str | None, epoch: int = 0,
+             last_error: str | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"version": version, "bundle_id": bundle_id}
         if epoch:  # only after a hub restore; older hubs never see the parameter
             params["epoch"] = epoch
+        if last_error:  # why the previous sync failed (`hub devices` shows it); older hubs ignore it
+            params["last_error"] = last_error[:300]
         return self._json("GET", "/v1/sync", params=params)
 
     def whoami(self) -> dict[str, Any]:
@@ -492,8 +496,10 @@ class InMemoryTransport:
 
         return authenticate(self.hub.store, self.hub.secret, self.token)
 
-    def plan(self, version: int, bundle_id: str | None, epoch: int = 0) -> dict[str, Any]:
-        return self.packages.plan_for_device(self._device(), version, bundle_id, via="in-process", epoch=epoch)
+    def plan(self, version: int, bundle_id: str | None, epoch: int = 0,
+             last_error: str | None = None) -> dict[str, Any]:
+        return self.packages.plan_for_device(self._device(), version, bundle_id, via="in-process", epoch=epoch,
+                                             last_error=last_error)
 
     def get_bytes(self, url: str, max_bytes: int) -> bytes:
         self._device()

@@ -35,6 +35,9 @@ from .tls import pins, upgrade_offer
 
 log = logging.getLogger(__name__)
 
+#: how much of a tablet's reported sync failure the hub keeps
+MAX_ERROR_CHARS = 300
+
 PACKAGE_NAME = re.compile(r"^(delta-(e[0-9]{1,19}-)?[0-9]{6,19}-[0-9]{6,19}|snapshot-(e[0-9]{1,19}-)?[0-9]{6,19})\.tar$")
 
 
@@ -81,11 +84,12 @@ class PackageService:
         return info
 
     def plan_for_device(self, device: Mapping[str, Any], from_version: int, bundle_id: str | None, *,
-                        via: str | None = None, epoch: int = 0) -> dict[str, Any]:
+                        via: str | None = None, epoch: int = 0, last_error: str | None = None) -> dict[str, Any]:
         """:meth:`plan` for an authenticated device, recording what it holds and how it came (``via``: http,
         https; ``hub devices`` shows it)."""
         try:
-            self.hub.store.device_seen(device["name"], from_version, bundle_id, via=via, epoch=epoch)
+            self.hub.store.device_seen(device["name"], from_version, bundle_id, via=via, epoch=epoch,
+                                       last_error=last_error[:MAX_ERROR_CHARS] if last_error else None)
         except (OSError, sqlite3.Error) as exc:  # a full disk must not stop every tablet's catalogue updates
             if not is_disk_full(exc):
                 raise

@@ -106,7 +106,9 @@ def set_device(hub: Hub, name: str, *, sync_window: str | None = None,
 def fleet(hub: Hub, *, stale_days: float = 2.0, now: _dt.datetime | None = None) -> list[dict[str, Any]]:
     """Every enrolled device with what it last reported at a sync: when, how many catalogue versions behind
     the hub it was then, whether it held the active bundle, and ``stale`` when its last sync is older than
-    ``stale_days`` (or it never synced): a tablet whose nightly sync stopped shows up here."""
+    ``stale_days`` (or it never synced): a tablet whose nightly sync stopped shows up here. ``last_error``: why its
+    previous sync failed, as it said with its next plan request (a tablet that reaches the hub every night but
+    fails each sync, e.g. on a refused bundle, looked healthy before)."""
     if stale_days <= 0:
         raise UsageError(f"--stale-days must be above 0, got {stale_days}")
     now = now or _dt.datetime.now(_dt.timezone.utc)
@@ -124,6 +126,7 @@ def fleet(hub: Hub, *, stale_days: float = 2.0, now: _dt.datetime | None = None)
             else max(0, version - int(d["last_catalogue_version"]))
         row["had_active_bundle"] = None if seen is None else d.get("last_bundle_id") == bundle
         row["stale"] = not d["revoked"] and (age is None or age > stale_days)
+        row["last_error"] = d.get("last_error")
         out.append(row)
     return out
 

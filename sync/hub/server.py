@@ -91,8 +91,11 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
     @app.get("/v1/sync", summary="what a device must fetch to be current")
     def sync_plan(request: Request, version: int = Query(0, ge=0, le=MAX_VERSION),
                   bundle_id: str | None = Query(None, max_length=200),
-                  epoch: int = Query(0, ge=0, le=MAX_VERSION), dev: dict = Depends(device)) -> dict[str, Any]:
-        return packages.plan_for_device(dev, version, bundle_id, via=request.url.scheme, epoch=epoch)
+                  epoch: int = Query(0, ge=0, le=MAX_VERSION),
+                  last_error: str | None = Query(None, max_length=1000),
+                  dev: dict = Depends(device)) -> dict[str, Any]:
+        return packages.plan_for_device(dev, version, bundle_id, via=request.url.scheme, epoch=epoch,
+                                        last_error=last_error)
 
     @app.get("/v1/packages/{name}", summary="a signed delta or snapshot of the device's site (Range)")
     def package_file(name: str, dev: dict = Depends(device)) -> FileResponse:

@@ -110,7 +110,7 @@ class HubStore(Protocol):
     def device(self, name: str) -> dict[str, Any] | None: ...
     def list_devices(self) -> list[dict[str, Any]]: ...
     def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None, *,
-                    via: str | None = None, epoch: int = 0) -> None: ...
+                    via: str | None = None, epoch: int = 0, last_error: str | None = None) -> None: ...
     def unfinished_uploads(self, name: str) -> list[str]: ...
     def revoke_device(self, name: str) -> bool: ...
     def add_upload(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
@@ -248,6 +248,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (4, ["ALTER TABLE devices ADD COLUMN last_catalogue_epoch INTEGER"]),
     # 5: per-tablet settings the hub can change after enrolment (sent with every sync plan); NULL = not set
     (5, ["ALTER TABLE devices ADD COLUMN keep_free_mb REAL", "ALTER TABLE devices ADD COLUMN sync_window TEXT"]),
+    # 6: why the device's previous sync failed, as it reports with its next plan request (NULL: it succeeded)
+    (6, ["ALTER TABLE devices ADD COLUMN last_error TEXT"]),
 ]
 
 
@@ -516,19 +518,19 @@ class SqliteHubStore:
     def list_devices(self) -> list[dict[str, Any]]:
         """Every enrolled device (never the token hash), with what it last reported when it asked for a sync."""
         return self._rows("SELECT name, site, created_at, revoked, last_sync_at, last_catalogue_version, "
-                          "last_bundle_id, last_via, last_catalogue_epoch, keep_free_mb, sync_window FROM devices "
-                          "ORDER BY name")
+                          "last_bundle_id, last_via, last_catalogue_epoch, keep_free_mb, sync_window, last_error "
+                          "FROM devices ORDER BY name")
 
     def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None, *,
-                    via: str | None = None, epoch: int = 0) -> None:
+                    via: str | None = None, epoch: int = 0, last_error: str | None = None) -> None:
         """Record that ``name`` asked for a sync plan, holding this catalogue version (of lineage ``epoch``) and
-        bundle, over ``via``."""
+        bundle, over ``via``, and why its previous sync failed (``last_error``; None: it did not)."""
         db = self._db()
         with self._write_lock, self._tx(db):
             db.conn.execute("UPDATE devices SET last_sync_at=?, last_catalogue_version=?, last_bundle_id=?, "
-                            "last_via=?, last_catalogue_epoch=? WHERE name=?",
+                            "last_via=?, last_catalogue_epoch=?, last_error=? WHERE name=?",
                             (_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
-                             int(catalogue_version), bundle_id, via, int(epoch), name))
+                             int(catalogue_version), bundle_id, via, int(epoch), last_error, name))
 
     def unfinished_uploads(self, name: str) -> list[str]:
         """UUIDs of device ``name``'s uploads whose photo has not arrived whole yet."""

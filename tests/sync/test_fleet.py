@@ -72,7 +72,7 @@ def test_a_hub_database_from_before_the_fleet_columns_is_migrated(tmp_path) -> N
     assert store.list_devices() == [{"name": "old-tab", "site": "s", "created_at": "t", "revoked": 0,
                                      "last_sync_at": None, "last_catalogue_version": None, "last_bundle_id": None,
                                      "last_via": None, "last_catalogue_epoch": None, "keep_free_mb": None,
-                                     "sync_window": None}]
+                                     "sync_window": None, "last_error": None}]
     assert store.get_meta("schema_version") == MIGRATIONS[-1][0]
     store.device_seen("old-tab", 4, "b1")
     store.close()
@@ -192,3 +192,36 @@ def test_requests_for_many_versions_do_not_pile_up_cached_deltas(world, monkeypa
     assert len(list(site_dir.glob("delta-*.tar"))) == 3 and len(list(site_dir.glob("snapshot-*.tar"))) == 1
     # a device at a version whose delta is cached still gets that delta
     assert svc.plan("site_a", 2, world.hub.bundle_id)["package"]["name"] == f"delta-000002-{current:06d}.tar"
+
+
+def test_a_tablet_that_reaches_the_hub_but_fails_every_sync_is_named_in_hub_devices(world, capsys) -> None:
+    """An admin audit: a tablet refusing a rolled-back bundle failed every nightly sync, yet `hub devices` showed it
+    recent and not stale. It now tells the hub why its last sync failed with the next plan request."""
+    from edge_app.cli import main
+    from edge_app.errors import IntegrityError
+
+    from .helpers import make_bundle
+
+    c = client(world)
+    c.sync()
+    v1 = world.hub.bundle_id
+    world.hub.set_bundle(make_bundle(world.root / "export", world.export_key, 2))
+    v2 = world.hub.bundle_id
+    c.sync()
+    with world.hub.store.change() as ch:  # the hub goes back to an older bundle: the tablet refuses it
+        ch.set_meta("bundle_id", v1)
+    for _ in range(2):
+        with pytest.raises(IntegrityError, match="rollback refused"):
+            c.sync()
+    capsys.readouterr()
+    assert main(["hub", "devices", "--hub", str(world.hub.root)]) == 0
+    out = capsys.readouterr()
+    (row,) = json.loads(out.out)
+    assert "rollback refused" in row["last_error"] and not row["stale"]
+    assert "device tab1: its last sync failed:" in out.err
+    with world.hub.store.change() as ch:  # fixed at the hub: the next sync succeeds and clears it
+        ch.set_meta("bundle_id", v2)
+    c.sync()
+    assert not (world.device_dir / "sync_failure.json").exists()
+    assert main(["hub", "devices", "--hub", str(world.hub.root)]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["last_error"] is None

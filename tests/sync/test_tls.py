@@ -267,7 +267,7 @@ def test_tablets_enrolled_over_http_switch_to_https_by_themselves(tmp_path):
     forged = InMemoryTransport(hub, world.payload["token"])
     real_plan = forged.plan
 
-    def forged_plan(version, bundle_id, epoch=0):
+    def forged_plan(version, bundle_id, epoch=0, last_error=None):
         from edge_app.signing import sign_document
         from sync.transport import upgrade_offer_bytes
 
