@@ -251,6 +251,13 @@ def _review_confirm_unknown(args: argparse.Namespace) -> int:
     return 0
 
 
+def _review_unapprove(args: argparse.Namespace) -> int:
+    from .hub.review import unapprove
+
+    _out(unapprove(_open_hub(args), args.uuid, args.note or ""))
+    return 0
+
+
 def _review_reject(args: argparse.Namespace) -> int:
     from .hub.review import reject
 
@@ -504,6 +511,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("uuid")
     p.add_argument("--part", help="part number (default: the one the device named)")
     p = rcmd("reject", _review_reject, "reject an upload")
+    p.add_argument("uuid")
+    p.add_argument("--note")
+    p = rcmd("unapprove", _review_unapprove, "undo an approved photo (e.g. approved into the wrong part): its "
+             "catalogue image is removed (tablets drop it at their next sync) and the upload is new again")
     p.add_argument("uuid")
     p.add_argument("--note")
     p = rcmd("confirm-unknown", _review_confirm_unknown,

@@ -122,6 +122,33 @@ def reject(hub: Hub, uuid: str, note: str = "") -> None:
     hub.store.update_upload(uuid, status="rejected", review=json.dumps({"note": note}))
 
 
+def unapprove(hub: Hub, uuid: str, note: str = "") -> dict[str, Any]:
+    """Undo an approved photo (e.g. approved into the wrong part): its catalogue image is removed (tablets drop it,
+    with its vector, at their next sync) and the upload is "new" again, to approve into the right part or reject.
+    One catalogue version; the review keeps what was undone."""
+    row = hub.store.upload(uuid)
+    if row is None:
+        raise InputError(f"no such upload {uuid}")
+    if row["status"] != "approved" or row["kind"] not in ("photo", "feedback"):
+        raise UsageError(f"upload {uuid} is a {row['status']} {row['kind']}, not an approved photo: nothing to undo")
+    review = json.loads(row["review"]) if isinstance(row["review"], str) else (row["review"] or {})
+    image_id = review.get("image_id")
+    image = hub.store.image(image_id) if image_id else None
+
+    def undo(ch: Change) -> None:
+        if image is not None:
+            ch.delete_images([image_id])
+        ch.update_upload(uuid, status="new", review=json.dumps(
+            {"undone": review, "note": note, "catalogue_version": ch.version}))
+
+    with hub.store.change() as ch:
+        undo(ch)
+        version = ch.version
+    log.info("upload %s: approval undone (image %s removed from part %s)", uuid, image_id, review.get("part_number"))
+    return {"uuid": uuid, "image_id": image_id, "was_part": review.get("part_number"), "catalogue_version": version,
+            "image_removed": image is not None}
+
+
 def export_training(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, int]:
     """Copy approved photos to ``out_dir/<part_number>/<image_id>.jpg`` (ImageFolder layout)."""
     out = Path(out_dir)

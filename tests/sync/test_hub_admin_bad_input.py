@@ -204,3 +204,31 @@ def test_admin_commands_racing_a_set_bundle_write_nothing_stale(world, tmp_path,
     rc, err = _cli("hub", "delete-parts", "--hub", str(hub.root), "P0", "P1")
     assert rc == 0 and "deleted 2 part(s)" in err
     assert Hub(hub.root).store.part_numbers() == ["K0", "P2"]
+
+
+def test_a_photo_approved_into_the_wrong_part_can_be_undone(world) -> None:
+    """An admin audit: `review reject` refuses an approved upload and no command removed the image, so a photo
+    approved into the wrong part stayed a reference of that part on every tablet."""
+    from sync.hub.review import approve_photo, unapprove
+
+    from .test_inmemory import client
+
+    uid = upload_items(world, [("photo", {"part_number": "P0", "capture_id": "c9"}, part_image(1, noise=20))])[0]
+    res = approve_photo(world.hub, uid)  # the photo shows P1, approved as P0
+    tab = client(world)
+    tab.sync()
+    images = lambda: {r["image_id"] for r in world.hub.store.live_images()}  # noqa: E731
+    assert res["image_id"] in images()
+    rc, _ = _cli("hub", "review", "unapprove", "--hub", str(world.hub.root), uid, "--note", "shows P1")
+    assert rc == 0 and res["image_id"] not in images()
+    assert world.hub.store.upload(uid)["status"] == "new"
+    assert world.hub.store.counts()["embeddings"] == world.hub.store.counts()["images"]
+    tab.sync()  # the tablet drops the image and its vector
+    import sqlite3 as _sq
+
+    held = {r[0] for r in _sq.connect(world.device_dir / "catalogue.db").execute("SELECT image_id FROM images")}
+    assert res["image_id"] not in held
+    again = approve_photo(world.hub, uid, "P1")  # and it can be approved into the right part
+    assert again["part_number"] == "P1" and world.hub.store.image(again["image_id"])["part_number"] == "P1"
+    with pytest.raises(UsageError, match="not an approved photo"):
+        unapprove(world.hub, upload_items(world, [("photo", {"part_number": "P0"}, part_image(2))])[0])
