@@ -372,3 +372,12 @@ def test_vit_options_are_checked_and_freezing_takes_the_position_embedding(tmp_p
     m.freeze_stages(len(m.stages()))
     assert not any(p.requires_grad for p in m.backbone.parameters())
     assert "pos_embed" in dict(m.backbone.named_parameters())  # state-dict keys unchanged
+
+
+def test_a_class_of_only_unreadable_images_is_refused_before_training(tiny_folder: Path, tmp_path: Path) -> None:
+    """It trained on the other classes and reported val top-1 0.0 for it, without a word (an audit)."""
+    for f in (tiny_folder / "c0").iterdir():
+        f.write_bytes(b"broken")
+    with pytest.raises(UsageError, match=r"no training image for 1 class\(es\): c0"):
+        train(_cfg(tiny_folder, tmp_path / "run", epochs=1))
+    assert not (tmp_path / "run" / "metrics.json").exists()
