@@ -15,6 +15,7 @@ engineer which part it was; the answer comes up as a ``spot_check`` usage event.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 from typing import Any, Iterable, Mapping
 
@@ -75,7 +76,12 @@ def _well_formed(kind: str, p: Mapping[str, Any]) -> bool:
 
 def _spot_check_stats(usage: list[Mapping[str, Any]], spots: list[Mapping[str, Any]]) -> dict[str, Any]:
     """Unbiased field accuracy of one bundle from its spot checks (see the module docstring)."""
-    asked = sum(u.get("spot_check") is True for u in usage)
+    # an answer proves its question was asked even when its identification's usage event is gone (`hub
+    # prune-usage` keeps answers, drops events; a `--days` window can cut between them): counted once either way
+    def key(rec: Mapping[str, Any]) -> str:  # the identification (older tablets: its photos)
+        return str(rec.get("identification_id") or json.dumps(list(rec.get("capture_ids") or [])))
+
+    asked = len({key(u) for u in usage if u.get("spot_check") is True} | {key(s) for s in spots})
     answered = [s for s in spots if s["result"] != spotcheck.SKIPPED]
     skipped = len(spots) - len(answered)
     n = len(answered)
