@@ -226,7 +226,6 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
     events, feedback, unknown = payloads("usage"), payloads("feedback"), payloads("unknown_part")
     usage = [p for p in events if p.get("event") == "identify"]
     spots = [p for p in events if p.get("event") == "spot_check"]
-    by_capture = {c: u for u in usage if (c := _first_capture(u))}
     bundles = sorted({str(p.get("bundle_id")) for p in [*usage, *feedback, *spots]})
     per_bundle = []
     for b in bundles:
@@ -235,7 +234,10 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
         used = [u for u in usage if str(u.get("bundle_id")) == b]
         sc = _spot_check_stats(used, [s for s in spots if str(s.get("bundle_id")) == b])
         per_bundle.append({"bundle_id": b, "active": b == hub.bundle_id,
-                           **_bundle_stats(used, conf, rej, by_capture), "spot_checks": sc,
+                           # a confirmation joins an identification OF ITS BUNDLE (the same photo identified
+                           # again after a bundle change joined the later bundle's event before; an audit)
+                           **_bundle_stats(used, conf, rej, {c: u for u in used if (c := _first_capture(u))}),
+                           "spot_checks": sc,
                            **_field_vs_validation(hub, b, sc)})
         if weekly:
             per_bundle[-1]["weekly"] = _weekly(used, [s for s in spots if str(s.get("bundle_id")) == b])

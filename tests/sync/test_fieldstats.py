@@ -129,3 +129,18 @@ def test_field_stats_weekly_shows_a_trend(world, capsys) -> None:
     assert b["identifications"] == 4 and "weekly" not in field_stats(world.hub)["bundles"][0]
     assert main(["hub", "field-stats", "--hub", str(world.hub.root), "--weekly"]) == 0
     assert [w["week"] for w in json.loads(capsys.readouterr().out)["bundles"][0]["weekly"]] == ["2026-W48", "2026-W49"]
+
+
+def test_a_confirmation_joins_the_identification_of_its_own_bundle(world) -> None:
+    """A statistics audit: the same photo identified again after a bundle change made the earlier confirmation join
+    the later bundle's identification (its accepted share and precision moved to the wrong bundle)."""
+    from sync.hub.fieldstats import field_stats
+
+    active = world.hub.bundle_id
+    upload_items(world, [
+        _usage(active, "match", ["P1", "P2"], "c1", 10.0),
+        _confirm(active, "P1", ["P1", "P2"], "c1"),
+        _usage("v9-newer", "no_confident_match", ["P2", "P1"], "c1", 12.0),  # the same photo, another bundle
+    ])
+    b = next(r for r in field_stats(world.hub)["bundles"] if r["bundle_id"] == active)
+    assert b["precision_when_accepted"] == 1.0, b
