@@ -128,6 +128,16 @@ class TeacherAdapter:
 RUN_FILES = ("last.pt", "best.pt", "metrics.json", "config.json", "split.json")
 
 
+def _file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _classes_with_a_readable_image(images: ImageSet) -> set[int]:
     """Class indices with at least one training image whose header Pillow reads (about 0.1 ms an image): a class
     of only broken files used to train as if absent, without a word (an audit). Unreadable files are still
@@ -316,6 +326,7 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
 
     history: list[dict[str, Any]] = []
     start_epoch, best_top1, best_epoch = 0, -1.0, -1
+    teacher_sha = _file_sha256(cfg.teacher) if cfg.teacher and Path(cfg.teacher).is_file() else None
     if cfg.resume:
         ck = read_checkpoint(out / "last.pt")
         extra = ck.get("extra", {})
@@ -327,6 +338,10 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
             raise IntegrityError(f"{out}: the train/val split changed since the run started (sha256 {was[:12]}... "
                                  f"then, {split_info['sha256'][:12]}... now): resuming would validate on images it "
                                  "trained on; start a new run")
+        had = extra.get("teacher_sha256")
+        if had and teacher_sha and had != teacher_sha:  # the same path, another file (paths alone were compared)
+            raise UsageError(f"{out}: the teacher {cfg.teacher} is not the file the run started with (sha256 "
+                             f"{had[:12]}... then, {teacher_sha[:12]}... now); start a new run")
         missing = [k for k in ("optimizer", "scheduler", "rng", "history", "best_top1", "best_epoch") if k not in extra]
         if missing:
             raise IntegrityError(f"{out / 'last.pt'}: not a resumable training checkpoint (no {', '.join(missing)}; "
@@ -445,6 +460,7 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
                 best_top1, best_epoch = m["top1"], epoch
             metrics = {k: v for k, v in row.items()}
             extra = {"train_config": cfg.to_dict(), "data_path": str(Path(cfg.data).resolve()),
+                     "teacher_sha256": teacher_sha,
                      "history": history, "best_top1": best_top1,
                      "best_epoch": best_epoch, "split": split_info}
             if is_best:

@@ -118,6 +118,17 @@ def test_distillation_and_options(tiny_folder: Path, tmp_path: Path) -> None:
     assert res.history[0]["train_kd"] > 0
     with pytest.raises(UsageError, match="embedding dim"):
         train(_cfg(tiny_folder, tmp_path / "bad", embed_dim=16, teacher=str(teacher.best)))
+    # resuming with another file at the teacher's path is refused (paths alone were compared; an audit)
+    other = train(_cfg(tiny_folder, tmp_path / "teacher2", epochs=1, embed_dim=32, seed=3,
+                       split=str(tmp_path / "teacher" / "split.json")))
+    import shutil
+
+    shutil.copy(other.best, teacher.best)
+    with pytest.raises(UsageError, match="is not the file the run started with"):
+        train(_cfg(tiny_folder, tmp_path / "student", model="vit", epochs=2, embed_dim=32, teacher=str(teacher.best),
+                   model_options={"patch": 8, "vit_dim": 32, "vit_depth": 1, "vit_heads": 2},
+                   metric_loss="triplet", grad_clip=1.0, label_smoothing=0.1, sampler="random",
+                   split=str(tmp_path / "teacher" / "split.json"), resume=True))
 
 
 def test_unreadable_training_image_is_skipped(tiny_folder: Path, tmp_path: Path) -> None:
