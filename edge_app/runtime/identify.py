@@ -147,6 +147,10 @@ class Identifier:
     def bundle_id(self) -> str:
         return str(self.bundle.bundle_id)
 
+    def bundle_catalogue_size(self) -> int:
+        """How many catalogue vectors the bundle holds (the array's header only)."""
+        return int(np.load(self.bundle.root / "embeddings.npy", mmap_mode="r", allow_pickle=False).shape[0])
+
     def import_bundle_embeddings(self) -> int:
         """Store the bundle's catalogue embeddings in SQLite for the parts the DB knows; returns how many were added.
 
@@ -155,14 +159,18 @@ class Identifier:
         catalogue's bundle); before, this deleted the vectors the sync had just written. Later, the vectors of
         parts imported since (``partlens catalogue import`` of a bigger parts list) are added: they had been
         skipped while their parts were unknown. A catalogue a hub keeps gets its vectors from the hub only."""
+        hub_kept = bool(self.db.get_meta("hub_id") or self.db.get_meta("managed_by_hub"))
+        with self.db.read():
+            conn = self.db.db.conn
+            stored = conn.execute("SELECT count(*) FROM embeddings WHERE bundle_id = ?", (self.bundle_id,)).fetchone()[0]
+        # the usual open: every vector of the bundle is stored already (or the hub sends them): nothing to read
+        if stored and (hub_kept or stored >= self.bundle_catalogue_size()):
+            return 0
         with self.db.read():
             conn = self.db.db.conn
             have = {r[0] for r in conn.execute("SELECT image_id FROM embeddings WHERE bundle_id = ?",
                                                (self.bundle_id,))}
             known = {r[0] for r in conn.execute("SELECT part_number FROM parts")}
-        hub_kept = bool(self.db.get_meta("hub_id") or self.db.get_meta("managed_by_hub"))
-        if have and hub_kept:
-            return 0
         if not have and not known:
             raise InputError(f"{self.db.path}: the catalogue has no parts; import or sync the catalogue first")
         rows = self.bundle.load_catalogue_rows()
