@@ -15,7 +15,7 @@ import os
 import re
 import unicodedata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import InputError, UsageError
 from .catalogue import CatalogueDB
@@ -41,7 +41,7 @@ def read_csv_rows(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             cols = reader.fieldnames or []
-            twice = sorted({c for c in cols if cols.count(c) > 1})
+            twice = sorted({c for c in cols if c and cols.count(c) > 1})  # ("a,b,," from a spreadsheet: fine)
             if twice:  # DictReader keeps the last one silently
                 raise InputError(f"{path}: column {', '.join(twice)} appears more than once in the header")
             missing = [c for c in required if c not in cols]
@@ -127,6 +127,43 @@ def read_parts_csv(parts_csv: Path, *, as_of: str) -> tuple[list[dict[str, Any]]
     return parts, inventory, sites
 
 
+def read_images_csv(images_csv: str | os.PathLike[str], kinds: Sequence[str], is_known: Callable[[str], bool],
+                    parts_csv: str | os.PathLike[str] = "parts.csv") -> list[dict[str, Any]]:
+    """The rows of ``images.csv`` to import (the device's import and the hub's read it the same way): kinds among
+    :data:`IMAGE_KINDS` (others and unknown ``kinds`` refused), part numbers as :func:`check_part_number` stores
+    them and known (``is_known``), files inside the CSV's folder, each listed once (also under another spelling of
+    its path), each an image. Rows ``{"image_id", "part_number", "path", "kind"}`` (``path`` resolved)."""
+    unknown_kinds = sorted(set(kinds) - set(IMAGE_KINDS))
+    if unknown_kinds:  # imported 0 images without a word before
+        raise UsageError(f"unknown image kind(s) {', '.join(unknown_kinds)} (known: {', '.join(IMAGE_KINDS)})")
+    images_csv = Path(images_csv)
+    root = images_csv.parent.resolve()
+    images: list[dict[str, Any]] = []
+    paths_seen: dict[Path, int] = {}
+    for line, r in enumerate(read_csv_rows(images_csv, ("path", "part_number")), start=2):
+        where = f"{images_csv}:{line}"
+        kind = (r.get("kind") or "").strip() or "catalogue"
+        if kind not in IMAGE_KINDS:  # "Catalogue" was skipped as another kind, silently
+            raise InputError(f"{where}: kind {kind!r} is not one of {', '.join(IMAGE_KINDS)}")
+        if kind not in kinds:
+            continue
+        pn = check_part_number(r["part_number"], where)  # stripped and normalised as in parts.csv
+        if not is_known(pn):
+            raise InputError(f"{where}: part {pn!r} is not in {parts_csv}")
+        rel = (r["path"] or "").strip()
+        path = (root / rel).resolve()
+        if not path.is_relative_to(root):
+            raise InputError(f"{where}: {rel!r} is outside the CSV's folder {root}")
+        if not path.is_file():
+            raise InputError(f"{where}: {path}: no such image")
+        if path in paths_seen:  # one file listed for two parts (also as ./a.png or by its absolute path)
+            raise InputError(f"{where}: {rel} is listed twice (first on line {paths_seen[path]})")
+        _check_image_file(path, where)
+        paths_seen[path] = line
+        images.append({"image_id": rel, "part_number": pn, "path": str(path), "kind": kind})
+    return images
+
+
 def import_catalogue(db: CatalogueDB, parts_csv: str | os.PathLike[str], images_csv: str | os.PathLike[str] | None
                      = None, *, kinds: Sequence[str] = ("catalogue",), as_of: str | None = None,
                      site: str | None = None) -> dict[str, Any]:
@@ -142,38 +179,12 @@ def import_catalogue(db: CatalogueDB, parts_csv: str | os.PathLike[str], images_
         raise UsageError(f"{db.path}: this catalogue is kept by a hub{' (' + hub_id + ')' if hub_id else ''}: add "
                          "the parts at the hub (`partlens hub import`) and sync; a local import would make the next "
                          "syncs skip hub changes")
-    unknown_kinds = sorted(set(kinds) - set(IMAGE_KINDS))
-    if unknown_kinds:  # imported 0 images without a word before
-        raise UsageError(f"unknown image kind(s) {', '.join(unknown_kinds)} (known: {', '.join(IMAGE_KINDS)})")
     parts_csv = Path(parts_csv)
     if as_of is None and parts_csv.is_file():  # (a missing file is read_parts_csv's error)
         as_of = _dt.datetime.fromtimestamp(parts_csv.stat().st_mtime, _dt.timezone.utc).isoformat(timespec="seconds")
     parts, inventory, sites = read_parts_csv(parts_csv, as_of=as_of or "")
     seen = {p["part_number"] for p in parts}
-    images, paths_seen = [], {}
-    if images_csv is not None:
-        images_csv = Path(images_csv)
-        root = images_csv.parent.resolve()
-        for line, r in enumerate(read_csv_rows(images_csv, ("path", "part_number")), start=2):
-            where = f"{images_csv}:{line}"
-            kind = (r.get("kind") or "").strip() or "catalogue"
-            if kind not in IMAGE_KINDS:  # "Catalogue" was skipped as another kind, silently
-                raise InputError(f"{where}: kind {kind!r} is not one of {', '.join(IMAGE_KINDS)}")
-            if kind not in kinds:
-                continue
-            pn = check_part_number(r["part_number"], where)  # stripped and normalised as in parts.csv
-            if pn not in seen:
-                raise InputError(f"{where}: part {pn!r} is not in {parts_csv}")
-            path = (root / r["path"]).resolve()
-            if not path.is_relative_to(root):
-                raise InputError(f"{where}: {r['path']!r} is outside the CSV's folder {root}")
-            if not path.is_file():
-                raise InputError(f"{where}: {path}: no such image")
-            if path in paths_seen:  # one file listed for two parts (also as ./a.png or by its absolute path)
-                raise InputError(f"{where}: {r['path']} is listed twice (first on line {paths_seen[path]})")
-            _check_image_file(path, where)
-            paths_seen[path] = line
-            images.append({"image_id": r["path"], "part_number": pn, "path": str(path), "kind": kind})
+    images = read_images_csv(images_csv, kinds, seen.__contains__, parts_csv) if images_csv is not None else []
     with db.read():
         others = [r[0] for r in db.db.conn.execute("SELECT part_number FROM parts") if r[0] not in seen]
     if others:  # an import adds and updates; it never deletes (say so: their stock would look current)

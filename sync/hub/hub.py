@@ -29,7 +29,8 @@ import numpy as np
 from edge_app import spotcheck
 from edge_app.atomic import atomic_write_bytes, atomic_write_json
 from edge_app.errors import InputError, IntegrityError, UsageError
-from edge_app.runtime.importer import check_part_number, parse_size_mm, parse_stock, read_csv_rows, read_parts_csv
+from edge_app.runtime.importer import (check_part_number, parse_size_mm, parse_stock, read_images_csv,
+                                      read_parts_csv)
 from edge_app.signing import Keyring, SigningKey
 from edge_app.storage import free_bytes
 
@@ -369,22 +370,10 @@ class Hub:
         parts, inventory = _read_parts_csv(Path(parts_csv))
         known = {p["part_number"] for p in parts}
         image_rows: list[dict[str, Any]] = []
-        if images_csv is not None:
-            images_csv = Path(images_csv)
-            listed: dict[str, int] = {}
-            for lineno, row in _read_csv(images_csv, ("path", "part_number", "kind")):
-                if row["kind"] not in kinds:
-                    continue
-                if row["path"] in listed:  # one image for two parts: the last row would take it silently
-                    raise InputError(f"{images_csv}:{lineno}: {row['path']} is listed twice (first on line "
-                                     f"{listed[row['path']]})")
-                listed[row["path"]] = lineno
-                if row["part_number"] not in known and self.store.part(row["part_number"]) is None:
-                    raise InputError(f"{images_csv}:{lineno}: unknown part {row['part_number']!r}")
-                src = images_csv.parent / row["path"]
-                if not src.is_file():
-                    raise InputError(f"{images_csv}:{lineno}: no such image {src}")
-                image_rows.append(self.store_image(src, row["part_number"], kind=row["kind"]))
+        if images_csv is not None:  # read and checked as the device's `catalogue import` reads it
+            for row in read_images_csv(images_csv, kinds,
+                                       lambda pn: pn in known or self.store.part(pn) is not None, parts_csv):
+                image_rows.append(self.store_image(Path(row["path"]), row["part_number"], kind=row["kind"]))
         emb = self.embedder()
         vecs = self.embed_rows(image_rows, emb) if emb is not None and image_rows else None
         with self.store.change() as ch:
@@ -519,12 +508,6 @@ def _log_look_alikes(found: Sequence[Mapping[str, Any]]) -> None:
 
 def _raw(keyring: Keyring, kid: str) -> bytes:
     return keyring.public_key(kid)
-
-
-def _read_csv(path: Path, required: Sequence[str]) -> Iterable[tuple[int, dict[str, str]]]:
-    """(line, row) of a UTF-8 CSV, read as the device's importer reads it (BOM, extra fields, no rows)."""
-    for i, row in enumerate(read_csv_rows(path, required), start=2):
-        yield i, {k: (v or "").strip() for k, v in row.items()}
 
 
 def _read_parts_csv(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

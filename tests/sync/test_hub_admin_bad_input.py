@@ -232,3 +232,21 @@ def test_a_photo_approved_into_the_wrong_part_can_be_undone(world) -> None:
     assert again["part_number"] == "P1" and world.hub.store.image(again["image_id"])["part_number"] == "P1"
     with pytest.raises(UsageError, match="not an approved photo"):
         unapprove(world.hub, upload_items(world, [("photo", {"part_number": "P0"}, part_image(2))])[0])
+
+
+def test_hub_import_reads_images_csv_as_the_device_importer_does(world, tmp_path) -> None:
+    """A review of this session's fixes: the device's import got the new images.csv checks, the hub's own copy of
+    the loop did not (a decomposed "Ö" part number failed there; a 'Catalogue' kind imported 0 images silently)."""
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.jpg").write_bytes(part_image(41))
+    nfd = "O\u0308L-12"
+    parts, images = _csvs(tmp_path, f"part_number,name,,\n{nfd},oil ring,,\n",  # empty trailing columns: fine
+                          f"path,part_number,kind\nimgs/a.jpg,{nfd},catalogue\n")
+    out = world.hub.import_csv(parts, images)
+    assert out["images"] == 1 and world.hub.store.part("\u00d6L-12") is not None
+    images.write_text("path,part_number,kind\nimgs/a.jpg,\u00d6L-12,Catalogue\n")
+    with pytest.raises(InputError, match="kind 'Catalogue' is not one of"):
+        world.hub.import_csv(parts, images)
+    images.write_text("path,part_number,kind\n../outside.jpg,\u00d6L-12,catalogue\n")
+    with pytest.raises(InputError, match="outside the CSV's folder"):
+        world.hub.import_csv(parts, images)

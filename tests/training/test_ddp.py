@@ -55,8 +55,9 @@ def test_ddp_skips_a_batch_with_no_readable_image_on_every_process(tmp_path: Pat
     from training.ddp import launch
 
     data = make_folder(tmp_path / "data", per_class=24)
-    for f in (data / "c0").iterdir():  # a third of the images unreadable: some batches keep fewer than 2
-        f.write_bytes(b"broken")
+    for k in range(3):  # a third of each class unreadable: some batches keep fewer than 2 readable images
+        for f in sorted((data / f"c{k}").iterdir())[::3]:
+            f.write_bytes(b"broken")
     out = tmp_path / "run"
     cfg = dict(data=str(data), out=str(out), model="tiny", epochs=1, batch_size=3, lr=3e-3, image_size=32,
                progress=False, device="cpu", sampler="random", val_fraction=0.25)
