@@ -13,10 +13,16 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
+
+#: descriptor 2 is the process's: one redirect at a time (a block nested in the same thread is fine, another thread
+#: waits): two overlapping blocks restored each other's descriptors out of order (a review found stderr left on a
+#: deleted file and the logging handlers on a closed stream)
+_REDIRECT = threading.RLock()
 
 
 def _stream_handlers(stream: object) -> list[logging.StreamHandler]:
@@ -31,15 +37,22 @@ def _fd2_collected() -> Iterator[Path | None]:
     """Point descriptor 2 at a temporary file for the block (yielded; ``None`` where there is no real descriptor
     2, e.g. an embedded interpreter) while Python's ``sys.stderr`` and the logging handlers on it keep writing to
     the terminal. The caller owns the file afterwards."""
+    with _REDIRECT:
+        old_stream = sys.stderr
+        try:
+            old_stream.flush()
+            saved = os.dup(2)
+        except (AttributeError, OSError, ValueError):
+            yield None
+            return
+        with _redirected(old_stream, saved) as path:
+            yield path
+
+
+@contextlib.contextmanager
+def _redirected(old_stream: Any, saved: int) -> Iterator[Path]:
     import tempfile
 
-    old_stream = sys.stderr
-    try:
-        old_stream.flush()
-        saved = os.dup(2)
-    except (AttributeError, OSError, ValueError):
-        yield None
-        return
     fd, tmp_name = tempfile.mkstemp(prefix="partlens-native-", suffix=".log")
     handlers = _stream_handlers(old_stream)
     ours = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(old_stream, "encoding", None) or "utf-8",

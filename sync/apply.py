@@ -91,10 +91,16 @@ def read_active(paths: DevicePaths) -> dict[str, Any] | None:
     """The active bundle pointer ``{"bundle_id", "version", ...}``, or None."""
     if not paths.active.is_file():
         return None
+    from edge_app.bundle import check_file_name
+
     try:
-        return json.loads(paths.active.read_text())
+        doc = json.loads(paths.active.read_text())
     except json.JSONDecodeError as exc:  # cannot happen with atomic writes; say so loudly if it does
         raise IntegrityError(f"{paths.active}: corrupt bundle pointer ({exc})") from None
+    if not isinstance(doc, dict):  # the app's reader checks the same (services.read_active_pointer)
+        raise IntegrityError(f"{paths.active}: corrupt bundle pointer (a JSON {type(doc).__name__}, not an object)")
+    check_file_name(doc.get("bundle_id"), f"{paths.active}: bundle_id")
+    return doc
 
 
 def write_active(paths: DevicePaths, bundle_id: str, version: int) -> None:

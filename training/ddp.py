@@ -65,7 +65,7 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     import torch
     import torch.distributed as dist
 
-    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"  # NCCL: GPU tensors
+    device = f"cuda:{info.local_rank}" if dist.get_backend() == "nccl" else "cpu"  # NCCL takes GPU tensors only
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())

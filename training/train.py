@@ -192,6 +192,8 @@ def _lock_out(out: Path) -> Any:
         fh.close()
         raise UsageError(f"{out}: another training run is writing this folder; wait for it or choose another "
                          "--out") from None
+    except OSError as exc:  # a file system without flock (some network mounts): train without the guard
+        log.warning("%s: cannot lock the run folder (%s); make sure no other run writes it", out, exc)
     return fh
 
 

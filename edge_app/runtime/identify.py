@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import ImageError, InputError, IntegrityError, UsageError
+from ..errors import ImageError, InputError, IntegrityError, StorageError, UsageError
 from ..imageio import load_image
 from ..preprocess import preprocess_image
 from . import fusion
@@ -28,6 +28,8 @@ STATUS_MATCH = "match"
 STATUS_NONE = "no_confident_match"
 #: Other candidates within this similarity of the top part are "top candidates" for the look-alike flag.
 LOOK_ALIKE_MARGIN = 0.1
+#: catalogue meta: "<bundle_id>@<epoch>:<version>" whose vectors were last checked against the bundle (skips re-reading)
+VECTORS_CHECKED_KEY = "bundle_vectors_checked"
 
 
 @dataclass
@@ -163,8 +165,11 @@ class Identifier:
         with self.db.read():
             conn = self.db.db.conn
             stored = conn.execute("SELECT count(*) FROM embeddings WHERE bundle_id = ?", (self.bundle_id,)).fetchone()[0]
-        # the usual open: every vector of the bundle is stored already (or the hub sends them): nothing to read
-        if stored and (hub_kept or stored >= self.bundle_catalogue_size()):
+        # the usual open: every vector of the bundle is stored already (or the hub sends them), or this catalogue
+        # version was checked against this bundle before (a catalogue of fewer parts than the bundle): nothing to read
+        checked = f"{self.bundle_id}@{self.db.catalogue_epoch}:{self.db.catalogue_version}"
+        if stored and (hub_kept or stored >= self.bundle_catalogue_size()
+                       or self.db.get_meta(VECTORS_CHECKED_KEY) == checked):
             return 0
         with self.db.read():
             conn = self.db.db.conn
@@ -177,6 +182,7 @@ class Identifier:
         keep = [i for i, r in enumerate(rows) if r["part_number"] in known and r["image_id"] not in have]
         if not keep:
             if have:
+                self._mark_checked(checked)
                 return 0
             raise InputError(f"bundle {self.bundle_id}: none of its catalogue images belong to parts in "
                              f"{self.db.path}")
@@ -204,8 +210,18 @@ class Identifier:
             self.db.upsert_embeddings([rows[i]["image_id"] for i in keep], emb[keep], self.bundle_id)
             if not have:
                 self.db.delete_embeddings(self.bundle_id)  # drop other bundles' vectors
+            self.db.set_meta(VECTORS_CHECKED_KEY, checked)
         log.info("imported %d catalogue embeddings of bundle %s", len(keep), self.bundle_id)
         return len(keep)
+
+    def _mark_checked(self, checked: str) -> None:
+        """Remember that this catalogue version holds every vector of the bundle it can (a read-only catalogue on a
+        full disk just checks again next time)."""
+        try:
+            with self.db.transaction():
+                self.db.set_meta(VECTORS_CHECKED_KEY, checked)
+        except StorageError:
+            pass
 
     def refresh(self) -> bool:
         """Re-open the index when the catalogue changed since it was loaded; True if it did.

@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 #: how much of a tablet's reported sync failure the hub keeps
 MAX_ERROR_CHARS = 300
 
+
+def _printable(text: str) -> str:
+    """A tablet's words as an admin's terminal may show them: control characters (escape sequences, newlines)
+    become '?'."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
 PACKAGE_NAME = re.compile(r"^(delta-(e[0-9]{1,19}-)?[0-9]{6,19}-[0-9]{6,19}|snapshot-(e[0-9]{1,19}-)?[0-9]{6,19})\.tar$")
 
 
@@ -89,7 +95,7 @@ class PackageService:
         https; ``hub devices`` shows it)."""
         try:
             self.hub.store.device_seen(device["name"], from_version, bundle_id, via=via, epoch=epoch,
-                                       last_error=last_error[:MAX_ERROR_CHARS] if last_error else None)
+                                       last_error=_printable(last_error[:MAX_ERROR_CHARS]) if last_error else None)
         except (OSError, sqlite3.Error) as exc:  # a full disk must not stop every tablet's catalogue updates
             if not is_disk_full(exc):
                 raise

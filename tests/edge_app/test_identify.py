@@ -376,6 +376,11 @@ def test_parts_imported_after_the_first_open_get_the_bundles_vectors(world, tmp_
         import_catalogue(db, first)
     ident = Identifier.open(world.bundle, db_path, world.keyring_path, backend="onnx")
     assert pn not in [m.part_number for m in ident.identify([world.field[pn][0]], top=5).matches]
+    # opened again at the same catalogue version: no re-reading of the bundle's rows (cold start; a review)
+    import unittest.mock as mock
+
+    with mock.patch.object(type(ident.bundle), "load_catalogue_rows", side_effect=AssertionError("re-read")):
+        Identifier.open(world.bundle, db_path, world.keyring_path, backend="onnx")
     n_first = ident.db.db.conn.execute("SELECT count(*) FROM embeddings").fetchone()[0]
     with CatalogueDB(db_path) as db:
         import_catalogue(db, world.cat.parts_csv, world.cat.images_csv)

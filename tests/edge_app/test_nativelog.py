@@ -104,3 +104,42 @@ def test_native_lines_of_a_short_step_go_to_the_log(tmp_path, level) -> None:
     assert (xnn in lines) == (level == logging.DEBUG), lines
     assert sum("XNNPACK" in ln for ln in lines) == (level == logging.DEBUG)  # never raw on the console
     assert list(tmp.iterdir()) == []  # the temporary file is gone
+
+
+THREADS_CHILD = r'''
+import logging, os, sys, threading, time
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from edge_app.nativelog import native_stderr_logged
+log = logging.getLogger("t")
+a_in, b_in = threading.Event(), threading.Event()
+
+def a():
+    with native_stderr_logged(log, "a"):
+        a_in.set()
+        b_in.wait(0.5)  # B tries to enter while A holds the redirect, then A leaves first
+        os.write(2, b"ERROR: from a\n")
+
+def b():
+    a_in.wait()
+    b_in.set()
+    with native_stderr_logged(log, "b"):
+        os.write(2, b"ERROR: from b\n")
+        time.sleep(0.1)
+
+ts = [threading.Thread(target=a), threading.Thread(target=b)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+log.warning("logging still works")
+os.write(2, b"descriptor 2 is the terminal again\n")
+'''
+
+
+def test_overlapping_native_blocks_in_two_threads_restore_stderr(tmp_path) -> None:
+    """A review: two threads' blocks overlapping out of order left descriptor 2 on a deleted file and the logging
+    handlers on a closed stream (log.warning raised); the redirect is one at a time now."""
+    out = subprocess.run([sys.executable, "-c", THREADS_CHILD], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, TMPDIR=str(tmp_path)))
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert "a: ERROR: from a" in lines and "b: ERROR: from b" in lines
+    assert lines[-2:] == ["logging still works", "descriptor 2 is the terminal again"]

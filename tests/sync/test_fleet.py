@@ -225,3 +225,25 @@ def test_a_tablet_that_reaches_the_hub_but_fails_every_sync_is_named_in_hub_devi
     assert not (world.device_dir / "sync_failure.json").exists()
     assert main(["hub", "devices", "--hub", str(world.hub.root)]) == 0
     assert json.loads(capsys.readouterr().out)[0]["last_error"] is None
+
+
+def test_a_tablets_reported_failure_reaches_the_admin_without_control_characters(world) -> None:
+    """A review: the tablet's words went raw to the admin's terminal (escape sequences, newlines)."""
+    from sync.hub.deltas import PackageService
+
+    dev = world.hub.store.device("tab1")
+    PackageService(world.hub).plan_for_device(dev, 0, None, last_error="boom\x1b[2J\nrm -rf" + "x" * 500)
+    (row,) = world.hub.store.list_devices()
+    assert row["last_error"].startswith("boom?[2J?rm -rf") and len(row["last_error"]) == 300
+
+
+def test_the_sync_clients_bundle_pointer_is_checked_like_the_apps(world) -> None:
+    from edge_app.errors import IntegrityError
+    from sync.apply import DevicePaths, read_active
+
+    paths = DevicePaths(world.device_dir)
+    for doc in ([], {"bundle_id": "../x"}, {"bundle_id": 5}):
+        paths.active.parent.mkdir(parents=True, exist_ok=True)
+        paths.active.write_text(json.dumps(doc))
+        with pytest.raises(IntegrityError):
+            read_active(paths)
