@@ -204,6 +204,19 @@ def _orientation(img: "Image.Image", name: str) -> int:  # noqa: F821
 JUNK_FOLDERS = ("@eaDir", "__MACOSX", "Thumbs.db")
 
 
+def header_error(path: str | os.PathLike[str]) -> str | None:
+    """Why Pillow cannot read the header of the image file at ``path`` (cheap: nothing is decoded), or None when
+    it can. For checks over many files (an import, a training set), not for decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018 - the header is parsed
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
 def is_hidden(rel: str | os.PathLike[str]) -> bool:
     """True for a path (relative to a dataset or photo folder) that no one put there as a photo: a hidden file
     or folder (``.thumbs/``, macOS ``._IMG_1.jpg``) or a NAS/archive thumbnail folder."""

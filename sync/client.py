@@ -385,12 +385,7 @@ class SyncClient:
     def _after_storage_error(self, exc: SyncStorageError, db: Any, upload: bool) -> SyncStorageError:
         """A sync stopped for lack of storage: delete unfinished downloads (they hold the space; the next
         sync fetches them again), still upload the outbox, and say both in the error."""
-        freed = 0
-        if self.paths.downloads.is_dir():
-            for f in self.paths.downloads.iterdir():
-                if f.is_file():
-                    freed += f.stat().st_size
-                    f.unlink()
+        freed = self._sweep_downloads()
         words = [str(exc)]
         if freed:
             words.append(f"{mb(freed)} of unfinished downloads deleted")
@@ -770,19 +765,24 @@ class SyncClient:
         self._sweep_downloads()
         return result
 
-    def _sweep_downloads(self) -> None:
-        """After a sync that reached the hub's version, whatever is left in ``downloads/`` is for plans the hub
-        has moved past (a package fetched but not applied, a cut download, a crash after the commit): it is never
-        asked for again, so it goes (a sync audit found a snapshot's worth per interruption eating into the space
-        kept for photos)."""
+    def _sweep_downloads(self) -> int:
+        """Delete what ``downloads/`` holds; the bytes freed. After a sync that reached the hub's version, what is
+        left there is for plans the hub has moved past (a package fetched but not applied, a cut download, a crash
+        after the commit) and is never asked for again (a sync audit found a snapshot's worth per interruption
+        eating into the space kept for photos); after a sync stopped for lack of storage, the next sync fetches
+        again what it needs."""
+        freed = 0
         if not self.paths.downloads.is_dir():
-            return
+            return freed
         for f in self.paths.downloads.iterdir():
             if f.is_file():
                 try:
+                    size = f.stat().st_size
                     f.unlink()
+                    freed += size
                 except OSError as exc:
                     log.warning("could not delete the old download %s (%s)", f, exc)
+        return freed
 
     def _moved(self, db: Any) -> tuple[str, str] | None:
         """Why this device's catalogue cannot be continued with deltas from its hub, as (``"hub"`` or

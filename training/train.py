@@ -128,32 +128,16 @@ class TeacherAdapter:
 RUN_FILES = ("last.pt", "best.pt", "metrics.json", "config.json", "split.json")
 
 
-def _file_sha256(path: str | Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _classes_with_a_readable_image(images: ImageSet) -> set[int]:
     """Class indices with at least one training image whose header Pillow reads (about 0.1 ms an image): a class
     of only broken files used to train as if absent, without a word (an audit). Unreadable files are still
     skipped, and reported, as training reads them."""
-    from PIL import Image, UnidentifiedImageError
+    from edge_app.imageio import header_error
 
     found: set[int] = set()
     for i, (_rel, y) in enumerate(images.items):
-        if y in found:
-            continue
-        try:
-            with Image.open(images.path(i)) as img:
-                img.size  # noqa: B018 - the header is parsed
+        if y not in found and header_error(images.path(i)) is None:
             found.add(y)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-            continue
     return found
 
 
@@ -328,7 +312,9 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
 
     history: list[dict[str, Any]] = []
     start_epoch, best_top1, best_epoch = 0, -1.0, -1
-    teacher_sha = _file_sha256(cfg.teacher) if cfg.teacher and Path(cfg.teacher).is_file() else None
+    from edge_app.bundle import sha256_file
+
+    teacher_sha = sha256_file(cfg.teacher) if cfg.teacher and Path(cfg.teacher).is_file() else None
     if cfg.resume:
         ck = read_checkpoint(out / "last.pt")
         extra = ck.get("extra", {})

@@ -161,7 +161,7 @@ class Identifier:
         catalogue's bundle); before, this deleted the vectors the sync had just written. Later, the vectors of
         parts imported since (``partlens catalogue import`` of a bigger parts list) are added: they had been
         skipped while their parts were unknown. A catalogue a hub keeps gets its vectors from the hub only."""
-        hub_kept = bool(self.db.get_meta("hub_id") or self.db.get_meta("managed_by_hub"))
+        hub_kept = self._hub_kept()
         with self.db.read():
             conn = self.db.db.conn
             stored = conn.execute("SELECT count(*) FROM embeddings WHERE bundle_id = ?", (self.bundle_id,)).fetchone()[0]
@@ -201,7 +201,7 @@ class Identifier:
             if not have and held and held != self.bundle_id:
                 raise BundleChanged(f"{self.db.path} now holds the vectors of bundle {held}, not {self.bundle_id} "
                                     "(a sync installed it): open that bundle")
-            if hub_kept or self.db.get_meta("hub_id") or self.db.get_meta("managed_by_hub"):
+            if self._hub_kept():  # read again under the write lock: a sync may have just made it so
                 raise InputError(f"{self.db.path}: this catalogue is kept by a hub and holds no vectors for bundle "
                                  f"{self.bundle_id}: sync with the hub")
             existing = {r[0] for r in conn.execute("SELECT image_id FROM images")}
@@ -213,6 +213,9 @@ class Identifier:
             self.db.set_meta(VECTORS_CHECKED_KEY, checked)
         log.info("imported %d catalogue embeddings of bundle %s", len(keep), self.bundle_id)
         return len(keep)
+
+    def _hub_kept(self) -> bool:
+        return bool(self.db.get_meta("hub_id") or self.db.get_meta("managed_by_hub"))
 
     def _mark_checked(self, checked: str) -> None:
         """Remember that this catalogue version holds every vector of the bundle it can (a read-only catalogue on a

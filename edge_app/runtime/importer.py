@@ -207,10 +207,8 @@ def import_catalogue(db: CatalogueDB, parts_csv: str | os.PathLike[str], images_
 
 def _check_image_file(path: Path, where: str) -> None:
     """An image Pillow recognises (header only: cheap); a CSV or a document listed as a catalogue image is refused."""
-    from PIL import Image, UnidentifiedImageError
+    from ..imageio import header_error
 
-    try:
-        with Image.open(path) as img:
-            img.size  # noqa: B018 - the header is parsed
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(f"{where}: {path.name} is not an image ({exc})") from None
+    reason = header_error(path)
+    if reason is not None:
+        raise InputError(f"{where}: {path.name} is not an image ({reason})")

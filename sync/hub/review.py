@@ -135,14 +135,11 @@ def unapprove(hub: Hub, uuid: str, note: str = "") -> dict[str, Any]:
     image_id = review.get("image_id")
     image = hub.store.image(image_id) if image_id else None
 
-    def undo(ch: Change) -> None:
+    with hub.store.change() as ch:
         if image is not None:
             ch.delete_images([image_id])
         ch.update_upload(uuid, status="new", review=json.dumps(
             {"undone": review, "note": note, "catalogue_version": ch.version}))
-
-    with hub.store.change() as ch:
-        undo(ch)
         version = ch.version
     log.info("upload %s: approval undone (image %s removed from part %s)", uuid, image_id, review.get("part_number"))
     return {"uuid": uuid, "image_id": image_id, "was_part": review.get("part_number"), "catalogue_version": version,
