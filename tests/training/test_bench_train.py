@@ -73,3 +73,18 @@ def test_resistor_benchmark_on_stand_in(tmp_path: Path) -> None:
     r = mod.run(_ctx(tmp_path, "r", **{**TINY, "image_size": [16, 40]}))
     assert r["folds"] == 5 and r["val_images_evaluated"] == 30
     assert 0 <= r["top1_mean"] <= 1
+
+
+@pytest.mark.parametrize("n_classes", [5, 81, 83])
+def test_new_product_folds_partition_the_products(n_classes: int) -> None:
+    """Every product is held out by exactly one of the 5 folds (not 5 overlapping draws), the fold sizes differ by
+    at most one, and the partition is the same on every call."""
+    new = importlib.import_module("benchmarks.bench_train_grocery_new_products")
+    folds = [new.held_out_classes(n_classes, f) for f in range(new.FOLDS)]
+    flat = [c for f in folds for c in f]
+    assert sorted(flat) == list(range(n_classes))
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    assert folds == [new.held_out_classes(n_classes, f) for f in range(new.FOLDS)]
+    assert folds[0] != list(range(len(folds[0])))  # shuffled, not the first classes
+    with pytest.raises(ValueError, match="fold 5"):
+        new.held_out_classes(n_classes, new.FOLDS)
