@@ -303,12 +303,18 @@ def _pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
     accepted = np.concatenate([r["conf"][r["in_val"]] >= r["calibration"].threshold for r in runs])
     per_run = np.array([C.auroc(r["conf"], r["is_known"]) for r in runs])
     std = (lambda a: float(np.std(a, ddof=1)) if len(a) > 1 else None)  # noqa: E731 - no spread from one run
-    lo, hi = C.bootstrap_ci(C.auroc, cat["conf"], cat["is_known"], n=1000)
-    plo, phi = C.bootstrap_ci(C.auroc, cat["conf"], cat["is_known"], n=1000, groups=cat["group"])
+    rows_stats: dict[str, int] = {}
+    products_stats: dict[str, int] = {}
+    lo, hi = C.bootstrap_ci(C.auroc, cat["conf"], cat["is_known"], n=1000, stats=rows_stats)
+    plo, phi = C.bootstrap_ci(C.auroc, cat["conf"], cat["is_known"], n=1000, groups=cat["group"],
+                              stats=products_stats)
     mv = {k: [x for r in runs for x in r["multiview"][k]] for k in ("single", "score", "embedding")}
     first = runs[0]
     return {
         "catalogue_views": DEFAULT_VIEWS, "runs": len(runs), "auroc_bootstrap_resamples": 1000,
+        "auroc_bootstrap_scored": rows_stats["resamples_scored"],
+        "auroc_bootstrap_products_scored": products_stats["resamples_scored"],
+        "auroc_bootstrap_products": int(len(np.unique(cat["group"]))),
         "catalogue_images_first_run": first["catalogue_images"], "known_products_first_run": first["known_products"],
         "eval_queries": len(cat["conf"]), "eval_known_queries": int(cat["is_known"].sum()),
         "eval_unknown_queries": int((~cat["is_known"]).sum()), "eval_val_queries": len(vc),

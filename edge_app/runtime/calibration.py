@@ -221,11 +221,14 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
 
 
 def bootstrap_ci(fn: Any, *arrays: Sequence[Any], n: int = 1000, seed: int = 0, alpha: float = 0.05,
-                 groups: Sequence[Any] | None = None) -> tuple[float, float]:
+                 groups: Sequence[Any] | None = None, stats: dict[str, int] | None = None) -> tuple[float, float]:
     """Percentile bootstrap CI of ``fn(*arrays)``, resampling rows, or whole ``groups`` when given.
 
     Photos of one product are not independent: pass the product of each row as ``groups`` (a cluster
     bootstrap) so the interval reflects how much the metric depends on WHICH products were scored.
+    A resample ``fn`` cannot score (e.g. AUROC of a resample with one class only) is left out; how many were
+    scored and skipped goes into ``stats`` (``resamples_scored``, ``resamples_skipped``) when given, and a
+    warning is logged when any was skipped (the interval then leans towards the resamples that could be scored).
     """
     rng = np.random.default_rng(seed)
     arrs = [np.asarray(a) for a in arrays]
@@ -245,8 +248,12 @@ def bootstrap_ci(fn: Any, *arrays: Sequence[Any], n: int = 1000, seed: int = 0, 
             vals.append(fn(*[a[idx] for a in arrs]))
         except InputError:
             continue
+    if stats is not None:
+        stats.update(resamples_scored=len(vals), resamples_skipped=n - len(vals))
     if not vals:
         raise InputError("bootstrap: no resample could be scored")
+    if len(vals) < n:
+        log.warning("bootstrap: %d of %d resamples could not be scored and were left out", n - len(vals), n)
     lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 

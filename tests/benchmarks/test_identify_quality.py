@@ -52,6 +52,9 @@ def test_pooled_numbers_pool_calibration_and_average_rankings() -> None:
     # more queries, lower noise floor: the pooled floor is below each run's
     assert out["ece_if_perfectly_calibrated_pooled"] < min(r["ece_if_perfectly_calibrated"] for r in rows)
     assert out["auroc_pooled_ci95_products_low"] <= out["auroc_pooled"] <= out["auroc_pooled_ci95_products_high"]
+    # the result says how many resamples the intervals rest on, and over how many products
+    assert out["auroc_bootstrap_scored"] == out["auroc_bootstrap_products_scored"] == 1000
+    assert out["auroc_bootstrap_products"] == len(np.unique(np.concatenate([r["group"] for r in runs])))
     assert out["multiview_groups"] == 2 and out["top1_fused_score"] == 1.0 and out["top1_single_view"] == 0.5
     single = _pooled([runs[0]])
     assert np.isclose(single["auroc_mean"], rows[0]["auroc"]) and single["auroc_std"] is None  # no spread from one run

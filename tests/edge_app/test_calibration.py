@@ -79,6 +79,26 @@ def test_cluster_bootstrap_is_wider_when_photos_of_a_product_move_together():
         C.bootstrap_ci(C.auroc, score, known, groups=product[:-1])
 
 
+def test_bootstrap_counts_and_warns_about_resamples_it_could_not_score(caplog) -> None:
+    """3 products, one of them the only known one: a product resample without it has one class (no AUROC) and is
+    left out; the count says so and a warning is logged. With every resample scorable nothing is skipped."""
+    product = np.repeat(np.arange(3), 4)
+    known = product == 0
+    score = np.random.default_rng(2).random(12) + known
+    stats: dict[str, int] = {}
+    with caplog.at_level("WARNING", logger=C.__name__):
+        C.bootstrap_ci(C.auroc, score, known, n=200, groups=product, stats=stats)
+    # P(product 0 absent from 3 draws) = (2/3)^3, P(only product 0) = (1/3)^3: about 33% of 200 unscorable
+    assert stats["resamples_scored"] + stats["resamples_skipped"] == 200
+    assert 40 < stats["resamples_skipped"] < 90
+    assert f"{stats['resamples_skipped']} of 200 resamples could not be scored" in caplog.text
+    caplog.clear()
+    ok: dict[str, int] = {}
+    C.bootstrap_ci(C.auroc, score, known, n=100, stats=ok)  # 12 rows: a row resample rarely has one class only
+    assert ok["resamples_scored"] + ok["resamples_skipped"] == 100
+    assert ("could not be scored" in caplog.text) == (ok["resamples_skipped"] > 0)
+
+
 # -- found by an audit against reference implementations (17th session) -----------------------------------------
 def test_the_threshold_takes_tied_confidences_together_and_checks_the_floor() -> None:
     from edge_app.runtime.calibration import choose_threshold
