@@ -71,6 +71,37 @@ def local_time(iso: str | None, tz: _dt.tzinfo | None = None) -> str:
     return t.strftime("%Y-%m-%d %H:%M")
 
 
+def stock_text(inventory: Sequence[Mapping[str, Any]], site: str | None = None) -> str:
+    """A part's stock in a few words for a list row: at ``site`` (this tablet's) when given, with what the
+    other sites hold; a stock the hub did not give (None) is "not known", never 0 or "out of stock"."""
+    def count(rows: Sequence[Mapping[str, Any]]) -> int:
+        return sum(int(r["stock"]) for r in rows if r.get("stock") is not None)
+
+    if not inventory:
+        return "stock unknown"
+    if site is None:
+        if all(r.get("stock") is None for r in inventory):
+            return "stock not known"
+        total = count(inventory)
+        return f"{total} in stock" if total else "out of stock"
+    here = [r for r in inventory if r.get("site") == site]
+    others = count([r for r in inventory if r.get("site") != site])
+    elsewhere = f" ({others} at other sites)" if others else ""
+    if not here:
+        return f"not stocked here{elsewhere}"
+    if all(r.get("stock") is None for r in here):
+        return f"stock here not known{elsewhere}"
+    n = count(here)
+    return f"{n} in stock" if n else f"out of stock here{elsewhere}"
+
+
+def stock_count_text(stock: Any) -> str:
+    """One site's stock for Part detail: "3 in stock", "out of stock" or "stock not known" (None)."""
+    if stock is None:
+        return "stock not known"
+    return f"{stock} in stock" if int(stock) else "out of stock"
+
+
 def _latest(*stamps: str | None) -> str | None:
     """The latest of some ISO timestamps (None and unparsable ones ignored; naive ones taken as local)."""
     best: tuple[_dt.datetime, str] | None = None
@@ -428,6 +459,7 @@ class DeviceServices:
         self._identifier: Any = None
         self._lock = threading.Lock()
         self._last_error: str | None = None
+        self._last_error_at: str | None = None
         #: draws the spot checks (an OS-seeded generator; tests and the demo pass a seeded one)
         self._spot_rng = spot_rng or random.SystemRandom()
 
@@ -569,13 +601,20 @@ class DeviceServices:
         return row
 
     def search(self, text: str | None = None, category: str | None = None, in_stock: bool | None = None,
-               limit: int = 50) -> list[dict[str, Any]]:
+               limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """A page of the parts matching the filters (``in_stock``: at this tablet's site), each with its stock
+        rows at EVERY site (:func:`stock_text` says "none here, 5 at other sites")."""
         rows = self.catalogue.search_parts(text=text or None, category=category or None, in_stock=in_stock,
-                                           site=self.site, limit=limit)
-        inv = self.catalogue.parts_by_number([r["part_number"] for r in rows], site=self.site)
+                                           site=self.site, limit=limit, offset=offset)
+        inv = self.catalogue.parts_by_number([r["part_number"] for r in rows])
         for r in rows:
             r["inventory"] = inv.get(r["part_number"], {}).get("inventory", [])
         return rows
+
+    def count_parts(self, text: str | None = None, category: str | None = None, in_stock: bool | None = None) -> int:
+        """How many parts :meth:`search` pages through."""
+        return self.catalogue.count_parts(text=text or None, category=category or None, in_stock=in_stock,
+                                          site=self.site)
 
     def categories(self) -> list[str]:
         return self.catalogue.categories()
@@ -812,11 +851,11 @@ class DeviceServices:
         nightly = None
         if bg:
             last_sync = _latest(last_sync, bg.get("last_success"))
-            nightly = (f"{bg.get('outcome')} at {bg.get('at')} ({bg.get('reason')}); next attempt {bg.get('next_at')}, "
-                       f"window {bg.get('window')}")
+            nightly = (f"{bg.get('outcome')} at {local_time(bg.get('at'))} ({bg.get('reason')}); next attempt "
+                       f"{local_time(bg.get('next_at'))}, window {bg.get('window')}")
         arm = read_arm_failure(self.data_dir)
         if arm:  # the app could not arm the alarm: say so before anything else
-            nightly = (f"OFF: could not schedule nightly sync at {arm.get('at')} ({arm.get('reason')}); "
+            nightly = (f"OFF: could not schedule nightly sync at {local_time(arm.get('at'))} ({arm.get('reason')}); "
                        f"sync from this screen" + (f". Last attempt: {nightly}" if nightly else ""))
         version = self.catalogue.catalogue_version
         free, reserve = storage.free_bytes(self.data_dir), self._reserve(enrolment)
@@ -827,16 +866,34 @@ class DeviceServices:
                           refused_uploads=len(refusals),
                           refused_reason=str(refusals[-1]["refused_reason"]) if refusals else None,
                           enrolled=hub is not None,
-                          hub=hub, last_error=self._last_error, nightly=nightly, connection=connection,
+                          hub=hub, last_error=self._sync_error(last_sync),
+                          nightly=nightly, connection=connection,
                           free_bytes=free, storage_low=free < reserve, keep_free_bytes=reserve,
                           sync_running=sync_running(self.data_dir))
+
+    def _sync_error(self, last_sync: str | None) -> str | None:
+        """Why the last sync failed, as recorded on the device (whichever process ran it: it survives a restart
+        and goes when any sync succeeds), else this app's own error if no sync succeeded after it (e.g. the
+        record could not be written on a full disk)."""
+        from sync.client import read_failure
+
+        doc = read_failure(self.data_dir)
+        if doc:
+            return f"{doc['error']} (at {local_time(doc['at'])})"
+        if self._last_error and not (last_sync and _latest(last_sync, self._last_error_at) == last_sync):
+            return self._last_error
+        return None
 
     def sync_now(self) -> str:
         """One full sync (bundle, catalogue package, uploads); returns a one-line summary."""
         try:
             result = self._client().sync()
-        except SyncError as exc:
-            self._last_error = str(exc)
+        except PartlensError as exc:  # a SyncError, or no keyring / a damaged enrolment before the sync began
+            from sync.client import read_failure, record_failure
+
+            self._last_error, self._last_error_at = str(exc), _now()
+            if not isinstance(exc, SyncError) or read_failure(self.data_dir) is None:
+                record_failure(self.data_dir, exc)  # the client records its own; not an error before it began
             if isinstance(exc, StorageError):
                 self.free_space_if_low()  # the outbox went up first: its photos may go now
             raise

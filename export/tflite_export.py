@@ -7,6 +7,7 @@ image and reads float ``logits`` and ``embedding`` by signature output name.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -142,6 +143,10 @@ def quantize_int8_graph(model: Any, calib: np.ndarray, *, per_channel: bool = Tr
 
     if weight_tuning and not per_channel:
         raise UsageError("int8 weight tuning needs per-channel weights (per_channel=True)")
+    # the exported graph shares its tensors with the module it was traced from, and weight tuning rewrites
+    # them in place: trace a copy, so the caller's model (the parity gate's reference, the source-weights
+    # fingerprint, a later fp32/ONNX export of the same model) stays the checkpoint's
+    model = copy.deepcopy(model)
     wrapped = export_module(model, as_dict=True)
     graph = torch.export.export(wrapped, (sample_input(model.preprocess),)).module()
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(

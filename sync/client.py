@@ -58,6 +58,30 @@ FAILURE_FILE = "sync_failure.json"
 SmokeTest = Callable[[Any], None]
 
 
+def read_failure(device_root: Path) -> dict[str, str] | None:
+    """``{"at": ISO time, "error": text}`` of the last failed sync on this device (any process: the app, the
+    nightly service, the CLI), or None: no failure since the last success, or an unreadable record."""
+    try:
+        doc = json.loads((Path(device_root) / FAILURE_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or not doc.get("error") or not isinstance(doc.get("at"), str):
+        return None
+    return {"at": doc["at"], "error": str(doc["error"])}
+
+
+def record_failure(device_root: Path, exc: Exception) -> None:
+    """Keep why a sync failed (``sync_failure.json``) until a sync succeeds; a failure to write it is only
+    logged (e.g. the disk is full: the sync's own error is what matters)."""
+    import datetime as _dt
+
+    at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    try:
+        atomic_write_json(Path(device_root) / FAILURE_FILE, {"at": at, "error": str(exc)[:300]})
+    except OSError as write_exc:
+        log.debug("could not record the failed sync (%s)", write_exc)
+
+
 def default_smoke_test(bundle: Any) -> None:
     """Load the bundle's model and run the fixed probe image (:func:`edge_app.bundle.probe_input`): check output
     shapes and values and, when the manifest records what the export machine got for it (``probe``), that this
@@ -355,20 +379,11 @@ class SyncClient:
     def _previous_failure(self) -> str | None:
         """Why the last sync failed (``sync_failure.json``), told to the hub with the next plan request so ``hub
         devices`` shows a tablet that reaches the hub but fails every sync; None after a success."""
-        try:
-            doc = json.loads((self.paths.root / FAILURE_FILE).read_text("utf-8"))
-            return f"{doc['at']}: {doc['error']}" if isinstance(doc, dict) and doc.get("error") else None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        doc = read_failure(self.paths.root)
+        return f"{doc['at']}: {doc['error']}" if doc else None
 
     def _record_failure(self, exc: Exception) -> None:
-        import datetime as _dt
-
-        at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        try:
-            atomic_write_json(self.paths.root / FAILURE_FILE, {"at": at, "error": str(exc)[:300]})
-        except OSError as write_exc:  # e.g. the disk is full: the sync's own error is what matters
-            log.debug("could not record the failed sync (%s)", write_exc)
+        record_failure(self.paths.root, exc)
 
     def _record_success(self, result: SyncResult) -> None:
         """``last_sync.json``: when this device last synced (the app's sync screen), whoever ran the sync (the

@@ -210,10 +210,12 @@ class PartlensApp(App):
         return [have[i] for i in self.outcome.capture_ids if i in have]
 
     # ------------------------------------------------------------------------------ background work
-    def run_background(self, message: str, fn: Callable[[], Any], done: Callable[[Any], None]) -> bool:
+    def run_background(self, message: str, fn: Callable[[], Any], done: Callable[[Any], None],
+                       failed: Callable[[str], None] | None = None) -> bool:
         """Run ``fn`` off the UI thread behind the busy overlay; ``done(result)`` runs on the UI thread.
 
-        Errors become a status-line message. Returns False if something is already running.
+        Errors become a status-line message (and ``failed(message)`` runs on the UI thread, for a screen that
+        shows the error too). Returns False if something is already running.
         """
         if self.busy:
             self.notify("Still working on the previous request.")
@@ -238,20 +240,23 @@ class PartlensApp(App):
             except Exception as exc:  # a bug: keep the app alive, report it, log the trace
                 log.exception("background task failed")
                 result, error = None, f"unexpected error: {exc}"
-            self._finish(done, result, error)
+            self._finish(done, result, error, failed)
 
         self._worker = threading.Thread(target=work, name="partlens-worker", daemon=True)
         self._worker.start()
         return True
 
     @mainthread
-    def _finish(self, done: Callable[[Any], None], result: Any, error: str | None) -> None:
+    def _finish(self, done: Callable[[Any], None], result: Any, error: str | None,
+                failed: Callable[[str], None] | None = None) -> None:
         self.busy = False
         if self._busy_view is not None:
             self._busy_view.dismiss()
             self._busy_view = None
         if error is not None:
             self.notify(error)
+            if failed is not None:
+                failed(error)
             return
         done(result)
 

@@ -141,7 +141,13 @@ class PreviewServices:
         return dict(self.parts[part_number])
 
     def search(self, text: str | None = None, category: str | None = None, in_stock: bool | None = None,
-               limit: int = 50) -> list[dict[str, Any]]:
+               limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        return self._matching(text, category, in_stock)[offset:offset + limit]
+
+    def count_parts(self, text: str | None = None, category: str | None = None, in_stock: bool | None = None) -> int:
+        return len(self._matching(text, category, in_stock))
+
+    def _matching(self, text: str | None, category: str | None, in_stock: bool | None) -> list[dict[str, Any]]:
         out = []
         for p in self.parts.values():
             if text and text.lower() not in (p["part_number"] + " " + p["name"] + " " + p["description"]).lower():
@@ -151,7 +157,7 @@ class PreviewServices:
             if in_stock is not None and (sum(r["stock"] for r in p["inventory"]) > 0) != in_stock:
                 continue
             out.append(p)
-        return out[:limit]
+        return out
 
     def categories(self) -> list[str]:
         return sorted({p["category"] for p in self.parts.values()})

@@ -443,14 +443,12 @@ class CatalogueDB:
                     out[pn]["inventory"].append({"site": s, "stock": stock, "bin": bin_, "as_of": as_of})
         return out
 
-    def search_parts(self, text: str | None = None, category: str | None = None, in_stock: bool | None = None,
-                     site: str | None = None, limit: int | None = 50) -> list[dict[str, Any]]:
-        """Parts matching every given filter (text: case-insensitive substring of number/name/description).
-
-        ``in_stock=True`` needs stock > 0 at ``site`` (or at any site when ``site`` is None);
-        ``in_stock=False`` is the complement.
-        """
-        where, args = [], []
+    @staticmethod
+    def _part_filter(text: str | None, category: str | None, in_stock: bool | None,
+                     site: str | None) -> tuple[str, list[Any]]:
+        """The WHERE clause (with its arguments) of :meth:`search_parts` and :meth:`count_parts`."""
+        where: list[str] = []
+        args: list[Any] = []
         if text:  # % and _ are the engineer's text, not wildcards; case folded beyond ASCII (Ölpumpe, Ø12)
             esc = fold_text(text).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             like = f"%{esc}%"
@@ -466,18 +464,37 @@ class CatalogueDB:
                 sub += " AND v.site = ?"
                 args.append(site)
             where.append(("EXISTS" if in_stock else "NOT EXISTS") + f" ({sub})")
-        sql = "SELECT p.* FROM parts p"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY p.part_number"
+        return (" WHERE " + " AND ".join(where)) if where else "", args
+
+    def search_parts(self, text: str | None = None, category: str | None = None, in_stock: bool | None = None,
+                     site: str | None = None, limit: int | None = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """Parts matching every given filter (text: case-insensitive substring of number/name/description), in
+        part-number order, ``limit`` of them from ``offset`` (a page; :meth:`count_parts` gives the total).
+
+        ``in_stock=True`` needs stock > 0 at ``site`` (or at any site when ``site`` is None);
+        ``in_stock=False`` is the complement.
+        """
+        where, args = self._part_filter(text, category, in_stock, site)
+        sql = "SELECT p.* FROM parts p" + where + " ORDER BY p.part_number"
         if limit is not None:
             if not 1 <= limit <= 10**9:
                 raise UsageError(f"limit must be 1..{10**9}, got {limit}")
             sql += f" LIMIT {int(limit)}"
+        if offset:
+            if not 0 <= offset <= 10**9:
+                raise UsageError(f"offset must be 0..{10**9}, got {offset}")
+            sql += ("" if limit is not None else " LIMIT -1") + f" OFFSET {int(offset)}"
         with self.read():
             cur = self.db.conn.execute(sql, args)
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    def count_parts(self, text: str | None = None, category: str | None = None, in_stock: bool | None = None,
+                    site: str | None = None) -> int:
+        """How many parts :meth:`search_parts` would list with no limit."""
+        where, args = self._part_filter(text, category, in_stock, site)
+        with self.read():
+            return int(self.db.conn.execute("SELECT COUNT(*) FROM parts p" + where, args).fetchone()[0])
 
     def sites(self) -> list[str]:
         """Sites that have stock rows in this catalogue."""

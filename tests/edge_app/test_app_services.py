@@ -802,3 +802,49 @@ def test_third_app_audit_words_notes_and_a_disk_filling_up(device, tmp_path, mon
     with pytest.raises(StorageError):
         device.record_unknown(caps, "", replace(out, identification_id="u3"))
     assert len(device.outbox.pending()) == before
+
+
+# -- found by an audit of the Catalogue, Part detail and Sync screens (20th session) ------------------------------
+def test_list_rows_say_the_stock_here_and_elsewhere_and_never_read_unknown_as_zero(device) -> None:
+    from edge_app.services import stock_count_text, stock_text
+
+    rows = {r["part_number"]: r for r in device.search()}
+    assert stock_text(rows["BRG-1"]["inventory"], device.site) == "4 in stock"
+    assert stock_text(rows["BRG-2"]["inventory"], device.site) == "out of stock here"
+    # stocked only at another site: was "stock unknown" (the row carried this site's stock only)
+    assert stock_text(rows["FUS-1"]["inventory"], device.site) == "not stocked here (9 at other sites)"
+    here_unknown = [{"site": "Quay A", "stock": None}, {"site": "Quay B", "stock": 2}]
+    assert stock_text(here_unknown, "Quay A") == "stock here not known (2 at other sites)"
+    assert stock_text([{"site": "Quay A", "stock": None}]) == "stock not known"  # was "out of stock"
+    assert stock_text([{"site": "Quay A", "stock": 0}, {"site": "Quay B", "stock": 3}]) == "3 in stock"
+    assert stock_text([]) == "stock unknown"
+    assert [stock_count_text(s) for s in (None, 0, 7)] == ["stock not known", "out of stock", "7 in stock"]
+
+
+def test_the_catalogue_list_pages_and_counts_every_match(device) -> None:
+    """The list showed at most 50 parts and said "50 parts (first 50)" whatever the real number was."""
+    assert device.count_parts() == 3 and device.count_parts(text="bearing") == 2
+    assert device.count_parts(in_stock=True) == 1  # at this tablet's site
+    assert [r["part_number"] for r in device.search(limit=2)] == ["BRG-1", "BRG-2"]
+    assert [r["part_number"] for r in device.search(limit=2, offset=2)] == ["FUS-1"]
+    assert device.search(limit=2, offset=3) == []
+
+
+def test_a_failed_sync_is_shown_after_a_restart_until_any_sync_succeeds(device, tmp_path) -> None:
+    """The Sync screen lost the error on a restart (kept in memory only) and never had errors that are not
+    SyncErrors (no keyring, not enrolled); now the device's own record is shown, whoever ran the sync."""
+    from sync.client import FAILURE_FILE
+
+    with pytest.raises(UsageError, match="not enrolled"):
+        device.sync_now()
+    assert "not enrolled" in device.sync_status().last_error
+    again = DeviceServices(device.data_dir, site="Quay A")  # the app restarted
+    try:
+        assert "not enrolled" in again.sync_status().last_error
+        # another process (the nightly service) synced successfully: its success removes the record
+        (device.data_dir / FAILURE_FILE).unlink()
+        (device.data_dir / "last_sync.json").write_text(json.dumps({"at": "2999-01-01T00:00:00+00:00"}))
+        assert again.sync_status().last_error is None
+        assert device.sync_status().last_error is None  # this app's own, older error is not shown either
+    finally:
+        again.close()

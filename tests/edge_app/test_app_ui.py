@@ -40,4 +40,4 @@ def test_ui_on_real_device_services() -> None:
     tail = out.stdout[-6000:] + out.stderr[-3000:]
     assert out.returncode == 0, tail
     m = re.search(r"(\d+) passed", out.stdout)
-    assert m and int(m.group(1)) == 7 and " failed" not in out.stdout, tail
+    assert m and int(m.group(1)) == 8 and " failed" not in out.stdout, tail

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge_app.app.theme import MIN_CONTRAST, MIN_TEXT_SP, MIN_TOUCH_MM, PROFILES, contrast_ratio
+from edge_app.services import local_time
 
 PROFILE = PROFILES[os.environ.get("PARTLENS_UI_PROFILE", "tablet")]
 # Must happen before anything imports kivy.
@@ -257,7 +258,9 @@ def test_full_flow_pick_identify_results_part_feedback(env) -> None:
     cards = [w for w in walk(res.ids.grid) if w.__class__.__name__ == "MatchCard"]
     assert len(cards) == 5 and cards[-1].part_number == "BLT-M12X50"  # children are reversed: last = first
     texts = [w.text for w in walk(cards[-1]) if isinstance(w, Label)]
-    assert any("as of 2026-11-21 22:00" in t for t in texts) and any("Bin: C-11-1" in t for t in texts)
+    # the hub's time on the tablet's clock, as the Sync screen shows times
+    assert any(f"as of {local_time('2026-11-21T22:00:00+00:00')}" in t for t in texts)
+    assert any("Bin: C-11-1" in t for t in texts)
     assert any(t.startswith("Match: ") and "likely" in t for t in texts)
     assert res.ids.no_match.opacity == 0
     check_screen(app, "results", shots)
@@ -364,19 +367,21 @@ def test_no_confident_match_offers_browse_and_unknown_part(env) -> None:
 def test_catalogue_search_and_filters(env) -> None:
     app = env["app"]
     app.go("catalogue")
-    pump(25)
     cat = app.screen("catalogue")
-    assert len(cat.ids.list.children) == 6
+    wait_for(lambda: not cat.searching)  # the query runs off the UI thread
+    assert len(cat.ids.list.children) == 6 and cat.ids.count.text == "6 parts" and cat.ids.more_btn.disabled
     cat.ids.query.text = "bearing"
     tap(cat.ids.search_btn)
+    wait_for(lambda: not cat.searching)
     assert sorted(b.part_number for b in cat.ids.list.children) == ["BRG-6204-2RS", "BRG-6205-2RS"]
     cat.ids.query.text = ""
     tap(cat.ids.in_stock)
+    wait_for(lambda: not cat.searching)
     assert cat.ids.in_stock.state == "down"
     # FLT-HYD-10U has 3 at Quay A; every preview part has stock somewhere except none -> all 6
     assert len(cat.ids.list.children) == 6
     cat.ids.category.text = "sensors"
-    pump(5)
+    wait_for(lambda: not cat.searching)
     assert [b.part_number for b in cat.ids.list.children] == ["SNS-PRX-M18"]
     check_screen(app, "catalogue", env["shots"])
     tap(cat.ids.list.children[0])
@@ -385,6 +390,7 @@ def test_catalogue_search_and_filters(env) -> None:
     assert app.sm.current == "catalogue"
     cat.ids.category.text = "All categories"
     tap(cat.ids.in_stock)
+    wait_for(lambda: not cat.searching)
 
 
 def test_sync_status_enrol_and_sync_now(env) -> None:

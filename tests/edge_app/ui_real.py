@@ -119,10 +119,11 @@ def test_identify_spot_check_and_feedback_reach_the_real_outbox(real) -> None:
 def test_catalogue_and_sync_screens_on_real_services(real) -> None:
     app, services = real["app"], real["services"]
     app.go("catalogue")
-    pump(25)
     cat = app.screen("catalogue")
+    wait_for(lambda: not cat.searching)
     cat.ids.query.text = "gear"
     tap(cat.ids.search_btn)
+    wait_for(lambda: not cat.searching)
     assert sorted(b.part_number for b in cat.ids.list.children) == ["P0000", "P0002", "P0004", "P0006"]
     tap(app.nav_buttons["sync_status"])
     scr = app.screen("sync_status")
@@ -298,3 +299,64 @@ def test_results_belong_to_the_photos_they_came_from_and_answers_run_off_the_ui_
     assert app.sm.current == "results"
     Window.dispatch("on_keyboard", 27, 0, None, [])
     assert app.sm.current == "identify"
+
+
+def test_the_catalogue_pages_and_part_detail_shows_what_it_holds(real) -> None:
+    """Found by an audit of the Catalogue and Part detail screens (20th session): the list stopped at 50 parts
+    ("50 parts (first 50)" whatever the number); a long name was cut in the title and shown nowhere else; the
+    "damaged image" note was clipped to a 17 px strip; "This is the part" with no photo queued an empty record."""
+    from kivy.uix.label import Label
+
+    app, services = real["app"], real["services"]
+    db = services.catalogue
+    saved = (list(app.captures), app.outcome)
+    extra = [f"ZZ-{i:03d}" for i in range(60)]
+    long_name = "Hydraulic hose assembly with swaged fittings both ends, 2 m, DN12, 350 bar, for spreader 4"
+    (real["device"] / "images").mkdir(exist_ok=True)
+    (real["device"] / "images" / "zz-bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with db.transaction():
+        db.upsert_parts([{"part_number": pn, "name": long_name, "category": "hoses", "manufacturer": "X",
+                          "description": "", "size_mm": None, "look_alike_group": None, "version": 1}
+                         for pn in extra])
+        db.upsert_images([{"image_id": "zz-bad", "part_number": "ZZ-000", "path": "images/zz-bad.jpg",
+                           "kind": "catalogue", "version": 1}])
+    try:
+        app.captures, app.outcome = [], None
+        app.go("catalogue")
+        cat = app.screen("catalogue")
+        cat.ids.query.text = ""
+        cat.search()
+        wait_for(lambda: not cat.searching)
+        total = N_PARTS + len(extra)
+        assert cat.ids.count.text == f"{total} parts (showing the first 50)" and len(cat.ids.list.children) == 50
+        tap(cat.ids.more_btn)
+        wait_for(lambda: not cat.searching)
+        assert len(cat.ids.list.children) == total and cat.ids.count.text == f"{total} parts"
+        assert cat.ids.more_btn.disabled
+        assert sorted(b.part_number for b in cat.ids.list.children) == sorted(
+            [r["part_number"] for r in services.search(limit=1000)])
+        app.open_part("ZZ-000")
+        pump(25)
+        det = app.screen("part_detail")
+        assert long_name in det.ids.info.text  # the title is one line, cut
+        (note,) = [w for w in det.ids.images.children if isinstance(w, Label)]
+        assert "could not be shown" in note.text and note.texture_size[1] <= note.height <= det.ids.images.height
+        assert "No photo taken" in det.ids.question.text
+        assert det.ids.correct_btn.disabled and det.ids.wrong_btn.disabled and det.ids.photo_btn.disabled
+        # a part a sync deleted while the list still showed it: the page says so and nothing can be answered
+        app.captures = saved[0]
+        with db.transaction():
+            db.delete_parts(["ZZ-001"])
+        app.go("catalogue")
+        app.open_part("ZZ-001")
+        pump(10)
+        assert "not in the catalogue" in det.ids.info.text and det.ids.correct_btn.disabled
+        app.go("catalogue")
+        app.open_part(real_part := "P0002")
+        pump(10)
+        assert not det.ids.correct_btn.disabled and det.ids.question.text.startswith("Is this the part")
+        assert real_part in det.ids.info.text
+    finally:
+        with db.transaction():
+            db.delete_parts(extra)
+        app.captures, app.outcome = saved

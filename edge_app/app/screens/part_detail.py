@@ -10,9 +10,14 @@ from kivy.uix.image import Image
 from kivy.uix.screenmanager import Screen
 
 from ...errors import PartlensError
+from ...services import stock_count_text
 from .. import theme
 from ..widgets import PLLabel
 from .results import short_time
+
+QUESTION = "Is this the part you photographed?"
+NO_PHOTO = ("No photo taken: take one on Identify first to confirm this part or to add your photo of it to the "
+            "catalogue.")
 
 log = logging.getLogger(__name__)
 
@@ -26,19 +31,22 @@ class PartDetailScreen(Screen):
         ids.images.clear_widgets()
         ids.inventory.clear_widgets()
         self.part = None
+        self._answers(False)
         if not app.current_part:
             ids.title.text = "Part"
             ids.info.text = "No part selected."
             return
         try:
             part = app.services.part(app.current_part)
-        except PartlensError as exc:
+        except PartlensError as exc:  # e.g. a sync deleted it while the list showed it: nothing to answer on
             ids.title.text = app.current_part
             ids.info.text = str(exc)
             return
         self.part = part
+        self._answers(True)
         ids.title.text = f"{part['part_number']}  {part.get('name') or ''}"
-        facts = [part.get("description") or "",
+        # the title is cut to one line: the whole name and number are in the text below it
+        facts = [f"{part['part_number']}: {part.get('name') or ''}", part.get("description") or "",
                  f"Category: {part.get('category') or '-'}    Maker: {part.get('manufacturer') or '-'}",
                  f"Size: {part['size_mm']:g} mm" if part.get("size_mm") else ""]
         ids.info.text = "\n".join(f for f in facts if f)
@@ -48,20 +56,38 @@ class PartDetailScreen(Screen):
             if src:
                 ids.images.add_widget(Image(source=src, fit_mode="contain", size_hint=(None, None),
                                             size=(side, side)))
+        notes = []
         if part.get("damaged_images"):
             n = part["damaged_images"]
-            ids.images.add_widget(PLLabel(text=f"{n} image{'s' if n != 1 else ''} could not be shown (damaged "
-                                               "file on this device).", size_hint_x=None, width=mm(60)))
-        if not ids.images.children:
-            ids.images.add_widget(PLLabel(text="No images on this device.", size_hint_x=None, width=mm(60)))
+            notes.append(f"{n} image{'s' if n != 1 else ''} could not be shown (damaged file on this device).")
+        if not ids.images.children and not notes:
+            notes.append("No images on this device.")
+        for text in notes:  # a note grows as its text wraps: the strip must follow (it was cut to 17 px)
+            note = PLLabel(text=text, size_hint_x=None, width=mm(60), bg_color=list(theme.SURFACE))
+            note.bind(height=lambda *_: self._fit_images())
+            ids.images.add_widget(note)
+        self._fit_images()
         hub = part.get("hub_time")
         for row in part.get("inventory", []):
             ids.inventory.add_widget(PLLabel(
-                text=f"{row.get('site')}:  {row.get('stock')} in stock,  bin {row.get('bin') or '-'}"
+                text=f"{row.get('site')}:  {stock_count_text(row.get('stock'))},  bin {row.get('bin') or '-'}"
                      f"  (as of {short_time(row.get('as_of') or hub)})", bg_color=list(theme.SURFACE)))
         if not part.get("inventory"):
             ids.inventory.add_widget(PLLabel(text="No stock records on this device."))
         self.update_pending()
+
+    def _fit_images(self) -> None:
+        strip = self.ids.images
+        strip.height = max([c.height for c in strip.children] or [mm(20)])
+
+    def _answers(self, part_shown: bool) -> None:
+        """The feedback buttons work on a part that is shown and on the engineer's photos (identified or not);
+        with no photo there is nothing to confirm or add, and a deleted part cannot be answered on."""
+        app = App.get_running_app()
+        photos = part_shown and bool(app.outcome or app.current_captures())
+        for b in (self.ids.correct_btn, self.ids.wrong_btn, self.ids.photo_btn):
+            b.disabled = not photos
+        self.ids.question.text = QUESTION if photos or not part_shown else NO_PHOTO
 
     def update_pending(self) -> None:
         app = App.get_running_app()

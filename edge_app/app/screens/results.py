@@ -16,7 +16,7 @@ from kivy.uix.image import Image
 from kivy.uix.screenmanager import Screen
 
 from ...errors import PartlensError
-from ...services import Match
+from ...services import Match, local_time
 from ...spotcheck import TOP_K
 from .. import theme
 from ..widgets import Panel, PLButton, PLLabel, relayout, secondary
@@ -25,10 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def short_time(iso: str | None) -> str:
-    """'2026-11-22T06:00:00+00:00' -> '2026-11-22 06:00' (hub time, as the hub wrote it)."""
-    if not iso:
-        return "unknown"
-    return iso.replace("T", " ")[:16]
+    """A stock's "as of" time on the tablet's clock, as the Sync screen shows times ('2026-11-22T06:00:00+00:00'
+    -> '2026-11-22 08:00' in UTC+2); a time the hub wrote without a zone is shown as written."""
+    return local_time(iso)
 
 
 def stock_line(m: Match, hub_time: str | None) -> str:

@@ -74,7 +74,8 @@ class SyncStatusScreen(Screen):
             app.notify(f"Sync finished: {summary}")
             self.refresh()
 
-        app.run_background("Syncing with the hub...", app.services.sync_now, done)
+        # a failed sync: the status line says why, and so does this screen's "Last error" line at once
+        app.run_background("Syncing with the hub...", app.services.sync_now, done, lambda _err: self.refresh())
 
     def enrol(self, payload: str | None = None) -> None:
         app = App.get_running_app()
