@@ -6,7 +6,9 @@ signature ``manifest.sig`` and the files the manifest lists with their sha256 an
 ``embeddings.json``, ``index.hnsw``). Nothing is trusted before the signature over the
 exact manifest bytes checks out against a pinned :class:`~edge_app.signing.Keyring`;
 then every file is checked against its hash. ``bundle_id`` is content-addressed:
-``v{version}-{sha256(canonical files section)[:12]}``.
+``v{version}-{sha256(canonical manifest without bundle_id and created_at)[:12]}`` (schema 2), so two
+bundles that differ in anything the device uses (files, labels, preprocessing, calibration, index
+parameters) never share an id. Schema-1 bundles (ids over the ``files`` section only) are still read.
 
 This module is imported by the device runtime: json, hashlib, tarfile and numpy only.
 """
@@ -33,7 +35,11 @@ from .signing import Keyring, verify_document
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: manifests this reader accepts (1: the id covered the files only)
+READABLE_SCHEMAS = (1, 2)
+#: what the schema-2 content address leaves out: the id itself, and when it was built
+ID_EXCLUDED_KEYS = ("bundle_id", "created_at")
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 KINDS = ("device", "desktop")
@@ -77,7 +83,18 @@ def files_digest(files: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def make_bundle_id(version: int, files: Mapping[str, Mapping[str, Any]]) -> str:
+    """The schema-1 id: over the ``files`` section only (kept to read older bundles)."""
     return f"v{int(version)}-{files_digest(files)[:12]}"
+
+
+def bundle_id_for(manifest: Mapping[str, Any]) -> str:
+    """The id a manifest must carry: schema 2 over the whole canonical manifest except
+    :data:`ID_EXCLUDED_KEYS`; schema 1 over its files."""
+    if manifest.get("schema_version") == 1:
+        return make_bundle_id(manifest["version"], manifest["files"])
+    body = {k: v for k, v in manifest.items() if k not in ID_EXCLUDED_KEYS}
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return f"v{int(manifest['version'])}-{hashlib.sha256(canon).hexdigest()[:12]}"
 
 
 def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
@@ -105,9 +122,10 @@ def validate_manifest(manifest: object, what: str = "manifest") -> dict[str, Any
     """Schema check of a parsed manifest; raise :class:`IntegrityError` naming the problem."""
     if not isinstance(manifest, dict):
         raise IntegrityError(f"{what}: not a JSON object")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
+    if manifest.get("schema_version") not in READABLE_SCHEMAS:
         raise IntegrityError(
-            f"{what}: unknown schema_version {manifest.get('schema_version')!r} (this reader knows {SCHEMA_VERSION})"
+            f"{what}: unknown schema_version {manifest.get('schema_version')!r} (this reader knows "
+            f"{', '.join(map(str, READABLE_SCHEMAS))}; update the app)"
         )
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
@@ -141,9 +159,6 @@ def validate_manifest(manifest: object, what: str = "manifest") -> dict[str, Any
     bid = manifest["bundle_id"]
     if not isinstance(bid, str) or not BUNDLE_ID_RE.match(bid):
         raise IntegrityError(f"{what}: malformed bundle_id {bid!r}")
-    expected = make_bundle_id(version, files)
-    if bid != expected:
-        raise IntegrityError(f"{what}: bundle_id {bid} does not match its version and files ({expected})")
     labels = manifest["labels"]
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise IntegrityError(f"{what}: 'labels' must be a non-empty list of strings")
@@ -165,6 +180,9 @@ def validate_manifest(manifest: object, what: str = "manifest") -> dict[str, Any
         PreprocessSpec.from_dict(manifest["preprocess"])
     except (UsageError, TypeError, ValueError) as exc:
         raise IntegrityError(f"{what}: invalid preprocess spec ({exc})") from None
+    expected = bundle_id_for(manifest)  # last: a malformed field is named as such, not as a changed id
+    if bid != expected:
+        raise IntegrityError(f"{what}: bundle_id {bid} does not match its content ({expected})")
     return manifest
 
 
@@ -411,6 +429,25 @@ def _signed_file_list(tf: tarfile.TarFile, tar_path: Path, top: str, members: li
         raise IntegrityError(f"{tar_path}: signed files missing from the archive: {', '.join(missing)}")
 
 
+#: an ``.unpack-*`` folder older than this was left by a killed unpack (one takes seconds): deleted
+STALE_UNPACK_S = 3600.0
+
+
+def _sweep_stale_unpacks(dest: Path, max_age_s: float = STALE_UNPACK_S) -> None:
+    """Delete ``.unpack-*`` folders a killed unpack left in ``dest`` (each up to a whole bundle); a young one
+    may be another process's unpack in progress and is left alone."""
+    import time
+
+    now = time.time()
+    for p in dest.glob(".unpack-*"):
+        try:
+            if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > max_age_s:
+                shutil.rmtree(p)
+                log.info("deleted %s, left by an unpack that was stopped", p)
+        except OSError as exc:
+            log.warning("could not delete %s left by a stopped unpack (%s)", p, exc)
+
+
 def open_archive(tar_path: str | os.PathLike[str], dest: str | os.PathLike[str], keyring: Keyring, *,
                  max_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES) -> Bundle:
     """Unpack a bundle ``.tar`` into ``dest/<bundle_id>/`` after checking every member, then verify it.
@@ -423,6 +460,7 @@ def open_archive(tar_path: str | os.PathLike[str], dest: str | os.PathLike[str],
     if not tar_path.is_file():
         raise IntegrityError(f"{tar_path}: no such archive")
     dest.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_unpacks(dest)
     tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest))
     try:
         try:

@@ -35,6 +35,19 @@ def env_passphrase() -> bytes | None:
     return value.encode() if value else None
 
 
+def _warn_if_readable_by_others(path: Path) -> None:
+    """A private key other users can read (e.g. copied with a 0644 umask) signs bundles every tablet trusts:
+    say so (the file is left as it is: it is the user's)."""
+    if os.name != "posix":
+        return
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning("%s: the private key is readable by other users (mode %o); run `chmod 600 %s`", path, mode, path)
+
+
 def key_id_for(public_raw: bytes) -> str:
     return hashlib.sha256(public_raw).hexdigest()[:16]
 
@@ -76,6 +89,7 @@ class SigningKey:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path}: no such private key file (make one with `partlens keys init`)")
+        _warn_if_readable_by_others(path)
         try:
             doc = json.loads(path.read_text())
             if "encrypted_private_key" in doc:

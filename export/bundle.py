@@ -24,7 +24,7 @@ import numpy as np
 from edge_app.atomic import fsync_dir
 from edge_app.bundle import (
     ALLOWED_MODELS, KINDS, MANIFEST_NAME, MODEL_FILES, SCHEMA_VERSION, SIGNATURE_NAME, check_file_name,
-    make_bundle_id, manifest_bytes, sha256_file, validate_manifest,
+    bundle_id_for, manifest_bytes, sha256_file, validate_manifest,
 )
 from edge_app.catalogue_views import check_views
 from edge_app.errors import InputError, IntegrityError, UsageError
@@ -202,10 +202,9 @@ def build_bundle(
         for name in sorted(os.listdir(tmp)):
             check_file_name(name)
             files[name] = {"sha256": sha256_file(tmp / name), "size": (tmp / name).stat().st_size}
-        bundle_id = make_bundle_id(version, files)
         manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
-            "bundle_id": bundle_id,
+            "bundle_id": "",  # the content address, set below once the manifest is complete
             "version": version,
             "created_at": created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "model_name": model_name,
@@ -227,6 +226,8 @@ def build_bundle(
         }
         if probe:  # the device model's outputs on edge_app.bundle.probe_input: the tablet's smoke test compares
             manifest["probe"] = dict(probe)
+        # over the manifest as written (JSON round trip: what a reader hashes)
+        manifest["bundle_id"] = bundle_id = bundle_id_for(json.loads(manifest_bytes(manifest)))
         validate_manifest(json.loads(manifest_bytes(manifest)), what="new manifest")
         data = manifest_bytes(manifest)
         _write_file(tmp / MANIFEST_NAME, data)

@@ -20,6 +20,8 @@ def _new_passphrase() -> bytes:
 
     env = env_passphrase()
     if env:
+        if len(env) < 8:  # the same rule as typed at the prompt
+            raise UsageError(f"{PASSPHRASE_ENV} is too short for a new passphrase (at least 8 characters)")
         return env
     if not sys.stdin.isatty():
         raise UsageError(f"set {PASSPHRASE_ENV} (no terminal to ask for a passphrase)")
@@ -128,12 +130,22 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_archive_free(archive: str | None) -> None:
+    """``--archive`` of build/reissue is checked BEFORE the bundle is written: afterwards the same command could
+    not be run again (the version exists), and these commands have no --overwrite."""
+    from edge_app.errors import UsageError
+
+    if archive and Path(archive).exists():
+        raise UsageError(f"{archive} exists: choose another --archive path, or delete it (nothing was built)")
+
+
 def _bundle_build(args: argparse.Namespace) -> int:
     from edge_app.signing import SigningKey
 
     from .bundle import IndexParams, write_archive
     from .pipeline import bundle_from_exports
 
+    _check_archive_free(args.archive)
     path = bundle_from_exports(args.out, args.model, catalogue_dir=args.catalogue, key=SigningKey.load(args.key),
                                version=args.version, kind=args.kind,
                                calibration=_load_json_arg(args.calibration, "calibration"),
@@ -151,6 +163,7 @@ def _bundle_reissue(args: argparse.Namespace) -> int:
 
     from .bundle import reissue_bundle, write_archive
 
+    _check_archive_free(args.archive)
     path = reissue_bundle(args.bundle, args.out, keyring=Keyring.load(args.keyring), key=SigningKey.load(args.key),
                           version=args.version)
     print(path)

@@ -299,7 +299,7 @@ def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.
                              "them again from the same one")
         _check_recorded_parity(path, side)
         if path.suffix == ".tflite" and (side.get("metadata") or {}).get("status") == "embedded":
-            _check_metadata_normalisation(path, PreprocessSpec.from_dict(side["preprocess"]))
+            _check_metadata_normalisation(path, PreprocessSpec.from_dict(side["preprocess"]), side["labels"])
     spec = PreprocessSpec.from_dict(first["preprocess"])
     device_model = files.get("model.tflite") or files["model.onnx"]
     views = check_views(catalogue_views)
@@ -325,13 +325,16 @@ def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.
     )
 
 
-def _check_metadata_normalisation(path: Path, spec: PreprocessSpec) -> None:
-    """The sidecar's normalisation must be the one the export embedded in the TFLite metadata (an edited sidecar
-    went into the manifest, and so onto the tablets, unnoticed). Checked when this machine can read metadata."""
+def _check_metadata_normalisation(path: Path, spec: PreprocessSpec, labels: Sequence[str]) -> None:
+    """The sidecar's normalisation and labels must be the ones the export embedded in the TFLite metadata (an
+    edited sidecar went into the manifest, and so onto the tablets, unnoticed: reversed labels name every class
+    wrongly). Checked when this machine can read metadata."""
     try:
         from .metadata import read_metadata
 
-        unit = read_metadata(path.read_bytes())["metadata"]["subgraph_metadata"][0]["input_tensor_metadata"][0]
+        meta = read_metadata(path.read_bytes())
+        embedded_labels = list(meta["labels"])
+        unit = meta["metadata"]["subgraph_metadata"][0]["input_tensor_metadata"][0]
         opts = next(u["options"] for u in unit.get("process_units", []) if "mean" in u.get("options", {}))
     except ImportError:
         log.info("%s: tflite-support is not installed here: the embedded normalisation is not compared", path)
@@ -345,6 +348,12 @@ def _check_metadata_normalisation(path: Path, spec: PreprocessSpec) -> None:
         raise IntegrityError(f"{path}: the sidecar's normalisation (mean {want_mean}, std {want_std} in 0..255) is "
                              f"not the one embedded in the model (mean {got_mean}, std {got_std}): the sidecar was "
                              "edited or belongs to another export; export again")
+    if embedded_labels != list(labels):
+        at = next((i for i, (a, b) in enumerate(zip(labels, embedded_labels)) if a != b),
+                  min(len(labels), len(embedded_labels)))
+        raise IntegrityError(f"{path}: the sidecar's labels ({len(labels)}) are not the ones embedded in the model "
+                             f"({len(embedded_labels)}; first difference at position {at}): the sidecar was edited "
+                             "or belongs to another export; export again")
 
 
 def _check_recorded_parity(path: Path, side: Mapping[str, Any]) -> None:

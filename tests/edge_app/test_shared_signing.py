@@ -103,6 +103,9 @@ def test_keys_cli_protect(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
     assert main(["keys", "init", "--protect", "--dir", str(tmp_path / "k")]) == UsageError.exit_code
     assert f"set {PASSPHRASE_ENV}" in capsys.readouterr().err and not (tmp_path / "k").exists()
+    monkeypatch.setenv(PASSPHRASE_ENV, "short")  # the prompt's rule (8 characters) holds for the variable too
+    assert main(["keys", "init", "--protect", "--dir", str(tmp_path / "k")]) == UsageError.exit_code
+    assert "too short" in capsys.readouterr().err and not (tmp_path / "k").exists()
     monkeypatch.setenv(PASSPHRASE_ENV, "a long passphrase")
     assert main(["keys", "init", "--protect", "--dir", str(tmp_path / "k")]) == 0
     assert "passphrase-protected" in capsys.readouterr().out
@@ -111,3 +114,18 @@ def test_keys_cli_protect(tmp_path, monkeypatch, capsys) -> None:
     assert main(["keys", "protect", str(plain)]) == 0
     assert "encrypted_private_key" in json.loads(plain.read_text())
     assert main(["keys", "protect", str(plain)]) == UsageError.exit_code
+
+
+def test_a_private_key_other_users_can_read_is_named(tmp_path, caplog) -> None:
+    import os
+
+    from edge_app.signing import SigningKey, init_key
+
+    path, _kid = init_key(tmp_path / "k")
+    with caplog.at_level("WARNING", logger="edge_app.signing"):
+        SigningKey.load(path)
+        assert "readable by other users" not in caplog.text  # made 0600
+        os.chmod(path, 0o644)
+        SigningKey.load(path)
+    assert "readable by other users (mode 644)" in caplog.text and "chmod 600" in caplog.text
+    assert os.stat(path).st_mode & 0o777 == 0o644  # said, not changed behind the user's back

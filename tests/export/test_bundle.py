@@ -6,13 +6,14 @@ import json
 import os
 import re
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_app.bundle import (
-    MANIFEST_NAME, SIGNATURE_NAME, load_bundle, make_bundle_id, manifest_bytes, open_archive, sha256_file,
+    MANIFEST_NAME, SIGNATURE_NAME, bundle_id_for, load_bundle, make_bundle_id, manifest_bytes, open_archive, sha256_file,
 )
 from edge_app.errors import IntegrityError, UsageError
 from edge_app.preprocess import PreprocessSpec
@@ -58,8 +59,8 @@ def test_build_and_load_roundtrip(tmp_path: Path, key: SigningKey, keyring: Keyr
     path = _build(tmp_path / "bundles", key)
     b = load_bundle(path, keyring)
     m = b.manifest
-    assert path.name == b.bundle_id == make_bundle_id(1, m["files"])
-    assert b.bundle_id.startswith("v1-") and m["schema_version"] == 1 and m["kind"] == "device"
+    assert path.name == b.bundle_id == bundle_id_for(m)
+    assert b.bundle_id.startswith("v1-") and m["schema_version"] == 2 and m["kind"] == "device"
     assert set(m["files"]) == {"model.tflite", "embeddings.npy", "embeddings.json", "index.hnsw"}
     assert m["index"] == {"space": "cosine", "M": 8, "ef_construction": 50, "ef_search": 20}
     assert m["calibration"] == {"threshold": 0.5} and m["key_id"] == key.key_id == b.signed_by
@@ -199,8 +200,8 @@ def test_refuses_wrong_hash_and_missing_file(tmp_path: Path, key: SigningKey, ke
 
 def test_refuses_unknown_schema(tmp_path: Path, key: SigningKey, keyring: Keyring) -> None:
     path = _build(tmp_path / "b", key)
-    _resign(path, key, lambda m: m.update(schema_version=2))  # validly signed, but a schema we do not know
-    with pytest.raises(IntegrityError, match="unknown schema_version 2"):
+    _resign(path, key, lambda m: m.update(schema_version=3))  # validly signed, but a schema we do not know
+    with pytest.raises(IntegrityError, match="unknown schema_version 3"):
         load_bundle(path, keyring)
 
 
@@ -211,7 +212,7 @@ def test_refuses_manifest_path_escape(tmp_path: Path, key: SigningKey, keyring: 
 
     def edit(m: dict) -> None:
         m["files"][name] = {"sha256": sha256_file(tmp_path / "b" / "outside.bin"), "size": 1}
-        m["bundle_id"] = make_bundle_id(m["version"], m["files"])
+        m["bundle_id"] = bundle_id_for(m)
 
     _resign(path, key, edit)
     with pytest.raises(IntegrityError, match="unsafe file name"):
@@ -245,6 +246,15 @@ def test_archive_roundtrip(tmp_path: Path, key: SigningKey, keyring: Keyring) ->
     again = open_archive(tar, tmp_path / "device", keyring)  # already there: verified and returned
     assert again.root == b.root
     assert [p.name for p in (tmp_path / "device").iterdir()] == [path.name]
+    # folders killed unpacks left behind (each up to a whole bundle) go at the next unpack; a young one may be
+    # another process's unpack in progress and stays
+    stale, young = tmp_path / "device" / ".unpack-killed", tmp_path / "device" / ".unpack-running"
+    for d in (stale, young):
+        d.mkdir()
+        (d / "model.tflite").write_bytes(b"x" * 100)
+    os.utime(stale, (time.time() - 2 * 3600, time.time() - 2 * 3600))
+    open_archive(tar, tmp_path / "device", keyring)
+    assert not stale.exists() and young.is_dir()
 
 
 def _tar_with(tmp_path: Path, src_tar: Path, extra: tarfile.TarInfo, payload: bytes | None = None) -> Path:
@@ -381,7 +391,8 @@ def test_catalogue_view_set_is_recorded_checked_and_read_back(tmp_path: Path, ke
     assert b.catalogue_views == "flip-crop5"
     with pytest.raises(UsageError, match="unknown catalogue view set"):
         _build(tmp_path / "c", key, catalogue_views="ten-crop")
-    _resign(b.root, key, lambda m: m["catalogue"].pop("views"))  # bundles from before the key
+    # bundles from before the key (their id was over what they held)
+    _resign(b.root, key, lambda m: (m["catalogue"].pop("views"), m.update(bundle_id=bundle_id_for(m))))
     assert load_bundle(b.root, keyring).catalogue_views == "none"
     _resign(b.root, key, lambda m: m["catalogue"].update(views=7))
     with pytest.raises(IntegrityError, match="catalogue.views"):
@@ -405,7 +416,7 @@ def _set(path: str | tuple[str, ...], value):
 def _drop_file(name: str):
     def edit(m: dict) -> None:
         del m["files"][name]
-        m["bundle_id"] = make_bundle_id(m["version"], m["files"])  # a consistent id: only the rule can refuse
+        m["bundle_id"] = bundle_id_for(m)  # a consistent id: only the rule can refuse
     return edit
 
 
@@ -420,7 +431,7 @@ def _drop_file(name: str):
     (_drop_file("model.tflite"), "lists no model file"),
     (_drop_file("embeddings.npy"), "lists no embeddings.npy"),
     (_set("bundle_id", "v1 ; rm -rf"), "malformed bundle_id"),
-    (_set("bundle_id", "v2-000000000000"), "does not match its version and files"),
+    (_set("bundle_id", "v2-000000000000"), "does not match its content"),
     (_set("labels", []), "'labels' must be a non-empty list of strings"),
     (_set("embedding_dim", 0), "embedding_dim must be a positive integer"),
     (_set("outputs", {"logits": {}}), "'outputs' must describe 'logits' and 'embedding'"),
@@ -435,3 +446,33 @@ def test_manifest_schema_refusals(tmp_path: Path, key: SigningKey, keyring: Keyr
     _resign(path, key, edit)
     with pytest.raises(IntegrityError, match=re.escape(message)):
         load_bundle(path, keyring)
+
+
+def test_the_bundle_id_covers_the_whole_manifest_and_schema_1_bundles_still_load(
+        tmp_path: Path, key: SigningKey, keyring: Keyring) -> None:
+    """Found by an audit: the id covered the files only, so a bundle with another calibration, label order or
+    preprocessing had the same id as the one without (and unpacking one over the other kept the old manifest)."""
+    path = _build(tmp_path / "b", key)
+    m = json.loads((path / MANIFEST_NAME).read_text())
+    for change in ({"calibration": {"threshold": 0.123}}, {"labels": list(reversed(m["labels"]))},
+                   {"index": {**m["index"], "ef_search": m["index"]["ef_search"] + 1}}):
+        assert bundle_id_for({**m, **change}) != m["bundle_id"]
+    assert bundle_id_for({**m, "created_at": "2000-01-01T00:00:00+00:00"}) == m["bundle_id"]
+
+    def edit(doc: dict) -> None:  # another calibration, the id left as it was: refused
+        doc["calibration"] = {"threshold": 0.123}
+
+    _resign(path, key, edit)
+    with pytest.raises(IntegrityError, match="does not match its content"):
+        load_bundle(path, keyring)
+
+    old = _build(tmp_path / "old", key)
+
+    def as_schema_1(doc: dict) -> None:  # a bundle written before schema 2 (id over its files) still loads
+        doc["schema_version"] = 1
+        doc["bundle_id"] = make_bundle_id(doc["version"], doc["files"])
+
+    _resign(old, key, as_schema_1)
+    renamed = old.with_name(json.loads((old / MANIFEST_NAME).read_text())["bundle_id"])
+    old.rename(renamed)
+    assert load_bundle(renamed, keyring).manifest["schema_version"] == 1

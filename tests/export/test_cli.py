@@ -87,6 +87,12 @@ def test_export_build_verify(checkpoint: Path, image_dirs, tmp_path: Path, capsy
     assert main(["bundle", "verify", str(bundle_dir), "--keyring", str(keyring)]) == 0
     assert main(["bundle", "verify", str(tmp_path / "b.tar"), "--keyring", str(keyring)]) == 0
     assert main(["bundle", "build", *common, "--version", "1", "--kind", "desktop"]) == 2  # immutable version
+    # an existing --archive is refused BEFORE anything is built (was: built, then refused, then "version exists")
+    capsys.readouterr()
+    assert main(["bundle", "build", *common, "--version", "7", "--kind", "desktop", "--archive",
+                 str(tmp_path / "b.tar")]) == 2
+    assert "nothing was built" in capsys.readouterr().err
+    assert not any(p.name.startswith("v7-") for p in (tmp_path / "bundles").iterdir())
     # the model file must be the one its sidecar describes, of the type it names, and loadable
     side = model.with_name(model.name + ".json")
     doc = json.loads(side.read_text())

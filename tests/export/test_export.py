@@ -325,10 +325,17 @@ def test_tflite_int8_export_with_metadata_and_bundle(tiny_model, image_dirs, tmp
     from edge_app.errors import IntegrityError
 
     side_path = path.with_name(path.name + ".json")
-    doc = json.loads(side_path.read_text())
+    good = side_path.read_text()
+    doc = json.loads(good)
     doc["preprocess"].update(mean=[0.6] * 3, std=[0.4] * 3)
     side_path.write_text(json.dumps(doc))
     with pytest.raises(IntegrityError, match="normalisation .* is not the one embedded in the model"):
+        bundle_from_exports(tmp_path / "bundles", [path], catalogue_dir=image_dirs["catalogue"], key=key, version=2)
+    # and so are edited labels (found by an audit: reversed labels went into the signed manifest)
+    doc = json.loads(good)
+    doc["labels"] = list(reversed(doc["labels"]))
+    side_path.write_text(json.dumps(doc))
+    with pytest.raises(IntegrityError, match="labels .* are not the ones embedded in the model"):
         bundle_from_exports(tmp_path / "bundles", [path], catalogue_dir=image_dirs["catalogue"], key=key, version=2)
 
 
