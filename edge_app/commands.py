@@ -54,6 +54,7 @@ def _identify(args: argparse.Namespace) -> int:
     ident = Identifier.open(bundle, _db_path(args), keyring, backend=args.backend, site=args.site,
                             fusion_method=args.fusion, aggregate=args.aggregate)
     _warn_unknown_site(ident.db, args.site)
+    _warn_missing_vectors(ident)
     result = ident.identify(args.photos, top=args.top, in_stock=True if args.in_stock else None,
                             category=args.category, text=args.text)
     d = result.to_dict()
@@ -105,6 +106,34 @@ def _cat_import(args: argparse.Namespace) -> int:
     print(json.dumps(res, indent=2) if args.json else
           f"imported {res['parts']} parts, {res['inventory']} stock rows, {res['images']} images into {db.path} "
           f"(catalogue version {res['catalogue_version']}, stock as of {res['as_of']})")
+    return 0
+
+
+def _warn_missing_vectors(ident: Any) -> None:
+    """Catalogue images the bundle has no vector for are not searched: say so, with the command that fixes it
+    (a part added by `catalogue import` after the bundle was built was silently never found)."""
+    images, parts = ident.missing_vectors()
+    if images:
+        print(f"warning: {images} catalogue image(s) of {parts} part(s) have no vector for bundle {ident.bundle_id} "
+              "and are not searched: run `partlens catalogue embed` (same --bundle/--keyring/--data-dir) to embed "
+              "them on this computer", file=sys.stderr)
+
+
+def _cat_embed(args: argparse.Namespace) -> int:
+    from .runtime.identify import Identifier
+
+    home = _home(args)
+    bundle = Path(args.bundle) if args.bundle else _active_bundle(home, _db_path(args))
+    keyring = Path(args.keyring) if args.keyring else home / "keyring.json"
+    ident = Identifier.open(bundle, _db_path(args), keyring, backend=args.backend)
+    before = ident.missing_vectors()
+    stored = ident.embed_local_images()
+    left = ident.missing_vectors()
+    res = {"bundle_id": ident.bundle_id, "embedded": stored, "images_without_vectors_before": before[0],
+           "images_without_vectors_after": left[0]}
+    print(json.dumps(res, indent=2) if args.json else
+          f"embedded {stored} catalogue image(s) with bundle {ident.bundle_id}"
+          + (f"; {left[0]} image(s) of {left[1]} part(s) could not be read (see the warnings)" if left[0] else ""))
     return 0
 
 
@@ -178,7 +207,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how a part's images are combined (default: max)")
     p.set_defaults(func=_identify)
 
-    c = sub.add_parser("catalogue", help="import, list and show catalogue parts on this device",
+    c = sub.add_parser("catalogue", help="import, embed, list and show catalogue parts on this device",
                        description="The device catalogue database (parts, stock per site, images).")
     csub = c.add_subparsers(dest="catalogue_command", metavar="ACTION")
     csub.required = True
@@ -198,6 +227,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--site", help="record this device's site in the catalogue")
     db_arg(i)
     i.set_defaults(func=_cat_import)
+
+    e = csub.add_parser("embed", help="embed catalogue images the bundle has no vector for (parts added later)",
+                        description="Parts added with `catalogue import` after the model bundle was built have no "
+                                    "vector in it: embed their catalogue images here with the bundle's model (as a "
+                                    "hub does for a part it adds), so they are found without retraining. Not for a "
+                                    "catalogue a hub keeps: the hub embeds and the sync brings the vectors.")
+    e.add_argument("--bundle", help="verified bundle folder (default: the device folder's active bundle)")
+    e.add_argument("--keyring", help="trusted keys (default: DATA_DIR/keyring.json)")
+    e.add_argument("--backend", choices=("tflite", "onnx", "android"), help="inference backend (default: auto)")
+    db_arg(e)
+    e.set_defaults(func=_cat_embed)
 
     ls = csub.add_parser("list", help="list parts", description="List parts matching every given filter.")
     ls.add_argument("--text", help="substring of part number, name or description")

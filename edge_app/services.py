@@ -399,7 +399,8 @@ def active_bundle_dir(data_dir: str | os.PathLike[str], catalogue: Any) -> Path:
     path = data_dir / "bundles" / str(bundle_id) if bundle_id else None
     if path is None or not path.is_dir():
         raise InputError(f"{data_dir}: no model bundle installed{f' ({bundle_id} is missing)' if bundle_id else ''}"
-                         " yet: enrol this tablet and sync with the hub (on a desktop: `--bundle DIR`)")
+                         " yet: enrol this tablet and sync with the hub (on a desktop: `--bundle DIR --keyring "
+                         "KEYRING.pub.json`)")
     return path
 
 

@@ -45,7 +45,8 @@ class BatchSampler:
         n_batches = len(self.labels) // (batch_size * world)
         if n_batches < 1:
             raise UsageError(f"{len(self.labels)} training images are fewer than one batch of "
-                             f"{batch_size} x {world} process(es)")
+                             f"{batch_size} x {world} process(es): pass a smaller --batch-size (e.g. "
+                             f"{max(2, len(self.labels) // (2 * world))}) or add photos")
         self.n_batches = n_batches
 
     def set_epoch(self, epoch: int) -> None:

@@ -295,6 +295,11 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
               {"params": [p for p in params if id(p) not in backbone_ids], "lr": cfg.lr}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+    # a resumed run's options are compared first: a changed --batch-size is named as such (not as "fewer images
+    # than one batch" from the sampler), before the data is loaded and cached
+    ck = read_checkpoint(out / "last.pt") if cfg.resume else None
+    if ck is not None:
+        _check_resume_config(ck.get("extra", {}).get("train_config", {}), cfg, out)
     show = (sys.stderr.isatty() if cfg.progress is None else cfg.progress) and dist.is_main
     train_ds = TorchImageDataset(train_set, spec, TrainTransform(spec, aug), cache=cfg.cache, progress=show)
     sampler = BatchSampler([y for _, y in train_ds.items], cfg.batch_size, mode=cfg.sampler, k=cfg.pk_k,
@@ -315,10 +320,8 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
     from edge_app.bundle import sha256_file
 
     teacher_sha = sha256_file(cfg.teacher) if cfg.teacher and Path(cfg.teacher).is_file() else None
-    if cfg.resume:
-        ck = read_checkpoint(out / "last.pt")
+    if ck is not None:
         extra = ck.get("extra", {})
-        _check_resume_config(extra.get("train_config", {}), cfg, out)
         if ck["labels"] != labels:
             raise IntegrityError(f"{out / 'last.pt'}: labels differ from the data's")
         was = (extra.get("split") or {}).get("sha256")

@@ -30,6 +30,8 @@ STATUS_NONE = "no_confident_match"
 LOOK_ALIKE_MARGIN = 0.1
 #: catalogue meta: "<bundle_id>@<epoch>:<version>" whose vectors were last checked against the bundle (skips re-reading)
 VECTORS_CHECKED_KEY = "bundle_vectors_checked"
+#: images per model batch when embedding the device's own catalogue images
+LOCAL_EMBED_BATCH = 8
 
 
 @dataclass
@@ -212,6 +214,73 @@ class Identifier:
                 self.db.delete_embeddings(self.bundle_id)  # drop other bundles' vectors
             self.db.set_meta(VECTORS_CHECKED_KEY, checked)
         log.info("imported %d catalogue embeddings of bundle %s", len(keep), self.bundle_id)
+        return len(keep)
+
+    def _images_without_vectors(self) -> list[tuple[str, str, str | None, str | None]]:
+        """(image_id, part_number, path, kind) of catalogue images with no vector for this bundle."""
+        with self.db.read():
+            return self.db.db.conn.execute(
+                "SELECT i.image_id, i.part_number, i.path, i.kind FROM images i JOIN parts p "
+                "ON p.part_number = i.part_number WHERE NOT EXISTS (SELECT 1 FROM embeddings e "
+                "WHERE e.image_id = i.image_id AND e.bundle_id = ?) ORDER BY i.image_id", (self.bundle_id,)).fetchall()
+
+    def missing_vectors(self) -> tuple[int, int]:
+        """(images, parts) of the catalogue this bundle has no vector for: they are not searched. Parts added with
+        ``partlens catalogue import`` after the bundle was built; :meth:`embed_local_images` embeds them. (0, 0)
+        for a catalogue a hub keeps: its vectors come with the sync."""
+        if self._hub_kept():
+            return 0, 0
+        rows = self._images_without_vectors()
+        return len(rows), len({r[1] for r in rows})
+
+    def embed_local_images(self) -> int:
+        """Embed, on this device, the catalogue images this bundle carries no vector for, with the bundle's model,
+        decoding and catalogue views (as the hub embeds a part it adds), so their parts are found without
+        retraining; returns how many vectors were stored. Refused for a catalogue a hub keeps (the hub embeds).
+        An image file that is gone or unreadable is named and left without a vector."""
+        if self._hub_kept():
+            raise UsageError(f"{self.db.path}: this catalogue is kept by a hub, which embeds its images; sync instead")
+        held = self.db.get_meta("bundle_id")
+        if held and held != self.bundle_id:
+            raise UsageError(f"{self.db.path} holds the vectors of bundle {held}, not {self.bundle_id}")
+        todo = self._images_without_vectors()
+        if not todo:
+            return 0
+        from ..catalogue_views import VIEWED_KINDS, check_views, embed_with_views
+
+        views = check_views(self.bundle.catalogue_views)
+        root = Path(self.db.path).parent
+        log.info("embedding %d catalogue image(s) the bundle does not carry, on this device", len(todo))
+        ids: list[str] = []
+        vecs: list[np.ndarray] = []
+        for i in range(0, len(todo), LOCAL_EMBED_BATCH):
+            imgs, kinds = [], []
+            for image_id, part_number, path, kind in todo[i:i + LOCAL_EMBED_BATCH]:
+                full = Path(path) if path and Path(path).is_absolute() else root / (path or "")
+                try:
+                    if not path:
+                        raise ImageError(str(full), "no file recorded for it")
+                    imgs.append(load_image(full, draft_size=self.spec.draft_size))
+                except ImageError as exc:
+                    log.warning("catalogue image %s of part %s has no vector: %s", image_id, part_number, exc)
+                    continue
+                ids.append(image_id)
+                kinds.append(views if kind in VIEWED_KINDS else "none")
+            if imgs:
+                vecs.append(embed_with_views(self.embed, imgs, kinds))
+        if not ids:
+            return 0
+        with self.db.transaction():  # under the write lock: a sync may have committed meanwhile
+            if self._hub_kept() or (self.db.get_meta("bundle_id") or self.bundle_id) != self.bundle_id:
+                raise UsageError(f"{self.db.path}: a sync changed this catalogue meanwhile; nothing was stored")
+            have = {r[0] for r in self.db.db.conn.execute("SELECT image_id FROM embeddings WHERE bundle_id = ?",
+                                                          (self.bundle_id,))}
+            keep = [k for k, iid in enumerate(ids) if iid not in have]
+            if keep:
+                self.db.upsert_embeddings([ids[k] for k in keep], np.concatenate(vecs)[keep], self.bundle_id)
+        self._loaded = None  # this connection's own commit does not move SQLite's data_version: reload
+        self.refresh()
+        log.info("stored %d catalogue vector(s) made on this device for bundle %s", len(keep), self.bundle_id)
         return len(keep)
 
     def _hub_kept(self) -> bool:

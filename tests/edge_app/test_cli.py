@@ -146,3 +146,22 @@ def test_an_output_the_terminal_cannot_encode_is_named_as_such(tmp_path, monkeyp
     assert "output's encoding (ascii) cannot show" in err and "not valid UTF-8" not in err
     assert main(["catalogue", "show", "\udcff", "--db", str(db)]) == 2  # undecodable bytes in an argument
     assert "an argument is not valid UTF-8 text" in capsys.readouterr().err
+
+
+def test_parts_added_after_the_bundle_are_named_then_embedded_on_this_computer(world, device_db, capsys):
+    """Found by a README walk-through: a part imported with its own photos after the bundle was built was never
+    found, with no word. identify now says how many catalogue images are not searched; `catalogue embed` embeds
+    them with the bundle's model (as a hub does for a part it adds) and the part is found without retraining."""
+    common = ["--bundle", world.bundle, "--db", device_db, "--keyring", world.keyring_path, "--backend", "onnx"]
+    pn = "P0027"  # in the device catalogue with its catalogue images; not in the bundle
+    rc, out, err = _run(capsys, "identify", world.field[pn][0], "--json", *common)
+    assert rc == 0 and pn not in [m["part_number"] for m in json.loads(out)["matches"]]
+    assert "catalogue image(s) of 10 part(s) have no vector" in err and "partlens catalogue embed" in err
+    rc, out, _ = _run(capsys, "catalogue", "embed", "--json", *common)
+    doc = json.loads(out)
+    assert rc == 0 and doc["embedded"] == doc["images_without_vectors_before"] > 0
+    assert doc["images_without_vectors_after"] == 0
+    rc, out, err = _run(capsys, "identify", world.field[pn][0], "--json", *common)
+    assert rc == 0 and json.loads(out)["matches"][0]["part_number"] == pn and "no vector" not in err
+    rc, out, _ = _run(capsys, "catalogue", "embed", *common)  # nothing left: nothing done
+    assert rc == 0 and out.startswith("embedded 0 catalogue image(s)")

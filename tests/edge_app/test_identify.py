@@ -389,3 +389,15 @@ def test_parts_imported_after_the_first_open_get_the_bundles_vectors(world, tmp_
     assert n_all > n_first
     assert ident.identify([world.field[pn][0]]).matches[0].part_number == pn
     assert ident.import_bundle_embeddings() == 0  # nothing left to add: opening again writes nothing
+
+
+def test_a_catalogue_a_hub_keeps_is_never_embedded_on_the_device(world, identifier):
+    """Its vectors come from the hub with the sync: no warning about them, and embedding here is refused."""
+    from edge_app.errors import UsageError
+
+    assert identifier.missing_vectors()[1] == 10  # the 10 parts the bundle does not carry
+    with identifier.db.transaction():
+        identifier.db.set_meta("hub_id", "hub-1")
+    assert identifier.missing_vectors() == (0, 0)
+    with pytest.raises(UsageError, match="kept by a hub"):
+        identifier.embed_local_images()

@@ -82,3 +82,11 @@ def test_pk_batches_are_pinned() -> None:
     # seeds 0/3, 1-2 ranks, 3 epochs); a change here silently changes every earlier training run's batches
     got = list(BatchSampler(PHOTOS, 8, mode="pk", k=4, seed=7))[:2]
     assert got == [[50, 59, 54, 58, 41, 44, 47, 46], [5, 1, 6, 9, 40, 45, 42, 43]]
+
+
+def test_too_few_images_for_a_batch_names_the_option_that_fixes_it() -> None:
+    from edge_app.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"30 training images are fewer than one batch of 32 x 1 process\(es\): "
+                                         r"pass a smaller --batch-size \(e.g. 15\)"):
+        BatchSampler([i % 3 for i in range(30)], 32)

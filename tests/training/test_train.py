@@ -70,6 +70,9 @@ def test_resume_continues_from_last_epoch(tiny_folder: Path, tmp_path: Path, mon
     assert [h["epoch"] for h in longer.history] == [0, 1, 2]
     with pytest.raises(UsageError, match="changed option"):
         train(_cfg(tiny_folder, out, epochs=4, lr=1e-2, resume=True))
+    # a batch larger than the data: named as the changed option it is (was "fewer than one batch")
+    with pytest.raises(UsageError, match=r"changed option\(s\) \['batch_size'\]"):
+        train(_cfg(tiny_folder, out, epochs=4, batch_size=10_000, resume=True))
     with pytest.raises(UsageError, match="nothing to resume"):
         train(_cfg(tiny_folder, tmp_path / "empty", resume=True))
 
