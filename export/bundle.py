@@ -52,9 +52,17 @@ class IndexParams:
     ef_search: int = 64
     seed: int = 0
 
+    #: bounds beyond which a value is a typo: hnswlib's links per node cost memory on the tablet (M x 8 bytes x
+    #: 2 per image at level 0), and ef beyond a few thousand only slows every search
+    MAX_M = 128
+    MAX_EF = 10_000
+
     def __post_init__(self) -> None:
-        if self.M < 2 or self.ef_construction < 1 or self.ef_search < 1:
-            raise UsageError(f"invalid index parameters {self}")
+        if not 2 <= self.M <= self.MAX_M:
+            raise UsageError(f"index M must be 2..{self.MAX_M} (hnswlib links per node; 16 is usual), got {self.M}")
+        for name in ("ef_construction", "ef_search"):
+            if not 1 <= getattr(self, name) <= self.MAX_EF:
+                raise UsageError(f"index {name} must be 1..{self.MAX_EF}, got {getattr(self, name)}")
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

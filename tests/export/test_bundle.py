@@ -476,3 +476,14 @@ def test_the_bundle_id_covers_the_whole_manifest_and_schema_1_bundles_still_load
     renamed = old.with_name(json.loads((old / MANIFEST_NAME).read_text())["bundle_id"])
     old.rename(renamed)
     assert load_bundle(renamed, keyring).manifest["schema_version"] == 1
+
+
+@pytest.mark.parametrize("kw, message", [({"M": 1}, "M must be 2..128"), ({"M": 100_000}, "M must be 2..128"),
+                                         ({"ef_search": 0}, "ef_search must be"),
+                                         ({"ef_construction": 10**6}, "ef_construction must be")])
+def test_index_parameters_out_of_range_are_refused(kw, message) -> None:
+    """An audit built a bundle with --M 100000 (hnswlib links per node: memory on every tablet)."""
+    from export.bundle import IndexParams
+
+    with pytest.raises(UsageError, match=message):
+        IndexParams(**kw)
