@@ -127,13 +127,31 @@ def load_image_folder(root: str | os.PathLike[str]) -> ImageSet:
     return ImageSet(root, classes, items, root.name)
 
 
+def _list_path(raw: str, where: Path, line: int) -> str:
+    """A listed image path in one spelling (``./train/a.jpg``, ``train//a.jpg`` and ``/train/a.jpg`` are
+    ``train/a.jpg``), so "listed twice" and "in both lists" see through spellings; a Windows path or one that
+    leaves the dataset folder is refused (every such image was "no such file" later)."""
+    import posixpath
+
+    if "\\" in raw:
+        raise InputError(f"{where}:{line}: {raw!r} uses backslashes; write the path with '/'")
+    rel = posixpath.normpath(raw.lstrip("/"))
+    if rel in (".", "") or rel == ".." or rel.startswith("../"):
+        raise InputError(f"{where}:{line}: {raw!r} is not a path inside the dataset folder")
+    return rel
+
+
 def _read_grocery_list(root: Path, name: str, ids: dict[int, int]) -> list[tuple[str, int]]:
     path = root / name
     if not path.is_file():
         raise InputError(f"{path}: missing (grocery layout needs train.txt, val.txt, classes.csv)")
     out = []
     lines: dict[str, int] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:  # utf-8-sig: a list saved by Windows Notepad starts with a BOM (its first image was "no such file")
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = [s.strip() for s in line.split(",")]
@@ -143,7 +161,7 @@ def _read_grocery_list(root: Path, name: str, ids: dict[int, int]) -> list[tuple
             raise InputError(f"{path}:{n}: expected 'path, fine_id, coarse_id', got {line!r}") from None
         if fine not in ids:
             raise InputError(f"{path}:{n}: class id {fine} is not in classes.csv")
-        rel = parts[0].lstrip("/")
+        rel = _list_path(parts[0], path, n)
         if rel in lines:  # scored (or trained on) twice
             raise InputError(f"{path}:{n}: {rel} is already listed on line {lines[rel]}")
         lines[rel] = n
@@ -210,11 +228,16 @@ def load_parts_layout(root: str | os.PathLike[str]) -> Dataset:
     labels = sorted({r["part_number"] for r in read_csv_rows(parts_csv, ("part_number",))})
     index = {lab: i for i, lab in enumerate(labels)}
     items, catalogue = [], []
+    seen: dict[str, int] = {}
     for n, r in enumerate(read_csv_rows(images_csv, ("path", "part_number")), 2):
         pn = r.get("part_number")
         if pn not in index:
             raise InputError(f"{images_csv}:{n}: part_number {pn!r} is not in parts.csv")
-        item = (r["path"], index[pn])
+        rel = _list_path(r["path"], images_csv, n)
+        if rel in seen:  # a split would list it twice (and then refuse its own file), maybe under two labels
+            raise InputError(f"{images_csv}:{n}: {rel} is already listed on line {seen[rel]}")
+        seen[rel] = n
+        item = (rel, index[pn])
         items.append(item)
         if r.get("kind") == "catalogue":
             catalogue.append(item)

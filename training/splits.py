@@ -98,6 +98,10 @@ def make_split(root: str | os.PathLike[str], *, val_fraction: float = 0.2, seed:
     train = [[rel, images.labels[y]] for (rel, y), v in zip(images.items, is_val) if not v]
     val = [[rel, images.labels[y]] for (rel, y), v in zip(images.items, is_val) if v]
     cross = sum(1 for i, j, *_ in pairs if labels[i] != labels[j])
+    no_val = sorted(set(images.labels) - {lab for _, lab in val})
+    if no_val:  # too few images, or one duplicate group: nothing of these classes is ever validated
+        log.warning("%d class(es) have no validation image (too few images, or all in one near-duplicate group): "
+                    "%s", len(no_val), ", ".join(no_val[:10]) + (", ..." if len(no_val) > 10 else ""))
     doc: dict[str, Any] = {
         "format": SPLIT_FORMAT,
         "name": name or root.name,

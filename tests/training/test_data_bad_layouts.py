@@ -210,3 +210,53 @@ def test_cached_pk_catalogue_training_survives_an_unreadable_photo_and_evaluate_
     val_catalogue = sum(1 for p, _ in s0["val"] if p.endswith("/000.jpg"))  # image 000 is each part's catalogue
     assert val_catalogue == 1 and own["retrieval"]["catalogue"]["n_self_excluded"] == 1
     assert own["retrieval"]["catalogue"]["n_gallery"] == 2
+
+
+# -- found by an audit of the data side (20th session) -------------------------------------------------------
+def test_grocery_lists_see_through_path_spellings_a_bom_and_bad_bytes(tmp_path: Path) -> None:
+    root = tmp_path / "g"
+    _write_grocery(root)
+    train = (root / "train.txt").read_text()
+    (root / "train.txt").write_text("\ufeff" + train, encoding="utf-8")  # Windows Notepad: the first image was lost
+    assert sorted(p for p, _ in load_dataset(root).train.items)[0] == "train/c0/000.jpg"
+    assert len(load_dataset(root).train.items) == 6
+    for spelling in ("./val/c0/000.jpg", "val//c0/000.jpg"):  # a val photo trained on under another spelling
+        (root / "train.txt").write_text(train + f"{spelling}, 0, 0\n")
+        with pytest.raises(InputError, match=r"listed in both train.txt and val.txt.*val/c0/000.jpg"):
+            load_dataset(root)
+    (root / "train.txt").write_text(train + "./train/c0/000.jpg, 0, 0\n")
+    with pytest.raises(InputError, match=r"train.txt:7: train/c0/000.jpg is already listed on line 1"):
+        load_dataset(root)
+    (root / "train.txt").write_text(train + "train\\c0\\000.jpg, 0, 0\n")
+    with pytest.raises(InputError, match=r"train.txt:7: .* uses backslashes"):
+        load_dataset(root)
+    (root / "train.txt").write_text(train + "../outside.jpg, 0, 0\n")
+    with pytest.raises(InputError, match="not a path inside the dataset folder"):
+        load_dataset(root)
+    (root / "train.txt").write_bytes(train.encode() + b"train/c0/\xff.jpg, 0, 0\n")
+    with pytest.raises(InputError, match="train.txt: not UTF-8 text"):
+        load_dataset(root)
+
+
+def test_parts_layout_refuses_an_image_listed_twice(tmp_path: Path) -> None:
+    """A split of it was written, then refused by its own reader ("listed twice in 'val'")."""
+    root = tmp_path / "p"
+    make_folder(root / "images", n_classes=2, per_class=2)
+    (root / "parts.csv").write_text("part_number,name\nc0,A\nc1,B\n")
+    rows = ["path,part_number,kind", "images/c0/000.jpg,c0,catalogue", "images/c0/001.jpg,c0,field",
+            "images/c1/000.jpg,c1,catalogue", "./images/c0/001.jpg,c1,field"]
+    (root / "images.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(InputError, match=r"images.csv:5: images/c0/001.jpg is already listed on line 3"):
+        load_dataset(root)
+
+
+def test_a_split_names_classes_left_without_validation_images(tmp_path: Path, caplog) -> None:
+    from training.splits import make_split
+
+    root = make_folder(tmp_path / "d", n_classes=3, per_class=6)
+    for f in sorted((root / "c2").iterdir())[1:]:
+        f.unlink()  # one image: never validated
+    with caplog.at_level(logging.WARNING, logger="training.splits"):
+        doc = make_split(root, seed=0)
+    assert "c2" not in doc["counts"]["val_per_class"]
+    assert "1 class(es) have no validation image" in caplog.text and "c2" in caplog.text
