@@ -19,7 +19,7 @@ from edge_app.errors import ImageError, InputError
 from edge_app.imageio import iter_image_files, load_image
 
 from .data import load_dataset
-from .phash import DHASH_THRESHOLD, PHASH_THRESHOLD, UnionFind, dhash, hamming_pairs, phash
+from .phash import DHASH_THRESHOLD, PHASH_THRESHOLD, UnionFind, dhash, hamming_cross_pairs, hamming_pairs, phash
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ class ImageRecord:
     dhash: int | None = None
     phash: int | None = None
     error: str | None = None
+    #: the hashes of the image mirrored left-right: a flipped copy is a near-duplicate too
+    dhash_mirror: int | None = None
+    phash_mirror: int | None = None
 
 
 @dataclass
@@ -101,6 +104,10 @@ def inspect_image(path: Path, label: str | None, rel: str) -> ImageRecord:
         rec.error = exc.reason
         return rec
     rec.dhash, rec.phash = dhash(img), phash(img)
+    from PIL import ImageOps
+
+    flipped = ImageOps.mirror(img)
+    rec.dhash_mirror, rec.phash_mirror = dhash(flipped), phash(flipped)
     return rec
 
 
@@ -124,18 +131,31 @@ def _labelled_items(root: Path) -> tuple[list[tuple[str, str | None]], str | Non
 
 def near_duplicate_pairs(records: list[ImageRecord], phash_threshold: int = PHASH_THRESHOLD,
                          dhash_threshold: int = DHASH_THRESHOLD) -> list[tuple[int, int, int, int]]:
-    """``(i, j, phash distance, dhash distance)`` for every near-duplicate pair of readable records."""
+    """``(i, j, phash distance, dhash distance)`` for every near-duplicate pair of readable records: as they are,
+    or one of them mirrored left-right (a flipped copy; then the distances are to the mirrored image)."""
     import numpy as np
 
+    def dist(a: int | None, b: int | None) -> int:
+        return int(np.bitwise_count(np.uint64(a) ^ np.uint64(b)))
+
     ok = [i for i, r in enumerate(records) if r.phash is not None]
-    cand = hamming_pairs([records[i].phash for i in ok], phash_threshold)
-    out = []
-    for a, b, dp in cand:
+    found: dict[tuple[int, int], tuple[int, int]] = {}
+    for a, b, dp in hamming_pairs([records[i].phash for i in ok], phash_threshold):
         i, j = ok[a], ok[b]
-        dd = int(np.bitwise_count(np.uint64(records[i].dhash) ^ np.uint64(records[j].dhash)))
+        dd = dist(records[i].dhash, records[j].dhash)
         if dd <= dhash_threshold:
-            out.append((i, j, dp, dd))
-    return out
+            found[(i, j)] = (dp, dd)
+    mirrored = [i for i in ok if records[i].phash_mirror is not None]
+    for a, b, dp in hamming_cross_pairs([records[i].phash for i in mirrored],
+                                        [records[i].phash_mirror for i in mirrored], phash_threshold):
+        i, j = mirrored[a], mirrored[b]
+        if (i, j) in found:
+            continue
+        # the pair (i, mirror j) or (mirror i, j): the same dHash distance either way up to rounding; take the smaller
+        dd = min(dist(records[i].dhash, records[j].dhash_mirror), dist(records[i].dhash_mirror, records[j].dhash))
+        if dd <= dhash_threshold:
+            found[(i, j)] = (dp, dd)
+    return [(i, j, dp, dd) for (i, j), (dp, dd) in sorted(found.items())]
 
 
 def duplicate_groups(n: int, pairs: list[tuple[int, int, int, int]]) -> list[list[int]]:

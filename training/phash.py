@@ -64,6 +64,26 @@ def hamming_pairs(hashes: Iterable[int], threshold: int, chunk: int = 2048) -> l
     return out
 
 
+def hamming_cross_pairs(hashes: Iterable[int], others: Iterable[int], threshold: int,
+                        chunk: int = 2048) -> list[tuple[int, int, int]]:
+    """Pairs ``(i, j, distance)``, ``i != j``, with Hamming distance between ``hashes[i]`` and ``others[j]`` (the
+    hash of image j mirrored) <= ``threshold``, each unordered pair once as ``(min, max)`` at its smaller distance."""
+    h = np.asarray(list(hashes), dtype=np.uint64)
+    m = np.asarray(list(others), dtype=np.uint64)
+    best: dict[tuple[int, int], int] = {}
+    for start in range(0, len(h), chunk):
+        dist = np.bitwise_count(h[start:start + chunk, None] ^ m[None, :])
+        ii, jj = np.nonzero(dist <= threshold)
+        for i, j in zip(ii.tolist(), jj.tolist()):
+            gi = start + i
+            if gi != j:
+                key = (min(gi, j), max(gi, j))
+                d = int(dist[i, j])
+                if d < best.get(key, 65):
+                    best[key] = d
+    return sorted((a, b, d) for (a, b), d in best.items())
+
+
 class UnionFind:
     """Disjoint sets over ``0..n-1``."""
 

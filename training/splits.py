@@ -34,7 +34,8 @@ SPLIT_FORMAT = "partlens-split/1"
 #: which assignment rule wrote a split (2: targets round halves up, a group goes to val only if that brings its
 #: class nearer its target, commit 063b7c5); files without the field were written by the first rule, so
 #: ``partlens split`` with their seed no longer remakes them exactly (they stay valid: their hash is checked)
-SPLIT_ALGORITHM = 2
+#: 3 (20th session): near-duplicates include left-right mirrored copies (``training.audit.near_duplicate_pairs``)
+SPLIT_ALGORITHM = 3
 
 
 @dataclass
@@ -110,7 +111,7 @@ def make_split(root: str | os.PathLike[str], *, val_fraction: float = 0.2, seed:
         "algorithm": SPLIT_ALGORITHM,
         "val_fraction": val_fraction,
         "labels": images.labels,
-        "dedup": {"method": "phash64+dhash64", "phash_threshold": phash_threshold, "dhash_threshold": dhash_threshold,
+        "dedup": {"method": "phash64+dhash64+mirror", "phash_threshold": phash_threshold, "dhash_threshold": dhash_threshold,
                   "pairs": len(pairs), "cross_label_pairs": cross, "groups": len(multi),
                   "images_in_groups": len(in_multi)},
         "counts": {"train": len(train), "val": len(val), "unreadable": len(unreadable),

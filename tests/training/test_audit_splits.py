@@ -157,3 +157,32 @@ def test_a_near_duplicate_group_goes_to_val_only_if_it_brings_the_class_nearer_i
     # halves round up, the same way for every class size
     assert sum(assign_groups([0] * 5, [[i] for i in range(5)], 0.5, 0)) == 3
     assert sum(assign_groups([0] * 3, [[i] for i in range(3)], 0.5, 0)) == 2
+
+
+def test_a_mirrored_copy_is_a_near_duplicate_and_stays_on_one_side(tmp_path: Path) -> None:
+    """Found by an audit: a left-right flipped copy (pHash distance ~30) was not a near-duplicate, so a photo and
+    its mirror could sit on both sides of a split (one trained on, the other scored as unseen)."""
+    from PIL import ImageOps
+
+    from training.audit import audit_records, near_duplicate_pairs
+
+    root = tmp_path / "ds"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+    for i in range(8):
+        _photo(300 + i).save(root / "a" / f"{i}.jpg", quality=92)
+        _photo(400 + i).save(root / "b" / f"{i}.jpg", quality=92)
+    base = _photo(7)
+    base.save(root / "a" / "orig.jpg", quality=95)
+    ImageOps.mirror(base).save(root / "b" / "flipped.jpg", quality=90)  # and under another label
+    recs = audit_records(root)
+    pairs = {(recs[i].path, recs[j].path) for i, j, *_ in near_duplicate_pairs(recs)}
+    assert {("a/orig.jpg", "b/flipped.jpg"), ("b/flipped.jpg", "a/orig.jpg")} & pairs
+    assert len(pairs) == 1  # strangers do not match mirrored either
+    rep = audit(root)
+    assert [(p["a"], p["b"]) for p in rep.cross_label_pairs] == [("a/orig.jpg", "b/flipped.jpg")]
+    for seed in range(4):
+        doc = make_split(root, seed=seed)
+        side = {p: "val" for p, _ in doc["val"]} | {p: "train" for p, _ in doc["train"]}
+        assert side["a/orig.jpg"] == side["b/flipped.jpg"]
+    assert doc["algorithm"] == 3 and doc["dedup"]["method"].endswith("+mirror")
