@@ -128,6 +128,19 @@ def _ranking(q: np.ndarray, cat: np.ndarray, cat_part: np.ndarray, parts: list[i
     return [parts[i] for i in order], fused[order]
 
 
+def _check_fold_products(ckpt: Path, known_names: set[str], fold: int) -> None:
+    """The fold model must have been trained on exactly the products this fold keeps: a checkpoint left from
+    another hold-out rule (before the partition) would count trained products as unknown."""
+    from edge_app.errors import UsageError
+    from training.models import read_checkpoint
+
+    trained = set(read_checkpoint(ckpt)["labels"])
+    if trained != known_names:
+        raise UsageError(f"{ckpt}: fold {fold} was trained on {len(trained)} products, {len(trained - known_names)} "
+                         "of them held out by this fold's partition: run `partlens bench train-grocery-new-products "
+                         "--fresh` first")
+
+
 def run(ctx: Any) -> dict[str, Any]:
     grocery = ctx.require_data("grocery")
     with open(grocery / "classes.csv") as fh:
@@ -154,6 +167,7 @@ def run(ctx: Any) -> dict[str, Any]:
             ckpt = fold_dir / f"fold{f}" / "last.pt"
             held = [ids[i] for i in held_out_classes(len(ids), f)]
             known = sorted(set(ids) - set(held))
+            _check_fold_products(ckpt, {r[0] for r in classes if int(r[1]) in known}, f)
             exp = export_tflite(ctx, _grocery_folders(ctx, grocery, classes, train, val, known, f"fold{f}"), ckpt,
                                 key=f"export_grocery_fold{f}_{_sha12(ckpt)}",  # a re-trained fold is re-exported
                                 out_dir=ctx.work_dir / "export" / f"fold{f}")

@@ -93,7 +93,7 @@ def bundle_id_for(manifest: Mapping[str, Any]) -> str:
     if manifest.get("schema_version") == 1:
         return make_bundle_id(manifest["version"], manifest["files"])
     body = {k: v for k, v in manifest.items() if k not in ID_EXCLUDED_KEYS}
-    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":")).encode("ascii")  # any text, lone surrogates too
     return f"v{int(manifest['version'])}-{hashlib.sha256(canon).hexdigest()[:12]}"
 
 

@@ -80,10 +80,10 @@ def stock_text(inventory: Sequence[Mapping[str, Any]], site: str | None = None) 
     if not inventory:
         return "stock unknown"
     if site is None:
-        if all(r.get("stock") is None for r in inventory):
-            return "stock not known"
         total = count(inventory)
-        return f"{total} in stock" if total else "out of stock"
+        if total:
+            return f"{total} in stock"
+        return "stock not known" if any(r.get("stock") is None for r in inventory) else "out of stock"
     here = [r for r in inventory if r.get("site") == site]
     others = count([r for r in inventory if r.get("site") != site])
     elsewhere = f" ({others} at other sites)" if others else ""
@@ -879,6 +879,8 @@ class DeviceServices:
         from sync.client import read_failure
 
         doc = read_failure(self.data_dir)
+        if doc and last_sync and last_sync != doc["at"] and _latest(last_sync, doc["at"]) == last_sync:
+            doc = None  # a sync succeeded after it (a record its success could not delete)
         if doc:
             return f"{doc['error']} (at {local_time(doc['at'])})"
         if self._last_error and not (last_sync and _latest(last_sync, self._last_error_at) == last_sync):
@@ -891,10 +893,15 @@ class DeviceServices:
             result = self._client().sync()
         except PartlensError as exc:  # a SyncError, or no keyring / a damaged enrolment before the sync began
             from sync.client import read_failure, record_failure
+            from sync.lock import SyncBusyError
 
-            self._last_error, self._last_error_at = str(exc), _now()
-            if not isinstance(exc, SyncError) or read_failure(self.data_dir) is None:
-                record_failure(self.data_dir, exc)  # the client records its own; not an error before it began
+            if not isinstance(exc, SyncBusyError):  # another sync running is not a failed sync: it says so itself
+                self._last_error, self._last_error_at = str(exc), _now()
+                recorded = read_failure(self.data_dir)
+                if recorded is None or recorded["error"] != str(exc)[:300]:
+                    # an error before the client's sync began (no keyring, not enrolled, enrolled again): the
+                    # client records only its own, and an older record must not stand for this one
+                    record_failure(self.data_dir, exc)
             if isinstance(exc, StorageError):
                 self.free_space_if_low()  # the outbox went up first: its photos may go now
             raise

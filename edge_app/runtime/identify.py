@@ -5,6 +5,7 @@ bundle's threshold.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -30,6 +31,8 @@ STATUS_NONE = "no_confident_match"
 LOOK_ALIKE_MARGIN = 0.1
 #: catalogue meta: "<bundle_id>@<epoch>:<version>" whose vectors were last checked against the bundle (skips re-reading)
 VECTORS_CHECKED_KEY = "bundle_vectors_checked"
+#: ``{"bundle_id", "count"}``: how many vectors :meth:`Identifier.embed_local_images` stored for that bundle
+LOCAL_VECTORS_KEY = "local_vectors"
 #: images per model batch when embedding the device's own catalogue images
 LOCAL_EMBED_BATCH = 8
 
@@ -170,7 +173,8 @@ class Identifier:
         # the usual open: every vector of the bundle is stored already (or the hub sends them), or this catalogue
         # version was checked against this bundle before (a catalogue of fewer parts than the bundle): nothing to read
         checked = f"{self.bundle_id}@{self.db.catalogue_epoch}:{self.db.catalogue_version}"
-        if stored and (hub_kept or stored >= self.bundle_catalogue_size()
+        # (vectors made on this device by embed_local_images are not the bundle's: they do not count towards it)
+        if stored and (hub_kept or stored - self._local_vectors() >= self.bundle_catalogue_size()
                        or self.db.get_meta(VECTORS_CHECKED_KEY) == checked):
             return 0
         with self.db.read():
@@ -278,10 +282,21 @@ class Identifier:
             keep = [k for k, iid in enumerate(ids) if iid not in have]
             if keep:
                 self.db.upsert_embeddings([ids[k] for k in keep], np.concatenate(vecs)[keep], self.bundle_id)
+                self.db.set_meta(LOCAL_VECTORS_KEY, json.dumps({"bundle_id": self.bundle_id,
+                                                                "count": self._local_vectors() + len(keep)}))
         self._loaded = None  # this connection's own commit does not move SQLite's data_version: reload
         self.refresh()
         log.info("stored %d catalogue vector(s) made on this device for bundle %s", len(keep), self.bundle_id)
         return len(keep)
+
+    def _local_vectors(self) -> int:
+        """How many of this bundle's stored vectors were made on this device (an over-count after parts were
+        deleted only makes :meth:`import_bundle_embeddings` look at the bundle's rows again)."""
+        try:
+            doc = json.loads(self.db.get_meta(LOCAL_VECTORS_KEY) or "{}")
+            return int(doc["count"]) if doc.get("bundle_id") == self.bundle_id else 0
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return 0
 
     def _hub_kept(self) -> bool:
         return bool(self.db.get_meta("hub_id") or self.db.get_meta("managed_by_hub"))

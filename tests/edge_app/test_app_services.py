@@ -14,7 +14,7 @@ from PIL import Image
 from edge_app import spotcheck
 from edge_app.errors import ImageError, InputError, UsageError
 from edge_app.services import (CaptureStore, DeviceServices, IdentifyOutcome, Match, StateStore, confidence_words,
-                               detect_look_alikes, refine_by_size, validate_crop)
+                               detect_look_alikes, local_time, refine_by_size, validate_crop)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -311,8 +311,9 @@ def test_sync_status_shows_the_nightly_attempt_and_its_last_success(device) -> N
         "next_at": "2026-11-22T02:00:00+01:00", "last_success": "2026-11-21T01:00:00+01:00"}))
     st = device.sync_status()
     assert st.last_sync == "2026-11-21T01:00:00+01:00"  # the nightly success is newer than the manual one
-    assert st.nightly == ("skipped at 2026-11-22T01:30:00+01:00 (not docked); next attempt "
-                          "2026-11-22T02:00:00+01:00, window 01:00-05:00")
+    # on the tablet's clock, as "Last sync" (was the raw ISO text)
+    assert st.nightly == (f"skipped at {local_time('2026-11-22T01:30:00+01:00')} (not docked); next attempt "
+                          f"{local_time('2026-11-22T02:00:00+01:00')}, window 01:00-05:00")
     (device.data_dir / "last_sync.json").write_text(json.dumps({"at": "2026-11-22T09:00:00+00:00"}))
     assert device.sync_status().last_sync == "2026-11-22T09:00:00+00:00"
 
@@ -817,6 +818,8 @@ def test_list_rows_say_the_stock_here_and_elsewhere_and_never_read_unknown_as_ze
     assert stock_text(here_unknown, "Quay A") == "stock here not known (2 at other sites)"
     assert stock_text([{"site": "Quay A", "stock": None}]) == "stock not known"  # was "out of stock"
     assert stock_text([{"site": "Quay A", "stock": 0}, {"site": "Quay B", "stock": 3}]) == "3 in stock"
+    assert stock_text([{"site": "Quay A", "stock": None}, {"site": "Quay B", "stock": 0}]) == "stock not known"
+    assert stock_text([{"site": "Quay A", "stock": 0}, {"site": "Quay B", "stock": 0}]) == "out of stock"
     assert stock_text([]) == "stock unknown"
     assert [stock_count_text(s) for s in (None, 0, 7)] == ["stock not known", "out of stock", "7 in stock"]
 
@@ -848,3 +851,30 @@ def test_a_failed_sync_is_shown_after_a_restart_until_any_sync_succeeds(device, 
         assert device.sync_status().last_error is None  # this app's own, older error is not shown either
     finally:
         again.close()
+
+
+def test_the_sync_screen_shows_this_failure_not_an_older_one_and_a_busy_tablet_is_no_failure(device) -> None:
+    """Found by a review: an error raised before the client's sync began left an older record standing (the
+    screen showed that one), and "another sync is running" was recorded as a failed sync for the hub."""
+    from sync.client import FAILURE_FILE, read_failure
+    from sync.lock import SyncBusyError
+
+    (device.data_dir / FAILURE_FILE).write_text(json.dumps({"at": "2020-01-01T00:00:00+00:00",
+                                                            "error": "OLD: hub unreachable"}))
+    with pytest.raises(UsageError, match="not enrolled"):
+        device.sync_now()
+    assert "not enrolled" in device.sync_status().last_error and "OLD" not in device.sync_status().last_error
+    (device.data_dir / FAILURE_FILE).unlink()
+
+    def busy():
+        raise SyncBusyError("sync: another sync of this tablet is running")
+
+    device._client = lambda: type("C", (), {"sync": staticmethod(busy)})()
+    device._last_error = None
+    with pytest.raises(SyncBusyError):
+        device.sync_now()
+    assert read_failure(device.data_dir) is None and device.sync_status().last_error is None
+    # a record older than the last successful sync is not shown
+    (device.data_dir / FAILURE_FILE).write_text(json.dumps({"at": "2020-01-01T00:00:00+00:00", "error": "OLD"}))
+    (device.data_dir / "last_sync.json").write_text(json.dumps({"at": "2021-01-01T00:00:00+00:00"}))
+    assert device.sync_status().last_error is None

@@ -401,3 +401,36 @@ def test_a_catalogue_a_hub_keeps_is_never_embedded_on_the_device(world, identifi
     assert identifier.missing_vectors() == (0, 0)
     with pytest.raises(UsageError, match="kept by a hub"):
         identifier.embed_local_images()
+
+
+def test_vectors_made_on_the_device_do_not_hide_bundle_vectors_of_parts_imported_later(world, tmp_path):
+    """Found by a review: once `catalogue embed` had stored device-made vectors, the "every bundle vector is
+    stored" shortcut counted them as the bundle's, and parts imported later never got their bundle vectors."""
+    import csv
+
+    from edge_app.runtime.catalogue import CatalogueDB
+    from edge_app.runtime.identify import Identifier
+    from edge_app.runtime.importer import import_catalogue
+
+    def subset(src, out, keep):
+        rows = list(csv.DictReader(src.open(encoding="utf-8")))
+        with out.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(r for r in rows if keep(r["part_number"]))
+        return out
+
+    later = {f"P00{i}" for i in range(15, 20)}
+    img_dir = world.cat.images_csv.parent
+    parts = subset(world.cat.parts_csv, img_dir / "parts_first.csv", lambda pn: pn not in later)
+    images = subset(world.cat.images_csv, img_dir / "images_first.csv", lambda pn: pn not in later)
+    db_path = tmp_path / "catalogue.db"
+    with CatalogueDB(db_path) as db:
+        import_catalogue(db, parts, images)
+    ident = Identifier.open(world.bundle, db_path, world.keyring_path, backend="onnx")
+    assert ident.embed_local_images() > 0 and ident.missing_vectors() == (0, 0)  # the 10 parts not in the bundle
+    with CatalogueDB(db_path) as db:
+        import_catalogue(db, world.cat.parts_csv, world.cat.images_csv)
+    ident = Identifier.open(world.bundle, db_path, world.keyring_path, backend="onnx")
+    assert ident.missing_vectors() == (0, 0)  # was (10, 5): P0015-P0019's vectors are in the bundle
+    assert ident.identify([world.field["P0016"][0]]).matches[0].part_number == "P0016"

@@ -458,6 +458,7 @@ def test_the_bundle_id_covers_the_whole_manifest_and_schema_1_bundles_still_load
                    {"index": {**m["index"], "ef_search": m["index"]["ef_search"] + 1}}):
         assert bundle_id_for({**m, **change}) != m["bundle_id"]
     assert bundle_id_for({**m, "created_at": "2000-01-01T00:00:00+00:00"}) == m["bundle_id"]
+    assert bundle_id_for({**m, "labels": ["\udcff"]}).startswith("v1-")  # a label from a non-UTF-8 folder name
 
     def edit(doc: dict) -> None:  # another calibration, the id left as it was: refused
         doc["calibration"] = {"threshold": 0.123}

@@ -33,6 +33,7 @@ class CatalogueScreen(Screen):
     total = 0
     searching = BooleanProperty(False)
     _generation = 0
+    _list_filters: dict[str, Any] = {}
 
     def refresh(self) -> None:
         app = App.get_running_app()
@@ -56,7 +57,10 @@ class CatalogueScreen(Screen):
         """List the first page for the current filters, or (``more``) the next page under the current list."""
         app = App.get_running_app()
         self._generation += 1
-        generation, filters = self._generation, self._filters()
+        generation = self._generation
+        # "Show more" continues the list on screen: with the filters it was made with, not text typed since
+        filters = self._list_filters if more else self._filters()
+        self._list_filters = filters
         offset = len(self.results) if more else 0
         self.searching = True
         self.ids.more_btn.disabled = True
