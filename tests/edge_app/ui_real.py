@@ -329,6 +329,7 @@ def test_the_catalogue_pages_and_part_detail_shows_what_it_holds(real) -> None:
         wait_for(lambda: not cat.searching)
         total = N_PARTS + len(extra)
         assert cat.ids.count.text == f"{total} parts (showing the first 50)" and len(cat.ids.list.children) == 50
+        cat.ids.query.text = "gear"  # typed, not searched: "Show more" continues the list on screen (a review)
         tap(cat.ids.more_btn)
         wait_for(lambda: not cat.searching)
         assert len(cat.ids.list.children) == total and cat.ids.count.text == f"{total} parts"
