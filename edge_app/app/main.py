@@ -144,8 +144,12 @@ class PartlensApp(App):
         return self.sm.get_screen(name)
 
     def _on_screen(self, _sm: Any, name: str) -> None:
+        # Part detail lights the tab it was opened from (Parts or Results)
+        origin = None
+        if name == "part_detail":
+            origin = getattr(self.screen(name), "came_from", None) or ("results" if self.outcome else None)
         for n, b in self.nav_buttons.items():
-            b.state = "down" if n == name or (name == "part_detail" and n == "results" and self.outcome) else "normal"
+            b.state = "down" if n in (name, origin) else "normal"
         scr = self.screen(name)
         if hasattr(scr, "refresh"):
             scr.refresh()

@@ -339,6 +339,7 @@ def test_the_catalogue_pages_and_part_detail_shows_what_it_holds(real) -> None:
         app.open_part("ZZ-000")
         pump(25)
         det = app.screen("part_detail")
+        assert app.nav_buttons["catalogue"].state == "down"  # the tab it was opened from (none was lit)
         assert long_name in det.ids.info.text  # the title is one line, cut
         (note,) = [w for w in det.ids.images.children if isinstance(w, Label)]
         assert "could not be shown" in note.text and note.texture_size[1] <= note.height <= det.ids.images.height
