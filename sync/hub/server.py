@@ -180,7 +180,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-#: a connection that has not sent a whole request head this long after connecting is closed
+#: a connection that has not sent a whole request head this long after connecting (or after its last response) is
+#: closed
 HEADER_TIMEOUT_S = 20.0
 #: a request body (at most a 256 KiB photo chunk) must arrive within this long (2 kB/s)
 BODY_TIMEOUT_S = 120.0
@@ -193,12 +194,22 @@ def timed_h11_protocol() -> type:
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class TimedH11Protocol(H11Protocol):
+        # every request head gets its own deadline, the first as each one after a response on a kept-alive
+        # connection (an audit: only the first was timed, so a client dripping its SECOND head a byte every few
+        # seconds held the connection forever, no token needed; uvicorn's keep-alive timer is cancelled by any byte)
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._head_deadline = self.loop.call_later(HEADER_TIMEOUT_S, self._head_timeout)
 
+        def on_response_complete(self) -> None:
+            self._head_deadline.cancel()
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._head_deadline = self.loop.call_later(HEADER_TIMEOUT_S, self._head_timeout)
+
         def _head_timeout(self) -> None:
-            if self.cycle is None and not self.transport.is_closing():
+            waiting = self.cycle is None or self.cycle.response_complete  # no request being read or served
+            if waiting and not self.transport.is_closing():
                 self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:

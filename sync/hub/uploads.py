@@ -31,7 +31,7 @@ from .store import UPLOAD_KINDS
 
 log = logging.getLogger(__name__)
 
-UUID = re.compile(r"^[0-9a-fA-F-]{8,64}$")
+UUID = re.compile(r"[0-9a-fA-F-]{8,64}")  # used with fullmatch: "$" let a trailing newline through
 MAX_BLOB_BYTES = 64 * 1024**2
 MAX_PAYLOAD_BYTES = MAX_RECORD_PAYLOAD_BYTES
 MAX_BATCH = 500  # records in one POST /v1/uploads/batch
@@ -157,7 +157,7 @@ def _record_row(device: Mapping[str, Any], body: Any) -> dict[str, Any]:
     if not isinstance(body, Mapping):
         raise UsageError("an upload record must be a JSON object")
     uuid = body.get("uuid")
-    if not isinstance(uuid, str) or not UUID.match(uuid) or len(uuid.replace("-", "")) < 8:
+    if not isinstance(uuid, str) or not UUID.fullmatch(uuid) or len(uuid.replace("-", "")) < 8:
         raise UsageError(f"upload uuid {str(uuid)[:80]!r} is not a UUID")
     kind = body.get("kind")
     if kind not in UPLOAD_KINDS:
@@ -206,12 +206,20 @@ def _check_owner(hub: Hub, device: Mapping[str, Any], uuid: str) -> None:
         raise UsageError(f"upload {uuid} belongs to another device")
 
 
+def _check_stored_owner(device: Mapping[str, Any], stored: Mapping[str, Any], created: bool) -> None:
+    """After the write: another tablet may have stored the same UUID between :func:`_check_owner` and the write
+    (two requests at once; an audit saw the loser told "duplicate" with the other tablet's record)."""
+    if not created and stored["device"] != device["name"]:
+        raise UsageError(f"upload {stored['uuid']} belongs to another device")
+
+
 def receive_record(hub: Hub, device: Mapping[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
     """Store one outbox record (idempotent by UUID); return its status."""
     row = _record_row(device, body)
     _check_owner(hub, device, row["uuid"])
     _check_upload_space(hub, len(row["payload"]))
     stored, created = hub.store.add_upload(row)
+    _check_stored_owner(device, stored, created)
     if created:
         log.info("upload %s (%s) from %s stored as #%d", row["uuid"], row["kind"], device["name"], stored["seq"])
     out = _status(_finish_if_full(hub, stored), hub, duplicate=not created)
@@ -249,13 +257,18 @@ def receive_records(hub: Hub, device: Mapping[str, Any], bodies: Any) -> list[di
         where.append(i)
     _check_upload_space(hub, sum(len(r["payload"]) for r in rows))
     for i, row, (stored, created) in zip(where, rows, hub.store.add_uploads(rows)):
+        try:
+            _check_stored_owner(device, stored, created)
+        except UsageError as exc:
+            results[i] = {"uuid": row["uuid"], "refused": str(exc)}
+            continue
         results[i] = _status(_finish_if_full(hub, stored), hub, duplicate=not created)
         if not created and _conflict(stored, row):
             results[i]["conflict"] = True
     stored_new = sum(1 for r in results if r and "refused" not in r and not r["duplicate"])
     if bodies:
         log.info("upload batch from %s: %d records, %d new, %d refused", device["name"], len(bodies), stored_new,
-                 len(bodies) - len(rows))
+                 sum(1 for r in results if r and "refused" in r))
     return [r for r in results if r is not None]
 
 

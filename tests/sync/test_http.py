@@ -236,6 +236,25 @@ def test_a_connection_that_never_sends_a_request_is_closed(monkeypatch):
         ok.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         ok.settimeout(5)
         assert b"200 OK" in ok.recv(4096)
+        # an audit: after one answered request, a second head dripped a byte at a time kept the connection for good
+        ka = socket.create_connection(("127.0.0.1", port))
+        ka.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        ka.settimeout(5)
+        assert b"200 OK" in ka.recv(4096)
+        ka.settimeout(0.1)
+        t0, closed = time.monotonic(), False
+        for byte in b"GET /ping HTTP/1.1\r\nHost: x\r\n" * 5:  # about 15 s of dripping
+            try:
+                ka.send(bytes([byte]))
+                if ka.recv(1) == b"":
+                    closed = True
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                closed = True
+                break
+        assert closed and time.monotonic() - t0 < 5
     finally:
         srv.should_exit = True
         t.join(10)
