@@ -137,8 +137,8 @@ def _check_fold_products(ckpt: Path, known_names: set[str], fold: int) -> None:
     trained = set(read_checkpoint(ckpt)["labels"])
     if trained != known_names:
         raise UsageError(f"{ckpt}: fold {fold} was trained on {len(trained)} products, {len(trained - known_names)} "
-                         "of them held out by this fold's partition: run `partlens bench train-grocery-new-products "
-                         "--fresh` first")
+                         f"of them held out by this fold's partition and {len(known_names - trained)} it keeps "
+                         "missing: run `partlens bench train-grocery-new-products --fresh` first")
 
 
 def run(ctx: Any) -> dict[str, Any]:

@@ -859,11 +859,18 @@ def test_the_sync_screen_shows_this_failure_not_an_older_one_and_a_busy_tablet_i
     from sync.client import FAILURE_FILE, read_failure
     from sync.lock import SyncBusyError
 
+    from edge_app.errors import SyncError
+
     (device.data_dir / FAILURE_FILE).write_text(json.dumps({"at": "2020-01-01T00:00:00+00:00",
                                                             "error": "OLD: hub unreachable"}))
-    with pytest.raises(UsageError, match="not enrolled"):
+
+    def enrolled_again():  # a SyncError raised before the client's own recording began
+        raise SyncError("this tablet was enrolled again while this sync was being set up; sync again")
+
+    device._client = lambda: type("C", (), {"sync": staticmethod(enrolled_again)})()
+    with pytest.raises(SyncError, match="enrolled again"):
         device.sync_now()
-    assert "not enrolled" in device.sync_status().last_error and "OLD" not in device.sync_status().last_error
+    assert "enrolled again" in device.sync_status().last_error and "OLD" not in device.sync_status().last_error
     (device.data_dir / FAILURE_FILE).unlink()
 
     def busy():
