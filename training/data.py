@@ -127,17 +127,18 @@ def load_image_folder(root: str | os.PathLike[str]) -> ImageSet:
     return ImageSet(root, classes, items, root.name)
 
 
-def _list_path(raw: str, where: Path, line: int) -> str:
+def _list_path(raw: str, where: Path | str, line: int | None = None) -> str:
     """A listed image path in one spelling (``./train/a.jpg``, ``train//a.jpg`` and ``/train/a.jpg`` are
     ``train/a.jpg``), so "listed twice" and "in both lists" see through spellings; a Windows path or one that
     leaves the dataset folder is refused (every such image was "no such file" later)."""
     import posixpath
 
+    at = f"{where}:{line}" if line is not None else str(where)
     if "\\" in raw:
-        raise InputError(f"{where}:{line}: {raw!r} uses backslashes; write the path with '/'")
+        raise InputError(f"{at}: {raw!r} uses backslashes; write the path with '/'")
     rel = posixpath.normpath(raw.lstrip("/"))
     if rel in (".", "") or rel == ".." or rel.startswith("../"):
-        raise InputError(f"{where}:{line}: {raw!r} is not a path inside the dataset folder")
+        raise InputError(f"{at}: {raw!r} is not a path inside the dataset folder")
     return rel
 
 
@@ -205,7 +206,9 @@ def load_grocery(root: str | os.PathLike[str]) -> Dataset:
     labels = [r[0] for r in rows]
     ids = {int(r[1]): i for i, r in enumerate(rows)}
     coarse = {labels[i]: r[2] for i, r in enumerate(rows)}
-    iconic = [(r[4].lstrip("/"), i) for i, r in enumerate(rows) if len(r) > 4 and r[4]]
+    # one spelling, as train.txt / val.txt (a val image listed as ./iconic/x.jpg matched itself in the gallery)
+    iconic = [(_list_path(r[4], f"{classes_csv} (class id {r[1]})"), i)
+              for i, r in enumerate(rows) if len(r) > 4 and r[4]]
     train = ImageSet(root, labels, _read_grocery_list(root, "train.txt", ids), "grocery-train")
     val = ImageSet(root, labels, _read_grocery_list(root, "val.txt", ids), "grocery-val")
     both = sorted({p for p, _ in train.items} & {p for p, _ in val.items})

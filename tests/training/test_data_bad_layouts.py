@@ -260,3 +260,13 @@ def test_a_split_names_classes_left_without_validation_images(tmp_path: Path, ca
         doc = make_split(root, seed=0)
     assert "c2" not in doc["counts"]["val_per_class"]
     assert "1 class(es) have no validation image" in caplog.text and "c2" in caplog.text
+
+
+def test_iconic_paths_are_read_in_the_spelling_of_the_lists(tmp_path: Path) -> None:
+    """A val image that is also an iconic image spelled ./iconic/x.jpg in classes.csv was not recognised as itself
+    (it matched itself in the catalogue gallery, and could be trained on as a gallery image)."""
+    root = tmp_path / "g"
+    _write_grocery(root)
+    text = (root / "classes.csv").read_text().replace("/iconic/c0.jpg", "./iconic//c0.jpg")
+    (root / "classes.csv").write_text(text)
+    assert sorted(p for p, _ in load_dataset(root).gallery.items) == ["iconic/c0.jpg", "iconic/c1.jpg"]

@@ -168,3 +168,27 @@ def test_with_gallery_adds_catalogue_images_of_trained_classes_only(tmp_path: Pa
         with_gallery(ds.train, ds.gallery, -1)
     with pytest.raises(InputError, match="root"):
         with_gallery(ds.train, ImageSet(tmp_path, ds.gallery.labels, ds.gallery.items), 1)
+
+
+def test_a_model_giving_nan_is_refused_not_scored(tmp_path: Path, monkeypatch) -> None:
+    """Found by an audit: an all-NaN checkpoint was evaluated to top-1 0.25 and mAP 0.42 (NaN scores rank in
+    gallery order, and the gallery is sorted by class)."""
+    import training.predict as P
+    from edge_app.errors import IntegrityError
+    from training.data import ImageSet
+    from training.evaluate import evaluate_model
+
+    logits = np.array([[0.0, 1.0], [np.nan, 0.5], [1.0, 0.0]], dtype=np.float32)
+    emb = np.ones((3, 4), dtype=np.float32) / 2
+    fake = P.Predictions(logits, emb, np.array([1, 0, 0]), ["a.jpg", "b.jpg", "c.jpg"])
+    monkeypatch.setattr(P, "predict", lambda *a, **k: fake)
+    val = ImageSet(tmp_path, ["x", "y"], [("a.jpg", 1), ("b.jpg", 0), ("c.jpg", 0)], "val")
+    with pytest.raises(IntegrityError, match="NaN or infinite logits for 1 of the validation images"):
+        evaluate_model(object(), val)
+    fake.logits[1, 0] = 0.0
+    fake.embeddings[2, 0] = np.inf
+    with pytest.raises(IntegrityError, match="NaN or infinite embeddings for 1 of the"):
+        evaluate_model(object(), val)
+    fake.embeddings[2, 0] = 0.5
+    report, _ = evaluate_model(object(), val)
+    assert report["n"] == 3
