@@ -14,6 +14,7 @@ Importing this module imports torch (the device runtime never imports it).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
@@ -141,14 +142,15 @@ class PartModel(nn.Module):
         return list(self._stages)
 
     def freeze_stages(self, n: int) -> None:
-        """Freeze the first ``n`` backbone stages (parameters and BatchNorm statistics)."""
+        """Freeze the first ``n`` backbone stages (parameters and BatchNorm statistics); the later stages are
+        trainable (a second call with a smaller ``n`` unfreezes what it no longer covers)."""
         if n < 0 or n > len(self._stages):
             raise UsageError(f"{self.config['name']} has {len(self._stages)} freezable stages, got {n}")
-        for stage in self._stages[:n]:
-            stage.eval()
+        for i, stage in enumerate(self._stages):
             for p in stage.parameters():
-                p.requires_grad_(False)
+                p.requires_grad_(i >= n)
         self._frozen = n
+        self.train(self.training)  # frozen stages in eval, the others as the model (and freeze_bn) say
 
     def train(self, mode: bool = True) -> "PartModel":
         super().train(mode)
@@ -362,7 +364,9 @@ def create_model(name: str, num_classes: int, *, embed_dim: int = 256, pretraine
         backbone, nfeat, stages = d.build(bool(pretrained), str(weights) if weights else None, config)
     except ValueError as exc:  # e.g. a ViT image size that is not a multiple of the patch
         raise UsageError(f"{name}: {exc}") from None
-    config["pretrained"] = bool(pretrained and (d.pretrained_source is not None or weights is not None))
+    # what initialised the backbone: a weights file counts whatever ``pretrained`` said (the demo report read
+    # "random init" for a model loaded from a file)
+    config["pretrained"] = bool(weights is not None or (pretrained and d.pretrained_source is not None))
     return PartModel(backbone, nfeat, num_classes, embed_dim, spec, config, stages)
 
 
@@ -400,11 +404,13 @@ def save_checkpoint(path: str | os.PathLike[str], model: PartModel, labels: list
     module = model.module if hasattr(model, "module") else model  # unwrap DDP
     if len(labels) != module.num_classes:
         raise UsageError(f"{len(labels)} labels for a model with {module.num_classes} classes")
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model_name": module.config["name"],
         "config": dict(module.config),
-        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "state_dict": state,
+        "state_sha256": state_sha256(state),
         "labels": list(labels),
         "preprocess": module.preprocess.to_dict(),
         "metrics": dict(metrics or {}),
@@ -433,6 +439,21 @@ def add_reference_to_checkpoint(ckpt: str | os.PathLike[str], out: str | os.Path
     return save_checkpoint(out, model, meta["labels"], meta.get("metrics"), int(meta.get("epoch", 0)), extra)
 
 
+def state_sha256(state: dict[str, Any]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a state dict's tensors (in name order): torch's zip
+    reader does not check tensor data, so bytes changed on disk loaded silently (an audit)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k]
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(f"{k}|{v!r}|".encode())
+    return h.hexdigest()
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and validate the raw checkpoint dict (no model built)."""
     path = Path(path)
@@ -448,6 +469,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     for key in ("model_name", "config", "state_dict", "labels", "preprocess"):
         if key not in obj:
             raise IntegrityError(f"{path}: checkpoint lacks {key!r}")
+    for key, kind in (("config", dict), ("state_dict", dict), ("labels", list), ("preprocess", dict)):
+        if not isinstance(obj[key], kind):
+            raise IntegrityError(f"{path}: checkpoint field {key!r} is not a {kind.__name__}")
+    if not all(isinstance(x, str) for x in obj["labels"]):
+        raise IntegrityError(f"{path}: checkpoint labels are not all text")
+    want = obj.get("state_sha256")  # checkpoints from before the hash have none: not checked
+    if want is not None and state_sha256(obj["state_dict"]) != want:
+        raise IntegrityError(f"{path}: the weights changed since the checkpoint was written (damaged file)")
     return obj
 
 
@@ -467,10 +496,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[PartModel, dict[str, 
         model = create_model(name, num_classes, pretrained=False, **cfg)
         if reference_weight is not None:  # its weights come from the state dict below
             model.attach_reference(*_reference_backbone(model, pretrained=False), float(reference_weight))
-    except (UsageError, TypeError) as exc:
+    except (UsageError, TypeError, ValueError, IndexError, KeyError) as exc:
         raise IntegrityError(f"{path}: cannot rebuild model from its config: {exc}") from None
     W.load_strict(model, obj["state_dict"], f"checkpoint {path}")
-    model.preprocess = PreprocessSpec.from_dict(obj["preprocess"])
+    try:
+        spec = PreprocessSpec.from_dict(obj["preprocess"])
+    except (UsageError, TypeError, ValueError, KeyError) as exc:
+        raise IntegrityError(f"{path}: invalid preprocessing spec: {exc}") from None
+    if tuple(spec.size) != tuple(model.preprocess.size):  # a forward at the spec's size would fail (or mislead)
+        raise IntegrityError(f"{path}: its preprocessing makes {spec.size[0]}x{spec.size[1]} inputs, its model was "
+                             f"built for {model.preprocess.size[0]}x{model.preprocess.size[1]}")
+    model.preprocess = spec
     if len(obj["labels"]) != model.num_classes:
         raise IntegrityError(f"{path}: {len(obj['labels'])} labels for {model.num_classes} classes")
     model.eval()

@@ -245,3 +245,40 @@ def test_freeze_bn_default_for_folded_mobilenet() -> None:
     tiny = create_model("tiny", 3, embed_dim=8).train()
     assert tiny.config["freeze_bn"] is False and tiny.backbone.body[0][1].training
     assert create_model("mobilenet_v2", 3, pretrained=False, freeze_bn=False).config["freeze_bn"] is False
+
+
+# -- found by an audit of the model registry (20th session) -------------------------------------------------------
+def test_checkpoint_weights_are_hashed_and_bad_fields_are_integrity_errors(tmp_path) -> None:
+    import torch
+
+    from edge_app.errors import IntegrityError
+    from training.models import create_model, load_checkpoint, save_checkpoint
+
+    model = create_model("tiny", 3, pretrained=False)
+    path = save_checkpoint(tmp_path / "a.pt", model, ["a", "b", "c"])
+    load_checkpoint(path)
+    obj = torch.load(path, weights_only=True)
+    key = next(k for k, v in obj["state_dict"].items() if v.is_floating_point() and v.numel() > 4)
+    obj["state_dict"][key].view(-1)[0] += 1.0  # bytes changed on disk: torch's reader does not notice
+    for name, edit in (("tampered", None), ("labels", {"labels": None}), ("preprocess", {"preprocess": "x"}),
+                       ("size", {"preprocess": {**obj["preprocess"], "size": [obj["preprocess"]["size"][0] * 2] * 2}})):
+        doc = dict(obj)
+        if edit is not None:  # the other fields wrong, the weights intact
+            doc.update(edit)
+            doc["state_dict"] = torch.load(path, weights_only=True)["state_dict"]
+        torch.save(doc, tmp_path / f"{name}.pt")
+        with pytest.raises(IntegrityError):
+            load_checkpoint(tmp_path / f"{name}.pt")
+
+
+def test_freezing_fewer_stages_again_unfreezes_the_rest() -> None:
+    from training.models import create_model
+
+    model = create_model("tiny", 3, pretrained=False)
+    model.train()
+    model.freeze_stages(2)
+    model.freeze_stages(1)
+    stages = model.stages()
+    assert all(not p.requires_grad for p in stages[0].parameters())
+    assert all(p.requires_grad for s in stages[1:] for p in s.parameters())
+    assert stages[1].training and not stages[0].training
