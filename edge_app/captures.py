@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 LOW_SPACE_BYTES = 16 * 1024**2
 #: the longest side of a capture's screen copy (see CaptureStore.view_path)
 VIEW_MAX_SIDE = 1600
-CAPTURE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
+CAPTURE_SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
 
 
 def _now() -> str:

@@ -10,6 +10,7 @@ import logging
 import os
 import stat
 import struct
+import threading
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Iterable
@@ -21,6 +22,8 @@ from .errors import ImageError, InputError
 log = logging.getLogger(__name__)
 
 #: A 12 MP phone photo is 12e6 px; 50 MP sensors exist. Anything above this is refused.
+#: serialises load_image's warnings.catch_warnings (process-wide state, not thread-safe)
+_WARNINGS_LOCK = threading.Lock()
 DEFAULT_MAX_PIXELS = 80_000_000
 #: Files bigger than this are refused before decoding.
 DEFAULT_MAX_BYTES = 60 * 1024 * 1024
@@ -139,7 +142,9 @@ def load_image(
 
     fh, name = _open_source(src, max_bytes)
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        # catch_warnings changes process-wide state: two threads interleaving it left a permanent "always" filter
+        # (an audit: 2 runs of 3 with 4 threads); one decode at a time under it
+        with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
@@ -161,6 +166,9 @@ def _decode(fh: BinaryIO, name: str, draft_size: tuple[int, int] | None,
     try:
         img = Image.open(fh)
     except UnidentifiedImageError:
+        if _is_heif(fh):  # a phone set to "high efficiency": not corrupt, just a format Pillow does not read here
+            raise ImageError(name, "HEIC/HEIF/AVIF photos are not supported: set the camera to JPEG (\"most "
+                                   "compatible\") or convert the photo") from None
         raise ImageError(name, "not a recognised image format (corrupt or not an image)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(name, f"refused as a decompression bomb: {exc}") from None
@@ -172,22 +180,36 @@ def _decode(fh: BinaryIO, name: str, draft_size: tuple[int, int] | None,
     if w * h > max_pixels:
         raise ImageError(name, f"refused as a decompression bomb: {w}x{h} = {w * h} pixels is over the "
                                f"{max_pixels} limit")
-    if draft_size is not None and img.format == "JPEG":
-        img.draft("RGB", draft_size)
+    # the EXIF orientation before decoding: draft() scales the STORED image, so a sideways photo (5-8) needs the
+    # upright size swapped (it decoded at half the asked-for scale, and its crop came out smaller than upright)
+    orientation = _orientation(img, name)
+    stored = draft_size if draft_size is None or orientation < 5 else (draft_size[1], draft_size[0])
+    # MPO: a JPEG carrying a second image (Ultra HDR / HDR gain maps of recent phones): the same draft decoding
+    if stored is not None and img.format in ("JPEG", "MPO"):
+        img.draft("RGB", stored)
     try:
         img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(name, f"refused as a decompression bomb: {exc}") from None
     except _DECODE_ERRORS as exc:
         raise ImageError(name, f"truncated or corrupt image data: {exc}") from None
-    orientation = _orientation(img, name)
-    stored = draft_size if draft_size is None or orientation < 5 else (draft_size[1], draft_size[0])
     img = _reduce(img, stored)  # formats decoded whole shrink before anything copies them (a no-op on drafts)
     if orientation != 1:  # only a photo that is not upright is copied
         t = Image.Transpose
         img = img.transpose({2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE,
                              6: t.ROTATE_270, 7: t.TRANSVERSE, 8: t.ROTATE_90}[orientation])  # as exif_transpose
     return _reduce(to_rgb(img), draft_size)  # modes with no reduce of their own (palette, 16-bit)
+
+
+def _is_heif(fh: BinaryIO) -> bool:
+    """An ISO-BMFF image (HEIC, HEIF, AVIF): ``ftyp`` box with one of their brands at the start."""
+    try:
+        fh.seek(0)
+        head = fh.read(12)
+    except (OSError, ValueError):
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"avif",
+                                                    b"avis")
 
 
 def _orientation(img: "Image.Image", name: str) -> int:  # noqa: F821

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import ImageError, InputError, IntegrityError, StorageError, UsageError
-from ..imageio import load_image
+from ..imageio import load_image, to_rgb
 from ..preprocess import preprocess_image
 from . import fusion
 from .calibration import Calibration, default_calibration
@@ -351,8 +351,8 @@ class Identifier:
         """Decode photos with draft mode; undecodable ones are returned as skipped with their reason."""
         good, bad = [], []
         for src in sources:
-            if hasattr(src, "mode") and hasattr(src, "size"):  # already a PIL image
-                good.append(src.convert("RGB") if src.mode != "RGB" else src)
+            if hasattr(src, "mode") and hasattr(src, "size"):  # already a PIL image: the file decoder's colour rules
+                good.append(to_rgb(src))                        # (transparency on white, 16-bit scaled, not clipped)
                 continue
             try:
                 good.append(load_image(src, draft_size=self.spec.draft_size))

@@ -228,3 +228,44 @@ def test_shorter_crop_of_an_extreme_aspect_photo_stays_small_and_matches(tmp_pat
     whole = img.resize((nw, nh), Image.BILINEAR).crop((l, t, l + w, t + h))
     diff = np.abs(np.asarray(whole, dtype=int) - np.asarray(resize_image(img, spec), dtype=int))
     assert diff.max() <= 1
+
+
+# -- found by an audit of photo decoding (20th session) -----------------------------------------------------------
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+def test_draft_scale_of_a_sideways_photo_is_that_of_the_same_photo_stored_upright(tmp_path, orientation) -> None:
+    """draft() scales the STORED image: a sideways photo was given the upright size unswapped and decoded at half
+    the asked-for scale (750x1000 instead of 1500x2000), so the model saw less of it than of an upright photo."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    sideways, upright = tmp_path / "side.jpg", tmp_path / "up.jpg"
+    Image.new("RGB", (4000, 3000), (90, 120, 200)).save(sideways, exif=exif, quality=80)
+    Image.new("RGB", (3000, 4000), (90, 120, 200)).save(upright, quality=80)
+    want = load_image(upright, draft_size=(1000, 448)).size
+    assert load_image(sideways, draft_size=(1000, 448)).size == want == (1500, 2000)  # was (750, 1000)
+
+
+def test_a_phone_jpeg_with_a_gain_map_decodes_in_draft_mode(tmp_path) -> None:
+    """Ultra HDR / HDR photos are MPO (a JPEG carrying a second image): they were decoded at full size."""
+    p = tmp_path / "hdr.jpg"
+    main_img = Image.new("RGB", (4000, 3000), (90, 120, 200))
+    main_img.save(p, format="MPO", save_all=True, append_images=[Image.new("RGB", (1000, 750))], quality=80)
+    with Image.open(p) as im:
+        assert im.format == "MPO"
+    assert load_image(p, draft_size=(448, 448)).size == (1000, 750)
+
+
+def test_a_heic_photo_is_named_as_an_unsupported_format_not_a_corrupt_file(tmp_path) -> None:
+    p = tmp_path / "IMG_0001.jpg"  # phones keep .jpg names on export sometimes
+    p.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(200))
+    with pytest.raises(ImageError, match="HEIC/HEIF/AVIF photos are not supported: set the camera to JPEG"):
+        load_image(p)
+
+
+def test_an_image_given_decoded_is_made_rgb_as_a_file_would_be(world) -> None:
+    from edge_app.runtime.identify import Identifier
+
+    ident = Identifier.open(world.bundle, world.keyring_path.parent / "fit" / "catalogue.db", world.keyring_path,
+                            backend="onnx")
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # transparent: composited on white like a decoded file
+    (good,), _ = ident.decode([rgba])
+    assert good.mode == "RGB" and good.getpixel((0, 0)) == (255, 255, 255)
