@@ -192,6 +192,11 @@ def _bundle_verify(args: argparse.Namespace) -> int:
 def _bundle_pack(args: argparse.Namespace) -> int:
     from .bundle import write_archive
 
+    if args.keyring:  # the signature too (pack itself checks each file's hash, not who signed the manifest)
+        from edge_app.bundle import load_bundle
+        from edge_app.signing import Keyring
+
+        load_bundle(args.bundle, Keyring.load(args.keyring))
     print(write_archive(args.bundle, args.out, overwrite=args.overwrite))
     return 0
 
@@ -321,6 +326,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     bp.add_argument("bundle", help="bundle folder")
     bp.add_argument("out", help="output .tar")
     bp.add_argument("--overwrite", action="store_true", help="replace an existing archive")
+    bp.add_argument("--keyring", help="verify the manifest's signature with these trusted keys before packing "
+                                      "(without it only each file's hash is checked)")
     bp.set_defaults(func=_bundle_pack)
 
     bu = bsub.add_parser("unpack", help="verify and unpack a bundle .tar",

@@ -378,6 +378,10 @@ def test_cli_keys_and_verify(tmp_path: Path, key: SigningKey, capsys: pytest.Cap
     other = tmp_path / "other.json"
     Keyring({key.key_id: key.public_raw}).save(other)
     assert main(["bundle", "verify", str(path), "--keyring", str(other)]) == 4
+    # pack with --keyring checks the signature too (an audit: a re-signed-by-nobody manifest packed fine)
+    assert main(["bundle", "pack", str(path), str(tmp_path / "y.tar"), "--keyring", str(pub)]) == 0
+    assert main(["bundle", "pack", str(path), str(tmp_path / "z.tar"), "--keyring", str(other)]) == 4
+    assert not (tmp_path / "z.tar").exists()
     (path / "index.hnsw").write_bytes(b"tampered")
     assert main(["bundle", "verify", str(path), "--keyring", str(pub)]) == 4
     assert "error" in capsys.readouterr().err
