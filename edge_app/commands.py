@@ -43,12 +43,17 @@ def _fmt_stock(m: dict[str, Any]) -> str:
     return f"{m['stock']} in stock at {m['site']}, bin {m.get('bin') or '?'}"
 
 
+def _bundle_and_keyring(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``--bundle`` (else the device folder's active bundle) and ``--keyring`` (else the device folder's)."""
+    home = _home(args)
+    bundle = Path(args.bundle) if args.bundle else _active_bundle(home, _db_path(args))
+    return bundle, Path(args.keyring) if args.keyring else home / "keyring.json"
+
+
 def _identify(args: argparse.Namespace) -> int:
     from .runtime.identify import Identifier
 
-    home = _home(args)
-    bundle = Path(args.bundle) if args.bundle else _active_bundle(home, _db_path(args))
-    keyring = Path(args.keyring) if args.keyring else home / "keyring.json"
+    bundle, keyring = _bundle_and_keyring(args)
     if args.top < 1:
         raise UsageError(f"--top must be >= 1, got {args.top}")
     ident = Identifier.open(bundle, _db_path(args), keyring, backend=args.backend, site=args.site,
@@ -122,9 +127,7 @@ def _warn_missing_vectors(ident: Any) -> None:
 def _cat_embed(args: argparse.Namespace) -> int:
     from .runtime.identify import Identifier
 
-    home = _home(args)
-    bundle = Path(args.bundle) if args.bundle else _active_bundle(home, _db_path(args))
-    keyring = Path(args.keyring) if args.keyring else home / "keyring.json"
+    bundle, keyring = _bundle_and_keyring(args)
     ident = Identifier.open(bundle, _db_path(args), keyring, backend=args.backend)
     before = ident.missing_vectors()
     stored = ident.embed_local_images()

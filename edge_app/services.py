@@ -102,6 +102,22 @@ def stock_count_text(stock: Any) -> str:
     return f"{stock} in stock" if int(stock) else "out of stock"
 
 
+#: what the app says when a sync (another process) holds the catalogue for writing: not a bug, and it passes
+CATALOGUE_BUSY = "A sync is updating the parts catalogue right now; try again in a minute (nothing was lost)."
+
+
+def error_message(exc: BaseException) -> str:
+    """The status-line text for an error of work done off the UI thread: a domain error as it is, a catalogue a
+    sync is writing as :data:`CATALOGUE_BUSY`, anything else an unexpected error (its trace logged)."""
+    if isinstance(exc, PartlensError):
+        return str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+        log.warning("catalogue busy: %s", exc)
+        return CATALOGUE_BUSY
+    log.error("background task failed", exc_info=exc)
+    return f"unexpected error: {exc}"
+
+
 def _latest(*stamps: str | None) -> str | None:
     """The latest of some ISO timestamps (None and unparsable ones ignored; naive ones taken as local)."""
     best: tuple[_dt.datetime, str] | None = None

@@ -7,7 +7,6 @@ overlay; their results come back on the UI thread (``@mainthread``).
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +21,7 @@ from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.screenmanager import NoTransition, ScreenManager
 
 from ..errors import PartlensError
-from ..services import Capture, IdentifyOutcome
+from ..services import Capture, IdentifyOutcome, error_message
 from . import theme
 from .widgets import BusyView, PLLabel, PLToggle, Panel  # noqa: F401  (registers the shared kv rules)
 
@@ -231,19 +230,8 @@ class PartlensApp(App):
         def work() -> None:
             try:
                 result, error = fn(), None
-            except PartlensError as exc:
-                result, error = None, str(exc)
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    log.exception("background task failed")
-                    result, error = None, f"unexpected error: {exc}"
-                else:  # a sync (another process) is writing the catalogue: not a bug, and it passes
-                    log.warning("catalogue busy: %s", exc)
-                    result, error = None, ("A sync is updating the parts catalogue right now; try again in a "
-                                           "minute (nothing was lost).")
-            except Exception as exc:  # a bug: keep the app alive, report it, log the trace
-                log.exception("background task failed")
-                result, error = None, f"unexpected error: {exc}"
+            except Exception as exc:  # a bug too: keep the app alive, report it, log the trace
+                result, error = None, error_message(exc)
             self._finish(done, result, error, failed)
 
         self._worker = threading.Thread(target=work, name="partlens-worker", daemon=True)

@@ -200,15 +200,9 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _check_owner(hub: Hub, device: Mapping[str, Any], uuid: str) -> None:
-    existing = hub.store.upload(uuid)
-    if existing is not None and existing["device"] != device["name"]:
-        raise UsageError(f"upload {uuid} belongs to another device")
-
-
 def _check_stored_owner(device: Mapping[str, Any], stored: Mapping[str, Any], created: bool) -> None:
-    """After the write: another tablet may have stored the same UUID between :func:`_check_owner` and the write
-    (two requests at once; an audit saw the loser told "duplicate" with the other tablet's record)."""
+    """A UUID another tablet stored (before, or at the same moment: an audit saw a check made BEFORE the write tell
+    the loser of a race "duplicate" with the other tablet's record) is refused; nothing was written for it."""
     if not created and stored["device"] != device["name"]:
         raise UsageError(f"upload {stored['uuid']} belongs to another device")
 
@@ -216,7 +210,6 @@ def _check_stored_owner(device: Mapping[str, Any], stored: Mapping[str, Any], cr
 def receive_record(hub: Hub, device: Mapping[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
     """Store one outbox record (idempotent by UUID); return its status."""
     row = _record_row(device, body)
-    _check_owner(hub, device, row["uuid"])
     _check_upload_space(hub, len(row["payload"]))
     stored, created = hub.store.add_upload(row)
     _check_stored_owner(device, stored, created)
@@ -247,7 +240,6 @@ def receive_records(hub: Hub, device: Mapping[str, Any], bodies: Any) -> list[di
             row = _record_row(device, body)
             if row["uuid"] in seen:
                 raise UsageError(f"upload {uuid} appears twice in one batch")
-            _check_owner(hub, device, row["uuid"])
         except UsageError as exc:
             log.warning("upload %r from %s refused: %s", uuid, device["name"], exc)
             results[i] = {"uuid": uuid, "refused": str(exc)}

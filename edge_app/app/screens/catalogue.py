@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from typing import Any
 
@@ -13,7 +12,7 @@ from kivy.properties import BooleanProperty
 from kivy.uix.screenmanager import Screen
 
 from ...errors import PartlensError
-from ...services import stock_text
+from ...services import error_message, stock_text
 from .. import theme
 from ..widgets import PLButton
 
@@ -72,14 +71,8 @@ class CatalogueScreen(Screen):
                 rows = app.services.search(**filters, limit=PAGE, offset=offset)
                 if not more:
                     total = app.services.count_parts(**filters)
-            except PartlensError as exc:
-                error = str(exc)
-            except sqlite3.OperationalError as exc:  # a sync is writing the catalogue: it passes
-                log.warning("catalogue busy: %s", exc)
-                error = "A sync is updating the parts catalogue right now; search again in a minute."
-            except Exception as exc:  # a bug: keep the app alive, say so, log the trace
-                log.exception("catalogue search failed")
-                error = f"unexpected error: {exc}"
+            except Exception as exc:  # a bug too: keep the app alive, say so (the trace is logged)
+                error = error_message(exc)
             self._show(generation, more, rows, total, error)
 
         threading.Thread(target=work, name="partlens-search", daemon=True).start()
