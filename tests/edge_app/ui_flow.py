@@ -369,22 +369,24 @@ def test_catalogue_search_and_filters(env) -> None:
     app.go("catalogue")
     cat = app.screen("catalogue")
     wait_for(lambda: not cat.searching)  # the query runs off the UI thread
-    assert len(cat.ids.list.children) == 6 and cat.ids.count.text == "6 parts" and cat.ids.more_btn.disabled
+    assert len(cat.ids.list.data) == 6 and cat.ids.count.text == "6 parts" and cat.ids.more_btn.disabled
     cat.ids.query.text = "bearing"
     tap(cat.ids.search_btn)
     wait_for(lambda: not cat.searching)
-    assert sorted(b.part_number for b in cat.ids.list.children) == ["BRG-6204-2RS", "BRG-6205-2RS"]
+    assert sorted(d["part_number"] for d in cat.ids.list.data) == ["BRG-6204-2RS", "BRG-6205-2RS"]
     cat.ids.query.text = ""
     tap(cat.ids.in_stock)
     wait_for(lambda: not cat.searching)
     assert cat.ids.in_stock.state == "down"
     # FLT-HYD-10U has 3 at Quay A; every preview part has stock somewhere except none -> all 6
-    assert len(cat.ids.list.children) == 6
+    assert len(cat.ids.list.data) == 6
     cat.ids.category.text = "sensors"
     wait_for(lambda: not cat.searching)
-    assert [b.part_number for b in cat.ids.list.children] == ["SNS-PRX-M18"]
+    assert [d["part_number"] for d in cat.ids.list.data] == ["SNS-PRX-M18"]
     check_screen(app, "catalogue", env["shots"])
-    tap(cat.ids.list.children[0])
+    pump(3)  # the RecycleView builds its row views on the next frames
+    (row,) = cat.ids.list.layout_manager.children
+    tap(row)
     assert app.sm.current == "part_detail" and app.current_part == "SNS-PRX-M18"
     tap(app.screen("part_detail").ids.back_btn)
     assert app.sm.current == "catalogue"
