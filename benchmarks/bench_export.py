@@ -99,15 +99,23 @@ def fit_ridge_head(model, z: np.ndarray, y: np.ndarray, n_classes: int, lam: flo
         model.classifier.bias.copy_(torch.from_numpy(w[-1].astype(np.float32)))
 
 
+def is_int8(fmt_name: str) -> bool:
+    """Every int8 format (``tflite-int8``, ``tflite-int8-aiq``, ``onnx-int8``): the worst-drop rows cover all."""
+    from export.formats import get_format
+
+    return get_format(fmt_name).quantized
+
+
 def find_checkpoint(name: str) -> Path | None:
-    for p in sorted((REPO / "benchmarks" / "work").glob(f"train-pcparts-{name.replace('_', '-')}*/run/last.pt")):
-        return p
-    return None
+    """The full training benchmark's checkpoint of ``name`` (never a ``--quick`` run's 1-epoch model)."""
+    p = REPO / "benchmarks" / "work" / f"train-pcparts-{name.replace('_', '-')}" / "run" / "last.pt"
+    return p if p.is_file() else None
 
 
 def run(ctx) -> dict[str, Any]:
     import torch
 
+    from edge_app.bundle import sha256_file
     from export.formats import get_format, resolve_options
     from export.parity import compare_outputs
     from export.pipeline import _write_export
@@ -134,8 +142,13 @@ def run(ctx) -> dict[str, Any]:
             models.append((name, ck))
     table: list[dict[str, Any]] = []
     notes: list[str] = []
+    checkpoints: dict[str, dict[str, str]] = {}
     for name, ckpt in models:
         tag = f"{name}-trained" if ckpt else f"{name}-imagenet"
+        # steps of a trained model are keyed by its weights: a re-trained checkpoint is measured again
+        step_tag = f"{tag}@{sha256_file(ckpt)[:12]}" if ckpt else tag
+        if ckpt:
+            checkpoints[tag] = {"path": str(ckpt), "sha256": sha256_file(ckpt)}
         if ckpt:
             model, meta = load_checkpoint(ckpt)
             if list(meta["labels"]) != list(labels):
@@ -158,7 +171,7 @@ def run(ctx) -> dict[str, Any]:
             ref = torch_runner(model)
         ref_val, ref_gal = run_all(ref, val), run_all(ref, gal)["embedding"]
         ref_m = metrics(ref_val, ref_gal, val, gal)
-        ref_lat = ctx.step(f"{tag}/pytorch-latency", lambda: latency(ref, spec, n_lat))
+        ref_lat = ctx.step(f"{step_tag}/pytorch-latency", lambda: latency(ref, spec, n_lat))
         table.append({"model": tag, "format": "pytorch-fp32", "size_mb": None, **ref_lat,
                       "top1": ref_m["top1"], "r1": ref_m["r1"]})
         calib = np.concatenate([cal.batch(i, i + 16) for i in range(0, len(cal), 16)])
@@ -187,13 +200,13 @@ def run(ctx) -> dict[str, Any]:
                         "metadata": (info.get("metadata") or {}).get("status", "n/a"), "export_s": round(export_s, 1)}
 
             try:
-                row = ctx.step(f"{tag}/{fmt_name}", step)
+                row = ctx.step(f"{step_tag}/{fmt_name}", step)
             except Exception as exc:  # one broken format must not hide the others
                 log.exception("%s %s failed", tag, fmt_name)
                 row = {"model": tag, "format": fmt_name, "error": f"{exc.__class__.__name__}: {exc}"[:300]}
             table.append(row)
             log.info("%s", json.dumps(row))
-    int8 = [r for r in table if r["format"].endswith("int8") and "top1" in r]
+    int8 = [r for r in table if is_int8(r["format"]) and "top1" in r]
     return {
         "table": table,
         "images": f"gallery {n_gal}, calibration {n_cal}, val {len(val_items)} (pc-parts-14 committed split)",
@@ -206,4 +219,5 @@ def run(ctx) -> dict[str, Any]:
         "worst_int8_top1_drop_pt": max((r["top1_drop_pt"] for r in int8), default=None),
         "worst_int8_r1_drop_pt": max((r["r1_drop_pt"] for r in int8), default=None),
         "notes": "; ".join(notes) or "none",
+        "checkpoints": json.dumps(checkpoints) if checkpoints else "none (ImageNet weights + ridge heads only)",
     }

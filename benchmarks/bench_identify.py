@@ -76,6 +76,10 @@ def export_tflite(ctx: Any, folders: dict[str, Path], checkpoint: Path = CHECKPO
             return {"path": side["path"], "format": fmt, "gate": gate}
         raise RuntimeError(f"no TFLite export passed the parity gate: {gate}")
 
+    if checkpoint.is_file():  # a re-trained checkpoint is exported again, not resumed from the old one's export
+        from edge_app.bundle import sha256_file
+
+        key = f"{key}_{sha256_file(checkpoint)[:12]}"
     return ctx.step(key, _do)
 
 

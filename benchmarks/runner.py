@@ -56,9 +56,12 @@ def git_sha(cwd: Path = BENCH_DIR) -> str:
 
 
 def git_dirty(cwd: Path = BENCH_DIR) -> bool | None:
-    """Whether tracked files differ from the commit (a result from uncommitted code says so); None if unknown."""
+    """Whether the code differs from the commit (a result from uncommitted code says so); None if unknown.
+
+    Untracked files count too (a new benchmark module not yet committed is uncommitted code); ignored
+    files (``benchmarks/work``, ``.venv``) do not."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"], cwd=cwd, capture_output=True,
                              text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -87,7 +90,21 @@ def environment() -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    return {"cpu": cpu, "packages": versions}
+    return {"cpu": cpu, "packages": versions, **load()}
+
+
+def load() -> dict[str, Any]:
+    """The 1-minute load average and this process's nice level: a result measured on a busy CPU says so."""
+    out: dict[str, Any] = {}
+    try:
+        out["load_average_1m"] = round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        out["load_average_1m"] = None
+    try:
+        out["nice"] = os.nice(0)
+    except (OSError, AttributeError):
+        out["nice"] = None
+    return out
 
 
 def data_root(explicit: str | os.PathLike[str] | None = None) -> Path | None:
@@ -110,6 +127,8 @@ class BenchContext:
     options: dict[str, Any] = field(default_factory=dict)
     _state: dict[str, Any] = field(default_factory=dict)
     resumed: list[str] = field(default_factory=list)  # steps taken from an earlier run's state
+    #: step -> the commit (and dirty flag) it ran under, for the resumed steps
+    resumed_from: dict[str, Any] = field(default_factory=dict)
 
     @property
     def state_path(self) -> Path:
@@ -117,23 +136,50 @@ class BenchContext:
 
     def load_state(self) -> None:
         if self.state_path.exists():
-            self._state = json.loads(self.state_path.read_text())
+            try:
+                state = json.loads(self.state_path.read_text())
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise UsageError(f"the saved steps of benchmark {self.name} ({self.state_path}) cannot be read "
+                                 f"({exc}): run it again with --fresh") from exc
+            if not isinstance(state, dict):
+                raise UsageError(f"{self.state_path} is not a benchmark state: run it again with --fresh")
+            self._state = state
 
     def step(self, key: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` once; its JSON result is kept so a resumed run skips it."""
+        """Run ``fn`` once; its JSON result is kept so a resumed run skips it.
+
+        The commit each step ran under is kept beside it: a resumed step from other code is named in the result
+        and warned about (``--fresh`` runs everything again)."""
+        commits = self._state.setdefault(STEP_COMMITS, {})
         if key in self._state:
-            log.info("%s: step %s already done, resuming past it", self.name, key)
+            ran = commits.get(key) or {"git_sha": "unknown (an older runner)", "git_dirty": None}
             self.resumed.append(key)
+            self.resumed_from[key] = ran
+            if ran.get("git_sha") != git_sha() or ran.get("git_dirty"):
+                log.warning("%s: step %s is resumed from commit %s%s, not this code; --fresh runs it again",
+                            self.name, key, str(ran.get("git_sha"))[:12], " (uncommitted changes)"
+                            if ran.get("git_dirty") else "")
+            else:
+                log.info("%s: step %s already done, resuming past it", self.name, key)
             return self._state[key]
         value = fn()
         self._state[key] = value
+        commits[key] = {"git_sha": git_sha(), "git_dirty": git_dirty()}
         atomic_write_json(self.state_path, self._state)
         return value
 
     def require_data(self, sub: str) -> Path:
-        if self.data is None or not (self.data / sub).exists():
-            raise UsageError(f"benchmark {self.name} needs the dataset {sub!r}: pass --data or set PARTLENS_DATA")
+        if self.data is None:
+            raise UsageError(f"benchmark {self.name} needs the dataset {sub!r}: pass --data DIR or set "
+                             f"PARTLENS_DATA (no ../shared/datasets beside the project)")
+        if not (self.data / sub).is_dir():
+            raise UsageError(f"benchmark {self.name} needs the dataset {sub!r}: {self.data / sub} is not a folder "
+                             f"(--data / PARTLENS_DATA is {self.data})")
         return self.data / sub
+
+
+#: the key in state.json under which each step's commit is kept (not a step)
+STEP_COMMITS = "__step_commits__"
 
 
 def _fmt(v: Any) -> str:
@@ -147,9 +193,28 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [f"# {result['title']}", "", f"- benchmark: `{result['name']}`",
              f"- when: {result['finished_at']}  git: `{result['git_sha'][:12]}`  took: {result['seconds']:.1f} s",
              f"- machine: {result['machine']}", ""]
+    if result.get("quick"):
+        lines.insert(-1, "- QUICK run (a smoke test at a tiny scale, not the benchmark's result)")
+    if result.get("git_dirty"):
+        lines.insert(-1, "- git: the code had uncommitted changes")
+    env = result.get("environment") or {}
+    if env:
+        lines.insert(-1, f"- cpu: {env.get('cpu') or 'unknown'}; load average {env.get('load_average_1m')} at the "
+                         f"start, {result.get('load_average_at_end', 'n/a')} at the end; nice {env.get('nice')}")
+    cmd = result.get("command")
+    if cmd:
+        flags = "".join(f" --{k}" for k in ("quick", "fresh") if cmd.get(k))
+        lines.insert(-1, f"- command: `partlens bench {cmd.get('bench')}{flags}`"
+                         + (f" with options {cmd['options']}" if cmd.get("options") else ""))
     if result.get("resumed_steps"):
         lines.insert(-1, f"- resumed: {', '.join(result['resumed_steps'])} were finished by an earlier run "
                          f"(their time is not in 'took')")
+        other = {k: v for k, v in (result.get("resumed_from") or {}).items()
+                 if v.get("git_sha") != result.get("git_sha") or v.get("git_dirty")}
+        if other:
+            lines.insert(-1, "- resumed from OTHER code: " + ", ".join(
+                f"{k} (commit {str(v.get('git_sha'))[:12]}{', uncommitted changes' if v.get('git_dirty') else ''})"
+                for k, v in other.items()))
     metrics = result.get("metrics", {})
     table = metrics.get("table")
     if isinstance(table, list) and table:
@@ -181,6 +246,7 @@ def run_benchmark(name: str, *, data: str | None = None, quick: bool = False, fr
     work.mkdir(parents=True, exist_ok=True)
     ctx = BenchContext(name=name, work_dir=work, data=data_root(data), quick=quick, options=options or {})
     ctx.load_state()
+    env = environment()  # the load at the start (a busy CPU inflates every timing)
     t0 = time.perf_counter()
     metrics = mod.run(ctx)
     result = {
@@ -191,11 +257,13 @@ def run_benchmark(name: str, *, data: str | None = None, quick: bool = False, fr
         "git_sha": git_sha(),
         "git_dirty": git_dirty(),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, python {platform.python_version()}",
-        "environment": environment(),
+        "environment": env,
+        "load_average_at_end": load()["load_average_1m"],
         "command": {"bench": name, "data": str(ctx.data) if ctx.data else None, "quick": quick, "fresh": fresh,
                     "options": dict(options or {})},
         "quick": quick,
         "resumed_steps": ctx.resumed,
+        "resumed_from": ctx.resumed_from,
         "metrics": metrics,
     }
     out = results_dir or RESULTS_DIR

@@ -73,3 +73,40 @@ def test_quick_run_neither_resumes_into_nor_overwrites_a_full_run(fake_bench) ->
     assert calls["n"] == 2 and full["resumed_steps"] == [], "a full run must not resume a quick run's steps"
     runner.run_benchmark("fake", results_dir=tmp / "results", quick=True)
     assert json.loads((tmp / "results" / "fake.json").read_text())["quick"] is False
+    assert "QUICK run" in (tmp / "results" / "fake.quick.md").read_text()
+    assert "QUICK" not in (tmp / "results" / "fake.md").read_text()
+
+
+def test_a_step_resumed_from_other_code_is_named(fake_bench, monkeypatch, caplog) -> None:
+    """Found by an audit: a resumed step computed under an older commit was stamped with the new commit."""
+    tmp, calls = fake_bench
+    monkeypatch.setattr(runner, "git_sha", lambda cwd=None: "a" * 40)
+    monkeypatch.setattr(runner, "git_dirty", lambda cwd=None: False)
+    runner.run_benchmark("fake", results_dir=tmp / "results")
+    same = runner.run_benchmark("fake", results_dir=tmp / "results")
+    assert same["resumed_from"] == {"fold0": {"git_sha": "a" * 40, "git_dirty": False}}
+    assert "OTHER code" not in (tmp / "results" / "fake.md").read_text()
+    monkeypatch.setattr(runner, "git_sha", lambda cwd=None: "b" * 40)
+    with caplog.at_level("WARNING"):
+        other = runner.run_benchmark("fake", results_dir=tmp / "results")
+    assert calls["n"] == 1 and other["git_sha"] == "b" * 40
+    assert other["resumed_from"]["fold0"]["git_sha"] == "a" * 40
+    assert "resumed from commit aaaaaaaaaaaa" in caplog.text
+    md = (tmp / "results" / "fake.md").read_text()
+    assert "- resumed from OTHER code: fold0 (commit aaaaaaaaaaaa)" in md and "load average" in md
+    assert "command: `partlens bench fake`" in md
+
+
+def test_a_damaged_state_file_and_a_missing_dataset_are_clear_errors(fake_bench, tmp_path) -> None:
+    tmp, _ = fake_bench
+    state = tmp / "work" / "fake" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text('{"fold0": ')
+    with pytest.raises(UsageError, match="cannot be read .*--fresh"):
+        runner.run_benchmark("fake", results_dir=tmp / "results")
+    runner.run_benchmark("fake", results_dir=tmp / "results", fresh=True)  # --fresh gets past it
+    ctx = runner.BenchContext(name="x", work_dir=tmp_path, data=tmp_path / "nowhere")
+    with pytest.raises(UsageError, match="nowhere/grocery is not a folder"):
+        ctx.require_data("grocery")
+    with pytest.raises(UsageError, match="pass --data DIR or set PARTLENS_DATA"):
+        runner.BenchContext(name="x", work_dir=tmp_path, data=None).require_data("grocery")
