@@ -10,6 +10,7 @@ themselves are :class:`edge_app.captures.CaptureStore` (re-exported here).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -21,7 +22,7 @@ import time
 import uuid as _uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from . import spotcheck, storage
 from .atomic import atomic_write_json
@@ -474,6 +475,9 @@ class DeviceServices:
         self._bundle_dir = Path(bundle_dir) if bundle_dir else None
         self._keyring = Path(keyring) if keyring else self.data_dir / "keyring.json"
         self._identifier: Any = None
+        #: identifiers in use by an identification (id -> count) and the replaced ones to close once unused
+        self._leases: dict[int, int] = {}
+        self._retired: list[Any] = []
         self._lock = threading.Lock()
         self._last_error: str | None = None
         self._last_error_at: str | None = None
@@ -497,7 +501,7 @@ class DeviceServices:
                 if held and loaded and held != loaded:
                     log.warning("the catalogue now holds bundle %s (a sync installed it); loading it instead of %s",
                                 held, loaded)
-                    self._close_identifier(self._identifier)
+                    self._retire_locked(self._identifier)
                     self._identifier = None
             if self._identifier is None:
                 from .runtime.identify import BundleChanged, Identifier
@@ -518,25 +522,62 @@ class DeviceServices:
         """Forget the loaded model/index (after a sync installed a new bundle or catalogue)."""
         with self._lock:
             ident, self._identifier = self._identifier, None
-        self._close_identifier(ident)
+            self._retire_locked(ident)
+
+    @contextlib.contextmanager
+    def _leased_identifier(self) -> Iterator[Any]:
+        """The identifier, held for one identification: a reload meanwhile closes it only after that ends (it
+        closed the catalogue connection under a running identification; the Java model must not be freed
+        under one either)."""
+        ident = self._get_identifier()
+        with self._lock:
+            self._leases[id(ident)] = self._leases.get(id(ident), 0) + 1
+        try:
+            yield ident
+        finally:
+            with self._lock:
+                left = self._leases[id(ident)] - 1
+                if left:
+                    self._leases[id(ident)] = left
+                else:
+                    del self._leases[id(ident)]
+                    if any(r is ident for r in self._retired):
+                        self._retired = [r for r in self._retired if r is not ident]
+                        self._close_identifier(ident)
+
+    def _retire_locked(self, ident: Any) -> None:
+        """Close a replaced identifier now, or when its last identification ends (``_lock`` held)."""
+        if ident is None:
+            return
+        if self._leases.get(id(ident)):
+            self._retired.append(ident)
+        else:
+            self._close_identifier(ident)
 
     def _close_identifier(self, ident: Any) -> None:
-        if ident is not None and hasattr(ident, "db") and ident.db is not self.catalogue:
-            ident.db.close()
+        """Free the model and the identifier's own catalogue connection; a failure is logged, not raised (the
+        reload or identification that triggered it has its own answer)."""
+        try:
+            if hasattr(ident, "close"):
+                ident.close(db=getattr(ident, "db", None) is not self.catalogue)
+            elif hasattr(ident, "db") and ident.db is not self.catalogue:
+                ident.db.close()
+        except Exception:  # noqa: BLE001 - freeing must not turn a good answer into an error
+            log.warning("closing the replaced model failed", exc_info=True)
 
     def identify(self, captures: Sequence[Capture]) -> IdentifyOutcome:
         """Identify one part from its views (each cut to its crop)."""
         if not captures:
             raise UsageError("take or pick at least one photo first")
-        ident = self._get_identifier()
-        draft = getattr(getattr(ident, "spec", None), "draft_size", None)
-        images = [self.captures.cropped_image(c, draft_size=draft) for c in captures]
-        # drawn before the model answers, one draw per identification: the sample cannot follow the outcome
-        rate = spotcheck.device_rate(self.data_dir)
-        spot = rate > 0 and self._spot_rng.random() < rate
-        t0 = time.perf_counter()
-        result = ident.identify(images, site=self.site)
-        ms = (time.perf_counter() - t0) * 1000
+        with self._leased_identifier() as ident:
+            draft = getattr(getattr(ident, "spec", None), "draft_size", None)
+            images = [self.captures.cropped_image(c, draft_size=draft) for c in captures]
+            # drawn before the model answers, one draw per identification: the sample cannot follow the outcome
+            rate = spotcheck.device_rate(self.data_dir)
+            spot = rate > 0 and self._spot_rng.random() < rate
+            t0 = time.perf_counter()
+            result = ident.identify(images, site=self.site)
+            ms = (time.perf_counter() - t0) * 1000
         outcome = self.outcome_from_result(result, [c.capture_id for c in captures])
         outcome.spot_check = spot
         outcome.identification_id = _uuid.uuid4().hex

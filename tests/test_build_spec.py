@@ -228,6 +228,12 @@ def test_android_settings() -> None:
     assert {"CAMERA", "INTERNET", "ACCESS_NETWORK_STATE"} <= perms
     assert app["android.archs"].strip() == "arm64-v8a"
     assert app["p4a.local_recipes"].strip() == "./p4a_recipes"
+    # p4a pinned to the release whose recipe names are committed (an unpinned build follows master)
+    wheel = re.search(r"python_for_android-(\d{4})\.(\d+)\.(\d+)-py3",
+                      (RECIPES / "p4a_recipe_names.txt").read_text())
+    assert wheel, "the recipe list names the python-for-android wheel it came from"
+    year, month, day = (int(x) for x in wheel.groups())
+    assert app["p4a.branch"].strip() == f"v{year}.{month:02d}.{day:02d}"
     assert "kv" in app["source.include_exts"].split(",")
     assert (ROOT / app.get("source.main", "main.py")).is_file()
 

@@ -27,7 +27,14 @@ _DTYPES = {"FLOAT32": np.dtype("<f4"), "INT8": np.dtype("i1"), "UINT8": np.dtype
 #: which does not know the app's gradle dependencies ("FAQ: Why didn't FindClass find my class?", Android's
 #: JNI tips; python-for-android issue 2242): they must be looked up once on the main thread, where pyjnius
 #: caches them, before a worker thread opens a model (:func:`preload_java_classes`).
+#: ``InterpreterApi$Options`` is the return type of ``Interpreter.Options.setNumThreads`` as pyjnius sees it: the
+#: Java compiler adds a bridge method returning the interface's type (``Interpreter.Options`` narrows the return
+#: type of ``InterpreterApi.Options.setNumThreads``), pyjnius lists bridge methods (``getDeclaredMethods``) and picks
+#: the longer signature on a tie, then looks that class up for the returned object (found by an audit, 21st
+#: session; without it, opening the model on the worker thread raised ClassNotFoundException on every Identify).
 APP_CLASSES = ("org.tensorflow.lite.Interpreter", "org.tensorflow.lite.Interpreter$Options",
+               "org.tensorflow.lite.InterpreterApi", "org.tensorflow.lite.InterpreterApi$Options",
+               "org.tensorflow.lite.InterpreterImpl$Options",
                "org.tensorflow.lite.Tensor", "org.tensorflow.lite.Tensor$QuantizationParams",
                "org.tensorflow.lite.DataType")
 
@@ -170,4 +177,8 @@ class AndroidBackend(Backend):
         return {r: np.concatenate([p[r] for p in parts]) for r in ROLES}
 
     def close(self) -> None:
-        self.interp.close()
+        """``Interpreter.close()``: its instances "own resources that must be explicitly freed" (the javadoc);
+        once only (a second run would meet a closed interpreter)."""
+        interp, self.interp = getattr(self, "interp", None), None
+        if interp is not None:
+            interp.close()

@@ -101,6 +101,9 @@ class Backend:
                                  f"{', '.join(f'{n!r} ({r})' for r, n in missing.items())}; "
                                  f"its outputs are {sorted(available)}")
 
+    def close(self) -> None:
+        """Free what the model holds outside Python's reach (the Android backend's Java interpreter)."""
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model_path.name, "input_layout": self.input_layout,
                 "input_size": list(self.input_size)}

@@ -149,6 +149,13 @@ class Identifier:
             raise InputError(f"{db_path}: no catalogue database (run `partlens catalogue import` or sync)")
         return cls(bundle, CatalogueDB(db_path), **kwargs)
 
+    def close(self, *, db: bool = True) -> None:
+        """Free the model (the Java interpreter's native memory on Android) and, with ``db``, the catalogue
+        connection. Only when nothing identifies with it any more (the app's services lease it)."""
+        self.backend.close()
+        if db:
+            self.db.close()
+
     # ------------------------------------------------------------------ catalogue
     @property
     def bundle_id(self) -> str:

@@ -97,10 +97,26 @@ class File:
         self.path = path
 
 
+def _returns(java_type: str):
+    """A fake Java method whose returned object pyjnius wraps by looking up ``java_type`` (the method's declared
+    return type) on the CALLING thread, as the real pyjnius does (``convert_jobject_to_python``)."""
+    def wrap(fn):
+        def method(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            _find_class(java_type)
+            return out
+        return method
+    return wrap
+
+
 class Options:
     def __init__(self) -> None:
         self.threads = None
+        self.closed = False
 
+    # the real Interpreter.Options narrows InterpreterApi.Options.setNumThreads's return type; javac adds a bridge
+    # method returning InterpreterApi$Options and pyjnius, seeing both, calls the bridge (the longer signature)
+    @_returns("org.tensorflow.lite.InterpreterApi$Options")
     def setNumThreads(self, n: int) -> "Options":
         self.threads = n
         return self
@@ -132,6 +148,7 @@ class Tensor:
     def name(self):
         return self._name
 
+    @_returns("org.tensorflow.lite.DataType")
     def dataType(self):
         return _Named(self._dtype)
 
@@ -141,6 +158,7 @@ class Tensor:
     def numBytes(self):
         return int(np.prod(self._shape)) * {"FLOAT32": 4, "INT8": 1, "UINT8": 1}[self._dtype]
 
+    @_returns("org.tensorflow.lite.Tensor$QuantizationParams")
     def quantizationParams(self):
         return self._q
 
@@ -171,10 +189,12 @@ class Interpreter:
     def getSignatureOutputs(self, key):
         return list(self.outs)
 
+    @_returns("org.tensorflow.lite.Tensor")
     def getInputTensorFromSignature(self, name, key):
         assert name == "image"
         return self.input
 
+    @_returns("org.tensorflow.lite.Tensor")
     def getOutputTensorFromSignature(self, name, key):
         return self.outs[name]
 
@@ -182,12 +202,14 @@ class Interpreter:
     def getInputTensorCount(self):
         return 1
 
+    @_returns("org.tensorflow.lite.Tensor")
     def getInputTensor(self, i):
         return self.input
 
     def getOutputTensorCount(self):
         return len(self.out_order)
 
+    @_returns("org.tensorflow.lite.Tensor")
     def getOutputTensor(self, i):
         t = self.outs[self.out_order[i]]
         return Tensor(self.out_order[i], t._dtype, t._shape, t._q.s, t._q.z)
@@ -223,7 +245,10 @@ class Interpreter:
         self._compute(inputs[0], {self.out_order[int(i)]: b for i, b in outputs.items()})
 
     def close(self) -> None:
-        pass
+        assert not self.closed, "Interpreter.close() twice"
+        self.closed = True
+
+    closed = False
 
 
 CLASSES = {
@@ -237,10 +262,13 @@ CLASSES = {
 }
 
 
-#: the app's classes (from its gradle dependency) and the ones pyjnius resolves for returned objects
-APP_CLASSES = {"org.tensorflow.lite.Interpreter", "org.tensorflow.lite.Interpreter$Options",
-               "org.tensorflow.lite.Tensor", "org.tensorflow.lite.Tensor$QuantizationParams",
-               "org.tensorflow.lite.DataType"}
+#: the package of the app's gradle dependency (LiteRT): the JVM's system class loader, which a thread pyjnius
+#: attaches (the app's worker thread) uses, does not know these classes; every other class here is a system one
+APP_PACKAGE = "org.tensorflow.lite."
+#: classes only ever met as a returned object's type (pyjnius looks them up to wrap the object)
+RETURN_TYPES = {"org.tensorflow.lite.InterpreterApi$Options", "org.tensorflow.lite.InterpreterApi",
+                "org.tensorflow.lite.InterpreterImpl$Options", "org.tensorflow.lite.Tensor",
+                "org.tensorflow.lite.Tensor$QuantizationParams", "org.tensorflow.lite.DataType"}
 #: looked up on the main thread (pyjnius caches classes by name)
 LOADED: set[str] = set()
 
@@ -249,18 +277,20 @@ class JavaException(Exception):
     pass
 
 
-def autoclass(name: str):
-    """Like Android: a thread other than the main one finds only system classes, unless already cached."""
+def _find_class(name: str) -> None:
+    """Like Android: a thread other than the main one finds only system classes, unless pyjnius cached it."""
     import threading
 
-    if name in APP_CLASSES and name not in LOADED:
+    if name not in CLASSES and name not in RETURN_TYPES:
+        raise JavaException(f"java.lang.ClassNotFoundException: {name}")
+    if name.startswith(APP_PACKAGE) and name not in LOADED:
         if threading.current_thread() is not threading.main_thread():
             raise JavaException(f"java.lang.ClassNotFoundException: {name}")
         LOADED.add(name)
-    if name == "org.tensorflow.lite.Interpreter" and threading.current_thread() is not threading.main_thread():
-        missing = APP_CLASSES - LOADED  # the return types pyjnius will look up on this thread
-        if missing:
-            raise JavaException(f"java.lang.ClassNotFoundException: {sorted(missing)[0]}")
+
+
+def autoclass(name: str):
+    _find_class(name)
     return CLASSES.get(name, object)
 
 

@@ -885,3 +885,45 @@ def test_the_sync_screen_shows_this_failure_not_an_older_one_and_a_busy_tablet_i
     (device.data_dir / FAILURE_FILE).write_text(json.dumps({"at": "2020-01-01T00:00:00+00:00", "error": "OLD"}))
     (device.data_dir / "last_sync.json").write_text(json.dumps({"at": "2021-01-01T00:00:00+00:00"}))
     assert device.sync_status().last_error is None
+
+
+def test_a_reload_during_an_identification_frees_the_model_only_after_it(device) -> None:
+    """Found by an audit (21st session): the Java interpreter was never closed (native memory held until the JVM's
+    finalizer ran) and a reload closed the identifier's catalogue connection under a running identification."""
+    import threading
+
+    closed: list[str] = []
+    started, release = threading.Event(), threading.Event()
+
+    class Stub:
+        bundle_id = "b1"
+        db = None
+
+        def close(self, *, db: bool = True) -> None:
+            closed.append(self.bundle_id)
+
+    first, second = Stub(), Stub()
+    second.bundle_id = "b2"
+    device._bundle_dir = Path("/nonexistent")  # no "did a sync install another bundle" check in this test
+    device._identifier = first
+    got: list = []
+
+    def identification() -> None:
+        with device._leased_identifier() as ident:
+            started.set()
+            release.wait(10)
+            got.append(ident.bundle_id)
+
+    t = threading.Thread(target=identification)
+    t.start()
+    assert started.wait(10)
+    device.reload()  # a sync installed a bundle while the engineer's identification runs
+    assert closed == [], "the model was freed under a running identification"
+    device._identifier = second
+    with device._leased_identifier() as ident:  # a new identification gets the new model
+        assert ident is second
+    release.set()
+    t.join(10)
+    assert got == ["b1"] and closed == ["b1"]  # freed when its last identification ended
+    device.reload()  # unused: freed at once
+    assert closed == ["b1", "b2"] and device._leases == {} and device._retired == []
