@@ -28,6 +28,38 @@ DEFAULT_MAX_PIXELS = 80_000_000
 #: Files bigger than this are refused before decoding.
 DEFAULT_MAX_BYTES = 60 * 1024 * 1024
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+#: the Pillow formats read as photos (what IMAGE_SUFFIXES name; the JPEG opener also gives MPO, a JPEG with a gain
+#: map). Nothing else is even parsed: Pillow's other plugins (DDS, PSD, ICO, ...) are attack surface for a file a
+#: tablet sends, and a DDS header escaped every decode guard as NotImplementedError (an audit, 21st session)
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+#: the file suffix for each photo format (content, not the name a file came with, decides)
+FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
+                 "GIF": ".gif"}
+
+
+def read_image_file(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of the image file at ``path``, after the checks :func:`load_image` makes before reading (a
+    regular file, not empty, at most ``max_bytes``): a link to ``/dev/zero`` or a 1.5 GB file was read whole."""
+    fh, name = _open_source(path, max_bytes)
+    with fh:
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise ImageError(name, f"cannot be read ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:  # it grew since the size check
+        raise ImageError(name, f"file is over the {max_bytes} byte limit")
+    return data
+
+
+def image_format(data: bytes) -> str | None:
+    """The photo format of ``data`` (a key of :data:`FORMAT_SUFFIX`) from its header, or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data), formats=PHOTO_FORMATS) as img:
+            return img.format
+    except Exception:  # noqa: BLE001 - any header Pillow cannot parse: not a photo format
+        return None
 
 
 def _open_source(src: str | os.PathLike[str] | bytes | BinaryIO, max_bytes: int) -> tuple[BinaryIO, str]:
@@ -123,7 +155,7 @@ def _reduce(img: "Image.Image", size: tuple[int, int] | None) -> "Image.Image": 
 #: what Pillow's format plugins raise on a malformed header besides OSError (a text file that starts like a
 #: PPM header gives ValueError, a broken TIFF IFD struct.error, ...)
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error,
-                  ZeroDivisionError, OverflowError)
+                  ZeroDivisionError, OverflowError, NotImplementedError)
 
 
 def load_image(
@@ -164,12 +196,12 @@ def _decode(fh: BinaryIO, name: str, draft_size: tuple[int, int] | None,
     from PIL import Image, UnidentifiedImageError
 
     try:
-        img = Image.open(fh)
+        img = Image.open(fh, formats=PHOTO_FORMATS)
     except UnidentifiedImageError:
         if _is_heif(fh):  # a phone set to "high efficiency": not corrupt, just a format Pillow does not read here
-            raise ImageError(name, "HEIC/HEIF/AVIF photos are not supported: set the camera to JPEG (\"most "
-                                   "compatible\") or convert the photo") from None
-        raise ImageError(name, "not a recognised image format (corrupt or not an image)") from None
+            raise ImageError(name, HEIF_MESSAGE) from None
+        raise ImageError(name, f"not a recognised image format (corrupt or not an image; reads "
+                               f"{', '.join(PHOTO_FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(name, f"refused as a decompression bomb: {exc}") from None
     except _DECODE_ERRORS as exc:
@@ -199,6 +231,10 @@ def _decode(fh: BinaryIO, name: str, draft_size: tuple[int, int] | None,
         img = img.transpose({2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE,
                              6: t.ROTATE_270, 7: t.TRANSVERSE, 8: t.ROTATE_90}[orientation])  # as exif_transpose
     return _reduce(to_rgb(img), draft_size)  # modes with no reduce of their own (palette, 16-bit)
+
+
+HEIF_MESSAGE = ("HEIC/HEIF/AVIF photos are not supported: set the camera to JPEG (\"most compatible\") or "
+                "convert the photo")
 
 
 def _is_heif(fh: BinaryIO) -> bool:
@@ -232,9 +268,17 @@ def header_error(path: str | os.PathLike[str]) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=PHOTO_FORMATS) as img:
             img.size  # noqa: B018 - the header is parsed
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError as exc:
+        try:
+            with open(path, "rb") as fh:
+                if _is_heif(fh):
+                    return HEIF_MESSAGE
+        except OSError:
+            pass
+        return str(exc) or type(exc).__name__
+    except (*_DECODE_ERRORS, Image.DecompressionBombError) as exc:
         return str(exc) or type(exc).__name__
     return None
 

@@ -136,7 +136,9 @@ def _prune_usage(args: argparse.Namespace) -> int:
 def _prune_packages(args: argparse.Namespace) -> int:
     from .hub.deltas import PackageService
 
-    _out(PackageService(_open_hub(args)).prune(grace_hours=args.grace_hours))
+    hub = _open_hub(args)
+    _out({**PackageService(hub).prune(grace_hours=args.grace_hours),
+          **hub.prune_orphan_files(grace_hours=args.grace_hours)})
     return 0
 
 
@@ -421,9 +423,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stale-days", type=float, default=2.0,
                    help="a device whose last sync is older than this is listed as stale (default 2)")
     p = cmd("prune-packages", _prune_packages, "delete cached deltas/snapshots that end before the current "
-            "catalogue version (devices are always sent packages up to the current one)")
+            "catalogue version (devices are always sent packages up to the current one), and image files no "
+            "catalogue image refers to (left by a failed or killed import)")
     p.add_argument("--grace-hours", type=float, default=24.0,
-                   help="keep stale packages this long, so in-flight downloads finish (default 24)")
+                   help="keep stale packages and unreferenced files this long, so in-flight downloads and "
+                        "imports finish (default 24)")
     p = cmd("evaluate-bundle", _evaluate_bundle, "score the active bundle, and a candidate bundle before "
             "`set-bundle`, on the field photos engineers confirmed (top-1/top-5 with 95%% intervals, accepted share "
             "and precision, photos only one of the two gets right with McNemar's test); changes nothing")

@@ -202,7 +202,7 @@ def _repair_thumbs(work: Path) -> int:
     from edge_app.atomic import atomic_write_bytes
     from edge_app.imageio import load_image
 
-    from .hub import thumbnail_jpeg
+    from .hub import THUMB_SIZE, thumbnail_jpeg
 
     conn = sqlite3.connect(str(work / "hub.db"), isolation_level=None)
     try:
@@ -212,7 +212,7 @@ def _repair_thumbs(work: Path) -> int:
             thumb = work / "thumbs" / f"{image_id}.jpg"
             if thumb.is_file() and (not digest or sha256_file(thumb) == digest):
                 continue
-            data = thumbnail_jpeg(load_image(work / "images" / rel))
+            data = thumbnail_jpeg(load_image(work / "images" / rel, draft_size=(2 * THUMB_SIZE, 2 * THUMB_SIZE)))
             atomic_write_bytes(thumb, data, overwrite=True)
             fixes.append((hashlib.sha256(data).hexdigest(), image_id))
         if fixes:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -28,7 +29,7 @@ import numpy as np
 
 from edge_app import spotcheck
 from edge_app.atomic import atomic_write_bytes, atomic_write_json
-from edge_app.errors import InputError, IntegrityError, UsageError
+from edge_app.errors import ImageError, InputError, IntegrityError, UsageError
 from edge_app.runtime.importer import (check_part_number, parse_size_mm, parse_stock, read_images_csv,
                                       read_parts_csv)
 from edge_app.signing import Keyring, SigningKey
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 HUB_FORMAT = "partlens-hub/1"
 THUMB_SIZE = 160
 EMBED_BATCH = 32
-IMAGE_SUFFIXES = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png", ".webp": ".webp", ".bmp": ".bmp"}
 
 
 def _checked_vectors(vecs: Any, n: int) -> np.ndarray:
@@ -273,13 +273,19 @@ class Hub:
     def store_image(self, src: str | os.PathLike[str] | bytes, part_number: str, kind: str = "catalogue",
                     what: str | None = None) -> dict[str, Any]:
         """Copy an image into the hub (content-named), make its thumbnail; return its row (not yet in the DB)."""
-        from edge_app.imageio import load_image
+        from edge_app.imageio import FORMAT_SUFFIX, image_format, load_image, read_image_file
 
-        data = src if isinstance(src, bytes) else Path(src).read_bytes()
-        name = what or (str(src) if not isinstance(src, bytes) else "upload")
-        img = load_image(data if isinstance(src, bytes) else src)  # validates; ImageError names the file
+        # the file's checks (regular file, size) before it is read: a link to /dev/zero was read until the OOM killer
+        data = src if isinstance(src, bytes) else read_image_file(src)
+        # validates (ImageError names the file), decoded only as big as the thumbnail needs: a crafted 80 MP PNG
+        # took 1.6 GB decoded whole
+        try:
+            img = load_image(data, draft_size=(2 * THUMB_SIZE, 2 * THUMB_SIZE))
+        except ImageError as exc:  # named as the caller knows it (the file, or "upload <uuid>"), not "<bytes>"
+            raise ImageError((what or "upload") if isinstance(src, bytes) else src, exc.reason) from None
         digest = hashlib.sha256(data).hexdigest()
-        suffix = IMAGE_SUFFIXES.get(Path(name).suffix.lower(), ".jpg") if not isinstance(src, bytes) else ".jpg"
+        # the suffix says what the file holds (an approved PNG upload was stored and exported as .jpg)
+        suffix = FORMAT_SUFFIX.get(image_format(data) or "", ".jpg")
         image_id = f"img-{digest[:24]}"
         rel = f"{image_id}{suffix}"
         dst = self.root / "images" / rel
@@ -292,6 +298,35 @@ class Hub:
         thumb_digest = hashlib.sha256(thumb.read_bytes()).hexdigest()
         return {"image_id": image_id, "part_number": part_number, "path": rel, "kind": kind, "sha256": digest,
                 "thumb_sha256": thumb_digest}
+
+    def prune_orphan_files(self, grace_hours: float = 24.0, now: float | None = None) -> dict[str, int]:
+        """Delete image and thumbnail files no image row refers to, once older than ``grace_hours``: an import
+        or approve that failed on a later image, or was killed, had stored the earlier ones (content-named,
+        reused by a re-run, but otherwise kept forever and backed up). The grace spares the files of an import
+        another process is running."""
+        if not 0 <= grace_hours <= 24 * 36_500:
+            raise InputError(f"grace must be 0..{24 * 36_500} hours, got {grace_hours}")
+        cutoff = (time.time() if now is None else now) - grace_hours * 3600
+        referenced = self.store.image_files()
+        removed = freed = 0
+        for folder in ("images", "thumbs"):
+            for f in sorted((self.root / folder).glob("*")):
+                rel = f"{folder}/{f.name}"
+                if rel in referenced or f.name.startswith(".") or not f.is_file():
+                    continue  # (dot files: atomic writes in progress)
+                try:
+                    st = f.stat()
+                    if st.st_mtime > cutoff:
+                        continue
+                    f.unlink()
+                except FileNotFoundError:
+                    continue
+                removed += 1
+                freed += st.st_size
+        if removed:
+            log.warning("deleted %d image/thumbnail file(s) no catalogue image refers to (%d bytes; left by a "
+                        "failed or killed import or approve)", removed, freed)
+        return {"orphan_files_removed": removed, "orphan_bytes_freed": freed}
 
     def add_images(self, rows: Sequence[dict[str, Any]], *, also: Callable[[Change], None] | None = None) -> int:
         """Add stored image rows to the catalogue (one version), embedding them with the active bundle. ``also``

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 from edge_app.atomic import fsync_dir
 from edge_app.errors import InputError, IntegrityError, PartlensError, UsageError
 from edge_app import storage
+from edge_app.imageio import DEFAULT_MAX_BYTES
 from edge_app.storage import mb
 
 from ..transport import MAX_RECORD_PAYLOAD_BYTES
@@ -32,7 +33,8 @@ from .store import UPLOAD_KINDS
 log = logging.getLogger(__name__)
 
 UUID = re.compile(r"[0-9a-fA-F-]{8,64}")  # used with fullmatch: "$" let a trailing newline through
-MAX_BLOB_BYTES = 64 * 1024**2
+#: a photo the hub could never approve is refused at upload (it took 64 MiB; approve reads at most 60 MiB)
+MAX_BLOB_BYTES = DEFAULT_MAX_BYTES
 MAX_PAYLOAD_BYTES = MAX_RECORD_PAYLOAD_BYTES
 MAX_BATCH = 500  # records in one POST /v1/uploads/batch
 MAX_CREATED_AT = 64  # characters of the device's ISO time stamp
@@ -58,7 +60,7 @@ _UPLOAD_LOCKS: "weakref.WeakValueDictionary[str, _UploadLock]" = weakref.WeakVal
 
 
 def _upload_lock(uuid: str) -> _UploadLock:
-    """The lock of one upload's blob (a global one let one tablet's 60 parallel chunks, and every 64 MiB photo's
+    """The lock of one upload's blob (a global one let one tablet's 60 parallel chunks, and every 60 MiB photo's
     final sha256, hold up the other tablets' requests: ~0.6 s each, measured)."""
     with _LOCKS_GUARD:
         lock = _UPLOAD_LOCKS.get(uuid)
@@ -71,7 +73,7 @@ def _upload_lock(uuid: str) -> _UploadLock:
 #: sync plans, catalogue packages and the admin's own commands working for every tablet
 UPLOAD_RESERVE_BYTES = 1024**3
 #: bytes of unfinished photos (``.part`` files) one tablet may hold at the hub: a tablet sends its photos one after
-#: another, so it has at most one partly sent (<= 64 MiB); more is a tablet opening photos it does not finish
+#: another, so it has at most one partly sent (<= 60 MiB); more is a tablet opening photos it does not finish
 DEVICE_PARTIAL_BYTES = 1024**3
 #: a partial photo untouched this long is deleted (its record stays; the tablet re-sends it from the start)
 STALE_PARTIAL_S = 7 * 24 * 3600

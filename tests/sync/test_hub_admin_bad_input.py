@@ -250,3 +250,37 @@ def test_hub_import_reads_images_csv_as_the_device_importer_does(world, tmp_path
     images.write_text("path,part_number,kind\n../outside.jpg,\u00d6L-12,catalogue\n")
     with pytest.raises(InputError, match="outside the CSV's folder"):
         world.hub.import_csv(parts, images)
+
+
+def test_files_a_failed_import_stored_are_swept_by_the_nightly_prune(world, tmp_path) -> None:
+    """Found by an audit (21st session): an import that failed on a later image (or was killed) had stored the
+    earlier images and thumbnails, which no row referred to and nothing ever deleted (and backups carried)."""
+    import os
+    import time
+
+    hub = world.hub
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        (tmp_path / "imgs" / f"{i}.jpg").write_bytes(part_image(70 + i))
+    cut = part_image(80, size=96)
+    (tmp_path / "imgs" / "cut.jpg").write_bytes(cut[:len(cut) // 2])  # its header reads; its data is cut
+    parts, images = _csvs(tmp_path, "part_number,name\nG0,gear\n", "path,part_number,kind\n" + "".join(
+        f"imgs/{n}.jpg,G0,catalogue\n" for n in ("0", "1", "2", "cut")))
+    files = lambda: {f"{d}/{f.name}" for d in ("images", "thumbs") for f in (hub.root / d).iterdir()}  # noqa: E731
+    before = files()
+    with pytest.raises(InputError, match="cut.jpg"):
+        hub.import_csv(parts, images)
+    left = files() - before
+    assert len(left) == 6  # three images and their thumbnails, in no row
+    rc, err = _cli("hub", "prune-packages", "--hub", str(hub.root))
+    assert rc == 0 and files() - before == left  # younger than the 24 h grace: maybe another process's import
+    old = time.time() - 25 * 3600
+    for rel in left:
+        os.utime(hub.root / rel, (old, old))
+    for f in (hub.root / "images").iterdir():  # referenced files, however old, stay
+        os.utime(f, (old, old))
+    out = hub.prune_orphan_files()
+    assert out["orphan_files_removed"] == 6 and files() == before
+    assert all((hub.root / "images" / r["path"]).is_file() for r in hub.store.live_images())
+    images.write_text("path,part_number,kind\nimgs/0.jpg,G0,catalogue\n")
+    assert hub.import_csv(parts, images)["images"] == 1  # a re-run stores them again

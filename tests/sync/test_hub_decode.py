@@ -90,3 +90,86 @@ def test_hub_embeds_reference_images_with_the_bundles_views_and_field_photos_onc
     np.testing.assert_allclose(hub.embed_rows(rows, plain), unit(plain(imgs)), rtol=1e-5)
     with pytest.raises(UsageError, match="unknown catalogue view set"):
         embedder("x")
+
+
+def _dds_header() -> bytes:
+    """A DDS file whose pixel format Pillow does not implement (it raised NotImplementedError past every guard)."""
+    import struct
+
+    header = bytearray(124)
+    struct.pack_into("<7I", header, 0, 124, 0x1007, 4, 4, 0, 0, 0)  # size, flags, height, width, ...
+    struct.pack_into("<2I", header, 72, 32, 0)  # pixel format: size 32, flags 0 (no known format)
+    return b"DDS " + bytes(header) + b"\0" * 64
+
+
+def test_only_photo_formats_are_parsed_and_files_are_checked_before_reading(tmp_path: Path) -> None:
+    """Found by an audit of the hub's admin workflows (21st session): a DDS file ended `hub add-part`, `import`,
+    `review approve` and `evaluate-bundle` in a traceback; `add-part --image` read a link to /dev/zero until the
+    OOM killer; an approved PNG upload was stored (and exported) as .jpg."""
+    from PIL import Image
+
+    from edge_app.errors import ImageError
+    from edge_app.imageio import header_error, load_image
+    from sync.hub.hub import Hub
+
+    dds = tmp_path / "part.jpg"
+    dds.write_bytes(_dds_header())
+    with pytest.raises(ImageError, match="not a recognised image format"):
+        load_image(dds)
+    assert header_error(dds)  # an import names it instead of failing later
+    heic = tmp_path / "photo.jpg"
+    heic.write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 64)
+    assert "HEIC" in header_error(heic)  # the same advice as add-part and approve give
+    key, _, _ = make_key(tmp_path / "keys")
+    hub = Hub.init(tmp_path / "hub", key)
+    with pytest.raises(ImageError, match="not a recognised image format"):
+        hub.store_image(dds, "P0")
+    with pytest.raises(ImageError, match="upload u1: not a recognised"):
+        hub.store_image(dds.read_bytes(), "P0", kind="field", what="upload u1")
+    zero = tmp_path / "zero.jpg"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(ImageError, match="not a regular file"):
+        hub.store_image(zero, "P0")
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, "PNG")
+    row = hub.store_image(buf.getvalue(), "P0", kind="field", what="upload u2")
+    assert row["path"].endswith(".png")  # what the file holds, not ".jpg"
+    named_wrong = tmp_path / "really-a-png.jpg"
+    named_wrong.write_bytes(buf.getvalue())
+    assert hub.store_image(named_wrong, "P0")["path"].endswith(".png")
+    assert hub.store_image(_jpeg(64), "P0")["path"].endswith(".jpg")
+
+
+def test_storing_a_huge_flat_photo_decodes_it_only_as_big_as_the_thumbnail(tmp_path: Path) -> None:
+    """A 77 kB grey PNG of 8900x8900 px took 674 MB at approve (decoded whole, converted to RGB, copied for the
+    thumbnail); now it is reduced before any copy. Peak RSS of a child process, which only stores that photo."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.new("L", (8000, 8000), 128).save(big)
+    key, _, _ = make_key(tmp_path / "keys")
+    from sync.hub.hub import Hub
+
+    Hub.init(tmp_path / "hub", key)
+    code = textwrap.dedent(f"""
+        import resource
+        from PIL import Image
+        from sync.hub.hub import Hub
+        Image.new("RGB", (8, 8)).save("{tmp_path}/warm.png")
+        hub = Hub("{tmp_path}/hub")
+        hub.store_image("{tmp_path}/warm.png", "P0")
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        row = hub.store_image("{big}", "P0")
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print((after - before) // 1024, row["path"])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    grew_mb = int(out.stdout.split()[0])
+    # the 8-bit decode itself is 64 MB; whole RGB copies were 192 MB each
+    assert grew_mb < 150, f"storing the photo grew the process by {grew_mb} MB"
