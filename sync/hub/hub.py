@@ -406,9 +406,16 @@ class Hub:
         known = {p["part_number"] for p in parts}
         image_rows: list[dict[str, Any]] = []
         if images_csv is not None:  # read and checked as the device's `catalogue import` reads it
+            bad: list[str] = []
             for row in read_images_csv(images_csv, kinds,
                                        lambda pn: pn in known or self.store.part(pn) is not None, parts_csv):
-                image_rows.append(self.store_image(Path(row["path"]), row["part_number"], kind=row["kind"]))
+                try:
+                    image_rows.append(self.store_image(Path(row["path"]), row["part_number"], kind=row["kind"]))
+                except ImageError as exc:  # every bad photo in one run, not one per run
+                    bad.append(str(exc))
+            if bad:
+                raise ImageError(images_csv, f"{len(bad)} image(s) cannot be imported, nothing was: "
+                                 + "; ".join(bad[:10]) + ("; ..." if len(bad) > 10 else ""))
         emb = self.embedder()
         vecs = self.embed_rows(image_rows, emb) if emb is not None and image_rows else None
         with self.store.change() as ch:

@@ -264,12 +264,13 @@ def test_files_a_failed_import_stored_are_swept_by_the_nightly_prune(world, tmp_
         (tmp_path / "imgs" / f"{i}.jpg").write_bytes(part_image(70 + i))
     cut = part_image(80, size=96)
     (tmp_path / "imgs" / "cut.jpg").write_bytes(cut[:len(cut) // 2])  # its header reads; its data is cut
+    (tmp_path / "imgs" / "cut2.jpg").write_bytes(cut[:len(cut) // 2])
     parts, images = _csvs(tmp_path, "part_number,name\nG0,gear\n", "path,part_number,kind\n" + "".join(
-        f"imgs/{n}.jpg,G0,catalogue\n" for n in ("0", "1", "2", "cut")))
+        f"imgs/{n}.jpg,G0,catalogue\n" for n in ("0", "cut", "1", "2", "cut2")))
     files = lambda: {f"{d}/{f.name}" for d in ("images", "thumbs") for f in (hub.root / d).iterdir()}  # noqa: E731
     before = files()
-    with pytest.raises(InputError, match="cut.jpg"):
-        hub.import_csv(parts, images)
+    with pytest.raises(InputError, match=r"2 image\(s\) cannot be imported, nothing was: .*cut.jpg.*cut2.jpg"):
+        hub.import_csv(parts, images)  # every bad photo named at once (it stopped at the first)
     left = files() - before
     assert len(left) == 6  # three images and their thumbnails, in no row
     rc, err = _cli("hub", "prune-packages", "--hub", str(hub.root))
