@@ -5,6 +5,7 @@ Every error names the file. Nothing here imports torch or Kivy.
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import logging
 import os
@@ -226,6 +227,7 @@ def _decode(fh: BinaryIO, name: str, draft_size: tuple[int, int] | None,
     except _DECODE_ERRORS as exc:
         raise ImageError(name, f"truncated or corrupt image data: {exc}") from None
     img = _reduce(img, stored)  # formats decoded whole shrink before anything copies them (a no-op on drafts)
+    img = _to_srgb(img, name)  # after the reduce: the colour transform then costs little
     if orientation != 1:  # only a photo that is not upright is copied
         t = Image.Transpose
         img = img.transpose({2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE,
@@ -235,6 +237,56 @@ def _decode(fh: BinaryIO, name: str, draft_size: tuple[int, int] | None,
 
 HEIF_MESSAGE = ("HEIC/HEIF/AVIF photos are not supported: set the camera to JPEG (\"most compatible\") or "
                 "convert the photo")
+
+
+#: ICC colour spaces this module converts to sRGB, by Pillow mode
+_ICC_SPACES = {"RGB": "RGB", "CMYK": "CMYK"}
+_icc_unavailable_logged = False
+
+
+def _to_srgb(img: "Image.Image", name: str) -> "Image.Image":  # noqa: F821
+    """Pixels in sRGB when the file carries another ICC profile (Display P3 from iPhones and recent Android
+    cameras, Adobe RGB from DSLRs, a press CMYK profile): read as if sRGB, a P3 catalogue photo at the hub would be
+    duller than the tablet's sRGB photo of the same part, and colour is what tells a 220R resistor from a 470R
+    one. A profile that cannot be read, or a Pillow without LittleCMS, leaves the pixels as they are."""
+    global _icc_unavailable_logged
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in _ICC_SPACES:
+        return img
+    try:
+        from PIL import ImageCms
+    except ImportError:  # a Pillow built without LittleCMS
+        if not _icc_unavailable_logged:
+            log.warning("this Pillow has no ImageCms (LittleCMS): photos with a colour profile are read as sRGB")
+            _icc_unavailable_logged = True
+        return img
+    transform = _srgb_transform(bytes(icc), img.mode)
+    if transform is None:
+        return img
+    try:
+        return ImageCms.applyTransform(img, transform)
+    except Exception as exc:  # noqa: BLE001 - never lose a photo over its colour profile
+        log.warning("%s: colour profile not applied (%s)", name, exc)
+        return img
+
+
+@functools.lru_cache(maxsize=16)
+def _srgb_transform(icc: bytes, mode: str) -> object | None:
+    """The LittleCMS transform from ``icc`` to sRGB for images of ``mode`` (built once per profile), or None
+    when there is nothing to do (already sRGB) or the profile cannot be used."""
+    from PIL import ImageCms
+
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        space = src.profile.xcolor_space.strip()
+        if space != _ICC_SPACES[mode]:
+            return None
+        if space == "RGB" and "srgb" in (ImageCms.getProfileDescription(src) or "").lower():
+            return None  # what the pixels are read as anyway
+        return ImageCms.buildTransform(src, ImageCms.createProfile("sRGB"), mode, "RGB")
+    except Exception as exc:  # noqa: BLE001 - a damaged or exotic profile: the pixels as they are
+        log.debug("unusable colour profile (%s)", exc)
+        return None
 
 
 def _is_heif(fh: BinaryIO) -> bool:

@@ -269,3 +269,55 @@ def test_an_image_given_decoded_is_made_rgb_as_a_file_would_be(world) -> None:
     rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # transparent: composited on white like a decoded file
     (good,), _ = ident.decode([rgba])
     assert good.mode == "RGB" and good.getpixel((0, 0)) == (255, 255, 255)
+
+
+def _rgb_profile(red_xyz, green_xyz, blue_xyz, description: str) -> bytes:
+    """A minimal ICC v2 RGB matrix/TRC display profile (gamma 2.2) with the given D50 primaries."""
+    import struct
+
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", int(round(v * 65536)))
+
+    def xyz(v) -> bytes:
+        return b"XYZ \0\0\0\0" + b"".join(s15(c) for c in v)
+
+    text = description.encode("ascii") + b"\0"
+    desc = (b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + struct.pack(">II", 0, 0)
+            + struct.pack(">HB", 0, 0) + b"\0" * 67)
+    curv = b"curv\0\0\0\0" + struct.pack(">IH", 1, int(2.2 * 256)) + b"\0\0"
+    tags = [(b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"rXYZ", xyz(red_xyz)),
+            (b"gXYZ", xyz(green_xyz)), (b"bXYZ", xyz(blue_xyz)), (b"rTRC", curv), (b"gTRC", curv),
+            (b"bTRC", curv), (b"cprt", b"text\0\0\0\0none\0\0\0\0")]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for sig, body in tags:
+        body += b"\0" * (-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + b"\0" * 12
+              + b"acsp" + b"\0" * 24 + struct.pack(">I", 0) + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48)
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+SRGB_D50 = ((0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_photo_with_another_colour_profile_is_converted_to_srgb(tmp_path, fmt) -> None:
+    """A catalogue photo in another colour space (Display P3 from an iPhone, Adobe RGB) was read as if sRGB.
+    Here a profile whose red and blue primaries are swapped: its pure red pixel IS blue."""
+    r, g, b = SRGB_D50
+    swapped = _rgb_profile(b, g, r, "swapped primaries")
+    img = Image.new("RGB", (32, 32), (255, 0, 0))
+    path = tmp_path / f"p.{fmt.lower()}"
+    img.save(path, fmt, icc_profile=swapped, **({"quality": 95} if fmt == "JPEG" else {}))
+    px = np.asarray(load_image(path), np.int16)[16, 16]
+    assert px[2] > 200 and px[0] < 60, px  # blue in sRGB
+    # as sRGB (its own profile, the same primaries as sRGB): the pixels as stored
+    img.save(path, fmt, icc_profile=_rgb_profile(r, g, b, "sRGB IEC61966-2.1 (look-alike)"))
+    assert np.asarray(load_image(path), np.int16)[16, 16][0] > 240
+    # a profile that cannot be used never loses the photo
+    img.save(path, fmt, icc_profile=b"\0" * 200)
+    assert np.asarray(load_image(path), np.int16)[16, 16][0] > 240
