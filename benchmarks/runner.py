@@ -197,6 +197,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines.insert(-1, "- QUICK run (a smoke test at a tiny scale, not the benchmark's result)")
     if result.get("git_dirty"):
         lines.insert(-1, "- git: the code had uncommitted changes")
+    if result.get("git_sha_at_end") and result["git_sha_at_end"] != result["git_sha"]:
+        lines.insert(-1, f"- git: HEAD moved to `{result['git_sha_at_end'][:12]}` while it ran (modules imported "
+                         f"later may come from there)")
     env = result.get("environment") or {}
     if env:
         lines.insert(-1, f"- cpu: {env.get('cpu') or 'unknown'}; load average {env.get('load_average_1m')} at the "
@@ -247,15 +250,19 @@ def run_benchmark(name: str, *, data: str | None = None, quick: bool = False, fr
     ctx = BenchContext(name=name, work_dir=work, data=data_root(data), quick=quick, options=options or {})
     ctx.load_state()
     env = environment()  # the load at the start (a busy CPU inflates every timing)
+    # the code the run started with: commits made while a long benchmark runs are not its code
+    sha, dirty = git_sha(), git_dirty()
     t0 = time.perf_counter()
     metrics = mod.run(ctx)
+    sha_end = git_sha()
     result = {
         "name": name,
         "title": names[name],
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": time.perf_counter() - t0,
-        "git_sha": git_sha(),
-        "git_dirty": git_dirty(),
+        "git_sha": sha,
+        "git_dirty": dirty,
+        "git_sha_at_end": sha_end,
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, python {platform.python_version()}",
         "environment": env,
         "load_average_at_end": load()["load_average_1m"],
