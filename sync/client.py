@@ -262,6 +262,7 @@ class SyncClient:
                              "interrupted); enrol this tablet again")
         self.keyring = keyring or Keyring.load(self.paths.keyring)
         self._own_transport = transport is None  # only a transport made here may fall back (see _plan)
+        self._plan_via_fallback = False  # set when this sync's plan came over the plain-HTTP fallback
         self.transport = transport or HttpTransport(self.device["hub"], self.device["token"],
                                                     tls_sha256=self.device.get("tls_sha256"))
         self.smoke_test = smoke_test or default_smoke_test
@@ -438,19 +439,22 @@ class SyncClient:
     def _check_space(self, need: int, what: str) -> None:
         check_space(self.paths.root, need, what, reserve=self.reserve_bytes, error=SyncStorageError)
 
-    def _settings_of(self, plan: Mapping[str, Any]) -> tuple[Any, Any, list[int] | None]:
+    def _settings_of(self, plan: Mapping[str, Any]) -> tuple[Any, Any, list[int] | None, Any]:
         """The field policy and device settings this tablet may take from ``plan``, and the stamp of the signed
         document they came in. The hub signs them with its package key (pinned at enrolment) for this device,
         counted per catalogue lineage: a forged, another device's, another hub's or an older replayed document
         is refused with a warning, and the tablet keeps what it has (the catalogue sync goes on). Unsigned values
-        (a hub from before signed settings) are taken only over HTTPS, whose channel authenticates the hub."""
+        (a hub from before signed settings) are taken only over HTTPS, whose channel authenticates the hub.
+
+        The fourth value is the certificate pins the signed document lists (None when it lists none)."""
         signed = plan.get("settings")
         if signed is None:
-            if str(self.device.get("hub", "")).startswith("https://"):
-                return plan.get("policy"), plan.get("device_settings"), None
+            if self._plan_over_pinned_tls() and not self.device.get("settings_stamp"):
+                return plan.get("policy"), plan.get("device_settings"), None, None
             if plan.get("policy") is not None or plan.get("device_settings"):
-                log.warning("hub sent unsigned settings over plain HTTP; not taking them (update the hub)")
-            return None, None, None
+                log.warning("hub sent unsigned settings %s; not taking them (update the hub)",
+                            "after signed ones" if self.device.get("settings_stamp") else "over plain HTTP")
+            return None, None, None, None
         from edge_app.signing import verify_document
 
         try:
@@ -467,8 +471,8 @@ class SyncClient:
                 raise IntegrityError(f"they are dated {stamp}, older than the {seen} this tablet took (a replay?)")
         except (KeyError, TypeError, ValueError, IntegrityError, SyncError) as exc:
             log.warning("hub settings do not verify (%s); keeping this tablet's", exc)
-            return None, None, None
-        return doc.get("policy"), doc.get("device_settings"), stamp
+            return None, None, None, None
+        return doc.get("policy"), doc.get("device_settings"), stamp, doc.get("tls_pins")
 
     def _follow_policy(self, policy: Any) -> None:
         """Keep the hub's field policy (the spot-check rate) in ``device.json`` for the app. A hub too old to send
@@ -515,11 +519,27 @@ class SyncClient:
         if not self._reserve_given:
             self.reserve_bytes = reserve_of(self.device)
 
-    def _follow_pins(self, hub_pins: Any) -> None:
-        """Adopt the hub's certificate pins from a plan (its current certificate, plus the next one while it
-        rotates). The plan came over a connection to a certificate this device already trusts, so the list is
-        the hub's; it is adopted only if it keeps a pin this device has (never a jump to strangers)."""
+    def _plan_over_pinned_tls(self) -> bool:
+        """Whether this sync's plan came over HTTPS to a certificate this device pins (not the plain-HTTP
+        fallback of a tablet moving to HTTPS)."""
+        return (not self._plan_via_fallback and bool(self.device.get("tls_sha256"))
+                and str(self.device.get("hub", "")).startswith("https://"))
+
+    def _follow_pins(self, signed_pins: Any, plan_pins: Any) -> None:
+        """Adopt the hub's certificate pins (its current certificate, plus the next one while it rotates) from
+        the SIGNED settings (``signed_pins``): an audit found that the plan's bare list let whoever answered
+        (the plain-HTTP fallback, or anyone holding a leaked TLS key) add a pin of theirs and later drop the
+        hub's. A hub from before signed pins (this tablet never took signed settings) is followed over pinned
+        HTTPS only. The list is adopted only if it keeps a pin this device has (never a jump to strangers)."""
         mine = self.device.get("tls_sha256")
+        if signed_pins is not None:
+            hub_pins = signed_pins
+        elif plan_pins and self._plan_over_pinned_tls() and not self.device.get("settings_stamp"):
+            hub_pins = plan_pins
+        else:
+            if plan_pins and mine and set(plan_pins) != set(mine if isinstance(mine, list) else [mine]):
+                log.warning("hub lists other certificate pins without its signature; keeping this device's")
+            return
         if not mine or not hub_pins:
             return
         try:
@@ -584,6 +604,7 @@ class SyncClient:
                 raise
             log.warning("hub's HTTPS address %s failed (%s); this sync uses the previous address %s",
                         self.device["hub"], exc, fallback)
+            self._plan_via_fallback = True  # nothing in this plan is authenticated by the channel
             self.transport = HttpTransport(fallback, self.device["token"])
             return self.transport.plan(version, bundle_id, epoch, **extra)
         if fallback and self._own_transport and str(self.device["hub"]).startswith("https://"):
@@ -704,8 +725,8 @@ class SyncClient:
         t = time.perf_counter()
         other_hub = moved is not None and moved[0] == "hub"
         plan = check_plan(self._plan(version, None if other_hub else active_id, epoch))
-        self._follow_pins(plan.get("tls_pins"))
-        policy, settings, stamp = self._settings_of(plan)
+        policy, settings, stamp, signed_pins = self._settings_of(plan)
+        self._follow_pins(signed_pins, plan.get("tls_pins"))
         self._follow_policy(policy)
         self._follow_device_settings(settings)
         if stamp is not None and stamp != self.device.get("settings_stamp"):

@@ -120,6 +120,9 @@ class PackageService:
         doc = {"device": device, "hub_id": self.hub.store.get_meta("hub_id"), "epoch": self.hub.store.epoch(),
                "serial": int(self.hub.store.get_meta("settings_serial", 0)), "policy": dict(policy),
                "device_settings": dict(settings)}
+        tls_pins = pins(self.hub.root)
+        if tls_pins:  # signed: whoever holds only the TLS key (a leaked one) cannot move tablets to their pin
+            doc["tls_pins"] = tls_pins
         return {"doc": doc, "signature": sign_document(settings_bytes(doc), self.hub.key)}
 
     def plan(self, site: str, from_version: int, bundle_id: str | None, *, epoch: int = 0) -> dict[str, Any]:

@@ -202,9 +202,16 @@ def rotate_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, p
     info = init_tls(hub.root, [*old, *hosts], days=days, _into=next_dir(hub.root),
                     protect=protect or key_is_protected(tls_dir(hub.root) / KEY))
     info["started_at"] = started
+    _count_pin_change(hub)
     log.warning("next hub certificate %s made; tablets learn it at their next sync, then run "
                 "`partlens hub tls-rotate --activate` (a running `hub serve` switches at once)", info["sha256"])
     return info
+
+
+def _count_pin_change(hub: Any) -> None:
+    """The pins travel in the signed settings tablets follow: a new pin list is a new count of them, so a tablet
+    refuses an earlier document (with the old certificate's pin) replayed after the rotation."""
+    hub.store.set_setting("tls_pins", pins(hub.root))
 
 
 def activate_next(hub: Any, *, force: bool = False) -> dict[str, Any]:
@@ -235,6 +242,7 @@ def activate_next(hub: Any, *, force: bool = False) -> dict[str, Any]:
     for f in (CERT, KEY, "rotation.json"):
         (nd / f).unlink(missing_ok=True)
     nd.rmdir()
+    _count_pin_change(hub)
     new = fingerprint(cert_pem(hub.root))
     log.warning("hub certificate is now %s (was %s); a running `hub serve` presents it from the next connection",
                 new, old)

@@ -69,7 +69,7 @@ def test_an_export_key_cannot_sign_hub_documents_on_the_tablet(world) -> None:
     sdoc = {"device": device["device"], "hub_id": device.get("hub_id"), "epoch": 0, "serial": 99,
             "policy": {"spot_check_rate": 0.0}, "device_settings": {"keep_free_mb": 0, "sync_window": "00:00-00:01"}}
     plan = {"settings": {"doc": sdoc, "signature": sign_document(settings_bytes(sdoc), world.export_key)}}
-    assert c._settings_of(plan) == (None, None, None)  # refused with a warning; the tablet keeps its settings
+    assert c._settings_of(plan) == (None, None, None, None)  # refused with a warning; the tablet keeps its settings
     # the genuine hub's offer still works
     genuine = dict(doc, url="https://127.0.0.1:8443")
     c._take_tls_upgrade({"doc": genuine, "signature": sign_document(upgrade_offer_bytes(genuine), world.hub.key)}, 1)
@@ -111,3 +111,43 @@ def test_a_hub_keyring_from_before_roles_is_scoped_when_opened(tmp_path) -> None
     hub.set_bundle(make_bundle(other / "export", key, 1))
     Keyring({key.key_id: key.public_raw}).save(other / "hub" / "keyring.json")
     assert Hub(other / "hub").keyring.roles(key.key_id) == {"hub", "bundle"}
+
+
+def test_certificate_pins_are_followed_only_from_the_hubs_signature(world) -> None:
+    """Found by an audit (21st session): the plan's bare pin list was adopted, so whoever answered a plan (the
+    plain-HTTP fallback of a tablet moving to HTTPS, or anyone holding a leaked TLS key) could add a pin of theirs
+    and, a sync later, drop the hub's. The pins now travel in the hub-signed settings."""
+    from sync.transport import settings_bytes
+
+    c = client(world)
+    c.sync()
+    old, nxt, evil = "aa" * 32, "bb" * 32, "ee" * 32
+    c.device.update(hub="https://127.0.0.1:1", tls_sha256=old, settings_stamp=[0, 1])
+    pins = lambda: c.device["tls_sha256"]  # noqa: E731
+
+    def signed(serial: int, tls_pins: list[str], key=world.hub.key) -> dict:
+        doc = {"device": c.device["device"], "hub_id": c.device.get("hub_id"), "epoch": 0, "serial": serial,
+               "policy": {"spot_check_rate": 0.0}, "device_settings": {}, "tls_pins": tls_pins}
+        return {"settings": {"doc": doc, "signature": sign_document(settings_bytes(doc), key)}}
+
+    c._follow_pins(None, [old, evil])  # unsigned: ignored once the hub signs its settings
+    assert pins() == old
+    *_, got = c._settings_of(signed(2, [old, evil], key=world.export_key))  # signed by a key not for hub documents
+    c._follow_pins(got, [old, evil])
+    assert got is None and pins() == old
+    *_, stamp, got = c._settings_of(signed(3, [old, nxt]))  # the hub's own rotation
+    c._follow_pins(got, None)
+    assert pins() == [old, nxt]
+    c.device["settings_stamp"] = stamp
+    *_, got = c._settings_of(signed(2, [old, evil]))  # an older signed document replayed
+    assert got is None
+    c._follow_pins(got, None)
+    assert pins() == [old, nxt]
+    # a hub from before signed pins (this tablet never took signed settings): followed over pinned HTTPS only
+    del c.device["settings_stamp"]
+    c._plan_via_fallback = True
+    c._follow_pins(None, [old, evil])
+    assert pins() == [old, nxt]
+    c._plan_via_fallback = False
+    c._follow_pins(None, [nxt])
+    assert pins() == nxt
