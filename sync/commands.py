@@ -186,6 +186,10 @@ def _add_device(args: argparse.Namespace) -> int:
     print(payload_text(payload))
     print(f"device {args.name} enrolled for site {args.site}; the token is shown only now"
           + (f"; QR code written to {args.qr}" if args.qr else ""), file=sys.stderr)
+    if str(payload.get("hub", "")).startswith("http://"):
+        print("warning: this hub has no certificate, so the tablet's token (and the stock and bins it fetches) "
+              "travel unencrypted; `partlens hub tls-init` moves tablets to HTTPS at their next sync",
+              file=sys.stderr)
     return 0
 
 

@@ -69,9 +69,7 @@ def backup_hub(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     copied = {"files": 0, "bytes": 0}
     for name in (*FILES, *SECRETS):
         if (hub.root / name).is_file():
-            shutil.copy2(hub.root / name, out / name)
-            if name in SECRETS:
-                os.chmod(out / name, 0o600)
+            _copy(hub.root / name, out / name, secret=name in SECRETS)
             copied["files"] += 1
             copied["bytes"] += (out / name).stat().st_size
     for tree in TREES:
@@ -80,11 +78,9 @@ def backup_hub(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
                 continue  # an upload still arriving, or a write in progress
             dest = out / path.relative_to(hub.root)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, dest)
+            _copy(path, dest, secret=path.name == "key.pem")  # the TLS keys (current and next)
             copied["files"] += 1
             copied["bytes"] += path.stat().st_size
-    if (out / "tls" / "key.pem").is_file():
-        os.chmod(out / "tls" / "key.pem", 0o600)
     info = {"hub": str(hub.root), "taken_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "catalogue_version": version, **copied,
             "signing_key_not_included": hub.config.get("key_path"),
@@ -193,6 +189,17 @@ def restore_hub(backup_dir: str | os.PathLike[str], target: str | os.PathLike[st
                 "snapshot and send again what they uploaded since, at their next sync; tablets enrolled after "
                 "the backup must be enrolled again", dst, info.get("taken_at"), info.get("catalogue_version"), epoch)
     return out
+
+
+def _copy(src: Path, dest: Path, *, secret: bool) -> None:
+    """Copy one file into the backup; a secret (``secret.bin``, TLS keys) is private from its first byte (copied
+    and then restricted, it was readable by others meanwhile, and left so by a backup killed in between)."""
+    if secret:
+        from edge_app.atomic import PRIVATE, atomic_write_bytes
+
+        atomic_write_bytes(dest, src.read_bytes(), mode=PRIVATE, overwrite=True)
+    else:
+        shutil.copy2(src, dest)
 
 
 def _repair_thumbs(work: Path) -> int:

@@ -313,3 +313,29 @@ def test_a_backup_of_an_older_hub_schema_is_migrated_when_restored(world, tmp_pa
     assert restored.store.get_meta("schema_version") >= 5 and out["thumbnails_remade"] == 0
     rows = sqlite3.connect(tmp_path / "restored" / "hub.db").execute("SELECT thumb_sha256 FROM images").fetchall()
     assert rows and all(r[0] is None for r in rows)  # old images carry no hash, as before the migration
+
+
+def test_backup_secrets_are_never_readable_by_others(world, tmp_path, monkeypatch) -> None:
+    """Found by an audit (21st session): secret.bin and the TLS keys were copied under the umask (0644) and only
+    then restricted, so a backup killed in between left them readable by every user."""
+    import shutil
+
+    from sync.hub import backup
+    from sync.hub.tls import enable_tls, rotate_tls
+
+    enable_tls(world.hub)
+    rotate_tls(world.hub)  # a next TLS key waiting too
+    seen: list[tuple[str, int]] = []
+    real = shutil.copy2
+
+    def copy2(src, dst, **kw):
+        out = real(src, dst, **kw)
+        seen.append((os.path.basename(dst), stat.S_IMODE(os.stat(dst).st_mode)))
+        return out
+
+    monkeypatch.setattr(backup.shutil, "copy2", copy2)
+    out = tmp_path / "backup"
+    backup.backup_hub(world.hub, out)
+    assert seen and not [s for s in seen if s[0] in ("secret.bin", "key.pem")], seen
+    for rel in ("secret.bin", "tls/key.pem", "tls/next/key.pem"):
+        assert stat.S_IMODE(os.stat(out / rel).st_mode) == 0o600, rel

@@ -59,6 +59,7 @@ def test_cli_end_to_end(tmp_path):
     payload = json.loads(p.stdout.strip().splitlines()[-1])
     assert payload["site"] == "site_b" and payload["hub"] == url and payload["token"].startswith("pl1.tab9.")
     assert payload["sync_window"] == "22:30-04:00"
+    assert url.startswith("http://") and "travel unencrypted" in p.stderr  # (an audit: no word before)
     bad_window = run("hub", "add-device", "--hub", str(hub), "tab10", "--site", "site_b", "--sync-window", "25:00-1:00",
                      check=False)
     assert bad_window.returncode == 2 and "HH:MM-HH:MM" in bad_window.stderr
