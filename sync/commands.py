@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 from edge_app.errors import InputError, UsageError
 from edge_app.runtime.importer import parse_stock
 from edge_app.storage import RESERVE_BYTES
+
+log = logging.getLogger(__name__)
 
 
 def _out(obj: Any) -> None:
@@ -224,10 +227,35 @@ def _tls_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: set by a program that starts `hub serve` for itself (the demo, tests): the pid the server must not outlive
+PARENT_ENV = "PARTLENS_HUB_PARENT_PID"
+
+
+def _stop_with_parent() -> None:
+    """When a program started this server for itself (``PARTLENS_HUB_PARENT_PID``), stop when that program dies,
+    even by SIGKILL or the OOM killer, which run no clean-up (Linux: the parent-death signal)."""
+    import signal
+
+    want = os.environ.get(PARENT_ENV)
+    if not want or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError) as exc:
+        log.warning("cannot arrange to stop with the program that started this hub (%s)", exc)
+        return
+    if str(os.getppid()) != want:  # it died before the signal was armed
+        raise SystemExit(f"partlens hub: the program that started this server (pid {want}) has exited")
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .hub.server import serve
     from .hub.tls import has_tls
 
+    _stop_with_parent()
     scheme = "https" if has_tls(_hub_dir(args)) and not args.plain else "http"
     print(f"partlens hub: serving {_hub_dir(args)} on {scheme}://{args.host}:{args.port} (OpenAPI at /openapi.json; "
           "Ctrl-C stops it)", file=sys.stderr, flush=True)

@@ -59,7 +59,7 @@ class DemoConfig:
             raise UsageError(f"--pretrained must be auto, yes or no, got {self.pretrained!r}")
         if self.catalogue not in CATALOGUES:
             raise UsageError(f"--catalogue must be one of {', '.join(CATALOGUES)}, got {self.catalogue!r}")
-        for name in ("epochs", "image_size", "batch_size", "catalogue_per_part", "field_per_part",
+        for name in ("epochs", "batch_size", "catalogue_per_part", "field_per_part",
                      "query_per_part", "calibration_per_part", "new_parts", "outside_parts"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -83,8 +83,14 @@ class DemoConfig:
             raise UsageError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.freeze_stages < 0:
             raise UsageError(f"freeze_stages must be >= 0, got {self.freeze_stages}")
-        if self.image_size < 32:
-            raise UsageError(f"image_size must be >= 32, got {self.image_size}")
+        if not 32 <= self.image_size <= 1024:  # (the model's own limit, 4096, came only after generating)
+            raise UsageError(f"--image-size must be 32..1024 px, got {self.image_size}")
+        # the names, before anything runs (an unknown format was refused only after generating and training)
+        from export.formats import get_format
+        from training.models import model_info
+
+        get_format(self.export_format)
+        model_info(self.model)
         if not 0 <= self.train_worn <= 1:
             raise UsageError(f"train_worn must be a share between 0 and 1, got {self.train_worn}")
         check_views(self.catalogue_views)

@@ -267,7 +267,7 @@ class DemoRun:
         self.hub = Hub.init(self.out / "hub", self.key_path, url=f"http://127.0.0.1:{free_port()}",
                             trust=[self.key_path.with_suffix(".pub.json")])
         self.hub.set_policy(spot_check_rate=DEMO_SPOT_CHECK_RATE)
-        tls = enable_tls(self.hub)  # HTTPS as a terminal hub should run; the tablet pins this certificate
+        tls = enable_tls(self.hub, serving=False)  # HTTPS as a terminal hub should run; the tablet pins it
         self.hub.set_bundle(self.bundle_dir)
         self.hub.import_csv(self.data / "known" / "parts.csv", self.data / "known" / "images.csv")
         with HubProcess(self.out / "hub", port=int(self.hub.config["url"].rsplit(":", 1)[1])) as server:

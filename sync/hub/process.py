@@ -55,7 +55,8 @@ class HubProcess:
         self._stderr: Any = None  # a temp file, not a pipe: nobody drains a pipe while the server runs
 
     def start(self) -> "HubProcess":
-        env = dict(os.environ, PARTLENS_HUB=str(self.hub_dir))
+        # the server stops when this process dies, also by SIGKILL (no `finally` runs then)
+        env = dict(os.environ, PARTLENS_HUB=str(self.hub_dir), PARTLENS_HUB_PARENT_PID=str(os.getpid()))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH", "")) if p)
         self._stderr = tempfile.TemporaryFile()
         # exactly what an admin runs: `partlens hub serve` (HTTPS with the hub's certificate when it has one)

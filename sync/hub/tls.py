@@ -296,7 +296,7 @@ def _unfinished_init(hub: Any, names: Sequence[str]) -> dict[str, Any] | None:
 
 
 def enable_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, force: bool = False,
-               port: int | None = None, protect: bool = False) -> dict[str, Any]:
+               port: int | None = None, protect: bool = False, serving: bool = True) -> dict[str, Any]:
     """``partlens hub tls-init``: the certificate for the hub's host (from its URL) and ``hosts``; the hub's
     stored URL becomes https:// (same host; ``port`` if given, else the same port), so new enrolments pin
     the certificate. Tablets enrolled over http:// switch by themselves at their next sync through a
@@ -327,8 +327,9 @@ def enable_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, f
     info["url"] = hub.config.get("url")
     # a running `hub serve` started without a certificate keeps serving plain HTTP: enrolments made now (HTTPS,
     # pinned) fail with "wrong version number" until it is restarted (an admin audit)
-    log.warning("restart `partlens hub serve` if it is running: it serves HTTPS with this certificate from its "
-                "next start")
+    if serving:  # (``serving=False``: the caller starts the hub afterwards, e.g. the demo)
+        log.warning("restart `partlens hub serve` if it is running: it serves HTTPS with this certificate from its "
+                    "next start")
     return info
 
 

@@ -41,7 +41,11 @@ def test_demo_refuses_a_non_empty_out_and_bad_options(tmp_path) -> None:
     for bad, match in ((dict(backbone_lr_mult=0.0), "backbone_lr_mult"), (dict(label_smoothing=1.0), "label_smoothing"),
                        (dict(weight_decay=-0.1), "weight_decay"), (dict(gallery_repeats=-1), "gallery_repeats"),
                        (dict(sampler="pk_catalogue"), "gallery_repeats >= 1"), (dict(sampler="pk2"), "sampler"),
-                       (dict(reference_weight=1.0), "reference_weight"), (dict(reference_weight=-0.5), "reference_weight")):
+                       (dict(reference_weight=1.0), "reference_weight"), (dict(reference_weight=-0.5), "reference_weight"),
+                       # (an audit: these three were refused only after generating, or training)
+                       (dict(export_format="bogus"), "unknown export format"), (dict(model="nosuch"), "unknown model"),
+                       (dict(image_size=100_000), "--image-size must be 32..1024"),
+                       (dict(image_size=0), "--image-size must be 32..1024")):
         with pytest.raises(UsageError, match=match):  # refused before anything is generated
             run_demo(DemoConfig(out=str(tmp_path / "new"), **bad))
     with pytest.raises(UsageError, match="needs tiny's ImageNet weights"):  # never dropped silently

@@ -403,3 +403,37 @@ def test_a_negative_demo_seed_is_a_usage_error():
 
     with pytest.raises(UsageError, match="--seed must be >= 0"):
         DemoConfig(seed=-1).validate()
+
+
+def test_a_hub_started_by_a_program_stops_when_that_program_is_killed(world, tmp_path):
+    """Found by an audit of the demo (21st session): SIGKILL (or the OOM killer) of the demo ran no clean-up, and
+    the hub it had started kept serving. The server now takes a parent-death signal."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux's")
+    code = (f"import time\nfrom sync.hub.process import HubProcess\nh = HubProcess({str(world.hub.root)!r})\n"
+            "h.start()\nprint(h.proc.pid, flush=True)\ntime.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              cwd=str(Path(__file__).resolve().parents[2]))
+    try:
+        server_pid = int(parent.stdout.readline())
+        os.kill(server_pid, 0)  # serving
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(server_pid, signal.SIGKILL)
+            pytest.fail("the hub outlived the program that started it")
+    finally:
+        parent.kill()
