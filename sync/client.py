@@ -759,6 +759,10 @@ class SyncClient:
 
         desc = verify_descriptor(sig, self.keyring)  # before spending bandwidth on it
         size = check_descriptor_size(desc, pkg_info["name"])
+        mine = self.device.get("hub_id")
+        if desc.get("hub_id") and mine and desc["hub_id"] != mine:  # (an audit: two hubs sharing a signing key)
+            raise IntegrityError(f"package {pkg_info['name']} was made by hub {desc['hub_id']}, this tablet is "
+                                 f"enrolled with hub {mine}; refused, nothing changed")
         path = self.paths.downloads / pkg_info["name"]  # a checked plain file name (sync.plan)
         if not path.exists():
             self._check_space(_remaining(path, size), f"the catalogue update {pkg_info['name']}")

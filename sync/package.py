@@ -60,6 +60,9 @@ class Package:
     #: the hub's catalogue lineage: 0 until the hub is restored from a backup (``hub restore`` starts a
     #: newer one); a device accepts a snapshot of a newer lineage even at a lower version
     epoch: int = 0
+    #: the hub that made it (signed in the descriptor): a tablet refuses another hub's package, also one signed
+    #: by a key both hubs share (None: a package made before hubs named themselves in it)
+    hub_id: str | None = None
 
     @property
     def name(self) -> str:
@@ -89,6 +92,8 @@ def _header(pkg: Package) -> dict[str, Any]:
             "full": pkg.full, "bundle_id": pkg.bundle_id, "hub_time": pkg.hub_time}
     if pkg.epoch:  # only after a hub restore: packages of hubs never restored stay byte-identical
         head["epoch"] = int(pkg.epoch)
+    if pkg.hub_id:
+        head["hub_id"] = str(pkg.hub_id)
     return head
 
 
@@ -166,7 +171,7 @@ def read_package(path: str | Path, sig_doc: Mapping[str, Any], keyring: Keyring)
                            allow_pickle=False)
     except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
         raise IntegrityError(f"{path}: cannot read package ({exc})") from None
-    for k in ("format", "site", "from_version", "to_version", "full", "bundle_id", "epoch"):
+    for k in ("format", "site", "from_version", "to_version", "full", "bundle_id", "epoch", "hub_id"):
         if body.get(k) != desc.get(k):
             raise IntegrityError(f"{path}: header {k}={body.get(k)!r} disagrees with the signed {desc.get(k)!r}")
     try:
@@ -180,6 +185,6 @@ def read_package(path: str | Path, sig_doc: Mapping[str, Any], keyring: Keyring)
                        inventory=body["inventory"], images=body["images"], deleted_parts=body["deleted_parts"],
                        deleted_images=body["deleted_images"], deleted_inventory=body["deleted_inventory"],
                        embedding_ids=list(ids), embeddings=vecs, hub_time=body.get("hub_time"),
-                       epoch=int(body.get("epoch") or 0))
+                       epoch=int(body.get("epoch") or 0), hub_id=body.get("hub_id"))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # signed, but not of the format's shape
         raise IntegrityError(f"{path}: package body is malformed ({type(exc).__name__}: {exc})") from None

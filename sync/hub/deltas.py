@@ -16,6 +16,8 @@ never changes afterwards, so it is written once and served to every device that 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import re
@@ -188,6 +190,9 @@ class PackageService:
                 sig = json.loads(sig_path.read_text())
             else:
                 snap = self.hub.store.snapshot(site, from_version)
+                hub_id = self.hub.store.get_meta("hub_id")
+                if hub_id:
+                    snap = dataclasses.replace(snap, hub_id=str(hub_id))
                 path, sig = write_package(snap, self.site_dir(site), self.hub.key)
                 name = path.name
                 log.info("built %s for site %s (%d bytes)", name, site, path.stat().st_size)

@@ -151,3 +151,25 @@ def test_certificate_pins_are_followed_only_from_the_hubs_signature(world) -> No
     c._plan_via_fallback = False
     c._follow_pins(None, [nxt])
     assert pins() == nxt
+
+
+def test_a_package_another_hub_made_is_refused_even_under_a_shared_key(world) -> None:
+    """Found by an audit (21st session): two hubs signing with one key (an admin reusing a key file; every demo
+    hub shares one), and a tablet of hub A applied hub B's package (a wrong part), then was stuck ahead of A."""
+    c = client(world)
+    c.sync()
+    hub = world.hub
+    mine = hub.store.get_meta("hub_id")
+    before = c.sync().to_version
+    hub.store.set_setting("hub_id", "hub-b-shares-the-key")  # hub B: the same key, site and bundle
+    hub.add_part({"part_number": "EVIL", "name": "wrong part from hub B"}, inventory={"site_a": (1, "B1")})
+    with pytest.raises(IntegrityError, match="made by hub hub-b-shares-the-key, this tablet is enrolled with hub"):
+        client(world).sync()
+    import sqlite3
+
+    con = sqlite3.connect(world.device_dir / "catalogue.db")
+    assert con.execute("SELECT count(*) FROM parts WHERE part_number='EVIL'").fetchone()[0] == 0
+    con.close()
+    hub.store.set_setting("hub_id", mine)  # its own hub's next package is taken
+    hub.add_part({"part_number": "GOOD", "name": "from hub A"}, inventory={"site_a": (1, "B2")})
+    assert client(world).sync().to_version > before

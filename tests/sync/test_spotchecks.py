@@ -189,7 +189,7 @@ def test_settings_in_the_plan_are_signed_for_this_device_and_not_replayed(world,
         assert "hub settings do not verify" in caplog.text
         caplog.clear()
         sync(unsigned)
-        assert "unsigned settings over plain HTTP" in caplog.text
+        assert "unsigned settings after signed ones; not taking them" in caplog.text
     assert device_rate(world.device_dir) == 0.1 and device()["keep_free_mb"] == 300  # nothing taken
 
     # another tablet's genuine settings, replayed to this one: refused
@@ -226,5 +226,5 @@ def test_settings_in_the_plan_are_signed_for_this_device_and_not_replayed(world,
         db.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('catalogue_epoch', '1')")
     client = SyncClient(world.device_dir, transport=InMemoryTransport(world.hub, world.payload["token"]))
     plan = PackageService(world.hub).plan_for_device(world.hub.store.device("tab1"), 0, None)
-    policy, settings, stamp = client._settings_of(plan)
+    policy, settings, stamp, _pins = client._settings_of(plan)
     assert stamp == [1, 1] and policy == {"spot_check_rate": 0.3} and settings == {"keep_free_mb": 300}
