@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from dataclasses import replace
@@ -47,6 +48,8 @@ def _progress_printer() -> Callable[[int, int, str], None]:
 
 
 def _open_app(device_dir: Path) -> None:
+    # Kivy's own log lines go to its log file, not between the demo's report and the console prompt
+    os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")
     from ..services import DeviceServices
     from .config import SITE
 

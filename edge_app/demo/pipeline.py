@@ -417,12 +417,18 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any
     t_start = time.perf_counter()
     run = DemoRun(cfg, progress)
     run.make_key()
-    run.generate()
-    run.train()
-    run.export()
-    run.bundle()
-    run.hub_and_tablet()
-    run.write_report(t_start)
+    try:
+        run.generate()
+        run.train()
+        run.export()
+        run.bundle()
+        run.hub_and_tablet()
+        run.write_report(t_start)
+    except BaseException:  # an error or Ctrl-C: say what the folder holds (a re-run needs another --out)
+        if out.is_dir() and any(out.iterdir()):
+            log.warning("the unfinished demo run's files stay in %s (no report); the next run needs another --out "
+                        "or that folder deleted", out)
+        raise
     return run.report
 
 
