@@ -166,6 +166,11 @@ class Keyring:
         self._keys[kid] = public_raw
         return kid
 
+    def remove(self, key_id: str) -> bool:
+        """Stop trusting ``key_id`` (a leaked or retired key); False if it was not trusted."""
+        self._roles.pop(key_id, None)
+        return self._keys.pop(key_id, None) is not None
+
     def __contains__(self, key_id: object) -> bool:
         return key_id in self._keys
 

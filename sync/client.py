@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from edge_app import storage
-from edge_app.atomic import PRIVATE, atomic_write_json
+from edge_app.atomic import PRIVATE, atomic_write_bytes, atomic_write_json
 from edge_app.errors import AuthError, IntegrityError, PartlensError, SyncError, SyncStorageError, UsageError
 from edge_app.signing import Keyring
 from edge_app.spotcheck import policy_from_plan
@@ -173,12 +173,16 @@ def _keep_keys_of_installed_bundles(paths: DevicePaths, keyring: Keyring) -> Non
     except PartlensError as exc:
         log.warning("the previous keyring is unreadable (%s); installed bundles need the new hub's keys", exc)
         return
+    try:  # keys a hub revoked are never carried over (an audit: a leaked key survived re-enrolment this way)
+        revoked = set(read_device(paths.device).get("revoked_keys") or []) if paths.device.is_file() else set()
+    except PartlensError:
+        revoked = set()
     for manifest in sorted(paths.bundles.glob("*/manifest.json")):
         try:
             kid = json.loads(manifest.read_text()).get("key_id")
         except (OSError, ValueError, AttributeError):
             continue
-        if isinstance(kid, str) and kid in old and kid not in keyring:
+        if isinstance(kid, str) and kid in old and kid not in keyring and kid not in revoked:
             keyring.add(old.public_key(kid), expected_id=kid, roles=["bundle"])  # for that bundle, nothing else
             log.info("keeping key %s trusted: it signed the installed bundle %s", kid, manifest.parent.name)
 
@@ -257,12 +261,15 @@ class SyncClient:
         self.reserve_bytes = int(reserve_bytes) if reserve_bytes is not None else reserve_of(self.device)
         self._reserve_given = reserve_bytes is not None  # the caller's choice is not replaced by the hub's
         want = self.device.get("keyring_sha256")
-        if keyring is None and want and self.paths.keyring.is_file() and sha256_file(self.paths.keyring) != want:
+        # (a key revocation stopped between writing keyring.json and device.json leaves the keyring it announced)
+        if (keyring is None and want and self.paths.keyring.is_file()
+                and sha256_file(self.paths.keyring) not in (want, self.device.get("keyring_sha256_next"))):
             raise UsageError(f"{self.paths.root}: the keyring is not the one enrolled with (an enrolment was "
                              "interrupted); enrol this tablet again")
         self.keyring = keyring or Keyring.load(self.paths.keyring)
         self._own_transport = transport is None  # only a transport made here may fall back (see _plan)
         self._plan_via_fallback = False  # set when this sync's plan came over the plain-HTTP fallback
+        self._hub_revoked: Any = None  # the key revocations in this sync's signed settings
         self.transport = transport or HttpTransport(self.device["hub"], self.device["token"],
                                                     tls_sha256=self.device.get("tls_sha256"))
         self.smoke_test = smoke_test or default_smoke_test
@@ -472,6 +479,7 @@ class SyncClient:
         except (KeyError, TypeError, ValueError, IntegrityError, SyncError) as exc:
             log.warning("hub settings do not verify (%s); keeping this tablet's", exc)
             return None, None, None, None
+        self._hub_revoked = doc.get("revoked_keys")
         return doc.get("policy"), doc.get("device_settings"), stamp, doc.get("tls_pins")
 
     def _follow_policy(self, policy: Any) -> None:
@@ -518,6 +526,65 @@ class SyncClient:
                      new.get("keep_free_mb"))
         if not self._reserve_given:
             self.reserve_bytes = reserve_of(self.device)
+
+    def _follow_revocations(self, revoked: Any) -> None:
+        """Take the hub's key revocations (`hub untrust`; from the signed settings only): remembered in
+        ``device.json``, then dropped from the keyring (see :meth:`_drop_revoked_keys`)."""
+        if revoked is None:
+            return
+        if not isinstance(revoked, list) or not all(isinstance(k, str) and 0 < len(k) <= 64 for k in revoked):
+            log.warning("hub sent unusable key revocations; ignoring them")
+            return
+        known = set(self.device.get("revoked_keys") or [])
+        if not set(revoked) <= known:
+            self.device["revoked_keys"] = sorted(known | set(revoked))
+            _write_device(self.paths, self.device)
+            log.warning("the hub revoked key(s) %s: no bundle they sign is installed from now on",
+                        ", ".join(sorted(set(revoked) - known)))
+        self._drop_revoked_keys()
+
+    def _drop_revoked_keys(self) -> None:
+        """Remove revoked keys from the keyring, except the one that signed the ACTIVE bundle (the engineer keeps
+        a model the app can verify, offline, until a bundle signed by another key replaces it; no new bundle
+        of a revoked key is installed meanwhile: :meth:`_install_keyring`)."""
+        revoked = set(self.device.get("revoked_keys") or [])
+        if not revoked or not revoked & set(self.keyring.key_ids):
+            return
+        active = read_active(self.paths)
+        keep = None
+        if active:
+            try:
+                keep = json.loads((self.paths.bundles / active["bundle_id"] / "manifest.json").read_text()).get("key_id")
+            except (OSError, ValueError, AttributeError):
+                keep = None
+        drop = sorted((revoked & set(self.keyring.key_ids)) - {keep})
+        if not drop:
+            return
+        if self.device.get("keyring_sha256") is None or not self.paths.keyring.is_file():
+            return  # a keyring given by the caller (tests), not this device's file
+        ring = Keyring.from_dict(self.keyring.to_dict())
+        for kid in drop:
+            ring.remove(kid)
+        data = json.dumps(ring.to_dict()).encode()
+        # device.json first announces the new keyring's hash: stopped anywhere, the pair still opens
+        self.device["keyring_sha256_next"] = hashlib.sha256(data).hexdigest()
+        _write_device(self.paths, self.device)
+        atomic_write_bytes(self.paths.keyring, data)
+        self.device["keyring_sha256"] = self.device.pop("keyring_sha256_next")
+        _write_device(self.paths, self.device)
+        self.keyring = ring
+        log.warning("dropped revoked key(s) %s from this tablet's keyring", ", ".join(drop))
+
+    def _install_keyring(self) -> Keyring:
+        """The keys a NEW bundle may be signed by: this device's, less the revoked ones (the key of the active
+        bundle stays in the keyring for that bundle only)."""
+        revoked = set(self.device.get("revoked_keys") or [])
+        if not revoked & set(self.keyring.key_ids):
+            return self.keyring
+        ring = Keyring.from_dict(self.keyring.to_dict())
+        for kid in revoked:
+            ring.remove(kid)
+        return ring
 
     def _plan_over_pinned_tls(self) -> bool:
         """Whether this sync's plan came over HTTPS to a certificate this device pins (not the plain-HTTP
@@ -727,6 +794,7 @@ class SyncClient:
         plan = check_plan(self._plan(version, None if other_hub else active_id, epoch))
         policy, settings, stamp, signed_pins = self._settings_of(plan)
         self._follow_pins(signed_pins, plan.get("tls_pins"))
+        self._follow_revocations(self._hub_revoked)
         self._follow_policy(policy)
         self._follow_device_settings(settings)
         if stamp is not None and stamp != self.device.get("settings_stamp"):
@@ -791,6 +859,7 @@ class SyncClient:
             kill_point("bundle:before-pointer")
             write_active(self.paths, bundle.bundle_id, bundle.version)
             kill_point("bundle:after-pointer")
+            self._drop_revoked_keys()  # a revoked key that signed the bundle just replaced goes now
         result.bundle_after = target
         t = time.perf_counter()
         if target:
@@ -870,13 +939,14 @@ class SyncClient:
             tar.unlink()
             raise IntegrityError(f"bundle archive {tar.name}: sha256 differs from the hub's; deleted, sync again")
         kill_point("bundle:downloaded")
+        ring = self._install_keyring()  # never a bundle a revoked key signed
         try:
-            bundle = load_bundle(existing, self.keyring) if existing.is_dir() else None
+            bundle = load_bundle(existing, ring) if existing.is_dir() else None
         except IntegrityError as exc:  # e.g. unpacked under another hub's keys: the verified archive replaces it
             log.warning("installed copy of bundle %s does not verify (%s); unpacking the download", existing.name, exc)
             bundle = None
         if bundle is None:
-            bundle = open_archive(tar, self.paths.bundles, self.keyring)
+            bundle = open_archive(tar, self.paths.bundles, ring)
         if bundle.bundle_id != info["bundle_id"]:
             raise IntegrityError(f"archive {tar.name} holds bundle {bundle.bundle_id}, not {info['bundle_id']}")
         if active is not None and (bundle.version < int(active["version"])  # the signed version counts

@@ -98,6 +98,11 @@ def _trust(args: argparse.Namespace) -> int:
     return 0
 
 
+def _untrust(args: argparse.Namespace) -> int:
+    _out(_open_hub(args).untrust(args.key_id))
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     _out(_open_hub(args).status())
     return 0
@@ -427,6 +432,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle_dir")
     p = cmd("trust", _trust, "trust the keys of another keyring (e.g. the bundle signer)")
     p.add_argument("keyring")
+    p = cmd("untrust", _untrust, "stop trusting a bundle-signing key (leaked or retired): tablets drop it at their "
+            "next sync and refuse bundles it signs")
+    p.add_argument("key_id", help="the key id (`hub status` lists trusted_keys)")
     cmd("status", _status, "show the hub's catalogue version, bundle and counts")
     p = cmd("field-stats", _field_stats,
             "how each bundle does on the tablets: identifications, no-confident-match rate, latency, and from "

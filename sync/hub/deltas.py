@@ -125,6 +125,9 @@ class PackageService:
         tls_pins = pins(self.hub.root)
         if tls_pins:  # signed: whoever holds only the TLS key (a leaked one) cannot move tablets to their pin
             doc["tls_pins"] = tls_pins
+        revoked = self.hub.revoked_keys()
+        if revoked:  # `hub untrust`: tablets drop these keys
+            doc["revoked_keys"] = revoked
         return {"doc": doc, "signature": sign_document(settings_bytes(doc), self.hub.key)}
 
     def plan(self, site: str, from_version: int, bundle_id: str | None, *, epoch: int = 0) -> dict[str, Any]:

@@ -155,10 +155,51 @@ class Hub:
         """Trust the public keys of another keyring (the export workstation's) to sign model bundles; tablets
         enrolled from now on get them. The hub's own public key here lets the hub's key sign bundles too."""
         other = Keyring.load(keyring_path)
+        new = [kid for kid in other.key_ids if kid not in self.keyring]
         for kid in other.key_ids:
             self.keyring.add(_raw(other, kid), expected_id=kid, roles=["bundle"])
         self.keyring.save(self.root / "keyring.json")
+        enrolled = [d["name"] for d in self.store.list_devices() if not d.get("revoked")]
+        if new and enrolled:  # tablets learn bundle keys at enrolment only (a hub-signed key would let the
+            log.warning(       # network-facing hub's key authorise model signers)
+                "%d tablet(s) were enrolled before key(s) %s: they install bundles signed by it only after "
+                "`partlens hub add-device --reissue` and enrolling them again (keep a second export key trusted "
+                "from the start, so a leaked one can be `hub untrust`ed without that)", len(enrolled), ", ".join(new))
         return other.key_ids
+
+    def untrust(self, key_id: str) -> dict[str, Any]:
+        """Stop trusting a bundle-signing key (a leaked or retired export key): it leaves the hub's keyring, new
+        enrolments do not get it, and every tablet drops it at its next sync (the revocation travels in the
+        hub-signed settings). Refused for the hub's own key, and while the active bundle is signed by it (the
+        tablets would be left with a model they cannot verify): `set-bundle` one signed by another key first."""
+        kid = str(key_id).strip()
+        if kid not in self.keyring:
+            raise UsageError(f"key {kid!r} is not trusted by this hub (trusted: {', '.join(self.keyring.key_ids)})")
+        if kid == self.config.get("key_id"):
+            raise UsageError(f"{kid} is the hub's own key (it signs packages and settings); a hub key is replaced "
+                             "by a new hub and enrolling the tablets again")
+        active = self.bundle_id
+        if active is not None:
+            signer = self._bundle_signer(active)
+            if signer == kid:
+                raise UsageError(f"the active bundle {active} is signed by {kid}: `partlens hub set-bundle` a bundle "
+                                 "signed by another trusted key first, so tablets keep a model they can verify")
+        self.keyring.remove(kid)
+        self.keyring.save(self.root / "keyring.json")
+        revoked = sorted({*self.revoked_keys(), kid})
+        self.store.set_setting("revoked_keys", revoked)  # a settings change: tablets take it at their next sync
+        log.warning("key %s is no longer trusted; tablets drop it at their next sync", kid)
+        return {"untrusted": kid, "revoked_keys": revoked, "trusted_keys": self.keyring.key_ids}
+
+    def revoked_keys(self) -> list[str]:
+        """The keys `untrust` revoked (sent to tablets in the signed settings)."""
+        return [str(k) for k in (self.store.get_meta("revoked_keys", []) or [])]
+
+    def _bundle_signer(self, bundle_id: str) -> str | None:
+        try:
+            return json.loads((self.bundle_dir(bundle_id) / "manifest.json").read_text()).get("key_id")
+        except (OSError, ValueError, AttributeError):
+            return None
 
     # -- paths ------------------------------------------------------------------------------
     def image_path(self, row: Mapping[str, Any]) -> Path:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from edge_app.bundle import load_bundle
-from edge_app.errors import IntegrityError
+from edge_app.errors import IntegrityError, UsageError
 from edge_app.signing import Keyring, SigningKey, sign_document
 
 from .helpers import make_bundle, make_key
@@ -173,3 +173,67 @@ def test_a_package_another_hub_made_is_refused_even_under_a_shared_key(world) ->
     hub.store.set_setting("hub_id", mine)  # its own hub's next package is taken
     hub.add_part({"part_number": "GOOD", "name": "from hub A"}, inventory={"site_a": (1, "B2")})
     assert client(world).sync().to_version > before
+
+
+def test_an_untrusted_key_is_dropped_by_the_tablets_and_its_bundles_refused(world, tmp_path) -> None:
+    """Found by an audit (21st session): a leaked export key could not be revoked (tablets learn keys only at
+    enrolment) and even survived re-enrolment (the key of an installed bundle was carried over). The site keeps a
+    second export key (trusted before its tablets were enrolled) to sign the replacement bundle."""
+    from sync.client import enrol
+    from sync.hub.enrol import add_device
+    from sync.transport import InMemoryTransport
+
+    hub, leaked = world.hub, world.export_key.key_id
+    _, backup_key, backup_pub = make_key(tmp_path / "keys-backup")
+    hub.trust(backup_pub)
+    payload = add_device(hub, "tab-b", "site_a")
+    enrol(world.device_dir, payload)  # a tablet enrolled with both export keys
+
+    def sync():
+        from sync.client import SyncClient
+
+        return SyncClient(world.device_dir, transport=InMemoryTransport(hub, payload["token"]),
+                          smoke_test=lambda b: None).sync()
+
+    sync()
+    with pytest.raises(UsageError, match="the hub's own key"):
+        hub.untrust(hub.key.key_id)
+    with pytest.raises(UsageError, match="active bundle .* is signed by"):  # tablets would lose their model
+        hub.untrust(leaked)
+    hub.set_bundle(make_bundle(tmp_path / "v2", backup_key, 2))
+    out = hub.untrust(leaked)
+    assert out["revoked_keys"] == [leaked] and leaked not in hub.keyring
+    sync()  # installs v2 (the backup key), then drops the leaked key
+    ring = Keyring.load(world.device_dir / "keyring.json")
+    assert leaked not in ring and backup_key.key_id in ring
+    device = json.loads((world.device_dir / "device.json").read_text())
+    assert device["revoked_keys"] == [leaked] and "keyring_sha256_next" not in device
+    sync()  # the device.json / keyring pair still opens
+    evil = make_bundle(tmp_path / "evil", world.export_key, 99)
+    with pytest.raises(IntegrityError):
+        load_bundle(evil, ring)
+    # re-enrolled with a new code: the revoked key is not carried over with the installed bundles
+    again = add_device(hub, "tab-again", "site_a")
+    assert leaked not in again["keys"]
+    enrol(world.device_dir, again)
+    assert leaked not in Keyring.load(world.device_dir / "keyring.json")
+
+
+def test_a_revoked_key_that_signed_the_active_bundle_stays_for_it_but_installs_nothing(world, tmp_path) -> None:
+    """If the tablet still runs a bundle of the revoked key (the hub's replacement did not arrive yet), the key
+    stays for that bundle (the engineer keeps identifying offline) but no new bundle it signs is installed."""
+    c = client(world)
+    c.sync()
+    leaked = world.export_key.key_id
+    c.device["revoked_keys"] = [leaked]
+    c._drop_revoked_keys()
+    assert leaked in Keyring.load(world.device_dir / "keyring.json")  # it signed the active bundle
+    assert leaked not in c._install_keyring()
+    # and a new enrolment does not carry it over with the installed bundle (it did for any installed bundle's key)
+    from sync.client import _write_device, enrol
+    from sync.hub.enrol import add_device
+
+    _write_device(c.paths, c.device)
+    world.hub.keyring.remove(leaked)  # (as `hub untrust` leaves it; the payload then lacks it)
+    enrol(world.device_dir, add_device(world.hub, "tab-c", "site_a"))
+    assert leaked not in Keyring.load(world.device_dir / "keyring.json")
