@@ -20,6 +20,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +155,7 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
     paths = DevicePaths(Path(data_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
     with device_lock(paths.root, "enrolment", wait_s=5.0):  # never between a running sync's reads and writes
+        install_id(paths)  # made once per data folder: a re-enrolment of this tablet keeps it
         _keep_keys_of_installed_bundles(paths, keyring)
         keyring.save(paths.keyring)
         # device.json is written last and names the keyring it goes with: stopped in between, the mismatch is
@@ -160,6 +163,26 @@ def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) ->
         device["keyring_sha256"] = sha256_file(paths.keyring)
         _write_device(paths, device)
     return paths
+
+
+def install_id(paths: DevicePaths) -> str:
+    """This app install's id (32 hex digits in ``<data>/install_id``, made at the first enrolment or sync, kept
+    across re-enrolments): the hub binds an enrolment code to the first install that uses it, so the same QR
+    code on a second tablet is refused. A wiped data folder is a new install (enrol it under a new name)."""
+    path = paths.root / "install_id"
+    try:
+        value = path.read_text().strip()
+        if re.fullmatch(r"[0-9a-f]{32}", value):
+            return value
+        log.warning("%s is damaged; this install gets a new id (the hub may then ask for a new enrolment)", path)
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("%s cannot be read (%s); this install gets a new id", path, exc)
+    value = secrets.token_hex(16)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, value.encode(), mode=PRIVATE)
+    return value
 
 
 def _keep_keys_of_installed_bundles(paths: DevicePaths, keyring: Keyring) -> None:
@@ -270,8 +293,10 @@ class SyncClient:
         self._own_transport = transport is None  # only a transport made here may fall back (see _plan)
         self._plan_via_fallback = False  # set when this sync's plan came over the plain-HTTP fallback
         self._hub_revoked: Any = None  # the key revocations in this sync's signed settings
+        self.install_id = install_id(self.paths)
         self.transport = transport or HttpTransport(self.device["hub"], self.device["token"],
-                                                    tls_sha256=self.device.get("tls_sha256"))
+                                                    tls_sha256=self.device.get("tls_sha256"),
+                                                    install_id=self.install_id)
         self.smoke_test = smoke_test or default_smoke_test
 
     def _open_db(self) -> Any:
@@ -672,7 +697,7 @@ class SyncClient:
             log.warning("hub's HTTPS address %s failed (%s); this sync uses the previous address %s",
                         self.device["hub"], exc, fallback)
             self._plan_via_fallback = True  # nothing in this plan is authenticated by the channel
-            self.transport = HttpTransport(fallback, self.device["token"])
+            self.transport = HttpTransport(fallback, self.device["token"], install_id=self.install_id)
             return self.transport.plan(version, bundle_id, epoch, **extra)
         if fallback and self._own_transport and str(self.device["hub"]).startswith("https://"):
             self.device.pop("fallback_hub", None)

@@ -167,7 +167,7 @@ class HttpTransport:
     """
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 30.0, retries: int = 5,
-                 tls_sha256: str | Sequence[str] | None = None) -> None:
+                 tls_sha256: str | Sequence[str] | None = None, install_id: str | None = None) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise SyncError(f"hub URL must start with http:// or https://, got {base_url!r}")
         if tls_sha256 and not base_url.startswith("https://"):
@@ -175,6 +175,8 @@ class HttpTransport:
         self._opener = pinned_opener(tls_sha256) if tls_sha256 else urllib.request.build_opener(_NoRedirect())
         self.base = base_url.rstrip("/")
         self.token = token
+        #: this app install (sync.client.install_id): the hub binds an enrolment code to the first install using it
+        self._auth = {"Authorization": f"Bearer {token}", **({"X-Partlens-Install": install_id} if install_id else {})}
         self.timeout = timeout
         self.retries = retries
         self._batch_unsupported = False  # an older hub without POST /v1/uploads/batch
@@ -185,8 +187,7 @@ class HttpTransport:
         url = self.base + path
         if params:
             url += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        req = urllib.request.Request(url, data=body, method=method,
-                                     headers={"Authorization": f"Bearer {self.token}", **headers})
+        req = urllib.request.Request(url, data=body, method=method, headers={**self._auth, **headers})
         try:
             return self._opener.open(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
@@ -195,7 +196,13 @@ class HttpTransport:
             except (HTTPException, OSError):
                 detail = ""
             if exc.code == 401:
-                raise AuthError(f"hub {self.base} refused the device token (401)") from None
+                said = ""
+                try:
+                    said = str(json.loads(detail).get("detail") or "")
+                except (ValueError, AttributeError):
+                    pass
+                raise AuthError(f"hub {self.base} refused the device token (401)"
+                                + (f": {said}" if said and "another" in said else "")) from None
             if exc.code == 507:
                 raise _HttpError(507, detail, f"the hub's storage is full (HTTP 507 on {method} {path}): tell the "
                                  "hub admin; nothing was lost, this tablet keeps its outbox and syncs later") from None
@@ -484,17 +491,21 @@ class _HttpError(SyncError):
 class InMemoryTransport:
     """Calls a :class:`~sync.hub.hub.Hub` in this process, with the same auth and checks as HTTP."""
 
-    def __init__(self, hub: Any, token: str) -> None:
+    def __init__(self, hub: Any, token: str, install_id: str | None = None) -> None:
         from .hub.deltas import PackageService
 
         self.hub = hub
         self.token = token
+        self.install_id = install_id
         self.packages = PackageService(hub)
 
     def _device(self) -> dict[str, Any]:
-        from .hub.auth import authenticate
+        from .hub.auth import authenticate, check_install
 
-        return authenticate(self.hub.store, self.hub.secret, self.token)
+        dev = authenticate(self.hub.store, self.hub.secret, self.token)
+        if self.install_id is not None:  # (an in-process test double: only an explicit install is checked)
+            check_install(self.hub.store, dev, self.install_id)
+        return dev
 
     def plan(self, version: int, bundle_id: str | None, epoch: int = 0,
              last_error: str | None = None) -> dict[str, Any]:

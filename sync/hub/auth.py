@@ -13,7 +13,7 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from edge_app.atomic import PRIVATE, atomic_write_bytes
 from edge_app.errors import AuthError, UsageError
@@ -79,3 +79,30 @@ def authenticate(store: Any, secret: bytes, token: str | None) -> dict[str, Any]
     if not ok or row is None or row["revoked"]:
         raise AuthError("invalid token")
     return row
+
+
+#: the request header a tablet names its app install with (made once per device data folder)
+INSTALL_HEADER = "X-Partlens-Install"
+INSTALL_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class InstallConflict(AuthError):
+    """A valid token from another app install than the one its enrolment is bound to (the message is shown)."""
+
+
+def check_install(store: Any, device: Mapping[str, Any], install_id: str | None) -> None:
+    """An enrolment code (its token) serves ONE app install: the first install that uses it binds it, and
+    another install is refused (an audit: a photographed QR code or a leftover PNG gave a second tablet lasting
+    access to the site's stock and uploads, undetected). Requests without an install id (apps from before) are
+    accepted until the code is bound; after that they are refused too, so leaving the header out does not help."""
+    if install_id is None:
+        if device.get("install_id"):
+            raise InstallConflict("this enrolment is bound to another tablet's app install")
+        return
+    if not INSTALL_ID.fullmatch(install_id):
+        raise InstallConflict("malformed install id")
+    if store.bind_install(device["name"], install_id) == "other":
+        log.warning("device %s: its enrolment code was used by a second app install (refused); `hub devices` shows "
+                    "it; revoke the device if the code leaked", device["name"])
+        raise InstallConflict("this enrolment code is in use on another tablet (or this app was reinstalled): ask the "
+                        "hub admin to revoke it and enrol this tablet under a new name")

@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 from edge_app.errors import AuthError, InputError, IntegrityError, PartlensError, UsageError
 from edge_app.storage import free_bytes, is_disk_full, mb
 
-from .auth import authenticate
+from .auth import INSTALL_HEADER, InstallConflict, authenticate, check_install
 from .deltas import PackageService
 from .hub import Hub
 from .thumbs import thumbs_tar
@@ -77,11 +77,16 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
     app.add_exception_handler(OSError, _maybe_disk_full)
     app.add_exception_handler(sqlite3.Error, _maybe_disk_full)
 
-    def device(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> dict[str, Any]:
+    def device(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> dict[str, Any]:
         try:
-            return authenticate(hub.store, hub.secret, creds.credentials if creds else None)
+            dev = authenticate(hub.store, hub.secret, creds.credentials if creds else None)
         except AuthError:
             raise HTTPException(401, "invalid or missing token", headers={"WWW-Authenticate": "Bearer"}) from None
+        try:
+            check_install(hub.store, dev, request.headers.get(INSTALL_HEADER))
+        except InstallConflict as exc:  # the token is valid: say why (the engineer and the admin need to know)
+            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+        return dev
 
     @app.get("/v1/whoami", summary="the device this token belongs to")
     def whoami(dev: dict = Depends(device)) -> dict[str, Any]:

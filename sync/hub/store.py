@@ -113,6 +113,7 @@ class HubStore(Protocol):
     def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None, *,
                     via: str | None = None, epoch: int = 0, last_error: str | None = None) -> None: ...
     def unfinished_uploads(self, name: str) -> list[str]: ...
+    def bind_install(self, name: str, install_id: str) -> str: ...
     def revoke_device(self, name: str) -> bool: ...
     def add_upload(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
     def add_uploads(self, rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]: ...
@@ -251,6 +252,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (5, ["ALTER TABLE devices ADD COLUMN keep_free_mb REAL", "ALTER TABLE devices ADD COLUMN sync_window TEXT"]),
     # 6: why the device's previous sync failed, as it reports with its next plan request (NULL: it succeeded)
     (6, ["ALTER TABLE devices ADD COLUMN last_error TEXT"]),
+    # 7: the app install an enrolment code is bound to at first use, and when another install tried it
+    (7, ["ALTER TABLE devices ADD COLUMN install_id TEXT",
+         "ALTER TABLE devices ADD COLUMN install_conflict_at TEXT"]),
 ]
 
 
@@ -501,7 +505,8 @@ class SqliteHubStore:
             if row[0] is not None:
                 raise UsageError(f"device {name!r} has synced with this hub (its token is in use); revoke it and "
                                  "enrol the tablet under another name")
-            sets = {"site": site, "token_hash": token_hash, "created_at": utcnow(), **settings}
+            sets = {"site": site, "token_hash": token_hash, "created_at": utcnow(), "install_id": None,
+                    "install_conflict_at": None, **settings}
             db.conn.execute(f"UPDATE devices SET {', '.join(f'{k}=?' for k in sets)} WHERE name=?",
                             (*sets.values(), name))
             _bump_settings_serial(db)
@@ -524,8 +529,28 @@ class SqliteHubStore:
     def list_devices(self) -> list[dict[str, Any]]:
         """Every enrolled device (never the token hash), with what it last reported when it asked for a sync."""
         return self._rows("SELECT name, site, created_at, revoked, last_sync_at, last_catalogue_version, "
-                          "last_bundle_id, last_via, last_catalogue_epoch, keep_free_mb, sync_window, last_error "
-                          "FROM devices ORDER BY name")
+                          "last_bundle_id, last_via, last_catalogue_epoch, keep_free_mb, sync_window, last_error, "
+                          "install_conflict_at FROM devices ORDER BY name")
+
+    def bind_install(self, name: str, install_id: str) -> str:
+        """Bind device ``name``'s enrolment to the app install ``install_id`` at its first use: ``"bound"``,
+        ``"same"`` (already bound to it) or ``"other"`` (bound to another install: the same enrolment code in use on
+        a second tablet; the time is recorded for ``hub devices``)."""
+        db = self._db()
+        row = db.conn.execute("SELECT install_id FROM devices WHERE name=?", (name,)).fetchone()
+        if row is not None and row[0] == install_id:
+            return "same"  # the usual request: no write
+        with self._write_lock, self._tx(db):
+            row = db.conn.execute("SELECT install_id FROM devices WHERE name=?", (name,)).fetchone()
+            if row is None:
+                raise InputError(f"no device {name!r}")
+            if row[0] is None:
+                db.conn.execute("UPDATE devices SET install_id=? WHERE name=?", (install_id, name))
+                return "bound"
+            if row[0] == install_id:
+                return "same"
+            db.conn.execute("UPDATE devices SET install_conflict_at=? WHERE name=?", (utcnow(), name))
+            return "other"
 
     def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None, *,
                     via: str | None = None, epoch: int = 0, last_error: str | None = None) -> None:

@@ -72,7 +72,7 @@ def test_a_hub_database_from_before_the_fleet_columns_is_migrated(tmp_path) -> N
     assert store.list_devices() == [{"name": "old-tab", "site": "s", "created_at": "t", "revoked": 0,
                                      "last_sync_at": None, "last_catalogue_version": None, "last_bundle_id": None,
                                      "last_via": None, "last_catalogue_epoch": None, "keep_free_mb": None,
-                                     "sync_window": None, "last_error": None}]
+                                     "sync_window": None, "last_error": None, "install_conflict_at": None}]
     assert store.get_meta("schema_version") == MIGRATIONS[-1][0]
     store.device_seen("old-tab", 4, "b1")
     store.close()

@@ -81,10 +81,19 @@ def test_full_incremental_new_part_and_site_isolation(served):
     db.close()
     snap = sorted(p.name for p in (world.hub.root / "packages" / "site_a").glob("snapshot-*.tar"))[0]
     req = urllib.request.Request(f"{server.url}/v1/packages/{snap}",
-                                 headers={"Authorization": f"Bearer {payload_b['token']}"})
+                                 headers={"Authorization": f"Bearer {payload_b['token']}",
+                                          "X-Partlens-Install": cb.install_id})
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(req)
     assert exc.value.code == 404
+    # the same token from another app install (the enrolment code used on a second tablet): refused, and said so
+    for install in ("f" * 32, None):
+        other = urllib.request.Request(f"{server.url}/v1/whoami", headers={
+            "Authorization": f"Bearer {payload_b['token']}", **({"X-Partlens-Install": install} if install else {})})
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(other)
+        assert exc.value.code == 401 and b"another" in exc.value.read()
+    assert [d for d in world.hub.store.list_devices() if d["name"] == "http-b"][0]["install_conflict_at"]
 
 
 def test_cut_download_resumes_with_range(served):

@@ -237,3 +237,24 @@ def test_a_revoked_key_that_signed_the_active_bundle_stays_for_it_but_installs_n
     world.hub.keyring.remove(leaked)  # (as `hub untrust` leaves it; the payload then lacks it)
     enrol(world.device_dir, add_device(world.hub, "tab-c", "site_a"))
     assert leaked not in Keyring.load(world.device_dir / "keyring.json")
+
+
+def test_an_enrolment_code_serves_one_app_install(world, tmp_path) -> None:
+    """Found by an audit (21st session): one enrolment code (a photographed QR, a leftover PNG) worked on any
+    number of tablets at once, undetected. The first app install that uses it binds it."""
+    from edge_app.errors import AuthError
+    from sync.client import enrol, install_id
+    from sync.apply import DevicePaths
+    from sync.transport import InMemoryTransport
+
+    token = world.payload["token"]
+    first = install_id(DevicePaths(world.device_dir))
+    enrol(world.device_dir, world.payload)  # enrolled again on the same tablet: the same install
+    assert install_id(DevicePaths(world.device_dir)) == first
+    InMemoryTransport(world.hub, token, install_id=first).plan(0, None)
+    with pytest.raises(AuthError, match="in use on another tablet"):
+        InMemoryTransport(world.hub, token, install_id="b" * 32).plan(0, None)
+    assert world.hub.store.device("tab1")["install_conflict_at"]
+    InMemoryTransport(world.hub, token, install_id=first).plan(0, None)  # the tablet it is bound to goes on
+    other = install_id(DevicePaths(tmp_path / "second-tablet"))
+    assert other != first and len(other) == 32
