@@ -100,10 +100,12 @@ def fit_ridge_head(model, z: np.ndarray, y: np.ndarray, n_classes: int, lam: flo
 
 
 def is_int8(fmt_name: str) -> bool:
-    """Every int8 format (``tflite-int8``, ``tflite-int8-aiq``, ``onnx-int8``): the worst-drop rows cover all."""
-    from export.formats import get_format
+    """Every int8 export format (``tflite-int8``, ``tflite-int8-aiq``, ``onnx-int8``): the worst-drop rows cover
+    all; the PyTorch reference rows (``pytorch-fp32``) are none."""
+    from export.formats import FORMATS as EXPORT_FORMATS
 
-    return get_format(fmt_name).quantized
+    fmt = EXPORT_FORMATS.get(fmt_name)
+    return fmt is not None and fmt.quantized
 
 
 def find_checkpoint(name: str) -> Path | None:

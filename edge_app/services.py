@@ -491,7 +491,9 @@ class DeviceServices:
             return self._bundle_dir, self._keyring
         return active_bundle_dir(self.data_dir, self.catalogue), self._keyring
 
-    def _get_identifier(self) -> Any:
+    def _get_identifier(self, *, lease: bool = False) -> Any:
+        """The identifier of the active bundle (opened on first use); ``lease``: counted as in use, in the same
+        locked step (a reload between getting and leasing it closed it under the identification: a review)."""
         with self._lock:
             if self._identifier is not None and self._bundle_dir is None:
                 # the nightly sync (another process) may have installed a new bundle since: its vectors replaced
@@ -516,6 +518,8 @@ class DeviceServices:
                         if attempt == 2 or self._bundle_dir is not None:
                             raise
                         log.warning("%s; opening it", exc)
+            if lease:
+                self._leases[id(self._identifier)] = self._leases.get(id(self._identifier), 0) + 1
             return self._identifier
 
     def reload(self) -> None:
@@ -529,21 +533,23 @@ class DeviceServices:
         """The identifier, held for one identification: a reload meanwhile closes it only after that ends (it
         closed the catalogue connection under a running identification; the Java model must not be freed
         under one either)."""
-        ident = self._get_identifier()
-        with self._lock:
-            self._leases[id(ident)] = self._leases.get(id(ident), 0) + 1
+        ident = self._get_identifier(lease=True)
         try:
             yield ident
         finally:
-            with self._lock:
-                left = self._leases[id(ident)] - 1
-                if left:
-                    self._leases[id(ident)] = left
-                else:
-                    del self._leases[id(ident)]
-                    if any(r is ident for r in self._retired):
-                        self._retired = [r for r in self._retired if r is not ident]
-                        self._close_identifier(ident)
+            self._release_identifier(ident)
+
+    def _release_identifier(self, ident: Any) -> None:
+        """End one lease of ``ident``; the last lease of a replaced identifier closes it."""
+        with self._lock:
+            left = self._leases[id(ident)] - 1
+            if left:
+                self._leases[id(ident)] = left
+            else:
+                del self._leases[id(ident)]
+                if any(r is ident for r in self._retired):
+                    self._retired = [r for r in self._retired if r is not ident]
+                    self._close_identifier(ident)
 
     def _retire_locked(self, ident: Any) -> None:
         """Close a replaced identifier now, or when its last identification ends (``_lock`` held)."""

@@ -293,6 +293,7 @@ class SyncClient:
         self._own_transport = transport is None  # only a transport made here may fall back (see _plan)
         self._plan_via_fallback = False  # set when this sync's plan came over the plain-HTTP fallback
         self._hub_revoked: Any = None  # the key revocations in this sync's signed settings
+        self._signed_without_pins = False  # this sync's signed settings came from a hub that does not sign pins
         self.install_id = install_id(self.paths)
         self.transport = transport or HttpTransport(self.device["hub"], self.device["token"],
                                                     tls_sha256=self.device.get("tls_sha256"),
@@ -505,6 +506,7 @@ class SyncClient:
             log.warning("hub settings do not verify (%s); keeping this tablet's", exc)
             return None, None, None, None
         self._hub_revoked = doc.get("revoked_keys")
+        self._signed_without_pins = "tls_pins" not in doc  # a hub that signs settings but not yet its pins
         return doc.get("policy"), doc.get("device_settings"), stamp, doc.get("tls_pins")
 
     def _follow_policy(self, policy: Any) -> None:
@@ -621,12 +623,15 @@ class SyncClient:
         """Adopt the hub's certificate pins (its current certificate, plus the next one while it rotates) from
         the SIGNED settings (``signed_pins``): an audit found that the plan's bare list let whoever answered
         (the plain-HTTP fallback, or anyone holding a leaked TLS key) add a pin of theirs and later drop the
-        hub's. A hub from before signed pins (this tablet never took signed settings) is followed over pinned
-        HTTPS only. The list is adopted only if it keeps a pin this device has (never a jump to strangers)."""
+        hub's. A hub from before signed pins (its verified settings carry no pin list, or it signs no settings
+        and this tablet never took signed ones) is followed over pinned HTTPS only: otherwise a tablet updated
+        before its hub would miss a rotation and be cut off at its activation (a review). The list is adopted
+        only if it keeps a pin this device has (never a jump to strangers)."""
         mine = self.device.get("tls_sha256")
+        older_hub = self._signed_without_pins or not self.device.get("settings_stamp")
         if signed_pins is not None:
             hub_pins = signed_pins
-        elif plan_pins and self._plan_over_pinned_tls() and not self.device.get("settings_stamp"):
+        elif plan_pins and self._plan_over_pinned_tls() and older_hub:
             hub_pins = plan_pins
         else:
             if plan_pins and mine and set(plan_pins) != set(mine if isinstance(mine, list) else [mine]):

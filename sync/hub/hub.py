@@ -155,6 +155,10 @@ class Hub:
         """Trust the public keys of another keyring (the export workstation's) to sign model bundles; tablets
         enrolled from now on get them. The hub's own public key here lets the hub's key sign bundles too."""
         other = Keyring.load(keyring_path)
+        again = sorted(set(other.key_ids) & set(self.revoked_keys()))
+        if again:  # tablets never take a revoked key back (a review: its bundles then failed every sync)
+            raise UsageError(f"key(s) {', '.join(again)} were revoked with `hub untrust` and stay revoked on the "
+                             "tablets: make a new key (`partlens keys init`) and trust that")
         new = [kid for kid in other.key_ids if kid not in self.keyring]
         for kid in other.key_ids:
             self.keyring.add(_raw(other, kid), expected_id=kid, roles=["bundle"])
@@ -174,6 +178,8 @@ class Hub:
         tablets would be left with a model they cannot verify): `set-bundle` one signed by another key first."""
         kid = str(key_id).strip()
         if kid not in self.keyring:
+            if kid in self.revoked_keys():  # done already (or stopped after recording the revocation)
+                return {"untrusted": kid, "revoked_keys": self.revoked_keys(), "trusted_keys": self.keyring.key_ids}
             raise UsageError(f"key {kid!r} is not trusted by this hub (trusted: {', '.join(self.keyring.key_ids)})")
         if kid == self.config.get("key_id"):
             raise UsageError(f"{kid} is the hub's own key (it signs packages and settings); a hub key is replaced "
@@ -184,10 +190,12 @@ class Hub:
             if signer == kid:
                 raise UsageError(f"the active bundle {active} is signed by {kid}: `partlens hub set-bundle` a bundle "
                                  "signed by another trusted key first, so tablets keep a model they can verify")
-        self.keyring.remove(kid)
-        self.keyring.save(self.root / "keyring.json")
+        # the revocation first: stopped before the keyring is saved, a re-run finishes it (the other way round, the
+        # key was untrusted but never revoked, and a re-run said "not trusted")
         revoked = sorted({*self.revoked_keys(), kid})
         self.store.set_setting("revoked_keys", revoked)  # a settings change: tablets take it at their next sync
+        self.keyring.remove(kid)
+        self.keyring.save(self.root / "keyring.json")
         log.warning("key %s is no longer trusted; tablets drop it at their next sync", kid)
         return {"untrusted": kid, "revoked_keys": revoked, "trusted_keys": self.keyring.key_ids}
 
@@ -330,9 +338,14 @@ class Hub:
         image_id = f"img-{digest[:24]}"
         rel = f"{image_id}{suffix}"
         dst = self.root / "images" / rel
+        thumb = self.thumb_path(image_id)
+        for f in (dst, thumb):  # reused (an earlier failed import stored it): young again, so the nightly orphan
+            try:               # sweep (prune_orphan_files) does not take it while this import runs (a review)
+                os.utime(f)
+            except FileNotFoundError:
+                pass
         if not dst.exists():
             atomic_write_bytes(dst, data)
-        thumb = self.thumb_path(image_id)
         if not thumb.exists():
             atomic_write_bytes(thumb, thumbnail_jpeg(img))
         # the thumbnail's hash travels in the signed packages: tablets store only this thumbnail for this image
@@ -496,6 +509,9 @@ class Hub:
                                      "key and `partlens hub trust` its public key (or trust the hub's own "
                                      "public key file to let it sign bundles too)") from None
             raise
+        if bundle.manifest.get("key_id") in self.revoked_keys():
+            raise UsageError(f"bundle {bundle.bundle_id} is signed by {bundle.manifest['key_id']}, which was revoked "
+                             "with `hub untrust`: tablets refuse it; sign it with another trusted key")
         active = self.bundle_id
         if active is not None:
             cur = self.store.bundle(active)

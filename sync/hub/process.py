@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -55,8 +56,11 @@ class HubProcess:
         self._stderr: Any = None  # a temp file, not a pipe: nobody drains a pipe while the server runs
 
     def start(self) -> "HubProcess":
-        # the server stops when this process dies, also by SIGKILL (no `finally` runs then)
-        env = dict(os.environ, PARTLENS_HUB=str(self.hub_dir), PARTLENS_HUB_PARENT_PID=str(os.getpid()))
+        env = dict(os.environ, PARTLENS_HUB=str(self.hub_dir))
+        # the server stops when this process dies, also by SIGKILL (no `finally` runs then). Linux sends the
+        # parent-death signal when the THREAD that started the child ends: only a main-thread start asks for it
+        if threading.current_thread() is threading.main_thread():
+            env["PARTLENS_HUB_PARENT_PID"] = str(os.getpid())
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH", "")) if p)
         self._stderr = tempfile.TemporaryFile()
         # exactly what an admin runs: `partlens hub serve` (HTTPS with the hub's certificate when it has one)

@@ -927,3 +927,13 @@ def test_a_reload_during_an_identification_frees_the_model_only_after_it(device)
     assert got == ["b1"] and closed == ["b1"]  # freed when its last identification ended
     device.reload()  # unused: freed at once
     assert closed == ["b1", "b2"] and device._leases == {} and device._retired == []
+    # the lease is taken in the same locked step that hands the identifier out (a review: a reload between the two
+    # closed it under the identification)
+    third = Stub()
+    third.bundle_id = "b3"
+    device._identifier = third
+    got = device._get_identifier(lease=True)
+    device.reload()
+    assert got is third and closed == ["b1", "b2"]
+    device._release_identifier(got)
+    assert closed == ["b1", "b2", "b3"] and device._leases == {}

@@ -280,8 +280,14 @@ def test_files_a_failed_import_stored_are_swept_by_the_nightly_prune(world, tmp_
         os.utime(hub.root / rel, (old, old))
     for f in (hub.root / "images").iterdir():  # referenced files, however old, stay
         os.utime(f, (old, old))
+    # an import storing one of them again (not committed yet) makes it young: the sweep leaves it (a review)
+    row = hub.store_image(tmp_path / "imgs" / "0.jpg", "G0")
     out = hub.prune_orphan_files()
-    assert out["orphan_files_removed"] == 6 and files() == before
+    assert out["orphan_files_removed"] == 4 and files() - before == {f"images/{row['path']}",
+                                                                     f"thumbs/{row['image_id']}.jpg"}
+    for rel in files() - before:
+        os.utime(hub.root / rel, (old, old))
+    assert hub.prune_orphan_files()["orphan_files_removed"] == 2 and files() == before
     assert all((hub.root / "images" / r["path"]).is_file() for r in hub.store.live_images())
     images.write_text("path,part_number,kind\nimgs/0.jpg,G0,catalogue\n")
     assert hub.import_csv(parts, images)["images"] == 1  # a re-run stores them again
