@@ -482,7 +482,7 @@ class SyncClient:
         The fourth value is the certificate pins the signed document lists (None when it lists none)."""
         signed = plan.get("settings")
         if signed is None:
-            if self._plan_over_pinned_tls() and not self.device.get("settings_stamp"):
+            if self._plan_over_https() and not self.device.get("settings_stamp"):
                 return plan.get("policy"), plan.get("device_settings"), None, None
             if plan.get("policy") is not None or plan.get("device_settings"):
                 log.warning("hub sent unsigned settings %s; not taking them (update the hub)",
@@ -613,11 +613,10 @@ class SyncClient:
             ring.remove(kid)
         return ring
 
-    def _plan_over_pinned_tls(self) -> bool:
-        """Whether this sync's plan came over HTTPS to a certificate this device pins (not the plain-HTTP
-        fallback of a tablet moving to HTTPS)."""
-        return (not self._plan_via_fallback and bool(self.device.get("tls_sha256"))
-                and str(self.device.get("hub", "")).startswith("https://"))
+    def _plan_over_https(self) -> bool:
+        """Whether this sync's plan came over HTTPS (the pinned certificate, or one the system's CAs vouch for),
+        not the plain-HTTP fallback of a tablet moving to HTTPS."""
+        return not self._plan_via_fallback and str(self.device.get("hub", "")).startswith("https://")
 
     def _follow_pins(self, signed_pins: Any, plan_pins: Any) -> None:
         """Adopt the hub's certificate pins (its current certificate, plus the next one while it rotates) from
@@ -631,7 +630,7 @@ class SyncClient:
         older_hub = self._signed_without_pins or not self.device.get("settings_stamp")
         if signed_pins is not None:
             hub_pins = signed_pins
-        elif plan_pins and self._plan_over_pinned_tls() and older_hub:
+        elif plan_pins and self._plan_over_https() and older_hub:
             hub_pins = plan_pins
         else:
             if plan_pins and mine and set(plan_pins) != set(mine if isinstance(mine, list) else [mine]):
