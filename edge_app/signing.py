@@ -171,6 +171,13 @@ class Keyring:
         self._roles.pop(key_id, None)
         return self._keys.pop(key_id, None) is not None
 
+    def without(self, key_ids: Iterable[str]) -> "Keyring":
+        """A copy of this keyring that does not trust ``key_ids`` (this one is unchanged)."""
+        ring = Keyring.from_dict(self.to_dict())
+        for kid in key_ids:
+            ring.remove(kid)
+        return ring
+
     def __contains__(self, key_id: object) -> bool:
         return key_id in self._keys
 

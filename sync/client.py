@@ -589,9 +589,7 @@ class SyncClient:
             return
         if self.device.get("keyring_sha256") is None or not self.paths.keyring.is_file():
             return  # a keyring given by the caller (tests), not this device's file
-        ring = Keyring.from_dict(self.keyring.to_dict())
-        for kid in drop:
-            ring.remove(kid)
+        ring = self.keyring.without(drop)
         data = json.dumps(ring.to_dict()).encode()
         # device.json first announces the new keyring's hash: stopped anywhere, the pair still opens
         self.device["keyring_sha256_next"] = hashlib.sha256(data).hexdigest()
@@ -606,12 +604,7 @@ class SyncClient:
         """The keys a NEW bundle may be signed by: this device's, less the revoked ones (the key of the active
         bundle stays in the keyring for that bundle only)."""
         revoked = set(self.device.get("revoked_keys") or [])
-        if not revoked & set(self.keyring.key_ids):
-            return self.keyring
-        ring = Keyring.from_dict(self.keyring.to_dict())
-        for kid in revoked:
-            ring.remove(kid)
-        return ring
+        return self.keyring.without(revoked) if revoked & set(self.keyring.key_ids) else self.keyring
 
     def _plan_over_https(self) -> bool:
         """Whether this sync's plan came over HTTPS (the pinned certificate, or one the system's CAs vouch for),
