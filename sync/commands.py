@@ -16,6 +16,8 @@ from edge_app.errors import InputError, UsageError
 from edge_app.runtime.importer import parse_stock
 from edge_app.storage import RESERVE_BYTES
 
+from .hub.auth import DEFAULT_VALID_DAYS, MAX_VALID_DAYS
+
 log = logging.getLogger(__name__)
 
 
@@ -162,6 +164,11 @@ def _devices(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if never:
         print(f"{len(never)} device(s) enrolled but never synced: {', '.join(never)}", file=sys.stderr)
+    expired = [r["name"] for r in rows if r["code"] == "expired" and not r["revoked"]]
+    if expired:
+        print(f"{len(expired)} enrolment code(s) expired unused (refused): {', '.join(expired)}; give a tablet a new "
+              "code with `partlens hub add-device NAME --site SITE --reissue`, or `hub revoke-device NAME`",
+              file=sys.stderr)
     for r in rows:
         if r.get("last_error") and not r["revoked"]:
             print(f"device {r['name']}: its last sync failed: {r['last_error']}", file=sys.stderr)
@@ -186,14 +193,16 @@ def _add_device(args: argparse.Namespace) -> int:
     from .hub.enrol import add_device, payload_text, qr_ascii, qr_png
 
     payload = add_device(_open_hub(args), args.name, args.site, args.url, sync_window=args.sync_window,
-                         keep_free_mb=args.keep_free_mb, reissue=args.reissue)
+                         keep_free_mb=args.keep_free_mb, reissue=args.reissue, valid_days=args.valid_days)
     if args.qr:
         qr_png(payload, args.qr)
     if args.ascii:
         print(qr_ascii(payload))
     print(payload_text(payload))
     print(f"device {args.name} enrolled for site {args.site}; the token is shown only now"
-          + (f"; QR code written to {args.qr}" if args.qr else ""), file=sys.stderr)
+          + (f"; QR code written to {args.qr}" if args.qr else "")
+          + f"; the code works until {payload['expires_at'][:16].replace('T', ' ')} UTC unless a tablet uses it "
+          "before", file=sys.stderr)
     if str(payload.get("hub", "")).startswith("http://"):
         print("warning: this hub has no certificate, so the tablet's token (and the stock and bins it fetches) "
               "travel unencrypted; `partlens hub tls-init` moves tablets to HTTPS at their next sync",
@@ -458,6 +467,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reissue", action="store_true",
                    help="a new token for a device that exists but never synced (its payload or QR code was lost); "
                         "the old token stops working")
+    p.add_argument("--valid-days", type=float, default=DEFAULT_VALID_DAYS, metavar="DAYS",
+                   help=f"the code stops working if no tablet has used it within this many days (default "
+                        f"{DEFAULT_VALID_DAYS:g}, at most {MAX_VALID_DAYS:g}); once a tablet used it, it is that tablet's until revoked")
     p = cmd("devices", _devices, "list enrolled devices: site, enrolled at, revoked, and from their last contact "
             "(a sync): when, catalogue versions behind, active bundle or not, stale")
     p.add_argument("--stale-days", type=float, default=2.0,

@@ -33,6 +33,9 @@ from edge_app.storage import is_disk_full
 
 log = logging.getLogger(__name__)
 
+#: what a hub answers for an unknown, wrong or revoked token (anything else with a 401 is its reason, shown)
+GENERIC_401 = "invalid or missing token"
+
 CHUNK = 256 * 1024
 #: the largest JSON answer the device reads (a sync plan or an upload result is a few kB)
 MAX_JSON_BYTES = 8 * 1024 * 1024
@@ -201,8 +204,10 @@ class HttpTransport:
                     said = str(json.loads(detail).get("detail") or "")
                 except (ValueError, AttributeError):
                     pass
+                # the hub's reason when the token is valid but refused (another install, an expired code)
+                said = said if said and said != GENERIC_401 else ""
                 raise AuthError(f"hub {self.base} refused the device token (401)"
-                                + (f": {said}" if said and "another" in said else "")) from None
+                                + (f": {''.join(c if c.isprintable() else '?' for c in said[:300])}" if said else "")) from None
             if exc.code == 507:
                 raise _HttpError(507, detail, f"the hub's storage is full (HTTP 507 on {method} {path}): tell the "
                                  "hub admin; nothing was lost, this tablet keeps its outbox and syncs later") from None
@@ -500,11 +505,13 @@ class InMemoryTransport:
         self.packages = PackageService(hub)
 
     def _device(self) -> dict[str, Any]:
-        from .hub.auth import authenticate, check_install
+        from .hub.auth import authenticate, check_install, check_unused_code
 
         dev = authenticate(self.hub.store, self.hub.secret, self.token)
         if self.install_id is not None:  # (an in-process test double: only an explicit install is checked)
             check_install(self.hub.store, dev, self.install_id)
+        else:
+            check_unused_code(dev)
         return dev
 
     def plan(self, version: int, bundle_id: str | None, epoch: int = 0,

@@ -6,6 +6,7 @@ not reveal usable tokens.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import hmac
 import logging
@@ -86,15 +87,55 @@ INSTALL_HEADER = "X-Partlens-Install"
 INSTALL_ID = re.compile(r"[0-9a-f]{32}")
 
 
-class InstallConflict(AuthError):
-    """A valid token from another app install than the one its enrolment is bound to (the message is shown)."""
+#: how long an enrolment code works while no tablet has used it (`hub add-device --valid-days`)
+DEFAULT_VALID_DAYS = 7.0
+MAX_VALID_DAYS = 365.0
+
+
+class EnrolmentRefused(AuthError):
+    """A valid token the hub refuses for a reason the engineer and the admin must read (the message is shown)."""
+
+
+class InstallConflict(EnrolmentRefused):
+    """A valid token from another app install than the one its enrolment is bound to."""
+
+
+class EnrolmentExpired(EnrolmentRefused):
+    """A valid token whose enrolment code was never used before it expired."""
+
+
+def code_used(device: Mapping[str, Any]) -> bool:
+    """Whether a tablet has used the device's enrolment code (bound an app install to it, or asked for a sync)."""
+    return bool(device.get("install_id") or device.get("install_bound") or device.get("last_sync_at"))
+
+
+def code_expired(device: Mapping[str, Any], now: _dt.datetime | None = None) -> bool:
+    """An enrolment code no tablet used before its ``enrol_expires_at`` (codes from before expiries: never)."""
+    expires = device.get("enrol_expires_at")
+    if not expires or code_used(device):
+        return False
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return now >= _dt.datetime.fromisoformat(expires)
+
+
+def check_unused_code(device: Mapping[str, Any], now: _dt.datetime | None = None) -> None:
+    """Refuse a token whose enrolment code expired unused: a code that leaked (a photographed QR code, a PNG left
+    on a share) before any tablet used it stops being a way in. Once a tablet used it, it is that tablet's
+    credential and does not expire (revoke it with `hub revoke-device`)."""
+    if code_expired(device, now):
+        raise EnrolmentExpired(
+            f"the enrolment code of device {device['name']!r} expired unused on "
+            f"{str(device['enrol_expires_at'])[:16].replace('T', ' ')} UTC: ask the hub admin for a new one "
+            f"(`partlens hub add-device {device['name']} --site {device['site']} --reissue`) and enrol again")
 
 
 def check_install(store: Any, device: Mapping[str, Any], install_id: str | None) -> None:
     """An enrolment code (its token) serves ONE app install: the first install that uses it binds it, and
     another install is refused (an audit: a photographed QR code or a leftover PNG gave a second tablet lasting
     access to the site's stock and uploads, undetected). Requests without an install id (apps from before) are
-    accepted until the code is bound; after that they are refused too, so leaving the header out does not help."""
+    accepted until the code is bound; after that they are refused too, so leaving the header out does not help.
+    A code no tablet used before it expired is refused first (:func:`check_unused_code`)."""
+    check_unused_code(device)
     if install_id is None:
         if device.get("install_id"):
             raise InstallConflict("this enrolment is bound to another tablet's app install")

@@ -27,7 +27,7 @@ from edge_app.errors import UsageError
 from edge_app.storage import MAX_KEEP_FREE_MB
 
 from ..schedule import SyncWindow
-from .auth import check_name, new_token, token_hash
+from .auth import DEFAULT_VALID_DAYS, MAX_VALID_DAYS, check_name, code_expired, code_used, new_token, token_hash
 from .hub import Hub
 from .tls import enrolment_fields
 
@@ -38,7 +38,7 @@ ENROL_VERSION = 1
 
 def add_device(hub: Hub, name: str, site: str, url: str | None = None,
                sync_window: str | None = None, keep_free_mb: float | None = None,
-               reissue: bool = False) -> dict[str, Any]:
+               reissue: bool = False, valid_days: float = DEFAULT_VALID_DAYS) -> dict[str, Any]:
     """Register a device for ``site``; return the enrolment payload (with the plain token).
 
     ``reissue``: the device exists but never synced (its payload was lost, e.g. the command was stopped before
@@ -47,10 +47,16 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None,
     ``sync_window`` (``HH:MM-HH:MM`` local time, or ``always``) is the device's nightly background-sync
     window; without it the device uses its default (01:00-05:00). ``keep_free_mb``: the storage its syncs
     leave free for photos (default on the device: 100 MB).
+
+    ``valid_days``: the code stops working if no tablet has used it within that many days (a code that leaked
+    before use is not a way in for ever); once a tablet used it, it is that tablet's credential. The payload's
+    ``expires_at`` says until when.
     """
     check_name(name)
     check_name(site, "site")
     sync_window, keep_free_mb = _checked_settings(sync_window, keep_free_mb)
+    if not 0 < valid_days <= MAX_VALID_DAYS:  # (also refuses NaN)
+        raise UsageError(f"--valid-days must be above 0 and at most {MAX_VALID_DAYS:g}, got {valid_days:g}")
     url = url or hub.config.get("url")
     if not url:
         raise UsageError("the hub has no public URL: pass --url http://HOST:PORT (the address devices reach)")
@@ -58,17 +64,20 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None,
         raise UsageError(f"hub URL must start with http:// or https://, got {url!r}")
     tls = enrolment_fields(hub.root, url)  # before the device exists: a wrong scheme is refused first
     token = new_token(name)
+    expires_at = (_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+                  + _dt.timedelta(days=valid_days)).isoformat()
     # the settings are kept with the device, so `hub set-device` can change them later
     if reissue:
-        hub.store.reissue_token(name, site, token_hash(hub.secret, token), sync_window=sync_window,
-                                keep_free_mb=keep_free_mb)
+        hub.store.reissue_token(name, site, token_hash(hub.secret, token), expires_at=expires_at,
+                                sync_window=sync_window, keep_free_mb=keep_free_mb)
         log.warning("device %s: a new token for site %s; the previous one no longer works", name, site)
     else:
-        hub.store.add_device(name, site, token_hash(hub.secret, token), sync_window=sync_window,
-                             keep_free_mb=keep_free_mb)
+        hub.store.add_device(name, site, token_hash(hub.secret, token), expires_at=expires_at,
+                             sync_window=sync_window, keep_free_mb=keep_free_mb)
         log.info("device %s enrolled for site %s", name, site)
     payload = {"v": ENROL_VERSION, "hub": url.rstrip("/"), "device": name, "site": site, "token": token,
-               "keys": hub.keyring.to_dict()["keys"], "hub_id": hub.store.get_meta("hub_id")}
+               "keys": hub.keyring.to_dict()["keys"], "hub_id": hub.store.get_meta("hub_id"),
+               "expires_at": expires_at}
     roles = hub.keyring.to_dict().get("roles")
     if roles:  # what each key may sign: the tablet takes bundles from bundle keys, packages from the hub's
         payload["key_roles"] = roles
@@ -127,6 +136,10 @@ def fleet(hub: Hub, *, stale_days: float = 2.0, now: _dt.datetime | None = None)
         row["had_active_bundle"] = None if seen is None else d.get("last_bundle_id") == bundle
         row["stale"] = not d["revoked"] and (age is None or age > stale_days)
         row["last_error"] = d.get("last_error")
+        # the enrolment code: used by a tablet, unused (works until enrol_expires_at), or expired unused
+        row["code"] = ("used" if code_used(d) else "expired" if code_expired(d, now)
+                       else "unused")
+        row.pop("install_bound", None)
         out.append(row)
     return out
 

@@ -24,7 +24,8 @@ from starlette.requests import ClientDisconnect
 from edge_app.errors import AuthError, InputError, IntegrityError, PartlensError, UsageError
 from edge_app.storage import free_bytes, is_disk_full, mb
 
-from .auth import INSTALL_HEADER, InstallConflict, authenticate, check_install
+from ..transport import GENERIC_401
+from .auth import INSTALL_HEADER, EnrolmentRefused, authenticate, check_install
 from .deltas import PackageService
 from .hub import Hub
 from .thumbs import thumbs_tar
@@ -53,7 +54,7 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
     @app.exception_handler(PartlensError)
     async def _domain_error(request: Request, exc: PartlensError) -> JSONResponse:
         if isinstance(exc, AuthError):
-            return JSONResponse({"detail": "invalid or missing token"}, status_code=401,
+            return JSONResponse({"detail": GENERIC_401}, status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
         if isinstance(exc, OffsetMismatch):
             return JSONResponse({"detail": str(exc), "blob_offset": exc.offset}, status_code=409)
@@ -81,10 +82,10 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
         try:
             dev = authenticate(hub.store, hub.secret, creds.credentials if creds else None)
         except AuthError:
-            raise HTTPException(401, "invalid or missing token", headers={"WWW-Authenticate": "Bearer"}) from None
+            raise HTTPException(401, GENERIC_401, headers={"WWW-Authenticate": "Bearer"}) from None
         try:
             check_install(hub.store, dev, request.headers.get(INSTALL_HEADER))
-        except InstallConflict as exc:  # the token is valid: say why (the engineer and the admin need to know)
+        except EnrolmentRefused as exc:  # the token is valid: say why (the engineer and the admin need to know)
             raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
         return dev
 

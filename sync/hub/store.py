@@ -105,8 +105,10 @@ class HubStore(Protocol):
     def part_embeddings(self, bundle_id: str) -> dict[str, np.ndarray]: ...
     def look_alike_groups(self) -> dict[str, str | None]: ...
     def bundle(self, bundle_id: str) -> dict[str, Any] | None: ...
-    def add_device(self, name: str, site: str, token_hash: str, **settings: Any) -> None: ...
-    def reissue_token(self, name: str, site: str, token_hash: str, **settings: Any) -> None: ...
+    def add_device(self, name: str, site: str, token_hash: str, *, expires_at: str | None = None,
+                   **settings: Any) -> None: ...
+    def reissue_token(self, name: str, site: str, token_hash: str, *, expires_at: str | None = None,
+                      **settings: Any) -> None: ...
     def set_device_settings(self, name: str, **settings: Any) -> None: ...
     def device(self, name: str) -> dict[str, Any] | None: ...
     def list_devices(self) -> list[dict[str, Any]]: ...
@@ -255,6 +257,11 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     # 7: the app install an enrolment code is bound to at first use, and when another install tried it
     (7, ["ALTER TABLE devices ADD COLUMN install_id TEXT",
          "ALTER TABLE devices ADD COLUMN install_conflict_at TEXT"]),
+    # 8: until when an enrolment code works while no tablet has used it; codes enrolled before and still unused
+    # expire a week after the hub's update (a leaked unused code used to work forever)
+    (8, ["ALTER TABLE devices ADD COLUMN enrol_expires_at TEXT",
+         "UPDATE devices SET enrol_expires_at = strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now', '+7 days') "
+         "WHERE revoked = 0 AND install_id IS NULL AND last_sync_at IS NULL"]),
 ]
 
 
@@ -476,9 +483,12 @@ class SqliteHubStore:
         return rows[0]
 
     # -- devices ----------------------------------------------------------------------------
-    def add_device(self, name: str, site: str, token_hash: str, **settings: Any) -> None:
-        """A new device row, with its ``keep_free_mb`` / ``sync_window`` if set, in one transaction."""
+    def add_device(self, name: str, site: str, token_hash: str, *, expires_at: str | None = None,
+                   **settings: Any) -> None:
+        """A new device row, with its ``keep_free_mb`` / ``sync_window`` if set, in one transaction; its enrolment
+        code stops working at ``expires_at`` (ISO 8601 UTC) unless a tablet used it before."""
         _check_device_settings(settings)
+        settings = {**settings, "enrol_expires_at": expires_at}
         db = self._db()
         with self._write_lock, self._tx(db):
             row = _device_sync_state(db, name)
@@ -491,9 +501,11 @@ class SqliteHubStore:
             db.conn.execute(f"INSERT INTO devices ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                             (name, site, token_hash, utcnow(), *settings.values()))
 
-    def reissue_token(self, name: str, site: str, token_hash: str, **settings: Any) -> None:
+    def reissue_token(self, name: str, site: str, token_hash: str, *, expires_at: str | None = None,
+                      **settings: Any) -> None:
         """A new token for a device that never synced and is not revoked (its enrolment payload was lost before
-        anyone saw it); the old token stops working. Its site and settings are set as given."""
+        anyone saw it, or its code expired unused); the old token stops working. Its site, settings and the new
+        code's expiry are set as given."""
         _check_device_settings(settings)
         db = self._db()
         with self._write_lock, self._tx(db):
@@ -506,7 +518,7 @@ class SqliteHubStore:
                 raise UsageError(f"device {name!r} has synced with this hub (its token is in use); revoke it and "
                                  "enrol the tablet under another name")
             sets = {"site": site, "token_hash": token_hash, "created_at": utcnow(), "install_id": None,
-                    "install_conflict_at": None, **settings}
+                    "install_conflict_at": None, "enrol_expires_at": expires_at, **settings}
             db.conn.execute(f"UPDATE devices SET {', '.join(f'{k}=?' for k in sets)} WHERE name=?",
                             (*sets.values(), name))
             _bump_settings_serial(db)
@@ -530,7 +542,8 @@ class SqliteHubStore:
         """Every enrolled device (never the token hash), with what it last reported when it asked for a sync."""
         return self._rows("SELECT name, site, created_at, revoked, last_sync_at, last_catalogue_version, "
                           "last_bundle_id, last_via, last_catalogue_epoch, keep_free_mb, sync_window, last_error, "
-                          "install_conflict_at FROM devices ORDER BY name")
+                          "install_conflict_at, enrol_expires_at, install_id IS NOT NULL AS install_bound "
+                          "FROM devices ORDER BY name")
 
     def bind_install(self, name: str, install_id: str) -> str:
         """Bind device ``name``'s enrolment to the app install ``install_id`` at its first use: ``"bound"``,

@@ -72,7 +72,12 @@ def test_a_hub_database_from_before_the_fleet_columns_is_migrated(tmp_path) -> N
     assert store.list_devices() == [{"name": "old-tab", "site": "s", "created_at": "t", "revoked": 0,
                                      "last_sync_at": None, "last_catalogue_version": None, "last_bundle_id": None,
                                      "last_via": None, "last_catalogue_epoch": None, "keep_free_mb": None,
-                                     "sync_window": None, "last_error": None, "install_conflict_at": None}]
+                                     "sync_window": None, "last_error": None, "install_conflict_at": None,
+                                     "enrol_expires_at": store.list_devices()[0]["enrol_expires_at"],
+                                     "install_bound": 0}]
+    # a code enrolled before expiries and still unused expires a week after the update (not at once, not never)
+    left = dt.datetime.fromisoformat(store.list_devices()[0]["enrol_expires_at"]) - dt.datetime.now(dt.timezone.utc)
+    assert dt.timedelta(days=6.99) < left <= dt.timedelta(days=7)
     assert store.get_meta("schema_version") == MIGRATIONS[-1][0]
     store.device_seen("old-tab", 4, "b1")
     store.close()
@@ -247,3 +252,38 @@ def test_the_sync_clients_bundle_pointer_is_checked_like_the_apps(world) -> None
         paths.active.write_text(json.dumps(doc))
         with pytest.raises(IntegrityError):
             read_active(paths)
+
+
+def test_hub_devices_tells_used_unused_and_expired_enrolment_codes(world, capsys) -> None:
+    from edge_app.cli import main
+    from sync.hub.auth import EnrolmentExpired
+    from sync.hub.enrol import add_device, fleet
+    from sync.transport import InMemoryTransport
+
+    hub = world.hub
+    client(world).sync()  # tab1 used its code
+    fresh = add_device(hub, "tab-new", "site_a", valid_days=2)
+    left = dt.datetime.fromisoformat(fresh["expires_at"]) - dt.datetime.now(dt.timezone.utc)
+    assert dt.timedelta(days=1.99) < left <= dt.timedelta(days=2)
+    old = add_device(hub, "tab-old", "site_a", valid_days=1)
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1.5)
+    codes = {r["name"]: r["code"] for r in fleet(hub, now=later)}
+    assert codes == {"tab1": "used", "tab-new": "unused", "tab-old": "expired"}
+    assert {r["name"]: r["code"] for r in fleet(hub)}["tab-old"] == "unused"
+    hub.store._db().conn.execute("UPDATE devices SET enrol_expires_at='2000-01-01T00:00:00+00:00' "
+                                 "WHERE name='tab-old'")
+    assert main(["hub", "devices", "--hub", str(hub.root)]) == 0
+    err = capsys.readouterr().err
+    assert "1 enrolment code(s) expired unused (refused): tab-old" in err
+    # the in-process transport refuses it too, with or without an install id
+    for install in (None, "a" * 32):
+        with pytest.raises(EnrolmentExpired, match="tab-old"):
+            InMemoryTransport(hub, old["token"], install_id=install).plan(0, None)
+    # bad --valid-days are refused before anything is written
+    for bad in ("0", "-1", "366", "nan"):
+        assert main(["hub", "add-device", "tab-bad", "--hub", str(hub.root), "--site", "site_a",
+                     "--valid-days", bad]) == 2
+    assert hub.store.device("tab-bad") is None
+    assert main(["hub", "add-device", "tab-ok", "--hub", str(hub.root), "--site", "site_a",
+                 "--valid-days", "30"]) == 0
+    assert "the code works until" in capsys.readouterr().err

@@ -267,3 +267,37 @@ def test_a_connection_that_never_sends_a_request_is_closed(monkeypatch):
     finally:
         srv.should_exit = True
         t.join(10)
+
+
+def test_an_enrolment_code_nobody_used_expires_and_the_tablet_is_told_why(served):
+    """An unused enrolment code used to work for ever (a QR code photographed, or a PNG left on a share, before
+    the tablet was set up gave access to the site's stock and uploads whenever). Unused past `--valid-days`, it
+    is refused with its reason (over real HTTP, to the engineer); a code a tablet used before does not expire."""
+    from sync.client import SyncClient, enrol
+    from sync.hub.enrol import add_device
+
+    world, server = served
+    store = world.hub.store
+    used, _, _ = enrol_device(world, server, "exp-used")
+    used.sync()  # used in time: its tablet's credential from now on
+    payload = add_device(world.hub, "exp-late", "site_a", server.url, valid_days=0.5)
+    d = world.root / "exp-late"
+    enrol(d, payload)
+    past = "2000-01-01T00:00:00+00:00"
+    for name in ("exp-used", "exp-late"):
+        store._db().conn.execute("UPDATE devices SET enrol_expires_at=? WHERE name=?", (past, name))
+    with pytest.raises(AuthError, match="expired unused on 2000-01-01 00:00 UTC.*--reissue"):
+        SyncClient(d, smoke_test=lambda b: None).sync()
+    assert used.sync() is not None  # unaffected
+    assert store.device("exp-late")["install_id"] is None  # the refused request bound nothing
+    # the old app (no install header) is refused too
+    req = urllib.request.Request(f"{server.url}/v1/whoami", headers={"Authorization": f"Bearer {payload['token']}"})
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req)
+    assert exc.value.code == 401 and b"expired unused" in exc.value.read()
+    # a new code for it (`--reissue`) works, with a new expiry
+    again = add_device(world.hub, "exp-late", "site_a", server.url, reissue=True)
+    assert again["expires_at"] > past
+    d2 = world.root / "exp-late-2"
+    enrol(d2, again)
+    assert SyncClient(d2, smoke_test=lambda b: None).sync().to_version == store.version()
