@@ -433,19 +433,23 @@ def _signed_file_list(tf: tarfile.TarFile, tar_path: Path, top: str, members: li
 STALE_UNPACK_S = 3600.0
 
 
-def _sweep_stale_unpacks(dest: Path, max_age_s: float = STALE_UNPACK_S) -> None:
+def sweep_stale_unpacks(dest: str | os.PathLike[str], max_age_s: float = STALE_UNPACK_S) -> int:
     """Delete ``.unpack-*`` folders a killed unpack left in ``dest`` (each up to a whole bundle); a young one
-    may be another process's unpack in progress and is left alone."""
+    may be another process's unpack in progress and is left alone (``max_age_s=0``: the caller knows no unpack
+    into ``dest`` runs, e.g. a sync holding the device's lock). Returns the bytes freed."""
     import time
 
-    now = time.time()
-    for p in dest.glob(".unpack-*"):
+    now, freed = time.time(), 0
+    for p in Path(dest).glob(".unpack-*"):
         try:
-            if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > max_age_s:
+            if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime >= max_age_s:
+                size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
                 shutil.rmtree(p)
+                freed += size
                 log.info("deleted %s, left by an unpack that was stopped", p)
         except OSError as exc:
             log.warning("could not delete %s left by a stopped unpack (%s)", p, exc)
+    return freed
 
 
 def open_archive(tar_path: str | os.PathLike[str], dest: str | os.PathLike[str], keyring: Keyring, *,
@@ -460,7 +464,7 @@ def open_archive(tar_path: str | os.PathLike[str], dest: str | os.PathLike[str],
     if not tar_path.is_file():
         raise IntegrityError(f"{tar_path}: no such archive")
     dest.mkdir(parents=True, exist_ok=True)
-    _sweep_stale_unpacks(dest)
+    sweep_stale_unpacks(dest)
     tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest))
     try:
         try:

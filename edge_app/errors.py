@@ -58,6 +58,11 @@ class SyncError(PartlensError):
     exit_code = 6
 
 
+class BlobDamagedError(SyncError):
+    """A photo's bytes reached the hub damaged (their sha256 did not match the record's) and the hub discarded
+    them: a fault on the way, not of the photo, so the tablet sends it again (it is not refused for good)."""
+
+
 class AuthError(SyncError):
     """The hub refused the token."""
 

@@ -87,8 +87,11 @@ def disk_full_is_storage_error(path: str | os.PathLike[str], what: str,
             free = mb(free_bytes(path))
         except OSError:
             free = "unknown"
-        raise error(f"storage full while {what} ({free} free): nothing was lost, the failed write was undone. "
-                    "Free space on the tablet and try again") from exc
+        # (a sync may fail after its catalogue commit, e.g. writing the index: the commit stays and the next
+        # open or sync finishes the rest; "undone" alone was wrong there, an audit found)
+        raise error(f"storage full while {what} ({free} free): nothing was lost (the failed write was undone; "
+                    "anything already saved stays consistent and the next try finishes it). Free space on the "
+                    "tablet and try again") from exc
 
 
 def commit_or_rollback(conn: sqlite3.Connection) -> None:

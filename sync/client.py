@@ -897,12 +897,17 @@ class SyncClient:
         return result
 
     def _sweep_downloads(self) -> int:
-        """Delete what ``downloads/`` holds; the bytes freed. After a sync that reached the hub's version, what is
+        """Delete what ``downloads/`` holds (and bundle unpacks a killed sync left); the bytes freed. After a sync that reached the hub's version, what is
         left there is for plans the hub has moved past (a package fetched but not applied, a cut download, a crash
         after the commit) and is never asked for again (a sync audit found a snapshot's worth per interruption
         eating into the space kept for photos); after a sync stopped for lack of storage, the next sync fetches
         again what it needs."""
-        freed = 0
+        from edge_app.bundle import sweep_stale_unpacks
+
+        # a bundle unpack killed before its rename left a whole bundle's copy in bundles/.unpack-*; only a sync
+        # unpacks there, and this one holds the device lock (an audit: such copies stayed until the next NEW
+        # bundle, weeks, eating into the space kept for photos)
+        freed = sweep_stale_unpacks(self.paths.bundles, max_age_s=0.0) if self.paths.bundles.is_dir() else 0
         if not self.paths.downloads.is_dir():
             return freed
         for f in self.paths.downloads.iterdir():

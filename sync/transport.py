@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 from edge_app.atomic import fsync_dir
-from edge_app.errors import AuthError, IntegrityError, SyncError, UsageError
+from edge_app.errors import AuthError, BlobDamagedError, IntegrityError, SyncError, UsageError
 from edge_app.runtime.outbox import MAX_PAYLOAD_BYTES
 from edge_app.storage import is_disk_full
 
@@ -415,6 +415,9 @@ class HttpTransport:
         except _HttpError as exc:
             if exc.code == 409:
                 return {"conflict": True, "blob_offset": _conflict_offset(exc.detail, uuid)}
+            if exc.code == 422 and _blob_discarded(exc.detail):  # damaged on the way: send it again
+                raise BlobDamagedError(f"upload {uuid}: the photo reached the hub damaged and was discarded; "
+                                       "it is sent again") from None
             if exc.code in (400, 422):  # this photo, as declared, cannot complete at the hub
                 raise IntegrityError(f"hub refused upload {uuid}: {exc.detail}") from None
             raise
@@ -484,6 +487,18 @@ def read_thumbs_tar(data: bytes, wanted: Sequence[str], max_each: int) -> dict[s
     except tarfile.TarError:
         return out  # a cut response: keep what arrived whole; the rest is fetched next sync
     return out
+
+
+def _blob_discarded(detail: str) -> bool:
+    """Whether a 422 on a photo chunk says the hub discarded damaged bytes (``blob_discarded``; hubs before it
+    said so in words only)."""
+    try:
+        body = json.loads(detail)
+    except ValueError:
+        return False
+    if not isinstance(body, dict):
+        return False
+    return body.get("blob_discarded") is True or "sha256 does not match; discarded" in str(body.get("detail"))
 
 
 class _HttpError(SyncError):

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from edge_app.errors import IntegrityError, SyncError, UsageError
+from edge_app.errors import BlobDamagedError, IntegrityError, SyncError, UsageError
 from edge_app.runtime.outbox import Outbox
 
 from .transport import MAX_RECORD_PAYLOAD_BYTES, Transport
@@ -60,7 +60,7 @@ def upload_outbox(transport: Transport, outbox_path: Path, catalogue_version: in
                         outbox.mark_refused(rec["uuid"], f"photo file unreadable on the device: {exc}")
                         refused += 1
                         continue
-                    blobs[rec["uuid"]] = (blob, size)
+                    blobs[rec["uuid"]] = (blob, size, digest)
                     body["blob"] = {"size": size, "sha256": digest}
                 bodies.append(body)
             if not bodies:
@@ -74,8 +74,20 @@ def upload_outbox(transport: Transport, outbox_path: Path, catalogue_version: in
                     outbox.mark_refused(uuid, str(status["refused"]))
                     refused += 1
                 elif uuid in blobs and not status.get("blob_complete"):
+                    blob, size, digest = blobs[uuid]
+                    expected = status.get("blob_sha256")  # (hubs before it do not say)
+                    if expected is not None and (expected != digest or status.get("blob_size") != size):
+                        log.error("upload %s: its photo file changed on this device since the hub recorded it; "
+                                  "kept on the device, marked refused", uuid)
+                        outbox.mark_refused(uuid, "the photo file changed on this device after its first upload "
+                                                  "(the hub expects the earlier one); it cannot complete")
+                        refused += 1
+                        continue
                     try:
-                        send_blob(transport, uuid, *blobs[uuid], int(status.get("blob_offset") or 0))
+                        send_blob(transport, uuid, blob, size, int(status.get("blob_offset") or 0), digest)
+                    except BlobDamagedError as exc:  # on the way, twice: pending, sent again at the next sync
+                        log.warning("%s; kept, sent again at the next sync", exc)
+                        continue
                     except (IntegrityError, UsageError) as exc:  # for good: never blocks the records behind it
                         log.error("upload %s: the hub cannot complete its photo (%s); kept on the device, marked "
                                   "refused", uuid, exc)
@@ -93,8 +105,22 @@ def upload_outbox(transport: Transport, outbox_path: Path, catalogue_version: in
     return uploaded, refused
 
 
-def send_blob(transport: Transport, uuid: str, path: Path, size: int, offset: int) -> None:
-    """Send the photo at ``path`` from ``offset`` in chunks, resuming where the hub says it stands."""
+def send_blob(transport: Transport, uuid: str, path: Path, size: int, offset: int, digest: str) -> None:
+    """Send the photo at ``path`` (``size`` bytes, sha256 ``digest`` as declared to the hub) from ``offset`` in
+    chunks, resuming where the hub says it stands. Bytes damaged on the way (the hub discards the photo:
+    :class:`BlobDamagedError`) are sent again once from the start; a second time, the error goes up (the record
+    stays pending for the next sync). If the file itself no longer matches ``digest``, that is for good:
+    :class:`IntegrityError`."""
+    try:
+        _send_chunks(transport, uuid, path, size, offset)
+    except BlobDamagedError:
+        if _file_digest(path) != (size, digest):
+            raise IntegrityError(f"upload {uuid}: the photo file changed on this device while it was sent") from None
+        log.warning("upload %s: the photo reached the hub damaged; sending it again", uuid)
+        _send_chunks(transport, uuid, path, size, 0)
+
+
+def _send_chunks(transport: Transport, uuid: str, path: Path, size: int, offset: int) -> None:
     conflicts = 0
     with open(path, "rb") as fh:
         while offset < size:

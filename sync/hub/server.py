@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import ClientDisconnect
 
-from edge_app.errors import AuthError, InputError, IntegrityError, PartlensError, UsageError
+from edge_app.errors import AuthError, BlobDamagedError, InputError, IntegrityError, PartlensError, UsageError
 from edge_app.storage import free_bytes, is_disk_full, mb
 
 from ..transport import GENERIC_401
@@ -60,6 +60,8 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
             return JSONResponse({"detail": str(exc), "blob_offset": exc.offset}, status_code=409)
         if isinstance(exc, UploadSpaceError):  # nothing lost: the tablet keeps the upload and retries later
             return JSONResponse({"detail": str(exc)}, status_code=507)
+        if isinstance(exc, BlobDamagedError):  # damaged on the way and discarded: the tablet sends it again
+            return JSONResponse({"detail": str(exc), "blob_discarded": True}, status_code=422)
         code = 404 if isinstance(exc, InputError) else 422 if isinstance(exc, IntegrityError) else 400
         if code != 404:  # a refused request is worth a line for the hub admin (a 404 is a routine "not here")
             log.warning("%s %s refused (%d): %s", request.method, request.url.path, code, exc)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edge_app.atomic import fsync_dir
-from edge_app.errors import InputError, IntegrityError, PartlensError, UsageError
+from edge_app.errors import BlobDamagedError, InputError, IntegrityError, PartlensError, UsageError
 from edge_app import storage
 from edge_app.imageio import DEFAULT_MAX_BYTES
 from edge_app.storage import mb
@@ -136,7 +136,10 @@ def _conflict(stored: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
 def _status(row: Mapping[str, Any], hub: Hub, duplicate: bool = False) -> dict[str, Any]:
     return {"uuid": row["uuid"], "seq": row["seq"], "hub_version": row["hub_version"], "kind": row["kind"],
             "status": row["status"], "duplicate": duplicate, "blob_size": row["blob_size"],
-            "blob_offset": blob_offset(hub, row), "blob_complete": bool(row["blob_complete"])}
+            "blob_offset": blob_offset(hub, row), "blob_complete": bool(row["blob_complete"]),
+            # the photo the hub expects (from the record's first upload): a tablet whose file changed since knows
+            # it can never complete and says so, instead of sending it every night
+            "blob_sha256": row["blob_sha256"]}
 
 
 def partial_path(hub: Hub, uuid: str) -> Path:
@@ -329,7 +332,7 @@ def _receive_chunk(hub: Hub, device: Mapping[str, Any], uuid: str, offset: int, 
 
 def _finish_blob(hub: Hub, row: Mapping[str, Any]) -> dict[str, Any]:
     """Check a fully received blob against its sha256 and move it into place (a mismatch discards it:
-    IntegrityError, the tablet sends it again). Call with the upload's lock held."""
+    BlobDamagedError, the tablet sends it again). Call with the upload's lock held."""
     uuid = row["uuid"]
     part = partial_path(hub, uuid)
     h = hashlib.sha256()
@@ -338,7 +341,9 @@ def _finish_blob(hub: Hub, row: Mapping[str, Any]) -> dict[str, Any]:
             h.update(block)
     if h.hexdigest() != row["blob_sha256"]:
         part.unlink()
-        raise IntegrityError(f"upload {uuid}: blob sha256 does not match; discarded, send it again")
+        log.warning("upload %s from %s: its photo arrived damaged (sha256 does not match); discarded, the tablet "
+                    "sends it again", uuid, row.get("device"))
+        raise BlobDamagedError(f"upload {uuid}: blob sha256 does not match; discarded, send it again")
     os.replace(part, blob_path(hub, uuid))
     fsync_dir(part.parent)
     hub.store.update_upload(uuid, blob_complete=1)
@@ -363,8 +368,7 @@ def _finish_if_full(hub: Hub, row: Mapping[str, Any]) -> Mapping[str, Any]:
             return fresh
         try:
             done = _finish_blob(hub, fresh)
-        except IntegrityError as exc:
-            log.warning("%s", exc)
+        except BlobDamagedError:  # (logged; the tablet is told offset 0 and sends it again)
             return hub.store.upload(row["uuid"]) or fresh
     log.info("upload %s: finished a photo whose last chunk had arrived before the hub stopped", row["uuid"])
     return done

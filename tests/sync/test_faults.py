@@ -119,6 +119,8 @@ def test_sigkill_during_delta_and_bundle_swap(tmp_path):
             outcomes["old" if state == old else "new"] += 1
             SyncClient(d, smoke_test=lambda b: None).sync()
             assert device_state(d) == new, f"run {i}: the next sync did not complete"
+            # nothing a killed bundle unpack left stays (an audit: a whole bundle's copy stayed for weeks)
+            assert not list((d / "bundles").glob(".unpack-*")), f"run {i}: a stopped unpack's folder stayed"
             shutil.rmtree(d)
         print("fault injection outcomes:", outcomes, "child sync seconds:", round(child_seconds, 3))
         assert outcomes["old"] and outcomes["new"], outcomes

@@ -301,3 +301,30 @@ def test_an_enrolment_code_nobody_used_expires_and_the_tablet_is_told_why(served
     d2 = world.root / "exp-late-2"
     enrol(d2, again)
     assert SyncClient(d2, smoke_test=lambda b: None).sync().to_version == store.version()
+
+
+def test_a_photo_damaged_on_the_way_is_told_apart_from_a_refused_one_over_http(served):
+    """The hub answers bytes whose sha256 does not match with 422 and ``blob_discarded`` (the tablet sends the
+    photo again); any other 422 on a photo stays a refusal for good."""
+    import hashlib
+    import uuid as _uuid
+
+    from edge_app.errors import BlobDamagedError, IntegrityError
+    from sync.transport import HttpTransport
+
+    world, server = served
+    cl, payload, _ = enrol_device(world, server, "blob-http")
+    t = HttpTransport(server.url, payload["token"], install_id=cl.install_id)
+    data = part_image(3, noise=20.0, size=100)
+    uid = str(_uuid.uuid4())
+    (status,) = t.post_uploads([{"uuid": uid, "kind": "photo", "payload": {"part_number": "P1"},
+                                 "blob": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}}])
+    assert status["blob_sha256"] == hashlib.sha256(data).hexdigest() and status["blob_offset"] == 0
+    with pytest.raises(BlobDamagedError, match="damaged"):
+        t.put_chunk(uid, 0, bytes([data[0] ^ 1]) + data[1:])
+    assert t.put_chunk(uid, 0, data)["blob_complete"]  # the hub discarded the damaged copy: sent again, complete
+    other = str(_uuid.uuid4())
+    t.post_uploads([{"uuid": other, "kind": "photo", "payload": {}, "blob": {"size": 10, "sha256": "0" * 64}}])
+    with pytest.raises(IntegrityError) as exc:  # more bytes than declared: not a transit fault
+        t.put_chunk(other, 0, b"x" * 11)
+    assert not isinstance(exc.value, BlobDamagedError)

@@ -225,3 +225,11 @@ def test_downloads_the_hub_moved_past_are_swept_after_a_sync(world):
     world.hub.set_stock("P1", "site_a", 7)
     c.sync()  # a package applied: the same
     assert list(downloads.iterdir()) == []
+    # a bundle unpack killed before its rename (a whole bundle's copy) goes at the next sync, however young: only
+    # a sync unpacks into bundles/, under the device lock (an audit: it stayed until the next NEW bundle)
+    active = sorted(p.name for p in (world.device_dir / "bundles").iterdir())
+    left = world.device_dir / "bundles" / ".unpack-k1ll3d"
+    left.mkdir()
+    (left / "model.tflite").write_bytes(b"m" * 5000)
+    c.sync()
+    assert not left.exists() and sorted(p.name for p in (world.device_dir / "bundles").iterdir()) == active
