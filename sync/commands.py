@@ -21,6 +21,16 @@ from .hub.auth import DEFAULT_VALID_DAYS, MAX_VALID_DAYS
 log = logging.getLogger(__name__)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _out(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
@@ -278,10 +288,21 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _review_list(args: argparse.Namespace) -> int:
+    from .hub.fieldstats import _received_since
     from .hub.review import list_uploads
 
+    hub = _open_hub(args)
+    since = None if args.days is None else _received_since(args.days, "--days")
     # without --kind, the automatic usage events (one per identification) are left out: they are for field-stats
-    _out(list_uploads(_open_hub(args), args.kind, args.status, exclude_kind=None if args.kind else "usage"))
+    filters = dict(kind=args.kind, status=args.status, since=since, exclude_kind=None if args.kind else "usage",
+                   device=args.device, after_seq=args.after)
+    rows = list_uploads(hub, **filters, limit=None if args.all else args.limit)
+    _out(rows)
+    if not args.all and len(rows) == args.limit:  # one page of months of uploads (an audit: 3.6 M lines, 0.9 GB)
+        more = hub.store.count_uploads(**{**filters, "after_seq": rows[-1]["seq"]})
+        if more:
+            print(f"{len(rows)} listed, {more} more: the next page with --after {rows[-1]['seq']} (or --all)",
+                  file=sys.stderr)
     return 0
 
 
@@ -563,6 +584,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "`hub field-stats` summarises them)")
     p.add_argument("--kind", choices=("feedback", "photo", "unknown_part", "usage"))
     p.add_argument("--status", choices=("new", "approved", "rejected", "done"))
+    p.add_argument("--device", help="only what this tablet sent")
+    p.add_argument("--days", type=float, help="only what the hub received in the last N days")
+    p.add_argument("--limit", type=_positive_int, default=100,
+                   help="list at most this many (default 100; stderr names the next page's --after)")
+    p.add_argument("--after", type=int, metavar="SEQ", help="start after this upload seq (the next page)")
+    p.add_argument("--all", action="store_true", help="list everything (months of usage events are millions)")
     p = rcmd("approve", _review_approve, "approve an uploaded photo into the catalogue")
     p.add_argument("uuid")
     p.add_argument("--part", help="part number (default: the one the device named)")

@@ -17,7 +17,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-from typing import Any, Iterable, Mapping
+from array import array
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -25,7 +27,6 @@ from edge_app import spotcheck
 from edge_app.errors import UsageError
 
 from .hub import Hub
-from .review import list_uploads
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +75,46 @@ def _well_formed(kind: str, p: Mapping[str, Any]) -> bool:
     return True
 
 
-def _spot_check_stats(usage: list[Mapping[str, Any]], spots: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """Unbiased field accuracy of one bundle from its spot checks (see the module docstring)."""
+def _ident_key(rec: Mapping[str, Any]) -> str:
+    """The identification a usage event or spot-check answer is about (older tablets: its photos)."""
+    return str(rec.get("identification_id") or json.dumps(list(rec.get("capture_ids") or [])))
+
+
+@dataclass
+class _Usage:
+    """One bundle's (or one week's) identifications, summed as they stream past: a busy terminal has millions
+    of usage events, and holding them all took 3.4 GB at a million (an audit)."""
+
+    n: int = 0
+    no_match: int = 0
+    multi_view: int = 0
+    asked_to_measure: int = 0
+    ms: array = field(default_factory=lambda: array("d"))
+    #: identifications a spot check was asked for
+    asked: set[str] = field(default_factory=set)
+    #: first capture -> (status, top part) of the identifications a confirmation answers (the last one wins)
+    by_capture: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def add(self, u: Mapping[str, Any], wanted: set[str] | None = None) -> None:
+        self.n += 1
+        self.no_match += u.get("status") != "match"
+        self.multi_view += int(u.get("views") or 1) > 1
+        self.asked_to_measure += bool(u.get("asked_to_measure"))
+        if isinstance(u.get("ms"), (int, float)):
+            self.ms.append(float(u["ms"]))
+        if u.get("spot_check") is True:
+            self.asked.add(_ident_key(u))
+        if wanted and (c := _first_capture(u)) in wanted:
+            top = u.get("top") or []
+            self.by_capture[c] = (u.get("status"), top[0] if top else None)
+
+
+def _spot_check_stats(asked_keys: set[str], spots: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Unbiased field accuracy of one bundle from its spot checks (see the module docstring); ``asked_keys``: the
+    identifications whose usage event says a spot check was asked."""
     # an answer proves its question was asked even when its identification's usage event is gone (`hub
     # prune-usage` keeps answers, drops events; a `--days` window can cut between them): counted once either way
-    def key(rec: Mapping[str, Any]) -> str:  # the identification (older tablets: its photos)
-        return str(rec.get("identification_id") or json.dumps(list(rec.get("capture_ids") or [])))
-
-    asked = len({key(u) for u in usage if u.get("spot_check") is True} | {key(s) for s in spots})
+    asked = len(asked_keys | {_ident_key(s) for s in spots})
     answered = [s for s in spots if s["result"] != spotcheck.SKIPPED]
     skipped = len(spots) - len(answered)
     n = len(answered)
@@ -100,14 +133,14 @@ def _spot_check_stats(usage: list[Mapping[str, Any]], spots: list[Mapping[str, A
             "no_confident_match": _rate(n - len(accepted), n)}
 
 
-def _bundle_stats(usage: list[Mapping[str, Any]], confirmed: list[Mapping[str, Any]],
-                  rejected: list[Mapping[str, Any]], by_capture: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    ms = np.array([float(u["ms"]) for u in usage if isinstance(u.get("ms"), (int, float))])
+def _bundle_stats(usage: _Usage, confirmed: list[Mapping[str, Any]],
+                  rejected: list[Mapping[str, Any]]) -> dict[str, Any]:
+    ms = np.frombuffer(usage.ms, dtype=np.float64) if len(usage.ms) else np.empty(0)
     out: dict[str, Any] = {
-        "identifications": len(usage),
-        "no_confident_match": _rate(sum(u.get("status") != "match" for u in usage), len(usage)),
-        "multi_view": _rate(sum(int(u.get("views") or 1) > 1 for u in usage), len(usage)),
-        "asked_to_measure": _rate(sum(bool(u.get("asked_to_measure")) for u in usage), len(usage)),
+        "identifications": usage.n,
+        "no_confident_match": _rate(usage.no_match, usage.n),
+        "multi_view": _rate(usage.multi_view, usage.n),
+        "asked_to_measure": _rate(usage.asked_to_measure, usage.n),
         "median_ms": round(float(np.median(ms)), 1) if len(ms) else None,
         "p95_ms": round(float(np.percentile(ms, 95)), 1) if len(ms) else None,
         "confirmed": len(confirmed),
@@ -120,11 +153,11 @@ def _bundle_stats(usage: list[Mapping[str, Any]], confirmed: list[Mapping[str, A
     out["confirmed_top1"] = _rate(sum(t[0] == pn for t, pn in zip(top, truth)), len(ranked))
     out["confirmed_top5"] = _rate(sum(pn in t[:5] for t, pn in zip(top, truth)), len(ranked))
     # the identification each confirmation answers (same first capture): was its answer accepted, and right?
-    accepted = [(f, by_capture[c]) for f in confirmed
-                if (c := _first_capture(f)) in by_capture and by_capture[c].get("status") == "match"]
+    accepted = [(f, usage.by_capture[c]) for f in confirmed
+                if (c := _first_capture(f)) in usage.by_capture and usage.by_capture[c][0] == "match"]
     out["confirmed_accepted"] = len(accepted)
     out["precision_when_accepted"] = _rate(
-        sum(bool(u.get("top")) and u["top"][0] == f.get("part_number") for f, u in accepted), len(accepted))
+        sum(top1 is not None and top1 == f.get("part_number") for f, (_, top1) in accepted), len(accepted))
     out["rejected_top1"] = sum(bool(f.get("candidates")) and f["candidates"][0] == f.get("part_number")
                                for f in rejected)
     return out
@@ -178,15 +211,14 @@ def _week(stamp: Any) -> str | None:
     return f"{year}-W{week:02d}"
 
 
-def _weekly(used: list[Mapping[str, Any]], spots: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def _weekly(weeks: Mapping[str, _Usage], spots: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One bundle's figures per ISO week of the tablets' clocks: is "no confident match" creeping up (parts
     the catalogue lacks, light, a drifting catalogue), is spot-check top-1 falling?"""
-    weeks = sorted({w for x in [*used, *spots] if (w := x.get("_week"))})
     rows = []
-    for w in weeks:
-        u = [x for x in used if x.get("_week") == w]
-        sc = _spot_check_stats(u, [x for x in spots if x.get("_week") == w])
-        b = _bundle_stats(u, [], [], {})
+    for w in sorted(set(weeks) | {x["_week"] for x in spots if x.get("_week")}):
+        u = weeks.get(w) or _Usage()
+        sc = _spot_check_stats(u.asked, [x for x in spots if x.get("_week") == w])
+        b = _bundle_stats(u, [], [])
         rows.append({"week": w, "identifications": b["identifications"], "no_confident_match": b["no_confident_match"],
                      "median_ms": b["median_ms"], "spot_checks_answered": sc["answered"], "spot_check_top1": sc["top1"],
                      "spot_check_top1_ci95": sc["top1_ci95"]})
@@ -209,41 +241,56 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
 
     malformed = 0
 
-    def payloads(kind: str) -> list[Mapping[str, Any]]:
+    def payloads(kind: str) -> Iterator[Mapping[str, Any]]:
+        """The kept, well-formed payloads of ``kind``, streamed in receipt order (``_week`` added if weekly)."""
         nonlocal malformed
-        out = []
-        for u in list_uploads(hub, kind=kind, since=since):
-            p = u["payload"]
+        for text, created, received in hub.store.iter_upload_payloads(kind, since):
+            try:
+                p = json.loads(text)
+            except ValueError:
+                p = None
             shape = "spot_check" if isinstance(p, dict) and p.get("event") == "spot_check" else kind
             if not isinstance(p, dict) or not _well_formed(shape, p):
                 malformed += 1
             elif keep(p, with_bundle=kind != "unknown_part") and (kind != "usage" or p.get("event") in (
                     "identify", "spot_check")):
-                out.append(dict(p, _week=_week(u.get("device_created_at")) or _week(u.get("received_at")))
-                           if weekly else p)
-        return out
+                yield dict(p, _week=_week(created) or _week(received)) if weekly else p
 
-    events, feedback, unknown = payloads("usage"), payloads("feedback"), payloads("unknown_part")
-    usage = [p for p in events if p.get("event") == "identify"]
-    spots = [p for p in events if p.get("event") == "spot_check"]
-    bundles = sorted({str(p.get("bundle_id")) for p in [*usage, *feedback, *spots]})
+    # confirmations and reports are few (a person made each); the usage events (one per identification) are
+    # streamed once, keeping sums and what the confirmations need to be joined to their identification
+    feedback = list(payloads("feedback"))
+    unknown = sum(1 for _ in payloads("unknown_part"))
+    wanted = {c for f in feedback if f.get("verdict") == "correct" and (c := _first_capture(f))}
+    usage: dict[str, _Usage] = {}
+    by_week: dict[str, dict[str, _Usage]] = {}
+    spots: list[Mapping[str, Any]] = []
+    for p in payloads("usage"):
+        if p.get("event") == "spot_check":
+            spots.append(p)
+            continue
+        b = str(p.get("bundle_id"))
+        usage.setdefault(b, _Usage()).add(p, wanted)
+        if weekly and p.get("_week"):
+            by_week.setdefault(b, {}).setdefault(p["_week"], _Usage()).add(p)
+    bundles = sorted(set(usage) | {str(p.get("bundle_id")) for p in [*feedback, *spots]})
     per_bundle = []
     for b in bundles:
         conf = [f for f in feedback if str(f.get("bundle_id")) == b and f.get("verdict") == "correct"]
         rej = [f for f in feedback if str(f.get("bundle_id")) == b and f.get("verdict") == "wrong"]
-        used = [u for u in usage if str(u.get("bundle_id")) == b]
-        sc = _spot_check_stats(used, [s for s in spots if str(s.get("bundle_id")) == b])
+        used = usage.get(b) or _Usage()
+        b_spots = [s for s in spots if str(s.get("bundle_id")) == b]
+        sc = _spot_check_stats(used.asked, b_spots)
         per_bundle.append({"bundle_id": b, "active": b == hub.bundle_id,
                            # a confirmation joins an identification OF ITS BUNDLE (the same photo identified
                            # again after a bundle change joined the later bundle's event before; an audit)
-                           **_bundle_stats(used, conf, rej, {c: u for u in used if (c := _first_capture(u))}),
+                           **_bundle_stats(used, conf, rej),
                            "spot_checks": sc,
                            **_field_vs_validation(hub, b, sc)})
         if weekly:
-            per_bundle[-1]["weekly"] = _weekly(used, [s for s in spots if str(s.get("bundle_id")) == b])
+            per_bundle[-1]["weekly"] = _weekly(by_week.get(b, {}), b_spots)
     confirmed = [f for f in feedback if f.get("verdict") == "correct"]
     return {"filters": {"bundle_id": bundle_id, "site": site, "received_since": since}, "bundles": per_bundle,
-            "unknown_part_reports": len(unknown), "missed_parts": _missed_parts(confirmed),
+            "unknown_part_reports": unknown, "missed_parts": _missed_parts(confirmed),
             # the same from spot-check answers naming a part: which parts the tablets miss in a random sample
             "spot_check_missed_parts": _missed_parts([{"part_number": s["answer"], "candidates": s["top"]}
                                                       for s in spots if s["answer"] is not None]),

@@ -31,12 +31,19 @@ STATUSES = ("new", "approved", "rejected", "done")
 
 
 def list_uploads(hub: Hub, kind: str | None = None, status: str | None = None,
-                 since: str | None = None, exclude_kind: str | None = None) -> list[dict[str, Any]]:
+                 since: str | None = None, exclude_kind: str | None = None, *, device: str | None = None,
+                 after_seq: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """Uploads in hub receipt order, payload decoded (``since``: received at or after this ISO UTC time;
-    ``exclude_kind``: leave that kind out, e.g. the usage events, one per identification)."""
+    ``exclude_kind``: leave that kind out, e.g. the usage events, one per identification; ``device``: from that
+    tablet; ``after_seq`` / ``limit``: one page, the next one after the last row's ``seq``)."""
     if status is not None and status not in STATUSES:
         raise UsageError(f"status must be one of {STATUSES}, got {status!r}")
-    rows = hub.store.list_uploads(kind, status, since, exclude_kind)
+    if limit is not None and limit < 1:
+        raise UsageError(f"limit must be at least 1, got {limit}")
+    if after_seq is not None and after_seq < 0:
+        raise UsageError(f"after must be 0 or more, got {after_seq}")
+    rows = hub.store.list_uploads(kind, status, since, exclude_kind, device=device, after_seq=after_seq,
+                                  limit=limit)
     for r in rows:
         r["payload"] = json.loads(r["payload"])
         r["review"] = json.loads(r["review"]) if r["review"] else None
