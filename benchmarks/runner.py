@@ -16,7 +16,6 @@ import os
 import pkgutil
 import platform
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Callable
 
 from edge_app.atomic import atomic_write_json, atomic_write_text
 from edge_app.errors import UsageError
+from training import gitinfo as _gitinfo
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +48,12 @@ def list_benchmarks() -> dict[str, str]:
 
 
 def git_sha(cwd: Path = BENCH_DIR) -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return _gitinfo.git_sha(cwd)
 
 
 def git_dirty(cwd: Path = BENCH_DIR) -> bool | None:
-    """Whether the code differs from the commit (a result from uncommitted code says so); None if unknown.
-
-    Untracked files count too (a new benchmark module not yet committed is uncommitted code); ignored
-    files (``benchmarks/work``, ``.venv``) do not."""
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"], cwd=cwd, capture_output=True,
-                             text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return bool(out.strip())
+    """Whether the code differs from the commit (untracked files count; ignored ones do not); None if unknown."""
+    return _gitinfo.git_dirty(cwd)
 
 
 #: packages whose versions change results (recorded with each result)

@@ -8,7 +8,6 @@ messages and exit codes here, at the edge.
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import logging
 import os
@@ -19,6 +18,7 @@ import threading
 from typing import Any, Sequence
 
 from .errors import BusyError, InputError, PartlensError, StorageError, UsageError
+from .storage import is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,15 @@ def quiet_libraries() -> None:
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
+def _storage_full(command: str, exc: BaseException, name: str | None = None) -> int:
+    """A full disk (or quota): one line and exit 8. Every partlens write goes to a temporary file that is renamed
+    into place only when complete, or into a transaction, so nothing half-written is left as a result."""
+    what = getattr(exc, "strerror", None) or str(exc)
+    print(f"partlens {command}: error: storage full ({what}{f': {name}' if name else ''}); nothing half-written "
+          "was kept: free space and run the command again", file=sys.stderr)
+    return StorageError.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -98,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "locale or set PYTHONIOENCODING=utf-8", file=sys.stderr)
         return UsageError.exit_code
     except sqlite3.DatabaseError as exc:
+        if is_disk_full(exc):
+            return _storage_full(args.command, exc)
         if isinstance(exc, sqlite3.OperationalError):
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
@@ -113,12 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a path that cannot be used as given (an output that is a folder, an unwritable place, a name too long
         # for the file system) or a full disk: one line naming the file; an OSError naming no file is a bug
         name = exc.filename2 or exc.filename  # a rename into place names the target second
+        if is_disk_full(exc):  # (a write names no file: it reached here as a traceback and exit 1, an audit)
+            return _storage_full(args.command, exc, name)
         if not name and not isinstance(exc, (IsADirectoryError, NotADirectoryError, FileExistsError,
                                              FileNotFoundError, PermissionError)):
             raise
         where = f": {name}" if name else ""
         print(f"partlens {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return StorageError.exit_code if exc.errno == errno.ENOSPC else InputError.exit_code
+        return InputError.exit_code
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

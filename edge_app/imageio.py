@@ -347,9 +347,14 @@ def log_unread_files(root: Path, files: Iterable[Path]) -> None:
 
     other = Counter(p.suffix.lower() or "(no suffix)" for p in files
                     if p.suffix.lower() not in IMAGE_SUFFIXES and not is_hidden(p.relative_to(root)))
-    if other:
+    said = (str(root), tuple(sorted(other.items())))
+    if other and said not in _UNREAD_SAID:  # once per process (a train run lists its folder three times)
+        _UNREAD_SAID.add(said)
         log.warning("%s: %d file(s) not read as images (%s; read: %s)", root, sum(other.values()),
                     ", ".join(f"{n} {suffix}" for suffix, n in other.most_common(5)), " ".join(IMAGE_SUFFIXES))
+
+
+_UNREAD_SAID: set[tuple[str, tuple[tuple[str, int], ...]]] = set()
 
 
 def iter_image_files(root: str | os.PathLike[str]) -> list[Path]:

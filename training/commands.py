@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -42,6 +43,11 @@ def _train(args: argparse.Namespace) -> int:
         cache=args.cache, teacher=args.teacher, kd_weight=args.kd_weight, kd_temperature=args.kd_temperature,
         device=args.device, amp=not args.no_amp, resume=args.resume, gallery_repeats=args.gallery_repeats,
     )
+    # the epoch lines (and, without a progress bar, the running loss) are the run's progress: shown without -v
+    # (an audit: piped to a log, a run printed nothing until its final JSON)
+    train_log = logging.getLogger("training.train")
+    if train_log.getEffectiveLevel() > logging.INFO:
+        train_log.setLevel(logging.INFO)
     res = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the main process reports (the others have
         _print_json({"out": str(res.out_dir), "best": str(res.best), "best_epoch": res.best_epoch,  # no val)

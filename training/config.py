@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -125,9 +124,3 @@ RESUMABLE_CHANGES = {"epochs", "resume", "progress", "workers", "cache", "eval_b
                      "out"}  # a run folder may be moved; it is where last.pt is read from
 
 
-def git_sha(cwd: Path | None = None) -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).resolve().parent,
-                              capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"

@@ -107,10 +107,11 @@ def load_image_folder(root: str | os.PathLike[str]) -> ImageSet:
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
     folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not is_hidden(d.name))
+    _check_layout(root, folders)
     items: list[tuple[str, int]] = []
     everything: list[Path] = []
     for idx, cls in enumerate(folders):
-        found = [p for p in (root / cls).rglob("*") if p.is_file()]
+        found = _files_under(root / cls)
         everything += found
         files = sorted(p for p in found if _is_image(p) and not is_hidden(p.relative_to(root)))
         items += [(p.relative_to(root).as_posix(), idx) for p in files]
@@ -125,6 +126,35 @@ def load_image_folder(root: str | os.PathLike[str]) -> ImageSet:
         clash = sorted(f for f, c in zip(folders, classes) if classes.count(c) > 1)
         raise InputError(f"{root}: folders {', '.join(clash)} name the same class")
     return ImageSet(root, classes, items, root.name)
+
+
+#: folder names of a dataset already split into subsets (each holding the class folders)
+SUBSET_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing"})
+
+
+def _check_layout(root: Path, folders: list[str]) -> None:
+    """Refuse the two wrong layouts that otherwise trained without a word (an audit): ``--data`` one level too
+    high (one folder, which became the only class: val top-1 1.0 by construction) and a dataset already split
+    into ``train/`` and ``val/`` (which became the classes "train" and "val")."""
+    if len(folders) == 1:
+        raise InputError(f"{root}: one class folder ({folders[0]}); a classifier needs two or more. Is --data one "
+                         f"level too high? Then the classes are the folders in {root / folders[0]}")
+    if len(folders) >= 2 and {f.lower() for f in folders} <= SUBSET_NAMES:
+        raise InputError(f"{root}: its folders ({', '.join(folders)}) look like a dataset already split into "
+                         f"subsets, not classes: pass --data {root / folders[0]} (ROOT/<class>/*.jpg); partlens "
+                         "makes its own duplicate-aware validation split (`partlens split`)")
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Every file below ``folder``; a folder that cannot be read is an error naming it (``rglob`` skipped it
+    silently, so a class folder without read permission was reported as "no images", an audit)."""
+    def fail(exc: OSError) -> None:
+        raise InputError(f"{exc.filename or folder}: cannot be read ({exc.strerror or exc})")
+
+    out: list[Path] = []
+    for dirpath, _dirs, files in os.walk(folder, onerror=fail):  # (symlinked folders not followed, as rglob)
+        out += [Path(dirpath) / f for f in files if (Path(dirpath) / f).is_file()]
+    return out
 
 
 def _list_path(raw: str, where: Path | str, line: int | None = None) -> str:

@@ -249,7 +249,8 @@ def _resnet(depth: int):
             except Exception as exc:
                 raise InputError(
                     f"resnet{depth}: ImageNet weights unavailable ({exc.__class__.__name__}: {exc}). "
-                    "Pass weights=PATH to a torchvision state dict, or pretrained=False for a random init."
+                    "Pass --weights FILE (weights=PATH in Python) with a torchvision state dict, or --from-scratch "
+                    "(pretrained=False) for a random init."
                 ) from None
         body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3,
                              net.layer4)
@@ -359,7 +360,7 @@ def create_model(name: str, num_classes: int, *, embed_dim: int = 256, pretraine
                               "image_size": list(size), "resize": resize,
                               "freeze_bn": d.freeze_bn if freeze_bn is None else bool(freeze_bn), **options}
     if d.pretrained_source is None and pretrained and weights is None:
-        log.debug("%s has no pretrained weights; random init", name)
+        log.warning("%s has no ImageNet weights: it starts from a random init (pass --from-scratch to say so)", name)
     try:
         backbone, nfeat, stages = d.build(bool(pretrained), str(weights) if weights else None, config)
     except ValueError as exc:  # e.g. a ViT image size that is not a multiple of the patch

@@ -44,9 +44,14 @@ class BatchSampler:
         self.seed, self.rank, self.world, self.epoch = seed, rank, world, 0
         n_batches = len(self.labels) // (batch_size * world)
         if n_batches < 1:
+            # a suggestion this sampler takes (an audit: "e.g. 15" was then refused as not a multiple of K=4)
+            step = 1 if mode == "random" else k
+            fit = len(self.labels) // world
+            suggest = max(2, fit // 2) // step * step or fit // step * step
+            hint = (f"pass a smaller --batch-size (e.g. {suggest}) or add photos" if suggest >= max(2, step)
+                    else f"add photos (a {mode} batch holds at least K={k} images per process)")
             raise UsageError(f"{len(self.labels)} training images are fewer than one batch of "
-                             f"{batch_size} x {world} process(es): pass a smaller --batch-size (e.g. "
-                             f"{max(2, len(self.labels) // (2 * world))}) or add photos")
+                             f"{batch_size} x {world} process(es): {hint}")
         self.n_batches = n_batches
 
     def set_epoch(self, epoch: int) -> None:

@@ -21,7 +21,8 @@ from edge_app.atomic import atomic_write_json
 from edge_app.errors import InputError, IntegrityError, TrainingError, UsageError
 
 from . import ddp
-from .config import RESUMABLE_CHANGES, TrainConfig, git_sha
+from .config import RESUMABLE_CHANGES, TrainConfig
+from .gitinfo import git_dirty, git_sha
 from .data import ImageSet, load_dataset
 
 log = logging.getLogger(__name__)
@@ -153,11 +154,16 @@ def _remove_stale_temp_files(out: Path) -> None:
 def _prepare_out(cfg: TrainConfig, out: Path) -> None:
     last = out / "last.pt"
     if cfg.resume and not last.is_file():
-        raise UsageError(f"{out}: nothing to resume (no last.pt)")
+        # (a run stopped while saving its first epoch, e.g. a full disk, leaves best.pt alone: say what to do)
+        hint = (" and its best.pt cannot be continued: delete it to start over, or choose another --out"
+                if (out / "best.pt").is_file() else "")
+        raise UsageError(f"{out}: nothing to resume (no last.pt){hint}")
     held = [n for n in ("last.pt", "best.pt", "metrics.json") if (out / n).exists()]
     if not cfg.resume and held:  # best.pt alone too: last.pt is often deleted to save space once a run is done
-        raise UsageError(f"{out} already holds a run ({', '.join(held)}); pass --resume to continue it or choose "
-                         "another --out")
+        how = ("pass --resume to continue it" if last.is_file() else
+               "it cannot be resumed (no last.pt: it stopped while saving, or last.pt was deleted); delete "
+               f"{' and '.join(held)} to start over")
+        raise UsageError(f"{out} already holds a run ({', '.join(held)}); {how}, or choose another --out")
 
 
 def _lock_out(out: Path) -> Any:
@@ -359,7 +365,8 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
     use_amp = cfg.amp and device_type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    resolved = {**cfg.to_dict(), "git_sha": git_sha(), "torch": torch.__version__, "device": device,
+    resolved = {**cfg.to_dict(), "git_sha": git_sha(), "git_dirty": git_dirty(), "torch": torch.__version__,
+                "device": device,
                 "world_size": dist.world, "labels": labels, "split": split_info, "n_train": len(train_ds),
                 "n_val": len(val_set), "skipped_train": train_ds.skipped, "preprocess": spec.to_dict(),
                 "model_config": model.config, "steps_per_epoch": steps_per_epoch}
@@ -463,9 +470,14 @@ def train(cfg: TrainConfig, train_set: ImageSet | None = None, val_set: ImageSet
                                                      "best_val_top1": best_top1, "split": split_info})
             log.info("epoch %d/%d loss %.4f val top1 %.4f (%.0f s)", epoch + 1, cfg.epochs, row["train_loss"],
                      m["top1"], row["seconds"])
-            if epoch == start_epoch and not cfg.cache and cfg.workers == 0 and dist.world == 1 and train_ds.skipped:
-                # this process read every training image once: record the unreadable ones with the run
-                resolved["skipped_train"] = sorted({tuple(s) for s in train_ds.skipped})
+            met = sorted({tuple(s) for s in train_ds.skipped}) if not cfg.cache and cfg.workers == 0 \
+                and dist.world == 1 else []
+            if met and met != resolved.get("skipped_train"):
+                # the unreadable training images this process met so far: a PK epoch draws floor(n / batch)
+                # batches, so an image may go unread for epochs (an audit: the list claimed to be complete)
+                resolved["skipped_train"] = met
+                resolved["skipped_train_note"] = ("unreadable training images met while training; the sampler does "
+                                                  "not draw every image every epoch (`partlens audit` lists all)")
                 atomic_write_json(out / "config.json", resolved)
         ddp.barrier(dist)
     result = RunResult(out, out / "last.pt", out / "best.pt", best_epoch, best_top1, history, labels, split_info, model)

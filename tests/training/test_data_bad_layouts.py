@@ -270,3 +270,46 @@ def test_iconic_paths_are_read_in_the_spelling_of_the_lists(tmp_path: Path) -> N
     text = (root / "classes.csv").read_text().replace("/iconic/c0.jpg", "./iconic//c0.jpg")
     (root / "classes.csv").write_text(text)
     assert sorted(p for p, _ in load_dataset(root).gallery.items) == ["iconic/c0.jpg", "iconic/c1.jpg"]
+
+
+def test_wrong_folder_layouts_are_refused_with_the_fix(tmp_path: Path, monkeypatch) -> None:
+    """An audit: --data one level too high trained one class (val top-1 1.0 by construction), a dataset already
+    split into train/ and val/ trained the classes "train" and "val", and a class folder that could not be read
+    was "a class folder with no images"."""
+    import os
+
+    make_folder(tmp_path / "high" / "photos", n_classes=2, per_class=2)
+    with pytest.raises(InputError, match=r"one class folder \(photos\).*one level too high"):
+        load_dataset(tmp_path / "high")
+    for subset in ("train", "val"):
+        make_folder(tmp_path / "presplit" / subset, n_classes=2, per_class=2)
+    with pytest.raises(InputError, match=r"already split into subsets.*--data .*presplit/train"):
+        load_dataset(tmp_path / "presplit")
+    root = make_folder(tmp_path / "ok", n_classes=2, per_class=2)
+    assert load_dataset(root).images.labels == ["c0", "c1"]
+    real_scandir = os.scandir
+
+    def no_permission(path="."):
+        if Path(path).name == "c1":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", no_permission)
+    with pytest.raises(InputError, match=r"ok/c1: cannot be read \(Permission denied\)"):
+        load_dataset(root)
+
+
+def test_the_batch_size_a_sampler_suggests_is_one_it_takes() -> None:
+    from edge_app.errors import UsageError
+    from training.sampler import BatchSampler
+
+    for n, world, mode in [(30, 1, "pk"), (30, 2, "pk"), (5, 1, "pk"), (30, 1, "random"), (13, 1, "pk")]:
+        labels = [i % 3 for i in range(n)]
+        with pytest.raises(UsageError, match=r"e\.g\. (\d+)") as exc:
+            BatchSampler(labels, 32, mode=mode, world=world)
+        import re
+
+        suggested = int(re.search(r"e\.g\. (\d+)", str(exc.value)).group(1))
+        assert len(BatchSampler(labels, suggested, mode=mode, world=world)) >= 1  # taken, at least one batch
+    with pytest.raises(UsageError, match="add photos"):
+        BatchSampler([0, 1, 2], 32, mode="pk")

@@ -88,5 +88,5 @@ def test_too_few_images_for_a_batch_names_the_option_that_fixes_it() -> None:
     from edge_app.errors import UsageError
 
     with pytest.raises(UsageError, match=r"30 training images are fewer than one batch of 32 x 1 process\(es\): "
-                                         r"pass a smaller --batch-size \(e.g. 15\)"):
+                                         r"pass a smaller --batch-size \(e.g. 12\)"):  # a multiple of K=4
         BatchSampler([i % 3 for i in range(30)], 32)

@@ -346,8 +346,14 @@ def test_training_audit_faults(tiny_folder: Path, tmp_path: Path) -> None:
     assert len(res.history) == 3 and "git_sha_started" in conf
     # a finished run without its last.pt (deleted to save space) is not overwritten by a new run
     (out / "last.pt").unlink()
-    with pytest.raises(UsageError, match=r"already holds a run \(best.pt, metrics.json\)"):
+    with pytest.raises(UsageError, match=r"already holds a run \(best.pt, metrics.json\); it cannot be resumed "
+                                         r"\(no last.pt.*delete best.pt and metrics.json to start over"):
         train(_cfg(tiny_folder, out, epochs=1))
+    # ...and --resume says the same way out (an audit: a full disk left best.pt alone, and both refusals
+    # pointed at each other)
+    with pytest.raises(UsageError, match=r"nothing to resume \(no last.pt\) and its best.pt cannot be continued"):
+        train(_cfg(tiny_folder, out, epochs=3, resume=True))
+    assert conf["git_dirty"] in (True, False, None)
     # a second run on a folder another run is writing is refused (they mixed their files before)
     busy = tmp_path / "busy"
     held = _lock_out(busy)
