@@ -280,6 +280,8 @@ class CatalogueDB:
         rows = _rows(rows, PART_COLUMNS, "parts", ("part_number",))
         for r in rows:
             r.setdefault("version", 0)
+            if "size_mm" not in r:  # not given: the stored size stays (a stock-only import wiped it, an audit)
+                continue
             if r.get("size_mm") in ("", None):
                 r["size_mm"] = None
             else:

@@ -32,34 +32,82 @@ IMAGE_KINDS = ("catalogue", "field")
 PART_FIELDS = ("part_number", "name", "category", "manufacturer", "description", "size_mm", "look_alike_group")
 
 
-def read_csv_rows(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
-    """The rows of a UTF-8 CSV with these columns (also the training side's parts layout); InputError naming the
-    file (and line) for a missing file or column, text that is not UTF-8, extra fields, or no rows."""
+#: the delimiters a catalogue export uses: comma; semicolon (Excel where the decimal mark is a comma); tab
+DELIMITERS = (",", ";", "\t")
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    """The file's text: UTF-8 (a BOM is dropped) or, with its BOM, UTF-16 (Excel's "Unicode text")."""
+    try:
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return raw.decode("utf-16")
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 (Excel: "
+                         "\"CSV UTF-8 (Comma delimited)\"), so names like \"Dichtung Ø20\" arrive as written") from None
+
+
+def _header_name(raw: str, known: Sequence[str], prefixes: Sequence[str]) -> str:
+    """A header cell as partlens names it: ``Part Number`` / ``PART_NUMBER`` is ``part_number``, ``Stock_site_a``
+    is ``stock_site_a`` (the site keeps its spelling); anything else stays as written."""
+    name = raw.strip()
+    low = name.lower().replace(" ", "_")
+    if low in known:
+        return low
+    for prefix in prefixes:
+        if low.startswith(prefix):
+            return prefix + name[len(prefix):].strip()
+    return name
+
+
+def read_csv_records(path: Path, required: Sequence[str], known: Sequence[str] = (),
+                     prefixes: Sequence[str] = ()) -> list[tuple[int, dict[str, str]]]:
+    """(line, row) of a CSV with these columns; InputError naming the file (and line) for a missing file or
+    column, text that is not UTF-8 (or UTF-16 with a BOM), a field that opens a quote and does not close it
+    properly, extra or missing fields, or no rows. The delimiter may be a comma, semicolon or tab (read from the
+    header); header names in ``known`` and starting with ``prefixes`` are matched without regard to case and
+    spaces; rows with every field empty (a spreadsheet's trailing ``,,,``) are skipped."""
+    import io
+
     if not path.is_file():
         raise InputError(f"{path}: no such file")
+    text = _decode(path, path.read_bytes())
+    first = text.split("\n", 1)[0]
+    delimiter = max(DELIMITERS, key=first.count) if any(d in first for d in DELIMITERS) else ","
+    # strict: a field that opens a quote must close it right before a delimiter; otherwise an inch mark
+    # ("Hose 1/2" or "1/2 inch...) silently swallowed the rows up to the next quote into one name (an audit)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            cols = reader.fieldnames or []
-            twice = sorted({c for c in cols if c and cols.count(c) > 1})  # ("a,b,," from a spreadsheet: fine)
-            if twice:  # DictReader keeps the last one silently
-                raise InputError(f"{path}: column {', '.join(twice)} appears more than once in the header")
-            missing = [c for c in required if c not in cols]
-            if missing:
-                raise InputError(f"{path}: no {', '.join(missing)} column (has: {', '.join(cols) or 'nothing'})")
-            rows = list(reader)
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        header = next(reader, None) or []
+        cols = [_header_name(c, known, prefixes) for c in header]
+        twice = sorted({c for c in cols if c and cols.count(c) > 1})  # ("a,b,," from a spreadsheet: fine)
+        if twice:
+            raise InputError(f"{path}: column {', '.join(twice)} appears more than once in the header")
+        missing = [c for c in required if c not in cols]
+        if missing:
+            raise InputError(f"{path}: no {', '.join(missing)} column (has: {', '.join(cols) or 'nothing'})")
+        records = []
+        line = reader.line_num + 1
+        for fields in reader:
+            if any(f.strip() for f in fields):
+                if len(fields) > len(cols) and any(f.strip() for f in fields[len(cols):]):
+                    raise InputError(f"{path}:{line}: more fields than the header has columns")
+                if len(fields) < len(cols):
+                    raise InputError(f"{path}:{line}: fewer fields than the header has columns")
+                records.append((line, dict(zip(cols, fields))))
+            line = reader.line_num + 1
     except csv.Error as exc:
-        raise InputError(f"{path}: not a readable CSV ({exc})") from None
-    for line, r in enumerate(rows, start=2):
-        if None in r:  # csv puts the fields beyond the header under the key None
-            raise InputError(f"{path}:{line}: more fields than the header has columns")
-        if any(v is None for v in r.values()):  # and None for the fields a short row lacks
-            raise InputError(f"{path}:{line}: fewer fields than the header has columns")
-    if not rows:
+        raise InputError(f"{path}:{reader.line_num}: {exc}: a field that starts with a double quote must end with "
+                         "one (an inch mark opening a name, e.g. \"1/2 inch hose: quote the whole field and double "
+                         "the mark: \"\"\"1/2 inch hose\")") from None
+    if not records:
         raise InputError(f"{path}: no rows")
-    return rows
+    return records
+
+
+def read_csv_rows(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of :func:`read_csv_records` (also the training side's parts layout)."""
+    return [row for _, row in read_csv_records(path, required)]
 
 
 def check_part_number(value: Any, where: str) -> str:
@@ -102,28 +150,44 @@ def parse_stock(value: Any, where: str) -> int | None:
 def read_parts_csv(parts_csv: Path, *, as_of: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """``parts.csv`` of the generated layout -> (parts, inventory rows dated ``as_of``, sites), checked row by
     row (the device's import and the hub's read it the same way); InputError naming the file and line."""
-    rows = read_csv_rows(parts_csv, ("part_number", "name"))
-    sites = sorted(c[len("stock_"):] for c in rows[0] if c.startswith("stock_"))
+    records = read_csv_records(parts_csv, ("part_number", "name"), PART_FIELDS, ("stock_", "bin_"))
+    cols = list(records[0][1])
+    sites = sorted(c[len("stock_"):] for c in cols if c.startswith("stock_"))
     if "" in sites:
         raise InputError(f"{parts_csv}: a column is named 'stock_' without a site (stock_<site>)")
-    lone_bins = sorted(c for c in rows[0] if c.startswith("bin_") and c[len("bin_"):] not in sites)
+    folded = sorted({s for s in sites if [t.casefold() for t in sites].count(s.casefold()) > 1})
+    if folded:  # two columns for one site, or two sites no one can tell apart
+        raise InputError(f"{parts_csv}: stock columns for sites that differ only in case: {', '.join(folded)}")
+    lone_bins = sorted(c for c in cols if c.startswith("bin_") and c[len("bin_"):] not in sites)
     if lone_bins:  # dropped without a word before
         raise InputError(f"{parts_csv}: {', '.join(lone_bins)} without the matching stock_<site> column")
-    parts, inventory, seen = [], [], set()
-    for line, r in enumerate(rows, start=2):
+    unread = [c for c in cols if c and c not in PART_FIELDS and not c.startswith(("stock_", "bin_"))]
+    if unread:  # ("Category " or "Kategorie": its values were dropped without a word, an audit)
+        log.warning("%s: column(s) %s are not read (partlens reads %s, stock_<site>, bin_<site>)", parts_csv,
+                    ", ".join(unread), ", ".join(PART_FIELDS))
+    parts, inventory = [], []
+    seen: dict[str, tuple[str, int]] = {}  # case-folded part number -> (as written, line)
+    for line, r in records:
         where = f"{parts_csv}:{line}"
         pn = check_part_number(r.get("part_number"), where)
-        if pn in seen:
-            raise InputError(f"{where}: duplicate part_number {pn}")
-        seen.add(pn)
+        first = seen.get(pn.casefold())
+        if first is not None and first[0] == pn:
+            raise InputError(f"{where}: duplicate part_number {pn} (first on line {first[1]})")
+        if first is not None:  # two parts, or one typed twice? the tablet's search folds case: one part to a person
+            raise InputError(f"{where}: part_number {pn} differs from {first[0]} (line {first[1]}) only in case")
+        seen[pn.casefold()] = (pn, line)
+        # only the columns the file has: a narrower export (stock only) wiped the size, bins and the rest
         part = {k: ((r.get(k) or "").strip() or None) for k in PART_FIELDS if k in r}
         part["part_number"] = pn
-        part["size_mm"] = parse_size_mm((r.get("size_mm") or "").strip(), where)
+        if "size_mm" in r:
+            part["size_mm"] = parse_size_mm((r.get("size_mm") or "").strip(), where)
         parts.append(part)
         for col_site in sites:
             stock = parse_stock((r.get(f"stock_{col_site}") or "").strip(), f"{where}: stock_{col_site}")
-            inventory.append({"part_number": pn, "site": col_site, "stock": stock,
-                              "bin": (r.get(f"bin_{col_site}") or "").strip() or None, "as_of": as_of})
+            row = {"part_number": pn, "site": col_site, "stock": stock, "as_of": as_of}
+            if f"bin_{col_site}" in r:
+                row["bin"] = (r.get(f"bin_{col_site}") or "").strip() or None
+            inventory.append(row)
     return parts, inventory, sites
 
 
@@ -140,7 +204,7 @@ def read_images_csv(images_csv: str | os.PathLike[str], kinds: Sequence[str], is
     root = images_csv.parent.resolve()
     images: list[dict[str, Any]] = []
     paths_seen: dict[Path, int] = {}
-    for line, r in enumerate(read_csv_rows(images_csv, ("path", "part_number")), start=2):
+    for line, r in read_csv_records(images_csv, ("path", "part_number"), ("path", "part_number", "kind")):
         where = f"{images_csv}:{line}"
         kind = (r.get("kind") or "").strip() or "catalogue"
         if kind not in IMAGE_KINDS:  # "Catalogue" was skipped as another kind, silently

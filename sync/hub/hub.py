@@ -335,8 +335,8 @@ class Hub:
         digest = hashlib.sha256(data).hexdigest()
         # the suffix says what the file holds (an approved PNG upload was stored and exported as .jpg)
         suffix = FORMAT_SUFFIX.get(image_format(data) or "", ".jpg")
-        image_id = f"img-{digest[:24]}"
-        rel = f"{image_id}{suffix}"
+        rel = f"img-{digest[:24]}{suffix}"  # the file is named by its content (one copy however many parts use it)
+        image_id = self._image_id(digest, part_number)
         dst = self.root / "images" / rel
         thumb = self.thumb_path(image_id)
         for f in (dst, thumb):  # reused (an earlier failed import stored it): young again, so the nightly orphan
@@ -352,6 +352,14 @@ class Hub:
         thumb_digest = hashlib.sha256(thumb.read_bytes()).hexdigest()
         return {"image_id": image_id, "part_number": part_number, "path": rel, "kind": kind, "sha256": digest,
                 "thumb_sha256": thumb_digest}
+
+    def _image_id(self, digest: str, part_number: str) -> str:
+        """An image row's id: named by its content, unless that id is a live image of ANOTHER part (the same
+        picture for two part numbers: a superseded number, a placeholder photo), which then gets an id of its own
+        for this part. Before, the second part took the first one's only image without a word (an audit)."""
+        base = f"img-{digest[:24]}"
+        held = self.store.image(base)
+        return base if held is None or held["part_number"] == part_number else scoped_image_id(digest, part_number)
 
     def prune_orphan_files(self, grace_hours: float = 24.0, now: float | None = None) -> dict[str, int]:
         """Delete image and thumbnail files no image row refers to, once older than ``grace_hours``: an import
@@ -415,6 +423,7 @@ class Hub:
             part = dict(part, size_mm=parse_size_mm(part["size_mm"], f"part {pn}"))
         for site, (stock, _bin) in inventory.items():
             parse_stock(stock, f"part {pn}: stock at {site}")
+        self._check_sites(sorted(inventory), f"part {pn}")
         rows = [self.store_image(p, pn) for p in images]
         emb = self.embedder()
         vecs = self.embed_rows(rows, emb) if emb is not None and rows else None
@@ -423,8 +432,9 @@ class Hub:
             if rows:
                 self._check_still_active(emb, f"part {pn}")
             ch.upsert_parts([dict(part, part_number=pn)])
-            ch.upsert_inventory([{"part_number": pn, "site": check_name(s, "site"), "stock": st, "bin": b,
-                                  "as_of": now} for s, (st, b) in inventory.items()])
+            # a bin left out (None) stays as it is: `--stock site_a=7` changes the count, not where the part lies
+            ch.upsert_inventory([{"part_number": pn, "site": check_name(s, "site"), "stock": st, "as_of": now,
+                                  **({"bin": b} if b is not None else {})} for s, (st, b) in inventory.items()])
             ch.upsert_images(rows)
             if vecs is not None and emb is not None:
                 ch.put_embeddings([r["image_id"] for r in rows], vecs, emb.bundle_id)
@@ -433,11 +443,13 @@ class Hub:
             return ch.version
 
     def set_stock(self, part_number: str, site: str, stock: int | None, bin: str | None = None) -> int:
+        """A part's stock at ``site``; its bin too if given (None keeps the bin it has)."""
         if self.store.part(part_number) is None:
             raise InputError(f"unknown part {part_number!r}")
+        self._check_sites([site], f"part {part_number}")
         with self.store.change() as ch:
             ch.upsert_inventory([{"part_number": part_number, "site": check_name(site, "site"), "stock": stock,
-                                  "bin": bin, "as_of": utcnow()}])
+                                  "as_of": utcnow(), **({"bin": bin} if bin is not None else {})}])
             return ch.version
 
     def delete_parts(self, part_numbers: Sequence[str]) -> int:
@@ -457,6 +469,7 @@ class Hub:
         relative to its folder.
         """
         parts, inventory = _read_parts_csv(Path(parts_csv))
+        self._check_sites(sorted({r["site"] for r in inventory}), parts_csv)
         known = {p["part_number"] for p in parts}
         image_rows: list[dict[str, Any]] = []
         if images_csv is not None:  # read and checked as the device's `catalogue import` reads it
@@ -470,6 +483,7 @@ class Hub:
             if bad:
                 raise ImageError(images_csv, f"{len(bad)} image(s) cannot be imported, nothing was: "
                                  + "; ".join(bad[:10]) + ("; ..." if len(bad) > 10 else ""))
+            image_rows = self._own_ids(image_rows)
         emb = self.embedder()
         vecs = self.embed_rows(image_rows, emb) if emb is not None and image_rows else None
         with self.store.change() as ch:
@@ -490,6 +504,52 @@ class Hub:
                         "`partlens hub delete-parts`", len(others), parts_csv, ", ".join(others[:5]))
         return {"version": version, "parts": len(parts), "inventory": len(inventory), "images": len(image_rows),
                 "look_alikes": found, "parts_not_in_file": len(others)}
+
+    def known_sites(self) -> set[str]:
+        """The sites the hub knows: those with stock rows and those tablets are enrolled for."""
+        c = self.store._db().conn
+        return {r[0] for r in c.execute("SELECT DISTINCT site FROM inventory WHERE deleted=0")} | {
+            d["site"] for d in self.store.list_devices()}
+
+    def _check_sites(self, sites: Sequence[str], where: Any) -> None:
+        """A file's stock sites against the hub's: one that differs from a known site only in case is refused
+        (``stock_SITE_A`` made a second site no tablet of site_a sees, while the clerk meant site_a; an audit);
+        a new one is said (its tablets see its stock once enrolled for it)."""
+        known = self.known_sites()
+        if not known:
+            return
+        by_fold = {k.casefold(): k for k in known}
+        clash = [f"{s} (the hub has {by_fold[s.casefold()]})" for s in sites
+                 if s not in known and s.casefold() in by_fold]
+        if clash:
+            raise InputError(f"{where}: stock site(s) that differ from the hub's only in case: {', '.join(clash)}; "
+                             "rename the column(s) (stock_<site> as the hub writes it)")
+        new = [s for s in sites if s not in known]
+        if new:
+            log.warning("%s: new site(s) %s (the hub knows %s); only tablets enrolled for a site see its stock",
+                        where, ", ".join(new), ", ".join(sorted(known)))
+
+    def _own_ids(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows of one import where one picture is listed for several parts: each part its own image row (the
+        first keeps the content id), with its thumbnail; said, since identical pictures tie in identification."""
+        first: dict[str, str] = {}
+        out, shared = [], {}
+        for row in rows:
+            owner = first.setdefault(row["image_id"], row["part_number"])
+            if owner != row["part_number"]:
+                new_id = scoped_image_id(row["sha256"], row["part_number"])
+                thumb = self.thumb_path(new_id)
+                if not thumb.exists():
+                    atomic_write_bytes(thumb, self.thumb_path(row["image_id"]).read_bytes())
+                shared.setdefault(row["image_id"], {owner}).add(row["part_number"])
+                row = dict(row, image_id=new_id)
+            out.append(row)
+        if shared:
+            example = next(iter(shared.values()))
+            log.warning("%d picture(s) are listed for more than one part (e.g. %s): each part gets its own copy, and "
+                        "those parts tie when a photo matches it; a placeholder picture makes them all tie",
+                        len(shared), ", ".join(sorted(example)[:5]))
+        return out
 
     # -- bundles ----------------------------------------------------------------------------
     def set_bundle(self, bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -609,8 +669,15 @@ def _raw(keyring: Keyring, kid: str) -> bytes:
     return keyring.public_key(kid)
 
 
+def scoped_image_id(digest: str, part_number: str) -> str:
+    """The id of a picture's image row for ``part_number`` when its content id belongs to another part."""
+    scoped = hashlib.sha256(part_number.encode("utf-8") + b"\0" + digest.encode("ascii")).hexdigest()
+    return f"img-{scoped[:24]}"
+
+
 def _read_parts_csv(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     parts, inventory, sites = read_parts_csv(path, as_of=utcnow())
     for site in sites:
         check_name(site, "site")
-    return [{k: p.get(k) for k in PART_FIELDS} for p in parts], inventory
+    # only the columns the file has: a narrower export (stock only) left the rest of every part NULL (an audit)
+    return [{k: p[k] for k in PART_FIELDS if k in p} for p in parts], inventory

@@ -171,20 +171,31 @@ class _SqliteChange:
         self.version = version
 
     def _stamp(self, rows: Iterable[dict[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]]:
+        """The rows with this version, live; only the ``fields`` a row HAS are written (a field it lacks keeps its
+        stored value, or NULL for a new row): a stock-only import or `add-part --stock` wiped every other field
+        of the parts it touched before (an audit)."""
         out = []
         for r in rows:
-            row = {k: r.get(k) for k in fields}
+            row = {k: r[k] for k in fields if k in r}
             row["version"] = self.version
             row["deleted"] = 0
             out.append(row)
         return out
 
+    def _upsert(self, table: str, rows: list[dict[str, Any]], pk: str | tuple[str, ...]) -> None:
+        """``upsert_all`` per set of columns (it fills the columns of a batch a row lacks with NULL)."""
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for r in rows:
+            groups.setdefault(tuple(sorted(r)), []).append(r)
+        for group in groups.values():
+            self.db[table].upsert_all(group, pk=pk)
+
     def upsert_parts(self, rows: Iterable[dict[str, Any]]) -> int:
         rows = self._stamp(rows, PART_FIELDS)
         for r in rows:
-            if not r["part_number"]:
+            if not r.get("part_number"):
                 raise InputError("a part row has no part_number")
-        self.db["parts"].upsert_all(rows, pk="part_number")
+        self._upsert("parts", rows, "part_number")
         return len(rows)
 
     def delete_parts(self, part_numbers: Iterable[str]) -> int:
@@ -199,12 +210,12 @@ class _SqliteChange:
 
     def upsert_inventory(self, rows: Iterable[dict[str, Any]]) -> int:
         rows = self._stamp(rows, INVENTORY_FIELDS)
-        self.db["inventory"].upsert_all(rows, pk=("part_number", "site"))
+        self._upsert("inventory", rows, ("part_number", "site"))
         return len(rows)
 
     def upsert_images(self, rows: Iterable[dict[str, Any]]) -> int:
         rows = self._stamp(rows, IMAGE_FIELDS)
-        self.db["images"].upsert_all(rows, pk="image_id")
+        self._upsert("images", rows, "image_id")
         return len(rows)
 
     def delete_images(self, image_ids: Iterable[str]) -> int:

@@ -1,0 +1,127 @@
+"""Catalogue and stock files as ERP systems and Excel write them (an audit of `hub import`, `hub add-part` and the
+device's `catalogue import`): data must never be changed or lost without a word."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from edge_app.errors import InputError
+from edge_app.runtime.catalogue import CatalogueDB
+from edge_app.runtime.importer import import_catalogue
+
+from .helpers import part_image
+
+
+def _write(path, text: str, encoding: str = "utf-8"):
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+FULL = ("part_number,name,category,manufacturer,description,size_mm,look_alike_group,stock_site_a,bin_site_a\n"
+        "000123,Dichtung Ø20,seal,Freudenberg,\"O-ring, 20 mm \"\"NBR\"\"\",20,orings,4,A-1\n"
+        "A1,Pump Mk2,pump,Grundfos,centrifugal,50,g1,2,B-2\n")
+
+
+def test_a_stray_quote_is_refused_with_its_line_not_swallowing_rows(world, tmp_path) -> None:
+    """`P4,"Hose 1/2 inch,3,D` swallowed the next rows into one name and took a later row's stock, exit 0."""
+    bad = _write(tmp_path / "inch.csv", "part_number,name,stock_site_a,bin_site_a\nP1,Bolt,1,A\n"
+                 "P4,\"Hose 1/2 inch,3,D\nP5,Bolt M8,6,C\nP6,Pipe 1/2\" BSP,7,B\n")
+    before = world.hub.store.version()
+    with pytest.raises(InputError, match=r"inch.csv:\d+: .*must end with one"):
+        world.hub.import_csv(bad)
+    assert world.hub.store.version() == before
+    with pytest.raises(InputError, match="must end with one"):
+        import_catalogue(CatalogueDB(tmp_path / "c.db"), bad)
+    # an inch mark inside a field (not opening it) is just a character, as before
+    ok = _write(tmp_path / "ok.csv", "part_number,name\nP6,Pipe 1/2\" BSP\n")
+    world.hub.import_csv(ok)
+    assert world.hub.store.part("P6")["name"] == "Pipe 1/2\" BSP"
+
+
+def test_a_narrower_export_changes_only_its_columns(world, tmp_path) -> None:
+    """A stock-only export wiped category, maker, description, size and look-alike group at the hub (and bins
+    and sizes on a device); `hub add-part --stock` wiped the part's details and its bin."""
+    hub = world.hub
+    hub.import_csv(_write(tmp_path / "full.csv", FULL))
+    hub.import_csv(_write(tmp_path / "stock.csv", "part_number,name,stock_site_a\n000123,Dichtung Ø20,9\n"))
+    p = hub.store.part("000123")
+    assert (p["category"], p["manufacturer"], p["size_mm"], p["look_alike_group"]) == ("seal", "Freudenberg", 20.0,
+                                                                                        "orings")
+    inv = hub.store._rows("SELECT stock, bin FROM inventory WHERE part_number='000123' AND site='site_a'")
+    assert inv == [{"stock": 9, "bin": "A-1"}]
+    hub.add_part({"part_number": "A1", "name": "Pump Mk2"}, inventory={"site_a": (7, None)})
+    a1 = hub.store.part("A1")
+    assert (a1["category"], a1["size_mm"], a1["look_alike_group"]) == ("pump", 50.0, "g1")
+    assert hub.store._rows("SELECT stock, bin FROM inventory WHERE part_number='A1'") == [{"stock": 7, "bin": "B-2"}]
+    hub.set_stock("A1", "site_a", 3)
+    assert hub.store._rows("SELECT stock, bin FROM inventory WHERE part_number='A1'") == [{"stock": 3, "bin": "B-2"}]
+    # an empty cell in a column the file HAS still means "not known" (cleared)
+    hub.import_csv(_write(tmp_path / "blank.csv", "part_number,name,category\nA1,Pump Mk2,\n"))
+    assert hub.store.part("A1")["category"] is None and hub.store.part("A1")["size_mm"] == 50.0
+    # the device's own import: the same
+    db = CatalogueDB(tmp_path / "dev.db")
+    import_catalogue(db, tmp_path / "full.csv")
+    import_catalogue(db, _write(tmp_path / "qty.csv", "part_number,name,stock_site_a\n000123,Dichtung Ø20,12\n"))
+    p = db.part("000123")
+    assert p["size_mm"] == 20.0 and p["category"] == "seal"
+    assert [(i["stock"], i["bin"]) for i in p["inventory"]] == [(12, "A-1")]
+
+
+def test_one_picture_for_two_parts_leaves_each_part_its_image(world, tmp_path, caplog) -> None:
+    """Two files with the same bytes (a superseded part number, a placeholder photo): the second part took the
+    first one's only image (content-named ids), so the first could no longer be identified."""
+    hub = world.hub
+    (tmp_path / "imgs").mkdir()
+    photo = part_image(41)
+    for name in ("a.jpg", "copy_of_a.jpg", "again.jpg"):
+        (tmp_path / "imgs" / name).write_bytes(photo)
+    parts = _write(tmp_path / "parts.csv", "part_number,name\nQ1,valve\nQ2,valve superseded\n")
+    images = _write(tmp_path / "images.csv", "path,part_number,kind\nimgs/a.jpg,Q1,catalogue\n"
+                    "imgs/copy_of_a.jpg,Q2,catalogue\n")
+    with caplog.at_level(logging.WARNING, logger="sync.hub.hub"):
+        out = hub.import_csv(parts, images)
+    assert out["images"] == 2 and "listed for more than one part" in caplog.text
+    owners = sorted(r["part_number"] for r in hub.store.live_images())
+    assert owners.count("Q1") == 1 and owners.count("Q2") == 1
+    assert all(hub.thumb_path(r["image_id"]).is_file() for r in hub.store.live_images())
+    # the same again later, through add-part for a third part: Q1 and Q2 keep theirs
+    hub.add_part({"part_number": "Q3", "name": "valve 3"}, images=[tmp_path / "imgs" / "again.jpg"])
+    owners = sorted(r["part_number"] for r in hub.store.live_images())
+    assert [owners.count(p) for p in ("Q1", "Q2", "Q3")] == [1, 1, 1]
+    # re-importing the same files makes no new rows (the ids are stable)
+    n = len(hub.store.live_images())
+    hub.import_csv(parts, images)
+    assert len(hub.store.live_images()) == n
+
+
+def test_excel_and_erp_spellings_are_read_and_unread_columns_named(world, tmp_path, caplog) -> None:
+    hub = world.hub
+    # semicolons (Excel with a decimal comma), header in another case and with spaces, trailing empty rows
+    semi = _write(tmp_path / "semi.csv", "Part Number;Name;Category;Stock_site_a;Bin_site_a;Kategorie\n"
+                  "S1;Sjökabel;cable;3;K-1;x\n;;;;;\n")
+    with caplog.at_level(logging.WARNING, logger="edge_app.runtime.importer"):
+        out = hub.import_csv(semi)
+    assert out["parts"] == 1 and out["inventory"] == 1
+    assert hub.store.part("S1")["category"] == "cable" and hub.store.part("S1")["name"] == "Sjökabel"
+    assert "Kategorie are not read" in caplog.text
+    # UTF-16 with its BOM, tab separated (Excel "Unicode text")
+    u16 = _write(tmp_path / "u16.txt", "part_number\tname\nU1\tDichtung Ø20\n", "utf-16")
+    assert hub.import_csv(u16)["parts"] == 1 and hub.store.part("U1")["name"] == "Dichtung Ø20"
+    # Windows-1252: refused with what to do
+    with pytest.raises(InputError, match="CSV UTF-8"):
+        hub.import_csv(_write(tmp_path / "cp.csv", "part_number,name\nW1,Dichtung Ø20\n", "cp1252"))
+
+
+def test_part_numbers_and_sites_that_differ_only_in_case_are_refused(world, tmp_path, caplog) -> None:
+    with pytest.raises(InputError, match=r"ABC-1 differs from abc-1 \(line 2\) only in case"):
+        world.hub.import_csv(_write(tmp_path / "dup.csv", "part_number,name\nabc-1,a\nABC-1,b\n"))
+    with pytest.raises(InputError, match="differ only in case: SITE_A, site_a"):
+        world.hub.import_csv(_write(tmp_path / "sites.csv", "part_number,name,stock_site_a,stock_SITE_A\nP,a,1,2\n"))
+    # a site the hub does not know, or one it knows under another case, is said at the hub
+    world.hub.import_csv(_write(tmp_path / "base.csv", "part_number,name,stock_site_a\nZ1,a,1\n"))
+    with pytest.raises(InputError, match=r"only in case: SITE_A \(the hub has site_a\)"):
+        world.hub.import_csv(_write(tmp_path / "upper.csv", "part_number,name,stock_SITE_A\nZ1,a,0\n"))
+    with caplog.at_level(logging.WARNING, logger="sync.hub.hub"):
+        world.hub.import_csv(_write(tmp_path / "new.csv", "part_number,name,stock_depot_9\nZ1,a,0\n"))
+    assert "new site(s) depot_9" in caplog.text
