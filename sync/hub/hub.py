@@ -484,6 +484,17 @@ class Hub:
                 raise ImageError(images_csv, f"{len(bad)} image(s) cannot be imported, nothing was: "
                                  + "; ".join(bad[:10]) + ("; ..." if len(bad) > 10 else ""))
             image_rows = self._own_ids(image_rows)
+        # what a re-import of the same export leaves as it is is not written again: a nightly ERP import re-stamped
+        # (and re-embedded) every part and image, so every tablet re-fetched the whole catalogue (an audit)
+        listed_parts, listed_images = len(parts), len(image_rows)
+        parts = _changed(parts, self.store.live_rows("parts", "part_number", [p["part_number"] for p in parts]),
+                         "part_number")
+        if image_rows:
+            ids = [r["image_id"] for r in image_rows]
+            embedded = self.store.embedded_ids(self.bundle_id, ids) if self.bundle_id else set()
+            redo = {r["image_id"] for r in _changed(image_rows, self.store.live_rows("images", "image_id", ids),
+                                                    "image_id")} | (set(ids) - embedded)
+            image_rows = [r for r in image_rows if r["image_id"] in redo]
         emb = self.embedder()
         vecs = self.embed_rows(image_rows, emb) if emb is not None and image_rows else None
         with self.store.change() as ch:
@@ -502,7 +513,8 @@ class Hub:
         if others:  # an import adds and updates, never deletes: a renamed part stays live under its old number
             log.warning("%d part(s) of the catalogue are not in %s and stay live (e.g. %s); remove them with "
                         "`partlens hub delete-parts`", len(others), parts_csv, ", ".join(others[:5]))
-        return {"version": version, "parts": len(parts), "inventory": len(inventory), "images": len(image_rows),
+        return {"version": version, "parts": listed_parts, "inventory": len(inventory), "images": listed_images,
+                "parts_changed": len(parts), "images_changed": len(image_rows),
                 "look_alikes": found, "parts_not_in_file": len(others)}
 
     def known_sites(self) -> set[str]:
@@ -667,6 +679,11 @@ def _log_look_alikes(found: Sequence[Mapping[str, Any]]) -> None:
 
 def _raw(keyring: Keyring, kid: str) -> bytes:
     return keyring.public_key(kid)
+
+
+def _changed(rows: list[dict[str, Any]], stored: Mapping[str, Mapping[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The rows that are new or differ from their stored live row in a column they give."""
+    return [r for r in rows if (s := stored.get(r[key])) is None or any(s.get(k) != v for k, v in r.items())]
 
 
 def scoped_image_id(digest: str, part_number: str) -> str:

@@ -101,6 +101,8 @@ class HubStore(Protocol):
     def change(self) -> contextlib.AbstractContextManager[Change]: ...
     def snapshot(self, site: str, from_version: int) -> Snapshot: ...
     def part(self, part_number: str) -> dict[str, Any] | None: ...
+    def live_rows(self, table: str, key: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+    def embedded_ids(self, bundle_id: str, image_ids: Sequence[str]) -> set[str]: ...
     def part_numbers(self) -> list[str]: ...
     def image(self, image_id: str) -> dict[str, Any] | None: ...
     def live_images(self) -> list[dict[str, Any]]: ...
@@ -484,6 +486,30 @@ class SqliteHubStore:
         """Each live part's ``look_alike_group`` (None when it has none)."""
         return {r["part_number"]: r["look_alike_group"] for r in self._rows(
             "SELECT part_number, look_alike_group FROM parts WHERE deleted=0")}
+
+    def live_rows(self, table: str, key: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The live rows of ``table`` (parts, images) whose ``key`` column is one of ``keys``, by key."""
+        if table not in ("parts", "images") or key not in ("part_number", "image_id"):
+            raise UsageError(f"no live rows of {table}.{key}")
+        out: dict[str, dict[str, Any]] = {}
+        keys = list(dict.fromkeys(keys))
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            for r in self._rows(f"SELECT * FROM {table} WHERE deleted=0 AND {key} IN ({','.join('?' * len(chunk))})",
+                                chunk):
+                out[r[key]] = r
+        return out
+
+    def embedded_ids(self, bundle_id: str, image_ids: Sequence[str]) -> set[str]:
+        """Which of ``image_ids`` have a vector of ``bundle_id``."""
+        out: set[str] = set()
+        ids = list(dict.fromkeys(image_ids))
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            out |= {r[0] for r in self._db().conn.execute(
+                f"SELECT image_id FROM embeddings WHERE bundle_id=? AND image_id IN ({','.join('?' * len(chunk))})",
+                [bundle_id, *chunk])}
+        return out
 
     def part_numbers(self) -> list[str]:
         """The live (not deleted) part numbers."""
