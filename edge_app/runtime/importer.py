@@ -36,15 +36,16 @@ PART_FIELDS = ("part_number", "name", "category", "manufacturer", "description",
 DELIMITERS = (",", ";", "\t")
 
 
-def _decode(path: Path, raw: bytes) -> str:
-    """The file's text: UTF-8 (a BOM is dropped) or, with its BOM, UTF-16 (Excel's "Unicode text")."""
-    try:
-        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-            return raw.decode("utf-16")
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 (Excel: "
-                         "\"CSV UTF-8 (Comma delimited)\"), so names like \"Dichtung Ø20\" arrive as written") from None
+def _encoding(path: Path) -> str:
+    """UTF-16 when the file starts with its BOM (Excel's "Unicode text"), else UTF-8 (a BOM is dropped)."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    return "utf-16" if head in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+
+
+def _not_utf8(path: Path, where: str, exc: UnicodeDecodeError) -> InputError:
+    return InputError(f"{path}{where}: not UTF-8 text ({exc.reason}); save it as UTF-8 (Excel: \"CSV UTF-8 (Comma "
+                      "delimited)\"), so names like \"Dichtung Ø20\" arrive as written")
 
 
 def _header_name(raw: str, known: Sequence[str], prefixes: Sequence[str]) -> str:
@@ -67,16 +68,26 @@ def read_csv_records(path: Path, required: Sequence[str], known: Sequence[str] =
     properly, extra or missing fields, or no rows. The delimiter may be a comma, semicolon or tab (read from the
     header); header names in ``known`` and starting with ``prefixes`` are matched without regard to case and
     spaces; rows with every field empty (a spreadsheet's trailing ``,,,``) are skipped."""
-    import io
-
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    text = _decode(path, path.read_bytes())
-    first = text.split("\n", 1)[0]
-    delimiter = max(DELIMITERS, key=first.count) if any(d in first for d in DELIMITERS) else ","
-    # strict: a field that opens a quote must close it right before a delimiter; otherwise an inch mark
-    # ("Hose 1/2" or "1/2 inch...) silently swallowed the rows up to the next quote into one name (an audit)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    with open(path, newline="", encoding=_encoding(path)) as fh:  # streamed: a 100 MB export is not held twice
+        try:
+            first = fh.readline()
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, "", exc) from None
+        fh.seek(0)
+        delimiter = max(DELIMITERS, key=first.count) if any(d in first for d in DELIMITERS) else ","
+        # strict: a field that opens a quote must close it right before a delimiter; otherwise an inch mark
+        # ("Hose 1/2" or "1/2 inch...) silently swallowed the rows up to the next quote into one name (an audit)
+        reader = csv.reader(fh, delimiter=delimiter, strict=True)
+        try:
+            return _records(path, reader, required, known, prefixes)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, f" near line {reader.line_num + 1}", exc) from None
+
+
+def _records(path: Path, reader: Any, required: Sequence[str], known: Sequence[str],
+             prefixes: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
     try:
         header = next(reader, None) or []
         cols = [_header_name(c, known, prefixes) for c in header]
@@ -97,9 +108,11 @@ def read_csv_records(path: Path, required: Sequence[str], known: Sequence[str] =
                 records.append((line, dict(zip(cols, fields))))
             line = reader.line_num + 1
     except csv.Error as exc:
-        raise InputError(f"{path}:{reader.line_num}: {exc}: a field that starts with a double quote must end with "
-                         "one (an inch mark opening a name, e.g. \"1/2 inch hose: quote the whole field and double "
-                         "the mark: \"\"\"1/2 inch hose\")") from None
+        quote = "expected after" in str(exc) or "end of data" in str(exc)
+        raise InputError(f"{path}:{reader.line_num}: {exc}" + (
+            ": a field that starts with a double quote must end with one, and a quote inside it is doubled (an "
+            "inch mark: write the field as \"Hose 1/2\"\" BSP\" or without quotes as Hose 1/2\" BSP)"
+            if quote else "")) from None
     if not records:
         raise InputError(f"{path}: no rows")
     return records
