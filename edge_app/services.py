@@ -178,6 +178,10 @@ class IdentifyOutcome:
     model_status: str | None = None
     #: made at identification: joins the usage event and the spot-check answer, and makes answering idempotent
     identification_id: str | None = None
+    #: the catalogue version the stock and bins were read at (a sync since: :meth:`DeviceServices.freshen`)
+    catalogue_version: int | None = None
+    #: parts a sync removed since the identification (left out of ``matches`` by ``freshen``)
+    removed_since: list[str] = field(default_factory=list)
 
     @property
     def spot_check_pending(self) -> bool:
@@ -198,7 +202,8 @@ class IdentifyOutcome:
                    detail_look_alikes=list(d.get("detail_look_alikes", [])),
                    spot_check=bool(d.get("spot_check")), spot_check_done=bool(d.get("spot_check_done")),
                    model_top=list(d.get("model_top", [])), model_status=d.get("model_status"),
-                   identification_id=d.get("identification_id"))
+                   identification_id=d.get("identification_id"), catalogue_version=d.get("catalogue_version"),
+                   removed_since=list(d.get("removed_since", [])))
 
 
 def detect_look_alikes(matches: Sequence[Match], margin: float = LOOK_ALIKE_MARGIN) -> bool:
@@ -575,6 +580,7 @@ class DeviceServices:
         """Identify one part from its views (each cut to its crop)."""
         if not captures:
             raise UsageError("take or pick at least one photo first")
+        version = self.catalogue.catalogue_version  # before: a sync landing meanwhile makes freshen re-read
         with self._leased_identifier() as ident:
             draft = getattr(getattr(ident, "spec", None), "draft_size", None)
             images = [self.captures.cropped_image(c, draft_size=draft) for c in captures]
@@ -587,6 +593,7 @@ class DeviceServices:
         outcome = self.outcome_from_result(result, [c.capture_id for c in captures])
         outcome.spot_check = spot
         outcome.identification_id = _uuid.uuid4().hex
+        outcome.catalogue_version = version
         if not self._record_usage(result, outcome, ms):
             outcome.spot_check = False  # the hub would see an answer to a question it never knew was asked
         return outcome
@@ -633,6 +640,29 @@ class DeviceServices:
                                result.hub_time, result.bundle_id, capture_ids, detail_look_alikes=detail,
                                model_top=[m.part_number for m in matches[:spotcheck.TOP_K]],
                                model_status=str(result.status))
+
+    def freshen(self, outcome: IdentifyOutcome) -> IdentifyOutcome:
+        """``outcome`` with its parts' names, stock and bins as the catalogue has them NOW, if a sync changed the
+        catalogue since the identification (the results screen showed the old stock and bins, and parts the sync
+        had removed, an audit); removed parts leave ``matches`` and are named in ``removed_since``. The ranking is
+        the model's, from then: identifying again gives one over the current catalogue."""
+        version = self.catalogue.catalogue_version
+        if outcome.catalogue_version is None or outcome.catalogue_version == version:
+            return outcome
+        rows = self.catalogue.parts_by_number([m.part_number for m in outcome.matches], site=self.site)
+        kept, gone = [], list(outcome.removed_since)
+        for m in outcome.matches:
+            row = rows.get(m.part_number)
+            if row is None:
+                gone.append(m.part_number)
+                continue
+            inv = next(iter(row.get("inventory") or []), None)
+            kept.append(replace(m, name=row.get("name") or m.part_number, size_mm=row.get("size_mm"),
+                                look_alike_group=row.get("look_alike_group"),
+                                stock=inv.get("stock") if inv else None, bin=inv.get("bin") if inv else None,
+                                as_of=inv.get("as_of") if inv else None))
+        return replace(outcome, matches=kept, removed_since=gone, catalogue_version=version,
+                       hub_time=self.catalogue.get_meta("hub_time"))
 
     def _thumbnail(self, part_number: str, image_id: str | None) -> str | None:
         images = (self.catalogue.part(part_number) or {}).get("images", [])
@@ -682,6 +712,10 @@ class DeviceServices:
 
     def categories(self) -> list[str]:
         return self.catalogue.categories()
+
+    def catalogue_texts(self) -> list[str]:
+        """The catalogue's names, categories and bins (the app picks a font that can draw them)."""
+        return self.catalogue.texts()
 
     # outbox ------------------------------------------------------------------------------------
     def _need_part(self, part_number: str) -> None:

@@ -54,6 +54,21 @@ class PartlensApp(App):
         self._worker: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------ building
+    def pick_font(self) -> None:
+        """A font with the catalogue's characters (Chinese, Japanese, Korean names), when Roboto lacks them;
+        called at start and after a sync (labels drawn later use it)."""
+        from . import fonts
+
+        try:
+            texts = self.services.catalogue_texts()
+        except Exception as exc:  # noqa: BLE001 - no catalogue yet, or a damaged one: Roboto, and the app goes on
+            log.info("no catalogue texts to choose a font by (%s)", exc)
+            return
+        path = fonts.font_for(texts)
+        if path and path != getattr(self, "_font", None):
+            fonts.use_font(path)
+            self._font = path
+
     def build(self) -> Root:
         from .screens.catalogue import CatalogueScreen
         from .screens.identify import IdentifyScreen
@@ -61,6 +76,7 @@ class PartlensApp(App):
         from .screens.results import ResultsScreen
         from .screens.sync_status import SyncStatusScreen
 
+        self.pick_font()
         for name in SCREENS:
             Builder.load_file(str(HERE / "screens" / f"{name}.kv"))
         Window.clearcolor = theme.BACKGROUND
@@ -181,7 +197,11 @@ class PartlensApp(App):
         self.save_state()
 
     def set_crop(self, cap: Capture, crop: tuple[float, float, float, float] | None) -> None:
-        new = self.services.captures.set_crop(cap, crop)
+        try:
+            new = self.services.captures.set_crop(cap, crop)
+        except PartlensError as exc:  # e.g. storage full: the old crop stays, said on the status line
+            self.notify(str(exc))
+            return
         self.captures = [new if c.capture_id == cap.capture_id else c for c in self.captures]
         if self.selected is not None and self.selected.capture_id == cap.capture_id:
             self.selected = new

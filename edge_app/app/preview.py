@@ -159,6 +159,13 @@ class PreviewServices:
             out.append(p)
         return out
 
+    def freshen(self, outcome: IdentifyOutcome) -> IdentifyOutcome:
+        """The preview's catalogue never changes under a result."""
+        return outcome
+
+    def catalogue_texts(self) -> list[str]:
+        return [t for p in self.parts.values() for t in (p["name"], p["category"]) if t]
+
     def categories(self) -> list[str]:
         return sorted({p["category"] for p in self.parts.values()})
 

@@ -503,6 +503,13 @@ class CatalogueDB:
         with self.read():
             return [r[0] for r in self.db.conn.execute("SELECT DISTINCT site FROM inventory ORDER BY site")]
 
+    def texts(self) -> list[str]:
+        """Every name, category and bin the app shows (to choose a font that has their characters)."""
+        with self.read():
+            conn = self.db.conn
+            return [r[0] for r in conn.execute("SELECT name FROM parts UNION SELECT category FROM parts UNION "
+                                               "SELECT bin FROM inventory") if r[0]]
+
     def categories(self) -> list[str]:
         return [r[0] for r in self.db.conn.execute(
             "SELECT DISTINCT category FROM parts WHERE category IS NOT NULL ORDER BY category")]

@@ -937,3 +937,47 @@ def test_a_reload_during_an_identification_frees_the_model_only_after_it(device)
     assert got is third and closed == ["b1", "b2"]
     device._release_identifier(got)
     assert closed == ["b1", "b2", "b3"] and device._leases == {}
+
+
+def test_results_after_a_sync_show_the_current_stock_and_leave_out_removed_parts(device) -> None:
+    """An audit: after a sync the results screen kept the old stock and bins (an engineer walks to the old bin)
+    and parts the sync had removed; the part's own page said otherwise."""
+    out = IdentifyOutcome([Match("BRG-1", "Bearing 6204", 0.9, "very likely", stock=1, bin="A-1", site="Quay A"),
+                           Match("BRG-2", "Bearing 6205", 0.5, "possible", stock=0, bin="A-2", site="Quay A")],
+                          True, catalogue_version=device.catalogue.catalogue_version, identification_id="i1")
+    assert device.freshen(out) is out  # nothing changed: the same object, nothing re-read
+    with device.catalogue.transaction():
+        device.catalogue.set_meta("catalogue_version", device.catalogue.catalogue_version + 1)
+        device.catalogue.delete_parts(["BRG-2"])
+        device.catalogue.upsert_inventory([{"part_number": "BRG-1", "site": "Quay A", "stock": 99, "bin": "NEW",
+                                            "as_of": "2030-01-01T06:00:00+00:00"}])
+    fresh = device.freshen(out)
+    assert [(x.part_number, x.stock, x.bin, x.as_of) for x in fresh.matches] == [
+        ("BRG-1", 99, "NEW", "2030-01-01T06:00:00+00:00")]
+    assert fresh.removed_since == ["BRG-2"] and fresh.catalogue_version == device.catalogue.catalogue_version
+    assert device.freshen(fresh) is fresh
+    assert IdentifyOutcome.from_dict(fresh.to_dict()) == fresh  # kept across an app restart
+
+
+def test_a_crop_on_a_full_disk_is_a_storage_error_and_keeps_the_old_crop(device, tmp_path, monkeypatch) -> None:
+    """An audit: dragging a crop corner on a full tablet raised a bare OSError on the UI thread (the app closed)."""
+    import errno
+
+    from edge_app import captures as captures_mod
+    from edge_app.errors import StorageError
+
+    cap = device.captures.set_crop(device.captures.add_file(photo(tmp_path / "c.jpg")), (0.1, 0.1, 0.9, 0.9))
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(captures_mod, "atomic_write_json", full)
+    with pytest.raises(StorageError, match="storage full while saving the crop"):
+        device.captures.set_crop(cap, (0.2, 0.2, 0.8, 0.8))
+    monkeypatch.undo()
+    assert device.captures.get(cap.capture_id).crop == (0.1, 0.1, 0.9, 0.9)
+
+
+def test_the_catalogue_texts_the_app_chooses_its_font_by(device) -> None:
+    texts = set(device.catalogue_texts())
+    assert {"Bearing 6204", "Fuse 32 A", "bearings", "electrical", "A-1", "E-1"} <= texts and None not in texts

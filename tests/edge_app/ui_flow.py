@@ -190,8 +190,11 @@ def pick(app, filename: str) -> None:
     view = scr.picker_view
     button = next(b for b in view.picker.grid.children if Path(b.picker_path).name == filename)
     assert accessibility_problems(view) == []
+    n = len(app.captures)
     tap(button)
     assert view.parent is None, "the picker closes after a pick"
+    wait_for(lambda: not app.busy)  # the file is checked and copied off the UI thread
+    assert len(app.captures) == n + 1 or "Adding" not in app.message
 
 
 def identify_photo(app, filename: str) -> None:

@@ -55,7 +55,20 @@ class CatalogueScreen(Screen):
         self.ids.category.values = [ALL, *cats]
         if self.ids.category.text not in self.ids.category.values:
             self.ids.category.text = ALL
+        # back from a part (or any screen) to the same filters and catalogue: the pages loaded and the place in
+        # the list stay (an audit: every return threw them away and scrolled to the top)
+        if self.results and not self.searching and self._filters() == self._list_filters \
+                and self._list_version == self._catalogue_version():
+            return
         self.search()
+
+    _list_version: int | None = None
+
+    def _catalogue_version(self) -> int | None:
+        try:
+            return App.get_running_app().services.catalogue.catalogue_version
+        except Exception:  # noqa: BLE001 - no catalogue (yet): always search
+            return None
 
     def _filters(self) -> dict[str, Any]:
         ids = self.ids
@@ -72,6 +85,8 @@ class CatalogueScreen(Screen):
         filters = self._list_filters if more else self._filters()
         self._list_filters = filters
         offset = len(self.results) if more else 0
+        if not more:
+            self._list_version = self._catalogue_version()
         self.searching = True
         self.ids.more_btn.disabled = True
 
@@ -107,8 +122,10 @@ class CatalogueScreen(Screen):
                           + (f" (showing the first {shown})" if shown < self.total else ""))
         site = getattr(app.services, "site", None)
         data = [{"part_number": row["part_number"],
-                 "text": f"{row['part_number']}  {row.get('name') or ''}  -  "
-                         f"{stock_text(row.get('inventory') or [], site)}"} for row in rows]
+                 # part number, then stock, then the name: a long name is what gets cut (an audit: on a phone
+                 # the middle cut took "out of stock here" and kept "(5 at other sites)")
+                 "text": f"{row['part_number']}  ·  {stock_text(row.get('inventory') or [], site)}  ·  "
+                         f"{row.get('name') or ''}"} for row in rows]
         ids.list.data = (ids.list.data if more else []) + data
         more_left = shown < self.total and error is None
         ids.more_btn.disabled = not more_left

@@ -13,7 +13,7 @@ from kivy.uix.modalview import ModalView
 from kivy.uix.screenmanager import Screen
 from kivy.uix.widget import Widget
 
-from ...errors import PartlensError
+from ...services import Capture
 from .. import android, theme
 from ..widgets import FilePicker, ImageButton, Panel, PLButton, secondary
 
@@ -182,15 +182,13 @@ class IdentifyScreen(Screen):
         android.request_camera(granted)
 
     def _camera_done(self, capture_id: str, path: str | None) -> None:
-        """On Kivy's thread (android.take_picture hands over)."""
+        """On Kivy's thread (android.take_picture hands over); the photo is checked and stored off it."""
         app = App.get_running_app()
         if path is None:
             app.notify("No photo was taken.")
             return
-        try:
-            app.add_capture(app.services.captures.adopt(capture_id, path))
-        except PartlensError as exc:
-            app.notify(str(exc))
+        app.run_background("Storing the photo...", lambda: app.services.captures.adopt(capture_id, path),
+                           app.add_capture)
 
     def pick_file(self, start: str | None = None) -> ModalView:
         """Desktop: a big-button file browser in a modal; the chosen image is copied into the capture store."""
@@ -215,15 +213,16 @@ class IdentifyScreen(Screen):
         return getattr(self, "_last_folder", None) or self.start_folder or str(Path.home())
 
     def _picked(self, view: ModalView, path: str) -> None:
+        """The picker closes at once and the file is checked and copied off the UI thread (an audit: a 48 MP
+        pick froze the screen for seconds, and a refused file's reason stayed hidden behind the picker)."""
         app = App.get_running_app()
         self._last_folder = str(Path(path).parent)
-        try:
-            cap = app.services.captures.add_file(path)
-        except PartlensError as exc:
-            app.notify(str(exc))
-            return
         view.dismiss()
-        had_results = app.outcome is not None
-        app.add_capture(cap)
-        app.notify(f"Added view {len(app.captures)}: {Path(path).name}"
-                   + ("; tap Identify for new results" if had_results else ""))
+
+        def added(cap: Capture) -> None:
+            had_results = app.outcome is not None
+            app.add_capture(cap)
+            app.notify(f"Added view {len(app.captures)}: {Path(path).name}"
+                       + ("; tap Identify for new results" if had_results else ""))
+
+        app.run_background(f"Adding {Path(path).name}...", lambda: app.services.captures.add_file(path), added)

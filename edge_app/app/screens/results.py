@@ -80,15 +80,29 @@ class ResultsScreen(Screen):
         self._keep = [self.ids.summary.__self__, self.ids.spot_check.__self__, self.ids.no_match.__self__,
                       self.ids.look_alike.__self__, self.ids.grid.__self__]
 
+    #: identifications whose stock and bins were re-read after a sync (said in the summary)
+    _freshened: set[str] = set()
+
     def refresh(self) -> None:
         app = App.get_running_app()
         out = app.outcome
+        if out is not None:  # a sync since the identification: current stock and bins, removed parts left out
+            fresh = app.services.freshen(out)
+            if fresh is not out:
+                app.outcome = out = fresh
+                self._freshened = self._freshened | {str(out.identification_id)}
+                app.save_state()
         grid = self.ids.grid
         grid.clear_widgets()
         ids = self.ids
         none = out is None
+        changed = not none and (str(out.identification_id) in self._freshened or bool(out.removed_since))
         ids.summary.text = ("No results yet: identify a part first." if none else
                             f"{len(out.matches)} candidate parts from {len(out.capture_ids)} view(s)."
+                            + ("  The catalogue changed (a sync) since this identification: stock and bins are "
+                               "current" + (f", {', '.join(out.removed_since)} no longer in it"
+                                            if out.removed_since else "")
+                               + "; identify again for answers over it." if changed else "")
                             + (f"  Stock as of {short_time(out.hub_time)} (hub time)." if out.hub_time else "")
                             + (f"  {' and '.join(out.detail_look_alikes)} look alike: a label or marking tells "
                                "them apart, add a close-up of it as another view." if out.detail_look_alikes else ""))

@@ -72,6 +72,7 @@ class SyncStatusScreen(Screen):
 
         def done(summary: Any) -> None:
             app.notify(f"Sync finished: {summary}")
+            app.pick_font()  # names in a new script came with it
             self.refresh()
 
         # a failed sync: the status line says why, and so does this screen's "Last error" line at once
