@@ -326,13 +326,16 @@ class Hub:
 
         # the file's checks (regular file, size) before it is read: a link to /dev/zero was read until the OOM killer
         data = src if isinstance(src, bytes) else read_image_file(src)
+        digest = hashlib.sha256(data).hexdigest()
+        known = self._stored_as(digest, part_number, kind)
+        if known is not None:  # this part's picture, stored and checked before: a nightly re-import decodes nothing
+            return known
         # validates (ImageError names the file), decoded only as big as the thumbnail needs: a crafted 80 MP PNG
         # took 1.6 GB decoded whole
         try:
             img = load_image(data, draft_size=(2 * THUMB_SIZE, 2 * THUMB_SIZE))
         except ImageError as exc:  # named as the caller knows it (the file, or "upload <uuid>"), not "<bytes>"
             raise ImageError((what or "upload") if isinstance(src, bytes) else src, exc.reason) from None
-        digest = hashlib.sha256(data).hexdigest()
         # the suffix says what the file holds (an approved PNG upload was stored and exported as .jpg)
         suffix = FORMAT_SUFFIX.get(image_format(data) or "", ".jpg")
         rel = f"img-{digest[:24]}{suffix}"  # the file is named by its content (one copy however many parts use it)
@@ -352,6 +355,21 @@ class Hub:
         thumb_digest = hashlib.sha256(thumb.read_bytes()).hexdigest()
         return {"image_id": image_id, "part_number": part_number, "path": rel, "kind": kind, "sha256": digest,
                 "thumb_sha256": thumb_digest}
+
+    def _stored_as(self, digest: str, part_number: str, kind: str) -> dict[str, Any] | None:
+        """The row of this picture as ``part_number``'s live image of ``kind``, if it is stored whole (file and
+        thumbnail present; both made young again for the orphan sweep), else None."""
+        row = self.store.image(self._image_id(digest, part_number))
+        if row is None or row["part_number"] != part_number or row["kind"] != kind or row.get("sha256") != digest \
+                or not row.get("thumb_sha256"):
+            return None
+        files = (self.root / "images" / str(row["path"]), self.thumb_path(row["image_id"]))
+        try:
+            for f in files:
+                os.utime(f)
+        except FileNotFoundError:
+            return None
+        return {k: row[k] for k in ("image_id", "part_number", "path", "kind", "sha256", "thumb_sha256")}
 
     def _image_id(self, digest: str, part_number: str) -> str:
         """An image row's id: named by its content, unless that id is a live image of ANOTHER part (the same
