@@ -74,9 +74,9 @@ def _parse_stock(items: list[str]) -> dict[str, tuple[int | None, str | None]]:
         site, sep, rest = item.partition("=")
         if not sep:
             raise UsageError(f"--stock must be SITE=COUNT[:BIN], got {item!r}")
-        count, _, bin_ = rest.partition(":")
-        try:
-            out[site] = (parse_stock(count, f"--stock {item!r}"), bin_ or None)
+        count, colon, bin_ = rest.partition(":")
+        try:  # SITE=N keeps the bin, SITE=N:BIN sets it, SITE=N: (empty) clears it
+            out[site] = (parse_stock(count, f"--stock {item!r}"), bin_ if colon else None)
         except InputError as exc:
             raise UsageError(str(exc)) from None
     return out
@@ -450,7 +450,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     for f in ("category", "manufacturer", "description", "look_alike_group"):
         p.add_argument(f"--{f.replace('_', '-')}", dest=f)
     p.add_argument("--size-mm", dest="size_mm", type=float)
-    p.add_argument("--stock", action="append", metavar="SITE=COUNT[:BIN]", help="stock at a site; repeatable")
+    p.add_argument("--stock", action="append", metavar="SITE=COUNT[:BIN]",
+                   help="stock at a site; repeatable. Without :BIN the bin stays as it is; SITE=COUNT: (an empty "
+                        "bin) clears it")
     p.add_argument("--image", action="append", metavar="PATH", help="a catalogue image; repeatable")
     p = cmd("look-alikes", _look_alikes, "parts the active model cannot tell apart (photos of two parts as "
             "similar as photos of one part): add photos that show the difference, set a look_alike_group, "

@@ -47,9 +47,10 @@ class BatchSampler:
             # a suggestion this sampler takes (an audit: "e.g. 15" was then refused as not a multiple of K=4)
             step = 1 if mode == "random" else k
             fit = len(self.labels) // world
-            suggest = max(2, fit // 2) // step * step or fit // step * step
+            suggest = min(max(2, fit // 2) // step * step or fit // step * step, fit // step * step)
             hint = (f"pass a smaller --batch-size (e.g. {suggest}) or add photos" if suggest >= max(2, step)
-                    else f"add photos (a {mode} batch holds at least K={k} images per process)")
+                    else "add photos (a batch holds at least " + ("2 images" if mode == "random" else
+                                                                  f"K={k} images of a class") + " per process)")
             raise UsageError(f"{len(self.labels)} training images are fewer than one batch of "
                              f"{batch_size} x {world} process(es): {hint}")
         self.n_batches = n_batches

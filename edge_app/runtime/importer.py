@@ -50,12 +50,13 @@ def _not_utf8(path: Path, where: str, exc: UnicodeDecodeError) -> InputError:
 
 def _header_name(raw: str, known: Sequence[str], prefixes: Sequence[str]) -> str:
     """A header cell as partlens names it: ``Part Number`` / ``PART_NUMBER`` is ``part_number``, ``Stock_site_a``
-    is ``stock_site_a`` (the site keeps its spelling); anything else stays as written."""
+    is ``stock_site_a`` (the site keeps its spelling; ``Stock Total`` is not a stock column); anything else stays as
+    written."""
     name = raw.strip()
-    low = name.lower().replace(" ", "_")
-    if low in known:
-        return low
-    for prefix in prefixes:
+    low = name.lower()
+    if low.replace(" ", "_") in known:
+        return low.replace(" ", "_")
+    for prefix in prefixes:  # the underscore as written: "Stock Total" or "Bin Location" is no site's column
         if low.startswith(prefix):
             return prefix + name[len(prefix):].strip()
     return name
@@ -88,6 +89,7 @@ def read_csv_records(path: Path, required: Sequence[str], known: Sequence[str] =
 
 def _records(path: Path, reader: Any, required: Sequence[str], known: Sequence[str],
              prefixes: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    line = 1  # where the record being read starts (a stray quote is reported where it opened, not where csv gave up)
     try:
         header = next(reader, None) or []
         cols = [_header_name(c, known, prefixes) for c in header]
@@ -109,7 +111,7 @@ def _records(path: Path, reader: Any, required: Sequence[str], known: Sequence[s
             line = reader.line_num + 1
     except csv.Error as exc:
         quote = "expected after" in str(exc) or "end of data" in str(exc)
-        raise InputError(f"{path}:{reader.line_num}: {exc}" + (
+        raise InputError(f"{path}:{line}: {exc}" + (
             ": a field that starts with a double quote must end with one, and a quote inside it is doubled (an "
             "inch mark: write the field as \"Hose 1/2\"\" BSP\" or without quotes as Hose 1/2\" BSP)"
             if quote else "")) from None

@@ -450,9 +450,10 @@ class Hub:
             if rows:
                 self._check_still_active(emb, f"part {pn}")
             ch.upsert_parts([dict(part, part_number=pn)])
-            # a bin left out (None) stays as it is: `--stock site_a=7` changes the count, not where the part lies
+            # a bin left out (None) stays as it is: `--stock site_a=7` changes the count, not where the part lies;
+            # an empty one ("", `--stock site_a=7:`) clears it
             ch.upsert_inventory([{"part_number": pn, "site": check_name(s, "site"), "stock": st, "as_of": now,
-                                  **({"bin": b} if b is not None else {})} for s, (st, b) in inventory.items()])
+                                  **({"bin": b or None} if b is not None else {})} for s, (st, b) in inventory.items()])
             ch.upsert_images(rows)
             if vecs is not None and emb is not None:
                 ch.put_embeddings([r["image_id"] for r in rows], vecs, emb.bundle_id)
@@ -461,13 +462,13 @@ class Hub:
             return ch.version
 
     def set_stock(self, part_number: str, site: str, stock: int | None, bin: str | None = None) -> int:
-        """A part's stock at ``site``; its bin too if given (None keeps the bin it has)."""
+        """A part's stock at ``site``; its bin too if given (None keeps the bin it has, "" clears it)."""
         if self.store.part(part_number) is None:
             raise InputError(f"unknown part {part_number!r}")
         self._check_sites([site], f"part {part_number}")
         with self.store.change() as ch:
             ch.upsert_inventory([{"part_number": part_number, "site": check_name(site, "site"), "stock": stock,
-                                  "as_of": utcnow(), **({"bin": bin} if bin is not None else {})}])
+                                  "as_of": utcnow(), **({"bin": bin or None} if bin is not None else {})}])
             return ch.version
 
     def delete_parts(self, part_numbers: Sequence[str]) -> int:
@@ -507,13 +508,15 @@ class Hub:
         listed_parts, listed_images = len(parts), len(image_rows)
         parts = _changed(parts, self.store.live_rows("parts", "part_number", [p["part_number"] for p in parts]),
                          "part_number")
+        emb = self.embedder()
         if image_rows:
             ids = [r["image_id"] for r in image_rows]
-            embedded = self.store.embedded_ids(self.bundle_id, ids) if self.bundle_id else set()
+            # an image without this model's vector is embedded again; without a model (no bundle yet) there is
+            # none to have, and set-bundle embeds every image (a review: every image was re-sent meanwhile)
+            missing = set(ids) - self.store.embedded_ids(emb.bundle_id, ids) if emb is not None else set()
             redo = {r["image_id"] for r in _changed(image_rows, self.store.live_rows("images", "image_id", ids),
-                                                    "image_id")} | (set(ids) - embedded)
+                                                    "image_id")} | missing
             image_rows = [r for r in image_rows if r["image_id"] in redo]
-        emb = self.embedder()
         vecs = self.embed_rows(image_rows, emb) if emb is not None and image_rows else None
         with self.store.change() as ch:
             if image_rows:

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -172,16 +172,30 @@ class _SqliteChange:
         self.db = db
         self.version = version
 
-    def _stamp(self, rows: Iterable[dict[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]]:
+    def _stamp(self, rows: Iterable[dict[str, Any]], fields: Sequence[str],
+               revived: Callable[[dict[str, Any]], bool] = lambda r: False) -> list[dict[str, Any]]:
         """The rows with this version, live; only the ``fields`` a row HAS are written (a field it lacks keeps its
         stored value, or NULL for a new row): a stock-only import or `add-part --stock` wiped every other field
-        of the parts it touched before (an audit)."""
+        of the parts it touched before (an audit). A row that brings a DELETED one back (``revived``) is written
+        whole: the deleted part's old details and bin do not come back with its number (a review)."""
         out = []
         for r in rows:
-            row = {k: r[k] for k in fields if k in r}
+            row = {k: r.get(k) for k in fields} if revived(r) else {k: r[k] for k in fields if k in r}
             row["version"] = self.version
             row["deleted"] = 0
             out.append(row)
+        return out
+
+    def _deleted_parts(self, part_numbers: Iterable[str]) -> set[str]:
+        """Which of these part numbers have a deleted row (parts, or their inventory)."""
+        pns = list(dict.fromkeys(part_numbers))
+        out: set[str] = set()
+        for i in range(0, len(pns), 500):
+            chunk = pns[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            out |= {r[0] for r in self.db.conn.execute(
+                f"SELECT part_number FROM parts WHERE deleted=1 AND part_number IN ({marks}) UNION "
+                f"SELECT part_number FROM inventory WHERE deleted=1 AND part_number IN ({marks})", [*chunk, *chunk])}
         return out
 
     def _upsert(self, table: str, rows: list[dict[str, Any]], pk: str | tuple[str, ...]) -> None:
@@ -193,7 +207,9 @@ class _SqliteChange:
             self.db[table].upsert_all(group, pk=pk)
 
     def upsert_parts(self, rows: Iterable[dict[str, Any]]) -> int:
-        rows = self._stamp(rows, PART_FIELDS)
+        rows = list(rows)
+        gone = self._deleted_parts(r.get("part_number") for r in rows)
+        rows = self._stamp(rows, PART_FIELDS, lambda r: r.get("part_number") in gone)
         for r in rows:
             if not r.get("part_number"):
                 raise InputError("a part row has no part_number")
@@ -211,7 +227,9 @@ class _SqliteChange:
         return len(pns)
 
     def upsert_inventory(self, rows: Iterable[dict[str, Any]]) -> int:
-        rows = self._stamp(rows, INVENTORY_FIELDS)
+        rows = list(rows)
+        gone = self._deleted_parts(r.get("part_number") for r in rows)
+        rows = self._stamp(rows, INVENTORY_FIELDS, lambda r: r.get("part_number") in gone)
         self._upsert("inventory", rows, ("part_number", "site"))
         return len(rows)
 

@@ -26,9 +26,10 @@ FULL = ("part_number,name,category,manufacturer,description,size_mm,look_alike_g
 def test_a_stray_quote_is_refused_with_its_line_not_swallowing_rows(world, tmp_path) -> None:
     """`P4,"Hose 1/2 inch,3,D` swallowed the next rows into one name and took a later row's stock, exit 0."""
     bad = _write(tmp_path / "inch.csv", "part_number,name,stock_site_a,bin_site_a\nP1,Bolt,1,A\n"
-                 "P4,\"Hose 1/2 inch,3,D\nP5,Bolt M8,6,C\nP6,Pipe 1/2\" BSP,7,B\n")
+                 "P4,\"Hose 1/2 inch,3,D\n" + "".join(f"Q{i},Bolt M8,6,C\n" for i in range(50))
+                 + "P6,Pipe 1/2\" BSP,7,B\n")
     before = world.hub.store.version()
-    with pytest.raises(InputError, match=r"inch.csv:\d+: .*must end with one"):
+    with pytest.raises(InputError, match=r"inch.csv:3: .*must end with one"):  # where the quote opened (a review)
         world.hub.import_csv(bad)
     assert world.hub.store.version() == before
     with pytest.raises(InputError, match="must end with one"):
@@ -158,3 +159,47 @@ def test_re_importing_the_same_export_writes_and_embeds_nothing_again(world, tmp
     third = hub.import_csv(parts, images)
     assert third["parts_changed"] == 1 and [p["part_number"] for p in hub.store.snapshot(
         "site_a", again["version"]).parts] == ["R1"]
+
+
+def test_stock_and_bin_words_in_other_columns_are_not_sites(world, tmp_path, caplog) -> None:
+    """A review: "Stock Total" became the stock of a site "Total", "Bin Location" refused the file."""
+    with caplog.at_level(logging.WARNING, logger="edge_app.runtime.importer"):
+        out = world.hub.import_csv(_write(tmp_path / "erp.csv", "part_number,name,stock_site_a,bin_site_a,"
+                                          "Stock Total,Bin Location\nT1,Valve,2,A-1,10,Hall 3\n"))
+    assert out["inventory"] == 1 and "Stock Total, Bin Location are not read" in caplog.text
+    assert world.hub.known_sites() >= {"site_a"} and "Total" not in world.hub.known_sites()
+
+
+def test_a_part_deleted_and_added_again_starts_without_its_old_details(world, tmp_path) -> None:
+    """A review: only the given fields are written now, so a part number deleted and added again got the deleted
+    row's description, size, look-alike group and bin back."""
+    hub = world.hub
+    hub.import_csv(_write(tmp_path / "full.csv", FULL))
+    hub.delete_parts(["A1"])
+    hub.add_part({"part_number": "A1", "name": "Sensor"}, inventory={"site_a": (2, None)})
+    a1 = hub.store.part("A1")
+    assert (a1["category"], a1["size_mm"], a1["look_alike_group"], a1["description"]) == (None, None, None, None)
+    assert hub.store._rows("SELECT stock, bin FROM inventory WHERE part_number='A1'") == [{"stock": 2, "bin": None}]
+    # and --stock SITE=N: clears a bin on purpose (SITE=N keeps it)
+    hub.add_part({"part_number": "000123", "name": "Dichtung Ø20"}, inventory={"site_a": (1, "")})
+    assert hub.store._rows("SELECT bin FROM inventory WHERE part_number='000123'") == [{"bin": None}]
+    from sync.commands import _parse_stock
+
+    assert _parse_stock(["site_a=3", "site_b=4:", "site_c=5:K-1"]) == {
+        "site_a": (3, None), "site_b": (4, ""), "site_c": (5, "K-1")}
+
+
+def test_without_a_model_a_re_import_does_not_resend_the_images(tmp_path) -> None:
+    """A review: with no bundle set, every image counted as "not embedded" and went out again each import."""
+    from sync.hub.hub import Hub
+
+    from .helpers import make_key
+
+    key_path, _, _ = make_key(tmp_path / "keys")
+    hub = Hub.init(tmp_path / "hub", key_path, url="http://127.0.0.1:1")
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "0.jpg").write_bytes(part_image(70))
+    parts = _write(tmp_path / "parts.csv", "part_number,name\nN0,a\n")
+    images = _write(tmp_path / "images.csv", "path,part_number,kind\nimgs/0.jpg,N0,catalogue\n")
+    assert hub.import_csv(parts, images)["images_changed"] == 1
+    assert hub.import_csv(parts, images)["images_changed"] == 0

@@ -313,3 +313,5 @@ def test_the_batch_size_a_sampler_suggests_is_one_it_takes() -> None:
         assert len(BatchSampler(labels, suggested, mode=mode, world=world)) >= 1  # taken, at least one batch
     with pytest.raises(UsageError, match="add photos"):
         BatchSampler([0, 1, 2], 32, mode="pk")
+    with pytest.raises(UsageError, match=r"add photos \(a batch holds at least 2 images per process\)"):
+        BatchSampler([0, 1, 0, 1, 0], 32, mode="random", world=3)  # (a review: "e.g. 2" was then refused)
