@@ -60,7 +60,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     rep = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, out=args.out, layout=args.layout,
                               batch_size=args.batch_size, figures=not args.no_figures)
-    keys = ("n_listed", "n", "n_unreadable", "top1", "top5", "mean_per_class", "retrieval", "split", "figures")
+    keys = ("n_listed", "n", "n_unreadable", "top1", "top5", "top5_note", "mean_per_class", "retrieval", "split",
+            "figures")
     _print_json({k: rep[k] for k in keys if k in rep})
     return 0
 

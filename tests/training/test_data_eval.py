@@ -192,3 +192,13 @@ def test_a_model_giving_nan_is_refused_not_scored(tmp_path: Path, monkeypatch) -
     fake.embeddings[2, 0] = 0.5
     report, _ = evaluate_model(object(), val)
     assert report["n"] == 3
+
+
+def test_top5_of_five_classes_or_fewer_says_it_is_one_by_construction() -> None:
+    from training.metrics import classification_metrics
+
+    rng = np.random.default_rng(0)
+    few = classification_metrics(rng.normal(size=(8, 3)), np.arange(8) % 3, ["a", "b", "c"])
+    assert few["top5"] == 1.0 and "by construction with 3 classes" in few["top5_note"]
+    many = classification_metrics(rng.normal(size=(8, 6)), np.arange(8) % 6, list("abcdef"))
+    assert "top5_note" not in many
