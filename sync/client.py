@@ -702,6 +702,18 @@ class SyncClient:
             log.info("first sync over HTTPS: the previous address %s is no longer used", fallback)
         return plan
 
+    def _follow_settings(self, plan: Mapping[str, Any]) -> None:
+        """Take what a plan's hub-signed settings say: certificate pins, revoked keys, policy, this tablet's
+        settings (and remember their stamp)."""
+        policy, settings, stamp, signed_pins = self._settings_of(plan)
+        self._follow_pins(signed_pins, plan.get("tls_pins"))
+        self._follow_revocations(self._hub_revoked)
+        self._follow_policy(policy)
+        self._follow_device_settings(settings)
+        if stamp is not None and stamp != self.device.get("settings_stamp"):
+            self.device["settings_stamp"] = stamp
+            _write_device(self.paths, self.device)
+
     def _check_in(self, db: Any) -> bool:
         """Tell the hub what this device holds now (a plan request with the new version and bundle), so
         ``hub devices`` shows it current; if the hub moved on during the sync, the next sync fetches the rest.
@@ -713,6 +725,14 @@ class SyncClient:
         except SyncError as exc:
             log.warning("synced, but could not tell the hub so (%s); it will know at the next sync", exc)
             return False
+        # the hub counts this request as a sync (`tls-rotate --activate` waits for every tablet to have synced
+        # since the rotation began): take its signed settings, or a rotation begun during this sync is recorded as
+        # learnt by a tablet that never saw the new pin, and activation locks it out (an audit)
+        try:
+            self._follow_settings(check_plan(plan))
+        except (PartlensError, OSError) as exc:
+            log.warning("synced, but the hub's settings in its last answer were not taken (%s); the next sync "
+                        "takes them", exc)
         if plan.get("package") or plan.get("bundle"):
             log.info("the hub moved on during this sync (now at version %s); the next sync fetches the rest",
                      plan.get("hub_version"))
@@ -814,14 +834,7 @@ class SyncClient:
         t = time.perf_counter()
         other_hub = moved is not None and moved[0] == "hub"
         plan = check_plan(self._plan(version, None if other_hub else active_id, epoch))
-        policy, settings, stamp, signed_pins = self._settings_of(plan)
-        self._follow_pins(signed_pins, plan.get("tls_pins"))
-        self._follow_revocations(self._hub_revoked)
-        self._follow_policy(policy)
-        self._follow_device_settings(settings)
-        if stamp is not None and stamp != self.device.get("settings_stamp"):
-            self.device["settings_stamp"] = stamp
-            _write_device(self.paths, self.device)
+        self._follow_settings(plan)
         hub_epoch = int(plan.get("epoch") or 0)
         if hub_epoch < epoch:
             raise SyncError(f"the hub's catalogue lineage ({hub_epoch}) is older than this device's ({epoch}): it was "

@@ -116,7 +116,13 @@ def _untrust(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    _out(_open_hub(args).status())
+    st = _open_hub(args).status()
+    _out(st)
+    changes = st.get("changes_since_backup") or []
+    if changes:
+        print(f"{len(changes)} change(s) since the last backup ({st.get('last_backup_at') or 'none taken yet'}) that "
+              f"a restore would undo (e.g. {changes[-1]['what']}): take a backup, `partlens hub backup`",
+              file=sys.stderr)
     return 0
 
 

@@ -86,6 +86,10 @@ def backup_hub(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
             "signing_key_not_included": hub.config.get("key_path"),
             "restore": f"partlens hub restore {out} HUB_DIR (tablets follow by themselves)"}
     atomic_write_json(out / "backup.json", info)
+    from .hub import CHANGES_SINCE_BACKUP, LAST_BACKUP_AT
+
+    hub.store.put_meta(LAST_BACKUP_AT, info["taken_at"])  # (in the live hub: what a restore would undo starts now)
+    hub.store.put_meta(CHANGES_SINCE_BACKUP, [])
     log.info("hub %s backed up to %s: catalogue version %d, %d files, %.1f MB; the signing key %s is not "
              "included", hub.root, out, version, copied["files"], copied["bytes"] / 1e6, hub.config.get("key_path"))
     return info
@@ -164,7 +168,14 @@ def restore_hub(backup_dir: str | os.PathLike[str], target: str | os.PathLike[st
             (work / tree).mkdir(exist_ok=True)
         from .store import SqliteHubStore
 
-        SqliteHubStore(work / "hub.db").close()  # a backup of an older hub: its schema migrated before it is read
+        restored = SqliteHubStore(work / "hub.db")  # a backup of an older hub: its schema migrated before it is read
+        try:  # the restored hub IS that backup: nothing of it is undone by restoring it again
+            from .hub import CHANGES_SINCE_BACKUP, LAST_BACKUP_AT
+
+            restored.put_meta(LAST_BACKUP_AT, info.get("taken_at"))
+            restored.put_meta(CHANGES_SINCE_BACKUP, [])
+        finally:
+            restored.close()
         remade = _repair_thumbs(work)
         epoch = _start_lineage(work / "hub.db", str(info.get("taken_at") or ""))
         if key_path is not None:
@@ -187,7 +198,11 @@ def restore_hub(backup_dir: str | os.PathLike[str], target: str | os.PathLike[st
            "signing_key": str(key_file), "thumbnails_remade": remade}
     log.warning("hub restored to %s from the backup of %s (catalogue version %s, lineage %d): tablets get a full "
                 "snapshot and send again what they uploaded since, at their next sync; tablets enrolled after "
-                "the backup must be enrolled again", dst, info.get("taken_at"), info.get("catalogue_version"), epoch)
+                "the backup must be enrolled again. Undone with it: a device revoked after the backup is accepted "
+                "again (`hub revoke-device` it again now), a key trusted or untrusted after it (repeat that), and a "
+                "certificate activated after it (tablets that followed it no longer trust the restored one: they "
+                "must be enrolled again). The old hub's `hub status` listed these as changes_since_backup",
+                dst, info.get("taken_at"), info.get("catalogue_version"), epoch)
     return out
 
 

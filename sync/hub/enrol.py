@@ -148,6 +148,8 @@ def revoke_device(hub: Hub, name: str) -> bool:
     """Revoke a device's token at once: every later request with it gets 401 (re-enrol under a new name)."""
     changed = hub.store.revoke_device(name)
     log.warning("device %s: token %s", name, "revoked" if changed else "was already revoked")
+    if changed:
+        hub.needs_backup(f"device {name} revoked")
     return changed
 
 

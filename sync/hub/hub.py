@@ -163,6 +163,8 @@ class Hub:
         for kid in other.key_ids:
             self.keyring.add(_raw(other, kid), expected_id=kid, roles=["bundle"])
         self.keyring.save(self.root / "keyring.json")
+        if new:
+            self.needs_backup(f"key(s) {', '.join(new)} trusted")
         enrolled = [d["name"] for d in self.store.list_devices() if not d.get("revoked")]
         if new and enrolled:  # tablets learn bundle keys at enrolment only (a hub-signed key would let the
             log.warning(       # network-facing hub's key authorise model signers)
@@ -197,7 +199,17 @@ class Hub:
         self.keyring.remove(kid)
         self.keyring.save(self.root / "keyring.json")
         log.warning("key %s is no longer trusted; tablets drop it at their next sync", kid)
+        self.needs_backup(f"key {kid} revoked")
         return {"untrusted": kid, "revoked_keys": revoked, "trusted_keys": self.keyring.key_ids}
+
+    def needs_backup(self, what: str) -> None:
+        """Record a change a restore of an earlier backup would undo without a word (a certificate rotation: the
+        tablets that followed it no longer trust the restored one; a revoked tablet: accepted again; a key trusted
+        or revoked), for `hub status`, and say to take a backup (an audit: a restore undid both, silently)."""
+        since = list(self.store.get_meta(CHANGES_SINCE_BACKUP, []) or [])
+        since.append({"what": what, "at": utcnow()})
+        self.store.put_meta(CHANGES_SINCE_BACKUP, since[-50:])
+        log.warning("take a new backup (`partlens hub backup`): restoring an earlier one would undo this (%s)", what)
 
     def revoked_keys(self) -> list[str]:
         """The keys `untrust` revoked (sent to tablets in the signed settings)."""
@@ -676,12 +688,19 @@ class Hub:
                 "key_roles": {k: sorted(self.keyring.roles(k) or ("bundle", "hub")) for k in self.keyring.key_ids},
                 "tls": tls_status(self.root), **self.store.counts(), "free_bytes": free_bytes(self.root),
                 "policy": self.policy(),
+                # what a restore of the last backup would undo (cleared by `hub backup`)
+                "last_backup_at": self.store.get_meta(LAST_BACKUP_AT),
+                "changes_since_backup": list(self.store.get_meta(CHANGES_SINCE_BACKUP, []) or []),
                 "devices": {"enrolled": sum(not d["revoked"] for d in devices),
                             "stale": sorted(d["name"] for d in devices if d["stale"]),
                             "on_active_bundle": sum(bool(d["had_active_bundle"]) for d in devices if not d["revoked"]),
                             "last_came_over_plain_http": sorted(d["name"] for d in devices
                                                                 if not d["revoked"] and d["last_via"] == "http")}}
 
+
+#: meta keys: changes a restore of the last backup would undo (`Hub.needs_backup`), and when that backup was taken
+CHANGES_SINCE_BACKUP = "changes_since_backup"
+LAST_BACKUP_AT = "last_backup_at"
 
 #: ``import`` logs this many unexpected look-alike pairs one by one, then one summary line.
 LOOK_ALIKE_LOG_LINES = 5

@@ -246,6 +246,7 @@ def activate_next(hub: Any, *, force: bool = False) -> dict[str, Any]:
     new = fingerprint(cert_pem(hub.root))
     log.warning("hub certificate is now %s (was %s); a running `hub serve` presents it from the next connection",
                 new, old)
+    hub.needs_backup(f"certificate {new[:12]} activated; tablets no longer trust the one before")
     return {"sha256": new, "previous_sha256": old, "not_synced_since_rotation": behind}
 
 

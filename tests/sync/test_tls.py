@@ -476,3 +476,43 @@ def test_a_tls_init_stopped_before_the_url_switch_is_finished_by_running_it_agai
     assert upgrade_offer(world.hub)["doc"]["tls_sha256"] == fingerprint(cert)
     with pytest.raises(UsageError, match="--force"):  # done now: tablets may pin it
         enable_tls(world.hub, ["hub.terminal.lan"])
+
+
+def test_a_rotation_begun_during_a_sync_is_learnt_by_that_sync(tmp_path):
+    """An audit: a rotation begun while a tablet was mid-sync was recorded as learnt by it (its end-of-sync
+    check-in counts as a sync at the hub), though the tablet never read the check-in's pins; `--activate` then
+    went through without --force and locked that tablet out. The check-in takes the signed settings now."""
+    from edge_app.cli import main
+    from sync.client import SyncClient
+    from sync.hub.tls import pins, rotate_tls
+
+    from .helpers import write_images
+
+    world = build_world(tmp_path, url="http://127.0.0.1:8765")
+    hub = world.hub
+    assert main(["hub", "tls-init", "--hub", str(hub.root)]) == 0
+    hub.config.update(json.loads((hub.root / "hub.json").read_text()))
+    server = HubServer(hub.root)
+    try:
+        tab, _, tdir = _enrol(world, server, "tls-busy")
+        tab.sync()
+        hub.add_part({"part_number": "MID", "name": "mid-sync"}, images=write_images(tmp_path / "mid", [21]))
+        busy = SyncClient(tdir, smoke_test=lambda b: None)
+        real_download = busy.transport.download
+
+        def download(*a, **k):  # the admin starts the rotation while this tablet fetches its update
+            if not (hub.root / "tls" / "next").exists():
+                rotate_tls(hub)
+            return real_download(*a, **k)
+
+        busy.transport.download = download
+        assert busy.sync().checked_in is True
+        old, new = pins(hub.root)
+        assert json.loads((tdir / "device.json").read_text())["tls_sha256"] == [old, new]  # learnt at the check-in
+        hub.store.revoke_device("tab1")  # (the world's in-process tablet: not part of this story)
+        assert main(["hub", "tls-rotate", "--activate", "--hub", str(hub.root)]) == 0  # no --force needed
+        assert SyncClient(tdir, smoke_test=lambda b: None).sync().to_version == hub.store.version()
+        # a restore of a backup from before would bring back the old certificate: said until a backup is taken
+        assert any("certificate" in c["what"] for c in hub.status()["changes_since_backup"])
+    finally:
+        server.stop()
