@@ -9,6 +9,7 @@ unaffected.
 """
 from __future__ import annotations
 
+import unicodedata
 from urllib.parse import unquote
 
 from .errors import UsageError
@@ -31,5 +32,12 @@ def part_folder(part_number: str) -> str:
 
 
 def part_from_folder(name: str) -> str:
-    """The part number a folder name stands for (inverse of :func:`part_folder`)."""
-    return unquote(name) if "%" in name else name
+    """The part number a folder name stands for (inverse of :func:`part_folder`), in the form the catalogue
+    stores part numbers: Unicode NFC and stripped (macOS writes "Ö" in folder names as two code points; a bundle
+    built from such folders held vectors for parts the device's catalogue did not know, an audit)."""
+    return normal_part_number(unquote(name) if "%" in name else name)
+
+
+def normal_part_number(text: str) -> str:
+    """A part number as the catalogue stores it: Unicode NFC, without surrounding spaces."""
+    return unicodedata.normalize("NFC", text).strip()

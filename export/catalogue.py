@@ -16,7 +16,7 @@ import numpy as np
 
 from edge_app.errors import InputError
 from edge_app.imageio import iter_image_files, load_image
-from edge_app.partfolders import part_from_folder
+from edge_app.partfolders import normal_part_number, part_from_folder
 from edge_app.preprocess import PreprocessSpec, preprocess_image
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def images_from_dir(root: str | os.PathLike[str], *, kind: str = "catalogue",
             rows = [r for r in csv.DictReader(fh) if r.get("kind") == kind]
         if not rows:
             raise InputError(f"{index}: no rows with kind={kind}")
-        return [CatalogueImage(root / r["path"], r["path"], r["part_number"]) for r in rows]
+        return [CatalogueImage(root / r["path"], r["path"], normal_part_number(r["part_number"])) for r in rows]
     out = []
     for p in iter_image_files(root):
         rel = p.relative_to(root)
@@ -68,14 +68,15 @@ def images_from_dir(root: str | os.PathLike[str], *, kind: str = "catalogue",
 
 
 def embed_catalogue(run: Callable[[np.ndarray], Mapping[str, np.ndarray]], items: Sequence[CatalogueImage],
-                    spec: PreprocessSpec, *, batch_size: int = 16, views: str = "none"
-                    ) -> tuple[np.ndarray, list[dict[str, str]]]:
+                    spec: PreprocessSpec, *, batch_size: int = 16, views: str = "none",
+                    every_part: bool = False) -> tuple[np.ndarray, list[dict[str, str]]]:
     """Embed catalogue images with ``run`` -> (float32 (N, D) unit embeddings, rows in the same order).
 
     ``views``: a :mod:`edge_app.catalogue_views` view set; each image's vector is the normalised
     mean of its views' embeddings, by :func:`edge_app.catalogue_views.embed_with_views` (the rule the
     hub and the benchmarks use too). Query photos are embedded with ``views="none"``. Unreadable
-    images are left out with a warning naming the file (and are not in the rows).
+    images are left out with a warning naming the file (and are not in the rows); ``every_part``: a part left with
+    no readable image is an error (a bundle's catalogue lost such parts with exit 0, an audit).
     """
     from edge_app.catalogue_views import check_views, embed_with_views
 
@@ -111,4 +112,8 @@ def embed_catalogue(run: Callable[[np.ndarray], Mapping[str, np.ndarray]], items
     flush()
     if not rows:
         raise InputError("no catalogue image could be read")
+    lost = sorted({i.part_number for i in items} - {r["part_number"] for r in rows})
+    if every_part and lost:
+        raise InputError(f"{len(lost)} part(s) have no readable catalogue image (see the warnings above): "
+                         f"{', '.join(lost[:10])}{' ...' if len(lost) > 10 else ''}; fix or remove their images")
     return np.concatenate(embs).astype(np.float32), rows

@@ -22,7 +22,7 @@ import numpy as np
 from edge_app.atomic import atomic_copy, atomic_write_json
 from edge_app.catalogue_views import DEFAULT_VIEWS, check_views
 from edge_app.bundle import probe_input, sha256_file
-from edge_app.errors import InputError, IntegrityError, UsageError
+from edge_app.errors import GateError, InputError, IntegrityError, UsageError
 from edge_app.imageio import iter_image_files
 from edge_app.partfolders import part_from_folder
 from edge_app.preprocess import PreprocessSpec
@@ -30,7 +30,7 @@ from edge_app.signing import SigningKey
 
 from .formats import ExportFormat, get_format, resolve_options
 from .inputs import load_inputs, sample_images
-from .parity import Thresholds, enforce, measure_parity
+from .parity import MIN_VAL_IMAGES, Thresholds, enforce, measure_parity
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,9 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
         if "per_channel" in opts:
             quant["per_channel"] = opts["per_channel"]
     val, _ = load_inputs(sample_images(val_dir, val_images, what="parity validation"), spec)
+    if len(val) < MIN_VAL_IMAGES:  # before the conversion (it was refused after a whole int8 conversion)
+        raise GateError(f"parity gate for {fmt.name}: only {len(val)} validation photo(s); it needs at least "
+                        f"{MIN_VAL_IMAGES} to judge")
     cat_src = catalogue_dir or calib_dir
     n_cat = min(catalogue_images, len(sample_images(cat_src, None)))
     cat, cat_paths = load_inputs(sample_images(cat_src, n_cat, seed=1, what="parity catalogue"), spec)
@@ -142,6 +145,7 @@ def export_model(model: Any, labels: Sequence[str], fmt_name: str, out_dir: str 
     from .runners import file_runner, torch_runner
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_exports(out_dir)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as td:
         tmp = Path(td) / final.name
         info = _write_export(model, labels, fmt, opts, tmp, calib, name)
@@ -313,7 +317,7 @@ def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.
 
         check_calibration(calibration, model_sha256=sha256_file(device_model), catalogue_views=views)
     device_runner = file_runner(device_model)
-    emb, rows = embed_catalogue(device_runner, catalogue_from_dir(catalogue_dir), spec, views=views)
+    emb, rows = embed_catalogue(device_runner, catalogue_from_dir(catalogue_dir), spec, views=views, every_part=True)
     probe_out = device_runner(probe_input(spec))
     probe_emb = np.asarray(probe_out["embedding"][0], dtype=np.float64)
     probe = {"embedding": [round(float(v), 6) for v in probe_emb / max(float(np.linalg.norm(probe_emb)), 1e-12)],
@@ -361,6 +365,26 @@ def _check_metadata_normalisation(path: Path, spec: PreprocessSpec, labels: Sequ
                              "or belongs to another export; export again")
 
 
+#: a ``.export-*`` folder older than this was left by a killed export (a conversion takes minutes): deleted
+STALE_EXPORT_S = 6 * 3600.0
+
+
+def _sweep_stale_exports(out_dir: Path, max_age_s: float = STALE_EXPORT_S) -> None:
+    """Delete ``.export-*`` folders a killed export left in ``out_dir`` (an ungated model copy each, an audit);
+    a young one may be another export running into the same folder and stays."""
+    import shutil
+    import time
+
+    now = time.time()
+    for p in out_dir.glob(".export-*"):
+        try:
+            if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > max_age_s:
+                shutil.rmtree(p)
+                log.info("deleted %s, left by an export that was stopped", p)
+        except OSError as exc:
+            log.warning("could not delete %s left by a stopped export (%s)", p, exc)
+
+
 def _check_recorded_parity(path: Path, side: Mapping[str, Any]) -> None:
     """The sidecar's parity must say passed, at thresholds no looser than the defaults (an export gated
     through the API with looser ones must not reach a tablet unnoticed)."""
@@ -370,6 +394,10 @@ def _check_recorded_parity(path: Path, side: Mapping[str, Any]) -> None:
     done, default = parity.get("thresholds") or {}, asdict(Thresholds())
     looser = [k for k in ("top1_agreement", "median_cosine", "neighbour_agreement")
               if not float(done.get(k, -1)) >= default[k]]
+    # the 5th-percentile cosine must be as high, the tie tolerances (flips forgiven as ties) as small; exports from
+    # before these were recorded lack them and pass (an audit: p05 -1 and tie tolerances of 2 / 1 were accepted)
+    looser += [k for k in ("p05_cosine",) if k in done and not float(done[k]) >= default[k]]
+    looser += [k for k in ("tie_tolerance", "logit_tie_tolerance") if k in done and not float(done[k]) <= default[k]]
     if looser:
         raise UsageError(f"{path}: gated at looser thresholds than partlens's ({', '.join(looser)}); "
                          "export it again with the defaults")

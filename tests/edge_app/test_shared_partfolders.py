@@ -15,7 +15,9 @@ NAMES = ["P1", "DIN 934/M8", "6204:2RS", r"a\b", "50%", ".hidden", "ends.", "end
 @pytest.mark.parametrize("name", NAMES)
 def test_round_trip_and_safe(name: str) -> None:
     folder = part_folder(name)
-    assert part_from_folder(folder) == name
+    # read back as the catalogue stores part numbers (stripped: "ends " is the part "ends"; an audit found a bundle
+    # with vectors for "trail " that the catalogue knew as "trail")
+    assert part_from_folder(folder) == name.strip()
     assert not set(folder) & set('/\\:*?"<>|') and not folder.startswith(".")
     assert not folder.endswith((".", " ")) and all(ord(c) >= 32 for c in folder)
 

@@ -570,6 +570,12 @@ def test_a_bundle_refuses_exports_of_two_checkpoints_and_unchecked_sidecars(tmp_
         "top1_agreement": 0.0, "median_cosine": -1.0, "neighbour_agreement": 0.95}})
     with pytest.raises(UsageError, match="looser thresholds.*top1_agreement, median_cosine"):
         bundle_from_exports(tmp_path / "bundles", [loose], **kw)
+    # the other three thresholds too (an audit: p05 -1 and tie tolerances 2 / 1 forgave every flip)
+    loose2 = _fake_export(tmp_path / "loose2.onnx", "onnx-fp32", parity={"passed": True, "thresholds": {
+        "top1_agreement": 0.98, "median_cosine": 0.98, "neighbour_agreement": 0.95, "p05_cosine": -1.0,
+        "tie_tolerance": 2.0, "logit_tie_tolerance": 1.0}})
+    with pytest.raises(UsageError, match="looser thresholds.*p05_cosine, tie_tolerance, logit_tie_tolerance"):
+        bundle_from_exports(tmp_path / "bundles", [loose2], **kw)
     assert not (tmp_path / "bundles").exists() or not list((tmp_path / "bundles").iterdir())
 
 
