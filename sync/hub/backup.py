@@ -51,6 +51,8 @@ def backup_hub(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise UsageError(f"{out} is inside the hub folder {hub.root}; back up to another place (ideally a disk)")
     out.mkdir(parents=True, exist_ok=True)
     partial = out / "hub.db.partial"
+    # a change recorded from now on may not be in the copy: it stays listed (below)
+    snapshot_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
     src = sqlite3.connect(str(hub.root / "hub.db"), timeout=30)
     dst = sqlite3.connect(str(partial))
     try:
@@ -89,7 +91,8 @@ def backup_hub(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     from .hub import CHANGES_SINCE_BACKUP, LAST_BACKUP_AT
 
     hub.store.put_meta(LAST_BACKUP_AT, info["taken_at"])  # (in the live hub: what a restore would undo starts now)
-    hub.store.put_meta(CHANGES_SINCE_BACKUP, [])
+    hub.store.put_meta(CHANGES_SINCE_BACKUP, [c for c in hub.store.get_meta(CHANGES_SINCE_BACKUP, []) or []
+                                              if str(c.get("at", "")) >= snapshot_at])
     log.info("hub %s backed up to %s: catalogue version %d, %d files, %.1f MB; the signing key %s is not "
              "included", hub.root, out, version, copied["files"], copied["bytes"] / 1e6, hub.config.get("key_path"))
     return info

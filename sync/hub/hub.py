@@ -14,6 +14,7 @@ Layout of a hub folder::
 """
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import io
 import json
@@ -207,7 +208,7 @@ class Hub:
         tablets that followed it no longer trust the restored one; a revoked tablet: accepted again; a key trusted
         or revoked), for `hub status`, and say to take a backup (an audit: a restore undid both, silently)."""
         since = list(self.store.get_meta(CHANGES_SINCE_BACKUP, []) or [])
-        since.append({"what": what, "at": utcnow()})
+        since.append({"what": what, "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")})
         self.store.put_meta(CHANGES_SINCE_BACKUP, since[-50:])
         log.warning("take a new backup (`partlens hub backup`): restoring an earlier one would undo this (%s)", what)
 
