@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -180,8 +180,10 @@ def calibrate_export(model: str | os.PathLike[str], catalogue_dir: str | os.Path
     return cal
 
 
-def check_calibration(calibration: Mapping[str, Any], *, model_sha256: str, catalogue_views: str) -> None:
-    """Refuse a calibration section a device could not use, or one fitted for another model or view set."""
+def check_calibration(calibration: Mapping[str, Any], *, model_sha256: str, catalogue_views: str,
+                      catalogue_parts: Iterable[str] = ()) -> None:
+    """Refuse a calibration section a device could not use, or one fitted for another model or view set; warn
+    when parts it was fitted to treat as unknown are in the bundle's catalogue now (``catalogue_parts``)."""
     from edge_app.errors import IntegrityError
     from edge_app.runtime.calibration import Calibration
 
@@ -200,3 +202,8 @@ def check_calibration(calibration: Mapping[str, Any], *, model_sha256: str, cata
     if views and views != catalogue_views:
         raise UsageError(f"the calibration was fitted with catalogue views {views!r}, the bundle uses "
                          f"{catalogue_views!r}: use the same --catalogue-views for both")
+    now_known = sorted(set(cal.info.get("negative_parts") or []) & set(catalogue_parts))
+    if now_known:  # (an audit: not noticed; the threshold was fitted counting their photos as unknown parts)
+        log.warning("the calibration was fitted with photos of %s as parts NOT in the catalogue, and the bundle's "
+                    "catalogue has them now: fit it again (`partlens calibrate`) with other unknown parts",
+                    ", ".join(now_known[:10]))

@@ -312,12 +312,14 @@ def bundle_from_exports(root: str | os.PathLike[str], models: Sequence[str | os.
     spec = PreprocessSpec.from_dict(first["preprocess"])
     device_model = files.get("model.tflite") or files["model.onnx"]
     views = check_views(catalogue_views)
+    items = catalogue_from_dir(catalogue_dir)
     if calibration:
         from .calibrate import check_calibration
 
-        check_calibration(calibration, model_sha256=sha256_file(device_model), catalogue_views=views)
+        check_calibration(calibration, model_sha256=sha256_file(device_model), catalogue_views=views,
+                          catalogue_parts={i.part_number for i in items})
     device_runner = file_runner(device_model)
-    emb, rows = embed_catalogue(device_runner, catalogue_from_dir(catalogue_dir), spec, views=views, every_part=True)
+    emb, rows = embed_catalogue(device_runner, items, spec, views=views, every_part=True)
     probe_out = device_runner(probe_input(spec))
     probe_emb = np.asarray(probe_out["embedding"][0], dtype=np.float64)
     probe = {"embedding": [round(float(v), 6) for v in probe_emb / max(float(np.linalg.norm(probe_emb)), 1e-12)],

@@ -192,3 +192,19 @@ def test_a_calibration_that_names_no_model_is_accepted_with_a_warning(caplog) ->
     named = Calibration(coef=(8.0, 20.0), intercept=-6.0, threshold=0.42, info={"model_sha256": "b" * 64}).to_dict()
     with pytest.raises(UsageError, match="fitted with another model"):
         check_calibration(named, model_sha256="a" * 64, catalogue_views="none")
+
+
+def test_a_calibration_whose_unknown_parts_joined_the_catalogue_is_warned_about(caplog) -> None:
+    """An audit: a part whose photos the calibration treated as unknown was later added to the catalogue, and
+    `bundle build` did not notice (the threshold was fitted counting them as not in the catalogue)."""
+    from edge_app.runtime.calibration import Calibration
+    from export.calibrate import check_calibration
+
+    cal = Calibration(coef=(8.0, 20.0), intercept=-6.0, threshold=0.42,
+                      info={"model_sha256": "a" * 64, "negative_parts": ["monitor", "webcam"]}).to_dict()
+    with caplog.at_level("WARNING", logger="export.calibrate"):
+        check_calibration(cal, model_sha256="a" * 64, catalogue_views="none", catalogue_parts={"cpu", "gpu"})
+    assert "NOT in the catalogue" not in caplog.text
+    with caplog.at_level("WARNING", logger="export.calibrate"):
+        check_calibration(cal, model_sha256="a" * 64, catalogue_views="none", catalogue_parts={"cpu", "monitor"})
+    assert "photos of monitor as parts NOT in the catalogue" in caplog.text
