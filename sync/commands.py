@@ -294,11 +294,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _review_list(args: argparse.Namespace) -> int:
-    from .hub.fieldstats import _received_since
+    from .hub.fieldstats import received_since
     from .hub.review import list_uploads
 
     hub = _open_hub(args)
-    since = None if args.days is None else _received_since(args.days, "--days")
+    since = None if args.days is None else received_since(args.days, "--days")
     # without --kind, the automatic usage events (one per identification) are left out: they are for field-stats
     filters = dict(kind=args.kind, status=args.status, since=since, exclude_kind=None if args.kind else "usage",
                    device=args.device, after_seq=args.after)

@@ -13,11 +13,11 @@ import datetime as _dt
 import logging
 import os
 import re
-import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import InputError, UsageError
+from ..partfolders import normal_part_number
 from .catalogue import CatalogueDB
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def read_csv_rows(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
 def check_part_number(value: Any, where: str) -> str:
     """A part number as stored: stripped, Unicode NFC (a macOS export writes "Ö" as two code points: it must be
     the same part), non-empty, printable, at most MAX_PART_NUMBER_LEN characters."""
-    pn = unicodedata.normalize("NFC", str(value or "").strip())
+    pn = normal_part_number(str(value or ""))
     if not pn:
         raise InputError(f"{where}: empty part_number")
     if len(pn) > MAX_PART_NUMBER_LEN or not pn.isprintable():

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 MAX_DAYS = 36_500
 
 
-def _received_since(days: float, what: str) -> str:
+def received_since(days: float, what: str) -> str:
     """The hub receipt time (ISO UTC) ``days`` days ago; ``days`` must be > 0 and at most 100 years."""
     if not 0 < days <= MAX_DAYS:  # also NaN; infinity or a million days overflowed the date arithmetic
         raise UsageError(f"{what} must be > 0 and at most {MAX_DAYS}, got {days}")
@@ -233,7 +233,7 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
     keep only those uploads; ``days`` only what the hub received in the last ``days`` days (a year
     of usage events is millions of rows); ``weekly`` adds each bundle's figures per ISO week (by the
     tablets' clocks, else the hub's receipt time). Uploads with malformed fields are skipped and counted."""
-    since = None if days is None else _received_since(days, "days")
+    since = None if days is None else received_since(days, "days")
 
     def keep(p: Mapping[str, Any], with_bundle: bool = True) -> bool:
         return (site is None or p.get("site") == site) and (
@@ -304,7 +304,7 @@ def prune_usage(hub: Hub, older_than_days: float) -> dict[str, Any]:
     """Delete the usage events the hub received more than ``older_than_days`` days ago (one per
     identification: a busy terminal makes millions a year). Spot-check answers, confirmations, photos and
     unknown-part reports are kept."""
-    before = _received_since(older_than_days, "older-than-days")
+    before = received_since(older_than_days, "older-than-days")
     n = hub.store.delete_uploads("usage", before)
     log.info("deleted %d usage events received before %s", n, before)
     return {"deleted_usage_events": n, "received_before": before}

@@ -340,7 +340,8 @@ class Hub:
         # the file's checks (regular file, size) before it is read: a link to /dev/zero was read until the OOM killer
         data = src if isinstance(src, bytes) else read_image_file(src)
         digest = hashlib.sha256(data).hexdigest()
-        known = self._stored_as(digest, part_number, kind)
+        image_id, row = self._image_row(digest, part_number)
+        known = self._stored_as(row, digest, part_number, kind)
         if known is not None:  # this part's picture, stored and checked before: a nightly re-import decodes nothing
             return known
         # validates (ImageError names the file), decoded only as big as the thumbnail needs: a crafted 80 MP PNG
@@ -352,7 +353,6 @@ class Hub:
         # the suffix says what the file holds (an approved PNG upload was stored and exported as .jpg)
         suffix = FORMAT_SUFFIX.get(image_format(data) or "", ".jpg")
         rel = f"img-{digest[:24]}{suffix}"  # the file is named by its content (one copy however many parts use it)
-        image_id = self._image_id(digest, part_number)
         dst = self.root / "images" / rel
         thumb = self.thumb_path(image_id)
         for f in (dst, thumb):  # reused (an earlier failed import stored it): young again, so the nightly orphan
@@ -369,10 +369,10 @@ class Hub:
         return {"image_id": image_id, "part_number": part_number, "path": rel, "kind": kind, "sha256": digest,
                 "thumb_sha256": thumb_digest}
 
-    def _stored_as(self, digest: str, part_number: str, kind: str) -> dict[str, Any] | None:
-        """The row of this picture as ``part_number``'s live image of ``kind``, if it is stored whole (file and
-        thumbnail present; both made young again for the orphan sweep), else None."""
-        row = self.store.image(self._image_id(digest, part_number))
+    def _stored_as(self, row: Mapping[str, Any] | None, digest: str, part_number: str,
+                   kind: str) -> dict[str, Any] | None:
+        """``row`` (the live image row of this picture's id) as ``part_number``'s image of ``kind``, if it is
+        stored whole (file and thumbnail present; both made young again for the orphan sweep), else None."""
         if row is None or row["part_number"] != part_number or row["kind"] != kind or row.get("sha256") != digest \
                 or not row.get("thumb_sha256"):
             return None
@@ -384,13 +384,17 @@ class Hub:
             return None
         return {k: row[k] for k in ("image_id", "part_number", "path", "kind", "sha256", "thumb_sha256")}
 
-    def _image_id(self, digest: str, part_number: str) -> str:
-        """An image row's id: named by its content, unless that id is a live image of ANOTHER part (the same
-        picture for two part numbers: a superseded number, a placeholder photo), which then gets an id of its own
-        for this part. Before, the second part took the first one's only image without a word (an audit)."""
+    def _image_row(self, digest: str, part_number: str) -> tuple[str, dict[str, Any] | None]:
+        """An image row's id, and the live row under it if any: named by its content, unless that id is a live image
+        of ANOTHER part (the same picture for two part numbers: a superseded number, a placeholder photo), which
+        then gets an id of its own for this part. Before, the second part took the first one's only image without a
+        word (an audit)."""
         base = f"img-{digest[:24]}"
         held = self.store.image(base)
-        return base if held is None or held["part_number"] == part_number else scoped_image_id(digest, part_number)
+        if held is None or held["part_number"] == part_number:
+            return base, held
+        scoped = scoped_image_id(digest, part_number)
+        return scoped, self.store.image(scoped)
 
     def prune_orphan_files(self, grace_hours: float = 24.0, now: float | None = None) -> dict[str, int]:
         """Delete image and thumbnail files no image row refers to, once older than ``grace_hours``: an import
@@ -553,9 +557,7 @@ class Hub:
 
     def known_sites(self) -> set[str]:
         """The sites the hub knows: those with stock rows and those tablets are enrolled for."""
-        c = self.store._db().conn
-        return {r[0] for r in c.execute("SELECT DISTINCT site FROM inventory WHERE deleted=0")} | {
-            d["site"] for d in self.store.list_devices()}
+        return self.store.stock_sites() | {d["site"] for d in self.store.list_devices()}
 
     def _check_sites(self, sites: Sequence[str], where: Any) -> None:
         """A file's stock sites against the hub's: one that differs from a known site only in case is refused
@@ -737,5 +739,5 @@ def _read_parts_csv(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, An
     parts, inventory, sites = read_parts_csv(path, as_of=utcnow())
     for site in sites:
         check_name(site, "site")
-    # only the columns the file has: a narrower export (stock only) left the rest of every part NULL (an audit)
-    return [{k: p[k] for k in PART_FIELDS if k in p} for p in parts], inventory
+    # (each part holds only the columns the file has: a narrower export left the rest NULL before, an audit)
+    return parts, inventory

@@ -104,6 +104,7 @@ class HubStore(Protocol):
     def part(self, part_number: str) -> dict[str, Any] | None: ...
     def live_rows(self, table: str, key: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]: ...
     def embedded_ids(self, bundle_id: str, image_ids: Sequence[str]) -> set[str]: ...
+    def stock_sites(self) -> set[str]: ...
     def part_numbers(self) -> list[str]: ...
     def image(self, image_id: str) -> dict[str, Any] | None: ...
     def live_images(self) -> list[dict[str, Any]]: ...
@@ -155,6 +156,15 @@ def _upload_filters(kind: str | None, status: str | None, since: str | None, exc
     return "".join(f" AND {c}" for c, _ in filters), [v for _, v in filters]
 
 
+def _chunks(keys: Iterable[Any], size: int = 500) -> Iterator[tuple[list[Any], str]]:
+    """``keys`` without repeats, in chunks of ``size`` with their ``?,?,...`` placeholders (SQLite's limit on
+    bound parameters)."""
+    keys = list(dict.fromkeys(keys))
+    for i in range(0, len(keys), size):
+        chunk = keys[i:i + size]
+        yield chunk, ",".join("?" * len(chunk))
+
+
 def _device_sync_state(db: Any, name: str) -> tuple[Any, Any] | None:
     """(last_sync_at, revoked) of device ``name``, None if there is no such device."""
     return db.conn.execute("SELECT last_sync_at, revoked FROM devices WHERE name=?", (name,)).fetchone()
@@ -189,11 +199,8 @@ class _SqliteChange:
 
     def _deleted_parts(self, part_numbers: Iterable[str]) -> set[str]:
         """Which of these part numbers have a deleted row (parts, or their inventory)."""
-        pns = list(dict.fromkeys(part_numbers))
         out: set[str] = set()
-        for i in range(0, len(pns), 500):
-            chunk = pns[i:i + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunks(part_numbers):
             out |= {r[0] for r in self.db.conn.execute(
                 f"SELECT part_number FROM parts WHERE deleted=1 AND part_number IN ({marks}) UNION "
                 f"SELECT part_number FROM inventory WHERE deleted=1 AND part_number IN ({marks})", [*chunk, *chunk])}
@@ -517,24 +524,22 @@ class SqliteHubStore:
         if table not in ("parts", "images") or key not in ("part_number", "image_id"):
             raise UsageError(f"no live rows of {table}.{key}")
         out: dict[str, dict[str, Any]] = {}
-        keys = list(dict.fromkeys(keys))
-        for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
-            for r in self._rows(f"SELECT * FROM {table} WHERE deleted=0 AND {key} IN ({','.join('?' * len(chunk))})",
-                                chunk):
+        for chunk, marks in _chunks(keys):
+            for r in self._rows(f"SELECT * FROM {table} WHERE deleted=0 AND {key} IN ({marks})", chunk):
                 out[r[key]] = r
         return out
 
     def embedded_ids(self, bundle_id: str, image_ids: Sequence[str]) -> set[str]:
         """Which of ``image_ids`` have a vector of ``bundle_id``."""
         out: set[str] = set()
-        ids = list(dict.fromkeys(image_ids))
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
+        for chunk, marks in _chunks(image_ids):
             out |= {r[0] for r in self._db().conn.execute(
-                f"SELECT image_id FROM embeddings WHERE bundle_id=? AND image_id IN ({','.join('?' * len(chunk))})",
-                [bundle_id, *chunk])}
+                f"SELECT image_id FROM embeddings WHERE bundle_id=? AND image_id IN ({marks})", [bundle_id, *chunk])}
         return out
+
+    def stock_sites(self) -> set[str]:
+        """The sites the live stock rows name."""
+        return {r[0] for r in self._db().conn.execute("SELECT DISTINCT site FROM inventory WHERE deleted=0")}
 
     def part_numbers(self) -> list[str]:
         """The live (not deleted) part numbers."""
@@ -728,12 +733,9 @@ class SqliteHubStore:
     def iter_upload_payloads(self, kind: str, since: str | None = None) -> Iterator[tuple[str, Any, Any]]:
         """(payload JSON, device_created_at, received_at) of every ``kind`` upload in receipt order (``since``:
         received at or after this ISO UTC time), streamed from one read: never all rows in memory at once."""
-        sql = "SELECT payload, device_created_at, received_at FROM uploads WHERE kind=?"
-        params: list[Any] = [kind]
-        if since:
-            sql += " AND received_at >= ?"
-            params.append(since)
-        yield from self._db().conn.execute(sql + " ORDER BY seq", params)
+        where, params = _upload_filters(kind, None, since, None, None, None)
+        yield from self._db().conn.execute(
+            f"SELECT payload, device_created_at, received_at FROM uploads WHERE 1{where} ORDER BY seq", params)
 
     def delete_uploads(self, kind: str, received_before: str, batch: int = 5000) -> int:
         """Delete ``kind`` uploads received before this ISO UTC time (records only: such kinds carry no blob), in
