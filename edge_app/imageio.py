@@ -18,6 +18,7 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
+from . import jpegcheck
 from .errors import ImageError, InputError
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,7 @@ def _decode(fh: BinaryIO, name: str, draft_size: tuple[int, int] | None,
     from PIL import Image, UnidentifiedImageError
 
     try:
+        start = fh.tell()
         img = Image.open(fh, formats=PHOTO_FORMATS)
     except UnidentifiedImageError:
         if _is_heif(fh):  # a phone set to "high efficiency": not corrupt, just a format Pillow does not read here
@@ -218,7 +220,11 @@ def _decode(fh: BinaryIO, name: str, draft_size: tuple[int, int] | None,
     orientation = _orientation(img, name)
     stored = draft_size if draft_size is None or orientation < 5 else (draft_size[1], draft_size[0])
     # MPO: a JPEG carrying a second image (Ultra HDR / HDR gain maps of recent phones): the same draft decoding
-    if stored is not None and img.format in ("JPEG", "MPO"):
+    jpeg = img.format in ("JPEG", "MPO")
+    if jpeg and (short := jpegcheck.too_short(fh, start)) is not None:
+        raise ImageError(name, f"cut short: the file holds {short[0]} bytes, fewer than any complete {w}x{h} JPEG "
+                               f"needs ({short[1]}); copy it again or take the photo again")
+    if stored is not None and jpeg:
         img.draft("RGB", stored)
     try:
         img.load()
@@ -226,6 +232,13 @@ def _decode(fh: BinaryIO, name: str, draft_size: tuple[int, int] | None,
         raise ImageError(name, f"refused as a decompression bomb: {exc}") from None
     except _DECODE_ERRORS as exc:
         raise ImageError(name, f"truncated or corrupt image data: {exc}") from None
+    if jpeg and not img.info.get("progressive") and img.mode in ("RGB", "L") and (
+            rows := jpegcheck.grey_tail_rows(img)):
+        if rows == img.size[1]:
+            raise ImageError(name, "decodes as a flat grey picture (#808080) with nothing in it: its data is "
+                                   "missing (a cut copy) or it is blank; copy it again or take the photo again")
+        raise ImageError(name, f"cut short: its data ends early, the last {100 * rows / img.size[1]:.0f}% of its rows "
+                               f"decode as flat grey (#808080); copy it again or take the photo again")
     img = _reduce(img, stored)  # formats decoded whole shrink before anything copies them (a no-op on drafts)
     img = _to_srgb(img, name)  # after the reduce: the colour transform then costs little
     if orientation != 1:  # only a photo that is not upright is copied
