@@ -120,8 +120,11 @@ def error_message(exc: BaseException) -> str:
 
 
 def _latest(*stamps: str | None) -> str | None:
-    """The latest of some ISO timestamps (None and unparsable ones ignored; naive ones taken as local)."""
-    best: tuple[_dt.datetime, str] | None = None
+    """The latest of some ISO timestamps (None and unparsable ones ignored; naive ones taken as local). One still
+    in the future was written under a wrong clock: any stamp in the past beats it (a tablet corrected from 2040
+    showed its 2040 "last sync" over the real one)."""
+    best: tuple[bool, _dt.datetime, str] | None = None
+    now = _dt.datetime.now().astimezone() + _CLOCK_SKEW
     for s in stamps:
         try:
             t = _dt.datetime.fromisoformat(s) if s else None
@@ -130,9 +133,14 @@ def _latest(*stamps: str | None) -> str | None:
         if t is None:
             continue
         t = t.astimezone()  # aware, comparable
-        if best is None or t > best[0]:
-            best = (t, str(s))
-    return None if best is None else best[1]
+        key = (t <= now, t)
+        if best is None or key > best[:2]:
+            best = (t <= now, t, str(s))
+    return None if best is None else best[2]
+
+
+#: how far ahead of this clock a stamp may be before it counts as written under a wrong clock
+_CLOCK_SKEW = _dt.timedelta(minutes=5)
 
 
 # ---------------------------------------------------------------------------------------- results
@@ -850,6 +858,10 @@ class DeviceServices:
                 created = _dt.datetime.fromtimestamp(side.stat().st_mtime, _dt.timezone.utc)
             if created.tzinfo is None:
                 created = created.replace(tzinfo=_dt.timezone.utc)
+            if created > now + _CLOCK_SKEW:  # taken under a clock set ahead (since put right): it would never age
+                created = self._redate_capture(side, now)
+                if max_age_days <= 0:  # storage is low: its age is unknown, not "just taken"
+                    created = cutoff - _dt.timedelta(seconds=1)
             if created >= cutoff or cid in in_state:
                 kept += 1
                 continue
@@ -864,6 +876,21 @@ class DeviceServices:
         log.info("captures: removed %d files of captures older than %g days, kept %d captures",
                  removed, max_age_days, kept)
         return {"removed_files": removed, "kept": kept}
+
+    def _redate_capture(self, side: Path, now: _dt.datetime) -> _dt.datetime:
+        """Date a capture stamped in the future (a clock set ahead when it was taken) ``now``, the first time this
+        clock sees it, so it ages from here: a tablet that ran in 2040 kept those photos even when storage ran
+        out (an audit, 23rd session)."""
+        from .atomic import atomic_write_json
+
+        try:
+            doc = json.loads(side.read_text())
+            log.warning("capture %s is dated %s, ahead of this clock: dated %s from now on", side.stem,
+                        doc.get("created_at"), now.isoformat(timespec="seconds"))
+            atomic_write_json(side, {**doc, "created_at": now.isoformat(timespec="seconds")}, overwrite=True)
+        except (OSError, ValueError, TypeError) as exc:  # unreadable or read-only: it ages from its file time
+            log.warning("capture %s could not be re-dated (%s)", side.stem, exc)
+        return now
 
     def free_space_if_low(self) -> dict[str, int] | None:
         """When free space is below what a sync keeps for photos, prune every capture not on screen and not

@@ -43,6 +43,8 @@ DEFAULT_WINDOW = "01:00-05:00"
 DEFAULT_RETRY = dt.timedelta(minutes=30)
 #: With the 24-hour window ("always") a successful sync is followed by the next one this much later.
 ALWAYS_PERIOD = dt.timedelta(hours=24)
+#: the furthest ahead any planned attempt lies (a day to the next window, an hour for a DST change)
+MAX_AHEAD = max(ALWAYS_PERIOD, dt.timedelta(days=1)) + dt.timedelta(hours=1)
 #: ``com.partlens.partlens``: build.spec's package.domain + package.name; p4a names the service class
 #: ``<package>.Service<Name>`` from ``services = Sync:...``.
 ANDROID_PACKAGE = "com.partlens.partlens"
@@ -277,7 +279,9 @@ def schedule_from_app(context: Any, device_dir: str | os.PathLike[str], now: dt.
             at = dt.datetime.fromisoformat(status["next_at"])
         except ValueError:
             at = None
-    if at is None or at.tzinfo != now.tzinfo or at <= now:
+    # an attempt further ahead than any this module plans was planned under a wrong clock (a tablet that ran in
+    # 2040 and was corrected waited 14 years; one that booted in 2000 armed 9,496 days ahead): plan afresh
+    if at is None or at.tzinfo != now.tzinfo or at <= now or at > now + MAX_AHEAD:
         at = next_attempt(now, window_of(device_dir), SKIPPED)
     if android_schedule(context, at, str(device_dir)):
         clear_arm_failure(device_dir)

@@ -688,8 +688,12 @@ class SqliteHubStore:
         db = self._db()
         created: list[bool] = []
         with self._write_lock, self._tx(db):
-            seq = db.conn.execute("SELECT coalesce(max(seq), 0) FROM uploads").fetchone()[0]
-            version, now = self.version(), utcnow()
+            seq, last = db.conn.execute("SELECT seq, received_at FROM uploads ORDER BY seq DESC LIMIT 1").fetchone() \
+                or (0, "")
+            # receipt times never go backwards: a hub whose clock fell back to 2000 overnight dated that night's
+            # uploads 2000, `review --days 7` hid them and `prune-usage` deleted them once the clock was put right
+            # (an audit, 23rd session); seq stays the receipt order either way
+            version, now = self.version(), max(utcnow(), last or "")
             for row in rows:
                 if db.conn.execute("SELECT 1 FROM uploads WHERE uuid=?", (row["uuid"],)).fetchone():
                     created.append(False)

@@ -316,6 +316,11 @@ def test_sync_status_shows_the_nightly_attempt_and_its_last_success(device) -> N
                           f"{local_time('2026-11-22T02:00:00+01:00')}, window 01:00-05:00")
     (device.data_dir / "last_sync.json").write_text(json.dumps({"at": "2026-11-22T09:00:00+00:00"}))
     assert device.sync_status().last_sync == "2026-11-22T09:00:00+00:00"
+    # a nightly success recorded while the clock said 2040 (since put right) does not hide the real last sync
+    (device.data_dir / "sync_status.json").write_text(json.dumps({
+        "at": "2040-12-08T01:30:00+01:00", "outcome": "synced", "reason": "ok", "window": "01:00-05:00",
+        "next_at": "2040-12-09T01:00:00+01:00", "last_success": "2040-12-08T01:30:00+01:00"}))
+    assert device.sync_status().last_sync == "2026-11-22T09:00:00+00:00"
 
 
 def test_identify_without_a_bundle_is_a_clear_error(device, tmp_path) -> None:
@@ -636,6 +641,29 @@ def test_a_photo_stored_minutes_ago_is_never_pruned(device, tmp_path) -> None:
     assert Path(cap.path).is_file()
     later = now + dt.timedelta(minutes=11)
     assert device.prune_captures(max_age_days=0, now=later)["removed_files"] == 3  # photo, record, screen copy
+
+
+def test_photos_taken_under_a_clock_set_years_ahead_age_and_go_when_storage_is_low(device, tmp_path) -> None:
+    """Captures stamped 2040 by a tablet whose clock ran ahead were never pruned after the clock was put right,
+    not even when storage ran out (an audit, 23rd session): they are dated when first seen, and age from there."""
+    import datetime as dt
+
+    def stamp(cap, when: str) -> None:
+        side = device.captures.root / f"{cap.capture_id}.json"
+        side.write_text(json.dumps({**json.loads(side.read_text()), "created_at": when}))
+
+    a, b = (device.captures.add_file(photo(tmp_path / f"f{i}.jpg", colour=(9, i * 90, 9))) for i in range(2))
+    for cap in (a, b):
+        stamp(cap, "2040-12-07T10:00:00+00:00")
+    now = dt.datetime(2026, 12, 8, 12, 0, tzinfo=dt.timezone.utc)
+    assert device.prune_captures(max_age_days=14, now=now) == {"removed_files": 0, "kept": 2}
+    assert device.captures.get(a.capture_id).created_at == now.isoformat(timespec="seconds")  # dated when seen
+    assert device.prune_captures(max_age_days=14, now=now + dt.timedelta(days=15))["kept"] == 0
+    assert not list(device.captures.root.glob(f"{a.capture_id}*"))
+    c = device.captures.add_file(photo(tmp_path / "f2.jpg", colour=(200, 9, 9)))
+    stamp(c, "2040-12-07T10:00:00+00:00")
+    device.state.save({"captures": []})
+    assert device.prune_captures(max_age_days=0, now=now) == {"removed_files": 3, "kept": 0}  # storage low
 
 
 # -- found by an audit driving the app headless (17th session) -------------------------------------------------

@@ -357,6 +357,23 @@ def test_app_arms_the_alarm_only_when_enrolled(android, tmp_path):
     assert background.schedule_from_app(fake, tmp_path, now) == soon
 
 
+@pytest.mark.parametrize("planned_under", [dt.datetime(2040, 12, 9, 1, 0), dt.datetime(2051, 1, 1, 1, 0)])
+def test_an_attempt_planned_under_a_clock_years_ahead_is_planned_again(android, tmp_path, planned_under):
+    """A tablet that synced while its clock said 2040 kept the 2040 attempt after the clock was put right: the
+    app re-armed it at every start and nightly sync stopped for 14 years (an audit, 23rd session)."""
+    fake = android()
+    (tmp_path / "device.json").write_text(json.dumps({"sync_window": "01:00-05:00"}))
+    now = dt.datetime(2026, 12, 8, 12, 0).astimezone()
+    (tmp_path / "sync_status.json").write_text(json.dumps({"next_at": planned_under.astimezone().isoformat()}))
+    at = background.schedule_from_app(fake, tmp_path, now)
+    assert at == dt.datetime(2026, 12, 9, 1, 0).astimezone()
+    assert fake.alarms[-1][2] == int(at.timestamp() * 1000)
+    # the furthest a real plan lies ahead (a synced attempt in an always-open window) is kept
+    furthest = now + background.ALWAYS_PERIOD
+    (tmp_path / "sync_status.json").write_text(json.dumps({"next_at": furthest.isoformat()}))
+    assert background.schedule_from_app(fake, tmp_path, now) == furthest
+
+
 def test_app_start_arms_the_alarm_and_survives_a_missing_service(android, tmp_path, caplog):
     from edge_app.app.android import arm_background_sync
 

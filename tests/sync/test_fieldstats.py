@@ -119,6 +119,7 @@ def test_field_stats_weekly_shows_a_trend(world, capsys) -> None:
                          _usage(active, "no_confident_match", ["P0"], "c3", 30.0),
                          _usage(active, "no_confident_match", ["P0"], "c4", 50.0)])
     conn = world.hub.store._db().conn
+    conn.execute("UPDATE uploads SET received_at='2026-12-05T08:00:00+00:00'")  # (tablet times are checked against it)
     conn.execute("UPDATE uploads SET device_created_at='2026-11-23T08:00:00+00:00' WHERE payload LIKE '%\"c1\"%' "
                  "OR payload LIKE '%\"c2\"%'")  # a Monday: ISO week 48
     conn.execute("UPDATE uploads SET device_created_at='2026-12-03T08:00:00+00:00' WHERE payload LIKE '%\"c3\"%' "
@@ -129,6 +130,45 @@ def test_field_stats_weekly_shows_a_trend(world, capsys) -> None:
     assert b["identifications"] == 4 and "weekly" not in field_stats(world.hub)["bundles"][0]
     assert main(["hub", "field-stats", "--hub", str(world.hub.root), "--weekly"]) == 0
     assert [w["week"] for w in json.loads(capsys.readouterr().out)["bundles"][0]["weekly"]] == ["2026-W48", "2026-W49"]
+
+
+def test_weekly_figures_use_the_receipt_week_when_the_tablets_clock_cannot_be_right(world) -> None:
+    """Tablets that booted in 1970 or ran in 2040 put five of six identifications in impossible weeks (an audit,
+    23rd session): an event dated after its receipt, or half a year before it, counts in its receipt week."""
+    from sync.hub.fieldstats import field_stats
+
+    active = world.hub.bundle_id
+    upload_items(world, [_usage(active, "match", ["P1"], f"c{i}", 10.0) for i in range(5)])
+    conn = world.hub.store._db().conn
+    conn.execute("UPDATE uploads SET received_at='2026-12-03T08:00:00+00:00'")  # week 49
+    for cap, when in [("c0", "1970-01-01T00:00:05+00:00"), ("c1", "2040-12-07T10:00:00+00:00"),
+                      ("c2", "2026-12-04T09:00:00+00:00"),  # a day after receipt: another clock's skew at most
+                      ("c3", "2026-11-23T08:00:00+00:00"),  # ten days in the outbox: its own week, 48
+                      ("c4", "garbage")]:
+        conn.execute("UPDATE uploads SET device_created_at=? WHERE payload LIKE ?", (when, f'%"{cap}"%'))
+    (b,) = field_stats(world.hub, weekly=True)["bundles"]
+    assert [(w["week"], w["identifications"]) for w in b["weekly"]] == [("2026-W48", 1), ("2026-W49", 4)]
+
+
+def test_receipt_times_never_go_backwards_when_the_hub_clock_falls_back(world, monkeypatch) -> None:
+    """A hub whose clock fell back to 2000 overnight dated that night's uploads 2000: `review --days 7` hid them
+    and `prune-usage` deleted them once the clock was put right (an audit, 23rd session)."""
+    import datetime as dt
+
+    from sync.hub import store as store_mod
+    from sync.hub.fieldstats import prune_usage
+
+    active = world.hub.bundle_id
+    upload_items(world, [_usage(active, "match", ["P1"], "c1", 10.0)])
+    first = world.hub.store._db().conn.execute("SELECT received_at FROM uploads").fetchone()[0]
+    monkeypatch.setattr(store_mod, "utcnow", lambda: "2000-12-07T01:00:00+00:00")
+    upload_items(world, [_usage(active, "match", ["P1"], "c2", 10.0)])
+    rows = world.hub.store._db().conn.execute("SELECT received_at FROM uploads ORDER BY seq").fetchall()
+    assert [r[0] for r in rows] == [first, first]
+    monkeypatch.undo()
+    assert prune_usage(world.hub, older_than_days=90)["deleted_usage_events"] == 0  # the clock put right: both are this week's
+    assert world.hub.store._db().conn.execute("SELECT count(*) FROM uploads").fetchone()[0] == 2
+    assert dt.datetime.fromisoformat(first) > dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def test_a_confirmation_joins_the_identification_of_its_own_bundle(world) -> None:
