@@ -753,7 +753,7 @@ class SyncClient:
 
         with db.read() as d:
             rows = list(d.conn.execute("SELECT image_id, path, thumb_sha256 FROM images WHERE path LIKE 'thumbs/%'"))
-        counts = {"fetched": 0, "failed": 0, "present": 0}
+        counts = {"fetched": 0, "failed": 0, "present": 0, "removed": self._drop_old_thumbnails(rows)}
         missing: dict[str, Path] = {}
         expected = {image_id: digest for image_id, _rel, digest in rows if digest}
         for image_id, rel, _digest in rows:
@@ -816,6 +816,25 @@ class SyncClient:
             log.warning("%d thumbnails not fetched, e.g. %s; they will be fetched at the next sync", len(bad),
                         "; ".join(bad[:3]))
         return counts
+
+    def _drop_old_thumbnails(self, rows: list[Any]) -> int:
+        """Delete the thumbnails of images the catalogue no longer holds (a deleted part, a replaced photo): they
+        were kept for ever, ten files a night at a busy hub's churn (an audit of a year of nights, 23rd session)."""
+        folder = self.paths.root / "thumbs"
+        if not folder.is_dir():
+            return 0
+        keep = {Path(rel).name for _image_id, rel, _digest in rows}
+        removed = 0
+        for f in folder.glob("*.jpg"):
+            if f.name not in keep:
+                try:
+                    f.unlink()
+                    removed += 1
+                except OSError as exc:
+                    log.warning("could not delete the old thumbnail %s (%s)", f, exc)
+        if removed:
+            log.info("deleted %d thumbnails of images no longer in the catalogue", removed)
+        return removed
 
     def _sync(self, db: Any) -> SyncResult:
         active_id = reconcile(self.paths, db)
@@ -915,12 +934,17 @@ class SyncClient:
         after the commit) and is never asked for again (a sync audit found a snapshot's worth per interruption
         eating into the space kept for photos); after a sync stopped for lack of storage, the next sync fetches
         again what it needs."""
+        from edge_app.atomic import sweep_stale_temps
         from edge_app.bundle import sweep_stale_unpacks
 
         # a bundle unpack killed before its rename left a whole bundle's copy in bundles/.unpack-*; only a sync
         # unpacks there, and this one holds the device lock (an audit: such copies stayed until the next NEW
         # bundle, weeks, eating into the space kept for photos)
         freed = sweep_stale_unpacks(self.paths.bundles, max_age_s=0.0) if self.paths.bundles.is_dir() else 0
+        # temporary files of writes killed before their rename (a whole index's copy when the kill hit its save):
+        # an hour old at least, as the app may be saving its own index meanwhile
+        for folder in (self.paths.root, self.paths.root / "thumbs", self.paths.bundles, self.paths.downloads):
+            freed += sweep_stale_temps(folder)
         if not self.paths.downloads.is_dir():
             return freed
         for f in self.paths.downloads.iterdir():

@@ -65,7 +65,8 @@ def upload_outbox(transport: Transport, outbox_path: Path, catalogue_version: in
                 bodies.append(body)
             if not bodies:
                 continue
-            done = []
+            done: list[str] = []
+            received: dict[str, Any] = {}  # the hub's receipt times (hubs before 23rd session do not say)
             for body, status in zip(bodies, transport.post_uploads(bodies)):
                 uuid = body["uuid"]
                 if "refused" in status:
@@ -94,12 +95,14 @@ def upload_outbox(transport: Transport, outbox_path: Path, catalogue_version: in
                         outbox.mark_refused(uuid, f"the hub could not complete its photo: {exc}")
                         refused += 1
                         continue
-                    outbox.mark_uploaded(uuid)
+                    outbox.mark_uploaded_many([uuid], {uuid: status.get("received_at")})
                     uploaded += 1
                 else:
                     done.append(uuid)
+                    received[uuid] = status.get("received_at")
             uploaded += len(done)
-            outbox.mark_uploaded_many(done)
+            outbox.mark_uploaded_many(done, received)
+        outbox.forget_uploaded()
     finally:
         outbox.close()
     return uploaded, refused

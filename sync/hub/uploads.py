@@ -139,7 +139,10 @@ def _status(row: Mapping[str, Any], hub: Hub, duplicate: bool = False) -> dict[s
             "blob_offset": blob_offset(hub, row), "blob_complete": bool(row["blob_complete"]),
             # the photo the hub expects (from the record's first upload): a tablet whose file changed since knows
             # it can never complete and says so, instead of sending it every night
-            "blob_sha256": row["blob_sha256"]}
+            "blob_sha256": row["blob_sha256"],
+            # when the hub got it, on its clock: a restore names its backup by that clock, so the tablet keeps it
+            # to know what to send again (its own clock may be years off)
+            "received_at": row["received_at"]}
 
 
 def partial_path(hub: Hub, uuid: str) -> Path:

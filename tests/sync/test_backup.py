@@ -373,3 +373,56 @@ def test_hub_status_names_what_a_restore_of_the_last_backup_would_undo(world, tm
     # a new backup clears the list
     backup_hub(hub, tmp_path / "bk2")
     assert hub.status()["changes_since_backup"] == []
+
+
+@pytest.mark.parametrize("tablet_clock", ["2000-01-01T00:00:00.000+00:00", "2040-12-07T10:00:00.000+00:00"])
+def test_a_restored_hub_gets_the_uploads_of_a_tablet_whose_clock_was_wrong(world, tmp_path, monkeypatch,
+                                                                           tablet_clock) -> None:
+    """What to send again after a restore was chosen by the tablet's clock against the hub's backup time: a
+    tablet that booted in 2000 resent nothing and the restored hub held 0 of its 2 uploads, without an error
+    (an audit, 23rd session). The hub's receipt time of each upload decides now."""
+    from edge_app.cli import main
+    from edge_app.runtime import outbox as outbox_mod
+    from sync.client import SyncClient
+    from sync.hub.hub import Hub
+    from sync.transport import InMemoryTransport
+
+    client(world).sync()
+    backup = tmp_path / "backup"
+    assert main(["hub", "backup", "--hub", str(world.hub.root), str(backup)]) == 0
+    monkeypatch.setattr(outbox_mod, "_now", lambda: tablet_clock)
+    late = upload_items(world, [("feedback", {"part_number": "P1", "verdict": "correct"}, None),
+                                ("photo", {"part_number": "P2"}, part_image(2, noise=7))])
+    monkeypatch.undo()
+    new_root = tmp_path / "restored-hub"
+    assert main(["hub", "restore", str(backup), "--hub", str(new_root)]) == 0
+    restored = Hub(new_root, embedder_factory=world.hub.embedder_factory)
+    assert not {u["uuid"] for u in restored.store.list_uploads()} & set(late)
+    r = SyncClient(world.device_dir, transport=InMemoryTransport(restored, world.payload["token"]),
+                   smoke_test=lambda b: None).sync()
+    assert r.uploaded == 2 and set(late) <= {u["uuid"] for u in restored.store.list_uploads()}
+    assert restored.store.upload(late[1])["blob_complete"]
+
+
+def test_uploaded_records_are_forgotten_after_90_days_but_the_latest_2000_stay(tmp_path) -> None:
+    """Every usage event stayed in the tablet's outbox for its life (about 5 MB a year at 50 identifications a
+    day, an audit of a year of nights, 23rd session)."""
+    import datetime as dt
+
+    from edge_app.runtime.outbox import Outbox
+
+    ob = Outbox(tmp_path / "outbox.db")
+    try:
+        ids = [ob.add("usage", {"event": "identify", "i": i}) for i in range(30)]
+        old = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=100)).isoformat()
+        ob.mark_uploaded_many(ids[:20], {u: old for u in ids[:20]})
+        ob.mark_uploaded_many(ids[20:25])
+        assert ob.forget_uploaded(keep_last=5) == 20  # 100 days old; the 5 latest uploaded stay
+        assert ob.forget_uploaded(keep_last=5) == 0
+        assert ob.count() == 5 and ob.count(pending_only=False) == 10  # pending ones are never forgotten
+        ids2 = [ob.add("usage", {"event": "identify", "j": j}) for j in range(4)]
+        ob.mark_uploaded_many(ids2, {u: old for u in ids2})
+        assert ob.forget_uploaded(keep_last=5) == 0  # old, but among the latest 5 uploaded
+        assert ob.forget_uploaded(keep_last=2) == 2
+    finally:
+        ob.close()

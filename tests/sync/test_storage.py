@@ -174,10 +174,10 @@ def test_thumbnails_stop_before_the_reserve_and_the_sync_still_succeeds(world, m
     shutil.rmtree(world.device_dir / "thumbs")  # a display cache: fetched again at the next sync
     fake_free(monkeypatch, c.reserve_bytes + 1000)  # the three thumbnails (~1-2 kB each) would eat the reserve
     r = c.sync(upload=False)
-    assert r.thumbnails == {"fetched": 0, "failed": 3, "present": 0}
+    assert r.thumbnails == {"fetched": 0, "failed": 3, "present": 0, "removed": 0}
     assert not list((world.device_dir / "thumbs").glob("*.jpg"))
     monkeypatch.undo()
-    assert c.sync(upload=False).thumbnails == {"fetched": 3, "failed": 0, "present": 0}
+    assert c.sync(upload=False).thumbnails == {"fetched": 3, "failed": 0, "present": 0, "removed": 0}
 
 
 def test_a_full_disk_while_writing_thumbnails_stops_them_not_the_sync(world, monkeypatch):
@@ -194,7 +194,7 @@ def test_a_full_disk_while_writing_thumbnails_stops_them_not_the_sync(world, mon
 
     monkeypatch.setattr(atomic, "atomic_write_bytes", full_after_one)
     r = client(world).sync(upload=False)
-    assert r.thumbnails == {"fetched": 1, "failed": 2, "present": 0} and r.package
+    assert r.thumbnails == {"fetched": 1, "failed": 2, "present": 0, "removed": 0} and r.package
 
 
 def test_outbox_on_a_full_disk_is_a_storage_error_and_keeps_what_it_had(tmp_path):
