@@ -38,9 +38,12 @@ def _fmt_stock(m: dict[str, Any]) -> str:
     if m.get("site") is None:
         inv = m.get("inventory") or []
         return ", ".join(f"{r['site']}: {r['stock']} @ {r['bin']}" for r in inv) or "no stock data"
+    others = ", ".join(f"{r['site']}: {r['stock']} @ {r['bin']}" for r in m.get("inventory") or []
+                       if r["site"] != m["site"])
     if m.get("stock") is None:
-        return f"no stock data at {m['site']}"
-    return f"{m['stock']} in stock at {m['site']}, bin {m.get('bin') or '?'}"
+        return f"no stock data at {m['site']}" + (f" (elsewhere: {others})" if others else "")
+    return f"{m['stock']} in stock at {m['site']}, bin {m.get('bin') or '?'}" + (f"; elsewhere: {others}"
+                                                                                  if others else "")
 
 
 def _bundle_and_keyring(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -168,13 +171,15 @@ def _cat_list(args: argparse.Namespace) -> int:
 
 def _cat_show(args: argparse.Namespace) -> int:
 
-    with _open_db(args) as db:
-        part = db.part(args.part)
+    from .partfolders import normal_part_number
+
+    with _open_db(args) as db:  # as the catalogue stores it: NFC, no surrounding spaces (as `list --text` finds it)
+        part = db.part(normal_part_number(args.part))
         hub_time = db.get_meta("hub_time")
     if part is None:
         raise InputError(f"part {args.part!r} is not in the catalogue")
     if args.json:
-        print(json.dumps(part, indent=2))
+        print(json.dumps({**part, "hub_time": hub_time}, indent=2))
         return 0
     for k in ("part_number", "name", "category", "manufacturer", "description", "size_mm", "look_alike_group"):
         print(f"{k:17s} {part.get(k)}")

@@ -32,6 +32,9 @@ from ..storage import commit_or_rollback, connect_wal
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+#: the longest text a parts filter takes (a 50,000-character one ended in SQLite's "LIKE or GLOB pattern too
+#: complex" and a traceback, an audit)
+MAX_FILTER_TEXT = 500
 PART_COLUMNS = ("part_number", "name", "category", "manufacturer", "description", "size_mm", "look_alike_group",
                 "version")
 INVENTORY_COLUMNS = ("part_number", "site", "stock", "bin", "as_of")
@@ -122,7 +125,9 @@ def fold_text(text: Any) -> str:
     "strasse" finds "Straße" (SQLite's own lower() and LIKE fold ASCII letters only). None is ''."""
     if text is None:
         return ""
-    return unicodedata.normalize("NFKC", str(text)).casefold()
+    # casefold() turns the Turkish dotted capital I into "i" plus a combining dot: "istanbul" did not find
+    # "İstanbul pompa" (an audit, 23rd session); the dot goes on both sides of the comparison
+    return unicodedata.normalize("NFKC", str(text)).casefold().replace("\u0307", "")
 
 
 class CatalogueDB:
@@ -259,6 +264,30 @@ class CatalogueDB:
         self._require_tx("set_meta")
         self.db.conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, str(value)))
+
+    def set_meta_if_free(self, key: str, value: object) -> bool:
+        """Set a bookkeeping ``meta`` value only if no other process writes now (no wait for its lock); False if
+        it did not. A reader (identify) wrote the index stamp through the waiting write path and failed with
+        "database is busy" after 5 s while a sync held the write lock (an audit, 23rd session)."""
+        if self.read_only:
+            return False
+        with self._lock:
+            if self._tx_depth:
+                self.set_meta(key, value)
+                return True
+            conn = self.db.conn
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                with self.transaction():
+                    self.set_meta(key, value)
+                return True
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                log.debug("meta %s not written now (%s)", key, exc)
+                return False
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     @property
     def catalogue_version(self) -> int:
@@ -451,6 +480,8 @@ class CatalogueDB:
         """The WHERE clause (with its arguments) of :meth:`search_parts` and :meth:`count_parts`."""
         where: list[str] = []
         args: list[Any] = []
+        if text and len(text) > MAX_FILTER_TEXT:  # SQLite refuses long LIKE patterns with a raw error
+            raise UsageError(f"search text is {len(text)} characters; at most {MAX_FILTER_TEXT}")
         if text:  # % and _ are the engineer's text, not wildcards; case folded beyond ASCII (Ölpumpe, Ø12)
             esc = fold_text(text).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             like = f"%{esc}%"

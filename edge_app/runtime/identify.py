@@ -471,11 +471,22 @@ class Identifier:
                 top: int, views: int, skipped: list[dict[str, str]], site: str | None,
                 filters: dict[str, Any]) -> IdentifyResult:
         cal = self.calibration
+        # the parts, their stock and the catalogue version and hub time they date from, from ONE snapshot (a sync
+        # committing between separate reads showed stock beside another version's hub time, an audit); every
+        # site's stock (``inventory``; a tablet synced with a hub holds its own site's only)
+        with self.db.read():
+            info = self.db.parts_by_number(parts[:top + 1])
+            version, hub_time = self.db.catalogue_version, self.db.get_meta("hub_time")
+        keep = [i for i, pn in enumerate(parts) if i > top or pn in info]
+        if len(keep) < len(parts):  # deleted by a sync since this ranking's catalogue was read: not shown
+            log.info("%d ranked parts were deleted meanwhile: not shown", len(parts) - len(keep))
+            if keep[:1] != [0]:
+                runner_up = float(scores[keep[1]]) if len(keep) > 1 else None
+            parts, scores, best_img = [parts[i] for i in keep], scores[keep], [best_img[i] for i in keep]
         conf = None
         if len(parts) and runner_up is not None:
             conf = float(cal.confidence(float(scores[0]), runner_up)[0])
         status = STATUS_MATCH if conf is not None and conf >= cal.threshold else STATUS_NONE
-        info = self.db.parts_by_number(parts[:top], site=site)
         matches = []
         for i, pn in enumerate(parts[:top]):
             p = info.get(pn, {})
@@ -494,8 +505,8 @@ class Identifier:
             threshold=cal.threshold, calibrated=not cal.info.get("uncalibrated", False),
             needs_scale_photo=look is not None and look["differ_by"] == "size", look_alike=look,
             needs_detail_photo=look is not None and look["differ_by"] == "detail", views=views, skipped=skipped,
-            bundle_id=self.bundle_id, catalogue_version=self.db.catalogue_version,
-            hub_time=self.db.get_meta("hub_time"), site=site, filters=filters, timings_ms={})
+            bundle_id=self.bundle_id, catalogue_version=version,
+            hub_time=hub_time, site=site, filters=filters, timings_ms={})
 
     @staticmethod
     def _look_alike(matches: list[PartMatch]) -> dict[str, Any] | None:

@@ -533,13 +533,13 @@ class VectorIndex:
         (or :meth:`persist_in_background`). Without it the index is saved before returning.
         """
         path = index_path(db.path, bundle_id, index_dir, engine_name(engine))
-        version = db.catalogue_version
-        stamp = IndexStamp(bundle_id, version)
-        with db.read():
+        with db.read():  # the version and its labels from one snapshot (a sync may commit meanwhile)
+            version = db.catalogue_version
             labels = np.fromiter((r[0] for r in db.db.conn.execute(
                 "SELECT label FROM embeddings WHERE bundle_id = ? ORDER BY label", (bundle_id,))), np.int64)
             dims = {r[0] for r in db.db.conn.execute(
                 "SELECT DISTINCT dim FROM embeddings WHERE bundle_id = ?", (bundle_id,))}
+        stamp = IndexStamp(bundle_id, version)
         if len(dims) > 1:
             raise InputError(f"{db.path}: embeddings of bundle {bundle_id} have mixed dimensions {sorted(dims)}")
         index: VectorIndex | None = None
@@ -590,9 +590,8 @@ class VectorIndex:
             index.path = path  # the caller persists; until then the file's stamp says what it holds
         elif changed or index.stamp != stamp or index.path != path:
             index.save(path, stamp)
-        if db.get_meta("index_stamp") != str(stamp):
-            with db.transaction():
-                db.set_meta("index_stamp", str(stamp))
+        if db.get_meta("index_stamp") != str(stamp):  # bookkeeping (the sidecar holds the stamp): never waited for
+            db.set_meta_if_free("index_stamp", str(stamp))
         index.stamp = stamp
         return index
 

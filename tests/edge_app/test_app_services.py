@@ -874,7 +874,10 @@ def test_a_failed_sync_is_shown_after_a_restart_until_any_sync_succeeds(device, 
         assert "not enrolled" in again.sync_status().last_error
         # another process (the nightly service) synced successfully: its success removes the record
         (device.data_dir / FAILURE_FILE).unlink()
-        (device.data_dir / "last_sync.json").write_text(json.dumps({"at": "2999-01-01T00:00:00+00:00"}))
+        import datetime as dt
+
+        just_now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")  # (not a future time: a
+        (device.data_dir / "last_sync.json").write_text(json.dumps({"at": just_now}))  # wrong clock's, that is)
         assert again.sync_status().last_error is None
         assert device.sync_status().last_error is None  # this app's own, older error is not shown either
     finally:

@@ -83,6 +83,23 @@ def test_catalogue_import_list_show(world, tmp_path, capsys, monkeypatch):
     assert rc == 0 and "Part 5 bolt" in out and "A-05" in out
     rc, _, err = _run(capsys, "catalogue", "show", "NOPE")
     assert rc == 3 and "NOPE" in err
+    # as the catalogue stores part numbers (NFC, no surrounding spaces), as `list --text` finds them; JSON names
+    # the hub time the stock dates from, as the text does (an audit, 23rd session)
+    rc, out, _ = _run(capsys, "catalogue", "show", "  P0005 ", "--json")
+    assert rc == 0 and json.loads(out)["part_number"] == "P0005" and "hub_time" in json.loads(out)
+
+
+def test_catalogue_show_takes_a_decomposed_part_number(tmp_path, capsys):
+    import unicodedata
+
+    (tmp_path / "parts.csv").write_text("part_number,name,stock_s1\n\u00c4B-1,\u00c4 ring,3\n", "utf-8")
+    db = tmp_path / "c.db"
+    assert main(["catalogue", "import", str(tmp_path / "parts.csv"), "--db", str(db)]) == 0
+    capsys.readouterr()
+    assert main(["catalogue", "show", unicodedata.normalize("NFD", "\u00c4B-1"), "--db", str(db)]) == 0
+    assert "\u00c4 ring" in capsys.readouterr().out
+    assert main(["catalogue", "list", "--text", "x" * 501, "--db", str(db)]) == 2
+    assert "at most 500" in capsys.readouterr().err
 
 
 def test_every_command_has_help(capsys):
