@@ -292,6 +292,7 @@ class SyncClient:
         self.keyring = keyring or Keyring.load(self.paths.keyring)
         self._own_transport = transport is None  # only a transport made here may fall back (see _plan)
         self._plan_via_fallback = False  # set when this sync's plan came over the plain-HTTP fallback
+        self._reported_stamp = self.device.get("settings_stamp")  # the settings stamp the last plan request said
         self._hub_revoked: Any = None  # the key revocations in this sync's signed settings
         self._signed_without_pins = False  # this sync's signed settings came from a hub that does not sign pins
         self.install_id = install_id(self.paths)
@@ -378,7 +379,9 @@ class SyncClient:
                 result.timings["uploads"] = time.perf_counter() - t
             if (result.to_version != result.from_version or result.bundle_after != result.bundle_before
                     or db.catalogue_epoch != epoch_before  # (a restored hub, same version: it must see the lineage)
-                    or self._previous_failure()):  # the hub heard of the last failure: it must hear this success
+                    or self._previous_failure()  # the hub heard of the last failure: it must hear this success
+                    # new signed settings taken (e.g. a certificate's next pin): `tls-rotate --activate` must hear it
+                    or self.device.get("settings_stamp") != self._reported_stamp):
                 result.checked_in = self._check_in(db)
         except PartlensError as exc:
             self._record_failure(exc)
@@ -685,7 +688,10 @@ class SyncClient:
 
         fallback = self.device.get("fallback_hub")
         failed = self._previous_failure()
-        extra = {"last_error": failed} if failed else {}  # (a transport from before the parameter still works)
+        extra: dict[str, Any] = {"last_error": failed} if failed else {}  # (a transport from before the
+        self._reported_stamp = self.device.get("settings_stamp")  # parameters still works)
+        if self._reported_stamp:
+            extra["settings_stamp"] = self._reported_stamp
         try:
             plan = self.transport.plan(version, bundle_id, epoch, **extra)
         except (TLSError, UnreachableError) as exc:
@@ -719,20 +725,25 @@ class SyncClient:
         ``hub devices`` shows it current; if the hub moved on during the sync, the next sync fetches the rest.
         A failure here does not undo the sync: it is logged and returned (``SyncResult.checked_in``)."""
         active = read_active(self.paths)
-        try:
-            bundle_id = active["bundle_id"] if active else None
-            plan = self.transport.plan(db.catalogue_version, bundle_id, db.catalogue_epoch)
-        except SyncError as exc:
-            log.warning("synced, but could not tell the hub so (%s); it will know at the next sync", exc)
-            return False
-        # the hub counts this request as a sync (`tls-rotate --activate` waits for every tablet to have synced
-        # since the rotation began): take its signed settings, or a rotation begun during this sync is recorded as
-        # learnt by a tablet that never saw the new pin, and activation locks it out (an audit)
-        try:
-            self._follow_settings(check_plan(plan))
-        except (PartlensError, OSError) as exc:
-            log.warning("synced, but the hub's settings in its last answer were not taken (%s); the next sync "
-                        "takes them", exc)
+        bundle_id = active["bundle_id"] if active else None
+        for _ in range(2):  # a second time only to report settings the first answer brought
+            try:
+                # with the stamp of the settings this tablet follows: the hub then knows it learnt a certificate's
+                # next pin (`tls-rotate --activate` asks), whatever the clocks say
+                stamp = self._reported_stamp = self.device.get("settings_stamp")
+                plan = self.transport.plan(db.catalogue_version, bundle_id, db.catalogue_epoch,
+                                           **({"settings_stamp": stamp} if stamp else {}))
+            except SyncError as exc:
+                log.warning("synced, but could not tell the hub so (%s); it will know at the next sync", exc)
+                return False
+            # take its signed settings too: a rotation begun during this sync is learnt by it (an audit)
+            try:
+                self._follow_settings(check_plan(plan))
+            except (PartlensError, OSError) as exc:
+                log.warning("synced, but the hub's settings in its last answer were not taken (%s); the next sync "
+                            "takes them", exc)
+            if self.device.get("settings_stamp") == stamp:
+                break
         if plan.get("package") or plan.get("bundle"):
             log.info("the hub moved on during this sync (now at version %s); the next sync fetches the rest",
                      plan.get("hub_version"))

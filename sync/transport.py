@@ -56,7 +56,7 @@ class Transport(Protocol):
     """
 
     def plan(self, version: int, bundle_id: str | None, epoch: int = 0,
-             last_error: str | None = None) -> dict[str, Any]: ...
+             last_error: str | None = None, settings_stamp: Sequence[int] | None = None) -> dict[str, Any]: ...
     def download(self, url: str, dest: Path, size: int) -> Path: ...
     def get_bytes(self, url: str, max_bytes: int) -> bytes: ...
     def post_upload(self, record: Mapping[str, Any]) -> dict[str, Any]: ...
@@ -269,12 +269,14 @@ class HttpTransport:
             return self._read_json(resp, path)
 
     def plan(self, version: int, bundle_id: str | None, epoch: int = 0,
-             last_error: str | None = None) -> dict[str, Any]:
+             last_error: str | None = None, settings_stamp: Sequence[int] | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"version": version, "bundle_id": bundle_id}
         if epoch:  # only after a hub restore; older hubs never see the parameter
             params["epoch"] = epoch
         if last_error:  # why the previous sync failed (`hub devices` shows it); older hubs ignore it
             params["last_error"] = last_error[:300]
+        if settings_stamp:  # the signed settings this tablet follows (`tls-rotate --activate` checks them)
+            params["settings"] = ".".join(str(int(x)) for x in settings_stamp)
         return self._json("GET", "/v1/sync", params=params)
 
     def whoami(self) -> dict[str, Any]:
@@ -530,9 +532,10 @@ class InMemoryTransport:
         return dev
 
     def plan(self, version: int, bundle_id: str | None, epoch: int = 0,
-             last_error: str | None = None) -> dict[str, Any]:
+             last_error: str | None = None, settings_stamp: Sequence[int] | None = None) -> dict[str, Any]:
         return self.packages.plan_for_device(self._device(), version, bundle_id, via="in-process", epoch=epoch,
-                                             last_error=last_error)
+                                             last_error=last_error,
+                                             settings_stamp=list(settings_stamp) if settings_stamp else None)
 
     def get_bytes(self, url: str, max_bytes: int) -> bytes:
         self._device()

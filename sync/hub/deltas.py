@@ -92,12 +92,15 @@ class PackageService:
         return info
 
     def plan_for_device(self, device: Mapping[str, Any], from_version: int, bundle_id: str | None, *,
-                        via: str | None = None, epoch: int = 0, last_error: str | None = None) -> dict[str, Any]:
+                        via: str | None = None, epoch: int = 0, last_error: str | None = None,
+                        settings_stamp: list[int] | None = None) -> dict[str, Any]:
         """:meth:`plan` for an authenticated device, recording what it holds and how it came (``via``: http,
-        https; ``hub devices`` shows it)."""
+        https; ``hub devices`` shows it) and the stamp of the signed settings it follows (tablets from before
+        the 23rd session do not say)."""
         try:
             self.hub.store.device_seen(device["name"], from_version, bundle_id, via=via, epoch=epoch,
-                                       last_error=_printable(last_error[:MAX_ERROR_CHARS]) if last_error else None)
+                                       last_error=_printable(last_error[:MAX_ERROR_CHARS]) if last_error else None,
+                                       settings_stamp=settings_stamp)
         except (OSError, sqlite3.Error) as exc:  # a full disk must not stop every tablet's catalogue updates
             if not is_disk_full(exc):
                 raise

@@ -101,9 +101,11 @@ def create_app(hub_dir: str | os.PathLike[str] | Hub) -> FastAPI:
                   bundle_id: str | None = Query(None, max_length=200),
                   epoch: int = Query(0, ge=0, le=MAX_VERSION),
                   last_error: str | None = Query(None, max_length=1000),
+                  settings: str | None = Query(None, max_length=40, pattern=r"^\d{1,15}\.\d{1,15}$"),
                   dev: dict = Depends(device)) -> dict[str, Any]:
         return packages.plan_for_device(dev, version, bundle_id, via=request.url.scheme, epoch=epoch,
-                                        last_error=last_error)
+                                        last_error=last_error,
+                                        settings_stamp=[int(x) for x in settings.split(".")] if settings else None)
 
     @app.get("/v1/packages/{name}", summary="a signed delta or snapshot of the device's site (Range)")
     def package_file(name: str, dev: dict = Depends(device)) -> FileResponse:

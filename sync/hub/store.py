@@ -120,7 +120,8 @@ class HubStore(Protocol):
     def device(self, name: str) -> dict[str, Any] | None: ...
     def list_devices(self) -> list[dict[str, Any]]: ...
     def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None, *,
-                    via: str | None = None, epoch: int = 0, last_error: str | None = None) -> None: ...
+                    via: str | None = None, epoch: int = 0, last_error: str | None = None,
+                    settings_stamp: Sequence[int] | None = None) -> None: ...
     def unfinished_uploads(self, name: str) -> list[str]: ...
     def bind_install(self, name: str, install_id: str) -> str: ...
     def revoke_device(self, name: str) -> bool: ...
@@ -318,6 +319,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (8, ["ALTER TABLE devices ADD COLUMN enrol_expires_at TEXT",
          "UPDATE devices SET enrol_expires_at = strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now', '+7 days') "
          "WHERE revoked = 0 AND install_id IS NULL AND last_sync_at IS NULL"]),
+    # 9: the [epoch, serial] of the signed settings a device says it follows: whether it knows a certificate's
+    # next pin, which its last sync TIME could not tell under a hub clock set wrong (an audit, 23rd session)
+    (9, ["ALTER TABLE devices ADD COLUMN last_settings_stamp TEXT"]),
 ]
 
 
@@ -626,7 +630,8 @@ class SqliteHubStore:
         """Every enrolled device (never the token hash), with what it last reported when it asked for a sync."""
         return self._rows("SELECT name, site, created_at, revoked, last_sync_at, last_catalogue_version, "
                           "last_bundle_id, last_via, last_catalogue_epoch, keep_free_mb, sync_window, last_error, "
-                          "install_conflict_at, enrol_expires_at, install_id IS NOT NULL AS install_bound "
+                          "install_conflict_at, enrol_expires_at, install_id IS NOT NULL AS install_bound, "
+                          "last_settings_stamp "
                           "FROM devices ORDER BY name")
 
     def bind_install(self, name: str, install_id: str) -> str:
@@ -650,15 +655,18 @@ class SqliteHubStore:
             return "other"
 
     def device_seen(self, name: str, catalogue_version: int, bundle_id: str | None, *,
-                    via: str | None = None, epoch: int = 0, last_error: str | None = None) -> None:
+                    via: str | None = None, epoch: int = 0, last_error: str | None = None,
+                    settings_stamp: Sequence[int] | None = None) -> None:
         """Record that ``name`` asked for a sync plan, holding this catalogue version (of lineage ``epoch``) and
-        bundle, over ``via``, and why its previous sync failed (``last_error``; None: it did not)."""
+        bundle, over ``via``, why its previous sync failed (``last_error``; None: it did not) and the stamp of
+        the signed settings it follows (``settings_stamp``, [epoch, serial]; None: it did not say)."""
         db = self._db()
+        stamp = json.dumps([int(x) for x in settings_stamp]) if settings_stamp else None
         with self._write_lock, self._tx(db):
             db.conn.execute("UPDATE devices SET last_sync_at=?, last_catalogue_version=?, last_bundle_id=?, "
-                            "last_via=?, last_catalogue_epoch=?, last_error=? WHERE name=?",
+                            "last_via=?, last_catalogue_epoch=?, last_error=?, last_settings_stamp=? WHERE name=?",
                             (_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
-                             int(catalogue_version), bundle_id, via, int(epoch), last_error, name))
+                             int(catalogue_version), bundle_id, via, int(epoch), last_error, stamp, name))
 
     def unfinished_uploads(self, name: str) -> list[str]:
         """UUIDs of device ``name``'s uploads whose photo has not arrived whole yet."""

@@ -21,7 +21,7 @@ import logging
 import os
 import ssl
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from edge_app.atomic import PRIVATE, atomic_write_bytes, atomic_write_json
@@ -203,6 +203,12 @@ def rotate_tls(hub: Any, hosts: Iterable[str] = (), *, days: int = VALID_DAYS, p
                     protect=protect or key_is_protected(tls_dir(hub.root) / KEY))
     info["started_at"] = started
     _count_pin_change(hub)
+    # the first settings stamp that lists the next pin: a tablet that reports holding it (or a later one) knows the
+    # pin, whatever the clocks say (last sync times against the start time let a tablet that synced under a hub
+    # clock set 3 h ahead count as having learnt it, and activation locked it out: an audit, 23rd session)
+    atomic_write_json(next_dir(hub.root) / "rotation.json",
+                      {"started_at": started, "settings_stamp": [hub.store.epoch(),
+                                                                  int(hub.store.get_meta("settings_serial", 0))]})
     log.warning("next hub certificate %s made; tablets learn it at their next sync, then run "
                 "`partlens hub tls-rotate --activate` (a running `hub serve` switches at once)", info["sha256"])
     return info
@@ -225,12 +231,13 @@ def activate_next(hub: Any, *, force: bool = False) -> dict[str, Any]:
     if not ((nd / CERT).is_file() and (nd / KEY).is_file()):
         raise UsageError("no next certificate waiting: run `partlens hub tls-rotate` first")
     try:
-        started = _dt.datetime.fromisoformat(json.loads((nd / "rotation.json").read_text())["started_at"])
+        rotation = json.loads((nd / "rotation.json").read_text())
+        started = _dt.datetime.fromisoformat(rotation["started_at"])
+        needed = rotation.get("settings_stamp")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{nd / 'rotation.json'} is missing or unreadable ({exc}); cannot tell which tablets "
                          "know the next certificate") from None
-    behind = sorted(d["name"] for d in fleet(hub) if not d["revoked"] and (
-        d["last_sync_at"] is None or _dt.datetime.fromisoformat(d["last_sync_at"]) < started))
+    behind = sorted(d["name"] for d in fleet(hub) if not d["revoked"] and not _knows_next_pin(d, started, needed))
     if behind and not force:
         raise UsageError(f"{len(behind)} tablet(s) have not synced since the rotation began and do not know the new "
                          f"certificate: {', '.join(behind)}. Let them sync, or pass --force (they must then be "
@@ -248,6 +255,18 @@ def activate_next(hub: Any, *, force: bool = False) -> dict[str, Any]:
                 new, old)
     hub.needs_backup(f"certificate {new[:12]} activated; tablets no longer trust the one before")
     return {"sha256": new, "previous_sha256": old, "not_synced_since_rotation": behind}
+
+
+def _knows_next_pin(device: Mapping[str, Any], started: _dt.datetime, needed: Any) -> bool:
+    """Whether ``device`` follows signed settings listing the next pin: by the settings stamp it reported (from
+    ``needed`` on), else (a tablet or rotation from before stamps were reported) by a sync after ``started``."""
+    reported = device.get("last_settings_stamp")
+    if reported and isinstance(needed, list):
+        try:
+            return [int(x) for x in json.loads(reported)] >= [int(x) for x in needed]
+        except (ValueError, TypeError):
+            pass
+    return device["last_sync_at"] is not None and _dt.datetime.fromisoformat(device["last_sync_at"]) >= started
 
 
 def enrolment_fields(hub_root: str | os.PathLike[str], url: str) -> dict[str, str]:

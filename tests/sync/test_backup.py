@@ -305,7 +305,7 @@ def test_a_backup_of_an_older_hub_schema_is_migrated_when_restored(world, tmp_pa
     for table, column in (("images", "thumb_sha256"), ("devices", "last_catalogue_epoch"),
                           ("devices", "keep_free_mb"), ("devices", "sync_window"), ("devices", "last_error"),
                           ("devices", "install_id"), ("devices", "install_conflict_at"),
-                          ("devices", "enrol_expires_at")):
+                          ("devices", "enrol_expires_at"), ("devices", "last_settings_stamp")):
         db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
     db.commit()

@@ -35,7 +35,7 @@ class _TamperedPlan:
         self.inner = InMemoryTransport(world.hub, world.payload["token"])
         self.tamper = tamper
 
-    def plan(self, version, bundle_id, epoch=0, last_error=None):
+    def plan(self, version, bundle_id, epoch=0, last_error=None, settings_stamp=None):
         return self.tamper(json.loads(json.dumps(self.inner.plan(version, bundle_id, epoch))))
 
     def __getattr__(self, name):

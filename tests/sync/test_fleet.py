@@ -74,7 +74,7 @@ def test_a_hub_database_from_before_the_fleet_columns_is_migrated(tmp_path) -> N
                                      "last_via": None, "last_catalogue_epoch": None, "keep_free_mb": None,
                                      "sync_window": None, "last_error": None, "install_conflict_at": None,
                                      "enrol_expires_at": store.list_devices()[0]["enrol_expires_at"],
-                                     "install_bound": 0}]
+                                     "install_bound": 0, "last_settings_stamp": None}]
     # a code enrolled before expiries and still unused expires a week after the update (not at once, not never)
     left = dt.datetime.fromisoformat(store.list_devices()[0]["enrol_expires_at"]) - dt.datetime.now(dt.timezone.utc)
     assert dt.timedelta(days=6.99) < left <= dt.timedelta(days=7)

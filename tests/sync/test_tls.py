@@ -267,7 +267,7 @@ def test_tablets_enrolled_over_http_switch_to_https_by_themselves(tmp_path):
     forged = InMemoryTransport(hub, world.payload["token"])
     real_plan = forged.plan
 
-    def forged_plan(version, bundle_id, epoch=0, last_error=None):
+    def forged_plan(version, bundle_id, epoch=0, last_error=None, settings_stamp=None):
         from edge_app.signing import sign_document
         from sync.transport import upgrade_offer_bytes
 
@@ -289,12 +289,12 @@ def test_tablets_enrolled_over_http_switch_to_https_by_themselves(tmp_path):
     hub.add_part({"part_number": "P8", "name": "part 8"}, images=[img0])
     catch_up = InMemoryTransport(hub, world.payload["token"])
     plan_of = catch_up.plan
-    catch_up.plan = lambda v, b, e=0: {k: x for k, x in plan_of(v, b, e).items() if k != "tls_upgrade"}
+    catch_up.plan = lambda v, b, e=0, **_: {k: x for k, x in plan_of(v, b, e).items() if k != "tls_upgrade"}
     SyncClient(world.device_dir, transport=catch_up,
                smoke_test=lambda b: None).sync()  # the tablet now holds a newer catalogue than the offer's
     replay = InMemoryTransport(hub, world.payload["token"])
     genuine_plan = replay.plan
-    replay.plan = lambda v, b, e=0: {**genuine_plan(v, b, e), "tls_upgrade": stale}
+    replay.plan = lambda v, b, e=0, **_: {**genuine_plan(v, b, e), "tls_upgrade": stale}
     SyncClient(world.device_dir, transport=replay, smoke_test=lambda b: None).sync()
     dev = json.loads((world.device_dir / "device.json").read_text())
     assert dev["hub"] == f"http://127.0.0.1:{old_port}" and "tls_sha256" not in dev
@@ -516,3 +516,35 @@ def test_a_rotation_begun_during_a_sync_is_learnt_by_that_sync(tmp_path):
         assert any("certificate" in c["what"] for c in hub.status()["changes_since_backup"])
     finally:
         server.stop()
+
+
+def test_activation_asks_the_tablets_settings_not_the_clock_whether_they_know_the_next_pin(tmp_path):
+    """An audit: a tablet that synced while the hub's clock ran 3 h ahead counted as having synced after a
+    rotation begun once the clock was put right; `--activate` went through without --force and locked it out.
+    Tablets now say which signed settings they follow, and activation checks that."""
+    from edge_app.cli import main
+    from sync.client import SyncClient, enrol
+    from sync.hub.enrol import add_device
+    from sync.hub.tls import activate_next, rotate_tls
+    from sync.transport import InMemoryTransport
+
+    world = build_world(tmp_path)
+    hub = world.hub
+    assert main(["hub", "tls-init", "--hub", str(hub.root)]) == 0
+    follower_dir = tmp_path / "follower"
+    payload = add_device(hub, "follower", "site_a", url="https://127.0.0.1:9")
+    enrol(follower_dir, payload)
+
+    def sync(device_dir, token):
+        return SyncClient(device_dir, transport=InMemoryTransport(hub, token), smoke_test=lambda b: None).sync()
+
+    sync(world.device_dir, world.payload["token"])
+    sync(follower_dir, payload["token"])
+    conn = hub.store._db().conn
+    conn.execute("UPDATE devices SET last_sync_at='2099-01-01T00:00:00+00:00' WHERE name='tab1'")  # clock ahead
+    rotate_tls(hub)
+    sync(follower_dir, payload["token"])  # only the follower syncs during the rotation
+    with pytest.raises(UsageError, match=r"1 tablet\(s\) have not synced since the rotation began .*: tab1\."):
+        activate_next(hub)
+    sync(world.device_dir, world.payload["token"])
+    assert activate_next(hub)["not_synced_since_rotation"] == []
