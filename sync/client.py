@@ -868,8 +868,9 @@ class SyncClient:
         hub_epoch = int(plan.get("epoch") or 0)
         if hub_epoch < epoch:
             raise SyncError(f"the hub's catalogue lineage ({hub_epoch}) is older than this device's ({epoch}): it was "
-                            "restored from an older backup than one this device already synced with; refusing to "
-                            "go back (the hub admin must restore the newer backup)")
+                            "restored from an older backup than one this device already synced with, or restored "
+                            "twice under a wrong clock; refusing to go back (the hub admin restores the newer "
+                            f"backup, or runs `partlens hub new-lineage --above {epoch}`)")
         if hub_epoch == epoch:
             self._take_tls_upgrade(plan.get("tls_upgrade"), version)
             if plan["hub_version"] < version:

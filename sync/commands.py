@@ -31,6 +31,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _natural_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _out(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
@@ -234,10 +244,17 @@ def _tls_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_lineage(args: argparse.Namespace) -> int:
+    from .hub.backup import new_lineage
+
+    _out(new_lineage(_open_hub(args), args.above))
+    return 0
+
+
 def _restore(args: argparse.Namespace) -> int:
     from .hub.backup import restore_hub
 
-    _out(restore_hub(args.backup, _hub_dir(args), key_path=args.key))
+    _out(restore_hub(args.backup, _hub_dir(args), key_path=args.key, above_lineage=args.above_lineage))
     return 0
 
 
@@ -554,6 +571,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             "tokens, get a full snapshot and send again what they uploaded since the backup, at their next sync")
     p.add_argument("backup", help="a folder made by `partlens hub backup`")
     p.add_argument("--key", help="the package-signing key file, if not where hub.json says (backups do not hold it)")
+    p.add_argument("--above-lineage", type=_natural_int, default=0, metavar="EPOCH",
+                   help="start the restored catalogue lineage above this one (tablets name theirs when they refuse "
+                        "the hub's as older)")
+    p = cmd("new-lineage", _new_lineage, "start a newer catalogue lineage on this hub (after tablets refused its "
+            "catalogue as older than theirs: a hub restored twice under a wrong clock); tablets get a full snapshot")
+    p.add_argument("--above", type=_natural_int, required=True, metavar="EPOCH",
+                   help="the lineage the tablets named (hub devices: last_catalogue_epoch)")
     p = cmd("tls-rotate", _tls_rotate, "replace the hub certificate without re-enrolling tablets: first make the "
             "next one (tablets learn its pin at their next sync), then --activate it (a running `hub serve` "
             "switches at once)")

@@ -126,13 +126,15 @@ def _check_images(src: Path, images: list[tuple[str, str | None]]) -> None:
 
 
 def restore_hub(backup_dir: str | os.PathLike[str], target: str | os.PathLike[str], *,
-                key_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                key_path: str | os.PathLike[str] | None = None, above_lineage: int = 0) -> dict[str, Any]:
     """Make the hub folder ``target`` (new, or an empty folder) from the backup ``backup_dir``.
 
     Checked before anything is written: ``backup.json`` (a complete backup), SQLite's integrity check, and the
     package-signing key (``key_path``, else the one ``hub.json`` names) matching the hub's key id. The copy is
     made beside ``target`` and renamed into place, so an interrupted restore leaves no half hub. The restored
-    database starts a new catalogue lineage (see the module docstring)."""
+    database starts a new catalogue lineage (see the module docstring), above ``above_lineage`` and above those
+    earlier restores of this backup started (noted in the backup folder: a second restore under a clock set
+    back got an OLDER lineage than the first, and every tablet that had followed the first refused the hub)."""
     src, dst = Path(backup_dir), Path(target)
     info = _read_object(src / "backup.json", f"{src}: not a complete hub backup (backup.json missing or unreadable")
     if not (src / "hub.db").is_file() or not (src / "hub.json").is_file():
@@ -180,7 +182,8 @@ def restore_hub(backup_dir: str | os.PathLike[str], target: str | os.PathLike[st
         finally:
             restored.close()
         remade = _repair_thumbs(work)
-        epoch = _start_lineage(work / "hub.db", str(info.get("taken_at") or ""))
+        epoch = _start_lineage(work / "hub.db", str(info.get("taken_at") or ""),
+                               max([int(above_lineage), *_restored_lineages(src)]))
         if key_path is not None:
             config["key_path"] = str(key_file.resolve())
             atomic_write_json(work / "hub.json", config)
@@ -196,6 +199,7 @@ def restore_hub(backup_dir: str | os.PathLike[str], target: str | os.PathLike[st
         dst.rmdir()
     os.replace(work, dst)
     fsync_dir(dst.parent)
+    _note_restore(src, epoch)
     out = {"hub": str(dst), "from_backup": str(src), "backup_taken_at": info.get("taken_at"),
            "catalogue_version": info.get("catalogue_version"), "catalogue_epoch": epoch,
            "signing_key": str(key_file), "thumbnails_remade": remade}
@@ -251,19 +255,62 @@ def _repair_thumbs(work: Path) -> int:
     return len(fixes)
 
 
-def _start_lineage(db_path: Path, taken_at: str) -> int:
-    """Give the restored database a new catalogue lineage (newer than any it had: also after restoring the
-    same backup twice) and record which backup it came from; returns the new epoch."""
+def _start_lineage(db_path: Path, taken_at: str | None, above: int = 0) -> int:
+    """Give the database a new catalogue lineage, newer than any it had and than ``above``, and record which
+    backup it came from (``taken_at``; None: a lineage started on a live hub); returns the new epoch. The hub
+    clock's seconds make lineages of different restores differ; ``above`` is what keeps them ordered when that
+    clock was wrong."""
     conn = sqlite3.connect(str(db_path), isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")
         row = conn.execute("SELECT value FROM meta WHERE key='catalogue_epoch'").fetchone()
-        epoch = max(int(json.loads(row[0])) + 1 if row else 1, int(time.time()))
+        epoch = max(int(json.loads(row[0])) + 1 if row else 1, int(time.time()), int(above) + 1)
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        for key, value in (("catalogue_epoch", epoch), ("restored_backup_taken_at", taken_at),
-                           ("restored_at", now)):
+        values = [("catalogue_epoch", epoch), ("restored_at" if taken_at is not None else "lineage_started_at", now)]
+        if taken_at is not None:
+            values.append(("restored_backup_taken_at", taken_at))
+        for key, value in values:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
         conn.execute("COMMIT")
     finally:
         conn.close()
     return epoch
+
+
+#: in a backup folder: the lineages restores of it started (a second restore starts a newer one, whatever the clock)
+RESTORES_FILE = "restores.json"
+
+
+def _restored_lineages(src: Path) -> list[int]:
+    try:
+        doc = json.loads((src / RESTORES_FILE).read_text())
+        return [int(e) for e in doc.get("epochs", [])]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log.warning("%s is unreadable (%s); lineages of earlier restores of this backup unknown", src / RESTORES_FILE,
+                    exc)
+        return []
+
+
+def _note_restore(src: Path, epoch: int) -> None:
+    """Remember in the backup folder the lineage a restore of it started; a read-only backup is told about."""
+    try:
+        atomic_write_json(src / RESTORES_FILE, {"epochs": sorted({*_restored_lineages(src), epoch})})
+    except OSError as exc:
+        log.warning("could not note lineage %d in the backup folder (%s): if this backup is restored again, pass "
+                    "--above-lineage %d", epoch, exc, epoch)
+
+
+def new_lineage(hub: Hub, above: int) -> dict[str, Any]:
+    """Start a catalogue lineage above ``above`` on a live hub: tablets on a lineage this hub no longer knows (a
+    hub restored twice, the first time under a clock set ahead) refuse its catalogue as older than theirs; after
+    this every tablet gets a full snapshot at its next sync and follows it again."""
+    before = hub.store.epoch()
+    if above < before:
+        raise UsageError(f"the hub's lineage is {before} already, above {above}; nothing to do")
+    epoch = _start_lineage(hub.root / "hub.db", None, above)
+    hub.needs_backup(f"catalogue lineage {epoch} started")
+    log.warning("hub catalogue lineage is now %d (was %d): every tablet gets a full snapshot at its next sync",
+                epoch, before)
+    return {"catalogue_epoch": epoch, "previous_epoch": before}

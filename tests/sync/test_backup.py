@@ -426,3 +426,51 @@ def test_uploaded_records_are_forgotten_after_90_days_but_the_latest_2000_stay(t
         assert ob.forget_uploaded(keep_last=2) == 2
     finally:
         ob.close()
+
+
+def test_a_backup_restored_twice_under_a_clock_set_back_starts_a_newer_lineage(world, tmp_path, monkeypatch):
+    """The lineage came from the hub clock's seconds: restored once with the clock a day ahead, then again with it
+    right, the second lineage was OLDER than the first and every tablet that had followed the first refused the
+    hub for good (an audit, 23rd session). Restores are noted in the backup folder; `hub new-lineage` mends a
+    hub whose tablets name a lineage it does not know."""
+    import time as _time
+
+    from edge_app.cli import main
+    from edge_app.errors import SyncError
+    from sync.client import SyncClient
+    from sync.hub import backup as backup_mod
+    from sync.hub.hub import Hub
+    from sync.transport import InMemoryTransport
+
+    def tablet(hub):
+        return SyncClient(world.device_dir, transport=InMemoryTransport(hub, world.payload["token"]),
+                          smoke_test=lambda b: None)
+
+    client(world).sync()
+    backup = tmp_path / "backup"
+    assert main(["hub", "backup", "--hub", str(world.hub.root), str(backup)]) == 0
+    real = _time.time
+    monkeypatch.setattr(backup_mod.time, "time", lambda: real() + 86400)  # a day ahead
+    assert main(["hub", "restore", str(backup), "--hub", str(tmp_path / "first")]) == 0
+    monkeypatch.setattr(backup_mod.time, "time", real)
+    first = Hub(tmp_path / "first", embedder_factory=world.hub.embedder_factory)
+    tablet(first).sync()
+    e1 = first.store.epoch()
+    assert main(["hub", "restore", str(backup), "--hub", str(tmp_path / "second")]) == 0
+    second = Hub(tmp_path / "second", embedder_factory=world.hub.embedder_factory)
+    assert second.store.epoch() > e1
+    assert tablet(second).sync().package.startswith("snapshot-e")
+    # a backup folder it could not note the restore in (read-only) and no --above-lineage: the tablet says what
+    # to do, and `hub new-lineage` does it
+    (backup / backup_mod.RESTORES_FILE).unlink()
+    monkeypatch.setattr(backup_mod.time, "time", lambda: real() - 86400)
+    assert main(["hub", "restore", str(backup), "--hub", str(tmp_path / "third")]) == 0
+    monkeypatch.setattr(backup_mod.time, "time", real)
+    third = Hub(tmp_path / "third", embedder_factory=world.hub.embedder_factory)
+    mine = second.store.epoch()
+    with pytest.raises(SyncError, match=rf"partlens hub new-lineage --above {mine}"):
+        tablet(third).sync()
+    assert main(["hub", "new-lineage", "--hub", str(third.root), "--above", str(mine)]) == 0
+    assert third.store.epoch() > mine
+    assert tablet(third).sync().package.startswith("snapshot-e")
+    assert main(["hub", "new-lineage", "--hub", str(third.root), "--above", "1"]) == 2  # already above
