@@ -759,10 +759,13 @@ class DeviceServices:
 
     def _feedback(self, part_number: str, verdict: str, captures: Sequence[Capture],
                   outcome: IdentifyOutcome | None) -> dict[str, Any]:
-        return {"part_number": part_number, "verdict": verdict, "capture_ids": [c.capture_id for c in captures],
-                "candidates": [m.part_number for m in outcome.matches] if outcome else [],
-                "bundle_id": outcome.bundle_id if outcome else self.catalogue.get_meta("bundle_id"),
-                "site": self.site}
+        out = {"part_number": part_number, "verdict": verdict, "capture_ids": [c.capture_id for c in captures],
+               "candidates": [m.part_number for m in outcome.matches] if outcome else [],
+               "bundle_id": outcome.bundle_id if outcome else self.catalogue.get_meta("bundle_id"),
+               "site": self.site}
+        if outcome is not None and outcome.identification_id:  # the hub joins the answer to ITS identification
+            out["identification_id"] = outcome.identification_id
+        return out
 
     def answer_spot_check(self, outcome: IdentifyOutcome, part_number: str | None, *, skipped: bool = False,
                           captures: Sequence[Capture] = (), confirmed: bool = False) -> str:

@@ -330,9 +330,26 @@ def _review_list(args: argparse.Namespace) -> int:
 
 
 def _review_approve(args: argparse.Namespace) -> int:
-    from .hub.review import approve_photo
+    from .hub.review import approve_photo, approve_photos
 
-    _out(approve_photo(_open_hub(args), args.uuid, args.part))
+    uuids = list(args.uuid)
+    if args.from_file:
+        try:
+            text = sys.stdin.read() if args.from_file == "-" else Path(args.from_file).read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--from-file {args.from_file}: cannot be read ({exc})") from None
+        uuids += [line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not uuids:
+        raise UsageError("name the uploads to approve: UUID ... or --from-file FILE (one UUID a line, - for stdin)")
+    if len(uuids) == 1 and not args.from_file:
+        _out(approve_photo(_open_hub(args), uuids[0], args.part))
+        return 0
+    result = approve_photos(_open_hub(args), uuids, args.part)
+    _out(result)
+    if result["refused"]:
+        print(f"{len(result['approved'])} approved, {len(result['refused'])} refused (see 'refused')",
+              file=sys.stderr)
+        return 3
     return 0
 
 
@@ -622,9 +639,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="list at most this many (default 100; stderr names the next page's --after)")
     p.add_argument("--after", type=int, metavar="SEQ", help="start after this upload seq (the next page)")
     p.add_argument("--all", action="store_true", help="list everything (months of usage events are millions)")
-    p = rcmd("approve", _review_approve, "approve an uploaded photo into the catalogue")
-    p.add_argument("uuid")
-    p.add_argument("--part", help="part number (default: the one the device named)")
+    p = rcmd("approve", _review_approve, "approve uploaded photos into the catalogue (many at once: one catalogue "
+             "version per 200; exit 3 when some were refused, each listed with its reason)")
+    p.add_argument("uuid", nargs="*", help="upload UUIDs (`hub review list`)")
+    p.add_argument("--from-file", metavar="FILE", help="more UUIDs, one a line (first word; # comments), - for stdin")
+    p.add_argument("--part", help="part number (default: the one the device named; needed for a 'not this one' "
+                                  "confirmation)")
     p = rcmd("reject", _review_reject, "reject an upload")
     p.add_argument("uuid")
     p.add_argument("--note")

@@ -30,7 +30,7 @@ from edge_app import spotcheck
 from edge_app.errors import InputError, UsageError
 
 from .hub import EMBED_BATCH, Hub
-from .review import captures_in_catalogue, list_uploads
+from .review import captures_in_catalogue, catalogue_digests, list_uploads
 from .uploads import blob_path
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def labelled_field_photos(hub: Hub, *, spot_checks_only: bool = False) -> tuple[
     """The confirmed field photos to score -> (photos ``{uuid, part_number, path, spot_check}``, what was left out)."""
     live = {r["part_number"] for r in hub.store.live_images()}
     in_catalogue = captures_in_catalogue(hub)
+    digests = catalogue_digests(hub)
     skipped = {"not_a_random_sample": 0, "still_uploading": 0, "part_not_in_catalogue": 0,
                "in_catalogue_or_duplicate": 0}
     photos, seen = [], set()
@@ -55,7 +56,7 @@ def labelled_field_photos(hub: Hub, *, spot_checks_only: bool = False) -> tuple[
             skipped["still_uploading"] += 1
         elif pn not in live:
             skipped["part_not_in_catalogue"] += 1
-        elif first in in_catalogue or first in seen:
+        elif first in in_catalogue or first in seen or row["blob_sha256"] in digests:
             skipped["in_catalogue_or_duplicate"] += 1
         else:
             seen.add(first)

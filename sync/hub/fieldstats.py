@@ -51,6 +51,17 @@ def _first_capture(payload: Mapping[str, Any]) -> str | None:
     return str(ids[0]) if ids else None
 
 
+def _answer_key(feedback: Mapping[str, Any]) -> str | None:
+    """Which identification a confirmation answers: its ``identification_id`` (tablets since the 23rd session),
+    else its first photo (an older tablet's: the last identification of that photo; a second view that made an
+    answer accepted was credited to the first, unaccepted one, an audit)."""
+    ident = feedback.get("identification_id")
+    if isinstance(ident, str) and ident:
+        return f"id:{ident}"
+    c = _first_capture(feedback)
+    return f"capture:{c}" if c else None
+
+
 def _str_list(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
@@ -92,7 +103,7 @@ class _Usage:
     ms: array = field(default_factory=lambda: array("d"))
     #: identifications a spot check was asked for
     asked: set[str] = field(default_factory=set)
-    #: first capture -> (status, top part) of the identifications a confirmation answers (the last one wins)
+    #: answer key (:func:`_answer_key`) -> (status, top part) of the identifications confirmations answer
     by_capture: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     def add(self, u: Mapping[str, Any], wanted: set[str] | None = None) -> None:
@@ -104,9 +115,12 @@ class _Usage:
             self.ms.append(float(u["ms"]))
         if u.get("spot_check") is True:
             self.asked.add(_ident_key(u))
-        if wanted and (c := _first_capture(u)) in wanted:
-            top = u.get("top") or []
-            self.by_capture[c] = (u.get("status"), top[0] if top else None)
+        if wanted:
+            ident, c = u.get("identification_id"), _first_capture(u)
+            for key in (f"id:{ident}" if isinstance(ident, str) and ident else None, f"capture:{c}" if c else None):
+                if key in wanted:
+                    top = u.get("top") or []
+                    self.by_capture[key] = (u.get("status"), top[0] if top else None)
 
 
 def _spot_check_stats(asked_keys: set[str], spots: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -154,7 +168,7 @@ def _bundle_stats(usage: _Usage, confirmed: list[Mapping[str, Any]],
     out["confirmed_top5"] = _rate(sum(pn in t[:5] for t, pn in zip(top, truth)), len(ranked))
     # the identification each confirmation answers (same first capture): was its answer accepted, and right?
     accepted = [(f, usage.by_capture[c]) for f in confirmed
-                if (c := _first_capture(f)) in usage.by_capture and usage.by_capture[c][0] == "match"]
+                if (c := _answer_key(f)) in usage.by_capture and usage.by_capture[c][0] == "match"]
     out["confirmed_accepted"] = len(accepted)
     out["precision_when_accepted"] = _rate(
         sum(top1 is not None and top1 == f.get("part_number") for f, (_, top1) in accepted), len(accepted))
@@ -280,7 +294,7 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
     # streamed once, keeping sums and what the confirmations need to be joined to their identification
     feedback = list(payloads("feedback"))
     unknown = sum(1 for _ in payloads("unknown_part"))
-    wanted = {c for f in feedback if f.get("verdict") == "correct" and (c := _first_capture(f))}
+    wanted = {c for f in feedback if f.get("verdict") == "correct" and (c := _answer_key(f))}
     usage: dict[str, _Usage] = {}
     by_week: dict[str, dict[str, _Usage]] = {}
     spots: list[Mapping[str, Any]] = []

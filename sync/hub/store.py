@@ -110,6 +110,7 @@ class HubStore(Protocol):
     def live_images(self) -> list[dict[str, Any]]: ...
     def image_files(self) -> set[str]: ...
     def part_embeddings(self, bundle_id: str) -> dict[str, np.ndarray]: ...
+    def image_embeddings(self, bundle_id: str) -> tuple[list[str], list[str], np.ndarray]: ...
     def look_alike_groups(self) -> dict[str, str | None]: ...
     def bundle(self, bundle_id: str) -> dict[str, Any] | None: ...
     def add_device(self, name: str, site: str, token_hash: str, *, expires_at: str | None = None,
@@ -517,6 +518,18 @@ class SqliteHubStore:
         for pn, dim, blob in rows:
             out.setdefault(pn, []).append(np.frombuffer(blob, dtype=np.float16).astype(np.float32).reshape(int(dim)))
         return {pn: np.stack(v) for pn, v in out.items()}
+
+    def image_embeddings(self, bundle_id: str) -> tuple[list[str], list[str], np.ndarray]:
+        """(image ids, their part numbers, their embeddings (N, D) float32) of every live image under ``bundle_id``."""
+        rows = self._db().conn.execute(
+            "SELECT i.image_id, i.part_number, e.dim, e.vector FROM embeddings e JOIN images i ON "
+            "i.image_id=e.image_id JOIN parts p ON p.part_number=i.part_number "
+            "WHERE i.deleted=0 AND p.deleted=0 AND e.bundle_id=? ORDER BY i.image_id", (bundle_id,)).fetchall()
+        if not rows:
+            return [], [], np.zeros((0, 0), np.float32)
+        vecs = np.stack([np.frombuffer(blob, dtype=np.float16).astype(np.float32).reshape(int(dim))
+                         for _, _, dim, blob in rows])
+        return [r[0] for r in rows], [r[1] for r in rows], vecs
 
     def look_alike_groups(self) -> dict[str, str | None]:
         """Each live part's ``look_alike_group`` (None when it has none)."""

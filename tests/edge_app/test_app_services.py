@@ -216,13 +216,14 @@ def test_records_about_a_part_not_in_the_catalogue_are_refused(device, tmp_path)
 
 def test_feedback_photos_and_unknown_part_go_to_the_real_outbox(device, tmp_path) -> None:
     caps = [device.captures.add_file(photo(tmp_path / f"v{i}.jpg", colour=(i * 50, 0, 0))) for i in range(2)]
-    out = IdentifyOutcome([m("BRG-1", 0.9)], True, bundle_id="bnd-1")
+    out = IdentifyOutcome([m("BRG-1", 0.9)], True, bundle_id="bnd-1", identification_id="ident-1")
     device.send_feedback("BRG-1", "correct", caps, out)
     device.add_photos("BRG-1", caps[:1])
     uid = device.record_unknown(caps, "spreader twistlock", out)
     rows = device.outbox.pending()
     assert [r["kind"] for r in rows] == ["feedback", "photo", "unknown_part", "photo"]
     assert rows[0]["payload"]["verdict"] == "correct" and rows[0]["payload"]["bundle_id"] == "bnd-1"
+    assert rows[0]["payload"]["identification_id"] == "ident-1"  # the hub joins it to that identification
     assert all(Path(r["blob_path"]).is_file() for r in rows)
     assert rows[3]["payload"]["unknown_part"] == uid and device.pending_uploads() == 4
     with pytest.raises(UsageError):

@@ -171,6 +171,28 @@ def test_receipt_times_never_go_backwards_when_the_hub_clock_falls_back(world, m
     assert dt.datetime.fromisoformat(first) > dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 
+def test_a_confirmation_joins_the_identification_it_answers_not_a_later_one_of_the_same_photo(world) -> None:
+    """An engineer identified a photo (not accepted), added a second view (accepted), then confirmed the first
+    answer: joined by first photo, the confirmation counted as an accepted one (an audit, 23rd session). Tablets
+    send the identification's id with a confirmation now; older ones are joined by photo as before."""
+    from sync.hub.fieldstats import field_stats
+
+    active = world.hub.bundle_id
+    first = ("usage", dict(_usage(active, "no_confident_match", ["P1"], "c1", 10.0)[1], identification_id="i1"),
+             None)
+    second = ("usage", dict(_usage(active, "match", ["P1"], "c1", 12.0, views=2)[1], identification_id="i2",
+                            capture_ids=["c1", "c2"]), None)
+    answer = ("feedback", dict(_confirm(active, "P1", ["P1"], "c1")[1], identification_id="i1"),
+              part_image(1, noise=10))
+    upload_items(world, [first, second, answer])
+    (b,) = field_stats(world.hub)["bundles"]
+    assert (b["confirmed"], b["confirmed_accepted"]) == (1, 0)
+    upload_items(world, [("feedback", dict(_confirm(active, "P1", ["P1"], "c1")[1], identification_id="i2"),
+                          part_image(1, noise=11))])
+    (b,) = field_stats(world.hub)["bundles"]
+    assert (b["confirmed"], b["confirmed_accepted"], b["precision_when_accepted"]) == (2, 1, 1.0)
+
+
 def test_a_confirmation_joins_the_identification_of_its_own_bundle(world) -> None:
     """A statistics audit: the same photo identified again after a bundle change made the earlier confirmation join
     the later bundle's identification (its accepted share and precision moved to the wrong bundle)."""
