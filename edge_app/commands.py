@@ -159,7 +159,7 @@ def _cat_list(args: argparse.Namespace) -> int:
         if args.in_stock and site is None:
             raise UsageError("--in-stock needs --site (or a site set in the catalogue)")
         rows = db.search_parts(text=args.text, category=args.category, in_stock=True if args.in_stock else None,
-                               site=site, limit=args.limit)
+                               site=site, limit=args.limit, offset=args.offset)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -253,6 +253,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--in-stock", action="store_true", help="only parts in stock at the site")
     ls.add_argument("--site", help="site for --in-stock (default: the catalogue's site)")
     ls.add_argument("--limit", type=int, default=None, help="at most this many parts")
+    ls.add_argument("--offset", type=int, default=0, help="skip this many parts first (the next page: --offset "
+                                                          "LIMIT, 2*LIMIT, ...)")
     db_arg(ls)
     ls.set_defaults(func=_cat_list)
 

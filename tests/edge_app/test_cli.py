@@ -79,6 +79,10 @@ def test_catalogue_import_list_show(world, tmp_path, capsys, monkeypatch):
     assert rc == 0 and rows and all(r["category"] == "gear" and int(r["part_number"][1:]) % 3 for r in rows)
     rc, out, _ = _run(capsys, "catalogue", "list", "--text", "number 7")
     assert "P0007" in out and "P0017" not in out
+    rc, out, _ = _run(capsys, "catalogue", "list", "--limit", "5", "--offset", "5", "--json")  # the second page
+    assert rc == 0 and [r["part_number"] for r in json.loads(out)] == [f"P{i:04d}" for i in range(5, 10)]
+    rc, _, err = _run(capsys, "catalogue", "list", "--offset", "-1")
+    assert rc == 2 and "offset" in err
     rc, out, _ = _run(capsys, "catalogue", "show", "P0005")
     assert rc == 0 and "Part 5 bolt" in out and "A-05" in out
     rc, _, err = _run(capsys, "catalogue", "show", "NOPE")
