@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 300
 
 
+#: plans made again, at most, while a bundle change races them (see :meth:`PackageService.plan`)
+PLAN_ATTEMPTS = 3
+
+
 def _printable(text: str) -> str:
     """A tablet's words as an admin's terminal may show them: control characters (escape sequences, newlines)
     become '?'."""
@@ -136,7 +140,22 @@ class PackageService:
     def plan(self, site: str, from_version: int, bundle_id: str | None, *, epoch: int = 0) -> dict[str, Any]:
         """What a device of ``site`` at (``from_version``, ``bundle_id``) of catalogue lineage ``epoch`` must
         fetch. A device of an older lineage (the hub was restored from a backup since) gets a full snapshot
-        and the time from which to send its uploads again (the restored hub lost what came after the backup)."""
+        and the time from which to send its uploads again (the restored hub lost what came after the backup).
+
+        The plan and its package agree on the model: a `set-bundle` committed between reading the active bundle
+        and building the package gave a plan for the old model with a package of the new model's vectors, which
+        the tablet refused as an integrity error (an audit); such a plan is made again."""
+        for _ in range(PLAN_ATTEMPTS):
+            plan = self._plan(site, from_version, bundle_id, epoch=epoch)
+            pkg = plan.get("package")
+            made_for = pkg["signature"]["descriptor"].get("bundle_id") if pkg else None
+            if made_for is None or made_for == plan["bundle_id"]:
+                return plan
+            log.info("the active bundle changed while planning for site %s (%s -> %s): planning again", site,
+                     plan["bundle_id"], made_for)
+        raise SyncError("the hub's model bundle is changing right now; sync again in a minute")
+
+    def _plan(self, site: str, from_version: int, bundle_id: str | None, *, epoch: int = 0) -> dict[str, Any]:
         hub_version = self.hub.store.version()
         hub_bundle = self.hub.bundle_id
         hub_epoch = self.hub.store.epoch()

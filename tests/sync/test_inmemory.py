@@ -233,3 +233,34 @@ def test_downloads_the_hub_moved_past_are_swept_after_a_sync(world):
     (left / "model.tflite").write_bytes(b"m" * 5000)
     c.sync()
     assert not left.exists() and sorted(p.name for p in (world.device_dir / "bundles").iterdir()) == active
+
+
+@pytest.mark.parametrize("case", ["delta", "new"])
+def test_a_bundle_change_committed_while_planning_gives_a_plan_for_the_new_model(world, tmp_path, case):
+    """An audit (hub admin while tablets sync): `set-bundle` committed between the hub reading the active bundle
+    and building the package; the plan named the old model, the package carried the new model's vectors, and the
+    tablet refused the sync as an integrity error. The hub plans again now."""
+    from .helpers import make_bundle
+
+    c = client(world)
+    if case == "delta":
+        c.sync()
+        world.hub.add_part({"part_number": "P9", "name": "new"}, inventory={"site_a": (5, "Z")},
+                           images=write_images(tmp_path / "src9", [9]))
+    v2 = make_bundle(tmp_path / "export2", world.export_key, 2)
+    store = world.hub.store
+    real = store.snapshot
+    fired: list[int] = []
+
+    def snapshot(site, from_version):
+        if not fired:  # the admin's set-bundle commits just now (another process, in life)
+            fired.append(world.hub.set_bundle(v2)["catalogue_version"])
+        return real(site, from_version)
+
+    store.snapshot = snapshot
+    try:
+        r = c.sync()
+    finally:
+        store.snapshot = real
+    assert fired and r.bundle_after == world.hub.bundle_id != r.bundle_before
+    assert r.to_version == world.hub.store.version()
