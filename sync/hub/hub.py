@@ -546,14 +546,18 @@ class Hub:
                 ch.put_embeddings([r["image_id"] for r in image_rows], vecs, emb.bundle_id)
             version = ch.version
         changed = sorted({r["part_number"] for r in image_rows})
-        found = self.look_alikes(changed) if changed else []
+        stats: dict[str, int] = {}
+        found = self.look_alikes(changed, stats) if changed else []
         _log_look_alikes(found)
         if others:  # an import adds and updates, never deletes: a renamed part stays live under its old number
             log.warning("%d part(s) of the catalogue are not in %s and stay live (e.g. %s); remove them with "
                         "`partlens hub delete-parts`", len(others), parts_csv, ", ".join(others[:5]))
         return {"version": version, "parts": listed_parts, "inventory": len(inventory), "images": listed_images,
                 "parts_changed": len(parts), "images_changed": len(image_rows),
-                "look_alikes": found, "parts_not_in_file": len(others)}
+                # the most similar pairs (a catalogue the model sees as all alike printed 130 MB, an audit); the
+                # whole list: `partlens hub look-alikes`
+                "look_alikes": found[:LOOK_ALIKE_REPORT], "look_alike_pairs": stats.get("pairs", 0),
+                "parts_not_in_file": len(others)}
 
     def known_sites(self) -> set[str]:
         """The sites the hub knows: those with stock rows and those tablets are enrolled for."""
@@ -668,15 +672,18 @@ class Hub:
         return {"bundle_id": bundle.bundle_id, "version": bundle.version, "catalogue_version": version,
                 "embedded": len(rows)}
 
-    def look_alikes(self, parts: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def look_alikes(self, parts: Sequence[str] | None = None,
+                    stats: dict[str, int] | None = None) -> list[dict[str, Any]]:
         """Parts the active model embeds about as close as photos of one part (``sync.hub.lookalike``),
-        for ``parts`` (default all), most similar first; empty before any bundle is set."""
+        for ``parts`` (default all), most similar first, each part's few most similar (``stats["pairs"]``: how
+        many pairs in all); empty before any bundle is set."""
         from .lookalike import find_look_alikes
 
         bid = self.bundle_id
         if bid is None:
             return []
-        found = find_look_alikes(self.store.part_embeddings(bid), parts=parts, groups=self.store.look_alike_groups())
+        found = find_look_alikes(self.store.part_embeddings(bid), parts=parts, groups=self.store.look_alike_groups(),
+                                 stats=stats)
         return [dict(la.to_dict(), message=la.message()) for la in found]
 
     def status(self) -> dict[str, Any]:
@@ -707,6 +714,8 @@ LAST_BACKUP_AT = "last_backup_at"
 
 #: ``import`` logs this many unexpected look-alike pairs one by one, then one summary line.
 LOOK_ALIKE_LOG_LINES = 5
+#: ``import`` returns (and prints) this many look-alike pairs, the most similar, and the count of all
+LOOK_ALIKE_REPORT = 100
 
 
 def _log_look_alikes(found: Sequence[Mapping[str, Any]]) -> None:
