@@ -483,7 +483,7 @@ class DeviceServices:
         self.start_notes: list[str] = []
         self.captures = CaptureStore(self.data_dir / "captures")
         self.state = StateStore(self.data_dir / "app_state.json")
-        self.site = site or self.catalogue.get_meta("site")
+        self._site = site  # given (the demo, tests), else the catalogue's, read on each use (see `site`)
         self.backend = backend
         self._bundle_dir = Path(bundle_dir) if bundle_dir else None
         self._keyring = Path(keyring) if keyring else self.data_dir / "keyring.json"
@@ -496,6 +496,13 @@ class DeviceServices:
         self._last_error_at: str | None = None
         #: draws the spot checks (an OS-seeded generator; tests and the demo pass a seeded one)
         self._spot_rng = spot_rng or random.SystemRandom()
+
+    @property
+    def site(self) -> str | None:
+        """This tablet's site: the one given, else the catalogue's as the last sync set it. Read once at start,
+        it stayed None after an enrolment in the app and the old site after a move, until a restart: no stock
+        shown, the "in stock" filter empty, records tagged with no or the old site (an audit, 23rd session)."""
+        return self._site or self.catalogue.get_meta("site")
 
     # identify ----------------------------------------------------------------------------------
     def bundle_paths(self) -> tuple[Path, Path]:

@@ -102,6 +102,11 @@ def _add_part(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retire_site(args: argparse.Namespace) -> int:
+    _out(_open_hub(args).retire_site(args.site))
+    return 0
+
+
 def _look_alikes(args: argparse.Namespace) -> int:
     found = _open_hub(args).look_alikes(args.part or None)
     _out(found)
@@ -494,6 +499,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stock at a site; repeatable. Without :BIN the bin stays as it is; SITE=COUNT: (an empty "
                         "bin) clears it")
     p.add_argument("--image", action="append", metavar="PATH", help="a catalogue image; repeatable")
+    p = cmd("retire-site", _retire_site, "remove every stock row of a site (closed, or renamed in the ERP export): "
+            "its tablets show no stock from their next sync")
+    p.add_argument("site")
     p = cmd("look-alikes", _look_alikes, "parts the active model cannot tell apart (photos of two parts as "
             "similar as photos of one part): add photos that show the difference, set a look_alike_group, "
             "or retrain")

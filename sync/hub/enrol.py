@@ -54,6 +54,9 @@ def add_device(hub: Hub, name: str, site: str, url: str | None = None,
     """
     check_name(name)
     check_name(site, "site")
+    # a site differing from a known one only in case is refused, as an import's stock column is: SITE_A beside
+    # site_a enrolled a tablet that saw no stock, and let later imports write SITE_A stock (an audit, 23rd session)
+    hub.check_sites([site], f"device {name}")
     sync_window, keep_free_mb = _checked_settings(sync_window, keep_free_mb)
     if not 0 < valid_days <= MAX_VALID_DAYS:  # (also refuses NaN)
         raise UsageError(f"--valid-days must be above 0 and at most {MAX_VALID_DAYS:g}, got {valid_days:g}")

@@ -269,8 +269,11 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
     tablets' clocks, else the hub's receipt time). Uploads with malformed fields are skipped and counted."""
     since = None if days is None else received_since(days, "days")
 
-    def keep(p: Mapping[str, Any], with_bundle: bool = True) -> bool:
-        return (site is None or p.get("site") == site) and (
+    def keep(p: Mapping[str, Any], row_site: str, with_bundle: bool = True) -> bool:
+        # the site the record names (where it happened), else the device's at receipt: a tablet enrolled in the
+        # app sent records naming no site, and `--site` lost them all (an audit, 23rd session)
+        where = p.get("site") if isinstance(p.get("site"), str) and p.get("site") else row_site
+        return (site is None or where == site) and (
             not with_bundle or bundle_id is None or p.get("bundle_id") == bundle_id)
 
     malformed = 0
@@ -278,7 +281,7 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
     def payloads(kind: str) -> Iterator[Mapping[str, Any]]:
         """The kept, well-formed payloads of ``kind``, streamed in receipt order (``_week`` added if weekly)."""
         nonlocal malformed
-        for text, created, received in hub.store.iter_upload_payloads(kind, since):
+        for text, created, received, row_site in hub.store.iter_upload_payloads(kind, since):
             try:
                 p = json.loads(text)
             except ValueError:
@@ -286,7 +289,7 @@ def field_stats(hub: Hub, *, bundle_id: str | None = None, site: str | None = No
             shape = "spot_check" if isinstance(p, dict) and p.get("event") == "spot_check" else kind
             if not isinstance(p, dict) or not _well_formed(shape, p):
                 malformed += 1
-            elif keep(p, with_bundle=kind != "unknown_part") and (kind != "usage" or p.get("event") in (
+            elif keep(p, row_site, with_bundle=kind != "unknown_part") and (kind != "usage" or p.get("event") in (
                     "identify", "spot_check")):
                 yield dict(p, _week=_event_week(created, received)) if weekly else p
 

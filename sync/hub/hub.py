@@ -458,7 +458,7 @@ class Hub:
             part = dict(part, size_mm=parse_size_mm(part["size_mm"], f"part {pn}"))
         for site, (stock, _bin) in inventory.items():
             parse_stock(stock, f"part {pn}: stock at {site}")
-        self._check_sites(sorted(inventory), f"part {pn}")
+        self.check_sites(sorted(inventory), f"part {pn}")
         rows = [self.store_image(p, pn) for p in images]
         emb = self.embedder()
         vecs = self.embed_rows(rows, emb) if emb is not None and rows else None
@@ -482,11 +482,26 @@ class Hub:
         """A part's stock at ``site``; its bin too if given (None keeps the bin it has, "" clears it)."""
         if self.store.part(part_number) is None:
             raise InputError(f"unknown part {part_number!r}")
-        self._check_sites([site], f"part {part_number}")
+        self.check_sites([site], f"part {part_number}")
         with self.store.change() as ch:
             ch.upsert_inventory([{"part_number": part_number, "site": check_name(site, "site"), "stock": stock,
                                   "as_of": utcnow(), **({"bin": bin or None} if bin is not None else {})}])
             return ch.version
+
+    def retire_site(self, site: str) -> dict[str, Any]:
+        """Delete every stock row of ``site`` (a site the ERP no longer exports, or renamed): its tablets showed
+        the last imported stock for ever (an audit, 23rd session). One catalogue version."""
+        if site not in self.store.stock_sites():
+            raise InputError(f"no stock rows at site {site!r} (sites with stock: "
+                             f"{', '.join(sorted(self.store.stock_sites())) or 'none'})")
+        with self.store.change() as ch:
+            n = ch.delete_site_stock(site)
+            version = ch.version
+        tablets = sorted(d["name"] for d in self.store.list_devices() if d["site"] == site and not d["revoked"])
+        log.warning("site %s: %d stock rows removed; %s", site, n,
+                    f"its tablets ({', '.join(tablets)}) show no stock from their next sync" if tablets
+                    else "no tablet is enrolled for it")
+        return {"site": site, "stock_rows_removed": n, "catalogue_version": version, "tablets": tablets}
 
     def delete_parts(self, part_numbers: Sequence[str]) -> int:
         missing = [p for p in part_numbers if self.store.part(p) is None]
@@ -505,7 +520,8 @@ class Hub:
         relative to its folder.
         """
         parts, inventory = _read_parts_csv(Path(parts_csv))
-        self._check_sites(sorted({r["site"] for r in inventory}), parts_csv)
+        self.check_sites(sorted({r["site"] for r in inventory}), parts_csv)
+        missing_sites = self._sites_not_in(inventory, parts_csv)
         known = {p["part_number"] for p in parts}
         image_rows: list[dict[str, Any]] = []
         if images_csv is not None:  # read and checked as the device's `catalogue import` reads it
@@ -557,13 +573,27 @@ class Hub:
                 # the most similar pairs (a catalogue the model sees as all alike printed 130 MB, an audit); the
                 # whole list: `partlens hub look-alikes`
                 "look_alikes": found[:LOOK_ALIKE_REPORT], "look_alike_pairs": stats.get("pairs", 0),
-                "parts_not_in_file": len(others)}
+                "parts_not_in_file": len(others), "stock_sites_not_in_file": missing_sites}
 
     def known_sites(self) -> set[str]:
         """The sites the hub knows: those with stock rows and those tablets are enrolled for."""
         return self.store.stock_sites() | {d["site"] for d in self.store.list_devices()}
 
-    def _check_sites(self, sites: Sequence[str], where: Any) -> None:
+    def _sites_not_in(self, inventory: Sequence[Mapping[str, Any]], where: Any) -> list[str]:
+        """Sites with stock at the hub and a tablet enrolled that a file WITH stock columns leaves out (dropped or
+        renamed in the ERP export): said, since their tablets keep the last imported stock (`hub retire-site`)."""
+        if not inventory:
+            return []
+        in_file = {r["site"] for r in inventory}
+        enrolled = {d["site"] for d in self.store.list_devices() if not d["revoked"]}
+        missing = sorted((self.store.stock_sites() & enrolled) - in_file)
+        if missing:
+            log.warning("%s: no stock column for site(s) %s, which have tablets: they keep the stock last imported "
+                        "(dated then); if a site was renamed or closed, `partlens hub retire-site SITE`", where,
+                        ", ".join(missing))
+        return missing
+
+    def check_sites(self, sites: Sequence[str], where: Any) -> None:
         """A file's stock sites against the hub's: one that differs from a known site only in case is refused
         (``stock_SITE_A`` made a second site no tablet of site_a sees, while the clerk meant site_a; an audit);
         a new one is said (its tablets see its stock once enrolled for it)."""

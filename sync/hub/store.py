@@ -81,6 +81,7 @@ class Change(Protocol):
 
     def upsert_parts(self, rows: Iterable[dict[str, Any]]) -> int: ...
     def delete_parts(self, part_numbers: Iterable[str]) -> int: ...
+    def delete_site_stock(self, site: str) -> int: ...
     def upsert_inventory(self, rows: Iterable[dict[str, Any]]) -> int: ...
     def upsert_images(self, rows: Iterable[dict[str, Any]]) -> int: ...
     def delete_images(self, image_ids: Iterable[str]) -> int: ...
@@ -135,7 +136,7 @@ class HubStore(Protocol):
     def count_uploads(self, kind: str | None = None, status: str | None = None, since: str | None = None,
                       exclude_kind: str | None = None, *, device: str | None = None,
                       after_seq: int | None = None) -> int: ...
-    def iter_upload_payloads(self, kind: str, since: str | None = None) -> Iterator[tuple[str, Any, Any]]: ...
+    def iter_upload_payloads(self, kind: str, since: str | None = None) -> Iterator[tuple[str, Any, Any, str]]: ...
     def delete_uploads(self, kind: str, received_before: str) -> int: ...
     def update_upload(self, uuid: str, **fields: Any) -> None: ...
 
@@ -200,12 +201,21 @@ class _SqliteChange:
         return out
 
     def _deleted_parts(self, part_numbers: Iterable[str]) -> set[str]:
-        """Which of these part numbers have a deleted row (parts, or their inventory)."""
+        """Which of these part numbers have a deleted part row (a row written now revives it: written whole)."""
         out: set[str] = set()
         for chunk, marks in _chunks(part_numbers):
             out |= {r[0] for r in self.db.conn.execute(
-                f"SELECT part_number FROM parts WHERE deleted=1 AND part_number IN ({marks}) UNION "
-                f"SELECT part_number FROM inventory WHERE deleted=1 AND part_number IN ({marks})", [*chunk, *chunk])}
+                f"SELECT part_number FROM parts WHERE deleted=1 AND part_number IN ({marks})", chunk)}
+        return out
+
+    def _deleted_stock(self, part_numbers: Iterable[str]) -> set[tuple[str, str]]:
+        """The (part, site) stock rows of these parts that are deleted (one written now is revived: whole). Per
+        row: a part with one deleted stock row (re-added at one site only) had every later update of it written
+        whole, wiping the bin and the part's other fields (an audit, 23rd session)."""
+        out: set[tuple[str, str]] = set()
+        for chunk, marks in _chunks(part_numbers):
+            out |= {(r[0], r[1]) for r in self.db.conn.execute(
+                f"SELECT part_number, site FROM inventory WHERE deleted=1 AND part_number IN ({marks})", chunk)}
         return out
 
     def _upsert(self, table: str, rows: list[dict[str, Any]], pk: str | tuple[str, ...]) -> None:
@@ -236,10 +246,15 @@ class _SqliteChange:
             self.delete_images(ids)
         return len(pns)
 
+    def delete_site_stock(self, site: str) -> int:
+        """Mark every live stock row of ``site`` deleted (tablets of that site drop them at their next sync)."""
+        return int(self.db.conn.execute("UPDATE inventory SET deleted=1, version=? WHERE site=? AND deleted=0",
+                                        (self.version, site)).rowcount)
+
     def upsert_inventory(self, rows: Iterable[dict[str, Any]]) -> int:
         rows = list(rows)
-        gone = self._deleted_parts(r.get("part_number") for r in rows)
-        rows = self._stamp(rows, INVENTORY_FIELDS, lambda r: r.get("part_number") in gone)
+        gone = self._deleted_stock(r.get("part_number") for r in rows)
+        rows = self._stamp(rows, INVENTORY_FIELDS, lambda r: (r.get("part_number"), r.get("site")) in gone)
         self._upsert("inventory", rows, ("part_number", "site"))
         return len(rows)
 
@@ -755,12 +770,13 @@ class SqliteHubStore:
         where, params = _upload_filters(kind, status, since, exclude_kind, device, after_seq)
         return int(self._db().conn.execute(f"SELECT count(*) FROM uploads WHERE 1{where}", params).fetchone()[0])
 
-    def iter_upload_payloads(self, kind: str, since: str | None = None) -> Iterator[tuple[str, Any, Any]]:
-        """(payload JSON, device_created_at, received_at) of every ``kind`` upload in receipt order (``since``:
-        received at or after this ISO UTC time), streamed from one read: never all rows in memory at once."""
+    def iter_upload_payloads(self, kind: str, since: str | None = None) -> Iterator[tuple[str, Any, Any, str]]:
+        """(payload JSON, device_created_at, received_at, site of the device at receipt) of every ``kind`` upload
+        in receipt order (``since``: received at or after this ISO UTC time), streamed from one read: never all
+        rows in memory at once."""
         where, params = _upload_filters(kind, None, since, None, None, None)
         yield from self._db().conn.execute(
-            f"SELECT payload, device_created_at, received_at FROM uploads WHERE 1{where} ORDER BY seq", params)
+            f"SELECT payload, device_created_at, received_at, site FROM uploads WHERE 1{where} ORDER BY seq", params)
 
     def delete_uploads(self, kind: str, received_before: str, batch: int = 5000) -> int:
         """Delete ``kind`` uploads received before this ISO UTC time (records only: such kinds carry no blob), in

@@ -1013,3 +1013,25 @@ def test_a_crop_on_a_full_disk_is_a_storage_error_and_keeps_the_old_crop(device,
 def test_the_catalogue_texts_the_app_chooses_its_font_by(device) -> None:
     texts = set(device.catalogue_texts())
     assert {"Bearing 6204", "Fuse 32 A", "bearings", "electrical", "A-1", "E-1"} <= texts and None not in texts
+
+
+def test_the_site_follows_the_catalogue_without_a_restart(tmp_path) -> None:
+    """Read once at start, the site stayed None after an enrolment in the app, and the old site after the tablet
+    was moved, until a restart: no stock shown, the "in stock" filter empty, records tagged with the wrong site
+    (an audit, 23rd session)."""
+    svc = DeviceServices(tmp_path / "dev")
+    try:
+        assert svc.site is None
+        with svc.catalogue.transaction():  # what a sync (here, or the nightly one in another process) writes
+            svc.catalogue.set_meta("site", "site_b")
+        assert svc.site == "site_b"
+        with svc.catalogue.transaction():
+            svc.catalogue.set_meta("site", "quay_c")
+        assert svc.site == "quay_c"
+    finally:
+        svc.close()
+    given = DeviceServices(tmp_path / "dev", site="Quay A")
+    try:
+        assert given.site == "Quay A"  # a site given explicitly (the demo) wins
+    finally:
+        given.close()

@@ -203,3 +203,52 @@ def test_without_a_model_a_re_import_does_not_resend_the_images(tmp_path) -> Non
     images = _write(tmp_path / "images.csv", "path,part_number,kind\nimgs/0.jpg,N0,catalogue\n")
     assert hub.import_csv(parts, images)["images_changed"] == 1
     assert hub.import_csv(parts, images)["images_changed"] == 0
+
+
+def test_a_part_re_added_at_one_site_keeps_its_details_on_later_updates(world) -> None:
+    """Its other site's stock row stayed deleted, so the part counted as revived on every later write and each
+    update was written whole: a stock change cleared the bin, a rename cleared category and description (an
+    audit of sites, 23rd session)."""
+    hub = world.hub
+    hub.delete_parts(["P0"])
+    hub.add_part({"part_number": "P0", "name": "part 0 again", "category": "bolt", "description": "M6 hex"},
+                 inventory={"site_a": (5, "A-BIN-5")})
+    hub.set_stock("P0", "site_a", 7)
+    hub.add_part({"part_number": "P0", "name": "renamed"})
+    p0 = hub.store.part("P0")
+    assert (p0["name"], p0["category"], p0["description"]) == ("renamed", "bolt", "M6 hex")
+    assert hub.store._rows("SELECT site, stock, bin, deleted FROM inventory WHERE part_number='P0' ORDER BY site") \
+        == [{"site": "site_a", "stock": 7, "bin": "A-BIN-5", "deleted": 0},
+            {"site": "site_b", "stock": 10, "bin": "B0", "deleted": 1}]  # site_b stays gone until written again
+    hub.set_stock("P0", "site_b", 3)  # that row revived: written whole (its old bin does not come back)
+    assert hub.store._rows("SELECT stock, bin, deleted FROM inventory WHERE part_number='P0' AND site='site_b'") \
+        == [{"stock": 3, "bin": None, "deleted": 0}]
+
+
+def test_a_site_left_out_of_an_export_is_said_and_can_be_retired(world, tmp_path, caplog) -> None:
+    """A site dropped from (or renamed in) the ERP export kept its tablets' stock as last imported for ever, and
+    nothing told the admin (an audit of sites, 23rd session)."""
+    from sync.client import SyncClient, enrol
+    from sync.hub.enrol import add_device
+    from sync.transport import InMemoryTransport
+
+    hub = world.hub
+    payload = add_device(hub, "tab-b", "site_b")
+    enrol(tmp_path / "tab-b", payload)
+    tab_b = SyncClient(tmp_path / "tab-b", transport=InMemoryTransport(hub, payload["token"]),
+                       smoke_test=lambda b: None)
+    tab_b.sync()
+    with caplog.at_level(logging.WARNING):
+        out = hub.import_csv(_write(tmp_path / "renamed.csv", "part_number,name,stock_site_a,stock_quay_b\n"
+                                                              "P1,part 1,4,11\n"))
+    assert out["stock_sites_not_in_file"] == ["site_b"]
+    assert "no stock column for site(s) site_b, which have tablets" in caplog.text and "retire-site" in caplog.text
+    res = hub.retire_site("site_b")
+    assert res["stock_rows_removed"] == 3 and res["tablets"] == ["tab-b"]
+    tab_b.sync()
+    with CatalogueDB(tmp_path / "tab-b" / "catalogue.db") as db:
+        assert db.db.conn.execute("SELECT count(*) FROM inventory").fetchone()[0] == 0
+    with pytest.raises(InputError, match="no stock rows at site 'site_b'"):
+        hub.retire_site("site_b")
+    assert hub.import_csv(_write(tmp_path / "parts-only.csv", "part_number,name\nP1,part one\n"))[
+        "stock_sites_not_in_file"] == []  # a file without stock columns leaves stock alone: nothing to say

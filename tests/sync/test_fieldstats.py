@@ -277,3 +277,16 @@ def test_field_stats_streams_usage_events(world, monkeypatch) -> None:
     monkeypatch.setattr(type(world.hub.store), "list_uploads", lambda *a, **k: pytest.fail("listed every upload"))
     (b,) = fieldstats.field_stats(world.hub)["bundles"]
     assert (b["identifications"], b["median_ms"]) == (9, 4.0)
+
+
+def test_site_filter_takes_the_device_s_site_when_a_record_names_none(world) -> None:
+    """A tablet enrolled in the app sent records naming no site (it read its site only at start), and
+    `field-stats --site` lost them all (an audit, 23rd session): the hub's own record of the tablet's site counts
+    when the record names none; a record that names one is counted where it says."""
+    from sync.hub.fieldstats import field_stats
+
+    active = world.hub.bundle_id
+    upload_items(world, [("usage", dict(_usage(active, "match", ["P1"], f"c{i}", 10.0)[1], site=None), None)
+                         for i in range(3)] + [_usage(active, "match", ["P1"], "c9", 10.0, site="site_b")])
+    assert field_stats(world.hub, site="site_a")["bundles"][0]["identifications"] == 3  # tab1 is a site_a tablet
+    assert field_stats(world.hub, site="site_b")["bundles"][0]["identifications"] == 1

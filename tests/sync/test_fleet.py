@@ -287,3 +287,16 @@ def test_hub_devices_tells_used_unused_and_expired_enrolment_codes(world, capsys
     assert main(["hub", "add-device", "tab-ok", "--hub", str(hub.root), "--site", "site_a",
                  "--valid-days", "30"]) == 0
     assert "the code works until" in capsys.readouterr().err
+
+
+def test_a_device_for_a_site_differing_only_in_case_is_refused(world) -> None:
+    """`add-device --site SITE_A` beside site_a enrolled a tablet that saw no stock, and made SITE_A a known site so
+    later imports could write stock to it (an audit, 23rd session): refused, as an import's column is."""
+    from edge_app.errors import InputError
+    from sync.hub.enrol import add_device
+
+    with pytest.raises(InputError, match=r"device tab-upper: stock site\(s\) that differ .* SITE_A \(the hub has "
+                                         r"site_a\)"):
+        add_device(world.hub, "tab-upper", "SITE_A")
+    assert world.hub.store.device("tab-upper") is None
+    assert add_device(world.hub, "tab-new-site", "quay_c")["site"] == "quay_c"  # a new site: said, not refused
