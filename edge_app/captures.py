@@ -185,7 +185,9 @@ class CaptureStore:
     def add_bytes(self, data: bytes, *, source: str = "camera", name: str = "<camera>") -> Capture:
         """Validate ``data`` as an image and store it at once (atomic, never overwrites)."""
         try:  # ImageError if empty, corrupt, unsafe
-            img = load_image(bytes(data), draft_size=(VIEW_MAX_SIDE, VIEW_MAX_SIDE))
+            # strict_tail: a photo copied half-way (grey below the cut) is refused while the engineer can copy it
+            # again or retake it
+            img = load_image(bytes(data), draft_size=(VIEW_MAX_SIDE, VIEW_MAX_SIDE), strict_tail=True)
         except ImageError as exc:
             raise ImageError(name, exc.reason) from None  # named as the engineer knows it (the file they picked)
         from PIL import Image
@@ -215,7 +217,7 @@ class CaptureStore:
         """Register a file the camera wrote into :meth:`new_path` (validated; removed if corrupt)."""
         path = Path(path)
         try:
-            img = load_image(path, draft_size=(VIEW_MAX_SIDE, VIEW_MAX_SIDE))
+            img = load_image(path, draft_size=(VIEW_MAX_SIDE, VIEW_MAX_SIDE), strict_tail=True)
         except InputError as exc:
             log.warning("camera wrote an unreadable file %s; keeping it aside", path)
             free = storage.free_bytes(self.root)

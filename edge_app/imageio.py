@@ -166,11 +166,17 @@ def load_image(
     draft_size: tuple[int, int] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    strict_tail: bool = False,
 ) -> "Image.Image":  # noqa: F821
     """Decode an image to upright 8-bit RGB.
 
     ``draft_size`` (width, height) lets JPEGs decode at a reduced scale (DCT scaling), which is
     what keeps a 12 MP photo fast and small in memory. Raises :class:`ImageError` naming the file.
+
+    A baseline JPEG whose bottom rows decode as exactly mid-grey may have been cut short (an end marker
+    after the cut) or may be a whole picture on a #808080 backdrop: the pixels cannot tell. ``strict_tail``
+    refuses it (where the tablet stores a NEW photo: the engineer can copy it again or retake it); otherwise it
+    is logged and decoded (a catalogue render on grey refused at the hub blocked a model change, an audit).
     """
     from PIL import Image
 
@@ -182,7 +188,7 @@ def load_image(
             warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                img = _decode(fh, name, draft_size, max_pixels)
+                img = _decode(fh, name, draft_size, max_pixels, strict_tail)
             except MemoryError:
                 raise ImageError(name, "too large to decode in the memory this device has free") from None
         for w in caught:  # Pillow's "Corrupt EXIF data", "Truncated File Read", ...: the file's own business
@@ -194,7 +200,7 @@ def load_image(
 
 
 def _decode(fh: BinaryIO, name: str, draft_size: tuple[int, int] | None,
-            max_pixels: int) -> "Image.Image":  # noqa: F821
+            max_pixels: int, strict_tail: bool = False) -> "Image.Image":  # noqa: F821
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -234,11 +240,14 @@ def _decode(fh: BinaryIO, name: str, draft_size: tuple[int, int] | None,
         raise ImageError(name, f"truncated or corrupt image data: {exc}") from None
     if jpeg and not img.info.get("progressive") and img.mode in ("RGB", "L") and (
             rows := jpegcheck.grey_tail_rows(img)):
-        if rows == img.size[1]:
-            raise ImageError(name, "decodes as a flat grey picture (#808080) with nothing in it: its data is "
-                                   "missing (a cut copy) or it is blank; copy it again or take the photo again")
-        raise ImageError(name, f"cut short: its data ends early, the last {100 * rows / img.size[1]:.0f}% of its rows "
-                               f"decode as flat grey (#808080); copy it again or take the photo again")
+        share = 100 * rows / img.size[1]
+        what = ("decodes as a flat grey picture (#808080) with nothing in it: its data is missing (a cut copy) or "
+                "it is blank" if rows == img.size[1] else
+                f"may be cut short: the last {share:.0f}% of its rows decode as flat grey (#808080), as the "
+                "missing part of a cut JPEG does")
+        if strict_tail:
+            raise ImageError(name, what + "; copy it again or take the photo again")
+        log.warning("%s %s (or it is a picture on a mid-grey backdrop); used as it is", name, what)
     img = _reduce(img, stored)  # formats decoded whole shrink before anything copies them (a no-op on drafts)
     img = _to_srgb(img, name)  # after the reduce: the colour transform then costs little
     if orientation != 1:  # only a photo that is not upright is copied

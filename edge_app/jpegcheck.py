@@ -8,7 +8,9 @@ over 3 kB of data, decoded into a flat grey picture and was identified as if it 
   least one bit on every 8x8 block's DC code, so a file smaller than ``blocks / 8`` bytes cannot be complete.
   This is a hard bound: it never refuses a whole file.
 - :func:`grey_tail_rows`: a baseline JPEG cut mid-scan ends in full-width rows of exactly (128, 128, 128). No
-  photo of 8,044 checked here (the shared datasets' 6,416 and 1,628 generated ones) ends in even one such row.
+  photo of 8,044 checked here (the shared datasets' 6,416 and 1,628 generated ones) ends in even one such row,
+  but a whole picture on a #808080 backdrop does (an audit: a render refused at the hub blocked a model change),
+  and the pixels cannot tell the two apart: the caller decides (``load_image(strict_tail=...)``).
   A progressive JPEG cut short decodes blurred rather than grey and is not recognised.
 """
 from __future__ import annotations
