@@ -640,6 +640,12 @@ class DeviceServices:
         for m in result.matches:
             if m.confidence is not None:
                 words = confidence_words(m.confidence)
+                # the words follow the answer: below the bundle's fitted threshold (0.78-0.90 for the bundles
+                # measured) a "No confident match" banner sat over a top card saying "Match: likely" (an audit)
+                if result.status != "match" and strength.index(words) < strength.index("possible"):
+                    words = "possible"
+                elif result.status == "match" and strength.index(words) > strength.index("likely"):
+                    words = "likely"
                 score = float(m.confidence)
             else:  # the runtime calibrates the top answer only; the others are described relative to it, and
                 # never in stronger words than it ("unlikely" best match, "possible" runner-up read backwards)

@@ -146,6 +146,14 @@ class PartlensApp(App):
             return False
         if self.busy:
             return True
+        from kivy.core.window import Window
+        from kivy.uix.dropdown import DropDown
+
+        open_lists = [w for w in Window.children if isinstance(w, DropDown)]
+        for dropdown in open_lists:  # a category list left open over the next screen's buttons (an audit)
+            dropdown.dismiss()
+        if open_lists:
+            return True
         current = self.sm.current
         if current == "part_detail":
             self.screen("part_detail").back()

@@ -203,6 +203,14 @@ def test_runtime_result_maps_to_words_stock_and_look_alikes(device) -> None:
     a, b = out.matches
     assert (a.words, a.stock, a.bin, a.as_of) == ("very likely", 4, "A-1", "2026-11-21T22:00:00+00:00")
     assert a.thumbnail and a.thumbnail.endswith("a.jpg") and b.thumbnail is None
+    # the words follow the answer (an audit of the app: "No confident match" over "Match: likely"): below the
+    # bundle's threshold at most "possible", above it at least "likely"
+    first = res.matches[0]
+    below = replace(res, status="no_confident_match", confidence=0.80, threshold=0.9,
+                    matches=[replace(first, confidence=0.80), res.matches[1]])
+    assert [x.words for x in device.outcome_from_result(below, ["c1"]).matches] == ["possible", "possible"]
+    above = replace(res, confidence=0.30, threshold=0.25, matches=[replace(first, confidence=0.30), res.matches[1]])
+    assert device.outcome_from_result(above, ["c1"]).matches[0].words == "likely"
     assert b.words == "possible" and b.name == "BRG-2"
 
 

@@ -264,7 +264,7 @@ def test_full_flow_pick_identify_results_part_feedback(env) -> None:
     # the hub's time on the tablet's clock, as the Sync screen shows times
     assert any(f"as of {local_time('2026-11-21T22:00:00+00:00')}" in t for t in texts)
     assert any("Bin: C-11-1" in t for t in texts)
-    assert any(t.startswith("Match: ") and "likely" in t for t in texts)
+    assert any(t.startswith("CONFIDENT MATCH: ") and "likely" in t for t in texts)  # the confident answer, marked
     assert res.ids.no_match.opacity == 0
     check_screen(app, "results", shots)
 
@@ -455,3 +455,53 @@ def test_pause_keeps_and_restores_captures_and_results(env) -> None:
     pump(10)
     assert [c.capture_id for c in app.captures] == [c.capture_id for c in captures]
     assert app.outcome.to_dict() == outcome.to_dict() and app.sm.current == "results"
+
+
+# -- found by an audit of the app's ergonomics (23rd session) --------------------------------------------------
+def test_crop_handles_stay_inside_the_photo_view(env) -> None:
+    """Half a handle reached into the header and took taps meant for "Start over" (portrait), or left the window
+    (landscape)."""
+    app = env["app"]
+    start_over(app)
+    pick(app, "bolt.jpg")
+    crop = app.screen("identify").ids.crop
+    pump(5)
+    for corner, h in crop.handles.items():
+        assert crop.x - 0.5 <= h.x and h.right <= crop.right + 0.5, (corner, h.pos, crop.pos, crop.size)
+        assert crop.y - 0.5 <= h.y and h.top <= crop.top + 0.5, (corner, h.pos, crop.pos, crop.size)
+    header_btn = app.screen("identify").ids.clear_btn
+    tap(header_btn)  # "Start over" is nobody else's tap
+    assert app.captures == []
+
+
+def test_the_answer_says_which_state_it_is_in(env) -> None:
+    """"No confident match" looked like the look-alike prompt (the same yellow banner) and a confident match had no
+    marker at all."""
+    from edge_app.app import theme
+
+    app = env["app"]
+    identify_photo(app, "bolt.jpg")
+    res = app.screen("results")
+    texts = [w.text for w in walk(res.ids.grid) if isinstance(w, Label)]
+    assert app.outcome.confident and any(t.startswith("CONFIDENT MATCH") for t in texts)
+    identify_photo(app, "mystery.jpg")
+    texts = [w.text for w in walk(res.ids.grid) if isinstance(w, Label)]
+    assert not app.outcome.confident and not any("CONFIDENT MATCH" in t for t in texts)
+    assert list(res.ids.no_match.bg_color) == list(theme.DANGER) != list(res.ids.look_alike.bg_color)
+
+
+def test_back_closes_an_open_category_list_first(env) -> None:
+    """Back with the category list open went to Identify and left the list over its buttons."""
+    from kivy.uix.dropdown import DropDown
+
+    app = env["app"]
+    app.go("catalogue")
+    cat = app.screen("catalogue")
+    wait_for(lambda: not cat.searching)
+    cat.ids.category.is_open = True
+    pump(5)
+    assert any(isinstance(w, DropDown) for w in Window.children)
+    assert app._on_key(Window, 27) is True
+    pump(5)
+    assert not any(isinstance(w, DropDown) for w in Window.children) and app.sm.current == "catalogue"
+    assert app._on_key(Window, 27) is True and app.sm.current == "identify"

@@ -61,7 +61,10 @@ class CropView(FloatLayout):
             return
         for c, h in self.handles.items():
             cx, cy = self.corner_pos(c)
-            h.center = (cx, cy)
+            # centred on its corner, but never past the view's edge: half a handle reached into the header and
+            # took taps meant for "Start over", or left the window in landscape (an audit)
+            h.x = min(max(cx - h.width / 2, self.x), self.right - h.width)
+            h.y = min(max(cy - h.height / 2, self.y), self.top - h.height)
             h.opacity = 1 if self.source else 0
             h.disabled = not self.source
         x0, y0 = self.corner_pos("bl")
@@ -69,7 +72,7 @@ class CropView(FloatLayout):
         self.frame = [x0, y0, x1 - x0, y1 - y0]
 
     def on_touch_down(self, touch: Any) -> bool:
-        if self.source:
+        if self.source and self.collide_point(*touch.pos):
             for c, h in self.handles.items():
                 if h.collide_point(*touch.pos):
                     self._drag = c

@@ -35,7 +35,8 @@ def stock_line(m: Match, hub_time: str | None) -> str:
         return "Stock: not known at this site"
     where = f" at {m.site}" if m.site else ""
     as_of = short_time(m.as_of or hub_time)
-    return f"Stock{where}: {m.stock}  (as of {as_of})"
+    count = f"{m.stock:,}" if isinstance(m.stock, int) else str(m.stock)  # 12,345 read at a glance
+    return f"Stock{where}: {count}  (as of {as_of})"
 
 
 class MatchCard(ButtonBehavior, Panel):
@@ -43,7 +44,7 @@ class MatchCard(ButtonBehavior, Panel):
 
     match = ObjectProperty(None)
 
-    def __init__(self, match: Match, hub_time: str | None, rank: int, **kw: Any) -> None:
+    def __init__(self, match: Match, hub_time: str | None, rank: int, confident: bool = False, **kw: Any) -> None:
         super().__init__(orientation="horizontal", size_hint_y=None, padding=dp(8), spacing=dp(10),
                          bg_color=list(theme.SURFACE), **kw)
         self.match = match
@@ -55,7 +56,9 @@ class MatchCard(ButtonBehavior, Panel):
         lines = [
             PLLabel(text=f"{rank}. {match.part_number}", bold=True),
             PLLabel(text=match.name),
-            PLLabel(text=f"Match: {match.words}", bold=True),
+            # the answer partlens stands by is marked as such (a confident match had no marker, an audit)
+            PLLabel(text=f"CONFIDENT MATCH: {match.words}", bold=True, bg_color=list(theme.GOOD),
+                    color=list(theme.ON_GOOD)) if confident else PLLabel(text=f"Match: {match.words}", bold=True),
             PLLabel(text=stock_line(match, hub_time)),
             PLLabel(text=f"Bin: {match.bin or '-'}"),
         ]
@@ -120,7 +123,7 @@ class ResultsScreen(Screen):
         if not none:
             grid.cols = max(1, int(self.width // mm(90)))
             for i, m in enumerate(out.matches):
-                grid.add_widget(MatchCard(m, out.hub_time, i + 1))
+                grid.add_widget(MatchCard(m, out.hub_time, i + 1, confident=out.confident and i == 0))
         Clock.schedule_once(lambda _dt: relayout(self), 0)
 
     def on_size(self, *_: Any) -> None:
