@@ -570,8 +570,8 @@ class Hub:
                         "`partlens hub delete-parts`", len(others), parts_csv, ", ".join(others[:5]))
         return {"version": version, "parts": listed_parts, "inventory": len(inventory), "images": listed_images,
                 "parts_changed": len(parts), "images_changed": len(image_rows),
-                # the most similar pairs (a catalogue the model sees as all alike printed 130 MB, an audit); the
-                # whole list: `partlens hub look-alikes`
+                # the most similar pairs (a catalogue the model sees as all alike printed 130 MB, an audit); each
+                # part's own: `partlens hub look-alikes --part PN`
                 "look_alikes": found[:LOOK_ALIKE_REPORT], "look_alike_pairs": stats.get("pairs", 0),
                 "parts_not_in_file": len(others), "stock_sites_not_in_file": missing_sites}
 

@@ -87,18 +87,26 @@ def find_look_alikes(vectors: Mapping[str, np.ndarray], *, parts: Iterable[str] 
     allv = np.concatenate([vectors[n] for n in names])
     starts = np.cumsum([0] + [len(vectors[n]) for n in names[:-1]])
     own_arr = np.array([own[n] for n in names])
-    out: list[LookAlike] = []
+    kept: dict[tuple[int, int], tuple[float, float]] = {}  # (i, j), reported from i's side -> (similarity, bar)
+    total = 0
     for i, a in enumerate(names):
         if a not in focus:
             continue
         best = np.maximum.reduceat((vectors[a] @ allv.T).max(axis=0), starts)  # best photo pair, per part
         bar = np.maximum(own_arr, own[a])
-        hits = [j for j in np.flatnonzero(best >= bar)
-                if j != i and not (names[j] in focus and j < i)]  # itself, or a pair already reported from b's side
-        if stats is not None:
-            stats["pairs"] = stats.get("pairs", 0) + len(hits)
-        for j in sorted(hits, key=lambda j: -best[j])[:max(0, per_part)]:
-            b = names[j]
-            same = bool(groups.get(a)) and groups.get(a) == groups.get(b)
-            out.append(LookAlike(a, b, round(float(best[j]), 4), round(float(bar[j]), 4), same))
+        hits = np.flatnonzero(best >= bar)
+        hits = hits[hits != i]
+        total += sum(1 for j in hits if not (names[j] in focus and j < i))  # each pair once
+        # this part's most similar look-alikes, from whichever side the pair is reported (capped after
+        # gathering both sides: a pair cut from the side that sorts first vanished, a review)
+        for j in hits[np.argsort(-best[hits], kind="stable")][:max(0, per_part)]:
+            key = (i, int(j)) if names[j] not in focus or i < j else (int(j), i)
+            kept[key] = (float(best[j]), float(bar[j]))
+    if stats is not None:
+        stats["pairs"] = stats.get("pairs", 0) + total
+    out: list[LookAlike] = []
+    for (i, j), (sim, bar_ij) in kept.items():
+        a, b = names[i], names[j]
+        same = bool(groups.get(a)) and groups.get(a) == groups.get(b)
+        out.append(LookAlike(a, b, round(sim, 4), round(bar_ij, 4), same))
     return sorted(out, key=lambda x: (-x.similarity, x.part_number, x.looks_like))

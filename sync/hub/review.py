@@ -160,6 +160,10 @@ def label_warnings(hub: Hub, approved: Sequence[tuple[str, str, str]]) -> dict[s
     ids, parts, vecs = hub.store.image_embeddings(bid)
     row_of = {image_id: k for k, image_id in enumerate(ids)}
     part_arr = np.asarray(parts, dtype=object)
+    # photos approved together never vouch for each other as their part's own (three wrong photos approved in
+    # one batch each found the other two "own" and went without a word, a review)
+    new = np.zeros(len(ids), dtype=bool)
+    new[[row_of[i] for _, i, _ in approved if i in row_of]] = True
     out: dict[str, list[str]] = {}
     for uuid, image_id, pn in approved:
         k = row_of.get(image_id)
@@ -167,7 +171,7 @@ def label_warnings(hub: Hub, approved: Sequence[tuple[str, str, str]]) -> dict[s
             continue
         sims = vecs @ vecs[k]
         sims[k] = -np.inf
-        own = sims[part_arr == pn]
+        own = sims[(part_arr == pn) & ~new]
         other = np.where(part_arr != pn, sims, -np.inf)
         j = int(np.argmax(other)) if len(other) else -1
         if j < 0 or not np.isfinite(other[j]):

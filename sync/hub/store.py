@@ -74,6 +74,29 @@ def utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+#: how far the hub clock may fall behind its last receipt and still be taken as a small correction (NTP)
+RECEIPT_SKEW = _dt.timedelta(days=2)
+
+
+def _receipt_time(last: str | None) -> str:
+    """The receipt time of a new upload: the hub clock, or the last receipt when the clock fell a little behind
+    it (seq is the receipt order either way). Not carried further: one upload received while the clock ran years
+    ahead pinned every later one to that date (a review, 23rd session). A clock that fell back far (a PC that
+    booted in 2000) dates uploads before the hub existed: `prune-usage` leaves those alone, and it is logged."""
+    now = utcnow()
+    if not last or last <= now:
+        return now
+    try:
+        behind = _dt.datetime.fromisoformat(last) - _dt.datetime.fromisoformat(now)
+    except ValueError:
+        return now
+    if behind <= RECEIPT_SKEW:
+        return last
+    log.error("the hub clock (%s) is %s behind its last upload receipt (%s): check the hub computer's clock", now,
+              behind, last)
+    return now
+
+
 class Change(Protocol):
     """Writes inside one catalogue version bump."""
 
@@ -726,10 +749,7 @@ class SqliteHubStore:
         with self._write_lock, self._tx(db):
             seq, last = db.conn.execute("SELECT seq, received_at FROM uploads ORDER BY seq DESC LIMIT 1").fetchone() \
                 or (0, "")
-            # receipt times never go backwards: a hub whose clock fell back to 2000 overnight dated that night's
-            # uploads 2000, `review --days 7` hid them and `prune-usage` deleted them once the clock was put right
-            # (an audit, 23rd session); seq stays the receipt order either way
-            version, now = self.version(), max(utcnow(), last or "")
+            version, now = self.version(), _receipt_time(last)
             for row in rows:
                 if db.conn.execute("SELECT 1 FROM uploads WHERE uuid=?", (row["uuid"],)).fetchone():
                     created.append(False)
@@ -788,8 +808,10 @@ class SqliteHubStore:
         total = 0
         while True:
             with self._write_lock, self._tx(db):
+                # a receipt dated before any tablet was enrolled is a hub clock that fell back, not an old event
                 cur = db.conn.execute(
                     "DELETE FROM uploads WHERE rowid IN (SELECT rowid FROM uploads WHERE kind=? AND received_at < ? "
+                    "AND received_at >= coalesce((SELECT min(created_at) FROM devices), '') "
                     f"AND blob_size IS NULL AND {event} != 'spot_check' LIMIT ?)", (kind, received_before, batch))
                 n = int(cur.rowcount)
             total += n

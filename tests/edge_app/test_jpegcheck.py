@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,18 @@ def test_a_picture_that_is_all_mid_grey_is_refused_as_empty() -> None:
     data = _jpeg(Image.new("RGB", (320, 240), (127, 127, 127)), quality=1)  # quantised to exactly 128
     with pytest.raises(ImageError, match="flat grey picture .* with nothing in it: its data is missing"):
         load_image(data, strict_tail=True)
+
+
+def test_a_cut_photo_the_camera_wrote_is_refused_when_adopted(tmp_path) -> None:
+    """A review: the camera path (`adopt`) had no test of the check."""
+    from edge_app.captures import CaptureStore
+
+    store = CaptureStore(tmp_path / "captures")
+    cid, path = store.camera_path()
+    data = _jpeg(_photo(), quality=90)
+    Path(path).write_bytes(data[: len(data) // 2] + EOI)
+    with pytest.raises(ImageError, match="may be cut short"):
+        store.adopt(cid, path)
+    cid2, path2 = store.camera_path()
+    Path(path2).write_bytes(data)
+    assert store.adopt(cid2, path2).capture_id == cid2

@@ -62,6 +62,7 @@ def test_field_stats_per_bundle_with_confirmations_joined_to_their_identificatio
     # a time window by hub receipt: everything arrived just now
     assert field_stats(world.hub, days=1)["bundles"] == s["bundles"]
     world.hub.store._db().conn.execute("UPDATE uploads SET received_at='2020-01-01T00:00:00+00:00'")
+    world.hub.store._db().conn.execute("UPDATE devices SET created_at='2019-06-01T00:00:00+00:00'")  # (enrolled before)
     old_only = field_stats(world.hub, days=1)
     assert old_only["bundles"] == [] and old_only["filters"]["received_since"] > "2020-01-01"
     with pytest.raises(UsageError):
@@ -159,16 +160,40 @@ def test_receipt_times_never_go_backwards_when_the_hub_clock_falls_back(world, m
     from sync.hub.fieldstats import prune_usage
 
     active = world.hub.bundle_id
+    conn = world.hub.store._db().conn
     upload_items(world, [_usage(active, "match", ["P1"], "c1", 10.0)])
-    first = world.hub.store._db().conn.execute("SELECT received_at FROM uploads").fetchone()[0]
-    monkeypatch.setattr(store_mod, "utcnow", lambda: "2000-12-07T01:00:00+00:00")
+    first = conn.execute("SELECT received_at FROM uploads").fetchone()[0]
+    real = dt.datetime.fromisoformat(first)
+    # a small correction (NTP set the clock back an hour): receipts stay in order
+    monkeypatch.setattr(store_mod, "utcnow", lambda: (real - dt.timedelta(hours=1)).isoformat())
     upload_items(world, [_usage(active, "match", ["P1"], "c2", 10.0)])
-    rows = world.hub.store._db().conn.execute("SELECT received_at FROM uploads ORDER BY seq").fetchall()
-    assert [r[0] for r in rows] == [first, first]
+    # the PC booted in 2000: dated so (nothing carried for years), and `prune-usage` under the right clock keeps
+    # it (a receipt from before any tablet was enrolled is a clock error, not an old event)
+    monkeypatch.setattr(store_mod, "utcnow", lambda: "2000-12-07T01:00:00+00:00")
+    upload_items(world, [_usage(active, "match", ["P1"], "c3", 10.0)])
     monkeypatch.undo()
-    assert prune_usage(world.hub, older_than_days=90)["deleted_usage_events"] == 0  # the clock put right: both are this week's
-    assert world.hub.store._db().conn.execute("SELECT count(*) FROM uploads").fetchone()[0] == 2
-    assert dt.datetime.fromisoformat(first) > dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    rows = [r[0] for r in conn.execute("SELECT received_at FROM uploads ORDER BY seq")]
+    assert rows == [first, first, "2000-12-07T01:00:00+00:00"]
+    assert prune_usage(world.hub, older_than_days=90)["deleted_usage_events"] == 0
+    assert conn.execute("SELECT count(*) FROM uploads").fetchone()[0] == 3
+    assert real > dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def test_one_receipt_under_a_clock_years_ahead_does_not_pin_the_later_ones(world, monkeypatch) -> None:
+    """A review: carrying the last receipt time forward pinned every upload after one received under a 2040 clock
+    to 2040: `--days` always included them, `prune-usage` never deleted them, tablets never forgot them."""
+    from sync.hub import store as store_mod
+    from sync.hub.fieldstats import prune_usage
+
+    active = world.hub.bundle_id
+    monkeypatch.setattr(store_mod, "utcnow", lambda: "2040-01-01T00:00:00+00:00")
+    upload_items(world, [_usage(active, "match", ["P1"], "c1", 10.0)])
+    monkeypatch.undo()
+    upload_items(world, [_usage(active, "match", ["P1"], "c2", 10.0)])
+    rows = [r[0] for r in world.hub.store._db().conn.execute("SELECT received_at FROM uploads ORDER BY seq")]
+    assert rows[0].startswith("2040") and rows[1] < "2030"
+    assert world.hub.store.count_uploads(kind="usage", since="2039-01-01T00:00:00+00:00") == 1
+    assert prune_usage(world.hub, older_than_days=90)["deleted_usage_events"] == 0
 
 
 def test_a_confirmation_joins_the_identification_it_answers_not_a_later_one_of_the_same_photo(world) -> None:
@@ -254,6 +279,7 @@ def test_hub_queries_that_grow_with_uploads_use_an_index_and_prune_in_batches(wo
                  + [("usage", {"event": "spot_check", "bundle_id": world.hub.bundle_id, "status": "match",
                                "top": ["P1"], "answer": "P1", "result": "answered", "capture_ids": ["c0"]}, None)])
     conn.execute("UPDATE uploads SET received_at='2020-01-01T00:00:00+00:00'")
+    conn.execute("UPDATE devices SET created_at='2019-06-01T00:00:00+00:00'")  # (the tablets enrolled before)
     store, batches = world.hub.store, []
     real_tx, real_delete = store._tx, type(store).delete_uploads
 

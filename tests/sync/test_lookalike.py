@@ -122,3 +122,27 @@ def test_a_catalogue_the_model_sees_as_all_alike_is_reported_in_bounded_size() -
     some = "P0000"  # (the first part: every pair of it is reported from its side)
     best = sorted(find_look_alikes(vectors, parts=[some], per_part=10_000), key=lambda x: -x.similarity)
     assert sorted(per_part[some], reverse=True) == [x.similarity for x in best][:len(per_part[some])]
+
+
+def test_the_cap_keeps_each_part_s_most_similar_whichever_side_reports_the_pair() -> None:
+    """A review: a pair is reported from the part that sorts first, and that part's cap cut it, so a later part's
+    most similar look-alikes vanished from the full report while they showed when only that part was asked."""
+    eye = np.eye(64)
+
+    def unit(x):
+        return x / np.linalg.norm(x)
+
+    def part(c, d, spread=0.1):  # two photos around c
+        return np.stack([unit(c * np.cos(spread) + d * np.sin(spread)), unit(c * np.cos(spread) - d * np.sin(spread))])
+
+    vecs = {"A_hub": part(eye[0], eye[1])}
+    for k in range(1, 7):  # six close neighbours of A_hub
+        vecs[f"N{k}"] = part(unit(eye[0] * np.cos(0.015 * k) + eye[1 + k] * np.sin(0.01 * k)), eye[20 + k])
+    vecs["Z_lonely"] = part(unit(eye[0] * np.cos(0.12) + eye[40] * np.sin(0.12)), eye[41])
+    alone = find_look_alikes(vecs, parts=["Z_lonely"])
+    z_best = {x.looks_like for x in alone}
+    assert len(z_best) == 5
+    full = find_look_alikes(vecs)
+    in_full = {x.part_number if x.looks_like == "Z_lonely" else x.looks_like for x in full
+               if "Z_lonely" in (x.part_number, x.looks_like)}
+    assert z_best <= in_full

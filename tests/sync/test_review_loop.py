@@ -106,3 +106,15 @@ def test_a_catalogue_photo_confirmed_again_is_no_field_photo(world, tmp_path) ->
     assert [p["part_number"] for p in photos] == ["P1"] and skipped["in_catalogue_or_duplicate"] == 1
     counts = export_calibration(world.hub, tmp_path / "cal")
     assert counts["positives"] == 1
+
+
+def test_photos_approved_together_do_not_vouch_for_each_other(world) -> None:
+    """A review: three photos of P2 approved into P0 in ONE batch each found the other two "own" and no warning
+    came; one by one, only the first warned."""
+    from sync.hub.review import approve_photos
+
+    ids = upload_items(world, [("photo", {"part_number": "P0", "capture_id": f"w{i}"}, part_image(2, noise=6 + i))
+                               for i in range(3)])
+    out = approve_photos(world.hub, ids)
+    assert [len(a["warnings"]) for a in out["approved"]] == [1, 1, 1]
+    assert all("looks more like P2" in a["warnings"][0] for a in out["approved"])

@@ -113,6 +113,7 @@ def test_field_stats_spot_checks_with_intervals_non_response_and_pruning(world) 
 
     # pruning old usage events keeps the spot-check answers (few, and the only unbiased sample)
     world.hub.store._db().conn.execute("UPDATE uploads SET received_at='2020-01-01T00:00:00+00:00'")
+    world.hub.store._db().conn.execute("UPDATE devices SET created_at='2019-06-01T00:00:00+00:00'")  # (enrolled before)
     assert prune_usage(world.hub, 30)["deleted_usage_events"] == 6
     kept = [json.loads(u["payload"])["event"] for u in world.hub.store.list_uploads()]
     assert kept == ["spot_check"] * 6
