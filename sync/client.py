@@ -116,10 +116,14 @@ def default_smoke_test(bundle: Any) -> None:
 def enrol(data_dir: str | os.PathLike[str], payload: Mapping[str, Any] | str) -> DevicePaths:
     """Store the enrolment (QR payload JSON): hub URL, token and the pinned keyring."""
     if isinstance(payload, str):
+        # `hub add-device --ascii > FILE` puts the text QR code before the JSON line: the JSON line is the payload
+        lines = [line for line in payload.splitlines() if line.lstrip().startswith("{")]
+        text = lines[-1] if lines and not payload.lstrip().startswith("{") else payload
         try:
-            payload = json.loads(payload)
+            payload = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UsageError(f"enrolment payload is not JSON ({exc})") from None
+            raise UsageError(f"enrolment payload is not JSON ({exc}): pass the JSON line `partlens hub add-device` "
+                             "printed (or its --out file), not the QR picture") from None
     try:
         if payload["v"] != 1:
             raise UsageError(f"unknown enrolment version {payload['v']!r}")

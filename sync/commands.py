@@ -227,11 +227,16 @@ def _add_device(args: argparse.Namespace) -> int:
                          keep_free_mb=args.keep_free_mb, reissue=args.reissue, valid_days=args.valid_days)
     if args.qr:
         qr_png(payload, args.qr)
+    if args.out:  # the token inside: readable by its owner only (a `> FILE` redirect left it 0644, an audit)
+        from edge_app.atomic import PRIVATE, atomic_write_text
+
+        atomic_write_text(args.out, payload_text(payload) + "\n", mode=PRIVATE)
     if args.ascii:
         print(qr_ascii(payload))
     print(payload_text(payload))
     print(f"device {args.name} enrolled for site {args.site}; the token is shown only now"
-          + (f"; QR code written to {args.qr}" if args.qr else "")
+          + (f"; QR code written to {args.qr}" if args.qr else "") + (f"; payload written to {args.out} (0600)"
+                                                                        if args.out else "")
           + f"; the code works until {payload['expires_at'][:16].replace('T', ' ')} UTC unless a tablet uses it "
           "before", file=sys.stderr)
     if str(payload.get("hub", "")).startswith("http://"):
@@ -531,6 +536,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", help="hub address for the device (default: the one given to `hub init`)")
     p.add_argument("--qr", metavar="PNG", help="write the QR code here (it contains the token)")
     p.add_argument("--ascii", action="store_true", help="print the QR code in the terminal")
+    p.add_argument("--out", metavar="JSON", help="also write the payload to this file, readable by you only (for "
+                                                 "`partlens sync enrol`; it contains the token)")
     p.add_argument("--sync-window", metavar="HH:MM-HH:MM", help="the device's nightly background-sync window, "
                    "local time, or 'always' (default on the device: 01:00-05:00)")
     p.add_argument("--keep-free-mb", type=float, metavar="MB",

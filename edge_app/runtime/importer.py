@@ -141,10 +141,13 @@ def parse_size_mm(value: Any, where: str) -> float | None:
     """A part's size in mm: empty is None, else a number above 0 and below MAX_SIZE_MM."""
     if value in (None, ""):
         return None
+    text = str(value).strip()
+    if re.fullmatch(r"[0-9]+,[0-9]+", text):  # a decimal comma (Excel in a German or French locale): 13,0 mm
+        text = text.replace(",", ".")
     try:
-        size = float(value)
+        size = float(text)
     except (TypeError, ValueError):
-        raise InputError(f"{where}: size_mm {value!r} is not a number") from None
+        raise InputError(f"{where}: size_mm {value!r} is not a number (a decimal point or comma, e.g. 12.5)") from None
     if not 0 < size < MAX_SIZE_MM:  # also NaN and infinity
         raise InputError(f"{where}: size_mm {value!r} must be above 0 and below {MAX_SIZE_MM:g}")
     return size
@@ -230,6 +233,8 @@ def read_images_csv(images_csv: str | os.PathLike[str], kinds: Sequence[str], is
         if not is_known(pn):
             raise InputError(f"{where}: part {pn!r} is not in {parts_csv}")
         rel = (r["path"] or "").strip()
+        if "\\" in rel and not (root / rel).exists():  # a Windows export: photos\\a.jpg
+            rel = rel.replace("\\", "/")
         path = (root / rel).resolve()
         if not path.is_relative_to(root):
             raise InputError(f"{where}: {rel!r} is outside the CSV's folder {root}")

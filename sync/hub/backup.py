@@ -86,7 +86,7 @@ def backup_hub(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     info = {"hub": str(hub.root), "taken_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "catalogue_version": version, **copied,
             "signing_key_not_included": hub.config.get("key_path"),
-            "restore": f"partlens hub restore {out} HUB_DIR (tablets follow by themselves)"}
+            "restore": f"partlens hub restore {out} --hub NEW_HUB_DIR (tablets follow by themselves)"}
     atomic_write_json(out / "backup.json", info)
     from .hub import CHANGES_SINCE_BACKUP, LAST_BACKUP_AT
 

@@ -650,6 +650,10 @@ class Hub:
                 raise IntegrityError(f"{exc}. The hub's key signs catalogue packages; sign bundles with the export "
                                      "key and `partlens hub trust` its public key (or trust the hub's own "
                                      "public key file to let it sign bundles too)") from None
+            if "signed by unknown key" in str(exc):  # the fix, named (an audit: the admin had to guess it)
+                raise IntegrityError(f"{exc}: if that is your export key, trust it first: `partlens hub trust "
+                                     f"--hub {self.root} SIGNER.pub.json` (tablets enrolled before must then be "
+                                     "enrolled again)") from None
             raise
         if bundle.manifest.get("key_id") in self.revoked_keys():
             raise UsageError(f"bundle {bundle.bundle_id} is signed by {bundle.manifest['key_id']}, which was revoked "

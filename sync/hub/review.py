@@ -181,7 +181,7 @@ def label_warnings(hub: Hub, approved: Sequence[tuple[str, str, str]]) -> dict[s
             msg = (f"upload {uuid}: the photo approved into {pn} looks more like {parts[j]} (similarity "
                    f"{float(other[j]):.3f}) than " + (f"the other photos of {pn} ({best_own:.3f})" if best_own is not None
                                                      else "anything else") +
-                   f"; the wrong part? `partlens hub review unapprove {uuid}`")
+                   f"; the wrong part? `partlens hub review unapprove --hub {hub.root} {uuid}`")
             log.warning("%s", msg)
             out.setdefault(uuid, []).append(msg)
     return out

@@ -252,3 +252,18 @@ def test_a_site_left_out_of_an_export_is_said_and_can_be_retired(world, tmp_path
         hub.retire_site("site_b")
     assert hub.import_csv(_write(tmp_path / "parts-only.csv", "part_number,name\nP1,part one\n"))[
         "stock_sites_not_in_file"] == []  # a file without stock columns leaves stock alone: nothing to say
+
+
+def test_a_german_excel_export_with_windows_paths_is_read(world, tmp_path) -> None:
+    """A hub admin's first day (an audit, 23rd session): `13,0` was "not a number" and `photos\\a.jpg` "no such
+    image"."""
+    hub = world.hub
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(part_image(41))
+    parts = _write(tmp_path / "parts.csv", "part_number;name;size_mm;stock_site_a\nNUT-M8;Mutter M8;13,0;4\n")
+    images = _write(tmp_path / "images.csv", "path;part_number\nphotos\\a.jpg;NUT-M8\n")
+    out = hub.import_csv(parts, images)
+    assert out["images"] == 1 and hub.store.part("NUT-M8")["size_mm"] == 13.0
+    bad = _write(tmp_path / "bad.csv", "part_number;name;size_mm\nX1;x;13mm\n")
+    with pytest.raises(InputError, match=r"size_mm '13mm' is not a number \(a decimal point or comma"):
+        hub.import_csv(bad)

@@ -36,7 +36,7 @@ def test_approval_warns_when_the_photo_looks_like_another_part(world) -> None:
                                         ("photo", {"part_number": "P0", "capture_id": "c2"}, part_image(2, noise=6))])
     assert approve_photo(world.hub, right)["warnings"] == []
     (msg,) = approve_photo(world.hub, wrong)["warnings"]
-    assert "approved into P0 looks more like P2" in msg and f"review unapprove {wrong}" in msg
+    assert "approved into P0 looks more like P2" in msg and f"review unapprove --hub {world.hub.root} {wrong}" in msg
 
 
 def test_undoing_one_of_two_approvals_of_the_same_picture_keeps_the_image(world) -> None:

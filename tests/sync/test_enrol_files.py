@@ -1,0 +1,46 @@
+"""Enrolment files as a hub admin makes them (an audit of the admin's first day, 23rd session)."""
+from __future__ import annotations
+
+import json
+import stat
+
+from edge_app.cli import main
+
+
+def test_the_payload_file_is_private_and_enrol_takes_the_terminal_output_too(world, tmp_path, capsys) -> None:
+    out = tmp_path / "tab-x.json"
+    assert main(["hub", "add-device", "--hub", str(world.hub.root), "tab-x", "--site", "site_a", "--out", str(out),
+                 "--ascii"]) == 0
+    printed = capsys.readouterr().out
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # the token inside (a `> FILE` left it 0644)
+    assert json.loads(out.read_text())["token"].startswith("pl1.tab-x.")
+    # `--ascii > FILE` (docs/sync.md's quick start) gave a file enrol refused: the QR code, then the JSON line
+    (tmp_path / "with-qr.out").write_text(printed)
+    assert main(["sync", "enrol", "--data-dir", str(tmp_path / "dev"), str(tmp_path / "with-qr.out")]) == 0
+    assert json.loads((tmp_path / "dev" / "device.json").read_text())["site"] == "site_a"
+    (tmp_path / "junk.txt").write_text("not a payload at all\n")
+    assert main(["sync", "enrol", "--data-dir", str(tmp_path / "dev2"), str(tmp_path / "junk.txt")]) == 2
+    assert "pass the JSON line `partlens hub add-device` printed" in capsys.readouterr().err
+
+
+def test_a_backup_says_how_to_restore_it_in_words_that_work(world, tmp_path, capsys) -> None:
+    assert main(["hub", "backup", "--hub", str(world.hub.root), str(tmp_path / "b")]) == 0
+    hint = json.loads(capsys.readouterr().out)["restore"]
+    assert hint.startswith(f"partlens hub restore {tmp_path / 'b'} --hub ")
+    argv = hint.split(" (")[0].split()[1:]
+    argv[argv.index("NEW_HUB_DIR")] = str(tmp_path / "restored")
+    assert main(argv) == 0
+
+
+def test_a_bundle_of_an_untrusted_signer_names_the_fix(world, tmp_path) -> None:
+    """The admin got "signed by unknown key" and had to guess `hub trust` (an audit of the first day)."""
+    import pytest
+
+    from edge_app.errors import IntegrityError
+
+    from .helpers import make_bundle, make_key
+
+    _, stranger, _ = make_key(tmp_path / "other-keys")
+    bundle = make_bundle(tmp_path / "export-x", stranger, 5)
+    with pytest.raises(IntegrityError, match=r"signed by unknown key .*partlens hub trust --hub .* SIGNER\.pub\.json"):
+        world.hub.set_bundle(bundle)
