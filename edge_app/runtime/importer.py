@@ -62,6 +62,25 @@ def _header_name(raw: str, known: Sequence[str], prefixes: Sequence[str]) -> str
     return name
 
 
+def _site_pairs(cols: list[str], prefixes: Sequence[str]) -> list[str]:
+    """``Stock site_a`` and ``Bin site_a`` side by side (an ERP export's spelling, with a space) are the site's
+    columns: the pair says so, where ``Stock Total`` alone is no site (an audit: the stock of a first import was
+    dropped with a warning, and the import went on with none)."""
+    if not {"stock_", "bin_"} <= set(prefixes):
+        return cols
+    spaced = {}
+    for i, c in enumerate(cols):
+        word, _, rest = c.partition(" ")
+        if rest.strip() and word.lower() in ("stock", "bin") and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}",
+                                                                              rest.strip()):
+            spaced.setdefault(rest.strip(), {})[word.lower()] = i
+    out = list(cols)
+    for site, where in spaced.items():
+        if set(where) == {"stock", "bin"}:
+            out[where["stock"]], out[where["bin"]] = f"stock_{site}", f"bin_{site}"
+    return out
+
+
 def read_csv_records(path: Path, required: Sequence[str], known: Sequence[str] = (),
                      prefixes: Sequence[str] = ()) -> list[tuple[int, dict[str, str]]]:
     """(line, row) of a CSV with these columns; InputError naming the file (and line) for a missing file or
@@ -92,7 +111,7 @@ def _records(path: Path, reader: Any, required: Sequence[str], known: Sequence[s
     line = 1  # where the record being read starts (a stray quote is reported where it opened, not where csv gave up)
     try:
         header = next(reader, None) or []
-        cols = [_header_name(c, known, prefixes) for c in header]
+        cols = _site_pairs([_header_name(c, known, prefixes) for c in header], prefixes)
         twice = sorted({c for c in cols if c and cols.count(c) > 1})  # ("a,b,," from a spreadsheet: fine)
         if twice:
             raise InputError(f"{path}: column {', '.join(twice)} appears more than once in the header")

@@ -267,3 +267,17 @@ def test_a_german_excel_export_with_windows_paths_is_read(world, tmp_path) -> No
     bad = _write(tmp_path / "bad.csv", "part_number;name;size_mm\nX1;x;13mm\n")
     with pytest.raises(InputError, match=r"size_mm '13mm' is not a number \(a decimal point or comma"):
         hub.import_csv(bad)
+
+
+def test_stock_and_bin_columns_spelled_with_a_space_are_read_as_a_pair(world, tmp_path, caplog) -> None:
+    """`Stock site_a;Bin site_a` (an Excel export's spelling) was "not read" and the import went on with no stock
+    (an audit of the admin's first day); `Stock Total` alone stays no site."""
+    hub = world.hub
+    parts = _write(tmp_path / "parts.csv", "Part Number;Name;Stock site_a;Bin site_a;Stock Total\n"
+                                           "NUT-M8;Mutter M8;4;A-7;99\n")
+    with caplog.at_level(logging.WARNING):
+        out = hub.import_csv(parts)
+    assert out["inventory"] == 1
+    assert hub.store._rows("SELECT site, stock, bin FROM inventory WHERE part_number='NUT-M8'") == [
+        {"site": "site_a", "stock": 4, "bin": "A-7"}]
+    assert "Stock Total are not read" in caplog.text
