@@ -323,6 +323,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _review_list(args: argparse.Namespace) -> int:
     from .hub.fieldstats import received_since
     from .hub.review import list_uploads
+    from .hub.uploads import blob_path
 
     hub = _open_hub(args)
     since = None if args.days is None else received_since(args.days, "--days")
@@ -330,7 +331,17 @@ def _review_list(args: argparse.Namespace) -> int:
     filters = dict(kind=args.kind, status=args.status, since=since, exclude_kind=None if args.kind else "usage",
                    device=args.device, after_seq=args.after)
     rows = list_uploads(hub, **filters, limit=None if args.all else args.limit)
-    _out(rows)
+    for r in rows:  # where to look at the photo before approving it (an admin had to find uploads/<uuid>.blob)
+        r["photo"] = str(blob_path(hub, r["uuid"])) if r.get("blob_size") is not None and r.get("blob_complete") \
+            else None
+    if args.brief:
+        for r in rows:
+            p = r["payload"] if isinstance(r["payload"], dict) else {}
+            what = " ".join(str(x) for x in (p.get("part_number"), p.get("verdict"), p.get("note") or None) if x)
+            print(f"{r['seq']:>7}  {r['uuid']}  {r['kind']:<12} {r['status']:<8} {r['device']:<12} "
+                  f"{str(r['received_at'])[:16]}  {what or '-'}  {r['photo'] or ''}".rstrip())
+    else:
+        _out(rows)
     if not args.all and len(rows) == args.limit:  # one page of months of uploads (an audit: 3.6 M lines, 0.9 GB)
         more = hub.store.count_uploads(**{**filters, "after_seq": rows[-1]["seq"]})
         if more:
@@ -625,9 +636,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="with --activate: even so (those tablets must then be enrolled again)")
     p = cmd("serve", _serve, "run the HTTP API, HTTPS once the hub has a certificate (OpenAPI at /openapi.json)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer "
+                                                           "only; 0.0.0.0 for the tablets on the terminal's network)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
+                   help="server log detail (default warning)")
     p.add_argument("--plain", action="store_true",
                    help="serve HTTP even though the hub has a certificate: run it on the old port while tablets "
                         "enrolled over http:// switch to HTTPS at their next sync (`hub devices` shows who synced)")
@@ -654,6 +667,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="list at most this many (default 100; stderr names the next page's --after)")
     p.add_argument("--after", type=int, metavar="SEQ", help="start after this upload seq (the next page)")
     p.add_argument("--all", action="store_true", help="list everything (months of usage events are millions)")
+    p.add_argument("--brief", action="store_true", help="one line per upload (seq, uuid, kind, status, device, "
+                                                        "received, part and verdict, photo file) instead of JSON")
     p = rcmd("approve", _review_approve, "approve uploaded photos into the catalogue (many at once: one catalogue "
              "version per 200; exit 3 when some were refused, each listed with its reason)")
     p.add_argument("uuid", nargs="*", help="upload UUIDs (`hub review list`)")

@@ -50,6 +50,10 @@ def backup_hub(hub: Hub, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if out.resolve().is_relative_to(hub.root.resolve()):
         raise UsageError(f"{out} is inside the hub folder {hub.root}; back up to another place (ideally a disk)")
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        os.chmod(out, 0o700)  # a copy of the hub folder: as private as the hub folder
+    except OSError as exc:  # a file system without modes (a FAT backup disk): said, not fatal
+        log.warning("could not make %s private (%s): keep the backup disk where only the admin reaches it", out, exc)
     partial = out / "hub.db.partial"
     # a change recorded from now on may not be in the copy: it stays listed (below)
     snapshot_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")

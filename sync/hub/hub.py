@@ -111,6 +111,9 @@ class Hub:
             for kid in other.key_ids:
                 keyring.add(_raw(other, kid), expected_id=kid, roles=["bundle"])
         root.mkdir(parents=True, exist_ok=True)
+        # the hub folder is the admin's alone: the database (tokens' hashes, engineers' notes) and the field photos
+        # were readable by every user of the hub computer (an audit; only secret.bin and the TLS key were 0600)
+        os.chmod(root, 0o700)
         for sub in ("images", "thumbs", "bundles", "packages", "uploads"):
             (root / sub).mkdir(exist_ok=True)
         SqliteHubStore(root / "hub.db", create=True).close()

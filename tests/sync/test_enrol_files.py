@@ -44,3 +44,37 @@ def test_a_bundle_of_an_untrusted_signer_names_the_fix(world, tmp_path) -> None:
     bundle = make_bundle(tmp_path / "export-x", stranger, 5)
     with pytest.raises(IntegrityError, match=r"signed by unknown key .*partlens hub trust --hub .* SIGNER\.pub\.json"):
         world.hub.set_bundle(bundle)
+
+
+def test_the_hub_folder_and_its_backups_are_the_admin_s_alone(tmp_path, capsys) -> None:
+    """hub.db (engineers' notes) and the field photos were readable by every user of the hub computer (an audit
+    of the admin's first day)."""
+    from sync.hub.hub import Hub
+
+    from .helpers import make_key
+
+    key, _, _ = make_key(tmp_path / "keys")
+    hub = Hub.init(tmp_path / "hub", key)
+    assert stat.S_IMODE((tmp_path / "hub").stat().st_mode) == 0o700
+    assert main(["hub", "backup", "--hub", str(hub.root), str(tmp_path / "bk")]) == 0
+    assert stat.S_IMODE((tmp_path / "bk").stat().st_mode) == 0o700
+
+
+def test_review_list_names_each_photo_file_and_has_a_brief_form(world, capsys) -> None:
+    """45 kB of JSON for 50 records and no path to the photos (uploads/<uuid>.blob, no .jpg) (an audit)."""
+    from pathlib import Path
+
+    from .helpers import part_image, upload_items
+
+    uid = upload_items(world, [("photo", {"part_number": "P1", "capture_id": "c1"}, part_image(1, noise=5)),
+                               ("feedback", {"part_number": "P0", "verdict": "wrong", "capture_ids": ["c2"]}, None)])
+    capsys.readouterr()
+    assert main(["hub", "review", "list", "--hub", str(world.hub.root)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    photo = next(r for r in rows if r["uuid"] == uid[0])["photo"]
+    assert Path(photo).read_bytes() == part_image(1, noise=5)
+    assert next(r for r in rows if r["uuid"] == uid[1])["photo"] is None
+    assert main(["hub", "review", "list", "--hub", str(world.hub.root), "--brief"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and uid[0] in lines[0] and "P1" in lines[0] and lines[0].endswith(photo)
+    assert "P0 wrong" in lines[1]
