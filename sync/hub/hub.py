@@ -734,6 +734,9 @@ class Hub:
                 "bundle_id": self.bundle_id, "key_id": self.config.get("key_id"), "trusted_keys": self.keyring.key_ids,
                 "key_roles": {k: sorted(self.keyring.roles(k) or ("bundle", "hub")) for k in self.keyring.key_ids},
                 "tls": tls_status(self.root), **self.store.counts(), "free_bytes": free_bytes(self.root),
+                # a hub folder made before hubs were made 0700 (23rd session): its database and field photos are
+                # readable by every user of this computer until `chmod 700` of the folder
+                "folder_open_to_others": bool(self.root.stat().st_mode & 0o077),
                 "policy": self.policy(),
                 # what a restore of the last backup would undo (cleared by `hub backup`)
                 "last_backup_at": self.store.get_meta(LAST_BACKUP_AT),

@@ -58,6 +58,9 @@ def test_the_hub_folder_and_its_backups_are_the_admin_s_alone(tmp_path, capsys) 
     assert stat.S_IMODE((tmp_path / "hub").stat().st_mode) == 0o700
     assert main(["hub", "backup", "--hub", str(hub.root), str(tmp_path / "bk")]) == 0
     assert stat.S_IMODE((tmp_path / "bk").stat().st_mode) == 0o700
+    assert hub.status()["folder_open_to_others"] is False
+    (tmp_path / "hub").chmod(0o755)  # a hub made before hubs were 0700: said by `hub status`
+    assert Hub(tmp_path / "hub").status()["folder_open_to_others"] is True
 
 
 def test_review_list_names_each_photo_file_and_has_a_brief_form(world, capsys) -> None:
