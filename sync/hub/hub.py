@@ -291,12 +291,23 @@ class Hub:
 
         draft = getattr(embedder, "draft_size", None)
         views = check_views(getattr(embedder, "catalogue_views", "none"))
-        out = []
+        out, bad = [], []
         for i in range(0, len(rows), EMBED_BATCH):
             chunk = rows[i:i + EMBED_BATCH]
-            imgs = [load_image(self.image_path(r), draft_size=draft) for r in chunk]
+            imgs = []
+            for r in chunk:
+                try:
+                    imgs.append(load_image(self.image_path(r), draft_size=draft))
+                except ImageError as exc:  # every one of them named in one run (it stopped at the first)
+                    bad.append(f"{r['part_number']}: {exc}")
+            if bad:
+                continue  # the rest are only decoded, to name every bad one
             per_image = [views if r["kind"] in VIEWED_KINDS else "none" for r in chunk]
             out.append(embed_with_views(lambda ims: _checked_vectors(embedder(ims), len(ims)), imgs, per_image))
+        if bad:
+            raise ImageError(self.root / "images", f"{len(bad)} catalogue image(s) cannot be decoded, nothing was "
+                             "changed: " + "; ".join(bad[:10]) + ("; ..." if len(bad) > 10 else "")
+                             + " (import the part's picture again, or delete the part)")
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def embed_rows_cached(self, rows: Sequence[Mapping[str, Any]], embedder: Embedder, *,

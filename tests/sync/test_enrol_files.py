@@ -81,3 +81,21 @@ def test_review_list_names_each_photo_file_and_has_a_brief_form(world, capsys) -
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and uid[0] in lines[0] and "P1" in lines[0] and lines[0].endswith(photo)
     assert "P0 wrong" in lines[1]
+
+
+def test_a_model_change_names_every_catalogue_image_it_cannot_decode(world, tmp_path) -> None:
+    """`set-bundle` stopped at the first image it could not decode (an audit: one at a time, each a re-run of the
+    whole re-embedding); every one is named now, and nothing changes."""
+    import pytest
+
+    from edge_app.errors import ImageError
+
+    from .helpers import make_bundle
+
+    rows = world.hub.store.live_images()
+    for r in rows[:2]:
+        (world.hub.root / "images" / r["path"]).write_bytes(b"not an image any more")
+    before = world.hub.bundle_id
+    with pytest.raises(ImageError, match=r"2 catalogue image\(s\) cannot be decoded, nothing was changed: "):
+        world.hub.set_bundle(make_bundle(tmp_path / "export2", world.export_key, 2))
+    assert world.hub.bundle_id == before
