@@ -692,8 +692,9 @@ class SyncClient:
 
         fallback = self.device.get("fallback_hub")
         failed = self._previous_failure()
-        extra: dict[str, Any] = {"last_error": failed} if failed else {}  # (a transport from before the
-        self._reported_stamp = self.device.get("settings_stamp")  # parameters still works)
+        # (a transport from before these parameters still works: each is sent only when there is one)
+        extra: dict[str, Any] = {"last_error": failed} if failed else {}
+        self._reported_stamp = self.device.get("settings_stamp")
         if self._reported_stamp:
             extra["settings_stamp"] = self._reported_stamp
         try:

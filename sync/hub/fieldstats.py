@@ -104,7 +104,7 @@ class _Usage:
     #: identifications a spot check was asked for
     asked: set[str] = field(default_factory=set)
     #: answer key (:func:`_answer_key`) -> (status, top part) of the identifications confirmations answer
-    by_capture: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    by_answer: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     def add(self, u: Mapping[str, Any], wanted: set[str] | None = None) -> None:
         self.n += 1
@@ -120,7 +120,7 @@ class _Usage:
             for key in (f"id:{ident}" if isinstance(ident, str) and ident else None, f"capture:{c}" if c else None):
                 if key in wanted:
                     top = u.get("top") or []
-                    self.by_capture[key] = (u.get("status"), top[0] if top else None)
+                    self.by_answer[key] = (u.get("status"), top[0] if top else None)
 
 
 def _spot_check_stats(asked_keys: set[str], spots: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -167,8 +167,8 @@ def _bundle_stats(usage: _Usage, confirmed: list[Mapping[str, Any]],
     out["confirmed_top1"] = _rate(sum(t[0] == pn for t, pn in zip(top, truth)), len(ranked))
     out["confirmed_top5"] = _rate(sum(pn in t[:5] for t, pn in zip(top, truth)), len(ranked))
     # the identification each confirmation answers (same first capture): was its answer accepted, and right?
-    accepted = [(f, usage.by_capture[c]) for f in confirmed
-                if (c := _answer_key(f)) in usage.by_capture and usage.by_capture[c][0] == "match"]
+    accepted = [(f, usage.by_answer[c]) for f in confirmed
+                if (c := _answer_key(f)) in usage.by_answer and usage.by_answer[c][0] == "match"]
     out["confirmed_accepted"] = len(accepted)
     out["precision_when_accepted"] = _rate(
         sum(top1 is not None and top1 == f.get("part_number") for f, (_, top1) in accepted), len(accepted))

@@ -100,15 +100,9 @@ def approve_photo(hub: Hub, uuid: str, part_number: str | None = None) -> dict[s
     a "not this one" confirmation needs it). ``warnings``: the photo looks more like another part's photos than
     its own part's (approved into the wrong part?)."""
     row, pn = _approvable(hub, uuid, part_number)
-    img = hub.store_image(_blob(hub, row), pn, kind="field", what=f"upload {uuid}")
-
-    def review(ch: Change) -> None:  # with the image, in one transaction: never a catalogue photo still "new"
-        ch.update_upload(uuid, status="approved", review=json.dumps(
-            {"part_number": pn, "image_id": img["image_id"], "catalogue_version": ch.version}))
-
-    version = hub.add_images([img], also=review)
-    return {"uuid": uuid, "part_number": pn, "image_id": img["image_id"], "catalogue_version": version,
-            "warnings": label_warnings(hub, [(uuid, img["image_id"], pn)]).get(uuid, [])}
+    (done,) = _add_approved(hub, [(uuid, hub.store_image(_blob(hub, row), pn, kind="field", what=f"upload {uuid}"),
+                                   pn)])
+    return done
 
 
 def approve_photos(hub: Hub, uuids: Sequence[str], part_number: str | None = None) -> dict[str, Any]:
@@ -121,32 +115,39 @@ def approve_photos(hub: Hub, uuids: Sequence[str], part_number: str | None = Non
     refused: list[dict[str, str]] = []
     todo = list(dict.fromkeys(u.strip() for u in uuids if u.strip()))
     for i in range(0, len(todo), APPROVE_BATCH):
-        imgs, done = [], []
+        stored = []
         for uuid in todo[i:i + APPROVE_BATCH]:
             try:
                 row, pn = _approvable(hub, uuid, part_number)
-                img = hub.store_image(_blob(hub, row), pn, kind="field", what=f"upload {uuid}")
+                stored.append((uuid, hub.store_image(_blob(hub, row), pn, kind="field", what=f"upload {uuid}"), pn))
             except (InputError, UsageError, ImageError) as exc:
                 refused.append({"uuid": uuid, "reason": str(exc)})
-                continue
-            imgs.append(img)
-            done.append((uuid, img["image_id"], pn))
-        if not imgs:
-            continue
-
-        def review(ch: Change, done: list[tuple[str, str, str]] = done) -> None:
-            for uuid, image_id, pn in done:
-                ch.update_upload(uuid, status="approved", review=json.dumps(
-                    {"part_number": pn, "image_id": image_id, "catalogue_version": ch.version}))
-
-        version = hub.add_images(imgs, also=review)
-        approved += [{"uuid": u, "part_number": pn, "image_id": iid, "catalogue_version": version}
-                     for u, iid, pn in done]
+        if stored:
+            approved += _add_approved(hub, stored, warn=False)
     warnings = label_warnings(hub, [(a["uuid"], a["image_id"], a["part_number"]) for a in approved])
     for a in approved:
         a["warnings"] = warnings.get(a["uuid"], [])
     log.info("approved %d uploads, refused %d", len(approved), len(refused))
     return {"approved": approved, "refused": refused}
+
+
+def _add_approved(hub: Hub, stored: Sequence[tuple[str, dict[str, Any], str]], *,
+                  warn: bool = True) -> list[dict[str, Any]]:
+    """Add stored images ``(upload uuid, image row, part)`` to the catalogue in one version, each upload's review
+    in the same transaction (never a catalogue photo still "new"); with ``warn``, each result's label warnings."""
+    def review(ch: Change) -> None:
+        for uuid, img, pn in stored:
+            ch.update_upload(uuid, status="approved", review=json.dumps(
+                {"part_number": pn, "image_id": img["image_id"], "catalogue_version": ch.version}))
+
+    version = hub.add_images([img for _, img, _ in stored], also=review)
+    out = [{"uuid": u, "part_number": pn, "image_id": img["image_id"], "catalogue_version": version}
+           for u, img, pn in stored]
+    if warn:
+        warnings = label_warnings(hub, [(a["uuid"], a["image_id"], a["part_number"]) for a in out])
+        for a in out:
+            a["warnings"] = warnings.get(a["uuid"], [])
+    return out
 
 
 def label_warnings(hub: Hub, approved: Sequence[tuple[str, str, str]]) -> dict[str, list[str]]:
